@@ -1,0 +1,159 @@
+/* device.h - the table of operations every compute backend provides.
+ *
+ * The engine (model, loss, optimizer) calls only these operations, so it holds no #ifdef and
+ * runs unchanged on the CPU backend (OpenBLAS) and, later, the CUDA backend (cuBLAS). All
+ * pointers passed to an operation are *device* pointers obtained from the allocator
+ * (src/engine/alloc.h), except where a parameter says "host".
+ *
+ * Conventions: matrices are row-major float32. Operations that cannot fail return void;
+ * operations that can fail return ddt_status. Operations may run asynchronously on a device
+ * stream; device_synchronize() waits for all of them. The CPU backend runs them at once.
+ *
+ * Backends register in device.c, the only file that knows which backends were built.
+ *
+ * Usage:
+ *     device *dev;
+ *     DDT_CHECK(device_open(DEVICE_KIND_CPU, 0, &dev));
+ *     dev->ops->gemm(dev, false, true, rows, out, in, 1.0f, x, in, w, in, 0.0f, y, out);
+ *     device_close(dev);
+ */
+#ifndef DDT_ENGINE_DEVICE_H
+#define DDT_ENGINE_DEVICE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/status.h"
+
+typedef enum device_kind {
+    DEVICE_KIND_CPU,
+    DEVICE_KIND_CUDA,
+} device_kind;
+
+typedef enum activation_kind {
+    ACTIVATION_RELU,
+    ACTIVATION_GELU, /* exact (erf) form, as PyTorch's default */
+    ACTIVATION_TANH,
+    ACTIVATION_SIGMOID,
+} activation_kind;
+
+typedef struct device device;
+
+/* Keys dropout's random mask so that it depends on (seed, step, layer, global row, unit) only. */
+typedef struct dropout_key {
+    uint64_t seed;
+    int64_t step;
+    int layer;
+} dropout_key;
+
+typedef struct device_ops {
+    const char *name; /* "cpu", "cuda" */
+
+    /* --- memory: raw allocation, used only by the allocator ------------------------------ */
+    ddt_status (*memory_alloc)(device *dev, size_t bytes, void **out);
+    void (*memory_free)(device *dev, void *pointer);
+
+    /* --- copies ---------------------------------------------------------------------------- */
+    ddt_status (*copy_host_to_device)(device *dev, void *device_dst, const void *host_src,
+                                      size_t bytes);
+    ddt_status (*copy_device_to_host)(device *dev, void *host_dst, const void *device_src,
+                                      size_t bytes);
+    void (*copy_device_to_device)(device *dev, void *dst, const void *src, size_t bytes);
+    void (*fill_zero)(device *dev, void *dst, size_t bytes);
+
+    /* --- dense algebra --------------------------------------------------------------------- */
+    /* C[m x n] = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T; row-major with leading
+     * dimensions lda, ldb, ldc (as cblas_sgemm with CblasRowMajor). */
+    void (*gemm)(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha,
+                 const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+    /* y[r][c] += bias[c] for a rows x cols matrix. */
+    void (*bias_add)(device *dev, int rows, int cols, float *y, const float *bias);
+    /* bias_gradient[c] += sum over r of dy[r][c]. */
+    void (*bias_gradient_accumulate)(device *dev, int rows, int cols, const float *dy,
+                                     float *bias_gradient);
+    /* x[i] *= alpha for i < count. */
+    void (*scale)(device *dev, size_t count, float alpha, float *x);
+
+    /* --- elementwise layers ---------------------------------------------------------------- */
+    void (*activation_forward)(device *dev, activation_kind kind, size_t count, const float *x,
+                               float *y);
+    /* dx = dy * f'(x); y = f(x) is passed too so backends may use whichever is cheaper. */
+    void (*activation_backward)(device *dev, activation_kind kind, size_t count, const float *x,
+                                const float *y, const float *dy, float *dx);
+    /* Inverted dropout: y = x * keep / (1 - rate), keep decided by rng_hash4 of
+     * (key.seed, RNG_PURPOSE_DROPOUT, key.step, key.layer * 2^40 + row_ids[r] * cols + c)
+     * compared against rate. row_ids are global dataset rows (device int64). */
+    void (*dropout_forward)(device *dev, int rows, int cols, float rate, dropout_key key,
+                            const int64_t *row_ids, const float *x, float *y);
+    /* dx = dy * keep / (1 - rate), with the same mask as the forward pass. */
+    void (*dropout_backward)(device *dev, int rows, int cols, float rate, dropout_key key,
+                             const int64_t *row_ids, const float *dy, float *dx);
+
+    /* --- losses ---------------------------------------------------------------------------- */
+    /* Each loss takes logits (rows x cols) and either class ids (int32, one per row) or float
+     * targets (rows x cols); exactly one of labels/targets is non-NULL. It adds the sum over
+     * rows of the per-sample loss, times `scale`, to *loss_sum (a device float), and, if
+     * dlogits is non-NULL, writes d(scale * sum loss)/d logits into it. `scale` is 1/global
+     * batch during training, so gradients come out normalised by the global batch. */
+    void (*softmax_cross_entropy)(device *dev, int rows, int cols, const float *logits,
+                                  const int32_t *labels, const float *targets, float scale,
+                                  float *loss_sum, float *dlogits);
+    /* Binary cross-entropy on sigmoid(logits), computed stably from the logits. With class
+     * ids, cols must be 1 and labels are 0 or 1. */
+    void (*binary_cross_entropy)(device *dev, int rows, int cols, const float *logits,
+                                 const int32_t *labels, const float *targets, float scale,
+                                 float *loss_sum, float *dlogits);
+    /* Mean over cols of the squared error, summed over rows; class ids mean one-hot targets. */
+    void (*mean_squared_error)(device *dev, int rows, int cols, const float *logits,
+                               const int32_t *labels, const float *targets, float scale,
+                               float *loss_sum, float *dlogits);
+    /* *correct += number of rows whose argmax(logits) equals labels[r] (cols > 1), or whose
+     * (logit > 0) equals labels[r] (cols == 1). correct is a device float. */
+    void (*count_correct)(device *dev, int rows, int cols, const float *logits,
+                          const int32_t *labels, float *correct);
+
+    /* --- optimizers (one call updates the whole contiguous parameter buffer) --------------- */
+    /* PyTorch SGD semantics: g = grad + weight_decay * p; v = momentum * v + g (v = g on the
+     * first step, signalled by first_step); g = nesterov ? g + momentum * v : v (if momentum
+     * != 0); p -= lr * g. velocity may be NULL when momentum == 0. */
+    void (*sgd_update)(device *dev, size_t count, float *params, const float *grads,
+                       float *velocity, float lr, float momentum, bool nesterov,
+                       float weight_decay, bool first_step);
+    /* PyTorch AdamW semantics, step counted from 1: p -= lr * weight_decay * p; m, v moments;
+     * p -= lr * m_hat / (sqrt(v_hat) + eps). */
+    void (*adamw_update)(device *dev, size_t count, float *params, const float *grads, float *m,
+                         float *v, float lr, float beta1, float beta2, float eps,
+                         float weight_decay, int64_t step);
+
+    /* --- checks and synchronisation -------------------------------------------------------- */
+    /* *all_finite (host) = no NaN or Inf among x[0..count). May synchronise. */
+    ddt_status (*check_finite)(device *dev, size_t count, const float *x, bool *all_finite);
+    ddt_status (*synchronize)(device *dev);
+
+    /* Backend teardown, called by device_close(). */
+    void (*close)(device *dev);
+} device_ops;
+
+struct device {
+    const device_ops *ops;
+    device_kind kind;
+    int ordinal;         /* which device of this kind (CUDA: the GPU index) */
+    char description[128]; /* e.g. "cpu (OpenBLAS 0.3.21, kernel SkylakeX, 1 thread)" */
+    void *backend;       /* backend-private state */
+};
+
+/* Opens a backend. For DEVICE_KIND_CPU, `ordinal` is ignored. Returns DDT_ERR_USAGE with a
+ * clear message if the backend was not built into this binary. The caller frees with
+ * device_close(). */
+ddt_status device_open(device_kind kind, int ordinal, device **out);
+void device_close(device *dev);
+
+/* True if this build contains the backend. */
+bool device_kind_available(device_kind kind);
+const char *device_kind_name(device_kind kind);
+
+/* The CPU backend's constructor (src/engine/device_cpu.c); used by device.c only. */
+ddt_status device_cpu_open(device *dev);
+
+#endif

@@ -1,0 +1,79 @@
+/* optim.h - optimizers (SGD with momentum/Nesterov, AdamW) and learning-rate schedules.
+ *
+ * The optimizer's state (momentum, or Adam's two moments) is one contiguous device buffer
+ * laid out like the parameters, so one device call updates everything.
+ *
+ * Ownership: optimizer_init() allocates the state through `alloc`; optimizer_free() frees it.
+ *
+ * Usage:
+ *     optimizer_params p = optimizer_default_params();
+ *     p.kind = OPTIMIZER_ADAMW;
+ *     optimizer *opt;
+ *     DDT_CHECK(optimizer_init(&p, alloc, model_parameter_count(m), &opt));
+ *     float lr = lr_schedule_at(&schedule, step);
+ *     optimizer_step(opt, model_parameters(m), model_gradients(m), lr);
+ */
+#ifndef DDT_ENGINE_OPTIM_H
+#define DDT_ENGINE_OPTIM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/alloc.h"
+#include "util/status.h"
+
+typedef enum optimizer_kind {
+    OPTIMIZER_SGD,
+    OPTIMIZER_ADAMW,
+} optimizer_kind;
+
+typedef struct optimizer_params {
+    optimizer_kind kind;
+    float momentum;     /* SGD */
+    bool nesterov;      /* SGD; needs momentum > 0 */
+    float weight_decay; /* SGD: L2 added to the gradient; AdamW: decoupled */
+    float beta1, beta2, eps; /* AdamW */
+} optimizer_params;
+
+/* SGD, momentum 0, no Nesterov, weight decay 0; AdamW defaults beta 0.9/0.999, eps 1e-8. */
+optimizer_params optimizer_default_params(void);
+ddt_status optimizer_kind_parse(const char *text, optimizer_kind *out); /* "sgd", "adamw" */
+const char *optimizer_kind_name(optimizer_kind kind);
+/* DDT_ERR_USAGE for inconsistent settings (Nesterov without momentum, negative decay...). */
+ddt_status optimizer_params_check(const optimizer_params *params);
+
+typedef struct optimizer optimizer;
+
+ddt_status optimizer_init(const optimizer_params *params, allocator *alloc,
+                          size_t parameter_count, optimizer **out);
+void optimizer_free(optimizer *opt);
+/* Applies one update with learning rate lr and counts it. */
+void optimizer_step(optimizer *opt, float *params, const float *grads, float lr);
+int64_t optimizer_steps_taken(const optimizer *opt);
+/* State buffer (device) and its length in floats: 0 for plain SGD, P for momentum, 2P AdamW. */
+float *optimizer_state(optimizer *opt);
+size_t optimizer_state_count(const optimizer *opt);
+
+typedef enum lr_schedule_kind {
+    LR_SCHEDULE_CONSTANT,
+    LR_SCHEDULE_COSINE, /* from base_lr after warm-up down to min_lr at total_steps */
+    LR_SCHEDULE_STEP,   /* multiplied by gamma every step_size steps after warm-up */
+} lr_schedule_kind;
+
+typedef struct lr_schedule {
+    lr_schedule_kind kind;
+    float base_lr;
+    float min_lr;
+    int64_t warmup_steps; /* linear ramp from base_lr/warmup_steps to base_lr */
+    int64_t total_steps;
+    int64_t step_size;
+    float gamma;
+} lr_schedule;
+
+ddt_status lr_schedule_kind_parse(const char *text, lr_schedule_kind *out);
+const char *lr_schedule_kind_name(lr_schedule_kind kind);
+/* Learning rate for optimizer step `step` (counted from 0). */
+float lr_schedule_at(const lr_schedule *schedule, int64_t step);
+
+#endif

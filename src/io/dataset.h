@@ -1,0 +1,74 @@
+/* dataset.h - reading ddtrain's HDF5 datasets, one file or many shards, as one row space.
+ *
+ * Format (one file, or each shard):
+ *   /features  float32, N x D, chunked
+ *   /labels    int32 N (class ids)  or  float32 N x K (targets)
+ *   root attribute "num_classes" (int): number of classes for class-id labels (optional for
+ *   targets). Written by dataset_writer.h; checked by dataset_open().
+ * Several shards (a comma-separated list or a glob, expanded and sorted by name) form one
+ * global row space in the order given: rows of shard 0 first, then shard 1, and so on. All
+ * shards must agree on D, the label kind, K and num_classes.
+ *
+ * Only geometry is read at open; rows are read on demand with hyperslab selections, so a
+ * dataset is never loaded whole. Files are opened read-only. HDF5 calls are serialised with a
+ * process-wide lock (serial HDF5 is not thread-safe), so the reader thread and the main
+ * thread may both use datasets.
+ *
+ * Ownership: dataset_open() returns a dataset the caller frees with dataset_close().
+ *
+ * Usage:
+ *     dataset *ds;
+ *     DDT_CHECK(dataset_open("data/train-*.h5", &ds));
+ *     const dataset_geometry *g = dataset_get_geometry(ds);
+ *     DDT_CHECK(dataset_read_rows(ds, rows, count, features, labels, NULL));
+ *     dataset_close(ds);
+ */
+#ifndef DDT_IO_DATASET_H
+#define DDT_IO_DATASET_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/status.h"
+
+typedef struct dataset_geometry {
+    int64_t rows;          /* N, over all shards */
+    int features;          /* D */
+    bool class_labels;     /* true: int32 class ids; false: float32 targets */
+    int target_width;      /* K for float targets; 1 for class ids */
+    int classes;           /* num_classes attribute; 0 if absent (allowed for targets only) */
+    int64_t chunk_rows;    /* rows per chunk of /features in the first shard (1 if contiguous) */
+    int file_count;
+} dataset_geometry;
+
+typedef struct dataset dataset;
+
+/* Opens `spec`: a path, a comma-separated list of paths, or a glob pattern (any of * ? [).
+ * Every error names the file and the problem: missing/unreadable, not HDF5, missing
+ * /features or /labels, wrong rank or dtype, row counts of /features and /labels differing,
+ * shards disagreeing, a glob matching nothing. */
+ddt_status dataset_open(const char *spec, dataset **out);
+void dataset_close(dataset *ds);
+
+const dataset_geometry *dataset_get_geometry(const dataset *ds);
+const char *dataset_file_path(const dataset *ds, int file_index);
+/* Shard holding global row `row`, and the row's index inside it. */
+int dataset_locate_row(const dataset *ds, int64_t row, int64_t *row_in_file);
+
+/* Reads `count` rows given by global row numbers in ascending order (duplicates not allowed)
+ * into host buffers: features (count x D), and labels (count, class ids) or targets
+ * (count x K) depending on the label kind (the other may be NULL). Runs of consecutive rows
+ * are read as one hyperslab. Checks every value: a NaN/Inf feature or target, or a class id
+ * outside [0, num_classes), is DDT_ERR_DATA naming the file and the row. */
+ddt_status dataset_read_rows(dataset *ds, const int64_t *rows, int count, float *features,
+                             int32_t *labels, float *targets);
+
+/* Reads `count` consecutive rows starting at global row `first` (may span shards). */
+ddt_status dataset_read_range(dataset *ds, int64_t first, int count, float *features,
+                              int32_t *labels, float *targets);
+
+/* Sets the HDF5 chunk cache each shard's /features uses (bytes); for memory budgets. */
+ddt_status dataset_set_chunk_cache(dataset *ds, size_t bytes);
+
+#endif

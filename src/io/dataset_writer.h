@@ -1,0 +1,54 @@
+/* dataset_writer.h - writing ddtrain HDF5 datasets (used by `convert` and `synth`).
+ *
+ * Rows are appended in blocks, so a dataset larger than memory can be written while holding
+ * only one block. A dataset is written to "PATH.tmp-<pid>" and renamed over PATH only by
+ * dataset_writer_close() after all rows are written and flushed, so an interrupted write never
+ * leaves a half-written file under the final name, and an existing file is not damaged by a
+ * failed write.
+ *
+ * Ownership: dataset_writer_open() returns a writer; dataset_writer_close() finishes it (or
+ * dataset_writer_abort() deletes the temporary file). Exactly one of the two must be called.
+ *
+ * Usage:
+ *     dataset_writer *w;
+ *     DDT_CHECK(dataset_writer_open("out.h5", &params, &w));
+ *     DDT_CHECK(dataset_writer_append(w, rows, features, labels, NULL));
+ *     DDT_CHECK(dataset_writer_close(w));
+ */
+#ifndef DDT_IO_DATASET_WRITER_H
+#define DDT_IO_DATASET_WRITER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util/status.h"
+
+typedef struct dataset_writer_params {
+    int64_t rows;        /* total rows this file will hold */
+    int features;        /* D */
+    bool class_labels;   /* int32 class ids, else float32 targets */
+    int target_width;    /* K for targets (ignored for class ids) */
+    int classes;         /* written as the num_classes attribute when > 0 */
+    int64_t chunk_rows;  /* rows per chunk; 0 picks ~1 MiB chunks */
+    int compression;     /* deflate level 0-9; 0 = none */
+    const char *source;  /* free text stored as attribute "source" (may be NULL) */
+} dataset_writer_params;
+
+typedef struct dataset_writer dataset_writer;
+
+ddt_status dataset_writer_open(const char *path, const dataset_writer_params *params,
+                               dataset_writer **out);
+/* Appends `count` rows; labels or targets according to params.class_labels. */
+ddt_status dataset_writer_append(dataset_writer *w, int count, const float *features,
+                                 const int32_t *labels, const float *targets);
+/* Checks all rows were written, closes, fsyncs and renames into place. Frees w. */
+ddt_status dataset_writer_close(dataset_writer *w);
+/* Closes and deletes the temporary file. Frees w. NULL is allowed. */
+void dataset_writer_abort(dataset_writer *w);
+
+/* Path of shard `index` of `count` for output path `path`: "dir/name.h5" becomes
+ * "dir/name-00000-of-00004.h5"; with count == 1 the path itself. */
+void dataset_shard_path(const char *path, int index, int count, char *out, size_t out_size);
+
+#endif

@@ -1,0 +1,33 @@
+/* model_file.h - saving and loading trained models as HDF5.
+ *
+ * Layout, readable with h5py and loadable into PyTorch's nn.Linear as is:
+ *   root attribute "model": the spec text (e.g. "784-256-relu-128-relu-10")
+ *   /dense_<i>/weight  float32 (outputs, inputs)   for each dense layer i counted from 0
+ *   /dense_<i>/bias    float32 (outputs)
+ * Saving is atomic: a temporary file in the same directory, fsync, rename, fsync the
+ * directory; an existing file is replaced only by a complete one.
+ *
+ * Parameters are exchanged as a host buffer in the model's parameter layout (model.h).
+ *
+ * Usage:
+ *     DDT_CHECK(model_file_save("model.h5", &spec, host_params));
+ *     model_spec spec; float *params;
+ *     DDT_CHECK(model_file_load("model.h5", &spec, &params));   // free(params) afterwards
+ */
+#ifndef DDT_IO_MODEL_FILE_H
+#define DDT_IO_MODEL_FILE_H
+
+#include "engine/model.h"
+#include "util/status.h"
+
+/* Checks up front that `path` can be created (directory exists and is writable), so a run
+ * can refuse an unwritable --save path before training. */
+ddt_status model_file_check_writable(const char *path);
+
+ddt_status model_file_save(const char *path, const model_spec *spec, const float *host_params);
+
+/* Reads the spec and parameters; *host_params is malloc'ed, the caller frees it. Errors name
+ * the file: missing, not HDF5, no "model" attribute, a bad spec, missing or misshapen layer. */
+ddt_status model_file_load(const char *path, model_spec *spec, float **host_params);
+
+#endif
