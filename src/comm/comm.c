@@ -1,0 +1,235 @@
+/* comm.c - communicator set-up, the control plane, and gradient buckets (see comm.h).
+ * The only file that knows which data-plane backends exist. */
+#include "comm/comm.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "comm/comm_backend.h"
+
+ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out) {
+    *out = NULL;
+    const comm_backend_ops *ops = NULL;
+    switch (kind) {
+    case COMM_BACKEND_MPI: ops = &comm_mpi_ops; break;
+    case COMM_BACKEND_NCCL:
+        return ddt_error(DDT_ERR_USAGE, "the NCCL backend is not part of this build of ddtrain "
+                                        "(it comes with the CUDA backend)");
+    }
+    comm *c = calloc(1, sizeof *c);
+    if (!c) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the communicator");
+    c->ops = ops;
+    c->kind = kind;
+    c->world = world;
+    c->dev = dev;
+    MPI_Comm_rank(world, &c->rank);
+    MPI_Comm_size(world, &c->world_size);
+    int rc = MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
+    if (rc != MPI_SUCCESS) {
+        free(c);
+        return comm_mpi_error(rc, "MPI_Comm_split_type (finding the ranks of this node)");
+    }
+    MPI_Comm_rank(c->node, &c->local_rank);
+    MPI_Comm_size(c->node, &c->local_size);
+    *out = c;
+    return DDT_OK;
+}
+
+void comm_free(comm *c) {
+    if (!c) return;
+    c->ops->close(c);
+    MPI_Comm_free(&c->node);
+    free(c);
+}
+
+int comm_rank(const comm *c) {
+    return c->rank;
+}
+int comm_world_size(const comm *c) {
+    return c->world_size;
+}
+int comm_local_rank(const comm *c) {
+    return c->local_rank;
+}
+int comm_local_size(const comm *c) {
+    return c->local_size;
+}
+const char *comm_backend_name(const comm *c) {
+    return c->ops->name;
+}
+MPI_Comm comm_mpi(const comm *c) {
+    return c->world;
+}
+
+ddt_status comm_broadcast_floats(comm *c, float *buffer, size_t count, int root) {
+    return c->ops->broadcast(c, buffer, count, root);
+}
+
+ddt_status comm_allreduce_floats(comm *c, float *buffer, size_t count) {
+    return c->ops->allreduce(c, buffer, count);
+}
+
+static MPI_Op mpi_op(comm_reduce_op op) {
+    switch (op) {
+    case COMM_REDUCE_MIN: return MPI_MIN;
+    case COMM_REDUCE_MAX: return MPI_MAX;
+    case COMM_REDUCE_SUM: break;
+    }
+    return MPI_SUM;
+}
+
+ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduce_op op) {
+    int rc = MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, mpi_op(op), c->world);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce (control values)");
+    return DDT_OK;
+}
+
+ddt_status comm_allreduce_u64(comm *c, uint64_t *values, int count, comm_reduce_op op) {
+    int rc = MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_UINT64_T, mpi_op(op), c->world);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce (control values)");
+    return DDT_OK;
+}
+
+/* ---- gradient buckets ------------------------------------------------------------------ */
+
+typedef enum bucket_state {
+    BUCKET_IDLE,
+    BUCKET_IN_FLIGHT,
+    BUCKET_DONE,
+} bucket_state;
+
+typedef struct bucket {
+    size_t begin, end; /* floats [begin, end) of the gradient buffer */
+    bucket_state state;
+    comm_request request;
+} bucket;
+
+struct gradient_buckets {
+    comm *c;
+    float *gradients;
+    size_t count;
+    int bucket_count;
+    bucket *buckets; /* ordered from the end of the buffer: buckets[0] is ready first */
+    int next_to_start;
+    double wait_seconds;
+    int64_t started_early, started_late;
+};
+
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+ddt_status gradient_buckets_init(comm *c, float *gradients, size_t count,
+                                 const size_t *ready_points, int ready_point_count,
+                                 size_t bucket_bytes, gradient_buckets **out) {
+    *out = NULL;
+    if (ready_point_count < 1 || ready_points[0] != 0)
+        return ddt_error(DDT_ERR_INTERNAL, "gradient buckets need a ready point at offset 0");
+    gradient_buckets *gb = calloc(1, sizeof *gb);
+    bucket *buckets = calloc((size_t)ready_point_count, sizeof *buckets);
+    if (!gb || !buckets) {
+        free(gb);
+        free(buckets);
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory for gradient buckets");
+    }
+    size_t bucket_floats = bucket_bytes / sizeof(float);
+    if (bucket_floats == 0) bucket_floats = 1;
+    /* Walk the layers from the end; close a bucket before adding a layer would take it past
+     * bucket_bytes, so a bucket is one layer or several small ones. */
+    int n = 0;
+    size_t end = count;
+    for (int i = ready_point_count - 1; i >= 0; i--) {
+        size_t begin = ready_points[i];
+        bool last = i == 0;
+        size_t next_begin = last ? 0 : ready_points[i - 1];
+        bool next_overflows = end - next_begin > bucket_floats;
+        if (last || next_overflows) {
+            buckets[n].begin = begin;
+            buckets[n].end = end;
+            n++;
+            end = begin;
+        }
+    }
+    gb->c = c;
+    gb->gradients = gradients;
+    gb->count = count;
+    gb->bucket_count = n;
+    gb->buckets = buckets;
+    gradient_buckets_begin(gb);
+    *out = gb;
+    return DDT_OK;
+}
+
+void gradient_buckets_free(gradient_buckets *gb) {
+    if (!gb) return;
+    free(gb->buckets);
+    free(gb);
+}
+
+void gradient_buckets_begin(gradient_buckets *gb) {
+    for (int i = 0; i < gb->bucket_count; i++) gb->buckets[i].state = BUCKET_IDLE;
+    gb->next_to_start = 0;
+}
+
+static ddt_status start_bucket(gradient_buckets *gb, bucket *b) {
+    DDT_CHECK(gb->c->ops->allreduce_start(gb->c, gb->gradients + b->begin, b->end - b->begin,
+                                          &b->request));
+    b->state = BUCKET_IN_FLIGHT;
+    return DDT_OK;
+}
+
+static ddt_status poll_in_flight(gradient_buckets *gb) {
+    for (int i = 0; i < gb->next_to_start; i++) {
+        bucket *b = &gb->buckets[i];
+        if (b->state != BUCKET_IN_FLIGHT) continue;
+        bool done = false;
+        DDT_CHECK(gb->c->ops->allreduce_test(gb->c, &b->request, &done));
+        if (done) b->state = BUCKET_DONE;
+    }
+    return DDT_OK;
+}
+
+ddt_status gradient_buckets_ready(gradient_buckets *gb, size_t ready_from) {
+    while (gb->next_to_start < gb->bucket_count &&
+           gb->buckets[gb->next_to_start].begin >= ready_from) {
+        DDT_CHECK(start_bucket(gb, &gb->buckets[gb->next_to_start]));
+        gb->next_to_start++;
+        gb->started_early++;
+    }
+    return poll_in_flight(gb);
+}
+
+ddt_status gradient_buckets_ready_callback(void *context, size_t ready_from) {
+    return gradient_buckets_ready((gradient_buckets *)context, ready_from);
+}
+
+ddt_status gradient_buckets_finish(gradient_buckets *gb) {
+    double start = now_seconds();
+    while (gb->next_to_start < gb->bucket_count) {
+        DDT_CHECK(start_bucket(gb, &gb->buckets[gb->next_to_start]));
+        gb->next_to_start++;
+        gb->started_late++;
+    }
+    for (int i = 0; i < gb->bucket_count; i++) {
+        bucket *b = &gb->buckets[i];
+        if (b->state == BUCKET_IN_FLIGHT) {
+            DDT_CHECK(gb->c->ops->allreduce_wait(gb->c, &b->request));
+            b->state = BUCKET_DONE;
+        }
+    }
+    gb->wait_seconds += now_seconds() - start;
+    return DDT_OK;
+}
+
+gradient_bucket_stats gradient_buckets_get_stats(const gradient_buckets *gb) {
+    gradient_bucket_stats stats = {
+        .bucket_count = gb->bucket_count,
+        .wait_seconds = gb->wait_seconds,
+        .started_early = gb->started_early,
+        .started_late = gb->started_late,
+    };
+    return stats;
+}

@@ -1,0 +1,99 @@
+/* comm.h - communication between ranks: broadcasts, agreements and the bucketed gradient
+ * all-reduce that overlaps the backward pass.
+ *
+ * A communicator wraps an MPI communicator and a backend (MPI now; NCCL with the CUDA
+ * backend) behind one table of operations, so the trainer never names a backend. Two planes:
+ *   - the data plane moves device buffers (parameters, gradients) through the backend;
+ *   - the control plane (agreements on errors, losses, counts, checksums) always uses MPI on
+ *     small host values.
+ *
+ * Gradient buckets: the gradient buffer is cut, at layer boundaries, into buckets of about
+ * bucket_bytes, counted from the end (the last layer's gradients are ready first). During the
+ * last micro-batch's backward pass the trainer reports how much of the buffer is final
+ * (gradient_buckets_ready); every bucket inside it starts its all-reduce at once, and
+ * outstanding ones are polled so MPI makes progress between layers. gradient_buckets_finish()
+ * starts whatever is left and waits for all. Gradients are summed (the loss is already
+ * normalised by the global batch).
+ *
+ * Ownership: comm_init() returns a comm freed by comm_free(); it does not own the MPI
+ * communicator or the device. gradient_buckets_init() returns buckets freed by
+ * gradient_buckets_free(); they borrow the gradient buffer.
+ *
+ * Usage:
+ *     comm *c;
+ *     DDT_CHECK(comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, dev, &c));
+ *     gradient_buckets *gb;
+ *     DDT_CHECK(gradient_buckets_init(c, grads, count, ready_points, n, 256 << 10, &gb));
+ *     gradient_buckets_begin(gb);
+ *     ... model_backward(m, rows, &pass, gradient_buckets_ready_callback, gb) ...
+ *     DDT_CHECK(gradient_buckets_finish(gb));
+ */
+#ifndef DDT_COMM_COMM_H
+#define DDT_COMM_COMM_H
+
+#include <mpi.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "engine/device.h"
+#include "util/status.h"
+
+typedef enum comm_backend_kind {
+    COMM_BACKEND_MPI,
+    COMM_BACKEND_NCCL,
+} comm_backend_kind;
+
+typedef enum comm_reduce_op {
+    COMM_REDUCE_SUM,
+    COMM_REDUCE_MIN,
+    COMM_REDUCE_MAX,
+} comm_reduce_op;
+
+typedef struct comm comm;
+
+ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out);
+void comm_free(comm *c);
+
+int comm_rank(const comm *c);
+int comm_world_size(const comm *c);
+int comm_local_rank(const comm *c); /* rank among the ranks on this node */
+int comm_local_size(const comm *c);
+const char *comm_backend_name(const comm *c);
+MPI_Comm comm_mpi(const comm *c);
+
+/* Data plane (device buffers). */
+ddt_status comm_broadcast_floats(comm *c, float *buffer, size_t count, int root);
+ddt_status comm_allreduce_floats(comm *c, float *buffer, size_t count); /* in place, sum */
+
+/* Control plane (host values, always MPI). */
+ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduce_op op);
+ddt_status comm_allreduce_u64(comm *c, uint64_t *values, int count, comm_reduce_op op);
+
+typedef struct gradient_buckets gradient_buckets;
+
+typedef struct gradient_bucket_stats {
+    int bucket_count;
+    double wait_seconds;    /* time spent blocked in gradient_buckets_finish */
+    int64_t started_early;  /* buckets started during backward (overlapped), cumulative */
+    int64_t started_late;   /* buckets started by finish, cumulative */
+} gradient_bucket_stats;
+
+/* ready_points: ascending offsets (floats) where the buffer may be cut, i.e. the offsets the
+ * model reports as ready (each dense layer's first parameter); 0 must be among them. */
+ddt_status gradient_buckets_init(comm *c, float *gradients, size_t count,
+                                 const size_t *ready_points, int ready_point_count,
+                                 size_t bucket_bytes, gradient_buckets **out);
+void gradient_buckets_free(gradient_buckets *gb);
+
+/* Starts a new reduction round (no bucket in flight). */
+void gradient_buckets_begin(gradient_buckets *gb);
+/* gradients[ready_from..count) are final: start every bucket inside, and poll the others. */
+ddt_status gradient_buckets_ready(gradient_buckets *gb, size_t ready_from);
+/* Same, with the signature of model_gradient_ready_fn (context is the gradient_buckets). */
+ddt_status gradient_buckets_ready_callback(void *context, size_t ready_from);
+/* Starts the buckets not started yet and waits for all of them. */
+ddt_status gradient_buckets_finish(gradient_buckets *gb);
+gradient_bucket_stats gradient_buckets_get_stats(const gradient_buckets *gb);
+
+#endif

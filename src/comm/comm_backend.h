@@ -1,0 +1,43 @@
+/* comm_backend.h - the table of data-plane operations a communication backend provides.
+ * Private to src/comm: the trainer sees only comm.h. Backends register in comm.c. */
+#ifndef DDT_COMM_COMM_BACKEND_H
+#define DDT_COMM_COMM_BACKEND_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "comm/comm.h"
+
+/* An in-flight reduction; backends keep their handle in `handle`. */
+typedef struct comm_request {
+    void *handle;
+    MPI_Request mpi;
+} comm_request;
+
+typedef struct comm_backend_ops {
+    const char *name;
+    ddt_status (*broadcast)(comm *c, float *buffer, size_t count, int root);
+    ddt_status (*allreduce)(comm *c, float *buffer, size_t count);
+    ddt_status (*allreduce_start)(comm *c, float *buffer, size_t count, comm_request *request);
+    /* *done = whether the request completed; polling also drives progress. */
+    ddt_status (*allreduce_test)(comm *c, comm_request *request, bool *done);
+    ddt_status (*allreduce_wait)(comm *c, comm_request *request);
+    void (*close)(comm *c);
+} comm_backend_ops;
+
+struct comm {
+    const comm_backend_ops *ops;
+    comm_backend_kind kind;
+    MPI_Comm world;
+    MPI_Comm node; /* ranks sharing this node */
+    int rank, world_size, local_rank, local_size;
+    device *dev;
+    void *backend;
+};
+
+extern const comm_backend_ops comm_mpi_ops;
+
+/* Turns an MPI error code into a ddt_status with a message naming `what`. */
+ddt_status comm_mpi_error(int mpi_code, const char *what);
+
+#endif

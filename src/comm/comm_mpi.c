@@ -1,0 +1,75 @@
+/* comm_mpi.c - the MPI data-plane backend: in-place MPI (I)Allreduce and MPI_Bcast on float
+ * buffers in host memory (CPU ranks). */
+#include <limits.h>
+
+#include "comm/comm_backend.h"
+
+ddt_status comm_mpi_error(int mpi_code, const char *what) {
+    char text[MPI_MAX_ERROR_STRING];
+    int length = 0;
+    MPI_Error_string(mpi_code, text, &length);
+    return ddt_error(DDT_ERR_COMM, "%s failed: %s", what, text);
+}
+
+/* MPI counts are int; split larger buffers (only possible above 8 GiB of floats). */
+static ddt_status mpi_broadcast(comm *c, float *buffer, size_t count, int root) {
+    while (count > 0) {
+        int part = count > INT_MAX ? INT_MAX : (int)count;
+        int rc = MPI_Bcast(buffer, part, MPI_FLOAT, root, c->world);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Bcast");
+        buffer += part;
+        count -= (size_t)part;
+    }
+    return DDT_OK;
+}
+
+static ddt_status mpi_allreduce(comm *c, float *buffer, size_t count) {
+    while (count > 0) {
+        int part = count > INT_MAX ? INT_MAX : (int)count;
+        int rc = MPI_Allreduce(MPI_IN_PLACE, buffer, part, MPI_FLOAT, MPI_SUM, c->world);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce");
+        buffer += part;
+        count -= (size_t)part;
+    }
+    return DDT_OK;
+}
+
+static ddt_status mpi_allreduce_start(comm *c, float *buffer, size_t count,
+                                      comm_request *request) {
+    if (count > INT_MAX)
+        return ddt_error(DDT_ERR_INTERNAL, "gradient bucket of %zu floats is too large", count);
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, buffer, (int)count, MPI_FLOAT, MPI_SUM, c->world,
+                            &request->mpi);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce");
+    return DDT_OK;
+}
+
+static ddt_status mpi_allreduce_test(comm *c, comm_request *request, bool *done) {
+    (void)c;
+    int flag = 0;
+    int rc = MPI_Test(&request->mpi, &flag, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Test on a gradient all-reduce");
+    *done = flag != 0;
+    return DDT_OK;
+}
+
+static ddt_status mpi_allreduce_wait(comm *c, comm_request *request) {
+    (void)c;
+    int rc = MPI_Wait(&request->mpi, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Wait on a gradient all-reduce");
+    return DDT_OK;
+}
+
+static void mpi_close(comm *c) {
+    (void)c;
+}
+
+const comm_backend_ops comm_mpi_ops = {
+    .name = "mpi",
+    .broadcast = mpi_broadcast,
+    .allreduce = mpi_allreduce,
+    .allreduce_start = mpi_allreduce_start,
+    .allreduce_test = mpi_allreduce_test,
+    .allreduce_wait = mpi_allreduce_wait,
+    .close = mpi_close,
+};

@@ -1,0 +1,298 @@
+/* data_commands.c - `ddtrain convert`, `ddtrain synth` and `ddtrain info`.
+ *
+ * All three stream: rows are converted, generated or checked a block at a time, so their
+ * memory does not grow with the dataset. convert and info run on rank 0; synth spreads its
+ * shards over the ranks (rank r writes shards r, r + world, ...), since every row is a pure
+ * function of (seed, row).
+ */
+#include "driver/data_commands.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/dataset.h"
+#include "io/dataset_writer.h"
+#include "io/idx.h"
+#include "util/rng.h"
+
+/* Rows per block so a block of features is about 8 MiB. */
+static int64_t block_rows_for(int64_t features) {
+    int64_t rows = (8 << 20) / (features * (int64_t)sizeof(float));
+    return rows < 1 ? 1 : rows;
+}
+
+/* ---- convert --------------------------------------------------------------------------- */
+
+static ddt_status convert_shard(idx_file *images, const uint8_t *labels, int64_t first,
+                                int64_t count, int64_t features, int classes, const char *path,
+                                const options *opts, const char *source) {
+    dataset_writer_params params = {
+        .rows = count,
+        .features = (int)features,
+        .class_labels = true,
+        .target_width = 1,
+        .classes = classes,
+        .compression = (int)opts->compression,
+        .source = source,
+    };
+    dataset_writer *w;
+    DDT_CHECK(dataset_writer_open(path, &params, &w));
+    int64_t block = block_rows_for(features);
+    uint8_t *pixels = malloc((size_t)(block * features));
+    float *values = malloc((size_t)(block * features) * sizeof(float));
+    int32_t *ids = malloc((size_t)block * sizeof(int32_t));
+    ddt_status status = DDT_OK;
+    if (!pixels || !values || !ids)
+        status = ddt_error(DDT_ERR_MEMORY, "out of host memory converting to %s", path);
+    for (int64_t done = 0; status == DDT_OK && done < count; done += block) {
+        int64_t rows = count - done < block ? count - done : block;
+        status = idx_read_items(images, rows, pixels);
+        if (status != DDT_OK) break;
+        for (int64_t i = 0; i < rows * features; i++) values[i] = (float)pixels[i] / 255.0f;
+        for (int64_t i = 0; i < rows; i++) ids[i] = labels[first + done + i];
+        status = dataset_writer_append(w, (int)rows, values, ids, NULL);
+    }
+    free(pixels);
+    free(values);
+    free(ids);
+    if (status != DDT_OK) {
+        dataset_writer_abort(w);
+        return status;
+    }
+    return dataset_writer_close(w);
+}
+
+static ddt_status convert_local(const options *opts) {
+    if (opts->positional_count != 3 || strcmp(opts->positional[0], "idx") != 0)
+        return ddt_error(DDT_ERR_USAGE,
+                         "usage: ddtrain convert idx IMAGES LABELS -o OUT.h5 [--shards K]");
+    if (!opts->output) return ddt_error(DDT_ERR_USAGE, "ddtrain convert needs -o OUT.h5");
+    const char *images_path = opts->positional[1], *labels_path = opts->positional[2];
+    idx_file *images = NULL, *labels = NULL;
+    uint8_t *label_values = NULL;
+    ddt_status status;
+    DDT_CHECK_GOTO(idx_open(images_path, &images), status, done);
+    DDT_CHECK_GOTO(idx_open(labels_path, &labels), status, done);
+    int64_t rows = idx_item_count(images);
+    if (idx_dimension_count(labels) != 1 || idx_item_size(labels) != 1) {
+        status = ddt_error(DDT_ERR_FORMAT, "%s: a labels file must be one-dimensional",
+                           labels_path);
+        goto done;
+    }
+    if (idx_item_count(labels) != rows) {
+        status = ddt_error(DDT_ERR_FORMAT, "%s has %" PRId64 " items but %s has %" PRId64,
+                           images_path, rows, labels_path, idx_item_count(labels));
+        goto done;
+    }
+    if (opts->shards > rows) {
+        status = ddt_error(DDT_ERR_USAGE, "--shards %" PRId64 " is more than the %" PRId64 " rows",
+                           opts->shards, rows);
+        goto done;
+    }
+    /* Labels are one byte a row: read them whole to learn the number of classes. */
+    label_values = malloc((size_t)rows);
+    if (!label_values) {
+        status = ddt_error(DDT_ERR_MEMORY, "out of host memory for %" PRId64 " labels", rows);
+        goto done;
+    }
+    DDT_CHECK_GOTO(idx_read_items(labels, rows, label_values), status, done);
+    int classes = 2;
+    for (int64_t i = 0; i < rows; i++)
+        if (label_values[i] + 1 > classes) classes = label_values[i] + 1;
+    char source[1024];
+    snprintf(source, sizeof source, "ddtrain convert idx %s %s", images_path, labels_path);
+    for (int64_t k = 0; k < opts->shards; k++) {
+        int64_t first = rows * k / opts->shards, end = rows * (k + 1) / opts->shards;
+        char path[4096];
+        dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
+        DDT_CHECK_GOTO(convert_shard(images, label_values, first, end - first,
+                                     (int64_t)idx_item_size(images), classes, path, opts, source),
+                       status, done);
+        printf("wrote %s: %" PRId64 " rows x %zu features, %d classes\n", path, end - first,
+               idx_item_size(images), classes);
+    }
+    status = DDT_OK;
+done:
+    free(label_values);
+    idx_close(labels);
+    idx_close(images);
+    return status;
+}
+
+ddt_status convert_run(job *j, const options *opts) {
+    return job_agree(j, j->rank == 0 ? convert_local(opts) : DDT_OK);
+}
+
+/* ---- synth ----------------------------------------------------------------------------- */
+
+/* The synthetic task: C class centres in D dimensions, drawn from (seed); row r belongs to
+ * class hash(seed, r) mod C and is its centre plus Gaussian noise keyed by (seed, r, j).
+ * Centres are scaled by 3/sqrt(D), so classes are about 4 noise-sigmas apart at noise 1:
+ * learnable, but not perfectly. */
+static float synth_centre(uint64_t seed, int64_t cls, int64_t j, int64_t features) {
+    double z = rng_normal(rng_hash4(seed, RNG_PURPOSE_SYNTH, 1, (uint64_t)(cls * features + j)),
+                          rng_hash4(seed, RNG_PURPOSE_SYNTH, 2, (uint64_t)(cls * features + j)));
+    return (float)(z * 3.0 / sqrt((double)features));
+}
+
+static ddt_status synth_shard(const options *opts, int64_t first, int64_t count,
+                              const float *centres, const char *path) {
+    int64_t features = opts->features;
+    uint64_t seed = (uint64_t)opts->seed;
+    char source[256];
+    snprintf(source, sizeof source, "ddtrain synth --rows %" PRId64 " --features %" PRId64
+             " --classes %" PRId64 " --seed %" PRId64 " --noise %g",
+             opts->rows, features, opts->classes, opts->seed, opts->noise);
+    dataset_writer_params params = {
+        .rows = count,
+        .features = (int)features,
+        .class_labels = true,
+        .target_width = 1,
+        .classes = (int)opts->classes,
+        .compression = (int)opts->compression,
+        .source = source,
+    };
+    dataset_writer *w;
+    DDT_CHECK(dataset_writer_open(path, &params, &w));
+    int64_t block = block_rows_for(features);
+    float *values = malloc((size_t)(block * features) * sizeof(float));
+    int32_t *ids = malloc((size_t)block * sizeof(int32_t));
+    ddt_status status = DDT_OK;
+    if (!values || !ids) status = ddt_error(DDT_ERR_MEMORY, "out of host memory writing %s", path);
+    float noise = (float)opts->noise;
+    for (int64_t done = 0; status == DDT_OK && done < count; done += block) {
+        int64_t rows = count - done < block ? count - done : block;
+        for (int64_t i = 0; i < rows; i++) {
+            uint64_t row = (uint64_t)(first + done + i);
+            int64_t cls = (int64_t)(rng_hash4(seed, RNG_PURPOSE_SYNTH, 3, row) %
+                                    (uint64_t)opts->classes);
+            ids[i] = (int32_t)cls;
+            const float *centre = centres + cls * features;
+            float *out = values + i * features;
+            for (int64_t j = 0; j < features; j += 2) {
+                uint64_t key = row * (uint64_t)features + (uint64_t)j;
+                double u1 = ((double)(rng_hash4(seed, RNG_PURPOSE_SYNTH, 4, key) >> 11) + 1.0) *
+                            (1.0 / 9007199254740992.0);
+                double u2 = (double)(rng_hash4(seed, RNG_PURPOSE_SYNTH, 5, key) >> 11) *
+                            (1.0 / 9007199254740992.0);
+                double radius = sqrt(-2.0 * log(u1)), angle = 6.283185307179586 * u2;
+                out[j] = centre[j] + noise * (float)(radius * cos(angle));
+                if (j + 1 < features) out[j + 1] = centre[j + 1] + noise * (float)(radius * sin(angle));
+            }
+        }
+        status = dataset_writer_append(w, (int)rows, values, ids, NULL);
+    }
+    free(values);
+    free(ids);
+    if (status != DDT_OK) {
+        dataset_writer_abort(w);
+        return status;
+    }
+    return dataset_writer_close(w);
+}
+
+static ddt_status synth_local(const job *j, const options *opts) {
+    if (!opts->output) return ddt_error(DDT_ERR_USAGE, "ddtrain synth needs -o OUT.h5");
+    if (!opts->rows || !opts->features || !opts->classes)
+        return ddt_error(DDT_ERR_USAGE, "ddtrain synth needs --rows, --features and --classes");
+    if (opts->positional_count)
+        return ddt_error(DDT_ERR_USAGE, "ddtrain synth: unexpected argument '%s'",
+                         opts->positional[0]);
+    if (opts->shards > opts->rows)
+        return ddt_error(DDT_ERR_USAGE, "--shards %" PRId64 " is more than --rows %" PRId64,
+                         opts->shards, opts->rows);
+    size_t centre_count = (size_t)(opts->classes * opts->features);
+    float *centres = malloc(centre_count * sizeof(float));
+    if (!centres) return ddt_error(DDT_ERR_MEMORY, "out of host memory for class centres");
+    for (int64_t c = 0; c < opts->classes; c++)
+        for (int64_t f = 0; f < opts->features; f++)
+            centres[c * opts->features + f] =
+                synth_centre((uint64_t)opts->seed, c, f, opts->features);
+    ddt_status status = DDT_OK;
+    for (int64_t k = j->rank; status == DDT_OK && k < opts->shards; k += j->world_size) {
+        int64_t first = opts->rows * k / opts->shards, end = opts->rows * (k + 1) / opts->shards;
+        char path[4096];
+        dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
+        status = synth_shard(opts, first, end - first, centres, path);
+        if (status == DDT_OK)
+            printf("wrote %s: %" PRId64 " rows x %" PRId64 " features, %" PRId64 " classes\n",
+                   path, end - first, opts->features, opts->classes);
+    }
+    fflush(stdout);
+    free(centres);
+    return status;
+}
+
+ddt_status synth_run(job *j, const options *opts) {
+    return job_agree(j, synth_local(j, opts));
+}
+
+/* ---- info ------------------------------------------------------------------------------ */
+
+static ddt_status info_one(const char *spec) {
+    dataset *ds;
+    DDT_CHECK(dataset_open(spec, &ds));
+    const dataset_geometry *g = dataset_get_geometry(ds);
+    printf("%s\n  files      %d\n", spec, g->file_count);
+    for (int i = 0; i < g->file_count && g->file_count > 1; i++)
+        printf("    %s\n", dataset_file_path(ds, i));
+    printf("  rows       %" PRId64 "\n  features   %d (float32, chunks of %" PRId64 " rows)\n",
+           g->rows, g->features, g->chunk_rows);
+    if (g->class_labels)
+        printf("  labels     int32 class ids, %d classes\n", g->classes);
+    else
+        printf("  labels     float32 targets, width %d\n", g->target_width);
+    /* Check every row (values finite, labels in range) a block at a time. */
+    int64_t block = block_rows_for(g->features);
+    float *features = malloc((size_t)(block * g->features) * sizeof(float));
+    int32_t *labels = g->class_labels ? malloc((size_t)block * sizeof(int32_t)) : NULL;
+    float *targets =
+        g->class_labels ? NULL : malloc((size_t)(block * g->target_width) * sizeof(float));
+    int64_t *counts = g->class_labels ? calloc((size_t)g->classes, sizeof(int64_t)) : NULL;
+    ddt_status status = DDT_OK;
+    if (!features || (!labels && !targets) || (g->class_labels && !counts))
+        status = ddt_error(DDT_ERR_MEMORY, "out of host memory checking %s", spec);
+    double sum = 0, sum_squares = 0;
+    for (int64_t row = 0; status == DDT_OK && row < g->rows; row += block) {
+        int rows = (int)(g->rows - row < block ? g->rows - row : block);
+        status = dataset_read_range(ds, row, rows, features, labels, targets);
+        if (status != DDT_OK) break;
+        for (int64_t i = 0; i < (int64_t)rows * g->features; i++) {
+            sum += features[i];
+            sum_squares += (double)features[i] * features[i];
+        }
+        for (int i = 0; labels && i < rows; i++) counts[labels[i]]++;
+    }
+    if (status == DDT_OK) {
+        double n = (double)g->rows * g->features;
+        double mean = sum / n;
+        printf("  values     mean %.4f, std %.4f, all finite\n", mean,
+               sqrt(fmax(0, sum_squares / n - mean * mean)));
+        if (counts) {
+            printf("  classes   ");
+            for (int c = 0; c < g->classes; c++) printf(" %d:%" PRId64, c, counts[c]);
+            printf("\n");
+        }
+        printf("  ok\n");
+    }
+    free(features);
+    free(labels);
+    free(targets);
+    free(counts);
+    dataset_close(ds);
+    return status;
+}
+
+static ddt_status info_local(const options *opts) {
+    if (opts->positional_count == 0)
+        return ddt_error(DDT_ERR_USAGE, "usage: ddtrain info FILE...");
+    for (int i = 0; i < opts->positional_count; i++) DDT_CHECK(info_one(opts->positional[i]));
+    fflush(stdout);
+    return DDT_OK;
+}
+
+ddt_status info_run(job *j, const options *opts) {
+    return job_agree(j, j->rank == 0 ? info_local(opts) : DDT_OK);
+}

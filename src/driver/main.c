@@ -1,0 +1,98 @@
+/* main.c - the ddtrain program: picks the subcommand, starts MPI, runs it on every rank and
+ * ends every rank with the same exit code.
+ *
+ *   ddtrain train    train a model, data-parallel over the MPI ranks
+ *   ddtrain eval     loss and accuracy of a saved model on a dataset
+ *   ddtrain convert  IDX (MNIST-style, gzipped or not) to ddtrain's HDF5 format
+ *   ddtrain synth    write a deterministic synthetic classification set of any size
+ *   ddtrain info     print a dataset's geometry and check every row
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "driver/blas_setup.h"
+#include "driver/data_commands.h"
+#include "driver/job.h"
+#include "driver/options.h"
+#include "driver/train.h"
+
+#define DDTRAIN_VERSION "0.1.0"
+
+static void print_usage(FILE *out) {
+    fprintf(out,
+            "ddtrain %s - distributed data-parallel neural-network trainer\n\n"
+            "usage: ddtrain COMMAND [options]      (under mpirun/srun for several ranks)\n\n"
+            "commands:\n"
+            "  train    train an MLP on an HDF5 dataset, data-parallel over the ranks\n"
+            "  eval     loss and accuracy of a saved model (--model-file) on --data\n"
+            "  convert  convert IDX files (MNIST, Fashion-MNIST; .gz or not) to HDF5\n"
+            "  synth    write a synthetic, learnable classification dataset of any size\n"
+            "  info     print a dataset's geometry and check every row\n\n"
+            "'ddtrain COMMAND --help' lists a command's options and their defaults.\n",
+            DDTRAIN_VERSION);
+}
+
+static bool parse_command(const char *text, command *out) {
+    static const command all[] = {COMMAND_TRAIN, COMMAND_EVAL, COMMAND_CONVERT, COMMAND_SYNTH,
+                                  COMMAND_INFO};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (strcmp(text, command_name(all[i])) == 0) {
+            *out = all[i];
+            return true;
+        }
+    return false;
+}
+
+int main(int argc, char **argv) {
+    blas_setup_kernel(argv); /* may re-execute ddtrain; must come before MPI starts */
+
+    /* Usage questions are answered without starting MPI. */
+    if (argc < 2) {
+        print_usage(stderr);
+        return 2;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
+        strcmp(argv[1], "help") == 0) {
+        print_usage(stdout);
+        return 0;
+    }
+    if (strcmp(argv[1], "--version") == 0) {
+        printf("ddtrain %s\n", DDTRAIN_VERSION);
+        return 0;
+    }
+
+    job j;
+    ddt_status status = job_init(&j, &argc, &argv);
+    if (status != DDT_OK) {
+        job_print_error(&j, status);
+        return job_finish(&j, status);
+    }
+    command cmd;
+    if (!parse_command(argv[1], &cmd)) {
+        status = job_agree(&j, ddt_error(DDT_ERR_USAGE,
+                                         "unknown command '%s' (expected train, eval, convert, "
+                                         "synth or info; see ddtrain --help)",
+                                         argv[1]));
+        return job_finish(&j, status);
+    }
+    options opts;
+    status = job_agree(&j, options_parse(cmd, argc - 2, argv + 2, &opts));
+    if (status != DDT_OK) return job_finish(&j, status);
+    if (opts.help) {
+        if (j.rank == 0) options_print_help(cmd, stdout);
+        return job_finish(&j, DDT_OK);
+    }
+    if ((cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL) && opts.positional_count > 0) {
+        status = job_agree(&j, ddt_error(DDT_ERR_USAGE, "ddtrain %s: unexpected argument '%s'",
+                                         command_name(cmd), opts.positional[0]));
+        return job_finish(&j, status);
+    }
+    switch (cmd) {
+    case COMMAND_TRAIN: status = train_run(&j, &opts); break;
+    case COMMAND_EVAL: status = eval_run(&j, &opts); break;
+    case COMMAND_CONVERT: status = convert_run(&j, &opts); break;
+    case COMMAND_SYNTH: status = synth_run(&j, &opts); break;
+    case COMMAND_INFO: status = info_run(&j, &opts); break;
+    }
+    return job_finish(&j, status);
+}

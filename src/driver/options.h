@@ -1,0 +1,99 @@
+/* options.h - ddtrain's command-line options: one declarative table drives parsing,
+ * validation, `--help` and the printout of the resolved configuration.
+ *
+ * Each option names the subcommands that accept it, its type, default, bounds and help.
+ * Values land in one `options` struct shared by all subcommands. Positional arguments
+ * (convert's IDX files, info's files) are collected in order.
+ *
+ * Usage:
+ *     options opts;
+ *     ddt_status st = options_parse(COMMAND_TRAIN, argc - 2, argv + 2, &opts);
+ *     if (opts.help) options_print_help(COMMAND_TRAIN, stdout);
+ */
+#ifndef DDT_DRIVER_OPTIONS_H
+#define DDT_DRIVER_OPTIONS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "util/status.h"
+
+typedef enum command {
+    COMMAND_TRAIN = 1 << 0,
+    COMMAND_EVAL = 1 << 1,
+    COMMAND_CONVERT = 1 << 2,
+    COMMAND_SYNTH = 1 << 3,
+    COMMAND_INFO = 1 << 4,
+} command;
+
+#define OPTIONS_MAX_POSITIONAL 64
+
+typedef struct options {
+    /* data */
+    const char *data;
+    const char *eval_data;
+    bool no_shuffle;
+    int shuffle_window;  /* blocks */
+    int prefetch_depth;  /* micro-batches */
+    /* model and loss */
+    const char *model;
+    const char *loss;
+    const char *init;
+    const char *save;
+    const char *model_file; /* eval */
+    /* optimisation */
+    const char *optimizer;
+    double lr;
+    double momentum;
+    bool nesterov;
+    double weight_decay;
+    double beta1, beta2, eps;
+    const char *lr_schedule;
+    int64_t warmup_steps;
+    int64_t lr_step_size;
+    double lr_gamma;
+    double min_lr;
+    /* length and batching */
+    int64_t epochs;
+    int64_t steps;
+    int64_t global_batch;
+    int64_t micro_batch; /* 0: global_batch / world (no accumulation) */
+    int64_t seed;
+    /* compute and communication */
+    const char *device;
+    int threads;
+    int64_t bucket_size; /* bytes */
+    /* output */
+    const char *metrics;
+    int64_t log_every;
+    /* convert / synth */
+    const char *output;
+    int64_t shards;
+    int64_t compression;
+    int64_t rows;
+    int64_t features;
+    int64_t classes;
+    double noise;
+    /* general */
+    bool help;
+    int positional_count;
+    const char *positional[OPTIONS_MAX_POSITIONAL];
+    /* which options the user gave explicitly: bit i for table entry i */
+    uint64_t given[2];
+} options;
+
+/* Parses argv (without the program and subcommand names). On DDT_ERR_USAGE the message names
+ * the option and the problem. Fills defaults first. */
+ddt_status options_parse(command cmd, int argc, char **argv, options *out);
+/* True if the user gave option `name` (without leading dashes) on the command line. */
+bool options_given(const options *opts, const char *name);
+void options_print_help(command cmd, FILE *out);
+/* Prints "  name = value" lines for every option of `cmd` (the resolved configuration). */
+void options_print_resolved(command cmd, const options *opts, FILE *out);
+const char *command_name(command cmd);
+
+/* Parses "256KiB", "64MiB", "1.5GiB", "1000000" into bytes; DDT_ERR_USAGE on bad input. */
+ddt_status options_parse_size(const char *option_name, const char *text, int64_t *bytes);
+
+#endif

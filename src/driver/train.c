@@ -1,0 +1,634 @@
+/* train.c - `ddtrain train`: data-parallel training on every rank, start to finish.
+ *
+ * Reading order: train_run() sets up in phases (settings, data, engine, initial weights),
+ * each ending at an agreement point so that a failure on any rank ends all ranks together
+ * with one message; then train_loop() runs the steps. Each step: k micro-batches with no
+ * communication, the last one's backward pass starting gradient-bucket all-reduces as layers
+ * finish, then one small control all-reduce (loss, error flag) that doubles as the per-step
+ * agreement point, then the optimizer. Rank 0 prints progress and writes the metrics file.
+ */
+#include "driver/train.h"
+
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm/comm.h"
+#include "driver/blas_setup.h"
+#include "driver/evaluate.h"
+#include "engine/alloc.h"
+#include "engine/device.h"
+#include "engine/loss.h"
+#include "engine/model.h"
+#include "engine/optim.h"
+#include "io/dataset.h"
+#include "io/model_file.h"
+#include "io/stream.h"
+#include "shard/shard.h"
+
+typedef struct phase_times {
+    double data_wait;
+    double compute;
+    double communication;
+    double optimizer;
+} phase_times;
+
+typedef struct trainer {
+    job *job;
+    const options *opts;
+    /* owned, freed in reverse order by trainer_free() */
+    device *dev;
+    allocator *alloc;
+    comm *comm;
+    dataset *train_data;
+    dataset *eval_data;
+    model *model;
+    optimizer *opt;
+    gradient_buckets *buckets;
+    shard_plan *plan;
+    stream *stream;
+    batch_buffers buffers;
+    FILE *metrics;
+    /* resolved settings */
+    model_spec spec;
+    loss_kind loss;
+    optimizer_params optimizer_settings;
+    lr_schedule schedule;
+    device_kind device_kind;
+    int64_t global_batch;
+    int micro_batch;
+    int micro_batches_per_step;
+    int64_t steps_per_epoch;
+    int64_t total_steps;
+    /* results */
+    phase_times times;
+    double train_seconds;
+    double last_train_loss;
+    evaluation last_eval;
+    bool evaluated;
+} trainer;
+
+/* ---- phase 1: settings (the same on every rank) ---------------------------------------- */
+
+static ddt_status resolve_settings(trainer *t) {
+    const options *o = t->opts;
+    int world = t->job->world_size;
+    if (!o->data) return ddt_error(DDT_ERR_USAGE, "--data is required (see ddtrain train --help)");
+    if (options_given(o, "epochs") && o->steps > 0)
+        return ddt_error(DDT_ERR_USAGE, "give --epochs or --steps, not both");
+    if (strcmp(o->device, "cpu") == 0)
+        t->device_kind = DEVICE_KIND_CPU;
+    else if (strcmp(o->device, "cuda") == 0)
+        t->device_kind = DEVICE_KIND_CUDA;
+    else
+        return ddt_error(DDT_ERR_USAGE, "--device: '%s' is not a device (expected cpu or cuda)",
+                         o->device);
+    DDT_CHECK(loss_kind_parse(o->loss, &t->loss));
+    t->optimizer_settings = optimizer_default_params();
+    DDT_CHECK(optimizer_kind_parse(o->optimizer, &t->optimizer_settings.kind));
+    t->optimizer_settings.momentum = (float)o->momentum;
+    t->optimizer_settings.nesterov = o->nesterov;
+    t->optimizer_settings.weight_decay = (float)o->weight_decay;
+    t->optimizer_settings.beta1 = (float)o->beta1;
+    t->optimizer_settings.beta2 = (float)o->beta2;
+    t->optimizer_settings.eps = (float)o->eps;
+    DDT_CHECK(optimizer_params_check(&t->optimizer_settings));
+    DDT_CHECK(lr_schedule_kind_parse(o->lr_schedule, &t->schedule.kind));
+    t->global_batch = o->global_batch;
+    if (o->micro_batch == 0) {
+        if (t->global_batch % world != 0)
+            return ddt_error(DDT_ERR_USAGE,
+                             "--global-batch %" PRId64 " cannot be split evenly over %d ranks "
+                             "(give a multiple of %d, or set --micro-batch)",
+                             t->global_batch, world, world);
+        t->micro_batch = (int)(t->global_batch / world);
+    } else {
+        t->micro_batch = (int)o->micro_batch;
+    }
+    if (t->global_batch % ((int64_t)world * t->micro_batch) != 0)
+        return ddt_error(DDT_ERR_USAGE,
+                         "--global-batch %" PRId64 " is not a multiple of %d ranks x "
+                         "--micro-batch %d = %" PRId64 " (each rank must run a whole number "
+                         "of micro-batches per step)",
+                         t->global_batch, world, t->micro_batch,
+                         (int64_t)world * t->micro_batch);
+    t->micro_batches_per_step = (int)(t->global_batch / ((int64_t)world * t->micro_batch));
+    return DDT_OK;
+}
+
+/* ---- phase 2: data and model spec ------------------------------------------------------ */
+
+static ddt_status check_geometry_against_model(const char *what, const char *path,
+                                               const dataset_geometry *g, const model_spec *spec,
+                                               loss_kind loss) {
+    if (g->features != spec->input_width)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s '%s' has %d features per row, but the model '%s' takes %d inputs",
+                         what, path, g->features, spec->text, spec->input_width);
+    ddt_status status = loss_check_compatible(loss, spec->output_width, g->class_labels,
+                                              g->classes, g->target_width);
+    if (status != DDT_OK)
+        return ddt_error(status, "%s '%s': %s", what, path, ddt_error_message());
+    return DDT_OK;
+}
+
+static ddt_status open_data(trainer *t) {
+    const options *o = t->opts;
+    if (o->init) {
+        /* The saved model fixes the architecture; --model, if given, must agree with it. */
+        float *params = NULL;
+        DDT_CHECK(model_file_load(o->init, &t->spec, &params));
+        free(params);
+        if (options_given(o, "model")) {
+            model_spec asked;
+            DDT_CHECK(model_spec_parse(o->model, &asked));
+            if (strcmp(asked.text, t->spec.text) != 0)
+                return ddt_error(DDT_ERR_USAGE,
+                                 "--init '%s' holds model '%s', but --model is '%s'", o->init,
+                                 t->spec.text, asked.text);
+        }
+    } else {
+        DDT_CHECK(model_spec_parse(o->model, &t->spec));
+    }
+    DDT_CHECK(dataset_open(o->data, &t->train_data));
+    const dataset_geometry *g = dataset_get_geometry(t->train_data);
+    DDT_CHECK(check_geometry_against_model("--data", o->data, g, &t->spec, t->loss));
+    if (o->eval_data) {
+        DDT_CHECK(dataset_open(o->eval_data, &t->eval_data));
+        DDT_CHECK(check_geometry_against_model("--eval-data", o->eval_data,
+                                               dataset_get_geometry(t->eval_data), &t->spec,
+                                               t->loss));
+    }
+    if (g->rows < t->global_batch)
+        return ddt_error(DDT_ERR_DATA,
+                         "--data '%s' has %" PRId64 " rows, fewer than one global batch of %" PRId64,
+                         o->data, g->rows, t->global_batch);
+    shard_params sp = {
+        .rows = g->rows,
+        .global_batch = t->global_batch,
+        .micro_batch = t->micro_batch,
+        .world_size = t->job->world_size,
+        .rank = t->job->rank,
+        .seed = (uint64_t)o->seed,
+        .shuffle = !o->no_shuffle,
+        .block_rows = g->chunk_rows > 0 ? g->chunk_rows : 256,
+        .window_blocks = o->shuffle_window,
+    };
+    DDT_CHECK(shard_plan_init(&sp, &t->plan));
+    t->steps_per_epoch = shard_plan_steps_per_epoch(t->plan);
+    t->total_steps = o->steps > 0 ? o->steps : o->epochs * t->steps_per_epoch;
+    /* Keep the window of chunks a micro-batch is drawn from in HDF5's chunk cache. */
+    size_t chunk_bytes = (size_t)sp.block_rows * (size_t)g->features * sizeof(float);
+    DDT_CHECK(dataset_set_chunk_cache(t->train_data, chunk_bytes * (size_t)sp.window_blocks));
+
+    t->schedule.base_lr = (float)o->lr;
+    t->schedule.min_lr = (float)o->min_lr;
+    t->schedule.warmup_steps = o->warmup_steps;
+    t->schedule.total_steps = t->total_steps;
+    t->schedule.step_size = o->lr_step_size > 0 ? o->lr_step_size : t->steps_per_epoch;
+    t->schedule.gamma = (float)o->lr_gamma;
+
+    if (t->job->rank == 0) {
+        if (o->save) DDT_CHECK(model_file_check_writable(o->save));
+        if (o->metrics) {
+            t->metrics = fopen(o->metrics, "w");
+            if (!t->metrics)
+                return ddt_error(DDT_ERR_IO, "--metrics '%s': cannot create: %s", o->metrics,
+                                 strerror(errno));
+        }
+    }
+    return DDT_OK;
+}
+
+/* ---- phase 3: engine ------------------------------------------------------------------- */
+
+static ddt_status build_engine(trainer *t) {
+    DDT_CHECK(device_open(t->device_kind, 0, &t->dev));
+    DDT_CHECK(allocator_init(t->dev, &t->alloc));
+    DDT_CHECK(comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, t->dev, &t->comm));
+    DDT_CHECK(model_init(&t->spec, t->alloc, t->micro_batch, &t->model));
+    DDT_CHECK(optimizer_init(&t->optimizer_settings, t->alloc, model_parameter_count(t->model),
+                             &t->opt));
+    DDT_CHECK(batch_buffers_init(&t->buffers, t->alloc, dataset_get_geometry(t->train_data),
+                                 t->micro_batch, t->spec.output_width));
+    size_t ready_points[MODEL_MAX_LAYERS];
+    for (int i = 0; i < t->spec.dense_count; i++)
+        ready_points[i] = model_spec_dense_layout(&t->spec, i).weight_offset;
+    DDT_CHECK(gradient_buckets_init(t->comm, model_gradients(t->model),
+                                    model_parameter_count(t->model), ready_points,
+                                    t->spec.dense_count, (size_t)t->opts->bucket_size,
+                                    &t->buckets));
+    return DDT_OK;
+}
+
+/* ---- phase 4: identical initial weights ------------------------------------------------ */
+
+static uint64_t checksum_bytes(const void *data, size_t bytes) {
+    const unsigned char *p = data;
+    uint64_t hash = 0xcbf29ce484222325ull; /* FNV-1a */
+    for (size_t i = 0; i < bytes; i++) hash = (hash ^ p[i]) * 0x100000001b3ull;
+    return hash;
+}
+
+static ddt_status initial_weights_on_root(trainer *t) {
+    if (t->job->rank != 0) return DDT_OK;
+    if (!t->opts->init) return model_init_parameters(t->model, (uint64_t)t->opts->seed);
+    model_spec spec;
+    float *params = NULL;
+    DDT_CHECK(model_file_load(t->opts->init, &spec, &params));
+    ddt_status status = t->dev->ops->copy_host_to_device(
+        t->dev, model_parameters(t->model), params, model_parameter_count(t->model) * sizeof(float));
+    free(params);
+    return status;
+}
+
+/* Broadcasts rank 0's weights, then compares a checksum across ranks. */
+static ddt_status share_initial_weights(trainer *t) {
+    size_t count = model_parameter_count(t->model);
+    DDT_CHECK(comm_broadcast_floats(t->comm, model_parameters(t->model), count, 0));
+    float *host = malloc(count * sizeof(float));
+    if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory for a weight checksum");
+    ddt_status status = t->dev->ops->copy_device_to_host(t->dev, host, model_parameters(t->model),
+                                                         count * sizeof(float));
+    uint64_t sums[2];
+    sums[0] = sums[1] = checksum_bytes(host, count * sizeof(float));
+    free(host);
+    DDT_CHECK(status);
+    DDT_CHECK(comm_allreduce_u64(t->comm, &sums[0], 1, COMM_REDUCE_MIN));
+    DDT_CHECK(comm_allreduce_u64(t->comm, &sums[1], 1, COMM_REDUCE_MAX));
+    if (sums[0] != sums[1])
+        return ddt_error(DDT_ERR_COMM, "initial weights differ between ranks after the broadcast "
+                                       "(checksums %016" PRIx64 " and %016" PRIx64 "); refusing "
+                                       "to train",
+                         sums[0], sums[1]);
+    return DDT_OK;
+}
+
+/* ---- reporting ------------------------------------------------------------------------- */
+
+static void print_configuration(trainer *t) {
+    job *j = t->job;
+    const dataset_geometry *g = dataset_get_geometry(t->train_data);
+    job_say(j, "ddtrain train: %d rank%s, device %s, communication %s\n", j->world_size,
+            j->world_size == 1 ? "" : "s", t->dev->description, comm_backend_name(t->comm));
+    job_say(j, "  blas             %s\n", blas_describe());
+    if (j->rank == 0) options_print_resolved(COMMAND_TRAIN, t->opts, stdout);
+    job_say(j,
+            "  => model %s (%zu parameters), data %" PRId64 " rows x %d features in %d file%s\n"
+            "  => %" PRId64 " steps (%" PRId64 " per epoch), global batch %" PRId64
+            " = %d ranks x %d micro-batches x %d rows\n",
+            t->spec.text, model_parameter_count(t->model), g->rows, g->features, g->file_count,
+            g->file_count == 1 ? "" : "s", t->total_steps, t->steps_per_epoch, t->global_batch,
+            j->world_size, t->micro_batches_per_step, t->micro_batch);
+    fflush(stdout);
+}
+
+static void format_duration(double seconds, char *text, size_t size) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600)
+        snprintf(text, size, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else
+        snprintf(text, size, "%ld:%02ld", s / 60, s % 60);
+}
+
+static void write_json_number(FILE *f, const char *name, double value) {
+    if (isfinite(value))
+        fprintf(f, ",\"%s\":%.9g", name, value);
+    else
+        fprintf(f, ",\"%s\":null", name);
+}
+
+/* ---- phase 5: the training loop -------------------------------------------------------- */
+
+/* One micro-batch: upload, forward, loss, backward. The last micro-batch of a step reports
+ * finished layers to the gradient buckets so their all-reduce overlaps the rest of backward. */
+static ddt_status run_micro_batch(trainer *t, micro_batch *mb, bool last) {
+    const dataset_geometry *g = dataset_get_geometry(t->train_data);
+    batch_buffers *b = &t->buffers;
+    DDT_CHECK(batch_buffers_upload(b, t->dev, g, mb->rows, mb->features, mb->labels, mb->targets,
+                                   mb->row_ids));
+    model_pass pass = {
+        .training = true,
+        .step = mb->global_step,
+        .seed = (uint64_t)t->opts->seed,
+        .row_ids = b->device_row_ids,
+    };
+    const float *logits;
+    DDT_CHECK(model_forward(t->model, b->device_features, mb->rows, &pass, &logits));
+    loss_apply(t->dev, t->loss, mb->rows, t->spec.output_width, logits, b->device_labels,
+               b->device_targets, 1.0f / (float)t->global_batch, &b->device_scalars[0],
+               model_output_gradient(t->model));
+    return model_backward(t->model, mb->rows, &pass,
+                          last ? gradient_buckets_ready_callback : NULL,
+                          last ? t->buckets : NULL);
+}
+
+/* Runs this rank's micro-batches of one step; the gradients are left un-reduced. */
+static ddt_status run_local_step(trainer *t) {
+    for (int m = 0; m < t->micro_batches_per_step; m++) {
+        micro_batch *mb;
+        double waited = job_now();
+        DDT_CHECK(stream_next(t->stream, &mb));
+        double started = job_now();
+        t->times.data_wait += started - waited;
+        ddt_status status = run_micro_batch(t, mb, m == t->micro_batches_per_step - 1);
+        stream_release(t->stream, mb);
+        DDT_CHECK(status);
+        t->times.compute += job_now() - started;
+    }
+    return DDT_OK;
+}
+
+typedef struct epoch_tally {
+    double loss_sum;
+    int64_t steps;
+    double started;
+    double eval_seconds;
+} epoch_tally;
+
+static ddt_status end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally) {
+    job *j = t->job;
+    double train_loss = tally->steps ? tally->loss_sum / (double)tally->steps : NAN;
+    double seconds = job_now() - tally->started - tally->eval_seconds;
+    double samples_per_s = (double)(tally->steps * t->global_batch) / (seconds > 0 ? seconds : 1);
+    evaluation ev = {.loss = NAN, .accuracy = -1};
+    if (t->eval_data) {
+        double eval_started = job_now();
+        ddt_status status = evaluate_model(j, t->comm, t->dev, t->model, t->eval_data, t->loss,
+                                           &t->buffers, &ev);
+        if (status != DDT_OK) return status; /* agreed and printed */
+        tally->eval_seconds += job_now() - eval_started;
+        t->last_eval = ev;
+        t->evaluated = true;
+    }
+    if (j->rank == 0) {
+        if (t->eval_data && ev.accuracy >= 0)
+            printf("epoch %" PRId64 " done: train_loss %.4f  eval_loss %.4f  eval_accuracy %.4f  "
+                   "(%.0f samples/s)\n",
+                   epoch + 1, train_loss, ev.loss, ev.accuracy, samples_per_s);
+        else if (t->eval_data)
+            printf("epoch %" PRId64 " done: train_loss %.4f  eval_loss %.4f  (%.0f samples/s)\n",
+                   epoch + 1, train_loss, ev.loss, samples_per_s);
+        else
+            printf("epoch %" PRId64 " done: train_loss %.4f  (%.0f samples/s)\n", epoch + 1,
+                   train_loss, samples_per_s);
+        fflush(stdout);
+        if (t->metrics) {
+            fprintf(t->metrics, "{\"event\":\"epoch\",\"epoch\":%" PRId64 ",\"steps\":%" PRId64,
+                    epoch + 1, tally->steps);
+            write_json_number(t->metrics, "train_loss", train_loss);
+            write_json_number(t->metrics, "eval_loss", ev.loss);
+            write_json_number(t->metrics, "eval_accuracy", ev.accuracy >= 0 ? ev.accuracy : NAN);
+            write_json_number(t->metrics, "samples_per_s", samples_per_s);
+            fprintf(t->metrics, "}\n");
+            fflush(t->metrics);
+        }
+    }
+    return DDT_OK;
+}
+
+static ddt_status train_loop(trainer *t) {
+    job *j = t->job;
+    const device_ops *ops = t->dev->ops;
+    stream_params sp = {
+        .data = t->train_data,
+        .plan = t->plan,
+        .micro_batch = t->micro_batch,
+        .first_global_step = 0,
+        .total_global_steps = t->total_steps,
+        .prefetch_depth = t->opts->prefetch_depth,
+    };
+    ddt_status status = job_agree(j, stream_start(&sp, &t->stream));
+    if (status != DDT_OK) return status;
+
+    double loop_started = job_now();
+    double log_loss_sum = 0;
+    int64_t log_steps = 0;
+    double log_started = loop_started;
+    epoch_tally tally = {.started = loop_started};
+    for (int64_t step = 0; step < t->total_steps; step++) {
+        model_zero_gradients(t->model);
+        ops->fill_zero(t->dev, t->buffers.device_scalars, 2 * sizeof(float));
+        gradient_buckets_begin(t->buckets);
+        ddt_status local = run_local_step(t);
+
+        /* Every rank takes part in the same all-reduces, even after a local failure, so the
+         * failure is seen by all at the control all-reduce below instead of hanging them. */
+        double comm_started = job_now();
+        if (gradient_buckets_finish(t->buckets) != DDT_OK)
+            job_abort(j, DDT_ERR_COMM, ddt_error_message());
+        float local_loss = 0;
+        if (local == DDT_OK)
+            local = ops->copy_device_to_host(t->dev, &local_loss, &t->buffers.device_scalars[0],
+                                             sizeof local_loss);
+        double control[2] = {local != DDT_OK ? 1.0 : 0.0, local_loss};
+        if (comm_allreduce_doubles(t->comm, control, 2, COMM_REDUCE_SUM) != DDT_OK)
+            job_abort(j, DDT_ERR_COMM, ddt_error_message());
+        t->times.communication += job_now() - comm_started;
+        if (control[0] > 0) return job_agree(j, local);
+        double loss = control[1];
+        if (!isfinite(loss))
+            return job_agree(j, ddt_error(DDT_ERR_DATA,
+                                          "the training loss became %s at step %" PRId64
+                                          " (epoch %" PRId64 "); try a lower --lr",
+                                          isnan(loss) ? "NaN" : "infinite", step + 1,
+                                          step / t->steps_per_epoch + 1));
+
+        double optimizer_started = job_now();
+        float lr = lr_schedule_at(&t->schedule, step);
+        optimizer_step(t->opt, model_parameters(t->model), model_gradients(t->model), lr);
+        t->times.optimizer += job_now() - optimizer_started;
+
+        t->last_train_loss = loss;
+        log_loss_sum += loss;
+        log_steps++;
+        tally.loss_sum += loss;
+        tally.steps++;
+        int64_t done = step + 1;
+        int64_t epoch = step / t->steps_per_epoch;
+        int64_t opts_log = t->opts->log_every;
+        if (j->rank == 0 && opts_log > 0 && (done % opts_log == 0 || done == t->total_steps)) {
+            double now = job_now();
+            double rate = (double)(log_steps * t->global_batch) / (now - log_started);
+            double elapsed = now - loop_started - tally.eval_seconds;
+            char eta[32];
+            format_duration(elapsed / (double)done * (double)(t->total_steps - done), eta,
+                            sizeof eta);
+            printf("epoch %" PRId64 " step %" PRId64 "/%" PRId64 "  loss %.4f  lr %.4g  "
+                   "%.0f samples/s  ETA %s\n",
+                   epoch + 1, done, t->total_steps, log_loss_sum / (double)log_steps, lr, rate,
+                   eta);
+            fflush(stdout);
+            log_loss_sum = 0;
+            log_steps = 0;
+            log_started = now;
+        }
+        bool epoch_ends = done % t->steps_per_epoch == 0;
+        if (epoch_ends || done == t->total_steps) {
+            double eval_before = tally.eval_seconds;
+            status = end_of_epoch(t, epoch, &tally);
+            if (status != DDT_OK) return status;
+            double eval_spent = tally.eval_seconds - eval_before;
+            loop_started += eval_spent; /* throughput excludes evaluation */
+            tally = (epoch_tally){.started = job_now()};
+            log_started = job_now();
+        }
+    }
+    t->train_seconds = job_now() - loop_started;
+    return DDT_OK;
+}
+
+/* ---- phase 6: results ------------------------------------------------------------------ */
+
+static ddt_status save_model(trainer *t) {
+    if (t->job->rank != 0 || !t->opts->save) return DDT_OK;
+    size_t count = model_parameter_count(t->model);
+    float *host = malloc(count * sizeof(float));
+    if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory to save the model");
+    ddt_status status = t->dev->ops->copy_device_to_host(t->dev, host, model_parameters(t->model),
+                                                         count * sizeof(float));
+    if (status == DDT_OK) status = model_file_save(t->opts->save, &t->spec, host);
+    free(host);
+    return status;
+}
+
+static void report_summary(trainer *t, double wall_seconds) {
+    job *j = t->job;
+    uint64_t rss = job_peak_rss_bytes();
+    uint64_t *all_rss = j->rank == 0 ? calloc((size_t)j->world_size, sizeof *all_rss) : NULL;
+    MPI_Gather(&rss, 1, MPI_UINT64_T, all_rss, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    double times[4] = {t->times.data_wait, t->times.compute, t->times.communication,
+                       t->times.optimizer};
+    MPI_Allreduce(MPI_IN_PLACE, times, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (j->rank != 0) return;
+    double samples = (double)(t->total_steps * t->global_batch);
+    double samples_per_s = t->train_seconds > 0 ? samples / t->train_seconds : 0;
+    uint64_t max_rss = 0;
+    for (int r = 0; r < j->world_size; r++)
+        if (all_rss[r] > max_rss) max_rss = all_rss[r];
+    printf("done: %" PRId64 " steps in %.1f s, %.0f samples/s; final train_loss %.4f",
+           t->total_steps, t->train_seconds, samples_per_s, t->last_train_loss);
+    if (t->evaluated && t->last_eval.accuracy >= 0)
+        printf("; eval_loss %.4f eval_accuracy %.4f", t->last_eval.loss, t->last_eval.accuracy);
+    else if (t->evaluated)
+        printf("; eval_loss %.4f", t->last_eval.loss);
+    printf("\n  time per rank (max): data wait %.2f s, compute %.2f s, communication %.2f s, "
+           "optimizer %.2f s; peak RSS %.1f MiB\n",
+           times[0], times[1], times[2], times[3], (double)max_rss / 1048576.0);
+    if (t->opts->save) printf("  model saved to %s\n", t->opts->save);
+    fflush(stdout);
+    if (t->metrics) {
+        FILE *f = t->metrics;
+        fprintf(f, "{\"event\":\"summary\",\"ranks\":%d,\"steps\":%" PRId64
+                   ",\"global_batch\":%" PRId64 ",\"micro_batch\":%d",
+                j->world_size, t->total_steps, t->global_batch, t->micro_batch);
+        write_json_number(f, "wall_s", wall_seconds);
+        write_json_number(f, "train_seconds", t->train_seconds);
+        write_json_number(f, "samples_per_s", samples_per_s);
+        write_json_number(f, "final_train_loss", t->last_train_loss);
+        write_json_number(f, "eval_loss", t->evaluated ? t->last_eval.loss : NAN);
+        write_json_number(f, "eval_accuracy",
+                          t->evaluated && t->last_eval.accuracy >= 0 ? t->last_eval.accuracy : NAN);
+        write_json_number(f, "data_wait_s", times[0]);
+        write_json_number(f, "compute_s", times[1]);
+        write_json_number(f, "communication_s", times[2]);
+        write_json_number(f, "optimizer_s", times[3]);
+        fprintf(f, ",\"peak_rss_bytes\":[");
+        for (int r = 0; r < j->world_size; r++)
+            fprintf(f, "%s%" PRIu64, r ? "," : "", all_rss[r]);
+        fprintf(f, "]}\n");
+        fflush(f);
+    }
+    free(all_rss);
+}
+
+static void trainer_free(trainer *t) {
+    stream_stop(t->stream);
+    if (t->metrics) fclose(t->metrics);
+    batch_buffers_free_host(&t->buffers);
+    gradient_buckets_free(t->buckets);
+    optimizer_free(t->opt);
+    model_free(t->model);
+    comm_free(t->comm);
+    allocator_destroy(t->alloc);
+    if (t->dev) device_close(t->dev);
+    shard_plan_free(t->plan);
+    if (t->eval_data) dataset_close(t->eval_data);
+    if (t->train_data) dataset_close(t->train_data);
+}
+
+ddt_status train_run(job *j, const options *opts) {
+    double started = job_now();
+    trainer t = {.job = j, .opts = opts};
+    blas_set_threads(opts->threads);
+    ddt_status status = job_agree(j, resolve_settings(&t));
+    if (status == DDT_OK) status = job_agree(j, open_data(&t));
+    if (status == DDT_OK) status = job_agree(j, build_engine(&t));
+    if (status == DDT_OK) status = job_agree(j, initial_weights_on_root(&t));
+    if (status == DDT_OK) status = job_agree(j, share_initial_weights(&t));
+    if (status == DDT_OK) {
+        print_configuration(&t);
+        status = train_loop(&t);
+    }
+    if (status == DDT_OK) status = job_agree(j, save_model(&t));
+    if (status == DDT_OK) report_summary(&t, job_now() - started);
+    trainer_free(&t);
+    return status;
+}
+
+/* ---- ddtrain eval ---------------------------------------------------------------------- */
+
+ddt_status eval_run(job *j, const options *opts) {
+    model_spec spec;
+    float *params = NULL;
+    dataset *data = NULL;
+    device *dev = NULL;
+    allocator *alloc = NULL;
+    comm *c = NULL;
+    model *m = NULL;
+    batch_buffers buffers = {0};
+    loss_kind loss = LOSS_SOFTMAX_CROSS_ENTROPY;
+    int rows = opts->micro_batch > 0 ? (int)opts->micro_batch : 256;
+    blas_set_threads(opts->threads);
+
+    ddt_status local = DDT_OK;
+    if (!opts->model_file || !opts->data)
+        local = ddt_error(DDT_ERR_USAGE, "ddtrain eval needs --model-file and --data");
+    if (local == DDT_OK) local = loss_kind_parse(opts->loss, &loss);
+    if (local == DDT_OK) local = model_file_load(opts->model_file, &spec, &params);
+    if (local == DDT_OK) local = dataset_open(opts->data, &data);
+    if (local == DDT_OK)
+        local = check_geometry_against_model("--data", opts->data, dataset_get_geometry(data),
+                                             &spec, loss);
+    if (local == DDT_OK)
+        local = device_open(strcmp(opts->device, "cuda") == 0 ? DEVICE_KIND_CUDA : DEVICE_KIND_CPU,
+                            0, &dev);
+    if (local == DDT_OK) local = allocator_init(dev, &alloc);
+    if (local == DDT_OK) local = comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, dev, &c);
+    if (local == DDT_OK) local = model_init(&spec, alloc, rows, &m);
+    if (local == DDT_OK)
+        local = dev->ops->copy_host_to_device(dev, model_parameters(m), params,
+                                              model_parameter_count(m) * sizeof(float));
+    if (local == DDT_OK)
+        local = batch_buffers_init(&buffers, alloc, dataset_get_geometry(data), rows,
+                                   spec.output_width);
+    ddt_status status = job_agree(j, local);
+    evaluation ev;
+    if (status == DDT_OK) status = evaluate_model(j, c, dev, m, data, loss, &buffers, &ev);
+    if (status == DDT_OK) {
+        job_say(j, "model %s on %s: %" PRId64 " rows, loss %.4f", spec.text, opts->data, ev.rows,
+                ev.loss);
+        if (ev.accuracy >= 0) job_say(j, ", accuracy %.4f", ev.accuracy);
+        job_say(j, "\n");
+    }
+    batch_buffers_free_host(&buffers);
+    model_free(m);
+    comm_free(c);
+    allocator_destroy(alloc);
+    if (dev) device_close(dev);
+    if (data) dataset_close(data);
+    free(params);
+    return status;
+}
