@@ -88,7 +88,9 @@ static ddt_status resolve_settings(trainer *t) {
     DDT_CHECK(loss_kind_parse(o->loss, &t->loss));
     t->optimizer_settings = optimizer_default_params();
     DDT_CHECK(optimizer_kind_parse(o->optimizer, &t->optimizer_settings.kind));
-    t->optimizer_settings.momentum = (float)o->momentum;
+    /* --momentum's default is SGD's; only an explicit --momentum is an error with AdamW. */
+    bool sgd = t->optimizer_settings.kind == OPTIMIZER_SGD;
+    t->optimizer_settings.momentum = sgd || options_given(o, "momentum") ? (float)o->momentum : 0;
     t->optimizer_settings.nesterov = o->nesterov;
     t->optimizer_settings.weight_decay = (float)o->weight_decay;
     t->optimizer_settings.beta1 = (float)o->beta1;
