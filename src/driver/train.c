@@ -191,6 +191,7 @@ static ddt_status open_data(trainer *t) {
     t->schedule.total_steps = t->total_steps;
     t->schedule.step_size = o->lr_step_size > 0 ? o->lr_step_size : t->steps_per_epoch;
     t->schedule.gamma = (float)o->lr_gamma;
+    DDT_CHECK(lr_schedule_check(&t->schedule));
 
     if (t->job->rank == 0) {
         if (o->save) DDT_CHECK(model_file_check_writable(o->save));

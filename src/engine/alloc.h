@@ -42,7 +42,7 @@ typedef struct allocator_stats {
     size_t bytes_in_use;
     size_t peak_bytes;
     size_t component_bytes[MEMORY_COMPONENT_COUNT]; /* in use now, per component */
-    size_t allocation_count;
+    size_t allocation_count;                        /* live allocations */
 } allocator_stats;
 
 ddt_status allocator_init(device *dev, allocator **out);
@@ -50,8 +50,7 @@ ddt_status allocator_init(device *dev, allocator **out);
 void allocator_destroy(allocator *alloc);
 
 /* Allocates `bytes` (rounded up to 256) for `component`; memory is zero-filled. */
-ddt_status allocator_alloc(allocator *alloc, memory_component component, size_t bytes,
-                           void **out);
+ddt_status allocator_alloc(allocator *alloc, memory_component component, size_t bytes, void **out);
 /* Frees a pointer from allocator_alloc(). NULL is allowed. */
 void allocator_free(allocator *alloc, void *pointer);
 

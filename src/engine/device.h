@@ -5,9 +5,11 @@
  * pointers passed to an operation are *device* pointers obtained from the allocator
  * (src/engine/alloc.h), except where a parameter says "host".
  *
- * Conventions: matrices are row-major float32. Operations that cannot fail return void;
- * operations that can fail return ddt_status. Operations may run asynchronously on a device
- * stream; device_synchronize() waits for all of them. The CPU backend runs them at once.
+ * Conventions: matrices are row-major float32. An operation's output buffer must not overlap
+ * its inputs (the CPU backend declares them restrict); scale, bias_add and the optimizer
+ * updates work in place by design. Operations that cannot fail return void; operations that
+ * can fail return ddt_status. Operations may run asynchronously on a device stream;
+ * device_synchronize() waits for all of them. The CPU backend runs them at once.
  *
  * Backends register in device.c, the only file that knows which backends were built.
  *
@@ -81,9 +83,13 @@ typedef struct device_ops {
     /* dx = dy * f'(x); y = f(x) is passed too so backends may use whichever is cheaper. */
     void (*activation_backward)(device *dev, activation_kind kind, size_t count, const float *x,
                                 const float *y, const float *dy, float *dx);
-    /* Inverted dropout: y = x * keep / (1 - rate), keep decided by rng_hash4 of
-     * (key.seed, RNG_PURPOSE_DROPOUT, key.step, key.layer * 2^40 + row_ids[r] * cols + c)
-     * compared against rate. row_ids are global dataset rows (device int64). */
+    /* Inverted dropout: y = x * keep / (1 - rate), where, with all arithmetic in uint64_t,
+     *     unit = row_ids[r] * cols + c
+     *     keep = rng_uniform(rng_hash4(key.seed, RNG_PURPOSE_DROPOUT, key.step,
+     *                                  ((uint64_t)key.layer << 40) ^ unit)) >= rate
+     * so a unit's mask depends on (seed, step, layer, global row, unit) only, never on the
+     * row's position in the batch; layers' masks are distinct while rows * cols < 2^40.
+     * rate 0 is the identity. row_ids are global dataset rows (device int64). */
     void (*dropout_forward)(device *dev, int rows, int cols, float rate, dropout_key key,
                             const int64_t *row_ids, const float *x, float *y);
     /* dx = dy * keep / (1 - rate), with the same mask as the forward pass. */
@@ -118,8 +124,8 @@ typedef struct device_ops {
      * first step, signalled by first_step); g = nesterov ? g + momentum * v : v (if momentum
      * != 0); p -= lr * g. velocity may be NULL when momentum == 0. */
     void (*sgd_update)(device *dev, size_t count, float *params, const float *grads,
-                       float *velocity, float lr, float momentum, bool nesterov,
-                       float weight_decay, bool first_step);
+                       float *velocity, float lr, float momentum, bool nesterov, float weight_decay,
+                       bool first_step);
     /* PyTorch AdamW semantics, step counted from 1: p -= lr * weight_decay * p; m, v moments;
      * p -= lr * m_hat / (sqrt(v_hat) + eps). */
     void (*adamw_update)(device *dev, size_t count, float *params, const float *grads, float *m,
@@ -138,9 +144,9 @@ typedef struct device_ops {
 struct device {
     const device_ops *ops;
     device_kind kind;
-    int ordinal;         /* which device of this kind (CUDA: the GPU index) */
+    int ordinal;           /* which device of this kind (CUDA: the GPU index) */
     char description[128]; /* e.g. "cpu (OpenBLAS 0.3.21, kernel SkylakeX, 1 thread)" */
-    void *backend;       /* backend-private state */
+    void *backend;         /* backend-private state */
 };
 
 /* Opens a backend. For DEVICE_KIND_CPU, `ordinal` is ignored. Returns DDT_ERR_USAGE with a

@@ -83,7 +83,8 @@ size_t model_spec_activation_floats(const model_spec *spec, int rows);
 typedef struct model model;
 
 /* What a forward/backward pass needs besides the inputs. row_ids (device int64, one per row)
- * are the global dataset rows, used to key dropout; they may be NULL when training is false. */
+ * are the global dataset rows, used to key dropout; they may be NULL when training is false.
+ * A dropout layer's dropout_key is {seed, step, index of the layer in spec.layers}. */
 typedef struct model_pass {
     bool training; /* dropout active */
     int64_t step;  /* global optimizer step, keys dropout */
@@ -100,7 +101,13 @@ void model_free(model *m);
 
 /* He-normal init (std sqrt(2/fan_in)) for dense layers followed by relu or gelu, Xavier-
  * uniform otherwise; biases zero. Each value keyed by (seed, RNG_PURPOSE_INIT, layer, index),
- * so it does not depend on anything else. */
+ * so it does not depend on anything else. Exactly, for weight element e of dense layer d
+ * (d counts dense layers from 0; a dropout between the layer and its activation is skipped
+ * when choosing He):
+ *     He:     sqrt(2 / inputs) * rng_normal(rng_hash4(seed, RNG_PURPOSE_INIT, d, 2 * e),
+ *                                           rng_hash4(seed, RNG_PURPOSE_INIT, d, 2 * e + 1))
+ *     Xavier: (2u - 1) * sqrt(6 / (inputs + outputs)),
+ *             u = rng_uniform(rng_hash4(seed, RNG_PURPOSE_INIT, d, e)) */
 ddt_status model_init_parameters(model *m, uint64_t seed);
 
 const model_spec *model_get_spec(const model *m);

@@ -30,9 +30,9 @@ typedef enum optimizer_kind {
 
 typedef struct optimizer_params {
     optimizer_kind kind;
-    float momentum;     /* SGD */
-    bool nesterov;      /* SGD; needs momentum > 0 */
-    float weight_decay; /* SGD: L2 added to the gradient; AdamW: decoupled */
+    float momentum;          /* SGD */
+    bool nesterov;           /* SGD; needs momentum > 0 */
+    float weight_decay;      /* SGD: L2 added to the gradient; AdamW: decoupled */
     float beta1, beta2, eps; /* AdamW */
 } optimizer_params;
 
@@ -45,8 +45,8 @@ ddt_status optimizer_params_check(const optimizer_params *params);
 
 typedef struct optimizer optimizer;
 
-ddt_status optimizer_init(const optimizer_params *params, allocator *alloc,
-                          size_t parameter_count, optimizer **out);
+ddt_status optimizer_init(const optimizer_params *params, allocator *alloc, size_t parameter_count,
+                          optimizer **out);
 void optimizer_free(optimizer *opt);
 /* Applies one update with learning rate lr and counts it. */
 void optimizer_step(optimizer *opt, float *params, const float *grads, float lr);
@@ -73,6 +73,9 @@ typedef struct lr_schedule {
 
 ddt_status lr_schedule_kind_parse(const char *text, lr_schedule_kind *out);
 const char *lr_schedule_kind_name(lr_schedule_kind kind);
+/* DDT_ERR_USAGE for settings the schedule cannot follow (lr <= 0, cosine with no steps after
+ * warm-up, step with step_size < 1...). */
+ddt_status lr_schedule_check(const lr_schedule *schedule);
 /* Learning rate for optimizer step `step` (counted from 0). */
 float lr_schedule_at(const lr_schedule *schedule, int64_t step);
 

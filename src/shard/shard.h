@@ -54,6 +54,8 @@ void shard_plan_free(shard_plan *plan);
 
 int64_t shard_plan_steps_per_epoch(const shard_plan *plan);      /* floor(N / B) */
 int shard_plan_micro_batches_per_step(const shard_plan *plan);   /* B / (world_size * b) */
+/* The parameters the plan was made with (for consumers that must agree with it). */
+const shard_params *shard_plan_get_params(const shard_plan *plan);
 
 /* Dataset row at `position` (0 <= position < N) of epoch `epoch`'s order. */
 int64_t shard_plan_row_at(shard_plan *plan, int64_t epoch, int64_t position);
