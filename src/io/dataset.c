@@ -1,0 +1,795 @@
+/* dataset.c - opens ddtrain HDF5 datasets (one file or many shards) and reads rows on demand.
+ *
+ * Reads are on the training hot path: every micro-batch is a call to dataset_read_rows(), 128
+ * or so scattered rows drawn from a window of a few chunks. HDF5 1.10 maps an irregular
+ * selection (a union of row runs) onto chunks element by element, which measured ~24 us per
+ * 784-float row, and one H5Dread per run still costs ~6 us per row. So rows are served from a
+ * cache of whole blocks (one HDF5 chunk of /features and the matching /labels rows), each
+ * loaded with one regular-hyperslab H5Dread; a block is then read once per shuffle window
+ * instead of once per micro-batch, and a micro-batch is a few memcpy's. The cache's size is
+ * dataset_set_chunk_cache()'s budget; with a budget below one block, runs are read directly.
+ * Range reads (evaluation) go straight to HDF5 as one hyperslab per shard. Values are checked
+ * after the copy, outside the lock.
+ */
+#include "io/dataset.h"
+
+#include <errno.h>
+#include <glob.h>
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io/hdf5_lock.h"
+
+#define DATASET_FORMAT_VERSION 1
+/* Blocks kept until dataset_set_chunk_cache() says otherwise: the default shuffle window. */
+#define DATASET_DEFAULT_CACHE_BLOCKS 16
+/* Block size for contiguous (unchunked) files, which have no chunk to align to. */
+#define DATASET_CONTIGUOUS_BLOCK_BYTES ((int64_t)1 << 20)
+#define DATASET_MAX_BLOCK_BYTES ((int64_t)4 << 20)
+
+typedef struct dataset_shard {
+    char *path;
+    int64_t first_row; /* global row of this shard's row 0 */
+    int64_t rows;
+    hid_t file;
+    hid_t features;
+    hid_t labels;
+    hid_t features_space; /* file dataspaces, reused for every read's selection */
+    hid_t labels_space;
+    int64_t chunk_rows; /* of /features; 1 if contiguous */
+    int64_t block_rows; /* rows per cache block: normally the chunk rows */
+} dataset_shard;
+
+/* One cached block: rows [block * block_rows, + rows) of one shard. */
+typedef struct cache_slot {
+    int shard; /* -1: empty */
+    int64_t block;
+    int64_t rows;
+    uint64_t last_used;
+    float *features;
+    void *labels; /* int32 class ids or float targets, target_width per row */
+} cache_slot;
+
+struct dataset {
+    dataset_geometry geometry;
+    int shard_count;
+    dataset_shard *shards;
+    int64_t max_block_rows;
+    cache_slot *slots; /* slot_count entries; buffers allocated on first use */
+    int slot_count;
+    uint64_t clock;
+};
+
+/* ---------------------------------------------------------------------------------------- */
+/* Opening                                                                                  */
+
+static void type_name(hid_t type, char *out, size_t size) {
+    H5T_class_t type_class = H5Tget_class(type);
+    size_t bytes = H5Tget_size(type);
+    switch (type_class) {
+    case H5T_INTEGER:
+        snprintf(out, size, "%s%zu", H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int", bytes * 8);
+        return;
+    case H5T_FLOAT:
+        snprintf(out, size, "float%zu", bytes * 8);
+        return;
+    case H5T_STRING:
+        snprintf(out, size, "string");
+        return;
+    case H5T_COMPOUND:
+        snprintf(out, size, "compound");
+        return;
+    case H5T_ENUM:
+        snprintf(out, size, "enum");
+        return;
+    case H5T_ARRAY:
+        snprintf(out, size, "array");
+        return;
+    case H5T_VLEN:
+        snprintf(out, size, "vlen");
+        return;
+    default:
+        snprintf(out, size, "an unsupported type");
+        return;
+    }
+}
+
+static void shape_text(int rank, const hsize_t *dims, char *out, size_t size) {
+    size_t used = 0;
+    out[0] = '\0';
+    if (rank == 0) snprintf(out, size, "scalar");
+    for (int i = 0; i < rank && used < size; i++)
+        used += (size_t)snprintf(out + used, size - used, "%s%llu", i ? "x" : "",
+                                 (unsigned long long)dims[i]);
+}
+
+/* Opens /name as a dataset; reports its type's class and size, rank and dims. */
+static ddt_status open_member(dataset_shard *shard, const char *name, hid_t *handle, hid_t *type,
+                              int *rank, hsize_t dims[H5S_MAX_RANK]) {
+    htri_t exists = H5Lexists(shard->file, name, H5P_DEFAULT);
+    if (exists <= 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: no /%s dataset (ddtrain needs /features and /labels)",
+                         shard->path, name);
+    H5O_info_t info;
+    if (H5Oget_info_by_name(shard->file, name, &info, H5P_DEFAULT) < 0 ||
+        info.type != H5O_TYPE_DATASET)
+        return ddt_error(DDT_ERR_FORMAT, "%s: /%s is not a dataset", shard->path, name);
+    *handle = H5Dopen2(shard->file, name, H5P_DEFAULT);
+    if (*handle < 0) {
+        char detail[256];
+        return ddt_error(DDT_ERR_FORMAT, "%s: cannot open /%s (HDF5: %s)", shard->path, name,
+                         hdf5_error_detail(detail, sizeof detail));
+    }
+    *type = H5Dget_type(*handle);
+    hid_t space = H5Dget_space(*handle);
+    *rank = H5Sget_simple_extent_ndims(space);
+    if (*rank > 0) H5Sget_simple_extent_dims(space, dims, NULL);
+    H5Sclose(space);
+    return DDT_OK;
+}
+
+static bool is_float32(hid_t type) {
+    return H5Tget_class(type) == H5T_FLOAT && H5Tget_size(type) == 4;
+}
+
+static bool is_int32(hid_t type) {
+    return H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == 4 &&
+           H5Tget_sign(type) == H5T_SGN_2;
+}
+
+/* Reads an integer root attribute. *present is false if it does not exist. */
+static ddt_status read_int_attribute(dataset_shard *shard, const char *name, bool *present,
+                                     long long *value) {
+    *present = false;
+    if (H5Aexists(shard->file, name) <= 0) return DDT_OK;
+    hid_t attribute = H5Aopen(shard->file, name, H5P_DEFAULT);
+    if (attribute < 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: cannot open attribute %s", shard->path, name);
+    hid_t type = H5Aget_type(attribute);
+    hid_t space = H5Aget_space(attribute);
+    bool integer = H5Tget_class(type) == H5T_INTEGER;
+    hssize_t points = H5Sget_simple_extent_npoints(space);
+    herr_t read = -1;
+    if (integer && points == 1) read = H5Aread(attribute, H5T_NATIVE_LLONG, value);
+    H5Sclose(space);
+    H5Tclose(type);
+    H5Aclose(attribute);
+    if (read < 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: attribute %s must be a single integer", shard->path,
+                         name);
+    *present = true;
+    return DDT_OK;
+}
+
+/* The per-file facts that all shards must agree on. */
+typedef struct shard_facts {
+    int features;
+    bool class_labels;
+    int target_width;
+    int classes;
+} shard_facts;
+
+static ddt_status open_shard(dataset_shard *shard, shard_facts *facts) {
+    const char *path = shard->path;
+    struct stat info;
+    if (stat(path, &info) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(info.st_mode))
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
+    if (access(path, R_OK) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (H5Fis_hdf5(path) <= 0) return ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);
+    shard->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    if (shard->file < 0) {
+        char detail[256];
+        return ddt_error(DDT_ERR_IO, "%s: cannot open as HDF5 (HDF5: %s)", path,
+                         hdf5_error_detail(detail, sizeof detail));
+    }
+
+    char type_text[32], shape[128];
+    hsize_t dims[H5S_MAX_RANK];
+    hid_t type = H5I_INVALID_HID;
+    int rank = 0;
+    DDT_CHECK(open_member(shard, "features", &shard->features, &type, &rank, dims));
+    bool features_ok = is_float32(type);
+    type_name(type, type_text, sizeof type_text);
+    H5Tclose(type);
+    if (!features_ok)
+        return ddt_error(DDT_ERR_FORMAT, "%s: /features is %s, expected float32", path, type_text);
+    if (rank != 2) {
+        shape_text(rank, dims, shape, sizeof shape);
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: /features has rank %d (shape %s), expected 2 (rows x features)", path,
+                         rank, shape);
+    }
+    if (dims[1] < 1 || dims[1] > (hsize_t)(1 << 30))
+        return ddt_error(DDT_ERR_FORMAT, "%s: /features has %llu columns", path,
+                         (unsigned long long)dims[1]);
+    shard->rows = (int64_t)dims[0];
+    facts->features = (int)dims[1];
+
+    hid_t create = H5Dget_create_plist(shard->features);
+    shard->chunk_rows = 1;
+    if (H5Pget_layout(create) == H5D_CHUNKED) {
+        hsize_t chunk[2];
+        if (H5Pget_chunk(create, 2, chunk) == 2) shard->chunk_rows = (int64_t)chunk[0];
+    }
+    H5Pclose(create);
+    /* Blocks follow the chunks, except that contiguous files get ~1 MiB blocks and huge
+     * chunks are read in parts so one cache slot stays a few MiB. */
+    int64_t row_bytes = (int64_t)facts->features * 4;
+    shard->block_rows = shard->chunk_rows;
+    if (shard->block_rows == 1) shard->block_rows = DATASET_CONTIGUOUS_BLOCK_BYTES / row_bytes;
+    if (shard->block_rows > DATASET_MAX_BLOCK_BYTES / row_bytes)
+        shard->block_rows = DATASET_MAX_BLOCK_BYTES / row_bytes;
+    if (shard->block_rows > shard->rows) shard->block_rows = shard->rows;
+    if (shard->block_rows < 1) shard->block_rows = 1;
+
+    DDT_CHECK(open_member(shard, "labels", &shard->labels, &type, &rank, dims));
+    bool int_labels = is_int32(type), float_labels = is_float32(type);
+    type_name(type, type_text, sizeof type_text);
+    H5Tclose(type);
+    if (int_labels && rank == 1) {
+        facts->class_labels = true;
+        facts->target_width = 1;
+    } else if (float_labels && rank == 2 && dims[1] >= 1 && dims[1] <= (hsize_t)(1 << 30)) {
+        facts->class_labels = false;
+        facts->target_width = (int)dims[1];
+    } else {
+        shape_text(rank, dims, shape, sizeof shape);
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: /labels is %s with shape %s; expected int32 class ids (N) or "
+                         "float32 targets (N x K)",
+                         path, type_text, shape);
+    }
+    if ((int64_t)dims[0] != shard->rows)
+        return ddt_error(DDT_ERR_FORMAT, "%s: /features has %lld rows but /labels has %llu", path,
+                         (long long)shard->rows, (unsigned long long)dims[0]);
+
+    bool present;
+    long long value;
+    DDT_CHECK(read_int_attribute(shard, "ddtrain_format", &present, &value));
+    if (present && value > DATASET_FORMAT_VERSION)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: ddtrain_format %lld is newer than this ddtrain reads (%d)", path,
+                         value, DATASET_FORMAT_VERSION);
+    DDT_CHECK(read_int_attribute(shard, "num_classes", &present, &value));
+    if (present && (value < 1 || value > (1 << 30)))
+        return ddt_error(DDT_ERR_FORMAT, "%s: num_classes is %lld, must be > 0", path, value);
+    if (!present && facts->class_labels)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: class labels need a num_classes attribute (int > 0) on the root "
+                         "group",
+                         path);
+    facts->classes = present ? (int)value : 0;
+
+    shard->features_space = H5Dget_space(shard->features);
+    shard->labels_space = H5Dget_space(shard->labels);
+    if (shard->features_space < 0 || shard->labels_space < 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: cannot read the dataspaces", path);
+    return DDT_OK;
+}
+
+static ddt_status check_shards_agree(const dataset_shard *first, const shard_facts *a,
+                                     const dataset_shard *other, const shard_facts *b) {
+    const char *p = first->path, *q = other->path;
+    if (a->features != b->features)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: has %d features but %s has %d (all shards must agree)", q,
+                         b->features, p, a->features);
+    if (a->class_labels != b->class_labels)
+        return ddt_error(DDT_ERR_FORMAT, "%s: has %s but %s has %s (all shards must agree)", q,
+                         b->class_labels ? "class labels" : "float targets", p,
+                         a->class_labels ? "class labels" : "float targets");
+    if (a->target_width != b->target_width)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: has %d targets per row but %s has %d (all shards must agree)", q,
+                         b->target_width, p, a->target_width);
+    if (a->classes != b->classes)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: has num_classes %d but %s has %d (all shards must agree)", q,
+                         b->classes, p, a->classes);
+    return DDT_OK;
+}
+
+static bool has_glob_characters(const char *text) {
+    return strpbrk(text, "*?[") != NULL;
+}
+
+/* A growing list of paths. */
+typedef struct path_list {
+    char **paths;
+    int count;
+    int capacity;
+} path_list;
+
+static ddt_status path_list_add(path_list *list, const char *path, size_t length) {
+    if (list->count == list->capacity) {
+        int capacity = list->capacity ? list->capacity * 2 : 8;
+        char **grown = realloc(list->paths, (size_t)capacity * sizeof *grown);
+        if (!grown) return ddt_error(DDT_ERR_MEMORY, "out of memory listing dataset files");
+        list->paths = grown;
+        list->capacity = capacity;
+    }
+    char *copy = strndup(path, length);
+    if (!copy) return ddt_error(DDT_ERR_MEMORY, "out of memory listing dataset files");
+    list->paths[list->count++] = copy;
+    return DDT_OK;
+}
+
+static void path_list_free(path_list *list) {
+    for (int i = 0; i < list->count; i++)
+        free(list->paths[i]);
+    free(list->paths);
+}
+
+/* Each comma-separated item is a path, or a glob expanded in sorted order. */
+static ddt_status expand_spec(const char *spec, path_list *list) {
+    const char *item = spec;
+    for (;;) {
+        const char *end = strchr(item, ',');
+        size_t length = end ? (size_t)(end - item) : strlen(item);
+        while (length > 0 && (*item == ' ' || *item == '\t'))
+            item++, length--;
+        while (length > 0 && (item[length - 1] == ' ' || item[length - 1] == '\t'))
+            length--;
+        if (length == 0)
+            return ddt_error(DDT_ERR_USAGE, "dataset '%s': empty file name in the list", spec);
+        char *pattern = strndup(item, length);
+        if (!pattern) return ddt_error(DDT_ERR_MEMORY, "out of memory listing dataset files");
+        ddt_status status = DDT_OK;
+        if (has_glob_characters(pattern)) {
+            glob_t matches;
+            int result = glob(pattern, 0, NULL, &matches);
+            if (result == GLOB_NOMATCH) {
+                status = ddt_error(DDT_ERR_IO, "no files match '%s'", pattern);
+            } else if (result != 0) {
+                status = ddt_error(DDT_ERR_IO, "%s: cannot expand the pattern: %s", pattern,
+                                   result == GLOB_ABORTED ? "read error" : "out of memory");
+            } else {
+                for (size_t i = 0; i < matches.gl_pathc && status == DDT_OK; i++)
+                    status = path_list_add(list, matches.gl_pathv[i], strlen(matches.gl_pathv[i]));
+            }
+            if (result == 0 || result == GLOB_NOMATCH) globfree(&matches);
+        } else {
+            status = path_list_add(list, pattern, length);
+        }
+        free(pattern);
+        DDT_CHECK(status);
+        if (!end) return DDT_OK;
+        item = end + 1;
+    }
+}
+
+static void close_shard(dataset_shard *shard) {
+    if (shard->labels_space >= 0) H5Sclose(shard->labels_space);
+    if (shard->features_space >= 0) H5Sclose(shard->features_space);
+    if (shard->labels >= 0) H5Dclose(shard->labels);
+    if (shard->features >= 0) H5Dclose(shard->features);
+    if (shard->file >= 0) H5Fclose(shard->file);
+    free(shard->path);
+}
+
+static ddt_status apply_chunk_cache(dataset *ds, size_t bytes);
+static void free_cache(dataset *ds);
+
+ddt_status dataset_open(const char *spec, dataset **out) {
+    *out = NULL;
+    if (!spec || !*spec) return ddt_error(DDT_ERR_USAGE, "no dataset path given");
+    path_list list = {0};
+    ddt_status status = expand_spec(spec, &list);
+    if (status != DDT_OK) {
+        path_list_free(&list);
+        return status;
+    }
+    dataset *ds = calloc(1, sizeof *ds);
+    if (ds) ds->shards = calloc((size_t)list.count, sizeof *ds->shards);
+    if (!ds || !ds->shards) {
+        free(ds);
+        path_list_free(&list);
+        return ddt_error(DDT_ERR_MEMORY, "%s: out of memory", spec);
+    }
+    for (int i = 0; i < list.count; i++) {
+        dataset_shard *shard = &ds->shards[i];
+        shard->path = list.paths[i]; /* ownership moves to the shard */
+        shard->file = shard->features = shard->labels = H5I_INVALID_HID;
+        shard->features_space = shard->labels_space = H5I_INVALID_HID;
+    }
+    ds->shard_count = list.count;
+    free(list.paths);
+
+    hdf5_lock_acquire();
+    shard_facts first = {0};
+    int64_t total_rows = 0;
+    for (int i = 0; i < ds->shard_count; i++) {
+        shard_facts facts = {0};
+        DDT_CHECK_GOTO(open_shard(&ds->shards[i], &facts), status, fail);
+        if (i == 0)
+            first = facts;
+        else
+            DDT_CHECK_GOTO(check_shards_agree(&ds->shards[0], &first, &ds->shards[i], &facts),
+                           status, fail);
+        ds->shards[i].first_row = total_rows;
+        total_rows += ds->shards[i].rows;
+    }
+    ds->geometry.rows = total_rows;
+    ds->geometry.features = first.features;
+    ds->geometry.class_labels = first.class_labels;
+    ds->geometry.target_width = first.target_width;
+    ds->geometry.classes = first.classes;
+    ds->geometry.chunk_rows = ds->shards[0].chunk_rows;
+    ds->geometry.file_count = ds->shard_count;
+    for (int i = 0; i < ds->shard_count; i++)
+        if (ds->shards[i].block_rows > ds->max_block_rows)
+            ds->max_block_rows = ds->shards[i].block_rows;
+    size_t default_bytes = (size_t)DATASET_DEFAULT_CACHE_BLOCKS * (size_t)ds->max_block_rows *
+                           (size_t)first.features * sizeof(float);
+    DDT_CHECK_GOTO(apply_chunk_cache(ds, default_bytes), status, fail);
+    hdf5_lock_release();
+    *out = ds;
+    return DDT_OK;
+
+fail:
+    hdf5_lock_release();
+    dataset_close(ds);
+    return status;
+}
+
+void dataset_close(dataset *ds) {
+    if (!ds) return;
+    hdf5_lock_acquire();
+    for (int i = 0; i < ds->shard_count; i++)
+        close_shard(&ds->shards[i]);
+    hdf5_lock_release();
+    free_cache(ds);
+    free(ds->shards);
+    free(ds);
+}
+
+const dataset_geometry *dataset_get_geometry(const dataset *ds) {
+    return &ds->geometry;
+}
+
+const char *dataset_file_path(const dataset *ds, int file_index) {
+    if (file_index < 0 || file_index >= ds->shard_count) return NULL;
+    return ds->shards[file_index].path;
+}
+
+int dataset_locate_row(const dataset *ds, int64_t row, int64_t *row_in_file) {
+    if (row < 0 || row >= ds->geometry.rows) return -1;
+    int low = 0, high = ds->shard_count - 1;
+    while (low < high) {
+        int middle = low + (high - low + 1) / 2;
+        if (ds->shards[middle].first_row <= row)
+            low = middle;
+        else
+            high = middle - 1;
+    }
+    /* The last shard starting at or before `row` is never an empty one: an empty shard
+     * shares first_row with the next, which is then chosen. */
+    if (row_in_file) *row_in_file = row - ds->shards[low].first_row;
+    return low;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Block cache                                                                              */
+
+static void free_cache(dataset *ds) {
+    for (int i = 0; i < ds->slot_count; i++) {
+        free(ds->slots[i].features);
+        free(ds->slots[i].labels);
+    }
+    free(ds->slots);
+    ds->slots = NULL;
+    ds->slot_count = 0;
+}
+
+static bool is_prime(size_t n) {
+    if (n < 2) return false;
+    for (size_t d = 2; d * d <= n; d++)
+        if (n % d == 0) return false;
+    return true;
+}
+
+static ddt_status apply_chunk_cache(dataset *ds, size_t bytes) {
+    size_t block_bytes = (size_t)ds->max_block_rows * (size_t)ds->geometry.features * sizeof(float);
+    /* One block more than the budget buys, so a window whose blocks straddle a shard
+     * boundary still fits; below one block the cache is off and runs are read directly. */
+    size_t blocks = bytes >= block_bytes ? bytes / block_bytes + 1 : 0;
+    if (blocks > (1u << 20)) blocks = 1u << 20;
+    free_cache(ds);
+    if (blocks > 0) {
+        ds->slots = calloc(blocks, sizeof *ds->slots);
+        if (!ds->slots)
+            return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for a %zu-block cache",
+                             ds->shards[0].path, blocks);
+        ds->slot_count = (int)blocks;
+        for (int i = 0; i < ds->slot_count; i++)
+            ds->slots[i].shard = -1;
+    }
+    /* With the block cache on, HDF5's own cache would only copy each chunk twice; off, it is
+     * the budget HDF5 gets. */
+    size_t hdf5_bytes = blocks > 0 ? 0 : bytes;
+    for (int i = 0; i < ds->shard_count; i++) {
+        dataset_shard *shard = &ds->shards[i];
+        /* HDF5 advises a prime slot count ~100x the chunks that fit, to keep hashing sparse. */
+        size_t chunk_bytes = (size_t)shard->chunk_rows * (size_t)ds->geometry.features * 4;
+        size_t chunks = hdf5_bytes / chunk_bytes;
+        size_t hash_slots = chunks * 100 < 521 ? 521 : chunks * 100;
+        while (!is_prime(hash_slots))
+            hash_slots++;
+        hid_t access_list = H5Pcreate(H5P_DATASET_ACCESS);
+        H5Pset_chunk_cache(access_list, hash_slots, hdf5_bytes, H5D_CHUNK_CACHE_W0_DEFAULT);
+        /* The cache is fixed when a dataset is opened, so reopen /features with it. */
+        hid_t reopened = H5Dopen2(shard->file, "features", access_list);
+        H5Pclose(access_list);
+        if (reopened < 0) {
+            char detail[256];
+            return ddt_error(DDT_ERR_IO, "%s: cannot reopen /features (HDF5: %s)", shard->path,
+                             hdf5_error_detail(detail, sizeof detail));
+        }
+        H5Dclose(shard->features);
+        shard->features = reopened;
+    }
+    return DDT_OK;
+}
+
+ddt_status dataset_set_chunk_cache(dataset *ds, size_t bytes) {
+    hdf5_lock_acquire();
+    ddt_status status = apply_chunk_cache(ds, bytes);
+    hdf5_lock_release();
+    return status;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Reading                                                                                  */
+
+/* Reads shard rows [first, first + count) with one regular hyperslab per HDF5 dataset (the
+ * fast path in HDF5's chunk mapping). features or labels may be NULL to skip them. Call with
+ * the lock held. */
+static ddt_status read_run(const dataset *ds, const dataset_shard *shard, int64_t first,
+                           int64_t count, float *features, void *labels) {
+    const dataset_geometry *g = &ds->geometry;
+    hsize_t offset[2] = {(hsize_t)first, 0};
+    hsize_t extent[2] = {(hsize_t)count, (hsize_t)g->features};
+    const char *failed = NULL;
+    if (features) {
+        hid_t memory_space = H5Screate_simple(2, extent, NULL);
+        if (H5Sselect_hyperslab(shard->features_space, H5S_SELECT_SET, offset, NULL, extent, NULL) <
+                0 ||
+            H5Dread(shard->features, H5T_NATIVE_FLOAT, memory_space, shard->features_space,
+                    H5P_DEFAULT, features) < 0)
+            failed = "features";
+        H5Sclose(memory_space);
+    }
+    if (labels && !failed) {
+        /* A rank-1 /labels space reads only extent[0]. */
+        extent[1] = (hsize_t)g->target_width;
+        int rank = g->class_labels ? 1 : 2;
+        hid_t memory_space = H5Screate_simple(rank, extent, NULL);
+        if (H5Sselect_hyperslab(shard->labels_space, H5S_SELECT_SET, offset, NULL, extent, NULL) <
+                0 ||
+            H5Dread(shard->labels, g->class_labels ? H5T_NATIVE_INT32 : H5T_NATIVE_FLOAT,
+                    memory_space, shard->labels_space, H5P_DEFAULT, labels) < 0)
+            failed = "labels";
+        H5Sclose(memory_space);
+    }
+    if (failed) {
+        char detail[256];
+        return ddt_error(DDT_ERR_IO, "%s: reading /%s rows %lld..%lld failed (HDF5: %s)",
+                         shard->path, failed, (long long)first, (long long)(first + count),
+                         hdf5_error_detail(detail, sizeof detail));
+    }
+    return DDT_OK;
+}
+
+/* The slot holding block `block` of shard `s`, loading it (over the least recently used
+ * slot) if needed. Call with the lock held. */
+static ddt_status cache_get(dataset *ds, int s, int64_t block, cache_slot **out) {
+    cache_slot *victim = &ds->slots[0];
+    ds->clock++;
+    for (int i = 0; i < ds->slot_count; i++) {
+        cache_slot *slot = &ds->slots[i];
+        if (slot->shard == s && slot->block == block) {
+            slot->last_used = ds->clock;
+            *out = slot;
+            return DDT_OK;
+        }
+        if (slot->last_used < victim->last_used) victim = slot;
+    }
+    const dataset_geometry *g = &ds->geometry;
+    if (!victim->features) {
+        victim->features = malloc((size_t)ds->max_block_rows * (size_t)g->features * 4);
+        victim->labels = malloc((size_t)ds->max_block_rows * (size_t)g->target_width * 4);
+        if (!victim->features || !victim->labels) {
+            free(victim->features);
+            free(victim->labels);
+            victim->features = victim->labels = NULL;
+            return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for the read cache",
+                             ds->shards[s].path);
+        }
+    }
+    const dataset_shard *shard = &ds->shards[s];
+    int64_t first = block * shard->block_rows;
+    int64_t rows =
+        shard->rows - first < shard->block_rows ? shard->rows - first : shard->block_rows;
+    victim->shard = -1; /* not valid until the read succeeds */
+    DDT_CHECK(read_run(ds, shard, first, rows, victim->features, victim->labels));
+    victim->shard = s;
+    victim->block = block;
+    victim->rows = rows;
+    victim->last_used = ds->clock;
+    *out = victim;
+    return DDT_OK;
+}
+
+/* Copies sorted global rows from cached blocks. Call with the lock held. */
+static ddt_status read_cached(dataset *ds, const int64_t *rows, int count, float *features,
+                              void *labels) {
+    const dataset_geometry *g = &ds->geometry;
+    size_t feature_bytes = (size_t)g->features * 4, label_bytes = (size_t)g->target_width * 4;
+    cache_slot *slot = NULL;
+    int s = dataset_locate_row(ds, rows[0], NULL);
+    for (int i = 0; i < count; i++) {
+        while (rows[i] >= ds->shards[s].first_row + ds->shards[s].rows)
+            s++;
+        const dataset_shard *shard = &ds->shards[s];
+        int64_t local = rows[i] - shard->first_row;
+        int64_t block = local / shard->block_rows;
+        if (!slot || slot->shard != s || slot->block != block)
+            DDT_CHECK(cache_get(ds, s, block, &slot));
+        size_t in_block = (size_t)(local - block * shard->block_rows);
+        if (features)
+            memcpy((char *)features + (size_t)i * feature_bytes,
+                   (const char *)slot->features + in_block * feature_bytes, feature_bytes);
+        if (labels)
+            memcpy((char *)labels + (size_t)i * label_bytes,
+                   (const char *)slot->labels + in_block * label_bytes, label_bytes);
+    }
+    return DDT_OK;
+}
+
+/* Reads sorted global rows run by run, without the cache. Call with the lock held. */
+static ddt_status read_runs(dataset *ds, const int64_t *rows, int count, float *features,
+                            void *labels) {
+    const dataset_geometry *g = &ds->geometry;
+    int s = dataset_locate_row(ds, rows[0], NULL);
+    int i = 0;
+    while (i < count) {
+        while (rows[i] >= ds->shards[s].first_row + ds->shards[s].rows)
+            s++;
+        const dataset_shard *shard = &ds->shards[s];
+        int64_t shard_end = shard->first_row + shard->rows;
+        int length = 1;
+        while (i + length < count && rows[i + length] == rows[i] + length &&
+               rows[i + length] < shard_end)
+            length++;
+        DDT_CHECK(
+            read_run(ds, shard, rows[i] - shard->first_row, length,
+                     features ? features + (size_t)i * (size_t)g->features : NULL,
+                     labels ? (char *)labels + (size_t)i * (size_t)g->target_width * 4 : NULL));
+        i += length;
+    }
+    return DDT_OK;
+}
+
+static const char *non_finite_name(float value) {
+    if (isnan(value)) return "NaN";
+    return value > 0 ? "+Inf" : "-Inf";
+}
+
+/* True if any of values[0..count) is NaN or Inf. A branch-free reduction over the exponent
+ * bits, so the compiler vectorises it: this runs over every value read. */
+static bool any_non_finite(const float *values, size_t count) {
+    const uint32_t *bits = (const uint32_t *)values;
+    uint32_t bad = 0;
+    for (size_t i = 0; i < count; i++)
+        bad |= (uint32_t)((bits[i] & 0x7f800000u) == 0x7f800000u);
+    return bad != 0;
+}
+
+static ddt_status row_error(const dataset *ds, int64_t global, const char *problem) {
+    int64_t in_file = 0;
+    int s = dataset_locate_row(ds, global, &in_file);
+    return ddt_error(DDT_ERR_DATA, "%s: row %lld (global row %lld): %s", ds->shards[s].path,
+                     (long long)in_file, (long long)global, problem);
+}
+
+static ddt_status report_non_finite(const dataset *ds, const int64_t *rows, int64_t first,
+                                    int count, const float *values, int width, const char *what) {
+    for (int i = 0; i < count; i++)
+        for (int j = 0; j < width; j++) {
+            float value = values[(size_t)i * (size_t)width + (size_t)j];
+            if (isfinite(value)) continue;
+            char problem[64];
+            snprintf(problem, sizeof problem, "%s %d is %s", what, j, non_finite_name(value));
+            return row_error(ds, rows ? rows[i] : first + i, problem);
+        }
+    return DDT_OK;
+}
+
+/* Checks what was read; rows == NULL means the range first .. first + count. */
+static ddt_status validate(const dataset *ds, const int64_t *rows, int64_t first, int count,
+                           const float *features, const int32_t *labels, const float *targets) {
+    const dataset_geometry *g = &ds->geometry;
+    if (features && any_non_finite(features, (size_t)count * (size_t)g->features))
+        DDT_CHECK(report_non_finite(ds, rows, first, count, features, g->features, "feature"));
+    if (targets && any_non_finite(targets, (size_t)count * (size_t)g->target_width))
+        DDT_CHECK(report_non_finite(ds, rows, first, count, targets, g->target_width, "target"));
+    if (labels) {
+        uint32_t classes = (uint32_t)g->classes, bad = 0;
+        /* The unsigned compare catches negative ids too. */
+        for (int i = 0; i < count; i++)
+            bad |= (uint32_t)((uint32_t)labels[i] >= classes);
+        for (int i = 0; bad && i < count; i++) {
+            if (labels[i] >= 0 && labels[i] < g->classes) continue;
+            char problem[96];
+            snprintf(problem, sizeof problem, "label %d outside [0, %d)", labels[i], g->classes);
+            return row_error(ds, rows ? rows[i] : first + i, problem);
+        }
+    }
+    return DDT_OK;
+}
+
+ddt_status dataset_read_rows(dataset *ds, const int64_t *rows, int count, float *features,
+                             int32_t *labels, float *targets) {
+    const dataset_geometry *g = &ds->geometry;
+    if (count < 0) return ddt_error(DDT_ERR_INTERNAL, "dataset_read_rows: negative count");
+    for (int i = 0; i < count; i++) {
+        if (rows[i] < 0 || rows[i] >= g->rows)
+            return ddt_error(DDT_ERR_INTERNAL, "%s: row %lld outside the %lld rows",
+                             ds->shards[0].path, (long long)rows[i], (long long)g->rows);
+        if (i > 0 && rows[i] <= rows[i - 1])
+            return ddt_error(DDT_ERR_INTERNAL,
+                             "dataset_read_rows: rows not strictly ascending (%lld after %lld)",
+                             (long long)rows[i], (long long)rows[i - 1]);
+    }
+    if (count == 0) return DDT_OK;
+    if (g->class_labels)
+        targets = NULL;
+    else
+        labels = NULL;
+    void *label_out = g->class_labels ? (void *)labels : (void *)targets;
+    hdf5_lock_acquire();
+    ddt_status status = ds->slot_count > 0 ? read_cached(ds, rows, count, features, label_out)
+                                           : read_runs(ds, rows, count, features, label_out);
+    hdf5_lock_release();
+    DDT_CHECK(status);
+    return validate(ds, rows, 0, count, features, labels, targets);
+}
+
+ddt_status dataset_read_range(dataset *ds, int64_t first, int count, float *features,
+                              int32_t *labels, float *targets) {
+    const dataset_geometry *g = &ds->geometry;
+    if (count < 0 || first < 0 || first > g->rows - count)
+        return ddt_error(DDT_ERR_INTERNAL, "%s: rows %lld..%lld outside the %lld rows",
+                         ds->shards[0].path, (long long)first, (long long)first + count,
+                         (long long)g->rows);
+    if (count == 0) return DDT_OK;
+    if (g->class_labels)
+        targets = NULL;
+    else
+        labels = NULL;
+    char *label_out = g->class_labels ? (char *)labels : (char *)targets;
+    ddt_status status = DDT_OK;
+    hdf5_lock_acquire();
+    int64_t done = 0;
+    while (done < count && status == DDT_OK) {
+        int64_t in_file = 0;
+        int s = dataset_locate_row(ds, first + done, &in_file);
+        const dataset_shard *shard = &ds->shards[s];
+        int64_t n = shard->rows - in_file < count - done ? shard->rows - in_file : count - done;
+        status = read_run(
+            ds, shard, in_file, n, features ? features + (size_t)done * (size_t)g->features : NULL,
+            label_out ? label_out + (size_t)done * (size_t)g->target_width * 4 : NULL);
+        done += n;
+    }
+    hdf5_lock_release();
+    DDT_CHECK(status);
+    return validate(ds, NULL, first, count, features, labels, targets);
+}

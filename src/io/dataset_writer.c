@@ -1,0 +1,279 @@
+/* dataset_writer.c - writes ddtrain HDF5 datasets block by block, published atomically. */
+#include "io/dataset_writer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io/hdf5_lock.h"
+
+#define DATASET_FORMAT_VERSION 1
+#define DATASET_CHUNK_TARGET_BYTES (1 << 20)
+
+struct dataset_writer {
+    char *path;
+    char *temp_path;
+    int64_t rows;
+    int features;
+    bool class_labels;
+    int target_width;
+    int64_t written;
+    hid_t file;
+    hid_t features_dataset;
+    hid_t labels_dataset;
+};
+
+static ddt_status hdf5_failure(const char *path, const char *what) {
+    char detail[256];
+    return ddt_error(DDT_ERR_IO, "%s: %s failed (HDF5: %s)", path, what,
+                     hdf5_error_detail(detail, sizeof detail));
+}
+
+static ddt_status check_params(const char *path, const dataset_writer_params *p) {
+    if (p->rows < 0) return ddt_error(DDT_ERR_USAGE, "%s: negative row count", path);
+    if (p->features < 1)
+        return ddt_error(DDT_ERR_USAGE, "%s: %d features, need at least 1", path, p->features);
+    if (!p->class_labels && p->target_width < 1)
+        return ddt_error(DDT_ERR_USAGE, "%s: target width %d, need at least 1", path,
+                         p->target_width);
+    if (p->classes < 0)
+        return ddt_error(DDT_ERR_USAGE, "%s: negative class count %d", path, p->classes);
+    if (p->class_labels && p->classes < 1)
+        return ddt_error(DDT_ERR_USAGE, "%s: class labels need a class count > 0", path);
+    if (p->chunk_rows < 0) return ddt_error(DDT_ERR_USAGE, "%s: negative chunk rows", path);
+    if (p->compression < 0 || p->compression > 9)
+        return ddt_error(DDT_ERR_USAGE, "%s: compression level %d outside 0-9", path,
+                         p->compression);
+    return DDT_OK;
+}
+
+static ddt_status write_int_attribute(hid_t file, const char *path, const char *name, int value) {
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attribute = H5Acreate2(file, name, H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t written = attribute < 0 ? -1 : H5Awrite(attribute, H5T_NATIVE_INT, &value);
+    if (attribute >= 0) H5Aclose(attribute);
+    H5Sclose(space);
+    if (written < 0) return hdf5_failure(path, "writing an attribute");
+    return DDT_OK;
+}
+
+static ddt_status write_string_attribute(hid_t file, const char *path, const char *name,
+                                         const char *value) {
+    /* Variable-length UTF-8 so h5py returns a str, not bytes. */
+    hid_t type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(type, H5T_VARIABLE);
+    H5Tset_cset(type, H5T_CSET_UTF8);
+    hid_t space = H5Screate(H5S_SCALAR);
+    hid_t attribute = H5Acreate2(file, name, type, space, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t written = attribute < 0 ? -1 : H5Awrite(attribute, type, &value);
+    if (attribute >= 0) H5Aclose(attribute);
+    H5Sclose(space);
+    H5Tclose(type);
+    if (written < 0) return hdf5_failure(path, "writing an attribute");
+    return DDT_OK;
+}
+
+static hid_t create_dataset(hid_t file, const char *name, hid_t type, int rank, int64_t rows,
+                            int width, int64_t chunk_rows, int compression) {
+    hsize_t dims[2] = {(hsize_t)rows, (hsize_t)width};
+    hsize_t chunk[2] = {(hsize_t)chunk_rows, (hsize_t)width};
+    hid_t space = H5Screate_simple(rank, dims, NULL);
+    hid_t create = H5Pcreate(H5P_DATASET_CREATE);
+    /* A fixed-size chunked dataset cannot have 0 rows (chunks must fit), so empty stays
+     * contiguous. */
+    if (rows > 0) {
+        H5Pset_chunk(create, rank, chunk);
+        if (compression > 0) H5Pset_deflate(create, (unsigned)compression);
+    }
+    hid_t dataset = H5Dcreate2(file, name, type, space, H5P_DEFAULT, create, H5P_DEFAULT);
+    H5Pclose(create);
+    H5Sclose(space);
+    return dataset;
+}
+
+ddt_status dataset_writer_open(const char *path, const dataset_writer_params *params,
+                               dataset_writer **out) {
+    *out = NULL;
+    DDT_CHECK(check_params(path, params));
+    struct stat info;
+    if (stat(path, &info) == 0 && S_ISDIR(info.st_mode))
+        return ddt_error(DDT_ERR_IO, "%s: cannot create: Is a directory", path);
+
+    dataset_writer *w = calloc(1, sizeof *w);
+    if (!w) return ddt_error(DDT_ERR_MEMORY, "%s: out of memory", path);
+    w->file = w->features_dataset = w->labels_dataset = H5I_INVALID_HID;
+    size_t temp_size = strlen(path) + 32;
+    w->path = strdup(path);
+    w->temp_path = malloc(temp_size);
+    if (!w->path || !w->temp_path) {
+        free(w->path);
+        free(w->temp_path);
+        free(w);
+        return ddt_error(DDT_ERR_MEMORY, "%s: out of memory", path);
+    }
+    hdf5_temp_path(path, w->temp_path, temp_size);
+    w->rows = params->rows;
+    w->features = params->features;
+    w->class_labels = params->class_labels;
+    w->target_width = params->class_labels ? 1 : params->target_width;
+
+    /* Creating the file with open() first gives the user errno's words ("Permission
+     * denied") instead of HDF5's generic failure. */
+    int fd = open(w->temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) {
+        ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        free(w->path);
+        free(w->temp_path);
+        free(w);
+        return status;
+    }
+    close(fd);
+
+    ddt_status status = DDT_OK;
+    hdf5_lock_acquire();
+    w->file = H5Fcreate(w->temp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (w->file < 0) {
+        status = hdf5_failure(path, "creating the HDF5 file");
+        goto fail;
+    }
+    int64_t chunk_rows = params->chunk_rows;
+    if (chunk_rows == 0) chunk_rows = DATASET_CHUNK_TARGET_BYTES / ((int64_t)params->features * 4);
+    if (chunk_rows > params->rows) chunk_rows = params->rows;
+    if (chunk_rows < 1) chunk_rows = 1;
+
+    w->features_dataset = create_dataset(w->file, "features", H5T_IEEE_F32LE, 2, params->rows,
+                                         params->features, chunk_rows, params->compression);
+    if (w->features_dataset < 0) {
+        status = hdf5_failure(path, "creating /features");
+        goto fail;
+    }
+    if (params->class_labels)
+        w->labels_dataset = create_dataset(w->file, "labels", H5T_STD_I32LE, 1, params->rows, 1,
+                                           chunk_rows, params->compression);
+    else
+        w->labels_dataset = create_dataset(w->file, "labels", H5T_IEEE_F32LE, 2, params->rows,
+                                           params->target_width, chunk_rows, params->compression);
+    if (w->labels_dataset < 0) {
+        status = hdf5_failure(path, "creating /labels");
+        goto fail;
+    }
+    if (params->classes > 0)
+        DDT_CHECK_GOTO(write_int_attribute(w->file, path, "num_classes", params->classes), status,
+                       fail);
+    if (params->source)
+        DDT_CHECK_GOTO(write_string_attribute(w->file, path, "source", params->source), status,
+                       fail);
+    DDT_CHECK_GOTO(write_int_attribute(w->file, path, "ddtrain_format", DATASET_FORMAT_VERSION),
+                   status, fail);
+    hdf5_lock_release();
+    *out = w;
+    return DDT_OK;
+
+fail:
+    hdf5_lock_release();
+    dataset_writer_abort(w);
+    return status;
+}
+
+static herr_t write_rows(hid_t dataset, hid_t memory_type, int64_t first, int count, int width,
+                         int rank, const void *data) {
+    hsize_t start[2] = {(hsize_t)first, 0};
+    hsize_t extent[2] = {(hsize_t)count, (hsize_t)width};
+    hid_t file_space = H5Dget_space(dataset);
+    hid_t memory_space = H5Screate_simple(rank, extent, NULL);
+    herr_t result = H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, NULL, extent, NULL);
+    if (result >= 0)
+        result = H5Dwrite(dataset, memory_type, memory_space, file_space, H5P_DEFAULT, data);
+    H5Sclose(memory_space);
+    H5Sclose(file_space);
+    return result;
+}
+
+ddt_status dataset_writer_append(dataset_writer *w, int count, const float *features,
+                                 const int32_t *labels, const float *targets) {
+    if (count < 0) return ddt_error(DDT_ERR_INTERNAL, "%s: negative append count", w->path);
+    if (count > w->rows - w->written)
+        return ddt_error(DDT_ERR_INTERNAL,
+                         "%s: appending %d rows after %lld would exceed the declared %lld rows",
+                         w->path, count, (long long)w->written, (long long)w->rows);
+    if (count == 0) return DDT_OK;
+    if (!features || (w->class_labels ? !labels : !targets))
+        return ddt_error(DDT_ERR_INTERNAL, "%s: append needs features and %s", w->path,
+                         w->class_labels ? "labels" : "targets");
+    ddt_status status = DDT_OK;
+    hdf5_lock_acquire();
+    if (write_rows(w->features_dataset, H5T_NATIVE_FLOAT, w->written, count, w->features, 2,
+                   features) < 0) {
+        status = hdf5_failure(w->path, "writing /features");
+    } else if (w->class_labels ? write_rows(w->labels_dataset, H5T_NATIVE_INT32, w->written, count,
+                                            1, 1, labels) < 0
+                               : write_rows(w->labels_dataset, H5T_NATIVE_FLOAT, w->written, count,
+                                            w->target_width, 2, targets) < 0) {
+        status = hdf5_failure(w->path, "writing /labels");
+    }
+    hdf5_lock_release();
+    if (status == DDT_OK) w->written += count;
+    return status;
+}
+
+static void free_writer(dataset_writer *w) {
+    free(w->path);
+    free(w->temp_path);
+    free(w);
+}
+
+ddt_status dataset_writer_close(dataset_writer *w) {
+    if (w->written != w->rows) {
+        ddt_status status =
+            ddt_error(DDT_ERR_INTERNAL, "%s: only %lld of the declared %lld rows were written",
+                      w->path, (long long)w->written, (long long)w->rows);
+        dataset_writer_abort(w);
+        return status;
+    }
+    ddt_status status = DDT_OK;
+    hdf5_lock_acquire();
+    herr_t closed = H5Dclose(w->labels_dataset);
+    if (H5Dclose(w->features_dataset) < 0) closed = -1;
+    w->labels_dataset = w->features_dataset = H5I_INVALID_HID;
+    /* H5Fclose flushes; its failure (e.g. disk full) means the file is incomplete. */
+    if (H5Fclose(w->file) < 0) closed = -1;
+    w->file = H5I_INVALID_HID;
+    if (closed < 0) status = hdf5_failure(w->path, "finishing the file");
+    hdf5_lock_release();
+    if (status == DDT_OK) {
+        status = hdf5_file_commit(w->temp_path, w->path);
+    } else {
+        unlink(w->temp_path);
+    }
+    free_writer(w);
+    return status;
+}
+
+void dataset_writer_abort(dataset_writer *w) {
+    if (!w) return;
+    hdf5_lock_acquire();
+    if (w->labels_dataset >= 0) H5Dclose(w->labels_dataset);
+    if (w->features_dataset >= 0) H5Dclose(w->features_dataset);
+    if (w->file >= 0) H5Fclose(w->file);
+    hdf5_lock_release();
+    unlink(w->temp_path);
+    free_writer(w);
+}
+
+void dataset_shard_path(const char *path, int index, int count, char *out, size_t out_size) {
+    if (count == 1) {
+        snprintf(out, out_size, "%s", path);
+        return;
+    }
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    const char *dot = strrchr(base, '.');
+    /* A leading dot names a hidden file, not an extension. */
+    if (!dot || dot == base) dot = base + strlen(base);
+    snprintf(out, out_size, "%.*s-%05d-of-%05d%s", (int)(dot - path), path, index, count, dot);
+}

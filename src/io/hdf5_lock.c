@@ -1,0 +1,112 @@
+/* hdf5_lock.c - the process-wide HDF5 lock and the shared HDF5/file helpers of src/io. */
+#include "io/hdf5_lock.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static pthread_once_t hdf5_lock_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t hdf5_mutex;
+
+static void hdf5_lock_init(void) {
+    pthread_mutexattr_t attributes;
+    pthread_mutexattr_init(&attributes);
+    pthread_mutexattr_settype(&attributes, PTHREAD_MUTEX_RECURSIVE);
+    pthread_mutex_init(&hdf5_mutex, &attributes);
+    pthread_mutexattr_destroy(&attributes);
+    /* Runs once, before any thread can hold the lock, so no other HDF5 call is in flight. */
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+}
+
+void hdf5_lock_acquire(void) {
+    pthread_once(&hdf5_lock_once, hdf5_lock_init);
+    pthread_mutex_lock(&hdf5_mutex);
+}
+
+void hdf5_lock_release(void) {
+    pthread_mutex_unlock(&hdf5_mutex);
+}
+
+typedef struct error_detail {
+    char *buffer;
+    size_t size;
+    int found;
+} error_detail;
+
+static herr_t keep_innermost(unsigned n, const H5E_error2_t *error, void *context) {
+    error_detail *detail = context;
+    (void)n;
+    /* Walking upward, the first entry is where the failure started: the most specific. */
+    if (!detail->found && error->desc && error->desc[0]) {
+        snprintf(detail->buffer, detail->size, "%s", error->desc);
+        detail->found = 1;
+    }
+    return 0;
+}
+
+const char *hdf5_error_detail(char *buffer, size_t size) {
+    error_detail detail = {buffer, size, 0};
+    if (size == 0) return buffer;
+    buffer[0] = '\0';
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, keep_innermost, &detail);
+    if (!detail.found) snprintf(buffer, size, "unknown HDF5 error");
+    return buffer;
+}
+
+void hdf5_temp_path(const char *path, char *out, size_t out_size) {
+    snprintf(out, out_size, "%s.tmp-%ld", path, (long)getpid());
+}
+
+static ddt_status sync_directory_of(const char *path) {
+    char directory[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash) {
+        snprintf(directory, sizeof directory, ".");
+    } else if (slash == path) {
+        snprintf(directory, sizeof directory, "/");
+    } else {
+        snprintf(directory, sizeof directory, "%.*s", (int)(slash - path), path);
+    }
+    int fd = open(directory, O_RDONLY | O_DIRECTORY);
+    if (fd < 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot sync directory %s: %s", path, directory,
+                         strerror(errno));
+    /* Some file systems refuse fsync on directories (EINVAL); the rename is still done. */
+    if (fsync(fd) != 0 && errno != EINVAL) {
+        int saved = errno;
+        close(fd);
+        return ddt_error(DDT_ERR_IO, "%s: cannot sync directory %s: %s", path, directory,
+                         strerror(saved));
+    }
+    close(fd);
+    return DDT_OK;
+}
+
+ddt_status hdf5_file_commit(const char *temp_path, const char *path) {
+    int fd = open(temp_path, O_RDONLY);
+    if (fd < 0) {
+        ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot reopen temporary file %s: %s", path,
+                                      temp_path, strerror(errno));
+        unlink(temp_path);
+        return status;
+    }
+    if (fsync(fd) != 0) {
+        int saved = errno;
+        close(fd);
+        unlink(temp_path);
+        return ddt_error(DDT_ERR_IO, "%s: cannot flush to disk: %s", path, strerror(saved));
+    }
+    close(fd);
+    if (rename(temp_path, path) != 0) {
+        int saved = errno;
+        unlink(temp_path);
+        return ddt_error(DDT_ERR_IO, "%s: cannot replace with %s: %s", path, temp_path,
+                         strerror(saved));
+    }
+    /* Without this a crash could forget the rename even though the data reached the disk. */
+    return sync_directory_of(path);
+}

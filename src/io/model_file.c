@@ -1,0 +1,289 @@
+/* model_file.c - trained models as HDF5 files that h5py and PyTorch read directly. */
+#include "io/model_file.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "io/hdf5_lock.h"
+
+static void directory_of(const char *path, char *out, size_t size) {
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        snprintf(out, size, ".");
+    else if (slash == path)
+        snprintf(out, size, "/");
+    else
+        snprintf(out, size, "%.*s", (int)(slash - path), path);
+}
+
+ddt_status model_file_check_writable(const char *path) {
+    if (!path || !*path) return ddt_error(DDT_ERR_USAGE, "no model file path given");
+    size_t length = strlen(path);
+    struct stat info;
+    if (path[length - 1] == '/' || (stat(path, &info) == 0 && S_ISDIR(info.st_mode)))
+        return ddt_error(DDT_ERR_IO, "%s: cannot write the model: Is a directory", path);
+    char directory[4096];
+    directory_of(path, directory, sizeof directory);
+    if (stat(directory, &info) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot write the model: directory %s: %s", path,
+                         directory, strerror(errno));
+    if (!S_ISDIR(info.st_mode))
+        return ddt_error(DDT_ERR_IO, "%s: cannot write the model: %s is not a directory", path,
+                         directory);
+    /* The file is replaced by rename, so only the directory's permissions matter. */
+    if (access(directory, W_OK | X_OK) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot write the model: directory %s: %s", path,
+                         directory, strerror(errno));
+    return DDT_OK;
+}
+
+static ddt_status hdf5_failure(const char *path, const char *what) {
+    char detail[256];
+    return ddt_error(DDT_ERR_IO, "%s: %s failed (HDF5: %s)", path, what,
+                     hdf5_error_detail(detail, sizeof detail));
+}
+
+static herr_t write_float_dataset(hid_t group, const char *name, int rank, const hsize_t *dims,
+                                  const float *data) {
+    hid_t space = H5Screate_simple(rank, dims, NULL);
+    hid_t dataset =
+        H5Dcreate2(group, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    herr_t result = -1;
+    if (dataset >= 0) {
+        result = H5Dwrite(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+        if (H5Dclose(dataset) < 0) result = -1;
+    }
+    H5Sclose(space);
+    return result;
+}
+
+/* Writes the whole model into an open file. */
+static ddt_status write_model(hid_t file, const char *path, const model_spec *spec,
+                              const float *params) {
+    /* Variable-length UTF-8: h5py returns it as str (fixed-length strings come back as
+     * bytes). */
+    hid_t string_type = H5Tcopy(H5T_C_S1);
+    H5Tset_size(string_type, H5T_VARIABLE);
+    H5Tset_cset(string_type, H5T_CSET_UTF8);
+    hid_t scalar = H5Screate(H5S_SCALAR);
+    hid_t attribute = H5Acreate2(file, "model", string_type, scalar, H5P_DEFAULT, H5P_DEFAULT);
+    const char *text = spec->text;
+    herr_t written = attribute < 0 ? -1 : H5Awrite(attribute, string_type, &text);
+    if (attribute >= 0) H5Aclose(attribute);
+    H5Sclose(scalar);
+    H5Tclose(string_type);
+    if (written < 0) return hdf5_failure(path, "writing the model attribute");
+
+    for (int i = 0; i < spec->dense_count; i++) {
+        dense_layout layout = model_spec_dense_layout(spec, i);
+        char name[32];
+        snprintf(name, sizeof name, "dense_%d", i);
+        hid_t group = H5Gcreate2(file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        if (group < 0) return hdf5_failure(path, "creating a layer group");
+        hsize_t weight_dims[2] = {(hsize_t)layout.outputs, (hsize_t)layout.inputs};
+        hsize_t bias_dims[1] = {(hsize_t)layout.outputs};
+        herr_t result =
+            write_float_dataset(group, "weight", 2, weight_dims, params + layout.weight_offset);
+        if (result >= 0)
+            result = write_float_dataset(group, "bias", 1, bias_dims, params + layout.bias_offset);
+        if (H5Gclose(group) < 0) result = -1;
+        if (result < 0) return hdf5_failure(path, "writing layer parameters");
+    }
+    return DDT_OK;
+}
+
+ddt_status model_file_save(const char *path, const model_spec *spec, const float *host_params) {
+    DDT_CHECK(model_file_check_writable(path));
+    char temp_path[4096 + 32];
+    if (strlen(path) >= 4096) return ddt_error(DDT_ERR_USAGE, "%.80s...: path too long", path);
+    hdf5_temp_path(path, temp_path, sizeof temp_path);
+    /* open() first so the user gets errno's words rather than HDF5's generic failure. */
+    int fd = open(temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    close(fd);
+
+    ddt_status status = DDT_OK;
+    hdf5_lock_acquire();
+    hid_t file = H5Fcreate(temp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file < 0) {
+        status = hdf5_failure(path, "creating the HDF5 file");
+    } else {
+        status = write_model(file, path, spec, host_params);
+        if (H5Fclose(file) < 0 && status == DDT_OK)
+            status = hdf5_failure(path, "finishing the file");
+    }
+    hdf5_lock_release();
+    if (status != DDT_OK) {
+        unlink(temp_path);
+        return status;
+    }
+    return hdf5_file_commit(temp_path, path);
+}
+
+/* Reads the root "model" attribute, fixed- or variable-length, into `out`. */
+static ddt_status read_spec_text(hid_t file, const char *path, char *out, size_t size) {
+    if (H5Aexists(file, "model") <= 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: no \"model\" attribute (not a ddtrain model file?)",
+                         path);
+    hid_t attribute = H5Aopen(file, "model", H5P_DEFAULT);
+    if (attribute < 0) return hdf5_failure(path, "opening the model attribute");
+    hid_t type = H5Aget_type(attribute);
+    hid_t space = H5Aget_space(attribute);
+    ddt_status status = DDT_OK;
+    if (H5Tget_class(type) != H5T_STRING || H5Sget_simple_extent_npoints(space) != 1) {
+        status =
+            ddt_error(DDT_ERR_FORMAT, "%s: the \"model\" attribute is not a single string", path);
+    } else if (H5Tis_variable_str(type) > 0) {
+        hid_t memory_type = H5Tcopy(H5T_C_S1);
+        H5Tset_size(memory_type, H5T_VARIABLE);
+        H5Tset_cset(memory_type, H5Tget_cset(type));
+        char *text = NULL;
+        if (H5Aread(attribute, memory_type, &text) < 0 || !text) {
+            status = hdf5_failure(path, "reading the model attribute");
+        } else {
+            snprintf(out, size, "%s", text);
+            H5free_memory(text);
+        }
+        H5Tclose(memory_type);
+    } else {
+        size_t length = H5Tget_size(type);
+        char *text = calloc(1, length + 1);
+        hid_t memory_type = H5Tcopy(type);
+        if (!text) {
+            status = ddt_error(DDT_ERR_MEMORY, "%s: out of memory", path);
+        } else if (H5Aread(attribute, memory_type, text) < 0) {
+            status = hdf5_failure(path, "reading the model attribute");
+        } else {
+            snprintf(out, size, "%s", text);
+        }
+        H5Tclose(memory_type);
+        free(text);
+    }
+    H5Sclose(space);
+    H5Tclose(type);
+    H5Aclose(attribute);
+    return status;
+}
+
+/* Reads /dense_<i>/<name>, which must be float with exactly the given shape. */
+static ddt_status read_parameter(hid_t file, const char *path, const model_spec *spec,
+                                 int dense_index, const char *name, int rank,
+                                 const hsize_t *expected, float *out) {
+    char member[64];
+    snprintf(member, sizeof member, "dense_%d/%s", dense_index, name);
+    char group[32];
+    snprintf(group, sizeof group, "dense_%d", dense_index);
+    if (H5Lexists(file, group, H5P_DEFAULT) <= 0 || H5Lexists(file, member, H5P_DEFAULT) <= 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: no %s (the model \"%s\" has %d dense layers)", path,
+                         member, spec->text, spec->dense_count);
+    hid_t dataset = H5Dopen2(file, member, H5P_DEFAULT);
+    if (dataset < 0) return ddt_error(DDT_ERR_FORMAT, "%s: %s is not a dataset", path, member);
+    hid_t type = H5Dget_type(dataset);
+    hid_t space = H5Dget_space(dataset);
+    int file_rank = H5Sget_simple_extent_ndims(space);
+    hsize_t dims[H5S_MAX_RANK] = {0};
+    if (file_rank > 0) H5Sget_simple_extent_dims(space, dims, NULL);
+    bool is_float = H5Tget_class(type) == H5T_FLOAT;
+    H5Sclose(space);
+    H5Tclose(type);
+    ddt_status status = DDT_OK;
+    bool shape_ok = file_rank == rank;
+    for (int d = 0; shape_ok && d < rank; d++)
+        shape_ok = dims[d] == expected[d];
+    if (!is_float) {
+        status = ddt_error(DDT_ERR_FORMAT, "%s: %s is not floating point", path, member);
+    } else if (!shape_ok) {
+        char have[128] = "", need[64] = "";
+        size_t used = 0;
+        if (file_rank == 0) snprintf(have, sizeof have, "a scalar");
+        for (int d = 0; d < file_rank && used < sizeof have; d++)
+            used += (size_t)snprintf(have + used, sizeof have - used, "%s%llu", d ? "x" : "",
+                                     (unsigned long long)dims[d]);
+        used = 0;
+        for (int d = 0; d < rank; d++)
+            used += (size_t)snprintf(need + used, sizeof need - used, "%s%llu", d ? "x" : "",
+                                     (unsigned long long)expected[d]);
+        status = ddt_error(DDT_ERR_FORMAT, "%s: %s is %s, the model \"%s\" needs %s", path, member,
+                           have, spec->text, need);
+    } else if (H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
+        char detail[256];
+        status = ddt_error(DDT_ERR_IO, "%s: cannot read %s (HDF5: %s)", path, member,
+                           hdf5_error_detail(detail, sizeof detail));
+    }
+    H5Dclose(dataset);
+    if (status != DDT_OK) return status;
+    size_t count = rank == 2 ? (size_t)(expected[0] * expected[1]) : (size_t)expected[0];
+    for (size_t k = 0; k < count; k++)
+        if (!isfinite(out[k]))
+            return ddt_error(DDT_ERR_DATA, "%s: %s has a non-finite value at index %zu", path,
+                             member, k);
+    return DDT_OK;
+}
+
+static ddt_status read_model(hid_t file, const char *path, model_spec *spec, float **out) {
+    char text[MODEL_SPEC_MAX_TEXT * 2];
+    DDT_CHECK(read_spec_text(file, path, text, sizeof text));
+    if (model_spec_parse(text, spec) != DDT_OK) {
+        char reason[1024];
+        snprintf(reason, sizeof reason, "%s", ddt_error_message());
+        return ddt_error(DDT_ERR_FORMAT, "%s: bad model spec \"%s\": %s", path, text, reason);
+    }
+    char extra[32];
+    snprintf(extra, sizeof extra, "dense_%d", spec->dense_count);
+    if (H5Lexists(file, extra, H5P_DEFAULT) > 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: has %s but the model \"%s\" has only %d dense layers",
+                         path, extra, spec->text, spec->dense_count);
+    size_t count = model_spec_parameter_count(spec);
+    float *params = malloc((count ? count : 1) * sizeof *params);
+    if (!params)
+        return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for %zu parameters", path, count);
+    for (int i = 0; i < spec->dense_count; i++) {
+        dense_layout layout = model_spec_dense_layout(spec, i);
+        hsize_t weight_dims[2] = {(hsize_t)layout.outputs, (hsize_t)layout.inputs};
+        hsize_t bias_dims[1] = {(hsize_t)layout.outputs};
+        ddt_status status = read_parameter(file, path, spec, i, "weight", 2, weight_dims,
+                                           params + layout.weight_offset);
+        if (status == DDT_OK)
+            status = read_parameter(file, path, spec, i, "bias", 1, bias_dims,
+                                    params + layout.bias_offset);
+        if (status != DDT_OK) {
+            free(params);
+            return status;
+        }
+    }
+    *out = params;
+    return DDT_OK;
+}
+
+ddt_status model_file_load(const char *path, model_spec *spec, float **host_params) {
+    *host_params = NULL;
+    struct stat info;
+    if (stat(path, &info) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(info.st_mode))
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
+    if (access(path, R_OK) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    hdf5_lock_acquire();
+    ddt_status status = DDT_OK;
+    if (H5Fis_hdf5(path) <= 0) {
+        status = ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);
+    } else {
+        hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+        if (file < 0) {
+            status = hdf5_failure(path, "opening");
+        } else {
+            status = read_model(file, path, spec, host_params);
+            H5Fclose(file);
+        }
+    }
+    hdf5_lock_release();
+    return status;
+}

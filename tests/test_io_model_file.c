@@ -1,0 +1,265 @@
+/* test_io_model_file.c - model files: bitwise round trip, atomic replacement, load errors, and
+ * that h5py (and so PyTorch users) read them as documented. */
+#include <hdf5.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "check.h"
+#include "engine/model.h"
+#include "io/model_file.h"
+
+static const char *spec_text = "6-5-relu-4-tanh-3";
+
+static char *temp_path(const char *name) {
+    static char paths[8][600];
+    static int next;
+    char *path = paths[next++ % 8];
+    snprintf(path, 600, "%s/%s", check_temp_dir(), name);
+    return path;
+}
+
+/* Distinct values for every parameter, including ones a lossy path would change. */
+static float *make_params(const model_spec *spec, float scale) {
+    size_t count = model_spec_parameter_count(spec);
+    float *params = malloc(count * sizeof *params);
+    for (size_t i = 0; i < count; i++)
+        params[i] = scale * ((float)i * 0.37f - 3.0f);
+    params[0] = -0.0f;
+    params[1] = 1e-40f; /* subnormal */
+    params[2] = 3.4e38f;
+    return params;
+}
+
+static void expect_message(ddt_status status, ddt_status expected, const char *path,
+                           const char *text) {
+    CHECK(status == expected);
+    const char *message = ddt_error_message();
+    int ok = (!path || strstr(message, path)) && strstr(message, text);
+    CHECK(ok);
+    if (!ok) fprintf(stderr, "  expected '%s' in: %s\n", text, message);
+}
+
+static void test_round_trip(void) {
+    model_spec spec;
+    CHECK_OK(model_spec_parse(spec_text, &spec));
+    float *params = make_params(&spec, 1.0f);
+    const char *path = temp_path("model.h5");
+    CHECK_OK(model_file_save(path, &spec, params));
+
+    model_spec loaded;
+    float *loaded_params = NULL;
+    CHECK_OK(model_file_load(path, &loaded, &loaded_params));
+    if (!loaded_params) return;
+    CHECK(strcmp(loaded.text, spec.text) == 0);
+    CHECK(loaded.dense_count == 3 && loaded.input_width == 6 && loaded.output_width == 3);
+    size_t count = model_spec_parameter_count(&spec);
+    CHECK(model_spec_parameter_count(&loaded) == count);
+    CHECK(memcmp(loaded_params, params, count * sizeof(float)) == 0);
+    free(loaded_params);
+
+    /* No temporary file is left behind. */
+    char temp[700];
+    snprintf(temp, sizeof temp, "%s.tmp-%ld", path, (long)getpid());
+    struct stat info;
+    CHECK(stat(temp, &info) != 0);
+    free(params);
+}
+
+static void test_writable_and_atomic(void) {
+    model_spec spec;
+    CHECK_OK(model_spec_parse(spec_text, &spec));
+    const char *path = temp_path("replace.h5");
+    CHECK_OK(model_file_check_writable(path));
+
+    char bad[700];
+    snprintf(bad, sizeof bad, "%s/no-such-dir/model.h5", check_temp_dir());
+    expect_message(model_file_check_writable(bad), DDT_ERR_IO, bad, "No such file or directory");
+    float *params = make_params(&spec, 1.0f);
+    expect_message(model_file_save(bad, &spec, params), DDT_ERR_IO, bad,
+                   "No such file or directory");
+    expect_message(model_file_check_writable(check_temp_dir()), DDT_ERR_IO, check_temp_dir(),
+                   "Is a directory");
+    /* A regular file where the directory should be. */
+    const char *plain = temp_path("plain-file");
+    fclose(fopen(plain, "w"));
+    snprintf(bad, sizeof bad, "%s/model.h5", plain);
+    expect_message(model_file_check_writable(bad), DDT_ERR_IO, bad, "is not a directory");
+    if (geteuid() != 0) {
+        snprintf(bad, sizeof bad, "%s/read-only-dir", check_temp_dir());
+        mkdir(bad, 0555);
+        strcat(bad, "/model.h5");
+        expect_message(model_file_check_writable(bad), DDT_ERR_IO, bad, "Permission denied");
+    }
+
+    /* Save A; a save of B that cannot create its temporary file fails and leaves A. */
+    CHECK_OK(model_file_save(path, &spec, params));
+    char temp[700];
+    snprintf(temp, sizeof temp, "%s.tmp-%ld", path, (long)getpid());
+    mkdir(temp, 0755);
+    float *other = make_params(&spec, -2.0f);
+    CHECK(model_file_save(path, &spec, other) == DDT_ERR_IO);
+    CHECK(strstr(ddt_error_message(), path) != NULL);
+    model_spec loaded;
+    float *loaded_params = NULL;
+    CHECK_OK(model_file_load(path, &loaded, &loaded_params));
+    size_t count = model_spec_parameter_count(&spec);
+    CHECK(loaded_params && memcmp(loaded_params, params, count * sizeof(float)) == 0);
+    free(loaded_params);
+    rmdir(temp);
+
+    /* Now it can be replaced. */
+    CHECK_OK(model_file_save(path, &spec, other));
+    loaded_params = NULL;
+    CHECK_OK(model_file_load(path, &loaded, &loaded_params));
+    CHECK(loaded_params && memcmp(loaded_params, other, count * sizeof(float)) == 0);
+    free(loaded_params);
+    free(other);
+    free(params);
+}
+
+/* Replaces the root "model" attribute with `text`, fixed-length if `fixed`. */
+static void set_model_attribute(const char *path, const char *text, int fixed) {
+    hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    if (H5Aexists(file, "model") > 0) H5Adelete(file, "model");
+    if (text) {
+        hid_t type = H5Tcopy(H5T_C_S1);
+        H5Tset_size(type, fixed ? strlen(text) : H5T_VARIABLE);
+        hid_t space = H5Screate(H5S_SCALAR);
+        hid_t attribute = H5Acreate2(file, "model", type, space, H5P_DEFAULT, H5P_DEFAULT);
+        if (fixed)
+            H5Awrite(attribute, type, text);
+        else
+            H5Awrite(attribute, type, &text);
+        H5Aclose(attribute);
+        H5Sclose(space);
+        H5Tclose(type);
+    }
+    H5Fclose(file);
+}
+
+static void test_load_errors(void) {
+    model_spec spec, loaded;
+    CHECK_OK(model_spec_parse(spec_text, &spec));
+    float *params = make_params(&spec, 1.0f);
+    float *loaded_params = NULL;
+
+    const char *path = temp_path("absent.h5");
+    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_IO, path,
+                   "cannot open: No such file or directory");
+    CHECK(loaded_params == NULL);
+
+    path = temp_path("text.h5");
+    FILE *f = fopen(path, "w");
+    fputs("784-10\n", f);
+    fclose(f);
+    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
+                   "not an HDF5 file");
+
+    path = temp_path("no-attribute.h5");
+    CHECK_OK(model_file_save(path, &spec, params));
+    set_model_attribute(path, NULL, 0);
+    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
+                   "no \"model\" attribute");
+
+    /* A fixed-length string (as numpy bytes would store it) is read too. */
+    path = temp_path("fixed-string.h5");
+    CHECK_OK(model_file_save(path, &spec, params));
+    set_model_attribute(path, spec_text, 1);
+    CHECK_OK(model_file_load(path, &loaded, &loaded_params));
+    CHECK(strcmp(loaded.text, spec.text) == 0);
+    free(loaded_params);
+    loaded_params = NULL;
+
+    path = temp_path("bad-spec.h5");
+    CHECK_OK(model_file_save(path, &spec, params));
+    set_model_attribute(path, "6-banana-3", 0);
+    model_spec scratch;
+    ddt_status parse_status = model_spec_parse("6-banana-3", &scratch);
+    CHECK(parse_status != DDT_OK);
+    char parse_message[1024];
+    snprintf(parse_message, sizeof parse_message, "%s", ddt_error_message());
+    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
+                   parse_message);
+
+    path = temp_path("missing-layer.h5");
+    CHECK_OK(model_file_save(path, &spec, params));
+    hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Ldelete(file, "dense_1", H5P_DEFAULT);
+    H5Fclose(file);
+    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
+                   "no dense_1/weight");
+
+    path = temp_path("misshapen.h5");
+    CHECK_OK(model_file_save(path, &spec, params));
+    file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Ldelete(file, "dense_1/weight", H5P_DEFAULT);
+    hsize_t dims[2] = {5, 4}; /* transposed: the model needs 4x5 */
+    hid_t space = H5Screate_simple(2, dims, NULL);
+    hid_t dataset = H5Dcreate2(file, "dense_1/weight", H5T_IEEE_F32LE, space, H5P_DEFAULT,
+                               H5P_DEFAULT, H5P_DEFAULT);
+    H5Dclose(dataset);
+    H5Sclose(space);
+    H5Fclose(file);
+    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
+                   "dense_1/weight is 5x4, the model \"6-5-relu-4-tanh-3\" needs 4x5");
+
+    /* A file with more layers than its spec says is not silently truncated. */
+    path = temp_path("extra-layer.h5");
+    CHECK_OK(model_file_save(path, &spec, params));
+    file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Gclose(H5Gcreate2(file, "dense_3", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5Fclose(file);
+    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
+                   "has dense_3");
+
+    /* Non-finite parameters are data errors. */
+    path = temp_path("nan.h5");
+    params[7] = NAN;
+    CHECK_OK(model_file_save(path, &spec, params));
+    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_DATA, path,
+                   "dense_0/weight has a non-finite value at index 7");
+    CHECK(loaded_params == NULL);
+    free(params);
+}
+
+static void test_h5py(void) {
+    if (system("/usr/bin/python3 -c 'import h5py' >/dev/null 2>&1") != 0) {
+        printf("skipped: no h5py\n");
+        return;
+    }
+    model_spec spec;
+    CHECK_OK(model_spec_parse(spec_text, &spec));
+    float *params = make_params(&spec, 1.0f);
+    const char *path = temp_path("for-h5py.h5");
+    CHECK_OK(model_file_save(path, &spec, params));
+    dense_layout first = model_spec_dense_layout(&spec, 0);
+    char command[2048];
+    snprintf(command, sizeof command,
+             "/usr/bin/python3 -c '\n"
+             "import sys, h5py, numpy\n"
+             "f = h5py.File(sys.argv[1], \"r\")\n"
+             "m = f.attrs[\"model\"]\n"
+             "assert isinstance(m, str), type(m)\n"
+             "assert m == \"%s\", m\n"
+             "w = f[\"dense_0/weight\"]\n"
+             "assert w.shape == (5, 6) and w.dtype == numpy.float32, (w.shape, w.dtype)\n"
+             "assert f[\"dense_0/bias\"].shape == (5,)\n"
+             "assert f[\"dense_2/weight\"].shape == (3, 4)\n"
+             "assert float(w[0, 2]) == %.17g, w[0, 2]\n"
+             "' '%s'",
+             spec.text, (double)params[first.weight_offset + 2], path);
+    CHECK(system(command) == 0);
+    free(params);
+}
+
+int main(void) {
+    test_round_trip();
+    test_writable_and_atomic();
+    test_load_errors();
+    test_h5py();
+    return check_finish();
+}
