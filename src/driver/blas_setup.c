@@ -43,20 +43,28 @@ static const char *kernel_for_level(int level) {
 }
 
 void blas_setup_kernel(char **argv) {
-    (void)argv;
     const char *fix = getenv("DDTRAIN_BLAS_FIX");
-    if (getenv("OPENBLAS_CORETYPE") || (fix && strcmp(fix, "0") == 0)) return;
-    if (getenv("DDTRAIN_BLAS_REEXEC")) return; /* already tried once */
+    if ((fix && strcmp(fix, "0") == 0) || getenv("DDTRAIN_BLAS_REEXEC")) return;
     const char *core = openblas_get_corename();
     int have = kernel_level(core ? core : "");
     int want = cpu_level();
     const char *better = kernel_for_level(want);
     if (!better || have >= want) return;
+    /* Remember what OpenBLAS chose, and whether the environment asked for it, so the
+     * re-executed ddtrain can say what it changed. */
+    const char *pinned = getenv("OPENBLAS_CORETYPE");
+    char note[128];
+    snprintf(note, sizeof note, "%s%s%s", core ? core : "unknown",
+             pinned ? ", from OPENBLAS_CORETYPE=" : "", pinned ? pinned : "");
+    setenv("DDTRAIN_BLAS_REEXEC", note, 1);
     setenv("OPENBLAS_CORETYPE", better, 1);
-    setenv("DDTRAIN_BLAS_REEXEC", core ? core : "unknown", 1);
     execv("/proc/self/exe", argv);
-    /* exec failed: carry on with the slow kernel; blas_describe() says so. */
-    unsetenv("OPENBLAS_CORETYPE");
+    /* exec failed: carry on with the kernel we have; blas_describe() says so. */
+    if (pinned)
+        setenv("OPENBLAS_CORETYPE", pinned, 1);
+    else
+        unsetenv("OPENBLAS_CORETYPE");
+    unsetenv("DDTRAIN_BLAS_REEXEC");
 }
 
 void blas_set_threads(int threads) {
@@ -71,15 +79,16 @@ const char *blas_describe(void) {
     if (config && sscanf(config, "OpenBLAS %63s", version_text) == 1) version = version_text;
     const char *replaced = getenv("DDTRAIN_BLAS_REEXEC");
     const char *core = openblas_get_corename();
-    if (replaced && getenv("OPENBLAS_CORETYPE"))
+    if (replaced)
         snprintf(text, sizeof text,
-                 "OpenBLAS %s, kernel %s (set by ddtrain: OpenBLAS did not recognise this CPU "
-                 "and chose %s)",
+                 "OpenBLAS %s, kernel %s (set by ddtrain: OpenBLAS would have used %s, slower "
+                 "on this CPU; DDTRAIN_BLAS_FIX=0 keeps it)",
                  version, core, replaced);
     else
         snprintf(text, sizeof text, "OpenBLAS %s, kernel %s%s", version, core,
                  kernel_level(core) < cpu_level()
-                     ? " (slower than this CPU supports; set OPENBLAS_CORETYPE)"
+                     ? " (slower than this CPU supports: DDTRAIN_BLAS_FIX=0 is set, or re-running "
+                       "ddtrain with a better OPENBLAS_CORETYPE failed)"
                      : "");
     return text;
 }

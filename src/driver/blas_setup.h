@@ -5,8 +5,10 @@
  * generic SSE3 kernel about 5x slower. The kernel can only be chosen through the environment
  * variable OPENBLAS_CORETYPE before the library loads, so blas_setup_kernel() -- called first
  * thing in main(), before MPI_Init -- compares the loaded kernel with what the CPU supports
- * and, if the kernel is older, sets OPENBLAS_CORETYPE and re-executes ddtrain once. A user's
- * own OPENBLAS_CORETYPE is always respected; DDTRAIN_BLAS_FIX=0 turns this off.
+ * and, if the kernel is older, sets OPENBLAS_CORETYPE and re-executes ddtrain once. That
+ * includes an OPENBLAS_CORETYPE already set in the environment to a weaker kernel (machine
+ * images do this): ddtrain replaces it and says so at start-up. DDTRAIN_BLAS_FIX=0 keeps
+ * whatever OpenBLAS would use.
  */
 #ifndef DDT_DRIVER_BLAS_SETUP_H
 #define DDT_DRIVER_BLAS_SETUP_H
