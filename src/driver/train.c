@@ -181,9 +181,9 @@ static ddt_status open_data(trainer *t) {
     DDT_CHECK(shard_plan_init(&sp, &t->plan));
     t->steps_per_epoch = shard_plan_steps_per_epoch(t->plan);
     t->total_steps = o->steps > 0 ? o->steps : o->epochs * t->steps_per_epoch;
-    /* Keep the window of chunks a micro-batch is drawn from in HDF5's chunk cache. */
-    size_t chunk_bytes = (size_t)sp.block_rows * (size_t)g->features * sizeof(float);
-    DDT_CHECK(dataset_set_chunk_cache(t->train_data, chunk_bytes * (size_t)sp.window_blocks));
+    /* The stream caches whole blocks itself (read once, contiguously), so the dataset's own
+     * row cache and HDF5's chunk cache would only hold second copies. */
+    DDT_CHECK(dataset_set_chunk_cache(t->train_data, 0));
 
     t->schedule.base_lr = (float)o->lr;
     t->schedule.min_lr = (float)o->min_lr;

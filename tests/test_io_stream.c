@@ -1,0 +1,620 @@
+/* test_io_stream.c - the reader thread, block cache and slot ring: right rows, right data, in
+ * plan order, whatever the relative speed of reader and consumer and whatever the cache size;
+ * each block read once per epoch; staging bytes exact; prompt stop; errors surface in place.
+ *
+ * The dataset's features encode the global row number (row r has features r, -r, r/2), so
+ * each delivered micro-batch can be checked against its row ids, and the row ids against the
+ * plan, also when the rows come from several shard files.
+ */
+#include <malloc.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "check.h"
+#include "io/dataset.h"
+#include "io/dataset_writer.h"
+#include "io/hdf5_lock.h"
+#include "io/stream.h"
+#include "shard/shard.h"
+
+enum { ROWS = 1000, FEATURES = 3, CLASSES = 7, CHUNK_ROWS = 16, WINDOW_BLOCKS = 4 };
+enum { GLOBAL_BATCH = 64, MICRO_BATCH = 8, WORLD = 2, RANK = 1 };
+/* Shard sizes of the multi-file dataset: 1003 rows, not a multiple of CHUNK_ROWS, and shard
+ * boundaries (333, 734) inside blocks. */
+enum { SHARDS = 3 };
+static const int shard_rows[SHARDS] = {333, 401, 269};
+
+static double seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void sleep_seconds(double seconds) {
+    struct timespec t = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
+    nanosleep(&t, NULL);
+}
+
+/* What to write: global rows [first, first + count) with `features` features; a global row
+ * equal to nan_row gets a NaN feature, one equal to bad_label_row a label out of range. */
+typedef struct rows_spec {
+    int64_t first;
+    int count;
+    int features;
+    bool class_labels;
+    int64_t nan_row;
+    int64_t bad_label_row;
+} rows_spec;
+
+static ddt_status write_rows(const char *path, const rows_spec *spec) {
+    int d = spec->features;
+    dataset_writer_params params = {
+        .rows = spec->count,
+        .features = d,
+        .class_labels = spec->class_labels,
+        .target_width = 2,
+        .classes = spec->class_labels ? CLASSES : 0,
+        .chunk_rows = CHUNK_ROWS,
+    };
+    float *features = malloc((size_t)spec->count * (size_t)d * sizeof *features);
+    int32_t *labels = malloc((size_t)spec->count * sizeof *labels);
+    float *targets = malloc((size_t)spec->count * 2 * sizeof *targets);
+    if (!features || !labels || !targets) {
+        free(targets);
+        free(labels);
+        free(features);
+        return ddt_error(DDT_ERR_MEMORY, "test: out of memory");
+    }
+    for (int i = 0; i < spec->count; i++) {
+        int64_t r = spec->first + i;
+        float *f = features + (size_t)i * (size_t)d;
+        f[0] = (float)r;
+        f[1] = -(float)r;
+        f[2] = 0.5f * (float)r;
+        for (int j = 3; j < d; j++)
+            f[j] = (float)(r + j);
+        labels[i] = (int32_t)(r % CLASSES);
+        targets[i * 2 + 0] = (float)(r + 1);
+        targets[i * 2 + 1] = (float)(2 * r);
+        if (r == spec->nan_row) f[1] = NAN;
+        if (r == spec->bad_label_row) labels[i] = CLASSES;
+    }
+    dataset_writer *writer;
+    ddt_status status = dataset_writer_open(path, &params, &writer);
+    if (status == DDT_OK) {
+        status =
+            dataset_writer_append(writer, spec->count, features, spec->class_labels ? labels : NULL,
+                                  spec->class_labels ? NULL : targets);
+        if (status == DDT_OK)
+            status = dataset_writer_close(writer);
+        else
+            dataset_writer_abort(writer);
+    }
+    free(targets);
+    free(labels);
+    free(features);
+    return status;
+}
+
+/* Writes ROWS rows; row `nan_row` (if >= 0) gets a NaN feature. */
+static ddt_status write_dataset(const char *path, bool class_labels, int64_t nan_row) {
+    rows_spec spec = {.count = ROWS,
+                      .features = FEATURES,
+                      .class_labels = class_labels,
+                      .nan_row = nan_row,
+                      .bad_label_row = -1};
+    return write_rows(path, &spec);
+}
+
+static shard_params plan_params(int64_t rows) {
+    shard_params p = {
+        .rows = rows,
+        .global_batch = GLOBAL_BATCH,
+        .micro_batch = MICRO_BATCH,
+        .world_size = WORLD,
+        .rank = RANK,
+        .seed = 42,
+        .shuffle = true,
+        .block_rows = CHUNK_ROWS,
+        .window_blocks = WINDOW_BLOCKS,
+    };
+    return p;
+}
+
+/* Checks one delivered micro-batch against an independent plan (row for row, in plan order)
+ * and the encoded features. */
+static int batch_matches(shard_plan *reference, const micro_batch *mb, int64_t global_step,
+                         int micro_index, bool class_labels) {
+    int64_t steps = shard_plan_steps_per_epoch(reference);
+    int64_t expected[MICRO_BATCH];
+    if (shard_plan_micro_batch_rows(reference, global_step / steps, global_step % steps,
+                                    micro_index, expected) != DDT_OK)
+        return 0;
+    int ok = mb->global_step == global_step && mb->epoch == global_step / steps &&
+             mb->step == global_step % steps && mb->micro_index == micro_index &&
+             mb->rows == MICRO_BATCH;
+    ok = ok && memcmp(expected, mb->row_ids, sizeof expected) == 0;
+    for (int i = 0; ok && i < mb->rows; i++) {
+        float r = (float)mb->row_ids[i];
+        const float *f = mb->features + i * FEATURES;
+        ok = f[0] == r && f[1] == -r && f[2] == 0.5f * r;
+        if (class_labels)
+            ok = ok && mb->labels[i] == mb->row_ids[i] % CLASSES && mb->targets == NULL;
+        else
+            ok = ok && mb->labels == NULL && mb->targets[i * 2] == r + 1 &&
+                 mb->targets[i * 2 + 1] == 2 * r;
+    }
+    return ok;
+}
+
+/* Holds the HDF5 lock most of the time, as a busy checkpoint writer would: the reader crawls. */
+typedef struct lock_hog {
+    pthread_t thread;
+    atomic_bool stop;
+    atomic_int holds; /* times the lock was taken, so the test knows the hog is running */
+} lock_hog;
+
+static void *lock_hog_main(void *argument) {
+    lock_hog *hog = argument;
+    while (!atomic_load(&hog->stop)) {
+        hdf5_lock_acquire();
+        atomic_fetch_add(&hog->holds, 1);
+        sleep_seconds(0.003);
+        hdf5_lock_release();
+        sleep_seconds(0.0001);
+    }
+    return NULL;
+}
+
+typedef struct run_options {
+    int prefetch;
+    int64_t first_global_step;
+    int64_t total_global_steps;
+    double consumer_delay; /* seconds of "compute" per micro-batch */
+    bool slow_reader;
+    bool class_labels;
+    int cache_blocks; /* stream_params.cache_blocks (0 = default) */
+    bool no_shuffle;
+} run_options;
+
+/* The cache size stream_start should resolve for `p` and a requested `cache_blocks`. */
+static int expected_cache_blocks(const shard_params *p, int cache_blocks) {
+    int64_t block_count = (p->rows + p->block_rows - 1) / p->block_rows;
+    int64_t blocks = cache_blocks ? cache_blocks : p->shuffle ? 2 * p->window_blocks + 1 : 1;
+    return (int)(blocks < block_count ? blocks : block_count);
+}
+
+/* Streams the whole range and checks every micro-batch, the staging bytes and the block
+ * counters against what the reference plan implies; returns the stats. */
+static stream_stats run_stream(dataset *data, const run_options *o) {
+    stream_stats stats = {0};
+    shard_params p = plan_params(dataset_get_geometry(data)->rows);
+    p.shuffle = !o->no_shuffle;
+    shard_plan *plan, *reference;
+    CHECK_OK(shard_plan_init(&p, &plan));
+    CHECK_OK(shard_plan_init(&p, &reference));
+    lock_hog hog = {.stop = false, .holds = 0};
+    if (o->slow_reader) {
+        CHECK(pthread_create(&hog.thread, NULL, lock_hog_main, &hog) == 0);
+        while (atomic_load(&hog.holds) == 0)
+            sleep_seconds(0.0001);
+    }
+
+    /* Blocks each epoch of the range touches, and block lookups (distinct blocks per
+     * micro-batch), from the reference plan. */
+    int64_t block_count = (p.rows + p.block_rows - 1) / p.block_rows;
+    bool *seen = calloc((size_t)block_count, sizeof *seen);
+    bool *in_batch = calloc((size_t)block_count, sizeof *in_batch);
+    int64_t distinct_per_epoch_sum = 0, distinct_first_epoch = 0, lookups = 0, epoch = -1;
+    int64_t first_epoch = o->first_global_step / shard_plan_steps_per_epoch(reference);
+
+    stream_params sp = {
+        .data = data,
+        .plan = plan,
+        .micro_batch = MICRO_BATCH,
+        .first_global_step = o->first_global_step,
+        .total_global_steps = o->total_global_steps,
+        .prefetch_depth = o->prefetch,
+        .cache_blocks = o->cache_blocks,
+    };
+    stream *s;
+    CHECK_OK(stream_start(&sp, &s));
+    int all_match = 1;
+    int k = shard_plan_micro_batches_per_step(plan);
+    for (int64_t g = 0; g < o->total_global_steps; g++)
+        for (int m = 0; m < k; m++) {
+            micro_batch *mb;
+            ddt_status status = stream_next(s, &mb);
+            CHECK_OK(status);
+            if (status != DDT_OK) goto done;
+            all_match &= batch_matches(reference, mb, o->first_global_step + g, m, o->class_labels);
+            if (mb->epoch != epoch) {
+                if (epoch >= 0) memset(seen, 0, (size_t)block_count * sizeof *seen);
+                epoch = mb->epoch;
+            }
+            for (int i = 0; i < mb->rows; i++) {
+                int64_t block = mb->row_ids[i] / p.block_rows;
+                if (!seen[block]) {
+                    seen[block] = true;
+                    distinct_per_epoch_sum++;
+                    if (epoch == first_epoch) distinct_first_epoch++;
+                }
+                if (!in_batch[block]) lookups++;
+                in_batch[block] = true;
+            }
+            for (int i = 0; i < mb->rows; i++)
+                in_batch[mb->row_ids[i] / p.block_rows] = false;
+            if (o->consumer_delay > 0) sleep_seconds(o->consumer_delay);
+            stream_release(s, mb);
+        }
+    CHECK(all_match);
+    micro_batch *past;
+    CHECK(stream_next(s, &past) == DDT_ERR_INTERNAL);
+    CHECK(past == NULL);
+done:
+    stats = stream_get_stats(s);
+    CHECK(stats.micro_batches == o->total_global_steps * k);
+    CHECK(stats.cache_blocks == expected_cache_blocks(&p, o->cache_blocks));
+    CHECK(stats.staging_bytes ==
+          stream_staging_bytes(dataset_get_geometry(data), &p, o->prefetch, o->cache_blocks));
+    stream_stop(s);
+    /* Every distinct block of a micro-batch is looked up once when the slot is filled: a hit
+     * (perhaps of a block read ahead) or a read. Read-ahead stays within the range. */
+    CHECK(stats.blocks_read - stats.blocks_read_ahead + stats.block_hits == lookups);
+    CHECK(stats.blocks_read_ahead >= 0 && stats.blocks_read_ahead <= stats.blocks_read);
+    CHECK(stats.blocks_read >= distinct_first_epoch);
+    if (o->cache_blocks == 0) {
+        /* The default cache reads each block at most once per epoch. */
+        CHECK(stats.blocks_read <= distinct_per_epoch_sum);
+    }
+    if (o->slow_reader) {
+        atomic_store(&hog.stop, true);
+        pthread_join(hog.thread, NULL);
+    }
+    free(in_batch);
+    free(seen);
+    shard_plan_free(reference);
+    shard_plan_free(plan);
+    return stats;
+}
+
+static void test_sequences(dataset *data, dataset *data_targets) {
+    int64_t steps = ROWS / GLOBAL_BATCH; /* 15 per epoch */
+    for (int prefetch = 2; prefetch <= 4; prefetch += 2) {
+        /* Start mid-epoch and cross two epoch boundaries. */
+        run_options o = {.prefetch = prefetch,
+                         .first_global_step = steps - 3,
+                         .total_global_steps = steps + 6,
+                         .class_labels = true};
+        stream_stats stats = run_stream(data, &o);
+        CHECK(stats.read_seconds > 0);
+    }
+    run_options targets = {.prefetch = 3, .total_global_steps = 4, .class_labels = false};
+    run_stream(data_targets, &targets);
+
+    /* Slow consumer: the reader spends most of its time blocked on a full ring. */
+    run_options slow_consumer = {
+        .prefetch = 2, .total_global_steps = 5, .consumer_delay = 0.002, .class_labels = true};
+    stream_stats stats = run_stream(data, &slow_consumer);
+    CHECK(stats.wait_seconds < 0.25 * 20 * 0.002);
+    /* The idle reader read blocks ahead of need. */
+    CHECK(stats.blocks_read_ahead > 0);
+    printf("slow consumer: waited %.4f s, read %.4f s\n", stats.wait_seconds, stats.read_seconds);
+
+    /* Slow reader: the consumer waits, and sees the same sequence. */
+    run_options slow_reader = {
+        .prefetch = 2, .total_global_steps = 10, .slow_reader = true, .class_labels = true};
+    stats = run_stream(data, &slow_reader);
+    /* The stream starts while the hog holds the lock, so the first read waits ~3 ms; after
+     * that the consumer waits about as long as the reader works. */
+    CHECK(stats.wait_seconds > 0.002);
+    CHECK(stats.wait_seconds > 0.5 * stats.read_seconds);
+    printf("slow reader: waited %.4f s, read %.4f s\n", stats.wait_seconds, stats.read_seconds);
+}
+
+/* One whole epoch from step 0: every block this rank touches is read exactly once, and far
+ * fewer times than rows are used. */
+static void test_block_reads(dataset *data) {
+    int64_t steps = ROWS / GLOBAL_BATCH;
+    run_options epoch = {.prefetch = 3, .total_global_steps = steps, .class_labels = true};
+    stream_stats stats = run_stream(data, &epoch);
+    int64_t block_count = (ROWS + CHUNK_ROWS - 1) / CHUNK_ROWS;
+    CHECK(stats.blocks_read <= block_count);
+    CHECK(stats.blocks_read > 0);
+    CHECK(stats.block_hits > stats.blocks_read);
+    printf("one epoch: %lld block reads (%lld blocks), %lld hits, cache of %d blocks\n",
+           (long long)stats.blocks_read, (long long)block_count, (long long)stats.block_hits,
+           stats.cache_blocks);
+
+    /* The same with a slow consumer, so the reader reads ahead while the ring is full:
+     * reading ahead never evicts a block still needed. */
+    run_options ahead = {
+        .prefetch = 2, .total_global_steps = steps, .consumer_delay = 0.0005, .class_labels = true};
+    stats = run_stream(data, &ahead);
+    CHECK(stats.blocks_read <= block_count);
+    CHECK(stats.blocks_read_ahead > 0);
+    printf("one epoch, slow consumer: %lld block reads, %lld of them ahead\n",
+           (long long)stats.blocks_read, (long long)stats.blocks_read_ahead);
+
+    /* Two epochs: at most one read per block per epoch (the user-facing bound is 2). */
+    run_options two = {.prefetch = 2, .total_global_steps = 2 * steps, .class_labels = true};
+    stats = run_stream(data, &two);
+    CHECK(stats.blocks_read <= 2 * block_count);
+
+    /* Tiny caches are still correct (a block is read at most once per micro-batch). */
+    for (int cache = 1; cache <= 3; cache += 2) {
+        run_options tiny = {.prefetch = 2,
+                            .first_global_step = 2,
+                            .total_global_steps = steps,
+                            .class_labels = true,
+                            .cache_blocks = cache};
+        stats = run_stream(data, &tiny);
+        CHECK(stats.cache_blocks == cache);
+    }
+    /* A cache larger than the dataset is capped at its block count. */
+    run_options huge = {
+        .prefetch = 2, .total_global_steps = 3, .class_labels = true, .cache_blocks = 100000};
+    stats = run_stream(data, &huge);
+    CHECK(stats.cache_blocks == block_count);
+}
+
+/* Several shards, N not a multiple of block_rows, blocks straddling shard boundaries. */
+static void test_multi_shard(dataset *shards, dataset *shards_targets) {
+    int64_t rows = dataset_get_geometry(shards)->rows;
+    CHECK(rows == 1003 && rows % CHUNK_ROWS != 0);
+    CHECK(dataset_get_geometry(shards)->file_count == SHARDS);
+    int64_t steps = rows / GLOBAL_BATCH;
+    run_options o = {.prefetch = 3,
+                     .first_global_step = steps - 2,
+                     .total_global_steps = 2 * steps + 1,
+                     .class_labels = true};
+    stream_stats stats = run_stream(shards, &o);
+    printf("shards: %lld block reads, %lld hits over %lld micro-batches\n",
+           (long long)stats.blocks_read, (long long)stats.block_hits,
+           (long long)stats.micro_batches);
+    run_options tiny = {
+        .prefetch = 2, .total_global_steps = steps, .class_labels = true, .cache_blocks = 1};
+    run_stream(shards, &tiny);
+    run_options in_order = {
+        .prefetch = 2, .total_global_steps = steps, .class_labels = true, .no_shuffle = true};
+    stats = run_stream(shards, &in_order);
+    CHECK(stats.cache_blocks == 1);
+    /* In file order with one cached block, each block this rank touches is read once. */
+    CHECK(stats.blocks_read <= (rows + CHUNK_ROWS - 1) / CHUNK_ROWS);
+    run_options targets = {.prefetch = 2, .total_global_steps = steps, .class_labels = false};
+    run_stream(shards_targets, &targets);
+}
+
+/* stream_staging_bytes() is exactly what stream_start() allocates: measured with glibc's
+ * allocation counters around a stream that reads nothing (total_global_steps 0). */
+static void test_staging_bytes(dataset *wide) {
+    const dataset_geometry *g = dataset_get_geometry(wide);
+    shard_params p = plan_params(g->rows);
+    shard_plan *plan;
+    CHECK_OK(shard_plan_init(&p, &plan));
+    int depth = 4;
+    stream_params sp = {
+        .data = wide, .plan = plan, .micro_batch = MICRO_BATCH, .prefetch_depth = depth};
+    size_t expected = stream_staging_bytes(g, &p, depth, 0);
+    /* At least the data buffers: slots (row ids, features, labels) and cached blocks. */
+    size_t blocks = (size_t)expected_cache_blocks(&p, 0);
+    size_t data_bytes =
+        (size_t)depth * MICRO_BATCH *
+            (sizeof(int64_t) + (size_t)g->features * sizeof(float) + sizeof(int32_t)) +
+        blocks * CHUNK_ROWS * ((size_t)g->features * sizeof(float) + sizeof(int32_t));
+    CHECK(expected >= data_bytes);
+    CHECK(expected < data_bytes + 16384);
+    CHECK(stream_staging_bytes(g, &p, depth, 3) < expected);
+    CHECK(stream_staging_bytes(g, &p, 0, 0) == 0);
+    CHECK(stream_staging_bytes(g, &p, depth, -1) == 0);
+
+    struct mallinfo2 before = mallinfo2();
+    stream *s;
+    CHECK_OK(stream_start(&sp, &s));
+    struct mallinfo2 after = mallinfo2();
+    size_t allocated = (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
+    stream_stats stats = stream_get_stats(s);
+    CHECK(stats.staging_bytes == expected);
+    /* The staging block plus the stream handle and malloc/mmap rounding. Sanitizers replace
+     * malloc and leave mallinfo2 at zero: then there is nothing to compare. */
+    if (after.uordblks + after.hblkhd > 0) {
+        CHECK(allocated >= expected);
+        CHECK(allocated < expected + 8192);
+        printf("staging: %zu bytes computed, %zu allocated\n", expected, allocated);
+    }
+    stream_stop(s);
+    shard_plan_free(plan);
+}
+
+static void test_stop_early(dataset *data) {
+    shard_params p = plan_params(ROWS);
+    shard_plan *plan;
+    CHECK_OK(shard_plan_init(&p, &plan));
+    stream_params sp = {.data = data,
+                        .plan = plan,
+                        .micro_batch = MICRO_BATCH,
+                        .total_global_steps = 1000,
+                        .prefetch_depth = 2};
+
+    /* Consumer stops after a few micro-batches, holding one, with the reader on a full ring. */
+    stream *s;
+    CHECK_OK(stream_start(&sp, &s));
+    micro_batch *mb = NULL;
+    for (int i = 0; i < 3; i++) {
+        if (mb) stream_release(s, mb);
+        CHECK_OK(stream_next(s, &mb));
+    }
+    sleep_seconds(0.05);
+    double start = seconds_now();
+    stream_stop(s);
+    double stop_seconds = seconds_now() - start;
+    CHECK(stop_seconds < 0.5);
+
+    /* Stop straight after start, nothing consumed. */
+    CHECK_OK(stream_start(&sp, &s));
+    start = seconds_now();
+    stream_stop(s);
+    CHECK(seconds_now() - start < 0.5);
+    stream_stop(NULL);
+
+    /* Invalid parameters are reported, nothing started. */
+    sp.prefetch_depth = 1;
+    s = (stream *)&sp;
+    CHECK(stream_start(&sp, &s) == DDT_ERR_USAGE);
+    CHECK(s == NULL);
+    sp.prefetch_depth = 2;
+    sp.cache_blocks = -1;
+    CHECK(stream_start(&sp, &s) == DDT_ERR_USAGE);
+    CHECK(s == NULL);
+    sp.cache_blocks = 0;
+    sp.micro_batch = MICRO_BATCH * 2;
+    CHECK(stream_start(&sp, &s) == DDT_ERR_INTERNAL);
+    shard_plan_free(plan);
+}
+
+/* A bad value in `bad_path` (part of `data`) at global row `bad_row`: every micro-batch before
+ * the one holding the row arrives intact (even those using other rows of the bad block), and
+ * that one fails naming the file. */
+static void test_data_error(const char *bad_path, dataset *data, int64_t bad_row) {
+    shard_params p = plan_params(dataset_get_geometry(data)->rows);
+    shard_plan *plan, *reference;
+    CHECK_OK(shard_plan_init(&p, &plan));
+    CHECK_OK(shard_plan_init(&p, &reference));
+    int64_t steps = shard_plan_steps_per_epoch(plan);
+    int k = shard_plan_micro_batches_per_step(plan);
+
+    /* Where this rank meets the bad row in epoch 0 (every row appears at most once). */
+    int64_t bad_sequence = -1;
+    int64_t rows[MICRO_BATCH];
+    for (int64_t sequence = 0; bad_sequence < 0 && sequence < steps * k; sequence++) {
+        CHECK_OK(
+            shard_plan_micro_batch_rows(reference, 0, sequence / k, (int)(sequence % k), rows));
+        for (int i = 0; i < MICRO_BATCH; i++)
+            if (rows[i] == bad_row) bad_sequence = sequence;
+    }
+    if (bad_sequence < 0) {
+        /* The row went to the other rank or the dropped tail: use rank 0's view. */
+        p.rank = 1 - RANK;
+        shard_plan_free(plan);
+        shard_plan_free(reference);
+        CHECK_OK(shard_plan_init(&p, &plan));
+        CHECK_OK(shard_plan_init(&p, &reference));
+        for (int64_t sequence = 0; bad_sequence < 0 && sequence < steps * k; sequence++) {
+            CHECK_OK(
+                shard_plan_micro_batch_rows(reference, 0, sequence / k, (int)(sequence % k), rows));
+            for (int i = 0; i < MICRO_BATCH; i++)
+                if (rows[i] == bad_row) bad_sequence = sequence;
+        }
+    }
+    CHECK(bad_sequence >= 0);
+
+    stream_params sp = {.data = data,
+                        .plan = plan,
+                        .micro_batch = MICRO_BATCH,
+                        .total_global_steps = steps,
+                        .prefetch_depth = 3};
+    stream *s;
+    CHECK_OK(stream_start(&sp, &s));
+    micro_batch *mb;
+    int before_ok = 1;
+    for (int64_t sequence = 0; sequence < bad_sequence; sequence++) {
+        if (stream_next(s, &mb) != DDT_OK) {
+            before_ok = 0;
+            break;
+        }
+        before_ok &= batch_matches(reference, mb, sequence / k, (int)(sequence % k), true);
+        stream_release(s, mb);
+    }
+    CHECK(before_ok);
+    ddt_status status = stream_next(s, &mb);
+    CHECK(status == DDT_ERR_DATA);
+    CHECK(mb == NULL);
+    const char *file_name = strrchr(bad_path, '/') + 1;
+    CHECK(strstr(ddt_error_message(), file_name) != NULL);
+    printf("data error: %s\n", ddt_error_message());
+    char first_message[1024];
+    snprintf(first_message, sizeof first_message, "%s", ddt_error_message());
+
+    /* Later calls report the same error at once instead of hanging. */
+    double start = seconds_now();
+    CHECK(stream_next(s, &mb) == DDT_ERR_DATA);
+    CHECK(stream_next(s, &mb) == DDT_ERR_DATA);
+    CHECK(strcmp(ddt_error_message(), first_message) == 0);
+    CHECK(seconds_now() - start < 0.1);
+    stream_stop(s);
+    shard_plan_free(reference);
+    shard_plan_free(plan);
+}
+
+int main(void) {
+    char path[600], targets_path[600], bad_path[600], wide_path[600];
+    char shard_paths[3][SHARDS][600], specs[3][SHARDS * 600 + 8];
+    const char *dir = check_temp_dir();
+    snprintf(path, sizeof path, "%s/stream.h5", dir);
+    snprintf(targets_path, sizeof targets_path, "%s/stream-targets.h5", dir);
+    snprintf(bad_path, sizeof bad_path, "%s/stream-nan.h5", dir);
+    snprintf(wide_path, sizeof wide_path, "%s/stream-wide.h5", dir);
+    CHECK_OK(write_dataset(path, true, -1));
+    CHECK_OK(write_dataset(targets_path, false, -1));
+    CHECK_OK(write_dataset(bad_path, true, 500));
+    rows_spec wide_spec = {
+        .count = 600, .features = 200, .class_labels = true, .nan_row = -1, .bad_label_row = -1};
+    CHECK_OK(write_rows(wide_path, &wide_spec));
+
+    /* Three multi-shard datasets: class labels, targets, and a bad label in the last shard. */
+    const char *kinds[3] = {"labels", "targets", "bad"};
+    const int64_t bad_label_row = 333 + 401 + 100;
+    for (int kind = 0; kind < 3; kind++) {
+        specs[kind][0] = '\0';
+        int64_t first = 0;
+        for (int i = 0; i < SHARDS; i++) {
+            snprintf(shard_paths[kind][i], sizeof shard_paths[kind][i], "%s/stream-%s-%d.h5", dir,
+                     kinds[kind], i);
+            rows_spec spec = {.first = first,
+                              .count = shard_rows[i],
+                              .features = FEATURES,
+                              .class_labels = kind != 1,
+                              .nan_row = -1,
+                              .bad_label_row = kind == 2 ? bad_label_row : -1};
+            CHECK_OK(write_rows(shard_paths[kind][i], &spec));
+            first += shard_rows[i];
+            if (i > 0) strcat(specs[kind], ",");
+            strcat(specs[kind], shard_paths[kind][i]);
+        }
+    }
+
+    dataset *data = NULL, *data_targets = NULL, *bad = NULL, *wide = NULL;
+    dataset *shards = NULL, *shards_targets = NULL, *shards_bad = NULL;
+    CHECK_OK(dataset_open(path, &data));
+    CHECK_OK(dataset_open(targets_path, &data_targets));
+    CHECK_OK(dataset_open(bad_path, &bad));
+    CHECK_OK(dataset_open(wide_path, &wide));
+    CHECK_OK(dataset_open(specs[0], &shards));
+    CHECK_OK(dataset_open(specs[1], &shards_targets));
+    CHECK_OK(dataset_open(specs[2], &shards_bad));
+    if (data && data_targets && bad && wide && shards && shards_targets && shards_bad) {
+        test_sequences(data, data_targets);
+        test_block_reads(data);
+        test_multi_shard(shards, shards_targets);
+        test_staging_bytes(wide);
+        test_stop_early(data);
+        test_data_error(bad_path, bad, 500);
+        test_data_error(shard_paths[2][2], shards_bad, bad_label_row);
+    }
+    dataset *opened[] = {shards_bad, shards_targets, shards, wide, bad, data_targets, data};
+    for (size_t i = 0; i < sizeof opened / sizeof *opened; i++)
+        if (opened[i]) dataset_close(opened[i]);
+    for (int kind = 0; kind < 3; kind++)
+        for (int i = 0; i < SHARDS; i++)
+            remove(shard_paths[kind][i]);
+    remove(wide_path);
+    remove(path);
+    remove(targets_path);
+    remove(bad_path);
+    return check_finish();
+}
