@@ -99,6 +99,24 @@ static int rows_match(const int64_t *rows, int64_t first, int count, const datas
     return ok;
 }
 
+/* Checks the chunk cache HDF5 holds for `path`'s /features while a dataset has it open: an
+ * open dataset object is shared, so a second handle reports the first one's cache. */
+static void check_chunk_cache(const char *path, size_t bytes) {
+    hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t features = H5Dopen2(file, "features", H5P_DEFAULT);
+    hid_t access_list = H5Dget_access_plist(features);
+    size_t slots = 0, cache_bytes = 1;
+    double w0 = 0;
+    CHECK(H5Pget_chunk_cache(access_list, &slots, &cache_bytes, &w0) >= 0);
+    CHECK(cache_bytes == bytes);
+    if (cache_bytes != bytes)
+        fprintf(stderr, "  %s: chunk cache is %zu bytes, expected %zu\n", path, cache_bytes, bytes);
+    CHECK(bytes == 0 || slots >= 521); /* HDF5 reports 0 slots for a 0-byte cache */
+    H5Pclose(access_list);
+    H5Dclose(features);
+    H5Fclose(file);
+}
+
 static void test_single_file(void) {
     const char *path = temp_path("single.h5");
     CHECK_OK(write_synthetic(path, 0, 1000, 7, true, 0, 10, 64, 0));
@@ -148,15 +166,20 @@ static void test_single_file(void) {
     CHECK(dataset_read_rows(ds, outside, 1, features, labels, NULL) == DDT_ERR_INTERNAL);
     CHECK(dataset_read_range(ds, 990, 11, features, labels, NULL) == DDT_ERR_INTERNAL);
 
-    /* A different chunk cache must not change what is read. */
+    /* The chunk cache takes effect and does not change what is read. */
+    check_chunk_cache(path, 1 << 20); /* HDF5's default until set */
     CHECK_OK(dataset_set_chunk_cache(ds, 0));
+    check_chunk_cache(path, 0);
+    memset(features, 0, 1000 * 7 * sizeof(float));
     CHECK_OK(dataset_read_rows(ds, rows, count, features, labels, NULL));
     CHECK(rows_match(rows, 0, count, g, features, labels, NULL));
     CHECK_OK(dataset_set_chunk_cache(ds, 4 << 20));
+    check_chunk_cache(path, 4 << 20);
     CHECK_OK(dataset_read_range(ds, 100, 500, features, labels, NULL));
     CHECK(rows_match(NULL, 100, 500, g, features, labels, NULL));
-    /* A cache of two chunks (three blocks) evicts constantly; results must not change. */
+    /* Scattered rows: runs of 1 to 3 rows, many per chunk, with a two-chunk cache. */
     CHECK_OK(dataset_set_chunk_cache(ds, 2 * 64 * 7 * sizeof(float)));
+    check_chunk_cache(path, 2 * 64 * 7 * sizeof(float));
     int64_t spread[200];
     for (int i = 0; i < 200; i++)
         spread[i] = i * 5 + (i % 3);
@@ -207,7 +230,8 @@ static void test_compressed_and_default_chunks(void) {
     CHECK(dataset_get_geometry(ds)->chunk_rows == 100);
     dataset_close(ds);
 
-    /* One 6 MiB chunk (larger than a cache block) and a compressed copy of it. */
+    /* One 6 MiB chunk (larger than HDF5's default chunk cache) and a compressed copy of it,
+     * also with a cache that holds it. */
     for (int compression = 0; compression <= 1; compression++) {
         path = temp_path(compression ? "big-chunk-z.h5" : "big-chunk.h5");
         CHECK_OK(write_synthetic(path, 0, 3000, 512, true, 0, 7, 3000, compression));
@@ -218,6 +242,10 @@ static void test_compressed_and_default_chunks(void) {
         int64_t big_rows[] = {0, 1, 2046, 2047, 2048, 2049, 2999};
         features = malloc(7 * 512 * sizeof(float));
         int32_t labels[7];
+        CHECK_OK(dataset_read_rows(ds, big_rows, 7, features, labels, NULL));
+        CHECK(rows_match(big_rows, 0, 7, big, features, labels, NULL));
+        CHECK_OK(dataset_set_chunk_cache(ds, 8 << 20));
+        memset(features, 0, 7 * 512 * sizeof(float));
         CHECK_OK(dataset_read_rows(ds, big_rows, 7, features, labels, NULL));
         CHECK(rows_match(big_rows, 0, 7, big, features, labels, NULL));
         free(features);
@@ -298,13 +326,19 @@ static void test_shards(void) {
         CHECK(rows_match(NULL, 90, 70, g, features, NULL, targets));
         int64_t rows[] = {0, 1, 2, 17, 98, 99, 100, 101, 120, 149, 150, 151, 152, 200, 226};
         int count = (int)(sizeof rows / sizeof rows[0]);
-        /* Cached (default), uncached, and a one-block cache. */
+        /* HDF5's default chunk cache, none, and one chunk's worth, set on every shard. */
         size_t caches[3] = {0, 0, 16 * 5 * sizeof(float)};
         for (int c = 0; c < 3; c++) {
-            if (c > 0) CHECK_OK(dataset_set_chunk_cache(ds, caches[c]));
+            if (c > 0) {
+                CHECK_OK(dataset_set_chunk_cache(ds, caches[c]));
+                for (int s = 0; s < 3; s++)
+                    check_chunk_cache(shard_paths[s], caches[c]);
+            }
             memset(features, 0, sizeof features);
             CHECK_OK(dataset_read_rows(ds, rows, count, features, NULL, targets));
             CHECK(rows_match(rows, 0, count, g, features, NULL, targets));
+            CHECK_OK(dataset_read_range(ds, 90, 70, features, NULL, targets));
+            CHECK(rows_match(NULL, 90, 70, g, features, NULL, targets));
         }
 
         /* Two threads on the same dataset (the reader thread and the main thread). */
@@ -456,6 +490,7 @@ static void test_open_errors(void) {
     dataset *ds = NULL;
     CHECK_OK(dataset_open(path, &ds));
     CHECK(ds && dataset_get_geometry(ds)->chunk_rows == 1); /* contiguous */
+    if (ds) CHECK_OK(dataset_set_chunk_cache(ds, 1 << 20)); /* no chunks: nothing to size */
     dataset_close(ds);
 
     /* A directory. */

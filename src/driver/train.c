@@ -181,8 +181,8 @@ static ddt_status open_data(trainer *t) {
     DDT_CHECK(shard_plan_init(&sp, &t->plan));
     t->steps_per_epoch = shard_plan_steps_per_epoch(t->plan);
     t->total_steps = o->steps > 0 ? o->steps : o->epochs * t->steps_per_epoch;
-    /* The stream caches whole blocks itself (read once, contiguously), so the dataset's own
-     * row cache and HDF5's chunk cache would only hold second copies. */
+    /* The stream caches whole blocks itself (read once, contiguously), so HDF5's chunk cache
+     * would only hold second copies. */
     DDT_CHECK(dataset_set_chunk_cache(t->train_data, 0));
 
     t->schedule.base_lr = (float)o->lr;

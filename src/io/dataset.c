@@ -1,15 +1,11 @@
 /* dataset.c - opens ddtrain HDF5 datasets (one file or many shards) and reads rows on demand.
  *
- * Reads are on the training hot path: every micro-batch is a call to dataset_read_rows(), 128
- * or so scattered rows drawn from a window of a few chunks. HDF5 1.10 maps an irregular
- * selection (a union of row runs) onto chunks element by element, which measured ~24 us per
- * 784-float row, and one H5Dread per run still costs ~6 us per row. So rows are served from a
- * cache of whole blocks (one HDF5 chunk of /features and the matching /labels rows), each
- * loaded with one regular-hyperslab H5Dread; a block is then read once per shuffle window
- * instead of once per micro-batch, and a micro-batch is a few memcpy's. The cache's size is
- * dataset_set_chunk_cache()'s budget; with a budget below one block, runs are read directly.
- * Range reads (evaluation) go straight to HDF5 as one hyperslab per shard. Values are checked
- * after the copy, outside the lock.
+ * Every read is a regular hyperslab per shard: dataset_read_range() reads one per shard it
+ * touches, dataset_read_rows() one per run of consecutive rows within a shard (HDF5 1.10 maps
+ * an irregular selection, a union of runs, onto chunks element by element, which is far
+ * slower). No rows are cached here: a streaming reader caches whole blocks itself (stream.c),
+ * and dataset_set_chunk_cache() sizes HDF5's own chunk cache for /features. Values are
+ * checked after the read, outside the lock.
  */
 #include "io/dataset.h"
 
@@ -26,11 +22,8 @@
 #include "io/hdf5_lock.h"
 
 #define DATASET_FORMAT_VERSION 1
-/* Blocks kept until dataset_set_chunk_cache() says otherwise: the default shuffle window. */
-#define DATASET_DEFAULT_CACHE_BLOCKS 16
-/* Block size for contiguous (unchunked) files, which have no chunk to align to. */
-#define DATASET_CONTIGUOUS_BLOCK_BYTES ((int64_t)1 << 20)
-#define DATASET_MAX_BLOCK_BYTES ((int64_t)4 << 20)
+/* Most hash slots dataset_set_chunk_cache() gives HDF5's chunk cache (8 bytes each). */
+#define DATASET_MAX_CHUNK_CACHE_SLOTS ((size_t)1 << 20)
 
 typedef struct dataset_shard {
     char *path;
@@ -42,27 +35,13 @@ typedef struct dataset_shard {
     hid_t features_space; /* file dataspaces, reused for every read's selection */
     hid_t labels_space;
     int64_t chunk_rows; /* of /features; 1 if contiguous */
-    int64_t block_rows; /* rows per cache block: normally the chunk rows */
+    size_t chunk_bytes; /* of one /features chunk; 0 if contiguous */
 } dataset_shard;
-
-/* One cached block: rows [block * block_rows, + rows) of one shard. */
-typedef struct cache_slot {
-    int shard; /* -1: empty */
-    int64_t block;
-    int64_t rows;
-    uint64_t last_used;
-    float *features;
-    void *labels; /* int32 class ids or float targets, target_width per row */
-} cache_slot;
 
 struct dataset {
     dataset_geometry geometry;
     int shard_count;
     dataset_shard *shards;
-    int64_t max_block_rows;
-    cache_slot *slots; /* slot_count entries; buffers allocated on first use */
-    int slot_count;
-    uint64_t clock;
 };
 
 /* ---------------------------------------------------------------------------------------- */
@@ -215,20 +194,15 @@ static ddt_status open_shard(dataset_shard *shard, shard_facts *facts) {
 
     hid_t create = H5Dget_create_plist(shard->features);
     shard->chunk_rows = 1;
+    shard->chunk_bytes = 0;
     if (H5Pget_layout(create) == H5D_CHUNKED) {
         hsize_t chunk[2];
-        if (H5Pget_chunk(create, 2, chunk) == 2) shard->chunk_rows = (int64_t)chunk[0];
+        if (H5Pget_chunk(create, 2, chunk) == 2) {
+            shard->chunk_rows = (int64_t)chunk[0];
+            shard->chunk_bytes = (size_t)(chunk[0] * chunk[1] * 4);
+        }
     }
     H5Pclose(create);
-    /* Blocks follow the chunks, except that contiguous files get ~1 MiB blocks and huge
-     * chunks are read in parts so one cache slot stays a few MiB. */
-    int64_t row_bytes = (int64_t)facts->features * 4;
-    shard->block_rows = shard->chunk_rows;
-    if (shard->block_rows == 1) shard->block_rows = DATASET_CONTIGUOUS_BLOCK_BYTES / row_bytes;
-    if (shard->block_rows > DATASET_MAX_BLOCK_BYTES / row_bytes)
-        shard->block_rows = DATASET_MAX_BLOCK_BYTES / row_bytes;
-    if (shard->block_rows > shard->rows) shard->block_rows = shard->rows;
-    if (shard->block_rows < 1) shard->block_rows = 1;
 
     DDT_CHECK(open_member(shard, "labels", &shard->labels, &type, &rank, dims));
     bool int_labels = is_int32(type), float_labels = is_float32(type);
@@ -375,9 +349,6 @@ static void close_shard(dataset_shard *shard) {
     free(shard->path);
 }
 
-static ddt_status apply_chunk_cache(dataset *ds, size_t bytes);
-static void free_cache(dataset *ds);
-
 ddt_status dataset_open(const char *spec, dataset **out) {
     *out = NULL;
     if (!spec || !*spec) return ddt_error(DDT_ERR_USAGE, "no dataset path given");
@@ -424,12 +395,6 @@ ddt_status dataset_open(const char *spec, dataset **out) {
     ds->geometry.classes = first.classes;
     ds->geometry.chunk_rows = ds->shards[0].chunk_rows;
     ds->geometry.file_count = ds->shard_count;
-    for (int i = 0; i < ds->shard_count; i++)
-        if (ds->shards[i].block_rows > ds->max_block_rows)
-            ds->max_block_rows = ds->shards[i].block_rows;
-    size_t default_bytes = (size_t)DATASET_DEFAULT_CACHE_BLOCKS * (size_t)ds->max_block_rows *
-                           (size_t)first.features * sizeof(float);
-    DDT_CHECK_GOTO(apply_chunk_cache(ds, default_bytes), status, fail);
     hdf5_lock_release();
     *out = ds;
     return DDT_OK;
@@ -446,7 +411,6 @@ void dataset_close(dataset *ds) {
     for (int i = 0; i < ds->shard_count; i++)
         close_shard(&ds->shards[i]);
     hdf5_lock_release();
-    free_cache(ds);
     free(ds->shards);
     free(ds);
 }
@@ -477,17 +441,7 @@ int dataset_locate_row(const dataset *ds, int64_t row, int64_t *row_in_file) {
 }
 
 /* ---------------------------------------------------------------------------------------- */
-/* Block cache                                                                              */
-
-static void free_cache(dataset *ds) {
-    for (int i = 0; i < ds->slot_count; i++) {
-        free(ds->slots[i].features);
-        free(ds->slots[i].labels);
-    }
-    free(ds->slots);
-    ds->slots = NULL;
-    ds->slot_count = 0;
-}
+/* HDF5 chunk cache                                                                         */
 
 static bool is_prime(size_t n) {
     if (n < 2) return false;
@@ -496,45 +450,39 @@ static bool is_prime(size_t n) {
     return true;
 }
 
+/* Reopens every chunked shard's /features with a `bytes` chunk cache. Call with the lock
+ * held. */
 static ddt_status apply_chunk_cache(dataset *ds, size_t bytes) {
-    size_t block_bytes = (size_t)ds->max_block_rows * (size_t)ds->geometry.features * sizeof(float);
-    /* One block more than the budget buys, so a window whose blocks straddle a shard
-     * boundary still fits; below one block the cache is off and runs are read directly. */
-    size_t blocks = bytes >= block_bytes ? bytes / block_bytes + 1 : 0;
-    if (blocks > (1u << 20)) blocks = 1u << 20;
-    free_cache(ds);
-    if (blocks > 0) {
-        ds->slots = calloc(blocks, sizeof *ds->slots);
-        if (!ds->slots)
-            return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for a %zu-block cache",
-                             ds->shards[0].path, blocks);
-        ds->slot_count = (int)blocks;
-        for (int i = 0; i < ds->slot_count; i++)
-            ds->slots[i].shard = -1;
-    }
-    /* With the block cache on, HDF5's own cache would only copy each chunk twice; off, it is
-     * the budget HDF5 gets. */
-    size_t hdf5_bytes = blocks > 0 ? 0 : bytes;
     for (int i = 0; i < ds->shard_count; i++) {
         dataset_shard *shard = &ds->shards[i];
+        if (shard->chunk_bytes == 0) continue; /* contiguous: HDF5 uses no chunk cache */
         /* HDF5 advises a prime slot count ~100x the chunks that fit, to keep hashing sparse. */
-        size_t chunk_bytes = (size_t)shard->chunk_rows * (size_t)ds->geometry.features * 4;
-        size_t chunks = hdf5_bytes / chunk_bytes;
-        size_t hash_slots = chunks * 100 < 521 ? 521 : chunks * 100;
-        while (!is_prime(hash_slots))
-            hash_slots++;
+        size_t chunks = bytes / shard->chunk_bytes;
+        size_t slots = chunks > DATASET_MAX_CHUNK_CACHE_SLOTS / 100 ? DATASET_MAX_CHUNK_CACHE_SLOTS
+                                                                    : chunks * 100;
+        if (slots < 521) slots = 521; /* HDF5's default */
+        while (!is_prime(slots))
+            slots++;
         hid_t access_list = H5Pcreate(H5P_DATASET_ACCESS);
-        H5Pset_chunk_cache(access_list, hash_slots, hdf5_bytes, H5D_CHUNK_CACHE_W0_DEFAULT);
-        /* The cache is fixed when a dataset is opened, so reopen /features with it. */
-        hid_t reopened = H5Dopen2(shard->file, "features", access_list);
-        H5Pclose(access_list);
-        if (reopened < 0) {
+        if (access_list < 0 ||
+            H5Pset_chunk_cache(access_list, slots, bytes, H5D_CHUNK_CACHE_W0_DEFAULT) < 0) {
+            if (access_list >= 0) H5Pclose(access_list);
             char detail[256];
-            return ddt_error(DDT_ERR_IO, "%s: cannot reopen /features (HDF5: %s)", shard->path,
-                             hdf5_error_detail(detail, sizeof detail));
+            return ddt_error(DDT_ERR_IO, "%s: cannot set a %zu-byte chunk cache (HDF5: %s)",
+                             shard->path, bytes, hdf5_error_detail(detail, sizeof detail));
         }
+        /* The cache is fixed when a dataset is first opened, and opening it again while a
+         * handle is open shares that open dataset, cache included: close, then reopen. */
         H5Dclose(shard->features);
-        shard->features = reopened;
+        shard->features = H5Dopen2(shard->file, "features", access_list);
+        H5Pclose(access_list);
+        if (shard->features < 0) {
+            char detail[256];
+            hdf5_error_detail(detail, sizeof detail);
+            shard->features = H5Dopen2(shard->file, "features", H5P_DEFAULT); /* keep it usable */
+            return ddt_error(DDT_ERR_IO, "%s: cannot reopen /features (HDF5: %s)", shard->path,
+                             detail);
+        }
     }
     return DDT_OK;
 }
@@ -588,73 +536,8 @@ static ddt_status read_run(const dataset *ds, const dataset_shard *shard, int64_
     return DDT_OK;
 }
 
-/* The slot holding block `block` of shard `s`, loading it (over the least recently used
- * slot) if needed. Call with the lock held. */
-static ddt_status cache_get(dataset *ds, int s, int64_t block, cache_slot **out) {
-    cache_slot *victim = &ds->slots[0];
-    ds->clock++;
-    for (int i = 0; i < ds->slot_count; i++) {
-        cache_slot *slot = &ds->slots[i];
-        if (slot->shard == s && slot->block == block) {
-            slot->last_used = ds->clock;
-            *out = slot;
-            return DDT_OK;
-        }
-        if (slot->last_used < victim->last_used) victim = slot;
-    }
-    const dataset_geometry *g = &ds->geometry;
-    if (!victim->features) {
-        victim->features = malloc((size_t)ds->max_block_rows * (size_t)g->features * 4);
-        victim->labels = malloc((size_t)ds->max_block_rows * (size_t)g->target_width * 4);
-        if (!victim->features || !victim->labels) {
-            free(victim->features);
-            free(victim->labels);
-            victim->features = victim->labels = NULL;
-            return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for the read cache",
-                             ds->shards[s].path);
-        }
-    }
-    const dataset_shard *shard = &ds->shards[s];
-    int64_t first = block * shard->block_rows;
-    int64_t rows =
-        shard->rows - first < shard->block_rows ? shard->rows - first : shard->block_rows;
-    victim->shard = -1; /* not valid until the read succeeds */
-    DDT_CHECK(read_run(ds, shard, first, rows, victim->features, victim->labels));
-    victim->shard = s;
-    victim->block = block;
-    victim->rows = rows;
-    victim->last_used = ds->clock;
-    *out = victim;
-    return DDT_OK;
-}
-
-/* Copies sorted global rows from cached blocks. Call with the lock held. */
-static ddt_status read_cached(dataset *ds, const int64_t *rows, int count, float *features,
-                              void *labels) {
-    const dataset_geometry *g = &ds->geometry;
-    size_t feature_bytes = (size_t)g->features * 4, label_bytes = (size_t)g->target_width * 4;
-    cache_slot *slot = NULL;
-    int s = dataset_locate_row(ds, rows[0], NULL);
-    for (int i = 0; i < count; i++) {
-        while (rows[i] >= ds->shards[s].first_row + ds->shards[s].rows)
-            s++;
-        const dataset_shard *shard = &ds->shards[s];
-        int64_t local = rows[i] - shard->first_row;
-        int64_t block = local / shard->block_rows;
-        if (!slot || slot->shard != s || slot->block != block)
-            DDT_CHECK(cache_get(ds, s, block, &slot));
-        size_t in_block = (size_t)(local - block * shard->block_rows);
-        if (features)
-            memcpy((char *)features + (size_t)i * feature_bytes,
-                   (const char *)slot->features + in_block * feature_bytes, feature_bytes);
-        if (labels)
-            memcpy((char *)labels + (size_t)i * label_bytes,
-                   (const char *)slot->labels + in_block * label_bytes, label_bytes);
-    }
-    return DDT_OK;
-}
-
-/* Reads sorted global rows run by run, without the cache. Call with the lock held. */
+/* Reads sorted global rows, one read_run() per run of consecutive rows within a shard. Call
+ * with the lock held. */
 static ddt_status read_runs(dataset *ds, const int64_t *rows, int count, float *features,
                             void *labels) {
     const dataset_geometry *g = &ds->geometry;
@@ -756,8 +639,7 @@ ddt_status dataset_read_rows(dataset *ds, const int64_t *rows, int count, float 
         labels = NULL;
     void *label_out = g->class_labels ? (void *)labels : (void *)targets;
     hdf5_lock_acquire();
-    ddt_status status = ds->slot_count > 0 ? read_cached(ds, rows, count, features, label_out)
-                                           : read_runs(ds, rows, count, features, label_out);
+    ddt_status status = read_runs(ds, rows, count, features, label_out);
     hdf5_lock_release();
     DDT_CHECK(status);
     return validate(ds, rows, 0, count, features, labels, targets);

@@ -10,9 +10,11 @@
  * shards must agree on D, the label kind, K and num_classes.
  *
  * Only geometry is read at open; rows are read on demand with hyperslab selections, so a
- * dataset is never loaded whole. Files are opened read-only. HDF5 calls are serialised with a
- * process-wide lock (serial HDF5 is not thread-safe), so the reader thread and the main
- * thread may both use datasets.
+ * dataset is never loaded whole. Nothing is cached here beyond HDF5's own chunk cache (see
+ * dataset_set_chunk_cache()): a streaming reader should read whole blocks with
+ * dataset_read_range() and cache them itself, as stream.h does. Files are opened read-only.
+ * HDF5 calls are serialised with a process-wide lock (serial HDF5 is not thread-safe), so the
+ * reader thread and the main thread may both use datasets.
  *
  * Ownership: dataset_open() returns a dataset the caller frees with dataset_close().
  *
@@ -33,12 +35,12 @@
 #include "util/status.h"
 
 typedef struct dataset_geometry {
-    int64_t rows;          /* N, over all shards */
-    int features;          /* D */
-    bool class_labels;     /* true: int32 class ids; false: float32 targets */
-    int target_width;      /* K for float targets; 1 for class ids */
-    int classes;           /* num_classes attribute; 0 if absent (allowed for targets only) */
-    int64_t chunk_rows;    /* rows per chunk of /features in the first shard (1 if contiguous) */
+    int64_t rows;       /* N, over all shards */
+    int features;       /* D */
+    bool class_labels;  /* true: int32 class ids; false: float32 targets */
+    int target_width;   /* K for float targets; 1 for class ids */
+    int classes;        /* num_classes attribute; 0 if absent (allowed for targets only) */
+    int64_t chunk_rows; /* rows per chunk of /features in the first shard (1 if contiguous) */
     int file_count;
 } dataset_geometry;
 
@@ -58,17 +60,23 @@ int dataset_locate_row(const dataset *ds, int64_t row, int64_t *row_in_file);
 
 /* Reads `count` rows given by global row numbers in ascending order (duplicates not allowed)
  * into host buffers: features (count x D), and labels (count, class ids) or targets
- * (count x K) depending on the label kind (the other may be NULL). Runs of consecutive rows
- * are read as one hyperslab. Checks every value: a NaN/Inf feature or target, or a class id
- * outside [0, num_classes), is DDT_ERR_DATA naming the file and the row. */
+ * (count x K) depending on the label kind (the other may be NULL). Each run of consecutive
+ * rows within a shard is one H5Dread (a regular hyperslab), so scattered rows cost one read
+ * each; for streaming, read whole blocks with dataset_read_range() instead (see stream.h).
+ * Checks every value: a NaN/Inf feature or target, or a class id outside [0, num_classes),
+ * is DDT_ERR_DATA naming the file and the row. */
 ddt_status dataset_read_rows(dataset *ds, const int64_t *rows, int count, float *features,
                              int32_t *labels, float *targets);
 
-/* Reads `count` consecutive rows starting at global row `first` (may span shards). */
+/* Reads `count` consecutive rows starting at global row `first` (may span shards): one
+ * H5Dread per shard touched. Values are checked as by dataset_read_rows(). */
 ddt_status dataset_read_range(dataset *ds, int64_t first, int count, float *features,
                               int32_t *labels, float *targets);
 
-/* Sets the HDF5 chunk cache each shard's /features uses (bytes); for memory budgets. */
+/* Sets the size of HDF5's chunk cache for each chunked shard's /features, in bytes (0: no
+ * chunk cache; every read then goes to the file, decompressing whole chunks). Until called,
+ * HDF5's default applies (1 MiB per shard). Reopens /features. A chunk larger than the cache
+ * is never cached. */
 ddt_status dataset_set_chunk_cache(dataset *ds, size_t bytes);
 
 #endif
