@@ -1,6 +1,9 @@
 /* test_io_stream.c - the reader thread, block cache and slot ring: right rows, right data, in
  * plan order, whatever the relative speed of reader and consumer and whatever the cache size;
  * each block read once per epoch; staging bytes exact; prompt stop; errors surface in place.
+ * Fitting to a host staging limit: derived values fit and are maximal, given ones respected or
+ * refused with the numbers; under a tight limit the staging in use (and what is allocated)
+ * stays within it with a fast reader and a slow consumer, and the reverse.
  *
  * The dataset's features encode the global row number (row r has features r, -r, r/2), so
  * each delivered micro-batch can be checked against its row ids, and the row ids against the
@@ -127,9 +130,9 @@ static shard_params plan_params(int64_t rows) {
 }
 
 /* Checks one delivered micro-batch against an independent plan (row for row, in plan order)
- * and the encoded features. */
+ * and the encoded features (the first three of `features` per row). */
 static int batch_matches(shard_plan *reference, const micro_batch *mb, int64_t global_step,
-                         int micro_index, bool class_labels) {
+                         int micro_index, bool class_labels, int features) {
     int64_t steps = shard_plan_steps_per_epoch(reference);
     int64_t expected[MICRO_BATCH];
     if (shard_plan_micro_batch_rows(reference, global_step / steps, global_step % steps,
@@ -141,7 +144,7 @@ static int batch_matches(shard_plan *reference, const micro_batch *mb, int64_t g
     ok = ok && memcmp(expected, mb->row_ids, sizeof expected) == 0;
     for (int i = 0; ok && i < mb->rows; i++) {
         float r = (float)mb->row_ids[i];
-        const float *f = mb->features + i * FEATURES;
+        const float *f = mb->features + i * features;
         ok = f[0] == r && f[1] == -r && f[2] == 0.5f * r;
         if (class_labels)
             ok = ok && mb->labels[i] == mb->row_ids[i] % CLASSES && mb->targets == NULL;
@@ -180,6 +183,7 @@ typedef struct run_options {
     bool class_labels;
     int cache_blocks; /* stream_params.cache_blocks (0 = default) */
     bool no_shuffle;
+    int window_blocks; /* the plan's (0 = WINDOW_BLOCKS) */
 } run_options;
 
 /* The cache size stream_start should resolve for `p` and a requested `cache_blocks`. */
@@ -195,6 +199,7 @@ static stream_stats run_stream(dataset *data, const run_options *o) {
     stream_stats stats = {0};
     shard_params p = plan_params(dataset_get_geometry(data)->rows);
     p.shuffle = !o->no_shuffle;
+    if (o->window_blocks) p.window_blocks = o->window_blocks;
     shard_plan *plan, *reference;
     CHECK_OK(shard_plan_init(&p, &plan));
     CHECK_OK(shard_plan_init(&p, &reference));
@@ -232,7 +237,8 @@ static stream_stats run_stream(dataset *data, const run_options *o) {
             ddt_status status = stream_next(s, &mb);
             CHECK_OK(status);
             if (status != DDT_OK) goto done;
-            all_match &= batch_matches(reference, mb, o->first_global_step + g, m, o->class_labels);
+            all_match &= batch_matches(reference, mb, o->first_global_step + g, m, o->class_labels,
+                                       dataset_get_geometry(data)->features);
             if (mb->epoch != epoch) {
                 if (epoch >= 0) memset(seen, 0, (size_t)block_count * sizeof *seen);
                 epoch = mb->epoch;
@@ -262,13 +268,20 @@ done:
     CHECK(stats.cache_blocks == expected_cache_blocks(&p, o->cache_blocks));
     CHECK(stats.staging_bytes ==
           stream_staging_bytes(dataset_get_geometry(data), &p, o->prefetch, o->cache_blocks));
+    /* In use: never more than allocated; at the end no slot is in use (all released, the
+     * reader done), so less than the peak whenever a slot ever was. */
+    CHECK(stats.peak_staging_bytes_in_use <= stats.staging_bytes);
+    CHECK(stats.staging_bytes_in_use > 0);
+    CHECK(stats.staging_bytes_in_use <= stats.peak_staging_bytes_in_use);
+    if (stats.micro_batches > 0)
+        CHECK(stats.staging_bytes_in_use < stats.peak_staging_bytes_in_use);
     stream_stop(s);
     /* Every distinct block of a micro-batch is looked up once when the slot is filled: a hit
      * (perhaps of a block read ahead) or a read. Read-ahead stays within the range. */
     CHECK(stats.blocks_read - stats.blocks_read_ahead + stats.block_hits == lookups);
     CHECK(stats.blocks_read_ahead >= 0 && stats.blocks_read_ahead <= stats.blocks_read);
     CHECK(stats.blocks_read >= distinct_first_epoch);
-    if (o->cache_blocks == 0) {
+    if (o->cache_blocks == 0 || o->cache_blocks >= expected_cache_blocks(&p, 0)) {
         /* The default cache reads each block at most once per epoch. */
         CHECK(stats.blocks_read <= distinct_per_epoch_sum);
     }
@@ -527,7 +540,8 @@ static void test_data_error(const char *bad_path, dataset *data, int64_t bad_row
             before_ok = 0;
             break;
         }
-        before_ok &= batch_matches(reference, mb, sequence / k, (int)(sequence % k), true);
+        before_ok &=
+            batch_matches(reference, mb, sequence / k, (int)(sequence % k), true, FEATURES);
         stream_release(s, mb);
     }
     CHECK(before_ok);
@@ -551,9 +565,286 @@ static void test_data_error(const char *bad_path, dataset *data, int64_t bad_row
     shard_plan_free(plan);
 }
 
+/* What stream_fit_staging() promises for one result: within the limit, exact, and every
+ * derived value maximal (one more would not fit). `useful_window` is the window the derived
+ * prefetch depth was fitted with (the given one, else 1). */
+static void check_fit_maximal(const dataset_geometry *g, const shard_params *p, size_t limit,
+                              const staging_fit *fit, bool depth_derived, bool window_derived,
+                              int useful_window) {
+    shard_params fitted = *p;
+    fitted.window_blocks = fit->window_blocks;
+    int64_t block_count = (p->rows + p->block_rows - 1) / p->block_rows;
+    int full_cache = expected_cache_blocks(&fitted, 0);
+    CHECK(fit->bytes == stream_staging_bytes(g, &fitted, fit->prefetch_depth, fit->cache_blocks));
+    CHECK(fit->minimum_bytes == stream_staging_bytes(g, p, 2, 1));
+    CHECK(fit->bytes <= limit);
+    CHECK(fit->cache_blocks >= 1 && fit->cache_blocks <= block_count);
+    CHECK(fit->prefetch_depth >= 2);
+    /* The full cache is the stream's default, so cache_blocks 0 gives the same bytes. */
+    if (fit->cache_blocks == full_cache)
+        CHECK(fit->bytes == stream_staging_bytes(g, &fitted, fit->prefetch_depth, 0));
+    if (depth_derived && fit->prefetch_depth < 4) {
+        shard_params useful = *p;
+        useful.window_blocks = useful_window;
+        CHECK(stream_staging_bytes(g, p, fit->prefetch_depth + 1,
+                                   expected_cache_blocks(&useful, 0)) > limit);
+    }
+    if (!p->shuffle) CHECK(fit->cache_blocks == 1);
+    if (window_derived && p->shuffle) {
+        if (fit->cache_blocks == full_cache) {
+            if (fit->window_blocks < 16) {
+                fitted.window_blocks = fit->window_blocks + 1;
+                CHECK(stream_staging_bytes(g, p, fit->prefetch_depth,
+                                           expected_cache_blocks(&fitted, 0)) > limit);
+            }
+        } else {
+            /* Not even a window of one block with its full cache: the largest cache that fits. */
+            CHECK(fit->window_blocks == 1);
+            CHECK(fit->cache_blocks < full_cache);
+            CHECK(stream_staging_bytes(g, p, fit->prefetch_depth, fit->cache_blocks + 1) > limit);
+        }
+    }
+}
+
+/* The "1.0 MiB" form the messages use (tests here stay in MiB). */
+static void mib_text(size_t bytes, char *text, size_t size) {
+    snprintf(text, size, "%.1f MiB", (double)bytes / 1048576.0);
+}
+
+/* stream_fit_staging() on an MNIST-like geometry (784 features, blocks of 334 rows: 1.0 MiB;
+ * micro-batches of 128 rows: 394 KiB), no dataset needed. */
+static void test_fit_staging(void) {
+    dataset_geometry g = {.rows = 60000,
+                          .features = 784,
+                          .class_labels = true,
+                          .target_width = 1,
+                          .classes = 10,
+                          .chunk_rows = 334,
+                          .file_count = 1};
+    shard_params p = {.rows = g.rows,
+                      .global_batch = 512,
+                      .micro_batch = 128,
+                      .world_size = 2,
+                      .rank = 0,
+                      .seed = 1,
+                      .shuffle = true,
+                      .block_rows = 334,
+                      .window_blocks = 99 /* ignored */};
+    const size_t mib = 1048576;
+    char text[64];
+
+    /* No limit: the defaults, or what is given. */
+    staging_fit fit = {0};
+    CHECK_OK(stream_fit_staging(0, &g, &p, &fit));
+    CHECK(fit.prefetch_depth == 4 && fit.window_blocks == 16 && fit.cache_blocks == 33);
+    shard_params defaults = p;
+    defaults.window_blocks = 16;
+    CHECK(fit.bytes == stream_staging_bytes(&g, &defaults, 4, 0));
+    size_t minimum = fit.minimum_bytes;
+    CHECK(minimum == stream_staging_bytes(&g, &p, 2, 1));
+    fit = (staging_fit){.prefetch_depth = 64, .window_blocks = 40};
+    CHECK_OK(stream_fit_staging(0, &g, &p, &fit));
+    CHECK(fit.prefetch_depth == 64 && fit.window_blocks == 40 && fit.cache_blocks == 81);
+
+    /* Below two micro-batches and a block: refused with the numbers. */
+    fit = (staging_fit){0};
+    CHECK(stream_fit_staging(1 * mib, &g, &p, &fit) == DDT_ERR_USAGE);
+    const char *message = ddt_error_message();
+    printf("fit: %s\n", message);
+    CHECK(strstr(message, "--host-staging-limit 1.0 MiB cannot hold two micro-batches of 128 "
+                          "rows (2 x 394 KiB), one 1.0 MiB block") != NULL);
+    mib_text(minimum, text, sizeof text);
+    CHECK(strstr(message, text) != NULL);
+    CHECK(strstr(message, "--micro-batch") != NULL);
+    CHECK(stream_fit_staging(minimum - 1, &g, &p, &fit) == DDT_ERR_USAGE);
+    /* One byte short reads the same in MiB: the message gives exact bytes instead. */
+    snprintf(text, sizeof text, "%zu bytes", minimum);
+    CHECK(strstr(ddt_error_message(), text) != NULL);
+    CHECK_OK(stream_fit_staging(minimum, &g, &p, &fit));
+    CHECK(fit.prefetch_depth == 2 && fit.window_blocks == 1 && fit.cache_blocks == 1);
+    CHECK(fit.bytes == minimum);
+
+    /* Derived values over a sweep of limits: all fit and are maximal; from ~40 MiB up, the
+     * defaults. Deterministic: the same limit gives the same result. */
+    int previous_window = 0, previous_depth = 0;
+    bool monotone = true;
+    for (size_t limit = minimum; limit < 48 * mib; limit += 97 * 1024) {
+        fit = (staging_fit){0};
+        CHECK_OK(stream_fit_staging(limit, &g, &p, &fit));
+        check_fit_maximal(&g, &p, limit, &fit, true, true, 1);
+        staging_fit again = {0};
+        CHECK_OK(stream_fit_staging(limit, &g, &p, &again));
+        CHECK(memcmp(&fit, &again, sizeof fit) == 0);
+        monotone &= fit.window_blocks >= previous_window && fit.prefetch_depth >= previous_depth;
+        previous_window = fit.window_blocks;
+        previous_depth = fit.prefetch_depth;
+    }
+    CHECK(monotone);
+    CHECK(fit.prefetch_depth == 4 && fit.window_blocks == 16 && fit.cache_blocks == 33);
+    fit = (staging_fit){0};
+    CHECK_OK(stream_fit_staging(16 * mib, &g, &p, &fit));
+    printf("fit: 16 MiB -> prefetch %d, window %d, cache %d blocks, %zu bytes\n",
+           fit.prefetch_depth, fit.window_blocks, fit.cache_blocks, fit.bytes);
+    CHECK(fit.prefetch_depth == 4 && fit.window_blocks == 6 && fit.cache_blocks == 13);
+
+    /* A given prefetch depth is kept if it fits, the window derived around it... */
+    fit = (staging_fit){.prefetch_depth = 12};
+    CHECK_OK(stream_fit_staging(16 * mib, &g, &p, &fit));
+    CHECK(fit.prefetch_depth == 12);
+    check_fit_maximal(&g, &p, 16 * mib, &fit, false, true, 1);
+    /* ... also when only a smaller cache than a window's full one is left. */
+    size_t tight = stream_staging_bytes(&g, &p, 12, 2);
+    fit = (staging_fit){.prefetch_depth = 12};
+    CHECK_OK(stream_fit_staging(tight, &g, &p, &fit));
+    CHECK(fit.prefetch_depth == 12 && fit.window_blocks == 1 && fit.cache_blocks == 2);
+    check_fit_maximal(&g, &p, tight, &fit, false, true, 1);
+    /* ... and refused, naming the option, if it does not. */
+    fit = (staging_fit){.prefetch_depth = 64};
+    CHECK(stream_fit_staging(16 * mib, &g, &p, &fit) == DDT_ERR_USAGE);
+    message = ddt_error_message();
+    printf("fit: %s\n", message);
+    mib_text(stream_staging_bytes(&g, &p, 64, 1), text, sizeof text);
+    CHECK(strstr(message, "--prefetch-depth 64 needs ") != NULL);
+    CHECK(strstr(message, text) != NULL);
+    CHECK(strstr(message, "more than --host-staging-limit 16.0 MiB") != NULL);
+
+    /* A given window likewise, with its full cache; the depth derived for it. */
+    fit = (staging_fit){.window_blocks = 3};
+    CHECK_OK(stream_fit_staging(16 * mib, &g, &p, &fit));
+    CHECK(fit.window_blocks == 3 && fit.cache_blocks == 7 && fit.prefetch_depth == 4);
+    size_t window_limit = stream_staging_bytes(&g, &p, 3, 7) + 1000;
+    fit = (staging_fit){.window_blocks = 3};
+    CHECK_OK(stream_fit_staging(window_limit, &g, &p, &fit));
+    CHECK(fit.window_blocks == 3 && fit.cache_blocks == 7 && fit.prefetch_depth == 3);
+    check_fit_maximal(&g, &p, window_limit, &fit, true, false, 3);
+    fit = (staging_fit){.window_blocks = 16};
+    CHECK(stream_fit_staging(16 * mib, &g, &p, &fit) == DDT_ERR_USAGE);
+    message = ddt_error_message();
+    printf("fit: %s\n", message);
+    CHECK(strstr(message, "--shuffle-window 16 needs ") != NULL);
+    CHECK(strstr(message, "33 blocks") != NULL);
+    /* Both given: each fits alone, not together. */
+    fit = (staging_fit){.prefetch_depth = 8, .window_blocks = 6};
+    CHECK(stream_fit_staging(16 * mib, &g, &p, &fit) == DDT_ERR_USAGE);
+    CHECK(strstr(ddt_error_message(), "--shuffle-window 6 with --prefetch-depth 8") != NULL);
+    fit = (staging_fit){.prefetch_depth = 2, .window_blocks = 6};
+    CHECK_OK(stream_fit_staging(16 * mib, &g, &p, &fit));
+    CHECK(fit.prefetch_depth == 2 && fit.window_blocks == 6 && fit.cache_blocks == 13);
+
+    /* Out of range. */
+    fit = (staging_fit){.prefetch_depth = 1};
+    CHECK(stream_fit_staging(16 * mib, &g, &p, &fit) == DDT_ERR_USAGE);
+    fit = (staging_fit){.window_blocks = -1};
+    CHECK(stream_fit_staging(16 * mib, &g, &p, &fit) == DDT_ERR_USAGE);
+
+    /* No shuffle: one cached block, the window passed through, the depth from the limit. */
+    shard_params in_order = p;
+    in_order.shuffle = false;
+    fit = (staging_fit){0};
+    CHECK_OK(stream_fit_staging(4 * mib, &g, &in_order, &fit));
+    CHECK(fit.cache_blocks == 1 && fit.window_blocks == 16 && fit.prefetch_depth == 4);
+    check_fit_maximal(&g, &in_order, 4 * mib, &fit, true, true, 1);
+    size_t three = stream_staging_bytes(&g, &in_order, 3, 1);
+    fit = (staging_fit){.window_blocks = 5};
+    CHECK_OK(stream_fit_staging(three, &g, &in_order, &fit));
+    CHECK(fit.cache_blocks == 1 && fit.window_blocks == 5 && fit.prefetch_depth == 3);
+    fit = (staging_fit){0};
+    CHECK_OK(stream_fit_staging(0, &g, &in_order, &fit));
+    CHECK(fit.cache_blocks == 1 && fit.prefetch_depth == 4);
+
+    /* A dataset of 3 blocks: every window's cache is capped at 3, so the default window fits
+     * as soon as 3 blocks do. */
+    shard_params small = p;
+    small.rows = 1000;
+    dataset_geometry small_geometry = g;
+    small_geometry.rows = 1000;
+    size_t three_blocks = stream_staging_bytes(&small_geometry, &small, 4, 3);
+    fit = (staging_fit){0};
+    CHECK_OK(stream_fit_staging(three_blocks, &small_geometry, &small, &fit));
+    CHECK(fit.prefetch_depth == 4 && fit.window_blocks == 16 && fit.cache_blocks == 3);
+    CHECK(fit.bytes == three_blocks);
+}
+
+/* Bytes the allocator hands out for stream_start() with this configuration: a stream with no
+ * steps, so the reader thread reads nothing (HDF5's own transient buffers stay out); 0 under
+ * sanitizers, which leave mallinfo2 at zero. */
+static size_t measured_start_bytes(dataset *data, shard_plan *plan, const staging_fit *fit) {
+    stream_params sp = {.data = data,
+                        .plan = plan,
+                        .micro_batch = MICRO_BATCH,
+                        .prefetch_depth = fit->prefetch_depth,
+                        .cache_blocks = fit->cache_blocks};
+    struct mallinfo2 before = mallinfo2();
+    stream *s;
+    CHECK_OK(stream_start(&sp, &s));
+    struct mallinfo2 after = mallinfo2();
+    stream_stop(s);
+    if (after.uordblks + after.hblkhd == 0) return 0;
+    return (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
+}
+
+/* A tight limit on the wide dataset (600 rows of 200 features, blocks of 16 rows: 12.6 KiB,
+ * micro-batches 6.4 KiB): the fitted stream delivers the right rows and its staging in use
+ * never passes the limit with a fast reader and a slow consumer (the ring stays full and the
+ * reader reads ahead), and with a slow reader and a fast consumer. */
+static void test_staging_limit(dataset *wide) {
+    const dataset_geometry *g = dataset_get_geometry(wide);
+    shard_params p = plan_params(g->rows);
+    staging_fit probe = {0};
+    CHECK_OK(stream_fit_staging(0, g, &p, &probe));
+    size_t block = stream_staging_bytes(g, &p, 2, 2) - stream_staging_bytes(g, &p, 2, 1);
+    /* Roughly 4 and 2 blocks' worth past the minimum of 2 slots and 1 block; the 8 KiB keep
+     * the allocator's rounding inside the limit when it is measured. */
+    size_t limits[2] = {probe.minimum_bytes + 3 * block + 8192, probe.minimum_bytes + block + 8192};
+    int64_t steps = g->rows / GLOBAL_BATCH; /* 9: one epoch */
+    for (int i = 0; i < 2; i++) {
+        staging_fit fit = {0};
+        CHECK_OK(stream_fit_staging(limits[i], g, &p, &fit));
+        /* 4 slots and the full cache of a 1-block window; then 2 slots and a 2-block cache. */
+        if (i == 0)
+            CHECK(fit.prefetch_depth == 4 && fit.window_blocks == 1 && fit.cache_blocks == 3);
+        if (i == 1)
+            CHECK(fit.prefetch_depth == 2 && fit.window_blocks == 1 && fit.cache_blocks == 2);
+        shard_params fitted = p;
+        fitted.window_blocks = fit.window_blocks;
+        shard_plan *plan;
+        CHECK_OK(shard_plan_init(&fitted, &plan));
+        size_t allocated = measured_start_bytes(wide, plan, &fit);
+        shard_plan_free(plan);
+        if (allocated > 0) CHECK(allocated >= fit.bytes && allocated <= limits[i]);
+
+        run_options fast_reader = {.prefetch = fit.prefetch_depth,
+                                   .total_global_steps = steps,
+                                   .consumer_delay = 0.001,
+                                   .class_labels = true,
+                                   .cache_blocks = fit.cache_blocks,
+                                   .window_blocks = fit.window_blocks};
+        stream_stats stats = run_stream(wide, &fast_reader);
+        CHECK(stats.staging_bytes == fit.bytes);
+        CHECK(stats.peak_staging_bytes_in_use <= limits[i]);
+        /* The ring filled up and the cache too: the peak is the whole allocation. */
+        CHECK(stats.peak_staging_bytes_in_use == stats.staging_bytes);
+        printf("limit %zu: prefetch %d, cache %d; slow consumer: peak %zu in use of %zu "
+               "(allocated %zu), %lld reads\n",
+               limits[i], fit.prefetch_depth, fit.cache_blocks, stats.peak_staging_bytes_in_use,
+               stats.staging_bytes, allocated, (long long)stats.blocks_read);
+
+        run_options slow_reader = fast_reader;
+        slow_reader.consumer_delay = 0;
+        slow_reader.slow_reader = true;
+        stats = run_stream(wide, &slow_reader);
+        CHECK(stats.staging_bytes == fit.bytes);
+        CHECK(stats.peak_staging_bytes_in_use <= limits[i]);
+        CHECK(stats.wait_seconds > 0.002);
+        printf("limit %zu: slow reader: peak %zu in use, waited %.4f s, %lld reads\n", limits[i],
+               stats.peak_staging_bytes_in_use, stats.wait_seconds, (long long)stats.blocks_read);
+    }
+}
+
 int main(void) {
     char path[600], targets_path[600], bad_path[600], wide_path[600];
     char shard_paths[3][SHARDS][600], specs[3][SHARDS * 600 + 8];
+    test_fit_staging();
     const char *dir = check_temp_dir();
     snprintf(path, sizeof path, "%s/stream.h5", dir);
     snprintf(targets_path, sizeof targets_path, "%s/stream-targets.h5", dir);
@@ -602,6 +893,7 @@ int main(void) {
         test_block_reads(data);
         test_multi_shard(shards, shards_targets);
         test_staging_bytes(wide);
+        test_staging_limit(wide);
         test_stop_early(data);
         test_data_error(bad_path, bad, 500);
         test_data_error(shard_paths[2][2], shards_bad, bad_label_row);

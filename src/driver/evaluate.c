@@ -4,31 +4,55 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* The device allocations of a batch buffer set, in one place for init and plan. */
+typedef struct batch_allocation {
+    memory_component component;
+    size_t bytes;
+} batch_allocation;
+
+static int batch_allocations(const dataset_geometry *geometry, int rows, batch_allocation out[4]) {
+    size_t n = (size_t)rows;
+    out[0] = (batch_allocation){MEMORY_COMPONENT_STAGING,
+                                n * (size_t)geometry->features * sizeof(float)};
+    out[1] = geometry->class_labels
+                 ? (batch_allocation){MEMORY_COMPONENT_STAGING, n * sizeof(int32_t)}
+                 : (batch_allocation){MEMORY_COMPONENT_STAGING,
+                                      n * (size_t)geometry->target_width * sizeof(float)};
+    out[2] = (batch_allocation){MEMORY_COMPONENT_STAGING, n * sizeof(int64_t)};
+    out[3] = (batch_allocation){MEMORY_COMPONENT_WORKSPACE, 2 * sizeof(float)};
+    return 4;
+}
+
+void batch_buffers_plan(const dataset_geometry *geometry, int rows,
+                        size_t component_bytes[MEMORY_COMPONENT_COUNT]) {
+    batch_allocation allocations[4];
+    int count = batch_allocations(geometry, rows, allocations);
+    for (int i = 0; i < count; i++)
+        component_bytes[allocations[i].component] += allocator_rounded_size(allocations[i].bytes);
+}
+
 ddt_status batch_buffers_init(batch_buffers *b, allocator *alloc, const dataset_geometry *geometry,
                               int rows, int output_width) {
     (void)output_width;
     memset(b, 0, sizeof *b);
-    size_t feature_bytes = (size_t)rows * (size_t)geometry->features * sizeof(float);
-    size_t target_bytes = (size_t)rows * (size_t)geometry->target_width * sizeof(float);
-    b->features = malloc(feature_bytes);
+    batch_allocation allocations[4];
+    batch_allocations(geometry, rows, allocations);
+    b->features = malloc(allocations[0].bytes);
     if (geometry->class_labels)
-        b->labels = malloc((size_t)rows * sizeof(int32_t));
+        b->labels = malloc(allocations[1].bytes);
     else
-        b->targets = malloc(target_bytes);
+        b->targets = malloc(allocations[1].bytes);
     if (!b->features || (!b->labels && !b->targets))
         return ddt_error(DDT_ERR_MEMORY, "out of host memory for %d-row batch buffers", rows);
-    DDT_CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, feature_bytes,
-                              (void **)&b->device_features));
-    if (geometry->class_labels)
-        DDT_CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE,
-                                  (size_t)rows * sizeof(int32_t), (void **)&b->device_labels));
-    else
-        DDT_CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, target_bytes,
-                                  (void **)&b->device_targets));
-    DDT_CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, (size_t)rows * sizeof(int64_t),
-                              (void **)&b->device_row_ids));
-    DDT_CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, 2 * sizeof(float),
-                              (void **)&b->device_scalars));
+    void **device_pointers[4] = {
+        (void **)&b->device_features,
+        geometry->class_labels ? (void **)&b->device_labels : (void **)&b->device_targets,
+        (void **)&b->device_row_ids,
+        (void **)&b->device_scalars,
+    };
+    for (int i = 0; i < 4; i++)
+        DDT_CHECK(allocator_alloc(alloc, allocations[i].component, allocations[i].bytes,
+                                  device_pointers[i]));
     return DDT_OK;
 }
 

@@ -40,6 +40,10 @@ typedef struct batch_buffers {
 ddt_status batch_buffers_init(batch_buffers *b, allocator *alloc, const dataset_geometry *geometry,
                               int rows, int output_width);
 void batch_buffers_free_host(batch_buffers *b);
+/* Adds to component_bytes what batch_buffers_init() takes from the allocator (device-side
+ * input staging, and a little workspace), as the allocator counts it; for memory plans. */
+void batch_buffers_plan(const dataset_geometry *geometry, int rows,
+                        size_t component_bytes[MEMORY_COMPONENT_COUNT]);
 
 /* Collective over `c` (every rank must call it). Failures are agreed through `j`: a non-OK
  * return is the same on every rank and its message has already been printed. */

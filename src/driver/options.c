@@ -45,10 +45,12 @@ static const option_def option_table[] = {
      "dataset evaluated after every epoch (loss and accuracy)"},
     {"no-shuffle", 0, OPTION_FLAG, TRAIN, FIELD(no_shuffle), NULL, 0, 0, NULL,
      "keep file order (for exact comparisons)"},
-    {"shuffle-window", 0, OPTION_INT, TRAIN, FIELD(shuffle_window), "16", 1, 65536, "BLOCKS",
-     "rows are shuffled within windows of this many chunk-sized blocks"},
-    {"prefetch-depth", 0, OPTION_INT, TRAIN, FIELD(prefetch_depth), "4", 2, 1024, "N",
-     "micro-batches the reader thread keeps ready"},
+    {"shuffle-window", 0, OPTION_INT, TRAIN, FIELD(shuffle_window), "0", 0, 65536, "BLOCKS",
+     "rows are shuffled within windows of this many chunk-sized blocks (0: the most "
+     "--host-staging-limit allows, up to 16)"},
+    {"prefetch-depth", 0, OPTION_INT, TRAIN, FIELD(prefetch_depth), "0", 0, 1024, "N",
+     "micro-batches the reader thread keeps ready (0: 4, or fewer to fit "
+     "--host-staging-limit; at least 2)"},
     /* model */
     {"model", 0, OPTION_STRING, TRAIN, FIELD(model), "784-256-relu-128-relu-10", 0, 0, "SPEC",
      "MLP: input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P]"},
@@ -90,11 +92,27 @@ static const option_def option_table[] = {
      "optimizer steps to train instead of --epochs (0: use --epochs)"},
     {"global-batch", 0, OPTION_INT64, TRAIN, FIELD(global_batch), "128", 1, 1 << 30, "B",
      "samples per optimizer step, over all ranks"},
-    {"micro-batch", 0, OPTION_INT64, TRAIN | EVAL, FIELD(micro_batch), "0", 0, 1 << 24, "b",
-     "samples per forward/backward on one rank (0: global batch / ranks); "
-     "gradients are accumulated over global/(ranks*b) micro-batches"},
+    {"micro-batch", 0, OPTION_INT64, TRAIN | EVAL, FIELD(micro_batch), "0", 0, 1 << 24, "b|auto",
+     "samples per forward/backward on one rank (0: global batch / ranks; auto: the largest "
+     "that fits the memory limits); gradients are accumulated over global/(ranks*b) "
+     "micro-batches"},
     {"seed", 0, OPTION_INT64, TRAIN | SYNTH, FIELD(seed), "1", 0, BIG, "S",
      "seed for initialisation, shuffling and dropout (synth: for the data)"},
+    /* memory budgets */
+    {"device-memory", 0, OPTION_STRING, TRAIN, FIELD(device_memory), "growth", 0, 0,
+     "growth|preallocate",
+     "device memory policy: reserve as needed, or the whole limit at start-up "
+     "(env DDTRAIN_DEVICE_MEMORY)"},
+    {"device-memory-limit", 0, OPTION_STRING, TRAIN, FIELD(device_memory_limit), NULL, 0, 0,
+     "SIZE|FRACTION|LIST",
+     "device memory per rank: 2GiB, a fraction of the device like 0.5, or one per local rank "
+     "like 8GiB,8GiB,4GiB,4GiB (env DDTRAIN_DEVICE_MEMORY_LIMIT; on CPU the device is the "
+     "node's memory)"},
+    {"host-staging-limit", 0, OPTION_SIZE, TRAIN, FIELD(host_staging_limit), "256MiB", 0, 9.0e18,
+     "SIZE",
+     "host memory for the input path (ready micro-batches, block cache) per rank; 0: no limit"},
+    {"dry-run", 0, OPTION_FLAG, TRAIN, FIELD(dry_run), NULL, 0, 0, NULL,
+     "print the memory plan and exit (0 if it fits the limits)"},
     /* compute and communication */
     {"device", 0, OPTION_STRING, TRAIN | EVAL, FIELD(device), "cpu", 0, 0, "cpu|cuda",
      "compute backend"},
@@ -126,6 +144,11 @@ static const option_def option_table[] = {
 };
 
 #define OPTION_COUNT (sizeof option_table / sizeof option_table[0])
+
+/* Integer options that also take the word "auto" (stored as OPTIONS_AUTO). */
+static bool accepts_auto(const option_def *def) {
+    return def->offset == FIELD(micro_batch);
+}
 
 const char *command_name(command cmd) {
     switch (cmd) {
@@ -191,10 +214,15 @@ static ddt_status set_value(options *opts, const option_def *def, const char *te
     case OPTION_FLAG: *(bool *)field = true; return DDT_OK;
     case OPTION_INT:
     case OPTION_INT64: {
+        if (accepts_auto(def) && strcmp(text, "auto") == 0) {
+            *(int64_t *)field = OPTIONS_AUTO;
+            return DDT_OK;
+        }
         errno = 0;
         long long value = strtoll(text, &end, 10);
         if (end == text || *end || errno)
-            return ddt_error(DDT_ERR_USAGE, "--%s: '%s' is not a whole number", def->name, text);
+            return ddt_error(DDT_ERR_USAGE, "--%s: '%s' is not a whole number%s", def->name, text,
+                             accepts_auto(def) ? " or auto" : "");
         DDT_CHECK(check_bounds(def, text, (double)value));
         if (def->type == OPTION_INT)
             *(int *)field = (int)value;
@@ -300,7 +328,12 @@ static void format_value(const option_def *def, const options *opts, char *text,
     }
     case OPTION_FLAG: snprintf(text, size, "%s", *(const bool *)field ? "yes" : "no"); return;
     case OPTION_INT: snprintf(text, size, "%d", *(const int *)field); return;
-    case OPTION_INT64: snprintf(text, size, "%lld", (long long)*(const int64_t *)field); return;
+    case OPTION_INT64:
+        if (accepts_auto(def) && *(const int64_t *)field == OPTIONS_AUTO)
+            snprintf(text, size, "auto");
+        else
+            snprintf(text, size, "%lld", (long long)*(const int64_t *)field);
+        return;
     case OPTION_REAL: snprintf(text, size, "%g", *(const double *)field); return;
     case OPTION_SIZE: {
         int64_t bytes = *(const int64_t *)field;

@@ -28,6 +28,8 @@ typedef enum command {
 } command;
 
 #define OPTIONS_MAX_POSITIONAL 64
+/* Value stored for an integer option given as "auto" (only where the table allows it). */
+#define OPTIONS_AUTO (-1)
 
 typedef struct options {
     /* data */
@@ -58,8 +60,13 @@ typedef struct options {
     int64_t epochs;
     int64_t steps;
     int64_t global_batch;
-    int64_t micro_batch; /* 0: global_batch / world (no accumulation) */
+    int64_t micro_batch; /* 0: global_batch / world (no accumulation); OPTIONS_AUTO: fit */
     int64_t seed;
+    /* memory budgets */
+    const char *device_memory;       /* growth | preallocate */
+    const char *device_memory_limit; /* SIZE, FRACTION, or a list per local rank */
+    int64_t host_staging_limit;      /* bytes; 0 = none */
+    bool dry_run;
     /* compute and communication */
     const char *device;
     int threads;

@@ -18,6 +18,7 @@
 #include "comm/comm.h"
 #include "driver/blas_setup.h"
 #include "driver/evaluate.h"
+#include "driver/memory_plan.h"
 #include "engine/alloc.h"
 #include "engine/device.h"
 #include "engine/loss.h"
@@ -47,11 +48,14 @@ typedef struct trainer {
     model *model;
     optimizer *opt;
     gradient_buckets *buckets;
-    shard_plan *plan;
+    shard_plan *plan_rows; /* which rows this rank reads */
     stream *stream;
     batch_buffers buffers;
     FILE *metrics;
     /* resolved settings */
+    memory_limits limits;
+    memory_plan plan;
+    const char *micro_batch_binding; /* --micro-batch auto: what bound it */
     model_spec spec;
     loss_kind loss;
     optimizer_params optimizer_settings;
@@ -99,6 +103,14 @@ static ddt_status resolve_settings(trainer *t) {
     DDT_CHECK(optimizer_params_check(&t->optimizer_settings));
     DDT_CHECK(lr_schedule_kind_parse(o->lr_schedule, &t->schedule.kind));
     t->global_batch = o->global_batch;
+    if (o->micro_batch == OPTIONS_AUTO) {
+        if (t->global_batch % world != 0)
+            return ddt_error(DDT_ERR_USAGE,
+                             "--global-batch %" PRId64 " cannot be split evenly over %d ranks "
+                             "(give a multiple of %d)",
+                             t->global_batch, world, world);
+        return DDT_OK; /* chosen by plan_memory() once the data and limits are known */
+    }
     if (o->micro_batch == 0) {
         if (t->global_batch % world != 0)
             return ddt_error(DDT_ERR_USAGE,
@@ -116,7 +128,6 @@ static ddt_status resolve_settings(trainer *t) {
                          "of micro-batches per step)",
                          t->global_batch, world, t->micro_batch,
                          (int64_t)world * t->micro_batch);
-    t->micro_batches_per_step = (int)(t->global_batch / ((int64_t)world * t->micro_batch));
     return DDT_OK;
 }
 
@@ -167,31 +178,11 @@ static ddt_status open_data(trainer *t) {
         return ddt_error(DDT_ERR_DATA,
                          "--data '%s' has %" PRId64 " rows, fewer than one global batch of %" PRId64,
                          o->data, g->rows, t->global_batch);
-    shard_params sp = {
-        .rows = g->rows,
-        .global_batch = t->global_batch,
-        .micro_batch = t->micro_batch,
-        .world_size = t->job->world_size,
-        .rank = t->job->rank,
-        .seed = (uint64_t)o->seed,
-        .shuffle = !o->no_shuffle,
-        .block_rows = g->chunk_rows > 0 ? g->chunk_rows : 256,
-        .window_blocks = o->shuffle_window,
-    };
-    DDT_CHECK(shard_plan_init(&sp, &t->plan));
-    t->steps_per_epoch = shard_plan_steps_per_epoch(t->plan);
-    t->total_steps = o->steps > 0 ? o->steps : o->epochs * t->steps_per_epoch;
-    /* The stream caches whole blocks itself (read once, contiguously), so HDF5's chunk cache
-     * would only hold second copies. */
-    DDT_CHECK(dataset_set_chunk_cache(t->train_data, 0));
-
+    DDT_CHECK(dataset_set_chunk_cache(t->train_data, 0)); /* see plan_memory() */
     t->schedule.base_lr = (float)o->lr;
     t->schedule.min_lr = (float)o->min_lr;
     t->schedule.warmup_steps = o->warmup_steps;
-    t->schedule.total_steps = t->total_steps;
-    t->schedule.step_size = o->lr_step_size > 0 ? o->lr_step_size : t->steps_per_epoch;
     t->schedule.gamma = (float)o->lr_gamma;
-    DDT_CHECK(lr_schedule_check(&t->schedule));
 
     if (t->job->rank == 0) {
         if (o->save) DDT_CHECK(model_file_check_writable(o->save));
@@ -205,11 +196,109 @@ static ddt_status open_data(trainer *t) {
     return DDT_OK;
 }
 
-/* ---- phase 3: engine ------------------------------------------------------------------- */
+/* ---- phase 3: the memory plan ---------------------------------------------------------- */
+
+/* Resolves this rank's limits, plans (choosing the micro-batch for --micro-batch auto, agreed
+ * as the smallest any rank can hold), fixes the shard plan's shuffle window from the staging
+ * fit, and refuses before anything is allocated if the plan does not fit. */
+static ddt_status plan_memory(trainer *t, bool *fits) {
+    const options *o = t->opts;
+    const dataset_geometry *g = dataset_get_geometry(t->train_data);
+    int world = t->job->world_size;
+    DDT_CHECK(device_open(t->device_kind, 0, &t->dev));
+    int local_rank = 0, local_size = 1;
+    MPI_Comm node;
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, t->job->rank, MPI_INFO_NULL, &node);
+    MPI_Comm_rank(node, &local_rank);
+    MPI_Comm_size(node, &local_size);
+    MPI_Comm_free(&node);
+    DDT_CHECK(memory_limits_resolve(o, t->dev, local_rank, local_size, &t->limits));
+
+    memory_plan_inputs inputs = {
+        .spec = &t->spec,
+        .optimizer = &t->optimizer_settings,
+        .geometry = g,
+        .shard = {.rows = g->rows,
+                  .global_batch = t->global_batch,
+                  .world_size = world,
+                  .rank = t->job->rank,
+                  .seed = (uint64_t)o->seed,
+                  .shuffle = !o->no_shuffle,
+                  .block_rows = g->chunk_rows > 0 ? g->chunk_rows : 256},
+        .prefetch_depth = o->prefetch_depth,
+        .window_blocks = o->shuffle_window,
+        .evaluation = o->eval_data != NULL,
+    };
+    if (o->micro_batch == OPTIONS_AUTO) {
+        int per_rank = (int)(t->global_batch / world);
+        ddt_status status = memory_plan_choose_micro_batch(&inputs, per_rank, &t->limits, &t->plan,
+                                                           &t->micro_batch_binding);
+        int chosen = status == DDT_OK ? t->plan.micro_batch : 0;
+        /* Every rank must use the same micro-batch: the smallest any rank can hold. */
+        int agreed = chosen;
+        MPI_Allreduce(MPI_IN_PLACE, &agreed, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+        if (status != DDT_OK) return status;
+        if (agreed == 0) return ddt_error(DDT_ERR_MEMORY, "--micro-batch auto: another rank "
+                                                          "cannot fit even one row");
+        if (agreed != chosen) {
+            memory_plan_compute(&inputs, agreed, &t->limits, &t->plan);
+            t->micro_batch_binding = "another rank's limits";
+        }
+        t->micro_batch = agreed;
+    } else {
+        memory_plan_compute(&inputs, t->micro_batch, &t->limits, &t->plan);
+    }
+    t->micro_batches_per_step = (int)(t->global_batch / ((int64_t)world * t->micro_batch));
+    *fits = t->plan.fits;
+    if (!t->plan.fits && !o->dry_run) return memory_plan_refuse(&t->plan, &t->limits, t->job->rank);
+    if (!t->plan.fits) return DDT_OK;
+
+    shard_params sp = inputs.shard;
+    sp.micro_batch = t->micro_batch;
+    sp.window_blocks = t->plan.staging.window_blocks;
+    DDT_CHECK(shard_plan_init(&sp, &t->plan_rows));
+    t->steps_per_epoch = shard_plan_steps_per_epoch(t->plan_rows);
+    t->total_steps = o->steps > 0 ? o->steps : o->epochs * t->steps_per_epoch;
+    t->schedule.total_steps = t->total_steps;
+    t->schedule.step_size = o->lr_step_size > 0 ? o->lr_step_size : t->steps_per_epoch;
+    return lr_schedule_check(&t->schedule);
+}
+
+/* Rank 0 prints its plan, and a line for each rank whose limits or plan differ. */
+static void print_memory_plan(trainer *t) {
+    job *j = t->job;
+    double mine[5] = {(double)t->limits.device_limit, (double)t->plan.device_total,
+                      (double)t->limits.staging_limit, (double)t->plan.host_staging_total,
+                      t->plan.fits ? 1.0 : 0.0};
+    double *all = j->rank == 0 ? calloc((size_t)j->world_size * 5, sizeof(double)) : NULL;
+    MPI_Gather(mine, 5, MPI_DOUBLE, all, 5, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    if (j->rank != 0) return;
+    memory_plan_print(&t->plan, &t->limits, stdout);
+    if (t->micro_batch_binding)
+        printf("  --micro-batch auto chose %d (%d micro-batches per step); bound by %s\n",
+               t->micro_batch, t->micro_batches_per_step, t->micro_batch_binding);
+    for (int r = 1; r < j->world_size; r++) {
+        double *theirs = all + 5 * r;
+        if (memcmp(theirs, mine, sizeof mine) == 0) continue;
+        char limit[32], need[32];
+        memory_size_format((size_t)theirs[0], limit, sizeof limit);
+        memory_size_format((size_t)theirs[1], need, sizeof need);
+        printf("  rank %d: device %s of %s%s\n", r, need, theirs[0] > 0 ? limit : "no limit",
+               theirs[4] > 0 ? "" : "  DOES NOT FIT");
+    }
+    fflush(stdout);
+    free(all);
+}
+
+/* ---- phase 4: engine ------------------------------------------------------------------- */
 
 static ddt_status build_engine(trainer *t) {
-    DDT_CHECK(device_open(t->device_kind, 0, &t->dev));
-    DDT_CHECK(allocator_init(t->dev, &t->alloc));
+    allocator_params ap = allocator_default_params();
+    ap.policy = t->limits.policy;
+    ap.limit_bytes = t->limits.device_limit;
+    ap.rank = t->job->rank;
+    ap.limit_source = t->limits.device_source;
+    DDT_CHECK(allocator_init_with_params(t->dev, &ap, &t->alloc));
     DDT_CHECK(comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, t->dev, &t->comm));
     DDT_CHECK(model_init(&t->spec, t->alloc, t->micro_batch, &t->model));
     DDT_CHECK(optimizer_init(&t->optimizer_settings, t->alloc, model_parameter_count(t->model),
@@ -223,6 +312,12 @@ static ddt_status build_engine(trainer *t) {
                                     model_parameter_count(t->model), ready_points,
                                     t->spec.dense_count, (size_t)t->opts->bucket_size,
                                     &t->buckets));
+    /* The plan is exact: a difference is a bug in the plan, which would make limits lie. */
+    allocator_stats stats = allocator_get_stats(t->alloc);
+    if (stats.bytes_in_use != t->plan.device_total)
+        return ddt_error(DDT_ERR_INTERNAL,
+                         "the memory plan said %zu bytes of device memory, the allocator holds %zu",
+                         t->plan.device_total, stats.bytes_in_use);
     return DDT_OK;
 }
 
@@ -397,11 +492,12 @@ static ddt_status train_loop(trainer *t) {
     const device_ops *ops = t->dev->ops;
     stream_params sp = {
         .data = t->train_data,
-        .plan = t->plan,
+        .plan = t->plan_rows,
         .micro_batch = t->micro_batch,
         .first_global_step = 0,
         .total_global_steps = t->total_steps,
-        .prefetch_depth = t->opts->prefetch_depth,
+        .prefetch_depth = t->plan.staging.prefetch_depth,
+        .cache_blocks = t->plan.staging.cache_blocks,
     };
     ddt_status status = job_agree(j, stream_start(&sp, &t->stream));
     if (status != DDT_OK) return status;
@@ -497,29 +593,69 @@ static ddt_status save_model(trainer *t) {
     return status;
 }
 
+/* What each rank measured, gathered to rank 0 for the summary. */
+enum {
+    PEAK_RSS,
+    PEAK_DEVICE,          /* allocator bytes in use */
+    PEAK_DEVICE_RESERVED, /* allocator bytes reserved from the device */
+    PEAK_STAGING,         /* host staging bytes in use */
+    PLANNED_DEVICE,
+    PLANNED_STAGING,
+    DEVICE_LIMIT,
+    STAGING_LIMIT,
+    PEAK_COUNT,
+};
+
+static const char *const peak_names[PEAK_COUNT] = {
+    "peak_rss_bytes",      "peak_device_bytes",     "peak_device_reserved_bytes",
+    "peak_staging_bytes",  "planned_device_bytes",  "planned_staging_bytes",
+    "device_limit_bytes",  "staging_limit_bytes",
+};
+
 static void report_summary(trainer *t, double wall_seconds) {
     job *j = t->job;
-    uint64_t rss = job_peak_rss_bytes();
-    uint64_t *all_rss = j->rank == 0 ? calloc((size_t)j->world_size, sizeof *all_rss) : NULL;
-    MPI_Gather(&rss, 1, MPI_UINT64_T, all_rss, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    allocator_stats device = allocator_get_stats(t->alloc);
+    stream_stats staging = stream_get_stats(t->stream);
+    uint64_t mine[PEAK_COUNT] = {
+        [PEAK_RSS] = job_peak_rss_bytes(),
+        [PEAK_DEVICE] = device.peak_bytes,
+        [PEAK_DEVICE_RESERVED] = device.peak_reserved_bytes,
+        [PEAK_STAGING] = staging.peak_staging_bytes_in_use + t->plan.evaluation_bytes,
+        [PLANNED_DEVICE] = t->plan.device_total,
+        [PLANNED_STAGING] = t->plan.host_staging_total,
+        [DEVICE_LIMIT] = t->limits.device_limit,
+        [STAGING_LIMIT] = t->limits.staging_limit,
+    };
+    uint64_t *all = j->rank == 0 ? calloc((size_t)j->world_size * PEAK_COUNT, sizeof *all) : NULL;
+    MPI_Gather(mine, PEAK_COUNT, MPI_UINT64_T, all, PEAK_COUNT, MPI_UINT64_T, 0, MPI_COMM_WORLD);
     double times[4] = {t->times.data_wait, t->times.compute, t->times.communication,
                        t->times.optimizer};
     MPI_Allreduce(MPI_IN_PLACE, times, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (j->rank != 0) return;
     double samples = (double)(t->total_steps * t->global_batch);
     double samples_per_s = t->train_seconds > 0 ? samples / t->train_seconds : 0;
-    uint64_t max_rss = 0;
+    uint64_t most[PEAK_COUNT] = {0};
     for (int r = 0; r < j->world_size; r++)
-        if (all_rss[r] > max_rss) max_rss = all_rss[r];
+        for (int k = 0; k < PEAK_COUNT; k++)
+            if (all[r * PEAK_COUNT + k] > most[k]) most[k] = all[r * PEAK_COUNT + k];
     printf("done: %" PRId64 " steps in %.1f s, %.0f samples/s; final train_loss %.4f",
            t->total_steps, t->train_seconds, samples_per_s, t->last_train_loss);
     if (t->evaluated && t->last_eval.accuracy >= 0)
         printf("; eval_loss %.4f eval_accuracy %.4f", t->last_eval.loss, t->last_eval.accuracy);
     else if (t->evaluated)
         printf("; eval_loss %.4f", t->last_eval.loss);
+    char rss[32], peak_device[32], planned_device[32], peak_staging[32], planned_staging[32];
+    memory_size_format(most[PEAK_RSS], rss, sizeof rss);
+    memory_size_format(most[PEAK_DEVICE], peak_device, sizeof peak_device);
+    memory_size_format(most[PLANNED_DEVICE], planned_device, sizeof planned_device);
+    memory_size_format(most[PEAK_STAGING], peak_staging, sizeof peak_staging);
+    memory_size_format(most[PLANNED_STAGING], planned_staging, sizeof planned_staging);
     printf("\n  time per rank (max): data wait %.2f s, compute %.2f s, communication %.2f s, "
-           "optimizer %.2f s; peak RSS %.1f MiB\n",
-           times[0], times[1], times[2], times[3], (double)max_rss / 1048576.0);
+           "optimizer %.2f s\n"
+           "  memory per rank (max): device %s (plan %s), host staging %s (plan %s), peak RSS "
+           "%s\n",
+           times[0], times[1], times[2], times[3], peak_device, planned_device, peak_staging,
+           planned_staging, rss);
     if (t->opts->save) printf("  model saved to %s\n", t->opts->save);
     fflush(stdout);
     if (t->metrics) {
@@ -538,13 +674,16 @@ static void report_summary(trainer *t, double wall_seconds) {
         write_json_number(f, "compute_s", times[1]);
         write_json_number(f, "communication_s", times[2]);
         write_json_number(f, "optimizer_s", times[3]);
-        fprintf(f, ",\"peak_rss_bytes\":[");
-        for (int r = 0; r < j->world_size; r++)
-            fprintf(f, "%s%" PRIu64, r ? "," : "", all_rss[r]);
-        fprintf(f, "]}\n");
+        for (int k = 0; k < PEAK_COUNT; k++) {
+            fprintf(f, ",\"%s\":[", peak_names[k]);
+            for (int r = 0; r < j->world_size; r++)
+                fprintf(f, "%s%" PRIu64, r ? "," : "", all[r * PEAK_COUNT + k]);
+            fprintf(f, "]");
+        }
+        fprintf(f, "}\n");
         fflush(f);
     }
-    free(all_rss);
+    free(all);
 }
 
 static void trainer_free(trainer *t) {
@@ -557,7 +696,7 @@ static void trainer_free(trainer *t) {
     comm_free(t->comm);
     allocator_destroy(t->alloc);
     if (t->dev) device_close(t->dev);
-    shard_plan_free(t->plan);
+    shard_plan_free(t->plan_rows);
     if (t->eval_data) dataset_close(t->eval_data);
     if (t->train_data) dataset_close(t->train_data);
 }
@@ -568,6 +707,19 @@ ddt_status train_run(job *j, const options *opts) {
     blas_set_threads(opts->threads);
     ddt_status status = job_agree(j, resolve_settings(&t));
     if (status == DDT_OK) status = job_agree(j, open_data(&t));
+    bool fits = false;
+    if (status == DDT_OK) status = job_agree(j, plan_memory(&t, &fits));
+    if (status == DDT_OK && opts->dry_run) {
+        /* Print the plan and end: 0 if every rank's plan fits, else each rank's reason. */
+        print_memory_plan(&t);
+        int all_fit = fits;
+        MPI_Allreduce(MPI_IN_PLACE, &all_fit, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+        job_say(j, "dry run: the plan %s\n", all_fit ? "fits" : "does not fit");
+        status = job_agree(j, fits ? DDT_OK : memory_plan_refuse(&t.plan, &t.limits, j->rank));
+        trainer_free(&t);
+        return status;
+    }
+    if (status == DDT_OK) print_memory_plan(&t);
     if (status == DDT_OK) status = job_agree(j, build_engine(&t));
     if (status == DDT_OK) status = job_agree(j, initial_weights_on_root(&t));
     if (status == DDT_OK) status = job_agree(j, share_initial_weights(&t));

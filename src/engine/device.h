@@ -52,9 +52,16 @@ typedef struct dropout_key {
 typedef struct device_ops {
     const char *name; /* "cpu", "cuda" */
 
-    /* --- memory: raw allocation, used only by the allocator ------------------------------ */
+    /* --- memory: raw allocation (only the allocator calls these) and how much there is ---- */
     ddt_status (*memory_alloc)(device *dev, size_t bytes, void **out);
     void (*memory_free)(device *dev, void *pointer);
+    /* *total_bytes = all memory of the device as this process may use it, *free_bytes = how
+     * much of it could be allocated now (host values). CPU: physical memory, or the cgroup
+     * memory.max of this process where smaller; free is MemAvailable from /proc/meminfo,
+     * capped by the cgroup's headroom. CUDA: cudaMemGetInfo. Used to resolve a fractional
+     * --device-memory-limit and to refuse a preallocation that cannot succeed. May be NULL in
+     * a backend that cannot tell (the allocator then skips those checks). */
+    ddt_status (*memory_info)(device *dev, size_t *total_bytes, size_t *free_bytes);
 
     /* --- copies ---------------------------------------------------------------------------- */
     ddt_status (*copy_host_to_device)(device *dev, void *device_dst, const void *host_src,

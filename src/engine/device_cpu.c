@@ -2,7 +2,8 @@
  *
  * Matrix products go to OpenBLAS (cblas_sgemm); everything else is a plain loop over
  * restrict-qualified arrays that the compiler can vectorise. Nothing here allocates except
- * memory_alloc, so a training step costs the GEMMs plus a few passes over the activations.
+ * memory_alloc (and memory_info reads a few files in /proc and /sys), so a training step
+ * costs the GEMMs plus a few passes over the activations.
  * Operations run synchronously, so synchronize() has nothing to wait for.
  */
 /* The build uses -O2, where GCC (12) vectorises only loops whose trip count is a known
@@ -17,10 +18,12 @@
 #include "engine/device.h"
 
 #include <cblas.h>
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
@@ -51,6 +54,120 @@ static ddt_status cpu_memory_alloc(device *dev, size_t bytes, void **out) {
 static void cpu_memory_free(device *dev, void *pointer) {
     (void)dev;
     free(pointer);
+}
+
+/* Reads a byte count from a cgroup file; false if missing, unreadable or "max". */
+static bool read_size_file(const char *path, size_t *out) {
+    FILE *file = fopen(path, "r");
+    if (!file) return false;
+    char text[64] = "";
+    bool ok = fgets(text, sizeof text, file) != NULL;
+    fclose(file);
+    if (!ok || !isdigit((unsigned char)text[0])) return false;
+    unsigned long long value = strtoull(text, NULL, 10);
+    *out = value > SIZE_MAX ? SIZE_MAX : (size_t)value;
+    return true;
+}
+
+/* Lowers *limit (and sets *usage) to the smallest memory limit among a cgroup and its
+ * ancestors: a container's limit may sit on a parent, not on the process's own group.
+ * `base` is the hierarchy's mount point, `path` the process's group inside it. */
+static void cgroup_lower_limit(const char *base, const char *path, const char *limit_file,
+                               const char *usage_file, size_t *limit, size_t *usage) {
+    char group[512];
+    snprintf(group, sizeof group, "%s", path);
+    for (;;) {
+        size_t length = strlen(group);
+        while (length > 1 && group[length - 1] == '/')
+            group[--length] = '\0';
+        char file[1024];
+        size_t value;
+        snprintf(file, sizeof file, "%s%s/%s", base, strcmp(group, "/") == 0 ? "" : group,
+                 limit_file);
+        if (read_size_file(file, &value) && value < *limit) {
+            *limit = value;
+            snprintf(file, sizeof file, "%s%s/%s", base, strcmp(group, "/") == 0 ? "" : group,
+                     usage_file);
+            if (!read_size_file(file, usage)) *usage = 0;
+        }
+        char *slash = strrchr(group, '/');
+        if (!slash || strcmp(group, "/") == 0) break;
+        if (slash == group)
+            group[1] = '\0';
+        else
+            *slash = '\0';
+    }
+}
+
+/* The cgroup memory limit of this process (v2 memory.max; v1 memory.limit_in_bytes) if it is
+ * below *limit, with the group's current usage. */
+static void cgroup_memory_limit(size_t *limit, size_t *usage) {
+    FILE *file = fopen("/proc/self/cgroup", "r");
+    if (!file) return;
+    char line[768];
+    while (fgets(line, sizeof line, file)) {
+        line[strcspn(line, "\n")] = '\0';
+        /* "0::/path" (v2) or "4:memory:/path" (v1; the controller list may hold several). */
+        char *controllers = strchr(line, ':');
+        char *path = controllers ? strchr(controllers + 1, ':') : NULL;
+        if (!path) continue;
+        *path++ = '\0';
+        *controllers++ = '\0';
+        if (strncmp(line, "0", 2) == 0 && controllers[0] == '\0') {
+            cgroup_lower_limit("/sys/fs/cgroup", path, "memory.max", "memory.current", limit,
+                               usage);
+        } else {
+            char *save = NULL;
+            for (char *name = strtok_r(controllers, ",", &save); name;
+                 name = strtok_r(NULL, ",", &save))
+                if (strcmp(name, "memory") == 0)
+                    cgroup_lower_limit("/sys/fs/cgroup/memory", path, "memory.limit_in_bytes",
+                                       "memory.usage_in_bytes", limit, usage);
+        }
+    }
+    fclose(file);
+}
+
+/* MemAvailable from /proc/meminfo in bytes; false if the kernel does not say. */
+static bool meminfo_available(size_t *out) {
+    FILE *file = fopen("/proc/meminfo", "r");
+    if (!file) return false;
+    char line[256];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, file)) {
+        unsigned long long kib;
+        if (sscanf(line, "MemAvailable: %llu kB", &kib) == 1) {
+            *out = kib > SIZE_MAX / 1024 ? SIZE_MAX : (size_t)kib * 1024;
+            found = true;
+        }
+    }
+    fclose(file);
+    return found;
+}
+
+static ddt_status cpu_memory_info(device *dev, size_t *total_bytes, size_t *free_bytes) {
+    (void)dev;
+    long pages = sysconf(_SC_PHYS_PAGES), page_size = sysconf(_SC_PAGESIZE);
+    if (pages <= 0 || page_size <= 0)
+        return ddt_error(DDT_ERR_INTERNAL, "cannot tell how much memory this machine has");
+    size_t total = (size_t)pages * (size_t)page_size;
+    size_t available;
+    if (!meminfo_available(&available)) {
+        long free_pages = sysconf(_SC_AVPHYS_PAGES); /* ignores the page cache: pessimistic */
+        available = free_pages > 0 ? (size_t)free_pages * (size_t)page_size : 0;
+    }
+    /* In a container, MemAvailable describes the host; the group's limit is what counts. */
+    size_t limit = total, usage = 0;
+    cgroup_memory_limit(&limit, &usage);
+    if (limit < total) {
+        total = limit;
+        size_t headroom = usage < limit ? limit - usage : 0;
+        if (available > headroom) available = headroom;
+    }
+    if (available > total) available = total;
+    *total_bytes = total;
+    *free_bytes = available;
+    return DDT_OK;
 }
 
 static ddt_status cpu_copy(device *dev, void *dst, const void *src, size_t bytes) {
@@ -446,6 +563,7 @@ static const device_ops cpu_ops = {
     .name = "cpu",
     .memory_alloc = cpu_memory_alloc,
     .memory_free = cpu_memory_free,
+    .memory_info = cpu_memory_info,
     .copy_host_to_device = cpu_copy,
     .copy_device_to_host = cpu_copy,
     .copy_device_to_device = cpu_copy_device_to_device,

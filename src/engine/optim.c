@@ -85,6 +85,11 @@ ddt_status optimizer_params_check(const optimizer_params *p) {
                      (int)p->kind);
 }
 
+size_t optimizer_state_floats(const optimizer_params *params, size_t parameter_count) {
+    if (params->kind == OPTIMIZER_ADAMW) return 2 * parameter_count;
+    return params->momentum != 0.0f ? parameter_count : 0;
+}
+
 ddt_status optimizer_init(const optimizer_params *params, allocator *alloc, size_t parameter_count,
                           optimizer **out) {
     *out = NULL;
@@ -95,10 +100,7 @@ ddt_status optimizer_init(const optimizer_params *params, allocator *alloc, size
     opt->alloc = alloc;
     opt->dev = allocator_device(alloc);
     opt->parameter_count = parameter_count;
-    if (params->kind == OPTIMIZER_ADAMW)
-        opt->state_count = 2 * parameter_count;
-    else if (params->momentum != 0.0f)
-        opt->state_count = parameter_count;
+    opt->state_count = optimizer_state_floats(params, parameter_count);
     if (opt->state_count) {
         ddt_status status = allocator_alloc(alloc, MEMORY_COMPONENT_OPTIMIZER,
                                             opt->state_count * sizeof(float), (void **)&opt->state);

@@ -45,6 +45,10 @@ ddt_status optimizer_params_check(const optimizer_params *params);
 
 typedef struct optimizer optimizer;
 
+/* Floats of state an optimizer with these settings keeps for parameter_count parameters
+ * (0 for SGD without momentum, P with momentum, 2P for AdamW); for memory plans. */
+size_t optimizer_state_floats(const optimizer_params *params, size_t parameter_count);
+
 ddt_status optimizer_init(const optimizer_params *params, allocator *alloc, size_t parameter_count,
                           optimizer **out);
 void optimizer_free(optimizer *opt);

@@ -32,8 +32,13 @@
  * micro-batches one at a time (stream_read_ahead), stamping them with their planned use, and
  * sleeps on `slot_freed` only when nothing is left to read ahead.
  *
- * All memory is one allocation made by stream_start() (layout in stream_layout_for()); nothing
- * is allocated per micro-batch.
+ * All memory, the handle included, is one allocation made by stream_start() (layout in
+ * stream_layout_for()); nothing is allocated per micro-batch.
+ *
+ * Staging in use (stream_stats): counted under `lock` as slots_in_use (a slot from the moment
+ * the reader claims it for filling until stream_release) and blocks_in_use (cache entries
+ * holding a block or loading one), each bounded by the allocation, so the peak can never pass
+ * stream_staging_bytes().
  */
 #include "io/stream.h"
 
@@ -79,8 +84,11 @@ struct stream {
     int64_t block_count; /* ceil(N / block_rows) */
     int cache_blocks;    /* resolved entries in `entries` */
 
-    void *staging; /* everything below that is a pointer, one allocation */
+    /* The handle itself starts the one allocation; the pointers below point into it. */
     size_t staging_bytes;
+    size_t fixed_bytes;   /* handle and bookkeeping: in use from start to stop */
+    size_t slot_bytes;    /* one slot's row ids, features, labels/targets */
+    size_t block_bytes;   /* one cached block's features, labels/targets */
     stream_slot *slots;   /* prefetch_depth entries */
     cache_entry *entries; /* cache_blocks entries (reader-only) */
     int32_t *block_entry; /* block_count: index into entries, -1 if not cached (reader-only) */
@@ -109,6 +117,9 @@ struct stream {
     int64_t blocks_read;
     int64_t blocks_read_ahead;
     int64_t block_hits;
+    int slots_in_use;  /* being filled, filled or taken */
+    int blocks_in_use; /* cache entries holding or loading a block */
+    size_t peak_bytes_in_use;
 
     /* Consumer-only, but read by stream_get_stats under `lock` as well. */
     int64_t consumed;
@@ -145,14 +156,20 @@ static rows_layout rows_layout_for(const dataset_geometry *geometry, int64_t row
     return layout;
 }
 
-/* The one allocation: slot structs, entry structs, block index, sort keys, read-ahead rows,
- * slot buffers, block buffers, in that order. */
+/* The one allocation: the handle, slot structs, entry structs, block index, sort keys,
+ * read-ahead rows, slot buffers, block buffers, in that order. */
 typedef struct stream_layout {
     int64_t block_rows, block_count;
     int cache_blocks;
     rows_layout slot, block;
-    size_t slots, entries, block_entry, sort_keys, ahead_rows, total;
+    size_t handle, slots, entries, block_entry, sort_keys, ahead_rows, total;
 } stream_layout;
+
+/* Everything but the slot and block buffers. */
+static size_t stream_layout_fixed(const stream_layout *layout) {
+    return layout->handle + layout->slots + layout->entries + layout->block_entry +
+           layout->sort_keys + layout->ahead_rows;
+}
 
 /* Resolves block geometry and the cache size; false if the parameters are out of range. */
 static bool stream_layout_for(const dataset_geometry *geometry, const shard_params *plan,
@@ -173,13 +190,13 @@ static bool stream_layout_for(const dataset_geometry *geometry, const shard_para
     layout.cache_blocks = (int)blocks;
     layout.slot = rows_layout_for(geometry, plan->micro_batch, true);
     layout.block = rows_layout_for(geometry, layout.block_rows, false);
+    layout.handle = round_up(sizeof(stream));
     layout.slots = round_up((size_t)prefetch_depth * sizeof(stream_slot));
     layout.entries = round_up((size_t)layout.cache_blocks * sizeof(cache_entry));
     layout.block_entry = round_up((size_t)layout.block_count * sizeof(int32_t));
     layout.sort_keys = round_up((size_t)plan->micro_batch * sizeof(uint64_t));
     layout.ahead_rows = round_up((size_t)plan->micro_batch * sizeof(int64_t));
-    layout.total = layout.slots + layout.entries + layout.block_entry + layout.sort_keys +
-                   layout.ahead_rows + layout.slot.total * (size_t)prefetch_depth +
+    layout.total = stream_layout_fixed(&layout) + layout.slot.total * (size_t)prefetch_depth +
                    layout.block.total * (size_t)layout.cache_blocks;
     *out = layout;
     return true;
@@ -190,6 +207,160 @@ size_t stream_staging_bytes(const dataset_geometry *geometry, const shard_params
     stream_layout layout;
     if (!stream_layout_for(geometry, plan, prefetch_depth, cache_blocks, &layout)) return 0;
     return layout.total;
+}
+
+/* Staging-limit fitting: see stream_fit_staging() in stream.h for the rule. */
+enum { STREAM_DEFAULT_PREFETCH = 4, STREAM_DEFAULT_WINDOW = 16 };
+
+/* "401 KiB", "2.8 MiB", "25.1 MiB": binary units, one decimal below 100 of a unit. */
+static void format_bytes(size_t bytes, char *text, size_t size) {
+    static const char *units[] = {"KiB", "MiB", "GiB", "TiB"};
+    if (bytes < 1024) {
+        snprintf(text, size, "%zu B", bytes);
+        return;
+    }
+    double value = (double)bytes / 1024;
+    size_t unit = 0;
+    while (value >= 1024 && unit + 1 < sizeof units / sizeof *units) {
+        value /= 1024;
+        unit++;
+    }
+    snprintf(text, size, value >= 100 ? "%.0f %s" : "%.1f %s", value, units[unit]);
+}
+
+/* Formats a need and a limit; exact byte counts when the short forms would read the same. */
+static void format_need_and_limit(size_t need, size_t limit, char *need_text, char *limit_text,
+                                  size_t size) {
+    format_bytes(need, need_text, size);
+    format_bytes(limit, limit_text, size);
+    if (strcmp(need_text, limit_text) == 0) {
+        snprintf(need_text, size, "%zu bytes", need);
+        snprintf(limit_text, size, "%zu bytes", limit);
+    }
+}
+
+/* What the fitting rule looks at: the plan with a fixed window (the cache size is always
+ * explicit here, so the window does not change the bytes) and the block count. */
+typedef struct fit_context {
+    const dataset_geometry *geometry;
+    shard_params plan;
+    int64_t block_count;
+} fit_context;
+
+static size_t fit_bytes(const fit_context *c, int prefetch_depth, int64_t cache_blocks) {
+    if (cache_blocks > c->block_count) cache_blocks = c->block_count;
+    return stream_staging_bytes(c->geometry, &c->plan, prefetch_depth, (int)cache_blocks);
+}
+
+/* The cache that reads each block once per epoch for a window of `window` blocks. */
+static int64_t fit_full_cache(const fit_context *c, int64_t window) {
+    int64_t blocks = c->plan.shuffle ? 2 * window + 1 : 1;
+    return blocks < c->block_count ? blocks : c->block_count;
+}
+
+ddt_status stream_fit_staging(size_t limit_bytes, const dataset_geometry *geometry,
+                              const shard_params *plan, staging_fit *fit) {
+    if (!geometry || !plan || !fit)
+        return ddt_error(DDT_ERR_INTERNAL, "stream_fit_staging needs a geometry, a plan and a fit");
+    int given_depth = fit->prefetch_depth, given_window = fit->window_blocks;
+    if (given_depth < 0 || given_depth == 1)
+        return ddt_error(DDT_ERR_USAGE, "--prefetch-depth must be at least 2 (got %d)",
+                         given_depth);
+    if (given_window < 0)
+        return ddt_error(DDT_ERR_USAGE, "--shuffle-window must be at least 1 (got %d)",
+                         given_window);
+    fit_context c = {.geometry = geometry, .plan = *plan};
+    c.plan.window_blocks = 1;
+    stream_layout layout;
+    if (!stream_layout_for(geometry, &c.plan, 2, 1, &layout))
+        return ddt_error(DDT_ERR_USAGE,
+                         "cannot size the stream for %" PRId64 " rows in blocks of %" PRId64
+                         " rows and micro-batches of %d rows; use larger blocks",
+                         plan->rows, plan->block_rows, plan->micro_batch);
+    c.block_count = layout.block_count;
+    fit->minimum_bytes = layout.total;
+    char need_text[48], limit_text[48];
+
+    int depth = given_depth, window = given_window;
+    int64_t cache;
+    if (limit_bytes == 0) {
+        if (!depth) depth = STREAM_DEFAULT_PREFETCH;
+        if (!window) window = STREAM_DEFAULT_WINDOW;
+        cache = fit_full_cache(&c, window);
+        goto done;
+    }
+
+    /* 1. Two micro-batches and one block. */
+    if (fit->minimum_bytes > limit_bytes) {
+        char slot_text[48], block_text[48], bookkeeping_text[48];
+        format_need_and_limit(fit->minimum_bytes, limit_bytes, need_text, limit_text,
+                              sizeof need_text);
+        format_bytes(layout.slot.total, slot_text, sizeof slot_text);
+        format_bytes(layout.block.total, block_text, sizeof block_text);
+        format_bytes(stream_layout_fixed(&layout), bookkeeping_text, sizeof bookkeeping_text);
+        return ddt_error(DDT_ERR_USAGE,
+                         "--host-staging-limit %s cannot hold two micro-batches of %d rows "
+                         "(2 x %s), one %s block of the block cache (%" PRId64
+                         " rows) and %s of bookkeeping: it needs at least %s; raise "
+                         "--host-staging-limit, lower --micro-batch, or use a dataset with "
+                         "smaller chunks",
+                         limit_text, plan->micro_batch, slot_text, block_text, layout.block_rows,
+                         bookkeeping_text, need_text);
+    }
+
+    /* 2. Given values must fit. */
+    if (given_depth && fit_bytes(&c, given_depth, 1) > limit_bytes) {
+        size_t need = fit_bytes(&c, given_depth, 1);
+        format_need_and_limit(need, limit_bytes, need_text, limit_text, sizeof need_text);
+        return ddt_error(DDT_ERR_USAGE,
+                         "--prefetch-depth %d needs %s of staging, more than --host-staging-limit "
+                         "%s; lower --prefetch-depth or leave it out to derive it from the limit",
+                         given_depth, need_text, limit_text);
+    }
+    if (given_window && plan->shuffle) {
+        int64_t given_cache = fit_full_cache(&c, given_window);
+        size_t need = fit_bytes(&c, given_depth ? given_depth : 2, given_cache);
+        if (need > limit_bytes) {
+            format_need_and_limit(need, limit_bytes, need_text, limit_text, sizeof need_text);
+            char depth_text[48] = "";
+            if (given_depth)
+                snprintf(depth_text, sizeof depth_text, " with --prefetch-depth %d", given_depth);
+            return ddt_error(DDT_ERR_USAGE,
+                             "--shuffle-window %d%s needs %s of staging (a block cache of %" PRId64
+                             " blocks of %" PRId64 " rows), more than --host-staging-limit %s; "
+                             "lower --shuffle-window or leave it out to derive it from the limit",
+                             given_window, depth_text, need_text, given_cache, layout.block_rows,
+                             limit_text);
+        }
+    }
+
+    /* 3. Prefetch depth: the default if it fits with a useful cache, else less. */
+    int64_t useful_cache = fit_full_cache(&c, given_window ? given_window : 1);
+    if (!depth) {
+        for (depth = STREAM_DEFAULT_PREFETCH; depth > 2; depth--)
+            if (fit_bytes(&c, depth, useful_cache) <= limit_bytes) break;
+    }
+
+    /* 4. and 5. The window and the cache. */
+    if (window) {
+        cache = fit_full_cache(&c, window);
+    } else if (!plan->shuffle) {
+        window = STREAM_DEFAULT_WINDOW;
+        cache = 1;
+    } else {
+        for (window = STREAM_DEFAULT_WINDOW; window > 1; window--)
+            if (fit_bytes(&c, depth, fit_full_cache(&c, window)) <= limit_bytes) break;
+        cache = fit_full_cache(&c, window);
+        while (cache > 1 && fit_bytes(&c, depth, cache) > limit_bytes)
+            cache--;
+    }
+
+done:
+    fit->prefetch_depth = depth;
+    fit->window_blocks = window;
+    fit->cache_blocks = (int)cache;
+    fit->bytes = fit_bytes(&c, depth, cache);
+    return DDT_OK;
 }
 
 static void sift_down(uint64_t *keys, size_t root, size_t count) {
@@ -218,11 +389,16 @@ static void sort_keys(uint64_t *keys, size_t count) {
     }
 }
 
-static bool stream_stop_requested(stream *s) {
-    pthread_mutex_lock(&s->lock);
-    bool stopping = s->stopping;
-    pthread_mutex_unlock(&s->lock);
-    return stopping;
+/* Under `lock`. */
+static size_t stream_bytes_in_use(const stream *s) {
+    return s->fixed_bytes + (size_t)s->slots_in_use * s->slot_bytes +
+           (size_t)s->blocks_in_use * s->block_bytes;
+}
+
+/* Under `lock`, after slots_in_use or blocks_in_use grew. */
+static void stream_note_peak(stream *s) {
+    size_t in_use = stream_bytes_in_use(s);
+    if (in_use > s->peak_bytes_in_use) s->peak_bytes_in_use = in_use;
 }
 
 /* Block counters of one fill or read-ahead, added to the shared ones under the lock. */
@@ -243,12 +419,21 @@ static ddt_status stream_cache_load(stream *s, int64_t block, cache_entry **out,
         if (s->entries[i].last_use < s->entries[victim].last_use) victim = i;
     }
     cache_entry *entry = &s->entries[victim];
-    if (entry->block >= 0) s->block_entry[entry->block] = -1;
+    bool was_free = entry->block < 0;
+    if (!was_free) s->block_entry[entry->block] = -1;
     entry->block = -1;
     entry->bad = false;
     entry->last_use = 0;
-    if (stream_stop_requested(s))
-        return ddt_error(DDT_ERR_INTERNAL, "the stream was stopped during a read");
+    /* The entry is in use while it loads; it drops out if the load does not happen or fails. */
+    pthread_mutex_lock(&s->lock);
+    bool stopping = s->stopping;
+    if (stopping && !was_free) s->blocks_in_use--;
+    if (!stopping && was_free) {
+        s->blocks_in_use++;
+        stream_note_peak(s);
+    }
+    pthread_mutex_unlock(&s->lock);
+    if (stopping) return ddt_error(DDT_ERR_INTERNAL, "the stream was stopped during a read");
 
     int64_t first = block * s->block_rows;
     int64_t rows = dataset_get_geometry(s->params.data)->rows - first;
@@ -262,6 +447,9 @@ static ddt_status stream_cache_load(stream *s, int64_t block, cache_entry **out,
         entry->bad = true;
         ddt_error_clear();
     } else if (status != DDT_OK) {
+        pthread_mutex_lock(&s->lock);
+        s->blocks_in_use--;
+        pthread_mutex_unlock(&s->lock);
         ddt_error_trace(__FILE__, __LINE__);
         return status;
     }
@@ -430,6 +618,10 @@ static void *stream_reader_main(void *argument) {
             nothing_ahead = !read;
         }
         bool stopping = s->stopping;
+        if (!stopping) {
+            s->slots_in_use++; /* in use from now until stream_release */
+            stream_note_peak(s);
+        }
         pthread_mutex_unlock(&s->lock);
         if (stopping) break;
 
@@ -445,6 +637,7 @@ static void *stream_reader_main(void *argument) {
         if (status == DDT_OK) {
             slot->state = SLOT_FILLED;
         } else {
+            s->slots_in_use--; /* never published */
             /* The message is thread-local to this thread; copy it for the consumer. */
             s->failed = true;
             s->error_sequence = sequence;
@@ -466,7 +659,7 @@ static ddt_status validate_params(const stream_params *p) {
     if (!p->data || !p->plan)
         return ddt_error(DDT_ERR_INTERNAL, "stream_start needs a dataset and a shard plan");
     if (p->prefetch_depth < 2)
-        return ddt_error(DDT_ERR_USAGE, "--prefetch must be at least 2 (got %d)",
+        return ddt_error(DDT_ERR_USAGE, "--prefetch-depth must be at least 2 (got %d)",
                          p->prefetch_depth);
     if (p->cache_blocks < 0)
         return ddt_error(DDT_ERR_USAGE, "the stream's cache blocks must be >= 0 (got %d)",
@@ -504,8 +697,15 @@ ddt_status stream_start(const stream_params *params, stream **out) {
                       &layout);
     bool lock_made = false, slot_freed_made = false, batch_ready_made = false;
 
-    stream *s = calloc(1, sizeof *s);
-    if (!s) return ddt_error(DDT_ERR_MEMORY, "out of memory allocating the stream");
+    stream *s = aligned_alloc(STREAM_ALIGNMENT, layout.total);
+    if (!s)
+        return ddt_error(DDT_ERR_MEMORY,
+                         "out of memory for %d staging slots of %d rows and a cache of %d "
+                         "blocks of %" PRId64 " rows (%.1f MB); lower --prefetch-depth, "
+                         "--micro-batch or --shuffle-window",
+                         depth, params->micro_batch, layout.cache_blocks, layout.block_rows,
+                         (double)layout.total / 1e6);
+    memset(s, 0, sizeof *s);
     s->params = *params;
     s->micro_batches_per_step = shard_plan_micro_batches_per_step(params->plan);
     s->steps_per_epoch = shard_plan_steps_per_epoch(params->plan);
@@ -514,6 +714,10 @@ ddt_status stream_start(const stream_params *params, stream **out) {
     s->block_count = layout.block_count;
     s->cache_blocks = layout.cache_blocks;
     s->staging_bytes = layout.total;
+    s->fixed_bytes = stream_layout_fixed(&layout);
+    s->slot_bytes = layout.slot.total;
+    s->block_bytes = layout.block.total;
+    s->peak_bytes_in_use = s->fixed_bytes;
     const shard_params *plan_params = shard_plan_get_params(params->plan);
     int64_t full_cache = 2 * (int64_t)plan_params->window_blocks + 1;
     if (full_cache > layout.block_count) full_cache = layout.block_count;
@@ -524,17 +728,7 @@ ddt_status stream_start(const stream_params *params, stream **out) {
                              : plan_params->rows;
     s->ahead_index = -1;
 
-    s->staging = aligned_alloc(STREAM_ALIGNMENT, s->staging_bytes);
-    if (!s->staging) {
-        status = ddt_error(DDT_ERR_MEMORY,
-                           "out of memory for %d staging slots of %d rows and a cache of %d "
-                           "blocks of %" PRId64 " rows (%.1f MB); lower --prefetch, "
-                           "--micro-batch or --shuffle-window",
-                           depth, params->micro_batch, layout.cache_blocks, layout.block_rows,
-                           (double)s->staging_bytes / 1e6);
-        goto fail;
-    }
-    char *cursor = s->staging;
+    char *cursor = (char *)s + layout.handle;
     s->slots = (stream_slot *)cursor;
     cursor += layout.slots;
     s->entries = (cache_entry *)cursor;
@@ -596,7 +790,6 @@ fail:
     if (batch_ready_made) pthread_cond_destroy(&s->batch_ready);
     if (slot_freed_made) pthread_cond_destroy(&s->slot_freed);
     if (lock_made) pthread_mutex_destroy(&s->lock);
-    free(s->staging);
     free(s);
     return status;
 }
@@ -645,6 +838,7 @@ void stream_release(stream *s, micro_batch *mb) {
         stream_slot *slot = &s->slots[i];
         if (&slot->batch == mb && slot->state == SLOT_TAKEN) {
             slot->state = SLOT_FREE;
+            s->slots_in_use--;
             pthread_cond_signal(&s->slot_freed);
             break;
         }
@@ -665,6 +859,8 @@ stream_stats stream_get_stats(const stream *s) {
     stats.block_hits = s->block_hits;
     stats.cache_blocks = s->cache_blocks;
     stats.staging_bytes = s->staging_bytes;
+    stats.staging_bytes_in_use = stream_bytes_in_use(s);
+    stats.peak_staging_bytes_in_use = s->peak_bytes_in_use;
     pthread_mutex_unlock(&mutable_stream->lock);
     return stats;
 }
@@ -680,6 +876,5 @@ void stream_stop(stream *s) {
     pthread_cond_destroy(&s->batch_ready);
     pthread_cond_destroy(&s->slot_freed);
     pthread_mutex_destroy(&s->lock);
-    free(s->staging);
     free(s);
 }

@@ -28,8 +28,16 @@
  * returned by the stream_next() call that would have received that micro-batch, with the
  * reader's message.
  *
- * Memory is fixed at stream_start(): the ring, the block cache and their bookkeeping are one
- * allocation of stream_staging_bytes(); nothing is allocated per micro-batch.
+ * Memory is fixed at stream_start(): the handle, the ring, the block cache and their
+ * bookkeeping are one allocation of stream_staging_bytes(); nothing is allocated per
+ * micro-batch. stream_fit_staging() sizes the ring, the shuffle window and the cache to a host
+ * staging limit (--host-staging-limit). The stream also counts the staging bytes in use -- the
+ * handle and bookkeeping, each ring slot from when the reader starts filling it until
+ * stream_release(), each cache entry once it holds (or is loading) a block -- and their peak,
+ * which by construction never exceeds stream_staging_bytes() (so never the limit it was fitted
+ * to), whatever the relative speeds of reader and consumer. Not counted: HDF5's own transient
+ * buffers inside a read (with the chunk cache off, a compressed chunk is decompressed into a buffer
+ * HDF5 frees after the read).
  *
  * Ownership: stream_start() allocates the slots and the cache and starts the thread;
  * stream_stop() stops it and frees everything. The stream borrows `data` and `plan` (not
@@ -38,6 +46,10 @@
  * (dataset_set_chunk_cache(data, 0)).
  *
  * Usage:
+ *     staging_fit fit = {.prefetch_depth = 0, .window_blocks = 0};  (0: derive)
+ *     DDT_CHECK(stream_fit_staging(limit, geometry, &plan_params, &fit));
+ *     plan_params.window_blocks = fit.window_blocks;  ... shard_plan_init(&plan_params, &plan)
+ *     params.prefetch_depth = fit.prefetch_depth; params.cache_blocks = fit.cache_blocks;
  *     stream *s;
  *     DDT_CHECK(stream_start(&params, &s));
  *     micro_batch *mb;
@@ -82,14 +94,17 @@ typedef struct stream_params {
 } stream_params;
 
 typedef struct stream_stats {
-    double wait_seconds;       /* time stream_next() spent blocked */
-    double read_seconds;       /* time the reader spent reading */
-    int64_t micro_batches;     /* delivered */
-    int64_t blocks_read;       /* block reads from the dataset (cache misses) */
-    int64_t blocks_read_ahead; /* of which read ahead of need, while the ring was full */
-    int64_t block_hits;        /* blocks a micro-batch needed that were already cached */
-    int cache_blocks;          /* blocks the cache holds (the resolved cache_blocks) */
-    size_t staging_bytes;      /* bytes the stream allocated: see stream_staging_bytes() */
+    double wait_seconds;              /* time stream_next() spent blocked */
+    double read_seconds;              /* time the reader spent reading */
+    int64_t micro_batches;            /* delivered */
+    int64_t blocks_read;              /* block reads from the dataset (cache misses) */
+    int64_t blocks_read_ahead;        /* of which read ahead of need, while the ring was full */
+    int64_t block_hits;               /* blocks a micro-batch needed that were already cached */
+    int cache_blocks;                 /* blocks the cache holds (the resolved cache_blocks) */
+    size_t staging_bytes;             /* bytes the stream allocated: see stream_staging_bytes() */
+    size_t staging_bytes_in_use;      /* now: handle and bookkeeping, slots being filled,
+                                       * filled or taken, cache entries holding a block */
+    size_t peak_staging_bytes_in_use; /* the most in use at any time; <= staging_bytes */
 } stream_stats;
 
 typedef struct stream stream;
@@ -99,11 +114,50 @@ typedef struct stream stream;
  * memory plans: the ring (prefetch_depth slots of micro_batch rows: row ids, features,
  * labels or targets), the block cache (cache_blocks blocks of min(block_rows, N) rows:
  * features, labels or targets; cache_blocks resolved as in stream_params) and bookkeeping
- * (4 bytes per dataset block, 16 per micro-batch row, a few dozen per slot and cached block),
- * each array rounded up to 64 bytes. Exact: everything the stream allocates except its fixed
- * handle. 0 if an argument is out of range. */
+ * (the stream's handle, about 1.2 KiB; 4 bytes per dataset block, 16 per micro-batch row, a
+ * few dozen per slot and cached block), each array rounded up to 64 bytes. Exact: everything
+ * the stream allocates (the allocator's own rounding aside). 0 if an argument is out of
+ * range. */
 size_t stream_staging_bytes(const dataset_geometry *geometry, const shard_params *plan,
                             int prefetch_depth, int cache_blocks);
+
+/* A stream configuration sized to a host staging limit; see stream_fit_staging(). */
+typedef struct staging_fit {
+    int prefetch_depth;   /* in: 0 = derive; out: resolved */
+    int window_blocks;    /* in: 0 = derive; out: resolved (the shard plan's shuffle window) */
+    int cache_blocks;     /* out: resolved (never more than the dataset's block count) */
+    size_t bytes;         /* out: stream_staging_bytes() of the result */
+    size_t minimum_bytes; /* out: the least any configuration needs: 2 ring slots, 1 cached
+                           * block and the bookkeeping */
+} staging_fit;
+
+/* Chooses prefetch depth, shuffle window and cache size for a stream over a dataset of
+ * `geometry` with a shard plan made from `plan` (its rows, micro_batch, block_rows and shuffle
+ * are used; its window_blocks is ignored: fit->window_blocks replaces it) so that the stream's
+ * staging, stream_staging_bytes(), is at most `limit_bytes`. Deterministic: a function of its
+ * arguments only, so every rank resolves the same window (and hence the same epoch order).
+ *
+ * limit_bytes 0 means no limit: prefetch 4 and window 16 unless given, cache 2W+1 blocks
+ * (1 without shuffle), capped at the block count.
+ *
+ * Otherwise, with C(W) = min(2W+1, block count), the cache that reads each block once per
+ * epoch (1 without shuffle), and bytes(P, C) = stream_staging_bytes():
+ *   1. minimum_bytes = bytes(2, 1) > limit: DDT_ERR_USAGE giving the parts and the total.
+ *   2. A given prefetch depth P (>= 2) must fit with a 1-block cache, a given window W with
+ *      its full cache C(W) (and the given P, else P = 2); if not, DDT_ERR_USAGE naming the
+ *      option, what it needs and the limit.
+ *   3. Derived P: the largest of 4, 3, 2 with bytes(P, C(W)) <= limit, where W is the given
+ *      window, or 1 when the window is derived (a useful cache); 2 if none.
+ *   4. Derived W (shuffle): the largest W in 16..1 with bytes(P, C(W)) <= limit, cache C(W).
+ *      If not even C(1) fits: W = 1 and the largest cache of 2 or 1 blocks that fits (correct,
+ *      but blocks may be read more than once per epoch and nothing is read ahead).
+ *   5. Without shuffle the window does not matter (the given one, else 16, is passed through)
+ *      and the cache is 1 block.
+ * fit->bytes <= limit_bytes whenever limit_bytes > 0 and DDT_OK is returned. A prefetch depth
+ * of 1 or below 0, or a window below 0, is DDT_ERR_USAGE; parameters the stream cannot take
+ * (too many blocks) are DDT_ERR_USAGE as in stream_start(). */
+ddt_status stream_fit_staging(size_t limit_bytes, const dataset_geometry *geometry,
+                              const shard_params *plan, staging_fit *fit);
 
 ddt_status stream_start(const stream_params *params, stream **out);
 /* Blocks until the next micro-batch is ready; DDT_ERR_INTERNAL if past the last step. */

@@ -1,0 +1,95 @@
+/* memory_plan.h - each rank's memory budget: the limits it runs under, and the plan of what it
+ * will hold, computed before anything is allocated.
+ *
+ * Limits: a device-memory policy (growth or preallocate) and limit, and a host-staging limit
+ * for the input path. The device limit may be bytes, a fraction of the device, or a list with
+ * one entry per local rank; options win over the environment (DDTRAIN_DEVICE_MEMORY,
+ * DDTRAIN_DEVICE_MEMORY_LIMIT).
+ *
+ * Plan: the bytes each component takes from the device allocator (parameters, gradients,
+ * optimizer state, activations for one micro-batch, workspace, gradient buckets, device-side
+ * input staging), exactly as the allocator will count them, and the host staging the reader
+ * stream and the evaluation buffer will hold, fitted to the staging limit. The trainer checks
+ * the plan against the limits before allocating, so a run that cannot fit is refused up front
+ * with the numbers and what to change; after allocation it checks the allocator's counts
+ * against the plan.
+ *
+ * Usage:
+ *     memory_limits limits;
+ *     DDT_CHECK(memory_limits_resolve(opts, dev, local_rank, local_size, &limits));
+ *     memory_plan plan;
+ *     memory_plan_compute(&inputs, micro_batch, &limits, &plan);
+ *     if (!plan.fits) return memory_plan_refuse(&plan, &limits, rank);
+ */
+#ifndef DDT_DRIVER_MEMORY_PLAN_H
+#define DDT_DRIVER_MEMORY_PLAN_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "driver/options.h"
+#include "engine/alloc.h"
+#include "engine/device.h"
+#include "engine/model.h"
+#include "engine/optim.h"
+#include "io/dataset.h"
+#include "io/stream.h"
+#include "shard/shard.h"
+
+typedef struct memory_limits {
+    memory_policy policy;
+    size_t device_limit;  /* bytes; 0 = none */
+    char device_source[160]; /* how it was set, for messages: "--device-memory-limit 2GiB" */
+    size_t staging_limit; /* bytes; 0 = none */
+} memory_limits;
+
+/* Resolves this rank's limits from the options and the environment. DDT_ERR_USAGE for bad
+ * values (naming the option or variable), or a list with fewer entries than local ranks. */
+ddt_status memory_limits_resolve(const options *opts, device *dev, int local_rank,
+                                 int local_size, memory_limits *out);
+
+/* Everything a plan depends on besides the micro-batch and the limits. */
+typedef struct memory_plan_inputs {
+    const model_spec *spec;
+    const optimizer_params *optimizer;
+    const dataset_geometry *geometry;
+    shard_params shard;      /* rows, global batch, world, block rows, shuffle (micro-batch and
+                              * window are filled in by the plan) */
+    int prefetch_depth;      /* 0 = derive from the staging limit */
+    int window_blocks;       /* 0 = derive */
+    bool evaluation;         /* an evaluation buffer is needed (--eval-data) */
+} memory_plan_inputs;
+
+typedef struct memory_plan {
+    int micro_batch;
+    size_t device[MEMORY_COMPONENT_COUNT]; /* allocator bytes per component */
+    size_t device_total;
+    staging_fit staging;        /* the reader stream's share of host staging */
+    size_t evaluation_bytes;    /* host buffer for evaluation reads */
+    size_t host_staging_total;  /* staging.bytes + evaluation_bytes */
+    bool device_fits;
+    bool staging_fits;
+    bool fits;
+    char staging_problem[512];  /* why staging does not fit, when it does not */
+} memory_plan;
+
+/* Computes the plan for `micro_batch` rows under `limits`. Never fails on a plan that does
+ * not fit: it says so in the flags. */
+void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
+                         const memory_limits *limits, memory_plan *out);
+
+/* --micro-batch auto: the largest b dividing per_rank_batch whose plan fits; *binding names
+ * the resource that ruled out the next larger candidate ("device memory", "host staging") or
+ * "nothing" when the whole per-rank batch fits. DDT_ERR_MEMORY if not even b = 1 fits. */
+ddt_status memory_plan_choose_micro_batch(const memory_plan_inputs *inputs, int per_rank_batch,
+                                          const memory_limits *limits, memory_plan *out,
+                                          const char **binding);
+
+/* The error for a plan that does not fit, naming the rank, the numbers and what to change. */
+ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limits, int rank);
+
+/* Prints the plan as a table against the limits. */
+void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FILE *out);
+
+#endif
