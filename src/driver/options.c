@@ -387,6 +387,6 @@ void options_print_resolved(command cmd, const options *opts, FILE *out) {
             continue;
         char text[512];
         format_value(def, opts, text, sizeof text);
-        fprintf(out, "  %-16s %s\n", def->name, text);
+        fprintf(out, "  %-20s %s\n", def->name, text);
     }
 }
