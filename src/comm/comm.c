@@ -1,5 +1,6 @@
 /* comm.c - communicator set-up, the control plane, and gradient buckets (see comm.h).
- * The only file that knows which data-plane backends exist. */
+ * The only file that knows which data-plane backends exist: MPI here, NCCL from the CUDA
+ * plugin (see engine/device.c). */
 #include "comm/comm.h"
 
 #include <stdlib.h>
@@ -8,14 +9,37 @@
 
 #include "comm/comm_backend.h"
 
+/* The default of comm_set_timeout(): long enough for a slow first collective (connection
+ * set-up across nodes), short enough that a lost peer ends the job in minutes. */
+static const double comm_default_timeout_seconds = 300.0;
+
+bool comm_backend_available(comm_backend_kind kind) {
+    switch (kind) {
+    case COMM_BACKEND_MPI: return true;
+    case COMM_BACKEND_NCCL: return device_kind_available(DEVICE_KIND_CUDA);
+    }
+    return false;
+}
+
+static const comm_backend_ops *backend_ops(comm_backend_kind kind) {
+    switch (kind) {
+    case COMM_BACKEND_MPI: return &comm_mpi_ops;
+    case COMM_BACKEND_NCCL:
+        /* NCCL comes in the CUDA plugin with the CUDA backend. */
+        return device_backend_symbol(DEVICE_KIND_CUDA, "comm_nccl_ops");
+    }
+    return NULL;
+}
+
 ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out) {
     *out = NULL;
-    const comm_backend_ops *ops = NULL;
-    switch (kind) {
-    case COMM_BACKEND_MPI: ops = &comm_mpi_ops; break;
-    case COMM_BACKEND_NCCL:
-        return ddt_error(DDT_ERR_USAGE, "the NCCL backend is not part of this build of ddtrain "
-                                        "(it comes with the CUDA backend)");
+    if (kind != COMM_BACKEND_MPI && kind != COMM_BACKEND_NCCL)
+        return ddt_error(DDT_ERR_USAGE, "unknown communication backend %d", (int)kind);
+    const comm_backend_ops *ops = backend_ops(kind);
+    if (!ops) {
+        const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+        return ddt_error(DDT_ERR_USAGE, "the NCCL backend is not available: %s",
+                         problem ? problem : "the CUDA plugin lacks it");
     }
     comm *c = calloc(1, sizeof *c);
     if (!c) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the communicator");
@@ -23,6 +47,7 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
     c->kind = kind;
     c->world = world;
     c->dev = dev;
+    c->timeout_seconds = comm_default_timeout_seconds;
     MPI_Comm_rank(world, &c->rank);
     MPI_Comm_size(world, &c->world_size);
     int rc = MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
@@ -32,6 +57,13 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
     }
     MPI_Comm_rank(c->node, &c->local_rank);
     MPI_Comm_size(c->node, &c->local_size);
+    ddt_status status = ops->open(c);
+    if (status != DDT_OK) {
+        ddt_error_trace(__FILE__, __LINE__);
+        MPI_Comm_free(&c->node);
+        free(c);
+        return status;
+    }
     *out = c;
     return DDT_OK;
 }
@@ -41,6 +73,14 @@ void comm_free(comm *c) {
     c->ops->close(c);
     MPI_Comm_free(&c->node);
     free(c);
+}
+
+void comm_set_timeout(comm *c, double seconds) {
+    c->timeout_seconds = seconds > 0 ? seconds : 0; /* NaN fails the test, so becomes 0 */
+}
+
+size_t comm_device_bytes_unrouted(const comm *c) {
+    return c->device_bytes_unrouted;
 }
 
 int comm_rank(const comm *c) {
@@ -151,6 +191,15 @@ ddt_status gradient_buckets_init(comm *c, float *gradients, size_t count,
             buckets[n].end = end;
             n++;
             end = begin;
+        }
+    }
+    if (c->ops->reserve_requests) {
+        ddt_status status = c->ops->reserve_requests(c, n);
+        if (status != DDT_OK) {
+            ddt_error_trace(__FILE__, __LINE__);
+            free(buckets);
+            free(gb);
+            return status;
         }
     }
     gb->c = c;

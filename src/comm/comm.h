@@ -1,9 +1,12 @@
 /* comm.h - communication between ranks: broadcasts, agreements and the bucketed gradient
  * all-reduce that overlaps the backward pass.
  *
- * A communicator wraps an MPI communicator and a backend (MPI now; NCCL with the CUDA
- * backend) behind one table of operations, so the trainer never names a backend. Two planes:
- *   - the data plane moves device buffers (parameters, gradients) through the backend;
+ * A communicator wraps an MPI communicator and a backend (MPI on host buffers; NCCL on GPU
+ * buffers, with the CUDA backend) behind one table of operations, so the trainer never names
+ * a backend. Two planes:
+ *   - the data plane moves device buffers (parameters, gradients) through the backend; with
+ *     NCCL it runs on a communication stream ordered after the compute stream's work issued
+ *     so far, and completed operations order the compute stream's later work after them;
  *   - the control plane (agreements on errors, losses, counts, checksums) always uses MPI on
  *     small host values.
  *
@@ -14,6 +17,11 @@
  * outstanding ones are polled so MPI makes progress between layers. gradient_buckets_finish()
  * starts whatever is left and waits for all. Gradients are summed (the loss is already
  * normalised by the global batch).
+ *
+ * Failure: the NCCL backend checks for asynchronous errors while it polls and bounds every
+ * wait by a timeout (comm_set_timeout). On an error or a timeout it aborts the NCCL
+ * communicator (so no rank stays blocked in it) and returns DDT_ERR_COMM; the communicator
+ * is then dead, and the caller must end the job on every rank (MPI_Abort), never just this one.
  *
  * Ownership: comm_init() returns a comm freed by comm_free(); it does not own the MPI
  * communicator or the device. gradient_buckets_init() returns buckets freed by
@@ -52,8 +60,22 @@ typedef enum comm_reduce_op {
 
 typedef struct comm comm;
 
+/* Collective over `world`. COMM_BACKEND_NCCL needs a CUDA device (one GPU per rank) and a
+ * build with CUDA; without it the answer is DDT_ERR_USAGE saying so. */
 ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out);
 void comm_free(comm *c);
+/* True if this build contains the backend (MPI always; NCCL with the CUDA backend). */
+bool comm_backend_available(comm_backend_kind kind);
+
+/* How long a data-plane wait may make no progress before the backend gives up (NCCL: aborts
+ * the communicator and returns DDT_ERR_COMM). Default 300 s; a value <= 0 (or NaN) means
+ * "do not wait": an operation not complete at its first check fails at once. MPI waits are
+ * not bounded by it. Communicator creation always uses the default. */
+void comm_set_timeout(comm *c, double seconds);
+/* Device memory the backend took outside ddtrain's allocator (NCCL's buffers, streams and
+ * events), as measured by the device's free memory before and after set-up; 0 for MPI.
+ * For memory plans. */
+size_t comm_device_bytes_unrouted(const comm *c);
 
 int comm_rank(const comm *c);
 int comm_world_size(const comm *c);

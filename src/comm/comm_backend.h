@@ -1,5 +1,10 @@
 /* comm_backend.h - the table of data-plane operations a communication backend provides.
- * Private to src/comm: the trainer sees only comm.h. Backends register in comm.c. */
+ * Private to src/comm: the trainer sees only comm.h. Backends register in comm.c.
+ *
+ * Life cycle: comm_init() fills the common fields of struct comm (MPI communicators, ranks,
+ * device, timeout), then calls ops->open(), which sets up the backend and keeps its state in
+ * comm->backend. comm_free() calls ops->close(), which must work after any failure, including
+ * an aborted backend. */
 #ifndef DDT_COMM_COMM_BACKEND_H
 #define DDT_COMM_COMM_BACKEND_H
 
@@ -16,6 +21,12 @@ typedef struct comm_request {
 
 typedef struct comm_backend_ops {
     const char *name;
+    /* Sets the backend up; on failure it has released whatever it took (close is not called).
+     * Collective over comm->world: every rank returns the same status. */
+    ddt_status (*open)(comm *c);
+    /* Makes room for `requests` reductions in flight at once, outside the training step (the
+     * step itself allocates nothing). May be NULL when in-flight requests cost nothing. */
+    ddt_status (*reserve_requests)(comm *c, int requests);
     ddt_status (*broadcast)(comm *c, float *buffer, size_t count, int root);
     ddt_status (*allreduce)(comm *c, float *buffer, size_t count);
     ddt_status (*allreduce_start)(comm *c, float *buffer, size_t count, comm_request *request);
@@ -32,10 +43,14 @@ struct comm {
     MPI_Comm node; /* ranks sharing this node */
     int rank, world_size, local_rank, local_size;
     device *dev;
+    double timeout_seconds;       /* longest wait for a data-plane operation (comm_set_timeout) */
+    size_t device_bytes_unrouted; /* device memory the backend took outside the allocator */
     void *backend;
 };
 
 extern const comm_backend_ops comm_mpi_ops;
+/* Defined only in builds with CUDA (src/comm/nccl/comm_nccl.c); comm.c names it under #ifdef. */
+extern const comm_backend_ops comm_nccl_ops;
 
 /* Turns an MPI error code into a ddt_status with a message naming `what`. */
 ddt_status comm_mpi_error(int mpi_code, const char *what);

@@ -60,12 +60,19 @@ static ddt_status mpi_allreduce_wait(comm *c, comm_request *request) {
     return DDT_OK;
 }
 
+static ddt_status mpi_open(comm *c) {
+    (void)c;
+    return DDT_OK;
+}
+
 static void mpi_close(comm *c) {
     (void)c;
 }
 
 const comm_backend_ops comm_mpi_ops = {
     .name = "mpi",
+    .open = mpi_open,
+    .reserve_requests = NULL,
     .broadcast = mpi_broadcast,
     .allreduce = mpi_allreduce,
     .allreduce_start = mpi_allreduce_start,

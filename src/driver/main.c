@@ -15,6 +15,7 @@
 #include "driver/job.h"
 #include "driver/options.h"
 #include "driver/train.h"
+#include "engine/device.h"
 
 #define DDTRAIN_VERSION "0.1.0"
 
@@ -57,7 +58,12 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (strcmp(argv[1], "--version") == 0) {
-        printf("ddtrain %s\n", DDTRAIN_VERSION);
+        printf("ddtrain %s\nblas: %s\n", DDTRAIN_VERSION, blas_describe());
+        if (device_kind_available(DEVICE_KIND_CUDA))
+            printf("cuda: built (cuBLAS, NCCL); %d GPU(s) visible\n",
+                   device_count(DEVICE_KIND_CUDA));
+        else
+            printf("cuda: not built (CPU ranks only)\n");
         return 0;
     }
 

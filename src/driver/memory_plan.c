@@ -96,14 +96,16 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     out->device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(
         model_spec_activation_floats(inputs->spec, micro_batch) * sizeof(float));
     batch_buffers_plan(inputs->geometry, micro_batch, out->device);
+    size_t workspace = inputs->dev->ops->precision_workspace_bytes(
+        inputs->dev, inputs->precision,
+        model_spec_max_gemm_operand_floats(inputs->spec, micro_batch));
+    if (workspace) out->device[MEMORY_COMPONENT_WORKSPACE] += allocator_rounded_size(workspace);
     /* Gradient buckets are all-reduced in place on CPU ranks: no extra device memory. */
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++) out->device_total += out->device[c];
     out->device_fits = limits->device_limit == 0 || out->device_total <= limits->device_limit;
 
     const dataset_geometry *g = inputs->geometry;
-    if (inputs->evaluation)
-        out->evaluation_bytes = (size_t)micro_batch * ((size_t)g->features * sizeof(float) +
-                                                       (size_t)g->target_width * 4);
+    if (inputs->evaluation) out->evaluation_bytes = batch_buffers_host_bytes(g, micro_batch);
     shard_params shard = inputs->shard;
     shard.micro_batch = micro_batch;
     out->staging.prefetch_depth = inputs->prefetch_depth;

@@ -51,6 +51,8 @@ ddt_status memory_limits_resolve(const options *opts, device *dev, int local_ran
 
 /* Everything a plan depends on besides the micro-batch and the limits. */
 typedef struct memory_plan_inputs {
+    device *dev;             /* the backend: precision scratch, as it will take it */
+    precision_kind precision;
     const model_spec *spec;
     const optimizer_params *optimizer;
     const dataset_geometry *geometry;
@@ -58,7 +60,7 @@ typedef struct memory_plan_inputs {
                               * window are filled in by the plan) */
     int prefetch_depth;      /* 0 = derive from the staging limit */
     int window_blocks;       /* 0 = derive */
-    bool evaluation;         /* an evaluation buffer is needed (--eval-data) */
+    bool evaluation;         /* evaluation reads need a host buffer (--eval-data) */
 } memory_plan_inputs;
 
 typedef struct memory_plan {

@@ -69,6 +69,9 @@ typedef struct options {
     bool dry_run;
     /* compute and communication */
     const char *device;
+    const char *precision;
+    double loss_scale;
+    double comm_timeout;
     int threads;
     int64_t bucket_size; /* bytes */
     /* output */

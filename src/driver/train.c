@@ -61,11 +61,22 @@ typedef struct trainer {
     optimizer_params optimizer_settings;
     lr_schedule schedule;
     device_kind device_kind;
+    bool device_auto;        /* --device auto: CUDA when a GPU is visible */
+    precision_kind precision;
     int64_t global_batch;
     int micro_batch;
     int micro_batches_per_step;
     int64_t steps_per_epoch;
     int64_t total_steps;
+    /* the input pipeline: the micro-batch already uploading into the other input buffer */
+    micro_batch *next_micro_batch;
+    int next_buffer;
+    int64_t micro_batches_fetched;
+    int local_rank;
+    /* fp16 loss scaling */
+    float loss_scale;
+    int64_t steps_since_overflow;
+    int64_t skipped_steps;
     /* results */
     phase_times times;
     double train_seconds;
@@ -82,13 +93,29 @@ static ddt_status resolve_settings(trainer *t) {
     if (!o->data) return ddt_error(DDT_ERR_USAGE, "--data is required (see ddtrain train --help)");
     if (options_given(o, "epochs") && o->steps > 0)
         return ddt_error(DDT_ERR_USAGE, "give --epochs or --steps, not both");
-    if (strcmp(o->device, "cpu") == 0)
+    t->device_auto = strcmp(o->device, "auto") == 0;
+    if (t->device_auto)
+        t->device_kind = device_count(DEVICE_KIND_CUDA) > 0 ? DEVICE_KIND_CUDA : DEVICE_KIND_CPU;
+    else if (strcmp(o->device, "cpu") == 0)
         t->device_kind = DEVICE_KIND_CPU;
     else if (strcmp(o->device, "cuda") == 0)
         t->device_kind = DEVICE_KIND_CUDA;
     else
-        return ddt_error(DDT_ERR_USAGE, "--device: '%s' is not a device (expected cpu or cuda)",
-                         o->device);
+        return ddt_error(DDT_ERR_USAGE,
+                         "--device: '%s' is not a device (expected auto, cpu or cuda)", o->device);
+    if (t->device_kind == DEVICE_KIND_CUDA && !device_kind_available(DEVICE_KIND_CUDA))
+        return ddt_error(DDT_ERR_USAGE, "--device cuda: this ddtrain was built without CUDA "
+                                        "(configure with -DDDTRAIN_CUDA=ON where nvcc and NCCL "
+                                        "are installed)");
+    if (t->device_kind == DEVICE_KIND_CUDA && device_count(DEVICE_KIND_CUDA) == 0)
+        return ddt_error(DDT_ERR_USAGE, "--device cuda: no GPU is visible to this process "
+                                        "(check the driver and CUDA_VISIBLE_DEVICES)");
+    DDT_CHECK(precision_kind_parse(o->precision, &t->precision));
+    if (t->precision != PRECISION_FP32 && t->device_kind != DEVICE_KIND_CUDA)
+        return ddt_error(DDT_ERR_USAGE, "--precision %s needs --device cuda (CPU ranks compute "
+                                        "in fp32)",
+                         o->precision);
+    t->loss_scale = t->precision == PRECISION_FP16 ? (float)o->loss_scale : 1.0f;
     DDT_CHECK(loss_kind_parse(o->loss, &t->loss));
     t->optimizer_settings = optimizer_default_params();
     DDT_CHECK(optimizer_kind_parse(o->optimizer, &t->optimizer_settings.kind));
@@ -205,16 +232,22 @@ static ddt_status plan_memory(trainer *t, bool *fits) {
     const options *o = t->opts;
     const dataset_geometry *g = dataset_get_geometry(t->train_data);
     int world = t->job->world_size;
-    DDT_CHECK(device_open(t->device_kind, 0, &t->dev));
     int local_rank = 0, local_size = 1;
     MPI_Comm node;
     MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, t->job->rank, MPI_INFO_NULL, &node);
     MPI_Comm_rank(node, &local_rank);
     MPI_Comm_size(node, &local_size);
     MPI_Comm_free(&node);
+    t->local_rank = local_rank;
+    /* One GPU per rank: local rank mod the visible devices (with CUDA_VISIBLE_DEVICES or
+     * Slurm's --gpus-per-task leaving each rank one device, that is device 0). */
+    int ordinal = t->device_kind == DEVICE_KIND_CUDA ? local_rank % device_count(t->device_kind) : 0;
+    DDT_CHECK(device_open(t->device_kind, ordinal, &t->dev));
     DDT_CHECK(memory_limits_resolve(o, t->dev, local_rank, local_size, &t->limits));
 
     memory_plan_inputs inputs = {
+        .dev = t->dev,
+        .precision = t->precision,
         .spec = &t->spec,
         .optimizer = &t->optimizer_settings,
         .geometry = g,
@@ -299,12 +332,19 @@ static ddt_status build_engine(trainer *t) {
     ap.rank = t->job->rank;
     ap.limit_source = t->limits.device_source;
     DDT_CHECK(allocator_init_with_params(t->dev, &ap, &t->alloc));
-    DDT_CHECK(comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, t->dev, &t->comm));
+    DDT_CHECK(t->dev->ops->set_precision(
+        t->dev, t->precision, t->alloc,
+        model_spec_max_gemm_operand_floats(&t->spec, t->micro_batch)));
+    /* GPUs all-reduce through NCCL, CPU ranks through MPI. */
+    DDT_CHECK(comm_init(t->device_kind == DEVICE_KIND_CUDA ? COMM_BACKEND_NCCL : COMM_BACKEND_MPI,
+                        MPI_COMM_WORLD, t->dev, &t->comm));
+    comm_set_timeout(t->comm, t->opts->comm_timeout);
     DDT_CHECK(model_init(&t->spec, t->alloc, t->micro_batch, &t->model));
     DDT_CHECK(optimizer_init(&t->optimizer_settings, t->alloc, model_parameter_count(t->model),
                              &t->opt));
-    DDT_CHECK(batch_buffers_init(&t->buffers, t->alloc, dataset_get_geometry(t->train_data),
-                                 t->micro_batch, t->spec.output_width));
+    DDT_CHECK(batch_buffers_init(&t->buffers, t->alloc, t->dev,
+                                 dataset_get_geometry(t->train_data), t->micro_batch,
+                                 t->opts->eval_data != NULL));
     size_t ready_points[MODEL_MAX_LAYERS];
     for (int i = 0; i < t->spec.dense_count; i++)
         ready_points[i] = model_spec_dense_layout(&t->spec, i).weight_offset;
@@ -366,11 +406,34 @@ static ddt_status share_initial_weights(trainer *t) {
 
 /* ---- reporting ------------------------------------------------------------------------- */
 
+/* Rank 0 prints one line per rank: host, rank, local rank and device (with its PCI bus id on
+ * GPUs), so a wrong rank-to-device mapping is visible at a glance. */
+static void print_rank_lines(trainer *t) {
+    job *j = t->job;
+    char mine[256];
+    snprintf(mine, sizeof mine, "  rank %d of %d on %s, local rank %d: %s", j->rank,
+             j->world_size, j->host, t->local_rank, t->dev->description);
+    char *all = j->rank == 0 ? calloc((size_t)j->world_size, sizeof mine) : NULL;
+    MPI_Gather(mine, sizeof mine, MPI_CHAR, all, sizeof mine, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (j->rank != 0) return;
+    for (int r = 0; r < j->world_size; r++) printf("%s\n", all + (size_t)r * sizeof mine);
+    free(all);
+}
+
 static void print_configuration(trainer *t) {
     job *j = t->job;
+    print_rank_lines(t);
     const dataset_geometry *g = dataset_get_geometry(t->train_data);
-    job_say(j, "ddtrain train: %d rank%s, device %s, communication %s\n", j->world_size,
-            j->world_size == 1 ? "" : "s", t->dev->description, comm_backend_name(t->comm));
+    job_say(j, "ddtrain train: %d rank%s, device %s, communication %s, precision %s\n",
+            j->world_size, j->world_size == 1 ? "" : "s", device_kind_name(t->device_kind),
+            comm_backend_name(t->comm), precision_kind_name(t->precision));
+    size_t unrouted = comm_device_bytes_unrouted(t->comm);
+    if (unrouted) {
+        char text[32];
+        memory_size_format(unrouted, text, sizeof text);
+        job_say(j, "  not routed through the allocator: %s measured for %s's buffers\n", text,
+                comm_backend_name(t->comm));
+    }
     job_say(j, "  blas             %s\n", blas_describe());
     if (j->rank == 0) options_print_resolved(COMMAND_TRAIN, t->opts, stdout);
     job_say(j,
@@ -400,40 +463,70 @@ static void write_json_number(FILE *f, const char *name, double value) {
 
 /* ---- phase 5: the training loop -------------------------------------------------------- */
 
-/* One micro-batch: upload, forward, loss, backward. The last micro-batch of a step reports
- * finished layers to the gradient buckets so their all-reduce overlaps the rest of backward. */
-static ddt_status run_micro_batch(trainer *t, micro_batch *mb, bool last) {
-    const dataset_geometry *g = dataset_get_geometry(t->train_data);
+/* Takes the next micro-batch from the stream and starts uploading it into `buffer`. */
+static ddt_status fetch_micro_batch(trainer *t, int buffer, micro_batch **out) {
+    double waited = job_now();
+    DDT_CHECK(stream_next(t->stream, out));
+    t->times.data_wait += job_now() - waited;
+    t->micro_batches_fetched++;
+    micro_batch *mb = *out;
+    return batch_buffers_upload(&t->buffers, dataset_get_geometry(t->train_data), buffer,
+                                mb->rows, mb->features, mb->labels, mb->targets, mb->row_ids);
+}
+
+/* Gives a micro-batch's host slot back once its upload has read it. */
+static ddt_status release_micro_batch(trainer *t, micro_batch *mb, int buffer) {
+    ddt_status status = t->dev->ops->upload_host_done(t->dev, buffer);
+    stream_release(t->stream, mb);
+    return status;
+}
+
+/* Forward, loss and backward of one micro-batch from input buffer `buffer`. The last
+ * micro-batch of a step reports finished layers to the gradient buckets so their all-reduce
+ * overlaps the rest of backward. The loss is scaled by 1/global batch (and the fp16 loss
+ * scale), so gradients come out normalised by the global batch. */
+static ddt_status compute_micro_batch(trainer *t, const micro_batch *mb, int buffer, bool last) {
     batch_buffers *b = &t->buffers;
-    DDT_CHECK(batch_buffers_upload(b, t->dev, g, mb->rows, mb->features, mb->labels, mb->targets,
-                                   mb->row_ids));
+    const batch_input *in = &b->device[buffer];
     model_pass pass = {
         .training = true,
         .step = mb->global_step,
         .seed = (uint64_t)t->opts->seed,
-        .row_ids = b->device_row_ids,
+        .row_ids = in->row_ids,
     };
     const float *logits;
-    DDT_CHECK(model_forward(t->model, b->device_features, mb->rows, &pass, &logits));
-    loss_apply(t->dev, t->loss, mb->rows, t->spec.output_width, logits, b->device_labels,
-               b->device_targets, 1.0f / (float)t->global_batch, &b->device_scalars[0],
+    DDT_CHECK(model_forward(t->model, in->features, mb->rows, &pass, &logits));
+    loss_apply(t->dev, t->loss, mb->rows, t->spec.output_width, logits, in->labels, in->targets,
+               t->loss_scale / (float)t->global_batch, &b->device_scalars[SCALAR_TRAIN_LOSS],
                model_output_gradient(t->model));
     return model_backward(t->model, mb->rows, &pass,
                           last ? gradient_buckets_ready_callback : NULL,
                           last ? t->buckets : NULL);
 }
 
-/* Runs this rank's micro-batches of one step; the gradients are left un-reduced. */
+/* Runs this rank's micro-batches of one step; the gradients are left un-reduced. Uploads
+ * are double-buffered: while micro-batch m computes from one input buffer, m+1 (possibly the
+ * first of the next step) is already copying into the other. */
 static ddt_status run_local_step(trainer *t) {
+    int64_t total = t->total_steps * t->micro_batches_per_step;
     for (int m = 0; m < t->micro_batches_per_step; m++) {
-        micro_batch *mb;
-        double waited = job_now();
-        DDT_CHECK(stream_next(t->stream, &mb));
+        micro_batch *mb = t->next_micro_batch;
+        int buffer = t->next_buffer;
+        t->next_micro_batch = NULL;
+        if (!mb) DDT_CHECK(fetch_micro_batch(t, buffer, &mb));
         double started = job_now();
-        t->times.data_wait += started - waited;
-        ddt_status status = run_micro_batch(t, mb, m == t->micro_batches_per_step - 1);
-        stream_release(t->stream, mb);
+        ddt_status status = t->dev->ops->upload_wait(t->dev, buffer);
+        /* Issue the next upload after the compute of m-1 and before that of m. */
+        if (status == DDT_OK && t->micro_batches_fetched < total) {
+            t->next_buffer = buffer ^ 1;
+            status = fetch_micro_batch(t, t->next_buffer, &t->next_micro_batch);
+            started = job_now();
+        }
+        if (status == DDT_OK)
+            status = compute_micro_batch(t, mb, buffer, m == t->micro_batches_per_step - 1);
+        ddt_status released = release_micro_batch(t, mb, buffer);
         DDT_CHECK(status);
+        DDT_CHECK(released);
         t->times.compute += job_now() - started;
     }
     return DDT_OK;
@@ -454,8 +547,9 @@ static ddt_status end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally) {
     evaluation ev = {.loss = NAN, .accuracy = -1};
     if (t->eval_data) {
         double eval_started = job_now();
+        /* The next training micro-batch may already be uploading into next_buffer. */
         ddt_status status = evaluate_model(j, t->comm, t->dev, t->model, t->eval_data, t->loss,
-                                           &t->buffers, &ev);
+                                           &t->buffers, t->next_buffer ^ 1, &ev);
         if (status != DDT_OK) return status; /* agreed and printed */
         tally->eval_seconds += job_now() - eval_started;
         t->last_eval = ev;
@@ -487,6 +581,34 @@ static ddt_status end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally) {
     return DDT_OK;
 }
 
+/* The stream's memory comes from the device's host allocator: pinned on GPUs. */
+static ddt_status stream_host_alloc(void *context, size_t bytes, void **out) {
+    device *dev = context;
+    return dev->ops->host_alloc(dev, bytes, out);
+}
+
+static void stream_host_free(void *context, void *pointer) {
+    device *dev = context;
+    dev->ops->host_free(dev, pointer);
+}
+
+/* Collective: the loss summed over all ranks since the last read (read and reset on the
+ * device; the one host synchronisation of a step that reports). */
+static ddt_status read_loss(trainer *t, double *sum) {
+    device *dev = t->dev;
+    float local = 0;
+    ddt_status status = dev->ops->copy_device_to_host(dev, &local,
+                                                      &t->buffers.device_scalars[SCALAR_TRAIN_LOSS],
+                                                      sizeof local);
+    dev->ops->fill_zero(dev, &t->buffers.device_scalars[SCALAR_TRAIN_LOSS], sizeof(float));
+    double values[2] = {local, status != DDT_OK ? 1.0 : 0.0};
+    if (comm_allreduce_doubles(t->comm, values, 2, COMM_REDUCE_SUM) != DDT_OK)
+        job_abort(t->job, DDT_ERR_COMM, ddt_error_message());
+    if (values[1] > 0) return job_agree(t->job, status);
+    *sum = values[0];
+    return DDT_OK;
+}
+
 static ddt_status train_loop(trainer *t) {
     job *j = t->job;
     const device_ops *ops = t->dev->ops;
@@ -498,6 +620,9 @@ static ddt_status train_loop(trainer *t) {
         .total_global_steps = t->total_steps,
         .prefetch_depth = t->plan.staging.prefetch_depth,
         .cache_blocks = t->plan.staging.cache_blocks,
+        .host_alloc = stream_host_alloc,
+        .host_free = stream_host_free,
+        .host_alloc_context = t->dev,
     };
     ddt_status status = job_agree(j, stream_start(&sp, &t->stream));
     if (status != DDT_OK) return status;
@@ -507,10 +632,13 @@ static ddt_status train_loop(trainer *t) {
     int64_t log_steps = 0;
     double log_started = loop_started;
     epoch_tally tally = {.started = loop_started};
+    ops->fill_zero(t->dev, t->buffers.device_scalars, SCALAR_COUNT * sizeof(float));
+    size_t parameter_count = model_parameter_count(t->model);
+    int64_t steps_since_read = 0;
     for (int64_t step = 0; step < t->total_steps; step++) {
         model_zero_gradients(t->model);
-        ops->fill_zero(t->dev, t->buffers.device_scalars, 2 * sizeof(float));
         gradient_buckets_begin(t->buckets);
+        float step_scale = t->loss_scale;
         ddt_status local = run_local_step(t);
 
         /* Every rank takes part in the same all-reduces, even after a local failure, so the
@@ -518,37 +646,61 @@ static ddt_status train_loop(trainer *t) {
         double comm_started = job_now();
         if (gradient_buckets_finish(t->buckets) != DDT_OK)
             job_abort(j, DDT_ERR_COMM, ddt_error_message());
-        float local_loss = 0;
-        if (local == DDT_OK)
-            local = ops->copy_device_to_host(t->dev, &local_loss, &t->buffers.device_scalars[0],
-                                             sizeof local_loss);
-        double control[2] = {local != DDT_OK ? 1.0 : 0.0, local_loss};
+        /* fp16: an overflow anywhere skips the step everywhere (gradients are identical on
+         * all ranks after the all-reduce, so every rank sees the same overflow). */
+        bool finite = true;
+        if (local == DDT_OK && t->precision == PRECISION_FP16)
+            local = ops->check_finite(t->dev, parameter_count, model_gradients(t->model), &finite);
+        double control[2] = {local != DDT_OK ? 1.0 : 0.0, finite ? 0.0 : 1.0};
         if (comm_allreduce_doubles(t->comm, control, 2, COMM_REDUCE_SUM) != DDT_OK)
             job_abort(j, DDT_ERR_COMM, ddt_error_message());
         t->times.communication += job_now() - comm_started;
         if (control[0] > 0) return job_agree(j, local);
-        double loss = control[1];
-        if (!isfinite(loss))
-            return job_agree(j, ddt_error(DDT_ERR_DATA,
-                                          "the training loss became %s at step %" PRId64
-                                          " (epoch %" PRId64 "); try a lower --lr",
-                                          isnan(loss) ? "NaN" : "infinite", step + 1,
-                                          step / t->steps_per_epoch + 1));
 
         double optimizer_started = job_now();
         float lr = lr_schedule_at(&t->schedule, step);
-        optimizer_step(t->opt, model_parameters(t->model), model_gradients(t->model), lr);
+        if (control[1] > 0) {
+            t->skipped_steps++;
+            job_say(j, "step %" PRId64 ": fp16 gradient overflow on %.0f rank(s); step skipped, "
+                       "loss scale %g -> %g\n",
+                    step + 1, control[1], t->loss_scale, t->loss_scale / 2);
+            t->loss_scale /= 2;
+            t->steps_since_overflow = 0;
+        } else {
+            if (t->loss_scale != 1.0f)
+                ops->scale(t->dev, parameter_count, 1.0f / t->loss_scale, model_gradients(t->model));
+            optimizer_step(t->opt, model_parameters(t->model), model_gradients(t->model), lr);
+            if (t->precision == PRECISION_FP16 && ++t->steps_since_overflow % 2000 == 0)
+                t->loss_scale *= 2;
+        }
         t->times.optimizer += job_now() - optimizer_started;
-
-        t->last_train_loss = loss;
-        log_loss_sum += loss;
         log_steps++;
-        tally.loss_sum += loss;
         tally.steps++;
+        steps_since_read++;
         int64_t done = step + 1;
         int64_t epoch = step / t->steps_per_epoch;
         int64_t opts_log = t->opts->log_every;
-        if (j->rank == 0 && opts_log > 0 && (done % opts_log == 0 || done == t->total_steps)) {
+        bool epoch_ends = done % t->steps_per_epoch == 0 || done == t->total_steps;
+        bool log_now = opts_log > 0 && (done % opts_log == 0 || done == t->total_steps);
+        /* The loss stays on the device between reports (no host synchronisation per step),
+         * except under fp16, where the scale can change from one step to the next. */
+        if (log_now || epoch_ends || t->precision == PRECISION_FP16) {
+            double loss_sum = 0;
+            ddt_status status = read_loss(t, &loss_sum);
+            if (status != DDT_OK) return status;
+            if (t->precision == PRECISION_FP16) loss_sum /= step_scale;
+            if (!isfinite(loss_sum))
+                return job_agree(j, ddt_error(DDT_ERR_DATA,
+                                              "the training loss became %s by step %" PRId64
+                                              " (epoch %" PRId64 "); try a lower --lr",
+                                              isnan(loss_sum) ? "NaN" : "infinite", done,
+                                              epoch + 1));
+            log_loss_sum += loss_sum;
+            tally.loss_sum += loss_sum;
+            t->last_train_loss = loss_sum / (double)steps_since_read;
+            steps_since_read = 0;
+        }
+        if (j->rank == 0 && log_now) {
             double now = job_now();
             double rate = (double)(log_steps * t->global_batch) / (now - log_started);
             double elapsed = now - loop_started - tally.eval_seconds;
@@ -564,8 +716,7 @@ static ddt_status train_loop(trainer *t) {
             log_steps = 0;
             log_started = now;
         }
-        bool epoch_ends = done % t->steps_per_epoch == 0;
-        if (epoch_ends || done == t->total_steps) {
+        if (epoch_ends) {
             double eval_before = tally.eval_seconds;
             status = end_of_epoch(t, epoch, &tally);
             if (status != DDT_OK) return status;
@@ -687,6 +838,12 @@ static void report_summary(trainer *t, double wall_seconds) {
 }
 
 static void trainer_free(trainer *t) {
+    if (t->dev && t->stream) {
+        /* Uploads may still be reading the stream's slots. */
+        t->dev->ops->upload_host_done(t->dev, 0);
+        t->dev->ops->upload_host_done(t->dev, 1);
+        t->dev->ops->synchronize(t->dev);
+    }
     stream_stop(t->stream);
     if (t->metrics) fclose(t->metrics);
     batch_buffers_free_host(&t->buffers);
@@ -757,21 +914,28 @@ ddt_status eval_run(job *j, const options *opts) {
     if (local == DDT_OK)
         local = check_geometry_against_model("--data", opts->data, dataset_get_geometry(data),
                                              &spec, loss);
-    if (local == DDT_OK)
-        local = device_open(strcmp(opts->device, "cuda") == 0 ? DEVICE_KIND_CUDA : DEVICE_KIND_CPU,
-                            0, &dev);
+    device_kind kind = DEVICE_KIND_CPU;
+    if (strcmp(opts->device, "cuda") == 0 ||
+        (strcmp(opts->device, "auto") == 0 && device_count(DEVICE_KIND_CUDA) > 0))
+        kind = DEVICE_KIND_CUDA;
+    if (local == DDT_OK) {
+        int count = device_count(kind);
+        local = device_open(kind, kind == DEVICE_KIND_CUDA && count > 0 ? j->rank % count : 0, &dev);
+    }
     if (local == DDT_OK) local = allocator_init(dev, &alloc);
+    if (local == DDT_OK)
+        local = dev->ops->set_precision(dev, PRECISION_FP32, alloc,
+                                        model_spec_max_gemm_operand_floats(&spec, rows));
     if (local == DDT_OK) local = comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, dev, &c);
     if (local == DDT_OK) local = model_init(&spec, alloc, rows, &m);
     if (local == DDT_OK)
         local = dev->ops->copy_host_to_device(dev, model_parameters(m), params,
                                               model_parameter_count(m) * sizeof(float));
     if (local == DDT_OK)
-        local = batch_buffers_init(&buffers, alloc, dataset_get_geometry(data), rows,
-                                   spec.output_width);
+        local = batch_buffers_init(&buffers, alloc, dev, dataset_get_geometry(data), rows, true);
     ddt_status status = job_agree(j, local);
     evaluation ev;
-    if (status == DDT_OK) status = evaluate_model(j, c, dev, m, data, loss, &buffers, &ev);
+    if (status == DDT_OK) status = evaluate_model(j, c, dev, m, data, loss, &buffers, 0, &ev);
     if (status == DDT_OK) {
         job_say(j, "model %s on %s: %" PRId64 " rows, loss %.4f", spec.text, opts->data, ev.rows,
                 ev.loss);

@@ -1,14 +1,108 @@
 /* device.c - the backend registry: which compute backends this build contains and how to open
  * them. The only file in ddtrain that knows, through #ifdef, whether CUDA was built in; every
- * other file reaches a backend through device->ops. */
+ * other file reaches a backend through device->ops.
+ *
+ * The CUDA backend (with NCCL) is a plugin, libddtrain_cuda.so, loaded with dlopen() the first
+ * time a GPU is asked for, so ranks that never touch a GPU never map cuBLAS or NCCL (over
+ * 200 MiB of resident pages). Whether a GPU exists is first asked of the driver library alone
+ * (libcuda.so.1): a machine without an NVIDIA driver never loads the plugin. The plugin is
+ * looked for at $DDTRAIN_CUDA_PLUGIN, next to the executable, one directory above it, and on
+ * the library search path, in that order. Loading happens on the main thread during set-up. */
 #include "engine/device.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #ifdef DDTRAIN_HAVE_CUDA
-/* The CUDA backend's constructor (src/engine/device_cuda.cu), present only in CUDA builds. */
-ddt_status device_cuda_open(device *dev);
+#include <dlfcn.h>
+#include <libgen.h>
+#include <limits.h>
+
+typedef struct cuda_plugin {
+    bool tried;
+    void *handle;
+    ddt_status (*open)(device *dev);
+    int (*count)(void);
+    char problem[PATH_MAX + 1024]; /* why it could not be loaded */
+} cuda_plugin;
+
+static cuda_plugin plugin;
+
+static bool driver_present(void) {
+    void *driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
+    if (!driver) return false;
+    dlclose(driver);
+    return true;
+}
+
+/* The plugin's path: the first candidate that exists, or the bare name for the search path. */
+static void plugin_path(char *out, size_t size) {
+    out[0] = '\0';
+    const char *forced = getenv("DDTRAIN_CUDA_PLUGIN");
+    if (forced && *forced) {
+        snprintf(out, size, "%s", forced);
+        return;
+    }
+    char executable[PATH_MAX];
+    ssize_t length = readlink("/proc/self/exe", executable, sizeof executable - 1);
+    if (length > 0) {
+        executable[length] = '\0';
+        const char *directory = dirname(executable);
+        const char *formats[] = {"%s/" DDTRAIN_CUDA_PLUGIN, "%s/../" DDTRAIN_CUDA_PLUGIN};
+        for (int i = 0; i < 2; i++) {
+            snprintf(out, size, formats[i], directory);
+            if (access(out, R_OK) == 0) return;
+        }
+    }
+    snprintf(out, size, "%s", DDTRAIN_CUDA_PLUGIN);
+}
+
+static bool plugin_load(void) {
+    if (plugin.tried) return plugin.handle != NULL;
+    plugin.tried = true;
+    char path[PATH_MAX];
+    plugin_path(path, sizeof path);
+    plugin.handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (!plugin.handle) {
+        snprintf(plugin.problem, sizeof plugin.problem,
+                 "the CUDA backend plugin %s could not be loaded: %s", path, dlerror());
+        return false;
+    }
+    *(void **)&plugin.open = dlsym(plugin.handle, "device_cuda_open");
+    *(void **)&plugin.count = dlsym(plugin.handle, "device_cuda_count");
+    if (!plugin.open || !plugin.count) {
+        snprintf(plugin.problem, sizeof plugin.problem,
+                 "%s is not a ddtrain CUDA plugin (device_cuda_open is missing)", path);
+        dlclose(plugin.handle);
+        plugin.handle = NULL;
+        return false;
+    }
+    return true;
+}
 #endif
+
+void *device_backend_symbol(device_kind kind, const char *name) {
+#ifdef DDTRAIN_HAVE_CUDA
+    if (kind == DEVICE_KIND_CUDA && plugin_load()) return dlsym(plugin.handle, name);
+#else
+    (void)kind;
+    (void)name;
+#endif
+    return NULL;
+}
+
+const char *device_backend_problem(device_kind kind) {
+#ifdef DDTRAIN_HAVE_CUDA
+    if (kind == DEVICE_KIND_CUDA && !plugin_load()) return plugin.problem;
+#else
+    if (kind == DEVICE_KIND_CUDA)
+        return "this ddtrain was built without CUDA support; rebuild with -DDDTRAIN_CUDA=ON "
+               "(needs the CUDA toolkit and NCCL) or use the cpu device";
+#endif
+    return NULL;
+}
 
 bool device_kind_available(device_kind kind) {
     switch (kind) {
@@ -22,6 +116,45 @@ bool device_kind_available(device_kind kind) {
 #endif
     }
     return false;
+}
+
+int device_count(device_kind kind) {
+    switch (kind) {
+    case DEVICE_KIND_CPU:
+        return 1;
+    case DEVICE_KIND_CUDA:
+#ifdef DDTRAIN_HAVE_CUDA
+        /* Without a driver there is no GPU: do not load the plugin just to learn that. */
+        return driver_present() && plugin_load() ? plugin.count() : 0;
+#else
+        return 0;
+#endif
+    }
+    return 0;
+}
+
+static const char *const precision_names[] = {
+    [PRECISION_FP32] = "fp32",
+    [PRECISION_TF32] = "tf32",
+    [PRECISION_BF16] = "bf16",
+    [PRECISION_FP16] = "fp16",
+};
+
+const char *precision_kind_name(precision_kind precision) {
+    if ((unsigned)precision < sizeof precision_names / sizeof precision_names[0])
+        return precision_names[precision];
+    return "unknown";
+}
+
+ddt_status precision_kind_parse(const char *text, precision_kind *out) {
+    for (unsigned i = 0; i < sizeof precision_names / sizeof precision_names[0]; i++) {
+        if (text && strcmp(text, precision_names[i]) == 0) {
+            *out = (precision_kind)i;
+            return DDT_OK;
+        }
+    }
+    return ddt_error(DDT_ERR_USAGE, "unknown precision '%s': use fp32, tf32, bf16 or fp16",
+                     text ? text : "");
 }
 
 const char *device_kind_name(device_kind kind) {
@@ -38,10 +171,8 @@ ddt_status device_open(device_kind kind, int ordinal, device **out) {
     *out = NULL;
     if (kind != DEVICE_KIND_CPU && kind != DEVICE_KIND_CUDA)
         return ddt_error(DDT_ERR_USAGE, "unknown device kind %d", (int)kind);
-    if (!device_kind_available(kind))
-        return ddt_error(DDT_ERR_USAGE,
-                         "this ddtrain was built without CUDA support; rebuild with "
-                         "-DDDTRAIN_CUDA=ON (needs the CUDA toolkit) or use the cpu device");
+    const char *problem = device_backend_problem(kind);
+    if (problem) return ddt_error(DDT_ERR_USAGE, "%s", problem);
     device *dev = calloc(1, sizeof *dev);
     if (!dev)
         return ddt_error(DDT_ERR_MEMORY, "out of host memory opening the %s device",
@@ -55,7 +186,7 @@ ddt_status device_open(device_kind kind, int ordinal, device **out) {
         break;
     case DEVICE_KIND_CUDA:
 #ifdef DDTRAIN_HAVE_CUDA
-        status = device_cuda_open(dev);
+        status = plugin.open(dev);
 #endif
         break;
     }

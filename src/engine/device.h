@@ -41,6 +41,16 @@ typedef enum activation_kind {
 } activation_kind;
 
 typedef struct device device;
+struct allocator; /* engine/alloc.h; backends take their workspace from it */
+
+/* The arithmetic of matrix products. Elementwise work, losses and optimizer updates stay in
+ * fp32; parameters (master weights) and gradients are always fp32. */
+typedef enum precision_kind {
+    PRECISION_FP32, /* plain fp32 */
+    PRECISION_TF32, /* fp32 storage, TF32 tensor-core products (CUDA) */
+    PRECISION_BF16, /* GEMM operands rounded to bf16, fp32 accumulation and output (CUDA) */
+    PRECISION_FP16, /* GEMM operands rounded to fp16, fp32 accumulation; needs loss scaling */
+} precision_kind;
 
 /* Keys dropout's random mask so that it depends on (seed, step, layer, global row, unit) only. */
 typedef struct dropout_key {
@@ -145,6 +155,37 @@ typedef struct device_ops {
     ddt_status (*synchronize)(device *dev);
 
     /* Backend teardown, called by device_close(). */
+    /* --- precision, streams and the input path (added for the CUDA backend) ---------------- */
+    /* Selects the GEMM arithmetic. Backends that need scratch (operand casts, the cuBLAS
+     * workspace) take it from `alloc` (component WORKSPACE) here, once, sized for operands of
+     * at most max_operand_floats floats. DDT_ERR_USAGE, saying so, if the backend lacks it
+     * (the CPU backend supports PRECISION_FP32 only). */
+    ddt_status (*set_precision)(device *dev, precision_kind precision, struct allocator *alloc,
+                                size_t max_operand_floats);
+    /* Bytes set_precision() will take from the allocator (for memory plans). */
+    size_t (*precision_workspace_bytes)(device *dev, precision_kind precision,
+                                        size_t max_operand_floats);
+    /* The backend's compute stream as an opaque handle (cudaStream_t), or NULL (CPU). Work on
+     * it runs in the order issued. */
+    void *(*native_stream)(device *dev);
+    /* Host memory for the input path: page-locked (cudaHostAlloc) where the backend copies
+     * from it asynchronously, ordinary aligned memory on CPU. */
+    ddt_status (*host_alloc)(device *dev, size_t bytes, void **out);
+    void (*host_free)(device *dev, void *pointer);
+    /* Double-buffered uploads: upload_async() starts copying host memory to device memory on
+     * a copy stream, as input buffer `buffer` (0 or 1), so the next micro-batch travels while
+     * the current one computes. The copy is ordered after all work issued on the compute
+     * stream so far (so it cannot overwrite a buffer that earlier compute still reads): issue
+     * the upload of micro-batch m+1 after the compute of m-1 and before the compute of m.
+     * upload_wait() makes the compute stream wait for that copy (it does not block the host).
+     * The host memory must stay untouched until upload_host_done() has returned for that
+     * buffer. The CPU backend copies at once. */
+    ddt_status (*upload_async)(device *dev, void *device_dst, const void *host_src, size_t bytes,
+                               int buffer);
+    ddt_status (*upload_wait)(device *dev, int buffer);
+    /* Blocks until upload `buffer`'s copy has finished reading host memory. */
+    ddt_status (*upload_host_done)(device *dev, int buffer);
+
     void (*close)(device *dev);
 } device_ops;
 
@@ -164,9 +205,26 @@ void device_close(device *dev);
 
 /* True if this build contains the backend. */
 bool device_kind_available(device_kind kind);
+/* Devices of this kind visible to this process (CUDA: after CUDA_VISIBLE_DEVICES); 0 when the
+ * backend is not built or no device or driver is present. */
+int device_count(device_kind kind);
+const char *precision_kind_name(precision_kind precision);
+/* "fp32", "tf32", "bf16", "fp16"; DDT_ERR_USAGE otherwise. */
+ddt_status precision_kind_parse(const char *text, precision_kind *out);
 const char *device_kind_name(device_kind kind);
 
 /* The CPU backend's constructor (src/engine/device_cpu.c); used by device.c only. */
 ddt_status device_cpu_open(device *dev);
+/* The CUDA backend's constructor and device count (src/engine/cuda/, built into the plugin
+ * libddtrain_cuda.so); device.c finds them with dlsym(). */
+ddt_status device_cuda_open(device *dev);
+int device_cuda_count(void);
+
+/* A symbol of a backend built as a plugin (the CUDA plugin also carries the NCCL backend),
+ * loading the plugin if needed; NULL if the backend is absent or could not be loaded. */
+void *device_backend_symbol(device_kind kind, const char *name);
+/* Why a backend cannot be used (not built, plugin not loadable), or NULL if it can. May load
+ * the plugin. */
+const char *device_backend_problem(device_kind kind);
 
 #endif

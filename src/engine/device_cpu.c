@@ -555,6 +555,56 @@ static ddt_status cpu_synchronize(device *dev) {
     return DDT_OK;
 }
 
+/* --- precision, streams and the input path ---------------------------------------------- */
+
+static ddt_status cpu_set_precision(device *dev, precision_kind precision, struct allocator *alloc,
+                                    size_t max_operand_floats) {
+    (void)dev;
+    (void)alloc;
+    (void)max_operand_floats;
+    if (precision == PRECISION_FP32) return DDT_OK;
+    return ddt_error(DDT_ERR_USAGE,
+                     "--precision %s needs --device cuda (the CPU backend computes in fp32)",
+                     precision_kind_name(precision));
+}
+
+static size_t cpu_precision_workspace_bytes(device *dev, precision_kind precision,
+                                            size_t max_operand_floats) {
+    (void)dev;
+    (void)precision;
+    (void)max_operand_floats;
+    return 0;
+}
+
+static void *cpu_native_stream(device *dev) {
+    (void)dev;
+    return NULL;
+}
+
+/* Ordinary memory: nothing copies from it asynchronously on this backend. */
+static ddt_status cpu_host_alloc(device *dev, size_t bytes, void **out) {
+    return cpu_memory_alloc(dev, bytes, out);
+}
+
+static void cpu_host_free(device *dev, void *pointer) {
+    cpu_memory_free(dev, pointer);
+}
+
+static ddt_status cpu_upload_async(device *dev, void *device_dst, const void *host_src,
+                                   size_t bytes, int buffer) {
+    if (buffer != 0 && buffer != 1)
+        return ddt_error(DDT_ERR_INTERNAL, "upload buffer %d is not 0 or 1", buffer);
+    return cpu_copy(dev, device_dst, host_src, bytes);
+}
+
+/* The copy happened in upload_async(); nothing is in flight. */
+static ddt_status cpu_upload_done(device *dev, int buffer) {
+    (void)dev;
+    if (buffer != 0 && buffer != 1)
+        return ddt_error(DDT_ERR_INTERNAL, "upload buffer %d is not 0 or 1", buffer);
+    return DDT_OK;
+}
+
 static void cpu_close(device *dev) {
     (void)dev;
 }
@@ -584,6 +634,14 @@ static const device_ops cpu_ops = {
     .adamw_update = cpu_adamw_update,
     .check_finite = cpu_check_finite,
     .synchronize = cpu_synchronize,
+    .set_precision = cpu_set_precision,
+    .precision_workspace_bytes = cpu_precision_workspace_bytes,
+    .native_stream = cpu_native_stream,
+    .host_alloc = cpu_host_alloc,
+    .host_free = cpu_host_free,
+    .upload_async = cpu_upload_async,
+    .upload_wait = cpu_upload_done,
+    .upload_host_done = cpu_upload_done,
     .close = cpu_close,
 };
 

@@ -282,6 +282,18 @@ size_t model_spec_activation_floats(const model_spec *spec, int rows) {
     return plan_activations(spec, rows).total_floats;
 }
 
+size_t model_spec_max_gemm_operand_floats(const model_spec *spec, int rows) {
+    size_t largest = 0;
+    for (int d = 0; d < spec->dense_count; d++) {
+        dense_layout layout = model_spec_dense_layout(spec, d);
+        size_t in = (size_t)layout.inputs, out = (size_t)layout.outputs, n = (size_t)rows;
+        size_t sizes[3] = {in * out, n * in, n * out};
+        for (int i = 0; i < 3; i++)
+            if (sizes[i] > largest) largest = sizes[i];
+    }
+    return largest;
+}
+
 /* --- lifetime ---------------------------------------------------------------------------- */
 
 ddt_status model_init(const model_spec *spec, allocator *alloc, int max_rows, model **out) {

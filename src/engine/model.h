@@ -79,6 +79,9 @@ size_t model_spec_parameter_count(const model_spec *spec);
 dense_layout model_spec_dense_layout(const model_spec *spec, int dense_index);
 /* Floats of activation storage model_init() allocates for `rows` rows (for memory plans). */
 size_t model_spec_activation_floats(const model_spec *spec, int rows);
+/* The largest matrix any GEMM of a forward/backward pass over `rows` rows reads (weights,
+ * layer inputs, output gradients), in floats; sizes backends' operand-cast scratch. */
+size_t model_spec_max_gemm_operand_floats(const model_spec *spec, int rows);
 
 typedef struct model model;
 

@@ -686,6 +686,14 @@ static ddt_status validate_params(const stream_params *p) {
     return DDT_OK;
 }
 
+/* Frees the stream's one allocation with whatever allocated it. */
+static void release_memory(stream *s) {
+    if (s->params.host_free)
+        s->params.host_free(s->params.host_alloc_context, s);
+    else
+        free(s);
+}
+
 ddt_status stream_start(const stream_params *params, stream **out) {
     *out = NULL;
     DDT_CHECK(validate_params(params));
@@ -697,7 +705,14 @@ ddt_status stream_start(const stream_params *params, stream **out) {
                       &layout);
     bool lock_made = false, slot_freed_made = false, batch_ready_made = false;
 
-    stream *s = aligned_alloc(STREAM_ALIGNMENT, layout.total);
+    stream *s = NULL;
+    if (params->host_alloc) {
+        /* e.g. pinned memory, so the trainer can upload slots asynchronously */
+        if (params->host_alloc(params->host_alloc_context, layout.total, (void **)&s) != DDT_OK)
+            s = NULL;
+    } else {
+        s = aligned_alloc(STREAM_ALIGNMENT, layout.total);
+    }
     if (!s)
         return ddt_error(DDT_ERR_MEMORY,
                          "out of memory for %d staging slots of %d rows and a cache of %d "
@@ -790,7 +805,7 @@ fail:
     if (batch_ready_made) pthread_cond_destroy(&s->batch_ready);
     if (slot_freed_made) pthread_cond_destroy(&s->slot_freed);
     if (lock_made) pthread_mutex_destroy(&s->lock);
-    free(s);
+    release_memory(s);
     return status;
 }
 
@@ -876,5 +891,5 @@ void stream_stop(stream *s) {
     pthread_cond_destroy(&s->batch_ready);
     pthread_cond_destroy(&s->slot_freed);
     pthread_mutex_destroy(&s->lock);
-    free(s);
+    release_memory(s);
 }

@@ -91,6 +91,12 @@ typedef struct stream_params {
                                  * dataset's block count. Any value >= 1 is correct; fewer than
                                  * the default may read blocks more than once per epoch, and
                                  * do not read ahead. */
+    /* Where the stream's one allocation comes from (pinned memory on GPUs, so slots can be
+     * uploaded asynchronously); NULL for aligned_alloc/free. The memory must be aligned to at
+     * least 64 bytes. Counted in stream_staging_bytes() either way. */
+    ddt_status (*host_alloc)(void *context, size_t bytes, void **out);
+    void (*host_free)(void *context, void *pointer);
+    void *host_alloc_context;
 } stream_params;
 
 typedef struct stream_stats {

@@ -1,21 +1,8 @@
-/* rng.c - splitmix64 hashing and xoshiro256** streams behind rng.h. */
+/* rng.c - Box-Muller normals and xoshiro256** streams behind rng.h (the splitmix64 hash is
+ * inline in rng.h, shared with CUDA kernels). */
 #include "util/rng.h"
 
 #include <math.h>
-
-static uint64_t splitmix64(uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-}
-
-uint64_t rng_hash4(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
-    uint64_t h = splitmix64(a);
-    h = splitmix64(h ^ b);
-    h = splitmix64(h ^ c);
-    return splitmix64(h ^ d);
-}
 
 double rng_normal(uint64_t bits1, uint64_t bits2) {
     /* 53-bit uniforms; u1 in (0, 1] so the log is finite. */
@@ -27,7 +14,7 @@ double rng_normal(uint64_t bits1, uint64_t bits2) {
 rng_stream rng_stream_init(uint64_t seed) {
     rng_stream stream;
     for (int i = 0; i < 4; i++) {
-        seed = splitmix64(seed);
+        seed = rng_splitmix64(seed);
         stream.state[i] = seed;
     }
     return stream;

@@ -5,6 +5,11 @@
  * a pure function of a key (seed, purpose, indices), computed with rng_hash(). Where a sequence
  * is natural (a Fisher-Yates shuffle) an rng_stream is seeded from such a key.
  *
+ * The hash and rng_uniform() are defined here, inline and marked DDT_HOST_DEVICE, so CUDA
+ * kernels (src/engine/cuda/kernels.cu) compile the very same code: dropout masks drawn on a
+ * GPU are bit-identical to those drawn on the CPU. Integer arithmetic and one exact float
+ * product leave no room for the compilers to differ.
+ *
  * Usage:
  *     float u = rng_uniform(rng_hash4(seed, RNG_PURPOSE_DROPOUT, step, row * width + unit));
  *     rng_stream s = rng_stream_init(rng_hash4(seed, RNG_PURPOSE_SHUFFLE, epoch, 0, 0));
@@ -15,6 +20,17 @@
 
 #include <stdint.h>
 
+/* Functions both host and device code call: __host__ __device__ under nvcc, plain C else. */
+#ifdef __CUDACC__
+#define DDT_HOST_DEVICE __host__ __device__
+#else
+#define DDT_HOST_DEVICE
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Separate key spaces so that, e.g., the init of layer 0 and the shuffle of epoch 0 differ. */
 enum rng_purpose {
     RNG_PURPOSE_INIT = 1,
@@ -24,11 +40,25 @@ enum rng_purpose {
     RNG_PURPOSE_SYNTH = 5,
 };
 
-/* A well-mixed 64-bit value from the key (a, b, c, d); splitmix64 finalisers chained. */
-uint64_t rng_hash4(uint64_t a, uint64_t b, uint64_t c, uint64_t d);
+/* The splitmix64 finaliser: a bijection of 64-bit values that mixes every bit into every bit. */
+static inline DDT_HOST_DEVICE uint64_t rng_splitmix64(uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+}
 
-/* Uniform float in [0, 1) from 24 random bits of `bits`. */
-static inline float rng_uniform(uint64_t bits) {
+/* A well-mixed 64-bit value from the key (a, b, c, d); splitmix64 finalisers chained. */
+static inline DDT_HOST_DEVICE uint64_t rng_hash4(uint64_t a, uint64_t b, uint64_t c, uint64_t d) {
+    uint64_t h = rng_splitmix64(a);
+    h = rng_splitmix64(h ^ b);
+    h = rng_splitmix64(h ^ c);
+    return rng_splitmix64(h ^ d);
+}
+
+/* Uniform float in [0, 1) from 24 random bits of `bits`: an integer below 2^24 (exact as a
+ * float) times 2^-24 (exact), so every compiler and device rounds it the same way. */
+static inline DDT_HOST_DEVICE float rng_uniform(uint64_t bits) {
     return (float)(bits >> 40) * (1.0f / 16777216.0f);
 }
 
@@ -44,5 +74,9 @@ rng_stream rng_stream_init(uint64_t seed);
 uint64_t rng_stream_next(rng_stream *stream);
 /* Unbiased integer in [0, bound); bound > 0. */
 uint64_t rng_stream_below(rng_stream *stream, uint64_t bound);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif

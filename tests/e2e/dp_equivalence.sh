@@ -29,6 +29,24 @@ train adamw-2x16x2 2 16 --optimizer adamw --lr 0.003 --weight-decay 0.01
 expect_ok "AdamW: 2 ranks x 16 x 2 equals 1 rank x 64" \
   $H5TOOL compare "$WORK/adamw-2x16x2.h5" "$WORK/adamw-1x64.h5" 1e-5
 
+# Evaluation between epochs must not disturb training: the same weights, bit for bit, and the
+# same reported training loss, with and without --eval-data (it shares the input buffers and
+# device scalars with the training pipeline, which prefetches across the epoch boundary).
+"$DDTRAIN" synth -o "$WORK/eval.h5" --rows 300 --features 32 --classes 4 --seed 8 >/dev/null
+for with in no yes; do
+  extra=()
+  [[ $with == yes ]] && extra=(--eval-data "$WORK/eval.h5")
+  ranks 2 train --data "$WORK/train-*.h5" --model 32-64-relu-4 --global-batch 64 --micro-batch 16 \
+    --epochs 3 --seed 3 --log-every 0 --save "$WORK/eval-$with.h5" --metrics "$WORK/eval-$with.jsonl" \
+    "${extra[@]}" >"$WORK/eval-$with.log" 2>&1 || fail "training with eval=$with"
+done
+expect_ok "evaluation between epochs leaves the weights bit for bit" \
+  $H5TOOL compare "$WORK/eval-yes.h5" "$WORK/eval-no.h5" 0
+losses() { grep '"event":"epoch"' "$1" | sed 's/.*"train_loss":\([^,]*\).*/\1/' | tr '\n' ' '; }
+[[ "$(losses "$WORK/eval-yes.jsonl")" == "$(losses "$WORK/eval-no.jsonl")" ]] &&
+  pass "evaluation leaves the reported training loss alone ($(losses "$WORK/eval-no.jsonl"))" ||
+  fail "train loss with eval $(losses "$WORK/eval-yes.jsonl") != without $(losses "$WORK/eval-no.jsonl")"
+
 # The check can fail: a different seed must give different weights.
 train sgd-seed9 1 64 --optimizer sgd --lr 0.1 --momentum 0.9 --seed 9
 if $H5TOOL compare "$WORK/sgd-seed9.h5" "$WORK/sgd-1x64.h5" 1e-5 >/dev/null 2>&1; then

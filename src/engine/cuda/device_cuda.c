@@ -1,0 +1,746 @@
+/* device_cuda.c - the CUDA backend: device memory, copies, streams, cuBLAS, and the launches of
+ * the kernels in kernels.cu, behind the operations table of engine/device.h.
+ *
+ * Plain C over the CUDA runtime and cuBLAS C APIs. Every operation is issued on one compute
+ * stream (cuBLAS is bound to it), so operations run in the order the engine calls them and
+ * the host never waits, except where an operation must hand a value to the host:
+ * copy_device_to_host, check_finite and synchronize (and copy_host_to_device from
+ * page-locked memory, which must not return while the DMA engine still reads the caller's
+ * buffer). Inputs travel on a second, copy stream (upload_async), ordered against the compute
+ * stream with events, so the next micro-batch crosses PCIe while the current one computes.
+ *
+ * Errors: operations returning ddt_status report a failed CUDA or cuBLAS call with the call,
+ * CUDA's description of the error, and file:line. Operations returning void cannot, so they
+ * record their first failure in the backend, and the next operation that returns a status
+ * (synchronize, check_finite, the copies) reports it: a failure never goes unnoticed past the
+ * end of a step. Faults inside kernels surface the same way, at the next synchronisation.
+ *
+ * Threads: host_alloc, host_free and the upload operations may be called from any thread
+ * (they make this GPU current first, so no thread creates a stray context on GPU 0); every
+ * other operation belongs to the thread that opened the device.
+ */
+#include "engine/device.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "engine/alloc.h"
+#include "engine/cuda/kernels.h"
+
+/* cuBLAS's recommended workspace for Hopper (32 MiB; 4 MiB suffices before it). */
+#define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
+#define UPLOAD_BUFFERS 2
+
+typedef struct cuda_backend {
+    cudaStream_t compute_stream; /* every operation */
+    cudaStream_t copy_stream;    /* upload_async() only */
+    cublasHandle_t cublas;       /* bound to compute_stream */
+    /* upload_done[b]: recorded on the copy stream after upload b's copies.
+     * buffer_free[b]: recorded on the compute stream at a point after which no issued work
+     * reads device buffer b, so the next upload into b may overwrite it (see upload_async). */
+    cudaEvent_t upload_done[UPLOAD_BUFFERS];
+    cudaEvent_t buffer_free[UPLOAD_BUFFERS];
+    bool buffer_free_recorded[UPLOAD_BUFFERS];
+    int current_buffer; /* the buffer of the last upload_wait(); -1 before the first */
+
+    /* check_finite's flag: 256 bytes of cudaMalloc and a page-locked int, taken at open (the
+     * allocator is not known yet then) and returned at close. */
+    int *device_flag;
+    int *host_flag;
+
+    /* GEMM arithmetic and its workspace, owned by the allocator given to set_precision(). */
+    precision_kind precision;
+    allocator *workspace_allocator;
+    void *cublas_workspace;
+    void *cast_a, *cast_b;       /* bf16/fp16 copies of the GEMM operands */
+    size_t cast_capacity_floats; /* elements each cast buffer holds */
+
+    /* The first failure of an operation that returns void; reported by the next status. */
+    ddt_status deferred_status;
+    char deferred_message[512];
+} cuda_backend;
+
+/* --- errors ------------------------------------------------------------------------------ */
+
+static ddt_status cuda_error_code(cudaError_t error) {
+    return error == cudaErrorMemoryAllocation ? DDT_ERR_MEMORY : DDT_ERR_INTERNAL;
+}
+
+/* A failed CUDA runtime call as a status. Also clears the runtime's last-error slot, so that
+ * a later launch check (cudaGetLastError) does not report this failure a second time. */
+static ddt_status cuda_failure(cudaError_t error, const char *call, const char *file, int line) {
+    (void)cudaGetLastError();
+    return ddt_error(cuda_error_code(error), "%s failed: %s (%s) at %s:%d", call,
+                     cudaGetErrorString(error), cudaGetErrorName(error), file, line);
+}
+
+static ddt_status cublas_failure(cublasStatus_t error, const char *call, const char *file,
+                                 int line) {
+    ddt_status code = error == CUBLAS_STATUS_ALLOC_FAILED ? DDT_ERR_MEMORY : DDT_ERR_INTERNAL;
+    return ddt_error(code, "%s failed: %s (%s) at %s:%d", call, cublasGetStatusString(error),
+                     cublasGetStatusName(error), file, line);
+}
+
+#define CUDA_CHECK(call)                                                                           \
+    do {                                                                                           \
+        cudaError_t cuda_check_error_ = (call);                                                    \
+        if (cuda_check_error_ != cudaSuccess)                                                      \
+            return cuda_failure(cuda_check_error_, #call, __FILE__, __LINE__);                     \
+    } while (0)
+
+#define CUDA_CHECK_GOTO(call, status_var, label)                                                   \
+    do {                                                                                           \
+        cudaError_t cuda_check_error_ = (call);                                                    \
+        if (cuda_check_error_ != cudaSuccess) {                                                    \
+            (status_var) = cuda_failure(cuda_check_error_, #call, __FILE__, __LINE__);             \
+            goto label;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+#define CUBLAS_CHECK_GOTO(call, status_var, label)                                                 \
+    do {                                                                                           \
+        cublasStatus_t cublas_check_error_ = (call);                                               \
+        if (cublas_check_error_ != CUBLAS_STATUS_SUCCESS) {                                        \
+            (status_var) = cublas_failure(cublas_check_error_, #call, __FILE__, __LINE__);         \
+            goto label;                                                                            \
+        }                                                                                          \
+    } while (0)
+
+/* Records the first failure of a void operation; later ones add nothing new. */
+static void cuda_defer(cuda_backend *backend, ddt_status code, const char *what, const char *why,
+                       const char *file, int line) {
+    if (backend->deferred_status != DDT_OK) return;
+    backend->deferred_status = code;
+    snprintf(backend->deferred_message, sizeof backend->deferred_message, "%s failed: %s at %s:%d",
+             what, why, file, line);
+}
+
+static void cuda_defer_cuda(cuda_backend *backend, cudaError_t error, const char *call,
+                            const char *file, int line) {
+    if (error == cudaSuccess) return;
+    (void)cudaGetLastError();
+    char why[192];
+    snprintf(why, sizeof why, "%s (%s)", cudaGetErrorString(error), cudaGetErrorName(error));
+    cuda_defer(backend, cuda_error_code(error), call, why, file, line);
+}
+
+static void cuda_defer_cublas(cuda_backend *backend, cublasStatus_t error, const char *call,
+                              const char *file, int line) {
+    if (error == CUBLAS_STATUS_SUCCESS) return;
+    char why[192];
+    snprintf(why, sizeof why, "%s (%s)", cublasGetStatusString(error), cublasGetStatusName(error));
+    cuda_defer(backend, DDT_ERR_INTERNAL, call, why, file, line);
+}
+
+#define CUDA_DEFER(backend, call) cuda_defer_cuda((backend), (call), #call, __FILE__, __LINE__)
+#define CUBLAS_DEFER(backend, call) cuda_defer_cublas((backend), (call), #call, __FILE__, __LINE__)
+
+/* The failure a void operation recorded, as this operation's status; it stays recorded (the
+ * GPU's state is suspect from then on), so every later status reports it too. */
+static ddt_status cuda_deferred(const device *dev) {
+    const cuda_backend *backend = dev->backend;
+    if (backend->deferred_status == DDT_OK) return DDT_OK;
+    return ddt_error(backend->deferred_status, "cuda:%d: an earlier operation failed: %s",
+                     dev->ordinal, backend->deferred_message);
+}
+
+static cuda_backend *backend_of(device *dev) {
+    return dev->backend;
+}
+
+/* --- memory and copies ------------------------------------------------------------------- */
+
+/* Regions for the allocator, which zero-fills what it hands out (fill_zero). */
+static ddt_status cuda_memory_alloc(device *dev, size_t bytes, void **out) {
+    void *pointer = NULL;
+    /* cudaMalloc(0) may give NULL; a minimal region keeps "success means non-NULL". */
+    cudaError_t error = cudaMalloc(&pointer, bytes ? bytes : 256);
+    if (error != cudaSuccess || !pointer) {
+        (void)cudaGetLastError();
+        *out = NULL;
+        return ddt_error(error == cudaSuccess ? DDT_ERR_MEMORY : cuda_error_code(error),
+                         "out of device memory: cudaMalloc of %zu bytes on cuda:%d failed: %s",
+                         bytes, dev->ordinal, cudaGetErrorString(error));
+    }
+    *out = pointer;
+    return DDT_OK;
+}
+
+static void cuda_memory_free(device *dev, void *pointer) {
+    if (pointer) CUDA_DEFER(backend_of(dev), cudaFree(pointer));
+}
+
+static ddt_status cuda_memory_info(device *dev, size_t *total_bytes, size_t *free_bytes) {
+    (void)dev;
+    size_t free_memory = 0, total_memory = 0;
+    CUDA_CHECK(cudaMemGetInfo(&free_memory, &total_memory));
+    *total_bytes = total_memory;
+    *free_bytes = free_memory;
+    return DDT_OK;
+}
+
+/* Ordered with the compute stream. The caller may reuse host_src when this returns: from
+ * pageable memory the runtime has staged the bytes by then; page-locked memory is read by the
+ * DMA engine later, so then this waits for the copy (the asynchronous path is upload_async). */
+static ddt_status cuda_copy_host_to_device(device *dev, void *device_dst, const void *host_src,
+                                           size_t bytes) {
+    cuda_backend *backend = backend_of(dev);
+    DDT_CHECK(cuda_deferred(dev));
+    if (!bytes) return DDT_OK;
+    CUDA_CHECK(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice,
+                               backend->compute_stream));
+    struct cudaPointerAttributes attributes;
+    if (cudaPointerGetAttributes(&attributes, host_src) != cudaSuccess) {
+        (void)cudaGetLastError();
+        attributes.type = cudaMemoryTypeHost; /* unsure: wait, to be safe */
+    }
+    if (attributes.type != cudaMemoryTypeUnregistered)
+        CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
+    return DDT_OK;
+}
+
+static ddt_status cuda_copy_device_to_host(device *dev, void *host_dst, const void *device_src,
+                                           size_t bytes) {
+    cuda_backend *backend = backend_of(dev);
+    DDT_CHECK(cuda_deferred(dev));
+    if (!bytes) return DDT_OK;
+    CUDA_CHECK(cudaMemcpyAsync(host_dst, device_src, bytes, cudaMemcpyDeviceToHost,
+                               backend->compute_stream));
+    CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
+    return DDT_OK;
+}
+
+static void cuda_copy_device_to_device(device *dev, void *dst, const void *src, size_t bytes) {
+    cuda_backend *backend = backend_of(dev);
+    if (!bytes || dst == src) return;
+    CUDA_DEFER(backend,
+               cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, backend->compute_stream));
+}
+
+static void cuda_fill_zero(device *dev, void *dst, size_t bytes) {
+    cuda_backend *backend = backend_of(dev);
+    if (!bytes) return;
+    CUDA_DEFER(backend, cudaMemsetAsync(dst, 0, bytes, backend->compute_stream));
+}
+
+/* --- dense algebra ----------------------------------------------------------------------- */
+
+/* cuBLAS is column-major. A row-major matrix read column-major is its transpose, and the
+ * row-major C = op(A) op(B) is the column-major C^T = op(B)^T op(A)^T: so cuBLAS gets B as its
+ * first operand and A as its second, n and m swapped, and each operand keeps its own
+ * transpose flag and leading dimension. */
+static void cuda_gemm(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k,
+                      float alpha, const float *a, int lda, const float *b, int ldb, float beta,
+                      float *c, int ldc) {
+    cuda_backend *backend = backend_of(dev);
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        /* An empty product (a micro-batch of zero rows) leaves beta * C, as on the CPU. */
+        CUDA_DEFER(backend, kernels_gemm_empty(backend->compute_stream, m, n, beta, c, ldc));
+        return;
+    }
+    cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (backend->precision != PRECISION_BF16 && backend->precision != PRECISION_FP16) {
+        /* FP32 and TF32 differ only in the handle's math mode (set_precision). */
+        CUBLAS_DEFER(backend, cublasSgemm(backend->cublas, op_b, op_a, n, m, k, &alpha, b, ldb, a,
+                                          lda, &beta, c, ldc));
+        return;
+    }
+    /* 16-bit operands: round each operand, as stored (rows x cols, leading dimension ld), into
+     * a packed copy (leading dimension cols), then multiply with fp32 accumulation into the
+     * fp32 C, so beta keeps accumulating in fp32. */
+    int a_rows = transpose_a ? k : m, a_cols = transpose_a ? m : k;
+    int b_rows = transpose_b ? n : k, b_cols = transpose_b ? k : n;
+    size_t a_floats = (size_t)m * (size_t)k, b_floats = (size_t)k * (size_t)n;
+    if (a_floats > backend->cast_capacity_floats || b_floats > backend->cast_capacity_floats) {
+        char why[192];
+        snprintf(why, sizeof why,
+                 "operands of %zu and %zu floats exceed the %s workspace of %zu floats each "
+                 "(set_precision's max_operand_floats is too small)",
+                 a_floats, b_floats, precision_kind_name(backend->precision),
+                 backend->cast_capacity_floats);
+        cuda_defer(backend, DDT_ERR_INTERNAL, "gemm", why, __FILE__, __LINE__);
+        return;
+    }
+    cudaDataType type;
+    if (backend->precision == PRECISION_BF16) {
+        type = CUDA_R_16BF;
+        CUDA_DEFER(backend, kernels_cast_bf16(backend->compute_stream, a_rows, a_cols, a, lda,
+                                              backend->cast_a));
+        CUDA_DEFER(backend, kernels_cast_bf16(backend->compute_stream, b_rows, b_cols, b, ldb,
+                                              backend->cast_b));
+    } else {
+        type = CUDA_R_16F;
+        CUDA_DEFER(backend, kernels_cast_fp16(backend->compute_stream, a_rows, a_cols, a, lda,
+                                              backend->cast_a));
+        CUDA_DEFER(backend, kernels_cast_fp16(backend->compute_stream, b_rows, b_cols, b, ldb,
+                                              backend->cast_b));
+    }
+    CUBLAS_DEFER(backend,
+                 cublasGemmEx(backend->cublas, op_b, op_a, n, m, k, &alpha, backend->cast_b, type,
+                              b_cols, backend->cast_a, type, a_cols, &beta, c, CUDA_R_32F, ldc,
+                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+static void cuda_bias_add(device *dev, int rows, int cols, float *y, const float *bias) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_bias_add(backend->compute_stream, rows, cols, y, bias));
+}
+
+static void cuda_bias_gradient_accumulate(device *dev, int rows, int cols, const float *dy,
+                                          float *bias_gradient) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_bias_gradient_accumulate(backend->compute_stream, rows, cols, dy,
+                                                         bias_gradient));
+}
+
+static void cuda_scale(device *dev, size_t count, float alpha, float *x) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_scale(backend->compute_stream, count, alpha, x));
+}
+
+/* --- elementwise layers ------------------------------------------------------------------ */
+
+static void cuda_activation_forward(device *dev, activation_kind kind, size_t count, const float *x,
+                                    float *y) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_activation_forward(backend->compute_stream, kind, count, x, y));
+}
+
+static void cuda_activation_backward(device *dev, activation_kind kind, size_t count,
+                                     const float *x, const float *y, const float *dy, float *dx) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend,
+               kernels_activation_backward(backend->compute_stream, kind, count, x, y, dy, dx));
+}
+
+static void cuda_dropout_apply(device *dev, int rows, int cols, float rate, dropout_key key,
+                               const int64_t *row_ids, const float *in, float *out) {
+    cuda_backend *backend = backend_of(dev);
+    if (rows <= 0 || cols <= 0) return;
+    if (rate <= 0.0f) {
+        cuda_copy_device_to_device(dev, out, in, (size_t)rows * (size_t)cols * sizeof(float));
+        return;
+    }
+    /* The same float expression as device_cpu.c, so kept values match bit for bit. */
+    float keep_scale = 1.0f / (1.0f - rate);
+    CUDA_DEFER(backend, kernels_dropout(backend->compute_stream, rows, cols, rate, keep_scale, key,
+                                        row_ids, in, out));
+}
+
+static void cuda_dropout_forward(device *dev, int rows, int cols, float rate, dropout_key key,
+                                 const int64_t *row_ids, const float *x, float *y) {
+    cuda_dropout_apply(dev, rows, cols, rate, key, row_ids, x, y);
+}
+
+static void cuda_dropout_backward(device *dev, int rows, int cols, float rate, dropout_key key,
+                                  const int64_t *row_ids, const float *dy, float *dx) {
+    cuda_dropout_apply(dev, rows, cols, rate, key, row_ids, dy, dx);
+}
+
+/* --- losses ------------------------------------------------------------------------------ */
+
+static void cuda_softmax_cross_entropy(device *dev, int rows, int cols, const float *logits,
+                                       const int32_t *labels, const float *targets, float scale,
+                                       float *loss_sum, float *dlogits) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_softmax_cross_entropy(backend->compute_stream, rows, cols, logits,
+                                                      labels, targets, scale, loss_sum, dlogits));
+}
+
+static void cuda_binary_cross_entropy(device *dev, int rows, int cols, const float *logits,
+                                      const int32_t *labels, const float *targets, float scale,
+                                      float *loss_sum, float *dlogits) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_binary_cross_entropy(backend->compute_stream, rows, cols, logits,
+                                                     labels, targets, scale, loss_sum, dlogits));
+}
+
+static void cuda_mean_squared_error(device *dev, int rows, int cols, const float *logits,
+                                    const int32_t *labels, const float *targets, float scale,
+                                    float *loss_sum, float *dlogits) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_mean_squared_error(backend->compute_stream, rows, cols, logits,
+                                                   labels, targets, scale, loss_sum, dlogits));
+}
+
+static void cuda_count_correct(device *dev, int rows, int cols, const float *logits,
+                               const int32_t *labels, float *correct) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend,
+               kernels_count_correct(backend->compute_stream, rows, cols, logits, labels, correct));
+}
+
+/* --- optimizers -------------------------------------------------------------------------- */
+
+static void cuda_sgd_update(device *dev, size_t count, float *params, const float *grads,
+                            float *velocity, float lr, float momentum, bool nesterov,
+                            float weight_decay, bool first_step) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_sgd_update(backend->compute_stream, count, params, grads, velocity,
+                                           lr, momentum, nesterov, weight_decay, first_step));
+}
+
+static void cuda_adamw_update(device *dev, size_t count, float *params, const float *grads,
+                              float *m, float *v, float lr, float beta1, float beta2, float eps,
+                              float weight_decay, int64_t step) {
+    cuda_backend *backend = backend_of(dev);
+    /* The per-step scalars exactly as device_cpu.c computes them (torch.optim.AdamW). */
+    double correction1 = 1.0 - pow((double)beta1, (double)step);
+    double correction2 = 1.0 - pow((double)beta2, (double)step);
+    float step_size = (float)(lr / correction1);
+    float inv_sqrt_correction2 = (float)(1.0 / sqrt(correction2));
+    float decay = 1.0f - lr * weight_decay;
+    CUDA_DEFER(backend,
+               kernels_adamw_update(backend->compute_stream, count, params, grads, m, v, beta1,
+                                    beta2, eps, decay, step_size, inv_sqrt_correction2));
+}
+
+/* --- checks and synchronisation ---------------------------------------------------------- */
+
+static ddt_status cuda_check_finite(device *dev, size_t count, const float *x, bool *all_finite) {
+    cuda_backend *backend = backend_of(dev);
+    *all_finite = false;
+    DDT_CHECK(cuda_deferred(dev));
+    CUDA_CHECK(cudaMemsetAsync(backend->device_flag, 0, sizeof(int), backend->compute_stream));
+    CUDA_CHECK(kernels_find_nonfinite(backend->compute_stream, count, x, backend->device_flag));
+    CUDA_CHECK(cudaMemcpyAsync(backend->host_flag, backend->device_flag, sizeof(int),
+                               cudaMemcpyDeviceToHost, backend->compute_stream));
+    CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
+    *all_finite = *backend->host_flag == 0;
+    return DDT_OK;
+}
+
+/* Waits for the compute stream and for uploads in flight. */
+static ddt_status cuda_synchronize(device *dev) {
+    cuda_backend *backend = backend_of(dev);
+    DDT_CHECK(cuda_deferred(dev));
+    CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
+    CUDA_CHECK(cudaStreamSynchronize(backend->copy_stream));
+    return DDT_OK;
+}
+
+/* --- precision --------------------------------------------------------------------------- */
+
+static bool precision_is_16_bit(precision_kind precision) {
+    return precision == PRECISION_BF16 || precision == PRECISION_FP16;
+}
+
+/* One cast buffer: max_operand_floats 2-byte values, rounded as the allocator rounds, so that
+ * precision_workspace_bytes() is exact both before and after the allocator's rounding. */
+static size_t cast_buffer_bytes(size_t max_operand_floats) {
+    if (max_operand_floats > SIZE_MAX / 2) return SIZE_MAX;
+    return allocator_rounded_size(max_operand_floats * 2);
+}
+
+static size_t cuda_precision_workspace_bytes(device *dev, precision_kind precision,
+                                             size_t max_operand_floats) {
+    (void)dev;
+    size_t bytes = CUBLAS_WORKSPACE_BYTES;
+    if (precision_is_16_bit(precision)) {
+        size_t cast = cast_buffer_bytes(max_operand_floats);
+        if (cast == SIZE_MAX || cast > (SIZE_MAX - bytes) / 2) return SIZE_MAX;
+        bytes += 2 * cast;
+    }
+    return bytes;
+}
+
+/* Takes the cuBLAS workspace (always: so it is counted and limited like all device memory)
+ * and, for bf16/fp16, the two operand cast buffers from `alloc`. They belong to the allocator:
+ * allocator_destroy() releases them, so the allocator must not be destroyed while GEMMs may
+ * still run. A second call takes new buffers before returning the old ones to the allocator
+ * it took them from; on failure the previous precision stays in force. */
+static ddt_status cuda_set_precision(device *dev, precision_kind precision, allocator *alloc,
+                                     size_t max_operand_floats) {
+    cuda_backend *backend = backend_of(dev);
+    if (precision != PRECISION_FP32 && precision != PRECISION_TF32 &&
+        !precision_is_16_bit(precision))
+        return ddt_error(DDT_ERR_USAGE, "unknown precision %d", (int)precision);
+    if (!alloc) return ddt_error(DDT_ERR_INTERNAL, "set_precision needs an allocator");
+    size_t cast_bytes = 0;
+    if (precision_is_16_bit(precision)) {
+        cast_bytes = cast_buffer_bytes(max_operand_floats);
+        if (cast_bytes == SIZE_MAX)
+            return ddt_error(DDT_ERR_MEMORY, "%s GEMM operands of %zu floats are too large",
+                             precision_kind_name(precision), max_operand_floats);
+    }
+    ddt_status status = DDT_OK;
+    void *workspace = NULL, *cast_a = NULL, *cast_b = NULL;
+    DDT_CHECK_GOTO(
+        allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, CUBLAS_WORKSPACE_BYTES, &workspace),
+        status, fail);
+    if (cast_bytes) {
+        DDT_CHECK_GOTO(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, cast_bytes, &cast_a),
+                       status, fail);
+        DDT_CHECK_GOTO(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, cast_bytes, &cast_b),
+                       status, fail);
+    }
+    /* The workspace must stay after cublasSetStream (which resets it to cuBLAS's own pool):
+     * the stream was bound at open and is never changed. */
+    CUBLAS_CHECK_GOTO(cublasSetWorkspace(backend->cublas, workspace, CUBLAS_WORKSPACE_BYTES),
+                      status, fail);
+    cublasMath_t math =
+        precision == PRECISION_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+    CUBLAS_CHECK_GOTO(cublasSetMathMode(backend->cublas, math), status, fail_restore);
+
+    /* Work already issued may still use the old buffers, but everything runs on the compute
+     * stream, so whatever reuses them (also through it) runs after that work. */
+    if (backend->workspace_allocator) {
+        allocator_free(backend->workspace_allocator, backend->cast_b);
+        allocator_free(backend->workspace_allocator, backend->cast_a);
+        allocator_free(backend->workspace_allocator, backend->cublas_workspace);
+    }
+    backend->precision = precision;
+    backend->workspace_allocator = alloc;
+    backend->cublas_workspace = workspace;
+    backend->cast_a = cast_a;
+    backend->cast_b = cast_b;
+    backend->cast_capacity_floats = cast_bytes / 2;
+    return DDT_OK;
+
+fail_restore:
+    /* Put the previous workspace (or cuBLAS's own pool, via the stream) back. */
+    if (backend->cublas_workspace)
+        (void)cublasSetWorkspace(backend->cublas, backend->cublas_workspace,
+                                 CUBLAS_WORKSPACE_BYTES);
+    else
+        (void)cublasSetStream(backend->cublas, backend->compute_stream);
+fail:
+    allocator_free(alloc, cast_b);
+    allocator_free(alloc, cast_a);
+    allocator_free(alloc, workspace);
+    return status;
+}
+
+/* --- streams and the input path ---------------------------------------------------------- */
+
+static void *cuda_native_stream(device *dev) {
+    return (void *)backend_of(dev)->compute_stream;
+}
+
+static ddt_status cuda_host_alloc(device *dev, size_t bytes, void **out) {
+    *out = NULL;
+    CUDA_CHECK(cudaSetDevice(dev->ordinal));
+    size_t size = bytes ? bytes : 64;
+    void *pointer = NULL;
+    /* Portable: page-locked for every context, whichever thread asks. */
+    cudaError_t error = cudaHostAlloc(&pointer, size, cudaHostAllocPortable);
+    if (error != cudaSuccess || !pointer) {
+        (void)cudaGetLastError();
+        return ddt_error(DDT_ERR_MEMORY,
+                         "out of page-locked host memory: cudaHostAlloc of %zu bytes failed: %s",
+                         bytes, cudaGetErrorString(error));
+    }
+    memset(pointer, 0, size);
+    *out = pointer;
+    return DDT_OK;
+}
+
+static void cuda_host_free(device *dev, void *pointer) {
+    if (!pointer) return;
+    if (cudaSetDevice(dev->ordinal) != cudaSuccess || cudaFreeHost(pointer) != cudaSuccess)
+        (void)cudaGetLastError(); /* nothing to report to: the memory is gone either way */
+}
+
+static ddt_status check_buffer(int buffer) {
+    if (buffer < 0 || buffer >= UPLOAD_BUFFERS)
+        return ddt_error(DDT_ERR_INTERNAL, "upload buffer %d is not 0 or 1", buffer);
+    return DDT_OK;
+}
+
+/* The copy overwrites device memory that compute work issued earlier may still read, so the
+ * copy stream first waits for buffer_free[buffer]: recorded by upload_wait() of the other
+ * buffer (after the work that used this one was issued), or, if this buffer is the one in use
+ * or was never released, right now, after everything issued so far (the allocator's zero-fill
+ * included). In the usual alternation (upload b+1 while b computes) that wait is long over. */
+static ddt_status cuda_upload_async(device *dev, void *device_dst, const void *host_src,
+                                    size_t bytes, int buffer) {
+    cuda_backend *backend = backend_of(dev);
+    DDT_CHECK(check_buffer(buffer));
+    CUDA_CHECK(cudaSetDevice(dev->ordinal));
+    if (!backend->buffer_free_recorded[buffer] || backend->current_buffer == buffer) {
+        CUDA_CHECK(cudaEventRecord(backend->buffer_free[buffer], backend->compute_stream));
+        backend->buffer_free_recorded[buffer] = true;
+    }
+    CUDA_CHECK(cudaStreamWaitEvent(backend->copy_stream, backend->buffer_free[buffer], 0));
+    if (bytes)
+        CUDA_CHECK(cudaMemcpyAsync(device_dst, host_src, bytes, cudaMemcpyHostToDevice,
+                                   backend->copy_stream));
+    CUDA_CHECK(cudaEventRecord(backend->upload_done[buffer], backend->copy_stream));
+    return DDT_OK;
+}
+
+/* Compute work issued from now on waits for upload `buffer`; the other buffer is released
+ * (everything that may read it has been issued), for the next upload into it. */
+static ddt_status cuda_upload_wait(device *dev, int buffer) {
+    cuda_backend *backend = backend_of(dev);
+    DDT_CHECK(check_buffer(buffer));
+    CUDA_CHECK(cudaSetDevice(dev->ordinal));
+    int other = UPLOAD_BUFFERS - 1 - buffer;
+    CUDA_CHECK(cudaEventRecord(backend->buffer_free[other], backend->compute_stream));
+    backend->buffer_free_recorded[other] = true;
+    CUDA_CHECK(cudaStreamWaitEvent(backend->compute_stream, backend->upload_done[buffer], 0));
+    backend->current_buffer = buffer;
+    return DDT_OK;
+}
+
+static ddt_status cuda_upload_host_done(device *dev, int buffer) {
+    cuda_backend *backend = backend_of(dev);
+    DDT_CHECK(check_buffer(buffer));
+    CUDA_CHECK(cudaSetDevice(dev->ordinal));
+    CUDA_CHECK(cudaEventSynchronize(backend->upload_done[buffer]));
+    return DDT_OK;
+}
+
+/* --- lifetime ---------------------------------------------------------------------------- */
+
+/* Releases whatever part of a backend exists, in reverse order of cuda_open's steps. The
+ * precision workspace belongs to the allocator and is not touched. */
+static void cuda_backend_release(cuda_backend *backend) {
+    if (!backend) return;
+    if (backend->compute_stream) (void)cudaStreamSynchronize(backend->compute_stream);
+    if (backend->copy_stream) (void)cudaStreamSynchronize(backend->copy_stream);
+    if (backend->host_flag) (void)cudaFreeHost(backend->host_flag);
+    if (backend->device_flag) (void)cudaFree(backend->device_flag);
+    for (int i = UPLOAD_BUFFERS - 1; i >= 0; i--) {
+        if (backend->buffer_free[i]) (void)cudaEventDestroy(backend->buffer_free[i]);
+        if (backend->upload_done[i]) (void)cudaEventDestroy(backend->upload_done[i]);
+    }
+    if (backend->cublas) (void)cublasDestroy(backend->cublas);
+    if (backend->copy_stream) (void)cudaStreamDestroy(backend->copy_stream);
+    if (backend->compute_stream) (void)cudaStreamDestroy(backend->compute_stream);
+    (void)cudaGetLastError();
+    free(backend);
+}
+
+static void cuda_close(device *dev) {
+    if (!dev->backend) return;
+    (void)cudaSetDevice(dev->ordinal);
+    cuda_backend_release(dev->backend);
+    dev->backend = NULL;
+}
+
+static const device_ops cuda_ops = {
+    .name = "cuda",
+    .memory_alloc = cuda_memory_alloc,
+    .memory_free = cuda_memory_free,
+    .memory_info = cuda_memory_info,
+    .copy_host_to_device = cuda_copy_host_to_device,
+    .copy_device_to_host = cuda_copy_device_to_host,
+    .copy_device_to_device = cuda_copy_device_to_device,
+    .fill_zero = cuda_fill_zero,
+    .gemm = cuda_gemm,
+    .bias_add = cuda_bias_add,
+    .bias_gradient_accumulate = cuda_bias_gradient_accumulate,
+    .scale = cuda_scale,
+    .activation_forward = cuda_activation_forward,
+    .activation_backward = cuda_activation_backward,
+    .dropout_forward = cuda_dropout_forward,
+    .dropout_backward = cuda_dropout_backward,
+    .softmax_cross_entropy = cuda_softmax_cross_entropy,
+    .binary_cross_entropy = cuda_binary_cross_entropy,
+    .mean_squared_error = cuda_mean_squared_error,
+    .count_correct = cuda_count_correct,
+    .sgd_update = cuda_sgd_update,
+    .adamw_update = cuda_adamw_update,
+    .check_finite = cuda_check_finite,
+    .synchronize = cuda_synchronize,
+    .set_precision = cuda_set_precision,
+    .precision_workspace_bytes = cuda_precision_workspace_bytes,
+    .native_stream = cuda_native_stream,
+    .host_alloc = cuda_host_alloc,
+    .host_free = cuda_host_free,
+    .upload_async = cuda_upload_async,
+    .upload_wait = cuda_upload_wait,
+    .upload_host_done = cuda_upload_host_done,
+    .close = cuda_close,
+};
+
+int device_cuda_count(void) {
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError(); /* no driver, or no device: none */
+        return 0;
+    }
+    return count;
+}
+
+/* "cuda:0 NVIDIA H100 80GB HBM3 (PCI 0000:1b:00.0, sm_90, 79.1 GiB)". */
+static ddt_status cuda_describe(device *dev) {
+    struct cudaDeviceProp properties;
+    CUDA_CHECK(cudaGetDeviceProperties(&properties, dev->ordinal));
+    char bus[32];
+    if (cudaDeviceGetPCIBusId(bus, (int)sizeof bus, dev->ordinal) != cudaSuccess) {
+        (void)cudaGetLastError();
+        snprintf(bus, sizeof bus, "?");
+    }
+    for (char *p = bus; *p; p++)
+        *p = (char)tolower((unsigned char)*p); /* as nvidia-smi and sysfs write it */
+    snprintf(dev->description, sizeof dev->description,
+             "cuda:%d %.60s (PCI %.16s, sm_%d%d, %.1f GiB)", dev->ordinal, properties.name, bus,
+             properties.major, properties.minor,
+             (double)properties.totalGlobalMem / (double)((size_t)1 << 30));
+    return DDT_OK;
+}
+
+/* A failed cudaSetDevice: a missing GPU or driver is the user's to fix, anything else ours. */
+static ddt_status cuda_select_failure(int ordinal, cudaError_t error) {
+    (void)cudaGetLastError();
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess) {
+        (void)cudaGetLastError();
+        count = 0;
+    }
+    const char *visible = getenv("CUDA_VISIBLE_DEVICES");
+    if (error == cudaErrorInvalidDevice || error == cudaErrorNoDevice ||
+        error == cudaErrorInsufficientDriver)
+        return ddt_error(DDT_ERR_USAGE,
+                         "cannot use GPU %d: %s (this process sees %d GPU%s; "
+                         "CUDA_VISIBLE_DEVICES=%s)",
+                         ordinal, cudaGetErrorString(error), count, count == 1 ? "" : "s",
+                         visible ? visible : "(unset)");
+    return cuda_failure(error, "cudaSetDevice", __FILE__, __LINE__);
+}
+
+ddt_status device_cuda_open(device *dev) {
+    /* The first CUDA call: it makes this GPU current (and creates its context), so nothing
+     * below touches GPU 0 by default. */
+    cudaError_t error = cudaSetDevice(dev->ordinal);
+    if (error != cudaSuccess) return cuda_select_failure(dev->ordinal, error);
+    ddt_status status = DDT_OK;
+    cuda_backend *backend = calloc(1, sizeof *backend);
+    if (!backend)
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory opening cuda:%d", dev->ordinal);
+    backend->current_buffer = -1;
+    backend->precision = PRECISION_FP32;
+    CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&backend->compute_stream, cudaStreamNonBlocking),
+                    status, fail);
+    CUDA_CHECK_GOTO(cudaStreamCreateWithFlags(&backend->copy_stream, cudaStreamNonBlocking), status,
+                    fail);
+    CUBLAS_CHECK_GOTO(cublasCreate(&backend->cublas), status, fail);
+    CUBLAS_CHECK_GOTO(cublasSetStream(backend->cublas, backend->compute_stream), status, fail);
+    for (int i = 0; i < UPLOAD_BUFFERS; i++) {
+        CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&backend->upload_done[i], cudaEventDisableTiming),
+                        status, fail);
+        CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&backend->buffer_free[i], cudaEventDisableTiming),
+                        status, fail);
+    }
+    CUDA_CHECK_GOTO(cudaMalloc((void **)&backend->device_flag, 256), status, fail);
+    CUDA_CHECK_GOTO(cudaHostAlloc((void **)&backend->host_flag, sizeof(int), cudaHostAllocDefault),
+                    status, fail);
+    DDT_CHECK_GOTO(cuda_describe(dev), status, fail);
+    dev->ops = &cuda_ops;
+    dev->backend = backend;
+    return DDT_OK;
+
+fail:
+    cuda_backend_release(backend);
+    return status;
+}

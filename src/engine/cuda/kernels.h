@@ -1,0 +1,80 @@
+/* kernels.h - the CUDA backend's kernels (kernels.cu), private to src/engine/cuda.
+ *
+ * Each launcher enqueues its kernel(s) on `stream` and returns at once with the launch status
+ * (cudaGetLastError()), never waiting for the GPU; a fault inside a kernel surfaces at the
+ * next synchronisation. Every function computes what the operation of the same name in
+ * device.h specifies, as src/engine/device_cpu.c does; pointers are device pointers. Sizes of
+ * zero launch nothing.
+ */
+#ifndef DDT_ENGINE_CUDA_KERNELS_H
+#define DDT_ENGINE_CUDA_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "engine/device.h"
+
+/* C[r][c] = beta == 0 ? 0 : beta * C[r][c]: a GEMM with k = 0 (no products). */
+cudaError_t kernels_gemm_empty(cudaStream_t stream, int m, int n, float beta, float *c, int ldc);
+/* dst (packed rows x cols) = src (rows x cols, leading dimension ld) rounded to bf16 or fp16
+ * (round to nearest even); dst holds __nv_bfloat16 or __half values. */
+cudaError_t kernels_cast_bf16(cudaStream_t stream, int rows, int cols, const float *src, int ld,
+                              void *dst);
+cudaError_t kernels_cast_fp16(cudaStream_t stream, int rows, int cols, const float *src, int ld,
+                              void *dst);
+
+cudaError_t kernels_bias_add(cudaStream_t stream, int rows, int cols, float *y, const float *bias);
+cudaError_t kernels_bias_gradient_accumulate(cudaStream_t stream, int rows, int cols,
+                                             const float *dy, float *bias_gradient);
+cudaError_t kernels_scale(cudaStream_t stream, size_t count, float alpha, float *x);
+
+cudaError_t kernels_activation_forward(cudaStream_t stream, activation_kind kind, size_t count,
+                                       const float *x, float *y);
+cudaError_t kernels_activation_backward(cudaStream_t stream, activation_kind kind, size_t count,
+                                        const float *x, const float *y, const float *dy, float *dx);
+/* out = in * keep * keep_scale with keep as in device.h; keep_scale = 1 / (1 - rate), computed
+ * by the caller in float exactly as the CPU backend does, so outputs match bit for bit.
+ * rate > 0 (rate 0 is a copy, done by the caller). */
+cudaError_t kernels_dropout(cudaStream_t stream, int rows, int cols, float rate, float keep_scale,
+                            dropout_key key, const int64_t *row_ids, const float *in, float *out);
+
+cudaError_t kernels_softmax_cross_entropy(cudaStream_t stream, int rows, int cols,
+                                          const float *logits, const int32_t *labels,
+                                          const float *targets, float scale, float *loss_sum,
+                                          float *dlogits);
+cudaError_t kernels_binary_cross_entropy(cudaStream_t stream, int rows, int cols,
+                                         const float *logits, const int32_t *labels,
+                                         const float *targets, float scale, float *loss_sum,
+                                         float *dlogits);
+cudaError_t kernels_mean_squared_error(cudaStream_t stream, int rows, int cols, const float *logits,
+                                       const int32_t *labels, const float *targets, float scale,
+                                       float *loss_sum, float *dlogits);
+cudaError_t kernels_count_correct(cudaStream_t stream, int rows, int cols, const float *logits,
+                                  const int32_t *labels, float *correct);
+
+cudaError_t kernels_sgd_update(cudaStream_t stream, size_t count, float *params, const float *grads,
+                               float *velocity, float lr, float momentum, bool nesterov,
+                               float weight_decay, bool first_step);
+/* The per-step scalars are computed on the host as the CPU backend computes them:
+ * decay = 1 - lr * weight_decay, step_size = lr / (1 - beta1^t),
+ * inv_sqrt_correction2 = 1 / sqrt(1 - beta2^t). */
+cudaError_t kernels_adamw_update(cudaStream_t stream, size_t count, float *params,
+                                 const float *grads, float *m, float *v, float beta1, float beta2,
+                                 float eps, float decay, float step_size,
+                                 float inv_sqrt_correction2);
+
+/* *flag (a device int) = 1 if any of x[0..count) is NaN or Inf; left alone otherwise. */
+cudaError_t kernels_find_nonfinite(cudaStream_t stream, size_t count, const float *x, int *flag);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

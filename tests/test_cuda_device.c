@@ -1,0 +1,867 @@
+/* test_cuda_device.c - the CUDA backend against the CPU backend, operation by operation.
+ *
+ * Every operation of engine/device.h runs on the same random inputs on both backends and the
+ * results are compared: fp32 arithmetic within 1e-5 (relative to max(1, |value|), or, for
+ * GEMMs and sums, to the sum of the magnitudes that were added), TF32 GEMMs within 5e-3 and
+ * bf16/fp16 within 1e-2 of that sum; dropout masks and argmax counts exactly. Also: the upload
+ * path, check_finite on NaN and Inf, memory_info, preallocating through the allocator with a
+ * limit, the precision workspace as the allocator counts it, and a failure in an operation
+ * without a status surfacing at the next synchronisation.
+ *
+ * First, on any machine, the CPU side of the newer operations (precision, host memory, the
+ * upload path) and the registry. Then, without a GPU (or in a build without CUDA), the test
+ * prints one line, "skipped: no GPU ...", and returns 77, which CTest reports as skipped.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "engine/alloc.h"
+#include "engine/device.h"
+#include "util/rng.h"
+
+#define MIB ((size_t)1 << 20)
+#define GIB ((size_t)1 << 30)
+#define SKIP_EXIT_CODE 77
+
+static device *cpu, *gpu;
+static allocator *gpu_alloc;
+static int failures; /* the checks of this file that failed, to decide between fail and skip */
+
+static void expect_record(int ok, const char *file, int line, const char *text) {
+    if (!ok) failures++;
+    check_record(ok, file, line, text);
+}
+
+static void expect_status(ddt_status status, const char *file, int line, const char *text) {
+    if (status != DDT_OK) failures++;
+    check_record_status(status, file, line, text);
+}
+
+#define EXPECT(cond) expect_record(!!(cond), __FILE__, __LINE__, #cond)
+#define EXPECT_OK(expr) expect_status((expr), __FILE__, __LINE__, #expr)
+
+static bool message_has(const char *part) {
+    bool found = strstr(ddt_error_message(), part) != NULL;
+    if (!found) fprintf(stderr, "  message lacks '%s': %s\n", part, ddt_error_message());
+    return found;
+}
+
+/* --- inputs ------------------------------------------------------------------------------ */
+
+static uint64_t random_counter;
+
+static float random_uniform(float low, float high) {
+    return low + (high - low) * rng_uniform(rng_hash4(2024, 77, random_counter++, 0));
+}
+
+static float *random_array(size_t count, float low, float high) {
+    float *x = malloc((count ? count : 1) * sizeof *x);
+    if (!x) {
+        fprintf(stderr, "out of host memory\n");
+        exit(1);
+    }
+    for (size_t i = 0; i < count; i++)
+        x[i] = random_uniform(low, high);
+    return x;
+}
+
+static float *copy_array(const float *x, size_t count) {
+    float *y = random_array(count, 0.0f, 0.0f);
+    memcpy(y, x, count * sizeof *y);
+    return y;
+}
+
+/* --- GPU buffers (through the allocator, as the engine takes them) ------------------------ */
+
+static void *gpu_buffer(size_t bytes) {
+    void *pointer = NULL;
+    ddt_status status =
+        allocator_alloc(gpu_alloc, MEMORY_COMPONENT_ACTIVATIONS, bytes ? bytes : 1, &pointer);
+    if (status != DDT_OK) {
+        fprintf(stderr, "cannot allocate %zu bytes on the GPU: %s\n", bytes, ddt_error_message());
+        exit(1);
+    }
+    return pointer;
+}
+
+static void *gpu_copy_of(const void *host, size_t bytes) {
+    void *pointer = gpu_buffer(bytes);
+    EXPECT_OK(gpu->ops->copy_host_to_device(gpu, pointer, host, bytes));
+    return pointer;
+}
+
+static void host_copy_of(void *host, const void *device_pointer, size_t bytes) {
+    EXPECT_OK(gpu->ops->copy_device_to_host(gpu, host, device_pointer, bytes));
+}
+
+static void gpu_release(void *pointer) {
+    allocator_free(gpu_alloc, pointer);
+}
+
+/* --- comparisons ------------------------------------------------------------------------- */
+
+/* got[i] ~ expected[i]: |got - expected| <= tolerance * scale, where scale is scales[i] or,
+ * without scales, max(1, |expected|); NaN must meet NaN and an infinity the same infinity.
+ * One check per array; a failure names the worst element. */
+static void check_close(const char *what, const float *got, const float *expected, size_t count,
+                        double tolerance, const double *scales, const char *file, int line) {
+    double worst = 0.0;
+    size_t worst_index = 0;
+    bool mismatch = false;
+    for (size_t i = 0; i < count && !mismatch; i++) {
+        if (isnan(expected[i]) || isnan(got[i]) || isinf(expected[i]) || isinf(got[i])) {
+            bool same = isnan(expected[i]) ? isnan(got[i]) : got[i] == expected[i];
+            if (!same) {
+                mismatch = true;
+                worst_index = i;
+            }
+            continue;
+        }
+        double scale = scales ? scales[i] : fmax(1.0, fabs((double)expected[i]));
+        double error = fabs((double)got[i] - (double)expected[i]) / scale;
+        if (!(error <= worst)) {
+            worst = error;
+            worst_index = i;
+        }
+    }
+    bool ok = !mismatch && worst <= tolerance;
+    if (!ok)
+        fprintf(stderr,
+                "  %s: element %zu of %zu: got %.9g, expected %.9g (error %.3g, tolerance %.3g)\n",
+                what, worst_index, count, count ? got[worst_index] : 0.0,
+                count ? expected[worst_index] : 0.0, worst, tolerance);
+    expect_record(ok, file, line, what);
+}
+
+#define CHECK_CLOSE(what, got, expected, count, tolerance, scales)                                 \
+    check_close((what), (got), (expected), (count), (tolerance), (scales), __FILE__, __LINE__)
+
+static void check_identical(const char *what, const void *got, const void *expected, size_t bytes,
+                            const char *file, int line) {
+    bool ok = memcmp(got, expected, bytes) == 0;
+    if (!ok) {
+        const unsigned char *g = got, *e = expected;
+        size_t i = 0;
+        while (g[i] == e[i])
+            i++;
+        fprintf(stderr, "  %s: first difference at byte %zu of %zu\n", what, i, bytes);
+    }
+    expect_record(ok, file, line, what);
+}
+
+#define CHECK_IDENTICAL(what, got, expected, bytes)                                                \
+    check_identical((what), (got), (expected), (bytes), __FILE__, __LINE__)
+
+/* --- the CPU side of the newer operations, and the registry (no GPU needed) -------------- */
+
+static void check_cpu_backend_and_registry(void) {
+    EXPECT(device_count(DEVICE_KIND_CPU) == 1);
+
+    precision_kind precision = PRECISION_FP32;
+    const char *names[] = {"fp32", "tf32", "bf16", "fp16"};
+    for (int i = 0; i < 4; i++) {
+        EXPECT_OK(precision_kind_parse(names[i], &precision));
+        EXPECT((int)precision == i);
+        EXPECT(strcmp(precision_kind_name(precision), names[i]) == 0);
+    }
+    EXPECT(precision_kind_parse("fp8", &precision) == DDT_ERR_USAGE);
+    EXPECT(message_has("fp32, tf32, bf16 or fp16"));
+
+    const device_ops *ops = cpu->ops;
+    EXPECT_OK(ops->set_precision(cpu, PRECISION_FP32, NULL, 1000));
+    EXPECT(ops->set_precision(cpu, PRECISION_BF16, NULL, 1000) == DDT_ERR_USAGE);
+    EXPECT(message_has("--precision bf16 needs --device cuda"));
+    EXPECT(ops->precision_workspace_bytes(cpu, PRECISION_FP32, 1000) == 0);
+    EXPECT(ops->native_stream(cpu) == NULL);
+
+    unsigned char *host = NULL;
+    EXPECT_OK(ops->host_alloc(cpu, 1000, (void **)&host));
+    EXPECT(host && (uintptr_t)host % 64 == 0);
+    bool zero = host != NULL;
+    for (int i = 0; host && i < 1000; i++)
+        zero = zero && host[i] == 0;
+    EXPECT(zero);
+    unsigned char source[100], target[100];
+    for (int i = 0; i < 100; i++)
+        source[i] = (unsigned char)i;
+    EXPECT_OK(ops->upload_async(cpu, target, source, sizeof source, 1));
+    EXPECT(memcmp(source, target, sizeof source) == 0);
+    EXPECT_OK(ops->upload_wait(cpu, 1));
+    EXPECT_OK(ops->upload_host_done(cpu, 1));
+    EXPECT(ops->upload_async(cpu, target, source, sizeof source, 2) != DDT_OK);
+    ops->host_free(cpu, host);
+
+    if (!device_kind_available(DEVICE_KIND_CUDA)) {
+        device *none = (device *)1;
+        EXPECT(device_open(DEVICE_KIND_CUDA, 0, &none) == DDT_ERR_USAGE);
+        EXPECT(none == NULL);
+        EXPECT(device_count(DEVICE_KIND_CUDA) == 0);
+    }
+}
+
+/* --- GPU: device facts -------------------------------------------------------------------- */
+
+static void check_description_and_memory(void) {
+    EXPECT(strncmp(gpu->description, "cuda:", 5) == 0);
+    EXPECT(strcmp(gpu->ops->name, "cuda") == 0);
+    EXPECT(gpu->ops->native_stream(gpu) != NULL);
+    size_t total = 0, available = 0;
+    EXPECT_OK(gpu->ops->memory_info(gpu, &total, &available));
+    EXPECT(total >= GIB);
+    EXPECT(available > 0 && available <= total);
+
+    int count = device_count(DEVICE_KIND_CUDA);
+    device *none = (device *)1;
+    EXPECT(device_open(DEVICE_KIND_CUDA, count, &none) != DDT_OK);
+    EXPECT(none == NULL);
+}
+
+/* --- GPU: matrix products ----------------------------------------------------------------- */
+
+/* One GEMM, C = alpha op(A) op(B) + beta C with padded leading dimensions, on both backends;
+ * the GPU must agree within tolerance times the sum of the magnitudes of the terms. */
+static void check_gemm_case(const char *what, bool transpose_a, bool transpose_b, int m, int n,
+                            int k, float alpha, float beta, double tolerance) {
+    int a_rows = transpose_a ? k : m, a_cols = transpose_a ? m : k;
+    int b_rows = transpose_b ? n : k, b_cols = transpose_b ? k : n;
+    int lda = a_cols + 3, ldb = b_cols + 1, ldc = n + 2;
+    size_t a_size = (size_t)a_rows * lda, b_size = (size_t)b_rows * ldb, c_size = (size_t)m * ldc;
+    float *a = random_array(a_size, -1.0f, 1.0f);
+    float *b = random_array(b_size, -1.0f, 1.0f);
+    float *c = random_array(c_size, -1.0f, 1.0f);
+    float *expected = copy_array(c, c_size);
+    float *got = copy_array(c, c_size);
+    double *scales = malloc(c_size * sizeof *scales);
+    for (size_t e = 0; e < c_size; e++) /* padding must stay exactly as it was */
+        scales[e] = 1e-30;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            double sum = 0.0;
+            for (int p = 0; p < k; p++) {
+                float a_ip = transpose_a ? a[(size_t)p * lda + i] : a[(size_t)i * lda + p];
+                float b_pj = transpose_b ? b[(size_t)j * ldb + p] : b[(size_t)p * ldb + j];
+                sum += fabs((double)a_ip * b_pj);
+            }
+            scales[(size_t)i * ldc + j] =
+                fabs(alpha) * sum + fabs(beta * c[(size_t)i * ldc + j]) + 1e-30;
+        }
+    cpu->ops->gemm(cpu, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, expected,
+                   ldc);
+
+    float *device_a = gpu_copy_of(a, a_size * sizeof(float));
+    float *device_b = gpu_copy_of(b, b_size * sizeof(float));
+    float *device_c = gpu_copy_of(c, c_size * sizeof(float));
+    gpu->ops->gemm(gpu, transpose_a, transpose_b, m, n, k, alpha, device_a, lda, device_b, ldb,
+                   beta, device_c, ldc);
+    host_copy_of(got, device_c, c_size * sizeof(float));
+    char label[160];
+    snprintf(label, sizeof label, "%s gemm %c%c m=%d n=%d k=%d beta=%g", what,
+             transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, beta);
+    CHECK_CLOSE(label, got, expected, c_size, tolerance, scales);
+
+    gpu_release(device_c);
+    gpu_release(device_b);
+    gpu_release(device_a);
+    free(scales);
+    free(got);
+    free(expected);
+    free(c);
+    free(b);
+    free(a);
+}
+
+static void check_gemm_all_layouts(const char *what, double tolerance) {
+    for (int layout = 0; layout < 4; layout++) {
+        bool transpose_a = layout & 1, transpose_b = layout & 2;
+        check_gemm_case(what, transpose_a, transpose_b, 37, 29, 53, 0.75f, 0.5f, tolerance);
+        check_gemm_case(what, transpose_a, transpose_b, 64, 96, 256, 1.0f, 0.0f, tolerance);
+    }
+}
+
+static size_t workspace_in_use(void) {
+    return allocator_get_stats(gpu_alloc).component_bytes[MEMORY_COMPONENT_WORKSPACE];
+}
+
+static void check_gemm(void) {
+    /* Before set_precision: fp32 with cuBLAS's own workspace. */
+    check_gemm_all_layouts("fp32 (default)", 1e-5);
+    check_gemm_case("fp32 empty", false, false, 5, 7, 0, 1.0f, 0.5f, 1e-6);
+    check_gemm_case("fp32 empty", true, false, 5, 7, 0, 1.0f, 0.0f, 1e-6);
+
+    const size_t max_operand_floats = 256 * 96; /* the largest m*k or k*n above */
+    const device_ops *ops = gpu->ops;
+    EXPECT(workspace_in_use() == 0);
+    size_t fp32_bytes = ops->precision_workspace_bytes(gpu, PRECISION_FP32, max_operand_floats);
+    EXPECT(fp32_bytes == 32 * MIB);
+    EXPECT_OK(ops->set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
+    EXPECT(workspace_in_use() == fp32_bytes);
+    check_gemm_all_layouts("fp32", 1e-5);
+
+    EXPECT_OK(ops->set_precision(gpu, PRECISION_TF32, gpu_alloc, max_operand_floats));
+    EXPECT(workspace_in_use() ==
+           ops->precision_workspace_bytes(gpu, PRECISION_TF32, max_operand_floats));
+    check_gemm_all_layouts("tf32", 5e-3);
+
+    size_t bf16_bytes = ops->precision_workspace_bytes(gpu, PRECISION_BF16, max_operand_floats);
+    EXPECT(bf16_bytes == 32 * MIB + 2 * allocator_rounded_size(max_operand_floats * 2));
+    EXPECT_OK(ops->set_precision(gpu, PRECISION_BF16, gpu_alloc, max_operand_floats));
+    EXPECT(workspace_in_use() == bf16_bytes); /* the fp32 pieces went back */
+    check_gemm_all_layouts("bf16", 1e-2);
+
+    EXPECT_OK(ops->set_precision(gpu, PRECISION_FP16, gpu_alloc, max_operand_floats));
+    check_gemm_all_layouts("fp16", 1e-2);
+
+    EXPECT(ops->set_precision(gpu, (precision_kind)42, gpu_alloc, 1) == DDT_ERR_USAGE);
+    EXPECT_OK(ops->set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
+    EXPECT(workspace_in_use() == fp32_bytes);
+    EXPECT_OK(ops->synchronize(gpu));
+}
+
+/* --- GPU: bias, scale, activations, dropout ---------------------------------------------- */
+
+static void check_bias_case(int rows, int cols) {
+    size_t count = (size_t)rows * cols;
+    float *y = random_array(count, -2.0f, 2.0f);
+    float *bias = random_array((size_t)cols, -1.0f, 1.0f);
+    float *gradient = random_array((size_t)cols, -1.0f, 1.0f);
+    float *expected_y = copy_array(y, count), *got_y = copy_array(y, count);
+    float *expected_gradient = copy_array(gradient, (size_t)cols);
+    float *got_gradient = copy_array(gradient, (size_t)cols);
+    double *scales = calloc((size_t)cols, sizeof *scales);
+    for (int c = 0; c < cols; c++) {
+        scales[c] = fabs(gradient[c]) + 1e-30;
+        for (int r = 0; r < rows; r++)
+            scales[c] += fabs(y[(size_t)r * cols + c]);
+    }
+    float *device_y = gpu_copy_of(y, count * sizeof(float));
+    float *device_bias = gpu_copy_of(bias, (size_t)cols * sizeof(float));
+    float *device_gradient = gpu_copy_of(gradient, (size_t)cols * sizeof(float));
+
+    cpu->ops->bias_gradient_accumulate(cpu, rows, cols, y, expected_gradient);
+    gpu->ops->bias_gradient_accumulate(gpu, rows, cols, device_y, device_gradient);
+    host_copy_of(got_gradient, device_gradient, (size_t)cols * sizeof(float));
+    CHECK_CLOSE("bias_gradient_accumulate", got_gradient, expected_gradient, (size_t)cols, 1e-5,
+                scales);
+
+    cpu->ops->bias_add(cpu, rows, cols, expected_y, bias);
+    gpu->ops->bias_add(gpu, rows, cols, device_y, device_bias);
+    cpu->ops->scale(cpu, count, -0.37f, expected_y);
+    gpu->ops->scale(gpu, count, -0.37f, device_y);
+    host_copy_of(got_y, device_y, count * sizeof(float));
+    CHECK_CLOSE("bias_add then scale", got_y, expected_y, count, 1e-6, NULL);
+
+    gpu_release(device_gradient);
+    gpu_release(device_bias);
+    gpu_release(device_y);
+    free(scales);
+    free(got_gradient);
+    free(expected_gradient);
+    free(got_y);
+    free(expected_y);
+    free(gradient);
+    free(bias);
+    free(y);
+}
+
+static void check_activations(void) {
+    const size_t count = 4099;
+    float *x = random_array(count, -6.0f, 6.0f);
+    x[0] = 0.0f;
+    x[1] = -0.0f;
+    x[2] = 30.0f;
+    x[3] = -30.0f;
+    x[4] = NAN;
+    x[5] = 1e-3f;
+    float *dy = random_array(count, -1.0f, 1.0f);
+    float *expected = random_array(count, 0, 0), *got = random_array(count, 0, 0);
+    float *y = random_array(count, 0, 0);
+    float *device_x = gpu_copy_of(x, count * sizeof(float));
+    float *device_dy = gpu_copy_of(dy, count * sizeof(float));
+    float *device_y = gpu_buffer(count * sizeof(float));
+    float *device_out = gpu_buffer(count * sizeof(float));
+    const char *names[] = {"relu", "gelu", "tanh", "sigmoid"};
+    activation_kind kinds[] = {ACTIVATION_RELU, ACTIVATION_GELU, ACTIVATION_TANH,
+                               ACTIVATION_SIGMOID};
+    for (int i = 0; i < 4; i++) {
+        char label[64];
+        cpu->ops->activation_forward(cpu, kinds[i], count, x, y);
+        gpu->ops->activation_forward(gpu, kinds[i], count, device_x, device_out);
+        host_copy_of(got, device_out, count * sizeof(float));
+        snprintf(label, sizeof label, "%s forward", names[i]);
+        CHECK_CLOSE(label, got, y, count, 1e-5, NULL);
+
+        /* Both backends get the CPU's y, so only the backward formulas are compared. */
+        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_y, y, count * sizeof(float)));
+        cpu->ops->activation_backward(cpu, kinds[i], count, x, y, dy, expected);
+        gpu->ops->activation_backward(gpu, kinds[i], count, device_x, device_y, device_dy,
+                                      device_out);
+        host_copy_of(got, device_out, count * sizeof(float));
+        snprintf(label, sizeof label, "%s backward", names[i]);
+        CHECK_CLOSE(label, got, expected, count, 1e-5, NULL);
+    }
+    gpu_release(device_out);
+    gpu_release(device_y);
+    gpu_release(device_dy);
+    gpu_release(device_x);
+    free(y);
+    free(got);
+    free(expected);
+    free(dy);
+    free(x);
+}
+
+static void check_dropout(void) {
+    const int rows = 33, cols = 71;
+    const size_t count = (size_t)rows * cols;
+    int64_t row_ids[33];
+    for (int r = 0; r < rows; r++) /* global rows, far apart and beyond 32 bits */
+        row_ids[r] = (int64_t)(rng_hash4(5, 6, 7, (uint64_t)r) >> 26);
+    float *x = random_array(count, -3.0f, 3.0f);
+    float *expected = random_array(count, 0, 0), *got = random_array(count, 0, 0);
+    int64_t *device_row_ids = gpu_copy_of(row_ids, sizeof row_ids);
+    float *device_x = gpu_copy_of(x, count * sizeof(float));
+    float *device_out = gpu_buffer(count * sizeof(float));
+    const float rates[] = {0.3f, 0.9f, 0.0f};
+    for (int i = 0; i < 3; i++) {
+        dropout_key key = {.seed = 0x123456789abcull, .step = 17 + i, .layer = 3};
+        char label[64];
+        cpu->ops->dropout_forward(cpu, rows, cols, rates[i], key, row_ids, x, expected);
+        gpu->ops->dropout_forward(gpu, rows, cols, rates[i], key, device_row_ids, device_x,
+                                  device_out);
+        host_copy_of(got, device_out, count * sizeof(float));
+        snprintf(label, sizeof label, "dropout forward rate %g, bit for bit", rates[i]);
+        CHECK_IDENTICAL(label, got, expected, count * sizeof(float));
+        size_t kept = 0;
+        for (size_t e = 0; e < count; e++)
+            kept += expected[e] != 0.0f;
+        double kept_fraction = (double)kept / (double)count;
+        EXPECT(fabs(kept_fraction - (1.0 - rates[i])) < 0.05);
+
+        cpu->ops->dropout_backward(cpu, rows, cols, rates[i], key, row_ids, x, expected);
+        gpu->ops->dropout_backward(gpu, rows, cols, rates[i], key, device_row_ids, device_x,
+                                   device_out);
+        host_copy_of(got, device_out, count * sizeof(float));
+        snprintf(label, sizeof label, "dropout backward rate %g, bit for bit", rates[i]);
+        CHECK_IDENTICAL(label, got, expected, count * sizeof(float));
+    }
+    gpu_release(device_out);
+    gpu_release(device_x);
+    gpu_release(device_row_ids);
+    free(got);
+    free(expected);
+    free(x);
+}
+
+/* --- GPU: losses and accuracy ------------------------------------------------------------ */
+
+typedef void (*loss_function)(device *dev, int rows, int cols, const float *logits,
+                              const int32_t *labels, const float *targets, float scale,
+                              float *loss_sum, float *dlogits);
+
+/* One loss on both backends; labels or targets (the other NULL); with and without dlogits. */
+static void check_loss_case(const char *what, loss_function cpu_loss, loss_function gpu_loss,
+                            int rows, int cols, const int32_t *labels, const float *targets,
+                            const float *logits) {
+    size_t count = (size_t)rows * cols;
+    float scale = 1.0f / (float)rows;
+    float *expected = random_array(count, 0, 0), *got = random_array(count, 0, 0);
+    double *scales = malloc(count * sizeof *scales);
+    for (size_t e = 0; e < count; e++)
+        scales[e] = scale;
+    float *device_logits = gpu_copy_of(logits, count * sizeof(float));
+    int32_t *device_labels = labels ? gpu_copy_of(labels, (size_t)rows * sizeof(int32_t)) : NULL;
+    float *device_targets = targets ? gpu_copy_of(targets, count * sizeof(float)) : NULL;
+    float *device_dlogits = gpu_buffer(count * sizeof(float));
+    float *device_loss = gpu_buffer(sizeof(float));
+    for (int with_gradient = 0; with_gradient < 2; with_gradient++) {
+        float expected_loss = 2.5f, got_loss = 2.5f; /* losses add to what is there */
+        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_loss, &got_loss, sizeof(float)));
+        cpu_loss(cpu, rows, cols, logits, labels, targets, scale, &expected_loss,
+                 with_gradient ? expected : NULL);
+        gpu_loss(gpu, rows, cols, device_logits, device_labels, device_targets, scale, device_loss,
+                 with_gradient ? device_dlogits : NULL);
+        host_copy_of(&got_loss, device_loss, sizeof(float));
+        char label[128];
+        snprintf(label, sizeof label, "%s %dx%d loss%s", what, rows, cols,
+                 with_gradient ? " with gradient" : "");
+        if (!(fabs((double)got_loss - expected_loss) <= 1e-5 * fmax(1.0, fabs(expected_loss))))
+            fprintf(stderr, "  %s: got %.9g, expected %.9g\n", label, got_loss, expected_loss);
+        EXPECT(fabs((double)got_loss - expected_loss) <= 1e-5 * fmax(1.0, fabs(expected_loss)));
+        if (with_gradient) {
+            host_copy_of(got, device_dlogits, count * sizeof(float));
+            snprintf(label, sizeof label, "%s %dx%d dlogits", what, rows, cols);
+            CHECK_CLOSE(label, got, expected, count, 1e-5, scales);
+        }
+    }
+    gpu_release(device_loss);
+    gpu_release(device_dlogits);
+    gpu_release(device_targets);
+    gpu_release(device_labels);
+    gpu_release(device_logits);
+    free(scales);
+    free(got);
+    free(expected);
+}
+
+static void check_losses_of_shape(int rows, int cols) {
+    size_t count = (size_t)rows * cols;
+    float *logits = random_array(count, -20.0f, 20.0f);
+    for (int c = 0; c < cols; c++) /* a row of huge logits: stability */
+        logits[c] = c % 2 ? 80.0f : -85.0f;
+    float *targets = random_array(count, 0.0f, 1.0f);
+    int32_t *labels = malloc((size_t)rows * sizeof *labels);
+    int32_t *bits = malloc((size_t)rows * sizeof *bits);
+    for (int r = 0; r < rows; r++) {
+        labels[r] = (int32_t)(rng_hash4(1, 2, 3, (uint64_t)r) % (uint64_t)cols);
+        bits[r] = (int32_t)(rng_hash4(1, 2, 4, (uint64_t)r) % 2);
+    }
+    check_loss_case("softmax_cross_entropy labels", cpu->ops->softmax_cross_entropy,
+                    gpu->ops->softmax_cross_entropy, rows, cols, labels, NULL, logits);
+    check_loss_case("softmax_cross_entropy targets", cpu->ops->softmax_cross_entropy,
+                    gpu->ops->softmax_cross_entropy, rows, cols, NULL, targets, logits);
+    check_loss_case("binary_cross_entropy targets", cpu->ops->binary_cross_entropy,
+                    gpu->ops->binary_cross_entropy, rows, cols, NULL, targets, logits);
+    check_loss_case("binary_cross_entropy labels", cpu->ops->binary_cross_entropy,
+                    gpu->ops->binary_cross_entropy, rows, 1, bits, NULL, logits);
+    check_loss_case("mean_squared_error labels", cpu->ops->mean_squared_error,
+                    gpu->ops->mean_squared_error, rows, cols, labels, NULL, logits);
+    check_loss_case("mean_squared_error one column", cpu->ops->mean_squared_error,
+                    gpu->ops->mean_squared_error, rows, 1, bits, NULL, logits);
+    check_loss_case("mean_squared_error targets", cpu->ops->mean_squared_error,
+                    gpu->ops->mean_squared_error, rows, cols, NULL, targets, logits);
+    free(bits);
+    free(labels);
+    free(targets);
+    free(logits);
+}
+
+static void check_count_correct_case(int rows, int cols) {
+    size_t count = (size_t)rows * cols;
+    float *logits = random_array(count, -4.0f, 4.0f);
+    int32_t *labels = malloc((size_t)rows * sizeof *labels);
+    for (int r = 0; r < rows; r++) {
+        float *x = logits + (size_t)r * cols;
+        labels[r] = (int32_t)(rng_hash4(9, 9, 9, (uint64_t)r) % (uint64_t)(cols > 1 ? cols : 2));
+        if (cols > 1 && r % 5 == 1) { /* tied maxima: the first wins */
+            x[labels[r]] = 9.0f;
+            x[cols - 1] = 9.0f;
+            x[0] = 9.0f;
+        }
+        if (cols > 1 && r % 7 == 2) x[r % cols] = NAN; /* NaN logits, also at index 0 */
+        if (r % 3 == 0) x[labels[r] % cols] = 10.0f;   /* some hits in any case */
+    }
+    float expected = 1.0f, got = 1.0f;
+    float *device_logits = gpu_copy_of(logits, count * sizeof(float));
+    int32_t *device_labels = gpu_copy_of(labels, (size_t)rows * sizeof(int32_t));
+    float *device_correct = gpu_copy_of(&got, sizeof(float));
+    cpu->ops->count_correct(cpu, rows, cols, logits, labels, &expected);
+    gpu->ops->count_correct(gpu, rows, cols, device_logits, device_labels, device_correct);
+    host_copy_of(&got, device_correct, sizeof(float));
+    if (got != expected)
+        fprintf(stderr, "  count_correct %dx%d: got %g, expected %g\n", rows, cols, got, expected);
+    EXPECT(got == expected);
+    gpu_release(device_correct);
+    gpu_release(device_labels);
+    gpu_release(device_logits);
+    free(labels);
+    free(logits);
+}
+
+static void check_losses(void) {
+    check_losses_of_shape(67, 13);
+    check_losses_of_shape(9, 100);   /* rows wider than a warp */
+    check_losses_of_shape(5000, 10); /* many blocks adding to one loss */
+    check_count_correct_case(67, 13);
+    check_count_correct_case(300, 100);
+    check_count_correct_case(129, 1);
+}
+
+/* --- GPU: optimizers --------------------------------------------------------------------- */
+
+static void check_sgd_case(float momentum, bool nesterov, float weight_decay) {
+    const size_t count = 10007;
+    float *params = random_array(count, -1.0f, 1.0f);
+    float *expected = copy_array(params, count), *got = random_array(count, 0, 0);
+    float *velocity = random_array(count, 0, 0), *got_velocity = random_array(count, 0, 0);
+    float *device_params = gpu_copy_of(params, count * sizeof(float));
+    float *device_velocity = gpu_copy_of(velocity, count * sizeof(float));
+    float *device_grads = gpu_buffer(count * sizeof(float));
+    for (int step = 1; step <= 5; step++) {
+        float *grads = random_array(count, -1.0f, 1.0f);
+        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_grads, grads, count * sizeof(float)));
+        cpu->ops->sgd_update(cpu, count, expected, grads, momentum != 0.0f ? velocity : NULL, 0.05f,
+                             momentum, nesterov, weight_decay, step == 1);
+        gpu->ops->sgd_update(gpu, count, device_params, device_grads,
+                             momentum != 0.0f ? device_velocity : NULL, 0.05f, momentum, nesterov,
+                             weight_decay, step == 1);
+        free(grads);
+    }
+    char label[128];
+    snprintf(label, sizeof label, "sgd momentum %g nesterov %d weight decay %g: parameters",
+             momentum, nesterov, weight_decay);
+    host_copy_of(got, device_params, count * sizeof(float));
+    CHECK_CLOSE(label, got, expected, count, 1e-5, NULL);
+    if (momentum != 0.0f) {
+        host_copy_of(got_velocity, device_velocity, count * sizeof(float));
+        CHECK_CLOSE("sgd velocity", got_velocity, velocity, count, 1e-5, NULL);
+    }
+    gpu_release(device_grads);
+    gpu_release(device_velocity);
+    gpu_release(device_params);
+    free(got_velocity);
+    free(velocity);
+    free(got);
+    free(expected);
+    free(params);
+}
+
+static void check_adamw(void) {
+    const size_t count = 10007;
+    float *params = random_array(count, -1.0f, 1.0f);
+    float *m = random_array(count, 0, 0), *v = random_array(count, 0, 0);
+    float *got = random_array(count, 0, 0);
+    double *scales = malloc(count * sizeof *scales);
+    float *device_params = gpu_copy_of(params, count * sizeof(float));
+    float *device_m = gpu_copy_of(m, count * sizeof(float));
+    float *device_v = gpu_copy_of(v, count * sizeof(float));
+    float *device_grads = gpu_buffer(count * sizeof(float));
+    for (int step = 1; step <= 5; step++) {
+        float *grads = random_array(count, -1.0f, 1.0f);
+        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_grads, grads, count * sizeof(float)));
+        cpu->ops->adamw_update(cpu, count, params, grads, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f,
+                               step);
+        gpu->ops->adamw_update(gpu, count, device_params, device_grads, device_m, device_v, 1e-3f,
+                               0.9f, 0.999f, 1e-8f, 1e-2f, step);
+        free(grads);
+    }
+    host_copy_of(got, device_params, count * sizeof(float));
+    CHECK_CLOSE("adamw parameters", got, params, count, 1e-5, NULL);
+    /* The moments are small: compare them relative to themselves. */
+    for (size_t i = 0; i < count; i++)
+        scales[i] = fabs(m[i]) + 1e-12;
+    host_copy_of(got, device_m, count * sizeof(float));
+    CHECK_CLOSE("adamw first moment", got, m, count, 1e-5, scales);
+    for (size_t i = 0; i < count; i++)
+        scales[i] = fabs(v[i]) + 1e-12;
+    host_copy_of(got, device_v, count * sizeof(float));
+    CHECK_CLOSE("adamw second moment", got, v, count, 1e-5, scales);
+    gpu_release(device_grads);
+    gpu_release(device_v);
+    gpu_release(device_m);
+    gpu_release(device_params);
+    free(scales);
+    free(got);
+    free(v);
+    free(m);
+    free(params);
+}
+
+static void check_optimizers(void) {
+    check_sgd_case(0.0f, false, 0.0f);
+    check_sgd_case(0.0f, false, 1e-2f);
+    check_sgd_case(0.9f, false, 0.0f);
+    check_sgd_case(0.9f, true, 5e-3f);
+    check_adamw();
+}
+
+/* --- GPU: checks, uploads, memory -------------------------------------------------------- */
+
+static void check_finite_flags(void) {
+    const size_t count = 100003;
+    float *x = random_array(count, -1e30f, 1e30f);
+    float *device_x = gpu_copy_of(x, count * sizeof(float));
+    bool finite = false;
+    EXPECT_OK(gpu->ops->check_finite(gpu, count, device_x, &finite));
+    EXPECT(finite);
+    EXPECT_OK(gpu->ops->check_finite(gpu, 0, device_x, &finite));
+    EXPECT(finite);
+    const float bad_values[] = {NAN, INFINITY, -INFINITY};
+    const size_t positions[] = {77777, count - 1, 0};
+    for (int i = 0; i < 3; i++) {
+        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_x + positions[i], &bad_values[i],
+                                                sizeof(float)));
+        finite = true;
+        EXPECT_OK(gpu->ops->check_finite(gpu, count, device_x, &finite));
+        EXPECT(!finite);
+        bool cpu_finite = true;
+        x[positions[i]] = bad_values[i];
+        EXPECT_OK(cpu->ops->check_finite(cpu, count, x, &cpu_finite));
+        EXPECT(!cpu_finite);
+        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_x + positions[i], &(float){1.0f},
+                                                sizeof(float)));
+        x[positions[i]] = 1.0f;
+    }
+    EXPECT_OK(gpu->ops->check_finite(gpu, count, device_x, &finite));
+    EXPECT(finite);
+    gpu_release(device_x);
+    free(x);
+}
+
+/* Two page-locked buffers travel on the copy stream while the compute stream scales what has
+ * arrived; the third upload reuses buffer 0's memory once its computation was issued. */
+static void check_uploads(void) {
+    const size_t count = (size_t)1 << 20;
+    const size_t bytes = count * sizeof(float);
+    const device_ops *ops = gpu->ops;
+    float *host[2] = {NULL, NULL};
+    for (int b = 0; b < 2; b++) {
+        EXPECT_OK(ops->host_alloc(gpu, bytes, (void **)&host[b]));
+        if (!host[b]) return;
+    }
+    bool zero = true;
+    for (size_t i = 0; i < count; i++)
+        zero = zero && host[0][i] == 0.0f && host[1][i] == 0.0f;
+    EXPECT(zero);
+    for (size_t i = 0; i < count; i++) {
+        host[0][i] = (float)i;
+        host[1][i] = (float)(count - i);
+    }
+    float *device_buffer[2] = {gpu_buffer(bytes), gpu_buffer(bytes)};
+    EXPECT_OK(ops->upload_async(gpu, device_buffer[0], host[0], bytes, 0));
+    EXPECT_OK(ops->upload_wait(gpu, 0));
+    EXPECT_OK(ops->upload_async(gpu, device_buffer[1], host[1], bytes, 1));
+    ops->scale(gpu, count, 2.0f, device_buffer[0]);
+    EXPECT_OK(ops->upload_wait(gpu, 1));
+    ops->scale(gpu, count, 3.0f, device_buffer[1]);
+    EXPECT_OK(ops->upload_host_done(gpu, 0));
+    for (size_t i = 0; i < count; i++) /* buffer 0 again, with new data */
+        host[0][i] = (float)(i % 1000);
+    EXPECT_OK(ops->upload_async(gpu, device_buffer[0], host[0], bytes, 0));
+    EXPECT_OK(ops->upload_wait(gpu, 0));
+    ops->scale(gpu, count, 5.0f, device_buffer[0]);
+    EXPECT_OK(ops->upload_host_done(gpu, 0));
+    EXPECT_OK(ops->upload_host_done(gpu, 1));
+    EXPECT(ops->upload_wait(gpu, 2) != DDT_OK);
+
+    float *got = random_array(count, 0, 0);
+    host_copy_of(got, device_buffer[1], bytes);
+    bool ok = true;
+    for (size_t i = 0; i < count; i++)
+        ok = ok && got[i] == 3.0f * (float)(count - i);
+    EXPECT(ok);
+    host_copy_of(got, device_buffer[0], bytes);
+    ok = true;
+    for (size_t i = 0; i < count; i++)
+        ok = ok && got[i] == 5.0f * (float)(i % 1000);
+    EXPECT(ok);
+    EXPECT_OK(ops->synchronize(gpu));
+    free(got);
+    gpu_release(device_buffer[1]);
+    gpu_release(device_buffer[0]);
+    ops->host_free(gpu, host[1]);
+    ops->host_free(gpu, host[0]);
+}
+
+static void check_preallocation(void) {
+    size_t total = 0, available = 0;
+    EXPECT_OK(gpu->ops->memory_info(gpu, &total, &available));
+    size_t limit = available / 4 < 2 * GIB ? available / 4 : 2 * GIB;
+    limit -= limit % 256;
+    allocator_params params = allocator_default_params();
+    params.policy = MEMORY_POLICY_PREALLOCATE;
+    params.limit_bytes = limit;
+    params.rank = 0;
+    params.limit_source = "test limit";
+    allocator *alloc = NULL;
+    EXPECT_OK(allocator_init_with_params(gpu, &params, &alloc));
+    if (alloc) {
+        allocator_stats stats = allocator_get_stats(alloc);
+        EXPECT(stats.reserved_bytes == limit);
+        EXPECT(stats.region_count == 1);
+        float *half = NULL, *too_much = NULL;
+        EXPECT_OK(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, limit / 2, (void **)&half));
+        EXPECT(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, limit / 2 + 256,
+                               (void **)&too_much) == DDT_ERR_MEMORY);
+        EXPECT(too_much == NULL);
+        if (half) { /* zero-filled (fill_zero) at both ends */
+            float *probe = calloc(MIB, 1);
+            bool zero = true;
+            EXPECT_OK(gpu->ops->copy_device_to_host(gpu, probe, half, MIB));
+            for (size_t i = 0; i < MIB / sizeof(float); i++)
+                zero = zero && probe[i] == 0.0f;
+            EXPECT_OK(
+                gpu->ops->copy_device_to_host(gpu, probe, (char *)half + (limit / 2 - MIB), MIB));
+            for (size_t i = 0; i < MIB / sizeof(float); i++)
+                zero = zero && probe[i] == 0.0f;
+            EXPECT(zero);
+            free(probe);
+        }
+        allocator_destroy(alloc);
+    }
+    /* More than the GPU has fails at once, with a message, not a crash. */
+    params.limit_bytes = total + GIB;
+    alloc = NULL;
+    EXPECT(allocator_init_with_params(gpu, &params, &alloc) == DDT_ERR_MEMORY);
+    EXPECT(alloc == NULL);
+}
+
+/* A GEMM too large for the bf16 cast buffers cannot return a status; its failure must come out
+ * of the next synchronize. On a device of its own, since the failure stays recorded. */
+static void check_deferred_failure(void) {
+    device *other = NULL;
+    allocator *alloc = NULL;
+    EXPECT_OK(device_open(DEVICE_KIND_CUDA, gpu->ordinal, &other));
+    if (!other) return;
+    EXPECT_OK(allocator_init(other, &alloc));
+    if (alloc) {
+        EXPECT_OK(other->ops->set_precision(other, PRECISION_BF16, alloc, 64));
+        float *buffer = NULL;
+        EXPECT_OK(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, 3 * 256 * sizeof(float),
+                                  (void **)&buffer));
+        if (buffer) {
+            other->ops->gemm(other, false, false, 16, 16, 16, 1.0f, buffer, 16, buffer + 256, 16,
+                             0.0f, buffer + 512, 16);
+            EXPECT(other->ops->synchronize(other) == DDT_ERR_INTERNAL);
+            EXPECT(message_has("max_operand_floats"));
+        }
+        allocator_destroy(alloc);
+    }
+    device_close(other);
+}
+
+int main(void) {
+    if (device_open(DEVICE_KIND_CPU, 0, &cpu) != DDT_OK) {
+        fprintf(stderr, "cannot open the CPU device: %s\n", ddt_error_message());
+        return 1;
+    }
+    check_cpu_backend_and_registry();
+    if (device_count(DEVICE_KIND_CUDA) == 0) {
+        device_close(cpu);
+        if (failures) return check_finish();
+        printf("skipped: no GPU (CUDA backend %s)\n",
+               device_kind_available(DEVICE_KIND_CUDA)
+                   ? "built, but no CUDA device or driver is visible"
+                   : "not built into this binary");
+        return SKIP_EXIT_CODE;
+    }
+    if (device_open(DEVICE_KIND_CUDA, 0, &gpu) != DDT_OK) {
+        fprintf(stderr, "cannot open the GPU: %s\n", ddt_error_message());
+        return 1;
+    }
+    printf("%s\n", gpu->description);
+    if (allocator_init(gpu, &gpu_alloc) != DDT_OK) {
+        fprintf(stderr, "cannot create the GPU allocator: %s\n", ddt_error_message());
+        return 1;
+    }
+    check_description_and_memory();
+    check_gemm();
+    check_bias_case(70, 45);
+    check_bias_case(3000, 7);
+    check_activations();
+    check_dropout();
+    check_losses();
+    check_optimizers();
+    check_finite_flags();
+    check_uploads();
+    check_preallocation();
+    check_deferred_failure();
+    EXPECT_OK(gpu->ops->synchronize(gpu));
+    allocator_destroy(gpu_alloc);
+    device_close(gpu);
+    device_close(cpu);
+    return check_finish();
+}
