@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # install-deps.sh - installs what ddtrain needs from Debian's packages, only what is missing.
 #
-#   launch/install-deps.sh [build|data|test|bench]...
+#   launch/install-deps.sh [build|data|test|slurm|bench]...
 #     build: compiler, CMake, Open MPI, HDF5, OpenBLAS, zlib (always included)
 #     data:  Debian's Fashion-MNIST (dataset-fashion-mnist)
-#     test:  h5py and numpy, used by the end-to-end tests to inspect files
+#     test:  h5py and numpy, used by the end-to-end tests to inspect files; the slurm group
+#     slurm: Slurm and munge, for launch/slurm/local-cluster.sh and tests/e2e/slurm.sh
+#            (local-cluster.sh runs its own daemons and needs none of the system's)
 #     bench: PyTorch (python3-torch), the peer in bench/
 # Uses apt-get as root, or through sudo. Does nothing when everything is present.
 set -euo pipefail
@@ -15,9 +17,10 @@ for group in "$@"; do
   case "$group" in
     build) ;;
     data) packages+=(dataset-fashion-mnist) ;;
-    test) packages+=(python3-h5py python3-numpy dataset-fashion-mnist) ;;
+    test) packages+=(python3-h5py python3-numpy dataset-fashion-mnist slurm-wlm munge) ;;
+    slurm) packages+=(slurm-wlm munge) ;;
     bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox) ;;
-    *) echo "install-deps.sh: unknown group '$group' (build, data, test, bench)" >&2; exit 2 ;;
+    *) echo "install-deps.sh: unknown group '$group' (build, data, test, slurm, bench)" >&2; exit 2 ;;
   esac
 done
 

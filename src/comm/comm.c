@@ -79,6 +79,11 @@ void comm_set_timeout(comm *c, double seconds) {
     c->timeout_seconds = seconds > 0 ? seconds : 0; /* NaN fails the test, so becomes 0 */
 }
 
+void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context) {
+    c->wait_hook = hook;
+    c->wait_hook_context = context;
+}
+
 size_t comm_device_bytes_unrouted(const comm *c) {
     return c->device_bytes_unrouted;
 }
@@ -119,10 +124,33 @@ static MPI_Op mpi_op(comm_reduce_op op) {
     return MPI_SUM;
 }
 
+static double now_seconds(void);
+
+/* The control plane runs once per step: non-blocking and polled, so a lost or stalled rank
+ * becomes an error after the timeout (and the wait hook can name it) instead of a hang. */
 ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduce_op op) {
-    int rc = MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, mpi_op(op), c->world);
-    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce (control values)");
-    return DDT_OK;
+    MPI_Request request;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, mpi_op(op), c->world,
+                            &request);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce (control values)");
+    double started = now_seconds(), last_hook = started;
+    for (unsigned polls = 0;; polls++) {
+        int done = 0;
+        rc = MPI_Test(&request, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Test (control values)");
+        if (done) return DDT_OK;
+        if (polls % 256 != 255) continue;
+        double now = now_seconds();
+        if (c->wait_hook && now - last_hook > 0.5) {
+            c->wait_hook(c->wait_hook_context);
+            last_hook = now;
+        }
+        if (c->timeout_seconds > 0 && now - started > c->timeout_seconds)
+            return ddt_error(DDT_ERR_COMM,
+                             "the ranks' per-step agreement made no progress for %.0f s "
+                             "(--comm-timeout): a rank was lost or stalled",
+                             c->timeout_seconds);
+    }
 }
 
 ddt_status comm_allreduce_u64(comm *c, uint64_t *values, int count, comm_reduce_op op) {
@@ -141,6 +169,7 @@ typedef enum bucket_state {
 
 typedef struct bucket {
     size_t begin, end; /* floats [begin, end) of the gradient buffer */
+    double started;    /* when its all-reduce was started (for the observer) */
     bucket_state state;
     comm_request request;
 } bucket;
@@ -152,6 +181,8 @@ struct gradient_buckets {
     int bucket_count;
     bucket *buckets; /* ordered from the end of the buffer: buckets[0] is ready first */
     int next_to_start;
+    void (*observer)(void *context, int bucket, size_t floats, double started, double finished);
+    void *observer_context;
     double wait_seconds;
     int64_t started_early, started_late;
 };
@@ -227,7 +258,24 @@ static ddt_status start_bucket(gradient_buckets *gb, bucket *b) {
     DDT_CHECK(gb->c->ops->allreduce_start(gb->c, gb->gradients + b->begin, b->end - b->begin,
                                           &b->request));
     b->state = BUCKET_IN_FLIGHT;
+    if (gb->observer) b->started = now_seconds();
     return DDT_OK;
+}
+
+/* A bucket's all-reduce was seen complete. */
+static void bucket_done(gradient_buckets *gb, bucket *b) {
+    b->state = BUCKET_DONE;
+    if (gb->observer)
+        gb->observer(gb->observer_context, (int)(b - gb->buckets), b->end - b->begin, b->started,
+                     now_seconds());
+}
+
+void gradient_buckets_set_observer(gradient_buckets *gb,
+                                   void (*observer)(void *context, int bucket, size_t floats,
+                                                    double started, double finished),
+                                   void *context) {
+    gb->observer = observer;
+    gb->observer_context = context;
 }
 
 static ddt_status poll_in_flight(gradient_buckets *gb) {
@@ -236,7 +284,7 @@ static ddt_status poll_in_flight(gradient_buckets *gb) {
         if (b->state != BUCKET_IN_FLIGHT) continue;
         bool done = false;
         DDT_CHECK(gb->c->ops->allreduce_test(gb->c, &b->request, &done));
-        if (done) b->state = BUCKET_DONE;
+        if (done) bucket_done(gb, b);
     }
     return DDT_OK;
 }
@@ -266,7 +314,7 @@ ddt_status gradient_buckets_finish(gradient_buckets *gb) {
         bucket *b = &gb->buckets[i];
         if (b->state == BUCKET_IN_FLIGHT) {
             DDT_CHECK(gb->c->ops->allreduce_wait(gb->c, &b->request));
-            b->state = BUCKET_DONE;
+            bucket_done(gb, b);
         }
     }
     gb->wait_seconds += now_seconds() - start;

@@ -72,6 +72,9 @@ bool comm_backend_available(comm_backend_kind kind);
  * "do not wait": an operation not complete at its first check fails at once. MPI waits are
  * not bounded by it. Communicator creation always uses the default. */
 void comm_set_timeout(comm *c, double seconds);
+/* Called now and then while a data-plane wait is in progress (e.g. a watchdog that names the
+ * ranks being waited for); NULL removes it. */
+void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context);
 /* Device memory the backend took outside ddtrain's allocator (NCCL's buffers, streams and
  * events), as measured by the device's free memory before and after set-up; 0 for MPI.
  * For memory plans. */
@@ -117,5 +120,11 @@ ddt_status gradient_buckets_ready_callback(void *context, size_t ready_from);
 /* Starts the buckets not started yet and waits for all of them. */
 ddt_status gradient_buckets_finish(gradient_buckets *gb);
 gradient_bucket_stats gradient_buckets_get_stats(const gradient_buckets *gb);
+/* Calls `observer` each time a bucket's all-reduce is seen complete, with when it was started
+ * and when it was seen done (seconds, CLOCK_MONOTONIC); for timelines. NULL removes it. */
+void gradient_buckets_set_observer(gradient_buckets *gb,
+                                   void (*observer)(void *context, int bucket, size_t floats,
+                                                    double started, double finished),
+                                   void *context);
 
 #endif

@@ -44,6 +44,8 @@ struct comm {
     int rank, world_size, local_rank, local_size;
     device *dev;
     double timeout_seconds;       /* longest wait for a data-plane operation (comm_set_timeout) */
+    void (*wait_hook)(void *context); /* called while waiting (comm_set_wait_hook); may be NULL */
+    void *wait_hook_context;
     size_t device_bytes_unrouted; /* device memory the backend took outside the allocator */
     void *backend;
 };

@@ -1,6 +1,8 @@
 /* comm_mpi.c - the MPI data-plane backend: in-place MPI (I)Allreduce and MPI_Bcast on float
  * buffers in host memory (CPU ranks). */
 #include <limits.h>
+#include <sched.h>
+#include <time.h>
 
 #include "comm/comm_backend.h"
 
@@ -53,11 +55,34 @@ static ddt_status mpi_allreduce_test(comm *c, comm_request *request, bool *done)
     return DDT_OK;
 }
 
+static double seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Polls instead of MPI_Wait so that a peer that died or stalled (under a launcher that does
+ * not end the job by itself) turns into an error after the timeout instead of a hang. */
 static ddt_status mpi_allreduce_wait(comm *c, comm_request *request) {
-    (void)c;
-    int rc = MPI_Wait(&request->mpi, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Wait on a gradient all-reduce");
-    return DDT_OK;
+    double started = seconds_now(), last_hook = started;
+    for (unsigned polls = 0;; polls++) {
+        int done = 0;
+        int rc = MPI_Test(&request->mpi, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Test on a gradient all-reduce");
+        if (done) return DDT_OK;
+        if (polls % 256 != 255) continue;
+        double now = seconds_now();
+        if (c->wait_hook && now - last_hook > 0.5) {
+            c->wait_hook(c->wait_hook_context);
+            last_hook = now;
+        }
+        if (c->timeout_seconds > 0 && now - started > c->timeout_seconds)
+            return ddt_error(DDT_ERR_COMM,
+                             "a gradient all-reduce made no progress for %.0f s (--comm-timeout): "
+                             "a rank was lost or stalled",
+                             c->timeout_seconds);
+        if (now - started > 0.01) sched_yield(); /* long waits: let the reader thread run */
+    }
 }
 
 static ddt_status mpi_open(comm *c) {

@@ -27,6 +27,26 @@ ddt_status job_init(job *j, int *argc, char ***argv) {
     return DDT_OK;
 }
 
+ddt_status job_check_slurm(const job *j) {
+    const char *off = getenv("DDTRAIN_SLURM_CHECK");
+    if (off && strcmp(off, "0") == 0) return DDT_OK;
+    const char *name = "SLURM_STEP_NUM_TASKS";
+    const char *tasks = getenv(name);
+    if (!tasks || !*tasks) {
+        name = "SLURM_NTASKS";
+        tasks = getenv(name);
+    }
+    if (!tasks || !*tasks) return DDT_OK;
+    long expected = strtol(tasks, NULL, 10);
+    if (expected <= 0 || expected == j->world_size) return DDT_OK;
+    return ddt_error(DDT_ERR_USAGE,
+                     "Slurm says %s=%ld, but MPI started a world of %d rank%s: the ranks do not "
+                     "see each other, and each would train alone and overwrite the others' "
+                     "output. Launch with srun --mpi=pmix (Debian's Open MPI speaks PMIx only) "
+                     "or mpirun inside the allocation; DDTRAIN_SLURM_CHECK=0 skips this check",
+                     name, expected, j->world_size, j->world_size == 1 ? "" : "s");
+}
+
 void job_print_error(const job *j, ddt_status status) {
     const char *message = ddt_error_message();
     if (!*message) message = ddt_status_name(status);
@@ -81,6 +101,17 @@ void job_say(const job *j, const char *format, ...) {
     vprintf(format, args);
     va_end(args);
     fflush(stdout);
+}
+
+bool job_stdout_is_terminal(void) {
+    if (!isatty(STDOUT_FILENO)) return false;
+    if (!getenv("OMPI_COMM_WORLD_SIZE")) return true;
+    char link[64], target[256];
+    snprintf(link, sizeof link, "/proc/%d/fd/1", (int)getppid());
+    ssize_t length = readlink(link, target, sizeof target - 1);
+    if (length <= 0) return false;
+    target[length] = '\0';
+    return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
 }
 
 size_t job_peak_rss_bytes(void) {

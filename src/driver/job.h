@@ -32,6 +32,12 @@ typedef struct job {
 /* MPI_Init_thread (funneled: only the main thread calls MPI). */
 ddt_status job_init(job *j, int *argc, char ***argv);
 
+/* Under Slurm, refuses a world size that disagrees with the job step's task count
+ * (SLURM_STEP_NUM_TASKS for srun-launched tasks, else SLURM_NTASKS): that is the trap of N
+ * singleton "rank 0 of 1" processes, e.g. srun without PMIx, that would each train alone and
+ * overwrite each other's output. DDTRAIN_SLURM_CHECK=0 turns the check off. */
+ddt_status job_check_slurm(const job *j);
+
 /* Collective: returns DDT_OK if `local` is DDT_OK on every rank, else the status of the
  * lowest failing rank, whose message that rank prints (prefixed with its rank when the job
  * has several). */
@@ -48,6 +54,11 @@ _Noreturn void job_abort(job *j, ddt_status status, const char *message);
 
 /* printf on rank 0 only, flushed. */
 void job_say(const job *j, const char *format, ...) __attribute__((format(printf, 2, 3)));
+
+/* Whether standard output reaches a terminal (for a progress bar rather than log lines).
+ * Open MPI gives every rank a pseudo-terminal of its own even when mpirun's output goes to a
+ * file, so under Open MPI this asks about mpirun's (the parent's) standard output instead. */
+bool job_stdout_is_terminal(void);
 
 /* Peak resident set size of this process, in bytes. */
 size_t job_peak_rss_bytes(void);

@@ -130,7 +130,27 @@ static const option_def option_table[] = {
     {"metrics", 0, OPTION_STRING, TRAIN, FIELD(metrics), NULL, 0, 0, "FILE.jsonl",
      "append one JSON record per epoch and a final summary"},
     {"log-every", 0, OPTION_INT64, TRAIN, FIELD(log_every), "100", 0, BIG, "STEPS",
-     "progress line every this many steps (0: epochs only)"},
+     "progress line every this many steps (0: epochs only; a terminal gets a progress bar)"},
+    {"metrics-every", 0, OPTION_INT64, TRAIN, FIELD(metrics_every), "100", 0, BIG, "STEPS",
+     "--metrics: a \"step\" record every this many steps (loss, lr, samples/s, time split, "
+     "memory; 0: epochs only)"},
+    {"trace", 0, OPTION_STRING, TRAIN, FIELD(trace), NULL, 0, 0, "FILE.json",
+     "write a Chrome-trace/Perfetto timeline of every rank over --trace-steps"},
+    {"trace-steps", 0, OPTION_STRING, TRAIN, FIELD(trace_steps), "1:20", 0, 0, "A:B",
+     "the steps --trace covers (counted from 1)"},
+    /* checkpoints */
+    {"checkpoint-dir", 0, OPTION_STRING, TRAIN, FIELD(checkpoint_dir), NULL, 0, 0, "DIR",
+     "write checkpoints (model, optimizer, position in the data) here"},
+    {"checkpoint-every", 0, OPTION_STRING, TRAIN, FIELD(checkpoint_every), NULL, 0, 0,
+     "STEPS|DURATION",
+     "checkpoint every this many steps, or this often (90s, 10min, 2h); always at the end"},
+    {"checkpoint-keep", 0, OPTION_INT64, TRAIN, FIELD(checkpoint_keep), "3", 1, 1000000, "K",
+     "keep the newest K checkpoints"},
+    {"resume", 0, OPTION_FLAG, TRAIN, FIELD(resume), NULL, 0, 0, NULL,
+     "continue from the newest complete checkpoint in --checkpoint-dir (start fresh if none)"},
+    {"stop-after", 0, OPTION_INT64, TRAIN, FIELD(stop_after), "0", 0, BIG, "STEPS",
+     "stop after this many steps of this run, as on a preemption signal: checkpoint, exit 0 "
+     "(for jobs in chunks; 0: run to the end)"},
     /* convert / synth */
     {"output", 'o', OPTION_STRING, CONVERT | SYNTH, FIELD(output), NULL, 0, 0, "OUT.h5",
      "output path (with --shards K: OUT-00000-of-0000K.h5 ...)"},

@@ -77,6 +77,15 @@ typedef struct options {
     /* output */
     const char *metrics;
     int64_t log_every;
+    int64_t metrics_every;
+    const char *trace;
+    const char *trace_steps;
+    /* checkpoints */
+    const char *checkpoint_dir;
+    const char *checkpoint_every; /* STEPS or a duration (90s, 10min, 2h) */
+    int64_t checkpoint_keep;
+    bool resume;
+    int64_t stop_after;
     /* convert / synth */
     const char *output;
     int64_t shards;

@@ -10,6 +10,8 @@
 #include "driver/train.h"
 
 #include <errno.h>
+#include <signal.h>
+#include <unistd.h>
 #include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
@@ -19,11 +21,14 @@
 #include "driver/blas_setup.h"
 #include "driver/evaluate.h"
 #include "driver/memory_plan.h"
+#include "driver/trace.h"
+#include "driver/watchdog.h"
 #include "engine/alloc.h"
 #include "engine/device.h"
 #include "engine/loss.h"
 #include "engine/model.h"
 #include "engine/optim.h"
+#include "io/checkpoint.h"
 #include "io/dataset.h"
 #include "io/model_file.h"
 #include "io/stream.h"
@@ -52,6 +57,8 @@ typedef struct trainer {
     stream *stream;
     batch_buffers buffers;
     FILE *metrics;
+    watchdog *watchdog;
+    trace *trace;
     /* resolved settings */
     memory_limits limits;
     memory_plan plan;
@@ -73,6 +80,16 @@ typedef struct trainer {
     int next_buffer;
     int64_t micro_batches_fetched;
     int local_rank;
+    /* checkpoints and resuming */
+    int64_t checkpoint_every_steps;
+    double checkpoint_every_seconds;
+    double last_checkpoint_time;
+    int64_t start_step;       /* first step to run: 0, or where a checkpoint left off */
+    int64_t steps_done;       /* where training ended (total_steps unless stopped) */
+    int64_t current_step;     /* the step in progress, counted from 1 (for trace events) */
+    char resumed_from[4096];  /* the checkpoint resumed from, if any */
+    bool stopped_by_signal;
+    bool progress_bar; /* rank 0's output is a terminal: redraw a bar instead of lines */
     /* fp16 loss scaling */
     float loss_scale;
     int64_t steps_since_overflow;
@@ -86,6 +103,34 @@ typedef struct trainer {
 } trainer;
 
 /* ---- phase 1: settings (the same on every rank) ---------------------------------------- */
+
+/* --checkpoint-every: a number of steps ("500"), or a duration ("90s", "10min", "2h"). */
+static ddt_status parse_checkpoint_every(const char *text, int64_t *steps, double *seconds) {
+    char *end;
+    errno = 0;
+    double value = strtod(text, &end);
+    *steps = 0;
+    *seconds = 0;
+    if (end != text && !errno && value > 0) {
+        if (*end == '\0' && value == (double)(int64_t)value) {
+            *steps = (int64_t)value;
+            return DDT_OK;
+        }
+        static const struct {
+            const char *unit;
+            double seconds;
+        } units[] = {{"s", 1}, {"sec", 1}, {"min", 60}, {"h", 3600}};
+        for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+            if (strcmp(end, units[i].unit) == 0) {
+                *seconds = value * units[i].seconds;
+                return DDT_OK;
+            }
+    }
+    return ddt_error(DDT_ERR_USAGE,
+                     "--checkpoint-every: '%s' is neither a number of steps (500) nor a "
+                     "duration (90s, 10min, 2h)",
+                     text);
+}
 
 static ddt_status resolve_settings(trainer *t) {
     const options *o = t->opts;
@@ -116,6 +161,16 @@ static ddt_status resolve_settings(trainer *t) {
                                         "in fp32)",
                          o->precision);
     t->loss_scale = t->precision == PRECISION_FP16 ? (float)o->loss_scale : 1.0f;
+    if ((o->checkpoint_every || o->resume) && !o->checkpoint_dir)
+        return ddt_error(DDT_ERR_USAGE, "%s needs --checkpoint-dir",
+                         o->resume ? "--resume" : "--checkpoint-every");
+    if (o->checkpoint_every)
+        DDT_CHECK(parse_checkpoint_every(o->checkpoint_every, &t->checkpoint_every_steps,
+                                         &t->checkpoint_every_seconds));
+    if (o->trace) {
+        int64_t first, last;
+        DDT_CHECK(trace_parse_steps(o->trace_steps, &first, &last));
+    }
     DDT_CHECK(loss_kind_parse(o->loss, &t->loss));
     t->optimizer_settings = optimizer_default_params();
     DDT_CHECK(optimizer_kind_parse(o->optimizer, &t->optimizer_settings.kind));
@@ -213,6 +268,17 @@ static ddt_status open_data(trainer *t) {
 
     if (t->job->rank == 0) {
         if (o->save) DDT_CHECK(model_file_check_writable(o->save));
+        if (o->checkpoint_dir) {
+            DDT_CHECK(checkpoint_check_directory(o->checkpoint_dir));
+            char latest[4096];
+            bool found = false;
+            DDT_CHECK(checkpoint_find_latest(o->checkpoint_dir, latest, sizeof latest, &found));
+            if (found && !o->resume)
+                return ddt_error(DDT_ERR_USAGE,
+                                 "--checkpoint-dir %s already holds checkpoints of a run (%s): "
+                                 "pass --resume to continue it, or use another directory",
+                                 o->checkpoint_dir, latest);
+        }
         if (o->metrics) {
             t->metrics = fopen(o->metrics, "w");
             if (!t->metrics)
@@ -325,6 +391,9 @@ static void print_memory_plan(trainer *t) {
 
 /* ---- phase 4: engine ------------------------------------------------------------------- */
 
+static void trace_bucket(void *context, int bucket, size_t floats, double started,
+                         double finished);
+
 static ddt_status build_engine(trainer *t) {
     allocator_params ap = allocator_default_params();
     ap.policy = t->limits.policy;
@@ -352,6 +421,16 @@ static ddt_status build_engine(trainer *t) {
                                     model_parameter_count(t->model), ready_points,
                                     t->spec.dense_count, (size_t)t->opts->bucket_size,
                                     &t->buckets));
+    /* Rank 0 names the ranks the others wait for: warned after a tenth of the timeout. */
+    double warn_after = t->opts->comm_timeout / 10 < 30 ? t->opts->comm_timeout / 10 : 30;
+    DDT_CHECK(watchdog_init(MPI_COMM_WORLD, warn_after, &t->watchdog));
+    comm_set_wait_hook(t->comm, watchdog_poll, t->watchdog);
+    if (t->opts->trace) {
+        int64_t first, last;
+        DDT_CHECK(trace_parse_steps(t->opts->trace_steps, &first, &last));
+        DDT_CHECK(trace_init(t->opts->trace, first, last, MPI_COMM_WORLD, t->job->host, &t->trace));
+        gradient_buckets_set_observer(t->buckets, trace_bucket, t);
+    }
     /* The plan is exact: a difference is a bug in the plan, which would make limits lie. */
     allocator_stats stats = allocator_get_stats(t->alloc);
     if (stats.bytes_in_use != t->plan.device_total)
@@ -370,8 +449,68 @@ static uint64_t checksum_bytes(const void *data, size_t bytes) {
     return hash;
 }
 
-static ddt_status initial_weights_on_root(trainer *t) {
+/* Rank 0: the newest complete checkpoint in --checkpoint-dir, checked against this run and
+ * loaded onto the device (weights, optimizer state); the position goes into the trainer. */
+static ddt_status resume_on_root(trainer *t, bool *resumed) {
+    const options *o = t->opts;
+    char path[4096];
+    bool found = false;
+    *resumed = false;
+    DDT_CHECK(checkpoint_find_latest(o->checkpoint_dir, path, sizeof path, &found));
+    if (!found) {
+        printf("resume: no checkpoint in %s yet; starting from the beginning\n", o->checkpoint_dir);
+        return DDT_OK;
+    }
+    checkpoint_loaded c;
+    DDT_CHECK(checkpoint_read(path, &c));
+    ddt_status status = DDT_OK;
+    size_t state_count = optimizer_state_count(t->opt);
+    if (strcmp(c.spec.text, t->spec.text) != 0)
+        status = ddt_error(DDT_ERR_USAGE, "%s holds model '%s', but this run trains '%s'", path,
+                           c.spec.text, t->spec.text);
+    else if (c.seed != (uint64_t)o->seed)
+        status = ddt_error(DDT_ERR_USAGE,
+                           "%s was written with --seed %" PRIu64 ", this run has --seed %" PRId64
+                           " (the data order and dropout depend on it: pass --seed %" PRIu64 ")",
+                           path, c.seed, o->seed, c.seed);
+    else if (c.optimizer_state_count != state_count ||
+             strcmp(c.optimizer_kind, optimizer_kind_name(t->optimizer_settings.kind)) != 0)
+        status = ddt_error(DDT_ERR_USAGE,
+                           "%s holds %s optimizer state of %zu floats; this run's %s needs %zu",
+                           path, c.optimizer_kind, c.optimizer_state_count,
+                           optimizer_kind_name(t->optimizer_settings.kind), state_count);
+    else if (c.samples_seen % t->global_batch != 0)
+        status = ddt_error(DDT_ERR_USAGE,
+                           "%s stopped after %" PRId64 " samples, not a whole number of "
+                           "--global-batch %" PRId64 " steps",
+                           path, c.samples_seen, t->global_batch);
+    if (status == DDT_OK)
+        status = t->dev->ops->copy_host_to_device(t->dev, model_parameters(t->model),
+                                                  c.parameters, c.parameter_count * sizeof(float));
+    if (status == DDT_OK && state_count)
+        status = t->dev->ops->copy_host_to_device(t->dev, optimizer_state(t->opt),
+                                                  c.optimizer_state, state_count * sizeof(float));
+    if (status == DDT_OK) {
+        t->start_step = c.samples_seen / t->global_batch;
+        optimizer_set_steps_taken(t->opt, c.optimizer_steps);
+        t->loss_scale = (float)c.loss_scale;
+        t->steps_since_overflow = c.steps_since_overflow;
+        snprintf(t->resumed_from, sizeof t->resumed_from, "%s", path);
+        *resumed = true;
+        printf("resume: %s (step %" PRId64 ", %" PRId64 " samples, written by %d rank%s)\n", path,
+               t->start_step, c.samples_seen, c.world_size, c.world_size == 1 ? "" : "s");
+    }
+    checkpoint_loaded_free(&c);
+    return status;
+}
+
+static ddt_status initial_weights_on_root(trainer *t, bool *resumed) {
+    *resumed = false;
     if (t->job->rank != 0) return DDT_OK;
+    if (t->opts->resume) {
+        DDT_CHECK(resume_on_root(t, resumed));
+        if (*resumed) return DDT_OK;
+    }
     if (!t->opts->init) return model_init_parameters(t->model, (uint64_t)t->opts->seed);
     model_spec spec;
     float *params = NULL;
@@ -380,6 +519,22 @@ static ddt_status initial_weights_on_root(trainer *t) {
         t->dev, model_parameters(t->model), params, model_parameter_count(t->model) * sizeof(float));
     free(params);
     return status;
+}
+
+/* After a resume on rank 0: every rank takes the optimizer state and the position. */
+static ddt_status share_resume_state(trainer *t, bool resumed_on_root) {
+    double values[5] = {resumed_on_root, (double)t->start_step,
+                        (double)optimizer_steps_taken(t->opt), t->loss_scale,
+                        (double)t->steps_since_overflow};
+    MPI_Bcast(values, 5, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    if (values[0] == 0) return DDT_OK;
+    t->start_step = (int64_t)values[1];
+    optimizer_set_steps_taken(t->opt, (int64_t)values[2]);
+    t->loss_scale = (float)values[3];
+    t->steps_since_overflow = (int64_t)values[4];
+    size_t state_count = optimizer_state_count(t->opt);
+    if (state_count) DDT_CHECK(comm_broadcast_floats(t->comm, optimizer_state(t->opt), state_count, 0));
+    return DDT_OK;
 }
 
 /* Broadcasts rank 0's weights, then compares a checksum across ranks. */
@@ -470,8 +625,13 @@ static ddt_status fetch_micro_batch(trainer *t, int buffer, micro_batch **out) {
     t->times.data_wait += job_now() - waited;
     t->micro_batches_fetched++;
     micro_batch *mb = *out;
-    return batch_buffers_upload(&t->buffers, dataset_get_geometry(t->train_data), buffer,
-                                mb->rows, mb->features, mb->labels, mb->targets, mb->row_ids);
+    double started = job_now();
+    ddt_status status = batch_buffers_upload(&t->buffers, dataset_get_geometry(t->train_data),
+                                             buffer, mb->rows, mb->features, mb->labels,
+                                             mb->targets, mb->row_ids);
+    trace_event(t->trace, TRACE_THREAD_MAIN, "copy", "input", mb->global_step + 1, started,
+                job_now());
+    return status;
 }
 
 /* Gives a micro-batch's host slot back once its upload has read it. */
@@ -495,20 +655,29 @@ static ddt_status compute_micro_batch(trainer *t, const micro_batch *mb, int buf
         .row_ids = in->row_ids,
     };
     const float *logits;
+    double started = job_now();
     DDT_CHECK(model_forward(t->model, in->features, mb->rows, &pass, &logits));
     loss_apply(t->dev, t->loss, mb->rows, t->spec.output_width, logits, in->labels, in->targets,
                t->loss_scale / (float)t->global_batch, &b->device_scalars[SCALAR_TRAIN_LOSS],
                model_output_gradient(t->model));
-    return model_backward(t->model, mb->rows, &pass,
-                          last ? gradient_buckets_ready_callback : NULL,
-                          last ? t->buckets : NULL);
+    double forward_done = job_now();
+    ddt_status status = model_backward(t->model, mb->rows, &pass,
+                                       last ? gradient_buckets_ready_callback : NULL,
+                                       last ? t->buckets : NULL);
+    if (t->trace) {
+        int64_t step = mb->global_step + 1;
+        trace_event(t->trace, TRACE_THREAD_MAIN, "forward", "compute", step, started, forward_done);
+        trace_event(t->trace, TRACE_THREAD_MAIN, last ? "backward (buckets start)" : "backward",
+                    "compute", step, forward_done, job_now());
+    }
+    return status;
 }
 
 /* Runs this rank's micro-batches of one step; the gradients are left un-reduced. Uploads
  * are double-buffered: while micro-batch m computes from one input buffer, m+1 (possibly the
  * first of the next step) is already copying into the other. */
 static ddt_status run_local_step(trainer *t) {
-    int64_t total = t->total_steps * t->micro_batches_per_step;
+    int64_t total = (t->total_steps - t->start_step) * t->micro_batches_per_step; /* streamed */
     for (int m = 0; m < t->micro_batches_per_step; m++) {
         micro_batch *mb = t->next_micro_batch;
         int buffer = t->next_buffer;
@@ -609,61 +778,296 @@ static ddt_status read_loss(trainer *t, double *sum) {
     return DDT_OK;
 }
 
+/* SIGTERM (a scheduler ending the job) and SIGUSR1 (Slurm's --signal warning before
+ * preemption) ask every rank to stop at the next step boundary, checkpoint, and exit 0. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int signal_number) {
+    stop_signal = signal_number;
+}
+
+static void install_stop_handlers(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGUSR1, &action, NULL);
+}
+
+/* Rank 0 writes a checkpoint of the state after `steps_done` steps (weights and optimizer
+ * state are identical on every rank). */
+static ddt_status write_checkpoint_on_root(trainer *t, int64_t steps_done) {
+    if (t->job->rank != 0) return DDT_OK;
+    size_t count = model_parameter_count(t->model), state = optimizer_state_count(t->opt);
+    float *host = malloc((count + state + 1) * sizeof(float));
+    char *configuration = NULL;
+    size_t configuration_size = 0;
+    FILE *text = open_memstream(&configuration, &configuration_size);
+    if (!host || !text) {
+        free(host);
+        if (text) fclose(text);
+        free(configuration);
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory for a checkpoint");
+    }
+    options_print_resolved(COMMAND_TRAIN, t->opts, text);
+    fclose(text);
+    device *dev = t->dev;
+    ddt_status status = dev->ops->copy_device_to_host(dev, host, model_parameters(t->model),
+                                                      count * sizeof(float));
+    if (status == DDT_OK && state)
+        status = dev->ops->copy_device_to_host(dev, host + count, optimizer_state(t->opt),
+                                               state * sizeof(float));
+    checkpoint_state cs = {
+        .spec = &t->spec,
+        .parameters = host,
+        .optimizer_state = state ? host + count : NULL,
+        .optimizer_state_count = state,
+        .optimizer_kind = optimizer_kind_name(t->optimizer_settings.kind),
+        .optimizer_steps = optimizer_steps_taken(t->opt),
+        .global_step = steps_done,
+        .epoch = steps_done / t->steps_per_epoch,
+        .samples_seen = steps_done * t->global_batch,
+        .global_batch = t->global_batch,
+        .seed = (uint64_t)t->opts->seed,
+        .loss_scale = t->loss_scale,
+        .steps_since_overflow = t->steps_since_overflow,
+        .world_size = t->job->world_size,
+        .configuration = configuration,
+    };
+    char path[4096];
+    if (status == DDT_OK)
+        status = checkpoint_write(t->opts->checkpoint_dir, &cs, (int)t->opts->checkpoint_keep,
+                                  NULL, path, sizeof path);
+    if (status == DDT_OK) {
+        printf("%scheckpoint: %s (step %" PRId64 ")\n", t->progress_bar ? "\r\033[2K" : "",
+               path, steps_done);
+        fflush(stdout);
+    }
+    free(host);
+    free(configuration);
+    t->last_checkpoint_time = job_now();
+    return status;
+}
+
+/* Every rank: after a non-finite gradient, which layer and which ranks' own loss. */
+static ddt_status report_non_finite(trainer *t, int64_t step) {
+    device *dev = t->dev;
+    const float *gradients = model_gradients(t->model);
+    char layer[64] = "some layer";
+    for (int d = 0; d < t->spec.dense_count; d++) {
+        dense_layout layout = model_spec_dense_layout(&t->spec, d);
+        bool weight_finite = true, bias_finite = true;
+        dev->ops->check_finite(dev, (size_t)layout.inputs * (size_t)layout.outputs,
+                               gradients + layout.weight_offset, &weight_finite);
+        dev->ops->check_finite(dev, (size_t)layout.outputs, gradients + layout.bias_offset,
+                               &bias_finite);
+        if (!weight_finite || !bias_finite) {
+            snprintf(layer, sizeof layer, "dense_%d/%s", d, weight_finite ? "bias" : "weight");
+            break;
+        }
+    }
+    float local_loss = 0;
+    dev->ops->copy_device_to_host(dev, &local_loss,
+                                  &t->buffers.device_scalars[SCALAR_TRAIN_LOSS], sizeof local_loss);
+    int mine = !isfinite(local_loss);
+    int *all = t->job->rank == 0 ? calloc((size_t)t->job->world_size, sizeof(int)) : NULL;
+    MPI_Gather(&mine, 1, MPI_INT, all, 1, MPI_INT, 0, MPI_COMM_WORLD);
+    char ranks[256] = "";
+    size_t used = 0;
+    for (int r = 0; all && r < t->job->world_size && used + 16 < sizeof ranks; r++)
+        if (all[r]) used += (size_t)snprintf(ranks + used, sizeof ranks - used, "%s%d", used ? ", " : "", r);
+    free(all);
+    return ddt_error(DDT_ERR_DATA,
+                     "step %" PRId64 " (epoch %" PRId64 "): the gradient of %s is not finite "
+                     "(NaN or Inf) after the all-reduce; ranks whose own loss was not finite: %s; "
+                     "try a lower --lr",
+                     step, (step - 1) / t->steps_per_epoch + 1, layer, ranks[0] ? ranks : "none");
+}
+
+/* Ends every rank after a communication failure; rank 0 names the ranks not at this step. */
+static _Noreturn void communication_failed(trainer *t, int64_t step) {
+    char message[1024], lagging[256];
+    watchdog_lagging(t->watchdog, lagging, sizeof lagging);
+    snprintf(message, sizeof message, "step %" PRId64 ": %s%s%s", step, ddt_error_message(),
+             lagging[0] ? "; ranks that never reached this step: " : "", lagging);
+    job_abort(t->job, DDT_ERR_COMM, message);
+}
+
+/* Trace hooks: the reader thread's reads and each gradient bucket's all-reduce. */
+static void trace_read(void *context, int64_t global_step, int micro_index, double start,
+                       double end) {
+    (void)micro_index;
+    trace_event(context, TRACE_THREAD_READER, "read", "input", global_step + 1, start, end);
+}
+
+static void trace_bucket(void *context, int bucket, size_t floats, double started,
+                         double finished) {
+    trainer *t = context;
+    char name[48];
+    snprintf(name, sizeof name, "all-reduce bucket %d (%zu KiB)", bucket, floats * 4 / 1024);
+    trace_event(t->trace, TRACE_THREAD_COMMUNICATION, name, "communication", t->current_step,
+                started, finished);
+}
+
+/* One "step" record for --metrics: the window since the last one. */
+typedef struct metrics_window {
+    double loss_sum;
+    int64_t steps;
+    double started;
+    phase_times times_at_start;
+} metrics_window;
+
+static size_t current_rss_bytes(void) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+        fclose(f);
+    }
+    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+static void write_step_metrics(trainer *t, int64_t step, float lr, metrics_window *w) {
+    if (t->job->rank != 0 || !t->metrics || w->steps == 0) return;
+    double now = job_now();
+    FILE *f = t->metrics;
+    fprintf(f, "{\"event\":\"step\",\"step\":%" PRId64 ",\"epoch\":%" PRId64, step,
+            (step - 1) / t->steps_per_epoch + 1);
+    write_json_number(f, "loss", w->loss_sum / (double)w->steps);
+    write_json_number(f, "lr", lr);
+    write_json_number(f, "samples_per_s", (double)(w->steps * t->global_batch) / (now - w->started));
+    write_json_number(f, "data_wait_s", t->times.data_wait - w->times_at_start.data_wait);
+    write_json_number(f, "compute_s", t->times.compute - w->times_at_start.compute);
+    write_json_number(f, "communication_s",
+                      t->times.communication - w->times_at_start.communication);
+    write_json_number(f, "optimizer_s", t->times.optimizer - w->times_at_start.optimizer);
+    stream_stats staging = stream_get_stats(t->stream);
+    fprintf(f, ",\"device_bytes_in_use\":%zu,\"staging_bytes_in_use\":%zu,\"rss_bytes\":%zu}\n",
+            allocator_get_stats(t->alloc).bytes_in_use, staging.staging_bytes_in_use,
+            current_rss_bytes());
+    fflush(f);
+    *w = (metrics_window){.started = now, .times_at_start = t->times};
+}
+
+/* Rank 0's progress: a bar redrawn in place on a terminal, plain lines in a log file. */
+static void print_progress(trainer *t, int64_t done, int64_t epoch, double loss, float lr,
+                           double rate, double seconds_left) {
+    char eta[32];
+    format_duration(seconds_left, eta, sizeof eta);
+    if (t->progress_bar) {
+        int width = 24, filled = (int)((double)width * (double)done / (double)t->total_steps);
+        char bar[32];
+        for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : '-';
+        bar[width] = '\0';
+        printf("\r\033[2K[%s] %3.0f%%  epoch %" PRId64 "  step %" PRId64 "/%" PRId64
+               "  loss %.4f  lr %.3g  %.0f samples/s  ETA %s",
+               bar, 100.0 * (double)done / (double)t->total_steps, epoch + 1, done,
+               t->total_steps, loss, lr, rate, eta);
+    } else {
+        printf("epoch %" PRId64 " step %" PRId64 "/%" PRId64 "  loss %.4f  lr %.4g  "
+               "%.0f samples/s  ETA %s\n",
+               epoch + 1, done, t->total_steps, loss, lr, rate, eta);
+    }
+    fflush(stdout);
+}
+
+/* Values every rank contributes to the per-step agreement (summed). */
+enum {
+    CONTROL_LOCAL_FAILURE, /* a rank failed (bad data, I/O...) */
+    CONTROL_OVERFLOW,      /* fp16: non-finite gradients, skip the step */
+    CONTROL_NON_FINITE,    /* fp32: non-finite gradients, stop */
+    CONTROL_STOP,          /* a rank got SIGTERM/SIGUSR1 */
+    CONTROL_CHECKPOINT,    /* rank 0: --checkpoint-every's duration has passed */
+    CONTROL_COUNT,
+};
+
 static ddt_status train_loop(trainer *t) {
     job *j = t->job;
+    const options *o = t->opts;
     const device_ops *ops = t->dev->ops;
     stream_params sp = {
         .data = t->train_data,
         .plan = t->plan_rows,
         .micro_batch = t->micro_batch,
-        .first_global_step = 0,
-        .total_global_steps = t->total_steps,
+        .first_global_step = t->start_step,
+        .total_global_steps = t->total_steps - t->start_step,
         .prefetch_depth = t->plan.staging.prefetch_depth,
         .cache_blocks = t->plan.staging.cache_blocks,
         .host_alloc = stream_host_alloc,
         .host_free = stream_host_free,
         .host_alloc_context = t->dev,
+        .on_read = t->trace ? trace_read : NULL,
+        .on_read_context = t->trace,
     };
-    ddt_status status = job_agree(j, stream_start(&sp, &t->stream));
+    ddt_status status = job_agree(j, t->start_step < t->total_steps
+                                         ? stream_start(&sp, &t->stream)
+                                         : DDT_OK);
     if (status != DDT_OK) return status;
+    install_stop_handlers();
+    t->progress_bar = j->rank == 0 && job_stdout_is_terminal();
 
     double loop_started = job_now();
+    t->last_checkpoint_time = loop_started;
     double log_loss_sum = 0;
     int64_t log_steps = 0;
     double log_started = loop_started;
+    metrics_window window = {.started = loop_started};
     epoch_tally tally = {.started = loop_started};
     ops->fill_zero(t->dev, t->buffers.device_scalars, SCALAR_COUNT * sizeof(float));
     size_t parameter_count = model_parameter_count(t->model);
     int64_t steps_since_read = 0;
-    for (int64_t step = 0; step < t->total_steps; step++) {
+    int64_t trace_first = 0, trace_last = 0;
+    if (t->trace) trace_parse_steps(o->trace_steps, &trace_first, &trace_last);
+    int64_t step = t->start_step;
+    for (; step < t->total_steps; step++) {
+        int64_t done = step + 1;
+        t->current_step = done;
+        int64_t epoch = step / t->steps_per_epoch;
+        bool epoch_ends = done % t->steps_per_epoch == 0 || done == t->total_steps;
+        bool log_now = o->log_every > 0 && (done % o->log_every == 0 || done == t->total_steps);
+        /* Decided from options only: every rank must take the same collective path. */
+        bool metrics_now = o->metrics && o->metrics_every > 0 &&
+                           (done % o->metrics_every == 0 || done == t->total_steps);
+        bool reporting = log_now || epoch_ends || metrics_now;
+
         model_zero_gradients(t->model);
         gradient_buckets_begin(t->buckets);
         float step_scale = t->loss_scale;
         ddt_status local = run_local_step(t);
 
         /* Every rank takes part in the same all-reduces, even after a local failure, so the
-         * failure is seen by all at the control all-reduce below instead of hanging them. */
+         * failure is seen by all at the agreement below instead of hanging them. */
         double comm_started = job_now();
-        if (gradient_buckets_finish(t->buckets) != DDT_OK)
-            job_abort(j, DDT_ERR_COMM, ddt_error_message());
-        /* fp16: an overflow anywhere skips the step everywhere (gradients are identical on
-         * all ranks after the all-reduce, so every rank sees the same overflow). */
+        watchdog_arrive(t->watchdog, done);
+        if (gradient_buckets_finish(t->buckets) != DDT_OK) communication_failed(t, done);
+        /* Gradients are identical on all ranks after the all-reduce. fp16 skips a step whose
+         * gradients overflowed; fp32 stops with the layer. CPU ranks check every step (cheap);
+         * GPUs when they report, to keep the step free of host synchronisation. */
         bool finite = true;
-        if (local == DDT_OK && t->precision == PRECISION_FP16)
+        bool check = t->precision == PRECISION_FP16 || t->device_kind == DEVICE_KIND_CPU || reporting;
+        if (local == DDT_OK && check)
             local = ops->check_finite(t->dev, parameter_count, model_gradients(t->model), &finite);
-        double control[2] = {local != DDT_OK ? 1.0 : 0.0, finite ? 0.0 : 1.0};
-        if (comm_allreduce_doubles(t->comm, control, 2, COMM_REDUCE_SUM) != DDT_OK)
-            job_abort(j, DDT_ERR_COMM, ddt_error_message());
+        double control[CONTROL_COUNT] = {0};
+        control[CONTROL_LOCAL_FAILURE] = local != DDT_OK;
+        control[t->precision == PRECISION_FP16 ? CONTROL_OVERFLOW : CONTROL_NON_FINITE] = !finite;
+        control[CONTROL_STOP] = stop_signal != 0;
+        control[CONTROL_CHECKPOINT] = j->rank == 0 && t->checkpoint_every_seconds > 0 &&
+                                      job_now() - t->last_checkpoint_time >=
+                                          t->checkpoint_every_seconds;
+        if (comm_allreduce_doubles(t->comm, control, CONTROL_COUNT, COMM_REDUCE_SUM) != DDT_OK)
+            communication_failed(t, done);
         t->times.communication += job_now() - comm_started;
-        if (control[0] > 0) return job_agree(j, local);
+        if (control[CONTROL_LOCAL_FAILURE] > 0) return job_agree(j, local);
+        if (control[CONTROL_NON_FINITE] > 0) return job_agree(j, report_non_finite(t, done));
 
         double optimizer_started = job_now();
         float lr = lr_schedule_at(&t->schedule, step);
-        if (control[1] > 0) {
+        if (control[CONTROL_OVERFLOW] > 0) {
             t->skipped_steps++;
-            job_say(j, "step %" PRId64 ": fp16 gradient overflow on %.0f rank(s); step skipped, "
+            job_say(j, "step %" PRId64 ": fp16 gradient overflow; step skipped on every rank, "
                        "loss scale %g -> %g\n",
-                    step + 1, control[1], t->loss_scale, t->loss_scale / 2);
+                    done, t->loss_scale, t->loss_scale / 2);
             t->loss_scale /= 2;
             t->steps_since_overflow = 0;
         } else {
@@ -673,20 +1077,19 @@ static ddt_status train_loop(trainer *t) {
             if (t->precision == PRECISION_FP16 && ++t->steps_since_overflow % 2000 == 0)
                 t->loss_scale *= 2;
         }
-        t->times.optimizer += job_now() - optimizer_started;
+        double optimizer_finished = job_now();
+        t->times.optimizer += optimizer_finished - optimizer_started;
+        trace_event(t->trace, TRACE_THREAD_MAIN, "optimizer", "compute", done, optimizer_started,
+                    optimizer_finished);
         log_steps++;
         tally.steps++;
+        window.steps++;
         steps_since_read++;
-        int64_t done = step + 1;
-        int64_t epoch = step / t->steps_per_epoch;
-        int64_t opts_log = t->opts->log_every;
-        bool epoch_ends = done % t->steps_per_epoch == 0 || done == t->total_steps;
-        bool log_now = opts_log > 0 && (done % opts_log == 0 || done == t->total_steps);
         /* The loss stays on the device between reports (no host synchronisation per step),
          * except under fp16, where the scale can change from one step to the next. */
-        if (log_now || epoch_ends || t->precision == PRECISION_FP16) {
+        if (reporting || t->precision == PRECISION_FP16) {
             double loss_sum = 0;
-            ddt_status status = read_loss(t, &loss_sum);
+            status = read_loss(t, &loss_sum);
             if (status != DDT_OK) return status;
             if (t->precision == PRECISION_FP16) loss_sum /= step_scale;
             if (!isfinite(loss_sum))
@@ -697,26 +1100,28 @@ static ddt_status train_loop(trainer *t) {
                                               epoch + 1));
             log_loss_sum += loss_sum;
             tally.loss_sum += loss_sum;
+            window.loss_sum += loss_sum;
             t->last_train_loss = loss_sum / (double)steps_since_read;
             steps_since_read = 0;
         }
+        if (metrics_now) write_step_metrics(t, done, lr, &window);
         if (j->rank == 0 && log_now) {
             double now = job_now();
             double rate = (double)(log_steps * t->global_batch) / (now - log_started);
             double elapsed = now - loop_started - tally.eval_seconds;
-            char eta[32];
-            format_duration(elapsed / (double)done * (double)(t->total_steps - done), eta,
-                            sizeof eta);
-            printf("epoch %" PRId64 " step %" PRId64 "/%" PRId64 "  loss %.4f  lr %.4g  "
-                   "%.0f samples/s  ETA %s\n",
-                   epoch + 1, done, t->total_steps, log_loss_sum / (double)log_steps, lr, rate,
-                   eta);
-            fflush(stdout);
+            print_progress(t, done, epoch, log_loss_sum / (double)log_steps, lr, rate,
+                           elapsed / (double)(done - t->start_step) *
+                               (double)(t->total_steps - done));
             log_loss_sum = 0;
             log_steps = 0;
             log_started = now;
         }
+        if (done == trace_last) {
+            status = job_agree(j, trace_finish(t->trace));
+            if (status != DDT_OK) return status;
+        }
         if (epoch_ends) {
+            if (j->rank == 0 && t->progress_bar) printf("\n");
             double eval_before = tally.eval_seconds;
             status = end_of_epoch(t, epoch, &tally);
             if (status != DDT_OK) return status;
@@ -725,15 +1130,38 @@ static ddt_status train_loop(trainer *t) {
             tally = (epoch_tally){.started = job_now()};
             log_started = job_now();
         }
+        bool stop = control[CONTROL_STOP] > 0 ||
+                    (o->stop_after > 0 && done - t->start_step == o->stop_after && done < t->total_steps);
+        bool checkpoint_due = o->checkpoint_dir &&
+                              ((t->checkpoint_every_steps && done % t->checkpoint_every_steps == 0) ||
+                               control[CONTROL_CHECKPOINT] > 0 || stop || done == t->total_steps);
+        if (checkpoint_due) {
+            status = job_agree(j, write_checkpoint_on_root(t, done));
+            if (status != DDT_OK) return status;
+        }
+        if (stop) {
+            t->stopped_by_signal = true;
+            job_say(j, "stopping at step %" PRId64 " of %" PRId64 " (%s): %s\n", done,
+                    t->total_steps,
+                    control[CONTROL_STOP] > 0 ? "SIGTERM or SIGUSR1" : "--stop-after",
+                    o->checkpoint_dir ? "checkpoint written; run again with --resume to continue"
+                                      : "no --checkpoint-dir, so the progress is not saved");
+            step++;
+            break;
+        }
     }
+    t->steps_done = step;
     t->train_seconds = job_now() - loop_started;
-    return DDT_OK;
+    status = job_agree(j, trace_finish(t->trace)); /* the window ended early or not at all */
+    watchdog_free(t->watchdog, step > t->start_step ? step : 0); /* its last arrival */
+    t->watchdog = NULL;
+    return status;
 }
 
 /* ---- phase 6: results ------------------------------------------------------------------ */
 
 static ddt_status save_model(trainer *t) {
-    if (t->job->rank != 0 || !t->opts->save) return DDT_OK;
+    if (t->job->rank != 0 || !t->opts->save || t->stopped_by_signal) return DDT_OK;
     size_t count = model_parameter_count(t->model);
     float *host = malloc(count * sizeof(float));
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory to save the model");
@@ -766,7 +1194,7 @@ static const char *const peak_names[PEAK_COUNT] = {
 static void report_summary(trainer *t, double wall_seconds) {
     job *j = t->job;
     allocator_stats device = allocator_get_stats(t->alloc);
-    stream_stats staging = stream_get_stats(t->stream);
+    stream_stats staging = t->stream ? stream_get_stats(t->stream) : (stream_stats){0};
     uint64_t mine[PEAK_COUNT] = {
         [PEAK_RSS] = job_peak_rss_bytes(),
         [PEAK_DEVICE] = device.peak_bytes,
@@ -783,14 +1211,18 @@ static void report_summary(trainer *t, double wall_seconds) {
                        t->times.optimizer};
     MPI_Allreduce(MPI_IN_PLACE, times, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (j->rank != 0) return;
-    double samples = (double)(t->total_steps * t->global_batch);
+    double samples = (double)((t->steps_done - t->start_step) * t->global_batch);
     double samples_per_s = t->train_seconds > 0 ? samples / t->train_seconds : 0;
     uint64_t most[PEAK_COUNT] = {0};
     for (int r = 0; r < j->world_size; r++)
         for (int k = 0; k < PEAK_COUNT; k++)
             if (all[r * PEAK_COUNT + k] > most[k]) most[k] = all[r * PEAK_COUNT + k];
-    printf("done: %" PRId64 " steps in %.1f s, %.0f samples/s; final train_loss %.4f",
-           t->total_steps, t->train_seconds, samples_per_s, t->last_train_loss);
+    printf("%s: %" PRId64 " steps in %.1f s, %.0f samples/s; final train_loss %.4f",
+           t->stopped_by_signal ? "stopped" : "done", t->steps_done - t->start_step,
+           t->train_seconds, samples_per_s, t->last_train_loss);
+    if (t->skipped_steps)
+        printf("; %" PRId64 " fp16 steps skipped on overflow", t->skipped_steps);
+    if (t->resumed_from[0]) printf("; resumed from %s", t->resumed_from);
     if (t->evaluated && t->last_eval.accuracy >= 0)
         printf("; eval_loss %.4f eval_accuracy %.4f", t->last_eval.loss, t->last_eval.accuracy);
     else if (t->evaluated)
@@ -812,8 +1244,11 @@ static void report_summary(trainer *t, double wall_seconds) {
     if (t->metrics) {
         FILE *f = t->metrics;
         fprintf(f, "{\"event\":\"summary\",\"ranks\":%d,\"steps\":%" PRId64
+                   ",\"first_step\":%" PRId64 ",\"stopped_by_signal\":%s,\"skipped_steps\":%" PRId64
                    ",\"global_batch\":%" PRId64 ",\"micro_batch\":%d",
-                j->world_size, t->total_steps, t->global_batch, t->micro_batch);
+                j->world_size, t->steps_done, t->start_step,
+                t->stopped_by_signal ? "true" : "false", t->skipped_steps, t->global_batch,
+                t->micro_batch);
         write_json_number(f, "wall_s", wall_seconds);
         write_json_number(f, "train_seconds", t->train_seconds);
         write_json_number(f, "samples_per_s", samples_per_s);
@@ -845,6 +1280,8 @@ static void trainer_free(trainer *t) {
         t->dev->ops->synchronize(t->dev);
     }
     stream_stop(t->stream);
+    trace_free(t->trace);
+    watchdog_abandon(t->watchdog);
     if (t->metrics) fclose(t->metrics);
     batch_buffers_free_host(&t->buffers);
     gradient_buckets_free(t->buckets);
@@ -862,7 +1299,8 @@ ddt_status train_run(job *j, const options *opts) {
     double started = job_now();
     trainer t = {.job = j, .opts = opts};
     blas_set_threads(opts->threads);
-    ddt_status status = job_agree(j, resolve_settings(&t));
+    ddt_status status = job_agree(j, job_check_slurm(j));
+    if (status == DDT_OK) status = job_agree(j, resolve_settings(&t));
     if (status == DDT_OK) status = job_agree(j, open_data(&t));
     bool fits = false;
     if (status == DDT_OK) status = job_agree(j, plan_memory(&t, &fits));
@@ -878,8 +1316,10 @@ ddt_status train_run(job *j, const options *opts) {
     }
     if (status == DDT_OK) print_memory_plan(&t);
     if (status == DDT_OK) status = job_agree(j, build_engine(&t));
-    if (status == DDT_OK) status = job_agree(j, initial_weights_on_root(&t));
+    bool resumed = false;
+    if (status == DDT_OK) status = job_agree(j, initial_weights_on_root(&t, &resumed));
     if (status == DDT_OK) status = job_agree(j, share_initial_weights(&t));
+    if (status == DDT_OK) status = job_agree(j, share_resume_state(&t, resumed));
     if (status == DDT_OK) {
         print_configuration(&t);
         status = train_loop(&t);

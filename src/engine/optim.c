@@ -141,6 +141,10 @@ int64_t optimizer_steps_taken(const optimizer *opt) {
     return opt->steps_taken;
 }
 
+void optimizer_set_steps_taken(optimizer *opt, int64_t steps) {
+    opt->steps_taken = steps;
+}
+
 float *optimizer_state(optimizer *opt) {
     return opt->state;
 }

@@ -55,6 +55,8 @@ void optimizer_free(optimizer *opt);
 /* Applies one update with learning rate lr and counts it. */
 void optimizer_step(optimizer *opt, float *params, const float *grads, float lr);
 int64_t optimizer_steps_taken(const optimizer *opt);
+/* Restores the step count (AdamW's bias correction) when resuming from a checkpoint. */
+void optimizer_set_steps_taken(optimizer *opt, int64_t steps);
 /* State buffer (device) and its length in floats: 0 for plain SGD, P for momentum, 2P AdamW. */
 float *optimizer_state(optimizer *opt);
 size_t optimizer_state_count(const optimizer *opt);

@@ -64,9 +64,8 @@ static herr_t write_float_dataset(hid_t group, const char *name, int rank, const
     return result;
 }
 
-/* Writes the whole model into an open file. */
-static ddt_status write_model(hid_t file, const char *path, const model_spec *spec,
-                              const float *params) {
+ddt_status model_file_write_contents(hid_t file, const char *path, const model_spec *spec,
+                                     const float *params) {
     /* Variable-length UTF-8: h5py returns it as str (fixed-length strings come back as
      * bytes). */
     hid_t string_type = H5Tcopy(H5T_C_S1);
@@ -115,7 +114,7 @@ ddt_status model_file_save(const char *path, const model_spec *spec, const float
     if (file < 0) {
         status = hdf5_failure(path, "creating the HDF5 file");
     } else {
-        status = write_model(file, path, spec, host_params);
+        status = model_file_write_contents(file, path, spec, host_params);
         if (H5Fclose(file) < 0 && status == DDT_OK)
             status = hdf5_failure(path, "finishing the file");
     }
@@ -227,7 +226,8 @@ static ddt_status read_parameter(hid_t file, const char *path, const model_spec 
     return DDT_OK;
 }
 
-static ddt_status read_model(hid_t file, const char *path, model_spec *spec, float **out) {
+ddt_status model_file_read_contents(hid_t file, const char *path, model_spec *spec, float **out) {
+    *out = NULL;
     char text[MODEL_SPEC_MAX_TEXT * 2];
     DDT_CHECK(read_spec_text(file, path, text, sizeof text));
     if (model_spec_parse(text, spec) != DDT_OK) {
@@ -280,7 +280,7 @@ ddt_status model_file_load(const char *path, model_spec *spec, float **host_para
         if (file < 0) {
             status = hdf5_failure(path, "opening");
         } else {
-            status = read_model(file, path, spec, host_params);
+            status = model_file_read_contents(file, path, spec, host_params);
             H5Fclose(file);
         }
     }

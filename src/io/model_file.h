@@ -17,6 +17,8 @@
 #ifndef DDT_IO_MODEL_FILE_H
 #define DDT_IO_MODEL_FILE_H
 
+#include <stdint.h>
+
 #include "engine/model.h"
 #include "util/status.h"
 
@@ -29,5 +31,16 @@ ddt_status model_file_save(const char *path, const model_spec *spec, const float
 /* Reads the spec and parameters; *host_params is malloc'ed, the caller frees it. Errors name
  * the file: missing, not HDF5, no "model" attribute, a bad spec, missing or misshapen layer. */
 ddt_status model_file_load(const char *path, model_spec *spec, float **host_params);
+
+/* For other io modules that embed a model in a file of their own (checkpoint.c), so that file
+ * reads exactly like a saved model. `file` is an open HDF5 file (a hid_t, which is int64_t in
+ * HDF5 >= 1.10; spelled so here to keep hdf5.h out of this header); the caller holds the HDF5
+ * lock (hdf5_lock.h). `path` only names the file in messages. Write adds the "model" attribute
+ * and the dense_<i> groups; read checks them as model_file_load() does and mallocs
+ * *host_params (the caller frees it; NULL on failure). */
+ddt_status model_file_write_contents(int64_t file, const char *path, const model_spec *spec,
+                                     const float *host_params);
+ddt_status model_file_read_contents(int64_t file, const char *path, model_spec *spec,
+                                    float **host_params);
 
 #endif

@@ -628,7 +628,10 @@ static void *stream_reader_main(void *argument) {
         double start = seconds_now();
         fill_counts counts = {0};
         ddt_status status = stream_fill_slot(s, slot, sequence, &counts);
-        double busy = seconds_now() - start;
+        double finished = seconds_now(), busy = finished - start;
+        if (s->params.on_read && status == DDT_OK)
+            s->params.on_read(s->params.on_read_context, slot->batch.global_step,
+                              slot->batch.micro_index, start, finished);
 
         pthread_mutex_lock(&s->lock);
         s->read_seconds += busy;

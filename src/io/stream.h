@@ -97,6 +97,11 @@ typedef struct stream_params {
     ddt_status (*host_alloc)(void *context, size_t bytes, void **out);
     void (*host_free)(void *context, void *pointer);
     void *host_alloc_context;
+    /* Called on the reader thread after each micro-batch is read, with its start and end
+     * (seconds, CLOCK_MONOTONIC); for timelines. May be NULL. */
+    void (*on_read)(void *context, int64_t global_step, int micro_index, double start,
+                    double end);
+    void *on_read_context;
 } stream_params;
 
 typedef struct stream_stats {

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# failures.sh - a killed rank never leaves a hung job, a stalled rank is named, the Slurm
+# world-size trap is refused, a diverging run stops with the step and the layer, and the
+# --metrics step records carry the time split and memory.
+source "$(dirname "$0")/lib.sh"
+
+"$DDTRAIN" synth -o "$WORK/d.h5" --rows 8192 --features 32 --classes 4 --seed 4 >/dev/null
+long=(train --data "$WORK/d.h5" --model 32-512-relu-512-relu-4 --global-batch 96 --epochs 100
+      --log-every 0 --comm-timeout 10)
+
+# pid of the ddtrain process of a given rank (its environment names the rank).
+rank_pid() {
+  for pid in $(pgrep -f "ddtrain-e2e-marker-$$"); do
+    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+      [[ $(readlink "/proc/$pid/exe") == "$(readlink -f "$DDTRAIN")" ]] && { echo "$pid"; return; }
+    fi
+  done
+}
+
+# kill -9 one rank of 3: the job ends (mpirun, or ddtrain's own --comm-timeout) with no hang
+# and no process left behind.
+mpirun -np 3 --bind-to none "$DDTRAIN" "${long[@]}" --metrics "$WORK/ddtrain-e2e-marker-$$" \
+  >"$WORK/kill.log" 2>&1 &
+launcher=$!
+for _ in $(seq 50); do victim=$(rank_pid 1); [[ -n $victim ]] && break; sleep 0.1; done
+sleep 1
+start=$SECONDS
+kill -9 "$victim"
+wait $launcher
+code=$?
+elapsed=$((SECONDS - start))
+[[ $code -ne 0 && $elapsed -le 15 ]] && pass "kill -9 of rank 1 of 3: job ended in ${elapsed} s (exit $code)" ||
+  fail "kill -9: exit $code after ${elapsed} s"
+sleep 0.5
+[[ -z $(pgrep -f "ddtrain-e2e-marker-$$") ]] && pass "no ddtrain process left behind" ||
+  { fail "orphans: $(pgrep -af "ddtrain-e2e-marker-$$")"; pkill -9 -f "ddtrain-e2e-marker-$$"; }
+
+# A stalled rank (SIGSTOP for a while) is named by rank 0, and the run then carries on.
+mpirun -np 2 --bind-to none "$DDTRAIN" train --data "$WORK/d.h5" --model 32-512-relu-512-relu-4 \
+  --global-batch 96 --epochs 40 --log-every 0 --comm-timeout 30 \
+  --metrics "$WORK/ddtrain-e2e-marker-$$" >"$WORK/stall.log" 2>&1 &
+launcher=$!
+for _ in $(seq 50); do victim=$(rank_pid 1); [[ -n $victim ]] && break; sleep 0.1; done
+sleep 1
+kill -STOP "$victim"
+sleep 6
+kill -CONT "$victim"
+wait $launcher
+code=$?
+grep -q "waited [0-9]* s for rank(s) 1, which have not reached it" "$WORK/stall.log" &&
+  pass "stalled rank named: $(grep -o 'step [0-9]*: waited [0-9]* s for rank(s) 1' "$WORK/stall.log")" ||
+  { fail "stall not reported"; tail -5 "$WORK/stall.log"; }
+[[ $code -eq 0 ]] && pass "the run finished after the stall" || fail "stalled run exit $code"
+
+# The Slurm trap: N singletons that each think they are the whole job.
+SLURM_NTASKS=3 expect_fail_all_ranks "world size 2 under SLURM_NTASKS=3 refused" 2 2 \
+  "Slurm says SLURM_NTASKS=3, but MPI started a world of 2 ranks" -- train --data "$WORK/d.h5" \
+  --model 32-64-relu-4 --steps 5
+
+# Divergence: stopped at the step, naming the layer (fp32), on every rank.
+expect_fail_all_ranks "a diverging run stops with step and layer" 2 1 "is not finite (NaN or Inf) after the all-reduce" -- \
+  train --data "$WORK/d.h5" --model 32-64-relu-4 --global-batch 64 --epochs 2 --lr 1e6 --momentum 0
+
+# --metrics step records: loss, lr, samples/s, the time split and memory in use.
+ranks 2 train --data "$WORK/d.h5" --model 32-64-relu-4 --global-batch 64 --epochs 1 --log-every 0 \
+  --metrics-every 32 --metrics "$WORK/m.jsonl" >/dev/null 2>&1
+$PY - "$WORK/m.jsonl" <<'PY' && pass "metrics: a step record every 32 steps with time split and memory" || fail "metrics step records"
+import json, sys
+records = [json.loads(l) for l in open(sys.argv[1])]
+steps = [r for r in records if r["event"] == "step"]
+keys = {"step", "epoch", "loss", "lr", "samples_per_s", "data_wait_s", "compute_s",
+        "communication_s", "optimizer_s", "device_bytes_in_use", "staging_bytes_in_use", "rss_bytes"}
+assert [r["step"] for r in steps] == [32, 64, 96, 128], [r["step"] for r in steps]
+assert all(keys <= set(r) for r in steps), set(steps[0])
+assert records[-1]["event"] == "summary"
+PY
+finish
