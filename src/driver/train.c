@@ -87,6 +87,7 @@ typedef struct trainer {
     int64_t start_step;       /* first step to run: 0, or where a checkpoint left off */
     int64_t steps_done;       /* where training ended (total_steps unless stopped) */
     int64_t current_step;     /* the step in progress, counted from 1 (for trace events) */
+    double loop_started;      /* when the training loop began (job_now) */
     char resumed_from[4096];  /* the checkpoint resumed from, if any */
     bool stopped_by_signal;
     bool progress_bar; /* rank 0's output is a terminal: redraw a bar instead of lines */
@@ -743,6 +744,8 @@ static ddt_status end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally) {
             write_json_number(t->metrics, "eval_loss", ev.loss);
             write_json_number(t->metrics, "eval_accuracy", ev.accuracy >= 0 ? ev.accuracy : NAN);
             write_json_number(t->metrics, "samples_per_s", samples_per_s);
+            /* wall time since training began, evaluation included (for time to accuracy) */
+            write_json_number(t->metrics, "elapsed_s", job_now() - t->loop_started);
             fprintf(t->metrics, "}\n");
             fflush(t->metrics);
         }
@@ -1008,6 +1011,7 @@ static ddt_status train_loop(trainer *t) {
     t->progress_bar = j->rank == 0 && job_stdout_is_terminal();
 
     double loop_started = job_now();
+    t->loop_started = loop_started;
     t->last_checkpoint_time = loop_started;
     double log_loss_sum = 0;
     int64_t log_steps = 0;
