@@ -15,15 +15,18 @@ static const double comm_default_timeout_seconds = 300.0;
 
 bool comm_backend_available(comm_backend_kind kind) {
     switch (kind) {
-    case COMM_BACKEND_MPI: return true;
-    case COMM_BACKEND_NCCL: return device_kind_available(DEVICE_KIND_CUDA);
+    case COMM_BACKEND_MPI:
+        return true;
+    case COMM_BACKEND_NCCL:
+        return device_kind_available(DEVICE_KIND_CUDA);
     }
     return false;
 }
 
 static const comm_backend_ops *backend_ops(comm_backend_kind kind) {
     switch (kind) {
-    case COMM_BACKEND_MPI: return &comm_mpi_ops;
+    case COMM_BACKEND_MPI:
+        return &comm_mpi_ops;
     case COMM_BACKEND_NCCL:
         /* NCCL comes in the CUDA plugin with the CUDA backend. */
         return device_backend_symbol(DEVICE_KIND_CUDA, "comm_nccl_ops");
@@ -117,9 +120,12 @@ ddt_status comm_allreduce_floats(comm *c, float *buffer, size_t count) {
 
 static MPI_Op mpi_op(comm_reduce_op op) {
     switch (op) {
-    case COMM_REDUCE_MIN: return MPI_MIN;
-    case COMM_REDUCE_MAX: return MPI_MAX;
-    case COMM_REDUCE_SUM: break;
+    case COMM_REDUCE_MIN:
+        return MPI_MIN;
+    case COMM_REDUCE_MAX:
+        return MPI_MAX;
+    case COMM_REDUCE_SUM:
+        break;
     }
     return MPI_SUM;
 }
@@ -130,8 +136,8 @@ static double now_seconds(void);
  * becomes an error after the timeout (and the wait hook can name it) instead of a hang. */
 ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduce_op op) {
     MPI_Request request;
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, mpi_op(op), c->world,
-                            &request);
+    int rc =
+        MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, mpi_op(op), c->world, &request);
     if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce (control values)");
     double started = now_seconds(), last_hook = started;
     for (unsigned polls = 0;; polls++) {
@@ -250,7 +256,8 @@ void gradient_buckets_free(gradient_buckets *gb) {
 }
 
 void gradient_buckets_begin(gradient_buckets *gb) {
-    for (int i = 0; i < gb->bucket_count; i++) gb->buckets[i].state = BUCKET_IDLE;
+    for (int i = 0; i < gb->bucket_count; i++)
+        gb->buckets[i].state = BUCKET_IDLE;
     gb->next_to_start = 0;
 }
 

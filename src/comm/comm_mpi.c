@@ -36,8 +36,7 @@ static ddt_status mpi_allreduce(comm *c, float *buffer, size_t count) {
     return DDT_OK;
 }
 
-static ddt_status mpi_allreduce_start(comm *c, float *buffer, size_t count,
-                                      comm_request *request) {
+static ddt_status mpi_allreduce_start(comm *c, float *buffer, size_t count, comm_request *request) {
     if (count > INT_MAX)
         return ddt_error(DDT_ERR_INTERNAL, "gradient bucket of %zu floats is too large", count);
     int rc = MPI_Iallreduce(MPI_IN_PLACE, buffer, (int)count, MPI_FLOAT, MPI_SUM, c->world,

@@ -51,8 +51,8 @@ ddt_status batch_buffers_init(batch_buffers *b, allocator *alloc, device *dev,
     b->dev = dev;
     b->rows = rows;
     if (evaluation) {
-        DDT_CHECK(dev->ops->host_alloc(dev, feature_bytes(geometry, rows),
-                                       (void **)&b->host.features));
+        DDT_CHECK(
+            dev->ops->host_alloc(dev, feature_bytes(geometry, rows), (void **)&b->host.features));
         void **host_labels =
             geometry->class_labels ? (void **)&b->host.labels : (void **)&b->host.targets;
         DDT_CHECK(dev->ops->host_alloc(dev, label_bytes(geometry, rows), host_labels));
@@ -89,17 +89,17 @@ ddt_status batch_buffers_upload(batch_buffers *b, const dataset_geometry *geomet
                                 const float *targets, const int64_t *row_ids) {
     device *dev = b->dev;
     batch_input *in = &b->device[buffer];
-    DDT_CHECK(dev->ops->upload_async(dev, in->features, features, feature_bytes(geometry, rows),
-                                     buffer));
+    DDT_CHECK(
+        dev->ops->upload_async(dev, in->features, features, feature_bytes(geometry, rows), buffer));
     if (geometry->class_labels)
-        DDT_CHECK(dev->ops->upload_async(dev, in->labels, labels, label_bytes(geometry, rows),
-                                         buffer));
+        DDT_CHECK(
+            dev->ops->upload_async(dev, in->labels, labels, label_bytes(geometry, rows), buffer));
     else
-        DDT_CHECK(dev->ops->upload_async(dev, in->targets, targets, label_bytes(geometry, rows),
-                                         buffer));
+        DDT_CHECK(
+            dev->ops->upload_async(dev, in->targets, targets, label_bytes(geometry, rows), buffer));
     if (row_ids)
-        DDT_CHECK(dev->ops->upload_async(dev, in->row_ids, row_ids,
-                                         (size_t)rows * sizeof(int64_t), buffer));
+        DDT_CHECK(dev->ops->upload_async(dev, in->row_ids, row_ids, (size_t)rows * sizeof(int64_t),
+                                         buffer));
     return DDT_OK;
 }
 
@@ -116,8 +116,8 @@ static ddt_status evaluate_local(device *dev, model *m, dataset *data, loss_kind
         int rows = (int)(end - row < max_rows ? end - row : max_rows);
         /* The host buffer is free again once the previous upload has been read. */
         DDT_CHECK(dev->ops->upload_host_done(dev, buffer));
-        DDT_CHECK(dataset_read_range(data, row, rows, b->host.features, b->host.labels,
-                                     b->host.targets));
+        DDT_CHECK(
+            dataset_read_range(data, row, rows, b->host.features, b->host.labels, b->host.targets));
         DDT_CHECK(batch_buffers_upload(b, g, buffer, rows, b->host.features, b->host.labels,
                                        b->host.targets, NULL));
         DDT_CHECK(dev->ops->upload_wait(dev, buffer));
@@ -129,8 +129,7 @@ static ddt_status evaluate_local(device *dev, model *m, dataset *data, loss_kind
         loss_apply(dev, loss, rows, spec->output_width, logits, in->labels, in->targets, 1.0f,
                    &scalars[0], NULL);
         if (g->class_labels)
-            dev->ops->count_correct(dev, rows, spec->output_width, logits, in->labels,
-                                    &scalars[1]);
+            dev->ops->count_correct(dev, rows, spec->output_width, logits, in->labels, &scalars[1]);
         float host[2];
         DDT_CHECK(dev->ops->copy_device_to_host(dev, host, scalars, sizeof host));
         sums[0] += host[0];
@@ -139,15 +138,15 @@ static ddt_status evaluate_local(device *dev, model *m, dataset *data, loss_kind
     return dev->ops->upload_host_done(dev, buffer);
 }
 
-ddt_status evaluate_model(job *j, comm *c, device *dev, model *m, dataset *data,
-                          loss_kind loss, batch_buffers *buffers, int buffer,
-                          evaluation *result) {
+ddt_status evaluate_model(job *j, comm *c, device *dev, model *m, dataset *data, loss_kind loss,
+                          batch_buffers *buffers, int buffer, evaluation *result) {
     const dataset_geometry *g = dataset_get_geometry(data);
     int world = comm_world_size(c), rank = comm_rank(c);
     int64_t first = g->rows * rank / world;
     int64_t end = g->rows * (rank + 1) / world;
     double sums[3] = {0, 0, (double)(end - first)};
-    ddt_status status = job_agree(j, evaluate_local(dev, m, data, loss, buffers, buffer, first, end, sums));
+    ddt_status status =
+        job_agree(j, evaluate_local(dev, m, data, loss, buffers, buffer, first, end, sums));
     if (status != DDT_OK) return status;
     if (comm_allreduce_doubles(c, sums, 3, COMM_REDUCE_SUM) != DDT_OK)
         job_abort(j, DDT_ERR_COMM, ddt_error_message());

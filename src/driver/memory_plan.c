@@ -20,8 +20,8 @@ static ddt_status parse_limit_entry(const char *source, const char *entry, devic
     return DDT_OK;
 }
 
-ddt_status memory_limits_resolve(const options *opts, device *dev, int local_rank,
-                                 int local_size, memory_limits *out) {
+ddt_status memory_limits_resolve(const options *opts, device *dev, int local_rank, int local_size,
+                                 memory_limits *out) {
     memset(out, 0, sizeof *out);
     out->staging_limit = (size_t)opts->host_staging_limit;
 
@@ -49,15 +49,17 @@ ddt_status memory_limits_resolve(const options *opts, device *dev, int local_ran
     }
     if (!text) {
         if (out->policy == MEMORY_POLICY_PREALLOCATE)
-            return ddt_error(DDT_ERR_USAGE, "%s preallocate needs a limit to reserve "
-                                            "(--device-memory-limit SIZE or FRACTION)",
+            return ddt_error(DDT_ERR_USAGE,
+                             "%s preallocate needs a limit to reserve "
+                             "(--device-memory-limit SIZE or FRACTION)",
                              policy_source);
         snprintf(out->device_source, sizeof out->device_source, "no limit");
         return DDT_OK;
     }
     /* One entry for every rank, or one per local rank (mixed nodes). */
     int count = 1;
-    for (const char *p = text; *p; p++) count += *p == ',';
+    for (const char *p = text; *p; p++)
+        count += *p == ',';
     if (count > 1 && local_size > count)
         return ddt_error(DDT_ERR_USAGE,
                          "%s lists %d limits, but this node runs %d ranks (give one limit, or "
@@ -65,7 +67,8 @@ ddt_status memory_limits_resolve(const options *opts, device *dev, int local_ran
                          source, count, local_size);
     int index = count == 1 ? 0 : local_rank;
     const char *start = text;
-    for (int i = 0; i < index; i++) start = strchr(start, ',') + 1;
+    for (int i = 0; i < index; i++)
+        start = strchr(start, ',') + 1;
     size_t length = strcspn(start, ",");
     char entry[64];
     if (length == 0 || length >= sizeof entry)
@@ -75,8 +78,8 @@ ddt_status memory_limits_resolve(const options *opts, device *dev, int local_ran
     entry[length] = '\0';
     DDT_CHECK(parse_limit_entry(source, entry, dev, &out->device_limit));
     if (count > 1)
-        snprintf(out->device_source, sizeof out->device_source, "%s %s, local rank %d: %s",
-                 source, text, local_rank, entry);
+        snprintf(out->device_source, sizeof out->device_source, "%s %s, local rank %d: %s", source,
+                 text, local_rank, entry);
     else
         snprintf(out->device_source, sizeof out->device_source, "%s %s", source, text);
     return DDT_OK;
@@ -92,7 +95,8 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     out->device[MEMORY_COMPONENT_PARAMETERS] = allocator_rounded_size(parameters * sizeof(float));
     out->device[MEMORY_COMPONENT_GRADIENTS] = allocator_rounded_size(parameters * sizeof(float));
     size_t state = optimizer_state_floats(inputs->optimizer, parameters);
-    if (state) out->device[MEMORY_COMPONENT_OPTIMIZER] = allocator_rounded_size(state * sizeof(float));
+    if (state)
+        out->device[MEMORY_COMPONENT_OPTIMIZER] = allocator_rounded_size(state * sizeof(float));
     out->device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(
         model_spec_activation_floats(inputs->spec, micro_batch) * sizeof(float));
     batch_buffers_plan(inputs->geometry, micro_batch, out->device);
@@ -101,7 +105,8 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
         model_spec_max_gemm_operand_floats(inputs->spec, micro_batch));
     if (workspace) out->device[MEMORY_COMPONENT_WORKSPACE] += allocator_rounded_size(workspace);
     /* Gradient buckets are all-reduced in place on CPU ranks: no extra device memory. */
-    for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++) out->device_total += out->device[c];
+    for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++)
+        out->device_total += out->device[c];
     out->device_fits = limits->device_limit == 0 || out->device_total <= limits->device_limit;
 
     const dataset_geometry *g = inputs->geometry;
@@ -125,8 +130,7 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
         }
         stream_limit = limits->staging_limit - out->evaluation_bytes;
     }
-    if (out->staging_fits &&
-        stream_fit_staging(stream_limit, g, &shard, &out->staging) != DDT_OK) {
+    if (out->staging_fits && stream_fit_staging(stream_limit, g, &shard, &out->staging) != DDT_OK) {
         snprintf(out->staging_problem, sizeof out->staging_problem, "%s", ddt_error_message());
         out->staging_fits = false;
     }
@@ -162,7 +166,7 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
         memory_size_format(limits->device_limit, limit, sizeof limit);
         memory_size_format(model_bytes, model, sizeof model);
         memory_size_format(plan->device[MEMORY_COMPONENT_ACTIVATIONS], activations,
-                            sizeof activations);
+                           sizeof activations);
         memory_size_format(plan->device[MEMORY_COMPONENT_STAGING], staging, sizeof staging);
         const char *advice =
             model_bytes >= limits->device_limit
@@ -184,14 +188,22 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
 
 static const char *component_label(memory_component c) {
     switch (c) {
-    case MEMORY_COMPONENT_PARAMETERS: return "parameters";
-    case MEMORY_COMPONENT_GRADIENTS: return "gradients";
-    case MEMORY_COMPONENT_OPTIMIZER: return "optimizer state";
-    case MEMORY_COMPONENT_ACTIVATIONS: return "activations";
-    case MEMORY_COMPONENT_WORKSPACE: return "workspace";
-    case MEMORY_COMPONENT_BUCKETS: return "buckets (in place)";
-    case MEMORY_COMPONENT_STAGING: return "input staging";
-    case MEMORY_COMPONENT_COUNT: break;
+    case MEMORY_COMPONENT_PARAMETERS:
+        return "parameters";
+    case MEMORY_COMPONENT_GRADIENTS:
+        return "gradients";
+    case MEMORY_COMPONENT_OPTIMIZER:
+        return "optimizer state";
+    case MEMORY_COMPONENT_ACTIVATIONS:
+        return "activations";
+    case MEMORY_COMPONENT_WORKSPACE:
+        return "workspace";
+    case MEMORY_COMPONENT_BUCKETS:
+        return "buckets (in place)";
+    case MEMORY_COMPONENT_STAGING:
+        return "input staging";
+    case MEMORY_COMPONENT_COUNT:
+        break;
     }
     return "?";
 }
@@ -218,8 +230,8 @@ void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FIL
     memory_size_format(plan->host_staging_total, text, sizeof text);
     if (limits->staging_limit) {
         memory_size_format(limits->staging_limit, limit, sizeof limit);
-        fprintf(out, "  %-20s %12s  of %s (--host-staging-limit)%s\n", "host staging", text,
-                limit, plan->staging_fits ? "" : "  DOES NOT FIT");
+        fprintf(out, "  %-20s %12s  of %s (--host-staging-limit)%s\n", "host staging", text, limit,
+                plan->staging_fits ? "" : "  DOES NOT FIT");
     } else {
         fprintf(out, "  %-20s %12s  (no host staging limit)\n", "host staging", text);
     }

@@ -63,11 +63,9 @@ static const option_def option_table[] = {
     {"model-file", 0, OPTION_STRING, EVAL, FIELD(model_file), NULL, 0, 0, "FILE.h5",
      "model to evaluate (written by --save)"},
     /* optimisation */
-    {"optimizer", 0, OPTION_STRING, TRAIN, FIELD(optimizer), "sgd", 0, 0, "sgd|adamw",
-     "optimizer"},
+    {"optimizer", 0, OPTION_STRING, TRAIN, FIELD(optimizer), "sgd", 0, 0, "sgd|adamw", "optimizer"},
     {"lr", 0, OPTION_REAL, TRAIN, FIELD(lr), "0.05", 1e-12, 1e6, "RATE", "learning rate"},
-    {"momentum", 0, OPTION_REAL, TRAIN, FIELD(momentum), "0.9", 0, 0.999999, "M",
-     "SGD momentum"},
+    {"momentum", 0, OPTION_REAL, TRAIN, FIELD(momentum), "0.9", 0, 0.999999, "M", "SGD momentum"},
     {"nesterov", 0, OPTION_FLAG, TRAIN, FIELD(nesterov), NULL, 0, 0, NULL,
      "Nesterov momentum (SGD)"},
     {"weight-decay", 0, OPTION_REAL, TRAIN, FIELD(weight_decay), "0", 0, 1e3, "W",
@@ -161,12 +159,11 @@ static const option_def option_table[] = {
     {"rows", 0, OPTION_INT64, SYNTH, FIELD(rows), NULL, 1, BIG, "N", "rows to generate"},
     {"features", 0, OPTION_INT64, SYNTH, FIELD(features), NULL, 1, 1 << 24, "D",
      "features per row"},
-    {"classes", 0, OPTION_INT64, SYNTH, FIELD(classes), NULL, 2, 1 << 20, "C",
-     "number of classes"},
+    {"classes", 0, OPTION_INT64, SYNTH, FIELD(classes), NULL, 2, 1 << 20, "C", "number of classes"},
     {"noise", 0, OPTION_REAL, SYNTH, FIELD(noise), "1.0", 0, 1e6, "SIGMA",
      "noise around the class centres (larger: harder)"},
-    {"help", 'h', OPTION_FLAG, TRAIN | EVAL | CONVERT | SYNTH | COMMAND_INFO, FIELD(help), NULL,
-     0, 0, NULL, "show this help"},
+    {"help", 'h', OPTION_FLAG, TRAIN | EVAL | CONVERT | SYNTH | COMMAND_INFO, FIELD(help), NULL, 0,
+     0, NULL, "show this help"},
 };
 
 #define OPTION_COUNT (sizeof option_table / sizeof option_table[0])
@@ -178,11 +175,16 @@ static bool accepts_auto(const option_def *def) {
 
 const char *command_name(command cmd) {
     switch (cmd) {
-    case COMMAND_TRAIN: return "train";
-    case COMMAND_EVAL: return "eval";
-    case COMMAND_CONVERT: return "convert";
-    case COMMAND_SYNTH: return "synth";
-    case COMMAND_INFO: return "info";
+    case COMMAND_TRAIN:
+        return "train";
+    case COMMAND_EVAL:
+        return "eval";
+    case COMMAND_CONVERT:
+        return "convert";
+    case COMMAND_SYNTH:
+        return "synth";
+    case COMMAND_INFO:
+        return "info";
     }
     return "?";
 }
@@ -197,10 +199,13 @@ ddt_status options_parse_size(const char *option_name, const char *text, int64_t
     static const struct {
         const char *suffix;
         double factor;
-    } units[] = {{"", 1},         {"B", 1},          {"K", 1024},       {"KB", 1000},
-                 {"KiB", 1024},   {"M", 1048576},    {"MB", 1e6},       {"MiB", 1048576},
-                 {"G", 1 << 30},  {"GB", 1e9},       {"GiB", 1 << 30},  {"T", 1099511627776.0},
-                 {"TB", 1e12},    {"TiB", 1099511627776.0}};
+    } units[] = {{"", 1},          {"B", 1},
+                 {"K", 1024},      {"KB", 1000},
+                 {"KiB", 1024},    {"M", 1048576},
+                 {"MB", 1e6},      {"MiB", 1048576},
+                 {"G", 1 << 30},   {"GB", 1e9},
+                 {"GiB", 1 << 30}, {"T", 1099511627776.0},
+                 {"TB", 1e12},     {"TiB", 1099511627776.0}};
     for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
         if (strcmp(end, units[i].suffix) == 0) {
             double result = value * units[i].factor;
@@ -237,7 +242,9 @@ static ddt_status set_value(options *opts, const option_def *def, const char *te
         if (!*text) return ddt_error(DDT_ERR_USAGE, "--%s: the value is empty", def->name);
         *(const char **)field = text;
         return DDT_OK;
-    case OPTION_FLAG: *(bool *)field = true; return DDT_OK;
+    case OPTION_FLAG:
+        *(bool *)field = true;
+        return DDT_OK;
     case OPTION_INT:
     case OPTION_INT64: {
         if (accepts_auto(def) && strcmp(text, "auto") == 0) {
@@ -279,9 +286,9 @@ static ddt_status set_value(options *opts, const option_def *def, const char *te
 static const option_def *find_option(const char *name, size_t name_length, char short_name) {
     for (size_t i = 0; i < OPTION_COUNT; i++) {
         const option_def *def = &option_table[i];
-        if (short_name ? def->short_name == short_name
-                       : strlen(def->name) == name_length &&
-                             strncmp(def->name, name, name_length) == 0)
+        if (short_name
+                ? def->short_name == short_name
+                : strlen(def->name) == name_length && strncmp(def->name, name, name_length) == 0)
             return def;
     }
     return NULL;
@@ -322,8 +329,7 @@ ddt_status options_parse(command cmd, int argc, char **argv, options *out) {
         }
         if (def->type == OPTION_FLAG) {
             if (value)
-                return ddt_error(DDT_ERR_USAGE, "--%s takes no value (got '%s')", def->name,
-                                 value);
+                return ddt_error(DDT_ERR_USAGE, "--%s takes no value (got '%s')", def->name, value);
         } else if (!value) {
             if (i + 1 >= argc)
                 return ddt_error(DDT_ERR_USAGE, "--%s needs a value (%s)", def->name,
@@ -352,15 +358,21 @@ static void format_value(const option_def *def, const options *opts, char *text,
         snprintf(text, size, "%s", value ? value : "(none)");
         return;
     }
-    case OPTION_FLAG: snprintf(text, size, "%s", *(const bool *)field ? "yes" : "no"); return;
-    case OPTION_INT: snprintf(text, size, "%d", *(const int *)field); return;
+    case OPTION_FLAG:
+        snprintf(text, size, "%s", *(const bool *)field ? "yes" : "no");
+        return;
+    case OPTION_INT:
+        snprintf(text, size, "%d", *(const int *)field);
+        return;
     case OPTION_INT64:
         if (accepts_auto(def) && *(const int64_t *)field == OPTIONS_AUTO)
             snprintf(text, size, "auto");
         else
             snprintf(text, size, "%lld", (long long)*(const int64_t *)field);
         return;
-    case OPTION_REAL: snprintf(text, size, "%g", *(const double *)field); return;
+    case OPTION_REAL:
+        snprintf(text, size, "%g", *(const double *)field);
+        return;
     case OPTION_SIZE: {
         int64_t bytes = *(const int64_t *)field;
         if (bytes % (1 << 20) == 0 && bytes >= (1 << 20))
@@ -376,13 +388,17 @@ static void format_value(const option_def *def, const options *opts, char *text,
 
 static const char *command_synopsis(command cmd) {
     switch (cmd) {
-    case COMMAND_TRAIN: return "ddtrain train --data PATH [options]";
-    case COMMAND_EVAL: return "ddtrain eval --model-file MODEL.h5 --data PATH [options]";
-    case COMMAND_CONVERT: return "ddtrain convert idx IMAGES LABELS -o OUT.h5 [--shards K]";
+    case COMMAND_TRAIN:
+        return "ddtrain train --data PATH [options]";
+    case COMMAND_EVAL:
+        return "ddtrain eval --model-file MODEL.h5 --data PATH [options]";
+    case COMMAND_CONVERT:
+        return "ddtrain convert idx IMAGES LABELS -o OUT.h5 [--shards K]";
     case COMMAND_SYNTH:
         return "ddtrain synth -o OUT.h5 --rows N --features D --classes C [--seed S] "
                "[--shards K]";
-    case COMMAND_INFO: return "ddtrain info FILE...";
+    case COMMAND_INFO:
+        return "ddtrain info FILE...";
     }
     return "";
 }
@@ -409,8 +425,7 @@ void options_print_help(command cmd, FILE *out) {
 void options_print_resolved(command cmd, const options *opts, FILE *out) {
     for (size_t i = 0; i < OPTION_COUNT; i++) {
         const option_def *def = &option_table[i];
-        if (!(def->commands & cmd) || def->offset == FIELD(help))
-            continue;
+        if (!(def->commands & cmd) || def->offset == FIELD(help)) continue;
         char text[512];
         format_value(def, opts, text, sizeof text);
         fprintf(out, "  %-20s %s\n", def->name, text);

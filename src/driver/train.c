@@ -7,131 +7,9 @@
  * finish, then one small control all-reduce (loss, error flag) that doubles as the per-step
  * agreement point, then the optimizer. Rank 0 prints progress and writes the metrics file.
  */
-#include "driver/train.h"
-
-#include <errno.h>
-#include <signal.h>
-#include <unistd.h>
-#include <inttypes.h>
-#include <math.h>
-#include <stdlib.h>
-#include <string.h>
-
-#include "comm/comm.h"
-#include "driver/blas_setup.h"
-#include "driver/evaluate.h"
-#include "driver/memory_plan.h"
-#include "driver/trace.h"
-#include "driver/watchdog.h"
-#include "engine/alloc.h"
-#include "engine/device.h"
-#include "engine/loss.h"
-#include "engine/model.h"
-#include "engine/optim.h"
-#include "io/checkpoint.h"
-#include "io/dataset.h"
-#include "io/model_file.h"
-#include "io/stream.h"
-#include "shard/shard.h"
-
-typedef struct phase_times {
-    double data_wait;
-    double compute;
-    double communication;
-    double optimizer;
-} phase_times;
-
-typedef struct trainer {
-    job *job;
-    const options *opts;
-    /* owned, freed in reverse order by trainer_free() */
-    device *dev;
-    allocator *alloc;
-    comm *comm;
-    dataset *train_data;
-    dataset *eval_data;
-    model *model;
-    optimizer *opt;
-    gradient_buckets *buckets;
-    shard_plan *plan_rows; /* which rows this rank reads */
-    stream *stream;
-    batch_buffers buffers;
-    FILE *metrics;
-    watchdog *watchdog;
-    trace *trace;
-    /* resolved settings */
-    memory_limits limits;
-    memory_plan plan;
-    const char *micro_batch_binding; /* --micro-batch auto: what bound it */
-    model_spec spec;
-    loss_kind loss;
-    optimizer_params optimizer_settings;
-    lr_schedule schedule;
-    device_kind device_kind;
-    bool device_auto;        /* --device auto: CUDA when a GPU is visible */
-    precision_kind precision;
-    int64_t global_batch;
-    int micro_batch;
-    int micro_batches_per_step;
-    int64_t steps_per_epoch;
-    int64_t total_steps;
-    /* the input pipeline: the micro-batch already uploading into the other input buffer */
-    micro_batch *next_micro_batch;
-    int next_buffer;
-    int64_t micro_batches_fetched;
-    int local_rank;
-    /* checkpoints and resuming */
-    int64_t checkpoint_every_steps;
-    double checkpoint_every_seconds;
-    double last_checkpoint_time;
-    int64_t start_step;       /* first step to run: 0, or where a checkpoint left off */
-    int64_t steps_done;       /* where training ended (total_steps unless stopped) */
-    int64_t current_step;     /* the step in progress, counted from 1 (for trace events) */
-    double loop_started;      /* when the training loop began (job_now) */
-    char resumed_from[4096];  /* the checkpoint resumed from, if any */
-    bool stopped_by_signal;
-    bool progress_bar; /* rank 0's output is a terminal: redraw a bar instead of lines */
-    /* fp16 loss scaling */
-    float loss_scale;
-    int64_t steps_since_overflow;
-    int64_t skipped_steps;
-    /* results */
-    phase_times times;
-    double train_seconds;
-    double last_train_loss;
-    evaluation last_eval;
-    bool evaluated;
-} trainer;
+#include "driver/trainer.h"
 
 /* ---- phase 1: settings (the same on every rank) ---------------------------------------- */
-
-/* --checkpoint-every: a number of steps ("500"), or a duration ("90s", "10min", "2h"). */
-static ddt_status parse_checkpoint_every(const char *text, int64_t *steps, double *seconds) {
-    char *end;
-    errno = 0;
-    double value = strtod(text, &end);
-    *steps = 0;
-    *seconds = 0;
-    if (end != text && !errno && value > 0) {
-        if (*end == '\0' && value == (double)(int64_t)value) {
-            *steps = (int64_t)value;
-            return DDT_OK;
-        }
-        static const struct {
-            const char *unit;
-            double seconds;
-        } units[] = {{"s", 1}, {"sec", 1}, {"min", 60}, {"h", 3600}};
-        for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
-            if (strcmp(end, units[i].unit) == 0) {
-                *seconds = value * units[i].seconds;
-                return DDT_OK;
-            }
-    }
-    return ddt_error(DDT_ERR_USAGE,
-                     "--checkpoint-every: '%s' is neither a number of steps (500) nor a "
-                     "duration (90s, 10min, 2h)",
-                     text);
-}
 
 static ddt_status resolve_settings(trainer *t) {
     const options *o = t->opts;
@@ -158,16 +36,17 @@ static ddt_status resolve_settings(trainer *t) {
                                         "(check the driver and CUDA_VISIBLE_DEVICES)");
     DDT_CHECK(precision_kind_parse(o->precision, &t->precision));
     if (t->precision != PRECISION_FP32 && t->device_kind != DEVICE_KIND_CUDA)
-        return ddt_error(DDT_ERR_USAGE, "--precision %s needs --device cuda (CPU ranks compute "
-                                        "in fp32)",
+        return ddt_error(DDT_ERR_USAGE,
+                         "--precision %s needs --device cuda (CPU ranks compute "
+                         "in fp32)",
                          o->precision);
     t->loss_scale = t->precision == PRECISION_FP16 ? (float)o->loss_scale : 1.0f;
     if ((o->checkpoint_every || o->resume) && !o->checkpoint_dir)
         return ddt_error(DDT_ERR_USAGE, "%s needs --checkpoint-dir",
                          o->resume ? "--resume" : "--checkpoint-every");
     if (o->checkpoint_every)
-        DDT_CHECK(parse_checkpoint_every(o->checkpoint_every, &t->checkpoint_every_steps,
-                                         &t->checkpoint_every_seconds));
+        DDT_CHECK(train_parse_checkpoint_every(o->checkpoint_every, &t->checkpoint_every_steps,
+                                               &t->checkpoint_every_seconds));
     if (o->trace) {
         int64_t first, last;
         DDT_CHECK(trace_parse_steps(o->trace_steps, &first, &last));
@@ -209,8 +88,7 @@ static ddt_status resolve_settings(trainer *t) {
                          "--global-batch %" PRId64 " is not a multiple of %d ranks x "
                          "--micro-batch %d = %" PRId64 " (each rank must run a whole number "
                          "of micro-batches per step)",
-                         t->global_batch, world, t->micro_batch,
-                         (int64_t)world * t->micro_batch);
+                         t->global_batch, world, t->micro_batch, (int64_t)world * t->micro_batch);
     return DDT_OK;
 }
 
@@ -223,10 +101,9 @@ static ddt_status check_geometry_against_model(const char *what, const char *pat
         return ddt_error(DDT_ERR_FORMAT,
                          "%s '%s' has %d features per row, but the model '%s' takes %d inputs",
                          what, path, g->features, spec->text, spec->input_width);
-    ddt_status status = loss_check_compatible(loss, spec->output_width, g->class_labels,
-                                              g->classes, g->target_width);
-    if (status != DDT_OK)
-        return ddt_error(status, "%s '%s': %s", what, path, ddt_error_message());
+    ddt_status status = loss_check_compatible(loss, spec->output_width, g->class_labels, g->classes,
+                                              g->target_width);
+    if (status != DDT_OK) return ddt_error(status, "%s '%s': %s", what, path, ddt_error_message());
     return DDT_OK;
 }
 
@@ -241,9 +118,8 @@ static ddt_status open_data(trainer *t) {
             model_spec asked;
             DDT_CHECK(model_spec_parse(o->model, &asked));
             if (strcmp(asked.text, t->spec.text) != 0)
-                return ddt_error(DDT_ERR_USAGE,
-                                 "--init '%s' holds model '%s', but --model is '%s'", o->init,
-                                 t->spec.text, asked.text);
+                return ddt_error(DDT_ERR_USAGE, "--init '%s' holds model '%s', but --model is '%s'",
+                                 o->init, t->spec.text, asked.text);
         }
     } else {
         DDT_CHECK(model_spec_parse(o->model, &t->spec));
@@ -253,13 +129,13 @@ static ddt_status open_data(trainer *t) {
     DDT_CHECK(check_geometry_against_model("--data", o->data, g, &t->spec, t->loss));
     if (o->eval_data) {
         DDT_CHECK(dataset_open(o->eval_data, &t->eval_data));
-        DDT_CHECK(check_geometry_against_model("--eval-data", o->eval_data,
-                                               dataset_get_geometry(t->eval_data), &t->spec,
-                                               t->loss));
+        DDT_CHECK(check_geometry_against_model(
+            "--eval-data", o->eval_data, dataset_get_geometry(t->eval_data), &t->spec, t->loss));
     }
     if (g->rows < t->global_batch)
         return ddt_error(DDT_ERR_DATA,
-                         "--data '%s' has %" PRId64 " rows, fewer than one global batch of %" PRId64,
+                         "--data '%s' has %" PRId64
+                         " rows, fewer than one global batch of %" PRId64,
                          o->data, g->rows, t->global_batch);
     DDT_CHECK(dataset_set_chunk_cache(t->train_data, 0)); /* see plan_memory() */
     t->schedule.base_lr = (float)o->lr;
@@ -308,7 +184,8 @@ static ddt_status plan_memory(trainer *t, bool *fits) {
     t->local_rank = local_rank;
     /* One GPU per rank: local rank mod the visible devices (with CUDA_VISIBLE_DEVICES or
      * Slurm's --gpus-per-task leaving each rank one device, that is device 0). */
-    int ordinal = t->device_kind == DEVICE_KIND_CUDA ? local_rank % device_count(t->device_kind) : 0;
+    int ordinal =
+        t->device_kind == DEVICE_KIND_CUDA ? local_rank % device_count(t->device_kind) : 0;
     DDT_CHECK(device_open(t->device_kind, ordinal, &t->dev));
     DDT_CHECK(memory_limits_resolve(o, t->dev, local_rank, local_size, &t->limits));
 
@@ -338,8 +215,9 @@ static ddt_status plan_memory(trainer *t, bool *fits) {
         int agreed = chosen;
         MPI_Allreduce(MPI_IN_PLACE, &agreed, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
         if (status != DDT_OK) return status;
-        if (agreed == 0) return ddt_error(DDT_ERR_MEMORY, "--micro-batch auto: another rank "
-                                                          "cannot fit even one row");
+        if (agreed == 0)
+            return ddt_error(DDT_ERR_MEMORY, "--micro-batch auto: another rank "
+                                             "cannot fit even one row");
         if (agreed != chosen) {
             memory_plan_compute(&inputs, agreed, &t->limits, &t->plan);
             t->micro_batch_binding = "another rank's limits";
@@ -364,36 +242,9 @@ static ddt_status plan_memory(trainer *t, bool *fits) {
     return lr_schedule_check(&t->schedule);
 }
 
-/* Rank 0 prints its plan, and a line for each rank whose limits or plan differ. */
-static void print_memory_plan(trainer *t) {
-    job *j = t->job;
-    double mine[5] = {(double)t->limits.device_limit, (double)t->plan.device_total,
-                      (double)t->limits.staging_limit, (double)t->plan.host_staging_total,
-                      t->plan.fits ? 1.0 : 0.0};
-    double *all = j->rank == 0 ? calloc((size_t)j->world_size * 5, sizeof(double)) : NULL;
-    MPI_Gather(mine, 5, MPI_DOUBLE, all, 5, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-    if (j->rank != 0) return;
-    memory_plan_print(&t->plan, &t->limits, stdout);
-    if (t->micro_batch_binding)
-        printf("  --micro-batch auto chose %d (%d micro-batches per step); bound by %s\n",
-               t->micro_batch, t->micro_batches_per_step, t->micro_batch_binding);
-    for (int r = 1; r < j->world_size; r++) {
-        double *theirs = all + 5 * r;
-        if (memcmp(theirs, mine, sizeof mine) == 0) continue;
-        char limit[32], need[32];
-        memory_size_format((size_t)theirs[0], limit, sizeof limit);
-        memory_size_format((size_t)theirs[1], need, sizeof need);
-        printf("  rank %d: device %s of %s%s\n", r, need, theirs[0] > 0 ? limit : "no limit",
-               theirs[4] > 0 ? "" : "  DOES NOT FIT");
-    }
-    fflush(stdout);
-    free(all);
-}
-
 /* ---- phase 4: engine ------------------------------------------------------------------- */
 
-static void trace_bucket(void *context, int bucket, size_t floats, double started,
-                         double finished);
+static void trace_bucket(void *context, int bucket, size_t floats, double started, double finished);
 
 static ddt_status build_engine(trainer *t) {
     allocator_params ap = allocator_default_params();
@@ -402,26 +253,24 @@ static ddt_status build_engine(trainer *t) {
     ap.rank = t->job->rank;
     ap.limit_source = t->limits.device_source;
     DDT_CHECK(allocator_init_with_params(t->dev, &ap, &t->alloc));
-    DDT_CHECK(t->dev->ops->set_precision(
-        t->dev, t->precision, t->alloc,
-        model_spec_max_gemm_operand_floats(&t->spec, t->micro_batch)));
+    DDT_CHECK(
+        t->dev->ops->set_precision(t->dev, t->precision, t->alloc,
+                                   model_spec_max_gemm_operand_floats(&t->spec, t->micro_batch)));
     /* GPUs all-reduce through NCCL, CPU ranks through MPI. */
     DDT_CHECK(comm_init(t->device_kind == DEVICE_KIND_CUDA ? COMM_BACKEND_NCCL : COMM_BACKEND_MPI,
                         MPI_COMM_WORLD, t->dev, &t->comm));
     comm_set_timeout(t->comm, t->opts->comm_timeout);
     DDT_CHECK(model_init(&t->spec, t->alloc, t->micro_batch, &t->model));
-    DDT_CHECK(optimizer_init(&t->optimizer_settings, t->alloc, model_parameter_count(t->model),
-                             &t->opt));
-    DDT_CHECK(batch_buffers_init(&t->buffers, t->alloc, t->dev,
-                                 dataset_get_geometry(t->train_data), t->micro_batch,
-                                 t->opts->eval_data != NULL));
+    DDT_CHECK(
+        optimizer_init(&t->optimizer_settings, t->alloc, model_parameter_count(t->model), &t->opt));
+    DDT_CHECK(batch_buffers_init(&t->buffers, t->alloc, t->dev, dataset_get_geometry(t->train_data),
+                                 t->micro_batch, t->opts->eval_data != NULL));
     size_t ready_points[MODEL_MAX_LAYERS];
     for (int i = 0; i < t->spec.dense_count; i++)
         ready_points[i] = model_spec_dense_layout(&t->spec, i).weight_offset;
-    DDT_CHECK(gradient_buckets_init(t->comm, model_gradients(t->model),
-                                    model_parameter_count(t->model), ready_points,
-                                    t->spec.dense_count, (size_t)t->opts->bucket_size,
-                                    &t->buckets));
+    DDT_CHECK(gradient_buckets_init(
+        t->comm, model_gradients(t->model), model_parameter_count(t->model), ready_points,
+        t->spec.dense_count, (size_t)t->opts->bucket_size, &t->buckets));
     /* Rank 0 names the ranks the others wait for: warned after a tenth of the timeout. */
     double warn_after = t->opts->comm_timeout / 10 < 30 ? t->opts->comm_timeout / 10 : 30;
     DDT_CHECK(watchdog_init(MPI_COMM_WORLD, warn_after, &t->watchdog));
@@ -446,96 +295,27 @@ static ddt_status build_engine(trainer *t) {
 static uint64_t checksum_bytes(const void *data, size_t bytes) {
     const unsigned char *p = data;
     uint64_t hash = 0xcbf29ce484222325ull; /* FNV-1a */
-    for (size_t i = 0; i < bytes; i++) hash = (hash ^ p[i]) * 0x100000001b3ull;
+    for (size_t i = 0; i < bytes; i++)
+        hash = (hash ^ p[i]) * 0x100000001b3ull;
     return hash;
-}
-
-/* Rank 0: the newest complete checkpoint in --checkpoint-dir, checked against this run and
- * loaded onto the device (weights, optimizer state); the position goes into the trainer. */
-static ddt_status resume_on_root(trainer *t, bool *resumed) {
-    const options *o = t->opts;
-    char path[4096];
-    bool found = false;
-    *resumed = false;
-    DDT_CHECK(checkpoint_find_latest(o->checkpoint_dir, path, sizeof path, &found));
-    if (!found) {
-        printf("resume: no checkpoint in %s yet; starting from the beginning\n", o->checkpoint_dir);
-        return DDT_OK;
-    }
-    checkpoint_loaded c;
-    DDT_CHECK(checkpoint_read(path, &c));
-    ddt_status status = DDT_OK;
-    size_t state_count = optimizer_state_count(t->opt);
-    if (strcmp(c.spec.text, t->spec.text) != 0)
-        status = ddt_error(DDT_ERR_USAGE, "%s holds model '%s', but this run trains '%s'", path,
-                           c.spec.text, t->spec.text);
-    else if (c.seed != (uint64_t)o->seed)
-        status = ddt_error(DDT_ERR_USAGE,
-                           "%s was written with --seed %" PRIu64 ", this run has --seed %" PRId64
-                           " (the data order and dropout depend on it: pass --seed %" PRIu64 ")",
-                           path, c.seed, o->seed, c.seed);
-    else if (c.optimizer_state_count != state_count ||
-             strcmp(c.optimizer_kind, optimizer_kind_name(t->optimizer_settings.kind)) != 0)
-        status = ddt_error(DDT_ERR_USAGE,
-                           "%s holds %s optimizer state of %zu floats; this run's %s needs %zu",
-                           path, c.optimizer_kind, c.optimizer_state_count,
-                           optimizer_kind_name(t->optimizer_settings.kind), state_count);
-    else if (c.samples_seen % t->global_batch != 0)
-        status = ddt_error(DDT_ERR_USAGE,
-                           "%s stopped after %" PRId64 " samples, not a whole number of "
-                           "--global-batch %" PRId64 " steps",
-                           path, c.samples_seen, t->global_batch);
-    if (status == DDT_OK)
-        status = t->dev->ops->copy_host_to_device(t->dev, model_parameters(t->model),
-                                                  c.parameters, c.parameter_count * sizeof(float));
-    if (status == DDT_OK && state_count)
-        status = t->dev->ops->copy_host_to_device(t->dev, optimizer_state(t->opt),
-                                                  c.optimizer_state, state_count * sizeof(float));
-    if (status == DDT_OK) {
-        t->start_step = c.samples_seen / t->global_batch;
-        optimizer_set_steps_taken(t->opt, c.optimizer_steps);
-        t->loss_scale = (float)c.loss_scale;
-        t->steps_since_overflow = c.steps_since_overflow;
-        snprintf(t->resumed_from, sizeof t->resumed_from, "%s", path);
-        *resumed = true;
-        printf("resume: %s (step %" PRId64 ", %" PRId64 " samples, written by %d rank%s)\n", path,
-               t->start_step, c.samples_seen, c.world_size, c.world_size == 1 ? "" : "s");
-    }
-    checkpoint_loaded_free(&c);
-    return status;
 }
 
 static ddt_status initial_weights_on_root(trainer *t, bool *resumed) {
     *resumed = false;
     if (t->job->rank != 0) return DDT_OK;
     if (t->opts->resume) {
-        DDT_CHECK(resume_on_root(t, resumed));
+        DDT_CHECK(train_resume_on_root(t, resumed));
         if (*resumed) return DDT_OK;
     }
     if (!t->opts->init) return model_init_parameters(t->model, (uint64_t)t->opts->seed);
     model_spec spec;
     float *params = NULL;
     DDT_CHECK(model_file_load(t->opts->init, &spec, &params));
-    ddt_status status = t->dev->ops->copy_host_to_device(
-        t->dev, model_parameters(t->model), params, model_parameter_count(t->model) * sizeof(float));
+    ddt_status status =
+        t->dev->ops->copy_host_to_device(t->dev, model_parameters(t->model), params,
+                                         model_parameter_count(t->model) * sizeof(float));
     free(params);
     return status;
-}
-
-/* After a resume on rank 0: every rank takes the optimizer state and the position. */
-static ddt_status share_resume_state(trainer *t, bool resumed_on_root) {
-    double values[5] = {resumed_on_root, (double)t->start_step,
-                        (double)optimizer_steps_taken(t->opt), t->loss_scale,
-                        (double)t->steps_since_overflow};
-    MPI_Bcast(values, 5, MPI_DOUBLE, 0, MPI_COMM_WORLD);
-    if (values[0] == 0) return DDT_OK;
-    t->start_step = (int64_t)values[1];
-    optimizer_set_steps_taken(t->opt, (int64_t)values[2]);
-    t->loss_scale = (float)values[3];
-    t->steps_since_overflow = (int64_t)values[4];
-    size_t state_count = optimizer_state_count(t->opt);
-    if (state_count) DDT_CHECK(comm_broadcast_floats(t->comm, optimizer_state(t->opt), state_count, 0));
-    return DDT_OK;
 }
 
 /* Broadcasts rank 0's weights, then compares a checksum across ranks. */
@@ -553,69 +333,15 @@ static ddt_status share_initial_weights(trainer *t) {
     DDT_CHECK(comm_allreduce_u64(t->comm, &sums[0], 1, COMM_REDUCE_MIN));
     DDT_CHECK(comm_allreduce_u64(t->comm, &sums[1], 1, COMM_REDUCE_MAX));
     if (sums[0] != sums[1])
-        return ddt_error(DDT_ERR_COMM, "initial weights differ between ranks after the broadcast "
-                                       "(checksums %016" PRIx64 " and %016" PRIx64 "); refusing "
-                                       "to train",
+        return ddt_error(DDT_ERR_COMM,
+                         "initial weights differ between ranks after the broadcast "
+                         "(checksums %016" PRIx64 " and %016" PRIx64 "); refusing "
+                         "to train",
                          sums[0], sums[1]);
     return DDT_OK;
 }
 
 /* ---- reporting ------------------------------------------------------------------------- */
-
-/* Rank 0 prints one line per rank: host, rank, local rank and device (with its PCI bus id on
- * GPUs), so a wrong rank-to-device mapping is visible at a glance. */
-static void print_rank_lines(trainer *t) {
-    job *j = t->job;
-    char mine[256];
-    snprintf(mine, sizeof mine, "  rank %d of %d on %s, local rank %d: %s", j->rank,
-             j->world_size, j->host, t->local_rank, t->dev->description);
-    char *all = j->rank == 0 ? calloc((size_t)j->world_size, sizeof mine) : NULL;
-    MPI_Gather(mine, sizeof mine, MPI_CHAR, all, sizeof mine, MPI_CHAR, 0, MPI_COMM_WORLD);
-    if (j->rank != 0) return;
-    for (int r = 0; r < j->world_size; r++) printf("%s\n", all + (size_t)r * sizeof mine);
-    free(all);
-}
-
-static void print_configuration(trainer *t) {
-    job *j = t->job;
-    print_rank_lines(t);
-    const dataset_geometry *g = dataset_get_geometry(t->train_data);
-    job_say(j, "ddtrain train: %d rank%s, device %s, communication %s, precision %s\n",
-            j->world_size, j->world_size == 1 ? "" : "s", device_kind_name(t->device_kind),
-            comm_backend_name(t->comm), precision_kind_name(t->precision));
-    size_t unrouted = comm_device_bytes_unrouted(t->comm);
-    if (unrouted) {
-        char text[32];
-        memory_size_format(unrouted, text, sizeof text);
-        job_say(j, "  not routed through the allocator: %s measured for %s's buffers\n", text,
-                comm_backend_name(t->comm));
-    }
-    job_say(j, "  blas             %s\n", blas_describe());
-    if (j->rank == 0) options_print_resolved(COMMAND_TRAIN, t->opts, stdout);
-    job_say(j,
-            "  => model %s (%zu parameters), data %" PRId64 " rows x %d features in %d file%s\n"
-            "  => %" PRId64 " steps (%" PRId64 " per epoch), global batch %" PRId64
-            " = %d ranks x %d micro-batches x %d rows\n",
-            t->spec.text, model_parameter_count(t->model), g->rows, g->features, g->file_count,
-            g->file_count == 1 ? "" : "s", t->total_steps, t->steps_per_epoch, t->global_batch,
-            j->world_size, t->micro_batches_per_step, t->micro_batch);
-    fflush(stdout);
-}
-
-static void format_duration(double seconds, char *text, size_t size) {
-    long s = (long)(seconds + 0.5);
-    if (s >= 3600)
-        snprintf(text, size, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
-    else
-        snprintf(text, size, "%ld:%02ld", s / 60, s % 60);
-}
-
-static void write_json_number(FILE *f, const char *name, double value) {
-    if (isfinite(value))
-        fprintf(f, ",\"%s\":%.9g", name, value);
-    else
-        fprintf(f, ",\"%s\":null", name);
-}
 
 /* ---- phase 5: the training loop -------------------------------------------------------- */
 
@@ -627,9 +353,9 @@ static ddt_status fetch_micro_batch(trainer *t, int buffer, micro_batch **out) {
     t->micro_batches_fetched++;
     micro_batch *mb = *out;
     double started = job_now();
-    ddt_status status = batch_buffers_upload(&t->buffers, dataset_get_geometry(t->train_data),
-                                             buffer, mb->rows, mb->features, mb->labels,
-                                             mb->targets, mb->row_ids);
+    ddt_status status =
+        batch_buffers_upload(&t->buffers, dataset_get_geometry(t->train_data), buffer, mb->rows,
+                             mb->features, mb->labels, mb->targets, mb->row_ids);
     trace_event(t->trace, TRACE_THREAD_MAIN, "copy", "input", mb->global_step + 1, started,
                 job_now());
     return status;
@@ -662,9 +388,9 @@ static ddt_status compute_micro_batch(trainer *t, const micro_batch *mb, int buf
                t->loss_scale / (float)t->global_batch, &b->device_scalars[SCALAR_TRAIN_LOSS],
                model_output_gradient(t->model));
     double forward_done = job_now();
-    ddt_status status = model_backward(t->model, mb->rows, &pass,
-                                       last ? gradient_buckets_ready_callback : NULL,
-                                       last ? t->buckets : NULL);
+    ddt_status status =
+        model_backward(t->model, mb->rows, &pass, last ? gradient_buckets_ready_callback : NULL,
+                       last ? t->buckets : NULL);
     if (t->trace) {
         int64_t step = mb->global_step + 1;
         trace_event(t->trace, TRACE_THREAD_MAIN, "forward", "compute", step, started, forward_done);
@@ -702,57 +428,6 @@ static ddt_status run_local_step(trainer *t) {
     return DDT_OK;
 }
 
-typedef struct epoch_tally {
-    double loss_sum;
-    int64_t steps;
-    double started;
-    double eval_seconds;
-} epoch_tally;
-
-static ddt_status end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally) {
-    job *j = t->job;
-    double train_loss = tally->steps ? tally->loss_sum / (double)tally->steps : NAN;
-    double seconds = job_now() - tally->started - tally->eval_seconds;
-    double samples_per_s = (double)(tally->steps * t->global_batch) / (seconds > 0 ? seconds : 1);
-    evaluation ev = {.loss = NAN, .accuracy = -1};
-    if (t->eval_data) {
-        double eval_started = job_now();
-        /* The next training micro-batch may already be uploading into next_buffer. */
-        ddt_status status = evaluate_model(j, t->comm, t->dev, t->model, t->eval_data, t->loss,
-                                           &t->buffers, t->next_buffer ^ 1, &ev);
-        if (status != DDT_OK) return status; /* agreed and printed */
-        tally->eval_seconds += job_now() - eval_started;
-        t->last_eval = ev;
-        t->evaluated = true;
-    }
-    if (j->rank == 0) {
-        if (t->eval_data && ev.accuracy >= 0)
-            printf("epoch %" PRId64 " done: train_loss %.4f  eval_loss %.4f  eval_accuracy %.4f  "
-                   "(%.0f samples/s)\n",
-                   epoch + 1, train_loss, ev.loss, ev.accuracy, samples_per_s);
-        else if (t->eval_data)
-            printf("epoch %" PRId64 " done: train_loss %.4f  eval_loss %.4f  (%.0f samples/s)\n",
-                   epoch + 1, train_loss, ev.loss, samples_per_s);
-        else
-            printf("epoch %" PRId64 " done: train_loss %.4f  (%.0f samples/s)\n", epoch + 1,
-                   train_loss, samples_per_s);
-        fflush(stdout);
-        if (t->metrics) {
-            fprintf(t->metrics, "{\"event\":\"epoch\",\"epoch\":%" PRId64 ",\"steps\":%" PRId64,
-                    epoch + 1, tally->steps);
-            write_json_number(t->metrics, "train_loss", train_loss);
-            write_json_number(t->metrics, "eval_loss", ev.loss);
-            write_json_number(t->metrics, "eval_accuracy", ev.accuracy >= 0 ? ev.accuracy : NAN);
-            write_json_number(t->metrics, "samples_per_s", samples_per_s);
-            /* wall time since training began, evaluation included (for time to accuracy) */
-            write_json_number(t->metrics, "elapsed_s", job_now() - t->loop_started);
-            fprintf(t->metrics, "}\n");
-            fflush(t->metrics);
-        }
-    }
-    return DDT_OK;
-}
-
 /* The stream's memory comes from the device's host allocator: pinned on GPUs. */
 static ddt_status stream_host_alloc(void *context, size_t bytes, void **out) {
     device *dev = context;
@@ -769,9 +444,8 @@ static void stream_host_free(void *context, void *pointer) {
 static ddt_status read_loss(trainer *t, double *sum) {
     device *dev = t->dev;
     float local = 0;
-    ddt_status status = dev->ops->copy_device_to_host(dev, &local,
-                                                      &t->buffers.device_scalars[SCALAR_TRAIN_LOSS],
-                                                      sizeof local);
+    ddt_status status = dev->ops->copy_device_to_host(
+        dev, &local, &t->buffers.device_scalars[SCALAR_TRAIN_LOSS], sizeof local);
     dev->ops->fill_zero(dev, &t->buffers.device_scalars[SCALAR_TRAIN_LOSS], sizeof(float));
     double values[2] = {local, status != DDT_OK ? 1.0 : 0.0};
     if (comm_allreduce_doubles(t->comm, values, 2, COMM_REDUCE_SUM) != DDT_OK)
@@ -779,78 +453,6 @@ static ddt_status read_loss(trainer *t, double *sum) {
     if (values[1] > 0) return job_agree(t->job, status);
     *sum = values[0];
     return DDT_OK;
-}
-
-/* SIGTERM (a scheduler ending the job) and SIGUSR1 (Slurm's --signal warning before
- * preemption) ask every rank to stop at the next step boundary, checkpoint, and exit 0. */
-static volatile sig_atomic_t stop_signal;
-
-static void on_stop_signal(int signal_number) {
-    stop_signal = signal_number;
-}
-
-static void install_stop_handlers(void) {
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_handler = on_stop_signal;
-    sigemptyset(&action.sa_mask);
-    sigaction(SIGTERM, &action, NULL);
-    sigaction(SIGUSR1, &action, NULL);
-}
-
-/* Rank 0 writes a checkpoint of the state after `steps_done` steps (weights and optimizer
- * state are identical on every rank). */
-static ddt_status write_checkpoint_on_root(trainer *t, int64_t steps_done) {
-    if (t->job->rank != 0) return DDT_OK;
-    size_t count = model_parameter_count(t->model), state = optimizer_state_count(t->opt);
-    float *host = malloc((count + state + 1) * sizeof(float));
-    char *configuration = NULL;
-    size_t configuration_size = 0;
-    FILE *text = open_memstream(&configuration, &configuration_size);
-    if (!host || !text) {
-        free(host);
-        if (text) fclose(text);
-        free(configuration);
-        return ddt_error(DDT_ERR_MEMORY, "out of host memory for a checkpoint");
-    }
-    options_print_resolved(COMMAND_TRAIN, t->opts, text);
-    fclose(text);
-    device *dev = t->dev;
-    ddt_status status = dev->ops->copy_device_to_host(dev, host, model_parameters(t->model),
-                                                      count * sizeof(float));
-    if (status == DDT_OK && state)
-        status = dev->ops->copy_device_to_host(dev, host + count, optimizer_state(t->opt),
-                                               state * sizeof(float));
-    checkpoint_state cs = {
-        .spec = &t->spec,
-        .parameters = host,
-        .optimizer_state = state ? host + count : NULL,
-        .optimizer_state_count = state,
-        .optimizer_kind = optimizer_kind_name(t->optimizer_settings.kind),
-        .optimizer_steps = optimizer_steps_taken(t->opt),
-        .global_step = steps_done,
-        .epoch = steps_done / t->steps_per_epoch,
-        .samples_seen = steps_done * t->global_batch,
-        .global_batch = t->global_batch,
-        .seed = (uint64_t)t->opts->seed,
-        .loss_scale = t->loss_scale,
-        .steps_since_overflow = t->steps_since_overflow,
-        .world_size = t->job->world_size,
-        .configuration = configuration,
-    };
-    char path[4096];
-    if (status == DDT_OK)
-        status = checkpoint_write(t->opts->checkpoint_dir, &cs, (int)t->opts->checkpoint_keep,
-                                  NULL, path, sizeof path);
-    if (status == DDT_OK) {
-        printf("%scheckpoint: %s (step %" PRId64 ")\n", t->progress_bar ? "\r\033[2K" : "",
-               path, steps_done);
-        fflush(stdout);
-    }
-    free(host);
-    free(configuration);
-    t->last_checkpoint_time = job_now();
-    return status;
 }
 
 /* Every rank: after a non-finite gradient, which layer and which ranks' own loss. */
@@ -871,15 +473,17 @@ static ddt_status report_non_finite(trainer *t, int64_t step) {
         }
     }
     float local_loss = 0;
-    dev->ops->copy_device_to_host(dev, &local_loss,
-                                  &t->buffers.device_scalars[SCALAR_TRAIN_LOSS], sizeof local_loss);
+    dev->ops->copy_device_to_host(dev, &local_loss, &t->buffers.device_scalars[SCALAR_TRAIN_LOSS],
+                                  sizeof local_loss);
     int mine = !isfinite(local_loss);
     int *all = t->job->rank == 0 ? calloc((size_t)t->job->world_size, sizeof(int)) : NULL;
     MPI_Gather(&mine, 1, MPI_INT, all, 1, MPI_INT, 0, MPI_COMM_WORLD);
     char ranks[256] = "";
     size_t used = 0;
     for (int r = 0; all && r < t->job->world_size && used + 16 < sizeof ranks; r++)
-        if (all[r]) used += (size_t)snprintf(ranks + used, sizeof ranks - used, "%s%d", used ? ", " : "", r);
+        if (all[r])
+            used +=
+                (size_t)snprintf(ranks + used, sizeof ranks - used, "%s%d", used ? ", " : "", r);
     free(all);
     return ddt_error(DDT_ERR_DATA,
                      "step %" PRId64 " (epoch %" PRId64 "): the gradient of %s is not finite "
@@ -913,68 +517,6 @@ static void trace_bucket(void *context, int bucket, size_t floats, double starte
                 started, finished);
 }
 
-/* One "step" record for --metrics: the window since the last one. */
-typedef struct metrics_window {
-    double loss_sum;
-    int64_t steps;
-    double started;
-    phase_times times_at_start;
-} metrics_window;
-
-static size_t current_rss_bytes(void) {
-    long pages = 0, resident = 0;
-    FILE *f = fopen("/proc/self/statm", "r");
-    if (f) {
-        if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
-        fclose(f);
-    }
-    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
-}
-
-static void write_step_metrics(trainer *t, int64_t step, float lr, metrics_window *w) {
-    if (t->job->rank != 0 || !t->metrics || w->steps == 0) return;
-    double now = job_now();
-    FILE *f = t->metrics;
-    fprintf(f, "{\"event\":\"step\",\"step\":%" PRId64 ",\"epoch\":%" PRId64, step,
-            (step - 1) / t->steps_per_epoch + 1);
-    write_json_number(f, "loss", w->loss_sum / (double)w->steps);
-    write_json_number(f, "lr", lr);
-    write_json_number(f, "samples_per_s", (double)(w->steps * t->global_batch) / (now - w->started));
-    write_json_number(f, "data_wait_s", t->times.data_wait - w->times_at_start.data_wait);
-    write_json_number(f, "compute_s", t->times.compute - w->times_at_start.compute);
-    write_json_number(f, "communication_s",
-                      t->times.communication - w->times_at_start.communication);
-    write_json_number(f, "optimizer_s", t->times.optimizer - w->times_at_start.optimizer);
-    stream_stats staging = stream_get_stats(t->stream);
-    fprintf(f, ",\"device_bytes_in_use\":%zu,\"staging_bytes_in_use\":%zu,\"rss_bytes\":%zu}\n",
-            allocator_get_stats(t->alloc).bytes_in_use, staging.staging_bytes_in_use,
-            current_rss_bytes());
-    fflush(f);
-    *w = (metrics_window){.started = now, .times_at_start = t->times};
-}
-
-/* Rank 0's progress: a bar redrawn in place on a terminal, plain lines in a log file. */
-static void print_progress(trainer *t, int64_t done, int64_t epoch, double loss, float lr,
-                           double rate, double seconds_left) {
-    char eta[32];
-    format_duration(seconds_left, eta, sizeof eta);
-    if (t->progress_bar) {
-        int width = 24, filled = (int)((double)width * (double)done / (double)t->total_steps);
-        char bar[32];
-        for (int i = 0; i < width; i++) bar[i] = i < filled ? '#' : '-';
-        bar[width] = '\0';
-        printf("\r\033[2K[%s] %3.0f%%  epoch %" PRId64 "  step %" PRId64 "/%" PRId64
-               "  loss %.4f  lr %.3g  %.0f samples/s  ETA %s",
-               bar, 100.0 * (double)done / (double)t->total_steps, epoch + 1, done,
-               t->total_steps, loss, lr, rate, eta);
-    } else {
-        printf("epoch %" PRId64 " step %" PRId64 "/%" PRId64 "  loss %.4f  lr %.4g  "
-               "%.0f samples/s  ETA %s\n",
-               epoch + 1, done, t->total_steps, loss, lr, rate, eta);
-    }
-    fflush(stdout);
-}
-
 /* Values every rank contributes to the per-step agreement (summed). */
 enum {
     CONTROL_LOCAL_FAILURE, /* a rank failed (bad data, I/O...) */
@@ -1003,11 +545,9 @@ static ddt_status train_loop(trainer *t) {
         .on_read = t->trace ? trace_read : NULL,
         .on_read_context = t->trace,
     };
-    ddt_status status = job_agree(j, t->start_step < t->total_steps
-                                         ? stream_start(&sp, &t->stream)
-                                         : DDT_OK);
+    ddt_status status =
+        job_agree(j, t->start_step < t->total_steps ? stream_start(&sp, &t->stream) : DDT_OK);
     if (status != DDT_OK) return status;
-    install_stop_handlers();
     t->progress_bar = j->rank == 0 && job_stdout_is_terminal();
 
     double loop_started = job_now();
@@ -1049,16 +589,17 @@ static ddt_status train_loop(trainer *t) {
          * gradients overflowed; fp32 stops with the layer. CPU ranks check every step (cheap);
          * GPUs when they report, to keep the step free of host synchronisation. */
         bool finite = true;
-        bool check = t->precision == PRECISION_FP16 || t->device_kind == DEVICE_KIND_CPU || reporting;
+        bool check =
+            t->precision == PRECISION_FP16 || t->device_kind == DEVICE_KIND_CPU || reporting;
         if (local == DDT_OK && check)
             local = ops->check_finite(t->dev, parameter_count, model_gradients(t->model), &finite);
         double control[CONTROL_COUNT] = {0};
         control[CONTROL_LOCAL_FAILURE] = local != DDT_OK;
         control[t->precision == PRECISION_FP16 ? CONTROL_OVERFLOW : CONTROL_NON_FINITE] = !finite;
-        control[CONTROL_STOP] = stop_signal != 0;
-        control[CONTROL_CHECKPOINT] = j->rank == 0 && t->checkpoint_every_seconds > 0 &&
-                                      job_now() - t->last_checkpoint_time >=
-                                          t->checkpoint_every_seconds;
+        control[CONTROL_STOP] = train_stop_requested();
+        control[CONTROL_CHECKPOINT] =
+            j->rank == 0 && t->checkpoint_every_seconds > 0 &&
+            job_now() - t->last_checkpoint_time >= t->checkpoint_every_seconds;
         if (comm_allreduce_doubles(t->comm, control, CONTROL_COUNT, COMM_REDUCE_SUM) != DDT_OK)
             communication_failed(t, done);
         t->times.communication += job_now() - comm_started;
@@ -1069,14 +610,16 @@ static ddt_status train_loop(trainer *t) {
         float lr = lr_schedule_at(&t->schedule, step);
         if (control[CONTROL_OVERFLOW] > 0) {
             t->skipped_steps++;
-            job_say(j, "step %" PRId64 ": fp16 gradient overflow; step skipped on every rank, "
-                       "loss scale %g -> %g\n",
+            job_say(j,
+                    "step %" PRId64 ": fp16 gradient overflow; step skipped on every rank, "
+                    "loss scale %g -> %g\n",
                     done, t->loss_scale, t->loss_scale / 2);
             t->loss_scale /= 2;
             t->steps_since_overflow = 0;
         } else {
             if (t->loss_scale != 1.0f)
-                ops->scale(t->dev, parameter_count, 1.0f / t->loss_scale, model_gradients(t->model));
+                ops->scale(t->dev, parameter_count, 1.0f / t->loss_scale,
+                           model_gradients(t->model));
             optimizer_step(t->opt, model_parameters(t->model), model_gradients(t->model), lr);
             if (t->precision == PRECISION_FP16 && ++t->steps_since_overflow % 2000 == 0)
                 t->loss_scale *= 2;
@@ -1097,25 +640,25 @@ static ddt_status train_loop(trainer *t) {
             if (status != DDT_OK) return status;
             if (t->precision == PRECISION_FP16) loss_sum /= step_scale;
             if (!isfinite(loss_sum))
-                return job_agree(j, ddt_error(DDT_ERR_DATA,
-                                              "the training loss became %s by step %" PRId64
-                                              " (epoch %" PRId64 "); try a lower --lr",
-                                              isnan(loss_sum) ? "NaN" : "infinite", done,
-                                              epoch + 1));
+                return job_agree(j,
+                                 ddt_error(DDT_ERR_DATA,
+                                           "the training loss became %s by step %" PRId64
+                                           " (epoch %" PRId64 "); try a lower --lr",
+                                           isnan(loss_sum) ? "NaN" : "infinite", done, epoch + 1));
             log_loss_sum += loss_sum;
             tally.loss_sum += loss_sum;
             window.loss_sum += loss_sum;
             t->last_train_loss = loss_sum / (double)steps_since_read;
             steps_since_read = 0;
         }
-        if (metrics_now) write_step_metrics(t, done, lr, &window);
+        if (metrics_now) train_write_step_metrics(t, done, lr, &window);
         if (j->rank == 0 && log_now) {
             double now = job_now();
             double rate = (double)(log_steps * t->global_batch) / (now - log_started);
             double elapsed = now - loop_started - tally.eval_seconds;
-            print_progress(t, done, epoch, log_loss_sum / (double)log_steps, lr, rate,
-                           elapsed / (double)(done - t->start_step) *
-                               (double)(t->total_steps - done));
+            train_print_progress(t, done, epoch, log_loss_sum / (double)log_steps, lr, rate,
+                                 elapsed / (double)(done - t->start_step) *
+                                     (double)(t->total_steps - done));
             log_loss_sum = 0;
             log_steps = 0;
             log_started = now;
@@ -1127,20 +670,22 @@ static ddt_status train_loop(trainer *t) {
         if (epoch_ends) {
             if (j->rank == 0 && t->progress_bar) printf("\n");
             double eval_before = tally.eval_seconds;
-            status = end_of_epoch(t, epoch, &tally);
+            status = train_end_of_epoch(t, epoch, &tally);
             if (status != DDT_OK) return status;
             double eval_spent = tally.eval_seconds - eval_before;
             loop_started += eval_spent; /* throughput excludes evaluation */
             tally = (epoch_tally){.started = job_now()};
             log_started = job_now();
         }
-        bool stop = control[CONTROL_STOP] > 0 ||
-                    (o->stop_after > 0 && done - t->start_step == o->stop_after && done < t->total_steps);
-        bool checkpoint_due = o->checkpoint_dir &&
-                              ((t->checkpoint_every_steps && done % t->checkpoint_every_steps == 0) ||
-                               control[CONTROL_CHECKPOINT] > 0 || stop || done == t->total_steps);
+        bool stop =
+            control[CONTROL_STOP] > 0 ||
+            (o->stop_after > 0 && done - t->start_step == o->stop_after && done < t->total_steps);
+        bool checkpoint_due =
+            o->checkpoint_dir &&
+            ((t->checkpoint_every_steps && done % t->checkpoint_every_steps == 0) ||
+             control[CONTROL_CHECKPOINT] > 0 || stop || done == t->total_steps);
         if (checkpoint_due) {
-            status = job_agree(j, write_checkpoint_on_root(t, done));
+            status = job_agree(j, train_write_checkpoint(t, done));
             if (status != DDT_OK) return status;
         }
         if (stop) {
@@ -1176,106 +721,6 @@ static ddt_status save_model(trainer *t) {
     return status;
 }
 
-/* What each rank measured, gathered to rank 0 for the summary. */
-enum {
-    PEAK_RSS,
-    PEAK_DEVICE,          /* allocator bytes in use */
-    PEAK_DEVICE_RESERVED, /* allocator bytes reserved from the device */
-    PEAK_STAGING,         /* host staging bytes in use */
-    PLANNED_DEVICE,
-    PLANNED_STAGING,
-    DEVICE_LIMIT,
-    STAGING_LIMIT,
-    PEAK_COUNT,
-};
-
-static const char *const peak_names[PEAK_COUNT] = {
-    "peak_rss_bytes",      "peak_device_bytes",     "peak_device_reserved_bytes",
-    "peak_staging_bytes",  "planned_device_bytes",  "planned_staging_bytes",
-    "device_limit_bytes",  "staging_limit_bytes",
-};
-
-static void report_summary(trainer *t, double wall_seconds) {
-    job *j = t->job;
-    allocator_stats device = allocator_get_stats(t->alloc);
-    stream_stats staging = t->stream ? stream_get_stats(t->stream) : (stream_stats){0};
-    uint64_t mine[PEAK_COUNT] = {
-        [PEAK_RSS] = job_peak_rss_bytes(),
-        [PEAK_DEVICE] = device.peak_bytes,
-        [PEAK_DEVICE_RESERVED] = device.peak_reserved_bytes,
-        [PEAK_STAGING] = staging.peak_staging_bytes_in_use + t->plan.evaluation_bytes,
-        [PLANNED_DEVICE] = t->plan.device_total,
-        [PLANNED_STAGING] = t->plan.host_staging_total,
-        [DEVICE_LIMIT] = t->limits.device_limit,
-        [STAGING_LIMIT] = t->limits.staging_limit,
-    };
-    uint64_t *all = j->rank == 0 ? calloc((size_t)j->world_size * PEAK_COUNT, sizeof *all) : NULL;
-    MPI_Gather(mine, PEAK_COUNT, MPI_UINT64_T, all, PEAK_COUNT, MPI_UINT64_T, 0, MPI_COMM_WORLD);
-    double times[4] = {t->times.data_wait, t->times.compute, t->times.communication,
-                       t->times.optimizer};
-    MPI_Allreduce(MPI_IN_PLACE, times, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    if (j->rank != 0) return;
-    double samples = (double)((t->steps_done - t->start_step) * t->global_batch);
-    double samples_per_s = t->train_seconds > 0 ? samples / t->train_seconds : 0;
-    uint64_t most[PEAK_COUNT] = {0};
-    for (int r = 0; r < j->world_size; r++)
-        for (int k = 0; k < PEAK_COUNT; k++)
-            if (all[r * PEAK_COUNT + k] > most[k]) most[k] = all[r * PEAK_COUNT + k];
-    printf("%s: %" PRId64 " steps in %.1f s, %.0f samples/s; final train_loss %.4f",
-           t->stopped_by_signal ? "stopped" : "done", t->steps_done - t->start_step,
-           t->train_seconds, samples_per_s, t->last_train_loss);
-    if (t->skipped_steps)
-        printf("; %" PRId64 " fp16 steps skipped on overflow", t->skipped_steps);
-    if (t->resumed_from[0]) printf("; resumed from %s", t->resumed_from);
-    if (t->evaluated && t->last_eval.accuracy >= 0)
-        printf("; eval_loss %.4f eval_accuracy %.4f", t->last_eval.loss, t->last_eval.accuracy);
-    else if (t->evaluated)
-        printf("; eval_loss %.4f", t->last_eval.loss);
-    char rss[32], peak_device[32], planned_device[32], peak_staging[32], planned_staging[32];
-    memory_size_format(most[PEAK_RSS], rss, sizeof rss);
-    memory_size_format(most[PEAK_DEVICE], peak_device, sizeof peak_device);
-    memory_size_format(most[PLANNED_DEVICE], planned_device, sizeof planned_device);
-    memory_size_format(most[PEAK_STAGING], peak_staging, sizeof peak_staging);
-    memory_size_format(most[PLANNED_STAGING], planned_staging, sizeof planned_staging);
-    printf("\n  time per rank (max): data wait %.2f s, compute %.2f s, communication %.2f s, "
-           "optimizer %.2f s\n"
-           "  memory per rank (max): device %s (plan %s), host staging %s (plan %s), peak RSS "
-           "%s\n",
-           times[0], times[1], times[2], times[3], peak_device, planned_device, peak_staging,
-           planned_staging, rss);
-    if (t->opts->save) printf("  model saved to %s\n", t->opts->save);
-    fflush(stdout);
-    if (t->metrics) {
-        FILE *f = t->metrics;
-        fprintf(f, "{\"event\":\"summary\",\"ranks\":%d,\"steps\":%" PRId64
-                   ",\"first_step\":%" PRId64 ",\"stopped_by_signal\":%s,\"skipped_steps\":%" PRId64
-                   ",\"global_batch\":%" PRId64 ",\"micro_batch\":%d",
-                j->world_size, t->steps_done, t->start_step,
-                t->stopped_by_signal ? "true" : "false", t->skipped_steps, t->global_batch,
-                t->micro_batch);
-        write_json_number(f, "wall_s", wall_seconds);
-        write_json_number(f, "train_seconds", t->train_seconds);
-        write_json_number(f, "samples_per_s", samples_per_s);
-        write_json_number(f, "final_train_loss", t->last_train_loss);
-        write_json_number(f, "eval_loss", t->evaluated ? t->last_eval.loss : NAN);
-        write_json_number(f, "eval_accuracy",
-                          t->evaluated && t->last_eval.accuracy >= 0 ? t->last_eval.accuracy : NAN);
-        write_json_number(f, "data_wait_s", times[0]);
-        write_json_number(f, "compute_s", times[1]);
-        write_json_number(f, "communication_s", times[2]);
-        write_json_number(f, "optimizer_s", times[3]);
-        for (int k = 0; k < PEAK_COUNT; k++) {
-            fprintf(f, ",\"%s\":[", peak_names[k]);
-            for (int r = 0; r < j->world_size; r++)
-                fprintf(f, "%s%" PRIu64, r ? "," : "", all[r * PEAK_COUNT + k]);
-            fprintf(f, "]");
-        }
-        fprintf(f, "}\n");
-        fflush(f);
-    }
-    free(all);
-}
-
 static void trainer_free(trainer *t) {
     if (t->dev && t->stream) {
         /* Uploads may still be reading the stream's slots. */
@@ -1302,6 +747,8 @@ static void trainer_free(trainer *t) {
 ddt_status train_run(job *j, const options *opts) {
     double started = job_now();
     trainer t = {.job = j, .opts = opts};
+    /* First, so that a stop asked for during set-up is honoured at the first step. */
+    train_install_stop_handlers();
     blas_set_threads(opts->threads);
     ddt_status status = job_agree(j, job_check_slurm(j));
     if (status == DDT_OK) status = job_agree(j, resolve_settings(&t));
@@ -1310,7 +757,7 @@ ddt_status train_run(job *j, const options *opts) {
     if (status == DDT_OK) status = job_agree(j, plan_memory(&t, &fits));
     if (status == DDT_OK && opts->dry_run) {
         /* Print the plan and end: 0 if every rank's plan fits, else each rank's reason. */
-        print_memory_plan(&t);
+        train_print_memory_plan(&t);
         int all_fit = fits;
         MPI_Allreduce(MPI_IN_PLACE, &all_fit, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
         job_say(j, "dry run: the plan %s\n", all_fit ? "fits" : "does not fit");
@@ -1318,18 +765,18 @@ ddt_status train_run(job *j, const options *opts) {
         trainer_free(&t);
         return status;
     }
-    if (status == DDT_OK) print_memory_plan(&t);
+    if (status == DDT_OK) train_print_memory_plan(&t);
     if (status == DDT_OK) status = job_agree(j, build_engine(&t));
     bool resumed = false;
     if (status == DDT_OK) status = job_agree(j, initial_weights_on_root(&t, &resumed));
     if (status == DDT_OK) status = job_agree(j, share_initial_weights(&t));
-    if (status == DDT_OK) status = job_agree(j, share_resume_state(&t, resumed));
+    if (status == DDT_OK) status = job_agree(j, train_share_resume_state(&t, resumed));
     if (status == DDT_OK) {
-        print_configuration(&t);
+        train_print_configuration(&t);
         status = train_loop(&t);
     }
     if (status == DDT_OK) status = job_agree(j, save_model(&t));
-    if (status == DDT_OK) report_summary(&t, job_now() - started);
+    if (status == DDT_OK) train_report_summary(&t, job_now() - started);
     trainer_free(&t);
     return status;
 }
@@ -1364,7 +811,8 @@ ddt_status eval_run(job *j, const options *opts) {
         kind = DEVICE_KIND_CUDA;
     if (local == DDT_OK) {
         int count = device_count(kind);
-        local = device_open(kind, kind == DEVICE_KIND_CUDA && count > 0 ? j->rank % count : 0, &dev);
+        local =
+            device_open(kind, kind == DEVICE_KIND_CUDA && count > 0 ? j->rank % count : 0, &dev);
     }
     if (local == DDT_OK) local = allocator_init(dev, &alloc);
     if (local == DDT_OK)

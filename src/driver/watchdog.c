@@ -15,8 +15,8 @@ struct watchdog {
     int64_t sent_step;
     MPI_Request send;
     /* rank 0: one receive posted per other rank, and what each has reported */
-    int64_t *received;   /* receive buffers */
-    int64_t *arrived;    /* last step each rank reached */
+    int64_t *received; /* receive buffers */
+    int64_t *arrived;  /* last step each rank reached */
     MPI_Request *receives;
     int64_t current_step;
     double step_started;
@@ -54,7 +54,8 @@ ddt_status watchdog_init(MPI_Comm world, double warn_after, watchdog **out) {
             return ddt_error(DDT_ERR_MEMORY, "out of host memory for the watchdog");
         }
         w->receives[0] = MPI_REQUEST_NULL;
-        for (int r = 1; r < w->size; r++) post_receive(w, r);
+        for (int r = 1; r < w->size; r++)
+            post_receive(w, r);
     }
     *out = w;
     return DDT_OK;
@@ -107,12 +108,18 @@ void watchdog_poll(void *context) {
     if (waited < w->warn_after || w->warned_step == w->current_step) return;
     char lagging[256];
     watchdog_lagging(w, lagging, sizeof lagging);
-    if (!lagging[0]) return;
     w->warned_step = w->current_step;
-    fprintf(stderr,
-            "ddtrain: warning: step %" PRId64 ": waited %.0f s for rank(s) %s, which have not "
-            "reached it (stalled or lost?)\n",
-            w->current_step, waited, lagging);
+    if (lagging[0])
+        fprintf(stderr,
+                "ddtrain: warning: step %" PRId64 ": waited %.0f s for rank(s) %s, which have "
+                "not reached it (stalled or lost?)\n",
+                w->current_step, waited, lagging);
+    else
+        fprintf(stderr,
+                "ddtrain: warning: step %" PRId64 ": waited %.0f s in communication although "
+                "every rank reached the step: one is stalled inside the all-reduce (a stopped "
+                "or overloaded process, or the network)\n",
+                w->current_step, waited);
     fflush(stderr);
 }
 

@@ -49,7 +49,9 @@ rm -f "$WORK"/rank-exit.*
 mpirun -np 2 --bind-to none sh -c 'trap "" USR1; "$0" "$@"; echo $? > "'"$WORK"'/rank-exit.${OMPI_COMM_WORLD_RANK}"' \
   "$DDTRAIN" "${long[@]}" >"$WORK/sig.log" 2>&1 &
 launcher=$!
-sleep 2
+# Signal once training runs (rank 0 prints the plan just before the first step).
+for _ in $(seq 300); do grep -q "=> model" "$WORK/sig.log" 2>/dev/null && break; sleep 0.1; done
+sleep 0.5
 kill -USR1 $launcher
 wait $launcher
 codes="$(cat "$WORK/rank-exit.0" 2>/dev/null) $(cat "$WORK/rank-exit.1" 2>/dev/null)"

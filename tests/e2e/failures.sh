@@ -35,9 +35,11 @@ sleep 0.5
 [[ -z $(pgrep -f "ddtrain-e2e-marker-$$") ]] && pass "no ddtrain process left behind" ||
   { fail "orphans: $(pgrep -af "ddtrain-e2e-marker-$$")"; pkill -9 -f "ddtrain-e2e-marker-$$"; }
 
-# A stalled rank (SIGSTOP for a while) is named by rank 0, and the run then carries on.
-mpirun -np 2 --bind-to none "$DDTRAIN" train --data "$WORK/d.h5" --model 32-512-relu-512-relu-4 \
-  --global-batch 96 --epochs 40 --log-every 0 --comm-timeout 30 \
+# A stalled rank (SIGSTOP for a while) is named by rank 0, and the run then carries on. A
+# wide batch through a narrow model: steps are mostly compute, so the stop lands there (a
+# rank stopped inside the all-reduce has already arrived, and is reported without a name).
+mpirun -np 2 --bind-to none "$DDTRAIN" train --data "$WORK/d.h5" --model 32-1024-relu-4 \
+  --global-batch 2048 --epochs 60 --log-every 0 --comm-timeout 30 \
   --metrics "$WORK/ddtrain-e2e-marker-$$" >"$WORK/stall.log" 2>&1 &
 launcher=$!
 for _ in $(seq 50); do victim=$(rank_pid 1); [[ -n $victim ]] && break; sleep 0.1; done

@@ -1,0 +1,289 @@
+/* train_report.c - what a training run tells its user: the memory plan, the configuration
+ * and per-rank device lines, progress (a bar on a terminal, lines in a log), epoch lines,
+ * --metrics records and the final summary. Rank 0 prints; the collectives gather what every
+ * rank measured. See trainer.h. */
+#include "driver/trainer.h"
+
+/* Rank 0 prints its plan, and a line for each rank whose limits or plan differ. */
+void train_print_memory_plan(trainer *t) {
+    job *j = t->job;
+    double mine[5] = {(double)t->limits.device_limit, (double)t->plan.device_total,
+                      (double)t->limits.staging_limit, (double)t->plan.host_staging_total,
+                      t->plan.fits ? 1.0 : 0.0};
+    double *all = j->rank == 0 ? calloc((size_t)j->world_size * 5, sizeof(double)) : NULL;
+    MPI_Gather(mine, 5, MPI_DOUBLE, all, 5, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+    if (j->rank != 0) return;
+    memory_plan_print(&t->plan, &t->limits, stdout);
+    if (t->micro_batch_binding)
+        printf("  --micro-batch auto chose %d (%d micro-batches per step); bound by %s\n",
+               t->micro_batch, t->micro_batches_per_step, t->micro_batch_binding);
+    for (int r = 1; r < j->world_size; r++) {
+        double *theirs = all + 5 * r;
+        if (memcmp(theirs, mine, sizeof mine) == 0) continue;
+        char limit[32], need[32];
+        memory_size_format((size_t)theirs[0], limit, sizeof limit);
+        memory_size_format((size_t)theirs[1], need, sizeof need);
+        printf("  rank %d: device %s of %s%s\n", r, need, theirs[0] > 0 ? limit : "no limit",
+               theirs[4] > 0 ? "" : "  DOES NOT FIT");
+    }
+    fflush(stdout);
+    free(all);
+}
+
+/* Rank 0 prints one line per rank: host, rank, local rank and device (with its PCI bus id on
+ * GPUs), so a wrong rank-to-device mapping is visible at a glance. */
+static void print_rank_lines(trainer *t) {
+    job *j = t->job;
+    char mine[256];
+    snprintf(mine, sizeof mine, "  rank %d of %d on %s, local rank %d: %s", j->rank, j->world_size,
+             j->host, t->local_rank, t->dev->description);
+    char *all = j->rank == 0 ? calloc((size_t)j->world_size, sizeof mine) : NULL;
+    MPI_Gather(mine, sizeof mine, MPI_CHAR, all, sizeof mine, MPI_CHAR, 0, MPI_COMM_WORLD);
+    if (j->rank != 0) return;
+    for (int r = 0; r < j->world_size; r++)
+        printf("%s\n", all + (size_t)r * sizeof mine);
+    free(all);
+}
+
+void train_print_configuration(trainer *t) {
+    job *j = t->job;
+    print_rank_lines(t);
+    const dataset_geometry *g = dataset_get_geometry(t->train_data);
+    job_say(j, "ddtrain train: %d rank%s, device %s, communication %s, precision %s\n",
+            j->world_size, j->world_size == 1 ? "" : "s", device_kind_name(t->device_kind),
+            comm_backend_name(t->comm), precision_kind_name(t->precision));
+    size_t unrouted = comm_device_bytes_unrouted(t->comm);
+    if (unrouted) {
+        char text[32];
+        memory_size_format(unrouted, text, sizeof text);
+        job_say(j, "  not routed through the allocator: %s measured for %s's buffers\n", text,
+                comm_backend_name(t->comm));
+    }
+    job_say(j, "  blas             %s\n", blas_describe());
+    if (j->rank == 0) options_print_resolved(COMMAND_TRAIN, t->opts, stdout);
+    job_say(j,
+            "  => model %s (%zu parameters), data %" PRId64 " rows x %d features in %d file%s\n"
+            "  => %" PRId64 " steps (%" PRId64 " per epoch), global batch %" PRId64
+            " = %d ranks x %d micro-batches x %d rows\n",
+            t->spec.text, model_parameter_count(t->model), g->rows, g->features, g->file_count,
+            g->file_count == 1 ? "" : "s", t->total_steps, t->steps_per_epoch, t->global_batch,
+            j->world_size, t->micro_batches_per_step, t->micro_batch);
+    fflush(stdout);
+}
+
+void train_format_duration(double seconds, char *text, size_t size) {
+    long s = (long)(seconds + 0.5);
+    if (s >= 3600)
+        snprintf(text, size, "%ld:%02ld:%02ld", s / 3600, s / 60 % 60, s % 60);
+    else
+        snprintf(text, size, "%ld:%02ld", s / 60, s % 60);
+}
+
+void train_write_json_number(FILE *f, const char *name, double value) {
+    if (isfinite(value))
+        fprintf(f, ",\"%s\":%.9g", name, value);
+    else
+        fprintf(f, ",\"%s\":null", name);
+}
+
+ddt_status train_end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally) {
+    job *j = t->job;
+    double train_loss = tally->steps ? tally->loss_sum / (double)tally->steps : NAN;
+    double seconds = job_now() - tally->started - tally->eval_seconds;
+    double samples_per_s = (double)(tally->steps * t->global_batch) / (seconds > 0 ? seconds : 1);
+    evaluation ev = {.loss = NAN, .accuracy = -1};
+    if (t->eval_data) {
+        double eval_started = job_now();
+        /* The next training micro-batch may already be uploading into next_buffer. */
+        ddt_status status = evaluate_model(j, t->comm, t->dev, t->model, t->eval_data, t->loss,
+                                           &t->buffers, t->next_buffer ^ 1, &ev);
+        if (status != DDT_OK) return status; /* agreed and printed */
+        tally->eval_seconds += job_now() - eval_started;
+        t->last_eval = ev;
+        t->evaluated = true;
+    }
+    if (j->rank == 0) {
+        if (t->eval_data && ev.accuracy >= 0)
+            printf("epoch %" PRId64 " done: train_loss %.4f  eval_loss %.4f  eval_accuracy %.4f  "
+                   "(%.0f samples/s)\n",
+                   epoch + 1, train_loss, ev.loss, ev.accuracy, samples_per_s);
+        else if (t->eval_data)
+            printf("epoch %" PRId64 " done: train_loss %.4f  eval_loss %.4f  (%.0f samples/s)\n",
+                   epoch + 1, train_loss, ev.loss, samples_per_s);
+        else
+            printf("epoch %" PRId64 " done: train_loss %.4f  (%.0f samples/s)\n", epoch + 1,
+                   train_loss, samples_per_s);
+        fflush(stdout);
+        if (t->metrics) {
+            fprintf(t->metrics, "{\"event\":\"epoch\",\"epoch\":%" PRId64 ",\"steps\":%" PRId64,
+                    epoch + 1, tally->steps);
+            train_write_json_number(t->metrics, "train_loss", train_loss);
+            train_write_json_number(t->metrics, "eval_loss", ev.loss);
+            train_write_json_number(t->metrics, "eval_accuracy",
+                                    ev.accuracy >= 0 ? ev.accuracy : NAN);
+            train_write_json_number(t->metrics, "samples_per_s", samples_per_s);
+            /* wall time since training began, evaluation included (for time to accuracy) */
+            train_write_json_number(t->metrics, "elapsed_s", job_now() - t->loop_started);
+            fprintf(t->metrics, "}\n");
+            fflush(t->metrics);
+        }
+    }
+    return DDT_OK;
+}
+
+static size_t current_rss_bytes(void) {
+    long pages = 0, resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f) {
+        if (fscanf(f, "%ld %ld", &pages, &resident) != 2) resident = 0;
+        fclose(f);
+    }
+    return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+void train_write_step_metrics(trainer *t, int64_t step, float lr, metrics_window *w) {
+    if (t->job->rank != 0 || !t->metrics || w->steps == 0) return;
+    double now = job_now();
+    FILE *f = t->metrics;
+    fprintf(f, "{\"event\":\"step\",\"step\":%" PRId64 ",\"epoch\":%" PRId64, step,
+            (step - 1) / t->steps_per_epoch + 1);
+    train_write_json_number(f, "loss", w->loss_sum / (double)w->steps);
+    train_write_json_number(f, "lr", lr);
+    train_write_json_number(f, "samples_per_s",
+                            (double)(w->steps * t->global_batch) / (now - w->started));
+    train_write_json_number(f, "data_wait_s", t->times.data_wait - w->times_at_start.data_wait);
+    train_write_json_number(f, "compute_s", t->times.compute - w->times_at_start.compute);
+    train_write_json_number(f, "communication_s",
+                            t->times.communication - w->times_at_start.communication);
+    train_write_json_number(f, "optimizer_s", t->times.optimizer - w->times_at_start.optimizer);
+    stream_stats staging = stream_get_stats(t->stream);
+    fprintf(f, ",\"device_bytes_in_use\":%zu,\"staging_bytes_in_use\":%zu,\"rss_bytes\":%zu}\n",
+            allocator_get_stats(t->alloc).bytes_in_use, staging.staging_bytes_in_use,
+            current_rss_bytes());
+    fflush(f);
+    *w = (metrics_window){.started = now, .times_at_start = t->times};
+}
+
+/* Rank 0's progress: a bar redrawn in place on a terminal, plain lines in a log file. */
+void train_print_progress(trainer *t, int64_t done, int64_t epoch, double loss, float lr,
+                          double rate, double seconds_left) {
+    char eta[32];
+    train_format_duration(seconds_left, eta, sizeof eta);
+    if (t->progress_bar) {
+        int width = 24, filled = (int)((double)width * (double)done / (double)t->total_steps);
+        char bar[32];
+        for (int i = 0; i < width; i++)
+            bar[i] = i < filled ? '#' : '-';
+        bar[width] = '\0';
+        printf("\r\033[2K[%s] %3.0f%%  epoch %" PRId64 "  step %" PRId64 "/%" PRId64
+               "  loss %.4f  lr %.3g  %.0f samples/s  ETA %s",
+               bar, 100.0 * (double)done / (double)t->total_steps, epoch + 1, done, t->total_steps,
+               loss, lr, rate, eta);
+    } else {
+        printf("epoch %" PRId64 " step %" PRId64 "/%" PRId64 "  loss %.4f  lr %.4g  "
+               "%.0f samples/s  ETA %s\n",
+               epoch + 1, done, t->total_steps, loss, lr, rate, eta);
+    }
+    fflush(stdout);
+}
+
+/* What each rank measured, gathered to rank 0 for the summary. */
+enum {
+    PEAK_RSS,
+    PEAK_DEVICE,          /* allocator bytes in use */
+    PEAK_DEVICE_RESERVED, /* allocator bytes reserved from the device */
+    PEAK_STAGING,         /* host staging bytes in use */
+    PLANNED_DEVICE,
+    PLANNED_STAGING,
+    DEVICE_LIMIT,
+    STAGING_LIMIT,
+    PEAK_COUNT,
+};
+
+static const char *const peak_names[PEAK_COUNT] = {
+    "peak_rss_bytes",     "peak_device_bytes",    "peak_device_reserved_bytes",
+    "peak_staging_bytes", "planned_device_bytes", "planned_staging_bytes",
+    "device_limit_bytes", "staging_limit_bytes",
+};
+
+void train_report_summary(trainer *t, double wall_seconds) {
+    job *j = t->job;
+    allocator_stats device = allocator_get_stats(t->alloc);
+    stream_stats staging = t->stream ? stream_get_stats(t->stream) : (stream_stats){0};
+    uint64_t mine[PEAK_COUNT] = {
+        [PEAK_RSS] = job_peak_rss_bytes(),
+        [PEAK_DEVICE] = device.peak_bytes,
+        [PEAK_DEVICE_RESERVED] = device.peak_reserved_bytes,
+        [PEAK_STAGING] = staging.peak_staging_bytes_in_use + t->plan.evaluation_bytes,
+        [PLANNED_DEVICE] = t->plan.device_total,
+        [PLANNED_STAGING] = t->plan.host_staging_total,
+        [DEVICE_LIMIT] = t->limits.device_limit,
+        [STAGING_LIMIT] = t->limits.staging_limit,
+    };
+    uint64_t *all = j->rank == 0 ? calloc((size_t)j->world_size * PEAK_COUNT, sizeof *all) : NULL;
+    MPI_Gather(mine, PEAK_COUNT, MPI_UINT64_T, all, PEAK_COUNT, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    double times[4] = {t->times.data_wait, t->times.compute, t->times.communication,
+                       t->times.optimizer};
+    MPI_Allreduce(MPI_IN_PLACE, times, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (j->rank != 0) return;
+    double samples = (double)((t->steps_done - t->start_step) * t->global_batch);
+    double samples_per_s = t->train_seconds > 0 ? samples / t->train_seconds : 0;
+    uint64_t most[PEAK_COUNT] = {0};
+    for (int r = 0; r < j->world_size; r++)
+        for (int k = 0; k < PEAK_COUNT; k++)
+            if (all[r * PEAK_COUNT + k] > most[k]) most[k] = all[r * PEAK_COUNT + k];
+    printf("%s: %" PRId64 " steps in %.1f s, %.0f samples/s; final train_loss %.4f",
+           t->stopped_by_signal ? "stopped" : "done", t->steps_done - t->start_step,
+           t->train_seconds, samples_per_s, t->last_train_loss);
+    if (t->skipped_steps) printf("; %" PRId64 " fp16 steps skipped on overflow", t->skipped_steps);
+    if (t->resumed_from[0]) printf("; resumed from %s", t->resumed_from);
+    if (t->evaluated && t->last_eval.accuracy >= 0)
+        printf("; eval_loss %.4f eval_accuracy %.4f", t->last_eval.loss, t->last_eval.accuracy);
+    else if (t->evaluated)
+        printf("; eval_loss %.4f", t->last_eval.loss);
+    char rss[32], peak_device[32], planned_device[32], peak_staging[32], planned_staging[32];
+    memory_size_format(most[PEAK_RSS], rss, sizeof rss);
+    memory_size_format(most[PEAK_DEVICE], peak_device, sizeof peak_device);
+    memory_size_format(most[PLANNED_DEVICE], planned_device, sizeof planned_device);
+    memory_size_format(most[PEAK_STAGING], peak_staging, sizeof peak_staging);
+    memory_size_format(most[PLANNED_STAGING], planned_staging, sizeof planned_staging);
+    printf("\n  time per rank (max): data wait %.2f s, compute %.2f s, communication %.2f s, "
+           "optimizer %.2f s\n"
+           "  memory per rank (max): device %s (plan %s), host staging %s (plan %s), peak RSS "
+           "%s\n",
+           times[0], times[1], times[2], times[3], peak_device, planned_device, peak_staging,
+           planned_staging, rss);
+    if (t->opts->save) printf("  model saved to %s\n", t->opts->save);
+    fflush(stdout);
+    if (t->metrics) {
+        FILE *f = t->metrics;
+        fprintf(f,
+                "{\"event\":\"summary\",\"ranks\":%d,\"steps\":%" PRId64 ",\"first_step\":%" PRId64
+                ",\"stopped_by_signal\":%s,\"skipped_steps\":%" PRId64 ",\"global_batch\":%" PRId64
+                ",\"micro_batch\":%d",
+                j->world_size, t->steps_done, t->start_step,
+                t->stopped_by_signal ? "true" : "false", t->skipped_steps, t->global_batch,
+                t->micro_batch);
+        train_write_json_number(f, "wall_s", wall_seconds);
+        train_write_json_number(f, "train_seconds", t->train_seconds);
+        train_write_json_number(f, "samples_per_s", samples_per_s);
+        train_write_json_number(f, "final_train_loss", t->last_train_loss);
+        train_write_json_number(f, "eval_loss", t->evaluated ? t->last_eval.loss : NAN);
+        train_write_json_number(f, "eval_accuracy",
+                                t->evaluated && t->last_eval.accuracy >= 0 ? t->last_eval.accuracy
+                                                                           : NAN);
+        train_write_json_number(f, "data_wait_s", times[0]);
+        train_write_json_number(f, "compute_s", times[1]);
+        train_write_json_number(f, "communication_s", times[2]);
+        train_write_json_number(f, "optimizer_s", times[3]);
+        for (int k = 0; k < PEAK_COUNT; k++) {
+            fprintf(f, ",\"%s\":[", peak_names[k]);
+            for (int r = 0; r < j->world_size; r++)
+                fprintf(f, "%s%" PRIu64, r ? "," : "", all[r * PEAK_COUNT + k]);
+            fprintf(f, "]");
+        }
+        fprintf(f, "}\n");
+        fflush(f);
+    }
+    free(all);
+}
