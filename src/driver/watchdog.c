@@ -1,23 +1,41 @@
-/* watchdog.c - per-step arrival messages to rank 0 and the names of missing ranks (see
- * watchdog.h). */
+/* watchdog.c - per-step arrival messages and liveness pings to rank 0, and the names of the
+ * ranks everybody waits for (see watchdog.h).
+ *
+ * Two kinds of message, each on its own tag of a private communicator (messages from one
+ * rank with one tag arrive in order):
+ *   - an arrival: one per step, before the step's communication;
+ *   - a ping: about once a second while a rank waits in communication, so a rank that is
+ *     stopped or dead inside a collective (it has arrived) falls silent and can be named.
+ *     A final ping of -1 (watchdog_free) says no more will come, so the drain is exact. */
 #include "driver/watchdog.h"
 
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
+enum { ARRIVAL_TAG = 7, PING_TAG = 8 };
+static const double ping_interval = 1.0;
+
 struct watchdog {
-    MPI_Comm comm; /* a duplicate, so arrivals never mix with other traffic */
+    MPI_Comm comm;
     int rank, size;
     double warn_after;
-    /* every rank: its last arrival message */
+    /* every rank but 0: its last arrival and ping messages */
     int64_t sent_step;
     MPI_Request send;
-    /* rank 0: one receive posted per other rank, and what each has reported */
-    int64_t *received; /* receive buffers */
-    int64_t *arrived;  /* last step each rank reached */
+    int64_t ping_value;
+    MPI_Request ping;
+    double last_ping;
+    /* rank 0: a receive of each kind posted per other rank, and what each has said */
+    int64_t *received;
     MPI_Request *receives;
+    int64_t *ping_received;
+    MPI_Request *ping_receives;
+    int64_t *arrived;   /* last step each rank reached */
+    double *last_heard; /* when each rank last sent anything */
+    bool *done;         /* its final ping seen */
     int64_t current_step;
     double step_started;
     int64_t warned_step;
@@ -29,10 +47,12 @@ static double now_seconds(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-enum { ARRIVAL_TAG = 7 };
-
 static void post_receive(watchdog *w, int r) {
     MPI_Irecv(&w->received[r], 1, MPI_INT64_T, r, ARRIVAL_TAG, w->comm, &w->receives[r]);
+}
+
+static void post_ping_receive(watchdog *w, int r) {
+    MPI_Irecv(&w->ping_received[r], 1, MPI_INT64_T, r, PING_TAG, w->comm, &w->ping_receives[r]);
 }
 
 ddt_status watchdog_init(MPI_Comm world, double warn_after, watchdog **out) {
@@ -44,32 +64,57 @@ ddt_status watchdog_init(MPI_Comm world, double warn_after, watchdog **out) {
     MPI_Comm_size(w->comm, &w->size);
     w->warn_after = warn_after;
     w->send = MPI_REQUEST_NULL;
+    w->ping = MPI_REQUEST_NULL;
     w->warned_step = -1;
     if (w->rank == 0) {
-        w->received = calloc((size_t)w->size, sizeof *w->received);
-        w->arrived = calloc((size_t)w->size, sizeof *w->arrived);
-        w->receives = calloc((size_t)w->size, sizeof *w->receives);
-        if (!w->received || !w->arrived || !w->receives) {
+        size_t n = (size_t)w->size;
+        w->received = calloc(n, sizeof *w->received);
+        w->receives = calloc(n, sizeof *w->receives);
+        w->ping_received = calloc(n, sizeof *w->ping_received);
+        w->ping_receives = calloc(n, sizeof *w->ping_receives);
+        w->arrived = calloc(n, sizeof *w->arrived);
+        w->last_heard = calloc(n, sizeof *w->last_heard);
+        w->done = calloc(n, sizeof *w->done);
+        if (!w->received || !w->receives || !w->ping_received || !w->ping_receives ||
+            !w->arrived || !w->last_heard || !w->done) {
             watchdog_abandon(w);
             return ddt_error(DDT_ERR_MEMORY, "out of host memory for the watchdog");
         }
-        w->receives[0] = MPI_REQUEST_NULL;
-        for (int r = 1; r < w->size; r++)
+        w->receives[0] = w->ping_receives[0] = MPI_REQUEST_NULL;
+        w->done[0] = true;
+        double now = now_seconds();
+        for (int r = 1; r < w->size; r++) {
             post_receive(w, r);
+            post_ping_receive(w, r);
+            w->last_heard[r] = now;
+        }
     }
     *out = w;
     return DDT_OK;
 }
 
-/* Rank 0: takes in every arrival message that is there, without blocking. */
-static void take_arrivals(watchdog *w) {
+/* Rank 0: takes in every arrival and ping that is there, without blocking. */
+static void take_messages(watchdog *w) {
+    double now = now_seconds();
     for (int r = 1; r < w->size; r++) {
-        int done = 1;
-        while (done) {
-            MPI_Test(&w->receives[r], &done, MPI_STATUS_IGNORE);
-            if (!done) break;
+        int ready = 1;
+        while (ready) {
+            MPI_Test(&w->receives[r], &ready, MPI_STATUS_IGNORE);
+            if (!ready) break;
             w->arrived[r] = w->received[r];
+            w->last_heard[r] = now;
             post_receive(w, r);
+        }
+        ready = !w->done[r];
+        while (ready) {
+            MPI_Test(&w->ping_receives[r], &ready, MPI_STATUS_IGNORE);
+            if (!ready) break;
+            w->last_heard[r] = now;
+            if (w->ping_received[r] < 0) {
+                w->done[r] = true; /* its last ping: post no more */
+                break;
+            }
+            post_ping_receive(w, r);
         }
     }
 }
@@ -80,7 +125,7 @@ void watchdog_arrive(watchdog *w, int64_t step) {
         w->arrived[0] = step;
         w->current_step = step;
         w->step_started = now_seconds();
-        take_arrivals(w);
+        take_messages(w);
         return;
     }
     /* The previous message was received long ago unless rank 0 is far behind. */
@@ -92,18 +137,33 @@ void watchdog_arrive(watchdog *w, int64_t step) {
 const char *watchdog_lagging(watchdog *w, char *text, size_t size) {
     text[0] = '\0';
     if (!w || w->rank != 0) return text;
-    take_arrivals(w);
+    take_messages(w);
+    double now = now_seconds();
     size_t used = 0;
     int count = 0;
     for (int r = 1; r < w->size && used + 16 < size; r++)
-        if (w->arrived[r] < w->current_step)
+        if (w->arrived[r] < w->current_step || now - w->last_heard[r] > 3 * ping_interval)
             used += (size_t)snprintf(text + used, size - used, "%s%d", count++ ? ", " : "", r);
     return text;
 }
 
+/* A rank other than 0, waiting in communication: tells rank 0 it is alive. */
+static void send_ping(watchdog *w) {
+    int sent = 1;
+    if (w->ping != MPI_REQUEST_NULL) MPI_Test(&w->ping, &sent, MPI_STATUS_IGNORE);
+    if (!sent) return; /* rank 0 has not taken the last one yet */
+    w->ping_value = w->sent_step;
+    MPI_Isend(&w->ping_value, 1, MPI_INT64_T, 0, PING_TAG, w->comm, &w->ping);
+    w->last_ping = now_seconds();
+}
+
 void watchdog_poll(void *context) {
     watchdog *w = context;
-    if (!w || w->rank != 0) return;
+    if (!w) return;
+    if (w->rank != 0) {
+        if (now_seconds() - w->last_ping >= ping_interval) send_ping(w);
+        return;
+    }
     double waited = now_seconds() - w->step_started;
     if (waited < w->warn_after || w->warned_step == w->current_step) return;
     char lagging[256];
@@ -112,13 +172,12 @@ void watchdog_poll(void *context) {
     if (lagging[0])
         fprintf(stderr,
                 "ddtrain: warning: step %" PRId64 ": waited %.0f s for rank(s) %s, which have "
-                "not reached it (stalled or lost?)\n",
+                "not reached it or have gone silent (stalled or lost?)\n",
                 w->current_step, waited, lagging);
     else
         fprintf(stderr,
                 "ddtrain: warning: step %" PRId64 ": waited %.0f s in communication although "
-                "every rank reached the step: one is stalled inside the all-reduce (a stopped "
-                "or overloaded process, or the network)\n",
+                "every rank reached the step and answers: the network or an overloaded node?\n",
                 w->current_step, waited);
     fflush(stderr);
 }
@@ -126,33 +185,53 @@ void watchdog_poll(void *context) {
 void watchdog_free(watchdog *w, int64_t last_step) {
     if (!w) return;
     if (w->rank == 0) {
-        /* Absorb every rank's messages up to the last step, then cancel the spare receives. */
+        /* Absorb every rank's arrivals up to the last step and its pings up to the final one. */
         for (int r = 1; r < w->size; r++) {
             while (w->arrived[r] < last_step) {
                 MPI_Wait(&w->receives[r], MPI_STATUS_IGNORE);
                 w->arrived[r] = w->received[r];
                 post_receive(w, r);
             }
+            while (!w->done[r]) {
+                MPI_Wait(&w->ping_receives[r], MPI_STATUS_IGNORE);
+                if (w->ping_received[r] < 0)
+                    w->done[r] = true;
+                else
+                    post_ping_receive(w, r);
+            }
         }
     } else {
         MPI_Wait(&w->send, MPI_STATUS_IGNORE);
+        MPI_Wait(&w->ping, MPI_STATUS_IGNORE);
+        w->ping_value = -1;
+        MPI_Send(&w->ping_value, 1, MPI_INT64_T, 0, PING_TAG, w->comm);
     }
     watchdog_abandon(w);
 }
 
 void watchdog_abandon(watchdog *w) {
     if (!w) return;
-    if (w->rank == 0 && w->receives) {
+    if (w->rank == 0 && w->receives && w->ping_receives) {
         for (int r = 1; r < w->size; r++) {
-            if (w->receives[r] == MPI_REQUEST_NULL) continue;
-            MPI_Cancel(&w->receives[r]);
-            MPI_Wait(&w->receives[r], MPI_STATUS_IGNORE);
+            if (w->receives[r] != MPI_REQUEST_NULL) {
+                MPI_Cancel(&w->receives[r]);
+                MPI_Wait(&w->receives[r], MPI_STATUS_IGNORE);
+            }
+            if (!w->done[r] && w->ping_receives[r] != MPI_REQUEST_NULL) {
+                MPI_Cancel(&w->ping_receives[r]);
+                MPI_Wait(&w->ping_receives[r], MPI_STATUS_IGNORE);
+            }
         }
     }
     if (w->send != MPI_REQUEST_NULL) MPI_Request_free(&w->send);
-    if (w->comm != MPI_COMM_NULL) MPI_Comm_free(&w->comm);
+    if (w->ping != MPI_REQUEST_NULL) MPI_Request_free(&w->ping);
+    MPI_Comm_free(&w->comm);
     free(w->received);
-    free(w->arrived);
     free(w->receives);
+    free(w->ping_received);
+    free(w->ping_receives);
+    free(w->arrived);
+    free(w->last_heard);
+    free(w->done);
     free(w);
 }

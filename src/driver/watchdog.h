@@ -1,12 +1,13 @@
 /* watchdog.h - naming the rank everybody is waiting for.
  *
  * Before a step's communication every rank tells rank 0 that it has arrived (one small
- * non-blocking message per step, on a communicator of its own). While rank 0 waits in that
- * step's collectives, watchdog_poll() (installed as the communicator's wait hook) looks at who
- * has arrived: past `warn_after` seconds it prints a warning naming the ranks still missing
- * (a stalled rank), and watchdog_lagging() gives the same list for the error printed when the
- * wait times out (a lost rank). Other ranks only know that they are waiting; if rank 0 itself
- * is the one lagging, nobody is named and the timeout message says so.
+ * non-blocking message per step, on a communicator of its own), and while it waits in
+ * communication it pings rank 0 about once a second: watchdog_poll(), installed as the
+ * communicator's wait hook, runs on every rank. While rank 0 waits, watchdog_poll() looks at
+ * who has not arrived or has gone silent: past `warn_after` seconds it prints a warning naming
+ * them (a stalled rank; one stopped inside the all-reduce is silent too), and
+ * watchdog_lagging() gives the same list for the error printed when the wait times out (a lost
+ * rank). If rank 0 itself is the one lagging, nobody is named and the timeout message says so.
  *
  * Usage:
  *     watchdog *w;
