@@ -11,6 +11,9 @@ What it does, kept close to what a PyTorch user would write for a data set of th
     like ddtrain (He-normal before relu/gelu, Xavier-uniform otherwise, zero biases);
   * each step takes a shuffled, rank-disjoint batch of row indices from a DistributedSampler
     and gathers those rows from the in-memory tensors; CrossEntropy loss, SGD with momentum 0.9;
+  * the learning rate follows ddtrain's schedule (--lr-schedule constant|cosine with a linear
+    --lr-warmup-steps warm-up; the same formula as lr_schedule_at() in src/engine/optim.c);
+  * --device cuda keeps the data set, the model and the steps on the GPU (1 rank);
   * --steps mode: warm-up steps, then a timed region of --steps steps (start-up and warm-up
     excluded); --epochs mode: whole epochs, evaluating after each for time-to-accuracy.
 
@@ -23,7 +26,7 @@ pins ddtrain's ranks, and OpenBLAS gets the same kernel upgrade ddtrain applies 
     /usr/bin/python3 bench/vs_pytorch_peer.py --data 'data/fashion-train-*.h5' \
         --model 784-256-relu-128-relu-10 --micro-batch 128 --steps 1000 --ranks 2 --json
     /usr/bin/python3 bench/vs_pytorch_peer.py --data 'data/fashion-train-*.h5' \
-        --eval-data data/fashion-test.h5 --epochs 5
+        --eval-data data/fashion-test.h5 --epochs 10 --lr-schedule cosine --lr-warmup-steps 200
 """
 
 import os
@@ -238,6 +241,20 @@ def evaluate(model, x, y, chunk=4096):
 # --------------------------------------------------------------------------------------------
 # Training (one rank)
 
+def lr_at(args, step, total_steps):
+    """ddtrain's lr_schedule_at() (src/engine/optim.c) for step 0, 1, ...: a linear warm-up
+    from lr/warmup to lr over --lr-warmup-steps, then constant, or a cosine from lr down to
+    --min-lr reached at total_steps."""
+    warmup = args.lr_warmup_steps
+    if step < warmup:
+        return args.lr * (step + 1) / warmup
+    if args.lr_schedule == "constant":
+        return args.lr
+    span = total_steps - warmup
+    progress = min(1.0, (step - warmup) / span) if span > 0 else 1.0
+    return args.min_lr + (args.lr - args.min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def batch_stream(sampler, micro_batch, first_epoch=0):
     """Yields (epoch, index tensor of micro_batch rows) forever: each epoch the sampler's
     shuffled, rank-disjoint row order cut into full micro-batches (the ragged tail dropped, as
@@ -263,6 +280,7 @@ def run_rank(rank, args, port, results_path):
     from torch.utils.data.distributed import DistributedSampler
 
     world = args.ranks
+    cuda = args.device == "cuda"
     torch.set_num_threads(args.threads)
     cpus = sorted(os.sched_getaffinity(0))
     if args.bind == "auto" and world * args.threads <= len(cpus):
@@ -277,6 +295,11 @@ def run_rank(rank, args, port, results_path):
     eval_x = eval_y = None
     if args.eval_data:
         eval_x, eval_y, _ = load_dataset(args.eval_data)
+    if cuda:
+        x, y = x.cuda(), y.cuda()
+        if eval_x is not None:
+            eval_x, eval_y = eval_x.cuda(), eval_y.cuda()
+        torch.cuda.synchronize()
     load_seconds = time.perf_counter() - t_start
 
     torch.manual_seed(args.seed)  # same initial parameters on every rank (DDP broadcasts too)
@@ -287,14 +310,26 @@ def run_rank(rank, args, port, results_path):
         sys.exit(f"vs_pytorch_peer: model output width {out_width}, data has {classes} classes")
     if eval_x is not None and eval_x.shape[1] != in_width:
         sys.exit("vs_pytorch_peer: --eval-data has a different feature width")
+    if cuda:
+        net = net.cuda()
     model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
     sampler = DistributedSampler(range(len(x)), num_replicas=world, rank=rank, shuffle=True,
                                  seed=args.seed, drop_last=True)
     steps_per_epoch = (len(x) // world) // args.micro_batch
+    total_steps = (args.epochs * steps_per_epoch if args.epochs
+                   else args.warmup_steps + args.steps)  # the length the schedule decays over
+    step_count = 0
 
     def step(batch):
+        nonlocal step_count
+        lr = lr_at(args, step_count, total_steps)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        step_count += 1
+        if cuda:
+            batch = batch.cuda(non_blocking=True)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(x[batch]), y[batch])  # gather rows from the in-memory tensors
         loss.backward()  # DDP all-reduces (averages) gradients here
@@ -302,12 +337,16 @@ def run_rank(rank, args, port, results_path):
         return loss
 
     def sync():
+        if cuda:
+            torch.cuda.synchronize()
         if world > 1:
             dist.barrier()
 
     result = {"framework": "pytorch", "ranks": world, "threads": args.threads,
               "micro_batch": args.micro_batch, "global_batch": args.micro_batch * world,
-              "model": args.model, "lr": args.lr, "torch_version": torch.__version__,
+              "model": args.model, "lr": args.lr, "lr_schedule": args.lr_schedule,
+              "lr_warmup_steps": args.lr_warmup_steps, "device": args.device,
+              "torch_version": torch.__version__,
               "openblas_core": openblas_core(),
               "openblas_core_replaced": os.environ.get("VS_PYTORCH_BLAS_REEXEC", ""),
               "load_seconds": round(load_seconds, 3)}
@@ -396,6 +435,13 @@ def main():
     p.add_argument("--threads", type=int, default=1, help="torch threads per rank")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--lr-schedule", choices=("constant", "cosine"), default="constant",
+                   help="as ddtrain's --lr-schedule (cosine decays over all --epochs)")
+    p.add_argument("--lr-warmup-steps", type=int, default=0,
+                   help="linear LR warm-up steps, as ddtrain's --warmup-steps")
+    p.add_argument("--min-lr", type=float, default=0.0, help="cosine schedule: final LR")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cuda: data, model and steps on the GPU (1 rank)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--init", choices=("ddtrain", "torch"), default="ddtrain",
                    help="parameter init: ddtrain's (default) or nn.Linear's")
@@ -405,8 +451,11 @@ def main():
     p.add_argument("--json", action="store_true", help="print one JSON line of results")
     args = p.parse_args()
     if args.micro_batch < 1 or args.steps < 1 or args.warmup_steps < 0 or args.threads < 1 \
-            or args.epochs < 0:
-        p.error("--micro-batch, --steps, --threads must be >= 1; --warmup-steps, --epochs >= 0")
+            or args.epochs < 0 or args.lr_warmup_steps < 0:
+        p.error("--micro-batch, --steps, --threads must be >= 1; --warmup-steps, "
+                "--lr-warmup-steps, --epochs >= 0")
+    if args.device == "cuda" and args.ranks != 1:
+        p.error("--device cuda runs 1 rank")
 
     # Fail on a bad spec or missing shard here, not inside spawned ranks.
     parse_model_spec(args.model)
@@ -416,6 +465,11 @@ def main():
                 sys.exit(f"vs_pytorch_peer: {path}: no such file")
 
     maybe_reexec_for_openblas()
+    if args.device == "cuda":
+        import torch
+        if not torch.cuda.is_available():
+            sys.exit(f"vs_pytorch_peer: --device cuda: torch {torch.__version__} sees no GPU "
+                     "(Debian's python3-torch is built without CUDA)")
     import tempfile
 
     with tempfile.NamedTemporaryFile("r", suffix=".json", prefix="vs_pytorch_") as tmp:

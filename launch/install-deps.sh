@@ -19,7 +19,8 @@ for group in "$@"; do
     data) packages+=(dataset-fashion-mnist) ;;
     test) packages+=(python3-h5py python3-numpy dataset-fashion-mnist slurm-wlm munge) ;;
     slurm) packages+=(slurm-wlm munge) ;;
-    bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox) ;;
+    bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox
+                      python3-matplotlib) ;;
     *) echo "install-deps.sh: unknown group '$group' (build, data, test, slurm, bench)" >&2; exit 2 ;;
   esac
 done
