@@ -10,8 +10,8 @@
 # Then, in the shell that submits:  export SLURM_CONF=DIR/slurm.conf   (or: source DIR/env)
 #
 # Everything lives under DIR: slurm.conf, the controller's state, slurmd's spool, the logs
-# (slurmctld.log, slurmd.log, munged.log), a private munge key and socket, and the daemons'
-# PIDs (DIR/pids/). Nothing under /etc is read or changed, no system munged is needed, and the
+# (slurmctld.log, slurmd.log, munged.out; NAME.out also catches what a daemon prints before it
+# opens its log), a private munge key and socket, and the daemons' PIDs (DIR/pids/). Nothing under /etc is read or changed, no system munged is needed, and the
 # ports are the first free ones from 6817 up, so clusters in different DIRs can coexist.
 # The configuration is the one verified in shared/notes/toolchain.md section 7 (Slurm 22.05,
 # no cgroups, no accounting, MpiDefault=pmix), with the node line taken from `slurmd -C`.
@@ -27,7 +27,12 @@ usage() {
 [[ $# -eq 2 ]] || usage
 action=$1
 [[ $action =~ ^(start|stop|status|logs)$ ]] || usage
-mkdir -p "$2"
+[[ $action != start ]] || mkdir -p "$2"
+if [[ ! -d $2 ]]; then
+  echo "local-cluster: nothing under $2"
+  [[ $action == status ]] && exit 3
+  exit 0
+fi
 dir=$(cd "$2" && pwd)
 conf=$dir/slurm.conf
 daemons=(munged slurmctld slurmd) # started in this order, stopped in reverse
@@ -56,8 +61,9 @@ daemon_running() {
 }
 
 # leftover_pids: processes that belong to this cluster other than the daemons themselves:
-# job steps (slurmstepd inherits the daemons' DDTRAIN_LOCAL_CLUSTER marker) and tasks whose
-# environment points at this slurm.conf. This script and its ancestors are not counted.
+# job steps (slurmstepd inherits the daemons' DDTRAIN_LOCAL_CLUSTER marker), and batch
+# scripts, tasks and salloc shells (a SLURM_JOB_ID, with SLURM_CONF pointing here). A shell
+# that merely exported SLURM_CONF is not one; this script and its ancestors are not counted.
 leftover_pids() {
   local ancestors=" " p=$$ proc pid
   while [[ $p -gt 1 ]]; do
@@ -67,8 +73,10 @@ leftover_pids() {
   for proc in /proc/[0-9]*; do
     pid=${proc#/proc/}
     [[ $ancestors == *" $pid "* || $pid == "$BASHPID" ]] && continue
-    grep -qzxF -e "DDTRAIN_LOCAL_CLUSTER=$dir" -e "SLURM_CONF=$conf" "$proc/environ" 2>/dev/null ||
-      continue
+    if ! grep -qzxF "DDTRAIN_LOCAL_CLUSTER=$dir" "$proc/environ" 2>/dev/null; then
+      grep -qzxF "SLURM_CONF=$conf" "$proc/environ" 2>/dev/null || continue
+      grep -qz '^SLURM_JOB_ID=' "$proc/environ" 2>/dev/null || continue
+    fi
     local stat d ours=0
     stat=$(cat "$proc/stat" 2>/dev/null) || continue
     [[ $stat == *") Z "* ]] && continue
@@ -225,7 +233,19 @@ start_cluster() {
 }
 
 stop_cluster() {
-  local pids=() d pid i
+  local pids=() d pid i jobs
+  # Jobs first, while the controller can still end them properly (their steps and tasks).
+  if daemon_running slurmctld; then
+    jobs=$(SLURM_CONF=$conf squeue -h -o %i 2>/dev/null || true)
+    if [[ -n $jobs ]]; then
+      # shellcheck disable=SC2086 # a list of job IDs
+      SLURM_CONF=$conf scancel $jobs 2>/dev/null || true
+      for ((i = 0; i < 150; i++)); do # KillWait is 5 s
+        [[ -z $(SLURM_CONF=$conf squeue -h -o %i 2>/dev/null) ]] && break
+        sleep 0.1
+      done
+    fi
+  fi
   for d in slurmd slurmctld munged; do
     if daemon_running "$d"; then
       pid=$(daemon_pid "$d")
@@ -266,12 +286,13 @@ status_cluster() {
   done
   local stray
   stray=$(leftover_pids || true)
-  [[ -z $stray ]] || say "processes left from this cluster: $(echo $stray)"
   if [[ $running -eq ${#daemons[@]} ]]; then
+    [[ -z $stray ]] || say "processes of running jobs: ${stray//$'\n'/ }"
     SLURM_CONF=$conf sinfo || true
     echo "export SLURM_CONF=$conf"
     return 0
   fi
+  [[ -z $stray ]] || say "processes left from this cluster: ${stray//$'\n'/ }"
   [[ $running -eq 0 && -z $stray ]] && return 3
   return 1
 }

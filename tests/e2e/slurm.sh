@@ -54,13 +54,13 @@ wait_until() {
 }
 
 start=$SECONDS
+STARTED=1 # from here on the EXIT trap stops whatever part of the cluster is up
 if ! timeout -k 5 "$LIMIT" "$LOCAL_CLUSTER" start "$CLUSTER" >"$WORK/start.txt" 2>&1; then
   fail "single-node Slurm cluster did not start"
   show "$WORK/start.txt" 40
   finish
   exit
 fi
-STARTED=1
 export SLURM_CONF=$CLUSTER/slurm.conf
 pass "cluster up in $((SECONDS - start)) s: $(sinfo -h -o '%P %a %D %T %N' | head -1)"
 daemon_pids=$(cat "$CLUSTER"/pids/*)
@@ -86,7 +86,7 @@ check_batch_job() {
   if [[ $checkpoints -eq 1 ]] && ! compgen -G "$run/checkpoints/*" >/dev/null; then
     problems+=" no checkpoint written;"
   fi
-  if [[ -z $problems ]]; then pass "$name: job $id COMPLETED, 2 ranks, $(grep -m1 '^done:' "$out" | cut -c1-60)"; else
+  if [[ -z $problems ]]; then pass "$name: job $id COMPLETED, 2 ranks, $(grep -m1 '^done:' "$out" | sed 's/,.*//')"; else
     fail "$name:$problems"
     show "$out"
   fi
