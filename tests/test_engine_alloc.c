@@ -339,7 +339,7 @@ static void check_growth(void) {
     CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_STAGING, 3 * MIB / 2, &refused) ==
           DDT_ERR_MEMORY);
     CHECK(refused == NULL);
-    CHECK(message_has("rank 0: staging asked for 1.5 MiB (1572864 bytes) of device memory, but "
+    CHECK(message_has("rank 0: input staging asked for 1.5 MiB (1572864 bytes) of device memory, but "
                       "6.2 MiB (6553600 bytes) of the 10.0 MiB (10485760 bytes) limit is in use "
                       "(--device-memory-limit 10MiB)"));
     CHECK(message_has("in pieces"));

@@ -126,7 +126,7 @@ static void check_allocation_failure(void) {
     void *block = &failing;
     CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_STAGING, 3 << 20, &block) == DDT_ERR_MEMORY);
     CHECK(block == NULL);
-    CHECK(strstr(ddt_error_message(), "3.0 MiB of staging") != NULL);
+    CHECK(strstr(ddt_error_message(), "3.0 MiB of input staging") != NULL);
     CHECK(strstr(ddt_error_message(), "out of device memory") != NULL);
     CHECK(allocator_get_stats(alloc).bytes_in_use == 0);
     CHECK(allocator_get_stats(alloc).allocation_count == 0);

@@ -130,8 +130,6 @@ static MPI_Op mpi_op(comm_reduce_op op) {
     return MPI_SUM;
 }
 
-static double now_seconds(void);
-
 /* The control plane runs once per step: non-blocking and polled, so a lost or stalled rank
  * becomes an error after the timeout (and the wait hook can name it) instead of a hang. */
 ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduce_op op) {
@@ -139,24 +137,7 @@ ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduc
     int rc =
         MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, mpi_op(op), c->world, &request);
     if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce (control values)");
-    double started = now_seconds(), last_hook = started;
-    for (unsigned polls = 0;; polls++) {
-        int done = 0;
-        rc = MPI_Test(&request, &done, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Test (control values)");
-        if (done) return DDT_OK;
-        if (polls % 256 != 255) continue;
-        double now = now_seconds();
-        if (c->wait_hook && now - last_hook > 0.5) {
-            c->wait_hook(c->wait_hook_context);
-            last_hook = now;
-        }
-        if (c->timeout_seconds > 0 && now - started > c->timeout_seconds)
-            return ddt_error(DDT_ERR_COMM,
-                             "the ranks' per-step agreement made no progress for %.0f s "
-                             "(--comm-timeout): a rank was lost or stalled",
-                             c->timeout_seconds);
-    }
+    return comm_mpi_wait(c, &request, "the ranks' per-step agreement");
 }
 
 ddt_status comm_allreduce_u64(comm *c, uint64_t *values, int count, comm_reduce_op op) {

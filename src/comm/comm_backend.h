@@ -54,6 +54,10 @@ extern const comm_backend_ops comm_mpi_ops;
 /* Defined only in builds with CUDA (src/comm/nccl/comm_nccl.c); comm.c names it under #ifdef. */
 extern const comm_backend_ops comm_nccl_ops;
 
+/* Waits for an MPI request by polling, within the communicator's timeout, calling its wait
+ * hook; `what` names the operation in errors ("a gradient all-reduce"). */
+ddt_status comm_mpi_wait(comm *c, MPI_Request *request, const char *what);
+
 /* Turns an MPI error code into a ddt_status with a message naming `what`. */
 ddt_status comm_mpi_error(int mpi_code, const char *what);
 

@@ -61,13 +61,14 @@ static double seconds_now(void) {
 }
 
 /* Polls instead of MPI_Wait so that a peer that died or stalled (under a launcher that does
- * not end the job by itself) turns into an error after the timeout instead of a hang. */
-static ddt_status mpi_allreduce_wait(comm *c, comm_request *request) {
+ * not end the job by itself) turns into an error after the timeout instead of a hang, and
+ * calls the wait hook (the watchdog) now and then. */
+ddt_status comm_mpi_wait(comm *c, MPI_Request *request, const char *what) {
     double started = seconds_now(), last_hook = started;
     for (unsigned polls = 0;; polls++) {
         int done = 0;
-        int rc = MPI_Test(&request->mpi, &done, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Test on a gradient all-reduce");
+        int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, what);
         if (done) return DDT_OK;
         if (polls % 256 != 255) continue;
         double now = seconds_now();
@@ -77,11 +78,15 @@ static ddt_status mpi_allreduce_wait(comm *c, comm_request *request) {
         }
         if (c->timeout_seconds > 0 && now - started > c->timeout_seconds)
             return ddt_error(DDT_ERR_COMM,
-                             "a gradient all-reduce made no progress for %.0f s (--comm-timeout): "
-                             "a rank was lost or stalled",
-                             c->timeout_seconds);
+                             "%s made no progress for %.0f s (--comm-timeout): a rank was lost "
+                             "or stalled",
+                             what, c->timeout_seconds);
         if (now - started > 0.01) sched_yield(); /* long waits: let the reader thread run */
     }
+}
+
+static ddt_status mpi_allreduce_wait(comm *c, comm_request *request) {
+    return comm_mpi_wait(c, &request->mpi, "a gradient all-reduce");
 }
 
 static ddt_status mpi_open(comm *c) {

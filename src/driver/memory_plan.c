@@ -186,28 +186,6 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
     return DDT_OK;
 }
 
-static const char *component_label(memory_component c) {
-    switch (c) {
-    case MEMORY_COMPONENT_PARAMETERS:
-        return "parameters";
-    case MEMORY_COMPONENT_GRADIENTS:
-        return "gradients";
-    case MEMORY_COMPONENT_OPTIMIZER:
-        return "optimizer state";
-    case MEMORY_COMPONENT_ACTIVATIONS:
-        return "activations";
-    case MEMORY_COMPONENT_WORKSPACE:
-        return "workspace";
-    case MEMORY_COMPONENT_BUCKETS:
-        return "buckets (in place)";
-    case MEMORY_COMPONENT_STAGING:
-        return "input staging";
-    case MEMORY_COMPONENT_COUNT:
-        break;
-    }
-    return "?";
-}
-
 void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FILE *out) {
     char text[32], limit[32];
     fprintf(out, "memory plan per rank (micro-batch %d, device memory policy %s):\n",
@@ -215,7 +193,8 @@ void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FIL
             limits->policy == MEMORY_POLICY_PREALLOCATE ? "preallocate" : "growth");
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++) {
         memory_size_format(plan->device[c], text, sizeof text);
-        fprintf(out, "  %-20s %12s\n", component_label((memory_component)c), text);
+        fprintf(out, "  %-20s %12s%s\n", memory_component_name((memory_component)c), text,
+                c == MEMORY_COMPONENT_BUCKETS ? " (all-reduced in place)" : "");
     }
     memory_size_format(plan->device_total, text, sizeof text);
     fprintf(out, "  %-20s %12zu bytes\n", "device bytes", plan->device_total);

@@ -61,7 +61,7 @@ const char *memory_component_name(memory_component component) {
     case MEMORY_COMPONENT_BUCKETS:
         return "gradient buckets";
     case MEMORY_COMPONENT_STAGING:
-        return "staging";
+        return "input staging";
     case MEMORY_COMPONENT_COUNT:
         break;
     }
