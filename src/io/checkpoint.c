@@ -301,26 +301,14 @@ static ddt_status write_contents(hid_t file, const char *path, const checkpoint_
     return DDT_OK;
 }
 
+static ddt_status write_checkpoint_contents(int64_t file, const char *path, const void *state) {
+    return write_contents(file, path, state);
+}
+
 /* Writes the whole checkpoint into `temp_path`; messages name `path`, the final name. */
 static ddt_status write_file(const char *temp_path, const char *path,
                              const checkpoint_state *state) {
-    /* open() first so the user gets errno's words rather than HDF5's generic failure. */
-    int fd = open(temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    close(fd);
-    ddt_status status = DDT_OK;
-    hdf5_lock_acquire();
-    hid_t file = H5Fcreate(temp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file < 0) {
-        status = hdf5_failure(path, "creating the HDF5 file", NULL);
-    } else {
-        status = write_contents(file, path, state);
-        if (H5Fclose(file) < 0 && status == DDT_OK)
-            status = hdf5_failure(path, "finishing the file", NULL);
-    }
-    hdf5_lock_release();
-    if (status != DDT_OK) unlink(temp_path);
-    return status;
+    return hdf5_write_temporary(temp_path, path, write_checkpoint_contents, state);
 }
 
 /* Whether `path` holds a complete checkpoint: a regular file that opens as HDF5 and carries

@@ -110,3 +110,27 @@ ddt_status hdf5_file_commit(const char *temp_path, const char *path) {
     /* Without this a crash could forget the rename even though the data reached the disk. */
     return sync_directory_of(path);
 }
+
+ddt_status hdf5_write_temporary(const char *temp_path, const char *path, hdf5_contents_writer write,
+                                const void *context) {
+    /* open() first so the user gets errno's words rather than HDF5's generic failure. */
+    int fd = open(temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    if (fd < 0) return ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    close(fd);
+    char detail[256];
+    ddt_status status = DDT_OK;
+    hdf5_lock_acquire();
+    hid_t file = H5Fcreate(temp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    if (file < 0) {
+        status = ddt_error(DDT_ERR_IO, "%s: creating the HDF5 file failed (HDF5: %s)", path,
+                           hdf5_error_detail(detail, sizeof detail));
+    } else {
+        status = write(file, path, context);
+        if (H5Fclose(file) < 0 && status == DDT_OK)
+            status = ddt_error(DDT_ERR_IO, "%s: finishing the file failed (HDF5: %s)", path,
+                               hdf5_error_detail(detail, sizeof detail));
+    }
+    hdf5_lock_release();
+    if (status != DDT_OK) unlink(temp_path);
+    return status;
+}

@@ -21,6 +21,7 @@
 #define DDT_IO_HDF5_LOCK_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "util/status.h"
 
@@ -39,5 +40,14 @@ void hdf5_temp_path(const char *path, char *out, size_t out_size);
 /* Publishes a closed file: fsyncs `temp_path`, renames it to `path`, fsyncs the directory.
  * On failure the temporary file is deleted and `path` is unchanged; the message names `path`. */
 ddt_status hdf5_file_commit(const char *temp_path, const char *path);
+
+/* The first half of an atomic write: creates `temp_path` as a new HDF5 file, lets `write` fill
+ * it (the lock is held; `file` is an hid_t), closes it, and deletes it on any failure.
+ * Messages name `path`, the final name. The caller then publishes it with hdf5_file_commit().
+ * Shared by the model and checkpoint writers (the dataset writer keeps its file open across
+ * appends). */
+typedef ddt_status (*hdf5_contents_writer)(int64_t file, const char *path, const void *context);
+ddt_status hdf5_write_temporary(const char *temp_path, const char *path, hdf5_contents_writer write,
+                                const void *context);
 
 #endif

@@ -98,31 +98,23 @@ ddt_status model_file_write_contents(hid_t file, const char *path, const model_s
     return DDT_OK;
 }
 
+typedef struct save_arguments {
+    const model_spec *spec;
+    const float *params;
+} save_arguments;
+
+static ddt_status write_saved_model(int64_t file, const char *path, const void *context) {
+    const save_arguments *arguments = context;
+    return model_file_write_contents(file, path, arguments->spec, arguments->params);
+}
+
 ddt_status model_file_save(const char *path, const model_spec *spec, const float *host_params) {
     DDT_CHECK(model_file_check_writable(path));
     char temp_path[4096 + 32];
     if (strlen(path) >= 4096) return ddt_error(DDT_ERR_USAGE, "%.80s...: path too long", path);
     hdf5_temp_path(path, temp_path, sizeof temp_path);
-    /* open() first so the user gets errno's words rather than HDF5's generic failure. */
-    int fd = open(temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
-    close(fd);
-
-    ddt_status status = DDT_OK;
-    hdf5_lock_acquire();
-    hid_t file = H5Fcreate(temp_path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    if (file < 0) {
-        status = hdf5_failure(path, "creating the HDF5 file");
-    } else {
-        status = model_file_write_contents(file, path, spec, host_params);
-        if (H5Fclose(file) < 0 && status == DDT_OK)
-            status = hdf5_failure(path, "finishing the file");
-    }
-    hdf5_lock_release();
-    if (status != DDT_OK) {
-        unlink(temp_path);
-        return status;
-    }
+    save_arguments arguments = {spec, host_params};
+    DDT_CHECK(hdf5_write_temporary(temp_path, path, write_saved_model, &arguments));
     return hdf5_file_commit(temp_path, path);
 }
 
