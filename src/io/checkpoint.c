@@ -643,13 +643,7 @@ static ddt_status read_contents(hid_t file, const char *path, checkpoint_loaded 
 
 ddt_status checkpoint_read(const char *path, checkpoint_loaded *out) {
     memset(out, 0, sizeof *out);
-    struct stat info;
-    if (stat(path, &info) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(info.st_mode))
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
-    if (access(path, R_OK) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    DDT_CHECK(hdf5_check_readable(path));
     ddt_status status = DDT_OK;
     hdf5_lock_acquire();
     if (H5Fis_hdf5(path) <= 0) {

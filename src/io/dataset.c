@@ -155,13 +155,7 @@ typedef struct shard_facts {
 
 static ddt_status open_shard(dataset_shard *shard, shard_facts *facts) {
     const char *path = shard->path;
-    struct stat info;
-    if (stat(path, &info) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(info.st_mode))
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
-    if (access(path, R_OK) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    DDT_CHECK(hdf5_check_readable(path));
     if (H5Fis_hdf5(path) <= 0) return ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);
     shard->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
     if (shard->file < 0) {

@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static pthread_once_t hdf5_lock_once = PTHREAD_ONCE_INIT;
@@ -133,4 +134,15 @@ ddt_status hdf5_write_temporary(const char *temp_path, const char *path, hdf5_co
     hdf5_lock_release();
     if (status != DDT_OK) unlink(temp_path);
     return status;
+}
+
+ddt_status hdf5_check_readable(const char *path) {
+    struct stat info;
+    if (stat(path, &info) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (S_ISDIR(info.st_mode))
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
+    if (access(path, R_OK) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    return DDT_OK;
 }

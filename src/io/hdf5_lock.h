@@ -41,6 +41,11 @@ void hdf5_temp_path(const char *path, char *out, size_t out_size);
  * On failure the temporary file is deleted and `path` is unchanged; the message names `path`. */
 ddt_status hdf5_file_commit(const char *temp_path, const char *path);
 
+/* Checks that `path` exists, is not a directory and is readable, with errno's words in the
+ * message ("PATH: cannot open: No such file or directory"), before HDF5 gives its own vaguer
+ * ones. */
+ddt_status hdf5_check_readable(const char *path);
+
 /* The first half of an atomic write: creates `temp_path` as a new HDF5 file, lets `write` fill
  * it (the lock is held; `file` is an hid_t), closes it, and deletes it on any failure.
  * Messages name `path`, the final name. The caller then publishes it with hdf5_file_commit().

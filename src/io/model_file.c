@@ -256,13 +256,7 @@ ddt_status model_file_read_contents(hid_t file, const char *path, model_spec *sp
 
 ddt_status model_file_load(const char *path, model_spec *spec, float **host_params) {
     *host_params = NULL;
-    struct stat info;
-    if (stat(path, &info) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(info.st_mode))
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
-    if (access(path, R_OK) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    DDT_CHECK(hdf5_check_readable(path));
     hdf5_lock_acquire();
     ddt_status status = DDT_OK;
     if (H5Fis_hdf5(path) <= 0) {
