@@ -52,13 +52,6 @@ void train_print_configuration(trainer *t) {
     job_say(j, "ddtrain train: %d rank%s, device %s, communication %s, precision %s\n",
             j->world_size, j->world_size == 1 ? "" : "s", device_kind_name(t->device_kind),
             comm_backend_name(t->comm), precision_kind_name(t->precision));
-    size_t unrouted = comm_device_bytes_unrouted(t->comm);
-    if (unrouted) {
-        char text[32];
-        memory_size_format(unrouted, text, sizeof text);
-        job_say(j, "  not routed through the allocator: %s measured for %s's buffers\n", text,
-                comm_backend_name(t->comm));
-    }
     job_say(j, "  blas             %s\n", blas_describe());
     if (j->rank == 0) options_print_resolved(COMMAND_TRAIN, t->opts, stdout);
     job_say(j,
@@ -156,6 +149,9 @@ void train_write_step_metrics(trainer *t, int64_t step, float lr, metrics_window
     train_write_json_number(f, "communication_s",
                             t->times.communication - w->times_at_start.communication);
     train_write_json_number(f, "optimizer_s", t->times.optimizer - w->times_at_start.optimizer);
+    if (t->device_timing)
+        train_write_json_number(f, "allreduce_device_s",
+                                t->times.allreduce_device - w->times_at_start.allreduce_device);
     stream_stats staging = stream_get_stats(t->stream);
     fprintf(f, ",\"device_bytes_in_use\":%zu,\"staging_bytes_in_use\":%zu,\"rss_bytes\":%zu}\n",
             allocator_get_stats(t->alloc).bytes_in_use, staging.staging_bytes_in_use,
@@ -197,13 +193,14 @@ enum {
     PLANNED_STAGING,
     DEVICE_LIMIT,
     STAGING_LIMIT,
+    OUTSIDE_ALLOCATOR, /* device bytes the communication backend took itself (NCCL) */
     PEAK_COUNT,
 };
 
 static const char *const peak_names[PEAK_COUNT] = {
     "peak_rss_bytes",     "peak_device_bytes",    "peak_device_reserved_bytes",
     "peak_staging_bytes", "planned_device_bytes", "planned_staging_bytes",
-    "device_limit_bytes", "staging_limit_bytes",
+    "device_limit_bytes", "staging_limit_bytes", "device_outside_allocator_bytes",
 };
 
 void train_report_summary(trainer *t, double wall_seconds) {
@@ -219,12 +216,13 @@ void train_report_summary(trainer *t, double wall_seconds) {
         [PLANNED_STAGING] = t->plan.host_staging_total,
         [DEVICE_LIMIT] = t->limits.device_limit,
         [STAGING_LIMIT] = t->limits.staging_limit,
+        [OUTSIDE_ALLOCATOR] = t->limits.device_outside_allocator,
     };
     uint64_t *all = j->rank == 0 ? calloc((size_t)j->world_size * PEAK_COUNT, sizeof *all) : NULL;
     MPI_Gather(mine, PEAK_COUNT, MPI_UINT64_T, all, PEAK_COUNT, MPI_UINT64_T, 0, MPI_COMM_WORLD);
-    double times[4] = {t->times.data_wait, t->times.compute, t->times.communication,
-                       t->times.optimizer};
-    MPI_Allreduce(MPI_IN_PLACE, times, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double times[5] = {t->times.data_wait, t->times.compute, t->times.communication,
+                       t->times.optimizer, t->times.allreduce_device};
+    MPI_Allreduce(MPI_IN_PLACE, times, 5, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (j->rank != 0) return;
     double samples = (double)((t->steps_done - t->start_step) * t->global_batch);
     double samples_per_s = t->train_seconds > 0 ? samples / t->train_seconds : 0;
@@ -247,12 +245,17 @@ void train_report_summary(trainer *t, double wall_seconds) {
     memory_size_format(most[PLANNED_DEVICE], planned_device, sizeof planned_device);
     memory_size_format(most[PEAK_STAGING], peak_staging, sizeof peak_staging);
     memory_size_format(most[PLANNED_STAGING], planned_staging, sizeof planned_staging);
-    printf("\n  time per rank (max): data wait %.2f s, compute %.2f s, communication %.2f s, "
-           "optimizer %.2f s\n"
-           "  memory per rank (max): device %s (plan %s), host staging %s (plan %s), peak RSS "
+    printf("\n  time per rank (max%s): data wait %.2f s, compute %.2f s, communication %.2f s, "
+           "optimizer %.2f s\n",
+           t->device_timing ? "; compute, communication and optimizer in GPU time" : "", times[0],
+           times[1], times[2], times[3]);
+    if (t->device_timing && times[4] > 0)
+        printf("  all-reduce on the GPU: %.2f s, of which compute waited %.2f s (%.0f%% "
+               "overlapped with backward)\n",
+               times[4], times[2], 100.0 * fmax(0.0, 1.0 - times[2] / times[4]));
+    printf("  memory per rank (max): device %s (plan %s), host staging %s (plan %s), peak RSS "
            "%s\n",
-           times[0], times[1], times[2], times[3], peak_device, planned_device, peak_staging,
-           planned_staging, rss);
+           peak_device, planned_device, peak_staging, planned_staging, rss);
     if (t->opts->save) printf("  model saved to %s\n", t->opts->save);
     fflush(stdout);
     if (t->metrics) {
@@ -276,6 +279,7 @@ void train_report_summary(trainer *t, double wall_seconds) {
         train_write_json_number(f, "compute_s", times[1]);
         train_write_json_number(f, "communication_s", times[2]);
         train_write_json_number(f, "optimizer_s", times[3]);
+        if (t->device_timing) train_write_json_number(f, "allreduce_device_s", times[4]);
         for (int k = 0; k < PEAK_COUNT; k++) {
             fprintf(f, ",\"%s\":[", peak_names[k]);
             for (int r = 0; r < j->world_size; r++)
