@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "check.h"
 #include "engine/alloc.h"
@@ -200,6 +201,17 @@ static void check_cpu_backend_and_registry(void) {
     EXPECT_OK(ops->upload_host_done(cpu, 1));
     EXPECT(ops->upload_async(cpu, target, source, sizeof source, 2) != DDT_OK);
     ops->host_free(cpu, host);
+
+    /* Timer marks: on the CPU the host clock (its operations are done when they return). */
+    double seconds = -1;
+    EXPECT_OK(ops->timer_mark(cpu, 0));
+    struct timespec pause = {0, 20000000};
+    nanosleep(&pause, NULL);
+    EXPECT_OK(ops->timer_mark(cpu, DEVICE_TIMER_SLOTS - 1));
+    EXPECT_OK(ops->timer_elapsed(cpu, 0, DEVICE_TIMER_SLOTS - 1, &seconds));
+    EXPECT(seconds >= 0.019 && seconds < 1.0);
+    EXPECT(ops->timer_mark(cpu, DEVICE_TIMER_SLOTS) == DDT_ERR_INTERNAL);
+    EXPECT(ops->timer_elapsed(cpu, -1, 0, &seconds) == DDT_ERR_INTERNAL);
 
     if (!device_kind_available(DEVICE_KIND_CUDA)) {
         device *none = (device *)1;
@@ -758,6 +770,32 @@ static void check_uploads(void) {
     ops->host_free(gpu, host[0]);
 }
 
+/* Timer marks on the GPU: CUDA events on the compute stream, so the time between two marks is
+ * the work issued between them (here 20 large GEMMs), not the time it took to issue it. */
+static void check_timers(void) {
+    const int n = 2048;
+    float *a = gpu_buffer((size_t)n * n * sizeof(float));
+    float *c = gpu_buffer((size_t)n * n * sizeof(float));
+    double issue_started = 0, gpu_seconds = -1;
+    struct timespec t;
+    EXPECT_OK(gpu->ops->synchronize(gpu));
+    EXPECT_OK(gpu->ops->timer_mark(gpu, 3));
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    issue_started = (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    for (int i = 0; i < 20; i++)
+        gpu->ops->gemm(gpu, false, false, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
+    EXPECT_OK(gpu->ops->timer_mark(gpu, 4));
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    double issue_seconds = (double)t.tv_sec + 1e-9 * (double)t.tv_nsec - issue_started;
+    EXPECT_OK(gpu->ops->timer_elapsed(gpu, 3, 4, &gpu_seconds));
+    printf("measured: timer marks around 20 GEMMs of 2048^3: GPU %.3g s, issuing them %.3g s\n",
+           gpu_seconds, issue_seconds);
+    EXPECT(gpu_seconds > 0 && gpu_seconds < 10);
+    EXPECT(gpu->ops->timer_mark(gpu, DEVICE_TIMER_SLOTS) == DDT_ERR_INTERNAL);
+    gpu_release(c);
+    gpu_release(a);
+}
+
 static void check_preallocation(void) {
     size_t total = 0, available = 0;
     EXPECT_OK(gpu->ops->memory_info(gpu, &total, &available));
@@ -862,6 +900,7 @@ int main(void) {
     check_optimizers();
     check_finite_flags();
     check_uploads();
+    check_timers();
     check_preallocation();
     check_deferred_failure();
     EXPECT_OK(gpu->ops->synchronize(gpu));
