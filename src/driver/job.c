@@ -21,6 +21,16 @@ ddt_status job_init(job *j, int *argc, char ***argv) {
     MPI_Comm_rank(MPI_COMM_WORLD, &j->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &j->world_size);
     gethostname(j->host, sizeof j->host - 1);
+    /* The node's ranks, found once while every rank is here (a collective). */
+    MPI_Comm node;
+    j->local_rank = 0;
+    j->local_size = 1;
+    if (MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, j->rank, MPI_INFO_NULL, &node) ==
+        MPI_SUCCESS) {
+        MPI_Comm_rank(node, &j->local_rank);
+        MPI_Comm_size(node, &j->local_size);
+        MPI_Comm_free(&node);
+    }
     if (provided < MPI_THREAD_FUNNELED)
         return ddt_error(DDT_ERR_COMM, "the MPI library does not support threads (needed for "
                                        "the reader thread)");

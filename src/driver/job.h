@@ -25,6 +25,8 @@
 typedef struct job {
     int rank;
     int world_size;
+    int local_rank; /* among the ranks on this node (MPI_Comm_split_type, shared memory) */
+    int local_size;
     bool mpi_initialised;
     char host[64];
 } job;

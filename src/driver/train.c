@@ -17,23 +17,7 @@ static ddt_status resolve_settings(trainer *t) {
     if (!o->data) return ddt_error(DDT_ERR_USAGE, "--data is required (see ddtrain train --help)");
     if (options_given(o, "epochs") && o->steps > 0)
         return ddt_error(DDT_ERR_USAGE, "give --epochs or --steps, not both");
-    t->device_auto = strcmp(o->device, "auto") == 0;
-    if (t->device_auto)
-        t->device_kind = device_count(DEVICE_KIND_CUDA) > 0 ? DEVICE_KIND_CUDA : DEVICE_KIND_CPU;
-    else if (strcmp(o->device, "cpu") == 0)
-        t->device_kind = DEVICE_KIND_CPU;
-    else if (strcmp(o->device, "cuda") == 0)
-        t->device_kind = DEVICE_KIND_CUDA;
-    else
-        return ddt_error(DDT_ERR_USAGE,
-                         "--device: '%s' is not a device (expected auto, cpu or cuda)", o->device);
-    if (t->device_kind == DEVICE_KIND_CUDA && !device_kind_available(DEVICE_KIND_CUDA))
-        return ddt_error(DDT_ERR_USAGE, "--device cuda: this ddtrain was built without CUDA "
-                                        "(configure with -DDDTRAIN_CUDA=ON where nvcc and NCCL "
-                                        "are installed)");
-    if (t->device_kind == DEVICE_KIND_CUDA && device_count(DEVICE_KIND_CUDA) == 0)
-        return ddt_error(DDT_ERR_USAGE, "--device cuda: no GPU is visible to this process "
-                                        "(check the driver and CUDA_VISIBLE_DEVICES)");
+    DDT_CHECK(device_choose(o->device, t->job->local_rank, &t->device_kind, &t->device_ordinal));
     DDT_CHECK(precision_kind_parse(o->precision, &t->precision));
     if (t->precision != PRECISION_FP32 && t->device_kind != DEVICE_KIND_CUDA)
         return ddt_error(DDT_ERR_USAGE,
@@ -175,18 +159,7 @@ static ddt_status plan_memory(trainer *t, bool *fits) {
     const options *o = t->opts;
     const dataset_geometry *g = dataset_get_geometry(t->train_data);
     int world = t->job->world_size;
-    int local_rank = 0, local_size = 1;
-    MPI_Comm node;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, t->job->rank, MPI_INFO_NULL, &node);
-    MPI_Comm_rank(node, &local_rank);
-    MPI_Comm_size(node, &local_size);
-    MPI_Comm_free(&node);
-    t->local_rank = local_rank;
-    /* One GPU per rank: local rank mod the visible devices (with CUDA_VISIBLE_DEVICES or
-     * Slurm's --gpus-per-task leaving each rank one device, that is device 0). */
-    int ordinal =
-        t->device_kind == DEVICE_KIND_CUDA ? local_rank % device_count(t->device_kind) : 0;
-    DDT_CHECK(device_open(t->device_kind, ordinal, &t->dev));
+    DDT_CHECK(device_open(t->device_kind, t->device_ordinal, &t->dev));
     /* GPUs all-reduce through NCCL, CPU ranks through MPI. The communicator comes before any
      * device memory of ddtrain's own, so that NCCL's buffers (which cannot come from the
      * allocator) find room even under a preallocating policy, and what they took is measured
@@ -195,7 +168,8 @@ static ddt_status plan_memory(trainer *t, bool *fits) {
                         MPI_COMM_WORLD, t->dev, &t->comm));
     comm_set_timeout(t->comm, o->comm_timeout);
     t->device_timing = t->dev->ops->native_stream(t->dev) != NULL; /* asynchronous: a GPU */
-    DDT_CHECK(memory_limits_resolve(o, t->dev, local_rank, local_size, &t->limits));
+    DDT_CHECK(memory_limits_resolve(o, t->dev, t->job->local_rank, t->job->local_size,
+                                    &t->limits));
     t->limits.device_outside_allocator = comm_device_bytes_unrouted(t->comm);
     t->limits.outside_allocator_owner = comm_backend_name(t->comm);
 
@@ -851,14 +825,9 @@ ddt_status eval_run(job *j, const options *opts) {
         local = check_geometry_against_model("--data", opts->data, dataset_get_geometry(data),
                                              &spec, loss);
     device_kind kind = DEVICE_KIND_CPU;
-    if (strcmp(opts->device, "cuda") == 0 ||
-        (strcmp(opts->device, "auto") == 0 && device_count(DEVICE_KIND_CUDA) > 0))
-        kind = DEVICE_KIND_CUDA;
-    if (local == DDT_OK) {
-        int count = device_count(kind);
-        local =
-            device_open(kind, kind == DEVICE_KIND_CUDA && count > 0 ? j->rank % count : 0, &dev);
-    }
+    int ordinal = 0;
+    if (local == DDT_OK) local = device_choose(opts->device, j->local_rank, &kind, &ordinal);
+    if (local == DDT_OK) local = device_open(kind, ordinal, &dev);
     if (local == DDT_OK) local = allocator_init(dev, &alloc);
     if (local == DDT_OK)
         local = dev->ops->set_precision(dev, PRECISION_FP32, alloc,

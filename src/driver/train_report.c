@@ -36,7 +36,7 @@ static void print_rank_lines(trainer *t) {
     job *j = t->job;
     char mine[256];
     snprintf(mine, sizeof mine, "  rank %d of %d on %s, local rank %d: %s", j->rank, j->world_size,
-             j->host, t->local_rank, t->dev->description);
+             j->host, j->local_rank, t->dev->description);
     char *all = j->rank == 0 ? calloc((size_t)j->world_size, sizeof mine) : NULL;
     MPI_Gather(mine, sizeof mine, MPI_CHAR, all, sizeof mine, MPI_CHAR, 0, MPI_COMM_WORLD);
     if (j->rank != 0) return;

@@ -70,7 +70,7 @@ typedef struct trainer {
     optimizer_params optimizer_settings;
     lr_schedule schedule;
     device_kind device_kind;
-    bool device_auto; /* --device auto: CUDA when a GPU is visible */
+    int device_ordinal; /* which GPU (device_choose: local rank modulo the visible GPUs) */
     precision_kind precision;
     int64_t global_batch;
     int micro_batch;
@@ -81,7 +81,6 @@ typedef struct trainer {
     micro_batch *next_micro_batch;
     int next_buffer;
     int64_t micro_batches_fetched;
-    int local_rank;
     /* checkpoints and resuming */
     int64_t checkpoint_every_steps;
     double checkpoint_every_seconds;

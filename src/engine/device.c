@@ -167,6 +167,31 @@ const char *device_kind_name(device_kind kind) {
     return "unknown";
 }
 
+ddt_status device_choose(const char *request, int local_rank, device_kind *kind, int *ordinal) {
+    *kind = DEVICE_KIND_CPU;
+    *ordinal = 0;
+    if (!request) request = "auto";
+    if (strcmp(request, "auto") == 0) {
+        if (device_count(DEVICE_KIND_CUDA) == 0) return DDT_OK;
+    } else if (strcmp(request, "cpu") == 0) {
+        return DDT_OK;
+    } else if (strcmp(request, "cuda") != 0) {
+        return ddt_error(DDT_ERR_USAGE, "--device: '%s' is not a device (expected auto, cpu or cuda)",
+                         request);
+    } else if (!device_kind_available(DEVICE_KIND_CUDA)) {
+        return ddt_error(DDT_ERR_USAGE, "--device cuda: this ddtrain was built without CUDA "
+                                        "(configure with -DDDTRAIN_CUDA=ON where nvcc and NCCL "
+                                        "are installed)");
+    } else if (device_count(DEVICE_KIND_CUDA) == 0) {
+        const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+        return ddt_error(DDT_ERR_USAGE, "--device cuda: no GPU is visible to this process (%s)",
+                         problem ? problem : "check the driver and CUDA_VISIBLE_DEVICES");
+    }
+    *kind = DEVICE_KIND_CUDA;
+    *ordinal = (local_rank < 0 ? 0 : local_rank) % device_count(DEVICE_KIND_CUDA);
+    return DDT_OK;
+}
+
 ddt_status device_open(device_kind kind, int ordinal, device **out) {
     *out = NULL;
     if (kind != DEVICE_KIND_CPU && kind != DEVICE_KIND_CUDA)
