@@ -15,6 +15,7 @@
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
 #include "io/idx.h"
+#include "util/files.h"
 #include "util/rng.h"
 
 /* Rows per block so a block of features is about 8 MiB. */
@@ -101,6 +102,13 @@ static ddt_status convert_local(const options *opts) {
     int classes = 2;
     for (int64_t i = 0; i < rows; i++)
         if (label_values[i] + 1 > classes) classes = label_values[i] + 1;
+    const file_role inputs[] = {{"IMAGES", images_path, false}, {"LABELS", labels_path, false}};
+    for (int64_t k = 0; k < opts->shards; k++) {
+        char path[4096];
+        dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
+        const file_role output = {"-o", path, false};
+        DDT_CHECK_GOTO(files_check_outputs(&output, 1, inputs, 2), status, done);
+    }
     char source[1024];
     snprintf(source, sizeof source, "ddtrain convert idx %s %s", images_path, labels_path);
     for (int64_t k = 0; k < opts->shards; k++) {

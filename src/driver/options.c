@@ -126,7 +126,8 @@ static const option_def option_table[] = {
      "gradient all-reduce bucket size"},
     /* output */
     {"metrics", 0, OPTION_STRING, TRAIN, FIELD(metrics), NULL, 0, 0, "FILE.jsonl",
-     "append one JSON record per epoch and a final summary"},
+     "add JSON records to this file (kept if it exists): a step record every --metrics-every "
+     "steps, one per epoch, a final summary"},
     {"log-every", 0, OPTION_INT64, TRAIN, FIELD(log_every), "100", 0, BIG, "STEPS",
      "progress line every this many steps (0: epochs only; a terminal gets a progress bar)"},
     {"metrics-every", 0, OPTION_INT64, TRAIN, FIELD(metrics_every), "100", 0, BIG, "STEPS",

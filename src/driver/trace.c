@@ -1,6 +1,8 @@
 /* trace.c - per-rank event buffers gathered into one Chrome-trace JSON file (see trace.h). */
 #include "driver/trace.h"
 
+#include "util/files.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -304,32 +306,15 @@ static void write_json(FILE *f, const trace *t, const trace_rank_header *headers
     fprintf(f, "]}}\n");
 }
 
-static ddt_status sync_directory_of(const char *path) {
-    char directory[4096];
-    directory_of(path, directory, sizeof directory);
-    int fd = open(directory, O_RDONLY | O_DIRECTORY);
-    if (fd < 0)
-        return ddt_error(DDT_ERR_IO, "--trace %s: cannot sync directory %s: %s", path, directory,
-                         strerror(errno));
-    /* Some file systems refuse fsync on directories (EINVAL); the rename is still done. */
-    if (fsync(fd) != 0 && errno != EINVAL) {
-        int saved = errno;
-        close(fd);
-        return ddt_error(DDT_ERR_IO, "--trace %s: cannot sync directory %s: %s", path, directory,
-                         strerror(saved));
-    }
-    close(fd);
-    return DDT_OK;
-}
-
-/* Rank 0: writes "PATH.tmp-<pid>", fsyncs it and renames it over PATH. */
+/* Rank 0: writes "PATH.tmp-<pid>" and publishes it (fsync, rename over PATH, fsync the
+ * directory: util/files.h). */
 static ddt_status write_file(const trace *t, const trace_rank_header *headers,
                              trace_record *records, int64_t total) {
     qsort(records, (size_t)total, sizeof *records, compare_records);
     size_t temp_size = strlen(t->path) + 32;
     char *temp_path = malloc(temp_size);
     if (!temp_path) return ddt_error(DDT_ERR_MEMORY, "--trace %s: out of memory", t->path);
-    snprintf(temp_path, temp_size, "%s.tmp-%ld", t->path, (long)getpid());
+    file_temp_path(t->path, temp_path, temp_size);
     ddt_status status = DDT_OK;
     FILE *f = fopen(temp_path, "w");
     if (!f) {
@@ -340,7 +325,6 @@ static ddt_status write_file(const trace *t, const trace_rank_header *headers,
     write_json(f, t, headers, records, total);
     int failed = fflush(f) != 0 || ferror(f);
     int saved = errno;
-    if (!failed && fsync(fileno(f)) != 0) failed = 1, saved = errno;
     if (fclose(f) != 0 && !failed) failed = 1, saved = errno;
     if (failed) {
         unlink(temp_path);
@@ -348,15 +332,8 @@ static ddt_status write_file(const trace *t, const trace_rank_header *headers,
                            strerror(saved));
         goto done;
     }
-    if (rename(temp_path, t->path) != 0) {
-        saved = errno;
-        unlink(temp_path);
-        status = ddt_error(DDT_ERR_IO, "--trace %s: cannot replace with %s: %s", t->path, temp_path,
-                           strerror(saved));
-        goto done;
-    }
-    /* Without this a crash could forget the rename even though the data reached the disk. */
-    status = sync_directory_of(t->path);
+    status = file_publish(temp_path, t->path);
+    if (status != DDT_OK) status = ddt_error(status, "--trace %s", ddt_error_message());
 done:
     free(temp_path);
     return status;

@@ -91,6 +91,38 @@ static ddt_status check_geometry_against_model(const char *what, const char *pat
     return DDT_OK;
 }
 
+/* Every file this run writes (or writes into) against every file it reads, by identity: a
+ * run never writes over its own inputs, however their paths are spelled. Before anything is
+ * opened for writing; on every rank (each sees its own file system). */
+static ddt_status check_outputs_against_inputs(trainer *t) {
+    const options *o = t->opts;
+    enum { MAX_INPUTS = 1024 };
+    file_role *inputs = calloc(MAX_INPUTS, sizeof *inputs);
+    if (!inputs) return ddt_error(DDT_ERR_MEMORY, "out of host memory");
+    int count = 0;
+    const struct {
+        const char *option;
+        dataset *data;
+    } datasets[] = {{"--data", t->train_data}, {"--eval-data", t->eval_data}};
+    for (int d = 0; d < 2; d++) {
+        const dataset *data = datasets[d].data;
+        for (int f = 0; data && f < dataset_get_geometry(data)->file_count && count < MAX_INPUTS;
+             f++)
+            inputs[count++] = (file_role){datasets[d].option, dataset_file_path(data, f), false};
+    }
+    if (o->init && count < MAX_INPUTS) inputs[count++] = (file_role){"--init", o->init, false};
+    const file_role outputs[] = {
+        {"--save", o->save, false},
+        {"--metrics", o->metrics, false},
+        {"--trace", o->trace, false},
+        {"--checkpoint-dir", o->checkpoint_dir, true},
+    };
+    ddt_status status = files_check_outputs(outputs, (int)(sizeof outputs / sizeof outputs[0]),
+                                            inputs, count);
+    free(inputs);
+    return status;
+}
+
 static ddt_status open_data(trainer *t) {
     const options *o = t->opts;
     if (o->init) {
@@ -127,6 +159,7 @@ static ddt_status open_data(trainer *t) {
     t->schedule.warmup_steps = o->warmup_steps;
     t->schedule.gamma = (float)o->lr_gamma;
 
+    DDT_CHECK(check_outputs_against_inputs(t));
     if (t->job->rank == 0) {
         if (o->save) DDT_CHECK(model_file_check_writable(o->save));
         if (o->checkpoint_dir) {
@@ -141,10 +174,10 @@ static ddt_status open_data(trainer *t) {
                                  o->checkpoint_dir, latest);
         }
         if (o->metrics) {
-            t->metrics = fopen(o->metrics, "w");
+            t->metrics = fopen(o->metrics, "a"); /* records are added to what is there */
             if (!t->metrics)
-                return ddt_error(DDT_ERR_IO, "--metrics '%s': cannot create: %s", o->metrics,
-                                 strerror(errno));
+                return ddt_error(DDT_ERR_IO, "--metrics '%s': cannot open for appending: %s",
+                                 o->metrics, strerror(errno));
         }
     }
     return DDT_OK;

@@ -4,6 +4,22 @@
  * rank measured. See trainer.h. */
 #include "driver/trainer.h"
 
+/* Rank 0, after each --metrics record: a record that could not be written (a full disk) is
+ * said once, naming the file, and the file is closed; training goes on (checkpoints, not the
+ * metrics, are what a run cannot lose). */
+static void metrics_record_done(trainer *t) {
+    if (!t->metrics) return;
+    if (fflush(t->metrics) == 0 && !ferror(t->metrics)) return;
+    int saved = errno;
+    fprintf(stderr,
+            "ddtrain: warning: --metrics %s: a record could not be written (%s); no more "
+            "records are written to it\n",
+            t->opts->metrics, strerror(saved));
+    fflush(stderr);
+    fclose(t->metrics);
+    t->metrics = NULL;
+}
+
 /* Rank 0 prints its plan, and a line for each rank whose limits or plan differ. */
 void train_print_memory_plan(trainer *t) {
     job *j = t->job;
@@ -118,7 +134,7 @@ ddt_status train_end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally) {
             /* wall time since training began, evaluation included (for time to accuracy) */
             train_write_json_number(t->metrics, "elapsed_s", job_now() - t->loop_started);
             fprintf(t->metrics, "}\n");
-            fflush(t->metrics);
+            metrics_record_done(t);
         }
     }
     return DDT_OK;
@@ -156,7 +172,7 @@ void train_write_step_metrics(trainer *t, int64_t step, float lr, metrics_window
     fprintf(f, ",\"device_bytes_in_use\":%zu,\"staging_bytes_in_use\":%zu,\"rss_bytes\":%zu}\n",
             allocator_get_stats(t->alloc).bytes_in_use, staging.staging_bytes_in_use,
             current_rss_bytes());
-    fflush(f);
+    metrics_record_done(t);
     *w = (metrics_window){.started = now, .times_at_start = t->times};
 }
 
@@ -287,7 +303,7 @@ void train_report_summary(trainer *t, double wall_seconds) {
             fprintf(f, "]");
         }
         fprintf(f, "}\n");
-        fflush(f);
+        metrics_record_done(t);
     }
     free(all);
 }

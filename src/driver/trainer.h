@@ -34,6 +34,7 @@
 #include "io/model_file.h"
 #include "io/stream.h"
 #include "shard/shard.h"
+#include "util/files.h"
 
 typedef struct phase_times {
     double data_wait;

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "io/hdf5_lock.h"
+#include "util/files.h"
 #include "io/model_file.h"
 
 #define CHECKPOINT_VERSION 1
@@ -24,7 +25,7 @@
 
 static const char checkpoint_prefix[] = "checkpoint-";
 static const char checkpoint_suffix[] = ".h5";
-static const char temporary_infix[] = ".tmp-"; /* hdf5_temp_path(): "PATH.tmp-<pid>" */
+static const char temporary_infix[] = ".tmp-"; /* file_temp_path(): "PATH.tmp-<pid>" */
 
 /* ---- names ---- */
 
@@ -308,7 +309,11 @@ static ddt_status write_checkpoint_contents(int64_t file, const char *path, cons
 /* Writes the whole checkpoint into `temp_path`; messages name `path`, the final name. */
 static ddt_status write_file(const char *temp_path, const char *path,
                              const checkpoint_state *state) {
-    return hdf5_write_temporary(temp_path, path, write_checkpoint_contents, state);
+    uint64_t floats = model_spec_parameter_count(state->spec) + state->optimizer_state_count;
+    uint64_t text = state->configuration ? strlen(state->configuration) : 0;
+    return hdf5_write_temporary(temp_path, path,
+                                hdf5_reserve_estimate(floats * sizeof(float) + text),
+                                write_checkpoint_contents, state);
 }
 
 /* Whether `path` holds a complete checkpoint: a regular file that opens as HDF5 and carries
@@ -332,7 +337,7 @@ static bool is_complete_checkpoint(const char *path) {
                 if (type >= 0) H5Tclose(type);
                 if (attribute >= 0) H5Aclose(attribute);
             }
-            H5Fclose(file);
+            hdf5_file_close(file);
         }
     }
     hdf5_lock_release();
@@ -430,13 +435,13 @@ ddt_status checkpoint_write(const char *directory, const checkpoint_state *state
     char path[CHECKPOINT_PATH_MAX];
     DDT_CHECK(join_path(directory, name, path, sizeof path));
     char temp_path[CHECKPOINT_PATH_MAX + 32];
-    hdf5_temp_path(path, temp_path, sizeof temp_path);
+    file_temp_path(path, temp_path, sizeof temp_path);
 
     /* Before writing, so space held by an interrupted write is free for this one. */
     DDT_CHECK(remove_stale_temporaries(directory));
     DDT_CHECK(write_file(temp_path, path, state));
     if (hooks && hooks->before_commit) hooks->before_commit(hooks->context, temp_path);
-    DDT_CHECK(hdf5_file_commit(temp_path, path));
+    DDT_CHECK(file_publish(temp_path, path));
     if (written && written_size) snprintf(written, written_size, "%s", path);
     DDT_CHECK(prune(directory, name, keep));
     return DDT_OK;
@@ -656,7 +661,7 @@ ddt_status checkpoint_read(const char *path, checkpoint_loaded *out) {
                                path, hdf5_error_detail(detail, sizeof detail));
         } else {
             status = read_contents(file, path, out);
-            H5Fclose(file);
+            hdf5_file_close(file);
         }
     }
     hdf5_lock_release();
