@@ -46,9 +46,9 @@ typedef struct tensorboard_scalar {
 
 /* A chart of the custom-scalars dashboard: several tags (regular expressions) on one plot. */
 typedef struct tensorboard_chart {
-    const char *category;     /* consecutive charts with the same category form one section */
+    const char *category; /* consecutive charts with the same category form one section */
     const char *title;
-    const char *const *tags;  /* NULL-terminated regular expressions */
+    const char *const *tags; /* NULL-terminated regular expressions */
 } tensorboard_chart;
 
 /* Creates `directory` (and its parents) if needed and a new event file in it, and writes the
