@@ -155,7 +155,6 @@ static void check_events(void) {
     if (count == 5) {
         /* The first: wall_time (now), file_version "brain.Event:2". */
         static const char version[] = "\x1a\015brain.Event:2"; /* \015: 13 bytes */
-        ;
         CHECK(sizes[0] == 9 + sizeof version - 1);
         CHECK(records[0][0] == 0x09 && memcmp(records[0] + 9, version, sizeof version - 1) == 0);
         double wall_time;
