@@ -231,5 +231,9 @@ void *device_backend_symbol(device_kind kind, const char *name);
 /* Why a backend cannot be used (not built, plugin not loadable), or NULL if it can. May load
  * the plugin. */
 const char *device_backend_problem(device_kind kind);
+/* The file a backend built as a plugin was loaded from, or, before it is loaded, the file it
+ * would be loaded from (a bare file name: the library search path). NULL for backends that
+ * are not plugins or not built. Loads nothing. */
+const char *device_backend_plugin_path(device_kind kind);
 
 #endif
