@@ -3,6 +3,8 @@
  * plugin (see engine/device.c). */
 #include "comm/comm.h"
 
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,6 +36,64 @@ static const comm_backend_ops *backend_ops(comm_backend_kind kind) {
     return NULL;
 }
 
+bool comm_find_shared_device(const char *identities, size_t stride, size_t identity_offset,
+                             int n, int *first, int *second) {
+    for (int i = 0; i < n; i++) {
+        const char *a = identities + (size_t)i * stride;
+        if (!a[identity_offset]) continue;
+        for (int j = i + 1; j < n; j++) {
+            const char *b = identities + (size_t)j * stride;
+            if (strcmp(a, b) == 0 && strcmp(a + identity_offset, b + identity_offset) == 0) {
+                *first = i;
+                *second = j;
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* NCCL needs a GPU of its own for each rank: with more ranks on a node than GPUs visible to
+ * them, two ranks pick the same GPU and NCCL fails with "duplicate GPU". Every rank learns
+ * every rank's (node, GPU) and gives the same clear refusal. Collective over `world`. */
+static ddt_status check_one_device_per_rank(comm *c) {
+    typedef struct {
+        char node[64];
+        char identity[sizeof c->dev->identity];
+        int visible; /* GPUs this rank sees */
+    } rank_device;
+    rank_device mine;
+    memset(&mine, 0, sizeof mine);
+    int leader = c->rank; /* the node's id: the world rank of its local rank 0 */
+    MPI_Bcast(&leader, 1, MPI_INT, 0, c->node);
+    snprintf(mine.node, sizeof mine.node, "%d", leader);
+    snprintf(mine.identity, sizeof mine.identity, "%s", c->dev ? c->dev->identity : "");
+    mine.visible = device_count(DEVICE_KIND_CUDA);
+    rank_device *all = calloc((size_t)c->world_size, sizeof *all);
+    if (!all) return ddt_error(DDT_ERR_MEMORY, "out of host memory checking the ranks' GPUs");
+    int rc = MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all, (int)sizeof mine, MPI_BYTE,
+                           c->world);
+    if (rc != MPI_SUCCESS) {
+        free(all);
+        return comm_mpi_error(rc, "MPI_Allgather (the ranks' GPUs)");
+    }
+    int first = 0, second = 0;
+    bool clash = comm_find_shared_device((const char *)all, sizeof *all,
+                                         offsetof(rank_device, identity), c->world_size, &first,
+                                         &second);
+    char gpu[sizeof mine.identity];
+    snprintf(gpu, sizeof gpu, "%s", clash ? all[first].identity : "");
+    int visible = clash ? all[first].visible : 0;
+    free(all);
+    if (!clash) return DDT_OK;
+    return ddt_error(DDT_ERR_USAGE,
+                     "ranks %d and %d run on one node and both use the GPU at PCI %s: NCCL needs "
+                     "a GPU of its own for each rank. Start at most as many ranks per node as "
+                     "the node has GPUs (rank %d sees %d), or give each rank its own GPU "
+                     "(CUDA_VISIBLE_DEVICES, Slurm's --gpus-per-task=1)",
+                     first, second, gpu, first, visible);
+}
+
 ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out) {
     *out = NULL;
     if (kind != COMM_BACKEND_MPI && kind != COMM_BACKEND_NCCL)
@@ -60,7 +120,8 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
     }
     MPI_Comm_rank(c->node, &c->local_rank);
     MPI_Comm_size(c->node, &c->local_size);
-    ddt_status status = ops->open(c);
+    ddt_status status = kind == COMM_BACKEND_NCCL ? check_one_device_per_rank(c) : DDT_OK;
+    if (status == DDT_OK) status = ops->open(c);
     if (status != DDT_OK) {
         ddt_error_trace(__FILE__, __LINE__);
         MPI_Comm_free(&c->node);
@@ -82,6 +143,33 @@ void comm_set_timeout(comm *c, double seconds) {
     c->timeout_seconds = seconds > 0 ? seconds : 0; /* NaN fails the test, so becomes 0 */
 }
 
+double comm_seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+comm_wait comm_wait_begin(const comm *c) {
+    (void)c;
+    double now = comm_seconds_now();
+    return (comm_wait){.started = now, .last_hook = now, .now = now};
+}
+
+/* The wait hook every half second; the timeout as documented in comm_backend.h. */
+ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what) {
+    w->now = comm_seconds_now();
+    if (c->wait_hook && w->now - w->last_hook >= 0.5) {
+        c->wait_hook(c->wait_hook_context);
+        w->last_hook = w->now;
+    }
+    if (c->timeout_seconds > 0 && w->now - w->started >= c->timeout_seconds)
+        return ddt_error(DDT_ERR_COMM,
+                         "%s made no progress for %g s (--comm-timeout): a rank was lost or "
+                         "stalled",
+                         what, c->timeout_seconds);
+    return DDT_OK;
+}
+
 void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context) {
     c->wait_hook = hook;
     c->wait_hook_context = context;
@@ -89,6 +177,10 @@ void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context) {
 
 size_t comm_device_bytes_unrouted(const comm *c) {
     return c->device_bytes_unrouted;
+}
+
+double comm_device_busy_seconds(const comm *c) {
+    return c->ops->device_busy_seconds ? c->ops->device_busy_seconds(c) : -1.0;
 }
 
 int comm_rank(const comm *c) {
@@ -174,12 +266,6 @@ struct gradient_buckets {
     int64_t started_early, started_late;
 };
 
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 ddt_status gradient_buckets_init(comm *c, float *gradients, size_t count,
                                  const size_t *ready_points, int ready_point_count,
                                  size_t bucket_bytes, gradient_buckets **out) {
@@ -246,7 +332,7 @@ static ddt_status start_bucket(gradient_buckets *gb, bucket *b) {
     DDT_CHECK(gb->c->ops->allreduce_start(gb->c, gb->gradients + b->begin, b->end - b->begin,
                                           &b->request));
     b->state = BUCKET_IN_FLIGHT;
-    if (gb->observer) b->started = now_seconds();
+    if (gb->observer) b->started = comm_seconds_now();
     return DDT_OK;
 }
 
@@ -255,7 +341,7 @@ static void bucket_done(gradient_buckets *gb, bucket *b) {
     b->state = BUCKET_DONE;
     if (gb->observer)
         gb->observer(gb->observer_context, (int)(b - gb->buckets), b->end - b->begin, b->started,
-                     now_seconds());
+                     comm_seconds_now());
 }
 
 void gradient_buckets_set_observer(gradient_buckets *gb,
@@ -292,7 +378,7 @@ ddt_status gradient_buckets_ready_callback(void *context, size_t ready_from) {
 }
 
 ddt_status gradient_buckets_finish(gradient_buckets *gb) {
-    double start = now_seconds();
+    double start = comm_seconds_now();
     while (gb->next_to_start < gb->bucket_count) {
         DDT_CHECK(start_bucket(gb, &gb->buckets[gb->next_to_start]));
         gb->next_to_start++;
@@ -305,7 +391,7 @@ ddt_status gradient_buckets_finish(gradient_buckets *gb) {
             bucket_done(gb, b);
         }
     }
-    gb->wait_seconds += now_seconds() - start;
+    gb->wait_seconds += comm_seconds_now() - start;
     return DDT_OK;
 }
 

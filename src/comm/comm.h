@@ -18,10 +18,12 @@
  * starts whatever is left and waits for all. Gradients are summed (the loss is already
  * normalised by the global batch).
  *
- * Failure: the NCCL backend checks for asynchronous errors while it polls and bounds every
- * wait by a timeout (comm_set_timeout). On an error or a timeout it aborts the NCCL
- * communicator (so no rank stays blocked in it) and returns DDT_ERR_COMM; the communicator
- * is then dead, and the caller must end the job on every rank (MPI_Abort), never just this one.
+ * Failure: every wait polls, on every backend, under one policy (comm_set_timeout,
+ * comm_set_wait_hook): a wait that makes no progress for the timeout fails with DDT_ERR_COMM
+ * instead of hanging, and the wait hook (the watchdog) runs meanwhile. The NCCL backend also
+ * checks for asynchronous errors while it polls; on an error or a timeout it aborts the NCCL
+ * communicator (so no rank stays blocked in it). After a DDT_ERR_COMM the communicator is
+ * dead, and the caller must end the job on every rank (MPI_Abort), never just this one.
  *
  * Ownership: comm_init() returns a comm freed by comm_free(); it does not own the MPI
  * communicator or the device. gradient_buckets_init() returns buckets freed by
@@ -67,18 +69,24 @@ void comm_free(comm *c);
 /* True if this build contains the backend (MPI always; NCCL with the CUDA backend). */
 bool comm_backend_available(comm_backend_kind kind);
 
-/* How long a data-plane wait may make no progress before the backend gives up (NCCL: aborts
- * the communicator and returns DDT_ERR_COMM). Default 300 s; a value <= 0 (or NaN) means
- * "do not wait": an operation not complete at its first check fails at once. MPI waits are
- * not bounded by it. Communicator creation always uses the default. */
+/* How long any wait (data plane or control plane, on every backend) may make no progress
+ * before it fails with DDT_ERR_COMM (NCCL: after aborting the communicator). Default 300 s;
+ * a value <= 0 (or NaN) means no limit: wait as long as it takes. Communicator creation
+ * always uses the default. */
 void comm_set_timeout(comm *c, double seconds);
-/* Called now and then while a data-plane wait is in progress (e.g. a watchdog that names the
- * ranks being waited for); NULL removes it. */
+/* Called every half second while a wait is in progress, on every backend (e.g. a watchdog
+ * that names the ranks being waited for); NULL removes it. */
 void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context);
 /* Device memory the backend took outside ddtrain's allocator (NCCL's buffers, streams and
  * events), as measured by the device's free memory before and after set-up; 0 for MPI.
  * For memory plans. */
 size_t comm_device_bytes_unrouted(const comm *c);
+
+/* Device time the gradient all-reduces took so far, measured on the device (NCCL: CUDA
+ * events around each bucket's collective, read when it completes); negative where the
+ * backend runs on the host (MPI), whose waits the caller times itself. Where this is the
+ * all-reduce's whole time, the part the compute stream waited for is what did not overlap. */
+double comm_device_busy_seconds(const comm *c);
 
 int comm_rank(const comm *c);
 int comm_world_size(const comm *c);

@@ -85,6 +85,12 @@ ddt_status memory_limits_resolve(const options *opts, device *dev, int local_ran
     return DDT_OK;
 }
 
+size_t memory_limits_allocator_bytes(const memory_limits *limits) {
+    if (limits->device_limit == 0) return 0;
+    if (limits->device_outside_allocator >= limits->device_limit) return 1; /* nothing fits */
+    return limits->device_limit - limits->device_outside_allocator;
+}
+
 /* ---- plans ----------------------------------------------------------------------------- */
 
 void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
@@ -107,7 +113,8 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     /* Gradient buckets are all-reduced in place on CPU ranks: no extra device memory. */
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++)
         out->device_total += out->device[c];
-    out->device_fits = limits->device_limit == 0 || out->device_total <= limits->device_limit;
+    out->device_fits = limits->device_limit == 0 ||
+                       out->device_total + limits->device_outside_allocator <= limits->device_limit;
 
     const dataset_geometry *g = inputs->geometry;
     if (inputs->evaluation) out->evaluation_bytes = batch_buffers_host_bytes(g, micro_batch);
@@ -158,7 +165,7 @@ ddt_status memory_plan_choose_micro_batch(const memory_plan_inputs *inputs, int 
 
 ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limits, int rank) {
     if (!plan->device_fits) {
-        char need[32], limit[32], model[32], activations[32], staging[32];
+        char need[32], limit[32], model[32], activations[32], staging[32], outside[96] = "";
         size_t model_bytes = plan->device[MEMORY_COMPONENT_PARAMETERS] +
                              plan->device[MEMORY_COMPONENT_GRADIENTS] +
                              plan->device[MEMORY_COMPONENT_OPTIMIZER];
@@ -168,6 +175,13 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
         memory_size_format(plan->device[MEMORY_COMPONENT_ACTIVATIONS], activations,
                            sizeof activations);
         memory_size_format(plan->device[MEMORY_COMPONENT_STAGING], staging, sizeof staging);
+        if (limits->device_outside_allocator) {
+            char bytes[32];
+            memory_size_format(limits->device_outside_allocator, bytes, sizeof bytes);
+            snprintf(outside, sizeof outside, ", plus %s of %s buffers outside the allocator",
+                     bytes, limits->outside_allocator_owner ? limits->outside_allocator_owner
+                                                            : "communication");
+        }
         const char *advice =
             model_bytes >= limits->device_limit
                 ? "the model's parameters, gradients and optimizer state alone exceed it: use a "
@@ -177,9 +191,9 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
         return ddt_error(DDT_ERR_MEMORY,
                          "rank %d: the memory plan needs %s of device memory (%zu bytes: "
                          "parameters+gradients+optimizer %s, activations %s and input staging %s "
-                         "for --micro-batch %d), more than the limit of %s (%s): %s",
+                         "for --micro-batch %d%s), more than the limit of %s (%s): %s",
                          rank, need, plan->device_total, model, activations, staging,
-                         plan->micro_batch, limit, limits->device_source, advice);
+                         plan->micro_batch, outside, limit, limits->device_source, advice);
     }
     if (!plan->staging_fits)
         return ddt_error(DDT_ERR_MEMORY, "rank %d: %s", rank, plan->staging_problem);
@@ -196,12 +210,19 @@ void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FIL
         fprintf(out, "  %-20s %12s%s\n", memory_component_name((memory_component)c), text,
                 c == MEMORY_COMPONENT_BUCKETS ? " (all-reduced in place)" : "");
     }
-    memory_size_format(plan->device_total, text, sizeof text);
     fprintf(out, "  %-20s %12zu bytes\n", "device bytes", plan->device_total);
+    size_t total = plan->device_total + limits->device_outside_allocator;
+    if (limits->device_outside_allocator) {
+        memory_size_format(limits->device_outside_allocator, text, sizeof text);
+        fprintf(out, "  %-20s %12s  (%s's own, measured at set-up; outside the allocator)\n",
+                "communication", text,
+                limits->outside_allocator_owner ? limits->outside_allocator_owner : "backend");
+    }
+    memory_size_format(total, text, sizeof text);
     if (limits->device_limit) {
         memory_size_format(limits->device_limit, limit, sizeof limit);
         fprintf(out, "  %-20s %12s  of %s (%.0f%%, %s)%s\n", "device total", text, limit,
-                100.0 * (double)plan->device_total / (double)limits->device_limit,
+                100.0 * (double)total / (double)limits->device_limit,
                 limits->device_source, plan->device_fits ? "" : "  DOES NOT FIT");
     } else {
         fprintf(out, "  %-20s %12s  (no device memory limit)\n", "device total", text);

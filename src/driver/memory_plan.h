@@ -42,7 +42,15 @@ typedef struct memory_limits {
     size_t device_limit;  /* bytes; 0 = none */
     char device_source[160]; /* how it was set, for messages: "--device-memory-limit 2GiB" */
     size_t staging_limit; /* bytes; 0 = none */
+    /* Device bytes the communication backend took outside the allocator (NCCL's buffers,
+     * measured when it was set up, before the allocator reserves anything), counted against
+     * device_limit: the allocator gets what is left of the limit. */
+    size_t device_outside_allocator;
+    const char *outside_allocator_owner; /* "nccl", for messages */
 } memory_limits;
+
+/* The allocator's own limit: device_limit less what lies outside it (0 = none). */
+size_t memory_limits_allocator_bytes(const memory_limits *limits);
 
 /* Resolves this rank's limits from the options and the environment. DDT_ERR_USAGE for bad
  * values (naming the option or variable), or a list with fewer entries than local ranks. */

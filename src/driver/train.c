@@ -189,7 +189,17 @@ static ddt_status plan_memory(trainer *t, bool *fits) {
     int ordinal =
         t->device_kind == DEVICE_KIND_CUDA ? local_rank % device_count(t->device_kind) : 0;
     DDT_CHECK(device_open(t->device_kind, ordinal, &t->dev));
+    /* GPUs all-reduce through NCCL, CPU ranks through MPI. The communicator comes before any
+     * device memory of ddtrain's own, so that NCCL's buffers (which cannot come from the
+     * allocator) find room even under a preallocating policy, and what they took is measured
+     * and counted against the limit. */
+    DDT_CHECK(comm_init(t->device_kind == DEVICE_KIND_CUDA ? COMM_BACKEND_NCCL : COMM_BACKEND_MPI,
+                        MPI_COMM_WORLD, t->dev, &t->comm));
+    comm_set_timeout(t->comm, o->comm_timeout);
+    t->device_timing = t->dev->ops->native_stream(t->dev) != NULL; /* asynchronous: a GPU */
     DDT_CHECK(memory_limits_resolve(o, t->dev, local_rank, local_size, &t->limits));
+    t->limits.device_outside_allocator = comm_device_bytes_unrouted(t->comm);
+    t->limits.outside_allocator_owner = comm_backend_name(t->comm);
 
     memory_plan_inputs inputs = {
         .dev = t->dev,
@@ -251,17 +261,13 @@ static void trace_bucket(void *context, int bucket, size_t floats, double starte
 static ddt_status build_engine(trainer *t) {
     allocator_params ap = allocator_default_params();
     ap.policy = t->limits.policy;
-    ap.limit_bytes = t->limits.device_limit;
+    ap.limit_bytes = memory_limits_allocator_bytes(&t->limits);
     ap.rank = t->job->rank;
     ap.limit_source = t->limits.device_source;
     DDT_CHECK(allocator_init_with_params(t->dev, &ap, &t->alloc));
     DDT_CHECK(
         t->dev->ops->set_precision(t->dev, t->precision, t->alloc,
                                    model_spec_max_gemm_operand_floats(&t->spec, t->micro_batch)));
-    /* GPUs all-reduce through NCCL, CPU ranks through MPI. */
-    DDT_CHECK(comm_init(t->device_kind == DEVICE_KIND_CUDA ? COMM_BACKEND_NCCL : COMM_BACKEND_MPI,
-                        MPI_COMM_WORLD, t->dev, &t->comm));
-    comm_set_timeout(t->comm, t->opts->comm_timeout);
     DDT_CHECK(model_init(&t->spec, t->alloc, t->micro_batch, &t->model));
     DDT_CHECK(
         optimizer_init(&t->optimizer_settings, t->alloc, model_parameter_count(t->model), &t->opt));
@@ -425,7 +431,7 @@ static ddt_status run_local_step(trainer *t) {
         ddt_status released = release_micro_batch(t, mb, buffer);
         DDT_CHECK(status);
         DDT_CHECK(released);
-        t->times.compute += job_now() - started;
+        if (!t->device_timing) t->times.compute += job_now() - started;
     }
     return DDT_OK;
 }
@@ -519,6 +525,37 @@ static void trace_bucket(void *context, int bucket, size_t floats, double starte
                 started, finished);
 }
 
+/* GPU time: host clocks around asynchronous work measure when it was issued, so on a GPU a
+ * step's compute, exposed communication and optimizer times come from the device's timer
+ * marks instead: four per step, in one of two sets of slots taken in turn, each set read
+ * when the step two later begins (long finished then: the read does not wait). */
+enum { STEP_MARK_START, STEP_MARK_BACKWARD_DONE, STEP_MARK_REDUCED, STEP_MARK_UPDATED, STEP_MARKS };
+
+static void step_mark(trainer *t, int64_t step, int mark) {
+    if (t->device_timing) (void)t->dev->ops->timer_mark(t->dev, (int)(step & 1) * STEP_MARKS + mark);
+}
+
+/* Adds the times of the step last marked in `set` (if any) to t->times. */
+static ddt_status step_marks_read(trainer *t, int set) {
+    if (!t->device_timing || !t->marks_pending[set]) return DDT_OK;
+    t->marks_pending[set] = false;
+    const device_ops *ops = t->dev->ops;
+    int base = set * STEP_MARKS;
+    double compute = 0, exposed = 0, optimizer = 0;
+    DDT_CHECK(ops->timer_elapsed(t->dev, base + STEP_MARK_START, base + STEP_MARK_BACKWARD_DONE,
+                                 &compute));
+    DDT_CHECK(ops->timer_elapsed(t->dev, base + STEP_MARK_BACKWARD_DONE, base + STEP_MARK_REDUCED,
+                                 &exposed));
+    DDT_CHECK(ops->timer_elapsed(t->dev, base + STEP_MARK_REDUCED, base + STEP_MARK_UPDATED,
+                                 &optimizer));
+    t->times.compute += compute;
+    t->times.communication += exposed;
+    t->times.optimizer += optimizer;
+    double busy = comm_device_busy_seconds(t->comm);
+    if (busy >= 0) t->times.allreduce_device = busy;
+    return DDT_OK;
+}
+
 /* Values every rank contributes to the per-step agreement (summed). */
 enum {
     CONTROL_LOCAL_FAILURE, /* a rank failed (bad data, I/O...) */
@@ -577,16 +614,20 @@ static ddt_status train_loop(trainer *t) {
                            (done % o->metrics_every == 0 || done == t->total_steps);
         bool reporting = log_now || epoch_ends || metrics_now;
 
+        ddt_status local = step_marks_read(t, (int)(step & 1));
+        step_mark(t, step, STEP_MARK_START);
         model_zero_gradients(t->model);
         gradient_buckets_begin(t->buckets);
         float step_scale = t->loss_scale;
-        ddt_status local = run_local_step(t);
+        if (local == DDT_OK) local = run_local_step(t);
+        step_mark(t, step, STEP_MARK_BACKWARD_DONE);
 
         /* Every rank takes part in the same all-reduces, even after a local failure, so the
          * failure is seen by all at the agreement below instead of hanging them. */
         double comm_started = job_now();
         watchdog_arrive(t->watchdog, done);
         if (gradient_buckets_finish(t->buckets) != DDT_OK) communication_failed(t, done);
+        step_mark(t, step, STEP_MARK_REDUCED);
         /* Gradients are identical on all ranks after the all-reduce. fp16 skips a step whose
          * gradients overflowed; fp32 stops with the layer. CPU ranks check every step (cheap);
          * GPUs when they report, to keep the step free of host synchronisation. */
@@ -611,7 +652,7 @@ static ddt_status train_loop(trainer *t) {
             job_now() - t->last_checkpoint_time >= t->checkpoint_every_seconds;
         if (comm_allreduce_doubles(t->comm, control, CONTROL_COUNT, COMM_REDUCE_SUM) != DDT_OK)
             communication_failed(t, done);
-        t->times.communication += job_now() - comm_started;
+        if (!t->device_timing) t->times.communication += job_now() - comm_started;
         if (control[CONTROL_LOCAL_FAILURE] > 0) return job_agree(j, local);
         if (control[CONTROL_NON_FINITE] > 0) return job_agree(j, report_non_finite(t, done));
 
@@ -634,7 +675,9 @@ static ddt_status train_loop(trainer *t) {
                 t->loss_scale *= 2;
         }
         double optimizer_finished = job_now();
-        t->times.optimizer += optimizer_finished - optimizer_started;
+        step_mark(t, step, STEP_MARK_UPDATED);
+        t->marks_pending[step & 1] = t->device_timing;
+        if (!t->device_timing) t->times.optimizer += optimizer_finished - optimizer_started;
         trace_event(t->trace, TRACE_THREAD_MAIN, "optimizer", "compute", done, optimizer_started,
                     optimizer_finished);
         log_steps++;
@@ -710,6 +753,8 @@ static ddt_status train_loop(trainer *t) {
         }
     }
     t->steps_done = step;
+    if (step_marks_read(t, 0) != DDT_OK || step_marks_read(t, 1) != DDT_OK)
+        job_print_error(j, DDT_ERR_INTERNAL); /* only the time split is lost */
     t->train_seconds = job_now() - loop_started;
     status = job_agree(j, trace_finish(t->trace)); /* the window ended early or not at all */
     watchdog_free(t->watchdog, step > t->start_step ? step : 0); /* its last arrival */

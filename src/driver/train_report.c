@@ -4,10 +4,11 @@
  * the collectives gather what every rank measured. See trainer.h.
  *
  * TensorBoard tags: train/loss, train/learning_rate, train/samples_per_s, train/grad_norm,
- * time/{data_wait,compute,communication,optimizer}_s (per --metrics-every window, as the
- * step records), memory/rank<R>/{device,staging,rss}_bytes and {device,staging}_limit_bytes
- * (limits only where set), train/epoch_loss, eval/loss and eval/accuracy (per epoch), and
- * the text "config". Every value is the one the --metrics record of that step carries. */
+ * time/{data_wait,compute,communication,optimizer}_s and on GPUs time/allreduce_device_s (per
+ * --metrics-every window, as the step records), memory/rank<R>/{device,staging,rss}_bytes and
+ * {device,staging}_limit_bytes (limits only where set), train/epoch_loss, eval/loss and
+ * eval/accuracy (per epoch), and the text "config". Every value is the one the --metrics record of
+ * that step carries. */
 #include "driver/trainer.h"
 
 /* A failed TensorBoard write (a full disk) does not stop training: rank 0 says so once and
@@ -115,13 +116,6 @@ void train_print_configuration(trainer *t) {
     fprintf(out, "ddtrain train: %d rank%s, device %s, communication %s, precision %s\n",
             j->world_size, j->world_size == 1 ? "" : "s", device_kind_name(t->device_kind),
             comm_backend_name(t->comm), precision_kind_name(t->precision));
-    size_t unrouted = comm_device_bytes_unrouted(t->comm);
-    if (unrouted) {
-        char bytes[32];
-        memory_size_format(unrouted, bytes, sizeof bytes);
-        fprintf(out, "  not routed through the allocator: %s measured for %s's buffers\n", bytes,
-                comm_backend_name(t->comm));
-    }
     fprintf(out, "  blas             %s\n", blas_describe());
     options_print_resolved(COMMAND_TRAIN, t->opts, out);
     fprintf(out,
@@ -242,18 +236,31 @@ static void write_json_array(FILE *f, const char *name, const uint64_t *all, int
     fprintf(f, "]");
 }
 
-/* The step's scalars, in the order train_report_step() computes them. */
-static const char *const step_json_keys[] = {
-    "loss",        "lr",        "samples_per_s",   "grad_norm",
-    "data_wait_s", "compute_s", "communication_s", "optimizer_s"};
+/* The step's scalars, in the order train_report_step() computes them; the last one,
+ * allreduce_device_s, only where step times come from the device (GPUs). */
+static const char *const step_json_keys[] = {"loss",
+                                             "lr",
+                                             "samples_per_s",
+                                             "grad_norm",
+                                             "data_wait_s",
+                                             "compute_s",
+                                             "communication_s",
+                                             "optimizer_s",
+                                             "allreduce_device_s"};
 static const char *const step_tags[] = {
-    "train/loss",       "train/learning_rate", "train/samples_per_s",  "train/grad_norm",
-    "time/data_wait_s", "time/compute_s",      "time/communication_s", "time/optimizer_s"};
+    "train/loss",           "train/learning_rate", "train/samples_per_s",
+    "train/grad_norm",      "time/data_wait_s",    "time/compute_s",
+    "time/communication_s", "time/optimizer_s",    "time/allreduce_device_s"};
 #define STEP_VALUES ((int)(sizeof step_tags / sizeof step_tags[0]))
+
+static int step_value_count(const trainer *t) {
+    return t->device_timing ? STEP_VALUES : STEP_VALUES - 1;
+}
 
 /* Rank 0: the step's scalars, as in the step record, and every rank's memory. */
 static void write_tensorboard_step(trainer *t, int64_t step, const double *values,
                                    const uint64_t *all) {
+    int named = step_value_count(t);
     static const char *const memory_names[STEP_COUNT] = {
         [STEP_DEVICE] = "device_bytes",
         [STEP_STAGING] = "staging_bytes",
@@ -273,7 +280,7 @@ static void write_tensorboard_step(trainer *t, int64_t step, const double *value
         return;
     }
     int count = 0;
-    for (int i = 0; i < STEP_VALUES; i++)
+    for (int i = 0; i < named; i++)
         scalars[count++] = (tensorboard_scalar){step_tags[i], values[i]};
     for (int r = 0; r < ranks; r++)
         for (int k = 0; k < STEP_COUNT; k++) {
@@ -312,12 +319,13 @@ void train_report_step(trainer *t, int64_t step, float lr, double grad_norm, met
             t->times.compute - w->times_at_start.compute,
             t->times.communication - w->times_at_start.communication,
             t->times.optimizer - w->times_at_start.optimizer,
+            t->times.allreduce_device - w->times_at_start.allreduce_device,
         };
         FILE *f = t->metrics;
         if (f) {
             fprintf(f, "{\"event\":\"step\",\"step\":%" PRId64 ",\"epoch\":%" PRId64, step,
                     (step - 1) / t->steps_per_epoch + 1);
-            for (int i = 0; i < STEP_VALUES; i++)
+            for (int i = 0; i < step_value_count(t); i++)
                 train_write_json_number(f, step_json_keys[i], values[i]);
             fprintf(f,
                     ",\"device_bytes_in_use\":%" PRIu64 ",\"staging_bytes_in_use\":%" PRIu64
@@ -368,13 +376,14 @@ enum {
     PLANNED_STAGING,
     DEVICE_LIMIT,
     STAGING_LIMIT,
+    OUTSIDE_ALLOCATOR, /* device bytes the communication backend took itself (NCCL) */
     PEAK_COUNT,
 };
 
 static const char *const peak_names[PEAK_COUNT] = {
     "peak_rss_bytes",     "peak_device_bytes",    "peak_device_reserved_bytes",
     "peak_staging_bytes", "planned_device_bytes", "planned_staging_bytes",
-    "device_limit_bytes", "staging_limit_bytes",
+    "device_limit_bytes", "staging_limit_bytes",  "device_outside_allocator_bytes",
 };
 
 void train_report_summary(trainer *t, double wall_seconds) {
@@ -390,12 +399,13 @@ void train_report_summary(trainer *t, double wall_seconds) {
         [PLANNED_STAGING] = t->plan.host_staging_total,
         [DEVICE_LIMIT] = t->limits.device_limit,
         [STAGING_LIMIT] = t->limits.staging_limit,
+        [OUTSIDE_ALLOCATOR] = t->limits.device_outside_allocator,
     };
     uint64_t *all = j->rank == 0 ? calloc((size_t)j->world_size * PEAK_COUNT, sizeof *all) : NULL;
     MPI_Gather(mine, PEAK_COUNT, MPI_UINT64_T, all, PEAK_COUNT, MPI_UINT64_T, 0, MPI_COMM_WORLD);
-    double times[4] = {t->times.data_wait, t->times.compute, t->times.communication,
-                       t->times.optimizer};
-    MPI_Allreduce(MPI_IN_PLACE, times, 4, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    double times[5] = {t->times.data_wait, t->times.compute, t->times.communication,
+                       t->times.optimizer, t->times.allreduce_device};
+    MPI_Allreduce(MPI_IN_PLACE, times, 5, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     if (j->rank != 0) return;
     double samples = (double)((t->steps_done - t->start_step) * t->global_batch);
     double samples_per_s = t->train_seconds > 0 ? samples / t->train_seconds : 0;
@@ -418,12 +428,17 @@ void train_report_summary(trainer *t, double wall_seconds) {
     memory_size_format(most[PLANNED_DEVICE], planned_device, sizeof planned_device);
     memory_size_format(most[PEAK_STAGING], peak_staging, sizeof peak_staging);
     memory_size_format(most[PLANNED_STAGING], planned_staging, sizeof planned_staging);
-    printf("\n  time per rank (max): data wait %.2f s, compute %.2f s, communication %.2f s, "
-           "optimizer %.2f s\n"
-           "  memory per rank (max): device %s (plan %s), host staging %s (plan %s), peak RSS "
+    printf("\n  time per rank (max%s): data wait %.2f s, compute %.2f s, communication %.2f s, "
+           "optimizer %.2f s\n",
+           t->device_timing ? "; compute, communication and optimizer in GPU time" : "", times[0],
+           times[1], times[2], times[3]);
+    if (t->device_timing && times[4] > 0)
+        printf("  all-reduce on the GPU: %.2f s, of which compute waited %.2f s (%.0f%% "
+               "overlapped with backward)\n",
+               times[4], times[2], 100.0 * fmax(0.0, 1.0 - times[2] / times[4]));
+    printf("  memory per rank (max): device %s (plan %s), host staging %s (plan %s), peak RSS "
            "%s\n",
-           times[0], times[1], times[2], times[3], peak_device, planned_device, peak_staging,
-           planned_staging, rss);
+           peak_device, planned_device, peak_staging, planned_staging, rss);
     if (t->opts->save) printf("  model saved to %s\n", t->opts->save);
     fflush(stdout);
     if (t->metrics) {
@@ -447,6 +462,7 @@ void train_report_summary(trainer *t, double wall_seconds) {
         train_write_json_number(f, "compute_s", times[1]);
         train_write_json_number(f, "communication_s", times[2]);
         train_write_json_number(f, "optimizer_s", times[3]);
+        if (t->device_timing) train_write_json_number(f, "allreduce_device_s", times[4]);
         for (int k = 0; k < PEAK_COUNT; k++) {
             fprintf(f, ",\"%s\":[", peak_names[k]);
             for (int r = 0; r < j->world_size; r++)

@@ -41,6 +41,7 @@ typedef struct phase_times {
     double compute;
     double communication;
     double optimizer;
+    double allreduce_device; /* GPUs: the all-reduces' own device time (overlapped or not) */
 } phase_times;
 
 typedef struct trainer {
@@ -99,7 +100,9 @@ typedef struct trainer {
     int64_t steps_since_overflow;
     int64_t skipped_steps;
     /* results */
-    phase_times times;
+    phase_times times; /* host clock on CPU ranks; the device's timer marks on GPUs */
+    bool device_timing;     /* GPU: step times from timer marks (train.c, step_marks_read) */
+    bool marks_pending[2];  /* a step's marks in that set are not read yet */
     double train_seconds;
     double last_train_loss;
     evaluation last_eval;

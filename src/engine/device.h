@@ -1,7 +1,7 @@
 /* device.h - the table of operations every compute backend provides.
  *
  * The engine (model, loss, optimizer) calls only these operations, so it holds no #ifdef and
- * runs unchanged on the CPU backend (OpenBLAS) and, later, the CUDA backend (cuBLAS). All
+ * runs unchanged on the CPU backend (OpenBLAS) and the CUDA backend (cuBLAS and kernels). All
  * pointers passed to an operation are *device* pointers obtained from the allocator
  * (src/engine/alloc.h), except where a parameter says "host".
  *
@@ -182,7 +182,9 @@ typedef struct device_ops {
      * the current one computes. The copy is ordered after all work issued on the compute
      * stream so far (so it cannot overwrite a buffer that earlier compute still reads): issue
      * the upload of micro-batch m+1 after the compute of m-1 and before the compute of m.
-     * upload_wait() makes the compute stream wait for that copy (it does not block the host).
+     * upload_wait() makes the compute stream wait for that copy (it does not block the host);
+     * it also returns any failure an earlier operation recorded, so a failed step ends at the
+     * next micro-batch without a synchronisation.
      * The host memory must stay untouched until upload_host_done() has returned for that
      * buffer. The CPU backend copies at once. */
     ddt_status (*upload_async)(device *dev, void *device_dst, const void *host_src, size_t bytes,
@@ -191,14 +193,30 @@ typedef struct device_ops {
     /* Blocks until upload `buffer`'s copy has finished reading host memory. */
     ddt_status (*upload_host_done)(device *dev, int buffer);
 
+    /* --- timing on the device's own clock -------------------------------------------------- */
+    /* Host clocks around asynchronous work measure when it was issued, not how long it ran.
+     * timer_mark() records, in timing slot `slot` (0 .. DEVICE_TIMER_SLOTS - 1), the point the
+     * compute stream has reached: a timing event on GPUs; the host clock on the CPU backend,
+     * whose work has finished when its operations return. timer_elapsed() gives the seconds
+     * between two marks, waiting until the device has passed `to` (read marks a step or two
+     * later and the wait is long over). A slot may be marked again once it has been read. */
+    ddt_status (*timer_mark)(device *dev, int slot);
+    ddt_status (*timer_elapsed)(device *dev, int from, int to, double *seconds);
+
     void (*close)(device *dev);
 } device_ops;
+
+#define DEVICE_TIMER_SLOTS 16
 
 struct device {
     const device_ops *ops;
     device_kind kind;
     int ordinal;           /* which device of this kind (CUDA: the GPU index) */
     char description[128]; /* e.g. "cpu (OpenBLAS 0.3.21, kernel SkylakeX, 1 thread)" */
+    /* What tells this device apart from the devices other processes on the node use: a GPU's
+     * PCI bus id ("0000:1b:00.0"), the same whatever CUDA_VISIBLE_DEVICES calls it; "" for
+     * the CPU, which every rank shares by design. */
+    char identity[32];
     void *backend;         /* backend-private state */
 };
 
