@@ -78,6 +78,8 @@ for tag, key in [("train/loss", "loss"), ("train/learning_rate", "lr"),
                  ("time/data_wait_s", "data_wait_s"), ("time/compute_s", "compute_s"),
                  ("time/communication_s", "communication_s"), ("time/optimizer_s", "optimizer_s")]:
     agree(tag, {r["step"]: r[key] for r in steps})
+if "allreduce_device_s" in steps[0]:  # GPUs: step times from the device
+    agree("time/allreduce_device_s", {r["step"]: r["allreduce_device_s"] for r in steps})
 for rank in range(ranks):
     for tag, key in [("device_bytes", "device_bytes_per_rank"),
                      ("staging_bytes", "staging_bytes_per_rank"), ("rss_bytes", "rss_bytes_per_rank")]:
