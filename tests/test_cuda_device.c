@@ -715,6 +715,25 @@ static void check_finite_flags(void) {
     free(x);
 }
 
+/* The gradient norm's sum of squares against the CPU backend's (both add in double; the GPU
+ * in another order), on an empty buffer, and with a NaN. */
+static void check_sum_of_squares(void) {
+    const size_t count = 1000003;
+    float *x = random_array(count, -3.0f, 3.0f);
+    float *device_x = gpu_copy_of(x, count * sizeof(float));
+    double gpu_sum = -1, cpu_sum = -2;
+    EXPECT_OK(gpu->ops->sum_of_squares(gpu, count, device_x, &gpu_sum));
+    EXPECT_OK(cpu->ops->sum_of_squares(cpu, count, x, &cpu_sum));
+    EXPECT(fabs(gpu_sum - cpu_sum) <= 1e-12 * cpu_sum);
+    EXPECT_OK(gpu->ops->sum_of_squares(gpu, 0, device_x, &gpu_sum));
+    EXPECT(gpu_sum == 0.0);
+    EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_x + 5, &(float){NAN}, sizeof(float)));
+    EXPECT_OK(gpu->ops->sum_of_squares(gpu, count, device_x, &gpu_sum));
+    EXPECT(isnan(gpu_sum));
+    gpu_release(device_x);
+    free(x);
+}
+
 /* Two page-locked buffers travel on the copy stream while the compute stream scales what has
  * arrived; the third upload reuses buffer 0's memory once its computation was issued. */
 static void check_uploads(void) {
@@ -899,6 +918,7 @@ int main(void) {
     check_losses();
     check_optimizers();
     check_finite_flags();
+    check_sum_of_squares();
     check_uploads();
     check_timers();
     check_preallocation();

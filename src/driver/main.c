@@ -17,7 +17,9 @@
 #include "driver/train.h"
 #include "engine/device.h"
 
+#ifndef DDTRAIN_VERSION /* from CMake: the project version */
 #define DDTRAIN_VERSION "0.1.0"
+#endif
 
 static void print_usage(FILE *out) {
     fprintf(out,
@@ -59,11 +61,19 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "--version") == 0) {
         printf("ddtrain %s\nblas: %s\n", DDTRAIN_VERSION, blas_describe());
-        if (device_kind_available(DEVICE_KIND_CUDA))
+        if (device_kind_available(DEVICE_KIND_CUDA)) {
             printf("cuda: built (cuBLAS, NCCL); %d GPU(s) visible\n",
                    device_count(DEVICE_KIND_CUDA));
-        else
+            /* Loaded here even without a GPU, to show that it loads (training ranks load it
+             * only when they use a GPU). */
+            const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+            if (problem)
+                printf("cuda plugin: %s\n", problem);
+            else
+                printf("cuda plugin: %s (loaded)\n", device_backend_plugin_path(DEVICE_KIND_CUDA));
+        } else {
             printf("cuda: not built (CPU ranks only)\n");
+        }
         return 0;
     }
 

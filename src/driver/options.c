@@ -131,8 +131,11 @@ static const option_def option_table[] = {
     {"log-every", 0, OPTION_INT64, TRAIN, FIELD(log_every), "100", 0, BIG, "STEPS",
      "progress line every this many steps (0: epochs only; a terminal gets a progress bar)"},
     {"metrics-every", 0, OPTION_INT64, TRAIN, FIELD(metrics_every), "100", 0, BIG, "STEPS",
-     "--metrics: a \"step\" record every this many steps (loss, lr, samples/s, time split, "
-     "memory; 0: epochs only)"},
+     "--metrics and --tensorboard: a \"step\" record every this many steps (loss, lr, "
+     "samples/s, gradient norm, time split, every rank's memory; 0: epochs only)"},
+    {"tensorboard", 0, OPTION_STRING, TRAIN, FIELD(tensorboard), NULL, 0, 0, "DIR",
+     "write TensorBoard event files into DIR (a new file per run; tensorboard --logdir DIR): "
+     "the --metrics-every step records, evaluation per epoch, the configuration"},
     {"trace", 0, OPTION_STRING, TRAIN, FIELD(trace), NULL, 0, 0, "FILE.json",
      "write a Chrome-trace/Perfetto timeline of every rank over --trace-steps"},
     {"trace-steps", 0, OPTION_STRING, TRAIN, FIELD(trace_steps), "1:20", 0, 0, "A:B",

@@ -78,6 +78,7 @@ typedef struct options {
     const char *metrics;
     int64_t log_every;
     int64_t metrics_every;
+    const char *tensorboard;
     const char *trace;
     const char *trace_steps;
     /* checkpoints */

@@ -116,6 +116,7 @@ static ddt_status check_outputs_against_inputs(trainer *t) {
         {"--metrics", o->metrics, false},
         {"--trace", o->trace, false},
         {"--checkpoint-dir", o->checkpoint_dir, true},
+        {"--tensorboard", o->tensorboard, true},
     };
     ddt_status status = files_check_outputs(outputs, (int)(sizeof outputs / sizeof outputs[0]),
                                             inputs, count);
@@ -179,6 +180,8 @@ static ddt_status open_data(trainer *t) {
                 return ddt_error(DDT_ERR_IO, "--metrics '%s': cannot open for appending: %s",
                                  o->metrics, strerror(errno));
         }
+        if (o->tensorboard)
+            DDT_CHECK(tensorboard_open(o->tensorboard, t->job->host, &t->tensorboard));
     }
     return DDT_OK;
 }
@@ -615,7 +618,7 @@ static ddt_status train_loop(trainer *t) {
         bool epoch_ends = done % t->steps_per_epoch == 0 || done == t->total_steps;
         bool log_now = o->log_every > 0 && (done % o->log_every == 0 || done == t->total_steps);
         /* Decided from options only: every rank must take the same collective path. */
-        bool metrics_now = o->metrics && o->metrics_every > 0 &&
+        bool metrics_now = (o->metrics || o->tensorboard) && o->metrics_every > 0 &&
                            (done % o->metrics_every == 0 || done == t->total_steps);
         bool reporting = log_now || epoch_ends || metrics_now;
 
@@ -641,6 +644,13 @@ static ddt_status train_loop(trainer *t) {
             t->precision == PRECISION_FP16 || t->device_kind == DEVICE_KIND_CPU || reporting;
         if (local == DDT_OK && check)
             local = ops->check_finite(t->dev, parameter_count, model_gradients(t->model), &finite);
+        /* The gradient norm, for the step record: rank 0 alone (the reduced gradients are the
+         * same everywhere), on reporting steps only, before the agreement so a failure is
+         * agreed with the rest. Under fp16 the gradients still carry this step's loss scale. */
+        double gradient_squares = NAN;
+        if (local == DDT_OK && metrics_now && j->rank == 0)
+            local = ops->sum_of_squares(t->dev, parameter_count, model_gradients(t->model),
+                                        &gradient_squares);
         double control[CONTROL_COUNT] = {0};
         control[CONTROL_LOCAL_FAILURE] = local != DDT_OK;
         control[t->precision == PRECISION_FP16 ? CONTROL_OVERFLOW : CONTROL_NON_FINITE] = !finite;
@@ -701,7 +711,8 @@ static ddt_status train_loop(trainer *t) {
             t->last_train_loss = loss_sum / (double)steps_since_read;
             steps_since_read = 0;
         }
-        if (metrics_now) train_write_step_metrics(t, done, lr, &window);
+        if (metrics_now)
+            train_report_step(t, done, lr, sqrt(gradient_squares) / step_scale, &window);
         if (j->rank == 0 && log_now) {
             double now = job_now();
             double rate = (double)(log_steps * t->global_batch) / (now - log_started);
@@ -784,6 +795,7 @@ static void trainer_free(trainer *t) {
     trace_free(t->trace);
     watchdog_abandon(t->watchdog);
     if (t->metrics) fclose(t->metrics);
+    tensorboard_close(t->tensorboard);
     batch_buffers_free_host(&t->buffers);
     gradient_buckets_free(t->buckets);
     optimizer_free(t->opt);

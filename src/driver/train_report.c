@@ -1,7 +1,14 @@
 /* train_report.c - what a training run tells its user: the memory plan, the configuration
  * and per-rank device lines, progress (a bar on a terminal, lines in a log), epoch lines,
- * --metrics records and the final summary. Rank 0 prints; the collectives gather what every
- * rank measured. See trainer.h. */
+ * --metrics records, --tensorboard events and the final summary. Rank 0 prints and writes;
+ * the collectives gather what every rank measured. See trainer.h.
+ *
+ * TensorBoard tags: train/loss, train/learning_rate, train/samples_per_s, train/grad_norm,
+ * time/{data_wait,compute,communication,optimizer}_s and on GPUs time/allreduce_device_s (per
+ * --metrics-every window, as the step records), memory/rank<R>/{device,staging,rss}_bytes and
+ * {device,staging}_limit_bytes (limits only where set), train/epoch_loss, eval/loss and
+ * eval/accuracy (per epoch), and the text "config". Every value is the one the --metrics record of
+ * that step carries. */
 #include "driver/trainer.h"
 
 /* Rank 0, after each --metrics record: a record that could not be written (a full disk) is
@@ -18,6 +25,16 @@ static void metrics_record_done(trainer *t) {
     fflush(stderr);
     fclose(t->metrics);
     t->metrics = NULL;
+}
+
+/* A failed TensorBoard write (a full disk) does not stop training: rank 0 says so once and
+ * writes no more events. */
+static void tensorboard_check(trainer *t, ddt_status status) {
+    if (status == DDT_OK) return;
+    fprintf(stderr, "ddtrain: warning: %s; no more TensorBoard events from this run\n",
+            ddt_error_message());
+    tensorboard_close(t->tensorboard);
+    t->tensorboard = NULL;
 }
 
 /* Rank 0 prints its plan, and a line for each rank whose limits or plan differ. */
@@ -48,7 +65,7 @@ void train_print_memory_plan(trainer *t) {
 
 /* Rank 0 prints one line per rank: host, rank, local rank and device (with its PCI bus id on
  * GPUs), so a wrong rank-to-device mapping is visible at a glance. */
-static void print_rank_lines(trainer *t) {
+static void print_rank_lines(trainer *t, FILE *out) {
     job *j = t->job;
     char mine[256];
     snprintf(mine, sizeof mine, "  rank %d of %d on %s, local rank %d: %s", j->rank, j->world_size,
@@ -57,26 +74,85 @@ static void print_rank_lines(trainer *t) {
     MPI_Gather(mine, sizeof mine, MPI_CHAR, all, sizeof mine, MPI_CHAR, 0, MPI_COMM_WORLD);
     if (j->rank != 0) return;
     for (int r = 0; r < j->world_size; r++)
-        printf("%s\n", all + (size_t)r * sizeof mine);
+        fprintf(out, "%s\n", all + (size_t)r * sizeof mine);
     free(all);
+}
+
+/* The charts of TensorBoard's custom-scalars dashboard: each memory next to its limit. */
+static void write_tensorboard_layout(trainer *t) {
+    static const char *const device[] = {"^memory/rank[0-9]+/device_(bytes|limit_bytes)$", NULL};
+    static const char *const staging[] = {"^memory/rank[0-9]+/staging_(bytes|limit_bytes)$", NULL};
+    static const char *const resident[] = {"^memory/rank[0-9]+/rss_bytes$", NULL};
+    static const char *const loss[] = {"^train/loss$", "^train/epoch_loss$", "^eval/loss$", NULL};
+    const tensorboard_chart charts[] = {
+        {"memory against the limits, every rank", "device memory in use and its limit", device},
+        {"memory against the limits, every rank", "host staging in use and its limit", staging},
+        {"memory against the limits, every rank", "resident memory (RSS)", resident},
+        {"loss", "training and evaluation loss", loss},
+    };
+    tensorboard_check(t, tensorboard_write_layout(t->tensorboard, 0, charts,
+                                                  (int)(sizeof charts / sizeof charts[0])));
+}
+
+/* The configuration as TensorBoard text: a preformatted Markdown block (lines indented). */
+static void write_tensorboard_configuration(trainer *t, const char *text) {
+    size_t lines = 1;
+    for (const char *c = text; *c; c++)
+        lines += *c == '\n';
+    char *markdown = malloc(strlen(text) + 4 * lines + 1);
+    if (!markdown) {
+        tensorboard_check(t, ddt_error(DDT_ERR_MEMORY, "out of host memory for the TensorBoard "
+                                                       "configuration text"));
+        return;
+    }
+    char *out = markdown;
+    for (const char *c = text; *c; c++) {
+        if (c == text || c[-1] == '\n') {
+            memcpy(out, "    ", 4);
+            out += 4;
+        }
+        *out++ = *c;
+    }
+    *out = '\0';
+    tensorboard_check(t,
+                      tensorboard_write_text(t->tensorboard, 0, t->start_step, "config", markdown));
+    free(markdown);
 }
 
 void train_print_configuration(trainer *t) {
     job *j = t->job;
-    print_rank_lines(t);
+    /* Rank 0 composes the text once, for stdout and for TensorBoard. */
+    char *text = NULL;
+    size_t size = 0;
+    FILE *out = j->rank == 0 ? open_memstream(&text, &size) : NULL;
+    if (j->rank == 0 && !out) out = stdout;
+    print_rank_lines(t, out);
+    if (j->rank != 0) return;
     const dataset_geometry *g = dataset_get_geometry(t->train_data);
-    job_say(j, "ddtrain train: %d rank%s, device %s, communication %s, precision %s\n",
+    fprintf(out, "ddtrain train: %d rank%s, device %s, communication %s, precision %s\n",
             j->world_size, j->world_size == 1 ? "" : "s", device_kind_name(t->device_kind),
             comm_backend_name(t->comm), precision_kind_name(t->precision));
-    job_say(j, "  blas             %s\n", blas_describe());
-    if (j->rank == 0) options_print_resolved(COMMAND_TRAIN, t->opts, stdout);
-    job_say(j,
+    fprintf(out, "  blas             %s\n", blas_describe());
+    options_print_resolved(COMMAND_TRAIN, t->opts, out);
+    fprintf(out,
             "  => model %s (%zu parameters), data %" PRId64 " rows x %d features in %d file%s\n"
             "  => %" PRId64 " steps (%" PRId64 " per epoch), global batch %" PRId64
             " = %d ranks x %d micro-batches x %d rows\n",
             t->spec.text, model_parameter_count(t->model), g->rows, g->features, g->file_count,
             g->file_count == 1 ? "" : "s", t->total_steps, t->steps_per_epoch, t->global_batch,
             j->world_size, t->micro_batches_per_step, t->micro_batch);
+    if (out != stdout) {
+        fclose(out);
+        fputs(text, stdout);
+        if (t->tensorboard) {
+            write_tensorboard_layout(t);
+            if (t->tensorboard) write_tensorboard_configuration(t, text);
+        }
+        free(text);
+    } else if (t->tensorboard) {
+        tensorboard_check(t, ddt_error(DDT_ERR_MEMORY, "out of host memory for the "
+                                                       "configuration text"));
+    }
     fflush(stdout);
 }
 
@@ -136,6 +212,15 @@ ddt_status train_end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally) {
             fprintf(t->metrics, "}\n");
             metrics_record_done(t);
         }
+        if (t->tensorboard) {
+            tensorboard_scalar scalars[3] = {{"train/epoch_loss", train_loss}};
+            int count = 1;
+            if (t->eval_data) scalars[count++] = (tensorboard_scalar){"eval/loss", ev.loss};
+            if (t->eval_data && ev.accuracy >= 0)
+                scalars[count++] = (tensorboard_scalar){"eval/accuracy", ev.accuracy};
+            tensorboard_check(
+                t, tensorboard_write_scalars(t->tensorboard, 0, t->current_step, scalars, count));
+        }
     }
     return DDT_OK;
 }
@@ -150,29 +235,127 @@ static size_t current_rss_bytes(void) {
     return (size_t)resident * (size_t)sysconf(_SC_PAGESIZE);
 }
 
-void train_write_step_metrics(trainer *t, int64_t step, float lr, metrics_window *w) {
-    if (t->job->rank != 0 || !t->metrics || w->steps == 0) return;
-    double now = job_now();
-    FILE *f = t->metrics;
-    fprintf(f, "{\"event\":\"step\",\"step\":%" PRId64 ",\"epoch\":%" PRId64, step,
-            (step - 1) / t->steps_per_epoch + 1);
-    train_write_json_number(f, "loss", w->loss_sum / (double)w->steps);
-    train_write_json_number(f, "lr", lr);
-    train_write_json_number(f, "samples_per_s",
-                            (double)(w->steps * t->global_batch) / (now - w->started));
-    train_write_json_number(f, "data_wait_s", t->times.data_wait - w->times_at_start.data_wait);
-    train_write_json_number(f, "compute_s", t->times.compute - w->times_at_start.compute);
-    train_write_json_number(f, "communication_s",
-                            t->times.communication - w->times_at_start.communication);
-    train_write_json_number(f, "optimizer_s", t->times.optimizer - w->times_at_start.optimizer);
-    if (t->device_timing)
-        train_write_json_number(f, "allreduce_device_s",
-                                t->times.allreduce_device - w->times_at_start.allreduce_device);
+/* What each rank reports on a step record, gathered to rank 0. */
+enum {
+    STEP_DEVICE,        /* allocator bytes in use */
+    STEP_STAGING,       /* host staging bytes in use */
+    STEP_RSS,           /* resident set */
+    STEP_DEVICE_LIMIT,  /* 0: none */
+    STEP_STAGING_LIMIT, /* 0: none */
+    STEP_COUNT,
+};
+
+static void write_json_array(FILE *f, const char *name, const uint64_t *all, int ranks, int k) {
+    fprintf(f, ",\"%s\":[", name);
+    for (int r = 0; r < ranks; r++)
+        fprintf(f, "%s%" PRIu64, r ? "," : "", all[r * STEP_COUNT + k]);
+    fprintf(f, "]");
+}
+
+/* The step's scalars, in the order train_report_step() computes them; the last one,
+ * allreduce_device_s, only where step times come from the device (GPUs). */
+static const char *const step_json_keys[] = {"loss",
+                                             "lr",
+                                             "samples_per_s",
+                                             "grad_norm",
+                                             "data_wait_s",
+                                             "compute_s",
+                                             "communication_s",
+                                             "optimizer_s",
+                                             "allreduce_device_s"};
+static const char *const step_tags[] = {
+    "train/loss",           "train/learning_rate", "train/samples_per_s",
+    "train/grad_norm",      "time/data_wait_s",    "time/compute_s",
+    "time/communication_s", "time/optimizer_s",    "time/allreduce_device_s"};
+#define STEP_VALUES ((int)(sizeof step_tags / sizeof step_tags[0]))
+
+static int step_value_count(const trainer *t) {
+    return t->device_timing ? STEP_VALUES : STEP_VALUES - 1;
+}
+
+/* Rank 0: the step's scalars, as in the step record, and every rank's memory. */
+static void write_tensorboard_step(trainer *t, int64_t step, const double *values,
+                                   const uint64_t *all) {
+    int named = step_value_count(t);
+    static const char *const memory_names[STEP_COUNT] = {
+        [STEP_DEVICE] = "device_bytes",
+        [STEP_STAGING] = "staging_bytes",
+        [STEP_RSS] = "rss_bytes",
+        [STEP_DEVICE_LIMIT] = "device_limit_bytes",
+        [STEP_STAGING_LIMIT] = "staging_limit_bytes",
+    };
+    enum { TAG_SIZE = 48 };
+    int ranks = t->job->world_size;
+    tensorboard_scalar *scalars =
+        calloc((size_t)STEP_VALUES + (size_t)ranks * STEP_COUNT, sizeof *scalars);
+    char *tags = calloc((size_t)ranks * STEP_COUNT, TAG_SIZE);
+    if (!scalars || !tags) {
+        free(scalars);
+        free(tags);
+        tensorboard_check(t, ddt_error(DDT_ERR_MEMORY, "out of host memory for TensorBoard"));
+        return;
+    }
+    int count = 0;
+    for (int i = 0; i < named; i++)
+        scalars[count++] = (tensorboard_scalar){step_tags[i], values[i]};
+    for (int r = 0; r < ranks; r++)
+        for (int k = 0; k < STEP_COUNT; k++) {
+            uint64_t value = all[r * STEP_COUNT + k];
+            if ((k == STEP_DEVICE_LIMIT || k == STEP_STAGING_LIMIT) && value == 0) continue;
+            char *tag = tags + ((size_t)r * STEP_COUNT + (size_t)k) * TAG_SIZE;
+            snprintf(tag, TAG_SIZE, "memory/rank%d/%s", r, memory_names[k]);
+            scalars[count++] = (tensorboard_scalar){tag, (double)value};
+        }
+    tensorboard_check(t, tensorboard_write_scalars(t->tensorboard, 0, step, scalars, count));
+    free(tags);
+    free(scalars);
+}
+
+void train_report_step(trainer *t, int64_t step, float lr, double grad_norm, metrics_window *w) {
+    job *j = t->job;
     stream_stats staging = stream_get_stats(t->stream);
-    fprintf(f, ",\"device_bytes_in_use\":%zu,\"staging_bytes_in_use\":%zu,\"rss_bytes\":%zu}\n",
-            allocator_get_stats(t->alloc).bytes_in_use, staging.staging_bytes_in_use,
-            current_rss_bytes());
-    metrics_record_done(t);
+    uint64_t mine[STEP_COUNT] = {
+        [STEP_DEVICE] = allocator_get_stats(t->alloc).bytes_in_use,
+        [STEP_STAGING] = staging.staging_bytes_in_use,
+        [STEP_RSS] = current_rss_bytes(),
+        [STEP_DEVICE_LIMIT] = t->limits.device_limit,
+        [STEP_STAGING_LIMIT] = t->limits.staging_limit,
+    };
+    uint64_t *all = j->rank == 0 ? calloc((size_t)j->world_size * STEP_COUNT, sizeof *all) : NULL;
+    MPI_Gather(mine, STEP_COUNT, MPI_UINT64_T, all, STEP_COUNT, MPI_UINT64_T, 0, MPI_COMM_WORLD);
+    if (j->rank != 0) return;
+    double now = job_now();
+    if (w->steps > 0 && all) {
+        double values[STEP_VALUES] = {
+            w->loss_sum / (double)w->steps,
+            lr,
+            (double)(w->steps * t->global_batch) / (now - w->started),
+            grad_norm,
+            t->times.data_wait - w->times_at_start.data_wait,
+            t->times.compute - w->times_at_start.compute,
+            t->times.communication - w->times_at_start.communication,
+            t->times.optimizer - w->times_at_start.optimizer,
+            t->times.allreduce_device - w->times_at_start.allreduce_device,
+        };
+        FILE *f = t->metrics;
+        if (f) {
+            fprintf(f, "{\"event\":\"step\",\"step\":%" PRId64 ",\"epoch\":%" PRId64, step,
+                    (step - 1) / t->steps_per_epoch + 1);
+            for (int i = 0; i < step_value_count(t); i++)
+                train_write_json_number(f, step_json_keys[i], values[i]);
+            fprintf(f,
+                    ",\"device_bytes_in_use\":%" PRIu64 ",\"staging_bytes_in_use\":%" PRIu64
+                    ",\"rss_bytes\":%" PRIu64,
+                    mine[STEP_DEVICE], mine[STEP_STAGING], mine[STEP_RSS]);
+            write_json_array(f, "device_bytes_per_rank", all, j->world_size, STEP_DEVICE);
+            write_json_array(f, "staging_bytes_per_rank", all, j->world_size, STEP_STAGING);
+            write_json_array(f, "rss_bytes_per_rank", all, j->world_size, STEP_RSS);
+            fprintf(f, "}\n");
+            metrics_record_done(t);
+        }
+        if (t->tensorboard) write_tensorboard_step(t, step, values, all);
+    }
+    free(all);
     *w = (metrics_window){.started = now, .times_at_start = t->times};
 }
 
@@ -216,7 +399,7 @@ enum {
 static const char *const peak_names[PEAK_COUNT] = {
     "peak_rss_bytes",     "peak_device_bytes",    "peak_device_reserved_bytes",
     "peak_staging_bytes", "planned_device_bytes", "planned_staging_bytes",
-    "device_limit_bytes", "staging_limit_bytes", "device_outside_allocator_bytes",
+    "device_limit_bytes", "staging_limit_bytes",  "device_outside_allocator_bytes",
 };
 
 void train_report_summary(trainer *t, double wall_seconds) {

@@ -33,6 +33,7 @@
 #include "io/dataset.h"
 #include "io/model_file.h"
 #include "io/stream.h"
+#include "io/tensorboard.h"
 #include "shard/shard.h"
 #include "util/files.h"
 
@@ -60,6 +61,7 @@ typedef struct trainer {
     stream *stream;
     batch_buffers buffers;
     FILE *metrics;
+    tensorboard_writer *tensorboard; /* rank 0, --tensorboard */
     watchdog *watchdog;
     trace *trace;
     /* resolved settings */
@@ -139,13 +141,18 @@ ddt_status train_write_checkpoint(trainer *t, int64_t steps_done);
 
 /* ---- train_report.c: what rank 0 prints and writes ----------------------------------------- */
 
-void train_print_memory_plan(trainer *t);   /* collective */
-void train_print_configuration(trainer *t); /* collective */
+void train_print_memory_plan(trainer *t); /* collective */
+/* Collective: rank 0 prints the per-rank device lines and the resolved configuration, and
+ * writes them to TensorBoard as the text "config" (with the custom-scalars layout). */
+void train_print_configuration(trainer *t);
 void train_format_duration(double seconds, char *text, size_t size);
 void train_write_json_number(FILE *f, const char *name, double value);
 /* Collective at the end of an epoch: evaluation, the epoch line and record. */
 ddt_status train_end_of_epoch(trainer *t, int64_t epoch, epoch_tally *tally);
-void train_write_step_metrics(trainer *t, int64_t step, float lr, metrics_window *w);
+/* Collective on --metrics-every steps: gathers every rank's memory; rank 0 writes the step
+ * record (--metrics) and the step's scalars (--tensorboard). grad_norm: the L2 norm of the
+ * all-reduced gradients (rank 0's value). */
+void train_report_step(trainer *t, int64_t step, float lr, double grad_norm, metrics_window *w);
 void train_print_progress(trainer *t, int64_t done, int64_t epoch, double loss, float lr,
                           double rate, double seconds_left);
 void train_report_summary(trainer *t, double wall_seconds); /* collective */

@@ -152,6 +152,11 @@ typedef struct device_ops {
     /* --- checks and synchronisation -------------------------------------------------------- */
     /* *all_finite (host) = no NaN or Inf among x[0..count). May synchronise. */
     ddt_status (*check_finite)(device *dev, size_t count, const float *x, bool *all_finite);
+    /* *sum (host) = the sum of x[i]^2 over x[0..count), each square and the sum in double
+     * (so the gradient norm of a large model neither overflows nor loses its small terms);
+     * NaN or Inf when x holds one. May synchronise: the trainer calls it on reporting steps
+     * only, for the gradient norm. */
+    ddt_status (*sum_of_squares)(device *dev, size_t count, const float *x, double *sum);
     ddt_status (*synchronize)(device *dev);
 
     /* Backend teardown, called by device_close(). */
@@ -252,5 +257,9 @@ void *device_backend_symbol(device_kind kind, const char *name);
 /* Why a backend cannot be used (not built, plugin not loadable), or NULL if it can. May load
  * the plugin. */
 const char *device_backend_problem(device_kind kind);
+/* The file a backend built as a plugin was loaded from, or, before it is loaded, the file it
+ * would be loaded from (a bare file name: the library search path). NULL for backends that
+ * are not plugins or not built. Loads nothing. */
+const char *device_backend_plugin_path(device_kind kind);
 
 #endif

@@ -541,6 +541,16 @@ static ddt_status cpu_check_finite(device *dev, size_t count, const float *restr
     return DDT_OK;
 }
 
+static ddt_status cpu_sum_of_squares(device *dev, size_t count, const float *restrict x,
+                                     double *sum) {
+    (void)dev;
+    double total = 0;
+    for (size_t i = 0; i < count; i++)
+        total += (double)x[i] * (double)x[i];
+    *sum = total;
+    return DDT_OK;
+}
+
 static ddt_status cpu_synchronize(device *dev) {
     (void)dev;
     return DDT_OK;
@@ -654,6 +664,7 @@ static const device_ops cpu_ops = {
     .sgd_update = cpu_sgd_update,
     .adamw_update = cpu_adamw_update,
     .check_finite = cpu_check_finite,
+    .sum_of_squares = cpu_sum_of_squares,
     .synchronize = cpu_synchronize,
     .set_precision = cpu_set_precision,
     .precision_workspace_bytes = cpu_precision_workspace_bytes,

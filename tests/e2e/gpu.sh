@@ -2,8 +2,9 @@
 # gpu.sh - the CUDA path end to end, where a GPU exists: after 20 steps the GPU's fp32 weights
 # equal the CPU's within 1e-4 (a gradient bug shows here long before it shows in accuracy);
 # training on the GPU reaches the CPU run's accuracy (fp32 within 0.003, tf32 0.005, bf16 and
-# fp16 with loss scaling 0.01); the per-GPU memory policy is enforced on the device; and the
-# all-reduce's GPU time is measured (CUDA events) and overlaps backward with small buckets.
+# fp16 with loss scaling 0.01); the gradient norm of the first step matches the CPU's (fp32,
+# fp16); the per-GPU memory policy is enforced on the device; and the all-reduce's GPU time is
+# measured (CUDA events) and overlaps backward with small buckets.
 # Without a GPU it prints "skipped: no GPU" and exits 77, which ctest reports as Skipped.
 # tests/gpu/acceptance.sh is the fuller check a user runs on a GPU node.
 source "$(dirname "$0")/lib.sh"
@@ -41,6 +42,24 @@ for precision in fp32 tf32 bf16 fp16; do
     fail "$precision accuracy $got vs CPU $cpu: more than $tolerance apart"
   grep -q "PCI" "$WORK/$precision.log" && pass "$precision: rank lines name the GPU's PCI bus id" ||
     fail "$precision: no PCI bus id in the rank lines"
+done
+
+# The gradient norm of the first step (same initial weights, same rows) agrees with the CPU's:
+# the GPU's sum_of_squares, and under fp16 the loss scale taken out of it.
+first=(--data "$WORK/train.h5" --model 128-512-relu-256-relu-10 --global-batch 256 --steps 1
+       --metrics-every 1 --no-shuffle --log-every 0)
+ranks "$n" train "${first[@]}" --device cpu --metrics "$WORK/norm-cpu.jsonl" >/dev/null 2>&1
+for precision in fp32 fp16; do
+  ranks "$n" train "${first[@]}" --device cuda --precision "$precision" \
+    --metrics "$WORK/norm-$precision.jsonl" >/dev/null 2>&1
+  norms=$($PY -c "import json,sys
+def norm(p): return [json.loads(l) for l in open(p) if '\"step\"' in l][0]['grad_norm']
+print(norm('$WORK/norm-cpu.jsonl'), norm('$WORK/norm-$precision.jsonl'))")
+  tolerance=$([[ $precision == fp32 ]] && echo 1e-4 || echo 2e-2)
+  awk -v c="${norms% *}" -v g="${norms#* }" -v t="$tolerance" \
+    'BEGIN { d = c - g; if (d < 0) d = -d; exit !(c > 0 && d <= t * c) }' &&
+    pass "$precision gradient norm $norms (CPU, GPU) within $tolerance" ||
+    fail "$precision gradient norm: CPU and GPU give $norms"
 done
 
 # The per-GPU memory policy on the device.

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# outputs.sh - nothing ddtrain writes ever lands on what it reads: --save, --metrics, --trace
-# and --checkpoint-dir against --data, --eval-data and --init, and convert's -o against its
+# outputs.sh - nothing ddtrain writes ever lands on what it reads: --save, --metrics, --trace,
+# --checkpoint-dir and --tensorboard against --data, --eval-data and --init, and convert's -o against its
 # IDX inputs, compared by file identity under every spelling (the same path, ./, a detour
 # through .., an absolute path, a symbolic link, a hard link, a shard of a glob). Each is
 # refused on every rank (exit 2) before anything is written, and the input is unchanged.
@@ -48,6 +48,8 @@ refused "--checkpoint-dir holding --data" "--checkpoint-dir ckpt holds the input
   --data ckpt/inside.h5 --checkpoint-dir ckpt
 refused "--checkpoint-dir spelled ./ckpt/ holding --init" "holds the input --init" -- \
   --data d.h5 --init "$WORK/ckpt/../ckpt/init.h5" --checkpoint-dir ./ckpt/
+refused "--tensorboard holding --eval-data" "--tensorboard ckpt/. holds the input --eval-data" -- \
+  --data d.h5 --eval-data ckpt/inside.h5 --tensorboard ckpt/.
 refused "--save and --metrics the same file" "are the same file" -- --data d.h5 \
   --save init.h5 --metrics ./init.h5
 refused "--save and --trace named alike" "both name" -- --data d.h5 --save out.json \

@@ -37,6 +37,12 @@
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 #define UPLOAD_BUFFERS 2
 
+/* What the checks leave on the device for the host to read. */
+typedef struct cuda_reductions {
+    double sum_of_squares;
+    int nonfinite;
+} cuda_reductions;
+
 typedef struct cuda_backend {
     cudaStream_t compute_stream; /* every operation */
     cudaStream_t copy_stream;    /* upload_async() only */
@@ -49,10 +55,11 @@ typedef struct cuda_backend {
     bool buffer_free_recorded[UPLOAD_BUFFERS];
     int current_buffer; /* the buffer of the last upload_wait(); -1 before the first */
 
-    /* check_finite's flag: 256 bytes of cudaMalloc and a page-locked int, taken at open (the
-     * allocator is not known yet then) and returned at close. */
-    int *device_flag;
-    int *host_flag;
+    /* The results of check_finite (a flag) and sum_of_squares (a double): 256 bytes of
+     * cudaMalloc and a page-locked copy, taken at open (the allocator is not known yet then)
+     * and returned at close. */
+    cuda_reductions *device_results;
+    cuda_reductions *host_results;
 
     /* GEMM arithmetic and its workspace, owned by the allocator given to set_precision(). */
     precision_kind precision;
@@ -407,12 +414,27 @@ static ddt_status cuda_check_finite(device *dev, size_t count, const float *x, b
     cuda_backend *backend = backend_of(dev);
     *all_finite = false;
     DDT_CHECK(cuda_deferred(dev));
-    CUDA_CHECK(cudaMemsetAsync(backend->device_flag, 0, sizeof(int), backend->compute_stream));
-    CUDA_CHECK(kernels_find_nonfinite(backend->compute_stream, count, x, backend->device_flag));
-    CUDA_CHECK(cudaMemcpyAsync(backend->host_flag, backend->device_flag, sizeof(int),
+    int *flag = &backend->device_results->nonfinite;
+    CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof *flag, backend->compute_stream));
+    CUDA_CHECK(kernels_find_nonfinite(backend->compute_stream, count, x, flag));
+    CUDA_CHECK(cudaMemcpyAsync(&backend->host_results->nonfinite, flag, sizeof *flag,
                                cudaMemcpyDeviceToHost, backend->compute_stream));
     CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
-    *all_finite = *backend->host_flag == 0;
+    *all_finite = backend->host_results->nonfinite == 0;
+    return DDT_OK;
+}
+
+static ddt_status cuda_sum_of_squares(device *dev, size_t count, const float *x, double *sum) {
+    cuda_backend *backend = backend_of(dev);
+    *sum = NAN;
+    DDT_CHECK(cuda_deferred(dev));
+    double *total = &backend->device_results->sum_of_squares;
+    CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof *total, backend->compute_stream));
+    CUDA_CHECK(kernels_sum_of_squares(backend->compute_stream, count, x, total));
+    CUDA_CHECK(cudaMemcpyAsync(&backend->host_results->sum_of_squares, total, sizeof *total,
+                               cudaMemcpyDeviceToHost, backend->compute_stream));
+    CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
+    *sum = backend->host_results->sum_of_squares;
     return DDT_OK;
 }
 
@@ -647,8 +669,8 @@ static void cuda_backend_release(cuda_backend *backend) {
     if (!backend) return;
     if (backend->compute_stream) (void)cudaStreamSynchronize(backend->compute_stream);
     if (backend->copy_stream) (void)cudaStreamSynchronize(backend->copy_stream);
-    if (backend->host_flag) (void)cudaFreeHost(backend->host_flag);
-    if (backend->device_flag) (void)cudaFree(backend->device_flag);
+    if (backend->host_results) (void)cudaFreeHost(backend->host_results);
+    if (backend->device_results) (void)cudaFree(backend->device_results);
     for (int i = DEVICE_TIMER_SLOTS - 1; i >= 0; i--)
         if (backend->timers[i]) (void)cudaEventDestroy(backend->timers[i]);
     for (int i = UPLOAD_BUFFERS - 1; i >= 0; i--) {
@@ -693,6 +715,7 @@ static const device_ops cuda_ops = {
     .sgd_update = cuda_sgd_update,
     .adamw_update = cuda_adamw_update,
     .check_finite = cuda_check_finite,
+    .sum_of_squares = cuda_sum_of_squares,
     .synchronize = cuda_synchronize,
     .set_precision = cuda_set_precision,
     .precision_workspace_bytes = cuda_precision_workspace_bytes,
@@ -779,8 +802,9 @@ ddt_status device_cuda_open(device *dev) {
     }
     for (int i = 0; i < DEVICE_TIMER_SLOTS; i++)
         CUDA_CHECK_GOTO(cudaEventCreate(&backend->timers[i]), status, fail);
-    CUDA_CHECK_GOTO(cudaMalloc((void **)&backend->device_flag, 256), status, fail);
-    CUDA_CHECK_GOTO(cudaHostAlloc((void **)&backend->host_flag, sizeof(int), cudaHostAllocDefault),
+    CUDA_CHECK_GOTO(cudaMalloc((void **)&backend->device_results, 256), status, fail);
+    CUDA_CHECK_GOTO(cudaHostAlloc((void **)&backend->host_results, sizeof(cuda_reductions),
+                                  cudaHostAllocDefault),
                     status, fail);
     DDT_CHECK_GOTO(cuda_describe(dev), status, fail);
     dev->ops = &cuda_ops;

@@ -602,3 +602,25 @@ extern "C" cudaError_t kernels_find_nonfinite(cudaStream_t stream, size_t count,
         count, x, flag);
     return cudaGetLastError();
 }
+
+/* One double atomic per block (at most MAX_SUM_BLOCKS): the order of those additions varies
+ * from run to run, which moves the gradient norm in its last bits only. */
+static __global__ void sum_of_squares_kernel(size_t count, const float *__restrict__ x,
+                                             double *sum) {
+    double total = 0.0;
+    GRID_STRIDE_LOOP(i, count) {
+        double value = x[i];
+        total += value * value;
+    }
+    double block_total = block_sum_double(total);
+    if (threadIdx.x == 0 && block_total != 0.0) atomicAdd(sum, block_total);
+}
+
+extern "C" cudaError_t kernels_sum_of_squares(cudaStream_t stream, size_t count, const float *x,
+                                              double *sum) {
+    if (count == 0) return cudaSuccess;
+    unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
+    if (blocks > MAX_SUM_BLOCKS) blocks = (unsigned)MAX_SUM_BLOCKS;
+    sum_of_squares_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(count, x, sum);
+    return cudaGetLastError();
+}

@@ -71,6 +71,8 @@ cudaError_t kernels_adamw_update(cudaStream_t stream, size_t count, float *param
 
 /* *flag (a device int) = 1 if any of x[0..count) is NaN or Inf; left alone otherwise. */
 cudaError_t kernels_find_nonfinite(cudaStream_t stream, size_t count, const float *x, int *flag);
+/* *sum (a device double, zeroed by the caller) += the sum of x[i]^2, in double. */
+cudaError_t kernels_sum_of_squares(cudaStream_t stream, size_t count, const float *x, double *sum);
 
 #ifdef __cplusplus
 }
