@@ -124,11 +124,13 @@ static ddt_status open_data(trainer *t) {
     } else {
         DDT_CHECK(model_spec_parse(o->model, &t->spec));
     }
-    DDT_CHECK(dataset_open(o->data, &t->train_data));
+    dataset_open_params data_params = dataset_default_open_params();
+    data_params.allow_external = o->allow_external_data;
+    DDT_CHECK(dataset_open_with_params(o->data, &data_params, &t->train_data));
     const dataset_geometry *g = dataset_get_geometry(t->train_data);
     DDT_CHECK(check_geometry_against_model("--data", o->data, g, &t->spec, t->loss));
     if (o->eval_data) {
-        DDT_CHECK(dataset_open(o->eval_data, &t->eval_data));
+        DDT_CHECK(dataset_open_with_params(o->eval_data, &data_params, &t->eval_data));
         DDT_CHECK(check_geometry_against_model(
             "--eval-data", o->eval_data, dataset_get_geometry(t->eval_data), &t->spec, t->loss));
     }
@@ -801,7 +803,9 @@ ddt_status eval_run(job *j, const options *opts) {
         local = ddt_error(DDT_ERR_USAGE, "ddtrain eval needs --model-file and --data");
     if (local == DDT_OK) local = loss_kind_parse(opts->loss, &loss);
     if (local == DDT_OK) local = model_file_load(opts->model_file, &spec, &params);
-    if (local == DDT_OK) local = dataset_open(opts->data, &data);
+    dataset_open_params data_params = dataset_default_open_params();
+    data_params.allow_external = opts->allow_external_data;
+    if (local == DDT_OK) local = dataset_open_with_params(opts->data, &data_params, &data);
     if (local == DDT_OK)
         local = check_geometry_against_model("--data", opts->data, dataset_get_geometry(data),
                                              &spec, loss);
