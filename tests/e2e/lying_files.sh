@@ -4,7 +4,8 @@
 # little memory: a few-KB file declaring 2^40 rows, chunks never written, contiguous values
 # past the end of the file, a virtual dataset whose source is missing, HDF5 external storage
 # (/etc/passwd as features) and external links. --allow-external-data lets trusted external
-# links through.
+# links through. Model files: a few KB claiming 1M x 1M layers is refused by eval and
+# --init; a real model larger than the memory plan is refused before its values are read.
 source "$(dirname "$0")/lib.sh"
 
 $PY - "$WORK" <<'PY' || fail "making the test files"
@@ -48,6 +49,20 @@ with h5py.File(f"{d}/cut.h5", "w", libver="earliest") as f:
 data = bytearray(open(f"{d}/cut.h5", "rb").read()[:offset])
 struct.pack_into("<Q", data, 40, len(data))
 open(f"{d}/cut.h5", "wb").write(data)
+# A model file claiming 1M x 1M layers (4 TiB), every layer in shape, no value written.
+with h5py.File(f"{d}/claims-4tib.h5", "w") as f:
+    f.attrs["model"] = "8-1000000-relu-1000000-3"
+    for i, (n_in, n_out) in enumerate([(8, 10**6), (10**6, 10**6), (10**6, 3)]):
+        f.create_dataset(f"dense_{i}/weight", shape=(n_out, n_in), dtype="f4",
+                         chunks=(min(n_out, 1024), min(n_in, 1024)))
+        f.create_dataset(f"dense_{i}/bias", shape=(n_out,), dtype="f4", chunks=(min(n_out, 4096),))
+# A real model of 8-4096-4096-3 (67 MB of values, compressed: zeros).
+with h5py.File(f"{d}/big-model.h5", "w") as f:
+    f.attrs["model"] = "8-4096-relu-4096-3"
+    for i, (n_in, n_out) in enumerate([(8, 4096), (4096, 4096), (4096, 3)]):
+        f.create_dataset(f"dense_{i}/weight", data=np.zeros((n_out, n_in), "f4"),
+                         chunks=(min(n_out, 1024), n_in), compression="gzip")
+        f.create_dataset(f"dense_{i}/bias", data=np.zeros(n_out, "f4"))
 PY
 model=(--model 8-16-relu-3 --global-batch 32 --steps 5 --log-every 0)
 
@@ -103,6 +118,27 @@ expect_fail_all_ranks "eval through an external link" 2 1 "is an external link" 
 expect_ok "eval through an external link with --allow-external-data" \
   ranks 2 eval --model-file "$WORK/model.h5" --data "$WORK/link.h5" --allow-external-data
 expect_ok "info with --allow-external-data" "$DDTRAIN" info --allow-external-data "$WORK/link.h5"
+
+# Model files claiming more than they hold, or more than the plan allows.
+expect_fail_all_ranks "eval of a model file claiming 1M x 1M layers" 2 1 \
+  "$WORK/claims-4tib.h5: dense_0/weight: 977 of its 977 chunks were never written" -- \
+  eval --model-file "$WORK/claims-4tib.h5" --data "$WORK/good.h5"
+expect_fail_all_ranks "--init from a model file claiming 1M x 1M layers" 2 1 \
+  "$WORK/claims-4tib.h5: dense_0/weight" -- train "${model[@]}" --model 8-1000000-relu-1000000-3 \
+  --init "$WORK/claims-4tib.h5" --data "$WORK/good.h5"
+start=$SECONDS
+"${measure[@]}" timeout -k 5 60 "$DDTRAIN" train --data "$WORK/good.h5" --global-batch 32 \
+  --steps 1 --init "$WORK/big-model.h5" --device-memory-limit 64MiB >"$WORK/out.txt" \
+  2>"$WORK/err.txt"
+code=$?
+rss_kb=$(tail -1 "$WORK/rss.txt" 2>/dev/null || echo 0)
+if [[ $code -eq 1 && $rss_kb -lt 61440 ]] && grep -q "the memory plan needs" "$WORK/err.txt"; then
+  pass "--init of a 67 MB model over --device-memory-limit 64MiB: refused by the plan, values" \
+    "unread (peak RSS $((rss_kb / 1024)) MiB)"
+else
+  fail "--init over the memory limit: exit $code, RSS $rss_kb KiB"
+  cat "$WORK/err.txt"
+fi
 
 # Nothing given to ddtrain was changed by any of this.
 sum_before=$(md5sum "$WORK"/huge.h5 "$WORK"/passwd.h5 "$WORK"/link.h5 "$WORK"/good.h5 /etc/passwd)
