@@ -464,12 +464,48 @@ static void test_h5py(void) {
     test_state_free(&t);
 }
 
+/* checkpoint_read_for(): a checkpoint of another model, or with more optimizer state than any
+ * optimizer keeps, is refused before anything is allocated for it. */
+static void test_read_for(void) {
+    char directory[700], written[4096];
+    make_directory_path("read-for", directory, sizeof directory);
+    test_state t;
+    test_state_init(&t, 40, 1.0f);
+    CHECK_OK(checkpoint_write(directory, &t.state, 3, NULL, written, sizeof written));
+    checkpoint_loaded loaded;
+    CHECK_OK(checkpoint_read_for(written, &t.spec, &loaded));
+    expect_same(&loaded, &t);
+    checkpoint_loaded_free(&loaded);
+
+    model_spec other;
+    CHECK_OK(model_spec_parse("6-50-3", &other));
+    expect_message(checkpoint_read_for(written, &other, &loaded), DDT_ERR_USAGE, written,
+                   "holds model '6-5-relu-4-tanh-3', but this run trains '6-50-3'");
+    CHECK(loaded.parameters == NULL && loaded.optimizer_state == NULL);
+
+    size_t count = model_spec_parameter_count(&t.spec);
+    float *oversized = calloc(3 * count, sizeof *oversized);
+    t.state.optimizer_state = oversized;
+    t.state.optimizer_state_count = 3 * count;
+    t.state.global_step = 41;
+    CHECK_OK(checkpoint_write(directory, &t.state, 3, NULL, written, sizeof written));
+    char text[128];
+    snprintf(text, sizeof text, "/optimizer/state holds %zu values, but no optimizer keeps more "
+                                "than %zu", 3 * count, 2 * count);
+    expect_message(checkpoint_read_for(written, &t.spec, &loaded), DDT_ERR_FORMAT, written, text);
+    CHECK_OK(checkpoint_read(written, &loaded)); /* no expectation: read as it is */
+    checkpoint_loaded_free(&loaded);
+    free(oversized);
+    test_state_free(&t);
+}
+
 int main(void) {
     test_round_trip();
     test_keep();
     test_find_latest();
     test_crash_during_write();
     test_directory_errors();
+    test_read_for();
     test_h5py();
     return check_finish();
 }

@@ -1,11 +1,16 @@
 /* test_io_model_file.c - model files: bitwise round trip, atomic replacement, load errors, and
- * that h5py (and so PyTorch users) read them as documented. */
+ * that h5py (and so PyTorch users) read them as documented. Reading in two steps: the spec is
+ * checked (shapes, storage) without reading or allocating parameters, so a few-KB file whose
+ * spec claims 1M x 1M layers is refused at once in little memory; the parameters are read into
+ * the caller's buffer, and a file replaced in between is refused. */
+#include <malloc.h>
 #include <hdf5.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -226,6 +231,100 @@ static void test_load_errors(void) {
     free(params);
 }
 
+/* A model file claiming `text` with every layer present in the right shape, chunked, but no
+ * value written: what a few-KB file can claim. */
+static void write_claiming_file(const char *path, const char *text) {
+    model_spec spec;
+    CHECK_OK(model_spec_parse(text, &spec));
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    H5Fclose(file);
+    set_model_attribute(path, text, 0);
+    file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    for (int i = 0; i < spec.dense_count; i++) {
+        dense_layout layout = model_spec_dense_layout(&spec, i);
+        char name[64];
+        snprintf(name, sizeof name, "dense_%d", i);
+        hid_t group = H5Gcreate2(file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+        for (int part = 0; part < 2; part++) {
+            hsize_t dims[2] = {(hsize_t)layout.outputs, (hsize_t)layout.inputs};
+            hsize_t chunk[2] = {dims[0] < 1024 ? dims[0] : 1024, dims[1] < 1024 ? dims[1] : 1024};
+            int rank = part == 0 ? 2 : 1;
+            hid_t space = H5Screate_simple(rank, dims, NULL);
+            hid_t create = H5Pcreate(H5P_DATASET_CREATE);
+            H5Pset_chunk(create, rank, chunk);
+            H5Dclose(H5Dcreate2(group, part == 0 ? "weight" : "bias", H5T_IEEE_F32LE, space,
+                                H5P_DEFAULT, create, H5P_DEFAULT));
+            H5Pclose(create);
+            H5Sclose(space);
+        }
+        H5Gclose(group);
+    }
+    H5Fclose(file);
+}
+
+static double seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void test_two_steps(void) {
+    /* 1M x 1M: 4 TiB of parameters claimed by a few KB. Refused before anything is allocated
+     * for them, by read_spec and by load alike. */
+    const char *path = temp_path("claims-4tib.h5");
+    write_claiming_file(path, "1000000-1000000-10");
+    struct stat info;
+    CHECK(stat(path, &info) == 0 && info.st_size < 64 * 1024);
+    model_spec spec;
+    float *params = NULL;
+    struct mallinfo2 before = mallinfo2();
+    double start = seconds_now();
+    expect_message(model_file_read_spec(path, &spec), DDT_ERR_FORMAT, path,
+                   "dense_0/weight: 954529 of its 954529 chunks were never written");
+    expect_message(model_file_load(path, &spec, &params), DDT_ERR_FORMAT, path,
+                   "were never written");
+    CHECK(params == NULL);
+    double elapsed = seconds_now() - start;
+    struct mallinfo2 after = mallinfo2();
+    long long grown = (long long)(after.uordblks + after.hblkhd) -
+                      (long long)(before.uordblks + before.hblkhd);
+    CHECK(elapsed < 5.0);
+    CHECK(grown < (16 << 20));
+    printf("spec of 1M x 1M in %lld bytes: refused in %.3f s, heap grew %lld bytes\n",
+           (long long)info.st_size, elapsed, grown);
+
+    /* A spec claiming layers that are not there at all. */
+    path = temp_path("claims-only.h5");
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    H5Fclose(file);
+    set_model_attribute(path, "1000000-1000000-10", 0);
+    expect_message(model_file_read_spec(path, &spec), DDT_ERR_FORMAT, path, "no dense_0/weight");
+
+    /* The two steps on a good file: the spec, then the values into the caller's buffer. */
+    model_spec saved;
+    CHECK_OK(model_spec_parse(spec_text, &saved));
+    float *values = make_params(&saved, 1.0f);
+    path = temp_path("two-steps.h5");
+    CHECK_OK(model_file_save(path, &saved, values));
+    CHECK_OK(model_file_read_spec(path, &spec));
+    CHECK(strcmp(spec.text, saved.text) == 0);
+    size_t count = model_spec_parameter_count(&spec);
+    float *buffer = calloc(count, sizeof *buffer);
+    CHECK_OK(model_file_read_parameters(path, &spec, buffer));
+    CHECK(memcmp(buffer, values, count * sizeof *buffer) == 0);
+
+    /* Replaced by another model between the steps: refused, the buffer is not overrun. */
+    model_spec other;
+    CHECK_OK(model_spec_parse("6-50-3", &other));
+    float *other_values = make_params(&other, 1.0f);
+    CHECK_OK(model_file_save(path, &other, other_values));
+    expect_message(model_file_read_parameters(path, &spec, buffer), DDT_ERR_FORMAT, path,
+                   "holds model \"6-50-3\" now, but \"6-5-relu-4-tanh-3\" when it was first read");
+    free(other_values);
+    free(buffer);
+    free(values);
+}
+
 static void test_h5py(void) {
     if (system("/usr/bin/python3 -c 'import h5py' >/dev/null 2>&1") != 0) {
         printf("skipped: no h5py\n");
@@ -260,6 +359,7 @@ int main(void) {
     test_round_trip();
     test_writable_and_atomic();
     test_load_errors();
+    test_two_steps();
     test_h5py();
     return check_finish();
 }

@@ -606,6 +606,64 @@ static void check_fit_maximal(const dataset_geometry *g, const shard_params *p, 
     }
 }
 
+/* The stream's bookkeeping does not grow with the dataset: the same staging bytes for 6 x 10^4
+ * rows and for 10^12, and 2^40 blocks of one row are planned, not refused or multiplied. */
+static void test_staging_independent_of_rows(void) {
+    dataset_geometry g = {.rows = 60000,
+                          .features = 784,
+                          .class_labels = true,
+                          .target_width = 1,
+                          .classes = 10,
+                          .chunk_rows = 334,
+                          .file_count = 1};
+    shard_params p = {.rows = g.rows,
+                      .global_batch = 512,
+                      .micro_batch = 128,
+                      .world_size = 2,
+                      .seed = 1,
+                      .shuffle = true,
+                      .block_rows = 334,
+                      .window_blocks = 16};
+    size_t small = stream_staging_bytes(&g, &p, 4, 0);
+    dataset_geometry huge_geometry = g;
+    shard_params huge = p;
+    huge_geometry.rows = huge.rows = 1000000000000;
+    CHECK(small > 0);
+    CHECK(stream_staging_bytes(&huge_geometry, &huge, 4, 0) == small);
+    staging_fit fit = {0}, huge_fit = {0};
+    CHECK_OK(stream_fit_staging(0, &g, &p, &fit));
+    CHECK_OK(stream_fit_staging(0, &huge_geometry, &huge, &huge_fit));
+    CHECK(huge_fit.bytes == fit.bytes && huge_fit.cache_blocks == fit.cache_blocks);
+    fit = (staging_fit){0};
+    huge_fit = (staging_fit){0};
+    CHECK_OK(stream_fit_staging(64u << 20, &g, &p, &fit));
+    CHECK_OK(stream_fit_staging(64u << 20, &huge_geometry, &huge, &huge_fit));
+    CHECK(huge_fit.bytes == fit.bytes && huge_fit.window_blocks == fit.window_blocks);
+
+    /* One-row blocks of a 2^40-row file (the lying file of issue 10): a 33-block cache. */
+    dataset_geometry narrow = {.rows = (int64_t)1 << 40,
+                               .features = 8,
+                               .class_labels = true,
+                               .target_width = 1,
+                               .classes = 3,
+                               .chunk_rows = 1,
+                               .file_count = 1};
+    shard_params one_row = {.rows = narrow.rows,
+                            .global_batch = 32,
+                            .micro_batch = 32,
+                            .world_size = 1,
+                            .seed = 1,
+                            .shuffle = true,
+                            .block_rows = 1,
+                            .window_blocks = 16};
+    fit = (staging_fit){0};
+    CHECK_OK(stream_fit_staging(0, &narrow, &one_row, &fit));
+    CHECK(fit.cache_blocks == 33);
+    CHECK(fit.bytes > 0 && fit.bytes < 16384);
+    printf("staging: %zu bytes for 6e4 or 1e12 rows; %zu bytes for 2^40 one-row blocks\n", small,
+           fit.bytes);
+}
+
 /* The "1.0 MiB" form the messages use (tests here stay in MiB). */
 static void mib_text(size_t bytes, char *text, size_t size) {
     snprintf(text, size, "%.1f MiB", (double)bytes / 1048576.0);
@@ -845,6 +903,7 @@ int main(void) {
     char path[600], targets_path[600], bad_path[600], wide_path[600];
     char shard_paths[3][SHARDS][600], specs[3][SHARDS * 600 + 8];
     test_fit_staging();
+    test_staging_independent_of_rows();
     const char *dir = check_temp_dir();
     snprintf(path, sizeof path, "%s/stream.h5", dir);
     snprintf(targets_path, sizeof targets_path, "%s/stream-targets.h5", dir);

@@ -385,6 +385,103 @@ static void test_large_dataset(void) {
     shard_plan_free(plan);
 }
 
+/* Heap bytes a plan of `p` holds after planning a few micro-batches of two epochs. */
+static size_t plan_heap_bytes(shard_params p) {
+    struct mallinfo2 before = mallinfo2();
+    shard_plan *plan;
+    CHECK_OK(shard_plan_init(&p, &plan));
+    int64_t *rows = malloc((size_t)p.micro_batch * sizeof *rows);
+    int64_t steps = shard_plan_steps_per_epoch(plan);
+    for (int64_t s = 0; s < 8; s++)
+        CHECK_OK(shard_plan_micro_batch_rows(plan, s % 2, (s * 7919) % steps, 0, rows));
+    free(rows);
+    struct mallinfo2 after = mallinfo2();
+    shard_plan_free(plan);
+    return (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
+}
+
+/* The plan's memory does not grow with the rows: 10^12 rows (2^40 with blocks of one row, the
+ * worst case: as many blocks as rows) plan in what 10^3 rows take. */
+static void test_constant_memory(void) {
+    shard_params small = make_params(1000, 64, 16, 2, 1);
+    shard_params huge = make_params(1000000000000, 4096, 256, 4, 3);
+    huge.block_rows = 1024;
+    huge.window_blocks = 16;
+    shard_params blocks_of_one = make_params((int64_t)1 << 40, 64, 16, 2, 0);
+    blocks_of_one.block_rows = 1;
+    double start = seconds_now();
+    size_t small_bytes = plan_heap_bytes(small), huge_bytes = plan_heap_bytes(huge),
+           one_bytes = plan_heap_bytes(blocks_of_one);
+    double elapsed = seconds_now() - start;
+    CHECK(huge_bytes == small_bytes);
+    CHECK(one_bytes == small_bytes);
+    CHECK(small_bytes < 1024);
+    CHECK(elapsed < 0.5);
+    printf("constant memory: a plan holds %zu bytes for 10^3 rows, %zu for 10^12, %zu for 2^40 "
+           "blocks (%.4f s)\n",
+           small_bytes, huge_bytes, one_bytes, elapsed);
+
+    /* Rows of a global step of 10^12 rows: the same set for any world size and micro-batch,
+     * at the start, the middle and the end of an epoch (tail blocks included). */
+    enum { B = 4096 };
+    int64_t *reference = malloc(B * sizeof *reference), *other = malloc(B * sizeof *other);
+    shard_params base = huge;
+    base.world_size = 1;
+    base.micro_batch = B;
+    int64_t steps = base.rows / B;
+    static const int64_t step_choices[3] = {0, 122070312, 244140624};
+    int equal = 1;
+    for (int k = 0; k < 3; k++) {
+        CHECK(step_choices[k] < steps);
+        CHECK(gather_step(&base, 5, step_choices[k], reference) == B);
+        shard_params p = huge; /* 4 ranks x micro-batch 256 */
+        CHECK(gather_step(&p, 5, step_choices[k], other) == B);
+        equal &= memcmp(reference, other, B * sizeof *reference) == 0;
+        p.world_size = 8;
+        p.micro_batch = 128;
+        CHECK(gather_step(&p, 5, step_choices[k], other) == B);
+        equal &= memcmp(reference, other, B * sizeof *reference) == 0;
+        int distinct = 1;
+        for (int i = 1; i < B; i++)
+            distinct &= reference[i] != reference[i - 1] && reference[i] < base.rows;
+        CHECK(distinct);
+    }
+    CHECK(equal);
+    free(reference);
+    free(other);
+}
+
+/* Every position of an epoch maps to a distinct row, for shapes with a short last block in
+ * every place, blocks longer than the dataset, windows wider than it, one-row blocks. */
+static void test_permutation_shapes(void) {
+    static const int64_t rows[] = {1, 2, 3, 7, 64, 65, 127, 1000, 3001, 4096};
+    static const int64_t blocks[] = {1, 2, 3, 32, 64, 5000};
+    static const int windows[] = {1, 2, 3, 16, 1000};
+    int all = 1, shapes = 0;
+    int *seen = malloc(4096 * sizeof *seen);
+    for (size_t n = 0; n < sizeof rows / sizeof rows[0]; n++)
+        for (size_t b = 0; b < sizeof blocks / sizeof blocks[0]; b++)
+            for (size_t w = 0; w < sizeof windows / sizeof windows[0]; w++) {
+                shard_params p = make_params(rows[n], 1, 1, 1, 0);
+                p.block_rows = blocks[b];
+                p.window_blocks = windows[w];
+                shard_plan *plan;
+                CHECK_OK(shard_plan_init(&p, &plan));
+                for (int64_t epoch = 0; epoch < 3; epoch++) {
+                    memset(seen, 0, (size_t)p.rows * sizeof *seen);
+                    for (int64_t pos = 0; pos < p.rows; pos++) {
+                        int64_t row = shard_plan_row_at(plan, epoch, pos);
+                        if (row < 0 || row >= p.rows || seen[row]++) all = 0;
+                    }
+                }
+                shard_plan_free(plan);
+                shapes++;
+            }
+    free(seen);
+    CHECK(all);
+    printf("permutation shapes: %d (rows, block rows, window) shapes, 3 epochs each\n", shapes);
+}
+
 int main(void) {
     test_coverage();
     test_epoch_order_is_permutation();
@@ -395,5 +492,7 @@ int main(void) {
     test_contiguity();
     test_usage_errors();
     test_large_dataset();
+    test_constant_memory();
+    test_permutation_shapes();
     return check_finish();
 }

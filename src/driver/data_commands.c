@@ -239,9 +239,11 @@ ddt_status synth_run(job *j, const options *opts) {
 
 /* ---- info ------------------------------------------------------------------------------ */
 
-static ddt_status info_one(const char *spec) {
+static ddt_status info_one(const char *spec, const options *opts) {
+    dataset_open_params params = dataset_default_open_params();
+    params.allow_external = opts->allow_external_data;
     dataset *ds;
-    DDT_CHECK(dataset_open(spec, &ds));
+    DDT_CHECK(dataset_open_with_params(spec, &params, &ds));
     const dataset_geometry *g = dataset_get_geometry(ds);
     printf("%s\n  files      %d\n", spec, g->file_count);
     for (int i = 0; i < g->file_count && g->file_count > 1; i++)
@@ -296,7 +298,7 @@ static ddt_status info_one(const char *spec) {
 static ddt_status info_local(const options *opts) {
     if (opts->positional_count == 0)
         return ddt_error(DDT_ERR_USAGE, "usage: ddtrain info FILE...");
-    for (int i = 0; i < opts->positional_count; i++) DDT_CHECK(info_one(opts->positional[i]));
+    for (int i = 0; i < opts->positional_count; i++) DDT_CHECK(info_one(opts->positional[i], opts));
     fflush(stdout);
     return DDT_OK;
 }

@@ -36,6 +36,7 @@ typedef struct options {
     const char *data;
     const char *eval_data;
     bool no_shuffle;
+    bool allow_external_data; /* follow external links and external storage */
     int shuffle_window;  /* blocks */
     int prefetch_depth;  /* micro-batches */
     /* model and loss */

@@ -127,10 +127,9 @@ static ddt_status check_outputs_against_inputs(trainer *t) {
 static ddt_status open_data(trainer *t) {
     const options *o = t->opts;
     if (o->init) {
-        /* The saved model fixes the architecture; --model, if given, must agree with it. */
-        float *params = NULL;
-        DDT_CHECK(model_file_load(o->init, &t->spec, &params));
-        free(params);
+        /* The saved model fixes the architecture; --model, if given, must agree with it. Only
+         * the spec is read here: the parameters once the memory plan has accepted it. */
+        DDT_CHECK(model_file_read_spec(o->init, &t->spec));
         if (options_given(o, "model")) {
             model_spec asked;
             DDT_CHECK(model_spec_parse(o->model, &asked));
@@ -141,11 +140,13 @@ static ddt_status open_data(trainer *t) {
     } else {
         DDT_CHECK(model_spec_parse(o->model, &t->spec));
     }
-    DDT_CHECK(dataset_open(o->data, &t->train_data));
+    dataset_open_params data_params = dataset_default_open_params();
+    data_params.allow_external = o->allow_external_data;
+    DDT_CHECK(dataset_open_with_params(o->data, &data_params, &t->train_data));
     const dataset_geometry *g = dataset_get_geometry(t->train_data);
     DDT_CHECK(check_geometry_against_model("--data", o->data, g, &t->spec, t->loss));
     if (o->eval_data) {
-        DDT_CHECK(dataset_open(o->eval_data, &t->eval_data));
+        DDT_CHECK(dataset_open_with_params(o->eval_data, &data_params, &t->eval_data));
         DDT_CHECK(check_geometry_against_model(
             "--eval-data", o->eval_data, dataset_get_geometry(t->eval_data), &t->spec, t->loss));
     }
@@ -316,6 +317,23 @@ static uint64_t checksum_bytes(const void *data, size_t bytes) {
     return hash;
 }
 
+/* Reads the parameters of model file `path`, whose spec `spec` was read and planned for, into
+ * the model's (allocated) parameters: directly on a CPU device, through a host buffer of the
+ * same size on others. */
+static ddt_status load_model_parameters(device *dev, model *m, const char *path,
+                                        const model_spec *spec) {
+    if (dev->kind == DEVICE_KIND_CPU)
+        return model_file_read_parameters(path, spec, model_parameters(m));
+    size_t bytes = model_parameter_count(m) * sizeof(float);
+    float *host = malloc(bytes);
+    if (!host) return ddt_error(DDT_ERR_MEMORY, "%s: out of host memory for the parameters", path);
+    ddt_status status = model_file_read_parameters(path, spec, host);
+    if (status == DDT_OK)
+        status = dev->ops->copy_host_to_device(dev, model_parameters(m), host, bytes);
+    free(host);
+    return status;
+}
+
 static ddt_status initial_weights_on_root(trainer *t, bool *resumed) {
     *resumed = false;
     if (t->job->rank != 0) return DDT_OK;
@@ -324,14 +342,7 @@ static ddt_status initial_weights_on_root(trainer *t, bool *resumed) {
         if (*resumed) return DDT_OK;
     }
     if (!t->opts->init) return model_init_parameters(t->model, (uint64_t)t->opts->seed);
-    model_spec spec;
-    float *params = NULL;
-    DDT_CHECK(model_file_load(t->opts->init, &spec, &params));
-    ddt_status status =
-        t->dev->ops->copy_host_to_device(t->dev, model_parameters(t->model), params,
-                                         model_parameter_count(t->model) * sizeof(float));
-    free(params);
-    return status;
+    return load_model_parameters(t->dev, t->model, t->opts->init, &t->spec);
 }
 
 /* Broadcasts rank 0's weights, then compares a checksum across ranks. */
@@ -849,7 +860,6 @@ ddt_status train_run(job *j, const options *opts) {
 
 ddt_status eval_run(job *j, const options *opts) {
     model_spec spec;
-    float *params = NULL;
     dataset *data = NULL;
     device *dev = NULL;
     allocator *alloc = NULL;
@@ -864,8 +874,12 @@ ddt_status eval_run(job *j, const options *opts) {
     if (!opts->model_file || !opts->data)
         local = ddt_error(DDT_ERR_USAGE, "ddtrain eval needs --model-file and --data");
     if (local == DDT_OK) local = loss_kind_parse(opts->loss, &loss);
-    if (local == DDT_OK) local = model_file_load(opts->model_file, &spec, &params);
-    if (local == DDT_OK) local = dataset_open(opts->data, &data);
+    /* The spec only: parameters are read into the model once it is allocated within the
+     * device's memory. */
+    if (local == DDT_OK) local = model_file_read_spec(opts->model_file, &spec);
+    dataset_open_params data_params = dataset_default_open_params();
+    data_params.allow_external = opts->allow_external_data;
+    if (local == DDT_OK) local = dataset_open_with_params(opts->data, &data_params, &data);
     if (local == DDT_OK)
         local = check_geometry_against_model("--data", opts->data, dataset_get_geometry(data),
                                              &spec, loss);
@@ -873,15 +887,26 @@ ddt_status eval_run(job *j, const options *opts) {
     int ordinal = 0;
     if (local == DDT_OK) local = device_choose(opts->device, j->local_rank, &kind, &ordinal);
     if (local == DDT_OK) local = device_open(kind, ordinal, &dev);
-    if (local == DDT_OK) local = allocator_init(dev, &alloc);
+    /* eval has no memory options: the device's memory is the limit, so a model file whose spec
+     * claims more is refused by the allocator before anything is reserved for it. */
+    size_t device_total = 0, device_free = 0;
+    char limit_source[96] = "";
+    if (local == DDT_OK) local = dev->ops->memory_info(dev, &device_total, &device_free);
+    if (local == DDT_OK) {
+        allocator_params ap = allocator_default_params();
+        ap.limit_bytes = device_total;
+        ap.rank = j->rank;
+        snprintf(limit_source, sizeof limit_source, "the device's memory, %.1f GiB",
+                 (double)device_total / (1 << 30));
+        ap.limit_source = limit_source;
+        local = allocator_init_with_params(dev, &ap, &alloc);
+    }
     if (local == DDT_OK)
         local = dev->ops->set_precision(dev, PRECISION_FP32, alloc,
                                         model_spec_max_gemm_operand_floats(&spec, rows));
     if (local == DDT_OK) local = comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, dev, &c);
     if (local == DDT_OK) local = model_init(&spec, alloc, rows, &m);
-    if (local == DDT_OK)
-        local = dev->ops->copy_host_to_device(dev, model_parameters(m), params,
-                                              model_parameter_count(m) * sizeof(float));
+    if (local == DDT_OK) local = load_model_parameters(dev, m, opts->model_file, &spec);
     if (local == DDT_OK)
         local = batch_buffers_init(&buffers, alloc, dev, dataset_get_geometry(data), rows, true);
     ddt_status status = job_agree(j, local);
@@ -899,6 +924,5 @@ ddt_status eval_run(job *j, const options *opts) {
     allocator_destroy(alloc);
     if (dev) device_close(dev);
     if (data) dataset_close(data);
-    free(params);
     return status;
 }

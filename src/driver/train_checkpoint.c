@@ -43,7 +43,7 @@ ddt_status train_resume_on_root(trainer *t, bool *resumed) {
         return DDT_OK;
     }
     checkpoint_loaded c;
-    DDT_CHECK(checkpoint_read(path, &c));
+    DDT_CHECK(checkpoint_read_for(path, &t->spec, &c)); /* another model: refused unread */
     ddt_status status = DDT_OK;
     size_t state_count = optimizer_state_count(t->opt);
     if (strcmp(c.spec.text, t->spec.text) != 0)

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "io/hdf5_lock.h"
+#include "io/hdf5_storage.h"
 #include "util/files.h"
 #include "io/model_file.h"
 
@@ -547,7 +548,10 @@ static ddt_status read_string_attribute(hid_t file, const char *path, const char
     return status;
 }
 
-static ddt_status read_optimizer_state(hid_t file, const char *path, checkpoint_loaded *out) {
+/* Reads /optimizer/state; with an expected model, refuses more values than any optimizer keeps
+ * for it (AdamW: two per parameter) before allocating them. */
+static ddt_status read_optimizer_state(hid_t file, const char *path, bool bounded,
+                                       checkpoint_loaded *out) {
     if (H5Lexists(file, "optimizer", H5P_DEFAULT) <= 0 ||
         H5Lexists(file, "optimizer/state", H5P_DEFAULT) <= 0)
         return ddt_error(DDT_ERR_FORMAT, "%s: no /optimizer/state (not a ddtrain checkpoint?)",
@@ -564,8 +568,19 @@ static ddt_status read_optimizer_state(hid_t file, const char *path, checkpoint_
     H5Sclose(space);
     H5Tclose(type);
     ddt_status status = DDT_OK;
+    char where[4200];
+    snprintf(where, sizeof where, "%.4000s: /optimizer/state", path);
+    storage_rules rules = {.allow_external = false, .external_hint = NULL};
     if (!is_float || !shape_ok) {
         status = ddt_error(DDT_ERR_FORMAT, "%s: /optimizer/state is not a 1-D float dataset", path);
+    } else if (bounded && dims[0] > 2 * (hsize_t)out->parameter_count) {
+        status = ddt_error(DDT_ERR_FORMAT,
+                           "%s: /optimizer/state holds %llu values, but no optimizer keeps more "
+                           "than %zu for the model \"%s\"",
+                           path, (unsigned long long)dims[0], 2 * out->parameter_count,
+                           out->spec.text);
+    } else if ((status = hdf5_check_storage(dataset, where, &rules)) != DDT_OK) {
+        ddt_error_trace(__FILE__, __LINE__);
     } else {
         size_t count = (size_t)dims[0];
         out->optimizer_state = malloc((count ? count : 1) * sizeof(float));
@@ -583,7 +598,8 @@ static ddt_status read_optimizer_state(hid_t file, const char *path, checkpoint_
     return status;
 }
 
-static ddt_status read_contents(hid_t file, const char *path, checkpoint_loaded *out) {
+static ddt_status read_contents(hid_t file, const char *path, const model_spec *expected,
+                                checkpoint_loaded *out) {
     int64_t complete = 0;
     if (H5Aexists(file, "checkpoint_complete") <= 0)
         return ddt_error(DDT_ERR_FORMAT,
@@ -604,9 +620,19 @@ static ddt_status read_contents(hid_t file, const char *path, checkpoint_loaded 
         return ddt_error(DDT_ERR_FORMAT, "%s: checkpoint version %d; this ddtrain reads version %d",
                          path, version, CHECKPOINT_VERSION);
 
-    DDT_CHECK(model_file_read_contents(file, path, &out->spec, &out->parameters));
+    /* The spec and layer shapes first, so nothing is allocated for a model this run does not
+     * train (or a file that only claims one). */
+    DDT_CHECK(model_file_read_spec_contents(file, path, &out->spec));
+    if (expected && strcmp(out->spec.text, expected->text) != 0)
+        return ddt_error(DDT_ERR_USAGE, "%s holds model '%s', but this run trains '%s'", path,
+                         out->spec.text, expected->text);
     out->parameter_count = model_spec_parameter_count(&out->spec);
-    DDT_CHECK(read_optimizer_state(file, path, out));
+    out->parameters = malloc((out->parameter_count ? out->parameter_count : 1) * sizeof(float));
+    if (!out->parameters)
+        return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for %zu parameters", path,
+                         out->parameter_count);
+    DDT_CHECK(model_file_read_parameters_contents(file, path, &out->spec, out->parameters));
+    DDT_CHECK(read_optimizer_state(file, path, expected != NULL, out));
 
     char *kind;
     DDT_CHECK(read_string_attribute(file, path, "optimizer_kind", &kind));
@@ -647,6 +673,11 @@ static ddt_status read_contents(hid_t file, const char *path, checkpoint_loaded 
 }
 
 ddt_status checkpoint_read(const char *path, checkpoint_loaded *out) {
+    return checkpoint_read_for(path, NULL, out);
+}
+
+ddt_status checkpoint_read_for(const char *path, const model_spec *expected,
+                               checkpoint_loaded *out) {
     memset(out, 0, sizeof *out);
     DDT_CHECK(hdf5_check_readable(path));
     ddt_status status = DDT_OK;
@@ -660,7 +691,7 @@ ddt_status checkpoint_read(const char *path, checkpoint_loaded *out) {
             status = ddt_error(DDT_ERR_FORMAT, "%s: cannot open (truncated or damaged?): HDF5: %s",
                                path, hdf5_error_detail(detail, sizeof detail));
         } else {
-            status = read_contents(file, path, out);
+            status = read_contents(file, path, expected, out);
             hdf5_file_close(file);
         }
     }

@@ -110,8 +110,16 @@ ddt_status checkpoint_find_latest(const char *directory, char *path, size_t path
 
 /* Reads a whole checkpoint into *out (zeroed first; left empty on failure). Errors name the
  * file: missing, not HDF5, not a complete checkpoint, a missing or mistyped attribute or
- * dataset, or a model part model_file_load() would refuse. */
+ * dataset, or a model part model_file_read_spec() would refuse. The model's spec and layer
+ * shapes are read and checked before its parameters are allocated. */
 ddt_status checkpoint_read(const char *path, checkpoint_loaded *out);
+
+/* checkpoint_read() for a run that trains `expected` (may be NULL: any model): a checkpoint
+ * of another model is refused (DDT_ERR_USAGE, naming both) and optimizer state larger than
+ * any optimizer keeps for it (two values per parameter) is refused, both before anything is
+ * allocated for them, so a checkpoint that claims a huge model costs nothing. */
+ddt_status checkpoint_read_for(const char *path, const model_spec *expected,
+                               checkpoint_loaded *out);
 
 /* Frees the buffers of a checkpoint_read() result and zeroes it; safe on a zeroed struct. */
 void checkpoint_loaded_free(checkpoint_loaded *loaded);

@@ -20,8 +20,14 @@
 #include <unistd.h>
 
 #include "io/hdf5_lock.h"
+#include "io/hdf5_storage.h"
 
 #define DATASET_FORMAT_VERSION 1
+/* More rows than any file holds; keeps sums over shards and row * width products far from
+ * overflowing int64. */
+#define DATASET_MAX_ROWS ((hsize_t)1 << 62)
+/* What to do about refused external data, appended to the messages. */
+#define DATASET_EXTERNAL_HINT "pass --allow-external-data if you trust this file"
 /* Most hash slots dataset_set_chunk_cache() gives HDF5's chunk cache (8 bytes each). */
 #define DATASET_MAX_CHUNK_CACHE_SLOTS ((size_t)1 << 20)
 
@@ -87,12 +93,36 @@ static void shape_text(int rank, const hsize_t *dims, char *out, size_t size) {
                                  (unsigned long long)dims[i]);
 }
 
-/* Opens /name as a dataset; reports its type's class and size, rank and dims. */
-static ddt_status open_member(dataset_shard *shard, const char *name, hid_t *handle, hid_t *type,
+/* Opens /name as a dataset; reports its type's class and size, rank and dims. External links
+ * are refused unless allowed, and the storage behind the dataset is checked against its
+ * shape (check_dataset_storage). */
+static ddt_status open_member(dataset_shard *shard, const char *name,
+                              const dataset_open_params *params, hid_t *handle, hid_t *type,
                               int *rank, hsize_t dims[H5S_MAX_RANK]) {
     htri_t exists = H5Lexists(shard->file, name, H5P_DEFAULT);
     if (exists <= 0)
         return ddt_error(DDT_ERR_FORMAT, "%s: no /%s dataset (ddtrain needs /features and /labels)",
+                         shard->path, name);
+    /* Before anything follows the link: an external one opens another file. */
+    H5L_info_t link;
+    if (H5Lget_info(shard->file, name, &link, H5P_DEFAULT) < 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: cannot read the link /%s", shard->path, name);
+    if (link.type == H5L_TYPE_EXTERNAL && !params->allow_external) {
+        char value[4096] = "";
+        const char *target_file = "?", *target_object = "?";
+        unsigned flags = 0;
+        if (link.u.val_size <= sizeof value &&
+            H5Lget_val(shard->file, name, value, sizeof value, H5P_DEFAULT) >= 0)
+            H5Lunpack_elink_val(value, link.u.val_size, &flags, &target_file, &target_object);
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: /%s is an external link to %s in '%s'; " HDF5_EXTERNAL_REFUSED
+                         "; " DATASET_EXTERNAL_HINT,
+                         shard->path, name, target_object, target_file);
+    }
+    if (link.type != H5L_TYPE_HARD && link.type != H5L_TYPE_SOFT &&
+        link.type != H5L_TYPE_EXTERNAL)
+        return ddt_error(DDT_ERR_FORMAT, "%s: /%s is a user-defined link, which ddtrain does not "
+                                         "follow",
                          shard->path, name);
     H5O_info_t info;
     if (H5Oget_info_by_name(shard->file, name, &info, H5P_DEFAULT) < 0 ||
@@ -104,6 +134,21 @@ static ddt_status open_member(dataset_shard *shard, const char *name, hid_t *han
         return ddt_error(DDT_ERR_FORMAT, "%s: cannot open /%s (HDF5: %s)", shard->path, name,
                          hdf5_error_detail(detail, sizeof detail));
     }
+    /* A soft link may lead through an external one: compare the files the objects are in. */
+    H5O_info_t root;
+    if (!params->allow_external &&
+        (H5Oget_info2(*handle, &info, H5O_INFO_BASIC) < 0 ||
+         H5Oget_info_by_name2(shard->file, "/", &root, H5O_INFO_BASIC, H5P_DEFAULT) < 0 ||
+         info.fileno != root.fileno))
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: /%s lives in another file (reached through links); "
+                         HDF5_EXTERNAL_REFUSED "; " DATASET_EXTERNAL_HINT,
+                         shard->path, name);
+    char where[4200];
+    snprintf(where, sizeof where, "%s: /%s", shard->path, name);
+    storage_rules rules = {.allow_external = params->allow_external,
+                           .external_hint = DATASET_EXTERNAL_HINT};
+    DDT_CHECK(hdf5_check_storage(*handle, where, &rules));
     *type = H5Dget_type(*handle);
     hid_t space = H5Dget_space(*handle);
     *rank = H5Sget_simple_extent_ndims(space);
@@ -153,22 +198,44 @@ typedef struct shard_facts {
     int classes;
 } shard_facts;
 
-static ddt_status open_shard(dataset_shard *shard, shard_facts *facts) {
+/* Opens the shard's file: from the disk, or from params' file image through the core driver
+ * (not copied, never written back). */
+static ddt_status open_shard_file(dataset_shard *shard, const dataset_open_params *params) {
     const char *path = shard->path;
-    DDT_CHECK(hdf5_check_readable(path));
-    if (H5Fis_hdf5(path) <= 0) return ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);
-    shard->file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t access_list = H5P_DEFAULT;
+    if (params->file_image) {
+        access_list = H5Pcreate(H5P_FILE_ACCESS);
+        if (access_list < 0 || H5Pset_fapl_core(access_list, 1 << 16, 0) < 0 ||
+            H5Pset_file_image(access_list, (void *)params->file_image,
+                              params->file_image_size) < 0) {
+            if (access_list >= 0) H5Pclose(access_list);
+            return ddt_error(DDT_ERR_INTERNAL, "%s: cannot set up the in-memory file image", path);
+        }
+    } else {
+        DDT_CHECK(hdf5_check_readable(path));
+        if (H5Fis_hdf5(path) <= 0) return ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);
+    }
+    shard->file = H5Fopen(path, H5F_ACC_RDONLY, access_list);
+    if (access_list != H5P_DEFAULT) H5Pclose(access_list);
     if (shard->file < 0) {
         char detail[256];
-        return ddt_error(DDT_ERR_IO, "%s: cannot open as HDF5 (HDF5: %s)", path,
+        return ddt_error(params->file_image ? DDT_ERR_FORMAT : DDT_ERR_IO,
+                         "%s: cannot open as HDF5 (HDF5: %s)", path,
                          hdf5_error_detail(detail, sizeof detail));
     }
+    return DDT_OK;
+}
+
+static ddt_status open_shard(dataset_shard *shard, const dataset_open_params *params,
+                             shard_facts *facts) {
+    const char *path = shard->path;
+    DDT_CHECK(open_shard_file(shard, params));
 
     char type_text[32], shape[128];
     hsize_t dims[H5S_MAX_RANK];
     hid_t type = H5I_INVALID_HID;
     int rank = 0;
-    DDT_CHECK(open_member(shard, "features", &shard->features, &type, &rank, dims));
+    DDT_CHECK(open_member(shard, "features", params, &shard->features, &type, &rank, dims));
     bool features_ok = is_float32(type);
     type_name(type, type_text, sizeof type_text);
     H5Tclose(type);
@@ -183,6 +250,9 @@ static ddt_status open_shard(dataset_shard *shard, shard_facts *facts) {
     if (dims[1] < 1 || dims[1] > (hsize_t)(1 << 30))
         return ddt_error(DDT_ERR_FORMAT, "%s: /features has %llu columns", path,
                          (unsigned long long)dims[1]);
+    if (dims[0] > DATASET_MAX_ROWS)
+        return ddt_error(DDT_ERR_FORMAT, "%s: /features declares %llu rows, more than 2^62", path,
+                         (unsigned long long)dims[0]);
     shard->rows = (int64_t)dims[0];
     facts->features = (int)dims[1];
 
@@ -198,7 +268,7 @@ static ddt_status open_shard(dataset_shard *shard, shard_facts *facts) {
     }
     H5Pclose(create);
 
-    DDT_CHECK(open_member(shard, "labels", &shard->labels, &type, &rank, dims));
+    DDT_CHECK(open_member(shard, "labels", params, &shard->labels, &type, &rank, dims));
     bool int_labels = is_int32(type), float_labels = is_float32(type);
     type_name(type, type_text, sizeof type_text);
     H5Tclose(type);
@@ -343,11 +413,25 @@ static void close_shard(dataset_shard *shard) {
     free(shard->path);
 }
 
+dataset_open_params dataset_default_open_params(void) {
+    return (dataset_open_params){.allow_external = false};
+}
+
 ddt_status dataset_open(const char *spec, dataset **out) {
+    dataset_open_params params = dataset_default_open_params();
+    return dataset_open_with_params(spec, &params, out);
+}
+
+ddt_status dataset_open_with_params(const char *spec, const dataset_open_params *params,
+                                    dataset **out) {
     *out = NULL;
     if (!spec || !*spec) return ddt_error(DDT_ERR_USAGE, "no dataset path given");
     path_list list = {0};
-    ddt_status status = expand_spec(spec, &list);
+    ddt_status status = DDT_OK;
+    if (params->file_image)
+        status = path_list_add(&list, spec, strlen(spec)); /* a name, never a pattern */
+    else
+        status = expand_spec(spec, &list);
     if (status != DDT_OK) {
         path_list_free(&list);
         return status;
@@ -373,7 +457,7 @@ ddt_status dataset_open(const char *spec, dataset **out) {
     int64_t total_rows = 0;
     for (int i = 0; i < ds->shard_count; i++) {
         shard_facts facts = {0};
-        DDT_CHECK_GOTO(open_shard(&ds->shards[i], &facts), status, fail);
+        DDT_CHECK_GOTO(open_shard(&ds->shards[i], params, &facts), status, fail);
         if (i == 0)
             first = facts;
         else
@@ -381,6 +465,11 @@ ddt_status dataset_open(const char *spec, dataset **out) {
                            status, fail);
         ds->shards[i].first_row = total_rows;
         total_rows += ds->shards[i].rows;
+        if ((uint64_t)total_rows > DATASET_MAX_ROWS) {
+            status = ddt_error(DDT_ERR_FORMAT, "%s: the shards declare more than 2^62 rows in all",
+                               ds->shards[i].path);
+            goto fail;
+        }
     }
     ds->geometry.rows = total_rows;
     ds->geometry.features = first.features;

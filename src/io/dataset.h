@@ -9,6 +9,15 @@
  * global row space in the order given: rows of shard 0 first, then shard 1, and so on. All
  * shards must agree on D, the label kind, K and num_classes.
  *
+ * At open, what each file claims is checked against what it holds, so that nothing is ever
+ * read from data that is not there: every chunk of a chunked /features and /labels must have
+ * been written (HDF5 would silently return the fill value for the others), a contiguous one
+ * must be allocated and lie inside the file, and every source of a virtual dataset must exist
+ * and cover the mapped region. HDF5 external storage (raw data kept in another, arbitrary
+ * file) and external links are refused unless dataset_open_params.allow_external says
+ * otherwise; then the external files must exist and be long enough. These checks cost time
+ * in proportion to the chunks the file really holds, and no memory per row or chunk.
+ *
  * Only geometry is read at open; rows are read on demand with hyperslab selections, so a
  * dataset is never loaded whole. Nothing is cached here beyond HDF5's own chunk cache (see
  * dataset_set_chunk_cache()): a streaming reader should read whole blocks with
@@ -46,11 +55,31 @@ typedef struct dataset_geometry {
 
 typedef struct dataset dataset;
 
+typedef struct dataset_open_params {
+    /* Follow external links and read HDF5 external storage (raw data in files outside the
+     * HDF5 file). Off by default: such a dataset can read any file the user can (an
+     * external-storage /features was seen reading /etc/passwd). */
+    bool allow_external;
+    /* Read the one file `spec` names from this memory instead of the disk (HDF5's core
+     * driver over a file image, not copied; the name then only labels messages). NULL: the
+     * disk. For tests and fuzzing. */
+    const void *file_image;
+    size_t file_image_size;
+} dataset_open_params;
+
+/* External data refused, files from the disk. */
+dataset_open_params dataset_default_open_params(void);
+
 /* Opens `spec`: a path, a comma-separated list of paths, or a glob pattern (any of * ? [).
  * Every error names the file and the problem: missing/unreadable, not HDF5, missing
  * /features or /labels, wrong rank or dtype, row counts of /features and /labels differing,
- * shards disagreeing, a glob matching nothing. */
+ * shards disagreeing, a glob matching nothing, chunks never written, storage outside the
+ * file, a missing or short virtual source, external storage or links (refused unless
+ * allowed; missing or short external files when allowed). dataset_open() uses
+ * dataset_default_open_params(). */
 ddt_status dataset_open(const char *spec, dataset **out);
+ddt_status dataset_open_with_params(const char *spec, const dataset_open_params *params,
+                                    dataset **out);
 void dataset_close(dataset *ds);
 
 const dataset_geometry *dataset_get_geometry(const dataset *ds);

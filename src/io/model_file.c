@@ -1,4 +1,8 @@
-/* model_file.c - trained models as HDF5 files that h5py and PyTorch read directly. */
+/* model_file.c - trained models as HDF5 files that h5py and PyTorch read directly.
+ *
+ * Reading is two steps so that nothing the file claims is allocated before the caller has
+ * planned for it: the spec and every layer's shape and storage are checked without reading
+ * a value, then the values are read into the caller's memory. */
 #include "io/model_file.h"
 
 #include <errno.h>
@@ -12,6 +16,7 @@
 #include <unistd.h>
 
 #include "io/hdf5_lock.h"
+#include "io/hdf5_storage.h"
 #include "util/files.h"
 
 static void directory_of(const char *path, char *out, size_t size) {
@@ -166,10 +171,12 @@ static ddt_status read_spec_text(hid_t file, const char *path, char *out, size_t
     return status;
 }
 
-/* Reads /dense_<i>/<name>, which must be float with exactly the given shape. */
-static ddt_status read_parameter(hid_t file, const char *path, const model_spec *spec,
+/* Opens /dense_<i>/<name> into *out, checked: a float dataset of exactly the given shape
+ * whose storage holds every value (hdf5_storage.h). Reads no value. */
+static ddt_status open_parameter(hid_t file, const char *path, const model_spec *spec,
                                  int dense_index, const char *name, int rank,
-                                 const hsize_t *expected, float *out) {
+                                 const hsize_t *expected, hid_t *out) {
+    *out = H5I_INVALID_HID;
     char member[64];
     snprintf(member, sizeof member, "dense_%d/%s", dense_index, name);
     char group[32];
@@ -177,16 +184,19 @@ static ddt_status read_parameter(hid_t file, const char *path, const model_spec 
     if (H5Lexists(file, group, H5P_DEFAULT) <= 0 || H5Lexists(file, member, H5P_DEFAULT) <= 0)
         return ddt_error(DDT_ERR_FORMAT, "%s: no %s (the model \"%s\" has %d dense layers)", path,
                          member, spec->text, spec->dense_count);
+    H5O_info_t info;
+    if (H5Oget_info_by_name(file, member, &info, H5P_DEFAULT) < 0 || info.type != H5O_TYPE_DATASET)
+        return ddt_error(DDT_ERR_FORMAT, "%s: %s is not a dataset", path, member);
     hid_t dataset = H5Dopen2(file, member, H5P_DEFAULT);
     if (dataset < 0) return ddt_error(DDT_ERR_FORMAT, "%s: %s is not a dataset", path, member);
     hid_t type = H5Dget_type(dataset);
     hid_t space = H5Dget_space(dataset);
-    int file_rank = H5Sget_simple_extent_ndims(space);
+    int file_rank = space < 0 ? -1 : H5Sget_simple_extent_ndims(space);
     hsize_t dims[H5S_MAX_RANK] = {0};
     if (file_rank > 0) H5Sget_simple_extent_dims(space, dims, NULL);
-    bool is_float = H5Tget_class(type) == H5T_FLOAT;
-    H5Sclose(space);
-    H5Tclose(type);
+    bool is_float = type >= 0 && H5Tget_class(type) == H5T_FLOAT;
+    if (space >= 0) H5Sclose(space);
+    if (type >= 0) H5Tclose(type);
     ddt_status status = DDT_OK;
     bool shape_ok = file_rank == rank;
     for (int d = 0; shape_ok && d < rank; d++)
@@ -196,7 +206,7 @@ static ddt_status read_parameter(hid_t file, const char *path, const model_spec 
     } else if (!shape_ok) {
         char have[128] = "", need[64] = "";
         size_t used = 0;
-        if (file_rank == 0) snprintf(have, sizeof have, "a scalar");
+        if (file_rank <= 0) snprintf(have, sizeof have, "a scalar");
         for (int d = 0; d < file_rank && used < sizeof have; d++)
             used += (size_t)snprintf(have + used, sizeof have - used, "%s%llu", d ? "x" : "",
                                      (unsigned long long)dims[d]);
@@ -206,23 +216,30 @@ static ddt_status read_parameter(hid_t file, const char *path, const model_spec 
                                      (unsigned long long)expected[d]);
         status = ddt_error(DDT_ERR_FORMAT, "%s: %s is %s, the model \"%s\" needs %s", path, member,
                            have, spec->text, need);
-    } else if (H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
-        char detail[256];
-        status = ddt_error(DDT_ERR_IO, "%s: cannot read %s (HDF5: %s)", path, member,
-                           hdf5_error_detail(detail, sizeof detail));
+    } else {
+        char where[4200];
+        snprintf(where, sizeof where, "%.4000s: %s", path, member);
+        storage_rules rules = {.allow_external = false, .external_hint = NULL};
+        status = hdf5_check_storage(dataset, where, &rules);
     }
-    H5Dclose(dataset);
-    if (status != DDT_OK) return status;
-    size_t count = rank == 2 ? (size_t)(expected[0] * expected[1]) : (size_t)expected[0];
-    for (size_t k = 0; k < count; k++)
-        if (!isfinite(out[k]))
-            return ddt_error(DDT_ERR_DATA, "%s: %s has a non-finite value at index %zu", path,
-                             member, k);
+    if (status != DDT_OK) {
+        H5Dclose(dataset);
+        return status;
+    }
+    *out = dataset;
     return DDT_OK;
 }
 
-ddt_status model_file_read_contents(hid_t file, const char *path, model_spec *spec, float **out) {
-    *out = NULL;
+/* The weight (outputs x inputs) or bias (outputs) of dense layer i, opened and checked. */
+static ddt_status open_layer_part(hid_t file, const char *path, const model_spec *spec, int i,
+                                  bool weight, hid_t *out) {
+    dense_layout layout = model_spec_dense_layout(spec, i);
+    hsize_t dims[2] = {(hsize_t)layout.outputs, (hsize_t)layout.inputs};
+    return open_parameter(file, path, spec, i, weight ? "weight" : "bias", weight ? 2 : 1, dims,
+                          out);
+}
+
+ddt_status model_file_read_spec_contents(hid_t file, const char *path, model_spec *spec) {
     char text[MODEL_SPEC_MAX_TEXT * 2];
     DDT_CHECK(read_spec_text(file, path, text, sizeof text));
     if (model_spec_parse(text, spec) != DDT_OK) {
@@ -235,30 +252,60 @@ ddt_status model_file_read_contents(hid_t file, const char *path, model_spec *sp
     if (H5Lexists(file, extra, H5P_DEFAULT) > 0)
         return ddt_error(DDT_ERR_FORMAT, "%s: has %s but the model \"%s\" has only %d dense layers",
                          path, extra, spec->text, spec->dense_count);
-    size_t count = model_spec_parameter_count(spec);
-    float *params = malloc((count ? count : 1) * sizeof *params);
-    if (!params)
-        return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for %zu parameters", path, count);
-    for (int i = 0; i < spec->dense_count; i++) {
-        dense_layout layout = model_spec_dense_layout(spec, i);
-        hsize_t weight_dims[2] = {(hsize_t)layout.outputs, (hsize_t)layout.inputs};
-        hsize_t bias_dims[1] = {(hsize_t)layout.outputs};
-        ddt_status status = read_parameter(file, path, spec, i, "weight", 2, weight_dims,
-                                           params + layout.weight_offset);
-        if (status == DDT_OK)
-            status = read_parameter(file, path, spec, i, "bias", 1, bias_dims,
-                                    params + layout.bias_offset);
-        if (status != DDT_OK) {
-            free(params);
-            return status;
+    for (int i = 0; i < spec->dense_count; i++)
+        for (int part = 0; part < 2; part++) {
+            hid_t dataset;
+            DDT_CHECK(open_layer_part(file, path, spec, i, part == 0, &dataset));
+            H5Dclose(dataset);
         }
-    }
-    *out = params;
     return DDT_OK;
 }
 
-ddt_status model_file_load(const char *path, model_spec *spec, float **host_params) {
-    *host_params = NULL;
+ddt_status model_file_read_parameters_contents(hid_t file, const char *path,
+                                               const model_spec *spec, float *host_params) {
+    /* The file may have changed since its spec was read and planned for. */
+    model_spec now;
+    DDT_CHECK(model_file_read_spec_contents(file, path, &now));
+    if (strcmp(now.text, spec->text) != 0)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: holds model \"%s\" now, but \"%s\" when it was first read (was it "
+                         "replaced meanwhile?)",
+                         path, now.text, spec->text);
+    for (int i = 0; i < spec->dense_count; i++)
+        for (int part = 0; part < 2; part++) {
+            dense_layout layout = model_spec_dense_layout(spec, i);
+            float *out = host_params + (part == 0 ? layout.weight_offset : layout.bias_offset);
+            size_t count = part == 0 ? (size_t)layout.outputs * (size_t)layout.inputs
+                                     : (size_t)layout.outputs;
+            hid_t dataset;
+            DDT_CHECK(open_layer_part(file, path, spec, i, part == 0, &dataset));
+            herr_t read = H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
+            H5Dclose(dataset);
+            const char *name = part == 0 ? "weight" : "bias";
+            if (read < 0) {
+                char detail[256];
+                return ddt_error(DDT_ERR_IO, "%s: cannot read dense_%d/%s (HDF5: %s)", path, i,
+                                 name, hdf5_error_detail(detail, sizeof detail));
+            }
+            for (size_t k = 0; k < count; k++)
+                if (!isfinite(out[k]))
+                    return ddt_error(DDT_ERR_DATA,
+                                     "%s: dense_%d/%s has a non-finite value at index %zu", path,
+                                     i, name, k);
+        }
+    return DDT_OK;
+}
+
+/* What read_model_file() reads: the spec into spec_out, or (spec_out NULL) the parameters
+ * of `spec` into host_params. */
+typedef struct model_reader {
+    model_spec *spec_out;
+    const model_spec *spec;
+    float *host_params;
+} model_reader;
+
+/* Opens `path` read-only with the HDF5 lock held, reads what `reader` asks, closes it. */
+static ddt_status read_model_file(const char *path, const model_reader *reader) {
     DDT_CHECK(hdf5_check_readable(path));
     hdf5_lock_acquire();
     ddt_status status = DDT_OK;
@@ -269,10 +316,40 @@ ddt_status model_file_load(const char *path, model_spec *spec, float **host_para
         if (file < 0) {
             status = hdf5_failure(path, "opening");
         } else {
-            status = model_file_read_contents(file, path, spec, host_params);
+            status = reader->spec_out
+                         ? model_file_read_spec_contents(file, path, reader->spec_out)
+                         : model_file_read_parameters_contents(file, path, reader->spec,
+                                                               reader->host_params);
             hdf5_file_close(file);
         }
     }
     hdf5_lock_release();
     return status;
+}
+
+ddt_status model_file_read_spec(const char *path, model_spec *spec) {
+    model_reader reader = {.spec_out = spec};
+    return read_model_file(path, &reader);
+}
+
+ddt_status model_file_read_parameters(const char *path, const model_spec *spec,
+                                      float *host_params) {
+    model_reader reader = {.spec = spec, .host_params = host_params};
+    return read_model_file(path, &reader);
+}
+
+ddt_status model_file_load(const char *path, model_spec *spec, float **host_params) {
+    *host_params = NULL;
+    DDT_CHECK(model_file_read_spec(path, spec));
+    size_t count = model_spec_parameter_count(spec);
+    float *params = malloc((count ? count : 1) * sizeof *params);
+    if (!params)
+        return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for %zu parameters", path, count);
+    ddt_status status = model_file_read_parameters(path, spec, params);
+    if (status != DDT_OK) {
+        free(params);
+        return status;
+    }
+    *host_params = params;
+    return DDT_OK;
 }

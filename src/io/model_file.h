@@ -11,8 +11,10 @@
  *
  * Usage:
  *     DDT_CHECK(model_file_save("model.h5", &spec, host_params));
- *     model_spec spec; float *params;
- *     DDT_CHECK(model_file_load("model.h5", &spec, &params));   // free(params) afterwards
+ *     model_spec spec;
+ *     DDT_CHECK(model_file_read_spec("model.h5", &spec));   // small: nothing read yet
+ *     ... check model_spec_parameter_count(&spec) against the memory plan, allocate ...
+ *     DDT_CHECK(model_file_read_parameters("model.h5", &spec, params));
  */
 #ifndef DDT_IO_MODEL_FILE_H
 #define DDT_IO_MODEL_FILE_H
@@ -28,19 +30,37 @@ ddt_status model_file_check_writable(const char *path);
 
 ddt_status model_file_save(const char *path, const model_spec *spec, const float *host_params);
 
-/* Reads the spec and parameters; *host_params is malloc'ed, the caller frees it. Errors name
- * the file: missing, not HDF5, no "model" attribute, a bad spec, missing or misshapen layer. */
+/* Reads the spec of the model in `path` and checks the file against it, reading no parameter:
+ * the root "model" attribute, a spec that parses, one dense_<i> group per dense layer and no
+ * more, each with a float weight (outputs x inputs) and bias (outputs) whose storage holds
+ * every value (no chunk left unwritten, nothing outside the file: hdf5_storage.h). Allocates
+ * nothing that grows with the model, so a spec claiming 1M x 1M layers costs nothing until
+ * the caller's memory plan has accepted it. Errors name the file: missing, not HDF5, no
+ * "model" attribute, a bad spec, a missing, extra, misshapen or unwritten layer. */
+ddt_status model_file_read_spec(const char *path, model_spec *spec);
+
+/* Reads the parameters of the model in `path`, whose spec model_file_read_spec() returned as
+ * `spec`, into host_params: model_spec_parameter_count(spec) floats of the caller's. Checks
+ * everything model_file_read_spec() does again (the file may have been replaced since), and
+ * that every value is finite (DDT_ERR_DATA naming the layer and index). */
+ddt_status model_file_read_parameters(const char *path, const model_spec *spec,
+                                      float *host_params);
+
+/* Both steps, with *host_params malloc'ed for whatever the file's spec says (the caller frees
+ * it): for tests and tools with small trusted models. Code that must plan memory first calls
+ * the two steps itself. */
 ddt_status model_file_load(const char *path, model_spec *spec, float **host_params);
 
 /* For other io modules that embed a model in a file of their own (checkpoint.c), so that file
  * reads exactly like a saved model. `file` is an open HDF5 file (a hid_t, which is int64_t in
  * HDF5 >= 1.10; spelled so here to keep hdf5.h out of this header); the caller holds the HDF5
  * lock (hdf5_lock.h). `path` only names the file in messages. Write adds the "model" attribute
- * and the dense_<i> groups; read checks them as model_file_load() does and mallocs
- * *host_params (the caller frees it; NULL on failure). */
+ * and the dense_<i> groups; the reads are model_file_read_spec() and
+ * model_file_read_parameters() on the open file. */
 ddt_status model_file_write_contents(int64_t file, const char *path, const model_spec *spec,
                                      const float *host_params);
-ddt_status model_file_read_contents(int64_t file, const char *path, model_spec *spec,
-                                    float **host_params);
+ddt_status model_file_read_spec_contents(int64_t file, const char *path, model_spec *spec);
+ddt_status model_file_read_parameters_contents(int64_t file, const char *path,
+                                               const model_spec *spec, float *host_params);
 
 #endif

@@ -18,7 +18,9 @@
  * Filling a slot: the micro-batch's rows (plan order) are grouped by block with a heap sort of
  * keys block * b + i (no allocation, unlike qsort); each block is looked up in the cache
  * (read on a miss, once per micro-batch at most, so any cache size is correct) and its rows
- * are copied to their plan positions.
+ * are copied to their plan positions. The lookup is a small hash table from block number to
+ * cache entry (open addressing, linear probing, at least twice as many slots as entries), so
+ * the bookkeeping grows with the cache, never with the dataset's blocks.
  *
  * Eviction: least recently used, where "when" is the plan position of the block's last use
  * (micro-batch sequence * b + index), not the order blocks happen to be processed. Within an
@@ -49,6 +51,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "util/rng.h"
 
 /* Each array starts on its own cache line (and SIMD-friendly boundary). */
 #define STREAM_ALIGNMENT 64
@@ -83,6 +87,7 @@ struct stream {
     int64_t block_rows;  /* the plan's, capped at N */
     int64_t block_count; /* ceil(N / block_rows) */
     int cache_blocks;    /* resolved entries in `entries` */
+    uint64_t index_mask; /* index slots - 1 (a power of two) */
 
     /* The handle itself starts the one allocation; the pointers below point into it. */
     size_t staging_bytes;
@@ -91,7 +96,7 @@ struct stream {
     size_t block_bytes;   /* one cached block's features, labels/targets */
     stream_slot *slots;   /* prefetch_depth entries */
     cache_entry *entries; /* cache_blocks entries (reader-only) */
-    int32_t *block_entry; /* block_count: index into entries, -1 if not cached (reader-only) */
+    int32_t *block_index; /* index_mask + 1 slots: an entry holding a block, or -1 (reader-only) */
     uint64_t *sort_keys;  /* micro_batch: block * b + i (reader-only scratch) */
     int64_t *ahead_rows;  /* micro_batch: rows of micro-batch ahead_sequence (reader-only) */
 
@@ -161,13 +166,14 @@ static rows_layout rows_layout_for(const dataset_geometry *geometry, int64_t row
 typedef struct stream_layout {
     int64_t block_rows, block_count;
     int cache_blocks;
+    size_t index_slots; /* a power of two >= 2 x cache_blocks */
     rows_layout slot, block;
-    size_t handle, slots, entries, block_entry, sort_keys, ahead_rows, total;
+    size_t handle, slots, entries, block_index, sort_keys, ahead_rows, total;
 } stream_layout;
 
 /* Everything but the slot and block buffers. */
 static size_t stream_layout_fixed(const stream_layout *layout) {
-    return layout->handle + layout->slots + layout->entries + layout->block_entry +
+    return layout->handle + layout->slots + layout->entries + layout->block_index +
            layout->sort_keys + layout->ahead_rows;
 }
 
@@ -180,20 +186,22 @@ static bool stream_layout_for(const dataset_geometry *geometry, const shard_para
     stream_layout layout = {0};
     layout.block_rows = plan->block_rows < plan->rows ? plan->block_rows : plan->rows;
     layout.block_count = (plan->rows + layout.block_rows - 1) / layout.block_rows;
-    /* Sort keys are block * b + i, and the block index is int32. */
-    if (layout.block_count > INT32_MAX ||
-        (uint64_t)layout.block_count > UINT64_MAX / (uint64_t)plan->micro_batch)
-        return false;
+    /* Sort keys are block * b + i; cache entries are numbered by int32. */
+    if ((uint64_t)layout.block_count > UINT64_MAX / (uint64_t)plan->micro_batch) return false;
     int64_t blocks = cache_blocks;
     if (blocks == 0) blocks = plan->shuffle ? 2 * (int64_t)plan->window_blocks + 1 : 1;
     if (blocks > layout.block_count) blocks = layout.block_count;
+    if (blocks > INT32_MAX / 4) return false;
     layout.cache_blocks = (int)blocks;
+    layout.index_slots = 2;
+    while (layout.index_slots < 2 * (size_t)blocks)
+        layout.index_slots *= 2;
     layout.slot = rows_layout_for(geometry, plan->micro_batch, true);
     layout.block = rows_layout_for(geometry, layout.block_rows, false);
     layout.handle = round_up(sizeof(stream));
     layout.slots = round_up((size_t)prefetch_depth * sizeof(stream_slot));
     layout.entries = round_up((size_t)layout.cache_blocks * sizeof(cache_entry));
-    layout.block_entry = round_up((size_t)layout.block_count * sizeof(int32_t));
+    layout.block_index = round_up(layout.index_slots * sizeof(int32_t));
     layout.sort_keys = round_up((size_t)plan->micro_batch * sizeof(uint64_t));
     layout.ahead_rows = round_up((size_t)plan->micro_batch * sizeof(int64_t));
     layout.total = stream_layout_fixed(&layout) + layout.slot.total * (size_t)prefetch_depth +
@@ -406,6 +414,48 @@ typedef struct fill_counts {
     int64_t blocks_read, blocks_read_ahead, block_hits;
 } fill_counts;
 
+/* The block index: block number -> cache entry, open addressing with linear probing. Reader
+ * thread only. */
+static uint64_t block_index_home(const stream *s, int64_t block) {
+    return rng_splitmix64((uint64_t)block) & s->index_mask;
+}
+
+/* The entry holding `block`, or -1. */
+static int32_t block_index_find(const stream *s, int64_t block) {
+    for (uint64_t i = block_index_home(s, block);; i = (i + 1) & s->index_mask) {
+        int32_t entry = s->block_index[i];
+        if (entry < 0 || s->entries[entry].block == block) return entry;
+    }
+}
+
+/* Records that entry `entry` holds `block` (not yet in the index). Never full: there are at
+ * least twice as many slots as entries. */
+static void block_index_insert(stream *s, int64_t block, int32_t entry) {
+    uint64_t i = block_index_home(s, block);
+    while (s->block_index[i] >= 0)
+        i = (i + 1) & s->index_mask;
+    s->block_index[i] = entry;
+}
+
+/* Forgets `block` (held by an entry whose .block is still `block`): empties its slot and
+ * moves later members of the probe run back, so every lookup still finds its block. */
+static void block_index_remove(stream *s, int64_t block) {
+    uint64_t hole = block_index_home(s, block);
+    while (s->entries[s->block_index[hole]].block != block)
+        hole = (hole + 1) & s->index_mask;
+    for (uint64_t next = (hole + 1) & s->index_mask; s->block_index[next] >= 0;
+         next = (next + 1) & s->index_mask) {
+        uint64_t home = block_index_home(s, s->entries[s->block_index[next]].block);
+        /* It may fill the hole unless its home lies cyclically in (hole, next]. */
+        bool home_after_hole =
+            hole <= next ? hole < home && home <= next : hole < home || home <= next;
+        if (home_after_hole) continue;
+        s->block_index[hole] = s->block_index[next];
+        hole = next;
+    }
+    s->block_index[hole] = -1;
+}
+
 /* Reader thread: reads `block` into the least recently used cache entry (a free one first)
  * and returns that entry. */
 static ddt_status stream_cache_load(stream *s, int64_t block, cache_entry **out,
@@ -420,7 +470,7 @@ static ddt_status stream_cache_load(stream *s, int64_t block, cache_entry **out,
     }
     cache_entry *entry = &s->entries[victim];
     bool was_free = entry->block < 0;
-    if (!was_free) s->block_entry[entry->block] = -1;
+    if (!was_free) block_index_remove(s, entry->block);
     entry->block = -1;
     entry->bad = false;
     entry->last_use = 0;
@@ -454,7 +504,7 @@ static ddt_status stream_cache_load(stream *s, int64_t block, cache_entry **out,
         return status;
     }
     entry->block = block;
-    s->block_entry[block] = victim;
+    block_index_insert(s, block, victim);
     *out = entry;
     return DDT_OK;
 }
@@ -516,7 +566,7 @@ static ddt_status stream_fill_slot(stream *s, stream_slot *slot, int64_t sequenc
         while (end < count && keys[end] / b == block)
             end++;
         cache_entry *entry = NULL;
-        int32_t index = s->block_entry[block];
+        int32_t index = block_index_find(s, (int64_t)block);
         if (index >= 0) {
             counts->block_hits++;
             entry = &s->entries[index];
@@ -574,7 +624,7 @@ static ddt_status stream_read_ahead(stream *s, int64_t next, bool *read, fill_co
         for (; s->ahead_index < b; s->ahead_index++) {
             int64_t block = s->ahead_rows[s->ahead_index] / s->block_rows;
             uint64_t use = (uint64_t)s->ahead_sequence * (uint64_t)b + (uint64_t)s->ahead_index + 1;
-            int32_t index = s->block_entry[block];
+            int32_t index = block_index_find(s, block);
             if (index >= 0) {
                 stream_cache_touch(&s->entries[index], use);
                 continue;
@@ -751,8 +801,9 @@ ddt_status stream_start(const stream_params *params, stream **out) {
     cursor += layout.slots;
     s->entries = (cache_entry *)cursor;
     cursor += layout.entries;
-    s->block_entry = (int32_t *)cursor;
-    cursor += layout.block_entry;
+    s->block_index = (int32_t *)cursor;
+    cursor += layout.block_index;
+    s->index_mask = layout.index_slots - 1;
     s->sort_keys = (uint64_t *)cursor;
     cursor += layout.sort_keys;
     s->ahead_rows = (int64_t *)cursor;
@@ -787,8 +838,8 @@ ddt_status stream_start(const stream_params *params, stream **out) {
             cursor += layout.block.targets;
         }
     }
-    for (int64_t block = 0; block < layout.block_count; block++)
-        s->block_entry[block] = -1;
+    for (size_t i = 0; i < layout.index_slots; i++)
+        s->block_index[i] = -1;
 
     int error = pthread_mutex_init(&s->lock, NULL);
     lock_made = error == 0;

@@ -125,10 +125,10 @@ typedef struct stream stream;
  * memory plans: the ring (prefetch_depth slots of micro_batch rows: row ids, features,
  * labels or targets), the block cache (cache_blocks blocks of min(block_rows, N) rows:
  * features, labels or targets; cache_blocks resolved as in stream_params) and bookkeeping
- * (the stream's handle, about 1.2 KiB; 4 bytes per dataset block, 16 per micro-batch row, a
- * few dozen per slot and cached block), each array rounded up to 64 bytes. Exact: everything
- * the stream allocates (the allocator's own rounding aside). 0 if an argument is out of
- * range. */
+ * (the stream's handle, about 1.2 KiB; 16 bytes per micro-batch row, a few dozen per slot
+ * and cached block, 8 to 16 more per cached block for its index, and nothing per dataset
+ * block), each array rounded up to 64 bytes. Exact: everything the stream allocates (the
+ * allocator's own rounding aside). 0 if an argument is out of range. */
 size_t stream_staging_bytes(const dataset_geometry *geometry, const shard_params *plan,
                             int prefetch_depth, int cache_blocks);
 

@@ -5,8 +5,21 @@
  * That separation is what makes a run with 4 ranks see the same global batches as a run
  * with 1 (see shard.h).
  *
- * Memory: the block permutation (one entry per block) and the window start positions for
- * the current epoch, plus the row permutation of one window. Never N entries.
+ * The order, computed one position at a time. With R = block_rows, C = ceil(N / R) blocks
+ * and W = window_blocks:
+ *   1. Block slots. Slot k of the epoch holds block P(k), P a keyed permutation of [0, C)
+ *      (key: seed, epoch). Every block has R rows except the last, which may be short; the
+ *      slot holding it (the "short slot", P^-1(C - 1)) makes later slots start earlier.
+ *      Laid end to end, the slots give the blocked order: position q lies in slot k at
+ *      offset o, and stands for row P(k) * R + o.
+ *   2. Windows. Window w is slots [wW, (w+1)W); its positions are a range [start, end) of
+ *      the blocked order. Position p of the epoch, in window w, is the blocked position
+ *      start + S_w(p - start), S_w a keyed permutation of the window's rows (key: seed,
+ *      epoch, w).
+ * So each position costs two permutation lookups and some arithmetic.
+ *
+ * Memory: the parameters and the keys of one epoch and one window. Never anything per row or
+ * per block.
  */
 #include "shard/shard.h"
 
@@ -21,17 +34,22 @@ struct shard_plan {
     int64_t steps_per_epoch; /* floor(N / B) */
     int micro_batches_per_step;
 
-    /* Shuffle state; all NULL / unused when params.shuffle is false. */
-    int64_t block_count;    /* ceil(N / block_rows); the last block may be short */
-    int64_t window_count;   /* ceil(block_count / window_blocks) */
-    int64_t *block_order;   /* block_count: epoch position order of blocks */
-    int64_t *window_starts; /* window_count + 1: first epoch position of each window */
-    int64_t order_epoch;    /* epoch that block_order/window_starts describe; -1 if none */
+    /* Shuffle geometry (unused when params.shuffle is false). */
+    int64_t block_rows;   /* R: params.block_rows, capped at N */
+    int64_t block_count;  /* C = ceil(N / R) */
+    int64_t short_rows;   /* rows of the last block */
+    int64_t window_count; /* ceil(C / W) */
 
-    int64_t *window_rows;    /* rows of window `cached_window`, in epoch order */
-    int64_t window_capacity; /* entries allocated in window_rows */
-    int64_t cached_window;   /* -1 if none */
-    int64_t cached_window_epoch;
+    /* The blocked order of epoch `order_epoch` (-1 if none yet). */
+    int64_t order_epoch;
+    rng_permutation blocks; /* P */
+    int64_t short_slot;     /* slot of the short last block; -1 if the last block is full */
+
+    /* The row permutation of window `window` of epoch `window_epoch` (-1 if none yet). */
+    int64_t window_epoch;
+    int64_t window;
+    int64_t window_start, window_end; /* its positions [start, end) */
+    rng_permutation window_rows;      /* S_w */
 };
 
 static ddt_status validate_params(const shard_params *p) {
@@ -88,44 +106,19 @@ ddt_status shard_plan_init(const shard_params *params, shard_plan **out) {
     plan->rank_rows = params->global_batch / params->world_size;
     plan->steps_per_epoch = params->rows / params->global_batch;
     plan->micro_batches_per_step = (int)(plan->rank_rows / params->micro_batch);
+    /* A block longer than the dataset is the dataset: one block, one window. */
+    int64_t block_rows = params->block_rows < params->rows ? params->block_rows : params->rows;
+    plan->block_rows = block_rows;
+    plan->block_count = (params->rows - 1) / block_rows + 1;
+    plan->short_rows = params->rows - (plan->block_count - 1) * block_rows;
+    plan->window_count = (plan->block_count - 1) / params->window_blocks + 1;
     plan->order_epoch = -1;
-    plan->cached_window = -1;
-    plan->cached_window_epoch = -1;
-
-    if (params->shuffle) {
-        int64_t n = params->rows;
-        int64_t block_rows = params->block_rows;
-        int64_t window_blocks = params->window_blocks;
-        plan->block_count = n / block_rows + (n % block_rows != 0);
-        plan->window_count =
-            plan->block_count / window_blocks + (plan->block_count % window_blocks != 0);
-        /* A window never holds more than N rows; the test avoids overflowing the product. */
-        plan->window_capacity = block_rows > n / window_blocks ? n : block_rows * window_blocks;
-        if (plan->window_capacity > n) plan->window_capacity = n;
-
-        plan->block_order = malloc((size_t)plan->block_count * sizeof *plan->block_order);
-        plan->window_starts =
-            malloc((size_t)(plan->window_count + 1) * sizeof *plan->window_starts);
-        plan->window_rows = malloc((size_t)plan->window_capacity * sizeof *plan->window_rows);
-        if (!plan->block_order || !plan->window_starts || !plan->window_rows) {
-            int64_t blocks = plan->block_count;
-            int64_t window_rows = plan->window_capacity;
-            shard_plan_free(plan);
-            return ddt_error(DDT_ERR_MEMORY,
-                             "out of memory for the shuffle plan (%" PRId64 " blocks, a window of "
-                             "%" PRId64 " rows); use larger blocks or fewer window blocks",
-                             blocks, window_rows);
-        }
-    }
+    plan->window_epoch = -1;
     *out = plan;
     return DDT_OK;
 }
 
 void shard_plan_free(shard_plan *plan) {
-    if (!plan) return;
-    free(plan->window_rows);
-    free(plan->window_starts);
-    free(plan->block_order);
     free(plan);
 }
 
@@ -141,88 +134,81 @@ const shard_params *shard_plan_get_params(const shard_plan *plan) {
     return &plan->params;
 }
 
-static int64_t block_length(const shard_plan *plan, int64_t block) {
-    int64_t first = block * plan->params.block_rows;
-    int64_t rest = plan->params.rows - first;
-    return rest < plan->params.block_rows ? rest : plan->params.block_rows;
-}
-
-/* Builds the block permutation and window starts of `epoch` (O(blocks), once per epoch). */
+/* Keys the block permutation of `epoch` and finds its short slot. */
 static void load_epoch(shard_plan *plan, int64_t epoch) {
     if (plan->order_epoch == epoch) return;
-    int64_t count = plan->block_count;
-    int64_t *order = plan->block_order;
-    for (int64_t i = 0; i < count; i++)
-        order[i] = i;
-    rng_stream rng = rng_stream_init(
+    plan->blocks = rng_permutation_init(
+        (uint64_t)plan->block_count,
         rng_hash4(plan->params.seed, RNG_PURPOSE_SHUFFLE_BLOCKS, (uint64_t)epoch, 0));
-    for (int64_t i = count - 1; i > 0; i--) {
-        int64_t j = (int64_t)rng_stream_below(&rng, (uint64_t)i + 1);
-        int64_t swap = order[i];
-        order[i] = order[j];
-        order[j] = swap;
-    }
-    /* Window sizes vary by epoch: the short last block lands in a different window. */
-    int64_t position = 0;
-    for (int64_t w = 0; w < plan->window_count; w++) {
-        plan->window_starts[w] = position;
-        int64_t first = w * plan->params.window_blocks;
-        int64_t end = first + plan->params.window_blocks;
-        if (end > count) end = count;
-        for (int64_t k = first; k < end; k++)
-            position += block_length(plan, order[k]);
-    }
-    plan->window_starts[plan->window_count] = position;
+    plan->short_slot =
+        plan->short_rows < plan->block_rows
+            ? (int64_t)rng_permutation_invert(&plan->blocks, (uint64_t)plan->block_count - 1)
+            : -1;
     plan->order_epoch = epoch;
 }
 
-/* Window holding `position`: the last w with window_starts[w] <= position. */
-static int64_t find_window(const shard_plan *plan, int64_t position) {
-    int64_t low = 0, high = plan->window_count - 1;
-    while (low < high) {
-        int64_t mid = low + (high - low + 1) / 2;
-        if (plan->window_starts[mid] <= position)
-            low = mid;
-        else
-            high = mid - 1;
-    }
-    return low;
+/* First blocked position of slot `slot` (0 <= slot <= C; slot C gives N). */
+static int64_t slot_start(const shard_plan *plan, int64_t slot) {
+    int64_t start = slot * plan->block_rows;
+    if (plan->short_slot >= 0 && slot > plan->short_slot)
+        start -= plan->block_rows - plan->short_rows;
+    return start;
 }
 
-/* Fills the window cache with window `window`'s rows in epoch order. */
+/* Blocked position `position` as if every block were full: positions after the short slot
+ * move up by the rows it lacks. */
+static int64_t uniform_position(const shard_plan *plan, int64_t position) {
+    if (plan->short_slot >= 0 &&
+        position >= plan->short_slot * plan->block_rows + plan->short_rows)
+        return position + plan->block_rows - plan->short_rows;
+    return position;
+}
+
+/* Row of blocked position `position` of the loaded epoch. */
+static int64_t blocked_row(const shard_plan *plan, int64_t position) {
+    int64_t uniform = uniform_position(plan, position);
+    int64_t slot = uniform / plan->block_rows;
+    int64_t block = (int64_t)rng_permutation_apply(&plan->blocks, (uint64_t)slot);
+    return block * plan->block_rows + uniform % plan->block_rows;
+}
+
+/* Window holding blocked position `position` of the loaded epoch. */
+static int64_t window_of(const shard_plan *plan, int64_t position) {
+    return uniform_position(plan, position) / plan->block_rows / plan->params.window_blocks;
+}
+
+/* Keys window `window`'s row permutation (the epoch must be loaded). */
 static void load_window(shard_plan *plan, int64_t epoch, int64_t window) {
-    if (plan->cached_window == window && plan->cached_window_epoch == epoch) return;
-    int64_t first = window * plan->params.window_blocks;
-    int64_t end = first + plan->params.window_blocks;
-    if (end > plan->block_count) end = plan->block_count;
-    int64_t count = 0;
-    for (int64_t k = first; k < end; k++) {
-        int64_t block = plan->block_order[k];
-        int64_t row = block * plan->params.block_rows;
-        int64_t length = block_length(plan, block);
-        for (int64_t i = 0; i < length; i++)
-            plan->window_rows[count++] = row + i;
-    }
-    rng_stream rng = rng_stream_init(rng_hash4(plan->params.seed, RNG_PURPOSE_SHUFFLE_WINDOW,
-                                               (uint64_t)epoch, (uint64_t)window));
-    int64_t *rows = plan->window_rows;
-    for (int64_t i = count - 1; i > 0; i--) {
-        int64_t j = (int64_t)rng_stream_below(&rng, (uint64_t)i + 1);
-        int64_t swap = rows[i];
-        rows[i] = rows[j];
-        rows[j] = swap;
-    }
-    plan->cached_window = window;
-    plan->cached_window_epoch = epoch;
+    if (plan->window_epoch == epoch && plan->window == window) return;
+    int64_t window_blocks = plan->params.window_blocks;
+    int64_t first = window * window_blocks;
+    int64_t end = first + window_blocks < plan->block_count ? first + window_blocks
+                                                            : plan->block_count;
+    plan->window_start = slot_start(plan, first);
+    plan->window_end = slot_start(plan, end);
+    plan->window_rows = rng_permutation_init(
+        (uint64_t)(plan->window_end - plan->window_start),
+        rng_hash4(plan->params.seed, RNG_PURPOSE_SHUFFLE_WINDOW, (uint64_t)epoch,
+                  (uint64_t)window));
+    plan->window_epoch = epoch;
+    plan->window = window;
+}
+
+/* Row at `position` of `epoch`'s shuffled order; the position must be in range. */
+static int64_t shuffled_row(shard_plan *plan, int64_t epoch, int64_t position) {
+    load_epoch(plan, epoch);
+    if (plan->window_epoch != epoch || position < plan->window_start ||
+        position >= plan->window_end)
+        load_window(plan, epoch, window_of(plan, position));
+    uint64_t offset = rng_permutation_apply(&plan->window_rows,
+                                            (uint64_t)(position - plan->window_start));
+    return blocked_row(plan, plan->window_start + (int64_t)offset);
 }
 
 int64_t shard_plan_row_at(shard_plan *plan, int64_t epoch, int64_t position) {
     if (position < 0 || position >= plan->params.rows || epoch < 0) return -1;
     if (!plan->params.shuffle) return position;
-    load_epoch(plan, epoch);
-    int64_t window = find_window(plan, position);
-    load_window(plan, epoch, window);
-    return plan->window_rows[position - plan->window_starts[window]];
+    return shuffled_row(plan, epoch, position);
 }
 
 ddt_status shard_plan_micro_batch_rows(shard_plan *plan, int64_t epoch, int64_t step,
@@ -237,21 +223,7 @@ ddt_status shard_plan_micro_batch_rows(shard_plan *plan, int64_t epoch, int64_t 
     const shard_params *p = &plan->params;
     int64_t position =
         step * p->global_batch + p->rank * plan->rank_rows + (int64_t)micro_index * p->micro_batch;
-    if (!p->shuffle) {
-        for (int i = 0; i < p->micro_batch; i++)
-            rows_out[i] = position + i;
-        return DDT_OK;
-    }
-    load_epoch(plan, epoch);
-    /* Walk windows forward rather than searching per row: a micro-batch spans one or two. */
-    int64_t window = find_window(plan, position);
-    load_window(plan, epoch, window);
-    for (int i = 0; i < p->micro_batch; i++, position++) {
-        while (position >= plan->window_starts[window + 1]) {
-            window++;
-            load_window(plan, epoch, window);
-        }
-        rows_out[i] = plan->window_rows[position - plan->window_starts[window]];
-    }
+    for (int i = 0; i < p->micro_batch; i++, position++)
+        rows_out[i] = p->shuffle ? shuffled_row(plan, epoch, position) : position;
     return DDT_OK;
 }

@@ -10,11 +10,15 @@
  * the HDF5 chunk), the blocks are permuted with a key of (seed, epoch), consecutive permuted
  * blocks are grouped into windows of window_blocks blocks, and rows are permuted within each
  * window (key: seed, epoch, window). A micro-batch's rows therefore come from at most
- * window_blocks chunks. With shuffle off, the order is the file order.
+ * 2 x window_blocks chunks (one window, or two when it straddles a boundary). With shuffle
+ * off, the order is the file order.
  *
- * The order is computed lazily: the block permutation is N/block_rows entries, one window's
- * row permutation is cached; the full N-entry permutation is never built. A plan is not
- * thread-safe (one per reader).
+ * Both permutations are keyed Feistel bijections computed one position at a time
+ * (rng_permutation in util/rng.h), so a plan holds a few words whatever N is: a dataset of
+ * 10^12 rows plans in the same memory as one of 10^3, and no table of rows or blocks is
+ * ever built. (Earlier builds drew the order from Fisher-Yates shuffles of a block table and
+ * of each window's rows: the guarantees are the same, the orders differ.) A plan caches the
+ * current epoch's and window's keys, so it is not thread-safe (one per reader).
  *
  * Ownership: shard_plan_init() allocates; shard_plan_free() frees.
  *

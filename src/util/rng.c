@@ -1,5 +1,5 @@
-/* rng.c - Box-Muller normals and xoshiro256** streams behind rng.h (the splitmix64 hash is
- * inline in rng.h, shared with CUDA kernels). */
+/* rng.c - Box-Muller normals and keyed Feistel permutations behind rng.h (the splitmix64 hash
+ * is inline in rng.h, shared with CUDA kernels). */
 #include "util/rng.h"
 
 #include <math.h>
@@ -11,38 +11,52 @@ double rng_normal(uint64_t bits1, uint64_t bits2) {
     return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
 }
 
-rng_stream rng_stream_init(uint64_t seed) {
-    rng_stream stream;
-    for (int i = 0; i < 4; i++) {
-        seed = rng_splitmix64(seed);
-        stream.state[i] = seed;
+rng_permutation rng_permutation_init(uint64_t count, uint64_t key) {
+    rng_permutation permutation = {.count = count ? count : 1};
+    /* Bits to write count - 1, split into two equal halves of at least one bit. */
+    int bits = 0;
+    for (uint64_t rest = permutation.count - 1; rest; rest >>= 1)
+        bits++;
+    permutation.half_bits = bits < 2 ? 1 : (bits + 1) / 2;
+    permutation.half_mask = (1ull << permutation.half_bits) - 1;
+    for (int r = 0; r < RNG_PERMUTATION_ROUNDS; r++) {
+        key = rng_splitmix64(key);
+        permutation.round_keys[r] = key;
     }
-    return stream;
+    return permutation;
 }
 
-static uint64_t rotate_left(uint64_t x, int k) {
-    return (x << k) | (x >> (64 - k));
+/* One pass of the network over the 2h-bit domain: (L, R) -> (R, L ^ F(R)) per round. */
+static uint64_t feistel_forward(const rng_permutation *p, uint64_t value) {
+    uint64_t left = value >> p->half_bits, right = value & p->half_mask;
+    for (int r = 0; r < RNG_PERMUTATION_ROUNDS; r++) {
+        uint64_t mixed = left ^ (rng_splitmix64(p->round_keys[r] ^ right) & p->half_mask);
+        left = right;
+        right = mixed;
+    }
+    return (left << p->half_bits) | right;
 }
 
-uint64_t rng_stream_next(rng_stream *stream) {
-    uint64_t *s = stream->state;
-    uint64_t result = rotate_left(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotate_left(s[3], 45);
-    return result;
+static uint64_t feistel_backward(const rng_permutation *p, uint64_t value) {
+    uint64_t left = value >> p->half_bits, right = value & p->half_mask;
+    for (int r = RNG_PERMUTATION_ROUNDS - 1; r >= 0; r--) {
+        uint64_t previous = right ^ (rng_splitmix64(p->round_keys[r] ^ left) & p->half_mask);
+        right = left;
+        left = previous;
+    }
+    return (left << p->half_bits) | right;
 }
 
-uint64_t rng_stream_below(rng_stream *stream, uint64_t bound) {
-    /* Rejection sampling on the top of the range keeps the result unbiased. */
-    uint64_t limit = UINT64_MAX - UINT64_MAX % bound;
-    uint64_t x;
-    do {
-        x = rng_stream_next(stream);
-    } while (x >= limit);
-    return x % bound;
+uint64_t rng_permutation_apply(const rng_permutation *permutation, uint64_t position) {
+    uint64_t value = feistel_forward(permutation, position);
+    while (value >= permutation->count)
+        value = feistel_forward(permutation, value);
+    return value;
+}
+
+uint64_t rng_permutation_invert(const rng_permutation *permutation, uint64_t item) {
+    uint64_t value = feistel_backward(permutation, item);
+    while (value >= permutation->count)
+        value = feistel_backward(permutation, value);
+    return value;
 }

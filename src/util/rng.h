@@ -2,8 +2,9 @@
  *
  * ddtrain's results must not depend on the number of ranks, the micro-batch size or the order
  * in which threads run. So randomness is never drawn from a shared stream: each random value is
- * a pure function of a key (seed, purpose, indices), computed with rng_hash(). Where a sequence
- * is natural (a Fisher-Yates shuffle) an rng_stream is seeded from such a key.
+ * a pure function of a key (seed, purpose, indices), computed with rng_hash(). Shuffles are
+ * keyed permutations (rng_permutation): position i of a shuffle of n items is computed on its
+ * own, in constant time and memory, so shuffling 10^12 rows needs no table of 10^12 entries.
  *
  * The hash and rng_uniform() are defined here, inline and marked DDT_HOST_DEVICE, so CUDA
  * kernels (src/engine/cuda/kernels.cu) compile the very same code: dropout masks drawn on a
@@ -12,8 +13,10 @@
  *
  * Usage:
  *     float u = rng_uniform(rng_hash4(seed, RNG_PURPOSE_DROPOUT, step, row * width + unit));
- *     rng_stream s = rng_stream_init(rng_hash4(seed, RNG_PURPOSE_SHUFFLE, epoch, 0, 0));
- *     uint64_t k = rng_stream_below(&s, n);
+ *     rng_permutation p = rng_permutation_init(n, rng_hash4(seed, RNG_PURPOSE_SHUFFLE_BLOCKS,
+ *                                                           epoch, 0));
+ *     uint64_t item = rng_permutation_apply(&p, position);      // position < n
+ *     uint64_t back = rng_permutation_invert(&p, item);         // == position
  */
 #ifndef DDT_UTIL_RNG_H
 #define DDT_UTIL_RNG_H
@@ -65,15 +68,29 @@ static inline DDT_HOST_DEVICE float rng_uniform(uint64_t bits) {
 /* A standard normal value from two independent keys' bits (Box-Muller). */
 double rng_normal(uint64_t bits1, uint64_t bits2);
 
-/* A small sequential generator (xoshiro256**), for shuffles. */
-typedef struct rng_stream {
-    uint64_t state[4];
-} rng_stream;
+/* A keyed pseudo-random permutation of [0, n), computed one element at a time: a balanced
+ * Feistel network of RNG_PERMUTATION_ROUNDS rounds over the smallest domain of 2^(2h) >= n
+ * values (h >= 1 bits per half), with splitmix64 of (round key ^ half) as the round function,
+ * and cycle walking (apply again while the result is >= n) to stay inside [0, n). A Feistel
+ * network is a bijection of its domain whatever the round function, and cycle walking keeps
+ * a bijection of [0, n) because every cycle through a value below n returns to it; the
+ * domain is less than 4n, so a value takes fewer than 4 applications on average. Memory is
+ * the struct; apply and invert cost O(rounds) expected. n may be anything from 1 to 2^63. */
+#define RNG_PERMUTATION_ROUNDS 8
 
-rng_stream rng_stream_init(uint64_t seed);
-uint64_t rng_stream_next(rng_stream *stream);
-/* Unbiased integer in [0, bound); bound > 0. */
-uint64_t rng_stream_below(rng_stream *stream, uint64_t bound);
+typedef struct rng_permutation {
+    uint64_t count;     /* n */
+    int half_bits;      /* h */
+    uint64_t half_mask; /* 2^h - 1 */
+    uint64_t round_keys[RNG_PERMUTATION_ROUNDS];
+} rng_permutation;
+
+/* The permutation of [0, count) keyed by `key` (count >= 1). */
+rng_permutation rng_permutation_init(uint64_t count, uint64_t key);
+/* The item at position `position` (< count). */
+uint64_t rng_permutation_apply(const rng_permutation *permutation, uint64_t position);
+/* The position of `item` (< count): rng_permutation_apply's inverse. */
+uint64_t rng_permutation_invert(const rng_permutation *permutation, uint64_t item);
 
 #ifdef __cplusplus
 }
