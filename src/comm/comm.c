@@ -64,18 +64,20 @@ static ddt_status check_one_device_per_rank(comm *c) {
     } rank_device;
     rank_device mine;
     memset(&mine, 0, sizeof mine);
-    int leader = c->rank; /* the node's id: the world rank of its local rank 0 */
-    MPI_Bcast(&leader, 1, MPI_INT, 0, c->node);
+    int leader = c->rank; /* the node's id: the lowest world rank on it */
+    MPI_Request request;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, c->node, &request);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce (the node's ranks)");
+    DDT_CHECK(comm_mpi_wait(c, &request, "finding the node's ranks"));
     snprintf(mine.node, sizeof mine.node, "%d", leader);
     snprintf(mine.identity, sizeof mine.identity, "%s", c->dev ? c->dev->identity : "");
     mine.visible = device_count(DEVICE_KIND_CUDA);
     rank_device *all = calloc((size_t)c->world_size, sizeof *all);
     if (!all) return ddt_error(DDT_ERR_MEMORY, "out of host memory checking the ranks' GPUs");
-    int rc = MPI_Allgather(&mine, (int)sizeof mine, MPI_BYTE, all, (int)sizeof mine, MPI_BYTE,
-                           c->world);
-    if (rc != MPI_SUCCESS) {
+    ddt_status status = comm_allgather_bytes(c, &mine, sizeof mine, all, "the ranks' GPUs");
+    if (status != DDT_OK) {
         free(all);
-        return comm_mpi_error(rc, "MPI_Allgather (the ranks' GPUs)");
+        return status;
     }
     int first = 0, second = 0;
     bool clash = comm_find_shared_device((const char *)all, sizeof *all,
@@ -92,6 +94,21 @@ static ddt_status check_one_device_per_rank(comm *c) {
                      "the node has GPUs (rank %d sees %d), or give each rank its own GPU "
                      "(CUDA_VISIBLE_DEVICES, Slurm's --gpus-per-task=1)",
                      first, second, gpu, first, visible);
+}
+
+/* The backend's set-up on a communicator whose fields are filled; frees it on failure. */
+static ddt_status open_backend(comm *c, comm **out) {
+    ddt_status status = c->kind == COMM_BACKEND_NCCL ? check_one_device_per_rank(c) : DDT_OK;
+    if (status == DDT_OK) status = c->ops->open(c);
+    if (status != DDT_OK) {
+        ddt_error_trace(__FILE__, __LINE__);
+        MPI_Comm_free(&c->node);
+        if (c->owns_world) MPI_Comm_free(&c->world);
+        free(c);
+        return status;
+    }
+    *out = c;
+    return DDT_OK;
 }
 
 ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out) {
@@ -111,6 +128,7 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
     c->world = world;
     c->dev = dev;
     c->timeout_seconds = comm_default_timeout_seconds;
+    c->failure_origin = -1;
     MPI_Comm_rank(world, &c->rank);
     MPI_Comm_size(world, &c->world_size);
     int rc = MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
@@ -120,22 +138,58 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
     }
     MPI_Comm_rank(c->node, &c->local_rank);
     MPI_Comm_size(c->node, &c->local_size);
-    ddt_status status = kind == COMM_BACKEND_NCCL ? check_one_device_per_rank(c) : DDT_OK;
-    if (status == DDT_OK) status = ops->open(c);
+    return open_backend(c, out);
+}
+
+/* A duplicate of `source`, polled under `parent`'s timeout and wait hook. */
+static ddt_status duplicate(comm *parent, MPI_Comm source, MPI_Comm *out, const char *what) {
+    MPI_Request request;
+    int rc = MPI_Comm_idup(source, out, &request);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, what);
+    return comm_mpi_wait(parent, &request, what);
+}
+
+ddt_status comm_init_like(comm *parent, comm_backend_kind kind, device *dev, comm **out) {
+    *out = NULL;
+    const comm_backend_ops *ops = backend_ops(kind);
+    if (!ops) {
+        const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+        return ddt_error(DDT_ERR_USAGE, "the NCCL backend is not available: %s",
+                         problem ? problem : "the CUDA plugin lacks it");
+    }
+    comm *c = calloc(1, sizeof *c);
+    if (!c) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the communicator");
+    *c = (comm){.ops = ops,
+                .kind = kind,
+                .rank = parent->rank,
+                .world_size = parent->world_size,
+                .local_rank = parent->local_rank,
+                .local_size = parent->local_size,
+                .dev = dev,
+                .timeout_seconds = parent->timeout_seconds,
+                .wait_hook = parent->wait_hook,
+                .wait_hook_context = parent->wait_hook_context,
+                .failure_origin = -1,
+                .world = MPI_COMM_NULL,
+                .node = MPI_COMM_NULL};
+    ddt_status status = duplicate(parent, parent->world, &c->world, "creating a communicator");
+    if (status == DDT_OK)
+        status = duplicate(parent, parent->node, &c->node, "creating a node communicator");
     if (status != DDT_OK) {
-        ddt_error_trace(__FILE__, __LINE__);
-        MPI_Comm_free(&c->node);
+        if (c->world != MPI_COMM_NULL) MPI_Comm_free(&c->world);
         free(c);
         return status;
     }
-    *out = c;
-    return DDT_OK;
+    c->owns_world = true;
+    return open_backend(c, out);
 }
 
 void comm_free(comm *c) {
     if (!c) return;
+    comm_finish_watchdog(c, false);
     c->ops->close(c);
     MPI_Comm_free(&c->node);
+    if (c->owns_world) MPI_Comm_free(&c->world);
     free(c);
 }
 
@@ -162,7 +216,9 @@ ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what) {
         c->wait_hook(c->wait_hook_context);
         w->last_hook = w->now;
     }
-    if (c->timeout_seconds > 0 && w->now - w->started >= c->timeout_seconds)
+    /* Ranks other than 0 wait a little longer: rank 0 names the lagging ranks. */
+    double grace = c->rank == 0 ? 0 : c->timeout_seconds / 10 < 2 ? c->timeout_seconds / 10 : 2;
+    if (c->timeout_seconds > 0 && w->now - w->started >= c->timeout_seconds + grace)
         return ddt_error(DDT_ERR_COMM,
                          "%s made no progress for %g s (--comm-timeout): a rank was lost or "
                          "stalled",
@@ -208,34 +264,6 @@ ddt_status comm_broadcast_floats(comm *c, float *buffer, size_t count, int root)
 
 ddt_status comm_allreduce_floats(comm *c, float *buffer, size_t count) {
     return c->ops->allreduce(c, buffer, count);
-}
-
-static MPI_Op mpi_op(comm_reduce_op op) {
-    switch (op) {
-    case COMM_REDUCE_MIN:
-        return MPI_MIN;
-    case COMM_REDUCE_MAX:
-        return MPI_MAX;
-    case COMM_REDUCE_SUM:
-        break;
-    }
-    return MPI_SUM;
-}
-
-/* The control plane runs once per step: non-blocking and polled, so a lost or stalled rank
- * becomes an error after the timeout (and the wait hook can name it) instead of a hang. */
-ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduce_op op) {
-    MPI_Request request;
-    int rc =
-        MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, mpi_op(op), c->world, &request);
-    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce (control values)");
-    return comm_mpi_wait(c, &request, "the ranks' per-step agreement");
-}
-
-ddt_status comm_allreduce_u64(comm *c, uint64_t *values, int count, comm_reduce_op op) {
-    int rc = MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_UINT64_T, mpi_op(op), c->world);
-    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce (control values)");
-    return DDT_OK;
 }
 
 /* ---- gradient buckets ------------------------------------------------------------------ */

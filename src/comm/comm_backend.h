@@ -43,7 +43,8 @@ struct comm {
     const comm_backend_ops *ops;
     comm_backend_kind kind;
     MPI_Comm world;
-    MPI_Comm node; /* ranks sharing this node */
+    MPI_Comm node;   /* ranks sharing this node */
+    bool owns_world; /* world is a duplicate made by comm_init_like(), freed with the comm */
     int rank, world_size, local_rank, local_size;
     device *dev;
     double timeout_seconds;       /* longest wait without progress (comm_set_timeout); 0: none */
@@ -51,6 +52,11 @@ struct comm {
     void *wait_hook_context;
     size_t device_bytes_unrouted; /* device memory the backend took outside the allocator */
     void *backend;
+    /* the control plane (comm_control.c) */
+    struct watchdog *watchdog;  /* comm_enable_watchdog(); NULL: none */
+    int64_t meeting_points;     /* agreements and arrivals so far (the watchdog's points) */
+    int failure_origin;         /* rank an agreed failure came from; -1: none */
+    char failure_host[64];
 };
 
 extern const comm_backend_ops comm_mpi_ops;

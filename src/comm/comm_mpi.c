@@ -12,12 +12,15 @@ ddt_status comm_mpi_error(int mpi_code, const char *what) {
     return ddt_error(DDT_ERR_COMM, "%s failed: %s", what, text);
 }
 
-/* MPI counts are int; split larger buffers (only possible above 8 GiB of floats). */
+/* Blocking in effect, but polled like every wait (comm_mpi_wait: the timeout, the watchdog).
+ * MPI counts are int; larger buffers (above 8 GiB of floats) go in parts. */
 static ddt_status mpi_broadcast(comm *c, float *buffer, size_t count, int root) {
     while (count > 0) {
         int part = count > INT_MAX ? INT_MAX : (int)count;
-        int rc = MPI_Bcast(buffer, part, MPI_FLOAT, root, c->world);
-        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Bcast");
+        MPI_Request request;
+        int rc = MPI_Ibcast(buffer, part, MPI_FLOAT, root, c->world, &request);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Ibcast");
+        DDT_CHECK(comm_mpi_wait(c, &request, "a broadcast of device buffers"));
         buffer += part;
         count -= (size_t)part;
     }
@@ -27,8 +30,10 @@ static ddt_status mpi_broadcast(comm *c, float *buffer, size_t count, int root) 
 static ddt_status mpi_allreduce(comm *c, float *buffer, size_t count) {
     while (count > 0) {
         int part = count > INT_MAX ? INT_MAX : (int)count;
-        int rc = MPI_Allreduce(MPI_IN_PLACE, buffer, part, MPI_FLOAT, MPI_SUM, c->world);
-        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce");
+        MPI_Request request;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buffer, part, MPI_FLOAT, MPI_SUM, c->world, &request);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce");
+        DDT_CHECK(comm_mpi_wait(c, &request, "an all-reduce"));
         buffer += part;
         count -= (size_t)part;
     }

@@ -5,7 +5,7 @@
  * shards over the ranks (rank r writes shards r, r + world, ...), since every row is a pure
  * function of (seed, row).
  */
-#include "driver/data_commands.h"
+#include "driver/commands.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -129,8 +129,8 @@ done:
     return status;
 }
 
-ddt_status convert_run(job *j, const options *opts) {
-    return job_agree(j, j->rank == 0 ? convert_local(opts) : DDT_OK);
+ddt_status convert_command(job *j, const options *opts) {
+    return comm_agree(j->control, j->rank == 0 ? convert_local(opts) : DDT_OK, "convert");
 }
 
 /* ---- synth ----------------------------------------------------------------------------- */
@@ -233,8 +233,8 @@ static ddt_status synth_local(const job *j, const options *opts) {
     return status;
 }
 
-ddt_status synth_run(job *j, const options *opts) {
-    return job_agree(j, synth_local(j, opts));
+ddt_status synth_command(job *j, const options *opts) {
+    return comm_agree(j->control, synth_local(j, opts), "synth");
 }
 
 /* ---- info ------------------------------------------------------------------------------ */
@@ -303,6 +303,6 @@ static ddt_status info_local(const options *opts) {
     return DDT_OK;
 }
 
-ddt_status info_run(job *j, const options *opts) {
-    return job_agree(j, j->rank == 0 ? info_local(opts) : DDT_OK);
+ddt_status info_command(job *j, const options *opts) {
+    return comm_agree(j->control, j->rank == 0 ? info_local(opts) : DDT_OK, "info");
 }

@@ -11,10 +11,9 @@
 #include <string.h>
 
 #include "driver/blas_setup.h"
-#include "driver/data_commands.h"
+#include "driver/commands.h"
 #include "driver/job.h"
 #include "driver/options.h"
-#include "driver/train.h"
 #include "engine/device.h"
 
 #ifndef DDTRAIN_VERSION /* from CMake: the project version */
@@ -79,36 +78,41 @@ int main(int argc, char **argv) {
 
     job j;
     ddt_status status = job_init(&j, &argc, &argv);
-    if (status != DDT_OK) {
-        job_print_error(&j, status);
-        return job_finish(&j, status);
-    }
+    if (status != DDT_OK) return job_end(&j, status);
     command cmd;
     if (!parse_command(argv[1], &cmd)) {
-        status = job_agree(&j, ddt_error(DDT_ERR_USAGE,
-                                         "unknown command '%s' (expected train, eval, convert, "
-                                         "synth or info; see ddtrain --help)",
-                                         argv[1]));
-        return job_finish(&j, status);
+        status = comm_agree(j.control,
+                            ddt_error(DDT_ERR_USAGE,
+                                      "unknown command '%s' (expected train, eval, convert, "
+                                      "synth or info; see ddtrain --help)",
+                                      argv[1]),
+                            "the command");
+        return job_end(&j, status);
     }
     options opts;
-    status = job_agree(&j, options_parse(cmd, argc - 2, argv + 2, &opts));
-    if (status != DDT_OK) return job_finish(&j, status);
+    status = comm_agree(j.control, options_parse(cmd, argc - 2, argv + 2, &opts), "the options");
+    if (status != DDT_OK) return job_end(&j, status);
     if (opts.help) {
         if (j.rank == 0) options_print_help(cmd, stdout);
-        return job_finish(&j, DDT_OK);
+        return job_end(&j, DDT_OK);
     }
     if ((cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL) && opts.positional_count > 0) {
-        status = job_agree(&j, ddt_error(DDT_ERR_USAGE, "ddtrain %s: unexpected argument '%s'",
-                                         command_name(cmd), opts.positional[0]));
-        return job_finish(&j, status);
+        status = comm_agree(j.control,
+                            ddt_error(DDT_ERR_USAGE, "ddtrain %s: unexpected argument '%s'",
+                                      command_name(cmd), opts.positional[0]),
+                            "the options");
+        return job_end(&j, status);
     }
+    /* Every wait between ranks from here on is bounded, and watched. */
+    status = job_set_timeout(&j, cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL ? opts.comm_timeout
+                                                                            : 300);
+    if (status != DDT_OK) return job_end(&j, status);
     switch (cmd) {
-    case COMMAND_TRAIN: status = train_run(&j, &opts); break;
-    case COMMAND_EVAL: status = eval_run(&j, &opts); break;
-    case COMMAND_CONVERT: status = convert_run(&j, &opts); break;
-    case COMMAND_SYNTH: status = synth_run(&j, &opts); break;
-    case COMMAND_INFO: status = info_run(&j, &opts); break;
+    case COMMAND_TRAIN: status = train_command(&j, &opts); break;
+    case COMMAND_EVAL: status = eval_command(&j, &opts); break;
+    case COMMAND_CONVERT: status = convert_command(&j, &opts); break;
+    case COMMAND_SYNTH: status = synth_command(&j, &opts); break;
+    case COMMAND_INFO: status = info_command(&j, &opts); break;
     }
-    return job_finish(&j, status);
+    return job_end(&j, status);
 }

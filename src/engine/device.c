@@ -198,25 +198,41 @@ const char *device_kind_name(device_kind kind) {
     return "unknown";
 }
 
-ddt_status device_choose(const char *request, int local_rank, device_kind *kind, int *ordinal) {
+const char *device_request_name(device_request request) {
+    switch (request) {
+    case DEVICE_REQUEST_AUTO:
+        return "auto";
+    case DEVICE_REQUEST_CPU:
+        return "cpu";
+    case DEVICE_REQUEST_CUDA:
+        return "cuda";
+    }
+    return "unknown";
+}
+
+ddt_status device_choose(device_request request, int local_rank, device_kind *kind,
+                         int *ordinal) {
     *kind = DEVICE_KIND_CPU;
     *ordinal = 0;
-    if (!request) request = "auto";
-    if (strcmp(request, "auto") == 0) {
-        if (device_count(DEVICE_KIND_CUDA) == 0) return DDT_OK;
-    } else if (strcmp(request, "cpu") == 0) {
+    switch (request) {
+    case DEVICE_REQUEST_CPU:
         return DDT_OK;
-    } else if (strcmp(request, "cuda") != 0) {
-        return ddt_error(DDT_ERR_USAGE, "--device: '%s' is not a device (expected auto, cpu or cuda)",
-                         request);
-    } else if (!device_kind_available(DEVICE_KIND_CUDA)) {
-        return ddt_error(DDT_ERR_USAGE, "--device cuda: this ddtrain was built without CUDA "
-                                        "(configure with -DDDTRAIN_CUDA=ON where nvcc and NCCL "
-                                        "are installed)");
-    } else if (device_count(DEVICE_KIND_CUDA) == 0) {
-        const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
-        return ddt_error(DDT_ERR_USAGE, "--device cuda: no GPU is visible to this process (%s)",
-                         problem ? problem : "check the driver and CUDA_VISIBLE_DEVICES");
+    case DEVICE_REQUEST_AUTO:
+        if (device_count(DEVICE_KIND_CUDA) == 0) return DDT_OK;
+        break;
+    case DEVICE_REQUEST_CUDA:
+        if (!device_kind_available(DEVICE_KIND_CUDA))
+            return ddt_error(DDT_ERR_USAGE, "--device cuda: this ddtrain was built without CUDA "
+                                            "(configure with -DDDTRAIN_CUDA=ON where nvcc and "
+                                            "NCCL are installed)");
+        if (device_count(DEVICE_KIND_CUDA) == 0) {
+            const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+            return ddt_error(DDT_ERR_USAGE, "--device cuda: no GPU is visible to this process (%s)",
+                             problem ? problem : "check the driver and CUDA_VISIBLE_DEVICES");
+        }
+        break;
+    default:
+        return ddt_error(DDT_ERR_USAGE, "--device: unknown request %d", (int)request);
     }
     *kind = DEVICE_KIND_CUDA;
     *ordinal = (local_rank < 0 ? 0 : local_rank) % device_count(DEVICE_KIND_CUDA);

@@ -226,13 +226,23 @@ struct device {
 ddt_status device_open(device_kind kind, int ordinal, device **out);
 void device_close(device *dev);
 
-/* --device: which backend and which device of it a rank uses. `request` is "auto" (a GPU
- * when this process sees one, else the CPU), "cpu" or "cuda"; the GPU is local_rank modulo
- * the GPUs visible, so with CUDA_VISIBLE_DEVICES or Slurm's --gpus-per-task leaving each rank
- * one device, that is device 0. DDT_ERR_USAGE, naming the option, for anything else, for
- * cuda in a build without it, and for cuda where no GPU is visible. The one rule shared by
- * every command that computes (train, eval). */
-ddt_status device_choose(const char *request, int local_rank, device_kind *kind, int *ordinal);
+/* --device: what the user asked for. */
+typedef enum device_request {
+    DEVICE_REQUEST_AUTO, /* a GPU when this process sees one, else the CPU */
+    DEVICE_REQUEST_CPU,
+    DEVICE_REQUEST_CUDA,
+} device_request;
+
+/* "auto", "cpu", "cuda". */
+const char *device_request_name(device_request request);
+
+/* Which backend and which device of it a rank uses: the GPU is local_rank modulo the GPUs
+ * visible, so with CUDA_VISIBLE_DEVICES or Slurm's --gpus-per-task leaving each rank one
+ * device, that is device 0. DDT_ERR_USAGE, naming --device, for cuda in a build without it
+ * and for cuda where no GPU is visible. The one rule shared by every command that computes
+ * (train, eval). */
+ddt_status device_choose(device_request request, int local_rank, device_kind *kind,
+                         int *ordinal);
 
 /* True if this build contains the backend. */
 bool device_kind_available(device_kind kind);

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "io/io_exit.h"
 #include "util/files.h"
 
 static pthread_once_t hdf5_lock_once = PTHREAD_ONCE_INIT;
@@ -148,4 +149,8 @@ ddt_status hdf5_check_readable(const char *path) {
     if (access(path, R_OK) != 0)
         return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     return DDT_OK;
+}
+
+bool io_exit_must_be_immediate(void) {
+    return hdf5_shut_down_unsafe();
 }

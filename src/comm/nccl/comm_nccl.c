@@ -333,9 +333,9 @@ static ddt_status nccl_open_local(comm *c, size_t *free_before) {
 /* Collective over comm->world: every rank learns whether all succeeded. On failure,
  * *first_failed is the lowest rank that failed. */
 static ddt_status agree(comm *c, bool ok, int *first_failed) {
-    int value = ok ? c->world_size : c->rank;
-    int rc = MPI_Allreduce(&value, first_failed, 1, MPI_INT, MPI_MIN, c->world);
-    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce (agreeing on NCCL set-up)");
+    double value = ok ? c->world_size : c->rank;
+    DDT_CHECK(comm_allreduce_doubles(c, &value, 1, COMM_REDUCE_MIN));
+    *first_failed = (int)value;
     return DDT_OK;
 }
 
@@ -380,11 +380,8 @@ static ddt_status nccl_open(comm *c) {
                             __LINE__);
         bootstrap.ok = local == DDT_OK;
     }
-    int rc = MPI_Bcast(&bootstrap, (int)sizeof bootstrap, MPI_BYTE, 0, c->world);
-    if (rc != MPI_SUCCESS) {
-        status = comm_mpi_error(rc, "MPI_Bcast (the NCCL unique id)");
-        goto fail;
-    }
+    status = comm_broadcast_bytes(c, &bootstrap, sizeof bootstrap, 0, "the NCCL unique id");
+    if (status != DDT_OK) goto fail;
     if (!bootstrap.ok) {
         status = c->rank == 0 ? local : peer_failed(c, 0, "ncclGetUniqueId");
         goto fail;
