@@ -218,11 +218,22 @@ ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what) {
     }
     /* Ranks other than 0 wait a little longer: rank 0 names the lagging ranks. */
     double grace = c->rank == 0 ? 0 : c->timeout_seconds / 10 < 2 ? c->timeout_seconds / 10 : 2;
-    if (c->timeout_seconds > 0 && w->now - w->started >= c->timeout_seconds + grace)
+    if (c->timeout_seconds > 0 && w->now - w->started >= c->timeout_seconds + grace) {
+        /* Rank 0's watchdog knows whom everybody waits for. */
+        char lagging[256] = "";
+        if (c->wait_hook == comm_watchdog_poll)
+            comm_lagging_ranks(c->wait_hook_context, lagging, sizeof lagging);
+        if (lagging[0])
+            return ddt_error(DDT_ERR_COMM,
+                             "%s made no progress for %g s (--comm-timeout): rank(s) %s never "
+                             "reached it or went silent (stalled or lost)",
+                             what, c->timeout_seconds, lagging);
         return ddt_error(DDT_ERR_COMM,
                          "%s made no progress for %g s (--comm-timeout): a rank was lost or "
-                         "stalled",
-                         what, c->timeout_seconds);
+                         "stalled%s",
+                         what, c->timeout_seconds,
+                         c->rank == 0 ? "" : " (rank 0 names it, unless rank 0 is the one)");
+    }
     return DDT_OK;
 }
 
