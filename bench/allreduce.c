@@ -40,6 +40,7 @@
 #include "comm/comm.h"
 #include "engine/alloc.h"
 #include "engine/device.h"
+#include "util/plugin.h"
 #include "util/units.h"
 
 /* ---- options ------------------------------------------------------------------------------ */
@@ -295,15 +296,14 @@ static double timed_loop(bench_state *s, const bench_path *p, long iterations, d
  * `host` has room for s->count floats. */
 static uint64_t check_path(bench_state *s, const bench_path *p, float *host) {
     int rank = comm_rank(s->c), ranks = comm_world_size(s->c);
-    const device_ops *ops = s->dev->ops;
     size_t bytes = s->count * sizeof(float);
     for (size_t i = 0; i < s->count; i++)
         host[i] = pattern_value(rank, i);
-    BENCH_CHECK(ops->copy_host_to_device(s->dev, s->data, host, bytes));
-    BENCH_CHECK(ops->synchronize(s->dev));
+    BENCH_CHECK(device_copy_host_to_device(s->dev, s->data, host, bytes));
+    BENCH_CHECK(device_synchronize(s->dev));
     BENCH_CHECK(p->run(s));
-    BENCH_CHECK(ops->synchronize(s->dev));
-    BENCH_CHECK(ops->copy_device_to_host(s->dev, host, s->data, bytes));
+    BENCH_CHECK(device_synchronize(s->dev));
+    BENCH_CHECK(device_copy_device_to_host(s->dev, host, s->data, bytes));
     uint64_t wrong = 0;
     for (size_t i = 0; i < s->count; i++)
         if (host[i] != pattern_sum(ranks, i)) wrong++;
@@ -343,8 +343,8 @@ static void measure_size(bench_state *s, const bench_path *const *paths, int pat
         if (p->release) p->release(s);
     }
     /* Timing runs on zeros: in-place sums of anything else grow every iteration. */
-    s->dev->ops->fill_zero(s->dev, s->data, s->count * sizeof(float));
-    BENCH_CHECK(s->dev->ops->synchronize(s->dev));
+    device_fill_zero(s->dev, s->data, s->count * sizeof(float));
+    BENCH_CHECK(device_synchronize(s->dev));
     for (int k = 0; k < path_count; k++) {
         if (paths[k]->prepare) BENCH_CHECK(paths[k]->prepare(s));
         results[k].iterations = pick_iterations(s, paths[k], rounds);
@@ -532,7 +532,7 @@ int main(int argc, char **argv) {
             wrong += run_backend(COMM_BACKEND_NCCL, gpu, &o, &info, csv);
             device_close(gpu);
         } else if (info.rank == 0) {
-            const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+            const char *problem = plugin_problem();
             printf("#\n# NCCL: skipped, no GPU per rank (%s)\n",
                    problem    ? problem
                    : gpus > 0 ? "fewer GPUs than ranks on a node"

@@ -62,7 +62,7 @@ static void *device_random(device *dev, allocator *alloc, size_t floats, uint64_
     void *pointer = NULL;
     if (allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, floats * sizeof(float), &pointer) !=
             DDT_OK ||
-        dev->ops->copy_host_to_device(dev, pointer, host, floats * sizeof(float)) != DDT_OK)
+        device_copy_host_to_device(dev, pointer, host, floats * sizeof(float)) != DDT_OK)
         die(ddt_error_message());
     free(host);
     return pointer;
@@ -108,7 +108,7 @@ int main(int argc, char **argv) {
         if (layout.outputs > widest) widest = layout.outputs;
     }
     size_t operand_floats = model_spec_max_gemm_operand_floats(&spec, batch);
-    if (dev->ops->set_precision(dev, precision, alloc, operand_floats) != DDT_OK)
+    if (device_set_precision(dev, precision, alloc, operand_floats) != DDT_OK)
         die(ddt_error_message());
 
     /* Every layer's products, on buffers of the right shapes (activations share two). */
@@ -136,19 +136,19 @@ int main(int argc, char **argv) {
 
     double best = INFINITY;
     for (int r = -2; r < repeats; r++) { /* two untimed warm-up steps */
-        if (dev->ops->timer_mark(dev, 0) != DDT_OK) die(ddt_error_message());
+        if (device_timer_mark(dev, 0) != DDT_OK) die(ddt_error_message());
         for (int p = 0; p < count; p++) {
             const product *q = &products[p];
-            dev->ops->gemm(dev, q->transpose_a, q->transpose_b, q->m, q->n, q->k, 1.0f, q->a,
+            device_gemm(dev, q->transpose_a, q->transpose_b, q->m, q->n, q->k, 1.0f, q->a,
                            q->lda, q->b, q->ldb, q->beta, q->c, q->ldc);
         }
         double seconds = 0;
-        if (dev->ops->timer_mark(dev, 1) != DDT_OK ||
-            dev->ops->timer_elapsed(dev, 0, 1, &seconds) != DDT_OK)
+        if (device_timer_mark(dev, 1) != DDT_OK ||
+            device_timer_elapsed(dev, 0, 1, &seconds) != DDT_OK)
             die(ddt_error_message());
         if (r >= 0 && seconds < best) best = seconds;
     }
-    if (dev->ops->synchronize(dev) != DDT_OK) die(ddt_error_message());
+    if (device_synchronize(dev) != DDT_OK) die(ddt_error_message());
     double samples_per_s = batch / best;
     printf("gemm ceiling: %s %s, model %s, batch %d: %d products, %.3g FLOP per step, "
            "%.4f ms per step, %.1f GFLOP/s, %.0f samples/s\n",

@@ -54,8 +54,8 @@ static float *device_values(device *dev, allocator *alloc, int rank, size_t coun
         host[i] = value_at(rank, i);
     CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_GRADIENTS, count * sizeof(float), &buffer));
     if (buffer) {
-        CHECK_OK(dev->ops->copy_host_to_device(dev, buffer, host, count * sizeof(float)));
-        CHECK_OK(dev->ops->synchronize(dev));
+        CHECK_OK(device_copy_host_to_device(dev, buffer, host, count * sizeof(float)));
+        CHECK_OK(device_synchronize(dev));
     }
     free(host);
     return buffer;
@@ -68,8 +68,8 @@ static size_t device_wrong(device *dev, const float *buffer, size_t count, int w
     float *host = malloc(count * sizeof(float));
     CHECK(host != NULL);
     if (!host) return count;
-    CHECK_OK(dev->ops->synchronize(dev));
-    CHECK_OK(dev->ops->copy_device_to_host(dev, host, buffer, count * sizeof(float)));
+    CHECK_OK(device_synchronize(dev));
+    CHECK_OK(device_copy_device_to_host(dev, host, buffer, count * sizeof(float)));
     size_t wrong = count_wrong(host, count, world, factor);
     free(host);
     return wrong;
@@ -93,12 +93,12 @@ static void test_buckets(comm *c, device *dev, allocator *alloc, const size_t *p
      * after the doubling, and the halving after the reduction, so the result is the plain sum
      * only if both orderings hold. */
     gradient_buckets_begin(gb);
-    dev->ops->scale(dev, count, 2.0f, grads);
+    device_scale(dev, count, 2.0f, grads);
     /* Report layers finishing from the last to the first, as backward does. */
     for (int i = point_count - 1; i >= 0; i--)
         CHECK_OK(gradient_buckets_ready(gb, points[i]));
     CHECK_OK(gradient_buckets_finish(gb));
-    dev->ops->scale(dev, count, 0.5f, grads);
+    device_scale(dev, count, 0.5f, grads);
     CHECK(device_wrong(dev, grads, count, world, 1.0) == 0);
     stats = gradient_buckets_get_stats(gb);
     CHECK(stats.started_late == 0); /* every bucket started as its layers finished */
@@ -128,11 +128,11 @@ static void test_blocking(comm *c, device *dev, allocator *alloc) {
         void *buffer = NULL;
         CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_PARAMETERS, sizeof host, &buffer));
         if (!buffer) return;
-        CHECK_OK(dev->ops->copy_host_to_device(dev, buffer, host, sizeof host));
-        CHECK_OK(dev->ops->synchronize(dev));
+        CHECK_OK(device_copy_host_to_device(dev, buffer, host, sizeof host));
+        CHECK_OK(device_synchronize(dev));
         CHECK_OK(comm_broadcast_floats(c, buffer, 3, root));
-        CHECK_OK(dev->ops->synchronize(dev));
-        CHECK_OK(dev->ops->copy_device_to_host(dev, host, buffer, sizeof host));
+        CHECK_OK(device_synchronize(dev));
+        CHECK_OK(device_copy_device_to_host(dev, host, buffer, sizeof host));
         CHECK(host[0] == 1 && host[1] == 2 && host[2] == (float)root);
         allocator_free(alloc, buffer);
         if (world == 1) break;

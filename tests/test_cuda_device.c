@@ -92,12 +92,12 @@ static void *gpu_buffer(size_t bytes) {
 
 static void *gpu_copy_of(const void *host, size_t bytes) {
     void *pointer = gpu_buffer(bytes);
-    EXPECT_OK(gpu->ops->copy_host_to_device(gpu, pointer, host, bytes));
+    EXPECT_OK(device_copy_host_to_device(gpu, pointer, host, bytes));
     return pointer;
 }
 
 static void host_copy_of(void *host, const void *device_pointer, size_t bytes) {
-    EXPECT_OK(gpu->ops->copy_device_to_host(gpu, host, device_pointer, bytes));
+    EXPECT_OK(device_copy_device_to_host(gpu, host, device_pointer, bytes));
 }
 
 static void gpu_release(void *pointer) {
@@ -178,15 +178,14 @@ static void check_cpu_backend_and_registry(void) {
     EXPECT(precision_kind_parse("fp8", &precision) == DDT_ERR_USAGE);
     EXPECT(message_has("fp32, tf32, bf16 or fp16"));
 
-    const device_ops *ops = cpu->ops;
-    EXPECT_OK(ops->set_precision(cpu, PRECISION_FP32, NULL, 1000));
-    EXPECT(ops->set_precision(cpu, PRECISION_BF16, NULL, 1000) == DDT_ERR_USAGE);
+    EXPECT_OK(device_set_precision(cpu, PRECISION_FP32, NULL, 1000));
+    EXPECT(device_set_precision(cpu, PRECISION_BF16, NULL, 1000) == DDT_ERR_USAGE);
     EXPECT(message_has("--precision bf16 needs --device cuda"));
-    EXPECT(ops->precision_workspace_bytes(cpu, PRECISION_FP32, 1000) == 0);
-    EXPECT(ops->native_stream(cpu) == NULL);
+    EXPECT(device_precision_workspace_bytes(cpu, PRECISION_FP32, 1000) == 0);
+    EXPECT(device_native_stream(cpu) == NULL);
 
     unsigned char *host = NULL;
-    EXPECT_OK(ops->host_alloc(cpu, 1000, (void **)&host));
+    EXPECT_OK(device_host_alloc(cpu, 1000, (void **)&host));
     EXPECT(host && (uintptr_t)host % 64 == 0);
     bool zero = host != NULL;
     for (int i = 0; host && i < 1000; i++)
@@ -195,23 +194,23 @@ static void check_cpu_backend_and_registry(void) {
     unsigned char source[100], target[100];
     for (int i = 0; i < 100; i++)
         source[i] = (unsigned char)i;
-    EXPECT_OK(ops->upload_async(cpu, target, source, sizeof source, 1));
+    EXPECT_OK(device_upload_async(cpu, target, source, sizeof source, 1));
     EXPECT(memcmp(source, target, sizeof source) == 0);
-    EXPECT_OK(ops->upload_wait(cpu, 1));
-    EXPECT_OK(ops->upload_host_done(cpu, 1));
-    EXPECT(ops->upload_async(cpu, target, source, sizeof source, 2) != DDT_OK);
-    ops->host_free(cpu, host);
+    EXPECT_OK(device_upload_wait(cpu, 1));
+    EXPECT_OK(device_upload_host_done(cpu, 1));
+    EXPECT(device_upload_async(cpu, target, source, sizeof source, 2) != DDT_OK);
+    device_host_free(cpu, host);
 
     /* Timer marks: on the CPU the host clock (its operations are done when they return). */
     double seconds = -1;
-    EXPECT_OK(ops->timer_mark(cpu, 0));
+    EXPECT_OK(device_timer_mark(cpu, 0));
     struct timespec pause = {0, 20000000};
     nanosleep(&pause, NULL);
-    EXPECT_OK(ops->timer_mark(cpu, DEVICE_TIMER_SLOTS - 1));
-    EXPECT_OK(ops->timer_elapsed(cpu, 0, DEVICE_TIMER_SLOTS - 1, &seconds));
+    EXPECT_OK(device_timer_mark(cpu, DEVICE_TIMER_SLOTS - 1));
+    EXPECT_OK(device_timer_elapsed(cpu, 0, DEVICE_TIMER_SLOTS - 1, &seconds));
     EXPECT(seconds >= 0.019 && seconds < 1.0);
-    EXPECT(ops->timer_mark(cpu, DEVICE_TIMER_SLOTS) == DDT_ERR_INTERNAL);
-    EXPECT(ops->timer_elapsed(cpu, -1, 0, &seconds) == DDT_ERR_INTERNAL);
+    EXPECT(device_timer_mark(cpu, DEVICE_TIMER_SLOTS) == DDT_ERR_INTERNAL);
+    EXPECT(device_timer_elapsed(cpu, -1, 0, &seconds) == DDT_ERR_INTERNAL);
 
     if (!device_kind_available(DEVICE_KIND_CUDA)) {
         device *none = (device *)1;
@@ -225,10 +224,10 @@ static void check_cpu_backend_and_registry(void) {
 
 static void check_description_and_memory(void) {
     EXPECT(strncmp(gpu->description, "cuda:", 5) == 0);
-    EXPECT(strcmp(gpu->ops->name, "cuda") == 0);
-    EXPECT(gpu->ops->native_stream(gpu) != NULL);
+    EXPECT(strcmp(device_kind_name(gpu->kind), "cuda") == 0);
+    EXPECT(device_native_stream(gpu) != NULL);
     size_t total = 0, available = 0;
-    EXPECT_OK(gpu->ops->memory_info(gpu, &total, &available));
+    EXPECT_OK(device_memory_info(gpu, &total, &available));
     EXPECT(total >= GIB);
     EXPECT(available > 0 && available <= total);
 
@@ -267,13 +266,13 @@ static void check_gemm_case(const char *what, bool transpose_a, bool transpose_b
             scales[(size_t)i * ldc + j] =
                 fabs(alpha) * sum + fabs(beta * c[(size_t)i * ldc + j]) + 1e-30;
         }
-    cpu->ops->gemm(cpu, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, expected,
+    device_gemm(cpu, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, expected,
                    ldc);
 
     float *device_a = gpu_copy_of(a, a_size * sizeof(float));
     float *device_b = gpu_copy_of(b, b_size * sizeof(float));
     float *device_c = gpu_copy_of(c, c_size * sizeof(float));
-    gpu->ops->gemm(gpu, transpose_a, transpose_b, m, n, k, alpha, device_a, lda, device_b, ldb,
+    device_gemm(gpu, transpose_a, transpose_b, m, n, k, alpha, device_a, lda, device_b, ldb,
                    beta, device_c, ldc);
     host_copy_of(got, device_c, c_size * sizeof(float));
     char label[160];
@@ -311,32 +310,31 @@ static void check_gemm(void) {
     check_gemm_case("fp32 empty", true, false, 5, 7, 0, 1.0f, 0.0f, 1e-6);
 
     const size_t max_operand_floats = 256 * 96; /* the largest m*k or k*n above */
-    const device_ops *ops = gpu->ops;
     EXPECT(workspace_in_use() == 0);
-    size_t fp32_bytes = ops->precision_workspace_bytes(gpu, PRECISION_FP32, max_operand_floats);
+    size_t fp32_bytes = device_precision_workspace_bytes(gpu, PRECISION_FP32, max_operand_floats);
     EXPECT(fp32_bytes == 32 * MIB);
-    EXPECT_OK(ops->set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
+    EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
     EXPECT(workspace_in_use() == fp32_bytes);
     check_gemm_all_layouts("fp32", 1e-5);
 
-    EXPECT_OK(ops->set_precision(gpu, PRECISION_TF32, gpu_alloc, max_operand_floats));
+    EXPECT_OK(device_set_precision(gpu, PRECISION_TF32, gpu_alloc, max_operand_floats));
     EXPECT(workspace_in_use() ==
-           ops->precision_workspace_bytes(gpu, PRECISION_TF32, max_operand_floats));
+           device_precision_workspace_bytes(gpu, PRECISION_TF32, max_operand_floats));
     check_gemm_all_layouts("tf32", 5e-3);
 
-    size_t bf16_bytes = ops->precision_workspace_bytes(gpu, PRECISION_BF16, max_operand_floats);
+    size_t bf16_bytes = device_precision_workspace_bytes(gpu, PRECISION_BF16, max_operand_floats);
     EXPECT(bf16_bytes == 32 * MIB + 2 * allocator_rounded_size(max_operand_floats * 2));
-    EXPECT_OK(ops->set_precision(gpu, PRECISION_BF16, gpu_alloc, max_operand_floats));
+    EXPECT_OK(device_set_precision(gpu, PRECISION_BF16, gpu_alloc, max_operand_floats));
     EXPECT(workspace_in_use() == bf16_bytes); /* the fp32 pieces went back */
     check_gemm_all_layouts("bf16", 1e-2);
 
-    EXPECT_OK(ops->set_precision(gpu, PRECISION_FP16, gpu_alloc, max_operand_floats));
+    EXPECT_OK(device_set_precision(gpu, PRECISION_FP16, gpu_alloc, max_operand_floats));
     check_gemm_all_layouts("fp16", 1e-2);
 
-    EXPECT(ops->set_precision(gpu, (precision_kind)42, gpu_alloc, 1) == DDT_ERR_USAGE);
-    EXPECT_OK(ops->set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
+    EXPECT(device_set_precision(gpu, (precision_kind)42, gpu_alloc, 1) == DDT_ERR_USAGE);
+    EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
     EXPECT(workspace_in_use() == fp32_bytes);
-    EXPECT_OK(ops->synchronize(gpu));
+    EXPECT_OK(device_synchronize(gpu));
 }
 
 /* --- GPU: bias, scale, activations, dropout ---------------------------------------------- */
@@ -359,16 +357,16 @@ static void check_bias_case(int rows, int cols) {
     float *device_bias = gpu_copy_of(bias, (size_t)cols * sizeof(float));
     float *device_gradient = gpu_copy_of(gradient, (size_t)cols * sizeof(float));
 
-    cpu->ops->bias_gradient_accumulate(cpu, rows, cols, y, expected_gradient);
-    gpu->ops->bias_gradient_accumulate(gpu, rows, cols, device_y, device_gradient);
+    device_bias_gradient_accumulate(cpu, rows, cols, y, expected_gradient);
+    device_bias_gradient_accumulate(gpu, rows, cols, device_y, device_gradient);
     host_copy_of(got_gradient, device_gradient, (size_t)cols * sizeof(float));
     CHECK_CLOSE("bias_gradient_accumulate", got_gradient, expected_gradient, (size_t)cols, 1e-5,
                 scales);
 
-    cpu->ops->bias_add(cpu, rows, cols, expected_y, bias);
-    gpu->ops->bias_add(gpu, rows, cols, device_y, device_bias);
-    cpu->ops->scale(cpu, count, -0.37f, expected_y);
-    gpu->ops->scale(gpu, count, -0.37f, device_y);
+    device_bias_add(cpu, rows, cols, expected_y, bias);
+    device_bias_add(gpu, rows, cols, device_y, device_bias);
+    device_scale(cpu, count, -0.37f, expected_y);
+    device_scale(gpu, count, -0.37f, device_y);
     host_copy_of(got_y, device_y, count * sizeof(float));
     CHECK_CLOSE("bias_add then scale", got_y, expected_y, count, 1e-6, NULL);
 
@@ -406,16 +404,16 @@ static void check_activations(void) {
                                ACTIVATION_SIGMOID};
     for (int i = 0; i < 4; i++) {
         char label[64];
-        cpu->ops->activation_forward(cpu, kinds[i], count, x, y);
-        gpu->ops->activation_forward(gpu, kinds[i], count, device_x, device_out);
+        device_activation_forward(cpu, kinds[i], count, x, y);
+        device_activation_forward(gpu, kinds[i], count, device_x, device_out);
         host_copy_of(got, device_out, count * sizeof(float));
         snprintf(label, sizeof label, "%s forward", names[i]);
         CHECK_CLOSE(label, got, y, count, 1e-5, NULL);
 
         /* Both backends get the CPU's y, so only the backward formulas are compared. */
-        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_y, y, count * sizeof(float)));
-        cpu->ops->activation_backward(cpu, kinds[i], count, x, y, dy, expected);
-        gpu->ops->activation_backward(gpu, kinds[i], count, device_x, device_y, device_dy,
+        EXPECT_OK(device_copy_host_to_device(gpu, device_y, y, count * sizeof(float)));
+        device_activation_backward(cpu, kinds[i], count, x, y, dy, expected);
+        device_activation_backward(gpu, kinds[i], count, device_x, device_y, device_dy,
                                       device_out);
         host_copy_of(got, device_out, count * sizeof(float));
         snprintf(label, sizeof label, "%s backward", names[i]);
@@ -447,8 +445,8 @@ static void check_dropout(void) {
     for (int i = 0; i < 3; i++) {
         dropout_key key = {.seed = 0x123456789abcull, .step = 17 + i, .layer = 3};
         char label[64];
-        cpu->ops->dropout_forward(cpu, rows, cols, rates[i], key, row_ids, x, expected);
-        gpu->ops->dropout_forward(gpu, rows, cols, rates[i], key, device_row_ids, device_x,
+        device_dropout_forward(cpu, rows, cols, rates[i], key, row_ids, x, expected);
+        device_dropout_forward(gpu, rows, cols, rates[i], key, device_row_ids, device_x,
                                   device_out);
         host_copy_of(got, device_out, count * sizeof(float));
         snprintf(label, sizeof label, "dropout forward rate %g, bit for bit", rates[i]);
@@ -459,8 +457,8 @@ static void check_dropout(void) {
         double kept_fraction = (double)kept / (double)count;
         EXPECT(fabs(kept_fraction - (1.0 - rates[i])) < 0.05);
 
-        cpu->ops->dropout_backward(cpu, rows, cols, rates[i], key, row_ids, x, expected);
-        gpu->ops->dropout_backward(gpu, rows, cols, rates[i], key, device_row_ids, device_x,
+        device_dropout_backward(cpu, rows, cols, rates[i], key, row_ids, x, expected);
+        device_dropout_backward(gpu, rows, cols, rates[i], key, device_row_ids, device_x,
                                    device_out);
         host_copy_of(got, device_out, count * sizeof(float));
         snprintf(label, sizeof label, "dropout backward rate %g, bit for bit", rates[i]);
@@ -497,7 +495,7 @@ static void check_loss_case(const char *what, loss_function cpu_loss, loss_funct
     float *device_loss = gpu_buffer(sizeof(float));
     for (int with_gradient = 0; with_gradient < 2; with_gradient++) {
         float expected_loss = 2.5f, got_loss = 2.5f; /* losses add to what is there */
-        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_loss, &got_loss, sizeof(float)));
+        EXPECT_OK(device_copy_host_to_device(gpu, device_loss, &got_loss, sizeof(float)));
         cpu_loss(cpu, rows, cols, logits, labels, targets, scale, &expected_loss,
                  with_gradient ? expected : NULL);
         gpu_loss(gpu, rows, cols, device_logits, device_labels, device_targets, scale, device_loss,
@@ -537,20 +535,20 @@ static void check_losses_of_shape(int rows, int cols) {
         labels[r] = (int32_t)(rng_hash4(1, 2, 3, (uint64_t)r) % (uint64_t)cols);
         bits[r] = (int32_t)(rng_hash4(1, 2, 4, (uint64_t)r) % 2);
     }
-    check_loss_case("softmax_cross_entropy labels", cpu->ops->softmax_cross_entropy,
-                    gpu->ops->softmax_cross_entropy, rows, cols, labels, NULL, logits);
-    check_loss_case("softmax_cross_entropy targets", cpu->ops->softmax_cross_entropy,
-                    gpu->ops->softmax_cross_entropy, rows, cols, NULL, targets, logits);
-    check_loss_case("binary_cross_entropy targets", cpu->ops->binary_cross_entropy,
-                    gpu->ops->binary_cross_entropy, rows, cols, NULL, targets, logits);
-    check_loss_case("binary_cross_entropy labels", cpu->ops->binary_cross_entropy,
-                    gpu->ops->binary_cross_entropy, rows, 1, bits, NULL, logits);
-    check_loss_case("mean_squared_error labels", cpu->ops->mean_squared_error,
-                    gpu->ops->mean_squared_error, rows, cols, labels, NULL, logits);
-    check_loss_case("mean_squared_error one column", cpu->ops->mean_squared_error,
-                    gpu->ops->mean_squared_error, rows, 1, bits, NULL, logits);
-    check_loss_case("mean_squared_error targets", cpu->ops->mean_squared_error,
-                    gpu->ops->mean_squared_error, rows, cols, NULL, targets, logits);
+    check_loss_case("softmax_cross_entropy labels", device_softmax_cross_entropy,
+                    device_softmax_cross_entropy, rows, cols, labels, NULL, logits);
+    check_loss_case("softmax_cross_entropy targets", device_softmax_cross_entropy,
+                    device_softmax_cross_entropy, rows, cols, NULL, targets, logits);
+    check_loss_case("binary_cross_entropy targets", device_binary_cross_entropy,
+                    device_binary_cross_entropy, rows, cols, NULL, targets, logits);
+    check_loss_case("binary_cross_entropy labels", device_binary_cross_entropy,
+                    device_binary_cross_entropy, rows, 1, bits, NULL, logits);
+    check_loss_case("mean_squared_error labels", device_mean_squared_error,
+                    device_mean_squared_error, rows, cols, labels, NULL, logits);
+    check_loss_case("mean_squared_error one column", device_mean_squared_error,
+                    device_mean_squared_error, rows, 1, bits, NULL, logits);
+    check_loss_case("mean_squared_error targets", device_mean_squared_error,
+                    device_mean_squared_error, rows, cols, NULL, targets, logits);
     free(bits);
     free(labels);
     free(targets);
@@ -576,8 +574,8 @@ static void check_count_correct_case(int rows, int cols) {
     float *device_logits = gpu_copy_of(logits, count * sizeof(float));
     int32_t *device_labels = gpu_copy_of(labels, (size_t)rows * sizeof(int32_t));
     float *device_correct = gpu_copy_of(&got, sizeof(float));
-    cpu->ops->count_correct(cpu, rows, cols, logits, labels, &expected);
-    gpu->ops->count_correct(gpu, rows, cols, device_logits, device_labels, device_correct);
+    device_count_correct(cpu, rows, cols, logits, labels, &expected);
+    device_count_correct(gpu, rows, cols, device_logits, device_labels, device_correct);
     host_copy_of(&got, device_correct, sizeof(float));
     if (got != expected)
         fprintf(stderr, "  count_correct %dx%d: got %g, expected %g\n", rows, cols, got, expected);
@@ -610,10 +608,10 @@ static void check_sgd_case(float momentum, bool nesterov, float weight_decay) {
     float *device_grads = gpu_buffer(count * sizeof(float));
     for (int step = 1; step <= 5; step++) {
         float *grads = random_array(count, -1.0f, 1.0f);
-        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_grads, grads, count * sizeof(float)));
-        cpu->ops->sgd_update(cpu, count, expected, grads, momentum != 0.0f ? velocity : NULL, 0.05f,
+        EXPECT_OK(device_copy_host_to_device(gpu, device_grads, grads, count * sizeof(float)));
+        device_sgd_update(cpu, count, expected, grads, momentum != 0.0f ? velocity : NULL, 0.05f,
                              momentum, nesterov, weight_decay, step == 1);
-        gpu->ops->sgd_update(gpu, count, device_params, device_grads,
+        device_sgd_update(gpu, count, device_params, device_grads,
                              momentum != 0.0f ? device_velocity : NULL, 0.05f, momentum, nesterov,
                              weight_decay, step == 1);
         free(grads);
@@ -649,10 +647,10 @@ static void check_adamw(void) {
     float *device_grads = gpu_buffer(count * sizeof(float));
     for (int step = 1; step <= 5; step++) {
         float *grads = random_array(count, -1.0f, 1.0f);
-        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_grads, grads, count * sizeof(float)));
-        cpu->ops->adamw_update(cpu, count, params, grads, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f,
+        EXPECT_OK(device_copy_host_to_device(gpu, device_grads, grads, count * sizeof(float)));
+        device_adamw_update(cpu, count, params, grads, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f,
                                step);
-        gpu->ops->adamw_update(gpu, count, device_params, device_grads, device_m, device_v, 1e-3f,
+        device_adamw_update(gpu, count, device_params, device_grads, device_m, device_v, 1e-3f,
                                0.9f, 0.999f, 1e-8f, 1e-2f, step);
         free(grads);
     }
@@ -689,27 +687,27 @@ static void check_finite_flags(void) {
     float *x = random_array(count, -1e30f, 1e30f);
     float *device_x = gpu_copy_of(x, count * sizeof(float));
     bool finite = false;
-    EXPECT_OK(gpu->ops->check_finite(gpu, count, device_x, &finite));
+    EXPECT_OK(device_check_finite(gpu, count, device_x, &finite));
     EXPECT(finite);
-    EXPECT_OK(gpu->ops->check_finite(gpu, 0, device_x, &finite));
+    EXPECT_OK(device_check_finite(gpu, 0, device_x, &finite));
     EXPECT(finite);
     const float bad_values[] = {NAN, INFINITY, -INFINITY};
     const size_t positions[] = {77777, count - 1, 0};
     for (int i = 0; i < 3; i++) {
-        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_x + positions[i], &bad_values[i],
+        EXPECT_OK(device_copy_host_to_device(gpu, device_x + positions[i], &bad_values[i],
                                                 sizeof(float)));
         finite = true;
-        EXPECT_OK(gpu->ops->check_finite(gpu, count, device_x, &finite));
+        EXPECT_OK(device_check_finite(gpu, count, device_x, &finite));
         EXPECT(!finite);
         bool cpu_finite = true;
         x[positions[i]] = bad_values[i];
-        EXPECT_OK(cpu->ops->check_finite(cpu, count, x, &cpu_finite));
+        EXPECT_OK(device_check_finite(cpu, count, x, &cpu_finite));
         EXPECT(!cpu_finite);
-        EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_x + positions[i], &(float){1.0f},
+        EXPECT_OK(device_copy_host_to_device(gpu, device_x + positions[i], &(float){1.0f},
                                                 sizeof(float)));
         x[positions[i]] = 1.0f;
     }
-    EXPECT_OK(gpu->ops->check_finite(gpu, count, device_x, &finite));
+    EXPECT_OK(device_check_finite(gpu, count, device_x, &finite));
     EXPECT(finite);
     gpu_release(device_x);
     free(x);
@@ -722,13 +720,13 @@ static void check_sum_of_squares(void) {
     float *x = random_array(count, -3.0f, 3.0f);
     float *device_x = gpu_copy_of(x, count * sizeof(float));
     double gpu_sum = -1, cpu_sum = -2;
-    EXPECT_OK(gpu->ops->sum_of_squares(gpu, count, device_x, &gpu_sum));
-    EXPECT_OK(cpu->ops->sum_of_squares(cpu, count, x, &cpu_sum));
+    EXPECT_OK(device_sum_of_squares(gpu, count, device_x, &gpu_sum));
+    EXPECT_OK(device_sum_of_squares(cpu, count, x, &cpu_sum));
     EXPECT(fabs(gpu_sum - cpu_sum) <= 1e-12 * cpu_sum);
-    EXPECT_OK(gpu->ops->sum_of_squares(gpu, 0, device_x, &gpu_sum));
+    EXPECT_OK(device_sum_of_squares(gpu, 0, device_x, &gpu_sum));
     EXPECT(gpu_sum == 0.0);
-    EXPECT_OK(gpu->ops->copy_host_to_device(gpu, device_x + 5, &(float){NAN}, sizeof(float)));
-    EXPECT_OK(gpu->ops->sum_of_squares(gpu, count, device_x, &gpu_sum));
+    EXPECT_OK(device_copy_host_to_device(gpu, device_x + 5, &(float){NAN}, sizeof(float)));
+    EXPECT_OK(device_sum_of_squares(gpu, count, device_x, &gpu_sum));
     EXPECT(isnan(gpu_sum));
     gpu_release(device_x);
     free(x);
@@ -739,10 +737,9 @@ static void check_sum_of_squares(void) {
 static void check_uploads(void) {
     const size_t count = (size_t)1 << 20;
     const size_t bytes = count * sizeof(float);
-    const device_ops *ops = gpu->ops;
     float *host[2] = {NULL, NULL};
     for (int b = 0; b < 2; b++) {
-        EXPECT_OK(ops->host_alloc(gpu, bytes, (void **)&host[b]));
+        EXPECT_OK(device_host_alloc(gpu, bytes, (void **)&host[b]));
         if (!host[b]) return;
     }
     bool zero = true;
@@ -754,21 +751,21 @@ static void check_uploads(void) {
         host[1][i] = (float)(count - i);
     }
     float *device_buffer[2] = {gpu_buffer(bytes), gpu_buffer(bytes)};
-    EXPECT_OK(ops->upload_async(gpu, device_buffer[0], host[0], bytes, 0));
-    EXPECT_OK(ops->upload_wait(gpu, 0));
-    EXPECT_OK(ops->upload_async(gpu, device_buffer[1], host[1], bytes, 1));
-    ops->scale(gpu, count, 2.0f, device_buffer[0]);
-    EXPECT_OK(ops->upload_wait(gpu, 1));
-    ops->scale(gpu, count, 3.0f, device_buffer[1]);
-    EXPECT_OK(ops->upload_host_done(gpu, 0));
+    EXPECT_OK(device_upload_async(gpu, device_buffer[0], host[0], bytes, 0));
+    EXPECT_OK(device_upload_wait(gpu, 0));
+    EXPECT_OK(device_upload_async(gpu, device_buffer[1], host[1], bytes, 1));
+    device_scale(gpu, count, 2.0f, device_buffer[0]);
+    EXPECT_OK(device_upload_wait(gpu, 1));
+    device_scale(gpu, count, 3.0f, device_buffer[1]);
+    EXPECT_OK(device_upload_host_done(gpu, 0));
     for (size_t i = 0; i < count; i++) /* buffer 0 again, with new data */
         host[0][i] = (float)(i % 1000);
-    EXPECT_OK(ops->upload_async(gpu, device_buffer[0], host[0], bytes, 0));
-    EXPECT_OK(ops->upload_wait(gpu, 0));
-    ops->scale(gpu, count, 5.0f, device_buffer[0]);
-    EXPECT_OK(ops->upload_host_done(gpu, 0));
-    EXPECT_OK(ops->upload_host_done(gpu, 1));
-    EXPECT(ops->upload_wait(gpu, 2) != DDT_OK);
+    EXPECT_OK(device_upload_async(gpu, device_buffer[0], host[0], bytes, 0));
+    EXPECT_OK(device_upload_wait(gpu, 0));
+    device_scale(gpu, count, 5.0f, device_buffer[0]);
+    EXPECT_OK(device_upload_host_done(gpu, 0));
+    EXPECT_OK(device_upload_host_done(gpu, 1));
+    EXPECT(device_upload_wait(gpu, 2) != DDT_OK);
 
     float *got = random_array(count, 0, 0);
     host_copy_of(got, device_buffer[1], bytes);
@@ -781,12 +778,12 @@ static void check_uploads(void) {
     for (size_t i = 0; i < count; i++)
         ok = ok && got[i] == 5.0f * (float)(i % 1000);
     EXPECT(ok);
-    EXPECT_OK(ops->synchronize(gpu));
+    EXPECT_OK(device_synchronize(gpu));
     free(got);
     gpu_release(device_buffer[1]);
     gpu_release(device_buffer[0]);
-    ops->host_free(gpu, host[1]);
-    ops->host_free(gpu, host[0]);
+    device_host_free(gpu, host[1]);
+    device_host_free(gpu, host[0]);
 }
 
 /* Timer marks on the GPU: CUDA events on the compute stream, so the time between two marks is
@@ -797,27 +794,27 @@ static void check_timers(void) {
     float *c = gpu_buffer((size_t)n * n * sizeof(float));
     double issue_started = 0, gpu_seconds = -1;
     struct timespec t;
-    EXPECT_OK(gpu->ops->synchronize(gpu));
-    EXPECT_OK(gpu->ops->timer_mark(gpu, 3));
+    EXPECT_OK(device_synchronize(gpu));
+    EXPECT_OK(device_timer_mark(gpu, 3));
     clock_gettime(CLOCK_MONOTONIC, &t);
     issue_started = (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
     for (int i = 0; i < 20; i++)
-        gpu->ops->gemm(gpu, false, false, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
-    EXPECT_OK(gpu->ops->timer_mark(gpu, 4));
+        device_gemm(gpu, false, false, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
+    EXPECT_OK(device_timer_mark(gpu, 4));
     clock_gettime(CLOCK_MONOTONIC, &t);
     double issue_seconds = (double)t.tv_sec + 1e-9 * (double)t.tv_nsec - issue_started;
-    EXPECT_OK(gpu->ops->timer_elapsed(gpu, 3, 4, &gpu_seconds));
+    EXPECT_OK(device_timer_elapsed(gpu, 3, 4, &gpu_seconds));
     printf("measured: timer marks around 20 GEMMs of 2048^3: GPU %.3g s, issuing them %.3g s\n",
            gpu_seconds, issue_seconds);
     EXPECT(gpu_seconds > 0 && gpu_seconds < 10);
-    EXPECT(gpu->ops->timer_mark(gpu, DEVICE_TIMER_SLOTS) == DDT_ERR_INTERNAL);
+    EXPECT(device_timer_mark(gpu, DEVICE_TIMER_SLOTS) == DDT_ERR_INTERNAL);
     gpu_release(c);
     gpu_release(a);
 }
 
 static void check_preallocation(void) {
     size_t total = 0, available = 0;
-    EXPECT_OK(gpu->ops->memory_info(gpu, &total, &available));
+    EXPECT_OK(device_memory_info(gpu, &total, &available));
     size_t limit = available / 4 < 2 * GIB ? available / 4 : 2 * GIB;
     limit -= limit % 256;
     allocator_params params = allocator_default_params();
@@ -839,11 +836,11 @@ static void check_preallocation(void) {
         if (half) { /* zero-filled (fill_zero) at both ends */
             float *probe = calloc(MIB, 1);
             bool zero = true;
-            EXPECT_OK(gpu->ops->copy_device_to_host(gpu, probe, half, MIB));
+            EXPECT_OK(device_copy_device_to_host(gpu, probe, half, MIB));
             for (size_t i = 0; i < MIB / sizeof(float); i++)
                 zero = zero && probe[i] == 0.0f;
             EXPECT_OK(
-                gpu->ops->copy_device_to_host(gpu, probe, (char *)half + (limit / 2 - MIB), MIB));
+                device_copy_device_to_host(gpu, probe, (char *)half + (limit / 2 - MIB), MIB));
             for (size_t i = 0; i < MIB / sizeof(float); i++)
                 zero = zero && probe[i] == 0.0f;
             EXPECT(zero);
@@ -867,17 +864,17 @@ static void check_deferred_failure(void) {
     if (!other) return;
     EXPECT_OK(allocator_init(other, &alloc));
     if (alloc) {
-        EXPECT_OK(other->ops->set_precision(other, PRECISION_BF16, alloc, 64));
+        EXPECT_OK(device_set_precision(other, PRECISION_BF16, alloc, 64));
         float *buffer = NULL;
         EXPECT_OK(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, 3 * 256 * sizeof(float),
                                   (void **)&buffer));
         if (buffer) {
-            other->ops->gemm(other, false, false, 16, 16, 16, 1.0f, buffer, 16, buffer + 256, 16,
+            device_gemm(other, false, false, 16, 16, 16, 1.0f, buffer, 16, buffer + 256, 16,
                              0.0f, buffer + 512, 16);
             /* Caught at the next micro-batch's upload_wait, without a synchronisation. */
-            EXPECT(other->ops->upload_wait(other, 0) == DDT_ERR_INTERNAL);
+            EXPECT(device_upload_wait(other, 0) == DDT_ERR_INTERNAL);
             EXPECT(message_has("max_operand_floats"));
-            EXPECT(other->ops->synchronize(other) == DDT_ERR_INTERNAL);
+            EXPECT(device_synchronize(other) == DDT_ERR_INTERNAL);
             EXPECT(message_has("max_operand_floats"));
         }
         allocator_destroy(alloc);
@@ -923,7 +920,7 @@ int main(void) {
     check_timers();
     check_preallocation();
     check_deferred_failure();
-    EXPECT_OK(gpu->ops->synchronize(gpu));
+    EXPECT_OK(device_synchronize(gpu));
     allocator_destroy(gpu_alloc);
     device_close(gpu);
     device_close(cpu);

@@ -224,7 +224,7 @@ static void check_loss_values(void) {
     loss_apply(dev, LOSS_SOFTMAX_CROSS_ENTROPY, 2, 3, huge, huge_labels, NULL, 1.0f, &sum, dlogits);
     CHECK_NEAR(sum, 2000.0, 1e-4);
     bool finite = false;
-    CHECK_OK(dev->ops->check_finite(dev, 6, dlogits, &finite));
+    CHECK_OK(device_check_finite(dev, 6, dlogits, &finite));
     CHECK(finite);
     float huge_binary[2] = {1000.0f, -1000.0f};
     int32_t binary_labels[2] = {0, 0};
@@ -238,23 +238,23 @@ static void check_loss_values(void) {
     float logits[3 * 3] = {0.1f, 0.9f, 0.3f, 2.0f, 2.0f, 1.0f, -1.0f, -2.0f, -0.5f};
     int32_t truth[3] = {1, 1, 2};
     float correct = 0.0f;
-    dev->ops->count_correct(dev, 3, 3, logits, truth, &correct);
+    device_count_correct(dev, 3, 3, logits, truth, &correct);
     CHECK(correct == 2.0f); /* row 1 ties: argmax picks the first, 0 */
     float single[3] = {0.5f, -0.5f, 0.0f};
     int32_t single_truth[3] = {1, 0, 1};
     correct = 0.0f;
-    dev->ops->count_correct(dev, 3, 1, single, single_truth, &correct);
+    device_count_correct(dev, 3, 1, single, single_truth, &correct);
     CHECK(correct == 2.0f);
 
     /* check_finite spots NaN and Inf. */
     float values[5] = {1, 2, 3, 4, 5};
-    CHECK_OK(dev->ops->check_finite(dev, 5, values, &finite));
+    CHECK_OK(device_check_finite(dev, 5, values, &finite));
     CHECK(finite);
     values[3] = INFINITY;
-    CHECK_OK(dev->ops->check_finite(dev, 5, values, &finite));
+    CHECK_OK(device_check_finite(dev, 5, values, &finite));
     CHECK(!finite);
     values[3] = NAN;
-    CHECK_OK(dev->ops->check_finite(dev, 5, values, &finite));
+    CHECK_OK(device_check_finite(dev, 5, values, &finite));
     CHECK(!finite);
 
     /* sum_of_squares (the gradient norm) adds squares in double: a million squares of 1e-2
@@ -262,21 +262,21 @@ static void check_loss_values(void) {
      * not overflow. */
     double squares = -1;
     float three_four[2] = {3.0f, -4.0f};
-    CHECK_OK(dev->ops->sum_of_squares(dev, 2, three_four, &squares));
+    CHECK_OK(device_sum_of_squares(dev, 2, three_four, &squares));
     CHECK(squares == 25.0);
-    CHECK_OK(dev->ops->sum_of_squares(dev, 0, three_four, &squares));
+    CHECK_OK(device_sum_of_squares(dev, 0, three_four, &squares));
     CHECK(squares == 0.0);
     size_t many = 1000001;
     float *mixed = malloc(many * sizeof(float));
     for (size_t i = 0; i < many; i++)
         mixed[i] = i == 0 ? 1e4f : 1e-2f;
-    CHECK_OK(dev->ops->sum_of_squares(dev, many, mixed, &squares));
+    CHECK_OK(device_sum_of_squares(dev, many, mixed, &squares));
     CHECK_NEAR(squares, 1e8 + 1e6 * (double)1e-2f * (double)1e-2f, 1e-10);
     mixed[7] = 1e20f;
-    CHECK_OK(dev->ops->sum_of_squares(dev, many, mixed, &squares));
+    CHECK_OK(device_sum_of_squares(dev, many, mixed, &squares));
     CHECK(isfinite(squares) && squares > 9.9e39);
     mixed[7] = NAN;
-    CHECK_OK(dev->ops->sum_of_squares(dev, many, mixed, &squares));
+    CHECK_OK(device_sum_of_squares(dev, many, mixed, &squares));
     CHECK(isnan(squares));
     free(mixed);
 }
@@ -285,16 +285,16 @@ static void check_loss_values(void) {
 static void check_activation_values(void) {
     float x[4] = {1.0f, -1.0f, 100.0f, -100.0f};
     float y[4];
-    dev->ops->activation_forward(dev, ACTIVATION_GELU, 4, x, y);
+    device_activation_forward(dev, ACTIVATION_GELU, 4, x, y);
     CHECK_NEAR(y[0], 0.8413447460685429, 1e-6);
     CHECK_NEAR(y[1], -0.15865525393145707, 1e-6);
     CHECK_NEAR(y[2], 100.0, 1e-6);
     CHECK_NEAR(y[3], 0.0, 1e-6);
-    dev->ops->activation_forward(dev, ACTIVATION_SIGMOID, 4, x, y);
+    device_activation_forward(dev, ACTIVATION_SIGMOID, 4, x, y);
     CHECK_NEAR(y[0], 0.7310585786300049, 1e-6);
     CHECK_NEAR(y[3], 0.0, 1e-6);
     CHECK(isfinite(y[2]) && isfinite(y[3]));
-    dev->ops->activation_forward(dev, ACTIVATION_RELU, 4, x, y);
+    device_activation_forward(dev, ACTIVATION_RELU, 4, x, y);
     CHECK(y[0] == 1.0f && y[1] == 0.0f && y[2] == 100.0f && y[3] == 0.0f);
 }
 

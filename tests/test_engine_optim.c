@@ -243,7 +243,7 @@ static void check_backend_matches_element_arithmetic(void) {
     }
     CHECK(fused_differs > ELEMENTS / 10);
     for (int step = 1; step <= 5; step++) {
-        dev->ops->adamw_update(dev, ELEMENTS, p_backend, g, m_backend, v_backend, 1e-3f, 0.9f,
+        device_adamw_update(dev, ELEMENTS, p_backend, g, m_backend, v_backend, 1e-3f, 0.9f,
                                0.999f, 1e-8f, 1e-2f, step);
         adamw_scalars s = adamw_scalars_for(1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f, step);
         for (int i = 0; i < ELEMENTS; i++)
@@ -265,7 +265,7 @@ static void check_backend_matches_element_arithmetic(void) {
         float gradient_weight = cases[c].nesterov ? 1.0f : 0.0f;
         float velocity_weight = cases[c].nesterov ? cases[c].momentum : 1.0f;
         for (int step = 1; step <= 3; step++) {
-            dev->ops->sgd_update(dev, ELEMENTS, p_backend, g, m_backend, 0.05f, cases[c].momentum,
+            device_sgd_update(dev, ELEMENTS, p_backend, g, m_backend, 0.05f, cases[c].momentum,
                                  cases[c].nesterov, cases[c].weight_decay, step == 1);
             for (int i = 0; i < ELEMENTS; i++)
                 sgd_update_element(g[i], &p_element[i], &m_element[i], 0.05f, cases[c].momentum,

@@ -42,7 +42,7 @@ int main(void) {
     r = request(MEMORY_POLICY_GROWTH, "0.25");
     CHECK_OK(memory_limits_resolve(&r, dev, 0, 1, &limits));
     size_t total = 0, available = 0;
-    CHECK_OK(dev->ops->memory_info(dev, &total, &available));
+    CHECK_OK(device_memory_info(dev, &total, &available));
     CHECK(limits.device_limit > 0 && limits.device_limit <= total / 4);
     r = request(MEMORY_POLICY_GROWTH, "nana");
     CHECK(memory_limits_resolve(&r, dev, 0, 1, &limits) == DDT_ERR_USAGE);
@@ -67,7 +67,7 @@ int main(void) {
     CHECK(plan.fits);
     allocator *alloc = NULL;
     CHECK_OK(allocator_init(dev, &alloc));
-    CHECK_OK(dev->ops->set_precision(dev, PRECISION_FP32, alloc,
+    CHECK_OK(device_set_precision(dev, PRECISION_FP32, alloc,
                                      model_spec_max_gemm_operand_floats(&spec, 64)));
     model *m = NULL;
     optimizer *opt = NULL;

@@ -10,6 +10,7 @@
 #include <time.h>
 
 #include "comm/comm_backend.h"
+#include "util/plugin.h"
 
 /* The default of comm_set_timeout(): long enough for a slow first collective (connection
  * set-up across nodes), short enough that a lost peer ends the job in minutes. */
@@ -20,7 +21,7 @@ bool comm_backend_available(comm_backend_kind kind) {
     case COMM_BACKEND_MPI:
         return true;
     case COMM_BACKEND_NCCL:
-        return device_kind_available(DEVICE_KIND_CUDA);
+        return plugin_built();
     }
     return false;
 }
@@ -31,7 +32,7 @@ static const comm_backend_ops *backend_ops(comm_backend_kind kind) {
         return &comm_mpi_ops;
     case COMM_BACKEND_NCCL:
         /* NCCL comes in the CUDA plugin with the CUDA backend. */
-        return device_backend_symbol(DEVICE_KIND_CUDA, "comm_nccl_ops");
+        return plugin_symbol("comm_nccl_ops");
     }
     return NULL;
 }
@@ -117,7 +118,7 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
         return ddt_error(DDT_ERR_USAGE, "unknown communication backend %d", (int)kind);
     const comm_backend_ops *ops = backend_ops(kind);
     if (!ops) {
-        const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+        const char *problem = plugin_problem();
         return ddt_error(DDT_ERR_USAGE, "the NCCL backend is not available: %s",
                          problem ? problem : "the CUDA plugin lacks it");
     }
@@ -153,7 +154,7 @@ ddt_status comm_init_like(comm *parent, comm_backend_kind kind, device *dev, com
     *out = NULL;
     const comm_backend_ops *ops = backend_ops(kind);
     if (!ops) {
-        const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+        const char *problem = plugin_problem();
         return ddt_error(DDT_ERR_USAGE, "the NCCL backend is not available: %s",
                          problem ? problem : "the CUDA plugin lacks it");
     }

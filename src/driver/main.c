@@ -15,6 +15,7 @@
 #include "driver/job.h"
 #include "driver/options.h"
 #include "engine/device.h"
+#include "util/plugin.h"
 
 #ifndef DDTRAIN_VERSION /* from CMake: the project version */
 #define DDTRAIN_VERSION "0.1.0"
@@ -65,11 +66,11 @@ int main(int argc, char **argv) {
                    device_count(DEVICE_KIND_CUDA));
             /* Loaded here even without a GPU, to show that it loads (training ranks load it
              * only when they use a GPU). */
-            const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+            const char *problem = plugin_problem();
             if (problem)
                 printf("cuda plugin: %s\n", problem);
             else
-                printf("cuda plugin: %s (loaded)\n", device_backend_plugin_path(DEVICE_KIND_CUDA));
+                printf("cuda plugin: %s (loaded)\n", plugin_path());
         } else {
             printf("cuda: not built (CPU ranks only)\n");
         }

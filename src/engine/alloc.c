@@ -5,7 +5,7 @@
  * use, in address order within each region and region after region, so a freed block merges
  * with free neighbours of the same region and first fit is a walk down the list. Buffers are
  * allocated at start-up, not inside the training step, so a linear walk costs nothing that
- * matters and keeps the code obvious. No other file calls device->ops->memory_alloc.
+ * matters and keeps the code obvious. No other file calls device_memory_alloc().
  */
 #include "engine/alloc.h"
 
@@ -154,7 +154,7 @@ allocator_params allocator_default_params(void) {
 }
 
 static const char *device_name(const device *dev) {
-    return dev->description[0] ? dev->description : dev->ops->name;
+    return dev->description[0] ? dev->description : device_kind_name(dev->kind);
 }
 
 /* "rank 3: " or "" when the allocator has no rank. */
@@ -182,12 +182,12 @@ static ddt_status reserve_region(allocator *alloc, size_t bytes) {
     block *free_block = calloc(1, sizeof *free_block);
     if (!free_block) return ddt_error(DDT_ERR_MEMORY, "out of host memory growing the allocator");
     void *base = NULL;
-    ddt_status status = alloc->dev->ops->memory_alloc(alloc->dev, bytes, &base);
+    ddt_status status = device_memory_alloc(alloc->dev, bytes, &base);
     if (status != DDT_OK || !base) {
         free(free_block);
         if (status == DDT_OK) /* a backend bug; do not let it pass as success */
             return ddt_error(DDT_ERR_INTERNAL, "%s returned no memory for %zu bytes",
-                             alloc->dev->ops->name, bytes);
+                             device_kind_name(alloc->dev->kind), bytes);
         return status;
     }
     size_t index = alloc->stats.region_count++;
@@ -222,8 +222,7 @@ static ddt_status preallocate(allocator *alloc) {
     /* Backends may commit memory as they hand it out (the CPU one zero-fills), so asking for
      * more than is free could end in the kernel's OOM killer instead of an error. */
     size_t total = 0, available = 0;
-    if (alloc->dev->ops->memory_info &&
-        alloc->dev->ops->memory_info(alloc->dev, &total, &available) == DDT_OK) {
+    if (device_memory_info(alloc->dev, &total, &available) == DDT_OK) { /* else: cannot tell */
         if (limit > total)
             return ddt_error(DDT_ERR_MEMORY,
                              "%scannot preallocate %s (%zu bytes) of device memory%s: %s has "
@@ -296,7 +295,7 @@ void allocator_destroy(allocator *alloc) {
         free(b);
     }
     for (size_t i = alloc->stats.region_count; i-- > 0;)
-        alloc->dev->ops->memory_free(alloc->dev, alloc->regions[i].base);
+        device_memory_free(alloc->dev, alloc->regions[i].base);
     free(alloc->regions);
     free(alloc);
 }
@@ -434,7 +433,7 @@ ddt_status allocator_alloc(allocator *alloc, memory_component component, size_t 
     b->in_use = true;
     b->component = component;
     /* Reused space holds old data, and backends need not zero; the contract says zero-filled. */
-    alloc->dev->ops->fill_zero(alloc->dev, b->pointer, rounded);
+    device_fill_zero(alloc->dev, b->pointer, rounded);
 
     allocator_stats *s = &alloc->stats;
     s->bytes_in_use += rounded;

@@ -4,7 +4,7 @@
  * device-side staging are all allocated here, each tagged with the component that asked, so
  * ddtrain can report and limit what each part of training uses. One allocator per rank.
  *
- * The allocator reserves large *regions* from the device backend (device->ops->memory_alloc,
+ * The allocator reserves large *regions* from the device backend (device_memory_alloc(),
  * called nowhere else) and hands out pieces of them: first fit over a free list, neighbours
  * merged again on free, every size rounded by allocator_rounded_size() (a multiple of 256
  * bytes, at least 256). Offsets inside a region are multiples of 256, so a piece is as aligned
@@ -135,7 +135,7 @@ typedef struct memory_limit {
  * Here a bare number is never bytes: above 1 it is a usage error (so "2" cannot mean two bytes
  * by accident), as is a zero size. */
 ddt_status memory_limit_parse(const char *text, memory_limit *out);
-/* The limit in bytes for a device with `device_total_bytes` (from device->ops->memory_info);
+/* The limit in bytes for a device with `device_total_bytes` (from device_memory_info());
  * 0 for none. A fraction is rounded down to a multiple of 256. */
 size_t memory_limit_resolve(memory_limit limit, size_t device_total_bytes);
 

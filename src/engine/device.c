@@ -1,150 +1,26 @@
-/* device.c - the backend registry: which compute backends this build contains and how to open
- * them. The only file in ddtrain that knows, through #ifdef, whether CUDA was built in; every
- * other file reaches a backend through device->ops.
+/* device.c - the backend registry and the public face of the operation table: which compute
+ * backends this build contains, how to open them, and one function per operation
+ * (device_gemm(dev, ...)) that calls the backend's table (engine/device_backend.h).
  *
- * The CUDA backend (with NCCL) is a plugin, libddtrain_cuda.so, loaded with dlopen() the first
- * time a GPU is asked for, so ranks that never touch a GPU never map cuBLAS or NCCL (over
- * 200 MiB of resident pages). Whether a GPU exists is first asked of the driver library alone
- * (libcuda.so.1): a machine without an NVIDIA driver never loads the plugin. The plugin is
- * looked for at $DDTRAIN_CUDA_PLUGIN, next to the executable (the build tree), in the
- * installed library directory relative to it (bin/../lib/ddtrain, see `cmake --install`), one
- * directory above it (the build tree's tests/ and bench/), and on the library search path, in
- * that order. Loading happens on the main thread during set-up. */
+ * The CUDA backend (with NCCL) lives in the plugin libddtrain_cuda.so (util/plugin.h), loaded
+ * the first time a GPU is asked for, so ranks that never touch a GPU never map cuBLAS or NCCL.
+ * Whether a GPU exists is first asked of the driver library alone: a machine without an
+ * NVIDIA driver never loads the plugin. */
 #include "engine/device.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
-#ifdef DDTRAIN_HAVE_CUDA
-#include <dlfcn.h>
-#include <libgen.h>
-#include <limits.h>
-#include <link.h>
-
-/* Where `cmake --install` puts the plugin, relative to the binary's directory. */
-#ifndef DDTRAIN_CUDA_PLUGIN_INSTALL_DIR
-#define DDTRAIN_CUDA_PLUGIN_INSTALL_DIR "../lib/ddtrain"
-#endif
-
-typedef struct cuda_plugin {
-    bool tried;
-    void *handle;
-    char path[PATH_MAX]; /* where it was loaded from, or looked for */
-    ddt_status (*open)(device *dev);
-    int (*count)(void);
-    char problem[PATH_MAX + 1024]; /* why it could not be loaded */
-} cuda_plugin;
-
-static cuda_plugin plugin;
-
-static bool driver_present(void) {
-    void *driver = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_LOCAL);
-    if (!driver) return false;
-    dlclose(driver);
-    return true;
-}
-
-/* The plugin's path: the first candidate that exists, or the bare name for the search path. */
-static void plugin_path(char *out, size_t size) {
-    out[0] = '\0';
-    const char *forced = getenv("DDTRAIN_CUDA_PLUGIN");
-    if (forced && *forced) {
-        snprintf(out, size, "%s", forced);
-        return;
-    }
-    char executable[PATH_MAX];
-    ssize_t length = readlink("/proc/self/exe", executable, sizeof executable - 1);
-    if (length > 0) {
-        executable[length] = '\0';
-        const char *directory = dirname(executable);
-        const char *formats[] = {"%s/" DDTRAIN_CUDA_PLUGIN,
-                                 "%s/" DDTRAIN_CUDA_PLUGIN_INSTALL_DIR "/" DDTRAIN_CUDA_PLUGIN,
-                                 "%s/../" DDTRAIN_CUDA_PLUGIN};
-        for (int i = 0; i < 3; i++) {
-            snprintf(out, size, formats[i], directory);
-            char resolved[PATH_MAX]; /* without "..", for messages and --version */
-            if (access(out, R_OK) == 0) {
-                if (realpath(out, resolved)) snprintf(out, size, "%s", resolved);
-                return;
-            }
-        }
-    }
-    snprintf(out, size, "%s", DDTRAIN_CUDA_PLUGIN);
-}
-
-static bool plugin_load(void) {
-    if (plugin.tried) return plugin.handle != NULL;
-    plugin.tried = true;
-    char *path = plugin.path;
-    plugin_path(path, sizeof plugin.path);
-    plugin.handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
-    struct link_map *map = NULL;
-    if (plugin.handle && dlinfo(plugin.handle, RTLD_DI_LINKMAP, &map) == 0 && map && map->l_name &&
-        *map->l_name) /* the file the search path led to */
-        snprintf(plugin.path, sizeof plugin.path, "%s", map->l_name);
-    if (!plugin.handle) {
-        snprintf(plugin.problem, sizeof plugin.problem,
-                 "the CUDA backend plugin %s could not be loaded: %s", path, dlerror());
-        return false;
-    }
-    *(void **)&plugin.open = dlsym(plugin.handle, "device_cuda_open");
-    *(void **)&plugin.count = dlsym(plugin.handle, "device_cuda_count");
-    if (!plugin.open || !plugin.count) {
-        snprintf(plugin.problem, sizeof plugin.problem,
-                 "%s is not a ddtrain CUDA plugin (device_cuda_open is missing)", path);
-        dlclose(plugin.handle);
-        plugin.handle = NULL;
-        return false;
-    }
-    return true;
-}
-#endif
-
-void *device_backend_symbol(device_kind kind, const char *name) {
-#ifdef DDTRAIN_HAVE_CUDA
-    if (kind == DEVICE_KIND_CUDA && plugin_load()) return dlsym(plugin.handle, name);
-#else
-    (void)kind;
-    (void)name;
-#endif
-    return NULL;
-}
-
-const char *device_backend_plugin_path(device_kind kind) {
-#ifdef DDTRAIN_HAVE_CUDA
-    if (kind == DEVICE_KIND_CUDA) {
-        if (!plugin.tried) plugin_path(plugin.path, sizeof plugin.path);
-        return plugin.path;
-    }
-#else
-    (void)kind;
-#endif
-    return NULL;
-}
-
-const char *device_backend_problem(device_kind kind) {
-#ifdef DDTRAIN_HAVE_CUDA
-    if (kind == DEVICE_KIND_CUDA && !plugin_load()) return plugin.problem;
-#else
-    if (kind == DEVICE_KIND_CUDA)
-        return "this ddtrain was built without CUDA support; rebuild with -DDDTRAIN_CUDA=ON "
-               "(needs the CUDA toolkit and NCCL) or use the cpu device";
-#endif
-    return NULL;
-}
+#include "engine/device_backend.h"
+#include "util/plugin.h"
 
 bool device_kind_available(device_kind kind) {
     switch (kind) {
     case DEVICE_KIND_CPU:
         return true;
     case DEVICE_KIND_CUDA:
-#ifdef DDTRAIN_HAVE_CUDA
-        return true;
-#else
-        return false;
-#endif
+        return plugin_built();
     }
     return false;
 }
@@ -153,13 +29,13 @@ int device_count(device_kind kind) {
     switch (kind) {
     case DEVICE_KIND_CPU:
         return 1;
-    case DEVICE_KIND_CUDA:
-#ifdef DDTRAIN_HAVE_CUDA
+    case DEVICE_KIND_CUDA: {
         /* Without a driver there is no GPU: do not load the plugin just to learn that. */
-        return driver_present() && plugin_load() ? plugin.count() : 0;
-#else
-        return 0;
-#endif
+        if (!plugin_driver_present()) return 0;
+        int (*count)(void);
+        *(void **)&count = plugin_symbol("device_cuda_count");
+        return count ? count() : 0;
+    }
     }
     return 0;
 }
@@ -226,7 +102,7 @@ ddt_status device_choose(device_request request, int local_rank, device_kind *ki
                                             "(configure with -DDDTRAIN_CUDA=ON where nvcc and "
                                             "NCCL are installed)");
         if (device_count(DEVICE_KIND_CUDA) == 0) {
-            const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+            const char *problem = plugin_problem();
             return ddt_error(DDT_ERR_USAGE, "--device cuda: no GPU is visible to this process (%s)",
                              problem ? problem : "check the driver and CUDA_VISIBLE_DEVICES");
         }
@@ -243,25 +119,18 @@ ddt_status device_open(device_kind kind, int ordinal, device **out) {
     *out = NULL;
     if (kind != DEVICE_KIND_CPU && kind != DEVICE_KIND_CUDA)
         return ddt_error(DDT_ERR_USAGE, "unknown device kind %d", (int)kind);
-    const char *problem = device_backend_problem(kind);
-    if (problem) return ddt_error(DDT_ERR_USAGE, "%s", problem);
+    ddt_status (*open_backend)(device *dev) = device_cpu_open;
+    if (kind == DEVICE_KIND_CUDA) {
+        *(void **)&open_backend = plugin_symbol("device_cuda_open");
+        if (!open_backend) return ddt_error(DDT_ERR_USAGE, "%s", plugin_problem());
+    }
     device *dev = calloc(1, sizeof *dev);
     if (!dev)
         return ddt_error(DDT_ERR_MEMORY, "out of host memory opening the %s device",
                          device_kind_name(kind));
     dev->kind = kind;
     dev->ordinal = kind == DEVICE_KIND_CPU ? 0 : ordinal;
-    ddt_status status = DDT_ERR_INTERNAL;
-    switch (kind) {
-    case DEVICE_KIND_CPU:
-        status = device_cpu_open(dev);
-        break;
-    case DEVICE_KIND_CUDA:
-#ifdef DDTRAIN_HAVE_CUDA
-        status = plugin.open(dev);
-#endif
-        break;
-    }
+    ddt_status status = open_backend(dev);
     if (status != DDT_OK) {
         ddt_error_trace(__FILE__, __LINE__);
         free(dev);
@@ -275,4 +144,176 @@ void device_close(device *dev) {
     if (!dev) return;
     if (dev->ops && dev->ops->close) dev->ops->close(dev);
     free(dev);
+}
+
+/* ---- capabilities ------------------------------------------------------------------------ */
+
+bool device_supports(const device *dev, device_capability capability) {
+    return (dev->capabilities & (unsigned)capability) == (unsigned)capability;
+}
+
+device_capability precision_capability(precision_kind precision) {
+    switch (precision) {
+    case PRECISION_TF32:
+        return DEVICE_CAPABILITY_TF32;
+    case PRECISION_BF16:
+        return DEVICE_CAPABILITY_BF16;
+    case PRECISION_FP16:
+        return DEVICE_CAPABILITY_FP16;
+    case PRECISION_FP32:
+        break;
+    }
+    return 0;
+}
+
+/* ---- the operations ---------------------------------------------------------------------- */
+
+ddt_status device_memory_alloc(device *dev, size_t bytes, void **out) {
+    return dev->ops->memory_alloc(dev, bytes, out);
+}
+
+void device_memory_free(device *dev, void *pointer) {
+    dev->ops->memory_free(dev, pointer);
+}
+
+ddt_status device_memory_info(device *dev, size_t *total_bytes, size_t *free_bytes) {
+    if (!dev->ops->memory_info)
+        return ddt_error(DDT_ERR_USAGE, "the %s device cannot tell how much memory it has",
+                         dev->ops->name);
+    return dev->ops->memory_info(dev, total_bytes, free_bytes);
+}
+
+ddt_status device_copy_host_to_device(device *dev, void *device_dst, const void *host_src, size_t bytes) {
+    return dev->ops->copy_host_to_device(dev, device_dst, host_src, bytes);
+}
+
+ddt_status device_copy_device_to_host(device *dev, void *host_dst, const void *device_src, size_t bytes) {
+    return dev->ops->copy_device_to_host(dev, host_dst, device_src, bytes);
+}
+
+void device_copy_device_to_device(device *dev, void *dst, const void *src, size_t bytes) {
+    dev->ops->copy_device_to_device(dev, dst, src, bytes);
+}
+
+void device_fill_zero(device *dev, void *dst, size_t bytes) {
+    dev->ops->fill_zero(dev, dst, bytes);
+}
+
+void device_gemm(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    dev->ops->gemm(dev, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void device_bias_add(device *dev, int rows, int cols, float *y, const float *bias) {
+    dev->ops->bias_add(dev, rows, cols, y, bias);
+}
+
+void device_bias_gradient_accumulate(device *dev, int rows, int cols, const float *dy, float *bias_gradient) {
+    dev->ops->bias_gradient_accumulate(dev, rows, cols, dy, bias_gradient);
+}
+
+void device_scale(device *dev, size_t count, float alpha, float *x) {
+    dev->ops->scale(dev, count, alpha, x);
+}
+
+void device_activation_forward(device *dev, activation_kind kind, size_t count, const float *x, float *y) {
+    dev->ops->activation_forward(dev, kind, count, x, y);
+}
+
+void device_activation_backward(device *dev, activation_kind kind, size_t count, const float *x, const float *y, const float *dy, float *dx) {
+    dev->ops->activation_backward(dev, kind, count, x, y, dy, dx);
+}
+
+void device_dropout_forward(device *dev, int rows, int cols, float rate, dropout_key key, const int64_t *row_ids, const float *x, float *y) {
+    dev->ops->dropout_forward(dev, rows, cols, rate, key, row_ids, x, y);
+}
+
+void device_dropout_backward(device *dev, int rows, int cols, float rate, dropout_key key, const int64_t *row_ids, const float *dy, float *dx) {
+    dev->ops->dropout_backward(dev, rows, cols, rate, key, row_ids, dy, dx);
+}
+
+void device_softmax_cross_entropy(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits) {
+    dev->ops->softmax_cross_entropy(dev, rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
+}
+
+void device_binary_cross_entropy(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits) {
+    dev->ops->binary_cross_entropy(dev, rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
+}
+
+void device_mean_squared_error(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits) {
+    dev->ops->mean_squared_error(dev, rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
+}
+
+void device_count_correct(device *dev, int rows, int cols, const float *logits, const int32_t *labels, float *correct) {
+    dev->ops->count_correct(dev, rows, cols, logits, labels, correct);
+}
+
+void device_sgd_update(device *dev, size_t count, float *params, const float *grads, float *velocity, float lr, float momentum, bool nesterov, float weight_decay, bool first_step) {
+    dev->ops->sgd_update(dev, count, params, grads, velocity, lr, momentum, nesterov, weight_decay, first_step);
+}
+
+void device_adamw_update(device *dev, size_t count, float *params, const float *grads, float *m, float *v, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step) {
+    dev->ops->adamw_update(dev, count, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step);
+}
+
+ddt_status device_check_finite(device *dev, size_t count, const float *x, bool *all_finite) {
+    return dev->ops->check_finite(dev, count, x, all_finite);
+}
+
+ddt_status device_sum_of_squares(device *dev, size_t count, const float *x, double *sum) {
+    return dev->ops->sum_of_squares(dev, count, x, sum);
+}
+
+ddt_status device_synchronize(device *dev) {
+    return dev->ops->synchronize(dev);
+}
+
+ddt_status device_set_precision(device *dev, precision_kind precision, struct allocator *alloc, size_t max_operand_floats) {
+    if (!device_supports(dev, precision_capability(precision))) {
+        if (dev->kind == DEVICE_KIND_CPU)
+            return ddt_error(DDT_ERR_USAGE,
+                             "--precision %s needs --device cuda (the CPU backend computes in "
+                             "fp32)",
+                             precision_kind_name(precision));
+        return ddt_error(DDT_ERR_USAGE,
+                         "--precision %s is not supported by %s (tf32 and bf16 need compute "
+                         "capability 8.0 or newer)",
+                         precision_kind_name(precision), dev->description);
+    }
+    return dev->ops->set_precision(dev, precision, alloc, max_operand_floats);
+}
+
+size_t device_precision_workspace_bytes(device *dev, precision_kind precision, size_t max_operand_floats) {
+    return dev->ops->precision_workspace_bytes(dev, precision, max_operand_floats);
+}
+
+void * device_native_stream(device *dev) {
+    return dev->ops->native_stream(dev);
+}
+
+ddt_status device_host_alloc(device *dev, size_t bytes, void **out) {
+    return dev->ops->host_alloc(dev, bytes, out);
+}
+
+void device_host_free(device *dev, void *pointer) {
+    dev->ops->host_free(dev, pointer);
+}
+
+ddt_status device_upload_async(device *dev, void *device_dst, const void *host_src, size_t bytes, int buffer) {
+    return dev->ops->upload_async(dev, device_dst, host_src, bytes, buffer);
+}
+
+ddt_status device_upload_wait(device *dev, int buffer) {
+    return dev->ops->upload_wait(dev, buffer);
+}
+
+ddt_status device_upload_host_done(device *dev, int buffer) {
+    return dev->ops->upload_host_done(dev, buffer);
+}
+
+ddt_status device_timer_mark(device *dev, int slot) {
+    return dev->ops->timer_mark(dev, slot);
+}
+
+ddt_status device_timer_elapsed(device *dev, int from, int to, double *seconds) {
+    return dev->ops->timer_elapsed(dev, from, to, seconds);
 }

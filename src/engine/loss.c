@@ -79,18 +79,17 @@ ddt_status loss_check_compatible(loss_kind kind, int output_width, bool class_la
 void loss_apply(device *dev, loss_kind kind, int rows, int cols, const float *logits,
                 const int32_t *labels, const float *targets, float scale, float *loss_sum,
                 float *dlogits) {
-    const device_ops *ops = dev->ops;
     switch (kind) {
     case LOSS_SOFTMAX_CROSS_ENTROPY:
-        ops->softmax_cross_entropy(dev, rows, cols, logits, labels, targets, scale, loss_sum,
+        device_softmax_cross_entropy(dev, rows, cols, logits, labels, targets, scale, loss_sum,
                                    dlogits);
         break;
     case LOSS_BINARY_CROSS_ENTROPY:
-        ops->binary_cross_entropy(dev, rows, cols, logits, labels, targets, scale, loss_sum,
+        device_binary_cross_entropy(dev, rows, cols, logits, labels, targets, scale, loss_sum,
                                   dlogits);
         break;
     case LOSS_MEAN_SQUARED_ERROR:
-        ops->mean_squared_error(dev, rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
+        device_mean_squared_error(dev, rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
         break;
     }
 }

@@ -30,7 +30,7 @@ const char *loss_kind_name(loss_kind kind);
 ddt_status loss_check_compatible(loss_kind kind, int output_width, bool class_labels, int classes,
                                  int target_width);
 
-/* Dispatches to the device's loss operation (see device_ops for the contract). */
+/* Dispatches to the device's loss operation (see engine/device.h for the contract). */
 void loss_apply(device *dev, loss_kind kind, int rows, int cols, const float *logits,
                 const int32_t *labels, const float *targets, float scale, float *loss_sum,
                 float *dlogits);

@@ -391,7 +391,7 @@ ddt_status model_init_parameters(model *m, uint64_t seed) {
         /* Biases stay zero from calloc. */
         dense++;
     }
-    ddt_status status = m->dev->ops->copy_host_to_device(m->dev, m->parameters, host,
+    ddt_status status = device_copy_host_to_device(m->dev, m->parameters, host,
                                                          m->parameter_count * sizeof(float));
     free(host);
     if (status != DDT_OK) ddt_error_trace(__FILE__, __LINE__);
@@ -423,7 +423,7 @@ float *model_output_gradient(model *m) {
 }
 
 void model_zero_gradients(model *m) {
-    m->dev->ops->fill_zero(m->dev, m->gradients, m->parameter_count * sizeof(float));
+    device_fill_zero(m->dev, m->gradients, m->parameter_count * sizeof(float));
 }
 
 /* --- passes ------------------------------------------------------------------------------ */
@@ -438,7 +438,6 @@ ddt_status model_forward(model *m, const float *inputs, int rows, const model_pa
         return ddt_error(DDT_ERR_INTERNAL, "model_forward: %d rows, but the model holds %d", rows,
                          m->max_rows);
     device *dev = m->dev;
-    const device_ops *ops = dev->ops;
     const float *x = inputs;
     for (int i = 0; i < m->spec.layer_count; i++) {
         const layer_spec *layer = &m->spec.layers[i];
@@ -447,14 +446,14 @@ ddt_status model_forward(model *m, const float *inputs, int rows, const model_pa
         switch (layer->kind) {
         case LAYER_DENSE: {
             const dense_layout *d = &m->dense_of_layer[i];
-            ops->gemm(dev, false, true, rows, d->outputs, d->inputs, 1.0f, x, d->inputs,
+            device_gemm(dev, false, true, rows, d->outputs, d->inputs, 1.0f, x, d->inputs,
                       m->parameters + d->weight_offset, d->inputs, 0.0f, y, d->outputs);
-            ops->bias_add(dev, rows, d->outputs, y, m->parameters + d->bias_offset);
+            device_bias_add(dev, rows, d->outputs, y, m->parameters + d->bias_offset);
             m->forward_outputs[i] = y;
             break;
         }
         case LAYER_ACTIVATION:
-            ops->activation_forward(dev, layer->activation, (size_t)rows * layer->outputs, x, y);
+            device_activation_forward(dev, layer->activation, (size_t)rows * layer->outputs, x, y);
             m->forward_outputs[i] = y;
             break;
         case LAYER_DROPOUT:
@@ -464,7 +463,7 @@ ddt_status model_forward(model *m, const float *inputs, int rows, const model_pa
             }
             if (!pass->row_ids && rows > 0)
                 return ddt_error(DDT_ERR_INTERNAL, "model_forward: dropout needs row ids");
-            ops->dropout_forward(dev, rows, layer->outputs, layer->dropout_rate,
+            device_dropout_forward(dev, rows, layer->outputs, layer->dropout_rate,
                                  (dropout_key){pass->seed, pass->step, i}, pass->row_ids, x, y);
             m->forward_outputs[i] = y;
             break;
@@ -483,7 +482,6 @@ ddt_status model_backward(model *m, int rows, const model_pass *pass,
                          "model_backward: %d rows, but the last forward pass had %d", rows,
                          m->forward_rows);
     device *dev = m->dev;
-    const device_ops *ops = dev->ops;
     const float *dy = m->output_gradient;
     int next_buffer = 0;
     /* Layers before the first dense one have no parameters, so the gradient stops there. */
@@ -496,24 +494,24 @@ ddt_status model_backward(model *m, int rows, const model_pass *pass,
             const dense_layout *d = &m->dense_of_layer[i];
             /* dW += dy^T x and db += column sums of dy, then tell the caller they are final
              * before computing dx, so a reduction of them can overlap that last product. */
-            ops->gemm(dev, true, false, d->outputs, d->inputs, rows, 1.0f, dy, d->outputs, x,
+            device_gemm(dev, true, false, d->outputs, d->inputs, rows, 1.0f, dy, d->outputs, x,
                       d->inputs, 1.0f, m->gradients + d->weight_offset, d->inputs);
-            ops->bias_gradient_accumulate(dev, rows, d->outputs, dy, m->gradients + d->bias_offset);
+            device_bias_gradient_accumulate(dev, rows, d->outputs, dy, m->gradients + d->bias_offset);
             if (on_ready) DDT_CHECK(on_ready(context, d->weight_offset));
             if (dx)
-                ops->gemm(dev, false, false, rows, d->inputs, d->outputs, 1.0f, dy, d->outputs,
+                device_gemm(dev, false, false, rows, d->inputs, d->outputs, 1.0f, dy, d->outputs,
                           m->parameters + d->weight_offset, d->inputs, 0.0f, dx, d->inputs);
             break;
         }
         case LAYER_ACTIVATION:
-            ops->activation_backward(dev, layer->activation, (size_t)rows * layer->outputs, x,
+            device_activation_backward(dev, layer->activation, (size_t)rows * layer->outputs, x,
                                      m->forward_outputs[i], dy, dx);
             break;
         case LAYER_DROPOUT:
             if (!dropout_active(layer, pass)) continue; /* identity: dy passes unchanged */
             if (!pass->row_ids && rows > 0)
                 return ddt_error(DDT_ERR_INTERNAL, "model_backward: dropout needs row ids");
-            ops->dropout_backward(dev, rows, layer->outputs, layer->dropout_rate,
+            device_dropout_backward(dev, rows, layer->outputs, layer->dropout_rate,
                                   (dropout_key){pass->seed, pass->step, i}, pass->row_ids, dy, dx);
             break;
         }

@@ -125,11 +125,11 @@ void optimizer_step(optimizer *opt, float *params, const float *grads, float lr)
     device *dev = opt->dev;
     switch (p->kind) {
     case OPTIMIZER_SGD:
-        dev->ops->sgd_update(dev, opt->parameter_count, params, grads, opt->state, lr, p->momentum,
+        device_sgd_update(dev, opt->parameter_count, params, grads, opt->state, lr, p->momentum,
                              p->nesterov, p->weight_decay, opt->steps_taken == 0);
         break;
     case OPTIMIZER_ADAMW:
-        dev->ops->adamw_update(dev, opt->parameter_count, params, grads, opt->state,
+        device_adamw_update(dev, opt->parameter_count, params, grads, opt->state,
                                opt->state + opt->parameter_count, lr, p->beta1, p->beta2, p->eps,
                                p->weight_decay, opt->steps_taken + 1);
         break;

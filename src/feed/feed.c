@@ -67,12 +67,12 @@ size_t feed_evaluation_host_bytes(const dataset_geometry *geometry, int rows) {
 /* The stream's one allocation comes from the device's host allocator: pinned on GPUs. */
 static ddt_status stream_host_alloc(void *context, size_t bytes, void **out) {
     device *dev = context;
-    return dev->ops->host_alloc(dev, bytes, out);
+    return device_host_alloc(dev, bytes, out);
 }
 
 static void stream_host_free(void *context, void *pointer) {
     device *dev = context;
-    dev->ops->host_free(dev, pointer);
+    device_host_free(dev, pointer);
 }
 
 ddt_status feed_init(const feed_params *params, feed **out) {
@@ -99,11 +99,11 @@ ddt_status feed_init(const feed_params *params, feed **out) {
                                      row_id_bytes(params->rows), (void **)&in->row_ids);
     }
     if (status == DDT_OK && params->evaluation) {
-        status = dev->ops->host_alloc(dev, feature_bytes(g, params->rows),
+        status = device_host_alloc(dev, feature_bytes(g, params->rows),
                                       (void **)&f->eval_features);
         void **labels = g->class_labels ? (void **)&f->eval_labels : (void **)&f->eval_targets;
         if (status == DDT_OK)
-            status = dev->ops->host_alloc(dev, label_bytes(g, params->rows), labels);
+            status = device_host_alloc(dev, label_bytes(g, params->rows), labels);
     }
     if (status != DDT_OK) {
         feed_free(f);
@@ -146,13 +146,13 @@ static ddt_status upload(feed *f, int buffer, int rows, const float *features,
     device *dev = f->params.dev;
     const dataset_geometry *g = f->params.geometry;
     device_input *in = &f->inputs[buffer];
-    DDT_CHECK(dev->ops->upload_async(dev, in->features, features, feature_bytes(g, rows), buffer));
+    DDT_CHECK(device_upload_async(dev, in->features, features, feature_bytes(g, rows), buffer));
     if (g->class_labels)
-        DDT_CHECK(dev->ops->upload_async(dev, in->labels, labels, label_bytes(g, rows), buffer));
+        DDT_CHECK(device_upload_async(dev, in->labels, labels, label_bytes(g, rows), buffer));
     else
-        DDT_CHECK(dev->ops->upload_async(dev, in->targets, targets, label_bytes(g, rows), buffer));
+        DDT_CHECK(device_upload_async(dev, in->targets, targets, label_bytes(g, rows), buffer));
     if (row_ids)
-        DDT_CHECK(dev->ops->upload_async(dev, in->row_ids, row_ids, row_id_bytes(rows), buffer));
+        DDT_CHECK(device_upload_async(dev, in->row_ids, row_ids, row_id_bytes(rows), buffer));
     return DDT_OK;
 }
 
@@ -183,7 +183,7 @@ ddt_status feed_next(feed *f, feed_batch *out) {
     f->current = mb;
     f->current_buffer = buffer;
     device *dev = f->params.dev;
-    DDT_CHECK(dev->ops->upload_wait(dev, buffer));
+    DDT_CHECK(device_upload_wait(dev, buffer));
     /* The ordering rule: issued after the compute of the micro-batch before this one (all
      * issued by now) and before this one's, into the buffer that one used. */
     if (f->fetched < f->total) DDT_CHECK(fetch(f, buffer ^ 1));
@@ -203,7 +203,7 @@ ddt_status feed_next(feed *f, feed_batch *out) {
 
 ddt_status feed_release(feed *f) {
     if (!f->current) return DDT_OK;
-    ddt_status status = f->params.dev->ops->upload_host_done(f->params.dev, f->current_buffer);
+    ddt_status status = device_upload_host_done(f->params.dev, f->current_buffer);
     stream_release(f->stream, f->current);
     f->current = NULL;
     return status;
@@ -222,11 +222,11 @@ ddt_status feed_read_evaluation(feed *f, dataset *data, int64_t first_row, int r
     /* The buffer not holding the prefetched training micro-batch. */
     int buffer = f->next ? f->next_buffer ^ 1 : 0;
     /* The evaluation host buffer is free once its previous upload has been read. */
-    DDT_CHECK(dev->ops->upload_host_done(dev, buffer));
+    DDT_CHECK(device_upload_host_done(dev, buffer));
     DDT_CHECK(dataset_read_range(data, first_row, rows, f->eval_features, f->eval_labels,
                                  f->eval_targets));
     DDT_CHECK(upload(f, buffer, rows, f->eval_features, f->eval_labels, f->eval_targets, NULL));
-    DDT_CHECK(dev->ops->upload_wait(dev, buffer));
+    DDT_CHECK(device_upload_wait(dev, buffer));
     const device_input *in = &f->inputs[buffer];
     bool class_labels = f->params.geometry->class_labels;
     *out = (feed_batch){
@@ -256,14 +256,14 @@ void feed_free(feed *f) {
     if (dev) {
         /* Uploads may still be reading host memory. */
         for (int b = 0; b < BUFFERS; b++)
-            (void)dev->ops->upload_host_done(dev, b);
-        (void)dev->ops->synchronize(dev);
+            (void)device_upload_host_done(dev, b);
+        (void)device_synchronize(dev);
     }
     stream_stop(f->stream);
     if (dev) {
-        if (f->eval_features) dev->ops->host_free(dev, f->eval_features);
-        if (f->eval_labels) dev->ops->host_free(dev, f->eval_labels);
-        if (f->eval_targets) dev->ops->host_free(dev, f->eval_targets);
+        if (f->eval_features) device_host_free(dev, f->eval_features);
+        if (f->eval_labels) device_host_free(dev, f->eval_labels);
+        if (f->eval_targets) device_host_free(dev, f->eval_targets);
     }
     free(f);
 }

@@ -87,10 +87,9 @@ ddt_status checkpointing_write(trainer *t, int64_t done) {
         free(configuration);
         return ddt_error(DDT_ERR_MEMORY, "out of host memory for a checkpoint");
     }
-    ddt_status status = dev->ops->copy_device_to_host(
-        dev, host, model_parameters(t->engine.model), count * sizeof(float));
+    ddt_status status = device_copy_device_to_host(dev, host, model_parameters(t->engine.model), count * sizeof(float));
     if (status == DDT_OK && state)
-        status = dev->ops->copy_device_to_host(dev, host + count, optimizer_state(t->engine.opt),
+        status = device_copy_device_to_host(dev, host + count, optimizer_state(t->engine.opt),
                                                state * sizeof(float));
     checkpoint_state cs = {
         .spec = &t->shape.spec,
@@ -197,11 +196,11 @@ static ddt_status resume_on_root(trainer *t, resume_point *point) {
     device *dev = t->engine.dev;
     ddt_status status = check_against_run(t, search.path, &c);
     if (status == DDT_OK)
-        status = dev->ops->copy_host_to_device(dev, model_parameters(t->engine.model), c.parameters,
+        status = device_copy_host_to_device(dev, model_parameters(t->engine.model), c.parameters,
                                                c.parameter_count * sizeof(float));
     size_t state_count = optimizer_state_count(t->engine.opt);
     if (status == DDT_OK && state_count)
-        status = dev->ops->copy_host_to_device(dev, optimizer_state(t->engine.opt),
+        status = device_copy_host_to_device(dev, optimizer_state(t->engine.opt),
                                                c.optimizer_state, state_count * sizeof(float));
     if (status == DDT_OK) {
         *point = (resume_point){

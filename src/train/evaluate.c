@@ -25,14 +25,14 @@ static ddt_status evaluate_local(device *dev, model *m, dataset *data, loss_kind
         DDT_CHECK(feed_read_evaluation(f, data, row, rows, &batch));
         const float *logits;
         DDT_CHECK(model_forward(m, batch.features, rows, &pass, &logits));
-        dev->ops->fill_zero(dev, scalars, 2 * sizeof(float));
+        device_fill_zero(dev, scalars, 2 * sizeof(float));
         loss_apply(dev, loss, rows, spec->output_width, logits, batch.labels, batch.targets, 1.0f,
                    &scalars[0], NULL);
         if (g->class_labels)
-            dev->ops->count_correct(dev, rows, spec->output_width, logits, batch.labels,
+            device_count_correct(dev, rows, spec->output_width, logits, batch.labels,
                                     &scalars[1]);
         float host[2];
-        DDT_CHECK(dev->ops->copy_device_to_host(dev, host, scalars, sizeof host));
+        DDT_CHECK(device_copy_device_to_host(dev, host, scalars, sizeof host));
         sums[0] += host[0];
         sums[1] += host[1];
     }
@@ -89,7 +89,7 @@ static ddt_status load_parameters(device *dev, model *m, const char *path, const
     if (!host) return ddt_error(DDT_ERR_MEMORY, "%s: out of host memory for the parameters", path);
     ddt_status status = model_file_read_parameters(path, spec, host);
     if (status == DDT_OK)
-        status = dev->ops->copy_host_to_device(dev, model_parameters(m), host, bytes);
+        status = device_copy_host_to_device(dev, model_parameters(m), host, bytes);
     free(host);
     return status;
 }
@@ -112,13 +112,13 @@ static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *
     /* eval has no memory options: the device's memory is the limit, so a model file whose spec
      * claims more is refused by the allocator before anything is reserved for it. */
     size_t total = 0, free_bytes = 0;
-    DDT_CHECK(s->dev->ops->memory_info(s->dev, &total, &free_bytes));
+    DDT_CHECK(device_memory_info(s->dev, &total, &free_bytes));
     allocator_params ap = allocator_default_params();
     ap.limit_bytes = total;
     ap.rank = comm_rank(control);
     ap.limit_source = "the device's memory";
     DDT_CHECK(allocator_init_with_params(s->dev, &ap, &s->alloc));
-    DDT_CHECK(s->dev->ops->set_precision(s->dev, PRECISION_FP32, s->alloc,
+    DDT_CHECK(device_set_precision(s->dev, PRECISION_FP32, s->alloc,
                                          model_spec_max_gemm_operand_floats(&s->spec, cfg->rows)));
     DDT_CHECK(model_init(&s->spec, s->alloc, cfg->rows, &s->m));
     DDT_CHECK(load_parameters(s->dev, s->m, cfg->model_file, &s->spec));

@@ -15,7 +15,7 @@ static ddt_status parse_limit_entry(const char *source, const char *entry, devic
     if (memory_limit_parse(entry, &limit) != DDT_OK)
         return ddt_error(DDT_ERR_USAGE, "%s: %s", source, ddt_error_message());
     size_t total = 0, free_bytes = 0;
-    if (limit.fraction > 0) DDT_CHECK(dev->ops->memory_info(dev, &total, &free_bytes));
+    if (limit.fraction > 0) DDT_CHECK(device_memory_info(dev, &total, &free_bytes));
     *bytes = memory_limit_resolve(limit, total);
     return DDT_OK;
 }
@@ -90,8 +90,7 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     feed_plan_device(inputs->geometry, micro_batch, out->device);
     out->device[MEMORY_COMPONENT_WORKSPACE] +=
         allocator_rounded_size(TRAIN_SCALAR_COUNT * sizeof(float));
-    size_t workspace = inputs->dev->ops->precision_workspace_bytes(
-        inputs->dev, inputs->precision,
+    size_t workspace = device_precision_workspace_bytes(inputs->dev, inputs->precision,
         model_spec_max_gemm_operand_floats(inputs->spec, micro_batch));
     if (workspace) out->device[MEMORY_COMPONENT_WORKSPACE] += allocator_rounded_size(workspace);
     /* Gradient buckets are all-reduced in place on CPU ranks: no extra device memory. */

@@ -93,9 +93,9 @@ static ddt_status report_non_finite(trainer *t, int64_t done) {
     for (int d = 0; d < t->shape.spec.dense_count; d++) {
         dense_layout layout = model_spec_dense_layout(&t->shape.spec, d);
         bool weight_finite = true, bias_finite = true;
-        dev->ops->check_finite(dev, (size_t)layout.inputs * (size_t)layout.outputs,
+        device_check_finite(dev, (size_t)layout.inputs * (size_t)layout.outputs,
                                gradients + layout.weight_offset, &weight_finite);
-        dev->ops->check_finite(dev, (size_t)layout.outputs, gradients + layout.bias_offset,
+        device_check_finite(dev, (size_t)layout.outputs, gradients + layout.bias_offset,
                                &bias_finite);
         if (!weight_finite || !bias_finite) {
             snprintf(layer, sizeof layer, "dense_%d/%s", d, weight_finite ? "bias" : "weight");
@@ -103,7 +103,7 @@ static ddt_status report_non_finite(trainer *t, int64_t done) {
         }
     }
     float local_loss = 0;
-    dev->ops->copy_device_to_host(dev, &local_loss, &e->scalars[TRAIN_SCALAR_LOSS],
+    device_copy_device_to_host(dev, &local_loss, &e->scalars[TRAIN_SCALAR_LOSS],
                                   sizeof local_loss);
     int mine = !isfinite(local_loss);
     int *all = t->rank == 0 ? calloc((size_t)t->world_size, sizeof(int)) : NULL;
@@ -129,8 +129,8 @@ static ddt_status read_loss(trainer *t, double *sum) {
     device *dev = t->engine.dev;
     float *scalar = &t->engine.scalars[TRAIN_SCALAR_LOSS];
     float local = 0;
-    ddt_status status = dev->ops->copy_device_to_host(dev, &local, scalar, sizeof local);
-    dev->ops->fill_zero(dev, scalar, sizeof(float));
+    ddt_status status = device_copy_device_to_host(dev, &local, scalar, sizeof local);
+    device_fill_zero(dev, scalar, sizeof(float));
     double values[2] = {local, status != DDT_OK ? 1.0 : 0.0};
     DDT_CHECK(comm_allreduce_doubles(t->control, values, 2, COMM_REDUCE_SUM));
     if (values[1] > 0) return comm_agree(t->control, status, "reading the loss");
@@ -154,10 +154,10 @@ static ddt_status reduce_and_agree(trainer *t, ddt_status local, bool reporting,
     bool finite = true, fp16 = cfg->precision == PRECISION_FP16;
     size_t count = model_parameter_count(e->model);
     if (local == DDT_OK && (fp16 || t->shape.device == DEVICE_KIND_CPU || reporting))
-        local = e->dev->ops->check_finite(e->dev, count, model_gradients(e->model), &finite);
+        local = device_check_finite(e->dev, count, model_gradients(e->model), &finite);
     double squares = NAN;
     if (local == DDT_OK && report_due_record(t, o->done) && t->rank == 0)
-        local = e->dev->ops->sum_of_squares(e->dev, count, model_gradients(e->model), &squares);
+        local = device_sum_of_squares(e->dev, count, model_gradients(e->model), &squares);
     o->grad_norm = sqrt(squares) / t->scaler.scale;
     control[CONTROL_LOCAL_FAILURE] = local != DDT_OK;
     control[fp16 ? CONTROL_OVERFLOW : CONTROL_NON_FINITE] = !finite;
@@ -207,7 +207,7 @@ ddt_status train_step(trainer *t, int64_t step, step_outcome *o) {
     }
     if (!o->skipped) {
         if (loss_scale != 1.0f)
-            e->dev->ops->scale(e->dev, model_parameter_count(e->model), 1.0f / loss_scale,
+            device_scale(e->dev, model_parameter_count(e->model), 1.0f / loss_scale,
                                model_gradients(e->model));
         optimizer_step(e->opt, model_parameters(e->model), model_gradients(e->model), o->lr);
     }

@@ -3,7 +3,7 @@
 
 void step_timer_init(step_timer *timer, device *dev, comm *data_comm) {
     *timer = (step_timer){.dev = dev, .comm = data_comm};
-    timer->device_clock = dev->ops->native_stream(dev) != NULL; /* asynchronous: a GPU */
+    timer->device_clock = device_supports(dev, DEVICE_CAPABILITY_ASYNCHRONOUS);
 }
 
 static int slot(int set, int mark) {
@@ -16,11 +16,11 @@ static ddt_status read_set(step_timer *timer, int set) {
     timer->pending[set] = false;
     device *dev = timer->dev;
     double compute = 0, communication = 0, optimizer = 0;
-    DDT_CHECK(dev->ops->timer_elapsed(dev, slot(set, STEP_MARK_START),
+    DDT_CHECK(device_timer_elapsed(dev, slot(set, STEP_MARK_START),
                                       slot(set, STEP_MARK_BACKWARD_DONE), &compute));
-    DDT_CHECK(dev->ops->timer_elapsed(dev, slot(set, STEP_MARK_BACKWARD_DONE),
+    DDT_CHECK(device_timer_elapsed(dev, slot(set, STEP_MARK_BACKWARD_DONE),
                                       slot(set, STEP_MARK_REDUCED), &communication));
-    DDT_CHECK(dev->ops->timer_elapsed(dev, slot(set, STEP_MARK_REDUCED),
+    DDT_CHECK(device_timer_elapsed(dev, slot(set, STEP_MARK_REDUCED),
                                       slot(set, STEP_MARK_UPDATED), &optimizer));
     double wait = timer->data_wait_in_step[set];
     timer->totals.data_wait += wait;
@@ -42,7 +42,7 @@ ddt_status step_timer_begin(step_timer *timer, int64_t step, double data_wait_to
 }
 
 void step_timer_mark(step_timer *timer, int64_t step, int mark) {
-    (void)timer->dev->ops->timer_mark(timer->dev, slot((int)(step & 1), mark));
+    (void)device_timer_mark(timer->dev, slot((int)(step & 1), mark));
 }
 
 void step_timer_end(step_timer *timer, int64_t step, double data_wait_total) {

@@ -297,8 +297,7 @@ static ddt_status allocate_engine(trainer *t) {
     ap.rank = t->rank;
     ap.limit_source = t->limits.device_source;
     DDT_CHECK(allocator_init_with_params(e->dev, &ap, &e->alloc));
-    DDT_CHECK(e->dev->ops->set_precision(
-        e->dev, cfg->precision, e->alloc,
+    DDT_CHECK(device_set_precision(e->dev, cfg->precision, e->alloc,
         model_spec_max_gemm_operand_floats(&s->spec, s->micro_batch)));
     DDT_CHECK(model_init(&s->spec, e->alloc, s->micro_batch, &e->model));
     DDT_CHECK(optimizer_init(&cfg->optimizer, e->alloc, model_parameter_count(e->model), &e->opt));
@@ -375,7 +374,7 @@ static ddt_status fresh_weights_on_root(trainer *t) {
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory for --init's parameters");
     ddt_status status = model_file_read_parameters(t->config->init, &t->shape.spec, host);
     if (status == DDT_OK)
-        status = e->dev->ops->copy_host_to_device(e->dev, model_parameters(e->model), host, bytes);
+        status = device_copy_host_to_device(e->dev, model_parameters(e->model), host, bytes);
     free(host);
     return status;
 }
@@ -387,7 +386,7 @@ static ddt_status share_weights(trainer *t) {
     DDT_CHECK(comm_broadcast_floats(e->comm, model_parameters(e->model), count, 0));
     float *host = malloc(count * sizeof(float));
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory for a weight checksum");
-    ddt_status status = e->dev->ops->copy_device_to_host(e->dev, host, model_parameters(e->model),
+    ddt_status status = device_copy_device_to_host(e->dev, host, model_parameters(e->model),
                                                          count * sizeof(float));
     uint64_t sums[2];
     sums[0] = sums[1] = ~checksum_bytes(host, count * sizeof(float));
@@ -449,7 +448,7 @@ static ddt_status train_loop(trainer *t) {
     DDT_CHECK(comm_agree(t->control, feed_start(f), "set-up: starting the reader"));
     report_loop_start(t);
     t->checkpoints.last_time = clock_now();
-    t->engine.dev->ops->fill_zero(t->engine.dev, t->engine.scalars,
+    device_fill_zero(t->engine.dev, t->engine.scalars,
                                   TRAIN_SCALAR_COUNT * sizeof(float));
     int64_t step = t->start_step;
     for (bool stop = false; step < t->shape.total_steps && !stop; step++) {
@@ -475,7 +474,7 @@ static ddt_status save_model(trainer *t) {
     size_t count = model_parameter_count(e->model);
     float *host = malloc(count * sizeof(float));
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory to save the model");
-    ddt_status status = e->dev->ops->copy_device_to_host(e->dev, host, model_parameters(e->model),
+    ddt_status status = device_copy_device_to_host(e->dev, host, model_parameters(e->model),
                                                          count * sizeof(float));
     if (status == DDT_OK) status = model_file_save(t->config->save, &t->shape.spec, host);
     free(host);

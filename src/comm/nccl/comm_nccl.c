@@ -70,7 +70,7 @@ typedef struct nccl_operation {
 
 /* The device's compute stream (borrowed; asked for each time, in case the backend changes it). */
 static cudaStream_t compute_stream(const comm *c) {
-    return (cudaStream_t)c->dev->ops->native_stream(c->dev);
+    return (cudaStream_t)device_native_stream(c->dev);
 }
 
 static const char *file_name(const char *path) {
@@ -312,7 +312,7 @@ static void nccl_close(comm *c) {
 static ddt_status nccl_open_local(comm *c, size_t *free_before) {
     nccl_backend *b = c->backend;
     nccl_operation op = {"setting up the NCCL backend", 0};
-    if (!c->dev || c->dev->kind != DEVICE_KIND_CUDA || !c->dev->ops->native_stream)
+    if (!c->dev || c->dev->kind != DEVICE_KIND_CUDA || !device_native_stream(c->dev))
         return ddt_error(DDT_ERR_USAGE,
                          "rank %d: the NCCL backend needs the cuda device "
                          "(use the MPI backend with the cpu device)",

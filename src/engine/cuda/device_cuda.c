@@ -20,6 +20,7 @@
  * other operation belongs to the thread that opened the device.
  */
 #include "engine/device.h"
+#include "engine/device_backend.h"
 
 #include <ctype.h>
 #include <math.h>
@@ -755,6 +756,10 @@ static ddt_status cuda_describe(device *dev) {
              "cuda:%d %.60s (PCI %.16s, sm_%d%d, %.1f GiB)", dev->ordinal, properties.name, bus,
              properties.major, properties.minor,
              (double)properties.totalGlobalMem / (double)((size_t)1 << 30));
+    /* Tensor-core tf32 and bf16 GEMMs arrived with Ampere (compute capability 8.0). */
+    dev->capabilities = DEVICE_CAPABILITY_FP16 | DEVICE_CAPABILITY_ASYNCHRONOUS |
+                        DEVICE_CAPABILITY_PAGE_LOCKED;
+    if (properties.major >= 8) dev->capabilities |= DEVICE_CAPABILITY_TF32 | DEVICE_CAPABILITY_BF16;
     return DDT_OK;
 }
 
