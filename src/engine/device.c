@@ -317,3 +317,84 @@ ddt_status device_timer_mark(device *dev, int slot) {
 ddt_status device_timer_elapsed(device *dev, int from, int to, double *seconds) {
     return dev->ops->timer_elapsed(dev, from, to, seconds);
 }
+
+void device_gemm_strided_batched(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, int64_t stride_a, const float *b, int ldb, int64_t stride_b, float beta, float *c, int ldc, int64_t stride_c, int batch) {
+    dev->ops->gemm_strided_batched(dev, transpose_a, transpose_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c, batch);
+}
+
+void device_add(device *dev, size_t count, const float *a, const float *b, float *out) {
+    dev->ops->add(dev, count, a, b, out);
+}
+
+void device_permute(device *dev, int rank, const int *dims, const int *perm, const float *in, float *out) {
+    dev->ops->permute(dev, rank, dims, perm, in, out);
+}
+
+void device_im2col(device *dev, const conv_geometry *g, int samples, const float *x, float *cols) {
+    dev->ops->im2col(dev, g, samples, x, cols);
+}
+
+void device_col2im(device *dev, const conv_geometry *g, int samples, const float *cols, float *dx) {
+    dev->ops->col2im(dev, g, samples, cols, dx);
+}
+
+void device_pool2d_forward(device *dev, pool_kind kind, const conv_geometry *g, int samples, const float *x, float *y) {
+    dev->ops->pool2d_forward(dev, kind, g, samples, x, y);
+}
+
+void device_pool2d_backward(device *dev, pool_kind kind, const conv_geometry *g, int samples, const float *x, const float *y, const float *dy, float *dx) {
+    dev->ops->pool2d_backward(dev, kind, g, samples, x, y, dy, dx);
+}
+
+void device_batchnorm_forward(device *dev, int samples, int channels, int spatial, const float *x, const float *gamma, const float *beta, float eps, bool training, float momentum, float *running_mean, float *running_var, float *mean, float *invstd, float *y) {
+    dev->ops->batchnorm_forward(dev, samples, channels, spatial, x, gamma, beta, eps, training, momentum, running_mean, running_var, mean, invstd, y);
+}
+
+void device_batchnorm_backward(device *dev, int samples, int channels, int spatial, const float *x, const float *dy, const float *gamma, const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta) {
+    dev->ops->batchnorm_backward(dev, samples, channels, spatial, x, dy, gamma, mean, invstd, dx, dgamma, dbeta);
+}
+
+void device_layernorm_forward(device *dev, int rows, int cols, const float *x, const float *gamma, const float *beta, float eps, float *y, float *mean, float *rstd) {
+    dev->ops->layernorm_forward(dev, rows, cols, x, gamma, beta, eps, y, mean, rstd);
+}
+
+void device_layernorm_backward(device *dev, int rows, int cols, const float *x, const float *dy, const float *gamma, const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta) {
+    dev->ops->layernorm_backward(dev, rows, cols, x, dy, gamma, mean, rstd, dx, dgamma, dbeta);
+}
+
+void device_embedding_forward(device *dev, int rows, int cols, const int32_t *ids, const float *table, float *y) {
+    dev->ops->embedding_forward(dev, rows, cols, ids, table, y);
+}
+
+void device_embedding_backward(device *dev, int rows, int cols, const int32_t *ids, const float *dy, float *dtable) {
+    dev->ops->embedding_backward(dev, rows, cols, ids, dy, dtable);
+}
+
+void device_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x, float *y) {
+    dev->ops->causal_softmax_forward(dev, groups, t, scale, x, y);
+}
+
+void device_causal_softmax_backward(device *dev, int groups, int t, float scale, const float *y, const float *dy, float *dx) {
+    dev->ops->causal_softmax_backward(dev, groups, t, scale, y, dy, dx);
+}
+
+ddt_status conv_geometry_make(int channels, int height, int width, int kernel_h, int kernel_w,
+                              int stride_h, int stride_w, int pad_h, int pad_w, const char *what,
+                              conv_geometry *out) {
+    memset(out, 0, sizeof *out);
+    if (channels <= 0 || height <= 0 || width <= 0)
+        return ddt_error(DDT_ERR_USAGE, "%s: its input %dx%dx%d is empty", what, channels, height,
+                         width);
+    if (kernel_h <= 0 || kernel_w <= 0 || stride_h <= 0 || stride_w <= 0 || pad_h < 0 || pad_w < 0)
+        return ddt_error(DDT_ERR_USAGE,
+                         "%s: kernel and stride must be at least 1 and padding at least 0", what);
+    long padded_h = (long)height + 2L * pad_h, padded_w = (long)width + 2L * pad_w;
+    if (padded_h < kernel_h || padded_w < kernel_w)
+        return ddt_error(DDT_ERR_USAGE,
+                         "%s: the %dx%d window does not fit its %dx%d input (with padding %d)",
+                         what, kernel_h, kernel_w, height, width, pad_h);
+    *out = (conv_geometry){channels, height, width, kernel_h, kernel_w, stride_h, stride_w,
+                           pad_h, pad_w, (int)((padded_h - kernel_h) / stride_h + 1),
+                           (int)((padded_w - kernel_w) / stride_w + 1)};
+    return DDT_OK;
+}

@@ -41,7 +41,26 @@ typedef enum activation_kind {
     ACTIVATION_GELU, /* exact (erf) form, as PyTorch's default */
     ACTIVATION_TANH,
     ACTIVATION_SIGMOID,
+    ACTIVATION_GELU_TANH, /* 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as GPT-2 */
 } activation_kind;
+
+/* The geometry of a 2-D convolution or pooling window over NCHW tensors (one sample:
+ * channels x height x width, row-major). out_height = (height + 2 pad_h - kernel_h) / stride_h
+ * + 1, likewise out_width (conv_geometry_make() computes them). Padding reads as zero for
+ * convolutions and average pooling (counted in the divisor, PyTorch's count_include_pad) and
+ * never wins a max pooling. */
+typedef struct conv_geometry {
+    int channels, height, width;
+    int kernel_h, kernel_w;
+    int stride_h, stride_w;
+    int pad_h, pad_w;
+    int out_height, out_width;
+} conv_geometry;
+
+typedef enum pool_kind {
+    POOL_MAX,
+    POOL_AVERAGE,
+} pool_kind;
 
 typedef struct device device;
 struct allocator; /* engine/alloc.h; backends take their workspace from it */
@@ -149,6 +168,57 @@ void device_sgd_update(device *dev, size_t count, float *params, const float *gr
  * p -= lr * m_hat / (sqrt(v_hat) + eps). */
 void device_adamw_update(device *dev, size_t count, float *params, const float *grads, float *m, float *v, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step);
 
+/* --- the layer engine's operations (engine/layers.c composes them) ---------------------- */
+/* For b < batch: C_b = alpha * op(A_b) * op(B_b) + beta * C_b, with X_b = x + b * stride_x
+ * (strides in floats; stride_a or stride_b may be 0 to share one operand; the C_b must not
+ * overlap). Row-major, as device_gemm. */
+void device_gemm_strided_batched(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, int64_t stride_a, const float *b, int ldb, int64_t stride_b, float beta, float *c, int ldc, int64_t stride_c, int batch);
+/* out[i] = a[i] + b[i] for i < count; out may be a or b. */
+void device_add(device *dev, size_t count, const float *a, const float *b, float *out);
+/* out = in with its axes permuted: in has `rank` (1..6) axes of sizes dims[], row-major; out's
+ * axis i is in's axis perm[i], so out's sizes are dims[perm[i]]. in and out do not overlap. */
+void device_permute(device *dev, int rank, const int *dims, const int *perm, const float *in, float *out);
+/* Unfolds convolution windows: x is `samples` NCHW samples of geometry g; cols is a
+ * (channels * kernel_h * kernel_w) x (samples * out_height * out_width) row-major matrix whose
+ * row (c, i, j) (c slowest) and column (s, oh, ow) (s slowest) hold
+ * x[s][c][oh * stride_h - pad_h + i][ow * stride_w - pad_w + j], or 0 in the padding. */
+void device_im2col(device *dev, const conv_geometry *g, int samples, const float *x, float *cols);
+/* The adjoint of im2col: dx (overwritten) = the sum, for every element of cols, of its value
+ * at the x position im2col read it from; padding positions are dropped. Deterministic. */
+void device_col2im(device *dev, const conv_geometry *g, int samples, const float *cols, float *dx);
+/* y ([samples][channels][out_height][out_width]) = the max or average of each window of x. */
+void device_pool2d_forward(device *dev, pool_kind kind, const conv_geometry *g, int samples, const float *x, float *y);
+/* dx (overwritten) from dy: max pooling routes each window's gradient to the first position
+ * (in row-major window order) holding the window's maximum (y is that maximum); average
+ * pooling spreads it evenly over the window's kernel_h * kernel_w positions. Deterministic. */
+void device_pool2d_backward(device *dev, pool_kind kind, const conv_geometry *g, int samples, const float *x, const float *y, const float *dy, float *dx);
+/* Batch normalisation over x[samples][channels][spatial] (spatial = H*W, 1 after a dense
+ * layer), per channel c. Training: mean[c], and invstd[c] = 1/sqrt(var + eps) with var the
+ * biased variance over samples*spatial values, are written; running_mean and running_var
+ * (unbiased variance) move by `momentum` towards them as PyTorch's BatchNorm2d does. Not
+ * training: mean and invstd are computed from the running statistics instead (and written).
+ * y = (x - mean) * invstd * gamma + beta. Sums in double, in a fixed order. */
+void device_batchnorm_forward(device *dev, int samples, int channels, int spatial, const float *x, const float *gamma, const float *beta, float eps, bool training, float momentum, float *running_mean, float *running_var, float *mean, float *invstd, float *y);
+/* The training-mode backward: dx (overwritten); dgamma[c] and dbeta[c] are added to. */
+void device_batchnorm_backward(device *dev, int samples, int channels, int spatial, const float *x, const float *dy, const float *gamma, const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta);
+/* Layer normalisation of each of `rows` rows of `cols` values: mean[r], rstd[r] =
+ * 1/sqrt(biased var + eps) written, y = (x - mean) * rstd * gamma + beta. */
+void device_layernorm_forward(device *dev, int rows, int cols, const float *x, const float *gamma, const float *beta, float eps, float *y, float *mean, float *rstd);
+/* dx (overwritten); dgamma and dbeta (cols each) are added to, summing rows in order. */
+void device_layernorm_backward(device *dev, int rows, int cols, const float *x, const float *dy, const float *gamma, const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta);
+/* y[r][:] = table[ids[r]][:] for r < rows (ids: device int32, each in [0, table rows)). */
+void device_embedding_forward(device *dev, int rows, int cols, const int32_t *ids, const float *table, float *y);
+/* dtable[ids[r]][:] += dy[r][:], adding rows in increasing r for every table row (so the
+ * result does not depend on the backend's scheduling). */
+void device_embedding_backward(device *dev, int rows, int cols, const int32_t *ids, const float *dy, float *dtable);
+/* For each of `groups` t x t matrices: y[i][j] = exp(scale x[i][j] - max) / sum over j' <= i,
+ * for j <= i, and 0 for j > i (causal attention's masked softmax; x above the diagonal is
+ * never read). */
+void device_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x, float *y);
+/* dx[i][j] = scale * y[i][j] * (dy[i][j] - sum over j' <= i of y[i][j'] dy[i][j']) for j <= i,
+ * 0 above the diagonal; dx overwritten. */
+void device_causal_softmax_backward(device *dev, int groups, int t, float scale, const float *y, const float *dy, float *dx);
+
 /* --- checks and synchronisation -------------------------------------------------------- */
 /* *all_finite (host) = no NaN or Inf among x[0..count). May synchronise. */
 ddt_status device_check_finite(device *dev, size_t count, const float *x, bool *all_finite);
@@ -247,5 +317,11 @@ const char *precision_kind_name(precision_kind precision);
 /* "fp32", "tf32", "bf16", "fp16"; DDT_ERR_USAGE otherwise. */
 ddt_status precision_kind_parse(const char *text, precision_kind *out);
 const char *device_kind_name(device_kind kind);
+/* The geometry of a window over channels x height x width, with out_height and out_width
+ * computed; DDT_ERR_USAGE, saying which, when the window does not fit or a size is not
+ * positive (what = the layer, for the message). */
+ddt_status conv_geometry_make(int channels, int height, int width, int kernel_h, int kernel_w,
+                              int stride_h, int stride_w, int pad_h, int pad_w, const char *what,
+                              conv_geometry *out);
 
 #endif

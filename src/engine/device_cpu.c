@@ -30,6 +30,7 @@
 #include <emmintrin.h>
 #endif
 
+#include "engine/device_cpu_layers.h"
 #include "engine/optim_update.h"
 #include "util/rng.h"
 
@@ -37,6 +38,8 @@
 
 static const float INV_SQRT2 = 0.70710678118654752f;
 static const float INV_SQRT_2PI = 0.39894228040143268f;
+static const float GELU_TANH_SCALE = 0.79788456080286536f; /* sqrt(2/pi) */
+static const float GELU_TANH_CUBIC = 0.044715f;
 
 /* --- memory and copies ------------------------------------------------------------------- */
 
@@ -252,6 +255,12 @@ static void cpu_activation_forward(device *dev, activation_kind kind, size_t cou
         for (size_t i = 0; i < count; i++)
             y[i] = tanhf(x[i]);
         break;
+    case ACTIVATION_GELU_TANH:
+        for (size_t i = 0; i < count; i++) {
+            float inner = GELU_TANH_SCALE * (x[i] + GELU_TANH_CUBIC * x[i] * x[i] * x[i]);
+            y[i] = 0.5f * x[i] * (1.0f + tanhf(inner));
+        }
+        break;
     case ACTIVATION_SIGMOID:
         for (size_t i = 0; i < count; i++) {
             /* exp of a non-positive number only, so large |x| cannot overflow. */
@@ -285,6 +294,17 @@ static void cpu_activation_backward(device *dev, activation_kind kind, size_t co
     case ACTIVATION_TANH:
         for (size_t i = 0; i < count; i++)
             dx[i] = dy[i] * (1.0f - y[i] * y[i]);
+        break;
+    case ACTIVATION_GELU_TANH:
+        /* d/dx [x/2 (1 + tanh u)] = (1 + tanh u)/2 + x/2 (1 - tanh^2 u) u',
+         * u = s (x + c x^3), u' = s (1 + 3 c x^2). */
+        for (size_t i = 0; i < count; i++) {
+            float xi = x[i];
+            float inner = GELU_TANH_SCALE * (xi + GELU_TANH_CUBIC * xi * xi * xi);
+            float t = tanhf(inner);
+            float slope = GELU_TANH_SCALE * (1.0f + 3.0f * GELU_TANH_CUBIC * xi * xi);
+            dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * xi * (1.0f - t * t) * slope);
+        }
         break;
     case ACTIVATION_SIGMOID:
         for (size_t i = 0; i < count; i++)
@@ -662,6 +682,21 @@ static const device_ops cpu_ops = {
     .count_correct = cpu_count_correct,
     .sgd_update = cpu_sgd_update,
     .adamw_update = cpu_adamw_update,
+    .gemm_strided_batched = cpu_gemm_strided_batched,
+    .add = cpu_add,
+    .permute = cpu_permute,
+    .im2col = cpu_im2col,
+    .col2im = cpu_col2im,
+    .pool2d_forward = cpu_pool2d_forward,
+    .pool2d_backward = cpu_pool2d_backward,
+    .batchnorm_forward = cpu_batchnorm_forward,
+    .batchnorm_backward = cpu_batchnorm_backward,
+    .layernorm_forward = cpu_layernorm_forward,
+    .layernorm_backward = cpu_layernorm_backward,
+    .embedding_forward = cpu_embedding_forward,
+    .embedding_backward = cpu_embedding_backward,
+    .causal_softmax_forward = cpu_causal_softmax_forward,
+    .causal_softmax_backward = cpu_causal_softmax_backward,
     .check_finite = cpu_check_finite,
     .sum_of_squares = cpu_sum_of_squares,
     .synchronize = cpu_synchronize,

@@ -55,6 +55,8 @@ static const char *activation_word(activation_kind kind) {
         return "tanh";
     case ACTIVATION_SIGMOID:
         return "sigmoid";
+    case ACTIVATION_GELU_TANH:
+        return "gelu_tanh";
     }
     return "?";
 }

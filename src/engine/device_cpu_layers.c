@@ -1,0 +1,399 @@
+/* device_cpu_layers.c - the CPU backend's layer-engine operations (device.h documents each):
+ * batched GEMMs, permutes, convolution unfolding, pooling, normalisation, embeddings and
+ * attention's causal softmax. Plain loops in a fixed order, so every result is the same run
+ * after run; reductions over many values sum in double. The table entries are collected in
+ * device_cpu.c through device_cpu_layers.h.
+ */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-math-errno")
+#endif
+
+#include "engine/device_cpu_layers.h"
+
+#include <cblas.h>
+#include <float.h>
+#include <math.h>
+#include <string.h>
+
+void cpu_gemm_strided_batched(device *dev, bool transpose_a, bool transpose_b, int m, int n,
+                              int k, float alpha, const float *a, int lda, int64_t stride_a,
+                              const float *b, int ldb, int64_t stride_b, float beta, float *c,
+                              int ldc, int64_t stride_c, int batch) {
+    (void)dev;
+    for (int i = 0; i < batch; i++)
+        cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans,
+                    transpose_b ? CblasTrans : CblasNoTrans, m, n, k, alpha, a + i * stride_a, lda,
+                    b + i * stride_b, ldb, beta, c + i * stride_c, ldc);
+}
+
+void cpu_add(device *dev, size_t count, const float *a, const float *b, float *out) {
+    (void)dev;
+    for (size_t i = 0; i < count; i++)
+        out[i] = a[i] + b[i];
+}
+
+void cpu_permute(device *dev, int rank, const int *dims, const int *perm, const float *in,
+                 float *out) {
+    (void)dev;
+    /* Pad to 6 axes of size 1 in front, so the loop nest is fixed. */
+    int64_t size[6], in_stride[6];
+    int pad = 6 - rank;
+    for (int i = 0; i < 6; i++)
+        size[i] = i < pad ? 1 : dims[i - pad];
+    int64_t stride = 1;
+    for (int i = 5; i >= 0; i--) {
+        in_stride[i] = stride;
+        stride *= size[i];
+    }
+    /* out's axis i is in's axis perm[i]: walk out in order, find where each element came from. */
+    int64_t out_size[6], from_stride[6];
+    for (int i = 0; i < 6; i++) {
+        int axis = i < pad ? i : pad + perm[i - pad];
+        out_size[i] = size[axis];
+        from_stride[i] = in_stride[axis];
+    }
+    int64_t o = 0;
+    for (int64_t i0 = 0; i0 < out_size[0]; i0++)
+        for (int64_t i1 = 0; i1 < out_size[1]; i1++)
+            for (int64_t i2 = 0; i2 < out_size[2]; i2++)
+                for (int64_t i3 = 0; i3 < out_size[3]; i3++)
+                    for (int64_t i4 = 0; i4 < out_size[4]; i4++) {
+                        const float *source = in + i0 * from_stride[0] + i1 * from_stride[1] +
+                                              i2 * from_stride[2] + i3 * from_stride[3] +
+                                              i4 * from_stride[4];
+                        int64_t step = from_stride[5];
+                        for (int64_t i5 = 0; i5 < out_size[5]; i5++)
+                            out[o++] = source[i5 * step];
+                    }
+}
+
+void cpu_im2col(device *dev, const conv_geometry *g, int samples, const float *x, float *cols) {
+    (void)dev;
+    int64_t plane = (int64_t)g->out_height * g->out_width;
+    int64_t columns = (int64_t)samples * plane;
+    int64_t sample_size = (int64_t)g->channels * g->height * g->width;
+    for (int c = 0; c < g->channels; c++)
+        for (int i = 0; i < g->kernel_h; i++)
+            for (int j = 0; j < g->kernel_w; j++) {
+                int64_t row = ((int64_t)c * g->kernel_h + i) * g->kernel_w + j;
+                float *out = cols + row * columns;
+                for (int s = 0; s < samples; s++) {
+                    const float *channel =
+                        x + s * sample_size + (int64_t)c * g->height * g->width;
+                    float *sample_out = out + s * plane;
+                    for (int oh = 0; oh < g->out_height; oh++) {
+                        int h = oh * g->stride_h - g->pad_h + i;
+                        float *line = sample_out + (int64_t)oh * g->out_width;
+                        if (h < 0 || h >= g->height) {
+                            memset(line, 0, (size_t)g->out_width * sizeof *line);
+                            continue;
+                        }
+                        const float *source = channel + (int64_t)h * g->width;
+                        for (int ow = 0; ow < g->out_width; ow++) {
+                            int w = ow * g->stride_w - g->pad_w + j;
+                            line[ow] = w >= 0 && w < g->width ? source[w] : 0.0f;
+                        }
+                    }
+                }
+            }
+}
+
+void cpu_col2im(device *dev, const conv_geometry *g, int samples, const float *cols, float *dx) {
+    (void)dev;
+    int64_t plane = (int64_t)g->out_height * g->out_width;
+    int64_t columns = (int64_t)samples * plane;
+    int64_t sample_size = (int64_t)g->channels * g->height * g->width;
+    memset(dx, 0, (size_t)(samples * sample_size) * sizeof *dx);
+    /* The same walk as im2col, adding instead of reading: one fixed order. */
+    for (int c = 0; c < g->channels; c++)
+        for (int i = 0; i < g->kernel_h; i++)
+            for (int j = 0; j < g->kernel_w; j++) {
+                int64_t row = ((int64_t)c * g->kernel_h + i) * g->kernel_w + j;
+                const float *in = cols + row * columns;
+                for (int s = 0; s < samples; s++) {
+                    float *channel = dx + s * sample_size + (int64_t)c * g->height * g->width;
+                    const float *sample_in = in + s * plane;
+                    for (int oh = 0; oh < g->out_height; oh++) {
+                        int h = oh * g->stride_h - g->pad_h + i;
+                        if (h < 0 || h >= g->height) continue;
+                        float *target = channel + (int64_t)h * g->width;
+                        const float *line = sample_in + (int64_t)oh * g->out_width;
+                        for (int ow = 0; ow < g->out_width; ow++) {
+                            int w = ow * g->stride_w - g->pad_w + j;
+                            if (w >= 0 && w < g->width) target[w] += line[ow];
+                        }
+                    }
+                }
+            }
+}
+
+/* The window of output (oh, ow): rows [h0, h1) and columns [w0, w1) of the input, clipped. */
+typedef struct window {
+    int h0, h1, w0, w1;
+} window;
+
+static window window_at(const conv_geometry *g, int oh, int ow) {
+    window r;
+    r.h0 = oh * g->stride_h - g->pad_h;
+    r.w0 = ow * g->stride_w - g->pad_w;
+    r.h1 = r.h0 + g->kernel_h;
+    r.w1 = r.w0 + g->kernel_w;
+    if (r.h0 < 0) r.h0 = 0;
+    if (r.w0 < 0) r.w0 = 0;
+    if (r.h1 > g->height) r.h1 = g->height;
+    if (r.w1 > g->width) r.w1 = g->width;
+    return r;
+}
+
+void cpu_pool2d_forward(device *dev, pool_kind kind, const conv_geometry *g, int samples,
+                        const float *x, float *y) {
+    (void)dev;
+    int64_t in_plane = (int64_t)g->height * g->width;
+    int64_t out_plane = (int64_t)g->out_height * g->out_width;
+    float divisor = (float)(g->kernel_h * g->kernel_w);
+    for (int64_t p = 0; p < (int64_t)samples * g->channels; p++) {
+        const float *in = x + p * in_plane;
+        float *out = y + p * out_plane;
+        for (int oh = 0; oh < g->out_height; oh++)
+            for (int ow = 0; ow < g->out_width; ow++) {
+                window r = window_at(g, oh, ow);
+                float value;
+                if (kind == POOL_MAX) {
+                    value = -INFINITY;
+                    for (int h = r.h0; h < r.h1; h++)
+                        for (int w = r.w0; w < r.w1; w++) {
+                            float v = in[(int64_t)h * g->width + w];
+                            /* NaN wins, so divergence stays visible (as PyTorch). */
+                            if (v > value || isnan(v)) value = v;
+                        }
+                } else {
+                    float sum = 0.0f;
+                    for (int h = r.h0; h < r.h1; h++)
+                        for (int w = r.w0; w < r.w1; w++)
+                            sum += in[(int64_t)h * g->width + w];
+                    value = sum / divisor;
+                }
+                out[(int64_t)oh * g->out_width + ow] = value;
+            }
+    }
+}
+
+void cpu_pool2d_backward(device *dev, pool_kind kind, const conv_geometry *g, int samples,
+                         const float *x, const float *y, const float *dy, float *dx) {
+    (void)dev;
+    int64_t in_plane = (int64_t)g->height * g->width;
+    int64_t out_plane = (int64_t)g->out_height * g->out_width;
+    float divisor = (float)(g->kernel_h * g->kernel_w);
+    memset(dx, 0, (size_t)(samples * g->channels * in_plane) * sizeof *dx);
+    for (int64_t p = 0; p < (int64_t)samples * g->channels; p++) {
+        const float *in = x + p * in_plane;
+        float *din = dx + p * in_plane;
+        const float *out = y + p * out_plane, *dout = dy + p * out_plane;
+        for (int oh = 0; oh < g->out_height; oh++)
+            for (int ow = 0; ow < g->out_width; ow++) {
+                window r = window_at(g, oh, ow);
+                int64_t o = (int64_t)oh * g->out_width + ow;
+                if (kind == POOL_MAX) {
+                    float best = out[o];
+                    bool routed = false;
+                    for (int h = r.h0; h < r.h1 && !routed; h++)
+                        for (int w = r.w0; w < r.w1; w++) {
+                            float v = in[(int64_t)h * g->width + w];
+                            if (v == best || (isnan(v) && isnan(best))) {
+                                din[(int64_t)h * g->width + w] += dout[o];
+                                routed = true;
+                                break;
+                            }
+                        }
+                } else {
+                    float share = dout[o] / divisor;
+                    for (int h = r.h0; h < r.h1; h++)
+                        for (int w = r.w0; w < r.w1; w++)
+                            din[(int64_t)h * g->width + w] += share;
+                }
+            }
+    }
+}
+
+void cpu_batchnorm_forward(device *dev, int samples, int channels, int spatial, const float *x,
+                           const float *gamma, const float *beta, float eps, bool training,
+                           float momentum, float *running_mean, float *running_var, float *mean,
+                           float *invstd, float *y) {
+    (void)dev;
+    int64_t count = (int64_t)samples * spatial;
+    for (int c = 0; c < channels; c++) {
+        double m, inverse;
+        if (training) {
+            double sum = 0.0;
+            for (int s = 0; s < samples; s++) {
+                const float *v = x + ((int64_t)s * channels + c) * spatial;
+                for (int i = 0; i < spatial; i++)
+                    sum += v[i];
+            }
+            m = sum / (double)count;
+            double squares = 0.0;
+            for (int s = 0; s < samples; s++) {
+                const float *v = x + ((int64_t)s * channels + c) * spatial;
+                for (int i = 0; i < spatial; i++) {
+                    double d = v[i] - m;
+                    squares += d * d;
+                }
+            }
+            double variance = squares / (double)count;
+            inverse = 1.0 / sqrt(variance + eps);
+            double unbiased = count > 1 ? squares / (double)(count - 1) : variance;
+            running_mean[c] = (float)((1.0 - momentum) * running_mean[c] + momentum * m);
+            running_var[c] = (float)((1.0 - momentum) * running_var[c] + momentum * unbiased);
+        } else {
+            m = running_mean[c];
+            inverse = 1.0 / sqrt((double)running_var[c] + eps);
+        }
+        mean[c] = (float)m;
+        invstd[c] = (float)inverse;
+        float scale = (float)inverse * gamma[c], mu = (float)m, shift = beta[c];
+        for (int s = 0; s < samples; s++) {
+            const float *v = x + ((int64_t)s * channels + c) * spatial;
+            float *out = y + ((int64_t)s * channels + c) * spatial;
+            for (int i = 0; i < spatial; i++)
+                out[i] = (v[i] - mu) * scale + shift;
+        }
+    }
+}
+
+void cpu_batchnorm_backward(device *dev, int samples, int channels, int spatial, const float *x,
+                            const float *dy, const float *gamma, const float *mean,
+                            const float *invstd, float *dx, float *dgamma, float *dbeta) {
+    (void)dev;
+    int64_t count = (int64_t)samples * spatial;
+    for (int c = 0; c < channels; c++) {
+        double sum_dy = 0.0, sum_dy_xhat = 0.0;
+        float mu = mean[c], inverse = invstd[c];
+        for (int s = 0; s < samples; s++) {
+            int64_t base = ((int64_t)s * channels + c) * spatial;
+            for (int i = 0; i < spatial; i++) {
+                sum_dy += dy[base + i];
+                sum_dy_xhat += (double)dy[base + i] * (double)((x[base + i] - mu) * inverse);
+            }
+        }
+        dgamma[c] += (float)sum_dy_xhat;
+        dbeta[c] += (float)sum_dy;
+        /* dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) */
+        float mean_dy = (float)(sum_dy / (double)count);
+        float mean_dy_xhat = (float)(sum_dy_xhat / (double)count);
+        float scale = gamma[c] * inverse;
+        for (int s = 0; s < samples; s++) {
+            int64_t base = ((int64_t)s * channels + c) * spatial;
+            for (int i = 0; i < spatial; i++) {
+                float xhat = (x[base + i] - mu) * inverse;
+                dx[base + i] = scale * (dy[base + i] - mean_dy - xhat * mean_dy_xhat);
+            }
+        }
+    }
+}
+
+void cpu_layernorm_forward(device *dev, int rows, int cols, const float *x, const float *gamma,
+                           const float *beta, float eps, float *y, float *mean, float *rstd) {
+    (void)dev;
+    for (int r = 0; r < rows; r++) {
+        const float *v = x + (int64_t)r * cols;
+        float *out = y + (int64_t)r * cols;
+        double sum = 0.0;
+        for (int c = 0; c < cols; c++)
+            sum += v[c];
+        double m = sum / cols;
+        double squares = 0.0;
+        for (int c = 0; c < cols; c++) {
+            double d = v[c] - m;
+            squares += d * d;
+        }
+        float inverse = (float)(1.0 / sqrt(squares / cols + eps)), mu = (float)m;
+        mean[r] = mu;
+        rstd[r] = inverse;
+        for (int c = 0; c < cols; c++)
+            out[c] = (v[c] - mu) * inverse * gamma[c] + beta[c];
+    }
+}
+
+void cpu_layernorm_backward(device *dev, int rows, int cols, const float *x, const float *dy,
+                            const float *gamma, const float *mean, const float *rstd, float *dx,
+                            float *dgamma, float *dbeta) {
+    (void)dev;
+    for (int r = 0; r < rows; r++) {
+        const float *v = x + (int64_t)r * cols, *g = dy + (int64_t)r * cols;
+        float *out = dx + (int64_t)r * cols;
+        float mu = mean[r], inverse = rstd[r];
+        /* dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
+        double sum = 0.0, sum_xhat = 0.0;
+        for (int c = 0; c < cols; c++) {
+            float xhat = (v[c] - mu) * inverse;
+            float dxhat = g[c] * gamma[c];
+            sum += dxhat;
+            sum_xhat += (double)dxhat * xhat;
+            dgamma[c] += g[c] * xhat;
+            dbeta[c] += g[c];
+        }
+        float mean_dxhat = (float)(sum / cols), mean_dxhat_xhat = (float)(sum_xhat / cols);
+        for (int c = 0; c < cols; c++) {
+            float xhat = (v[c] - mu) * inverse;
+            out[c] = inverse * (g[c] * gamma[c] - mean_dxhat - xhat * mean_dxhat_xhat);
+        }
+    }
+}
+
+void cpu_embedding_forward(device *dev, int rows, int cols, const int32_t *ids,
+                           const float *table, float *y) {
+    (void)dev;
+    for (int r = 0; r < rows; r++)
+        memcpy(y + (int64_t)r * cols, table + (int64_t)ids[r] * cols, (size_t)cols * sizeof *y);
+}
+
+void cpu_embedding_backward(device *dev, int rows, int cols, const int32_t *ids, const float *dy,
+                            float *dtable) {
+    (void)dev;
+    for (int r = 0; r < rows; r++) {
+        float *target = dtable + (int64_t)ids[r] * cols;
+        const float *source = dy + (int64_t)r * cols;
+        for (int c = 0; c < cols; c++)
+            target[c] += source[c];
+    }
+}
+
+void cpu_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x,
+                                float *y) {
+    (void)dev;
+    for (int64_t row = 0; row < (int64_t)groups * t; row++) {
+        int i = (int)(row % t);
+        const float *in = x + row * t;
+        float *out = y + row * t;
+        float largest = -INFINITY;
+        for (int j = 0; j <= i; j++)
+            if (scale * in[j] > largest) largest = scale * in[j];
+        float sum = 0.0f;
+        for (int j = 0; j <= i; j++) {
+            out[j] = expf(scale * in[j] - largest);
+            sum += out[j];
+        }
+        float inverse = 1.0f / sum;
+        for (int j = 0; j <= i; j++)
+            out[j] *= inverse;
+        for (int j = i + 1; j < t; j++)
+            out[j] = 0.0f;
+    }
+}
+
+void cpu_causal_softmax_backward(device *dev, int groups, int t, float scale, const float *y,
+                                 const float *dy, float *dx) {
+    (void)dev;
+    for (int64_t row = 0; row < (int64_t)groups * t; row++) {
+        int i = (int)(row % t);
+        const float *p = y + row * t, *g = dy + row * t;
+        float *out = dx + row * t;
+        float dot = 0.0f;
+        for (int j = 0; j <= i; j++)
+            dot += p[j] * g[j];
+        for (int j = 0; j <= i; j++)
+            out[j] = scale * p[j] * (g[j] - dot);
+        for (int j = i + 1; j < t; j++)
+            out[j] = 0.0f;
+    }
+}
