@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "driver/blas_setup.h"
+#include "driver/crash_guard.h"
 #include "driver/data_commands.h"
 #include "driver/job.h"
 #include "driver/options.h"
@@ -88,6 +89,9 @@ int main(int argc, char **argv) {
         if (j.rank == 0) options_print_help(cmd, stdout);
         return job_finish(&j, DDT_OK);
     }
+    /* From here on files given by the user are read: HDF5 crashing or looping on a damaged
+     * one ends this rank with a message naming the file. */
+    crash_guard_install(&j, opts.comm_timeout);
     if ((cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL) && opts.positional_count > 0) {
         status = job_agree(&j, ddt_error(DDT_ERR_USAGE, "ddtrain %s: unexpected argument '%s'",
                                          command_name(cmd), opts.positional[0]));

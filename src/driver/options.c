@@ -45,8 +45,8 @@ static const option_def option_table[] = {
      "dataset evaluated after every epoch (loss and accuracy)"},
     {"no-shuffle", 0, OPTION_FLAG, TRAIN, FIELD(no_shuffle), NULL, 0, 0, NULL,
      "keep file order (for exact comparisons)"},
-    {"allow-external-data", 0, OPTION_FLAG, TRAIN | EVAL | COMMAND_INFO,
-     FIELD(allow_external_data), NULL, 0, 0, NULL,
+    {"allow-external-data", 0, OPTION_FLAG, TRAIN | EVAL | COMMAND_INFO, FIELD(allow_external_data),
+     NULL, 0, 0, NULL,
      "read datasets whose values live outside their HDF5 file (external links, HDF5 external "
      "storage); refused by default, as they can point at any file"},
     {"shuffle-window", 0, OPTION_INT, TRAIN, FIELD(shuffle_window), "0", 0, 65536, "BLOCKS",

@@ -29,6 +29,13 @@
 void hdf5_lock_acquire(void);
 void hdf5_lock_release(void);
 
+/* With the lock held: marks that this thread now reads `path` (copied) through HDF5, for
+ * read_guard_current() (read_guard.h), from now until the release that matches the acquire
+ * the first mark was made under. Mark again before each read of another file or each new
+ * step (every mark restarts the read's clock). Readers of files given by the user mark;
+ * writers do not. */
+void hdf5_lock_mark_reading(const char *path);
+
 /* The innermost HDF5 error message on the current error stack (e.g. "can't open file"), or
  * "unknown HDF5 error". Call with the lock held, right after the failing call. Writes into
  * `buffer` and returns it. */
