@@ -40,6 +40,7 @@
 #include "comm/comm.h"
 #include "engine/alloc.h"
 #include "engine/device.h"
+#include "util/units.h"
 
 /* ---- options ------------------------------------------------------------------------------ */
 
@@ -65,26 +66,16 @@ static const char usage_text[] =
     "  --layer-bytes SIZE     layer boundaries (where buckets may be cut) [default: 1MiB]\n"
     "  --backend auto|mpi|nccl  auto: MPI, then NCCL too when each rank has a GPU [default: auto]\n"
     "  --csv FILE             append one row per backend, path and size (rank 0)\n"
-    "SIZE: a number of bytes with an optional unit B, KiB (K), MiB (M), GiB (G).\n";
+    "SIZE: a number of bytes with an optional unit: B, KiB (K), MiB (M), GiB (G), TiB (T), or\n"
+    "      decimal kB, MB, GB, TB.\n";
 
-/* Parses "4", "4B", "256KiB", "1M", "2GiB" (binary units); false if malformed or zero. */
+/* A size by ddtrain's one rule (util/units.h); false if malformed or zero. */
 static bool parse_size(const char *text, size_t *out) {
-    char *end = NULL;
-    errno = 0;
-    unsigned long long value = strtoull(text, &end, 10);
-    if (errno || end == text || value == 0) return false;
-    static const struct {
-        const char *unit;
-        int shift;
-    } units[] = {{"", 0},   {"B", 0},    {"K", 10}, {"KiB", 10},
-                 {"M", 20}, {"MiB", 20}, {"G", 30}, {"GiB", 30}};
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-        if (strcasecmp(end, units[i].unit) != 0) continue;
-        if (value > (SIZE_MAX >> units[i].shift)) return false;
-        *out = (size_t)value << units[i].shift;
-        return true;
-    }
-    return false;
+    uint64_t bytes = 0;
+    if (units_parse_size("size", text, &bytes) != DDT_OK || bytes == 0 || bytes > SIZE_MAX)
+        return false;
+    *out = (size_t)bytes;
+    return true;
 }
 
 /* Fills *o from argv; on a bad option prints why (rank 0) and returns false. */
@@ -389,8 +380,8 @@ static double busbw(size_t bytes, double seconds, int ranks) {
 static void print_header(const char *backend, const char *where, const bench_path *const *paths,
                          int path_count, const bench_options *o, const run_info *info) {
     char bucket[32], layer[32];
-    memory_size_format(o->bucket_bytes, bucket, sizeof bucket);
-    memory_size_format(o->layer_bytes, layer, sizeof layer);
+    units_format_bytes(o->bucket_bytes, bucket, sizeof bucket);
+    units_format_bytes(o->layer_bytes, layer, sizeof layer);
     printf("#\n# backend %s on %s; %d ranks, %d on this node, %d cores here%s\n", backend, where,
            info->ranks, info->local_ranks, info->cores,
            info->oversubscribed ? " -- OVERSUBSCRIBED (more ranks than cores)" : "");
@@ -520,7 +511,7 @@ int main(int argc, char **argv) {
         printf("# ddtrain all-reduce benchmark: %d ranks, %s, sizes %zu B .. %zu B (x%d), "
                "~%.2f s per path and size, bucket size %s\n",
                info.ranks, version, o.min_bytes, o.max_bytes, o.step_factor, o.target_seconds,
-               memory_size_format(o.bucket_bytes, bucket, sizeof bucket));
+               units_format_bytes(o.bucket_bytes, bucket, sizeof bucket));
     }
 
     uint64_t wrong = 0;

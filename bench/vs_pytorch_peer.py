@@ -36,6 +36,7 @@ import os
 os.environ["OPENBLAS_NUM_THREADS"] = "1"
 
 import argparse
+import contextlib
 import glob
 import json
 import math
@@ -312,6 +313,11 @@ def run_rank(rank, args, port, results_path):
         sys.exit("vs_pytorch_peer: --eval-data has a different feature width")
     if cuda:
         net = net.cuda()
+        # fp32 means fp32 (PyTorch's default for matrix products), tf32 the tensor-core mode;
+        # bf16 runs forward and loss under autocast, as PyTorch users train in bf16.
+        torch.backends.cuda.matmul.allow_tf32 = args.precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = args.precision == "tf32"
+    autocast_bf16 = cuda and args.precision == "bf16"
     model = nn.parallel.DistributedDataParallel(net) if world > 1 else net
     loss_fn = nn.CrossEntropyLoss()
     opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum)
@@ -331,7 +337,9 @@ def run_rank(rank, args, port, results_path):
         if cuda:
             batch = batch.cuda(non_blocking=True)
         opt.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x[batch]), y[batch])  # gather rows from the in-memory tensors
+        with (torch.autocast("cuda", dtype=torch.bfloat16) if autocast_bf16
+              else contextlib.nullcontext()):
+            loss = loss_fn(model(x[batch]), y[batch])  # gather rows from the in-memory tensors
         loss.backward()  # DDP all-reduces (averages) gradients here
         opt.step()
         return loss
@@ -346,6 +354,7 @@ def run_rank(rank, args, port, results_path):
               "micro_batch": args.micro_batch, "global_batch": args.micro_batch * world,
               "model": args.model, "lr": args.lr, "lr_schedule": args.lr_schedule,
               "lr_warmup_steps": args.lr_warmup_steps, "device": args.device,
+              "precision": args.precision,
               "torch_version": torch.__version__,
               "openblas_core": openblas_core(),
               "openblas_core_replaced": os.environ.get("VS_PYTORCH_BLAS_REEXEC", ""),
@@ -442,6 +451,9 @@ def main():
     p.add_argument("--min-lr", type=float, default=0.0, help="cosine schedule: final LR")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="cuda: data, model and steps on the GPU (1 rank)")
+    p.add_argument("--precision", choices=("fp32", "tf32", "bf16"), default="fp32",
+                   help="GPU matrix arithmetic, as ddtrain's --precision: fp32 (TF32 off), tf32 "
+                        "(torch.backends.cuda.matmul.allow_tf32), bf16 (torch.autocast); cuda only")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--init", choices=("ddtrain", "torch"), default="ddtrain",
                    help="parameter init: ddtrain's (default) or nn.Linear's")
@@ -456,6 +468,8 @@ def main():
                 "--lr-warmup-steps, --epochs >= 0")
     if args.device == "cuda" and args.ranks != 1:
         p.error("--device cuda runs 1 rank")
+    if args.precision != "fp32" and args.device != "cuda":
+        p.error("--precision %s needs --device cuda" % args.precision)
 
     # Fail on a bad spec or missing shard here, not inside spawned ranks.
     parse_model_spec(args.model)

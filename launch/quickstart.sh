@@ -5,14 +5,22 @@
 #   launch/quickstart.sh            (extra arguments are passed to `ddtrain train`)
 # Installs what is missing, builds ddtrain in build/, converts Debian's Fashion-MNIST into
 # HDF5 shards under data/ (once), trains with `mpirun -np 2`, and prints the test accuracy.
+# The copy `cmake --install` puts in PREFIX/share/ddtrain/launch uses the installed binary
+# instead, builds nothing, and works in data/ under the current directory.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 
-launch/install-deps.sh build data
-build_dir=${DDTRAIN_BUILD_DIR:-build}
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build "$build_dir" -j "$(nproc)" >/dev/null
-ddtrain=$build_dir/ddtrain
+installed="" # cmake --install writes the installed binary's path here
+if [[ -n $installed ]]; then
+  "$(dirname "$0")/install-deps.sh" build data
+  ddtrain=$installed
+else
+  cd "$(dirname "$0")/.."
+  launch/install-deps.sh build data
+  build_dir=${DDTRAIN_BUILD_DIR:-build}
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
+  cmake --build "$build_dir" -j "$(nproc)" >/dev/null
+  ddtrain=$build_dir/ddtrain
+fi
 
 source_dir=/usr/share/datasets/fashion-mnist
 mkdir -p data

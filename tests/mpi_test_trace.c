@@ -15,18 +15,19 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "driver/trace.h"
+#include "train/trace.h"
+#include "util/clock.h"
 
 #define READS_PER_STEP 20
 #define SPECIAL_NAME "say \"hi\" \\ tab\there"
 #define LONG_NAME "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\xc3\xa9 and more"
 
-/* The clock trace.h expects (that of job_now()). */
+/* The clock trace.h expects, and the control communicator its collectives go through. */
 static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    return clock_now();
 }
+
+static comm *control;
 
 /* Checks the file with Python's json module; argv: path world events_per_rank step_min
  * step_max dropped_per_rank special_name_expected. Prints why on failure. */
@@ -175,13 +176,13 @@ static void test_null_trace(void) {
 static void test_bad_init(const char *path, int rank) {
     static char not_a_trace;
     trace *t = (trace *)&not_a_trace; /* anything but NULL, to see it cleared */
-    CHECK(trace_init(path, 5, 3, MPI_COMM_WORLD, "host", &t) == DDT_ERR_USAGE);
+    CHECK(trace_init(path, 5, 3, control, "host", &t) == DDT_ERR_USAGE);
     CHECK(t == NULL);
-    CHECK(trace_init(path, 0, 3, MPI_COMM_WORLD, "host", &t) == DDT_ERR_USAGE);
+    CHECK(trace_init(path, 0, 3, control, "host", &t) == DDT_ERR_USAGE);
     CHECK(t == NULL);
     /* Rank 0 checks the directory at init; the other ranks do not use the path. */
     ddt_status status =
-        trace_init("/nonexistent-ddtrain-dir/trace.json", 1, 2, MPI_COMM_WORLD, "host", &t);
+        trace_init("/nonexistent-ddtrain-dir/trace.json", 1, 2, control, "host", &t);
     if (rank == 0) {
         CHECK(status == DDT_ERR_IO && t == NULL);
         CHECK(strstr(ddt_error_message(), "--trace") != NULL);
@@ -196,7 +197,7 @@ static void test_bad_init(const char *path, int rank) {
 static void test_window(const char *dir, const char *path, int rank, int world, char *host) {
     if (rank == 0) write_text(path, "previous run");
     trace *t = NULL;
-    CHECK_OK(trace_init(path, 3, 6, MPI_COMM_WORLD, host, &t));
+    CHECK_OK(trace_init(path, 3, 6, control, host, &t));
     CHECK(t != NULL);
     if (!t) return;
     CHECK(!trace_wants(t, 2) && trace_wants(t, 3) && trace_wants(t, 6) && !trace_wants(t, 7));
@@ -243,7 +244,7 @@ static void test_window(const char *dir, const char *path, int rank, int world, 
 /* Stopped at step 4 of the window 3:6: only steps 3 and 4, and a NaN time is dropped. */
 static void test_early_stop(const char *dir, const char *path, int rank, int world) {
     trace *t = NULL;
-    CHECK_OK(trace_init(path, 3, 6, MPI_COMM_WORLD, NULL, &t));
+    CHECK_OK(trace_init(path, 3, 6, control, NULL, &t));
     for (int64_t step = 1; step <= 4; step++) {
         double start = now();
         trace_event(t, TRACE_THREAD_MAIN, "forward", "compute", step, start, now());
@@ -260,7 +261,7 @@ static void test_early_stop(const char *dir, const char *path, int rank, int wor
 /* A one-step window holds 64 + slack events; the rest are dropped and counted. */
 static void test_cap(const char *dir, const char *path, int rank, int world) {
     trace *t = NULL;
-    CHECK_OK(trace_init(path, 1, 1, MPI_COMM_WORLD, "host", &t));
+    CHECK_OK(trace_init(path, 1, 1, control, "host", &t));
     int recorded = 1000;
     for (int i = 0; i < recorded; i++) {
         double start = now();
@@ -279,7 +280,7 @@ static void test_cap(const char *dir, const char *path, int rank, int world) {
 static void test_interrupted(const char *dir, const char *path, int rank) {
     if (rank == 0) write_text(path, "previous run");
     trace *t = NULL;
-    CHECK_OK(trace_init(path, 1, 2, MPI_COMM_WORLD, "host", &t));
+    CHECK_OK(trace_init(path, 1, 2, control, "host", &t));
     trace_event(t, TRACE_THREAD_MAIN, "forward", "compute", 1, now(), now());
     trace_free(t);
     MPI_Barrier(MPI_COMM_WORLD);
@@ -292,6 +293,10 @@ int main(int argc, char **argv) {
     int rank = 0, world = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world);
+    if (comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, NULL, &control) != DDT_OK) {
+        fprintf(stderr, "comm_init: %s\n", ddt_error_message());
+        return 1;
+    }
 
     /* Rank 0's scratch directory, shared by all (only rank 0 writes the trace). */
     char dir[512] = {0};
@@ -317,6 +322,7 @@ int main(int argc, char **argv) {
         remove(script);
         rmdir(dir);
     }
+    comm_free(control);
     int local_failed = check_finish() != 0;
     int any_failed = 0;
     MPI_Allreduce(&local_failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);

@@ -79,10 +79,10 @@ static void check_rounding_and_formats(void) {
     CHECK(allocator_rounded_size(SIZE_MAX) == SIZE_MAX);
 
     char text[32];
-    CHECK(strcmp(memory_size_format(512, text, sizeof text), "512 bytes") == 0);
-    CHECK(strcmp(memory_size_format(12 * KIB, text, sizeof text), "12.0 KiB") == 0);
-    CHECK(strcmp(memory_size_format(12 * MIB, text, sizeof text), "12.0 MiB") == 0);
-    CHECK(strcmp(memory_size_format(2048 * MIB - 50 * MIB, text, sizeof text), "1.95 GiB") == 0);
+    CHECK(strcmp(units_format_bytes(512, text, sizeof text), "512 bytes") == 0);
+    CHECK(strcmp(units_format_bytes(12 * KIB, text, sizeof text), "12.0 KiB") == 0);
+    CHECK(strcmp(units_format_bytes(12 * MIB, text, sizeof text), "12.0 MiB") == 0);
+    CHECK(strcmp(units_format_bytes(2048 * MIB - 50 * MIB, text, sizeof text), "1.95 GiB") == 0);
 
     memory_policy policy = MEMORY_POLICY_GROWTH;
     CHECK_OK(memory_policy_parse("preallocate", &policy));

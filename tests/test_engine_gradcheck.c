@@ -256,6 +256,29 @@ static void check_loss_values(void) {
     values[3] = NAN;
     CHECK_OK(dev->ops->check_finite(dev, 5, values, &finite));
     CHECK(!finite);
+
+    /* sum_of_squares (the gradient norm) adds squares in double: a million squares of 1e-2
+     * added to 1e4 squared are kept (a float sum would drop every one), and 1e20 squared does
+     * not overflow. */
+    double squares = -1;
+    float three_four[2] = {3.0f, -4.0f};
+    CHECK_OK(dev->ops->sum_of_squares(dev, 2, three_four, &squares));
+    CHECK(squares == 25.0);
+    CHECK_OK(dev->ops->sum_of_squares(dev, 0, three_four, &squares));
+    CHECK(squares == 0.0);
+    size_t many = 1000001;
+    float *mixed = malloc(many * sizeof(float));
+    for (size_t i = 0; i < many; i++)
+        mixed[i] = i == 0 ? 1e4f : 1e-2f;
+    CHECK_OK(dev->ops->sum_of_squares(dev, many, mixed, &squares));
+    CHECK_NEAR(squares, 1e8 + 1e6 * (double)1e-2f * (double)1e-2f, 1e-10);
+    mixed[7] = 1e20f;
+    CHECK_OK(dev->ops->sum_of_squares(dev, many, mixed, &squares));
+    CHECK(isfinite(squares) && squares > 9.9e39);
+    mixed[7] = NAN;
+    CHECK_OK(dev->ops->sum_of_squares(dev, many, mixed, &squares));
+    CHECK(isnan(squares));
+    free(mixed);
 }
 
 /* Activation values against known numbers (exact GELU, stable sigmoid). */

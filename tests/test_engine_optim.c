@@ -10,6 +10,7 @@
 #include "engine/alloc.h"
 #include "engine/device.h"
 #include "engine/optim.h"
+#include "engine/optim_update.h"
 #include "util/rng.h"
 
 #define COUNT 37
@@ -221,8 +222,64 @@ static void check_schedules(void) {
     CHECK(lr_schedule_check(&s) == DDT_ERR_USAGE);
 }
 
+/* The CPU backend's vectorised updates compute exactly what engine/optim_update.h's element
+ * functions compute (which the CUDA kernels run too), bit for bit. The moments are drawn so
+ * that beta1 * m and (1 - beta1) * g nearly cancel, where a fused multiply-add would round
+ * differently: the test first shows that these inputs do tell the two apart. */
+#define ELEMENTS 1003 /* odd: the SIMD body and the scalar tail both run */
+static void check_backend_matches_element_arithmetic(void) {
+    static float p_backend[ELEMENTS], m_backend[ELEMENTS], v_backend[ELEMENTS];
+    static float p_element[ELEMENTS], m_element[ELEMENTS], v_element[ELEMENTS], g[ELEMENTS];
+    int fused_differs = 0;
+    for (int i = 0; i < ELEMENTS; i++) {
+        g[i] = (float)(2.0 * rng_uniform(rng_hash4(9, 300, 0, i)) - 1.0);
+        /* m close to -(1 - beta1) g / beta1: the new first moment nearly cancels. */
+        float cancel = -0.1f * g[i] / 0.9f;
+        m_backend[i] = m_element[i] = cancel * (1.0f + 1e-4f * (float)(i % 7));
+        v_backend[i] = v_element[i] = (float)rng_uniform(rng_hash4(9, 301, 0, i));
+        p_backend[i] = p_element[i] = (float)(2.0 * rng_uniform(rng_hash4(9, 302, 0, i)) - 1.0);
+        volatile float product = 0.1f * g[i];
+        fused_differs += fmaf(0.9f, m_element[i], product) != 0.9f * m_element[i] + product;
+    }
+    CHECK(fused_differs > ELEMENTS / 10);
+    for (int step = 1; step <= 5; step++) {
+        dev->ops->adamw_update(dev, ELEMENTS, p_backend, g, m_backend, v_backend, 1e-3f, 0.9f,
+                               0.999f, 1e-8f, 1e-2f, step);
+        adamw_scalars s = adamw_scalars_for(1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f, step);
+        for (int i = 0; i < ELEMENTS; i++)
+            adamw_update_element(&s, g[i], &p_element[i], &m_element[i], &v_element[i]);
+    }
+    CHECK(memcmp(p_backend, p_element, sizeof p_backend) == 0);
+    CHECK(memcmp(m_backend, m_element, sizeof m_backend) == 0);
+    CHECK(memcmp(v_backend, v_element, sizeof v_backend) == 0);
+
+    const struct {
+        float momentum, weight_decay;
+        bool nesterov;
+    } cases[] = {{0, 0, false}, {0, 1e-2f, false}, {0.9f, 0, false}, {0.9f, 5e-3f, true}};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        for (int i = 0; i < ELEMENTS; i++) {
+            p_backend[i] = p_element[i] = (float)rng_uniform(rng_hash4(9, 303, c, i));
+            m_backend[i] = m_element[i] = 0.0f; /* velocity */
+        }
+        float gradient_weight = cases[c].nesterov ? 1.0f : 0.0f;
+        float velocity_weight = cases[c].nesterov ? cases[c].momentum : 1.0f;
+        for (int step = 1; step <= 3; step++) {
+            dev->ops->sgd_update(dev, ELEMENTS, p_backend, g, m_backend, 0.05f, cases[c].momentum,
+                                 cases[c].nesterov, cases[c].weight_decay, step == 1);
+            for (int i = 0; i < ELEMENTS; i++)
+                sgd_update_element(g[i], &p_element[i], &m_element[i], 0.05f, cases[c].momentum,
+                                   gradient_weight, velocity_weight, cases[c].weight_decay,
+                                   step == 1);
+        }
+        CHECK(memcmp(p_backend, p_element, sizeof p_backend) == 0);
+        if (cases[c].momentum != 0) CHECK(memcmp(m_backend, m_element, sizeof m_backend) == 0);
+    }
+}
+
 int main(void) {
     CHECK_OK(device_open(DEVICE_KIND_CPU, 0, &dev));
+    check_backend_matches_element_arithmetic();
     CHECK_OK(allocator_init(dev, &alloc));
     check_optimizers();
     check_params_and_names();

@@ -3,6 +3,8 @@
  * plugin (see engine/device.c). */
 #include "comm/comm.h"
 
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,6 +36,81 @@ static const comm_backend_ops *backend_ops(comm_backend_kind kind) {
     return NULL;
 }
 
+bool comm_find_shared_device(const char *identities, size_t stride, size_t identity_offset,
+                             int n, int *first, int *second) {
+    for (int i = 0; i < n; i++) {
+        const char *a = identities + (size_t)i * stride;
+        if (!a[identity_offset]) continue;
+        for (int j = i + 1; j < n; j++) {
+            const char *b = identities + (size_t)j * stride;
+            if (strcmp(a, b) == 0 && strcmp(a + identity_offset, b + identity_offset) == 0) {
+                *first = i;
+                *second = j;
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+/* NCCL needs a GPU of its own for each rank: with more ranks on a node than GPUs visible to
+ * them, two ranks pick the same GPU and NCCL fails with "duplicate GPU". Every rank learns
+ * every rank's (node, GPU) and gives the same clear refusal. Collective over `world`. */
+static ddt_status check_one_device_per_rank(comm *c) {
+    typedef struct {
+        char node[64];
+        char identity[sizeof c->dev->identity];
+        int visible; /* GPUs this rank sees */
+    } rank_device;
+    rank_device mine;
+    memset(&mine, 0, sizeof mine);
+    int leader = c->rank; /* the node's id: the lowest world rank on it */
+    MPI_Request request;
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, c->node, &request);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce (the node's ranks)");
+    DDT_CHECK(comm_mpi_wait(c, &request, "finding the node's ranks"));
+    snprintf(mine.node, sizeof mine.node, "%d", leader);
+    snprintf(mine.identity, sizeof mine.identity, "%s", c->dev ? c->dev->identity : "");
+    mine.visible = device_count(DEVICE_KIND_CUDA);
+    rank_device *all = calloc((size_t)c->world_size, sizeof *all);
+    if (!all) return ddt_error(DDT_ERR_MEMORY, "out of host memory checking the ranks' GPUs");
+    ddt_status status = comm_allgather_bytes(c, &mine, sizeof mine, all, "the ranks' GPUs");
+    if (status != DDT_OK) {
+        free(all);
+        return status;
+    }
+    int first = 0, second = 0;
+    bool clash = comm_find_shared_device((const char *)all, sizeof *all,
+                                         offsetof(rank_device, identity), c->world_size, &first,
+                                         &second);
+    char gpu[sizeof mine.identity];
+    snprintf(gpu, sizeof gpu, "%s", clash ? all[first].identity : "");
+    int visible = clash ? all[first].visible : 0;
+    free(all);
+    if (!clash) return DDT_OK;
+    return ddt_error(DDT_ERR_USAGE,
+                     "ranks %d and %d run on one node and both use the GPU at PCI %s: NCCL needs "
+                     "a GPU of its own for each rank. Start at most as many ranks per node as "
+                     "the node has GPUs (rank %d sees %d), or give each rank its own GPU "
+                     "(CUDA_VISIBLE_DEVICES, Slurm's --gpus-per-task=1)",
+                     first, second, gpu, first, visible);
+}
+
+/* The backend's set-up on a communicator whose fields are filled; frees it on failure. */
+static ddt_status open_backend(comm *c, comm **out) {
+    ddt_status status = c->kind == COMM_BACKEND_NCCL ? check_one_device_per_rank(c) : DDT_OK;
+    if (status == DDT_OK) status = c->ops->open(c);
+    if (status != DDT_OK) {
+        ddt_error_trace(__FILE__, __LINE__);
+        MPI_Comm_free(&c->node);
+        if (c->owns_world) MPI_Comm_free(&c->world);
+        free(c);
+        return status;
+    }
+    *out = c;
+    return DDT_OK;
+}
+
 ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out) {
     *out = NULL;
     if (kind != COMM_BACKEND_MPI && kind != COMM_BACKEND_NCCL)
@@ -51,6 +128,7 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
     c->world = world;
     c->dev = dev;
     c->timeout_seconds = comm_default_timeout_seconds;
+    c->failure_origin = -1;
     MPI_Comm_rank(world, &c->rank);
     MPI_Comm_size(world, &c->world_size);
     int rc = MPI_Comm_split_type(world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node);
@@ -60,26 +138,92 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
     }
     MPI_Comm_rank(c->node, &c->local_rank);
     MPI_Comm_size(c->node, &c->local_size);
-    ddt_status status = ops->open(c);
+    return open_backend(c, out);
+}
+
+/* A duplicate of `source`, polled under `parent`'s timeout and wait hook. */
+static ddt_status duplicate(comm *parent, MPI_Comm source, MPI_Comm *out, const char *what) {
+    MPI_Request request;
+    int rc = MPI_Comm_idup(source, out, &request);
+    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, what);
+    return comm_mpi_wait(parent, &request, what);
+}
+
+ddt_status comm_init_like(comm *parent, comm_backend_kind kind, device *dev, comm **out) {
+    *out = NULL;
+    const comm_backend_ops *ops = backend_ops(kind);
+    if (!ops) {
+        const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+        return ddt_error(DDT_ERR_USAGE, "the NCCL backend is not available: %s",
+                         problem ? problem : "the CUDA plugin lacks it");
+    }
+    comm *c = calloc(1, sizeof *c);
+    if (!c) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the communicator");
+    *c = (comm){.ops = ops,
+                .kind = kind,
+                .rank = parent->rank,
+                .world_size = parent->world_size,
+                .local_rank = parent->local_rank,
+                .local_size = parent->local_size,
+                .dev = dev,
+                .timeout_seconds = parent->timeout_seconds,
+                .wait_hook = parent->wait_hook,
+                .wait_hook_context = parent->wait_hook_context,
+                .failure_origin = -1,
+                .world = MPI_COMM_NULL,
+                .node = MPI_COMM_NULL};
+    ddt_status status = duplicate(parent, parent->world, &c->world, "creating a communicator");
+    if (status == DDT_OK)
+        status = duplicate(parent, parent->node, &c->node, "creating a node communicator");
     if (status != DDT_OK) {
-        ddt_error_trace(__FILE__, __LINE__);
-        MPI_Comm_free(&c->node);
+        if (c->world != MPI_COMM_NULL) MPI_Comm_free(&c->world);
         free(c);
         return status;
     }
-    *out = c;
-    return DDT_OK;
+    c->owns_world = true;
+    return open_backend(c, out);
 }
 
 void comm_free(comm *c) {
     if (!c) return;
+    comm_finish_watchdog(c, false);
     c->ops->close(c);
     MPI_Comm_free(&c->node);
+    if (c->owns_world) MPI_Comm_free(&c->world);
     free(c);
 }
 
 void comm_set_timeout(comm *c, double seconds) {
     c->timeout_seconds = seconds > 0 ? seconds : 0; /* NaN fails the test, so becomes 0 */
+}
+
+double comm_seconds_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+comm_wait comm_wait_begin(const comm *c) {
+    (void)c;
+    double now = comm_seconds_now();
+    return (comm_wait){.started = now, .last_hook = now, .now = now};
+}
+
+/* The wait hook every half second; the timeout as documented in comm_backend.h. */
+ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what) {
+    w->now = comm_seconds_now();
+    if (c->wait_hook && w->now - w->last_hook >= 0.5) {
+        c->wait_hook(c->wait_hook_context);
+        w->last_hook = w->now;
+    }
+    /* Ranks other than 0 wait a little longer: rank 0 names the lagging ranks. */
+    double grace = c->rank == 0 ? 0 : c->timeout_seconds / 10 < 2 ? c->timeout_seconds / 10 : 2;
+    if (c->timeout_seconds > 0 && w->now - w->started >= c->timeout_seconds + grace)
+        return ddt_error(DDT_ERR_COMM,
+                         "%s made no progress for %g s (--comm-timeout): a rank was lost or "
+                         "stalled",
+                         what, c->timeout_seconds);
+    return DDT_OK;
 }
 
 void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context) {
@@ -89,6 +233,10 @@ void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context) {
 
 size_t comm_device_bytes_unrouted(const comm *c) {
     return c->device_bytes_unrouted;
+}
+
+double comm_device_busy_seconds(const comm *c) {
+    return c->ops->device_busy_seconds ? c->ops->device_busy_seconds(c) : -1.0;
 }
 
 int comm_rank(const comm *c) {
@@ -118,34 +266,6 @@ ddt_status comm_allreduce_floats(comm *c, float *buffer, size_t count) {
     return c->ops->allreduce(c, buffer, count);
 }
 
-static MPI_Op mpi_op(comm_reduce_op op) {
-    switch (op) {
-    case COMM_REDUCE_MIN:
-        return MPI_MIN;
-    case COMM_REDUCE_MAX:
-        return MPI_MAX;
-    case COMM_REDUCE_SUM:
-        break;
-    }
-    return MPI_SUM;
-}
-
-/* The control plane runs once per step: non-blocking and polled, so a lost or stalled rank
- * becomes an error after the timeout (and the wait hook can name it) instead of a hang. */
-ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduce_op op) {
-    MPI_Request request;
-    int rc =
-        MPI_Iallreduce(MPI_IN_PLACE, values, count, MPI_DOUBLE, mpi_op(op), c->world, &request);
-    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce (control values)");
-    return comm_mpi_wait(c, &request, "the ranks' per-step agreement");
-}
-
-ddt_status comm_allreduce_u64(comm *c, uint64_t *values, int count, comm_reduce_op op) {
-    int rc = MPI_Allreduce(MPI_IN_PLACE, values, count, MPI_UINT64_T, mpi_op(op), c->world);
-    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce (control values)");
-    return DDT_OK;
-}
-
 /* ---- gradient buckets ------------------------------------------------------------------ */
 
 typedef enum bucket_state {
@@ -173,12 +293,6 @@ struct gradient_buckets {
     double wait_seconds;
     int64_t started_early, started_late;
 };
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 ddt_status gradient_buckets_init(comm *c, float *gradients, size_t count,
                                  const size_t *ready_points, int ready_point_count,
@@ -246,7 +360,7 @@ static ddt_status start_bucket(gradient_buckets *gb, bucket *b) {
     DDT_CHECK(gb->c->ops->allreduce_start(gb->c, gb->gradients + b->begin, b->end - b->begin,
                                           &b->request));
     b->state = BUCKET_IN_FLIGHT;
-    if (gb->observer) b->started = now_seconds();
+    if (gb->observer) b->started = comm_seconds_now();
     return DDT_OK;
 }
 
@@ -255,7 +369,7 @@ static void bucket_done(gradient_buckets *gb, bucket *b) {
     b->state = BUCKET_DONE;
     if (gb->observer)
         gb->observer(gb->observer_context, (int)(b - gb->buckets), b->end - b->begin, b->started,
-                     now_seconds());
+                     comm_seconds_now());
 }
 
 void gradient_buckets_set_observer(gradient_buckets *gb,
@@ -292,7 +406,7 @@ ddt_status gradient_buckets_ready_callback(void *context, size_t ready_from) {
 }
 
 ddt_status gradient_buckets_finish(gradient_buckets *gb) {
-    double start = now_seconds();
+    double start = comm_seconds_now();
     while (gb->next_to_start < gb->bucket_count) {
         DDT_CHECK(start_bucket(gb, &gb->buckets[gb->next_to_start]));
         gb->next_to_start++;
@@ -305,7 +419,7 @@ ddt_status gradient_buckets_finish(gradient_buckets *gb) {
             bucket_done(gb, b);
         }
     }
-    gb->wait_seconds += now_seconds() - start;
+    gb->wait_seconds += comm_seconds_now() - start;
     return DDT_OK;
 }
 

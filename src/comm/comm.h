@@ -18,10 +18,12 @@
  * starts whatever is left and waits for all. Gradients are summed (the loss is already
  * normalised by the global batch).
  *
- * Failure: the NCCL backend checks for asynchronous errors while it polls and bounds every
- * wait by a timeout (comm_set_timeout). On an error or a timeout it aborts the NCCL
- * communicator (so no rank stays blocked in it) and returns DDT_ERR_COMM; the communicator
- * is then dead, and the caller must end the job on every rank (MPI_Abort), never just this one.
+ * Failure: every wait polls, on every backend, under one policy (comm_set_timeout,
+ * comm_set_wait_hook): a wait that makes no progress for the timeout fails with DDT_ERR_COMM
+ * instead of hanging, and the wait hook (the watchdog) runs meanwhile. The NCCL backend also
+ * checks for asynchronous errors while it polls; on an error or a timeout it aborts the NCCL
+ * communicator (so no rank stays blocked in it). After a DDT_ERR_COMM the communicator is
+ * dead, and the caller must end the job on every rank (MPI_Abort), never just this one.
  *
  * Ownership: comm_init() returns a comm freed by comm_free(); it does not own the MPI
  * communicator or the device. gradient_buckets_init() returns buckets freed by
@@ -43,6 +45,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "engine/device.h"
 #include "util/status.h"
@@ -61,24 +64,38 @@ typedef enum comm_reduce_op {
 typedef struct comm comm;
 
 /* Collective over `world`. COMM_BACKEND_NCCL needs a CUDA device (one GPU per rank) and a
- * build with CUDA; without it the answer is DDT_ERR_USAGE saying so. */
+ * build with CUDA; without it the answer is DDT_ERR_USAGE saying so. `dev` may be NULL for a
+ * communicator used for the control plane only. It splits `world` by node, a blocking MPI
+ * call with no timeout: create the first communicator right after MPI_Init, while every rank
+ * is known to be there, and later ones with comm_init_like(). */
 ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out);
+/* Collective over `parent`'s ranks, bounded by its timeout and watched by its wait hook: a
+ * new communicator of `kind` over the same ranks, with MPI communicators of its own
+ * (MPI_Comm_idup, polled). It inherits the parent's timeout and wait hook. */
+ddt_status comm_init_like(comm *parent, comm_backend_kind kind, device *dev, comm **out);
 void comm_free(comm *c);
 /* True if this build contains the backend (MPI always; NCCL with the CUDA backend). */
 bool comm_backend_available(comm_backend_kind kind);
 
-/* How long a data-plane wait may make no progress before the backend gives up (NCCL: aborts
- * the communicator and returns DDT_ERR_COMM). Default 300 s; a value <= 0 (or NaN) means
- * "do not wait": an operation not complete at its first check fails at once. MPI waits are
- * not bounded by it. Communicator creation always uses the default. */
+/* How long any wait (data plane or control plane, on every backend) may make no progress
+ * before it fails with DDT_ERR_COMM (NCCL: after aborting the communicator). Default 300 s;
+ * a value <= 0 (or NaN) means no limit: wait as long as it takes. Ranks other than 0 wait a
+ * little longer (a tenth more, at most 2 s), so that rank 0, which can name the ranks
+ * everybody waits for, is normally the one that reports. */
 void comm_set_timeout(comm *c, double seconds);
-/* Called now and then while a data-plane wait is in progress (e.g. a watchdog that names the
- * ranks being waited for); NULL removes it. */
+/* Called every half second while a wait is in progress, on every backend (e.g. a watchdog
+ * that names the ranks being waited for); NULL removes it. */
 void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context);
 /* Device memory the backend took outside ddtrain's allocator (NCCL's buffers, streams and
  * events), as measured by the device's free memory before and after set-up; 0 for MPI.
  * For memory plans. */
 size_t comm_device_bytes_unrouted(const comm *c);
+
+/* Device time the gradient all-reduces took so far, measured on the device (NCCL: CUDA
+ * events around each bucket's collective, read when it completes); negative where the
+ * backend runs on the host (MPI), whose waits the caller times itself. Where this is the
+ * all-reduce's whole time, the part the compute stream waited for is what did not overlap. */
+double comm_device_busy_seconds(const comm *c);
 
 int comm_rank(const comm *c);
 int comm_world_size(const comm *c);
@@ -91,9 +108,51 @@ MPI_Comm comm_mpi(const comm *c);
 ddt_status comm_broadcast_floats(comm *c, float *buffer, size_t count, int root);
 ddt_status comm_allreduce_floats(comm *c, float *buffer, size_t count); /* in place, sum */
 
-/* Control plane (host values, always MPI). */
+/* Control plane: host values, always MPI, every call collective over the communicator and
+ * bounded like any wait (comm_set_timeout; the wait hook runs while it waits). `what` names
+ * the operation in a timeout's message ("the memory plan's micro-batch"). */
 ddt_status comm_allreduce_doubles(comm *c, double *values, int count, comm_reduce_op op);
 ddt_status comm_allreduce_u64(comm *c, uint64_t *values, int count, comm_reduce_op op);
+ddt_status comm_broadcast_bytes(comm *c, void *buffer, size_t bytes, int root, const char *what);
+/* `all` (root only; may be NULL elsewhere) receives world_size x bytes, in rank order. */
+ddt_status comm_gather_bytes(comm *c, const void *mine, size_t bytes, void *all, int root,
+                             const char *what);
+/* Variable sizes: counts[r] bytes from rank r land at all + displacements[r] (root only). */
+ddt_status comm_gatherv_bytes(comm *c, const void *mine, size_t bytes, void *all,
+                              const int *counts, const int *displacements, int root,
+                              const char *what);
+ddt_status comm_allgather_bytes(comm *c, const void *mine, size_t bytes, void *all,
+                                const char *what);
+ddt_status comm_barrier(comm *c, const char *what);
+
+/* The point where every rank learns whether all succeeded: returns DDT_OK if `local` is OK
+ * on every rank, else the status of the lowest failing rank, on every rank, with that rank's
+ * message copied into every rank's ddt_error_message(). comm_failure_origin() then names the
+ * rank (and host) the failure came from; a failure that already came from an agreement keeps
+ * its origin through later ones. `where` names the point for the watchdog and for a timeout
+ * ("set-up: the memory plan"). Every rank must call it at the same points. A local
+ * DDT_ERR_COMM that did not come from an agreement is returned at once, without
+ * communicating: the communicator may be what failed, and the caller must end the job on
+ * every rank (MPI_Abort) rather than wait for an agreement that may never come. */
+ddt_status comm_agree(comm *c, ddt_status local, const char *where);
+/* After comm_agree() returned a failure: the rank it came from, and its host name; false if
+ * no agreement has failed on this communicator. */
+bool comm_failure_origin(const comm *c, int *rank, const char **host);
+
+/* Marks a meeting point for the watchdog without communicating (the training step's own
+ * collectives follow): "step 17". */
+void comm_arrive(comm *c, const char *label);
+/* Starts the watchdog (watchdog.h) on this communicator: every comm_agree() and comm_arrive()
+ * is a meeting point, and rank 0 warns to `log` after `warn_after` seconds naming the ranks
+ * everybody waits for. Collective. Installs the watchdog as this communicator's wait hook;
+ * other communicators share it with comm_set_wait_hook(other, comm_watchdog_poll, c). */
+ddt_status comm_enable_watchdog(comm *c, double warn_after, FILE *log);
+void comm_watchdog_poll(void *control_comm);
+/* Rank 0: the ranks not at the current meeting point, e.g. "1, 3" ("" if none or unknown). */
+const char *comm_lagging_ranks(comm *c, char *text, size_t size);
+/* Ends the watchdog: drained within the timeout after a normal end (every rank, collective),
+ * abandoned after a failure. */
+void comm_finish_watchdog(comm *c, bool normal_end);
 
 typedef struct gradient_buckets gradient_buckets;
 

@@ -2,7 +2,6 @@
  * buffers in host memory (CPU ranks). */
 #include <limits.h>
 #include <sched.h>
-#include <time.h>
 
 #include "comm/comm_backend.h"
 
@@ -13,12 +12,15 @@ ddt_status comm_mpi_error(int mpi_code, const char *what) {
     return ddt_error(DDT_ERR_COMM, "%s failed: %s", what, text);
 }
 
-/* MPI counts are int; split larger buffers (only possible above 8 GiB of floats). */
+/* Blocking in effect, but polled like every wait (comm_mpi_wait: the timeout, the watchdog).
+ * MPI counts are int; larger buffers (above 8 GiB of floats) go in parts. */
 static ddt_status mpi_broadcast(comm *c, float *buffer, size_t count, int root) {
     while (count > 0) {
         int part = count > INT_MAX ? INT_MAX : (int)count;
-        int rc = MPI_Bcast(buffer, part, MPI_FLOAT, root, c->world);
-        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Bcast");
+        MPI_Request request;
+        int rc = MPI_Ibcast(buffer, part, MPI_FLOAT, root, c->world, &request);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Ibcast");
+        DDT_CHECK(comm_mpi_wait(c, &request, "a broadcast of device buffers"));
         buffer += part;
         count -= (size_t)part;
     }
@@ -28,8 +30,10 @@ static ddt_status mpi_broadcast(comm *c, float *buffer, size_t count, int root) 
 static ddt_status mpi_allreduce(comm *c, float *buffer, size_t count) {
     while (count > 0) {
         int part = count > INT_MAX ? INT_MAX : (int)count;
-        int rc = MPI_Allreduce(MPI_IN_PLACE, buffer, part, MPI_FLOAT, MPI_SUM, c->world);
-        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce");
+        MPI_Request request;
+        int rc = MPI_Iallreduce(MPI_IN_PLACE, buffer, part, MPI_FLOAT, MPI_SUM, c->world, &request);
+        if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Iallreduce");
+        DDT_CHECK(comm_mpi_wait(c, &request, "an all-reduce"));
         buffer += part;
         count -= (size_t)part;
     }
@@ -54,34 +58,21 @@ static ddt_status mpi_allreduce_test(comm *c, comm_request *request, bool *done)
     return DDT_OK;
 }
 
-static double seconds_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* Polls instead of MPI_Wait so that a peer that died or stalled (under a launcher that does
  * not end the job by itself) turns into an error after the timeout instead of a hang, and
- * calls the wait hook (the watchdog) now and then. */
+ * the wait hook (the watchdog) runs meanwhile. MPI makes progress only inside MPI calls, so
+ * it is polled without pause for the first 10 ms, then with a yield between polls so that
+ * the reader thread gets the core. */
 ddt_status comm_mpi_wait(comm *c, MPI_Request *request, const char *what) {
-    double started = seconds_now(), last_hook = started;
+    comm_wait w = comm_wait_begin(c);
     for (unsigned polls = 0;; polls++) {
         int done = 0;
         int rc = MPI_Test(request, &done, MPI_STATUS_IGNORE);
         if (rc != MPI_SUCCESS) return comm_mpi_error(rc, what);
         if (done) return DDT_OK;
         if (polls % 256 != 255) continue;
-        double now = seconds_now();
-        if (c->wait_hook && now - last_hook > 0.5) {
-            c->wait_hook(c->wait_hook_context);
-            last_hook = now;
-        }
-        if (c->timeout_seconds > 0 && now - started > c->timeout_seconds)
-            return ddt_error(DDT_ERR_COMM,
-                             "%s made no progress for %.0f s (--comm-timeout): a rank was lost "
-                             "or stalled",
-                             what, c->timeout_seconds);
-        if (now - started > 0.01) sched_yield(); /* long waits: let the reader thread run */
+        DDT_CHECK(comm_wait_tick(c, &w, what));
+        if (w.now - w.started > 0.01) sched_yield();
     }
 }
 

@@ -5,7 +5,7 @@
  * shards over the ranks (rank r writes shards r, r + world, ...), since every row is a pure
  * function of (seed, row).
  */
-#include "driver/data_commands.h"
+#include "driver/commands.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -15,6 +15,7 @@
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
 #include "io/idx.h"
+#include "util/files.h"
 #include "util/rng.h"
 
 /* Rows per block so a block of features is about 8 MiB. */
@@ -101,6 +102,13 @@ static ddt_status convert_local(const options *opts) {
     int classes = 2;
     for (int64_t i = 0; i < rows; i++)
         if (label_values[i] + 1 > classes) classes = label_values[i] + 1;
+    const file_role inputs[] = {{"IMAGES", images_path, false}, {"LABELS", labels_path, false}};
+    for (int64_t k = 0; k < opts->shards; k++) {
+        char path[4096];
+        dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
+        const file_role output = {"-o", path, false};
+        DDT_CHECK_GOTO(files_check_outputs(&output, 1, inputs, 2), status, done);
+    }
     char source[1024];
     snprintf(source, sizeof source, "ddtrain convert idx %s %s", images_path, labels_path);
     for (int64_t k = 0; k < opts->shards; k++) {
@@ -121,8 +129,8 @@ done:
     return status;
 }
 
-ddt_status convert_run(job *j, const options *opts) {
-    return job_agree(j, j->rank == 0 ? convert_local(opts) : DDT_OK);
+ddt_status convert_command(job *j, const options *opts) {
+    return comm_agree(j->control, j->rank == 0 ? convert_local(opts) : DDT_OK, "convert");
 }
 
 /* ---- synth ----------------------------------------------------------------------------- */
@@ -225,8 +233,8 @@ static ddt_status synth_local(const job *j, const options *opts) {
     return status;
 }
 
-ddt_status synth_run(job *j, const options *opts) {
-    return job_agree(j, synth_local(j, opts));
+ddt_status synth_command(job *j, const options *opts) {
+    return comm_agree(j->control, synth_local(j, opts), "synth");
 }
 
 /* ---- info ------------------------------------------------------------------------------ */
@@ -295,6 +303,6 @@ static ddt_status info_local(const options *opts) {
     return DDT_OK;
 }
 
-ddt_status info_run(job *j, const options *opts) {
-    return job_agree(j, j->rank == 0 ? info_local(opts) : DDT_OK);
+ddt_status info_command(job *j, const options *opts) {
+    return comm_agree(j->control, j->rank == 0 ? info_local(opts) : DDT_OK, "info");
 }

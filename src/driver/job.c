@@ -1,14 +1,19 @@
-/* job.c - start-up, agreement on failures, and ending every rank together (see job.h). */
+/* job.c - start-up, printing the one message, and ending every rank together (see job.h). */
 #include "driver/job.h"
 
-#include <limits.h>
 #include <mpi.h>
-#include <stdarg.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/resource.h>
-#include <time.h>
 #include <unistd.h>
+
+#include "io/io_exit.h"
+
+/* The watchdog's first warning: a tenth of the timeout, at most 30 s. */
+static double warn_after(double timeout) {
+    if (timeout <= 0) return 30;
+    return timeout / 10 < 30 ? timeout / 10 : 30;
+}
 
 ddt_status job_init(job *j, int *argc, char ***argv) {
     memset(j, 0, sizeof *j);
@@ -24,7 +29,14 @@ ddt_status job_init(job *j, int *argc, char ***argv) {
     if (provided < MPI_THREAD_FUNNELED)
         return ddt_error(DDT_ERR_COMM, "the MPI library does not support threads (needed for "
                                        "the reader thread)");
-    return DDT_OK;
+    /* The only collectives without a timeout (communicator creation): here, right after
+     * MPI_Init, while every rank is known to be at this point. */
+    return comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, NULL, &j->control);
+}
+
+ddt_status job_set_timeout(job *j, double seconds) {
+    comm_set_timeout(j->control, seconds);
+    return comm_enable_watchdog(j->control, warn_after(seconds), stderr);
 }
 
 ddt_status job_check_slurm(const job *j) {
@@ -47,12 +59,13 @@ ddt_status job_check_slurm(const job *j) {
                      name, expected, j->world_size, j->world_size == 1 ? "" : "s");
 }
 
-void job_print_error(const job *j, ddt_status status) {
+/* "ddtrain: error (rank R of N on HOST): MESSAGE", or without the rank in a job of one. */
+static void print_error(const job *j, ddt_status status, int rank, const char *host) {
     const char *message = ddt_error_message();
     if (!*message) message = ddt_status_name(status);
     if (j->world_size > 1)
-        fprintf(stderr, "ddtrain: error (rank %d of %d on %s): %s\n", j->rank, j->world_size,
-                j->host, message);
+        fprintf(stderr, "ddtrain: error (rank %d of %d on %s): %s\n", rank, j->world_size, host,
+                message);
     else
         fprintf(stderr, "ddtrain: error: %s\n", message);
     const char *debug = getenv("DDTRAIN_DEBUG");
@@ -61,46 +74,47 @@ void job_print_error(const job *j, ddt_status status) {
     fflush(stderr);
 }
 
-ddt_status job_agree(job *j, ddt_status local) {
-    if (!j->mpi_initialised || j->world_size == 1) {
-        if (local != DDT_OK) job_print_error(j, local);
-        return local;
-    }
-    int first_failing = local != DDT_OK ? j->rank : INT_MAX;
-    int rc = MPI_Allreduce(MPI_IN_PLACE, &first_failing, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-    if (rc != MPI_SUCCESS)
-        job_abort(j, DDT_ERR_COMM, "ranks could not agree on the job's state (MPI failed)");
-    if (first_failing == INT_MAX) return DDT_OK;
-    int code = (int)local;
-    rc = MPI_Bcast(&code, 1, MPI_INT, first_failing, MPI_COMM_WORLD);
-    if (rc != MPI_SUCCESS)
-        job_abort(j, DDT_ERR_COMM, "ranks could not agree on the job's state (MPI failed)");
-    if (j->rank == first_failing) job_print_error(j, local);
-    return (ddt_status)code;
-}
-
-int job_finish(job *j, ddt_status status) {
+/* After MPI_Finalize: the process ends now, without HDF5's clean-up at exit where a failed
+ * file close left it unable to run safely (io_exit.h). */
+static int finish(job *j, int code) {
     fflush(stdout);
     fflush(stderr);
     if (j->mpi_initialised) MPI_Finalize();
     j->mpi_initialised = false;
-    return ddt_status_exit_code(status);
+    if (io_exit_must_be_immediate()) _exit(code);
+    return code;
+}
+
+int job_end(job *j, ddt_status status) {
+    int origin = 0;
+    const char *host = j->host;
+    if (status != DDT_OK) {
+        bool agreed = j->control && comm_failure_origin(j->control, &origin, &host);
+        if (!agreed && j->world_size > 1 && j->mpi_initialised)
+            job_abort(j, status, NULL); /* not every rank knows: end them all */
+        if (j->rank == 0 || !agreed) print_error(j, status, agreed ? origin : j->rank, host);
+        comm_finish_watchdog(j->control, false);
+        comm_free(j->control);
+        j->control = NULL;
+        return finish(j, ddt_status_exit_code(status));
+    }
+    /* Every rank succeeded: meet once more, bounded, so that MPI_Finalize (which waits for
+     * every rank) cannot hang on one that is lost at the very end. */
+    if (j->control) {
+        comm_finish_watchdog(j->control, true);
+        if (comm_barrier(j->control, "the end of the job") != DDT_OK)
+            job_abort(j, DDT_ERR_COMM, NULL);
+        comm_free(j->control);
+        j->control = NULL;
+    }
+    return finish(j, 0);
 }
 
 _Noreturn void job_abort(job *j, ddt_status status, const char *message) {
     if (message) ddt_error(status, "%s", message);
-    job_print_error(j, status);
+    print_error(j, status, j->rank, j->host);
     if (j->mpi_initialised) MPI_Abort(MPI_COMM_WORLD, ddt_status_exit_code(status));
-    exit(ddt_status_exit_code(status));
-}
-
-void job_say(const job *j, const char *format, ...) {
-    if (j->rank != 0) return;
-    va_list args;
-    va_start(args, format);
-    vprintf(format, args);
-    va_end(args);
-    fflush(stdout);
+    _exit(ddt_status_exit_code(status));
 }
 
 bool job_stdout_is_terminal(void) {
@@ -114,14 +128,21 @@ bool job_stdout_is_terminal(void) {
     return strncmp(target, "/dev/pts/", 9) == 0 || strncmp(target, "/dev/tty", 8) == 0;
 }
 
-size_t job_peak_rss_bytes(void) {
-    struct rusage usage;
-    if (getrusage(RUSAGE_SELF, &usage) != 0) return 0;
-    return (size_t)usage.ru_maxrss * 1024; /* Linux reports KiB */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int signal_number) {
+    stop_signal = signal_number;
 }
 
-double job_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+void job_install_stop_handlers(void) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    sigaction(SIGTERM, &action, NULL);
+    sigaction(SIGUSR1, &action, NULL);
+}
+
+bool job_stop_requested(void) {
+    return stop_signal != 0;
 }

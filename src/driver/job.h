@@ -1,17 +1,20 @@
 /* job.h - how a ddtrain job starts and ends on every rank together.
  *
- * The driver is the only code that decides how the job ends. Every phase that can fail on
- * some ranks only (opening files, checking data, a bad batch) ends at an agreement point,
- * job_agree(): all ranks learn the first failure, the lowest failing rank prints its message
- * once, and all ranks return the same status, so they exit together with the same code and
- * nobody is left waiting in a collective. job_abort() (MPI_Abort) is the last resort for
- * failures that cannot reach an agreement point.
+ * The driver is the only code that decides how the job ends. job_init() starts MPI and, while
+ * every rank is known to be there, makes the control communicator (comm.h: agreements and
+ * small collectives, every wait bounded by --comm-timeout) and its watchdog. Commands run as
+ * library calls that return a status; a failure they agreed on (comm_agree) is the same on
+ * every rank, and job_end() prints it once (from rank 0, naming the rank it came from) and
+ * ends every rank with its exit code. A failure that was not agreed (a rank lost or stalled,
+ * a communicator dead) is printed by the rank that saw it and ends the job with MPI_Abort, so
+ * no rank is ever left waiting.
  *
  * Usage:
  *     job j;
- *     job_init(&j, &argc, &argv);
- *     ddt_status st = job_agree(&j, open_my_files());
- *     if (st != DDT_OK) return job_finish(&j, st);
+ *     if (job_init(&j, &argc, &argv) != DDT_OK) return job_end(&j, DDT_ERR_COMM);
+ *     ... options parsed and agreed ...; job_set_timeout(&j, opts.comm_timeout);
+ *     ddt_status st = train_run(j.control, &config);
+ *     return job_end(&j, st);
  */
 #ifndef DDT_DRIVER_JOB_H
 #define DDT_DRIVER_JOB_H
@@ -20,6 +23,7 @@
 #include <stddef.h>
 #include <stdio.h>
 
+#include "comm/comm.h"
 #include "util/status.h"
 
 typedef struct job {
@@ -27,10 +31,16 @@ typedef struct job {
     int world_size;
     bool mpi_initialised;
     char host[64];
+    comm *control; /* agreements and the control plane (MPI backend, no device) */
 } job;
 
-/* MPI_Init_thread (funneled: only the main thread calls MPI). */
+/* MPI_Init_thread (funneled: only the main thread calls MPI) and the control communicator. */
 ddt_status job_init(job *j, int *argc, char ***argv);
+
+/* --comm-timeout for every wait between ranks from now on (0: no limit), and the watchdog
+ * (warnings after a tenth of it, at most 30 s, to stderr). Collective: once, by every rank,
+ * right after the options are agreed. */
+ddt_status job_set_timeout(job *j, double seconds);
 
 /* Under Slurm, refuses a world size that disagrees with the job step's task count
  * (SLURM_STEP_NUM_TASKS for srun-launched tasks, else SLURM_NTASKS): that is the trap of N
@@ -38,32 +48,23 @@ ddt_status job_init(job *j, int *argc, char ***argv);
  * overwrite each other's output. DDTRAIN_SLURM_CHECK=0 turns the check off. */
 ddt_status job_check_slurm(const job *j);
 
-/* Collective: returns DDT_OK if `local` is DDT_OK on every rank, else the status of the
- * lowest failing rank, whose message that rank prints (prefixed with its rank when the job
- * has several). */
-ddt_status job_agree(job *j, ddt_status local);
-
-/* Prints a local error (one rank's own view) to stderr, with the rank prefix. */
-void job_print_error(const job *j, ddt_status status);
-
-/* Finalises MPI and returns the process exit code for `status`. */
-int job_finish(job *j, ddt_status status);
+/* Ends the job with `status` on this rank: an agreed failure is printed once (rank 0), an
+ * unagreed one by this rank, which then ends every rank (MPI_Abort). On success the ranks
+ * meet once more (bounded) before MPI_Finalize. Returns the process exit code. */
+int job_end(job *j, ddt_status status);
 
 /* Ends every rank at once (MPI_Abort) after printing the message; does not return. */
 _Noreturn void job_abort(job *j, ddt_status status, const char *message);
-
-/* printf on rank 0 only, flushed. */
-void job_say(const job *j, const char *format, ...) __attribute__((format(printf, 2, 3)));
 
 /* Whether standard output reaches a terminal (for a progress bar rather than log lines).
  * Open MPI gives every rank a pseudo-terminal of its own even when mpirun's output goes to a
  * file, so under Open MPI this asks about mpirun's (the parent's) standard output instead. */
 bool job_stdout_is_terminal(void);
 
-/* Peak resident set size of this process, in bytes. */
-size_t job_peak_rss_bytes(void);
-
-/* Seconds since an arbitrary fixed point (monotonic). */
-double job_now(void);
+/* SIGTERM (a scheduler ending the job) and SIGUSR1 (Slurm's --signal warning before
+ * preemption) ask for a stop at the next step boundary: job_install_stop_handlers() installs
+ * the handlers, job_stop_requested() answers whether one came. */
+void job_install_stop_handlers(void);
+bool job_stop_requested(void);
 
 #endif

@@ -11,14 +11,15 @@
 #include <string.h>
 
 #include "driver/blas_setup.h"
+#include "driver/commands.h"
 #include "driver/crash_guard.h"
-#include "driver/data_commands.h"
 #include "driver/job.h"
 #include "driver/options.h"
-#include "driver/train.h"
 #include "engine/device.h"
 
+#ifndef DDTRAIN_VERSION /* from CMake: the project version */
 #define DDTRAIN_VERSION "0.1.0"
+#endif
 
 static void print_usage(FILE *out) {
     fprintf(out,
@@ -60,49 +61,62 @@ int main(int argc, char **argv) {
     }
     if (strcmp(argv[1], "--version") == 0) {
         printf("ddtrain %s\nblas: %s\n", DDTRAIN_VERSION, blas_describe());
-        if (device_kind_available(DEVICE_KIND_CUDA))
+        if (device_kind_available(DEVICE_KIND_CUDA)) {
             printf("cuda: built (cuBLAS, NCCL); %d GPU(s) visible\n",
                    device_count(DEVICE_KIND_CUDA));
-        else
+            /* Loaded here even without a GPU, to show that it loads (training ranks load it
+             * only when they use a GPU). */
+            const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+            if (problem)
+                printf("cuda plugin: %s\n", problem);
+            else
+                printf("cuda plugin: %s (loaded)\n", device_backend_plugin_path(DEVICE_KIND_CUDA));
+        } else {
             printf("cuda: not built (CPU ranks only)\n");
+        }
         return 0;
     }
 
     job j;
     ddt_status status = job_init(&j, &argc, &argv);
-    if (status != DDT_OK) {
-        job_print_error(&j, status);
-        return job_finish(&j, status);
-    }
+    if (status != DDT_OK) return job_end(&j, status);
     command cmd;
     if (!parse_command(argv[1], &cmd)) {
-        status = job_agree(&j, ddt_error(DDT_ERR_USAGE,
-                                         "unknown command '%s' (expected train, eval, convert, "
-                                         "synth or info; see ddtrain --help)",
-                                         argv[1]));
-        return job_finish(&j, status);
+        status = comm_agree(j.control,
+                            ddt_error(DDT_ERR_USAGE,
+                                      "unknown command '%s' (expected train, eval, convert, "
+                                      "synth or info; see ddtrain --help)",
+                                      argv[1]),
+                            "the command");
+        return job_end(&j, status);
     }
     options opts;
-    status = job_agree(&j, options_parse(cmd, argc - 2, argv + 2, &opts));
-    if (status != DDT_OK) return job_finish(&j, status);
+    status = comm_agree(j.control, options_parse(cmd, argc - 2, argv + 2, &opts), "the options");
+    if (status != DDT_OK) return job_end(&j, status);
     if (opts.help) {
         if (j.rank == 0) options_print_help(cmd, stdout);
-        return job_finish(&j, DDT_OK);
+        return job_end(&j, DDT_OK);
     }
-    /* From here on files given by the user are read: HDF5 crashing or looping on a damaged
-     * one ends this rank with a message naming the file. */
-    crash_guard_install(&j, opts.comm_timeout);
     if ((cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL) && opts.positional_count > 0) {
-        status = job_agree(&j, ddt_error(DDT_ERR_USAGE, "ddtrain %s: unexpected argument '%s'",
-                                         command_name(cmd), opts.positional[0]));
-        return job_finish(&j, status);
+        status = comm_agree(j.control,
+                            ddt_error(DDT_ERR_USAGE, "ddtrain %s: unexpected argument '%s'",
+                                      command_name(cmd), opts.positional[0]),
+                            "the options");
+        return job_end(&j, status);
     }
+    /* Every wait between ranks from here on is bounded, and watched. */
+    double timeout = cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL ? opts.comm_timeout : 300;
+    status = job_set_timeout(&j, timeout);
+    if (status != DDT_OK) return job_end(&j, status);
+    /* From here on files given by the user are read: HDF5 crashing on a damaged one, or not
+     * returning within the same bound, ends this rank with a message naming the file. */
+    crash_guard_install(&j, timeout);
     switch (cmd) {
-    case COMMAND_TRAIN: status = train_run(&j, &opts); break;
-    case COMMAND_EVAL: status = eval_run(&j, &opts); break;
-    case COMMAND_CONVERT: status = convert_run(&j, &opts); break;
-    case COMMAND_SYNTH: status = synth_run(&j, &opts); break;
-    case COMMAND_INFO: status = info_run(&j, &opts); break;
+    case COMMAND_TRAIN: status = train_command(&j, &opts); break;
+    case COMMAND_EVAL: status = eval_command(&j, &opts); break;
+    case COMMAND_CONVERT: status = convert_command(&j, &opts); break;
+    case COMMAND_SYNTH: status = synth_command(&j, &opts); break;
+    case COMMAND_INFO: status = info_command(&j, &opts); break;
     }
-    return job_finish(&j, status);
+    return job_end(&j, status);
 }

@@ -3,6 +3,8 @@
  * printout all follow from the row. */
 #include "driver/options.h"
 
+#include "util/units.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stddef.h>
@@ -14,8 +16,9 @@ typedef enum option_type {
     OPTION_INT,   /* int */
     OPTION_INT64, /* int64_t */
     OPTION_REAL,  /* double */
-    OPTION_SIZE,  /* int64_t bytes, with units */
+    OPTION_SIZE,  /* int64_t bytes, with units (util/units.h) */
     OPTION_FLAG,  /* bool, takes no value */
+    OPTION_ENUM,  /* int: the index of the value among `choices`, which is a library enum */
 } option_type;
 
 typedef struct option_def {
@@ -28,6 +31,7 @@ typedef struct option_def {
     double min, max;           /* inclusive bounds for numbers */
     const char *value_name;
     const char *help;
+    const char *const *choices; /* OPTION_ENUM: names indexed by the enum's values, NULL-ended */
 } option_def;
 
 #define TRAIN COMMAND_TRAIN
@@ -37,137 +41,170 @@ typedef struct option_def {
 #define FIELD(f) offsetof(options, f)
 #define BIG 9.0e18
 
+/* The names of the enum options, indexed by the library's own enum values, so the parsed
+ * index is the value. */
+static const char *const loss_choices[] = {[LOSS_SOFTMAX_CROSS_ENTROPY] = "softmax-ce",
+                                           [LOSS_BINARY_CROSS_ENTROPY] = "bce",
+                                           [LOSS_MEAN_SQUARED_ERROR] = "mse", NULL};
+static const char *const optimizer_choices[] = {[OPTIMIZER_SGD] = "sgd",
+                                                [OPTIMIZER_ADAMW] = "adamw", NULL};
+static const char *const schedule_choices[] = {[LR_SCHEDULE_CONSTANT] = "constant",
+                                               [LR_SCHEDULE_COSINE] = "cosine",
+                                               [LR_SCHEDULE_STEP] = "step", NULL};
+static const char *const policy_choices[] = {[MEMORY_POLICY_GROWTH] = "growth",
+                                             [MEMORY_POLICY_PREALLOCATE] = "preallocate", NULL};
+static const char *const device_choices[] = {[DEVICE_REQUEST_AUTO] = "auto",
+                                             [DEVICE_REQUEST_CPU] = "cpu",
+                                             [DEVICE_REQUEST_CUDA] = "cuda", NULL};
+static const char *const precision_choices[] = {[PRECISION_FP32] = "fp32", [PRECISION_TF32] = "tf32",
+                                                [PRECISION_BF16] = "bf16", [PRECISION_FP16] = "fp16",
+                                                NULL};
+
 static const option_def option_table[] = {
     /* data */
     {"data", 0, OPTION_STRING, TRAIN | EVAL, FIELD(data), NULL, 0, 0, "PATH",
-     "dataset: an HDF5 file, a comma-separated list, or a quoted glob of shards"},
+     "dataset: an HDF5 file, a comma-separated list, or a quoted glob of shards", NULL},
     {"eval-data", 0, OPTION_STRING, TRAIN, FIELD(eval_data), NULL, 0, 0, "PATH",
-     "dataset evaluated after every epoch (loss and accuracy)"},
+     "dataset evaluated after every epoch (loss and accuracy)", NULL},
     {"no-shuffle", 0, OPTION_FLAG, TRAIN, FIELD(no_shuffle), NULL, 0, 0, NULL,
-     "keep file order (for exact comparisons)"},
-    {"allow-external-data", 0, OPTION_FLAG, TRAIN | EVAL | COMMAND_INFO, FIELD(allow_external_data),
-     NULL, 0, 0, NULL,
+     "keep file order (for exact comparisons)", NULL},
+    {"allow-external-data", 0, OPTION_FLAG, TRAIN | EVAL | COMMAND_INFO,
+     FIELD(allow_external_data), NULL, 0, 0, NULL,
      "read datasets whose values live outside their HDF5 file (external links, HDF5 external "
-     "storage); refused by default, as they can point at any file"},
+     "storage); refused by default, as they can point at any file", NULL},
     {"shuffle-window", 0, OPTION_INT, TRAIN, FIELD(shuffle_window), "0", 0, 65536, "BLOCKS",
      "rows are shuffled within windows of this many chunk-sized blocks (0: the most "
-     "--host-staging-limit allows, up to 16)"},
+     "--host-staging-limit allows, up to 16)", NULL},
     {"prefetch-depth", 0, OPTION_INT, TRAIN, FIELD(prefetch_depth), "0", 0, 1024, "N",
      "micro-batches the reader thread keeps ready (0: 4, or fewer to fit "
-     "--host-staging-limit; at least 2)"},
+     "--host-staging-limit; at least 2)", NULL},
     /* model */
     {"model", 0, OPTION_STRING, TRAIN, FIELD(model), "784-256-relu-128-relu-10", 0, 0, "SPEC",
-     "MLP: input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P]"},
-    {"loss", 0, OPTION_STRING, TRAIN | EVAL, FIELD(loss), "softmax-ce", 0, 0, "softmax-ce|bce|mse",
-     "training loss"},
+     "MLP: input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P]", NULL},
+    {"loss", 0, OPTION_ENUM, TRAIN | EVAL, FIELD(loss), "softmax-ce", 0, 0, NULL, "training loss",
+     loss_choices},
     {"init", 0, OPTION_STRING, TRAIN, FIELD(init), NULL, 0, 0, "FILE.h5",
-     "start from a saved model instead of random weights"},
+     "start from a saved model instead of random weights", NULL},
     {"save", 0, OPTION_STRING, TRAIN, FIELD(save), NULL, 0, 0, "FILE.h5",
-     "write the trained model (dense_<i>/weight, dense_<i>/bias)"},
+     "write the trained model (dense_<i>/weight, dense_<i>/bias)", NULL},
     {"model-file", 0, OPTION_STRING, EVAL, FIELD(model_file), NULL, 0, 0, "FILE.h5",
-     "model to evaluate (written by --save)"},
+     "model to evaluate (written by --save)", NULL},
     /* optimisation */
-    {"optimizer", 0, OPTION_STRING, TRAIN, FIELD(optimizer), "sgd", 0, 0, "sgd|adamw", "optimizer"},
-    {"lr", 0, OPTION_REAL, TRAIN, FIELD(lr), "0.05", 1e-12, 1e6, "RATE", "learning rate"},
-    {"momentum", 0, OPTION_REAL, TRAIN, FIELD(momentum), "0.9", 0, 0.999999, "M", "SGD momentum"},
+    {"optimizer", 0, OPTION_ENUM, TRAIN, FIELD(optimizer), "sgd", 0, 0, NULL, "optimizer",
+     optimizer_choices},
+    {"lr", 0, OPTION_REAL, TRAIN, FIELD(lr), "0.05", 1e-12, 1e6, "RATE", "learning rate", NULL},
+    {"momentum", 0, OPTION_REAL, TRAIN, FIELD(momentum), "0.9", 0, 0.999999, "M", "SGD momentum", NULL},
     {"nesterov", 0, OPTION_FLAG, TRAIN, FIELD(nesterov), NULL, 0, 0, NULL,
-     "Nesterov momentum (SGD)"},
+     "Nesterov momentum (SGD)", NULL},
     {"weight-decay", 0, OPTION_REAL, TRAIN, FIELD(weight_decay), "0", 0, 1e3, "W",
-     "L2 penalty (SGD) or decoupled decay (AdamW)"},
-    {"beta1", 0, OPTION_REAL, TRAIN, FIELD(beta1), "0.9", 0, 0.999999, "B", "AdamW beta1"},
-    {"beta2", 0, OPTION_REAL, TRAIN, FIELD(beta2), "0.999", 0, 0.9999999, "B", "AdamW beta2"},
-    {"eps", 0, OPTION_REAL, TRAIN, FIELD(eps), "1e-8", 1e-30, 1, "E", "AdamW epsilon"},
-    {"lr-schedule", 0, OPTION_STRING, TRAIN, FIELD(lr_schedule), "constant", 0, 0,
-     "constant|cosine|step", "learning-rate schedule after warm-up"},
+     "L2 penalty (SGD) or decoupled decay (AdamW)", NULL},
+    {"beta1", 0, OPTION_REAL, TRAIN, FIELD(beta1), "0.9", 0, 0.999999, "B", "AdamW beta1", NULL},
+    {"beta2", 0, OPTION_REAL, TRAIN, FIELD(beta2), "0.999", 0, 0.9999999, "B", "AdamW beta2", NULL},
+    {"eps", 0, OPTION_REAL, TRAIN, FIELD(eps), "1e-8", 1e-30, 1, "E", "AdamW epsilon", NULL},
+    {"lr-schedule", 0, OPTION_ENUM, TRAIN, FIELD(lr_schedule), "constant", 0, 0, NULL,
+     "learning-rate schedule after warm-up", schedule_choices},
     {"warmup-steps", 0, OPTION_INT64, TRAIN, FIELD(warmup_steps), "0", 0, BIG, "N",
-     "linear warm-up steps"},
+     "linear warm-up steps", NULL},
     {"lr-step-size", 0, OPTION_INT64, TRAIN, FIELD(lr_step_size), "0", 0, BIG, "N",
-     "step schedule: steps between decays (0: one epoch)"},
+     "step schedule: steps between decays (0: one epoch)", NULL},
     {"lr-gamma", 0, OPTION_REAL, TRAIN, FIELD(lr_gamma), "0.1", 0, 1, "G",
-     "step schedule: decay factor"},
+     "step schedule: decay factor", NULL},
     {"min-lr", 0, OPTION_REAL, TRAIN, FIELD(min_lr), "0", 0, 1e6, "RATE",
-     "cosine schedule: final learning rate"},
+     "cosine schedule: final learning rate", NULL},
     /* length and batching */
     {"epochs", 0, OPTION_INT64, TRAIN, FIELD(epochs), "1", 1, 1e9, "N",
-     "epochs to train (ignored when --steps is given)"},
+     "epochs to train (or give --steps instead; not both)", NULL},
     {"steps", 0, OPTION_INT64, TRAIN, FIELD(steps), "0", 0, BIG, "N",
-     "optimizer steps to train instead of --epochs (0: use --epochs)"},
+     "optimizer steps to train instead of --epochs (0: use --epochs)", NULL},
     {"global-batch", 0, OPTION_INT64, TRAIN, FIELD(global_batch), "128", 1, 1 << 30, "B",
-     "samples per optimizer step, over all ranks"},
+     "samples per optimizer step, over all ranks", NULL},
     {"micro-batch", 0, OPTION_INT64, TRAIN | EVAL, FIELD(micro_batch), "0", 0, 1 << 24, "b|auto",
      "samples per forward/backward on one rank (0: global batch / ranks; auto: the largest "
      "that fits the memory limits); gradients are accumulated over global/(ranks*b) "
-     "micro-batches"},
+     "micro-batches", NULL},
     {"seed", 0, OPTION_INT64, TRAIN | SYNTH, FIELD(seed), "1", 0, BIG, "S",
-     "seed for initialisation, shuffling and dropout (synth: for the data)"},
+     "seed for initialisation, shuffling and dropout (synth: for the data)", NULL},
     /* memory budgets */
-    {"device-memory", 0, OPTION_STRING, TRAIN, FIELD(device_memory), "growth", 0, 0,
-     "growth|preallocate",
+    {"device-memory", 0, OPTION_ENUM, TRAIN, FIELD(device_memory), "growth", 0, 0, NULL,
      "device memory policy: reserve as needed, or the whole limit at start-up "
-     "(env DDTRAIN_DEVICE_MEMORY)"},
+     "(env DDTRAIN_DEVICE_MEMORY)",
+     policy_choices},
     {"device-memory-limit", 0, OPTION_STRING, TRAIN, FIELD(device_memory_limit), NULL, 0, 0,
      "SIZE|FRACTION|LIST",
      "device memory per rank: 2GiB, a fraction of the device like 0.5, or one per local rank "
      "like 8GiB,8GiB,4GiB,4GiB (env DDTRAIN_DEVICE_MEMORY_LIMIT; on CPU the device is the "
-     "node's memory)"},
+     "node's memory)", NULL},
     {"host-staging-limit", 0, OPTION_SIZE, TRAIN, FIELD(host_staging_limit), "256MiB", 0, 9.0e18,
      "SIZE",
-     "host memory for the input path (ready micro-batches, block cache) per rank; 0: no limit"},
+     "host memory for the input path (ready micro-batches, block cache) per rank; 0: no limit", NULL},
     {"dry-run", 0, OPTION_FLAG, TRAIN, FIELD(dry_run), NULL, 0, 0, NULL,
-     "print the memory plan and exit (0 if it fits the limits)"},
+     "print the memory plan and exit (0 if it fits the limits)", NULL},
     /* compute and communication */
-    {"device", 0, OPTION_STRING, TRAIN | EVAL, FIELD(device), "auto", 0, 0, "auto|cpu|cuda",
-     "compute backend (auto: cuda when a GPU is visible and ddtrain was built with CUDA)"},
-    {"precision", 0, OPTION_STRING, TRAIN, FIELD(precision), "fp32", 0, 0, "fp32|tf32|bf16|fp16",
-     "matrix-product arithmetic (GPU); weights, gradients and updates stay fp32"},
+    {"device", 0, OPTION_ENUM, TRAIN | EVAL, FIELD(device), "auto", 0, 0, NULL,
+     "compute backend (auto: cuda when a GPU is visible and ddtrain was built with CUDA)",
+     device_choices},
+    {"precision", 0, OPTION_ENUM, TRAIN, FIELD(precision), "fp32", 0, 0, NULL,
+     "matrix-product arithmetic (GPU); weights, gradients and updates stay fp32",
+     precision_choices},
     {"loss-scale", 0, OPTION_REAL, TRAIN, FIELD(loss_scale), "65536", 1, 1e30, "S",
-     "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)"},
-    {"comm-timeout", 0, OPTION_REAL, TRAIN, FIELD(comm_timeout), "300", 0.1, 1e7, "SECONDS",
-     "give up on a collective that makes no progress for this long, and end the job"},
+     "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)", NULL},
+    {"comm-timeout", 0, OPTION_REAL, TRAIN | EVAL, FIELD(comm_timeout), "300", 0, 1e7, "SECONDS",
+     "end the job when any wait between ranks makes no progress for this long, naming the "
+     "ranks waited for (0: no limit)", NULL},
     {"threads", 0, OPTION_INT, TRAIN | EVAL, FIELD(threads), "1", 1, 1024, "T",
-     "BLAS threads per rank"},
+     "BLAS threads per rank", NULL},
     {"bucket-size", 0, OPTION_SIZE, TRAIN, FIELD(bucket_size), "256KiB", 1024, 4.0e9, "SIZE",
-     "gradient all-reduce bucket size"},
+     "gradient all-reduce bucket size", NULL},
     /* output */
     {"metrics", 0, OPTION_STRING, TRAIN, FIELD(metrics), NULL, 0, 0, "FILE.jsonl",
-     "append one JSON record per epoch and a final summary"},
+     "add JSON records to this file (kept if it exists): a step record every --metrics-every "
+     "steps, one per epoch, a final summary", NULL},
     {"log-every", 0, OPTION_INT64, TRAIN, FIELD(log_every), "100", 0, BIG, "STEPS",
-     "progress line every this many steps (0: epochs only; a terminal gets a progress bar)"},
+     "progress line every this many steps (0: epochs only; a terminal gets a progress bar)", NULL},
     {"metrics-every", 0, OPTION_INT64, TRAIN, FIELD(metrics_every), "100", 0, BIG, "STEPS",
-     "--metrics: a \"step\" record every this many steps (loss, lr, samples/s, time split, "
-     "memory; 0: epochs only)"},
+     "--metrics and --tensorboard: a \"step\" record every this many steps (loss, lr, "
+     "samples/s, gradient norm, time split, every rank's memory; 0: epochs only)", NULL},
+    {"tensorboard", 0, OPTION_STRING, TRAIN, FIELD(tensorboard), NULL, 0, 0, "DIR",
+     "write TensorBoard event files into DIR (a new file per run; tensorboard --logdir DIR): "
+     "the --metrics-every step records, evaluation per epoch, the configuration", NULL},
     {"trace", 0, OPTION_STRING, TRAIN, FIELD(trace), NULL, 0, 0, "FILE.json",
-     "write a Chrome-trace/Perfetto timeline of every rank over --trace-steps"},
+     "write a Chrome-trace/Perfetto timeline of every rank over --trace-steps", NULL},
     {"trace-steps", 0, OPTION_STRING, TRAIN, FIELD(trace_steps), "1:20", 0, 0, "A:B",
-     "the steps --trace covers (counted from 1)"},
+     "the steps --trace covers (counted from 1)", NULL},
     /* checkpoints */
     {"checkpoint-dir", 0, OPTION_STRING, TRAIN, FIELD(checkpoint_dir), NULL, 0, 0, "DIR",
-     "write checkpoints (model, optimizer, position in the data) here"},
+     "write checkpoints (model, optimizer, position in the data) here", NULL},
     {"checkpoint-every", 0, OPTION_STRING, TRAIN, FIELD(checkpoint_every), NULL, 0, 0,
      "STEPS|DURATION",
-     "checkpoint every this many steps, or this often (90s, 10min, 2h); always at the end"},
+     "checkpoint every this many steps, or this often (90s, 10min, 2h); always at the end", NULL},
     {"checkpoint-keep", 0, OPTION_INT64, TRAIN, FIELD(checkpoint_keep), "3", 1, 1000000, "K",
-     "keep the newest K checkpoints"},
+     "keep the newest K checkpoints", NULL},
     {"resume", 0, OPTION_FLAG, TRAIN, FIELD(resume), NULL, 0, 0, NULL,
-     "continue from the newest complete checkpoint in --checkpoint-dir (start fresh if none)"},
+     "continue from the newest complete checkpoint in --checkpoint-dir (start fresh if none); "
+     "the model, --seed, the optimizer, --global-batch and the data must match it", NULL},
+    {"resume-new-data", 0, OPTION_FLAG, TRAIN, FIELD(resume_new_data), NULL, 0, 0, NULL,
+     "--resume on other data than the checkpoint's: the change is intended", NULL},
+    {"resume-new-batch", 0, OPTION_FLAG, TRAIN, FIELD(resume_new_batch), NULL, 0, 0, NULL,
+     "--resume with another --global-batch than the checkpoint's: the change is intended (the "
+     "position is kept in samples)", NULL},
     {"stop-after", 0, OPTION_INT64, TRAIN, FIELD(stop_after), "0", 0, BIG, "STEPS",
      "stop after this many steps of this run, as on a preemption signal: checkpoint, exit 0 "
-     "(for jobs in chunks; 0: run to the end)"},
+     "(for jobs in chunks; 0: run to the end)", NULL},
     /* convert / synth */
     {"output", 'o', OPTION_STRING, CONVERT | SYNTH, FIELD(output), NULL, 0, 0, "OUT.h5",
-     "output path (with --shards K: OUT-00000-of-0000K.h5 ...)"},
+     "output path (with --shards K: OUT-00000-of-0000K.h5 ...)", NULL},
     {"shards", 0, OPTION_INT64, CONVERT | SYNTH, FIELD(shards), "1", 1, 100000, "K",
-     "number of shard files to write"},
+     "number of shard files to write", NULL},
     {"compression", 0, OPTION_INT64, CONVERT | SYNTH, FIELD(compression), "0", 0, 9, "LEVEL",
-     "deflate level for the written datasets (0: none)"},
-    {"rows", 0, OPTION_INT64, SYNTH, FIELD(rows), NULL, 1, BIG, "N", "rows to generate"},
+     "deflate level for the written datasets (0: none)", NULL},
+    {"rows", 0, OPTION_INT64, SYNTH, FIELD(rows), NULL, 1, BIG, "N", "rows to generate", NULL},
     {"features", 0, OPTION_INT64, SYNTH, FIELD(features), NULL, 1, 1 << 24, "D",
-     "features per row"},
-    {"classes", 0, OPTION_INT64, SYNTH, FIELD(classes), NULL, 2, 1 << 20, "C", "number of classes"},
+     "features per row", NULL},
+    {"classes", 0, OPTION_INT64, SYNTH, FIELD(classes), NULL, 2, 1 << 20, "C", "number of classes", NULL},
     {"noise", 0, OPTION_REAL, SYNTH, FIELD(noise), "1.0", 0, 1e6, "SIGMA",
-     "noise around the class centres (larger: harder)"},
+     "noise around the class centres (larger: harder)", NULL},
     {"help", 'h', OPTION_FLAG, TRAIN | EVAL | CONVERT | SYNTH | COMMAND_INFO, FIELD(help), NULL, 0,
-     0, NULL, "show this help"},
+     0, NULL, "show this help", NULL},
 };
 
 #define OPTION_COUNT (sizeof option_table / sizeof option_table[0])
@@ -191,36 +228,6 @@ const char *command_name(command cmd) {
         return "info";
     }
     return "?";
-}
-
-ddt_status options_parse_size(const char *option_name, const char *text, int64_t *bytes) {
-    char *end;
-    errno = 0;
-    double value = strtod(text, &end);
-    if (end == text || errno || !(value >= 0) || isinf(value))
-        return ddt_error(DDT_ERR_USAGE, "--%s: '%s' is not a size (e.g. 512MiB, 2GiB, 1000000)",
-                         option_name, text);
-    static const struct {
-        const char *suffix;
-        double factor;
-    } units[] = {{"", 1},          {"B", 1},
-                 {"K", 1024},      {"KB", 1000},
-                 {"KiB", 1024},    {"M", 1048576},
-                 {"MB", 1e6},      {"MiB", 1048576},
-                 {"G", 1 << 30},   {"GB", 1e9},
-                 {"GiB", 1 << 30}, {"T", 1099511627776.0},
-                 {"TB", 1e12},     {"TiB", 1099511627776.0}};
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-        if (strcmp(end, units[i].suffix) == 0) {
-            double result = value * units[i].factor;
-            if (result > 9.0e18)
-                return ddt_error(DDT_ERR_USAGE, "--%s: '%s' is too large", option_name, text);
-            *bytes = (int64_t)result;
-            return DDT_OK;
-        }
-    }
-    return ddt_error(DDT_ERR_USAGE, "--%s: '%s' has an unknown unit (use B, KiB, MiB, GiB, TiB)",
-                     option_name, text);
 }
 
 static void *field_of(options *opts, const option_def *def) {
@@ -276,11 +283,25 @@ static ddt_status set_value(options *opts, const option_def *def, const char *te
         *(double *)field = value;
         return DDT_OK;
     }
+    case OPTION_ENUM: {
+        for (int k = 0; def->choices[k]; k++)
+            if (strcmp(text, def->choices[k]) == 0) {
+                *(int *)field = k;
+                return DDT_OK;
+            }
+        char accepted[160] = "";
+        for (int k = 0; def->choices[k]; k++)
+            snprintf(accepted + strlen(accepted), sizeof accepted - strlen(accepted), "%s%s",
+                     k ? (def->choices[k + 1] ? ", " : " or ") : "", def->choices[k]);
+        return ddt_error(DDT_ERR_USAGE, "--%s: '%s' is not one of %s", def->name, text, accepted);
+    }
     case OPTION_SIZE: {
-        int64_t bytes;
-        DDT_CHECK(options_parse_size(def->name, text, &bytes));
+        uint64_t bytes;
+        char what[64];
+        snprintf(what, sizeof what, "--%s", def->name);
+        DDT_CHECK(units_parse_size(what, text, &bytes));
         DDT_CHECK(check_bounds(def, text, (double)bytes));
-        *(int64_t *)field = bytes;
+        *(int64_t *)field = (int64_t)bytes;
         return DDT_OK;
     }
     }
@@ -377,6 +398,9 @@ static void format_value(const option_def *def, const options *opts, char *text,
     case OPTION_REAL:
         snprintf(text, size, "%g", *(const double *)field);
         return;
+    case OPTION_ENUM:
+        snprintf(text, size, "%s", def->choices[*(const int *)field]);
+        return;
     case OPTION_SIZE: {
         int64_t bytes = *(const int64_t *)field;
         if (bytes % (1 << 20) == 0 && bytes >= (1 << 20))
@@ -412,13 +436,16 @@ void options_print_help(command cmd, FILE *out) {
     for (size_t i = 0; i < OPTION_COUNT; i++) {
         const option_def *def = &option_table[i];
         if (!(def->commands & cmd)) continue;
-        char left[64];
+        char left[64], names[96] = "";
+        for (int k = 0; def->type == OPTION_ENUM && def->choices[k]; k++)
+            snprintf(names + strlen(names), sizeof names - strlen(names), "%s%s", k ? "|" : "",
+                     def->choices[k]);
+        const char *value_name = def->type == OPTION_ENUM ? names : def->value_name;
         if (def->short_name)
             snprintf(left, sizeof left, "-%c, --%s %s", def->short_name, def->name,
-                     def->value_name ? def->value_name : "");
+                     value_name ? value_name : "");
         else
-            snprintf(left, sizeof left, "--%s %s", def->name,
-                     def->value_name ? def->value_name : "");
+            snprintf(left, sizeof left, "--%s %s", def->name, value_name ? value_name : "");
         fprintf(out, "  %-34s %s", left, def->help);
         if (def->default_value && def->type != OPTION_FLAG)
             fprintf(out, " [default: %s]", def->default_value);
@@ -426,12 +453,17 @@ void options_print_help(command cmd, FILE *out) {
     }
 }
 
-void options_print_resolved(command cmd, const options *opts, FILE *out) {
+void options_print_resolved(command cmd, const options *opts, const options_resolved *resolved,
+                            FILE *out) {
     for (size_t i = 0; i < OPTION_COUNT; i++) {
         const option_def *def = &option_table[i];
         if (!(def->commands & cmd) || def->offset == FIELD(help)) continue;
         char text[512];
         format_value(def, opts, text, sizeof text);
+        /* What the run derived where the user left it to ddtrain: the value, and why. */
+        for (int k = 0; resolved && k < resolved->count; k++)
+            if (strcmp(resolved->names[k], def->name) == 0)
+                snprintf(text, sizeof text, "%s", resolved->values[k]);
         fprintf(out, "  %-20s %s\n", def->name, text);
     }
 }

@@ -17,6 +17,10 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "engine/alloc.h"
+#include "engine/device.h"
+#include "engine/loss.h"
+#include "engine/optim.h"
 #include "util/status.h"
 
 typedef enum command {
@@ -41,18 +45,18 @@ typedef struct options {
     int prefetch_depth;  /* micro-batches */
     /* model and loss */
     const char *model;
-    const char *loss;
+    loss_kind loss;
     const char *init;
     const char *save;
     const char *model_file; /* eval */
     /* optimisation */
-    const char *optimizer;
+    optimizer_kind optimizer;
     double lr;
     double momentum;
     bool nesterov;
     double weight_decay;
     double beta1, beta2, eps;
-    const char *lr_schedule;
+    lr_schedule_kind lr_schedule;
     int64_t warmup_steps;
     int64_t lr_step_size;
     double lr_gamma;
@@ -64,13 +68,13 @@ typedef struct options {
     int64_t micro_batch; /* 0: global_batch / world (no accumulation); OPTIONS_AUTO: fit */
     int64_t seed;
     /* memory budgets */
-    const char *device_memory;       /* growth | preallocate */
+    memory_policy device_memory;
     const char *device_memory_limit; /* SIZE, FRACTION, or a list per local rank */
     int64_t host_staging_limit;      /* bytes; 0 = none */
     bool dry_run;
     /* compute and communication */
-    const char *device;
-    const char *precision;
+    device_request device;
+    precision_kind precision;
     double loss_scale;
     double comm_timeout;
     int threads;
@@ -79,6 +83,7 @@ typedef struct options {
     const char *metrics;
     int64_t log_every;
     int64_t metrics_every;
+    const char *tensorboard;
     const char *trace;
     const char *trace_steps;
     /* checkpoints */
@@ -86,6 +91,8 @@ typedef struct options {
     const char *checkpoint_every; /* STEPS or a duration (90s, 10min, 2h) */
     int64_t checkpoint_keep;
     bool resume;
+    bool resume_new_data;
+    bool resume_new_batch;
     int64_t stop_after;
     /* convert / synth */
     const char *output;
@@ -109,11 +116,16 @@ ddt_status options_parse(command cmd, int argc, char **argv, options *out);
 /* True if the user gave option `name` (without leading dashes) on the command line. */
 bool options_given(const options *opts, const char *name);
 void options_print_help(command cmd, FILE *out);
-/* Prints "  name = value" lines for every option of `cmd` (the resolved configuration). */
-void options_print_resolved(command cmd, const options *opts, FILE *out);
+/* Values the command derived where the user left an option to it, shown instead of the
+ * option's raw value: names[k] (an option name) prints values[k]. */
+typedef struct options_resolved {
+    int count;
+    const char *names[8];
+    char values[8][64];
+} options_resolved;
+/* Prints "  name  value" lines for every option of `cmd` (the resolved configuration). */
+void options_print_resolved(command cmd, const options *opts, const options_resolved *resolved,
+                            FILE *out);
 const char *command_name(command cmd);
-
-/* Parses "256KiB", "64MiB", "1.5GiB", "1000000" into bytes; DDT_ERR_USAGE on bad input. */
-ddt_status options_parse_size(const char *option_name, const char *text, int64_t *bytes);
 
 #endif

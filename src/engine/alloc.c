@@ -91,19 +91,6 @@ ddt_status memory_policy_parse(const char *text, memory_policy *out) {
                      text ? text : "");
 }
 
-const char *memory_size_format(size_t bytes, char *buffer, size_t size) {
-    const double kib = 1024.0, mib = kib * 1024.0, gib = mib * 1024.0;
-    if (bytes < 1024)
-        snprintf(buffer, size, "%zu bytes", bytes);
-    else if (bytes < (size_t)1 << 20)
-        snprintf(buffer, size, "%.1f KiB", (double)bytes / kib);
-    else if (bytes < (size_t)1 << 30)
-        snprintf(buffer, size, "%.1f MiB", (double)bytes / mib);
-    else
-        snprintf(buffer, size, "%.2f GiB", (double)bytes / gib);
-    return buffer;
-}
-
 /* --- limits ------------------------------------------------------------------------------ */
 
 ddt_status memory_limit_parse(const char *text, memory_limit *out) {
@@ -130,28 +117,13 @@ ddt_status memory_limit_parse(const char *text, memory_limit *out) {
         out->fraction = value;
         return DDT_OK;
     }
-    static const struct {
-        const char *name;
-        double scale;
-    } units[] = {
-        {"b", 1.0},    {"k", 0x1p10},   {"kib", 0x1p10}, {"m", 0x1p20},   {"mib", 0x1p20},
-        {"g", 0x1p30}, {"gib", 0x1p30}, {"t", 0x1p40},   {"tib", 0x1p40}, {"kb", 1e3},
-        {"mb", 1e6},   {"gb", 1e9},     {"tb", 1e12},
-    };
-    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++) {
-        if (strcasecmp(end, units[i].name) != 0) continue;
-        double bytes = floor(value * units[i].scale);
-        if (bytes < 1.0)
-            return ddt_error(DDT_ERR_USAGE, "device memory limit '%s' is zero: %s", text, accepted);
-        if (bytes >= 0x1p63)
-            return ddt_error(DDT_ERR_USAGE, "device memory limit '%s' is too large", text);
-        out->bytes = (size_t)bytes;
-        return DDT_OK;
-    }
-    return ddt_error(DDT_ERR_USAGE,
-                     "device memory limit '%s' has an unknown unit '%s': use B, KiB, MiB, GiB "
-                     "or TiB (or KB, MB, GB, TB), or a fraction such as 0.5",
-                     text, end);
+    uint64_t bytes = 0;
+    if (units_parse_size("device memory limit", text, &bytes) != DDT_OK)
+        return ddt_error(DDT_ERR_USAGE, "%s: %s", ddt_error_message(), accepted);
+    if (bytes == 0)
+        return ddt_error(DDT_ERR_USAGE, "device memory limit '%s' is zero: %s", text, accepted);
+    out->bytes = (size_t)bytes;
+    return DDT_OK;
 }
 
 size_t memory_limit_resolve(memory_limit limit, size_t device_total_bytes) {
@@ -242,7 +214,7 @@ static ddt_status preallocate(allocator *alloc) {
     size_t limit = alloc->params.limit_bytes;
     char prefix[32], limit_text[32], total_text[32], free_text[32], source[160] = "";
     rank_prefix(alloc, prefix, sizeof prefix);
-    memory_size_format(limit, limit_text, sizeof limit_text);
+    units_format_bytes(limit, limit_text, sizeof limit_text);
     if (alloc->params.limit_source)
         snprintf(source, sizeof source, " (%s)", alloc->params.limit_source);
     const char *advice = "lower the limit, or use --device-memory growth";
@@ -257,14 +229,14 @@ static ddt_status preallocate(allocator *alloc) {
                              "%scannot preallocate %s (%zu bytes) of device memory%s: %s has "
                              "only %s in all: %s",
                              prefix, limit_text, limit, source, device_name(alloc->dev),
-                             memory_size_format(total, total_text, sizeof total_text), advice);
+                             units_format_bytes(total, total_text, sizeof total_text), advice);
         if (limit > available)
             return ddt_error(DDT_ERR_MEMORY,
                              "%scannot preallocate %s (%zu bytes) of device memory%s: only %s of "
                              "%s on %s is free: %s",
                              prefix, limit_text, limit, source,
-                             memory_size_format(available, free_text, sizeof free_text),
-                             memory_size_format(total, total_text, sizeof total_text),
+                             units_format_bytes(available, free_text, sizeof free_text),
+                             units_format_bytes(total, total_text, sizeof total_text),
                              device_name(alloc->dev), advice);
     }
     ddt_status status = reserve_region(alloc, limit);
@@ -377,15 +349,15 @@ static ddt_status limit_error(const allocator *alloc, memory_component component
         bytes <= limit_bytes - alloc->stats.bytes_in_use)
         snprintf(fragmented, sizeof fragmented,
                  "; the free space is in pieces, the largest %s, and regions cannot be merged",
-                 memory_size_format(largest_bytes, largest, sizeof largest));
+                 units_format_bytes(largest_bytes, largest, sizeof largest));
     return ddt_error(DDT_ERR_MEMORY,
                      "%s%s asked for %s (%zu bytes) of device memory, but %s (%zu bytes) of the "
                      "%s (%zu bytes) limit is in use%s%s: %s, or raise the limit",
                      rank_prefix(alloc, prefix, sizeof prefix), memory_component_name(component),
-                     memory_size_format(bytes, asked, sizeof asked), bytes,
-                     memory_size_format(alloc->stats.bytes_in_use, in_use, sizeof in_use),
+                     units_format_bytes(bytes, asked, sizeof asked), bytes,
+                     units_format_bytes(alloc->stats.bytes_in_use, in_use, sizeof in_use),
                      alloc->stats.bytes_in_use,
-                     memory_size_format(limit_bytes, limit, sizeof limit), limit_bytes, source,
+                     units_format_bytes(limit_bytes, limit, sizeof limit), limit_bytes, source,
                      fragmented, component_advice(component));
 }
 
@@ -409,10 +381,10 @@ static ddt_status grow(allocator *alloc, memory_component component, size_t byte
                          "%scannot allocate %s of %s (%zu bytes) on %s (%s in use, %s reserved): "
                          "%s: %s",
                          rank_prefix(alloc, prefix, sizeof prefix),
-                         memory_size_format(bytes, asked, sizeof asked),
+                         units_format_bytes(bytes, asked, sizeof asked),
                          memory_component_name(component), bytes, device_name(alloc->dev),
-                         memory_size_format(alloc->stats.bytes_in_use, in_use, sizeof in_use),
-                         memory_size_format(reserved, reserved_text, sizeof reserved_text), reason,
+                         units_format_bytes(alloc->stats.bytes_in_use, in_use, sizeof in_use),
+                         units_format_bytes(reserved, reserved_text, sizeof reserved_text), reason,
                          component_advice(component));
     }
     alloc->growth_step = step <= SIZE_MAX / 2 ? 2 * step : step;

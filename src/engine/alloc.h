@@ -43,6 +43,7 @@
 #include <stddef.h>
 
 #include "engine/device.h"
+#include "util/units.h"
 #include "util/status.h"
 
 typedef enum memory_component {
@@ -129,16 +130,13 @@ typedef struct memory_limit {
     double fraction; /* of the device's total memory, in (0, 1]; 0 if given in bytes or none */
 } memory_limit;
 
-/* Parses a size with a unit ("6GiB", "512MiB", "1.5G", "4096B"; binary K/M/G/T with or
- * without "iB", decimal "KB"/"MB"/"GB"/"TB", units case-insensitive), a bare number in (0, 1]
- * as a fraction of the device ("0.5"), or "none" (no limit). A bare number above 1 is a usage
- * error (a unit is required, so "2" cannot mean two bytes by accident), as is a zero size. */
+/* Parses a size with a unit, by util/units.h's one rule ("6GiB", "512MiB", "1.5G", "4096B",
+ * "2GB"), a bare number in (0, 1] as a fraction of the device ("0.5"), or "none" (no limit).
+ * Here a bare number is never bytes: above 1 it is a usage error (so "2" cannot mean two bytes
+ * by accident), as is a zero size. */
 ddt_status memory_limit_parse(const char *text, memory_limit *out);
 /* The limit in bytes for a device with `device_total_bytes` (from device->ops->memory_info);
  * 0 for none. A fraction is rounded down to a multiple of 256. */
 size_t memory_limit_resolve(memory_limit limit, size_t device_total_bytes);
-
-/* Writes `bytes` for people: "512 bytes", "12.0 KiB", "12.0 MiB", "1.95 GiB". Returns buffer. */
-const char *memory_size_format(size_t bytes, char *buffer, size_t size);
 
 #endif

@@ -6,8 +6,10 @@
  * time a GPU is asked for, so ranks that never touch a GPU never map cuBLAS or NCCL (over
  * 200 MiB of resident pages). Whether a GPU exists is first asked of the driver library alone
  * (libcuda.so.1): a machine without an NVIDIA driver never loads the plugin. The plugin is
- * looked for at $DDTRAIN_CUDA_PLUGIN, next to the executable, one directory above it, and on
- * the library search path, in that order. Loading happens on the main thread during set-up. */
+ * looked for at $DDTRAIN_CUDA_PLUGIN, next to the executable (the build tree), in the
+ * installed library directory relative to it (bin/../lib/ddtrain, see `cmake --install`), one
+ * directory above it (the build tree's tests/ and bench/), and on the library search path, in
+ * that order. Loading happens on the main thread during set-up. */
 #include "engine/device.h"
 
 #include <stdio.h>
@@ -19,10 +21,17 @@
 #include <dlfcn.h>
 #include <libgen.h>
 #include <limits.h>
+#include <link.h>
+
+/* Where `cmake --install` puts the plugin, relative to the binary's directory. */
+#ifndef DDTRAIN_CUDA_PLUGIN_INSTALL_DIR
+#define DDTRAIN_CUDA_PLUGIN_INSTALL_DIR "../lib/ddtrain"
+#endif
 
 typedef struct cuda_plugin {
     bool tried;
     void *handle;
+    char path[PATH_MAX]; /* where it was loaded from, or looked for */
     ddt_status (*open)(device *dev);
     int (*count)(void);
     char problem[PATH_MAX + 1024]; /* why it could not be loaded */
@@ -50,10 +59,16 @@ static void plugin_path(char *out, size_t size) {
     if (length > 0) {
         executable[length] = '\0';
         const char *directory = dirname(executable);
-        const char *formats[] = {"%s/" DDTRAIN_CUDA_PLUGIN, "%s/../" DDTRAIN_CUDA_PLUGIN};
-        for (int i = 0; i < 2; i++) {
+        const char *formats[] = {"%s/" DDTRAIN_CUDA_PLUGIN,
+                                 "%s/" DDTRAIN_CUDA_PLUGIN_INSTALL_DIR "/" DDTRAIN_CUDA_PLUGIN,
+                                 "%s/../" DDTRAIN_CUDA_PLUGIN};
+        for (int i = 0; i < 3; i++) {
             snprintf(out, size, formats[i], directory);
-            if (access(out, R_OK) == 0) return;
+            char resolved[PATH_MAX]; /* without "..", for messages and --version */
+            if (access(out, R_OK) == 0) {
+                if (realpath(out, resolved)) snprintf(out, size, "%s", resolved);
+                return;
+            }
         }
     }
     snprintf(out, size, "%s", DDTRAIN_CUDA_PLUGIN);
@@ -62,9 +77,13 @@ static void plugin_path(char *out, size_t size) {
 static bool plugin_load(void) {
     if (plugin.tried) return plugin.handle != NULL;
     plugin.tried = true;
-    char path[PATH_MAX];
-    plugin_path(path, sizeof path);
+    char *path = plugin.path;
+    plugin_path(path, sizeof plugin.path);
     plugin.handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    struct link_map *map = NULL;
+    if (plugin.handle && dlinfo(plugin.handle, RTLD_DI_LINKMAP, &map) == 0 && map && map->l_name &&
+        *map->l_name) /* the file the search path led to */
+        snprintf(plugin.path, sizeof plugin.path, "%s", map->l_name);
     if (!plugin.handle) {
         snprintf(plugin.problem, sizeof plugin.problem,
                  "the CUDA backend plugin %s could not be loaded: %s", path, dlerror());
@@ -89,6 +108,18 @@ void *device_backend_symbol(device_kind kind, const char *name) {
 #else
     (void)kind;
     (void)name;
+#endif
+    return NULL;
+}
+
+const char *device_backend_plugin_path(device_kind kind) {
+#ifdef DDTRAIN_HAVE_CUDA
+    if (kind == DEVICE_KIND_CUDA) {
+        if (!plugin.tried) plugin_path(plugin.path, sizeof plugin.path);
+        return plugin.path;
+    }
+#else
+    (void)kind;
 #endif
     return NULL;
 }
@@ -165,6 +196,47 @@ const char *device_kind_name(device_kind kind) {
         return "cuda";
     }
     return "unknown";
+}
+
+const char *device_request_name(device_request request) {
+    switch (request) {
+    case DEVICE_REQUEST_AUTO:
+        return "auto";
+    case DEVICE_REQUEST_CPU:
+        return "cpu";
+    case DEVICE_REQUEST_CUDA:
+        return "cuda";
+    }
+    return "unknown";
+}
+
+ddt_status device_choose(device_request request, int local_rank, device_kind *kind,
+                         int *ordinal) {
+    *kind = DEVICE_KIND_CPU;
+    *ordinal = 0;
+    switch (request) {
+    case DEVICE_REQUEST_CPU:
+        return DDT_OK;
+    case DEVICE_REQUEST_AUTO:
+        if (device_count(DEVICE_KIND_CUDA) == 0) return DDT_OK;
+        break;
+    case DEVICE_REQUEST_CUDA:
+        if (!device_kind_available(DEVICE_KIND_CUDA))
+            return ddt_error(DDT_ERR_USAGE, "--device cuda: this ddtrain was built without CUDA "
+                                            "(configure with -DDDTRAIN_CUDA=ON where nvcc and "
+                                            "NCCL are installed)");
+        if (device_count(DEVICE_KIND_CUDA) == 0) {
+            const char *problem = device_backend_problem(DEVICE_KIND_CUDA);
+            return ddt_error(DDT_ERR_USAGE, "--device cuda: no GPU is visible to this process (%s)",
+                             problem ? problem : "check the driver and CUDA_VISIBLE_DEVICES");
+        }
+        break;
+    default:
+        return ddt_error(DDT_ERR_USAGE, "--device: unknown request %d", (int)request);
+    }
+    *kind = DEVICE_KIND_CUDA;
+    *ordinal = (local_rank < 0 ? 0 : local_rank) % device_count(DEVICE_KIND_CUDA);
+    return DDT_OK;
 }
 
 ddt_status device_open(device_kind kind, int ordinal, device **out) {

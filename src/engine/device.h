@@ -1,7 +1,7 @@
 /* device.h - the table of operations every compute backend provides.
  *
  * The engine (model, loss, optimizer) calls only these operations, so it holds no #ifdef and
- * runs unchanged on the CPU backend (OpenBLAS) and, later, the CUDA backend (cuBLAS). All
+ * runs unchanged on the CPU backend (OpenBLAS) and the CUDA backend (cuBLAS and kernels). All
  * pointers passed to an operation are *device* pointers obtained from the allocator
  * (src/engine/alloc.h), except where a parameter says "host".
  *
@@ -152,6 +152,11 @@ typedef struct device_ops {
     /* --- checks and synchronisation -------------------------------------------------------- */
     /* *all_finite (host) = no NaN or Inf among x[0..count). May synchronise. */
     ddt_status (*check_finite)(device *dev, size_t count, const float *x, bool *all_finite);
+    /* *sum (host) = the sum of x[i]^2 over x[0..count), each square and the sum in double
+     * (so the gradient norm of a large model neither overflows nor loses its small terms);
+     * NaN or Inf when x holds one. May synchronise: the trainer calls it on reporting steps
+     * only, for the gradient norm. */
+    ddt_status (*sum_of_squares)(device *dev, size_t count, const float *x, double *sum);
     ddt_status (*synchronize)(device *dev);
 
     /* Backend teardown, called by device_close(). */
@@ -177,7 +182,9 @@ typedef struct device_ops {
      * the current one computes. The copy is ordered after all work issued on the compute
      * stream so far (so it cannot overwrite a buffer that earlier compute still reads): issue
      * the upload of micro-batch m+1 after the compute of m-1 and before the compute of m.
-     * upload_wait() makes the compute stream wait for that copy (it does not block the host).
+     * upload_wait() makes the compute stream wait for that copy (it does not block the host);
+     * it also returns any failure an earlier operation recorded, so a failed step ends at the
+     * next micro-batch without a synchronisation.
      * The host memory must stay untouched until upload_host_done() has returned for that
      * buffer. The CPU backend copies at once. */
     ddt_status (*upload_async)(device *dev, void *device_dst, const void *host_src, size_t bytes,
@@ -186,14 +193,30 @@ typedef struct device_ops {
     /* Blocks until upload `buffer`'s copy has finished reading host memory. */
     ddt_status (*upload_host_done)(device *dev, int buffer);
 
+    /* --- timing on the device's own clock -------------------------------------------------- */
+    /* Host clocks around asynchronous work measure when it was issued, not how long it ran.
+     * timer_mark() records, in timing slot `slot` (0 .. DEVICE_TIMER_SLOTS - 1), the point the
+     * compute stream has reached: a timing event on GPUs; the host clock on the CPU backend,
+     * whose work has finished when its operations return. timer_elapsed() gives the seconds
+     * between two marks, waiting until the device has passed `to` (read marks a step or two
+     * later and the wait is long over). A slot may be marked again once it has been read. */
+    ddt_status (*timer_mark)(device *dev, int slot);
+    ddt_status (*timer_elapsed)(device *dev, int from, int to, double *seconds);
+
     void (*close)(device *dev);
 } device_ops;
+
+#define DEVICE_TIMER_SLOTS 16
 
 struct device {
     const device_ops *ops;
     device_kind kind;
     int ordinal;           /* which device of this kind (CUDA: the GPU index) */
     char description[128]; /* e.g. "cpu (OpenBLAS 0.3.21, kernel SkylakeX, 1 thread)" */
+    /* What tells this device apart from the devices other processes on the node use: a GPU's
+     * PCI bus id ("0000:1b:00.0"), the same whatever CUDA_VISIBLE_DEVICES calls it; "" for
+     * the CPU, which every rank shares by design. */
+    char identity[32];
     void *backend;         /* backend-private state */
 };
 
@@ -202,6 +225,24 @@ struct device {
  * device_close(). */
 ddt_status device_open(device_kind kind, int ordinal, device **out);
 void device_close(device *dev);
+
+/* --device: what the user asked for. */
+typedef enum device_request {
+    DEVICE_REQUEST_AUTO, /* a GPU when this process sees one, else the CPU */
+    DEVICE_REQUEST_CPU,
+    DEVICE_REQUEST_CUDA,
+} device_request;
+
+/* "auto", "cpu", "cuda". */
+const char *device_request_name(device_request request);
+
+/* Which backend and which device of it a rank uses: the GPU is local_rank modulo the GPUs
+ * visible, so with CUDA_VISIBLE_DEVICES or Slurm's --gpus-per-task leaving each rank one
+ * device, that is device 0. DDT_ERR_USAGE, naming --device, for cuda in a build without it
+ * and for cuda where no GPU is visible. The one rule shared by every command that computes
+ * (train, eval). */
+ddt_status device_choose(device_request request, int local_rank, device_kind *kind,
+                         int *ordinal);
 
 /* True if this build contains the backend. */
 bool device_kind_available(device_kind kind);
@@ -226,5 +267,9 @@ void *device_backend_symbol(device_kind kind, const char *name);
 /* Why a backend cannot be used (not built, plugin not loadable), or NULL if it can. May load
  * the plugin. */
 const char *device_backend_problem(device_kind kind);
+/* The file a backend built as a plugin was loaded from, or, before it is loaded, the file it
+ * would be loaded from (a bare file name: the library search path). NULL for backends that
+ * are not plugins or not built. Loads nothing. */
+const char *device_backend_plugin_path(device_kind kind);
 
 #endif

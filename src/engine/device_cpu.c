@@ -23,11 +23,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #ifdef __SSE2__
 #include <emmintrin.h>
 #endif
 
+#include "engine/optim_update.h"
 #include "util/rng.h"
 
 #define CPU_ALIGNMENT 64
@@ -454,7 +456,8 @@ static void cpu_sgd_update(device *dev, size_t count, float *restrict params,
                            const float *restrict grads, float *restrict velocity, float lr,
                            float momentum, bool nesterov, float weight_decay, bool first_step) {
     (void)dev;
-    /* One simple loop per case, so each vectorises without branches inside. */
+    /* One simple loop per case, so each vectorises without branches inside; each computes
+     * what sgd_update_element() (engine/optim_update.h) does, in the same order. */
     if (momentum == 0.0f) {
         if (weight_decay == 0.0f) {
             for (size_t i = 0; i < count; i++)
@@ -492,23 +495,18 @@ static void cpu_adamw_update(device *dev, size_t count, float *restrict params,
                              int64_t step) {
     (void)dev;
     /* As torch.optim.AdamW (non-fused): decay first, then the bias-corrected Adam step with
-     * eps added to sqrt(v) / sqrt(1 - beta2^t). */
-    double correction1 = 1.0 - pow((double)beta1, (double)step);
-    double correction2 = 1.0 - pow((double)beta2, (double)step);
-    float step_size = (float)(lr / correction1);
-    float inv_sqrt_correction2 = (float)(1.0 / sqrt(correction2));
-    float decay = 1.0f - lr * weight_decay;
-    float one_minus_beta1 = 1.0f - beta1, one_minus_beta2 = 1.0f - beta2;
+     * eps added to sqrt(v) / sqrt(1 - beta2^t); engine/optim_update.h has the arithmetic. */
+    adamw_scalars s = adamw_scalars_for(lr, beta1, beta2, eps, weight_decay, step);
     size_t i = 0;
 #ifdef __SSE2__
     /* sqrtf() may set errno, so GCC will not vectorise the loop below unless the build says
      * -fno-math-errno (a pragma cannot), and scalar it is 4x slower (0.55 ms for 235k
      * parameters, most of a training step). The same operations in the same order, four at
      * a time, so results match the scalar loop bit for bit. */
-    const __m128 decay4 = _mm_set1_ps(decay), step_size4 = _mm_set1_ps(step_size);
-    const __m128 beta1_4 = _mm_set1_ps(beta1), one_minus_beta1_4 = _mm_set1_ps(one_minus_beta1);
-    const __m128 beta2_4 = _mm_set1_ps(beta2), one_minus_beta2_4 = _mm_set1_ps(one_minus_beta2);
-    const __m128 correction4 = _mm_set1_ps(inv_sqrt_correction2), eps4 = _mm_set1_ps(eps);
+    const __m128 decay4 = _mm_set1_ps(s.decay), step_size4 = _mm_set1_ps(s.step_size);
+    const __m128 beta1_4 = _mm_set1_ps(s.beta1), one_minus_beta1_4 = _mm_set1_ps(s.one_minus_beta1);
+    const __m128 beta2_4 = _mm_set1_ps(s.beta2), one_minus_beta2_4 = _mm_set1_ps(s.one_minus_beta2);
+    const __m128 correction4 = _mm_set1_ps(s.inv_sqrt_correction2), eps4 = _mm_set1_ps(s.eps);
     for (; i + 4 <= count; i += 4) {
         __m128 g = _mm_loadu_ps(grads + i);
         __m128 p = _mm_mul_ps(_mm_loadu_ps(params + i), decay4);
@@ -523,15 +521,8 @@ static void cpu_adamw_update(device *dev, size_t count, float *restrict params,
                       _mm_sub_ps(p, _mm_div_ps(_mm_mul_ps(step_size4, mi), denominator)));
     }
 #endif
-    for (; i < count; i++) {
-        float g = grads[i];
-        float p = params[i] * decay;
-        float mi = beta1 * m[i] + one_minus_beta1 * g;
-        float vi = beta2 * v[i] + one_minus_beta2 * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        params[i] = p - step_size * mi / (sqrtf(vi) * inv_sqrt_correction2 + eps);
-    }
+    for (; i < count; i++)
+        adamw_update_element(&s, grads[i], &params[i], &m[i], &v[i]);
 }
 
 /* --- checks ------------------------------------------------------------------------------ */
@@ -547,6 +538,16 @@ static ddt_status cpu_check_finite(device *dev, size_t count, const float *restr
         bad |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
     }
     *all_finite = bad == 0;
+    return DDT_OK;
+}
+
+static ddt_status cpu_sum_of_squares(device *dev, size_t count, const float *restrict x,
+                                     double *sum) {
+    (void)dev;
+    double total = 0;
+    for (size_t i = 0; i < count; i++)
+        total += (double)x[i] * (double)x[i];
+    *sum = total;
     return DDT_OK;
 }
 
@@ -605,8 +606,38 @@ static ddt_status cpu_upload_done(device *dev, int buffer) {
     return DDT_OK;
 }
 
+/* The CPU backend's only state: its timing marks. */
+typedef struct cpu_backend {
+    double marks[DEVICE_TIMER_SLOTS];
+} cpu_backend;
+
+static ddt_status check_timer_slot(int slot) {
+    if (slot < 0 || slot >= DEVICE_TIMER_SLOTS)
+        return ddt_error(DDT_ERR_INTERNAL, "timer slot %d is not in [0, %d)", slot,
+                         DEVICE_TIMER_SLOTS);
+    return DDT_OK;
+}
+
+/* Operations have finished when they return, so "the device got here" is now. */
+static ddt_status cpu_timer_mark(device *dev, int slot) {
+    DDT_CHECK(check_timer_slot(slot));
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    ((cpu_backend *)dev->backend)->marks[slot] = (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+    return DDT_OK;
+}
+
+static ddt_status cpu_timer_elapsed(device *dev, int from, int to, double *seconds) {
+    DDT_CHECK(check_timer_slot(from));
+    DDT_CHECK(check_timer_slot(to));
+    const cpu_backend *backend = dev->backend;
+    *seconds = backend->marks[to] - backend->marks[from];
+    return DDT_OK;
+}
+
 static void cpu_close(device *dev) {
-    (void)dev;
+    free(dev->backend);
+    dev->backend = NULL;
 }
 
 static const device_ops cpu_ops = {
@@ -633,6 +664,7 @@ static const device_ops cpu_ops = {
     .sgd_update = cpu_sgd_update,
     .adamw_update = cpu_adamw_update,
     .check_finite = cpu_check_finite,
+    .sum_of_squares = cpu_sum_of_squares,
     .synchronize = cpu_synchronize,
     .set_precision = cpu_set_precision,
     .precision_workspace_bytes = cpu_precision_workspace_bytes,
@@ -642,6 +674,8 @@ static const device_ops cpu_ops = {
     .upload_async = cpu_upload_async,
     .upload_wait = cpu_upload_done,
     .upload_host_done = cpu_upload_done,
+    .timer_mark = cpu_timer_mark,
+    .timer_elapsed = cpu_timer_elapsed,
     .close = cpu_close,
 };
 
@@ -658,7 +692,8 @@ static void openblas_version(char *out, size_t size) {
 
 ddt_status device_cpu_open(device *dev) {
     dev->ops = &cpu_ops;
-    dev->backend = NULL;
+    dev->backend = calloc(1, sizeof(cpu_backend));
+    if (!dev->backend) return ddt_error(DDT_ERR_MEMORY, "out of host memory opening the CPU device");
     char version[32];
     openblas_version(version, sizeof version);
     int threads = openblas_get_num_threads();

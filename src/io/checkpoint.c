@@ -13,10 +13,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include "io/hdf5_lock.h"
 #include "io/hdf5_storage.h"
+#include "util/files.h"
 #include "io/model_file.h"
 
 #define CHECKPOINT_VERSION 1
@@ -25,7 +27,7 @@
 
 static const char checkpoint_prefix[] = "checkpoint-";
 static const char checkpoint_suffix[] = ".h5";
-static const char temporary_infix[] = ".tmp-"; /* hdf5_temp_path(): "PATH.tmp-<pid>" */
+static const char temporary_infix[] = ".tmp-"; /* file_temp_path(): "PATH.tmp-<pid>" */
 
 /* ---- names ---- */
 
@@ -263,6 +265,9 @@ static ddt_status write_contents(hid_t file, const char *path, const checkpoint_
         return hdf5_failure(path, "writing the attribute", "optimizer_kind");
     if (write_string_attribute(file, "configuration", configuration) < 0)
         return hdf5_failure(path, "writing the attribute", "configuration");
+    if (write_string_attribute(file, "dataset_identity",
+                               state->dataset_identity ? state->dataset_identity : "") < 0)
+        return hdf5_failure(path, "writing the attribute", "dataset_identity");
 
     const struct {
         const char *name;
@@ -309,7 +314,12 @@ static ddt_status write_checkpoint_contents(int64_t file, const char *path, cons
 /* Writes the whole checkpoint into `temp_path`; messages name `path`, the final name. */
 static ddt_status write_file(const char *temp_path, const char *path,
                              const checkpoint_state *state) {
-    return hdf5_write_temporary(temp_path, path, write_checkpoint_contents, state);
+    uint64_t floats = model_spec_parameter_count(state->spec) + state->optimizer_state_count;
+    uint64_t text = (state->configuration ? strlen(state->configuration) : 0) +
+                    (state->dataset_identity ? strlen(state->dataset_identity) : 0);
+    return hdf5_write_temporary(temp_path, path,
+                                hdf5_reserve_estimate(floats * sizeof(float) + text),
+                                write_checkpoint_contents, state);
 }
 
 /* Whether `path` holds a complete checkpoint: a regular file that opens as HDF5 and carries
@@ -334,7 +344,7 @@ static bool is_complete_checkpoint(const char *path) {
                 if (type >= 0) H5Tclose(type);
                 if (attribute >= 0) H5Aclose(attribute);
             }
-            H5Fclose(file);
+            hdf5_file_close(file);
         }
     }
     hdf5_lock_release();
@@ -432,13 +442,13 @@ ddt_status checkpoint_write(const char *directory, const checkpoint_state *state
     char path[CHECKPOINT_PATH_MAX];
     DDT_CHECK(join_path(directory, name, path, sizeof path));
     char temp_path[CHECKPOINT_PATH_MAX + 32];
-    hdf5_temp_path(path, temp_path, sizeof temp_path);
+    file_temp_path(path, temp_path, sizeof temp_path);
 
     /* Before writing, so space held by an interrupted write is free for this one. */
     DDT_CHECK(remove_stale_temporaries(directory));
     DDT_CHECK(write_file(temp_path, path, state));
     if (hooks && hooks->before_commit) hooks->before_commit(hooks->context, temp_path);
-    DDT_CHECK(hdf5_file_commit(temp_path, path));
+    DDT_CHECK(file_publish(temp_path, path));
     if (written && written_size) snprintf(written, written_size, "%s", path);
     DDT_CHECK(prune(directory, name, keep));
     return DDT_OK;
@@ -448,8 +458,19 @@ ddt_status checkpoint_write(const char *directory, const checkpoint_state *state
 
 ddt_status checkpoint_find_latest(const char *directory, char *path, size_t path_size,
                                   bool *found) {
-    *found = false;
+    checkpoint_search search;
+    DDT_CHECK(checkpoint_search_latest(directory, &search));
+    *found = search.found;
     if (path_size) path[0] = '\0';
+    if (!search.found) return DDT_OK;
+    if (strlen(search.path) >= path_size)
+        return ddt_error(DDT_ERR_IO, "%s: path too long for the caller's buffer", search.path);
+    snprintf(path, path_size, "%s", search.path);
+    return DDT_OK;
+}
+
+ddt_status checkpoint_search_latest(const char *directory, checkpoint_search *out) {
+    memset(out, 0, sizeof *out);
     if (!directory || !*directory) return ddt_error(DDT_ERR_USAGE, "no checkpoint directory given");
     checkpoint_entry *entries;
     size_t count;
@@ -459,21 +480,75 @@ ddt_status checkpoint_find_latest(const char *directory, char *path, size_t path
      * only a closed, fsynced file carrying checkpoint_complete). Every checkpoint holds the
      * whole training state, so resuming from an older one only repeats steps, and they come
      * out the same, since all randomness is keyed by (seed, step, row). */
-    ddt_status status = DDT_OK;
     for (size_t i = 0; i < count; i++) {
         char candidate[CHECKPOINT_PATH_MAX];
         if (join_path(directory, entries[i].name, candidate, sizeof candidate) != DDT_OK) continue;
-        if (!is_complete_checkpoint(candidate)) continue;
-        if (strlen(candidate) >= path_size) {
-            status = ddt_error(DDT_ERR_IO, "%s: path too long for the caller's buffer", candidate);
-        } else {
-            snprintf(path, path_size, "%s", candidate);
-            *found = true;
+        if (!is_complete_checkpoint(candidate)) {
+            if (out->passed_over++ == 0)
+                snprintf(out->newest_passed_over, sizeof out->newest_passed_over, "%s", candidate);
+            continue;
         }
+        snprintf(out->path, sizeof out->path, "%s", candidate);
+        out->found = true;
         break;
     }
     free(entries);
-    return status;
+    return DDT_OK;
+}
+
+/* ---- the directory's lock --------------------------------------------------------------- */
+
+struct checkpoint_lock {
+    int fd;
+};
+
+static const char lock_name[] = ".ddtrain.lock";
+
+ddt_status checkpoint_lock_directory(const char *directory, const char *holder,
+                                     checkpoint_lock **out) {
+    *out = NULL;
+    char path[CHECKPOINT_PATH_MAX];
+    DDT_CHECK(join_path(directory, lock_name, path, sizeof path));
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return ddt_error(DDT_ERR_IO, "--checkpoint-dir %s: cannot create its lock file %s: %s",
+                         directory, path, strerror(errno));
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int saved = errno;
+        char who[512] = "";
+        ssize_t length = pread(fd, who, sizeof who - 1, 0);
+        who[length > 0 ? length : 0] = '\0';
+        who[strcspn(who, "\n")] = '\0';
+        close(fd);
+        if (saved == EWOULDBLOCK)
+            return ddt_error(DDT_ERR_USAGE,
+                             "--checkpoint-dir %s is in use by another ddtrain job (%s): two runs "
+                             "in one directory would overwrite and prune each other's "
+                             "checkpoints; give this run its own directory",
+                             directory, who[0] ? who : "holder unknown");
+        return ddt_error(DDT_ERR_IO, "--checkpoint-dir %s: cannot lock %s: %s", directory, path,
+                         strerror(saved));
+    }
+    /* Who holds it, for the message another job gets. The kernel drops the lock when this
+     * process ends, however it ends, so a crashed run never leaves the directory locked. */
+    if (ftruncate(fd, 0) == 0) {
+        ssize_t written = pwrite(fd, holder, strlen(holder), 0);
+        (void)written; /* the description is a courtesy; the lock is what counts */
+    }
+    checkpoint_lock *lock = malloc(sizeof *lock);
+    if (!lock) {
+        close(fd);
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory");
+    }
+    lock->fd = fd;
+    *out = lock;
+    return DDT_OK;
+}
+
+void checkpoint_unlock(checkpoint_lock *lock) {
+    if (!lock) return;
+    close(lock->fd); /* closing drops the flock */
+    free(lock);
 }
 
 static ddt_status missing_attribute(const char *path, const char *name) {
@@ -642,6 +717,12 @@ static ddt_status read_contents(hid_t file, const char *path, const model_spec *
     memcpy(out->optimizer_kind, kind, kind_length + 1);
     free(kind);
     DDT_CHECK(read_string_attribute(file, path, "configuration", &out->configuration));
+    /* Written since checkpoints record their data; older ones have none (""). */
+    if (H5Aexists(file, "dataset_identity") > 0)
+        DDT_CHECK(read_string_attribute(file, path, "dataset_identity", &out->dataset_identity));
+    else
+        out->dataset_identity = strdup("");
+    if (!out->dataset_identity) return ddt_error(DDT_ERR_MEMORY, "%s: out of memory", path);
 
     const struct {
         const char *name;
@@ -689,7 +770,7 @@ ddt_status checkpoint_read_for(const char *path, const model_spec *expected,
                                path, hdf5_error_detail(detail, sizeof detail));
         } else {
             status = read_contents(file, path, expected, out);
-            H5Fclose(file);
+            hdf5_file_close(file);
         }
     }
     hdf5_lock_release();
@@ -700,6 +781,7 @@ ddt_status checkpoint_read_for(const char *path, const model_spec *expected,
 void checkpoint_loaded_free(checkpoint_loaded *loaded) {
     if (!loaded) return;
     free(loaded->configuration);
+    free(loaded->dataset_identity);
     free(loaded->optimizer_state);
     free(loaded->parameters);
     memset(loaded, 0, sizeof *loaded);

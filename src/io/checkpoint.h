@@ -67,6 +67,8 @@ typedef struct checkpoint_state {
     int world_size;            /* at save time (informational) */
     const char *configuration; /* resolved configuration text, stored for the record (may be
                                   NULL: stored as "") */
+    const char *dataset_identity; /* what data the run trains on (dataset_identity(); may be
+                                     NULL: stored as ""), checked when resuming */
 } checkpoint_state;
 
 /* For tests: before_commit is called after the temporary file is fully written and closed
@@ -100,6 +102,7 @@ typedef struct checkpoint_loaded {
     double loss_scale;
     int world_size;
     char *configuration;
+    char *dataset_identity; /* "" in checkpoints written before it was recorded */
 } checkpoint_loaded;
 
 /* The newest complete checkpoint in DIR (highest step among files named
@@ -107,6 +110,27 @@ typedef struct checkpoint_loaded {
  * *found false (and DDT_OK) if there is none or DIR does not exist. DDT_ERR_IO if DIR exists
  * but cannot be read, or the path does not fit. */
 ddt_status checkpoint_find_latest(const char *directory, char *path, size_t path_size, bool *found);
+
+/* The same, saying also what it passed over: complete checkpoints are preferred newest first,
+ * and a newer file under a checkpoint's name that is not complete (truncated, damaged) is
+ * skipped; the caller warns about it by name. */
+typedef struct checkpoint_search {
+    bool found;
+    char path[4096];              /* the newest complete one, when found */
+    int passed_over;              /* newer files that are not complete checkpoints */
+    char newest_passed_over[4096]; /* the newest of them */
+} checkpoint_search;
+ddt_status checkpoint_search_latest(const char *directory, checkpoint_search *out);
+
+/* One job per checkpoint directory: takes DIR/.ddtrain.lock (flock, held until
+ * checkpoint_unlock() or the process's end: the kernel releases it when the process dies, so
+ * a crash never leaves it taken). `holder` describes this job ("pid 12 on node7 since
+ * 2026-12-03 15:04") for the message another job gets. DDT_ERR_USAGE naming the holder when
+ * another process has it. */
+typedef struct checkpoint_lock checkpoint_lock;
+ddt_status checkpoint_lock_directory(const char *directory, const char *holder,
+                                     checkpoint_lock **out);
+void checkpoint_unlock(checkpoint_lock *lock);
 
 /* Reads a whole checkpoint into *out (zeroed first; left empty on failure). Errors name the
  * file: missing, not HDF5, not a complete checkpoint, a missing or mistyped attribute or

@@ -16,6 +16,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <inttypes.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -762,4 +764,39 @@ ddt_status dataset_read_range(dataset *ds, int64_t first, int count, float *feat
     hdf5_lock_release();
     DDT_CHECK(status);
     return validate(ds, NULL, first, count, features, labels, targets);
+}
+
+/* ---------------------------------------------------------------------------------------- */
+/* Identity                                                                                 */
+
+ddt_status dataset_identity(const dataset *ds, char *text, size_t size) {
+    const dataset_geometry *g = &ds->geometry;
+    size_t used = 0;
+    text[0] = '\0';
+    for (int i = 0; i < ds->shard_count; i++) {
+        const char *path = ds->shards[i].path;
+        const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
+        uint64_t hash = 0xcbf29ce484222325ull, bytes = 0; /* FNV-1a of the first 64 KiB */
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            struct stat info;
+            if (fstat(fd, &info) == 0) bytes = (uint64_t)info.st_size;
+            unsigned char head[1 << 16];
+            ssize_t got = pread(fd, head, sizeof head, 0);
+            for (ssize_t k = 0; k < got; k++)
+                hash = (hash ^ head[k]) * 0x100000001b3ull;
+            close(fd);
+        }
+        int written = snprintf(text + used, size - used,
+                               "%s%s: %" PRId64 " rows x %d, %s %d, %" PRIu64
+                               " bytes, header %016" PRIx64,
+                               i ? "; " : "", name, ds->shards[i].rows, g->features,
+                               g->class_labels ? "classes" : "targets",
+                               g->class_labels ? g->classes : g->target_width, bytes, hash);
+        if (written < 0 || (size_t)written >= size - used)
+            return ddt_error(DDT_ERR_INTERNAL, "dataset identity of %d shards is too long",
+                             ds->shard_count);
+        used += (size_t)written;
+    }
+    return DDT_OK;
 }

@@ -102,6 +102,12 @@ ddt_status dataset_read_rows(dataset *ds, const int64_t *rows, int count, float 
 ddt_status dataset_read_range(dataset *ds, int64_t first, int count, float *features,
                               int32_t *labels, float *targets);
 
+/* A text that tells this data apart from any other, for checkpoints: per shard its file name
+ * (not the directory: a copy elsewhere is the same data), rows, width, label kind, size in
+ * bytes and a fingerprint of its first 64 KiB (the HDF5 superblock and object headers).
+ * DDT_ERR_INTERNAL if it does not fit in `size`. */
+ddt_status dataset_identity(const dataset *ds, char *text, size_t size);
+
 /* Sets the size of HDF5's chunk cache for each chunked shard's /features, in bytes (0: no
  * chunk cache; every read then goes to the file, decompressing whole chunks). Until called,
  * HDF5's default applies (1 MiB per shard). Reopens /features. A chunk larger than the cache

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "io/hdf5_lock.h"
+#include "util/files.h"
 
 #define DATASET_FORMAT_VERSION 1
 #define DATASET_CHUNK_TARGET_BYTES (1 << 20)
@@ -116,7 +117,7 @@ ddt_status dataset_writer_open(const char *path, const dataset_writer_params *pa
         free(w);
         return ddt_error(DDT_ERR_MEMORY, "%s: out of memory", path);
     }
-    hdf5_temp_path(path, w->temp_path, temp_size);
+    file_temp_path(path, w->temp_path, temp_size);
     w->rows = params->rows;
     w->features = params->features;
     w->class_labels = params->class_labels;
@@ -141,6 +142,13 @@ ddt_status dataset_writer_open(const char *path, const dataset_writer_params *pa
         status = hdf5_failure(path, "creating the HDF5 file");
         goto fail;
     }
+    /* The whole file's room up front (uncompressed size: compression only needs less), so a
+     * full disk is refused now, with the numbers, not halfway through the rows. */
+    uint64_t row_bytes = 4 * ((uint64_t)params->features +
+                              (params->class_labels ? 1 : (uint64_t)params->target_width));
+    DDT_CHECK_GOTO(hdf5_reserve(w->file, path,
+                                hdf5_reserve_estimate(row_bytes * (uint64_t)params->rows)),
+                   status, fail);
     int64_t chunk_rows = params->chunk_rows;
     if (chunk_rows == 0) chunk_rows = DATASET_CHUNK_TARGET_BYTES / ((int64_t)params->features * 4);
     if (chunk_rows > params->rows) chunk_rows = params->rows;
@@ -241,12 +249,12 @@ ddt_status dataset_writer_close(dataset_writer *w) {
     if (H5Dclose(w->features_dataset) < 0) closed = -1;
     w->labels_dataset = w->features_dataset = H5I_INVALID_HID;
     /* H5Fclose flushes; its failure (e.g. disk full) means the file is incomplete. */
-    if (H5Fclose(w->file) < 0) closed = -1;
+    if (hdf5_file_close(w->file) < 0) closed = -1;
     w->file = H5I_INVALID_HID;
     if (closed < 0) status = hdf5_failure(w->path, "finishing the file");
     hdf5_lock_release();
     if (status == DDT_OK) {
-        status = hdf5_file_commit(w->temp_path, w->path);
+        status = file_publish(w->temp_path, w->path);
     } else {
         unlink(w->temp_path);
     }
@@ -259,7 +267,7 @@ void dataset_writer_abort(dataset_writer *w) {
     hdf5_lock_acquire();
     if (w->labels_dataset >= 0) H5Dclose(w->labels_dataset);
     if (w->features_dataset >= 0) H5Dclose(w->features_dataset);
-    if (w->file >= 0) H5Fclose(w->file);
+    if (w->file >= 0) hdf5_file_close(w->file);
     hdf5_lock_release();
     unlink(w->temp_path);
     free_writer(w);

@@ -7,9 +7,10 @@
  * HDF5's automatic error-stack printing: users see ddtrain's messages only, and
  * hdf5_error_detail() can still quote HDF5's reason when it helps.
  *
- * Writers (dataset_writer.c, model_file.c) write under a temporary name beside the target and
- * publish it with hdf5_file_commit(): fsync, rename, fsync the directory. A crash at any point
- * leaves either the old file or the complete new one under the final name.
+ * Writers (dataset_writer.c, model_file.c, checkpoint.c) write under a temporary name beside
+ * the target (file_temp_path) and publish it with file_publish() (util/files.h): fsync,
+ * rename, fsync the directory. A crash at any point leaves either the old file or the complete
+ * new one under the final name.
  *
  * Usage:
  *     hdf5_lock_acquire();
@@ -20,6 +21,8 @@
 #ifndef DDT_IO_HDF5_LOCK_H
 #define DDT_IO_HDF5_LOCK_H
 
+#include <hdf5.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,30 +39,42 @@ void hdf5_lock_release(void);
  * writers do not. */
 void hdf5_lock_mark_reading(const char *path);
 
-/* The innermost HDF5 error message on the current error stack (e.g. "can't open file"), or
- * "unknown HDF5 error". Call with the lock held, right after the failing call. Writes into
- * `buffer` and returns it. */
+/* Why the first HDF5 call that failed since this thread took the lock (outermost) failed: a
+ * system call's own words where one failed ("No space left on device"), else HDF5's innermost
+ * message ("can't open file"), else "unknown HDF5 error". Later calls (closing what was open)
+ * do not replace it. Call with the lock held. Writes into `buffer` and returns it. */
 const char *hdf5_error_detail(char *buffer, size_t size);
 
-/* The temporary name writers use for `path`: "PATH.tmp-<pid>". */
-void hdf5_temp_path(const char *path, char *out, size_t out_size);
+/* H5Fclose, remembering a failure: HDF5 1.10 keeps a file whose close failed (its final flush
+ * hit a full disk) in its tables, and its clean-up at exit then crashes on it (a known HDF5
+ * bug). Writers reserve their space first (hdf5_reserve) so this should not happen; if it
+ * does anyway, hdf5_shut_down_unsafe() says so and the program must end with _exit() after
+ * its message (the file is a temporary that has been deleted). */
+herr_t hdf5_file_close(hid_t file);
+bool hdf5_shut_down_unsafe(void);
 
-/* Publishes a closed file: fsyncs `temp_path`, renames it to `path`, fsyncs the directory.
- * On failure the temporary file is deleted and `path` is unchanged; the message names `path`. */
-ddt_status hdf5_file_commit(const char *temp_path, const char *path);
+/* What to reserve for a file holding `data_bytes` of array data: the data plus room for
+ * HDF5's metadata (object headers, attributes, the superblock) and a margin. */
+uint64_t hdf5_reserve_estimate(uint64_t data_bytes);
+
+/* Reserves `bytes` of disk for an open HDF5 file (util/files.h file_reserve) before anything
+ * is written to it, so a full disk is refused up front with the numbers. */
+ddt_status hdf5_reserve(int64_t file, const char *path, uint64_t bytes);
 
 /* Checks that `path` exists, is not a directory and is readable, with errno's words in the
  * message ("PATH: cannot open: No such file or directory"), before HDF5 gives its own vaguer
  * ones. */
 ddt_status hdf5_check_readable(const char *path);
 
-/* The first half of an atomic write: creates `temp_path` as a new HDF5 file, lets `write` fill
- * it (the lock is held; `file` is an hid_t), closes it, and deletes it on any failure.
- * Messages name `path`, the final name. The caller then publishes it with hdf5_file_commit().
+/* The first half of an atomic write: creates `temp_path` as a new HDF5 file, reserves
+ * `reserve_bytes` of disk for it (what `write` will put there, with room for HDF5's own
+ * metadata), lets `write` fill it (the lock is held; `file` is an hid_t), closes it, and
+ * deletes it on any failure.
+ * Messages name `path`, the final name. The caller then publishes it with file_publish().
  * Shared by the model and checkpoint writers (the dataset writer keeps its file open across
  * appends). */
 typedef ddt_status (*hdf5_contents_writer)(int64_t file, const char *path, const void *context);
-ddt_status hdf5_write_temporary(const char *temp_path, const char *path, hdf5_contents_writer write,
-                                const void *context);
+ddt_status hdf5_write_temporary(const char *temp_path, const char *path, uint64_t reserve_bytes,
+                                hdf5_contents_writer write, const void *context);
 
 #endif

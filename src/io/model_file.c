@@ -17,6 +17,7 @@
 
 #include "io/hdf5_lock.h"
 #include "io/hdf5_storage.h"
+#include "util/files.h"
 
 static void directory_of(const char *path, char *out, size_t size) {
     const char *slash = strrchr(path, '/');
@@ -117,10 +118,12 @@ ddt_status model_file_save(const char *path, const model_spec *spec, const float
     DDT_CHECK(model_file_check_writable(path));
     char temp_path[4096 + 32];
     if (strlen(path) >= 4096) return ddt_error(DDT_ERR_USAGE, "%.80s...: path too long", path);
-    hdf5_temp_path(path, temp_path, sizeof temp_path);
+    file_temp_path(path, temp_path, sizeof temp_path);
     save_arguments arguments = {spec, host_params};
-    DDT_CHECK(hdf5_write_temporary(temp_path, path, write_saved_model, &arguments));
-    return hdf5_file_commit(temp_path, path);
+    uint64_t data = model_spec_parameter_count(spec) * sizeof(float) + strlen(spec->text);
+    DDT_CHECK(hdf5_write_temporary(temp_path, path, hdf5_reserve_estimate(data), write_saved_model,
+                                   &arguments));
+    return file_publish(temp_path, path);
 }
 
 /* Reads the root "model" attribute, fixed- or variable-length, into `out`. */
@@ -314,10 +317,11 @@ static ddt_status read_model_file(const char *path, const model_reader *reader) 
         if (file < 0) {
             status = hdf5_failure(path, "opening");
         } else {
-            status = reader->spec_out ? model_file_read_spec_contents(file, path, reader->spec_out)
-                                      : model_file_read_parameters_contents(
-                                            file, path, reader->spec, reader->host_params);
-            H5Fclose(file);
+            status = reader->spec_out
+                         ? model_file_read_spec_contents(file, path, reader->spec_out)
+                         : model_file_read_parameters_contents(file, path, reader->spec,
+                                                               reader->host_params);
+            hdf5_file_close(file);
         }
     }
     hdf5_lock_release();

@@ -9,10 +9,14 @@ static _Thread_local char error_message[1024];
 static _Thread_local char error_trail[512];
 
 ddt_status ddt_error(ddt_status code, const char *format, ...) {
+    /* Formatted aside first: callers may pass ddt_error_message() itself as an argument
+     * ("%s: %s", what, ddt_error_message()), and vsnprintf into its own source is undefined. */
+    char message[sizeof error_message];
     va_list args;
     va_start(args, format);
-    vsnprintf(error_message, sizeof error_message, format, args);
+    vsnprintf(message, sizeof message, format, args);
     va_end(args);
+    memcpy(error_message, message, sizeof error_message);
     error_trail[0] = '\0';
     return code;
 }

@@ -28,7 +28,8 @@ typedef enum ddt_status {
     DDT_ERR_INTERNAL, /* a bug in ddtrain */
 } ddt_status;
 
-/* Records a printf-style message for the calling thread and returns `code` unchanged. */
+/* Records a printf-style message for the calling thread and returns `code` unchanged. The
+ * arguments may include ddt_error_message() (to add context to an earlier message). */
 ddt_status ddt_error(ddt_status code, const char *format, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -44,6 +44,14 @@ bad "indivisible global batch" 2 "--global-batch 30" --data "$WORK/good.h5" --gl
   --micro-batch 4
 bad "missing --data" 2 "--data is required"
 bad "epochs and steps" 2 "not both" --data "$WORK/good.h5" --epochs 2
+bad "unknown device" 2 "--device: 'banana' is not one of auto, cpu or cuda" --data "$WORK/good.h5" --device banana
+# eval chooses its device with the same rule as train (it used to accept anything).
+"$DDTRAIN" train "${model[@]}" --data "$WORK/good.h5" --save "$WORK/model.h5" >/dev/null 2>&1 ||
+  fail "training the model for eval"
+for n in 1 2; do
+  expect_fail_all_ranks "eval --device banana, $n rank(s)" "$n" 2 "--device: 'banana' is not one of auto, cpu or cuda" \
+    -- eval --model-file "$WORK/model.h5" --data "$WORK/good.h5" --device banana
+done
 
 # Files given to ddtrain are never modified by a failed run.
 sum_before=$(md5sum "$WORK/nan.h5" "$WORK/good.h5")

@@ -37,10 +37,11 @@ if ! "$clang" -fsanitize=fuzzer "$probe" -o "$build/probe" >/dev/null 2>&1; then
   exit 77
 fi
 
-sources=(src/util/status.c src/util/rng.c src/io/dataset.c src/io/hdf5_storage.c
-         src/io/hdf5_lock.c src/io/model_file.c src/engine/model.c src/engine/alloc.c)
 started=$SECONDS
-(cd "$root" && "$clang" -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror \
+(cd "$root" &&
+  sources=(src/util/*.c src/io/dataset.c src/io/hdf5_storage.c src/io/hdf5_lock.c
+           src/io/model_file.c src/engine/model.c src/engine/alloc.c) &&
+  "$clang" -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -Isrc -I"$hdf5_include" tests/fuzz/fuzz_readers.c "${sources[@]}" "$hdf5_library" -lm -lpthread \
   -o "$build/fuzz_readers") || { echo "FAIL: building the fuzz target"; exit 1; }

@@ -44,8 +44,9 @@ static const double nccl_spin_seconds = 100e-6;
 static const long nccl_poll_sleep_nanoseconds = 50000;
 
 typedef struct nccl_request_slot {
-    cudaEvent_t done; /* recorded on the communication stream after the collective */
-    size_t count;     /* floats being reduced, for messages */
+    cudaEvent_t started; /* recorded on the communication stream before the collective */
+    cudaEvent_t done;    /* recorded on the communication stream after the collective */
+    size_t count;        /* floats being reduced, for messages */
 } nccl_request_slot;
 
 typedef struct nccl_backend {
@@ -58,6 +59,7 @@ typedef struct nccl_backend {
     nccl_request_slot **slots;      /* every slot made, owned */
     nccl_request_slot **free_slots; /* a stack of the slots not in flight */
     int slot_count, free_count;
+    double busy_seconds; /* GPU time of the completed bucket all-reduces (started..done) */
 } nccl_backend;
 
 /* What an operation is, for messages: "ncclAllReduce of a gradient bucket (1024 floats)". */
@@ -69,12 +71,6 @@ typedef struct nccl_operation {
 /* The device's compute stream (borrowed; asked for each time, in case the backend changes it). */
 static cudaStream_t compute_stream(const comm *c) {
     return (cudaStream_t)c->dev->ops->native_stream(c->dev);
-}
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 static const char *file_name(const char *path) {
@@ -120,12 +116,14 @@ nccl_fail(comm *c, nccl_operation op, const char *file, int line, const char *fo
 }
 
 /* Polls until the communicator has no call in progress and, if `event` is not NULL, the event
- * has completed; fails on an asynchronous NCCL error, a CUDA error, or when nothing completed
- * for comm->timeout_seconds (a timeout <= 0 checks once). */
+ * has completed; fails on an asynchronous NCCL error or a CUDA error. Waiting follows the
+ * policy every backend shares (comm_wait_tick): the wait hook (the watchdog's pings and its
+ * "waited N s for rank(s) ..." warning) runs every half second, and a wait with no progress
+ * for comm->timeout_seconds fails (0: no limit), aborting the communicator. */
 static ddt_status nccl_poll(comm *c, cudaEvent_t event, nccl_operation op, const char *file,
                             int line) {
     nccl_backend *b = c->backend;
-    double start = now_seconds();
+    comm_wait w = comm_wait_begin(c);
     for (;;) {
         ncclResult_t state = ncclSuccess;
         ncclResult_t result = ncclCommGetAsyncError(b->comm, &state);
@@ -148,13 +146,12 @@ static ddt_status nccl_poll(comm *c, cudaEvent_t event, nccl_operation op, const
             }
         }
         if (done) return DDT_OK;
-        double waited = now_seconds() - start;
-        if (waited >= c->timeout_seconds)
-            return nccl_fail(c, op, file, line,
-                             "no progress for %g s (a rank may have died, failed, or stopped "
-                             "calling the same collectives; see comm_set_timeout)",
-                             c->timeout_seconds);
-        if (waited >= nccl_spin_seconds) {
+        if (comm_wait_tick(c, &w, op.name) != DDT_OK) {
+            char why[512];
+            snprintf(why, sizeof why, "%s", ddt_error_message()); /* nccl_fail rewrites it */
+            return nccl_fail(c, op, file, line, "%s", why);
+        }
+        if (w.now - w.started >= nccl_spin_seconds) {
             struct timespec pause = {0, nccl_poll_sleep_nanoseconds};
             nanosleep(&pause, NULL);
         }
@@ -217,10 +214,15 @@ static ddt_status nccl_grow_slots(comm *c, int wanted) {
     while (b->slot_count < wanted) {
         nccl_request_slot *slot = calloc(1, sizeof *slot);
         if (!slot) return ddt_error(DDT_ERR_MEMORY, "out of host memory for NCCL requests");
-        cudaError_t result = cudaEventCreateWithFlags(&slot->done, cudaEventDisableTiming);
+        /* Timing events: the bucket's GPU time is measured from them (nccl_account). */
+        cudaError_t result = cudaEventCreate(&slot->started);
+        if (result == cudaSuccess) {
+            result = cudaEventCreate(&slot->done);
+            if (result != cudaSuccess) (void)cudaEventDestroy(slot->started);
+        }
         if (result != cudaSuccess) {
             free(slot);
-            return cuda_result(c, result, "cudaEventCreateWithFlags", op, __FILE__, __LINE__);
+            return cuda_result(c, result, "cudaEventCreate", op, __FILE__, __LINE__);
         }
         b->slots[b->slot_count++] = slot;
         b->free_slots[b->free_count++] = slot;
@@ -235,6 +237,20 @@ static ddt_status nccl_reserve_requests(comm *c, int requests) {
     return nccl_grow_slots(c, in_flight + requests);
 }
 
+/* Adds a completed bucket's GPU time (its events have both completed) to busy_seconds. */
+static void nccl_account(nccl_backend *b, const nccl_request_slot *slot) {
+    float milliseconds = 0;
+    if (cudaEventElapsedTime(&milliseconds, slot->started, slot->done) == cudaSuccess)
+        b->busy_seconds += 1e-3 * (double)milliseconds;
+    else
+        (void)cudaGetLastError(); /* a timing that cannot be read is not a failure */
+}
+
+static double nccl_device_busy_seconds(const comm *c) {
+    const nccl_backend *b = c->backend;
+    return b ? b->busy_seconds : 0.0;
+}
+
 static void nccl_release_slot(nccl_backend *b, comm_request *request) {
     b->free_slots[b->free_count++] = request->handle;
     request->handle = NULL;
@@ -245,13 +261,14 @@ static void nccl_release_slot(nccl_backend *b, comm_request *request) {
 /* Waits (bounded by the timeout) for a non-blocking call on a communicator being torn down;
  * records no message, so that an earlier error's message survives comm_free(). */
 static ncclResult_t nccl_settle_quietly(nccl_backend *b, double timeout_seconds) {
-    double start = now_seconds();
+    double start = comm_seconds_now();
     for (;;) {
         ncclResult_t state = ncclSuccess;
         ncclResult_t result = ncclCommGetAsyncError(b->comm, &state);
         if (result != ncclSuccess) return result;
         if (state != ncclInProgress) return state;
-        if (now_seconds() - start >= timeout_seconds) return ncclInProgress;
+        if (timeout_seconds > 0 && comm_seconds_now() - start >= timeout_seconds)
+            return ncclInProgress; /* 0: no limit, as for every wait */
         struct timespec pause = {0, nccl_poll_sleep_nanoseconds};
         nanosleep(&pause, NULL);
     }
@@ -275,6 +292,7 @@ static void nccl_teardown(comm *c) {
     }
     for (int i = 0; i < b->slot_count; i++) {
         (void)cudaEventDestroy(b->slots[i]->done);
+        (void)cudaEventDestroy(b->slots[i]->started);
         free(b->slots[i]);
     }
     free(b->slots);
@@ -315,9 +333,9 @@ static ddt_status nccl_open_local(comm *c, size_t *free_before) {
 /* Collective over comm->world: every rank learns whether all succeeded. On failure,
  * *first_failed is the lowest rank that failed. */
 static ddt_status agree(comm *c, bool ok, int *first_failed) {
-    int value = ok ? c->world_size : c->rank;
-    int rc = MPI_Allreduce(&value, first_failed, 1, MPI_INT, MPI_MIN, c->world);
-    if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Allreduce (agreeing on NCCL set-up)");
+    double value = ok ? c->world_size : c->rank;
+    DDT_CHECK(comm_allreduce_doubles(c, &value, 1, COMM_REDUCE_MIN));
+    *first_failed = (int)value;
     return DDT_OK;
 }
 
@@ -362,11 +380,8 @@ static ddt_status nccl_open(comm *c) {
                             __LINE__);
         bootstrap.ok = local == DDT_OK;
     }
-    int rc = MPI_Bcast(&bootstrap, (int)sizeof bootstrap, MPI_BYTE, 0, c->world);
-    if (rc != MPI_SUCCESS) {
-        status = comm_mpi_error(rc, "MPI_Bcast (the NCCL unique id)");
-        goto fail;
-    }
+    status = comm_broadcast_bytes(c, &bootstrap, sizeof bootstrap, 0, "the NCCL unique id");
+    if (status != DDT_OK) goto fail;
     if (!bootstrap.ok) {
         status = c->rank == 0 ? local : peer_failed(c, 0, "ncclGetUniqueId");
         goto fail;
@@ -413,10 +428,11 @@ typedef enum nccl_collective {
  * so far, then records `done` after it. Never blocks the host, except to poll NCCL through a
  * background enqueue (ncclInProgress), bounded by the timeout. */
 static ddt_status nccl_enqueue(comm *c, nccl_collective collective, float *buffer, size_t count,
-                               int root, cudaEvent_t done, nccl_operation op) {
+                               int root, cudaEvent_t started, cudaEvent_t done, nccl_operation op) {
     nccl_backend *b = c->backend;
     CUDA_CHECK(c, cudaEventRecord(b->ready, compute_stream(c)), op);
     CUDA_CHECK(c, cudaStreamWaitEvent(b->stream, b->ready, 0), op);
+    if (started) CUDA_CHECK(c, cudaEventRecord(started, b->stream), op);
     switch (collective) {
     case NCCL_COLLECTIVE_ALLREDUCE:
         NCCL_CHECK(c, ncclAllReduce(buffer, buffer, count, ncclFloat, ncclSum, b->comm, b->stream),
@@ -445,7 +461,7 @@ static ddt_status nccl_blocking(comm *c, nccl_collective collective, float *buff
     nccl_backend *b = c->backend;
     DDT_CHECK(nccl_check_alive(c, op));
     if (count == 0) return DDT_OK;
-    DDT_CHECK(nccl_enqueue(c, collective, buffer, count, root, b->blocking_done, op));
+    DDT_CHECK(nccl_enqueue(c, collective, buffer, count, root, NULL, b->blocking_done, op));
     DDT_CHECK(nccl_poll(c, b->blocking_done, op, __FILE__, __LINE__));
     return nccl_order_compute_after(c, b->blocking_done, op);
 }
@@ -478,7 +494,7 @@ static ddt_status nccl_allreduce_start(comm *c, float *buffer, size_t count,
     slot->count = count;
     request->handle = slot;
     ddt_status status =
-        nccl_enqueue(c, NCCL_COLLECTIVE_ALLREDUCE, buffer, count, 0, slot->done, op);
+        nccl_enqueue(c, NCCL_COLLECTIVE_ALLREDUCE, buffer, count, 0, slot->started, slot->done, op);
     if (status != DDT_OK) {
         ddt_error_trace(__FILE__, __LINE__);
         nccl_release_slot(b, request);
@@ -501,6 +517,7 @@ static ddt_status nccl_allreduce_test(comm *c, comm_request *request, bool *done
     }
     DDT_CHECK(cuda_result(c, query, "cudaEventQuery", op, __FILE__, __LINE__));
     DDT_CHECK(nccl_order_compute_after(c, slot->done, op));
+    nccl_account(b, slot);
     nccl_release_slot(b, request);
     *done = true;
     return DDT_OK;
@@ -514,6 +531,7 @@ static ddt_status nccl_allreduce_wait(comm *c, comm_request *request) {
     ddt_status status = nccl_check_alive(c, op);
     if (status == DDT_OK) status = nccl_poll(c, slot->done, op, __FILE__, __LINE__);
     if (status == DDT_OK) status = nccl_order_compute_after(c, slot->done, op);
+    if (status == DDT_OK) nccl_account(b, slot);
     /* Released either way: a failed communicator is dead and its slots are only destroyed. */
     nccl_release_slot(b, request);
     return status;
@@ -528,5 +546,6 @@ const comm_backend_ops comm_nccl_ops = {
     .allreduce_start = nccl_allreduce_start,
     .allreduce_test = nccl_allreduce_test,
     .allreduce_wait = nccl_allreduce_wait,
+    .device_busy_seconds = nccl_device_busy_seconds,
     .close = nccl_close,
 };

@@ -37,6 +37,12 @@
 #define CUBLAS_WORKSPACE_BYTES ((size_t)32 << 20)
 #define UPLOAD_BUFFERS 2
 
+/* What the checks leave on the device for the host to read. */
+typedef struct cuda_reductions {
+    double sum_of_squares;
+    int nonfinite;
+} cuda_reductions;
+
 typedef struct cuda_backend {
     cudaStream_t compute_stream; /* every operation */
     cudaStream_t copy_stream;    /* upload_async() only */
@@ -49,10 +55,11 @@ typedef struct cuda_backend {
     bool buffer_free_recorded[UPLOAD_BUFFERS];
     int current_buffer; /* the buffer of the last upload_wait(); -1 before the first */
 
-    /* check_finite's flag: 256 bytes of cudaMalloc and a page-locked int, taken at open (the
-     * allocator is not known yet then) and returned at close. */
-    int *device_flag;
-    int *host_flag;
+    /* The results of check_finite (a flag) and sum_of_squares (a double): 256 bytes of
+     * cudaMalloc and a page-locked copy, taken at open (the allocator is not known yet then)
+     * and returned at close. */
+    cuda_reductions *device_results;
+    cuda_reductions *host_results;
 
     /* GEMM arithmetic and its workspace, owned by the allocator given to set_precision(). */
     precision_kind precision;
@@ -60,6 +67,9 @@ typedef struct cuda_backend {
     void *cublas_workspace;
     void *cast_a, *cast_b;       /* bf16/fp16 copies of the GEMM operands */
     size_t cast_capacity_floats; /* elements each cast buffer holds */
+
+    /* timer_mark/timer_elapsed: timing events, recorded on the compute stream. */
+    cudaEvent_t timers[DEVICE_TIMER_SLOTS];
 
     /* The first failure of an operation that returns void; reported by the next status. */
     ddt_status deferred_status;
@@ -393,14 +403,9 @@ static void cuda_adamw_update(device *dev, size_t count, float *params, const fl
                               float weight_decay, int64_t step) {
     cuda_backend *backend = backend_of(dev);
     /* The per-step scalars exactly as device_cpu.c computes them (torch.optim.AdamW). */
-    double correction1 = 1.0 - pow((double)beta1, (double)step);
-    double correction2 = 1.0 - pow((double)beta2, (double)step);
-    float step_size = (float)(lr / correction1);
-    float inv_sqrt_correction2 = (float)(1.0 / sqrt(correction2));
-    float decay = 1.0f - lr * weight_decay;
-    CUDA_DEFER(backend,
-               kernels_adamw_update(backend->compute_stream, count, params, grads, m, v, beta1,
-                                    beta2, eps, decay, step_size, inv_sqrt_correction2));
+    adamw_scalars scalars = adamw_scalars_for(lr, beta1, beta2, eps, weight_decay, step);
+    CUDA_DEFER(backend, kernels_adamw_update(backend->compute_stream, count, params, grads, m, v,
+                                             &scalars));
 }
 
 /* --- checks and synchronisation ---------------------------------------------------------- */
@@ -409,12 +414,27 @@ static ddt_status cuda_check_finite(device *dev, size_t count, const float *x, b
     cuda_backend *backend = backend_of(dev);
     *all_finite = false;
     DDT_CHECK(cuda_deferred(dev));
-    CUDA_CHECK(cudaMemsetAsync(backend->device_flag, 0, sizeof(int), backend->compute_stream));
-    CUDA_CHECK(kernels_find_nonfinite(backend->compute_stream, count, x, backend->device_flag));
-    CUDA_CHECK(cudaMemcpyAsync(backend->host_flag, backend->device_flag, sizeof(int),
+    int *flag = &backend->device_results->nonfinite;
+    CUDA_CHECK(cudaMemsetAsync(flag, 0, sizeof *flag, backend->compute_stream));
+    CUDA_CHECK(kernels_find_nonfinite(backend->compute_stream, count, x, flag));
+    CUDA_CHECK(cudaMemcpyAsync(&backend->host_results->nonfinite, flag, sizeof *flag,
                                cudaMemcpyDeviceToHost, backend->compute_stream));
     CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
-    *all_finite = *backend->host_flag == 0;
+    *all_finite = backend->host_results->nonfinite == 0;
+    return DDT_OK;
+}
+
+static ddt_status cuda_sum_of_squares(device *dev, size_t count, const float *x, double *sum) {
+    cuda_backend *backend = backend_of(dev);
+    *sum = NAN;
+    DDT_CHECK(cuda_deferred(dev));
+    double *total = &backend->device_results->sum_of_squares;
+    CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof *total, backend->compute_stream));
+    CUDA_CHECK(kernels_sum_of_squares(backend->compute_stream, count, x, total));
+    CUDA_CHECK(cudaMemcpyAsync(&backend->host_results->sum_of_squares, total, sizeof *total,
+                               cudaMemcpyDeviceToHost, backend->compute_stream));
+    CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
+    *sum = backend->host_results->sum_of_squares;
     return DDT_OK;
 }
 
@@ -578,11 +598,26 @@ static ddt_status cuda_upload_async(device *dev, void *device_dst, const void *h
 }
 
 /* Compute work issued from now on waits for upload `buffer`; the other buffer is released
- * (everything that may read it has been issued), for the next upload into it. */
+ * (everything that may read it has been issued), for the next upload into it.
+ *
+ * Called before every micro-batch, it is also where a failure of the operations that cannot
+ * return one surfaces without costing a synchronisation: a failed launch recorded by
+ * cuda_defer(), or a fault inside a kernel already run (a sticky error, which
+ * cudaStreamQuery reports without waiting). So a failed step ends at the next micro-batch,
+ * before its garbage is all-reduced, not at the next step that reports. */
 static ddt_status cuda_upload_wait(device *dev, int buffer) {
     cuda_backend *backend = backend_of(dev);
     DDT_CHECK(check_buffer(buffer));
+    DDT_CHECK(cuda_deferred(dev));
     CUDA_CHECK(cudaSetDevice(dev->ordinal));
+    cudaError_t state = cudaStreamQuery(backend->compute_stream);
+    if (state == cudaErrorNotReady) {
+        /* Not an error: work is still running. Keep it out of cudaGetLastError(). */
+        if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
+    } else if (state != cudaSuccess) {
+        return cuda_failure(state, "an operation on the compute stream (found by cudaStreamQuery)",
+                            __FILE__, __LINE__);
+    }
     int other = UPLOAD_BUFFERS - 1 - buffer;
     CUDA_CHECK(cudaEventRecord(backend->buffer_free[other], backend->compute_stream));
     backend->buffer_free_recorded[other] = true;
@@ -599,6 +634,33 @@ static ddt_status cuda_upload_host_done(device *dev, int buffer) {
     return DDT_OK;
 }
 
+/* --- timing ------------------------------------------------------------------------------ */
+
+static ddt_status check_timer_slot(int slot) {
+    if (slot < 0 || slot >= DEVICE_TIMER_SLOTS)
+        return ddt_error(DDT_ERR_INTERNAL, "timer slot %d is not in [0, %d)", slot,
+                         DEVICE_TIMER_SLOTS);
+    return DDT_OK;
+}
+
+static ddt_status cuda_timer_mark(device *dev, int slot) {
+    cuda_backend *backend = backend_of(dev);
+    DDT_CHECK(check_timer_slot(slot));
+    CUDA_CHECK(cudaEventRecord(backend->timers[slot], backend->compute_stream));
+    return DDT_OK;
+}
+
+static ddt_status cuda_timer_elapsed(device *dev, int from, int to, double *seconds) {
+    cuda_backend *backend = backend_of(dev);
+    DDT_CHECK(check_timer_slot(from));
+    DDT_CHECK(check_timer_slot(to));
+    CUDA_CHECK(cudaEventSynchronize(backend->timers[to]));
+    float milliseconds = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&milliseconds, backend->timers[from], backend->timers[to]));
+    *seconds = 1e-3 * (double)milliseconds;
+    return DDT_OK;
+}
+
 /* --- lifetime ---------------------------------------------------------------------------- */
 
 /* Releases whatever part of a backend exists, in reverse order of cuda_open's steps. The
@@ -607,8 +669,10 @@ static void cuda_backend_release(cuda_backend *backend) {
     if (!backend) return;
     if (backend->compute_stream) (void)cudaStreamSynchronize(backend->compute_stream);
     if (backend->copy_stream) (void)cudaStreamSynchronize(backend->copy_stream);
-    if (backend->host_flag) (void)cudaFreeHost(backend->host_flag);
-    if (backend->device_flag) (void)cudaFree(backend->device_flag);
+    if (backend->host_results) (void)cudaFreeHost(backend->host_results);
+    if (backend->device_results) (void)cudaFree(backend->device_results);
+    for (int i = DEVICE_TIMER_SLOTS - 1; i >= 0; i--)
+        if (backend->timers[i]) (void)cudaEventDestroy(backend->timers[i]);
     for (int i = UPLOAD_BUFFERS - 1; i >= 0; i--) {
         if (backend->buffer_free[i]) (void)cudaEventDestroy(backend->buffer_free[i]);
         if (backend->upload_done[i]) (void)cudaEventDestroy(backend->upload_done[i]);
@@ -651,6 +715,7 @@ static const device_ops cuda_ops = {
     .sgd_update = cuda_sgd_update,
     .adamw_update = cuda_adamw_update,
     .check_finite = cuda_check_finite,
+    .sum_of_squares = cuda_sum_of_squares,
     .synchronize = cuda_synchronize,
     .set_precision = cuda_set_precision,
     .precision_workspace_bytes = cuda_precision_workspace_bytes,
@@ -660,6 +725,8 @@ static const device_ops cuda_ops = {
     .upload_async = cuda_upload_async,
     .upload_wait = cuda_upload_wait,
     .upload_host_done = cuda_upload_host_done,
+    .timer_mark = cuda_timer_mark,
+    .timer_elapsed = cuda_timer_elapsed,
     .close = cuda_close,
 };
 
@@ -683,6 +750,7 @@ static ddt_status cuda_describe(device *dev) {
     }
     for (char *p = bus; *p; p++)
         *p = (char)tolower((unsigned char)*p); /* as nvidia-smi and sysfs write it */
+    snprintf(dev->identity, sizeof dev->identity, "%s", bus[0] != '?' ? bus : "");
     snprintf(dev->description, sizeof dev->description,
              "cuda:%d %.60s (PCI %.16s, sm_%d%d, %.1f GiB)", dev->ordinal, properties.name, bus,
              properties.major, properties.minor,
@@ -732,8 +800,11 @@ ddt_status device_cuda_open(device *dev) {
         CUDA_CHECK_GOTO(cudaEventCreateWithFlags(&backend->buffer_free[i], cudaEventDisableTiming),
                         status, fail);
     }
-    CUDA_CHECK_GOTO(cudaMalloc((void **)&backend->device_flag, 256), status, fail);
-    CUDA_CHECK_GOTO(cudaHostAlloc((void **)&backend->host_flag, sizeof(int), cudaHostAllocDefault),
+    for (int i = 0; i < DEVICE_TIMER_SLOTS; i++)
+        CUDA_CHECK_GOTO(cudaEventCreate(&backend->timers[i]), status, fail);
+    CUDA_CHECK_GOTO(cudaMalloc((void **)&backend->device_results, 256), status, fail);
+    CUDA_CHECK_GOTO(cudaHostAlloc((void **)&backend->host_results, sizeof(cuda_reductions),
+                                  cudaHostAllocDefault),
                     status, fail);
     DDT_CHECK_GOTO(cuda_describe(dev), status, fail);
     dev->ops = &cuda_ops;

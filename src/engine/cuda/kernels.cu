@@ -17,6 +17,7 @@
 #include <cuda_fp16.h>
 #include <math.h>
 
+#include "engine/optim_update.h"
 #include "util/rng.h"
 
 #define THREADS_PER_BLOCK 256
@@ -540,24 +541,17 @@ extern "C" cudaError_t kernels_count_correct(cudaStream_t stream, int rows, int 
 
 /* --- optimizers -------------------------------------------------------------------------- */
 
-/* PyTorch SGD, arranged as device_cpu.c arranges it: the step is
- * gradient_weight * g + velocity_weight * v. */
+/* The per-element arithmetic is engine/optim_update.h's, shared with device_cpu.c: every
+ * product and sum is rounded on its own (no fused multiply-add), in the CPU's order, so the
+ * GPU's updates equal the CPU's bit for bit. */
 static __global__ void sgd_kernel(size_t count, float *__restrict__ params,
                                   const float *__restrict__ grads, float *__restrict__ velocity,
                                   float lr, float momentum, float gradient_weight,
                                   float velocity_weight, float weight_decay, bool first_step) {
     GRID_STRIDE_LOOP(i, count) {
-        if (momentum == 0.0f) {
-            if (weight_decay == 0.0f)
-                params[i] -= lr * grads[i];
-            else
-                params[i] -= lr * (grads[i] + weight_decay * params[i]);
-        } else {
-            float g = grads[i] + weight_decay * params[i];
-            float v = first_step ? g : momentum * velocity[i] + g;
-            velocity[i] = v;
-            params[i] -= lr * (gradient_weight * g + velocity_weight * v);
-        }
+        float unused = 0.0f;
+        sgd_update_element(grads[i], &params[i], momentum == 0.0f ? &unused : &velocity[i], lr,
+                           momentum, gradient_weight, velocity_weight, weight_decay, first_step);
     }
 }
 
@@ -576,27 +570,18 @@ extern "C" cudaError_t kernels_sgd_update(cudaStream_t stream, size_t count, flo
 
 static __global__ void adamw_kernel(size_t count, float *__restrict__ params,
                                     const float *__restrict__ grads, float *__restrict__ m,
-                                    float *__restrict__ v, float beta1, float beta2, float eps,
-                                    float decay, float step_size, float inv_sqrt_correction2) {
-    float one_minus_beta1 = 1.0f - beta1, one_minus_beta2 = 1.0f - beta2;
+                                    float *__restrict__ v, adamw_scalars scalars) {
     GRID_STRIDE_LOOP(i, count) {
-        float g = grads[i];
-        float p = params[i] * decay;
-        float mi = beta1 * m[i] + one_minus_beta1 * g;
-        float vi = beta2 * v[i] + one_minus_beta2 * g * g;
-        m[i] = mi;
-        v[i] = vi;
-        params[i] = p - step_size * mi / (sqrtf(vi) * inv_sqrt_correction2 + eps);
+        adamw_update_element(&scalars, grads[i], &params[i], &m[i], &v[i]);
     }
 }
 
 extern "C" cudaError_t kernels_adamw_update(cudaStream_t stream, size_t count, float *params,
-                                            const float *grads, float *m, float *v, float beta1,
-                                            float beta2, float eps, float decay, float step_size,
-                                            float inv_sqrt_correction2) {
+                                            const float *grads, float *m, float *v,
+                                            const adamw_scalars *scalars) {
     if (count == 0) return cudaSuccess;
     adamw_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
-        count, params, grads, m, v, beta1, beta2, eps, decay, step_size, inv_sqrt_correction2);
+        count, params, grads, m, v, *scalars);
     return cudaGetLastError();
 }
 
@@ -615,5 +600,27 @@ extern "C" cudaError_t kernels_find_nonfinite(cudaStream_t stream, size_t count,
     if (count == 0) return cudaSuccess;
     find_nonfinite_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
         count, x, flag);
+    return cudaGetLastError();
+}
+
+/* One double atomic per block (at most MAX_SUM_BLOCKS): the order of those additions varies
+ * from run to run, which moves the gradient norm in its last bits only. */
+static __global__ void sum_of_squares_kernel(size_t count, const float *__restrict__ x,
+                                             double *sum) {
+    double total = 0.0;
+    GRID_STRIDE_LOOP(i, count) {
+        double value = x[i];
+        total += value * value;
+    }
+    double block_total = block_sum_double(total);
+    if (threadIdx.x == 0 && block_total != 0.0) atomicAdd(sum, block_total);
+}
+
+extern "C" cudaError_t kernels_sum_of_squares(cudaStream_t stream, size_t count, const float *x,
+                                              double *sum) {
+    if (count == 0) return cudaSuccess;
+    unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
+    if (blocks > MAX_SUM_BLOCKS) blocks = (unsigned)MAX_SUM_BLOCKS;
+    sum_of_squares_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(count, x, sum);
     return cudaGetLastError();
 }

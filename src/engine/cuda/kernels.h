@@ -20,6 +20,7 @@ extern "C" {
 #endif
 
 #include "engine/device.h"
+#include "engine/optim_update.h"
 
 /* C[r][c] = beta == 0 ? 0 : beta * C[r][c]: a GEMM with k = 0 (no products). */
 cudaError_t kernels_gemm_empty(cudaStream_t stream, int m, int n, float beta, float *c, int ldc);
@@ -62,16 +63,16 @@ cudaError_t kernels_count_correct(cudaStream_t stream, int rows, int cols, const
 cudaError_t kernels_sgd_update(cudaStream_t stream, size_t count, float *params, const float *grads,
                                float *velocity, float lr, float momentum, bool nesterov,
                                float weight_decay, bool first_step);
-/* The per-step scalars are computed on the host as the CPU backend computes them:
- * decay = 1 - lr * weight_decay, step_size = lr / (1 - beta1^t),
- * inv_sqrt_correction2 = 1 / sqrt(1 - beta2^t). */
+/* The optimizers round as the CPU backend does, bit for bit (engine/optim_update.h); AdamW's
+ * per-step scalars come from adamw_scalars_for(), computed on the host as on the CPU. */
 cudaError_t kernels_adamw_update(cudaStream_t stream, size_t count, float *params,
-                                 const float *grads, float *m, float *v, float beta1, float beta2,
-                                 float eps, float decay, float step_size,
-                                 float inv_sqrt_correction2);
+                                 const float *grads, float *m, float *v,
+                                 const adamw_scalars *scalars);
 
 /* *flag (a device int) = 1 if any of x[0..count) is NaN or Inf; left alone otherwise. */
 cudaError_t kernels_find_nonfinite(cudaStream_t stream, size_t count, const float *x, int *flag);
+/* *sum (a device double, zeroed by the caller) += the sum of x[i]^2, in double. */
+cudaError_t kernels_sum_of_squares(cudaStream_t stream, size_t count, const float *x, double *sum);
 
 #ifdef __cplusplus
 }

@@ -9,7 +9,7 @@
  * (ui.perfetto.dev) and chrome://tracing open it.
  *
  * Time: trace_init() takes a common origin (a barrier, then each rank's clock), so the ranks'
- * events line up to within the barrier's skew. Event times are job_now() seconds
+ * events line up to within the barrier's skew. Event times are clock_now() seconds
  * (CLOCK_MONOTONIC); the file holds microseconds since the origin.
  *
  * Ids in the file: pid = rank + 1 and tid = trace_thread + 1, because Perfetto reserves pid 0
@@ -27,25 +27,25 @@
  *
  * Usage:
  *     trace *t = NULL;   // stays NULL without --trace
- *     if (options.trace_path)
- *         st = job_agree(&j, trace_init(path, first, last, MPI_COMM_WORLD, j.host, &t));
+ *     if (trace_path)
+ *         st = comm_agree(control, trace_init(path, first, last, control, host, &t), "trace");
  *     for (int64_t step = 1; ...; step++) {
- *         double start = job_now();
+ *         double start = clock_now();
  *         forward(...);
- *         trace_event(t, TRACE_THREAD_MAIN, "forward", "compute", step, start, job_now());
+ *         trace_event(t, TRACE_THREAD_MAIN, "forward", "compute", step, start, clock_now());
  *         ...
  *         if (step == last) st = trace_finish(t);   // every rank, same step
  *     }
  *     trace_finish(t);   // early stop: same point on every rank; no-op if already done
  *     trace_free(t);
  */
-#ifndef DDT_DRIVER_TRACE_H
-#define DDT_DRIVER_TRACE_H
+#ifndef DDT_TRAIN_TRACE_H
+#define DDT_TRAIN_TRACE_H
 
-#include <mpi.h>
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "comm/comm.h"
 #include "util/status.h"
 
 typedef enum trace_thread {
@@ -67,14 +67,14 @@ typedef struct trace trace;
 #define TRACE_EVENTS_SLACK 256
 #define TRACE_MAX_EVENTS_PER_RANK (1 << 17)
 
-/* Collective over `world` (every rank calls it, even when its arguments are bad, so nobody
+/* Collective over `control` (every rank calls it, even when its arguments are bad, so nobody
  * waits in the barrier): takes the common time origin and preallocates the event buffer.
  * Steps are global optimizer steps counted from 1; the window is [first_step, last_step].
  * `path` matters on rank 0 only, which checks its directory is writable now rather than at
  * the end of a long run; `host` names the rank's process (may be NULL). Errors can differ
- * between ranks (the directory check, memory), so pass the status through job_agree(). On
+ * between ranks (the directory check, memory), so pass the status through comm_agree(). On
  * failure *out is NULL. */
-ddt_status trace_init(const char *path, int64_t first_step, int64_t last_step, MPI_Comm world,
+ddt_status trace_init(const char *path, int64_t first_step, int64_t last_step, comm *control,
                       const char *host, trace **out);
 
 /* Parses --trace-steps "A:B" (1 <= A <= B, decimal, nothing else). DDT_ERR_USAGE naming
@@ -85,7 +85,7 @@ ddt_status trace_parse_steps(const char *text, int64_t *first, int64_t *last);
  * taking times they would not record. Cheap and safe from any thread. */
 bool trace_wants(const trace *t, int64_t step);
 
-/* Records the complete event [start, end] (job_now() seconds) on `thread` if trace_wants(t,
+/* Records the complete event [start, end] (clock_now() seconds) on `thread` if trace_wants(t,
  * step). Thread-safe; never allocates (the buffer is preallocated). `name` and `category`
  * are copied (cut to TRACE_NAME_MAX and TRACE_CATEGORY_MAX characters); the step goes into
  * the event's args. Events with non-finite times are dropped; an end before start records a
@@ -97,12 +97,13 @@ void trace_event(trace *t, trace_thread thread, const char *name, const char *ca
  * finite (0 for NULL). */
 int64_t trace_dropped_events(const trace *t);
 
-/* Collective over the world given to trace_init(): call after step last_step, or earlier
- * when the run stops (every rank at the same point). Stops recording, gathers every rank's
- * events to rank 0 (MPI_Gatherv of fixed-size binary records; the ranks must share one
- * binary layout), and rank 0 writes the JSON file atomically (temporary file beside it,
- * fsync, rename, fsync of the directory). Later calls do nothing and return DDT_OK. Returns
- * the write error on rank 0 (others DDT_OK), or DDT_ERR_COMM where an MPI call failed. */
+/* Collective over the communicator given to trace_init(), bounded by its timeout: call after
+ * step last_step, or earlier when the run stops (every rank at the same point). Stops
+ * recording, gathers every rank's events to rank 0 (a gather of fixed-size binary records;
+ * the ranks must share one binary layout), and rank 0 writes the JSON file atomically
+ * (temporary file beside it, fsync, rename, fsync of the directory). Later calls do nothing
+ * and return DDT_OK. Returns the write error on rank 0 (others DDT_OK), or DDT_ERR_COMM where a
+ * collective failed or timed out. */
 ddt_status trace_finish(trace *t);
 
 /* Frees the trace (not collective; does not write the file). Accepts NULL. */

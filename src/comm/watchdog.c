@@ -1,18 +1,20 @@
-/* watchdog.c - per-step arrival messages and liveness pings to rank 0, and the names of the
- * ranks everybody waits for (see watchdog.h).
+/* watchdog.c - arrival messages and liveness pings to rank 0, and the names of the ranks
+ * everybody waits for (see watchdog.h).
  *
  * Two kinds of message, each on its own tag of a private communicator (messages from one
  * rank with one tag arrive in order):
- *   - an arrival: one per step, before the step's communication;
+ *   - an arrival: one per meeting point, before its communication;
  *   - a ping: about once a second while a rank waits in communication, so a rank that is
  *     stopped or dead inside a collective (it has arrived) falls silent and can be named.
  *     A final ping of -1 (watchdog_free) says no more will come, so the drain is exact. */
-#include "driver/watchdog.h"
+#include "comm/watchdog.h"
 
 #include <inttypes.h>
 #include <stdbool.h>
 #include <stdio.h>
+#include <sched.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 enum { ARRIVAL_TAG = 7, PING_TAG = 8 };
@@ -22,6 +24,8 @@ struct watchdog {
     MPI_Comm comm;
     int rank, size;
     double warn_after;
+    FILE *log;
+    char label[96]; /* the current point, for messages */
     /* every rank but 0: its last arrival and ping messages */
     int64_t sent_step;
     MPI_Request send;
@@ -33,12 +37,12 @@ struct watchdog {
     MPI_Request *receives;
     int64_t *ping_received;
     MPI_Request *ping_receives;
-    int64_t *arrived;   /* last step each rank reached */
+    int64_t *arrived;   /* last point each rank reached */
     double *last_heard; /* when each rank last sent anything */
     bool *done;         /* its final ping seen */
-    int64_t current_step;
-    double step_started;
-    int64_t warned_step;
+    int64_t current_point;
+    double point_started;
+    int64_t warned_point;
 };
 
 static double now_seconds(void) {
@@ -55,7 +59,7 @@ static void post_ping_receive(watchdog *w, int r) {
     MPI_Irecv(&w->ping_received[r], 1, MPI_INT64_T, r, PING_TAG, w->comm, &w->ping_receives[r]);
 }
 
-ddt_status watchdog_init(MPI_Comm world, double warn_after, watchdog **out) {
+ddt_status watchdog_init(MPI_Comm world, double warn_after, FILE *log, watchdog **out) {
     *out = NULL;
     watchdog *w = calloc(1, sizeof *w);
     if (!w) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the watchdog");
@@ -63,9 +67,10 @@ ddt_status watchdog_init(MPI_Comm world, double warn_after, watchdog **out) {
     MPI_Comm_rank(w->comm, &w->rank);
     MPI_Comm_size(w->comm, &w->size);
     w->warn_after = warn_after;
+    w->log = log;
     w->send = MPI_REQUEST_NULL;
     w->ping = MPI_REQUEST_NULL;
-    w->warned_step = -1;
+    w->warned_point = -1;
     if (w->rank == 0) {
         size_t n = (size_t)w->size;
         w->received = calloc(n, sizeof *w->received);
@@ -119,19 +124,28 @@ static void take_messages(watchdog *w) {
     }
 }
 
-void watchdog_arrive(watchdog *w, int64_t step) {
+void watchdog_arrive(watchdog *w, int64_t point, const char *label) {
     if (!w) return;
+    snprintf(w->label, sizeof w->label, "%s", label ? label : "");
     if (w->rank == 0) {
-        w->arrived[0] = step;
-        w->current_step = step;
-        w->step_started = now_seconds();
+        w->arrived[0] = point;
+        w->current_point = point;
+        w->point_started = now_seconds();
         take_messages(w);
         return;
     }
-    /* The previous message was received long ago unless rank 0 is far behind. */
-    MPI_Wait(&w->send, MPI_STATUS_IGNORE);
-    w->sent_step = step;
+    /* The previous message was received long ago unless rank 0 is far behind; rank 0 takes
+     * in messages whenever it polls, so this wait ends unless rank 0 is lost, in which case
+     * the collective that follows times out instead. */
+    int sent = 1;
+    if (w->send != MPI_REQUEST_NULL) MPI_Test(&w->send, &sent, MPI_STATUS_IGNORE);
+    if (!sent) return; /* skip this arrival: rank 0 still sees the rank as behind */
+    w->sent_step = point;
     MPI_Isend(&w->sent_step, 1, MPI_INT64_T, 0, ARRIVAL_TAG, w->comm, &w->send);
+}
+
+const char *watchdog_point_label(const watchdog *w) {
+    return w ? w->label : "";
 }
 
 const char *watchdog_lagging(watchdog *w, char *text, size_t size) {
@@ -142,7 +156,7 @@ const char *watchdog_lagging(watchdog *w, char *text, size_t size) {
     size_t used = 0;
     int count = 0;
     for (int r = 1; r < w->size && used + 16 < size; r++)
-        if (w->arrived[r] < w->current_step || now - w->last_heard[r] > 3 * ping_interval)
+        if (w->arrived[r] < w->current_point || now - w->last_heard[r] > 3 * ping_interval)
             used += (size_t)snprintf(text + used, size - used, "%s%d", count++ ? ", " : "", r);
     return text;
 }
@@ -164,36 +178,53 @@ void watchdog_poll(void *context) {
         if (now_seconds() - w->last_ping >= ping_interval) send_ping(w);
         return;
     }
-    double waited = now_seconds() - w->step_started;
-    if (waited < w->warn_after || w->warned_step == w->current_step) return;
+    double waited = now_seconds() - w->point_started;
+    if (waited < w->warn_after || w->warned_point == w->current_point) return;
     char lagging[256];
     watchdog_lagging(w, lagging, sizeof lagging);
-    w->warned_step = w->current_step;
+    w->warned_point = w->current_point;
+    if (!w->log) return;
     if (lagging[0])
-        fprintf(stderr,
-                "ddtrain: warning: step %" PRId64 ": waited %.0f s for rank(s) %s, which have "
-                "not reached it or have gone silent (stalled or lost?)\n",
-                w->current_step, waited, lagging);
+        fprintf(w->log,
+                "ddtrain: warning: %s: waited %.0f s for rank(s) %s, which have not reached it "
+                "or have gone silent (stalled or lost?)\n",
+                w->label, waited, lagging);
     else
-        fprintf(stderr,
-                "ddtrain: warning: step %" PRId64 ": waited %.0f s in communication although "
-                "every rank reached the step and answers: the network or an overloaded node?\n",
-                w->current_step, waited);
-    fflush(stderr);
+        fprintf(w->log,
+                "ddtrain: warning: %s: waited %.0f s in communication although every rank "
+                "reached it and answers: the network or an overloaded node?\n",
+                w->label, waited);
+    fflush(w->log);
 }
 
-void watchdog_free(watchdog *w, int64_t last_step) {
+/* Waits for a request, giving up at `deadline` (0: none); true if it completed. */
+static bool wait_until(MPI_Request *request, double deadline) {
+    for (;;) {
+        int done = 0;
+        MPI_Test(request, &done, MPI_STATUS_IGNORE);
+        if (done) return true;
+        if (deadline > 0 && now_seconds() > deadline) return false;
+        sched_yield();
+    }
+}
+
+void watchdog_free(watchdog *w, int64_t last_point, double timeout_seconds) {
     if (!w) return;
+    double deadline = timeout_seconds > 0 ? now_seconds() + timeout_seconds : 0;
+    bool complete = true;
     if (w->rank == 0) {
-        /* Absorb every rank's arrivals up to the last step and its pings up to the final one. */
-        for (int r = 1; r < w->size; r++) {
-            while (w->arrived[r] < last_step) {
-                MPI_Wait(&w->receives[r], MPI_STATUS_IGNORE);
+        /* Absorb every rank's arrivals up to the last point and its pings up to the final one;
+         * a rank lost at the very end makes this give up, not hang. */
+        for (int r = 1; r < w->size && complete; r++) {
+            while (complete && w->arrived[r] < last_point) {
+                complete = wait_until(&w->receives[r], deadline);
+                if (!complete) break;
                 w->arrived[r] = w->received[r];
                 post_receive(w, r);
             }
-            while (!w->done[r]) {
-                MPI_Wait(&w->ping_receives[r], MPI_STATUS_IGNORE);
+            while (complete && !w->done[r]) {
+                complete = wait_until(&w->ping_receives[r], deadline);
+                if (!complete) break;
                 if (w->ping_received[r] < 0)
                     w->done[r] = true;
                 else
@@ -201,10 +232,21 @@ void watchdog_free(watchdog *w, int64_t last_step) {
             }
         }
     } else {
-        MPI_Wait(&w->send, MPI_STATUS_IGNORE);
-        MPI_Wait(&w->ping, MPI_STATUS_IGNORE);
-        w->ping_value = -1;
-        MPI_Send(&w->ping_value, 1, MPI_INT64_T, 0, PING_TAG, w->comm);
+        if (w->send != MPI_REQUEST_NULL && w->sent_step < last_point) {
+            /* The last arrival was skipped (rank 0 was behind): send it now. */
+            complete = wait_until(&w->send, deadline);
+            if (complete) {
+                w->sent_step = last_point;
+                MPI_Isend(&w->sent_step, 1, MPI_INT64_T, 0, ARRIVAL_TAG, w->comm, &w->send);
+            }
+        }
+        if (complete) complete = wait_until(&w->send, deadline);
+        if (complete && w->ping != MPI_REQUEST_NULL) complete = wait_until(&w->ping, deadline);
+        if (complete) {
+            w->ping_value = -1;
+            MPI_Isend(&w->ping_value, 1, MPI_INT64_T, 0, PING_TAG, w->comm, &w->ping);
+            complete = wait_until(&w->ping, deadline);
+        }
     }
     watchdog_abandon(w);
 }

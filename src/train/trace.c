@@ -1,5 +1,8 @@
 /* trace.c - per-rank event buffers gathered into one Chrome-trace JSON file (see trace.h). */
-#include "driver/trace.h"
+#include "train/trace.h"
+
+#include "util/clock.h"
+#include "util/files.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -37,11 +40,11 @@ struct trace {
     char *path;
     int64_t first_step;
     int64_t last_step;
-    MPI_Comm world;
+    comm *control; /* the gathers at the end (bounded, as every collective) */
     int rank;
     int world_size;
     char host[64];
-    double origin;        /* job_now() seconds at the common origin */
+    double origin;        /* clock_now() seconds at the common origin */
     pthread_mutex_t lock; /* guards the fields below; recording is a few stores under it */
     trace_record *records;
     int64_t capacity;
@@ -58,14 +61,6 @@ struct trace {
 
 static const char *const trace_thread_names[] = {"main", "reader", "communication"};
 #define TRACE_THREAD_COUNT 3
-
-/* The clock of job_now() (CLOCK_MONOTONIC seconds); repeated here so this file does not pull
- * job.c into the tests that build it. */
-static double trace_clock(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* Copies at most size - 1 bytes, never cutting a UTF-8 sequence in two (the JSON stays valid). */
 static void copy_cut(char *destination, size_t size, const char *source) {
@@ -124,15 +119,12 @@ static ddt_status check_directory_writable(const char *path) {
     return DDT_OK;
 }
 
-ddt_status trace_init(const char *path, int64_t first_step, int64_t last_step, MPI_Comm world,
+ddt_status trace_init(const char *path, int64_t first_step, int64_t last_step, comm *control,
                       const char *host, trace **out) {
     *out = NULL;
     ddt_status status = DDT_OK;
     trace *t = NULL;
-    int rank = 0, world_size = 1;
-    if (MPI_Comm_rank(world, &rank) != MPI_SUCCESS ||
-        MPI_Comm_size(world, &world_size) != MPI_SUCCESS)
-        return ddt_error(DDT_ERR_COMM, "trace: cannot query the communicator");
+    int rank = comm_rank(control), world_size = comm_world_size(control);
 
     if (first_step < 1 || first_step > last_step) {
         status = ddt_error(DDT_ERR_USAGE,
@@ -166,7 +158,7 @@ ddt_status trace_init(const char *path, int64_t first_step, int64_t last_step, M
             t->capacity = capacity;
             t->first_step = first_step;
             t->last_step = last_step;
-            t->world = world;
+            t->control = control;
             t->rank = rank;
             t->world_size = world_size;
             copy_cut(t->host, sizeof t->host, host);
@@ -176,13 +168,13 @@ ddt_status trace_init(const char *path, int64_t first_step, int64_t last_step, M
         }
     }
     /* Every rank reaches the barrier, whatever failed locally, so none is left waiting. */
-    if (MPI_Barrier(world) != MPI_SUCCESS && status == DDT_OK)
-        status = ddt_error(DDT_ERR_COMM, "trace: barrier for the common time origin failed");
+    ddt_status barrier = comm_barrier(control, "the trace's common time origin");
+    if (status == DDT_OK) status = barrier;
     if (status != DDT_OK) {
         trace_free(t);
         return status;
     }
-    t->origin = trace_clock();
+    t->origin = clock_now();
     *out = t;
     return DDT_OK;
 }
@@ -304,32 +296,15 @@ static void write_json(FILE *f, const trace *t, const trace_rank_header *headers
     fprintf(f, "]}}\n");
 }
 
-static ddt_status sync_directory_of(const char *path) {
-    char directory[4096];
-    directory_of(path, directory, sizeof directory);
-    int fd = open(directory, O_RDONLY | O_DIRECTORY);
-    if (fd < 0)
-        return ddt_error(DDT_ERR_IO, "--trace %s: cannot sync directory %s: %s", path, directory,
-                         strerror(errno));
-    /* Some file systems refuse fsync on directories (EINVAL); the rename is still done. */
-    if (fsync(fd) != 0 && errno != EINVAL) {
-        int saved = errno;
-        close(fd);
-        return ddt_error(DDT_ERR_IO, "--trace %s: cannot sync directory %s: %s", path, directory,
-                         strerror(saved));
-    }
-    close(fd);
-    return DDT_OK;
-}
-
-/* Rank 0: writes "PATH.tmp-<pid>", fsyncs it and renames it over PATH. */
+/* Rank 0: writes "PATH.tmp-<pid>" and publishes it (fsync, rename over PATH, fsync the
+ * directory: util/files.h). */
 static ddt_status write_file(const trace *t, const trace_rank_header *headers,
                              trace_record *records, int64_t total) {
     qsort(records, (size_t)total, sizeof *records, compare_records);
     size_t temp_size = strlen(t->path) + 32;
     char *temp_path = malloc(temp_size);
     if (!temp_path) return ddt_error(DDT_ERR_MEMORY, "--trace %s: out of memory", t->path);
-    snprintf(temp_path, temp_size, "%s.tmp-%ld", t->path, (long)getpid());
+    file_temp_path(t->path, temp_path, temp_size);
     ddt_status status = DDT_OK;
     FILE *f = fopen(temp_path, "w");
     if (!f) {
@@ -340,7 +315,6 @@ static ddt_status write_file(const trace *t, const trace_rank_header *headers,
     write_json(f, t, headers, records, total);
     int failed = fflush(f) != 0 || ferror(f);
     int saved = errno;
-    if (!failed && fsync(fileno(f)) != 0) failed = 1, saved = errno;
     if (fclose(f) != 0 && !failed) failed = 1, saved = errno;
     if (failed) {
         unlink(temp_path);
@@ -348,15 +322,8 @@ static ddt_status write_file(const trace *t, const trace_rank_header *headers,
                            strerror(saved));
         goto done;
     }
-    if (rename(temp_path, t->path) != 0) {
-        saved = errno;
-        unlink(temp_path);
-        status = ddt_error(DDT_ERR_IO, "--trace %s: cannot replace with %s: %s", t->path, temp_path,
-                           strerror(saved));
-        goto done;
-    }
-    /* Without this a crash could forget the rename even though the data reached the disk. */
-    status = sync_directory_of(t->path);
+    status = file_publish(temp_path, t->path);
+    if (status != DDT_OK) status = ddt_error(status, "--trace %s", ddt_error_message());
 done:
     free(temp_path);
     return status;
@@ -378,20 +345,18 @@ ddt_status trace_finish(trace *t) {
     memcpy(mine.host, t->host, sizeof mine.host);
     trace_record *all = NULL;
     int64_t total = 0;
-    MPI_Datatype record_type = MPI_DATATYPE_NULL;
-
-    if (MPI_Gather(&mine, (int)sizeof mine, MPI_BYTE, t->headers, (int)sizeof mine, MPI_BYTE, 0,
-                   t->world) != MPI_SUCCESS)
-        return ddt_error(DDT_ERR_COMM, "--trace: gathering event counts failed");
+    DDT_CHECK(comm_gather_bytes(t->control, &mine, sizeof mine, t->headers, 0,
+                                "the trace's event counts"));
 
     /* Rank 0 says whether it can take the events, so a failure there strands nobody. */
     int ready = 1;
     if (root) {
         for (int r = 0; ready && r < t->world_size; r++) {
-            /* Gatherv counts and displacements are ints (in events). */
-            if (overflows_int(total, t->headers[r].event_count)) ready = 0;
-            t->counts[r] = (int)t->headers[r].event_count;
-            t->displacements[r] = (int)total;
+            /* Gatherv counts and displacements are ints (in bytes). */
+            int64_t bytes = t->headers[r].event_count * (int64_t)sizeof(trace_record);
+            if (overflows_int(total * (int64_t)sizeof(trace_record), bytes)) ready = 0;
+            t->counts[r] = (int)bytes;
+            t->displacements[r] = (int)(total * (int64_t)sizeof(trace_record));
             total += t->headers[r].event_count;
         }
         if (ready) all = malloc((size_t)(total ? total : 1) * sizeof *all);
@@ -403,26 +368,23 @@ ddt_status trace_finish(trace *t) {
                                t->path, total);
         }
     }
-    if (MPI_Bcast(&ready, 1, MPI_INT, 0, t->world) != MPI_SUCCESS) {
-        status = ddt_error(DDT_ERR_COMM, "--trace: agreeing on the gather failed");
+    ddt_status agreed = comm_broadcast_bytes(t->control, &ready, sizeof ready, 0,
+                                             "the trace's gather");
+    if (agreed != DDT_OK) {
+        status = agreed;
         goto done;
     }
     if (!ready) goto done;
-
-    if (MPI_Type_contiguous((int)sizeof(trace_record), MPI_BYTE, &record_type) != MPI_SUCCESS ||
-        MPI_Type_commit(&record_type) != MPI_SUCCESS) {
-        status = ddt_error(DDT_ERR_COMM, "--trace: cannot build the event type");
-        goto done;
-    }
-    if (MPI_Gatherv(t->records, (int)t->count, record_type, all, t->counts, t->displacements,
-                    record_type, 0, t->world) != MPI_SUCCESS) {
-        status = ddt_error(DDT_ERR_COMM, "--trace: gathering events failed");
+    agreed = comm_gatherv_bytes(t->control, t->records,
+                                (size_t)t->count * sizeof(trace_record), all, t->counts,
+                                t->displacements, 0, "the trace's events");
+    if (agreed != DDT_OK) {
+        status = agreed;
         goto done;
     }
     if (root) status = write_file(t, t->headers, all, total);
 
 done:
-    if (record_type != MPI_DATATYPE_NULL) MPI_Type_free(&record_type);
     free(all);
     return status;
 }

@@ -3,8 +3,8 @@
  *
  * Limits: a device-memory policy (growth or preallocate) and limit, and a host-staging limit
  * for the input path. The device limit may be bytes, a fraction of the device, or a list with
- * one entry per local rank; options win over the environment (DDTRAIN_DEVICE_MEMORY,
- * DDTRAIN_DEVICE_MEMORY_LIMIT).
+ * one entry per local rank. Where each came from (an option, or the environment the driver
+ * read) travels with it for messages.
  *
  * Plan: the bytes each component takes from the device allocator (parameters, gradients,
  * optimizer state, activations for one micro-batch, workspace, gradient buckets, device-side
@@ -16,19 +16,18 @@
  *
  * Usage:
  *     memory_limits limits;
- *     DDT_CHECK(memory_limits_resolve(opts, dev, local_rank, local_size, &limits));
+ *     DDT_CHECK(memory_limits_resolve(&request, dev, local_rank, local_size, &limits));
  *     memory_plan plan;
  *     memory_plan_compute(&inputs, micro_batch, &limits, &plan);
  *     if (!plan.fits) return memory_plan_refuse(&plan, &limits, rank);
  */
-#ifndef DDT_DRIVER_MEMORY_PLAN_H
-#define DDT_DRIVER_MEMORY_PLAN_H
+#ifndef DDT_TRAIN_MEMORY_PLAN_H
+#define DDT_TRAIN_MEMORY_PLAN_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
-#include "driver/options.h"
 #include "engine/alloc.h"
 #include "engine/device.h"
 #include "engine/model.h"
@@ -42,12 +41,37 @@ typedef struct memory_limits {
     size_t device_limit;  /* bytes; 0 = none */
     char device_source[160]; /* how it was set, for messages: "--device-memory-limit 2GiB" */
     size_t staging_limit; /* bytes; 0 = none */
+    /* Device bytes the communication backend took outside the allocator (NCCL's buffers,
+     * measured when it was set up, before the allocator reserves anything), counted against
+     * device_limit: the allocator gets what is left of the limit. */
+    size_t device_outside_allocator;
+    const char *outside_allocator_owner; /* "nccl", for messages */
 } memory_limits;
 
-/* Resolves this rank's limits from the options and the environment. DDT_ERR_USAGE for bad
- * values (naming the option or variable), or a list with fewer entries than local ranks. */
-ddt_status memory_limits_resolve(const options *opts, device *dev, int local_rank,
+/* The allocator's own limit: device_limit less what lies outside it (0 = none). */
+size_t memory_limits_allocator_bytes(const memory_limits *limits);
+
+/* What the user asked for, as text, with where each piece came from. */
+typedef struct memory_request {
+    memory_policy policy;
+    const char *policy_source; /* "--device-memory", "DDTRAIN_DEVICE_MEMORY" */
+    const char *limit;         /* SIZE, FRACTION or one per local rank ("8GiB,4GiB"); NULL: none */
+    const char *limit_source;  /* "--device-memory-limit", "DDTRAIN_DEVICE_MEMORY_LIMIT" */
+    size_t staging_limit;      /* --host-staging-limit bytes; 0: none */
+} memory_request;
+
+/* Resolves this rank's limits. DDT_ERR_USAGE for bad values (naming where they came from), a
+ * list with fewer entries than local ranks, or preallocate without a limit. */
+ddt_status memory_limits_resolve(const memory_request *request, device *dev, int local_rank,
                                  int local_size, memory_limits *out);
+
+/* Device scalars the trainer keeps (one allocation, counted as workspace by the plan). */
+enum {
+    TRAIN_SCALAR_LOSS,    /* training loss sum since the trainer last read it */
+    TRAIN_SCALAR_EVAL_LOSS,    /* evaluation: loss sum of one micro-batch */
+    TRAIN_SCALAR_EVAL_CORRECT, /* evaluation: correct predictions of one micro-batch */
+    TRAIN_SCALAR_COUNT,
+};
 
 /* Everything a plan depends on besides the micro-batch and the limits. */
 typedef struct memory_plan_inputs {

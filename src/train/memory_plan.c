@@ -1,11 +1,11 @@
 /* memory_plan.c - resolving memory limits and planning each rank's memory (see
  * memory_plan.h). */
-#include "driver/memory_plan.h"
+#include "train/memory_plan.h"
 
 #include <stdlib.h>
 #include <string.h>
 
-#include "driver/evaluate.h"
+#include "feed/feed.h"
 
 /* ---- limits ---------------------------------------------------------------------------- */
 
@@ -20,39 +20,21 @@ static ddt_status parse_limit_entry(const char *source, const char *entry, devic
     return DDT_OK;
 }
 
-ddt_status memory_limits_resolve(const options *opts, device *dev, int local_rank, int local_size,
-                                 memory_limits *out) {
+ddt_status memory_limits_resolve(const memory_request *request, device *dev, int local_rank,
+                                 int local_size, memory_limits *out) {
     memset(out, 0, sizeof *out);
-    out->staging_limit = (size_t)opts->host_staging_limit;
-
-    const char *policy = opts->device_memory;
-    const char *policy_source = "--device-memory";
-    const char *env_policy = getenv("DDTRAIN_DEVICE_MEMORY");
-    if (!options_given(opts, "device-memory") && env_policy && *env_policy) {
-        policy = env_policy;
-        policy_source = "DDTRAIN_DEVICE_MEMORY";
-    }
-    if (strcmp(policy, "growth") == 0)
-        out->policy = MEMORY_POLICY_GROWTH;
-    else if (strcmp(policy, "preallocate") == 0)
-        out->policy = MEMORY_POLICY_PREALLOCATE;
-    else
-        return ddt_error(DDT_ERR_USAGE, "%s: '%s' is not a policy (expected growth or preallocate)",
-                         policy_source, policy);
-
-    const char *text = opts->device_memory_limit;
-    char source[64] = "--device-memory-limit";
-    const char *env_limit = getenv("DDTRAIN_DEVICE_MEMORY_LIMIT");
-    if (!text && env_limit && *env_limit) {
-        text = env_limit;
-        snprintf(source, sizeof source, "DDTRAIN_DEVICE_MEMORY_LIMIT");
-    }
+    out->staging_limit = request->staging_limit;
+    out->policy = request->policy;
+    const char *text = request->limit;
+    char source[64];
+    snprintf(source, sizeof source, "%s",
+             request->limit_source ? request->limit_source : "--device-memory-limit");
     if (!text) {
         if (out->policy == MEMORY_POLICY_PREALLOCATE)
             return ddt_error(DDT_ERR_USAGE,
                              "%s preallocate needs a limit to reserve "
                              "(--device-memory-limit SIZE or FRACTION)",
-                             policy_source);
+                             request->policy_source ? request->policy_source : "--device-memory");
         snprintf(out->device_source, sizeof out->device_source, "no limit");
         return DDT_OK;
     }
@@ -85,6 +67,12 @@ ddt_status memory_limits_resolve(const options *opts, device *dev, int local_ran
     return DDT_OK;
 }
 
+size_t memory_limits_allocator_bytes(const memory_limits *limits) {
+    if (limits->device_limit == 0) return 0;
+    if (limits->device_outside_allocator >= limits->device_limit) return 1; /* nothing fits */
+    return limits->device_limit - limits->device_outside_allocator;
+}
+
 /* ---- plans ----------------------------------------------------------------------------- */
 
 void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
@@ -99,7 +87,9 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
         out->device[MEMORY_COMPONENT_OPTIMIZER] = allocator_rounded_size(state * sizeof(float));
     out->device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(
         model_spec_activation_floats(inputs->spec, micro_batch) * sizeof(float));
-    batch_buffers_plan(inputs->geometry, micro_batch, out->device);
+    feed_plan_device(inputs->geometry, micro_batch, out->device);
+    out->device[MEMORY_COMPONENT_WORKSPACE] +=
+        allocator_rounded_size(TRAIN_SCALAR_COUNT * sizeof(float));
     size_t workspace = inputs->dev->ops->precision_workspace_bytes(
         inputs->dev, inputs->precision,
         model_spec_max_gemm_operand_floats(inputs->spec, micro_batch));
@@ -107,10 +97,11 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     /* Gradient buckets are all-reduced in place on CPU ranks: no extra device memory. */
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++)
         out->device_total += out->device[c];
-    out->device_fits = limits->device_limit == 0 || out->device_total <= limits->device_limit;
+    out->device_fits = limits->device_limit == 0 ||
+                       out->device_total + limits->device_outside_allocator <= limits->device_limit;
 
     const dataset_geometry *g = inputs->geometry;
-    if (inputs->evaluation) out->evaluation_bytes = batch_buffers_host_bytes(g, micro_batch);
+    if (inputs->evaluation) out->evaluation_bytes = feed_evaluation_host_bytes(g, micro_batch);
     shard_params shard = inputs->shard;
     shard.micro_batch = micro_batch;
     out->staging.prefetch_depth = inputs->prefetch_depth;
@@ -120,8 +111,8 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     if (limits->staging_limit > 0) {
         if (out->evaluation_bytes >= limits->staging_limit) {
             char need[32], limit[32];
-            memory_size_format(out->evaluation_bytes, need, sizeof need);
-            memory_size_format(limits->staging_limit, limit, sizeof limit);
+            units_format_bytes(out->evaluation_bytes, need, sizeof need);
+            units_format_bytes(limits->staging_limit, limit, sizeof limit);
             snprintf(out->staging_problem, sizeof out->staging_problem,
                      "--host-staging-limit %s cannot hold even the evaluation buffer of %d rows "
                      "(%s); raise --host-staging-limit or lower --micro-batch",
@@ -158,16 +149,23 @@ ddt_status memory_plan_choose_micro_batch(const memory_plan_inputs *inputs, int 
 
 ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limits, int rank) {
     if (!plan->device_fits) {
-        char need[32], limit[32], model[32], activations[32], staging[32];
+        char need[32], limit[32], model[32], activations[32], staging[32], outside[96] = "";
         size_t model_bytes = plan->device[MEMORY_COMPONENT_PARAMETERS] +
                              plan->device[MEMORY_COMPONENT_GRADIENTS] +
                              plan->device[MEMORY_COMPONENT_OPTIMIZER];
-        memory_size_format(plan->device_total, need, sizeof need);
-        memory_size_format(limits->device_limit, limit, sizeof limit);
-        memory_size_format(model_bytes, model, sizeof model);
-        memory_size_format(plan->device[MEMORY_COMPONENT_ACTIVATIONS], activations,
+        units_format_bytes(plan->device_total, need, sizeof need);
+        units_format_bytes(limits->device_limit, limit, sizeof limit);
+        units_format_bytes(model_bytes, model, sizeof model);
+        units_format_bytes(plan->device[MEMORY_COMPONENT_ACTIVATIONS], activations,
                            sizeof activations);
-        memory_size_format(plan->device[MEMORY_COMPONENT_STAGING], staging, sizeof staging);
+        units_format_bytes(plan->device[MEMORY_COMPONENT_STAGING], staging, sizeof staging);
+        if (limits->device_outside_allocator) {
+            char bytes[32];
+            units_format_bytes(limits->device_outside_allocator, bytes, sizeof bytes);
+            snprintf(outside, sizeof outside, ", plus %s of %s buffers outside the allocator",
+                     bytes, limits->outside_allocator_owner ? limits->outside_allocator_owner
+                                                            : "communication");
+        }
         const char *advice =
             model_bytes >= limits->device_limit
                 ? "the model's parameters, gradients and optimizer state alone exceed it: use a "
@@ -177,9 +175,9 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
         return ddt_error(DDT_ERR_MEMORY,
                          "rank %d: the memory plan needs %s of device memory (%zu bytes: "
                          "parameters+gradients+optimizer %s, activations %s and input staging %s "
-                         "for --micro-batch %d), more than the limit of %s (%s): %s",
+                         "for --micro-batch %d%s), more than the limit of %s (%s): %s",
                          rank, need, plan->device_total, model, activations, staging,
-                         plan->micro_batch, limit, limits->device_source, advice);
+                         plan->micro_batch, outside, limit, limits->device_source, advice);
     }
     if (!plan->staging_fits)
         return ddt_error(DDT_ERR_MEMORY, "rank %d: %s", rank, plan->staging_problem);
@@ -192,23 +190,30 @@ void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FIL
             plan->micro_batch,
             limits->policy == MEMORY_POLICY_PREALLOCATE ? "preallocate" : "growth");
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++) {
-        memory_size_format(plan->device[c], text, sizeof text);
+        units_format_bytes(plan->device[c], text, sizeof text);
         fprintf(out, "  %-20s %12s%s\n", memory_component_name((memory_component)c), text,
                 c == MEMORY_COMPONENT_BUCKETS ? " (all-reduced in place)" : "");
     }
-    memory_size_format(plan->device_total, text, sizeof text);
     fprintf(out, "  %-20s %12zu bytes\n", "device bytes", plan->device_total);
+    size_t total = plan->device_total + limits->device_outside_allocator;
+    if (limits->device_outside_allocator) {
+        units_format_bytes(limits->device_outside_allocator, text, sizeof text);
+        fprintf(out, "  %-20s %12s  (%s's own, measured at set-up; outside the allocator)\n",
+                "communication", text,
+                limits->outside_allocator_owner ? limits->outside_allocator_owner : "backend");
+    }
+    units_format_bytes(total, text, sizeof text);
     if (limits->device_limit) {
-        memory_size_format(limits->device_limit, limit, sizeof limit);
+        units_format_bytes(limits->device_limit, limit, sizeof limit);
         fprintf(out, "  %-20s %12s  of %s (%.0f%%, %s)%s\n", "device total", text, limit,
-                100.0 * (double)plan->device_total / (double)limits->device_limit,
+                100.0 * (double)total / (double)limits->device_limit,
                 limits->device_source, plan->device_fits ? "" : "  DOES NOT FIT");
     } else {
         fprintf(out, "  %-20s %12s  (no device memory limit)\n", "device total", text);
     }
-    memory_size_format(plan->host_staging_total, text, sizeof text);
+    units_format_bytes(plan->host_staging_total, text, sizeof text);
     if (limits->staging_limit) {
-        memory_size_format(limits->staging_limit, limit, sizeof limit);
+        units_format_bytes(limits->staging_limit, limit, sizeof limit);
         fprintf(out, "  %-20s %12s  of %s (--host-staging-limit)%s\n", "host staging", text, limit,
                 plan->staging_fits ? "" : "  DOES NOT FIT");
     } else {

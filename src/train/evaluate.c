@@ -1,0 +1,148 @@
+/* evaluate.c - distributed evaluation (see evaluate.h). */
+#include "train/evaluate.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/alloc.h"
+#include "io/model_file.h"
+#include "train/train.h"
+#include "util/clock.h"
+#include "util/failpoint.h"
+
+/* This rank's rows [first, end): sums of loss and of correct predictions. */
+static ddt_status evaluate_local(device *dev, model *m, dataset *data, loss_kind loss, feed *f,
+                                 float *scalars, int64_t first, int64_t end, double sums[2]) {
+    const dataset_geometry *g = dataset_get_geometry(data);
+    const model_spec *spec = model_get_spec(m);
+    int max_rows = model_max_rows(m);
+    model_pass pass = {.training = false};
+    for (int64_t row = first; row < end; row += max_rows) {
+        int rows = (int)(end - row < max_rows ? end - row : max_rows);
+        feed_batch batch;
+        DDT_CHECK(feed_read_evaluation(f, data, row, rows, &batch));
+        const float *logits;
+        DDT_CHECK(model_forward(m, batch.features, rows, &pass, &logits));
+        dev->ops->fill_zero(dev, scalars, 2 * sizeof(float));
+        loss_apply(dev, loss, rows, spec->output_width, logits, batch.labels, batch.targets, 1.0f,
+                   &scalars[0], NULL);
+        if (g->class_labels)
+            dev->ops->count_correct(dev, rows, spec->output_width, logits, batch.labels,
+                                    &scalars[1]);
+        float host[2];
+        DDT_CHECK(dev->ops->copy_device_to_host(dev, host, scalars, sizeof host));
+        sums[0] += host[0];
+        sums[1] += host[1];
+    }
+    return DDT_OK;
+}
+
+ddt_status evaluate_model(comm *control, device *dev, model *m, dataset *data, loss_kind loss,
+                          feed *f, float *scalars, evaluation *result) {
+    double started = clock_now();
+    const dataset_geometry *g = dataset_get_geometry(data);
+    int world = comm_world_size(control), rank = comm_rank(control);
+    int64_t first = g->rows * rank / world;
+    int64_t end = g->rows * (rank + 1) / world;
+    double sums[3] = {0, 0, (double)(end - first)};
+    failpoint_stall("evaluation", rank);
+    DDT_CHECK(comm_agree(control, evaluate_local(dev, m, data, loss, f, scalars, first, end, sums),
+                         "evaluation"));
+    DDT_CHECK(comm_allreduce_doubles(control, sums, 3, COMM_REDUCE_SUM));
+    result->rows = (int64_t)sums[2];
+    result->loss = sums[2] > 0 ? sums[0] / sums[2] : 0;
+    result->accuracy = g->class_labels && sums[2] > 0 ? sums[1] / sums[2] : -1;
+    result->seconds = clock_now() - started;
+    return DDT_OK;
+}
+
+/* ---- ddtrain eval ------------------------------------------------------------------------ */
+
+/* Everything `ddtrain eval` sets up, freed in reverse by eval_free(). */
+typedef struct eval_state {
+    model_spec spec;
+    dataset *data;
+    device *dev;
+    allocator *alloc;
+    model *m;
+    feed *f;
+    float *scalars;
+} eval_state;
+
+static void eval_free(eval_state *s) {
+    feed_free(s->f);
+    model_free(s->m);
+    allocator_destroy(s->alloc);
+    if (s->dev) device_close(s->dev);
+    if (s->data) dataset_close(s->data);
+}
+
+/* The model's parameters from `path` into the (allocated) model: directly on a CPU device,
+ * through a host buffer of the same size on others. */
+static ddt_status load_parameters(device *dev, model *m, const char *path, const model_spec *spec) {
+    if (dev->kind == DEVICE_KIND_CPU)
+        return model_file_read_parameters(path, spec, model_parameters(m));
+    size_t bytes = model_parameter_count(m) * sizeof(float);
+    float *host = malloc(bytes);
+    if (!host) return ddt_error(DDT_ERR_MEMORY, "%s: out of host memory for the parameters", path);
+    ddt_status status = model_file_read_parameters(path, spec, host);
+    if (status == DDT_OK)
+        status = dev->ops->copy_host_to_device(dev, model_parameters(m), host, bytes);
+    free(host);
+    return status;
+}
+
+/* This rank's set-up: the spec first (nothing allocated for what a file only claims), the
+ * data checked against it, then the device and everything else, within the device's memory. */
+static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *s) {
+    if (!cfg->model_file || !cfg->data)
+        return ddt_error(DDT_ERR_USAGE, "ddtrain eval needs --model-file and --data");
+    DDT_CHECK(model_file_read_spec(cfg->model_file, &s->spec));
+    dataset_open_params data_params = dataset_default_open_params();
+    data_params.allow_external = cfg->allow_external_data;
+    DDT_CHECK(dataset_open_with_params(cfg->data, &data_params, &s->data));
+    const dataset_geometry *g = dataset_get_geometry(s->data);
+    DDT_CHECK(train_check_data_against_model("--data", cfg->data, g, &s->spec, cfg->loss));
+    device_kind kind;
+    int ordinal;
+    DDT_CHECK(device_choose(cfg->device, comm_local_rank(control), &kind, &ordinal));
+    DDT_CHECK(device_open(kind, ordinal, &s->dev));
+    /* eval has no memory options: the device's memory is the limit, so a model file whose spec
+     * claims more is refused by the allocator before anything is reserved for it. */
+    size_t total = 0, free_bytes = 0;
+    DDT_CHECK(s->dev->ops->memory_info(s->dev, &total, &free_bytes));
+    allocator_params ap = allocator_default_params();
+    ap.limit_bytes = total;
+    ap.rank = comm_rank(control);
+    ap.limit_source = "the device's memory";
+    DDT_CHECK(allocator_init_with_params(s->dev, &ap, &s->alloc));
+    DDT_CHECK(s->dev->ops->set_precision(s->dev, PRECISION_FP32, s->alloc,
+                                         model_spec_max_gemm_operand_floats(&s->spec, cfg->rows)));
+    DDT_CHECK(model_init(&s->spec, s->alloc, cfg->rows, &s->m));
+    DDT_CHECK(load_parameters(s->dev, s->m, cfg->model_file, &s->spec));
+    feed_params fp = {
+        .dev = s->dev, .alloc = s->alloc, .geometry = g, .rows = cfg->rows, .evaluation = true};
+    DDT_CHECK(feed_init(&fp, &s->f));
+    return allocator_alloc(s->alloc, MEMORY_COMPONENT_WORKSPACE, 2 * sizeof(float),
+                           (void **)&s->scalars);
+}
+
+ddt_status eval_run(comm *control, const eval_config *cfg) {
+    eval_state s;
+    memset(&s, 0, sizeof s);
+    ddt_status status = comm_agree(control, eval_setup(control, cfg, &s), "set-up");
+    evaluation ev;
+    if (status == DDT_OK)
+        status = evaluate_model(control, s.dev, s.m, s.data, cfg->loss, s.f, s.scalars, &ev);
+    if (status == DDT_OK && comm_rank(control) == 0) {
+        fprintf(cfg->out, "model %s on %s: %" PRId64 " rows, loss %.4f", s.spec.text, cfg->data,
+                ev.rows, ev.loss);
+        if (ev.accuracy >= 0) fprintf(cfg->out, ", accuracy %.4f", ev.accuracy);
+        fprintf(cfg->out, "\n");
+        fflush(cfg->out);
+    }
+    eval_free(&s);
+    return status;
+}

@@ -1,0 +1,74 @@
+/* files.h - the file helpers every module shares: which file a path names, durable
+ * publication of a new file, reserving disk space up front, and the rule that a run never
+ * writes over its own inputs.
+ *
+ * Identity: two paths name the same file when stat() gives the same device and inode, however
+ * they are spelled ("d.h5", "./d.h5", "x/../d.h5", a symbolic link, a hard link). Outputs are
+ * compared with inputs this way, never by spelling.
+ *
+ * Publication: writers write "PATH.tmp-<pid>" beside the target, then file_publish() fsyncs
+ * it, renames it over PATH and fsyncs the directory, so a crash at any point leaves either the
+ * old file or the complete new one under PATH. On failure the temporary file is removed.
+ *
+ * Space: file_reserve() asks the file system for the bytes a file will need before anything
+ * is written (fallocate, keeping the size), so a full disk is a clear "No space left on
+ * device" up front instead of a failure halfway through a library's write.
+ *
+ * Usage:
+ *     file_role inputs[] = {{"--data", "d.h5", false}}, outputs[] = {{"--save", "m.h5", false}};
+ *     DDT_CHECK(files_check_outputs(outputs, 1, inputs, 1));
+ *     char temp[4200];
+ *     file_temp_path("m.h5", temp, sizeof temp);
+ *     ... write temp ...
+ *     DDT_CHECK(file_publish(temp, "m.h5"));
+ */
+#ifndef DDT_UTIL_FILES_H
+#define DDT_UTIL_FILES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "util/status.h"
+
+typedef struct file_identity {
+    bool exists;
+    dev_t device;
+    ino_t inode;
+} file_identity;
+
+/* stat() of `path` (following links); exists is false when there is nothing there. */
+file_identity file_identity_of(const char *path);
+/* Both exist and are the same file. */
+bool file_identity_equal(file_identity a, file_identity b);
+
+/* A file a command reads or writes, named by the option that gave it. `directory` marks an
+ * output directory the command writes files into (and may delete its own old files from):
+ * --checkpoint-dir, --tensorboard. */
+typedef struct file_role {
+    const char *option; /* "--save", "--data", "-o", ... */
+    const char *path;
+    bool directory;
+} file_role;
+
+/* Refuses (DDT_ERR_USAGE, naming both options and paths) an output that is one of the inputs,
+ * an input inside an output directory, and two outputs that are the same file. Outputs that
+ * do not exist yet cannot be inputs. Call before anything is opened for writing. */
+ddt_status files_check_outputs(const file_role *outputs, int output_count,
+                               const file_role *inputs, int input_count);
+
+/* "PATH.tmp-<pid>": where a writer writes before file_publish(). */
+void file_temp_path(const char *path, char *out, size_t size);
+/* fsync `temp_path`, rename it to `path`, fsync the directory; on failure removes temp_path
+ * and leaves `path` as it was. Messages name `path` and errno's words. */
+ddt_status file_publish(const char *temp_path, const char *path);
+/* fsync of the directory holding `path` (file systems that refuse it for directories are
+ * accepted: the rename is still done). */
+ddt_status file_sync_directory_of(const char *path);
+/* Reserves `bytes` of disk for the open file `fd` (written later as `path`) without changing
+ * its size. DDT_ERR_IO "PATH: No space left on device: needs N, the file system has M free"
+ * when there is not room; file systems that cannot reserve (EOPNOTSUPP) are accepted. */
+ddt_status file_reserve(int fd, const char *path, uint64_t bytes);
+
+#endif
