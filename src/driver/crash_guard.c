@@ -112,7 +112,7 @@ void crash_guard_install(const job *j, double stall_seconds) {
                  "ddtrain: error (rank %d of %d on %s): ", j->rank, j->world_size, j->host);
     else
         snprintf(message_prefix, sizeof message_prefix, "ddtrain: error: ");
-    stall_limit = stall_seconds > 0 ? stall_seconds : 300;
+    stall_limit = stall_seconds;
 
     /* A stack of its own, so a stack overflow inside HDF5 is reported too. */
     static char alternate_stack[64 * 1024];
@@ -125,6 +125,7 @@ void crash_guard_install(const job *j, double stall_seconds) {
     sigemptyset(&action.sa_mask);
     for (size_t i = 0; i < sizeof guarded_signals / sizeof guarded_signals[0]; i++)
         sigaction(guarded_signals[i], &action, NULL);
+    if (stall_seconds <= 0) return; /* --comm-timeout 0: no limit */
 
     pthread_t watcher;
     pthread_attr_t attributes;

@@ -23,8 +23,9 @@
 
 #include "driver/job.h"
 
-/* Installs the handlers (with an alternate signal stack for the calling thread) and starts the
- * watchdog thread (detached; it lives as long as the process). Once per process. */
+/* Installs the handlers (with an alternate signal stack for the calling thread) and, unless
+ * stall_seconds is 0 (no limit), starts the watchdog thread (detached; it lives as long as the
+ * process). Once per process. */
 void crash_guard_install(const job *j, double stall_seconds);
 
 #endif

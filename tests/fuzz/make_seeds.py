@@ -6,9 +6,11 @@ kind the readers meet, so mutations start from real HDF5 structure.
 
 Datasets (h5py, HDF5's default and latest file formats): class labels in chunks, float
 targets contiguous, deflate+shuffle chunks, a compact /labels, a virtual /features whose
-source is in the same file, and a model file in the --save layout. ddtrain's own writers add
-two more (written by run.sh's caller once, kept in the corpus): synth.h5 (ddtrain synth) and
-model-saved.h5 (ddtrain train --save).
+source is in the same file, and a model file in the --save layout. Two more come from
+ddtrain's own writers and were made once, by hand, beside these:
+  ddtrain synth -o corpus/synth.h5 --rows 40 --features 3 --classes 4
+  ddtrain train --data corpus/synth.h5 --model 3-5-relu-4 --global-batch 8 --steps 2 \
+      --save corpus/model-saved.h5
 """
 import sys
 
