@@ -490,8 +490,10 @@ static void test_read_for(void) {
     t.state.global_step = 41;
     CHECK_OK(checkpoint_write(directory, &t.state, 3, NULL, written, sizeof written));
     char text[128];
-    snprintf(text, sizeof text, "/optimizer/state holds %zu values, but no optimizer keeps more "
-                                "than %zu", 3 * count, 2 * count);
+    snprintf(text, sizeof text,
+             "/optimizer/state holds %zu values, but no optimizer keeps more "
+             "than %zu",
+             3 * count, 2 * count);
     expect_message(checkpoint_read_for(written, &t.spec, &loaded), DDT_ERR_FORMAT, written, text);
     CHECK_OK(checkpoint_read(written, &loaded)); /* no expectation: read as it is */
     checkpoint_loaded_free(&loaded);

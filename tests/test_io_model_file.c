@@ -286,8 +286,8 @@ static void test_two_steps(void) {
     CHECK(params == NULL);
     double elapsed = seconds_now() - start;
     struct mallinfo2 after = mallinfo2();
-    long long grown = (long long)(after.uordblks + after.hblkhd) -
-                      (long long)(before.uordblks + before.hblkhd);
+    long long grown =
+        (long long)(after.uordblks + after.hblkhd) - (long long)(before.uordblks + before.hblkhd);
     CHECK(elapsed < 5.0);
     CHECK(grown < (16 << 20));
     printf("spec of 1M x 1M in %lld bytes: refused in %.3f s, heap grew %lld bytes\n",

@@ -12,6 +12,7 @@
 
 #include "driver/blas_setup.h"
 #include "driver/commands.h"
+#include "driver/crash_guard.h"
 #include "driver/job.h"
 #include "driver/options.h"
 #include "engine/device.h"
@@ -105,9 +106,12 @@ int main(int argc, char **argv) {
         return job_end(&j, status);
     }
     /* Every wait between ranks from here on is bounded, and watched. */
-    status = job_set_timeout(&j, cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL ? opts.comm_timeout
-                                                                            : 300);
+    double timeout = cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL ? opts.comm_timeout : 300;
+    status = job_set_timeout(&j, timeout);
     if (status != DDT_OK) return job_end(&j, status);
+    /* From here on files given by the user are read: HDF5 crashing on a damaged one, or not
+     * returning within the same bound, ends this rank with a message naming the file. */
+    crash_guard_install(&j, timeout);
     switch (cmd) {
     case COMMAND_TRAIN: status = train_command(&j, &opts); break;
     case COMMAND_EVAL: status = eval_command(&j, &opts); break;

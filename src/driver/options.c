@@ -150,7 +150,9 @@ static const option_def option_table[] = {
      "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)", NULL},
     {"comm-timeout", 0, OPTION_REAL, TRAIN | EVAL, FIELD(comm_timeout), "300", 0, 1e7, "SECONDS",
      "end the job when any wait between ranks makes no progress for this long, naming the "
-     "ranks waited for (0: no limit)", NULL},
+     "ranks waited for, or when one HDF5 read (of a damaged file) does not return for this "
+     "long, naming the file (0: no limit)",
+     NULL},
     {"threads", 0, OPTION_INT, TRAIN | EVAL, FIELD(threads), "1", 1, 1024, "T",
      "BLAS threads per rank", NULL},
     {"bucket-size", 0, OPTION_SIZE, TRAIN, FIELD(bucket_size), "256KiB", 1024, 4.0e9, "SIZE",

@@ -330,6 +330,7 @@ static bool is_complete_checkpoint(const char *path) {
     if (stat(path, &info) != 0 || !S_ISREG(info.st_mode)) return false;
     bool complete = false;
     hdf5_lock_acquire();
+    hdf5_lock_mark_reading(path);
     if (H5Fis_hdf5(path) > 0) {
         hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (file >= 0) {
@@ -644,11 +645,11 @@ static ddt_status read_optimizer_state(hid_t file, const char *path, bool bounde
     if (!is_float || !shape_ok) {
         status = ddt_error(DDT_ERR_FORMAT, "%s: /optimizer/state is not a 1-D float dataset", path);
     } else if (bounded && dims[0] > 2 * (hsize_t)out->parameter_count) {
-        status = ddt_error(DDT_ERR_FORMAT,
-                           "%s: /optimizer/state holds %llu values, but no optimizer keeps more "
-                           "than %zu for the model \"%s\"",
-                           path, (unsigned long long)dims[0], 2 * out->parameter_count,
-                           out->spec.text);
+        status =
+            ddt_error(DDT_ERR_FORMAT,
+                      "%s: /optimizer/state holds %llu values, but no optimizer keeps more "
+                      "than %zu for the model \"%s\"",
+                      path, (unsigned long long)dims[0], 2 * out->parameter_count, out->spec.text);
     } else if ((status = hdf5_check_storage(dataset, where, &rules)) != DDT_OK) {
         ddt_error_trace(__FILE__, __LINE__);
     } else {
@@ -758,6 +759,7 @@ ddt_status checkpoint_read_for(const char *path, const model_spec *expected,
     DDT_CHECK(hdf5_check_readable(path));
     ddt_status status = DDT_OK;
     hdf5_lock_acquire();
+    hdf5_lock_mark_reading(path);
     if (H5Fis_hdf5(path) <= 0) {
         status = ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);
     } else {

@@ -261,8 +261,8 @@ ddt_status model_file_read_spec_contents(hid_t file, const char *path, model_spe
     return DDT_OK;
 }
 
-ddt_status model_file_read_parameters_contents(hid_t file, const char *path,
-                                               const model_spec *spec, float *host_params) {
+ddt_status model_file_read_parameters_contents(hid_t file, const char *path, const model_spec *spec,
+                                               float *host_params) {
     /* The file may have changed since its spec was read and planned for. */
     model_spec now;
     DDT_CHECK(model_file_read_spec_contents(file, path, &now));
@@ -275,8 +275,8 @@ ddt_status model_file_read_parameters_contents(hid_t file, const char *path,
         for (int part = 0; part < 2; part++) {
             dense_layout layout = model_spec_dense_layout(spec, i);
             float *out = host_params + (part == 0 ? layout.weight_offset : layout.bias_offset);
-            size_t count = part == 0 ? (size_t)layout.outputs * (size_t)layout.inputs
-                                     : (size_t)layout.outputs;
+            size_t count =
+                part == 0 ? (size_t)layout.outputs * (size_t)layout.inputs : (size_t)layout.outputs;
             hid_t dataset;
             DDT_CHECK(open_layer_part(file, path, spec, i, part == 0, &dataset));
             herr_t read = H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
@@ -290,8 +290,8 @@ ddt_status model_file_read_parameters_contents(hid_t file, const char *path,
             for (size_t k = 0; k < count; k++)
                 if (!isfinite(out[k]))
                     return ddt_error(DDT_ERR_DATA,
-                                     "%s: dense_%d/%s has a non-finite value at index %zu", path,
-                                     i, name, k);
+                                     "%s: dense_%d/%s has a non-finite value at index %zu", path, i,
+                                     name, k);
         }
     return DDT_OK;
 }
@@ -308,6 +308,7 @@ typedef struct model_reader {
 static ddt_status read_model_file(const char *path, const model_reader *reader) {
     DDT_CHECK(hdf5_check_readable(path));
     hdf5_lock_acquire();
+    hdf5_lock_mark_reading(path);
     ddt_status status = DDT_OK;
     if (H5Fis_hdf5(path) <= 0) {
         status = ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);

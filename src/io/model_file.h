@@ -43,8 +43,7 @@ ddt_status model_file_read_spec(const char *path, model_spec *spec);
  * `spec`, into host_params: model_spec_parameter_count(spec) floats of the caller's. Checks
  * everything model_file_read_spec() does again (the file may have been replaced since), and
  * that every value is finite (DDT_ERR_DATA naming the layer and index). */
-ddt_status model_file_read_parameters(const char *path, const model_spec *spec,
-                                      float *host_params);
+ddt_status model_file_read_parameters(const char *path, const model_spec *spec, float *host_params);
 
 /* Both steps, with *host_params malloc'ed for whatever the file's spec says (the caller frees
  * it): for tests and tools with small trusted models. Code that must plan memory first calls
