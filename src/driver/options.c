@@ -80,13 +80,20 @@ static const option_def option_table[] = {
      "--host-staging-limit; at least 2)", NULL},
     /* model */
     {"model", 0, OPTION_STRING, TRAIN, FIELD(model), "784-256-relu-128-relu-10", 0, 0, "SPEC",
-     "MLP: input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P]", NULL},
+     "the model: an MLP (input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P]), "
+     "a description in the model grammar (README, \"Describing a model\"; e.g. "
+     "1x28x28-conv(32,k3,p1)-relu-maxpool(2)-flatten-10), @FILE holding one, or a preset: "
+     "cnn-small, resnet-small, gpt-tiny, gpt-small, gpt2-124m", NULL},
+    {"recompute", 0, OPTION_FLAG, TRAIN, FIELD(recompute), NULL, 0, 0, NULL,
+     "keep only each gpt(...) block's input and recompute the block's activations during "
+     "backward: less activation memory (see the memory plan), the same results bit for bit",
+     NULL},
     {"loss", 0, OPTION_ENUM, TRAIN | EVAL, FIELD(loss), "softmax-ce", 0, 0, NULL, "training loss",
      loss_choices},
     {"init", 0, OPTION_STRING, TRAIN, FIELD(init), NULL, 0, 0, "FILE.h5",
      "start from a saved model instead of random weights", NULL},
     {"save", 0, OPTION_STRING, TRAIN, FIELD(save), NULL, 0, 0, "FILE.h5",
-     "write the trained model (dense_<i>/weight, dense_<i>/bias)", NULL},
+     "write the trained model (HDF5, one dataset per PyTorch state_dict name)", NULL},
     {"model-file", 0, OPTION_STRING, EVAL, FIELD(model_file), NULL, 0, 0, "FILE.h5",
      "model to evaluate (written by --save)", NULL},
     /* optimisation */
@@ -466,6 +473,10 @@ void options_print_resolved(command cmd, const options *opts, const options_reso
         for (int k = 0; resolved && k < resolved->count; k++)
             if (strcmp(resolved->names[k], def->name) == 0)
                 snprintf(text, sizeof text, "%s", resolved->values[k]);
+        if (resolved && resolved->model && strcmp(def->name, "model") == 0) {
+            fprintf(out, "  %-20s %s\n", def->name, resolved->model); /* may be long */
+            continue;
+        }
         fprintf(out, "  %-20s %s\n", def->name, text);
     }
 }

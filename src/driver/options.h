@@ -45,6 +45,7 @@ typedef struct options {
     int prefetch_depth;  /* micro-batches */
     /* model and loss */
     const char *model;
+    bool recompute;
     loss_kind loss;
     const char *init;
     const char *save;
@@ -122,6 +123,7 @@ typedef struct options_resolved {
     int count;
     const char *names[8];
     char values[8][64];
+    const char *model; /* the model's full description (a preset expanded), or NULL */
 } options_resolved;
 /* Prints "  name  value" lines for every option of `cmd` (the resolved configuration). */
 void options_print_resolved(command cmd, const options *opts, const options_resolved *resolved,

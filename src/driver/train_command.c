@@ -62,6 +62,7 @@ static ddt_status memory_request_from(const options *o, memory_request *out) {
 static void print_configuration(const void *context, const train_resolved *r, FILE *out) {
     const options *o = context;
     options_resolved resolved = {0};
+    resolved.model = r->model;
     int *n = &resolved.count;
     if (o->micro_batch <= 0) {
         resolved.names[*n] = "micro-batch";
@@ -103,6 +104,7 @@ static ddt_status train_config_from(const job *j, const options *o, train_config
     c->model_given = options_given(o, "model");
     c->init = o->init;
     c->save = o->save;
+    c->model_options.recompute = o->recompute;
     c->loss = o->loss;
     c->optimizer.kind = o->optimizer;
     /* --momentum's default is SGD's; only an explicit --momentum is an error with AdamW. */

@@ -314,7 +314,7 @@ static ddt_status write_checkpoint_contents(int64_t file, const char *path, cons
 /* Writes the whole checkpoint into `temp_path`; messages name `path`, the final name. */
 static ddt_status write_file(const char *temp_path, const char *path,
                              const checkpoint_state *state) {
-    uint64_t floats = model_spec_parameter_count(state->spec) + state->optimizer_state_count;
+    uint64_t floats = model_spec_state_count(state->spec) + state->optimizer_state_count;
     uint64_t text = (state->configuration ? strlen(state->configuration) : 0) +
                     (state->dataset_identity ? strlen(state->dataset_identity) : 0);
     return hdf5_write_temporary(temp_path, path,
@@ -698,7 +698,8 @@ static ddt_status read_contents(hid_t file, const char *path, const model_spec *
         return ddt_error(DDT_ERR_USAGE, "%s holds model '%s', but this run trains '%s'", path,
                          out->spec.text, expected->text);
     out->parameter_count = model_spec_parameter_count(&out->spec);
-    out->parameters = malloc((out->parameter_count ? out->parameter_count : 1) * sizeof(float));
+    size_t state_count = model_spec_state_count(&out->spec);
+    out->parameters = malloc((state_count ? state_count : 1) * sizeof(float));
     if (!out->parameters)
         return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for %zu parameters", path,
                          out->parameter_count);

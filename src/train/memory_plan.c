@@ -81,12 +81,15 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     out->micro_batch = micro_batch;
     size_t parameters = model_spec_parameter_count(inputs->spec);
     out->device[MEMORY_COMPONENT_PARAMETERS] = allocator_rounded_size(parameters * sizeof(float));
+    if (inputs->spec->buffer_count) /* running statistics, a second allocation */
+        out->device[MEMORY_COMPONENT_PARAMETERS] +=
+            allocator_rounded_size(inputs->spec->buffer_count * sizeof(float));
     out->device[MEMORY_COMPONENT_GRADIENTS] = allocator_rounded_size(parameters * sizeof(float));
     size_t state = optimizer_state_floats(inputs->optimizer, parameters);
     if (state)
         out->device[MEMORY_COMPONENT_OPTIMIZER] = allocator_rounded_size(state * sizeof(float));
     out->device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(
-        model_spec_activation_floats(inputs->spec, micro_batch) * sizeof(float));
+        model_spec_activation_floats(inputs->spec, micro_batch, inputs->model) * sizeof(float));
     feed_plan_device(inputs->geometry, micro_batch, out->device);
     out->device[MEMORY_COMPONENT_WORKSPACE] +=
         allocator_rounded_size(TRAIN_SCALAR_COUNT * sizeof(float));

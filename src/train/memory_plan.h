@@ -78,6 +78,7 @@ typedef struct memory_plan_inputs {
     device *dev;             /* the backend: precision scratch, as it will take it */
     precision_kind precision;
     const model_spec *spec;
+    model_options model; /* --recompute */
     const optimizer_params *optimizer;
     const dataset_geometry *geometry;
     shard_params shard;      /* rows, global batch, world, block rows, shuffle (micro-batch and

@@ -196,6 +196,7 @@ void report_configuration(trainer *t) {
             .steps = t->shape.total_steps,
             .steps_per_epoch = t->shape.steps_per_epoch,
             .device = device_kind_name(t->shape.device),
+            .model = t->shape.spec.text,
         };
         cfg->print_configuration(cfg->print_configuration_context, &resolved, out);
     }

@@ -45,9 +45,13 @@ static ddt_status forward_backward(trainer *t, const feed_batch *b, bool last, f
         .training = true, .step = b->global_step, .seed = t->config->seed, .row_ids = b->row_ids};
     const float *logits;
     double started = clock_now();
-    DDT_CHECK(model_forward(e->model, b->features, b->rows, &pass, &logits));
-    loss_apply(e->dev, t->config->loss, b->rows, t->shape.spec.output_width, logits, b->labels,
-               b->targets, loss_scale / (float)t->shape.global_batch,
+    model_input input = {.features = b->features, .tokens = b->tokens};
+    DDT_CHECK(model_forward(e->model, input, b->rows, &pass, &logits));
+    /* the mean over the global batch's predictions: one per row, or one per token position */
+    int positions = t->shape.spec.positions;
+    loss_apply(e->dev, t->config->loss, b->rows * positions, t->shape.spec.output_width, logits,
+               b->labels, b->targets,
+               loss_scale / ((float)t->shape.global_batch * (float)positions),
                &e->scalars[TRAIN_SCALAR_LOSS], model_output_gradient(e->model));
     double forward_done = clock_now();
     ddt_status status = model_backward(e->model, b->rows, &pass,
@@ -89,16 +93,15 @@ static ddt_status report_non_finite(trainer *t, int64_t done) {
     run_engine *e = &t->engine;
     device *dev = e->dev;
     const float *gradients = model_gradients(e->model);
-    char layer[64] = "some layer";
-    for (int d = 0; d < t->shape.spec.dense_count; d++) {
-        dense_layout layout = model_spec_dense_layout(&t->shape.spec, d);
-        bool weight_finite = true, bias_finite = true;
-        device_check_finite(dev, (size_t)layout.inputs * (size_t)layout.outputs,
-                               gradients + layout.weight_offset, &weight_finite);
-        device_check_finite(dev, (size_t)layout.outputs, gradients + layout.bias_offset,
-                               &bias_finite);
-        if (!weight_finite || !bias_finite) {
-            snprintf(layer, sizeof layer, "dense_%d/%s", d, weight_finite ? "bias" : "weight");
+    char layer[MODEL_TENSOR_MAX_NAME] = "some layer";
+    const model_spec *spec = &t->shape.spec;
+    for (int i = 0; i < spec->tensor_count; i++) {
+        const model_tensor *tensor = &spec->tensors[i];
+        if (tensor->is_buffer) continue;
+        bool finite = true;
+        device_check_finite(dev, tensor->count, gradients + tensor->offset, &finite);
+        if (!finite) {
+            snprintf(layer, sizeof layer, "%s", tensor->name);
             break;
         }
     }

@@ -47,6 +47,7 @@ typedef struct train_resolved {
     int64_t steps;       /* total steps of the run */
     int64_t steps_per_epoch;
     const char *device;  /* "cpu", "cuda" */
+    const char *model;   /* the model's canonical description */
 } train_resolved;
 
 typedef struct train_config {
@@ -62,6 +63,7 @@ typedef struct train_config {
     bool model_given;  /* the user named the model (it must then agree with init's) */
     const char *init;  /* model file to start from, or NULL */
     const char *save;  /* model file to write at the end, or NULL */
+    model_options model_options; /* --recompute */
     loss_kind loss;
     /* optimization */
     optimizer_params optimizer;

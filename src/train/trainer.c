@@ -215,6 +215,7 @@ static ddt_status plan_memory(trainer *t) {
         .dev = t->engine.dev,
         .precision = cfg->precision,
         .spec = &s->spec,
+        .model = cfg->model_options,
         .optimizer = &cfg->optimizer,
         .geometry = g,
         .shard = {.rows = g->rows,
@@ -299,7 +300,7 @@ static ddt_status allocate_engine(trainer *t) {
     DDT_CHECK(allocator_init_with_params(e->dev, &ap, &e->alloc));
     DDT_CHECK(device_set_precision(e->dev, cfg->precision, e->alloc,
         model_spec_max_gemm_operand_floats(&s->spec, s->micro_batch)));
-    DDT_CHECK(model_init(&s->spec, e->alloc, s->micro_batch, &e->model));
+    DDT_CHECK(model_init(&s->spec, e->alloc, s->micro_batch, cfg->model_options, &e->model));
     DDT_CHECK(optimizer_init(&cfg->optimizer, e->alloc, model_parameter_count(e->model), &e->opt));
     feed_params fp = {
         .dev = e->dev,
@@ -321,12 +322,11 @@ static ddt_status allocate_engine(trainer *t) {
     DDT_CHECK(feed_init(&fp, &t->data.feed));
     DDT_CHECK(allocator_alloc(e->alloc, MEMORY_COMPONENT_WORKSPACE,
                               TRAIN_SCALAR_COUNT * sizeof(float), (void **)&e->scalars));
-    size_t ready_points[MODEL_MAX_LAYERS];
-    for (int i = 0; i < s->spec.dense_count; i++)
-        ready_points[i] = model_spec_dense_layout(&s->spec, i).weight_offset;
+    size_t ready_points[MODEL_MAX_NODES];
+    int ready_count = model_spec_ready_points(&s->spec, ready_points, MODEL_MAX_NODES);
     DDT_CHECK(gradient_buckets_init(e->comm, model_gradients(e->model),
-                                    model_parameter_count(e->model), ready_points,
-                                    s->spec.dense_count, cfg->bucket_bytes, &e->buckets));
+                                    model_parameter_count(e->model), ready_points, ready_count,
+                                    cfg->bucket_bytes, &e->buckets));
     step_timer_init(&t->timer, e->dev, e->comm);
     /* The plan is exact: a difference is a bug in the plan, which would make limits lie. */
     allocator_stats stats = allocator_get_stats(e->alloc);
@@ -366,15 +366,11 @@ static ddt_status fresh_weights_on_root(trainer *t) {
     run_engine *e = &t->engine;
     if (t->rank != 0) return DDT_OK;
     if (!t->config->init) return model_init_parameters(e->model, t->config->seed);
-    if (e->dev->kind == DEVICE_KIND_CPU)
-        return model_file_read_parameters(t->config->init, &t->shape.spec,
-                                          model_parameters(e->model));
-    size_t bytes = model_parameter_count(e->model) * sizeof(float);
-    float *host = malloc(bytes);
+    size_t bytes = model_spec_state_count(&t->shape.spec) * sizeof(float);
+    float *host = malloc(bytes ? bytes : 1);
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory for --init's parameters");
     ddt_status status = model_file_read_parameters(t->config->init, &t->shape.spec, host);
-    if (status == DDT_OK)
-        status = device_copy_host_to_device(e->dev, model_parameters(e->model), host, bytes);
+    if (status == DDT_OK) status = model_set_state(e->model, host);
     free(host);
     return status;
 }
@@ -384,6 +380,9 @@ static ddt_status share_weights(trainer *t) {
     run_engine *e = &t->engine;
     size_t count = model_parameter_count(e->model);
     DDT_CHECK(comm_broadcast_floats(e->comm, model_parameters(e->model), count, 0));
+    if (model_buffer_count(e->model)) /* running statistics: rank 0's, as DDP's buffers */
+        DDT_CHECK(comm_broadcast_floats(e->comm, model_buffers(e->model),
+                                        model_buffer_count(e->model), 0));
     float *host = malloc(count * sizeof(float));
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory for a weight checksum");
     ddt_status status = device_copy_device_to_host(e->dev, host, model_parameters(e->model),
@@ -471,11 +470,11 @@ static ddt_status train_loop(trainer *t) {
 static ddt_status save_model(trainer *t) {
     run_engine *e = &t->engine;
     if (t->rank != 0 || !t->config->save || t->stopped) return DDT_OK;
-    size_t count = model_parameter_count(e->model);
-    float *host = malloc(count * sizeof(float));
+    size_t count = model_spec_state_count(&t->shape.spec);
+    float *host = malloc((count ? count : 1) * sizeof(float));
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory to save the model");
-    ddt_status status = device_copy_device_to_host(e->dev, host, model_parameters(e->model),
-                                                         count * sizeof(float));
+    ddt_status status = model_get_state(e->model, host);
+    model_spec_set_counters(&t->shape.spec, host, t->steps_done * t->shape.micro_batches_per_step);
     if (status == DDT_OK) status = model_file_save(t->config->save, &t->shape.spec, host);
     free(host);
     return status;

@@ -81,7 +81,7 @@ static void fuzz_model_file(const uint8_t *data, size_t size) {
     if (access_list >= 0) H5Pclose(access_list);
     model_spec spec;
     if (file >= 0 && model_file_read_spec_contents(file, "fuzz-model.h5", &spec) == DDT_OK) {
-        size_t count = model_spec_parameter_count(&spec);
+        size_t count = model_spec_state_count(&spec);
         float *params =
             count <= FUZZ_MAX_FLOATS ? malloc((count ? count : 1) * sizeof *params) : NULL;
         if (params) (void)model_file_read_parameters_contents(file, "fuzz-model.h5", &spec, params);

@@ -40,7 +40,7 @@ fi
 started=$SECONDS
 (cd "$root" &&
   sources=(src/util/*.c src/io/dataset.c src/io/hdf5_storage.c src/io/hdf5_lock.c
-           src/io/model_file.c src/engine/model.c src/engine/alloc.c) &&
+           src/io/model_file.c src/engine/model_spec.c) &&
   "$clang" -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
   -Isrc -I"$hdf5_include" tests/fuzz/fuzz_readers.c "${sources[@]}" "$hdf5_library" -lm -lpthread \
