@@ -688,8 +688,8 @@ static void check_optimizers(void) {
 
 /* A GPU array against the CPU's: within tolerance (check_close), or bit for bit. */
 static void expect_gpu_close(const char *what, const float *device_got, const float *expected,
-                             size_t count, double tolerance, const double *scales,
-                             const char *file, int line) {
+                             size_t count, double tolerance, const double *scales, const char *file,
+                             int line) {
     float *got = random_array(count, 0, 0);
     host_copy_of(got, device_got, count * sizeof(float));
     check_close(what, got, expected, count, tolerance, scales, file, line);
@@ -705,7 +705,7 @@ static void expect_gpu_identical(const char *what, const void *device_got, const
 }
 
 #define EXPECT_GPU_CLOSE(what, device_got, expected, count, tolerance, scales)                     \
-    expect_gpu_close((what), (device_got), (expected), (count), (tolerance), (scales), __FILE__,  \
+    expect_gpu_close((what), (device_got), (expected), (count), (tolerance), (scales), __FILE__,   \
                      __LINE__)
 #define EXPECT_GPU_IDENTICAL(what, device_got, expected, bytes)                                    \
     expect_gpu_identical((what), (device_got), (expected), (bytes), __FILE__, __LINE__)
@@ -767,8 +767,8 @@ static void check_gemm_batched_case(const char *what, bool transpose_a, bool tra
                 scales[at] = fabs(alpha) * sum + fabs(beta * c[at]) + 1e-30;
             }
     }
-    device_gemm_strided_batched(cpu, transpose_a, transpose_b, m, n, k, alpha, a, lda, stride_a,
-                                b, ldb, stride_b, beta, expected, ldc, stride_c, batch);
+    device_gemm_strided_batched(cpu, transpose_a, transpose_b, m, n, k, alpha, a, lda, stride_a, b,
+                                ldb, stride_b, beta, expected, ldc, stride_c, batch);
 
     float *device_a = gpu_copy_of(a, a_size * sizeof(float));
     float *device_b = gpu_copy_of(b, b_size * sizeof(float));
@@ -807,8 +807,7 @@ static void check_gemm_batched_cases(const char *what, double tolerance) {
     /* Attention's shapes: Q K^T scaled, then the probabilities times V. */
     check_gemm_batched_case(what, false, true, 64, 64, 32, 8, false, false, 0.17677669f, 0.0f,
                             tolerance);
-    check_gemm_batched_case(what, false, false, 64, 32, 64, 8, false, false, 1.0f, 0.0f,
-                            tolerance);
+    check_gemm_batched_case(what, false, false, 64, 32, 64, 8, false, false, 1.0f, 0.0f, tolerance);
     /* One operand shared by every entry (stride 0), accumulating. */
     check_gemm_batched_case(what, true, false, 9, 13, 11, 4, true, false, 1.0f, 1.0f, tolerance);
     check_gemm_batched_case(what, false, true, 9, 13, 11, 4, false, true, 1.0f, 1.0f, tolerance);
@@ -818,10 +817,8 @@ static void check_gemm_strided_batched(void) {
     /* Enough for every whole batch above (8 entries of 64 x 64). */
     const size_t whole_batches = 8 * 64 * 64;
     check_gemm_batched_cases("fp32", 1e-5);
-    check_gemm_batched_case("fp32 empty", false, false, 5, 7, 0, 3, false, false, 1.0f, 0.5f,
-                            1e-6);
-    check_gemm_batched_case("fp32 empty", false, false, 5, 7, 0, 3, false, false, 1.0f, 0.0f,
-                            1e-6);
+    check_gemm_batched_case("fp32 empty", false, false, 5, 7, 0, 3, false, false, 1.0f, 0.5f, 1e-6);
+    check_gemm_batched_case("fp32 empty", false, false, 5, 7, 0, 3, false, false, 1.0f, 0.0f, 1e-6);
     EXPECT_OK(device_set_precision(gpu, PRECISION_TF32, gpu_alloc, whole_batches));
     check_gemm_batched_cases("tf32", 5e-3);
     EXPECT_OK(device_set_precision(gpu, PRECISION_BF16, gpu_alloc, whole_batches));
@@ -888,8 +885,8 @@ static void check_permute(void) {
     check_permute_case(5, (int[]){3, 7, 3, 2, 5}, (int[]){2, 0, 3, 1, 4});
     check_permute_case(4, (int[]){3, 2, 7, 5}, (int[]){0, 2, 1, 3});
     check_permute_case(6, (int[]){2, 3, 1, 4, 5, 2}, (int[]){5, 3, 0, 2, 4, 1});
-    check_permute_case(3, (int[]){1, 9, 1}, (int[]){2, 0, 1});    /* sizes of 1 */
-    check_permute_case(3, (int[]){4, 6, 8}, (int[]){0, 1, 2});    /* the identity */
+    check_permute_case(3, (int[]){1, 9, 1}, (int[]){2, 0, 1});       /* sizes of 1 */
+    check_permute_case(3, (int[]){4, 6, 8}, (int[]){0, 1, 2});       /* the identity */
     check_permute_case(4, (int[]){4, 6, 8, 3}, (int[]){2, 3, 0, 1}); /* merged axes */
 }
 
@@ -901,11 +898,12 @@ static void check_im2col_case(int samples, int channels, int height, int width, 
     EXPECT_OK(conv_geometry_make(channels, height, width, kernel_h, kernel_w, stride_h, stride_w,
                                  pad_h, pad_w, "test", &g));
     size_t x_count = (size_t)samples * channels * height * width;
-    size_t cols_count = (size_t)channels * kernel_h * kernel_w * (size_t)samples * g.out_height *
-                        g.out_width;
+    size_t cols_count =
+        (size_t)channels * kernel_h * kernel_w * (size_t)samples * g.out_height * g.out_width;
     float *x = random_array(x_count, -2.0f, 2.0f);
     float *cols = random_array(cols_count, -2.0f, 2.0f);
-    float *expected_cols = random_array(cols_count, 0, 0), *expected_dx = random_array(x_count, 0, 0);
+    float *expected_cols = random_array(cols_count, 0, 0),
+          *expected_dx = random_array(x_count, 0, 0);
     float *device_x = gpu_copy_of(x, x_count * sizeof(float));
     float *device_cols = gpu_copy_of(cols, cols_count * sizeof(float));
     float *device_cols_out = gpu_copy_of(cols, cols_count * sizeof(float)); /* to overwrite */
@@ -963,7 +961,7 @@ static void check_pool_case(pool_kind kind, int samples, int channels, int heigh
     float *expected_y = random_array(y_count, 0, 0), *expected_dx = random_array(x_count, 0, 0);
     float *device_x = gpu_copy_of(x, x_count * sizeof(float));
     float *device_dy = gpu_copy_of(dy, y_count * sizeof(float));
-    float *device_y = gpu_copy_of(dy, y_count * sizeof(float));  /* garbage to overwrite */
+    float *device_y = gpu_copy_of(dy, y_count * sizeof(float)); /* garbage to overwrite */
     float *device_dx = gpu_copy_of(x, x_count * sizeof(float)); /* garbage to overwrite */
     char shape[96];
     snprintf(shape, sizeof shape, "%s %dx%dx%dx%d k%d s%d p%d", kind == POOL_MAX ? "max" : "avg",
@@ -995,10 +993,10 @@ static void check_pool_case(pool_kind kind, int samples, int channels, int heigh
 static void check_pooling(void) {
     for (int kind = 0; kind < 2; kind++) {
         pool_kind k = kind ? POOL_AVERAGE : POOL_MAX;
-        check_pool_case(k, 3, 4, 8, 8, 2, 2, 0);  /* cnn-small's maxpool(2) */
-        check_pool_case(k, 2, 3, 9, 7, 3, 2, 1);  /* overlapping windows, padding */
-        check_pool_case(k, 2, 2, 5, 6, 3, 1, 1);  /* stride 1: up to 9 windows an input */
-        check_pool_case(k, 2, 3, 7, 7, 7, 1, 0);  /* one window: global pooling */
+        check_pool_case(k, 3, 4, 8, 8, 2, 2, 0); /* cnn-small's maxpool(2) */
+        check_pool_case(k, 2, 3, 9, 7, 3, 2, 1); /* overlapping windows, padding */
+        check_pool_case(k, 2, 2, 5, 6, 3, 1, 1); /* stride 1: up to 9 windows an input */
+        check_pool_case(k, 2, 3, 7, 7, 7, 1, 0); /* one window: global pooling */
     }
 }
 
@@ -1072,11 +1070,11 @@ static void check_batchnorm_case(int samples, int channels, int spatial) {
     memcpy(expected_running_mean, running_mean, c_count * sizeof(float));
     memcpy(expected_running_var, running_var, c_count * sizeof(float));
     device_batchnorm_forward(cpu, samples, channels, spatial, x, gamma, beta, 1e-5f, true, 0.1f,
-                             expected_running_mean, expected_running_var, mean, invstd,
-                             expected_y);
+                             expected_running_mean, expected_running_var, mean, invstd, expected_y);
     EXPECT_OK(device_copy_host_to_device(gpu, device_mean, mean, c_count * sizeof(float)));
     EXPECT_OK(device_copy_host_to_device(gpu, device_invstd, invstd, c_count * sizeof(float)));
-    float *expected_dgamma = copy_array(dgamma, c_count), *expected_dbeta = copy_array(dbeta, c_count);
+    float *expected_dgamma = copy_array(dgamma, c_count),
+          *expected_dbeta = copy_array(dbeta, c_count);
     device_batchnorm_backward(cpu, samples, channels, spatial, x, dy, gamma, mean, invstd,
                               expected_dx, expected_dgamma, expected_dbeta);
     double *gamma_scales = calloc(c_count, sizeof *gamma_scales);
@@ -1113,8 +1111,8 @@ static void check_batchnorm_case(int samples, int channels, int spatial) {
                                  first_dx, count * sizeof(float));
             EXPECT_GPU_IDENTICAL(label("batchnorm_backward %s: dgamma repeat", shape),
                                  device_dgamma, first_dgamma, c_count * sizeof(float));
-            EXPECT_GPU_IDENTICAL(label("batchnorm_backward %s: dbeta repeat", shape),
-                                 device_dbeta, first_dbeta, c_count * sizeof(float));
+            EXPECT_GPU_IDENTICAL(label("batchnorm_backward %s: dbeta repeat", shape), device_dbeta,
+                                 first_dbeta, c_count * sizeof(float));
         }
     }
     free(first_dbeta);
@@ -1154,8 +1152,8 @@ static void check_batchnorm_case(int samples, int channels, int spatial) {
 
 static void check_batchnorm(void) {
     check_batchnorm_case(6, 5, 37);
-    check_batchnorm_case(64, 3, 1);    /* after a dense layer (BatchNorm1d) */
-    check_batchnorm_case(16, 4, 784);  /* more values than a block has threads */
+    check_batchnorm_case(64, 3, 1);   /* after a dense layer (BatchNorm1d) */
+    check_batchnorm_case(16, 4, 784); /* more values than a block has threads */
 }
 
 /* Layer normalisation: forward and backward within 1e-5 (dgamma, dbeta relative to the sum of
@@ -1167,7 +1165,8 @@ static void check_layernorm_case(int rows, int cols) {
     float *dgamma = random_array(c_count, -1.0f, 1.0f), *dbeta = random_array(c_count, -1.0f, 1.0f);
     float *expected_y = random_array(count, 0, 0), *expected_dx = random_array(count, 0, 0);
     float *mean = random_array((size_t)rows, 0, 0), *rstd = random_array((size_t)rows, 0, 0);
-    float *expected_dgamma = copy_array(dgamma, c_count), *expected_dbeta = copy_array(dbeta, c_count);
+    float *expected_dgamma = copy_array(dgamma, c_count),
+          *expected_dbeta = copy_array(dbeta, c_count);
     float *device_x = gpu_copy_of(x, count * sizeof(float));
     float *device_dy = gpu_copy_of(dy, count * sizeof(float));
     float *device_gamma = gpu_copy_of(gamma, c_count * sizeof(float));
@@ -1195,8 +1194,8 @@ static void check_layernorm_case(int rows, int cols) {
                              device_mean, device_rstd);
     EXPECT_GPU_IDENTICAL(label("layernorm_forward %s: y repeat", shape), device_y, first_y,
                          count * sizeof(float));
-    EXPECT_GPU_IDENTICAL(label("layernorm_forward %s: rstd repeat", shape), device_rstd,
-                         first_rstd, (size_t)rows * sizeof(float));
+    EXPECT_GPU_IDENTICAL(label("layernorm_forward %s: rstd repeat", shape), device_rstd, first_rstd,
+                         (size_t)rows * sizeof(float));
 
     /* Backward from the CPU's statistics, given to both. */
     EXPECT_OK(device_copy_host_to_device(gpu, device_mean, mean, (size_t)rows * sizeof(float)));
@@ -1235,8 +1234,8 @@ static void check_layernorm_case(int rows, int cols) {
                                  first_dx, count * sizeof(float));
             EXPECT_GPU_IDENTICAL(label("layernorm_backward %s: dgamma repeat", shape),
                                  device_dgamma, first_dgamma, c_count * sizeof(float));
-            EXPECT_GPU_IDENTICAL(label("layernorm_backward %s: dbeta repeat", shape),
-                                 device_dbeta, first_dbeta, c_count * sizeof(float));
+            EXPECT_GPU_IDENTICAL(label("layernorm_backward %s: dbeta repeat", shape), device_dbeta,
+                                 first_dbeta, c_count * sizeof(float));
         }
     }
     free(first_dbeta);
@@ -1273,7 +1272,7 @@ static void check_layernorm_case(int rows, int cols) {
 static void check_layernorm(void) {
     check_layernorm_case(67, 100);
     check_layernorm_case(5, 7);
-    check_layernorm_case(300, 768); /* gpt2-124m's width */
+    check_layernorm_case(300, 768);  /* gpt2-124m's width */
     check_layernorm_case(2100, 128); /* more rows than the gradient's row chunks, unevenly */
 }
 
@@ -1288,7 +1287,8 @@ static void check_embedding_case(int rows, int cols, int table_rows, bool positi
                            : (int32_t)(rng_hash4(3, 1, 4, (uint64_t)r) % (uint64_t)table_rows);
     float *table = random_array(table_count, -1.0f, 1.0f), *dy = random_array(count, -1.0f, 1.0f);
     float *dtable = random_array(table_count, -1.0f, 1.0f);
-    float *expected_y = random_array(count, 0, 0), *expected_dtable = copy_array(dtable, table_count);
+    float *expected_y = random_array(count, 0, 0),
+          *expected_dtable = copy_array(dtable, table_count);
     int32_t *device_ids = gpu_copy_of(ids, (size_t)rows * sizeof *ids);
     float *device_table = gpu_copy_of(table, table_count * sizeof(float));
     float *device_dy = gpu_copy_of(dy, count * sizeof(float));
@@ -1304,12 +1304,12 @@ static void check_embedding_case(int rows, int cols, int table_rows, bool positi
                          count * sizeof(float));
     device_embedding_backward(cpu, rows, cols, ids, dy, expected_dtable);
     for (int run = 0; run < 2; run++) {
-        EXPECT_OK(device_copy_host_to_device(gpu, device_dtable, dtable,
-                                             table_count * sizeof(float)));
+        EXPECT_OK(
+            device_copy_host_to_device(gpu, device_dtable, dtable, table_count * sizeof(float)));
         device_embedding_backward(gpu, rows, cols, device_ids, device_dy, device_dtable);
-        EXPECT_GPU_IDENTICAL(label("embedding_backward %s, bit for bit%s", shape,
-                                   run ? " (again)" : ""),
-                             device_dtable, expected_dtable, table_count * sizeof(float));
+        EXPECT_GPU_IDENTICAL(
+            label("embedding_backward %s, bit for bit%s", shape, run ? " (again)" : ""),
+            device_dtable, expected_dtable, table_count * sizeof(float));
     }
     gpu_release(device_dtable);
     gpu_release(device_y);

@@ -426,11 +426,10 @@ typedef cudaError_t (*cast_batched_function)(cudaStream_t stream, int batch, int
  * chunks of as many entries as the buffers hold (one chunk when set_precision's
  * max_operand_floats covers batch * m * k and batch * k * n). A shared operand (stride 0) is
  * cast once and read with stride 0. */
-static void cuda_gemm_strided_batched(device *dev, bool transpose_a, bool transpose_b, int m,
-                                      int n, int k, float alpha, const float *a, int lda,
-                                      int64_t stride_a, const float *b, int ldb, int64_t stride_b,
-                                      float beta, float *c, int ldc, int64_t stride_c,
-                                      int batch) {
+static void cuda_gemm_strided_batched(device *dev, bool transpose_a, bool transpose_b, int m, int n,
+                                      int k, float alpha, const float *a, int lda, int64_t stride_a,
+                                      const float *b, int ldb, int64_t stride_b, float beta,
+                                      float *c, int ldc, int64_t stride_c, int batch) {
     cuda_backend *backend = backend_of(dev);
     cudaStream_t stream = backend->compute_stream;
     if (m <= 0 || n <= 0 || batch <= 0) return;
@@ -442,10 +441,10 @@ static void cuda_gemm_strided_batched(device *dev, bool transpose_a, bool transp
     cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (!precision_is_16_bit(backend->precision)) {
-        CUBLAS_DEFER(backend, cublasSgemmStridedBatched(backend->cublas, op_b, op_a, n, m, k,
-                                                        &alpha, b, ldb, (long long)stride_b, a,
-                                                        lda, (long long)stride_a, &beta, c, ldc,
-                                                        (long long)stride_c, batch));
+        CUBLAS_DEFER(backend,
+                     cublasSgemmStridedBatched(backend->cublas, op_b, op_a, n, m, k, &alpha, b, ldb,
+                                               (long long)stride_b, a, lda, (long long)stride_a,
+                                               &beta, c, ldc, (long long)stride_c, batch));
         return;
     }
     int a_rows = transpose_a ? k : m, a_cols = transpose_a ? m : k;
@@ -487,8 +486,8 @@ static void cuda_gemm_strided_batched(device *dev, bool transpose_a, bool transp
                      cublasGemmStridedBatchedEx(
                          backend->cublas, op_b, op_a, n, m, k, &alpha, backend->cast_b, type,
                          b_cols, packed_b, backend->cast_a, type, a_cols, packed_a, &beta,
-                         c + (int64_t)first * stride_c, CUDA_R_32F, ldc, (long long)stride_c,
-                         count, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+                         c + (int64_t)first * stride_c, CUDA_R_32F, ldc, (long long)stride_c, count,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     }
 }
 
@@ -530,14 +529,13 @@ static void cuda_pool2d_backward(device *dev, pool_kind kind, const conv_geometr
 }
 
 static void cuda_batchnorm_forward(device *dev, int samples, int channels, int spatial,
-                                   const float *x, const float *gamma, const float *beta,
-                                   float eps, bool training, float momentum, float *running_mean,
+                                   const float *x, const float *gamma, const float *beta, float eps,
+                                   bool training, float momentum, float *running_mean,
                                    float *running_var, float *mean, float *invstd, float *y) {
     cuda_backend *backend = backend_of(dev);
     CUDA_DEFER(backend, kernels_batchnorm_forward(backend->compute_stream, samples, channels,
-                                                  spatial, x, gamma, beta, eps, training,
-                                                  momentum, running_mean, running_var, mean,
-                                                  invstd, y));
+                                                  spatial, x, gamma, beta, eps, training, momentum,
+                                                  running_mean, running_var, mean, invstd, y));
 }
 
 static void cuda_batchnorm_backward(device *dev, int samples, int channels, int spatial,
@@ -580,8 +578,8 @@ static void cuda_embedding_backward(device *dev, int rows, int cols, const int32
                kernels_embedding_backward(backend->compute_stream, rows, cols, ids, dy, dtable));
 }
 
-static void cuda_causal_softmax_forward(device *dev, int groups, int t, float scale,
-                                        const float *x, float *y) {
+static void cuda_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x,
+                                        float *y) {
     cuda_backend *backend = backend_of(dev);
     CUDA_DEFER(backend,
                kernels_causal_softmax_forward(backend->compute_stream, groups, t, scale, x, y));

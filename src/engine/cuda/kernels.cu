@@ -153,9 +153,9 @@ extern "C" cudaError_t kernels_cast_fp16(cudaStream_t stream, int rows, int cols
     return kernels_cast_fp16_batched(stream, 1, rows, cols, src, ld, 0, dst);
 }
 
-extern "C" cudaError_t kernels_cast_bf16_batched(cudaStream_t stream, int batch, int rows,
-                                                 int cols, const float *src, int ld,
-                                                 int64_t stride, void *dst) {
+extern "C" cudaError_t kernels_cast_bf16_batched(cudaStream_t stream, int batch, int rows, int cols,
+                                                 const float *src, int ld, int64_t stride,
+                                                 void *dst) {
     if (batch <= 0 || rows <= 0 || cols <= 0) return cudaSuccess;
     size_t count = (size_t)rows * cols * (size_t)batch;
     cast_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
@@ -163,9 +163,9 @@ extern "C" cudaError_t kernels_cast_bf16_batched(cudaStream_t stream, int batch,
     return cudaGetLastError();
 }
 
-extern "C" cudaError_t kernels_cast_fp16_batched(cudaStream_t stream, int batch, int rows,
-                                                 int cols, const float *src, int ld,
-                                                 int64_t stride, void *dst) {
+extern "C" cudaError_t kernels_cast_fp16_batched(cudaStream_t stream, int batch, int rows, int cols,
+                                                 const float *src, int ld, int64_t stride,
+                                                 void *dst) {
     if (batch <= 0 || rows <= 0 || cols <= 0) return cudaSuccess;
     size_t count = (size_t)rows * cols * (size_t)batch;
     cast_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
@@ -291,10 +291,11 @@ activation_backward_kernel(size_t count, const float *__restrict__ x, const floa
             /* (1 + tanh u)/2 + x/2 (1 - tanh^2 u) u', u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
             float v = x[i];
             float t = tanhf(gelu_tanh_inner(v));
-            float slope =
-                RN_MUL(GELU_TANH_SCALE, RN_ADD(1.0f, RN_MUL(RN_MUL(RN_MUL(3.0f, GELU_TANH_CUBIC), v), v)));
-            float derivative = RN_ADD(RN_MUL(0.5f, RN_ADD(1.0f, t)),
-                                   RN_MUL(RN_MUL(RN_MUL(0.5f, v), RN_SUB(1.0f, RN_MUL(t, t))), slope));
+            float slope = RN_MUL(GELU_TANH_SCALE,
+                                 RN_ADD(1.0f, RN_MUL(RN_MUL(RN_MUL(3.0f, GELU_TANH_CUBIC), v), v)));
+            float derivative =
+                RN_ADD(RN_MUL(0.5f, RN_ADD(1.0f, t)),
+                       RN_MUL(RN_MUL(RN_MUL(0.5f, v), RN_SUB(1.0f, RN_MUL(t, t))), slope));
             dx[i] = RN_MUL(dy[i], derivative);
             break;
         }
@@ -349,8 +350,8 @@ extern "C" cudaError_t kernels_activation_backward(cudaStream_t stream, activati
         LAUNCH_ACTIVATION(activation_backward_kernel, ACTIVATION_TANH, count, stream, x, y, dy, dx);
         break;
     case ACTIVATION_GELU_TANH:
-        LAUNCH_ACTIVATION(activation_backward_kernel, ACTIVATION_GELU_TANH, count, stream, x, y,
-                          dy, dx);
+        LAUNCH_ACTIVATION(activation_backward_kernel, ACTIVATION_GELU_TANH, count, stream, x, y, dy,
+                          dx);
         break;
     case ACTIVATION_SIGMOID:
         LAUNCH_ACTIVATION(activation_backward_kernel, ACTIVATION_SIGMOID, count, stream, x, y, dy,
@@ -738,8 +739,8 @@ typedef struct permute_walk {
     int64_t stride[6];
 } permute_walk;
 
-static __global__ void permute_kernel(size_t count, permute_walk walk,
-                                      const float *__restrict__ in, float *__restrict__ out) {
+static __global__ void permute_kernel(size_t count, permute_walk walk, const float *__restrict__ in,
+                                      float *__restrict__ out) {
     GRID_STRIDE_LOOP(i, count) {
         size_t rest = i;
         int64_t offset = 0;
@@ -981,30 +982,29 @@ extern "C" cudaError_t kernels_pool2d_forward(cudaStream_t stream, pool_kind kin
     float divisor = (float)(g->kernel_h * g->kernel_w);
     unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
     if (kind == POOL_MAX)
-        pool_forward_kernel<POOL_MAX><<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count,
-                                                                                divisor, x, y);
+        pool_forward_kernel<POOL_MAX>
+            <<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count, divisor, x, y);
     else if (kind == POOL_AVERAGE)
-        pool_forward_kernel<POOL_AVERAGE><<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count,
-                                                                                    divisor, x, y);
+        pool_forward_kernel<POOL_AVERAGE>
+            <<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count, divisor, x, y);
     else
         return cudaErrorInvalidValue;
     return cudaGetLastError();
 }
 
 extern "C" cudaError_t kernels_pool2d_backward(cudaStream_t stream, pool_kind kind,
-                                               const conv_geometry *g, int samples,
-                                               const float *x, const float *y, const float *dy,
-                                               float *dx) {
+                                               const conv_geometry *g, int samples, const float *x,
+                                               const float *y, const float *dy, float *dx) {
     size_t count = (size_t)samples * g->channels * g->height * g->width;
     if (samples <= 0 || count == 0) return cudaSuccess;
     float divisor = (float)(g->kernel_h * g->kernel_w);
     unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
     if (kind == POOL_MAX)
-        pool_backward_kernel<POOL_MAX><<<blocks, THREADS_PER_BLOCK, 0, stream>>>(
-            *g, count, divisor, x, y, dy, dx);
+        pool_backward_kernel<POOL_MAX>
+            <<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count, divisor, x, y, dy, dx);
     else if (kind == POOL_AVERAGE)
-        pool_backward_kernel<POOL_AVERAGE><<<blocks, THREADS_PER_BLOCK, 0, stream>>>(
-            *g, count, divisor, x, y, dy, dx);
+        pool_backward_kernel<POOL_AVERAGE>
+            <<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count, divisor, x, y, dy, dx);
     else
         return cudaErrorInvalidValue;
     return cudaGetLastError();
@@ -1018,15 +1018,12 @@ static __device__ size_t channel_element(size_t e, int c, int channels, int spat
 
 /* One block per channel: the statistics in double (the sum, then the squared deviations from
  * the mean, two passes as on the CPU), then y. */
-static __global__ void batchnorm_forward_kernel(int samples, int channels, int spatial,
-                                                const float *__restrict__ x,
-                                                const float *__restrict__ gamma,
-                                                const float *__restrict__ beta, float eps,
-                                                bool training, float momentum,
-                                                float *__restrict__ running_mean,
-                                                float *__restrict__ running_var,
-                                                float *__restrict__ mean,
-                                                float *__restrict__ invstd, float *__restrict__ y) {
+static __global__ void
+batchnorm_forward_kernel(int samples, int channels, int spatial, const float *__restrict__ x,
+                         const float *__restrict__ gamma, const float *__restrict__ beta, float eps,
+                         bool training, float momentum, float *__restrict__ running_mean,
+                         float *__restrict__ running_var, float *__restrict__ mean,
+                         float *__restrict__ invstd, float *__restrict__ y) {
     int c = blockIdx.x;
     size_t count = (size_t)samples * (size_t)spatial;
     double m, inverse;
@@ -1081,14 +1078,12 @@ extern "C" cudaError_t kernels_batchnorm_forward(cudaStream_t stream, int sample
 }
 
 /* One block per channel: sum(dy) and sum(dy * xhat) in double, then dx. */
-static __global__ void batchnorm_backward_kernel(int samples, int channels, int spatial,
-                                                 const float *__restrict__ x,
-                                                 const float *__restrict__ dy,
-                                                 const float *__restrict__ gamma,
-                                                 const float *__restrict__ mean,
-                                                 const float *__restrict__ invstd,
-                                                 float *__restrict__ dx, float *__restrict__ dgamma,
-                                                 float *__restrict__ dbeta) {
+static __global__ void
+batchnorm_backward_kernel(int samples, int channels, int spatial, const float *__restrict__ x,
+                          const float *__restrict__ dy, const float *__restrict__ gamma,
+                          const float *__restrict__ mean, const float *__restrict__ invstd,
+                          float *__restrict__ dx, float *__restrict__ dgamma,
+                          float *__restrict__ dbeta) {
     int c = blockIdx.x;
     size_t count = (size_t)samples * (size_t)spatial;
     float mu = mean[c], inverse = invstd[c];
@@ -1196,7 +1191,7 @@ static __global__ void layernorm_backward_kernel(int rows, int cols, const float
         for (int c = lane; c < cols; c += 32) {
             float xhat = RN_MUL(RN_SUB(v[c], mu), inverse);
             out[c] = RN_MUL(inverse, RN_SUB(RN_SUB(RN_MUL(g[c], gamma[c]), mean_dxhat),
-                                      RN_MUL(xhat, mean_dxhat_xhat)));
+                                            RN_MUL(xhat, mean_dxhat_xhat)));
         }
     }
 }
@@ -1205,10 +1200,11 @@ static __global__ void layernorm_backward_kernel(int rows, int cols, const float
  * so a warp reads 128 contiguous bytes of a row); its COLUMN_ROW_THREADS rows of threads each
  * add one contiguous chunk of rows in increasing order, and the chunks' partials are then
  * added in chunk order: rows summed in order, grouped by chunk, with no atomics. */
-static __global__ void layernorm_parameter_gradient_kernel(
-    int rows, int cols, const float *__restrict__ x, const float *__restrict__ dy,
-    const float *__restrict__ mean, const float *__restrict__ rstd, float *__restrict__ dgamma,
-    float *__restrict__ dbeta) {
+static __global__ void
+layernorm_parameter_gradient_kernel(int rows, int cols, const float *__restrict__ x,
+                                    const float *__restrict__ dy, const float *__restrict__ mean,
+                                    const float *__restrict__ rstd, float *__restrict__ dgamma,
+                                    float *__restrict__ dbeta) {
     __shared__ float partial_gamma[COLUMN_ROW_THREADS][33];
     __shared__ float partial_beta[COLUMN_ROW_THREADS][33];
     int column = blockIdx.x * 32 + threadIdx.x;
@@ -1263,8 +1259,7 @@ static __global__ void embedding_forward_kernel(int rows, int cols, const int32_
 }
 
 extern "C" cudaError_t kernels_embedding_forward(cudaStream_t stream, int rows, int cols,
-                                                 const int32_t *ids, const float *table,
-                                                 float *y) {
+                                                 const int32_t *ids, const float *table, float *y) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
     size_t count = (size_t)rows * cols;
     embedding_forward_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0,
@@ -1305,8 +1300,8 @@ extern "C" cudaError_t kernels_embedding_backward(cudaStream_t stream, int rows,
     int classes = EMBEDDING_TARGET_WARPS / column_groups;
     classes = classes < 1 ? 1 : classes > EMBEDDING_MAX_CLASSES ? EMBEDDING_MAX_CLASSES : classes;
     size_t warps = (size_t)column_groups * (size_t)classes;
-    embedding_backward_kernel<<<blocks_for(warps, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,
-                                stream>>>(rows, cols, classes, ids, dy, dtable);
+    embedding_backward_kernel<<<blocks_for(warps, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
+        rows, cols, classes, ids, dy, dtable);
     return cudaGetLastError();
 }
 
@@ -1374,8 +1369,8 @@ extern "C" cudaError_t kernels_causal_softmax_forward(cudaStream_t stream, int g
 }
 
 extern "C" cudaError_t kernels_causal_softmax_backward(cudaStream_t stream, int groups, int t,
-                                                       float scale, const float *y,
-                                                       const float *dy, float *dx) {
+                                                       float scale, const float *y, const float *dy,
+                                                       float *dx) {
     if (groups <= 0 || t <= 0) return cudaSuccess;
     size_t rows = (size_t)groups * t;
     causal_softmax_backward_kernel<<<blocks_for(rows, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,

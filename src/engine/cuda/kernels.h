@@ -91,8 +91,8 @@ cudaError_t kernels_add(cudaStream_t stream, size_t count, const float *a, const
                         float *out);
 cudaError_t kernels_permute(cudaStream_t stream, int rank, const int *dims, const int *perm,
                             const float *in, float *out);
-cudaError_t kernels_im2col(cudaStream_t stream, const conv_geometry *g, int samples,
-                           const float *x, float *cols);
+cudaError_t kernels_im2col(cudaStream_t stream, const conv_geometry *g, int samples, const float *x,
+                           float *cols);
 cudaError_t kernels_col2im(cudaStream_t stream, const conv_geometry *g, int samples,
                            const float *cols, float *dx);
 cudaError_t kernels_pool2d_forward(cudaStream_t stream, pool_kind kind, const conv_geometry *g,
@@ -102,25 +102,22 @@ cudaError_t kernels_pool2d_backward(cudaStream_t stream, pool_kind kind, const c
                                     float *dx);
 cudaError_t kernels_batchnorm_forward(cudaStream_t stream, int samples, int channels, int spatial,
                                       const float *x, const float *gamma, const float *beta,
-                                      float eps, bool training, float momentum,
-                                      float *running_mean, float *running_var, float *mean,
-                                      float *invstd, float *y);
-cudaError_t kernels_batchnorm_backward(cudaStream_t stream, int samples, int channels,
-                                       int spatial, const float *x, const float *dy,
-                                       const float *gamma, const float *mean,
-                                       const float *invstd, float *dx, float *dgamma,
-                                       float *dbeta);
+                                      float eps, bool training, float momentum, float *running_mean,
+                                      float *running_var, float *mean, float *invstd, float *y);
+cudaError_t kernels_batchnorm_backward(cudaStream_t stream, int samples, int channels, int spatial,
+                                       const float *x, const float *dy, const float *gamma,
+                                       const float *mean, const float *invstd, float *dx,
+                                       float *dgamma, float *dbeta);
 cudaError_t kernels_layernorm_forward(cudaStream_t stream, int rows, int cols, const float *x,
                                       const float *gamma, const float *beta, float eps, float *y,
                                       float *mean, float *rstd);
 cudaError_t kernels_layernorm_backward(cudaStream_t stream, int rows, int cols, const float *x,
                                        const float *dy, const float *gamma, const float *mean,
-                                       const float *rstd, float *dx, float *dgamma,
-                                       float *dbeta);
+                                       const float *rstd, float *dx, float *dgamma, float *dbeta);
 cudaError_t kernels_embedding_forward(cudaStream_t stream, int rows, int cols, const int32_t *ids,
                                       const float *table, float *y);
-cudaError_t kernels_embedding_backward(cudaStream_t stream, int rows, int cols,
-                                       const int32_t *ids, const float *dy, float *dtable);
+cudaError_t kernels_embedding_backward(cudaStream_t stream, int rows, int cols, const int32_t *ids,
+                                       const float *dy, float *dtable);
 cudaError_t kernels_causal_softmax_forward(cudaStream_t stream, int groups, int t, float scale,
                                            const float *x, float *y);
 cudaError_t kernels_causal_softmax_backward(cudaStream_t stream, int groups, int t, float scale,
