@@ -27,6 +27,7 @@
 #include "check.h"
 #include "engine/alloc.h"
 #include "engine/device.h"
+#include "engine/model_spec.h" /* conv_geometry_make */
 #include "util/rng.h"
 
 #define MIB ((size_t)1 << 20)
