@@ -29,6 +29,7 @@ typedef enum command {
     COMMAND_CONVERT = 1 << 2,
     COMMAND_SYNTH = 1 << 3,
     COMMAND_INFO = 1 << 4,
+    COMMAND_GENERATE = 1 << 5,
 } command;
 
 #define OPTIONS_MAX_POSITIONAL 64
@@ -46,6 +47,11 @@ typedef struct options {
     /* model and loss */
     const char *model;
     bool recompute;
+    /* generate */
+    const char *prompt;
+    int64_t tokens;
+    double temperature;
+    int64_t top_k;
     loss_kind loss;
     const char *init;
     const char *save;
@@ -56,6 +62,9 @@ typedef struct options {
     double momentum;
     bool nesterov;
     double weight_decay;
+    int weight_decay_on; /* 0 matrices, 1 all */
+    double clip_grad_norm;
+    int64_t eval_every;
     double beta1, beta2, eps;
     lr_schedule_kind lr_schedule;
     int64_t warmup_steps;

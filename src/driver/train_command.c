@@ -10,6 +10,7 @@
 #include "driver/blas_setup.h"
 #include "driver/commands.h"
 #include "train/evaluate.h"
+#include "train/generate.h"
 #include "train/trace.h"
 #include "train/train.h"
 #include "util/units.h"
@@ -112,6 +113,9 @@ static ddt_status train_config_from(const job *j, const options *o, train_config
     c->optimizer.momentum = sgd || options_given(o, "momentum") ? (float)o->momentum : 0;
     c->optimizer.nesterov = o->nesterov;
     c->optimizer.weight_decay = (float)o->weight_decay;
+    c->decay_all_parameters = o->weight_decay_on == 1;
+    c->clip_grad_norm = (float)o->clip_grad_norm;
+    c->eval_every = o->eval_every;
     c->optimizer.beta1 = (float)o->beta1;
     c->optimizer.beta2 = (float)o->beta2;
     c->optimizer.eps = (float)o->eps;
@@ -166,6 +170,21 @@ ddt_status train_command(job *j, const options *opts) {
     train_config config;
     DDT_CHECK(comm_agree(j->control, train_config_from(j, opts, &config), "the options"));
     return train_run(j->control, &config);
+}
+
+ddt_status generate_command(job *j, const options *opts) {
+    blas_set_threads(opts->threads);
+    generate_config config = {
+        .model_file = opts->model_file,
+        .prompt = opts->prompt,
+        .tokens = (int)opts->tokens,
+        .sampling = {.temperature = (float)opts->temperature,
+                     .top_k = (int)opts->top_k,
+                     .seed = (uint64_t)opts->seed},
+        .device = opts->device,
+        .out = stdout,
+    };
+    return generate_run(j->control, &config);
 }
 
 ddt_status eval_command(job *j, const options *opts) {

@@ -1,13 +1,15 @@
 /* layers.c - every node kind's passes and storage (see layers.h).
  *
  * Convolution is im2col + one GEMM per chunk of samples: the windows of a chunk are unfolded
- * into a (C*K*K) x (samples*positions) matrix, and one product with the weights gives the
- * chunk's outputs position-major (positions x channels), where the bias is a plain row bias;
- * a permute puts them in NCHW. One large product per chunk keeps BLAS and cuBLAS at their
- * best (a product per sample would be small and slow), and the chunk bounds the unfolded
- * matrix's memory (CONV_WORKSPACE_FLOATS). Winograd or direct convolutions would save memory
- * traffic but would need their own code on every backend; im2col reuses the GEMM that
- * already runs at the machine's speed.
+ * into a (C*K*K) x (samples*positions) matrix, and one product W [OUT x C*K*K] times it gives
+ * the chunk's outputs channel-major (OUT x samples*positions); the bias joins as a rank-one
+ * product with a row of ones, and a permute puts the outputs in NCHW. Backward: the output
+ * gradient permuted channel-major, dW += dY cols^T, d cols = W^T dY, col2im. All products are
+ * plain (no operand transposed twice), so BLAS and cuBLAS run them at their best; one large
+ * product per chunk rather than one per sample (small, slow), and the chunk bounds the
+ * unfolded matrix's memory (CONV_WORKSPACE_FLOATS). Winograd or direct convolutions would
+ * save memory traffic but would need their own code on every backend; im2col reuses the GEMM
+ * that already runs at the machine's speed.
  *
  * Attention: one product makes q, k and v for all heads (c_attn); a permute gives each of
  * them as [samples * heads] matrices of T x head_size, so scores, the causal softmax and the
@@ -141,6 +143,13 @@ static size_t max3(size_t a, size_t b, size_t c) {
     return m > c ? m : c;
 }
 
+size_t layer_ones_floats(const model_spec *spec, int index, int rows) {
+    const model_node *node = node_of(spec, index);
+    if (node->kind != NODE_CONV || !node->bias) return 0;
+    return (size_t)node->geometry.out_height * node->geometry.out_width *
+           (size_t)conv_chunk(node, rows);
+}
+
 size_t layer_max_gemm_operand_floats(const model_spec *spec, int index, int rows) {
     const model_node *node = node_of(spec, index);
     switch (node->kind) {
@@ -192,17 +201,19 @@ static void conv_forward(const layer_call *c, const model_node *node) {
     int64_t out_size = (int64_t)outputs * positions;
     int chunk = conv_chunk(node, c->rows);
     float *cols = c->workspace;
-    float *transposed = cols + (size_t)unfolded * positions * chunk;
+    float *wide = cols + (size_t)unfolded * positions * chunk; /* outputs x n * positions */
     for (int s = 0; s < c->rows; s += chunk) {
         int n = c->rows - s < chunk ? c->rows - s : chunk;
         int columns = n * positions;
         device_im2col(c->dev, g, n, c->x + s * in_size, cols);
-        /* (n * positions) x outputs = cols^T W^T */
-        device_gemm(c->dev, true, true, columns, outputs, unfolded, 1.0f, cols, columns,
-                    parameter(c, node, 0), unfolded, 0.0f, transposed, outputs);
-        if (node->bias) device_bias_add(c->dev, columns, outputs, transposed, parameter(c, node, 1));
-        int dims[3] = {n, positions, outputs}, perm[3] = {0, 2, 1};
-        device_permute(c->dev, 3, dims, perm, transposed, c->y + s * out_size);
+        device_gemm(c->dev, false, false, outputs, columns, unfolded, 1.0f,
+                    parameter(c, node, 0), unfolded, cols, columns, 0.0f, wide, columns);
+        if (node->bias) /* wide += bias 1^T */
+            device_gemm(c->dev, false, false, outputs, columns, 1, 1.0f, parameter(c, node, 1), 1,
+                        c->ones, columns, 1.0f, wide, columns);
+        /* [outputs, n, positions] -> [n, outputs, positions] */
+        int dims[3] = {outputs, n, positions}, perm[3] = {1, 0, 2};
+        device_permute(c->dev, 3, dims, perm, wide, c->y + s * out_size);
     }
 }
 
@@ -345,24 +356,24 @@ static ddt_status conv_backward(const layer_call *c, const model_node *node, con
     int chunk = conv_chunk(node, c->rows);
     float *cols = c->workspace;
     float *d_cols = cols + (size_t)unfolded * positions * chunk;
-    float *d_transposed = d_cols + (size_t)unfolded * positions * chunk;
+    float *d_wide = d_cols + (size_t)unfolded * positions * chunk; /* outputs x n * positions */
     for (int s = 0; s < c->rows; s += chunk) {
         int n = c->rows - s < chunk ? c->rows - s : chunk;
         int columns = n * positions;
-        int dims[3] = {n, outputs, positions}, perm[3] = {0, 2, 1};
-        device_permute(c->dev, 3, dims, perm, dy + s * out_size, d_transposed);
-        if (node->bias)
-            device_bias_gradient_accumulate(c->dev, columns, outputs, d_transposed,
-                                            gradient(c, node, 1));
+        /* [n, outputs, positions] -> [outputs, n, positions] */
+        int dims[3] = {n, outputs, positions}, perm[3] = {1, 0, 2};
+        device_permute(c->dev, 3, dims, perm, dy + s * out_size, d_wide);
+        if (node->bias) /* d bias += dY 1 */
+            device_gemm(c->dev, false, false, outputs, 1, columns, 1.0f, d_wide, columns, c->ones,
+                        1, 1.0f, gradient(c, node, 1), 1);
         device_im2col(c->dev, g, n, c->x + s * in_size, cols);
-        /* dW [outputs x unfolded] += dT^T cols^T */
-        device_gemm(c->dev, true, true, outputs, unfolded, columns, 1.0f, d_transposed, outputs,
-                    cols, columns, 1.0f, gradient(c, node, 0), unfolded);
+        /* dW [outputs x unfolded] += dY cols^T */
+        device_gemm(c->dev, false, true, outputs, unfolded, columns, 1.0f, d_wide, columns, cols,
+                    columns, 1.0f, gradient(c, node, 0), unfolded);
         if (dx) {
-            /* d_cols [unfolded x columns] = W^T dT^T */
-            device_gemm(c->dev, true, true, unfolded, columns, outputs, 1.0f,
-                        parameter(c, node, 0), unfolded, d_transposed, outputs, 0.0f, d_cols,
-                        columns);
+            /* d_cols [unfolded x columns] = W^T dY */
+            device_gemm(c->dev, true, false, unfolded, columns, outputs, 1.0f,
+                        parameter(c, node, 0), unfolded, d_wide, columns, 0.0f, d_cols, columns);
             device_col2im(c->dev, g, n, d_cols, dx + s * in_size);
         }
     }

@@ -26,6 +26,7 @@ typedef struct layer_call {
     float *y;               /* output storage (NULL for views) */
     float *saved;
     float *workspace;
+    const float *ones; /* a row of ones, layer_ones_floats() long at least */
 } layer_call;
 
 /* Floats of output storage (0: the node's output is its input, a view), of what backward
@@ -33,6 +34,8 @@ typedef struct layer_call {
 size_t layer_output_floats(const model_spec *spec, int index, int rows);
 size_t layer_saved_floats(const model_spec *spec, int index, int rows);
 size_t layer_workspace_floats(const model_spec *spec, int index, int rows, bool input_gradient);
+/* Floats of the row of ones the node needs (a conv's bias, added by a product). */
+size_t layer_ones_floats(const model_spec *spec, int index, int rows);
 /* Backward passes the output gradient on unchanged (to both inputs of a sum). */
 bool layer_backward_is_identity(const model_node *node);
 /* The largest product operand of the node for `rows` samples, in floats. */

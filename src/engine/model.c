@@ -51,6 +51,8 @@ typedef struct graph_plan {
     bool shared[MODEL_MAX_NODES]; /* recompute: in the shared block region */
     size_t shared_offset;         /* the shared region's start */
     size_t workspace_offset;
+    size_t ones_offset; /* a row of ones (conv biases), ones_floats long */
+    size_t ones_floats;
     size_t slots_offset;
     size_t output_gradient_offset;
     model_plan totals;
@@ -172,7 +174,7 @@ static ddt_status plan_graph(const model_spec *spec, int rows, model_options opt
     block_ends(spec, last);
     bool recompute = options.recompute && spec->block_count > 0;
     size_t offset = 0, shared_size = 0, block_used = 0, workspace = 0, slot_floats = 0;
-    size_t max_operand = 0;
+    size_t max_operand = 0, ones = 0;
     int block = -1;
     for (int n = 0; n < spec->node_count; n++) {
         size_t output = align_floats(layer_output_floats(spec, n, rows));
@@ -183,6 +185,8 @@ static ddt_status plan_graph(const model_spec *spec, int rows, model_options opt
         if (work > workspace) workspace = work;
         size_t operand = layer_max_gemm_operand_floats(spec, n, rows);
         if (operand > max_operand) max_operand = operand;
+        size_t need_ones = layer_ones_floats(spec, n, rows);
+        if (need_ones > ones) ones = need_ones;
         if (g->flows[n]) {
             size_t gradient = (size_t)rows * (size_t)tensor_shape_count(&node->out_shape);
             if (gradient > slot_floats) slot_floats = gradient;
@@ -208,6 +212,9 @@ static ddt_status plan_graph(const model_spec *spec, int rows, model_options opt
     offset += shared_size;
     g->workspace_offset = offset;
     offset += workspace;
+    g->ones_offset = offset;
+    g->ones_floats = ones;
+    offset += align_floats(ones);
     g->slot_floats = align_floats(slot_floats);
     g->slots_offset = offset;
     offset += (size_t)g->slot_count * g->slot_floats;
@@ -218,7 +225,7 @@ static ddt_status plan_graph(const model_spec *spec, int rows, model_options opt
     g->totals = (model_plan){
         .activation_floats = offset,
         .stored_floats = stored,
-        .workspace_floats = workspace,
+        .workspace_floats = workspace + align_floats(ones),
         .gradient_floats = (size_t)g->slot_count * g->slot_floats + output_gradient,
         .gradient_buffers = g->slot_count,
         .max_gemm_operand_floats = max_operand,
@@ -290,6 +297,19 @@ ddt_status model_init(const model_spec *spec, allocator *alloc, int max_rows,
     for (int s = 0; s < m->plan.slot_count; s++)
         m->slots[s] = m->activations + m->plan.slots_offset + (size_t)s * m->plan.slot_floats;
     m->output_gradient = m->activations + m->plan.output_gradient_offset;
+    if (m->plan.ones_floats) {
+        float *ones = malloc(m->plan.ones_floats * sizeof *ones);
+        if (!ones) {
+            status = ddt_error(DDT_ERR_MEMORY, "out of host memory creating the model");
+            goto fail;
+        }
+        for (size_t i = 0; i < m->plan.ones_floats; i++)
+            ones[i] = 1.0f;
+        status = device_copy_host_to_device(m->dev, m->activations + m->plan.ones_offset, ones,
+                                            m->plan.ones_floats * sizeof *ones);
+        free(ones);
+        if (status != DDT_OK) goto fail;
+    }
     *out = m;
     return DDT_OK;
 
@@ -447,6 +467,7 @@ static layer_call call_for(model *m, int n, int rows, const model_pass *pass) {
         .y = m->activations + m->plan.output_offset[n],
         .saved = m->activations + m->plan.saved_offset[n],
         .workspace = m->activations + m->plan.workspace_offset,
+        .ones = m->activations + m->plan.ones_offset,
     };
 }
 

@@ -2,6 +2,8 @@
  * memory_plan.h). */
 #include "train/memory_plan.h"
 
+#include "train/generate.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +77,10 @@ size_t memory_limits_allocator_bytes(const memory_limits *limits) {
 
 /* ---- plans ----------------------------------------------------------------------------- */
 
+bool memory_plan_samples(const model_spec *spec, bool evaluation) {
+    return evaluation && spec->input_kind == MODEL_INPUT_TOKENS;
+}
+
 void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
                          const memory_limits *limits, memory_plan *out) {
     memset(out, 0, sizeof *out);
@@ -93,6 +99,8 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     feed_plan_device(inputs->geometry, micro_batch, out->device);
     out->device[MEMORY_COMPONENT_WORKSPACE] +=
         allocator_rounded_size(TRAIN_SCALAR_COUNT * sizeof(float));
+    if (memory_plan_samples(inputs->spec, inputs->evaluation))
+        out->device[MEMORY_COMPONENT_WORKSPACE] += generator_device_bytes(inputs->spec);
     size_t workspace = device_precision_workspace_bytes(inputs->dev, inputs->precision,
         model_spec_max_gemm_operand_floats(inputs->spec, micro_batch));
     if (workspace) out->device[MEMORY_COMPONENT_WORKSPACE] += allocator_rounded_size(workspace);

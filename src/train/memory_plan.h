@@ -101,6 +101,10 @@ typedef struct memory_plan {
     char staging_problem[512];  /* why staging does not fit, when it does not */
 } memory_plan;
 
+/* Whether training keeps a sampler (token models with evaluation data print a sample at each
+ * evaluation): its device window is part of the plan. */
+bool memory_plan_samples(const model_spec *spec, bool evaluation);
+
 /* Computes the plan for `micro_batch` rows under `limits`. Never fails on a plan that does
  * not fit: it says so in the flags. */
 void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,

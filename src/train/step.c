@@ -158,8 +158,11 @@ static ddt_status reduce_and_agree(trainer *t, ddt_status local, bool reporting,
     size_t count = model_parameter_count(e->model);
     if (local == DDT_OK && (fp16 || t->shape.device == DEVICE_KIND_CPU || reporting))
         local = device_check_finite(e->dev, count, model_gradients(e->model), &finite);
+    /* The norm: for records, on rank 0 alone; for --clip-grad-norm, every rank (the same
+     * everywhere, so every rank scales by the same factor). */
     double squares = NAN;
-    if (local == DDT_OK && report_due_record(t, o->done) && t->rank == 0)
+    bool clipping = cfg->clip_grad_norm > 0;
+    if (local == DDT_OK && ((report_due_record(t, o->done) && t->rank == 0) || clipping))
         local = device_sum_of_squares(e->dev, count, model_gradients(e->model), &squares);
     o->grad_norm = sqrt(squares) / t->scaler.scale;
     control[CONTROL_LOCAL_FAILURE] = local != DDT_OK;
@@ -209,9 +212,15 @@ ddt_status train_step(trainer *t, int64_t step, step_outcome *o) {
         fflush(t->config->out);
     }
     if (!o->skipped) {
-        if (loss_scale != 1.0f)
-            device_scale(e->dev, model_parameter_count(e->model), 1.0f / loss_scale,
-                               model_gradients(e->model));
+        /* unscale fp16's loss scale and clip, in one pass: PyTorch's clip_grad_norm_ factor
+         * max / (norm + 1e-6), applied when below 1 */
+        float factor = 1.0f / loss_scale;
+        float clip = t->config->clip_grad_norm;
+        if (clip > 0 && isfinite(o->grad_norm) && clip / (o->grad_norm + 1e-6) < 1.0)
+            factor = (float)((double)factor * (clip / (o->grad_norm + 1e-6)));
+        if (factor != 1.0f)
+            device_scale(e->dev, model_parameter_count(e->model), factor,
+                         model_gradients(e->model));
         optimizer_step(e->opt, model_parameters(e->model), model_gradients(e->model), o->lr);
     }
     step_timer_end(&t->timer, step, data_wait(t));

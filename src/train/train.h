@@ -67,6 +67,9 @@ typedef struct train_config {
     loss_kind loss;
     /* optimization */
     optimizer_params optimizer;
+    bool decay_all_parameters; /* else only the tensors the spec marks (matrices) */
+    float clip_grad_norm;      /* 0: off */
+    int64_t eval_every;        /* steps; 0: at the end of each epoch */
     lr_schedule schedule; /* kind, base_lr, min_lr, warmup_steps, gamma; step_size 0 = one
                            * epoch; total_steps is filled in */
     /* length */

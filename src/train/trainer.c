@@ -302,6 +302,20 @@ static ddt_status allocate_engine(trainer *t) {
         model_spec_max_gemm_operand_floats(&s->spec, s->micro_batch)));
     DDT_CHECK(model_init(&s->spec, e->alloc, s->micro_batch, cfg->model_options, &e->model));
     DDT_CHECK(optimizer_init(&cfg->optimizer, e->alloc, model_parameter_count(e->model), &e->opt));
+    if (cfg->optimizer.weight_decay > 0 && !cfg->decay_all_parameters) {
+        size_t count = model_parameter_count(e->model);
+        bool *decays = calloc(count ? count : 1, sizeof *decays);
+        if (!decays) return ddt_error(DDT_ERR_MEMORY, "out of host memory for weight-decay flags");
+        for (int i = 0; i < s->spec.tensor_count; i++) {
+            const model_tensor *tensor = &s->spec.tensors[i];
+            if (!tensor->is_buffer && tensor->decay)
+                for (size_t k = 0; k < tensor->count; k++)
+                    decays[tensor->offset + k] = true;
+        }
+        ddt_status status = optimizer_set_decay(e->opt, decays, count);
+        free(decays);
+        DDT_CHECK(status);
+    }
     feed_params fp = {
         .dev = e->dev,
         .alloc = e->alloc,
@@ -322,6 +336,10 @@ static ddt_status allocate_engine(trainer *t) {
     DDT_CHECK(feed_init(&fp, &t->data.feed));
     DDT_CHECK(allocator_alloc(e->alloc, MEMORY_COMPONENT_WORKSPACE,
                               TRAIN_SCALAR_COUNT * sizeof(float), (void **)&e->scalars));
+    if (memory_plan_samples(&s->spec, cfg->eval_data != NULL)) {
+        DDT_CHECK(generator_init(&e->sampler, e->model, e->alloc));
+        e->sampling = true;
+    }
     size_t ready_points[MODEL_MAX_NODES];
     int ready_count = model_spec_ready_points(&s->spec, ready_points, MODEL_MAX_NODES);
     DDT_CHECK(gradient_buckets_init(e->comm, model_gradients(e->model),
@@ -412,20 +430,42 @@ static ddt_status initial_weights(trainer *t) {
 
 /* ---- the loop ----------------------------------------------------------------------------- */
 
+/* Rank 0, token models: a short continuation of a newline (or the end-of-text token), as
+ * llm.c and nanoGPT show while training. */
+static ddt_status print_sample(trainer *t) {
+    if (!t->engine.sampling || t->rank != 0) return DDT_OK;
+    const model_spec *spec = &t->shape.spec;
+    int32_t prompt = spec->vocab == 256 ? '\n' : spec->vocab == 50257 ? 50256 : 0;
+    sampling s = {.temperature = 0.8f, .top_k = 40, .seed = t->config->seed + (uint64_t)t->current_step};
+    FILE *out = t->config->out;
+    fprintf(out, "sample at step %" PRId64 ":%s", t->current_step, spec->vocab == 256 ? "\n" : "");
+    ddt_status status = generator_run(&t->engine.sampler, &prompt, 1, 64, &s, out, NULL);
+    fprintf(out, "\n");
+    fflush(out);
+    return status;
+}
+
 /* After a step: evaluation at an epoch's end, a checkpoint when due, a stop when asked. */
 static ddt_status after_step(trainer *t, const step_outcome *o, bool *stop) {
     const train_config *cfg = t->config;
     int64_t done = o->done;
     bool last = done == t->shape.total_steps;
     if (done == cfg->trace_last) DDT_CHECK(comm_agree(t->control, trace_finish(t->trace), "the trace"));
-    if (done % t->shape.steps_per_epoch == 0 || last) {
-        evaluation result;
-        if (t->data.eval)
-            DDT_CHECK(evaluate_model(t->control, t->engine.dev, t->engine.model, t->data.eval,
-                                     cfg->loss, t->data.feed,
-                                     &t->engine.scalars[TRAIN_SCALAR_EVAL_LOSS], &result));
-        report_epoch(t, (done - 1) / t->shape.steps_per_epoch, t->data.eval ? &result : NULL);
+    bool epoch_end = done % t->shape.steps_per_epoch == 0 || last;
+    bool periodic = cfg->eval_every > 0 && (done % cfg->eval_every == 0 || last);
+    evaluation result;
+    bool evaluated = false;
+    if (t->data.eval && (periodic || (epoch_end && cfg->eval_every == 0))) {
+        DDT_CHECK(evaluate_model(t->control, t->engine.dev, t->engine.model, t->data.eval,
+                                 cfg->loss, t->data.feed,
+                                 &t->engine.scalars[TRAIN_SCALAR_EVAL_LOSS], &result));
+        evaluated = true;
+        if (periodic) report_evaluation(t, done, &result);
+        DDT_CHECK(comm_agree(t->control, print_sample(t), "a sample"));
     }
+    if (epoch_end)
+        report_epoch(t, (done - 1) / t->shape.steps_per_epoch,
+                     evaluated && !periodic ? &result : NULL);
     *stop = o->stop_requested ||
             (cfg->stop_after > 0 && done - t->start_step == cfg->stop_after && !last);
     if (checkpointing_due(&t->checkpoints, done, o->checkpoint_by_time, *stop, last)) {
@@ -482,6 +522,7 @@ static ddt_status save_model(trainer *t) {
 
 static void trainer_free(trainer *t) {
     feed_free(t->data.feed);
+    generator_free(&t->engine.sampler);
     trace_free(t->trace);
     report_close(&t->report);
     gradient_buckets_free(t->engine.buckets);
