@@ -103,6 +103,7 @@ static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *
     dataset_open_params data_params = dataset_default_open_params();
     data_params.allow_external = cfg->allow_external_data;
     DDT_CHECK(dataset_open_with_params(cfg->data, &data_params, &s->data));
+    DDT_CHECK(train_adopt_class_count(s->data, &s->spec, cfg->loss));
     const dataset_geometry *g = dataset_get_geometry(s->data);
     DDT_CHECK(train_check_data_against_model("--data", cfg->data, g, &s->spec, cfg->loss));
     device_kind kind;

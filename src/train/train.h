@@ -120,6 +120,11 @@ ddt_status train_check_data_against_model(const char *what, const char *path,
                                           const dataset_geometry *g, const model_spec *spec,
                                           loss_kind loss);
 
+/* Files with class labels but no num_classes (plain h5py files): the model's output width
+ * (2 for bce on one output) becomes the class count their labels are checked against
+ * (dataset_set_classes). Files that declare a count keep it. */
+ddt_status train_adopt_class_count(dataset *data, const model_spec *spec, loss_kind loss);
+
 /* Collective over `control` (the driver's control-plane communicator, with its timeout and
  * watchdog): trains as configured. Every rank returns the same status. */
 ddt_status train_run(comm *control, const train_config *config);

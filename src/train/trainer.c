@@ -64,6 +64,14 @@ ddt_status train_check_data_against_model(const char *what, const char *path,
     return DDT_OK;
 }
 
+ddt_status train_adopt_class_count(dataset *data, const model_spec *spec, loss_kind loss) {
+    const dataset_geometry *g = dataset_get_geometry(data);
+    if (!g->class_labels || g->classes > 0) return DDT_OK;
+    int classes = spec->output_width;
+    if (loss == LOSS_BINARY_CROSS_ENTROPY && classes == 1) classes = 2;
+    return dataset_set_classes(data, classes);
+}
+
 /* ---- phase 1: settings ------------------------------------------------------------------ */
 
 static ddt_status resolve_settings(trainer *t) {
@@ -158,10 +166,12 @@ static ddt_status open_data(trainer *t) {
     dataset_open_params params = dataset_default_open_params();
     params.allow_external = cfg->allow_external_data;
     DDT_CHECK(dataset_open_with_params(cfg->data, &params, &t->data.train));
+    DDT_CHECK(train_adopt_class_count(t->data.train, &t->shape.spec, cfg->loss));
     const dataset_geometry *g = dataset_get_geometry(t->data.train);
     DDT_CHECK(train_check_data_against_model("--data", cfg->data, g, &t->shape.spec, cfg->loss));
     if (cfg->eval_data) {
         DDT_CHECK(dataset_open_with_params(cfg->eval_data, &params, &t->data.eval));
+        DDT_CHECK(train_adopt_class_count(t->data.eval, &t->shape.spec, cfg->loss));
         DDT_CHECK(train_check_data_against_model("--eval-data", cfg->eval_data,
                                                  dataset_get_geometry(t->data.eval),
                                                  &t->shape.spec, cfg->loss));
