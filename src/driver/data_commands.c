@@ -1,9 +1,8 @@
-/* data_commands.c - `ddtrain convert`, `ddtrain synth` and `ddtrain info`.
+/* data_commands.c - `ddtrain synth` and `ddtrain info` (convert: convert.c).
  *
- * All three stream: rows are converted, generated or checked a block at a time, so their
- * memory does not grow with the dataset. convert and info run on rank 0; synth spreads its
- * shards over the ranks (rank r writes shards r, r + world, ...), since every row is a pure
- * function of (seed, row).
+ * Both stream: rows are generated or checked a block at a time, so their memory does not
+ * grow with the dataset. info runs on rank 0; synth spreads its shards over the ranks (rank r
+ * writes shards r, r + world, ...), since every row is a pure function of (seed, row).
  */
 #include "driver/commands.h"
 
@@ -14,7 +13,6 @@
 
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
-#include "io/idx.h"
 #include "util/files.h"
 #include "util/rng.h"
 
@@ -22,115 +20,6 @@
 static int64_t block_rows_for(int64_t features) {
     int64_t rows = (8 << 20) / (features * (int64_t)sizeof(float));
     return rows < 1 ? 1 : rows;
-}
-
-/* ---- convert --------------------------------------------------------------------------- */
-
-static ddt_status convert_shard(idx_file *images, const uint8_t *labels, int64_t first,
-                                int64_t count, int64_t features, int classes, const char *path,
-                                const options *opts, const char *source) {
-    dataset_writer_params params = {
-        .rows = count,
-        .features = (int)features,
-        .class_labels = true,
-        .target_width = 1,
-        .classes = classes,
-        .compression = (int)opts->compression,
-        .source = source,
-    };
-    dataset_writer *w;
-    DDT_CHECK(dataset_writer_open(path, &params, &w));
-    int64_t block = block_rows_for(features);
-    uint8_t *pixels = malloc((size_t)(block * features));
-    float *values = malloc((size_t)(block * features) * sizeof(float));
-    int32_t *ids = malloc((size_t)block * sizeof(int32_t));
-    ddt_status status = DDT_OK;
-    if (!pixels || !values || !ids)
-        status = ddt_error(DDT_ERR_MEMORY, "out of host memory converting to %s", path);
-    for (int64_t done = 0; status == DDT_OK && done < count; done += block) {
-        int64_t rows = count - done < block ? count - done : block;
-        status = idx_read_items(images, rows, pixels);
-        if (status != DDT_OK) break;
-        for (int64_t i = 0; i < rows * features; i++) values[i] = (float)pixels[i] / 255.0f;
-        for (int64_t i = 0; i < rows; i++) ids[i] = labels[first + done + i];
-        status = dataset_writer_append(w, (int)rows, values, ids, NULL);
-    }
-    free(pixels);
-    free(values);
-    free(ids);
-    if (status != DDT_OK) {
-        dataset_writer_abort(w);
-        return status;
-    }
-    return dataset_writer_close(w);
-}
-
-static ddt_status convert_local(const options *opts) {
-    if (opts->positional_count != 3 || strcmp(opts->positional[0], "idx") != 0)
-        return ddt_error(DDT_ERR_USAGE,
-                         "usage: ddtrain convert idx IMAGES LABELS -o OUT.h5 [--shards K]");
-    if (!opts->output) return ddt_error(DDT_ERR_USAGE, "ddtrain convert needs -o OUT.h5");
-    const char *images_path = opts->positional[1], *labels_path = opts->positional[2];
-    idx_file *images = NULL, *labels = NULL;
-    uint8_t *label_values = NULL;
-    ddt_status status;
-    DDT_CHECK_GOTO(idx_open(images_path, &images), status, done);
-    DDT_CHECK_GOTO(idx_open(labels_path, &labels), status, done);
-    int64_t rows = idx_item_count(images);
-    if (idx_dimension_count(labels) != 1 || idx_item_size(labels) != 1) {
-        status = ddt_error(DDT_ERR_FORMAT, "%s: a labels file must be one-dimensional",
-                           labels_path);
-        goto done;
-    }
-    if (idx_item_count(labels) != rows) {
-        status = ddt_error(DDT_ERR_FORMAT, "%s has %" PRId64 " items but %s has %" PRId64,
-                           images_path, rows, labels_path, idx_item_count(labels));
-        goto done;
-    }
-    if (opts->shards > rows) {
-        status = ddt_error(DDT_ERR_USAGE, "--shards %" PRId64 " is more than the %" PRId64 " rows",
-                           opts->shards, rows);
-        goto done;
-    }
-    /* Labels are one byte a row: read them whole to learn the number of classes. */
-    label_values = malloc((size_t)rows);
-    if (!label_values) {
-        status = ddt_error(DDT_ERR_MEMORY, "out of host memory for %" PRId64 " labels", rows);
-        goto done;
-    }
-    DDT_CHECK_GOTO(idx_read_items(labels, rows, label_values), status, done);
-    int classes = 2;
-    for (int64_t i = 0; i < rows; i++)
-        if (label_values[i] + 1 > classes) classes = label_values[i] + 1;
-    const file_role inputs[] = {{"IMAGES", images_path, false}, {"LABELS", labels_path, false}};
-    for (int64_t k = 0; k < opts->shards; k++) {
-        char path[4096];
-        dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
-        const file_role output = {"-o", path, false};
-        DDT_CHECK_GOTO(files_check_outputs(&output, 1, inputs, 2), status, done);
-    }
-    char source[1024];
-    snprintf(source, sizeof source, "ddtrain convert idx %s %s", images_path, labels_path);
-    for (int64_t k = 0; k < opts->shards; k++) {
-        int64_t first = rows * k / opts->shards, end = rows * (k + 1) / opts->shards;
-        char path[4096];
-        dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
-        DDT_CHECK_GOTO(convert_shard(images, label_values, first, end - first,
-                                     (int64_t)idx_item_size(images), classes, path, opts, source),
-                       status, done);
-        printf("wrote %s: %" PRId64 " rows x %zu features, %d classes\n", path, end - first,
-               idx_item_size(images), classes);
-    }
-    status = DDT_OK;
-done:
-    free(label_values);
-    idx_close(labels);
-    idx_close(images);
-    return status;
-}
-
-ddt_status convert_command(job *j, const options *opts) {
-    return comm_agree(j->control, j->rank == 0 ? convert_local(opts) : DDT_OK, "convert");
 }
 
 /* ---- synth ----------------------------------------------------------------------------- */

@@ -3,7 +3,7 @@
  *
  * Each option names the subcommands that accept it, its type, default, bounds and help.
  * Values land in one `options` struct shared by all subcommands. Positional arguments
- * (convert's IDX files, info's files) are collected in order.
+ * (convert's form and input files, info's files) are collected in order.
  *
  * Usage:
  *     options opts;
@@ -102,6 +102,12 @@ typedef struct options {
     int64_t features;
     int64_t classes;
     double noise;
+    bool image_shaped;       /* convert idx: /features N x 1 x H x W */
+    const char *class_names; /* convert idx: comma-separated names */
+    const char *size;        /* convert images: HxW */
+    double val_fraction;     /* convert images, text, tokens: held out for validation */
+    bool skip_bad;           /* convert images: leave out unreadable images */
+    int64_t vocab_size;      /* convert tokens: 0 = the format's default */
     /* general */
     bool help;
     int positional_count;

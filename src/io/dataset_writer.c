@@ -338,12 +338,13 @@ static void free_writer(dataset_writer *w) {
     free(w);
 }
 
-ddt_status dataset_writer_close(dataset_writer *w) {
+/* Checks, closes and flushes w's file; on success it stays under w->temp_path. Frees w's HDF5
+ * handles, not w. */
+static ddt_status finish_file(dataset_writer *w) {
     if (w->written != w->rows) {
         ddt_status status =
             ddt_error(DDT_ERR_INTERNAL, "%s: only %lld of the declared %lld rows were written",
                       w->path, (long long)w->written, (long long)w->rows);
-        dataset_writer_abort(w);
         return status;
     }
     ddt_status status = DDT_OK;
@@ -356,13 +357,30 @@ ddt_status dataset_writer_close(dataset_writer *w) {
     w->file = H5I_INVALID_HID;
     if (closed < 0) status = hdf5_failure(w->path, "finishing the file");
     hdf5_lock_release();
-    if (status == DDT_OK) {
-        status = file_publish(w->temp_path, w->path);
-    } else {
-        unlink(w->temp_path);
+    return status;
+}
+
+ddt_status dataset_writer_close(dataset_writer *w) {
+    ddt_status status = finish_file(w);
+    if (status != DDT_OK) {
+        dataset_writer_abort(w);
+        return status;
     }
+    status = file_publish(w->temp_path, w->path);
     free_writer(w);
     return status;
+}
+
+ddt_status dataset_writer_close_unpublished(dataset_writer *w, char *temp_path, size_t size) {
+    ddt_status status = finish_file(w);
+    if (status == DDT_OK && (size_t)snprintf(temp_path, size, "%s", w->temp_path) >= size)
+        status = ddt_error(DDT_ERR_INTERNAL, "%s: temporary path too long", w->path);
+    if (status != DDT_OK) {
+        dataset_writer_abort(w);
+        return status;
+    }
+    free_writer(w);
+    return DDT_OK;
 }
 
 void dataset_writer_abort(dataset_writer *w) {

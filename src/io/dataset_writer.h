@@ -61,6 +61,11 @@ ddt_status dataset_writer_append(dataset_writer *w, int count, const float *feat
 ddt_status dataset_writer_append_tokens(dataset_writer *w, int64_t count, const int32_t *ids);
 /* Checks all rows were written, closes, fsyncs and renames into place. Frees w. */
 ddt_status dataset_writer_close(dataset_writer *w);
+/* Like dataset_writer_close(), but leaves the complete file under its temporary name (copied
+ * into temp_path) for the caller to publish with file_publish() (util/files.h) or remove:
+ * a command that writes several files publishes them together, once all are complete. On
+ * failure the temporary file is removed. Frees w. */
+ddt_status dataset_writer_close_unpublished(dataset_writer *w, char *temp_path, size_t size);
 /* Closes and deletes the temporary file. Frees w. NULL is allowed. */
 void dataset_writer_abort(dataset_writer *w);
 
