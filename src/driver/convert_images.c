@@ -379,7 +379,8 @@ ddt_status convert_images(const options *opts) {
     bool validation = opts->val_fraction > 0;
     DDT_CHECK_GOTO(convert_check_outputs(opts, validation, NULL, 0), status, done);
     printf("found %" PRId64 " images in %d classes under %s", f.count, f.class_count, root);
-    if (f.ignored) printf(" (%" PRId64 " other files ignored)", f.ignored);
+    if (f.ignored)
+        printf(" (%" PRId64 " other file%s ignored)", f.ignored, f.ignored == 1 ? "" : "s");
     printf("\n");
     fflush(stdout);
     DDT_CHECK_GOTO(check_images(&f, opts, &p), status, done);
