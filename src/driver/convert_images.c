@@ -369,7 +369,11 @@ ddt_status convert_images(const options *opts) {
     if (opts->positional_count != 2)
         return ddt_error(DDT_ERR_USAGE, "usage: ddtrain convert images DIR -o OUT.h5 [--size HxW] "
                                         "[--shards K] [--val-fraction F] [--skip-bad] [--seed S]");
-    const char *root = opts->positional[1];
+    /* "photos/" names the same folder as "photos"; messages then show "photos/cat/x.png". */
+    char root[4096];
+    snprintf(root, sizeof root, "%s", opts->positional[1]);
+    for (size_t n = strlen(root); n > 1 && root[n - 1] == '/'; n--)
+        root[n - 1] = '\0';
     image_folder f = {0};
     image_plan p = {0};
     convert_outputs outputs = {0};
@@ -413,13 +417,13 @@ ddt_status convert_images(const options *opts) {
         int64_t first = train * k / opts->shards, end = train * (k + 1) / opts->shards;
         convert_train_shard_path(opts->output, validation, (int)k, (int)opts->shards, path,
                                  sizeof path);
-        printf("wrote %s: %" PRId64 " images %dx%dx%d, %d classes\n", path, end - first,
-               p.channels, p.height, p.width, p.classes);
+        printf("wrote %s: %" PRId64 " image%s %dx%dx%d, %d classes\n", path, end - first,
+               end - first == 1 ? "" : "s", p.channels, p.height, p.width, p.classes);
     }
     if (held) {
         convert_part_path(opts->output, "-val", path, sizeof path);
-        printf("wrote %s: %" PRId64 " images %dx%dx%d, %d classes (validation)\n", path, held,
-               p.channels, p.height, p.width, p.classes);
+        printf("wrote %s: %" PRId64 " image%s %dx%dx%d, %d classes (validation)\n", path, held,
+               held == 1 ? "" : "s", p.channels, p.height, p.width, p.classes);
     }
     status = DDT_OK;
 done:
