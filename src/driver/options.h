@@ -31,7 +31,7 @@ typedef enum command {
     COMMAND_INFO = 1 << 4,
 } command;
 
-#define OPTIONS_MAX_POSITIONAL 64
+#define OPTIONS_MAX_POSITIONAL 1024 /* convert tokens takes a data set's shard files */
 /* Value stored for an integer option given as "auto" (only where the table allows it). */
 #define OPTIONS_AUTO (-1)
 
