@@ -73,8 +73,8 @@ static void test_tokens(device *dev, allocator *alloc) {
     int32_t *ids = malloc(IDS * sizeof *ids);
     for (int p = 0; p < IDS; p++)
         ids[p] = token_at(p);
-    dataset_writer_params wp = {.kind = DATASET_KIND_TOKENS, .rows = IDS, .vocab_size = 256,
-                                .chunk_rows = 120};
+    dataset_writer_params wp = {
+        .kind = DATASET_KIND_TOKENS, .rows = IDS, .vocab_size = 256, .chunk_rows = 120};
     dataset_writer *w;
     CHECK_OK(dataset_writer_open(path, &wp, &w));
     CHECK_OK(dataset_writer_append_tokens(w, IDS, ids));
@@ -87,20 +87,34 @@ static void test_tokens(device *dev, allocator *alloc) {
     if (!data) return;
     const dataset_geometry *g = dataset_get_geometry(data);
     CHECK(g->rows == (IDS - 1) / CONTEXT && g->chunk_rows == 20);
-    shard_params sp = {.rows = g->rows, .global_batch = MICRO * PER_STEP, .micro_batch = MICRO,
-                       .world_size = 1, .rank = 0, .seed = 5, .shuffle = true,
-                       .block_rows = g->chunk_rows, .window_blocks = 4};
+    shard_params sp = {.rows = g->rows,
+                       .global_batch = MICRO * PER_STEP,
+                       .micro_batch = MICRO,
+                       .world_size = 1,
+                       .rank = 0,
+                       .seed = 5,
+                       .shuffle = true,
+                       .block_rows = g->chunk_rows,
+                       .window_blocks = 4};
     shard_plan *plan = NULL, *reference = NULL;
     CHECK_OK(shard_plan_init(&sp, &plan));
     CHECK_OK(shard_plan_init(&sp, &reference));
-    feed_params fp = {.dev = dev, .alloc = alloc, .geometry = g, .rows = MICRO, .data = data,
-                      .plan = plan, .total_steps = 5, .micro_batches_per_step = PER_STEP,
-                      .prefetch_depth = 2, .evaluation = true};
+    feed_params fp = {.dev = dev,
+                      .alloc = alloc,
+                      .geometry = g,
+                      .rows = MICRO,
+                      .data = data,
+                      .plan = plan,
+                      .total_steps = 5,
+                      .micro_batches_per_step = PER_STEP,
+                      .prefetch_depth = 2,
+                      .evaluation = true};
     size_t planned[MEMORY_COMPONENT_COUNT] = {0};
     feed_plan_device(g, MICRO, planned);
     /* two buffers of MICRO x T ids, MICRO x T labels and MICRO row ids */
-    CHECK(planned[MEMORY_COMPONENT_STAGING] ==
-          2 * (2 * allocator_rounded_size(MICRO * CONTEXT * 4) + allocator_rounded_size(MICRO * 8)));
+    CHECK(
+        planned[MEMORY_COMPONENT_STAGING] ==
+        2 * (2 * allocator_rounded_size(MICRO * CONTEXT * 4) + allocator_rounded_size(MICRO * 8)));
     CHECK(feed_evaluation_host_bytes(g, MICRO) == 2 * MICRO * CONTEXT * 4);
     size_t before = allocator_get_stats(alloc).bytes_in_use;
     feed *f = NULL;
@@ -126,7 +140,8 @@ static void test_tokens(device *dev, allocator *alloc) {
     CHECK(good == 5 * PER_STEP);
     feed_batch e;
     CHECK_OK(feed_read_evaluation(f, data, 100, 3, &e));
-    CHECK(!e.features && e.tokens[0] == token_at(600) && e.labels[3 * CONTEXT - 1] == token_at(618));
+    CHECK(!e.features && e.tokens[0] == token_at(600) &&
+          e.labels[3 * CONTEXT - 1] == token_at(618));
     feed_free(f);
     shard_plan_free(reference);
     shard_plan_free(plan);

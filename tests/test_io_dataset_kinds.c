@@ -28,9 +28,14 @@ static float pixel(int64_t r, int e) {
 static void write_images(const char *path, int64_t first, int rows, int c, int h, int w,
                          const char *const *names, int classes) {
     int d = c * h * w;
-    dataset_writer_params p = {.rows = rows, .features = d, .feature_rank = 3,
-                               .feature_dims = {c, h, w}, .class_labels = true,
-                               .classes = classes, .class_names = names, .chunk_rows = 7};
+    dataset_writer_params p = {.rows = rows,
+                               .features = d,
+                               .feature_rank = 3,
+                               .feature_dims = {c, h, w},
+                               .class_labels = true,
+                               .classes = classes,
+                               .class_names = names,
+                               .chunk_rows = 7};
     float *x = malloc((size_t)rows * (size_t)d * sizeof *x);
     int32_t *y = malloc((size_t)rows * sizeof *y);
     for (int i = 0; i < rows; i++) {
@@ -130,8 +135,12 @@ static void test_images_from_the_writer(void) {
     expect_open_error(list, "class_names differ", a);
 
     /* The writer refuses a shape that does not make the width. */
-    dataset_writer_params bad = {.rows = 4, .features = 30, .feature_rank = 3,
-                                 .feature_dims = {3, 2, 4}, .class_labels = true, .classes = 2};
+    dataset_writer_params bad = {.rows = 4,
+                                 .features = 30,
+                                 .feature_rank = 3,
+                                 .feature_dims = {3, 2, 4},
+                                 .class_labels = true,
+                                 .classes = 2};
     expect_message(dataset_writer_open(temp_path("bad-shape.h5"), &bad, &w), DDT_ERR_USAGE,
                    "image shape 3x2x4 does not make 30 features", NULL);
 }
@@ -167,8 +176,8 @@ static void write_plain(const char *path, member features, hid_t label_type, con
     write_member(file, "labels", (member){label_type, 1, {features.dims[0]}}, labels);
     if (classes > 0) {
         hid_t space = H5Screate(H5S_SCALAR);
-        hid_t attribute = H5Acreate2(file, "num_classes", H5T_STD_I32LE, space, H5P_DEFAULT,
-                                     H5P_DEFAULT);
+        hid_t attribute =
+            H5Acreate2(file, "num_classes", H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT);
         H5Awrite(attribute, H5T_NATIVE_INT, &classes);
         H5Aclose(attribute);
         H5Sclose(space);

@@ -102,8 +102,13 @@ static void test_png_kinds(void) {
     const char *path = temp_path("rgb.png");
     /* RGB 2 x 2 */
     unsigned char rgb[] = {0, 10, 20, 30, 40, 50, 60, 0, 70, 80, 90, 100, 110, 120};
-    write_png(path, &(png_spec){.width = 2, .height = 2, .depth = 8, .colour = 2,
-                                .interlace = 0, .raw = rgb, .raw_size = sizeof rgb});
+    write_png(path, &(png_spec){.width = 2,
+                                .height = 2,
+                                .depth = 8,
+                                .colour = 2,
+                                .interlace = 0,
+                                .raw = rgb,
+                                .raw_size = sizeof rgb});
     if (read_ok(path, &img)) {
         CHECK(img.width == 2 && img.height == 2 && img.channels == 3 &&
               img.format == IMAGE_FORMAT_PNG);
@@ -113,8 +118,13 @@ static void test_png_kinds(void) {
     }
     /* RGBA: alpha dropped, colours kept as stored (not composited) */
     unsigned char rgba[] = {0, 200, 100, 50, 0, 1, 2, 3, 4};
-    write_png(path, &(png_spec){.width = 2, .height = 1, .depth = 8, .colour = 6,
-                                .interlace = 0, .raw = rgba, .raw_size = sizeof rgba});
+    write_png(path, &(png_spec){.width = 2,
+                                .height = 1,
+                                .depth = 8,
+                                .colour = 6,
+                                .interlace = 0,
+                                .raw = rgba,
+                                .raw_size = sizeof rgba});
     if (read_ok(path, &img)) {
         CHECK(img.channels == 3 && img.pixels[0] == 200 && img.pixels[2] == 50 &&
               img.pixels[3] == 1 && img.pixels[5] == 3);
@@ -122,16 +132,26 @@ static void test_png_kinds(void) {
     }
     /* grey + alpha -> one channel */
     unsigned char grey_alpha[] = {0, 77, 0, 99, 255};
-    write_png(path, &(png_spec){.width = 2, .height = 1, .depth = 8, .colour = 4,
-                                .interlace = 0, .raw = grey_alpha, .raw_size = sizeof grey_alpha});
+    write_png(path, &(png_spec){.width = 2,
+                                .height = 1,
+                                .depth = 8,
+                                .colour = 4,
+                                .interlace = 0,
+                                .raw = grey_alpha,
+                                .raw_size = sizeof grey_alpha});
     if (read_ok(path, &img)) {
         CHECK(img.channels == 1 && img.pixels[0] == 77 && img.pixels[1] == 99);
         image_free(&img);
     }
     /* 2-bit grey: expanded to 8 bits (0..3 -> 0, 85, 170, 255) */
     unsigned char grey2[] = {0, 0x1B}; /* 00 01 10 11 */
-    write_png(path, &(png_spec){.width = 4, .height = 1, .depth = 2, .colour = 0,
-                                .interlace = 0, .raw = grey2, .raw_size = sizeof grey2});
+    write_png(path, &(png_spec){.width = 4,
+                                .height = 1,
+                                .depth = 2,
+                                .colour = 0,
+                                .interlace = 0,
+                                .raw = grey2,
+                                .raw_size = sizeof grey2});
     if (read_ok(path, &img)) {
         CHECK(img.channels == 1 && img.pixels[0] == 0 && img.pixels[1] == 85 &&
               img.pixels[2] == 170 && img.pixels[3] == 255);
@@ -139,8 +159,13 @@ static void test_png_kinds(void) {
     }
     /* 16-bit grey: the high byte */
     unsigned char grey16[] = {0, 0x12, 0x34, 0xFF, 0x01};
-    write_png(path, &(png_spec){.width = 2, .height = 1, .depth = 16, .colour = 0,
-                                .interlace = 0, .raw = grey16, .raw_size = sizeof grey16});
+    write_png(path, &(png_spec){.width = 2,
+                                .height = 1,
+                                .depth = 16,
+                                .colour = 0,
+                                .interlace = 0,
+                                .raw = grey16,
+                                .raw_size = sizeof grey16});
     if (read_ok(path, &img)) {
         CHECK(img.channels == 1 && img.pixels[0] == 0x12 && img.pixels[1] == 0xFF);
         image_free(&img);
@@ -149,9 +174,16 @@ static void test_png_kinds(void) {
     unsigned char indices[] = {0, 1, 0};
     unsigned char palette[] = {9, 8, 7, 250, 0, 5};
     unsigned char trns[] = {0, 128};
-    png_spec p = {.width = 2, .height = 1, .depth = 8, .colour = 3, .raw = indices,
-                  .raw_size = sizeof indices, .palette = palette, .trns = trns,
-                  .palette_size = 6, .trns_size = 2};
+    png_spec p = {.width = 2,
+                  .height = 1,
+                  .depth = 8,
+                  .colour = 3,
+                  .raw = indices,
+                  .raw_size = sizeof indices,
+                  .palette = palette,
+                  .trns = trns,
+                  .palette_size = 6,
+                  .trns_size = 2};
     write_png(path, &p);
     if (read_ok(path, &img)) {
         CHECK(img.channels == 3 && img.pixels[0] == 250 && img.pixels[2] == 5 &&
@@ -160,8 +192,13 @@ static void test_png_kinds(void) {
     }
     /* Adam7-interlaced 1 x 1 grey (one pass holds the pixel) */
     unsigned char one[] = {0, 42};
-    write_png(path, &(png_spec){.width = 1, .height = 1, .depth = 8, .colour = 0,
-                                .interlace = 1, .raw = one, .raw_size = sizeof one});
+    write_png(path, &(png_spec){.width = 1,
+                                .height = 1,
+                                .depth = 8,
+                                .colour = 0,
+                                .interlace = 1,
+                                .raw = one,
+                                .raw_size = sizeof one});
     if (read_ok(path, &img)) {
         CHECK(img.pixels[0] == 42);
         image_free(&img);
@@ -173,11 +210,21 @@ static void test_bad_files(void) {
     for (size_t i = 0; i < sizeof rgb; i++)
         rgb[i] = (unsigned char)(i % 13 == 0 ? 0 : i * 5);
     const char *path = temp_path("bad.png");
-    write_png(path, &(png_spec){.width = 4, .height = 4, .depth = 8, .colour = 2, .raw = rgb,
-                                .raw_size = sizeof rgb, .bad_crc = 1});
+    write_png(path, &(png_spec){.width = 4,
+                                .height = 4,
+                                .depth = 8,
+                                .colour = 2,
+                                .raw = rgb,
+                                .raw_size = sizeof rgb,
+                                .bad_crc = 1});
     expect_refused(path, DDT_ERR_FORMAT, "corrupt PNG (libpng: IDAT: CRC error)");
-    write_png(path, &(png_spec){.width = 4, .height = 4, .depth = 8, .colour = 2, .raw = rgb,
-                                .raw_size = sizeof rgb, .truncate = 50});
+    write_png(path, &(png_spec){.width = 4,
+                                .height = 4,
+                                .depth = 8,
+                                .colour = 2,
+                                .raw = rgb,
+                                .raw_size = sizeof rgb,
+                                .truncate = 50});
     expect_refused(path, DDT_ERR_FORMAT, "corrupt PNG");
     FILE *f = fopen(path, "wb");
     fclose(f);
@@ -188,8 +235,10 @@ static void test_bad_files(void) {
     expect_refused(path, DDT_ERR_FORMAT, "not a PNG or JPEG file");
     expect_refused(temp_path("absent.png"), DDT_ERR_IO, "cannot open: No such file or directory");
     /* A header that claims more pixels than ddtrain decodes: refused before allocating. */
-    write_png(path, &(png_spec){.width = 30000, .height = 30000, .depth = 8, .colour = 0,
-                                .raw = rgb, .raw_size = 4});
+    write_png(
+        path,
+        &(png_spec){
+            .width = 30000, .height = 30000, .depth = 8, .colour = 0, .raw = rgb, .raw_size = 4});
     expect_refused(path, DDT_ERR_FORMAT, "larger than ddtrain decodes");
 }
 

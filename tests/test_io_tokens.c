@@ -32,8 +32,8 @@ static void write_tokens(const char *path, int shard, int64_t count, int vocab, 
     int32_t *ids = malloc((size_t)count * sizeof *ids);
     for (int64_t p = 0; p < count; p++)
         ids[p] = token_value(shard, p);
-    dataset_writer_params params = {.kind = DATASET_KIND_TOKENS, .rows = count,
-                                    .vocab_size = vocab, .chunk_rows = chunk};
+    dataset_writer_params params = {
+        .kind = DATASET_KIND_TOKENS, .rows = count, .vocab_size = vocab, .chunk_rows = chunk};
     dataset_writer *w;
     CHECK_OK(dataset_writer_open(path, &params, &w));
     /* in two pieces, to exercise the writer's offsets */
@@ -109,7 +109,7 @@ static void test_windows(void) {
     CHECK_OK(dataset_read_range(ds, 3, 8, inputs, labels, NULL));
     CHECK(windows_match(NULL, 3, 8, 4, 23, inputs, labels));
     CHECK(inputs[4] == token_value(0, 16) && labels[7] == token_value(0, 20)); /* window 4 */
-    CHECK(inputs[8] == token_value(1, 0));                                      /* window 0 */
+    CHECK(inputs[8] == token_value(1, 0));                                     /* window 0 */
     memset(inputs, -1, sizeof inputs);
     CHECK_OK(dataset_read_range(ds, 0, 8, NULL, labels, NULL));
     CHECK(windows_match(NULL, 0, 8, 4, 23, NULL, labels) && inputs[0] == -1);
@@ -184,8 +184,9 @@ static void test_bad_ids_and_files(void) {
     if (ds) {
         int32_t inputs[40], labels[40];
         /* window 2 = ids 8..12: the bad id is input 2 and label 1 */
-        expect_message(dataset_read_range(ds, 2, 1, inputs, labels, NULL), DDT_ERR_DATA, path,
-                       "/tokens id 300 at position 10 (window 2, global row 2) is outside [0, 256)");
+        expect_message(
+            dataset_read_range(ds, 2, 1, inputs, labels, NULL), DDT_ERR_DATA, path,
+            "/tokens id 300 at position 10 (window 2, global row 2) is outside [0, 256)");
         /* window 1 = ids 4..8, clean; window 0 too */
         CHECK_OK(dataset_read_range(ds, 0, 2, inputs, labels, NULL));
         int64_t rows[2] = {1, 7}; /* window 7 = ids 28..32 holds the negative one */
@@ -209,9 +210,10 @@ static void test_bad_ids_and_files(void) {
     expect_open_error(path, 4, path, "/tokens is empty");
     path = temp_path("tok-short.h5");
     write_raw_tokens(path, H5T_STD_U16LE, 1, 4, NULL, 256, "tokens");
-    expect_open_error(path, 4, path,
-                      "/tokens holds 4 ids, fewer than one window of 5 (the context 4 plus the next "
-                      "token)");
+    expect_open_error(
+        path, 4, path,
+        "/tokens holds 4 ids, fewer than one window of 5 (the context 4 plus the next "
+        "token)");
     path = temp_path("tok-no-vocab.h5");
     write_raw_tokens(path, H5T_STD_U16LE, 1, 20, NULL, 0, NULL);
     expect_open_error(path, 4, path, "/tokens has no vocab_size attribute");
@@ -292,16 +294,25 @@ static void test_stream(void) {
     if (!ds) return;
     const dataset_geometry *g = dataset_get_geometry(ds);
     CHECK(g->rows == 125 + 97 && g->chunk_rows == 8);
-    shard_params sp = {.rows = g->rows, .global_batch = GLOBAL, .micro_batch = MICRO,
-                       .world_size = 2, .rank = 1, .seed = 3, .shuffle = true,
-                       .block_rows = g->chunk_rows, .window_blocks = 4};
+    shard_params sp = {.rows = g->rows,
+                       .global_batch = GLOBAL,
+                       .micro_batch = MICRO,
+                       .world_size = 2,
+                       .rank = 1,
+                       .seed = 3,
+                       .shuffle = true,
+                       .block_rows = g->chunk_rows,
+                       .window_blocks = 4};
     shard_plan *plan = NULL, *reference = NULL;
     CHECK_OK(shard_plan_init(&sp, &plan));
     CHECK_OK(shard_plan_init(&sp, &reference));
     int64_t per_epoch = shard_plan_steps_per_epoch(plan);
     int64_t total = per_epoch + 3;
-    stream_params params = {.data = ds, .plan = plan, .micro_batch = MICRO,
-                            .total_global_steps = total, .prefetch_depth = 3};
+    stream_params params = {.data = ds,
+                            .plan = plan,
+                            .micro_batch = MICRO,
+                            .total_global_steps = total,
+                            .prefetch_depth = 3};
     stream *s = NULL;
     CHECK_OK(stream_start(&params, &s));
     int good = 0, count = 0;
@@ -324,7 +335,7 @@ static void test_stream(void) {
     /* A slot: row ids, T ids and T labels a row, each array rounded to 64 bytes (plus the
      * slot's struct in an array rounded to 64 bytes). */
     size_t slot = 64 + 128 + 128; /* 4 x 8, 4 x 8 x 4, 4 x 8 x 4 */
-    size_t block = 256 + 256;      /* 8 windows: 8 x 8 x 4 ids, as many labels */
+    size_t block = 256 + 256;     /* 8 windows: 8 x 8 x 4 ids, as many labels */
     size_t planned = stream_staging_bytes(g, &sp, 3, 0);
     size_t planned_more = stream_staging_bytes(g, &sp, 4, 0);
     CHECK(planned_more - planned >= slot && planned_more - planned < slot + 128);

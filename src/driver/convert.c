@@ -77,8 +77,8 @@ void convert_part_path(const char *output, const char *suffix, char *out, size_t
     snprintf(out, size, "%.*s%s%s", (int)(dot - output), output, suffix, dot);
 }
 
-void convert_train_shard_path(const char *output, bool validation, int shard, int shards,
-                              char *out, size_t size) {
+void convert_train_shard_path(const char *output, bool validation, int shard, int shards, char *out,
+                              size_t size) {
     char train[4096];
     if (validation)
         convert_part_path(output, "-train", train, sizeof train);
@@ -110,10 +110,10 @@ ddt_status convert_validation_rows(const options *opts, int64_t rows, const char
     int64_t held = (int64_t)llround(opts->val_fraction * (double)rows);
     if (opts->val_fraction > 0 && held == 0) held = 1;
     if (rows - held < opts->shards)
-        return ddt_error(DDT_ERR_USAGE,
-                         "%" PRId64 " %s%s leave %" PRId64 " for training, fewer than --shards %" PRId64,
-                         rows, unit, held ? " less the validation part" : "", rows - held,
-                         opts->shards);
+        return ddt_error(
+            DDT_ERR_USAGE,
+            "%" PRId64 " %s%s leave %" PRId64 " for training, fewer than --shards %" PRId64, rows,
+            unit, held ? " less the validation part" : "", rows - held, opts->shards);
     *out = held;
     return DDT_OK;
 }
@@ -169,8 +169,10 @@ static ddt_status convert_idx_shard(idx_file *images, const uint8_t *labels, int
         int64_t rows = count - done < block ? count - done : block;
         status = idx_read_items(images, rows, pixels);
         if (status != DDT_OK) break;
-        for (int64_t i = 0; i < rows * features; i++) values[i] = (float)pixels[i] / 255.0f;
-        for (int64_t i = 0; i < rows; i++) ids[i] = labels[first + done + i];
+        for (int64_t i = 0; i < rows * features; i++)
+            values[i] = (float)pixels[i] / 255.0f;
+        for (int64_t i = 0; i < rows; i++)
+            ids[i] = labels[first + done + i];
         status = dataset_writer_append(w, (int)rows, values, ids, NULL);
     }
     free(pixels);
@@ -219,8 +221,8 @@ static ddt_status convert_idx(const options *opts) {
     DDT_CHECK_GOTO(idx_open(labels_path, &labels), status, done);
     int64_t rows = idx_item_count(images);
     if (idx_dimension_count(labels) != 1 || idx_item_size(labels) != 1) {
-        status = ddt_error(DDT_ERR_FORMAT, "%s: a labels file must be one-dimensional",
-                           labels_path);
+        status =
+            ddt_error(DDT_ERR_FORMAT, "%s: a labels file must be one-dimensional", labels_path);
         goto done;
     }
     if (idx_item_count(labels) != rows) {
@@ -233,8 +235,7 @@ static ddt_status convert_idx(const options *opts) {
                            opts->shards, rows);
         goto done;
     }
-    idx_output o = {.features = (int64_t)idx_item_size(images),
-                    .image_shaped = opts->image_shaped};
+    idx_output o = {.features = (int64_t)idx_item_size(images), .image_shaped = opts->image_shaped};
     if (o.image_shaped) {
         if (idx_dimension_count(images) != 3) {
             status = ddt_error(DDT_ERR_USAGE,

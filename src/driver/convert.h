@@ -45,8 +45,8 @@ void convert_part_path(const char *output, const char *suffix, char *out, size_t
 
 /* Where shard k of K of the training part goes: OUT's shards, or OUT-train's when there is
  * a validation part. */
-void convert_train_shard_path(const char *output, bool validation, int shard, int shards,
-                              char *out, size_t size);
+void convert_train_shard_path(const char *output, bool validation, int shard, int shards, char *out,
+                              size_t size);
 
 /* Refuses (DDT_ERR_USAGE) any output -- the training shards and, with `validation`, the
  * validation file -- that is one of the inputs. */

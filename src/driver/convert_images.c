@@ -91,7 +91,8 @@ static ddt_status list_directory(const char *directory, char ***out, int *count)
     *out = NULL;
     *count = 0;
     DIR *d = opendir(directory);
-    if (!d) return ddt_error(DDT_ERR_IO, "%s: cannot read the folder: %s", directory, strerror(errno));
+    if (!d)
+        return ddt_error(DDT_ERR_IO, "%s: cannot read the folder: %s", directory, strerror(errno));
     char **names = NULL;
     int capacity = 0;
     ddt_status status = DDT_OK;
@@ -187,8 +188,9 @@ static ddt_status scan_folder(const char *root, image_folder *f) {
     if (stat(root, &info) != 0)
         return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", root, strerror(errno));
     if (!S_ISDIR(info.st_mode))
-        return ddt_error(DDT_ERR_USAGE, "%s: not a folder (convert images reads a folder with one "
-                                        "subfolder per class)",
+        return ddt_error(DDT_ERR_USAGE,
+                         "%s: not a folder (convert images reads a folder with one "
+                         "subfolder per class)",
                          root);
     char **names;
     int count;
@@ -212,9 +214,10 @@ static ddt_status scan_folder(const char *root, image_folder *f) {
     }
     free_names(names, count);
     if (f->class_count == 0)
-        return ddt_error(DDT_ERR_USAGE, "%s: no class subfolders (convert images reads a folder "
-                                        "with one subfolder per class, as torchvision's "
-                                        "ImageFolder)",
+        return ddt_error(DDT_ERR_USAGE,
+                         "%s: no class subfolders (convert images reads a folder "
+                         "with one subfolder per class, as torchvision's "
+                         "ImageFolder)",
                          root);
     for (int c = 0; c < f->class_count && status == DDT_OK; c++) {
         char path[4096];
@@ -247,8 +250,8 @@ static ddt_status parse_size(const char *text, int *height, int *width) {
 typedef struct image_plan {
     int channels, height, width;
     int64_t good_count;
-    int64_t *good;          /* indices into the folder's images of the usable ones */
-    rng_permutation order;  /* output position -> index into good */
+    int64_t *good;         /* indices into the folder's images of the usable ones */
+    rng_permutation order; /* output position -> index into good */
     const char *const *class_names;
     int classes;
     char source[4400];
@@ -288,11 +291,12 @@ static ddt_status write_part(const image_folder *f, const image_plan *p, int64_t
             image img;
             status = image_read(e->path, &img);
             if (status != DDT_OK) {
-                status = ddt_error(status, "%s (it changed after it was checked)",
-                                   ddt_error_message());
+                status =
+                    ddt_error(status, "%s (it changed after it was checked)", ddt_error_message());
                 break;
             }
-            image_to_chw(&img, p->channels, p->height, p->width, rows + (size_t)i * (size_t)features);
+            image_to_chw(&img, p->channels, p->height, p->width,
+                         rows + (size_t)i * (size_t)features);
             image_free(&img);
             labels[i] = e->label;
         }
@@ -409,8 +413,7 @@ ddt_status convert_images(const options *opts) {
         int64_t end = held + train * (k + 1) / opts->shards;
         convert_train_shard_path(opts->output, validation, (int)k, (int)opts->shards, path,
                                  sizeof path);
-        DDT_CHECK_GOTO(write_part(&f, &p, first, end - first, path, opts, &outputs), status,
-                       done);
+        DDT_CHECK_GOTO(write_part(&f, &p, first, end - first, path, opts, &outputs), status, done);
     }
     DDT_CHECK_GOTO(convert_outputs_publish(&outputs), status, done);
     for (int64_t k = 0; k < opts->shards; k++) {

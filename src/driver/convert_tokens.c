@@ -73,7 +73,8 @@ static ddt_status sink_append(token_sink *s, const int32_t *ids, int64_t count) 
             part_range(s, s->part, &first, &end);
             char path[4096];
             part_path(s, s->part, path, sizeof path);
-            dataset_writer_params params = {.kind = DATASET_KIND_TOKENS, .rows = end - first,
+            dataset_writer_params params = {.kind = DATASET_KIND_TOKENS,
+                                            .rows = end - first,
                                             .vocab_size = s->vocab,
                                             .compression = (int)s->opts->compression,
                                             .source = s->source};
@@ -101,8 +102,9 @@ static ddt_status sink_append(token_sink *s, const int32_t *ids, int64_t count) 
 /* Publishes everything (all ids routed), or removes it. */
 static ddt_status sink_finish(token_sink *s, ddt_status status) {
     if (status == DDT_OK && s->routed != s->total)
-        status = ddt_error(DDT_ERR_IO, "the inputs held %" PRId64 " ids, not the %" PRId64
-                                       " they had when the conversion began (changed while read?)",
+        status = ddt_error(DDT_ERR_IO,
+                           "the inputs held %" PRId64 " ids, not the %" PRId64
+                           " they had when the conversion began (changed while read?)",
                            s->routed, s->total);
     dataset_writer_abort(s->writer);
     s->writer = NULL;
@@ -126,7 +128,10 @@ static ddt_status sink_finish(token_sink *s, ddt_status status) {
 /* Sets up the sink for `total` ids (after the inputs were checked). */
 static ddt_status sink_init(token_sink *s, const options *opts, int64_t total, int vocab,
                             const char *source) {
-    *s = (token_sink){.opts = opts, .total = total, .vocab = vocab, .source = source,
+    *s = (token_sink){.opts = opts,
+                      .total = total,
+                      .vocab = vocab,
+                      .source = source,
                       .validation = opts->val_fraction > 0};
     if (total < 1) return ddt_error(DDT_ERR_DATA, "the inputs hold no tokens");
     return convert_validation_rows(opts, total, "tokens", &s->held);
@@ -163,8 +168,7 @@ ddt_status convert_text(const options *opts) {
         const char *path = opts->positional[i];
         if (stat(path, &info) != 0)
             return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        if (!S_ISREG(info.st_mode))
-            return ddt_error(DDT_ERR_USAGE, "%s: not a regular file", path);
+        if (!S_ISREG(info.st_mode)) return ddt_error(DDT_ERR_USAGE, "%s: not a regular file", path);
         total += (int64_t)info.st_size;
     }
     DDT_CHECK(check_outputs(opts, "FILE"));
@@ -250,7 +254,8 @@ static ddt_status inspect_token_file(const char *path, token_file *out) {
                              " bytes%s",
                              path, count, expected, LLMC_HEADER_BYTES, size,
                              size < expected ? " (truncated?)" : "");
-        if (count == 0) return ddt_error(DDT_ERR_FORMAT, "%s: the llm.c header declares 0 tokens", path);
+        if (count == 0)
+            return ddt_error(DDT_ERR_FORMAT, "%s: the llm.c header declares 0 tokens", path);
         return DDT_OK;
     }
     if (size == 0) return ddt_error(DDT_ERR_FORMAT, "%s: empty (no tokens)", path);
@@ -309,8 +314,8 @@ ddt_status convert_tokens(const options *opts) {
             }
             for (int64_t k = 0; k < n; k++) {
                 const unsigned char *p = raw + k * t->id_bytes;
-                uint32_t id = t->id_bytes == 2 ? (uint32_t)p[0] | (uint32_t)p[1] << 8
-                                               : little_endian_32(p);
+                uint32_t id =
+                    t->id_bytes == 2 ? (uint32_t)p[0] | (uint32_t)p[1] << 8 : little_endian_32(p);
                 if (id >= (uint32_t)vocab) {
                     status = ddt_error(DDT_ERR_DATA,
                                        "%s: token %" PRId64 " is %u, not below the vocabulary "

@@ -139,7 +139,8 @@ static ddt_status info_tokens(dataset *ds, const char *spec) {
     int32_t *inputs = malloc((size_t)block * sizeof(int32_t));
     int32_t *next = malloc((size_t)block * sizeof(int32_t));
     ddt_status status = DDT_OK;
-    if (!inputs || !next) status = ddt_error(DDT_ERR_MEMORY, "out of host memory checking %s", spec);
+    if (!inputs || !next)
+        status = ddt_error(DDT_ERR_MEMORY, "out of host memory checking %s", spec);
     int32_t lowest = INT32_MAX, highest = -1;
     for (int64_t row = 0; status == DDT_OK && row < g->rows; row += block) {
         int rows = (int)(g->rows - row < block ? g->rows - row : block);
@@ -151,7 +152,8 @@ static ddt_status info_tokens(dataset *ds, const char *spec) {
             if (b > highest) highest = b;
         }
     }
-    if (status == DDT_OK) printf("  ids        %d to %d, all below vocab_size\n  ok\n", lowest, highest);
+    if (status == DDT_OK)
+        printf("  ids        %d to %d, all below vocab_size\n  ok\n", lowest, highest);
     free(inputs);
     free(next);
     return status;
@@ -240,7 +242,8 @@ static ddt_status info_one(const char *spec, const options *opts) {
         int shown = g->classes > 0 ? g->classes : highest + 1;
         if (counts && shown <= counted) {
             printf("  classes   ");
-            for (int c = 0; c < shown; c++) printf(" %d:%" PRId64, c, counts[c]);
+            for (int c = 0; c < shown; c++)
+                printf(" %d:%" PRId64, c, counts[c]);
             printf("\n");
         } else if (counts) {
             printf("  classes    ids up to %d\n", highest);

@@ -152,8 +152,8 @@ static void point_at_inputs(const feed *f, int buffer, feed_batch *out) {
     out->targets = g->class_labels ? NULL : in->targets;
 }
 
-static ddt_status upload(feed *f, int buffer, int rows, const void *inputs,
-                         const int32_t *labels, const float *targets, const int64_t *row_ids) {
+static ddt_status upload(feed *f, int buffer, int rows, const void *inputs, const int32_t *labels,
+                         const float *targets, const int64_t *row_ids) {
     device *dev = f->params.dev;
     const dataset_geometry *g = f->params.geometry;
     device_input *in = &f->inputs[buffer];
@@ -231,8 +231,8 @@ ddt_status feed_read_evaluation(feed *f, dataset *data, int64_t first_row, int r
     int buffer = f->next ? f->next_buffer ^ 1 : 0;
     /* The evaluation host buffer is free once its previous upload has been read. */
     DDT_CHECK(device_upload_host_done(dev, buffer));
-    DDT_CHECK(dataset_read_range(data, first_row, rows, f->eval_inputs, f->eval_labels,
-                                 f->eval_targets));
+    DDT_CHECK(
+        dataset_read_range(data, first_row, rows, f->eval_inputs, f->eval_labels, f->eval_targets));
     DDT_CHECK(upload(f, buffer, rows, f->eval_inputs, f->eval_labels, f->eval_targets, NULL));
     DDT_CHECK(device_upload_wait(dev, buffer));
     *out = (feed_batch){

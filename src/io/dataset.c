@@ -45,8 +45,8 @@ typedef struct dataset_shard {
     int64_t rows;      /* rows (token datasets: windows) */
     int64_t tokens;    /* token datasets: ids in /tokens */
     hid_t file;
-    hid_t features; /* /features, or /tokens */
-    hid_t labels;   /* /labels; none for tokens */
+    hid_t features;       /* /features, or /tokens */
+    hid_t labels;         /* /labels; none for tokens */
     hid_t features_space; /* file dataspaces, reused for every read's selection */
     hid_t labels_space;
     int features_rank;  /* of /features: 2 (N x D) or 4 (N x C x H x W) */
@@ -58,7 +58,7 @@ struct dataset {
     dataset_geometry geometry;
     int shard_count;
     dataset_shard *shards;
-    int declared_classes; /* num_classes or vocab_size as the files say; 0 if they do not */
+    int declared_classes;  /* num_classes or vocab_size as the files say; 0 if they do not */
     name_list class_names; /* the first shard's (all agree) */
 };
 
@@ -234,8 +234,8 @@ static ddt_status read_names_attribute(hid_t location, const char *where, const 
     hssize_t points = space < 0 ? -1 : H5Sget_simple_extent_npoints(space);
     if (type < 0 || H5Tget_class(type) != H5T_STRING || rank > 1 || points < 1 ||
         points > (1 << 20)) {
-        status = ddt_error(DDT_ERR_FORMAT, "%s: attribute %s must be an array of strings", where,
-                           name);
+        status =
+            ddt_error(DDT_ERR_FORMAT, "%s: attribute %s must be an array of strings", where, name);
         goto done;
     }
     out->names = calloc((size_t)points, sizeof *out->names);
@@ -396,8 +396,8 @@ static ddt_status open_token_shard(dataset_shard *shard, const dataset_open_para
                          "int > 0)",
                          path);
     if (vocab < 1 || vocab > (1LL << 30))
-        return ddt_error(DDT_ERR_FORMAT, "%s: vocab_size is %lld, must be between 1 and 2^30",
-                         path, vocab);
+        return ddt_error(DDT_ERR_FORMAT, "%s: vocab_size is %lld, must be between 1 and 2^30", path,
+                         vocab);
     facts->kind = DATASET_KIND_TOKENS;
     facts->features = context;
     facts->feature_rank = 1;
@@ -528,8 +528,7 @@ static ddt_status open_shard(dataset_shard *shard, const dataset_open_params *pa
 
 static void dims_text(const shard_facts *f, char *out, size_t size) {
     if (f->feature_rank == 3)
-        snprintf(out, size, "%dx%dx%d", f->feature_dims[0], f->feature_dims[1],
-                 f->feature_dims[2]);
+        snprintf(out, size, "%dx%dx%d", f->feature_dims[0], f->feature_dims[1], f->feature_dims[2]);
     else
         snprintf(out, size, "%d", f->features);
 }
@@ -730,7 +729,9 @@ ddt_status dataset_open_with_params(const char *spec, const dataset_open_params 
     g->feature_rank = first.feature_rank;
     memcpy(g->feature_dims, first.feature_dims, sizeof g->feature_dims);
     g->class_labels = first.class_labels;
-    g->labels_per_row = !first.class_labels ? 0 : first.kind == DATASET_KIND_TOKENS ? first.features : 1;
+    g->labels_per_row = !first.class_labels                 ? 0
+                        : first.kind == DATASET_KIND_TOKENS ? first.features
+                                                            : 1;
     g->target_width = first.target_width;
     g->classes = first.classes;
     g->chunk_rows = ds->shards[0].chunk_rows;
@@ -769,18 +770,19 @@ ddt_status dataset_set_classes(dataset *ds, int classes) {
     const char *path = ds->shards[0].path;
     if (!ds->geometry.class_labels)
         return ddt_error(DDT_ERR_USAGE, "%s: has float targets, not class labels", path);
-    if (classes < 1)
-        return ddt_error(DDT_ERR_INTERNAL, "dataset_set_classes: %d classes", classes);
+    if (classes < 1) return ddt_error(DDT_ERR_INTERNAL, "dataset_set_classes: %d classes", classes);
     if (ds->declared_classes && classes != ds->declared_classes) {
         if (ds->geometry.kind == DATASET_KIND_TOKENS)
-            return ddt_error(DDT_ERR_FORMAT, "%s: vocab_size is %d, but %d token ids were asked for",
-                             path, ds->declared_classes, classes);
+            return ddt_error(DDT_ERR_FORMAT,
+                             "%s: vocab_size is %d, but %d token ids were asked for", path,
+                             ds->declared_classes, classes);
         return ddt_error(DDT_ERR_FORMAT, "%s: num_classes is %d, but %d classes were asked for",
                          path, ds->declared_classes, classes);
     }
     if (ds->class_names.count && classes != ds->class_names.count)
-        return ddt_error(DDT_ERR_FORMAT, "%s: class_names holds %d names, but %d classes were "
-                                         "asked for",
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: class_names holds %d names, but %d classes were "
+                         "asked for",
                          path, ds->class_names.count, classes);
     ds->geometry.classes = classes;
     return DDT_OK;
@@ -880,8 +882,8 @@ static herr_t read_token_ids(const dataset_shard *shard, int64_t first, int64_t 
                              int32_t *out) {
     hsize_t offset = (hsize_t)first, extent = (hsize_t)count;
     hid_t memory_space = H5Screate_simple(1, &extent, NULL);
-    herr_t result = H5Sselect_hyperslab(shard->features_space, H5S_SELECT_SET, &offset, NULL,
-                                        &extent, NULL);
+    herr_t result =
+        H5Sselect_hyperslab(shard->features_space, H5S_SELECT_SET, &offset, NULL, &extent, NULL);
     if (result >= 0)
         result = H5Dread(shard->features, H5T_NATIVE_INT32, memory_space, shard->features_space,
                          H5P_DEFAULT, out);
@@ -923,7 +925,8 @@ static ddt_status read_token_run(const dataset *ds, const dataset_shard *shard, 
 static ddt_status read_run(const dataset *ds, const dataset_shard *shard, int64_t first,
                            int64_t count, void *inputs, void *labels) {
     const dataset_geometry *g = &ds->geometry;
-    if (g->kind == DATASET_KIND_TOKENS) return read_token_run(ds, shard, first, count, inputs, labels);
+    if (g->kind == DATASET_KIND_TOKENS)
+        return read_token_run(ds, shard, first, count, inputs, labels);
     /* /features is N x D or N x C x H x W: the memory space has the file's shape. */
     hsize_t offset[4] = {(hsize_t)first, 0, 0, 0};
     hsize_t extent[4] = {(hsize_t)count, 0, 0, 0};
@@ -1125,8 +1128,8 @@ ddt_status dataset_read_rows(dataset *ds, const int64_t *rows, int count, void *
     return validate(ds, rows, 0, count, inputs, labels, targets);
 }
 
-ddt_status dataset_read_range(dataset *ds, int64_t first, int count, void *inputs,
-                              int32_t *labels, float *targets) {
+ddt_status dataset_read_range(dataset *ds, int64_t first, int count, void *inputs, int32_t *labels,
+                              float *targets) {
     const dataset_geometry *g = &ds->geometry;
     if (count < 0 || first < 0 || first > g->rows - count)
         return ddt_error(DDT_ERR_INTERNAL, "%s: rows %lld..%lld outside the %lld rows",
@@ -1192,13 +1195,12 @@ ddt_status dataset_identity(const dataset *ds, char *text, size_t size) {
                                i ? "; " : "", name, ds->shards[i].rows, g->features,
                                ds->shards[i].tokens, ds->declared_classes, bytes, hash);
         else
-            written = snprintf(text + used, size - used,
-                               "%s%s: %" PRId64 " rows x %d%s, %s %d, %" PRIu64
-                               " bytes, header %016" PRIx64,
-                               i ? "; " : "", name, ds->shards[i].rows, g->features, shape,
-                               g->class_labels ? "classes" : "targets",
-                               g->class_labels ? ds->declared_classes : g->target_width, bytes,
-                               hash);
+            written = snprintf(
+                text + used, size - used,
+                "%s%s: %" PRId64 " rows x %d%s, %s %d, %" PRIu64 " bytes, header %016" PRIx64,
+                i ? "; " : "", name, ds->shards[i].rows, g->features, shape,
+                g->class_labels ? "classes" : "targets",
+                g->class_labels ? ds->declared_classes : g->target_width, bytes, hash);
         if (written < 0 || (size_t)written >= size - used)
             return ddt_error(DDT_ERR_INTERNAL, "dataset identity of %d shards is too long",
                              ds->shard_count);

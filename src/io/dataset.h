@@ -74,19 +74,19 @@ typedef enum dataset_kind {
 
 typedef struct dataset_geometry {
     dataset_kind kind;
-    int64_t rows;         /* N, over all shards (token datasets: windows) */
-    int features;         /* values per row: D = C*H*W float32 features, or T int32 token ids */
-    int feature_rank;     /* 1: feature_dims = {D} (tokens: {T}); 3: {C, H, W} */
-    int feature_dims[3];  /* the per-sample shape; unused entries 0 */
-    bool class_labels;    /* true: int32 class ids (tokens: next-token ids); false: float32 targets */
-    int labels_per_row;   /* class ids per row: 1, or T for tokens; 0 for float targets */
-    int target_width;     /* K for float targets; 1 for class ids */
-    int classes;          /* num_classes (tokens: vocab_size); 0 if the files do not say and
-                           * dataset_set_classes() was not called (or float targets) */
-    int64_t chunk_rows;   /* rows per chunk of /features in the first shard (1 if contiguous);
-                           * token datasets: windows per chunk of /tokens (at least 1) */
+    int64_t rows;        /* N, over all shards (token datasets: windows) */
+    int features;        /* values per row: D = C*H*W float32 features, or T int32 token ids */
+    int feature_rank;    /* 1: feature_dims = {D} (tokens: {T}); 3: {C, H, W} */
+    int feature_dims[3]; /* the per-sample shape; unused entries 0 */
+    bool class_labels;   /* int32 class ids (tokens: the next ids), else float32 targets */
+    int labels_per_row;  /* class ids per row: 1, or T for tokens; 0 for float targets */
+    int target_width;    /* K for float targets; 1 for class ids */
+    int classes;         /* num_classes (tokens: vocab_size); 0 if the files do not say and
+                          * dataset_set_classes() was not called (or float targets) */
+    int64_t chunk_rows;  /* rows per chunk of /features in the first shard (1 if contiguous);
+                          * token datasets: windows per chunk of /tokens (at least 1) */
     int file_count;
-    int64_t tokens;       /* token datasets: ids in /tokens over all shards; else 0 */
+    int64_t tokens;      /* token datasets: ids in /tokens over all shards; else 0 */
 } dataset_geometry;
 
 typedef struct dataset dataset;
@@ -157,8 +157,8 @@ ddt_status dataset_read_rows(dataset *ds, const int64_t *rows, int count, void *
 /* Reads `count` consecutive rows starting at global row `first` (may span shards): one
  * H5Dread per shard touched (a token dataset: one or two; the windows of a run share their
  * tokens, read once). Buffers and checks as for dataset_read_rows(). */
-ddt_status dataset_read_range(dataset *ds, int64_t first, int count, void *inputs,
-                              int32_t *labels, float *targets);
+ddt_status dataset_read_range(dataset *ds, int64_t first, int count, void *inputs, int32_t *labels,
+                              float *targets);
 
 /* A text that tells this data apart from any other, for checkpoints: per shard its file name
  * (not the directory: a copy elsewhere is the same data), rows, width (and image shape),
@@ -168,10 +168,10 @@ ddt_status dataset_read_range(dataset *ds, int64_t first, int count, void *input
  * DDT_ERR_INTERNAL if it does not fit in `size`. */
 ddt_status dataset_identity(const dataset *ds, char *text, size_t size);
 
-/* Sets the size of HDF5's chunk cache for each chunked shard's /features (or /tokens), in bytes (0: no
- * chunk cache; every read then goes to the file, decompressing whole chunks). Until called,
- * HDF5's default applies (1 MiB per shard). Reopens /features. A chunk larger than the cache
- * is never cached. */
+/* Sets the size of HDF5's chunk cache for each chunked shard's /features (or /tokens), in
+ * bytes (0: no chunk cache; every read then goes to the file, decompressing whole chunks).
+ * Until called, HDF5's default applies (1 MiB per shard). Reopens /features (/tokens). A
+ * chunk larger than the cache is never cached. */
 ddt_status dataset_set_chunk_cache(dataset *ds, size_t bytes);
 
 #endif

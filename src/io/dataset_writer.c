@@ -163,7 +163,8 @@ static ddt_status create_features(dataset_writer *w, const dataset_writer_params
      * full disk is refused now, with the numbers, not halfway through the rows. */
     uint64_t row_bytes = 4 * ((uint64_t)params->features +
                               (params->class_labels ? 1 : (uint64_t)params->target_width));
-    DDT_CHECK(hdf5_reserve(w->file, path, hdf5_reserve_estimate(row_bytes * (uint64_t)params->rows)));
+    DDT_CHECK(
+        hdf5_reserve(w->file, path, hdf5_reserve_estimate(row_bytes * (uint64_t)params->rows)));
     int64_t chunk_rows = params->chunk_rows;
     if (chunk_rows == 0) chunk_rows = DATASET_CHUNK_TARGET_BYTES / ((int64_t)params->features * 4);
     if (chunk_rows > params->rows) chunk_rows = params->rows;
@@ -183,8 +184,8 @@ static ddt_status create_features(dataset_writer *w, const dataset_writer_params
     if (params->classes > 0)
         DDT_CHECK(write_int_attribute(w->file, path, "num_classes", params->classes));
     if (params->class_labels && params->class_names)
-        DDT_CHECK(write_names_attribute(w->labels_dataset, path, "class_names",
-                                        params->class_names, params->classes));
+        DDT_CHECK(write_names_attribute(w->labels_dataset, path, "class_names", params->class_names,
+                                        params->classes));
     return DDT_OK;
 }
 
@@ -325,7 +326,8 @@ ddt_status dataset_writer_append_tokens(dataset_writer *w, int64_t count, const 
     if (count == 0) return DDT_OK;
     hdf5_lock_acquire();
     hsize_t dims[1] = {(hsize_t)w->rows};
-    herr_t result = write_rows(w->features_dataset, H5T_NATIVE_INT32, w->written, count, 1, dims, ids);
+    herr_t result =
+        write_rows(w->features_dataset, H5T_NATIVE_INT32, w->written, count, 1, dims, ids);
     ddt_status status = result < 0 ? hdf5_failure(w->path, "writing /tokens") : DDT_OK;
     hdf5_lock_release();
     if (status == DDT_OK) w->written += count;

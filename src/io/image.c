@@ -105,8 +105,11 @@ static ddt_status read_png(FILE *file, const char *path, image *out) {
     for (png_uint_32 y = 0; y < height; y++)
         r->rows[y] = r->pixels + (size_t)y * row_bytes;
     png_read_image(r->png, r->rows);
-    *out = (image){.width = (int)width, .height = (int)height, .channels = channels,
-                   .format = IMAGE_FORMAT_PNG, .pixels = r->pixels};
+    *out = (image){.width = (int)width,
+                   .height = (int)height,
+                   .channels = channels,
+                   .format = IMAGE_FORMAT_PNG,
+                   .pixels = r->pixels};
     r->pixels = NULL;
     png_reader_free(r);
     return DDT_OK;
@@ -201,8 +204,11 @@ static ddt_status read_jpeg(FILE *file, const char *path, image *out) {
                            r->corrupt ? r->message : "fewer scanlines than the header declares");
         goto done;
     }
-    *out = (image){.width = (int)width, .height = (int)height, .channels = channels,
-                   .format = IMAGE_FORMAT_JPEG, .pixels = r->pixels};
+    *out = (image){.width = (int)width,
+                   .height = (int)height,
+                   .channels = channels,
+                   .format = IMAGE_FORMAT_JPEG,
+                   .pixels = r->pixels};
     r->pixels = NULL;
 done:
     if (r->created) jpeg_destroy_decompress(&r->decoder);
@@ -268,10 +274,18 @@ void image_to_chw(const image *img, int channels, int height, int width, float *
                 int source_channel = in_channels == 1 ? 0 : c;
                 const uint8_t *p = img->pixels;
                 size_t stride = (size_t)img->width * (size_t)in_channels;
-                float p00 = p[(size_t)sy.low * stride + (size_t)sx.low * in_channels + source_channel] / 255.0f;
-                float p01 = p[(size_t)sy.low * stride + (size_t)sx.high * in_channels + source_channel] / 255.0f;
-                float p10 = p[(size_t)sy.high * stride + (size_t)sx.low * in_channels + source_channel] / 255.0f;
-                float p11 = p[(size_t)sy.high * stride + (size_t)sx.high * in_channels + source_channel] / 255.0f;
+                float p00 =
+                    p[(size_t)sy.low * stride + (size_t)sx.low * in_channels + source_channel] /
+                    255.0f;
+                float p01 =
+                    p[(size_t)sy.low * stride + (size_t)sx.high * in_channels + source_channel] /
+                    255.0f;
+                float p10 =
+                    p[(size_t)sy.high * stride + (size_t)sx.low * in_channels + source_channel] /
+                    255.0f;
+                float p11 =
+                    p[(size_t)sy.high * stride + (size_t)sx.high * in_channels + source_channel] /
+                    255.0f;
                 out[(size_t)c * plane + (size_t)y * (size_t)width + (size_t)x] =
                     sy.low_weight * (sx.low_weight * p00 + sx.high_weight * p01) +
                     sy.high_weight * (sx.low_weight * p10 + sx.high_weight * p11);

@@ -46,9 +46,9 @@ typedef enum image_format {
 
 typedef struct image {
     int width, height;
-    int channels;      /* 1 (grey) or 3 (RGB) */
+    int channels; /* 1 (grey) or 3 (RGB) */
     image_format format;
-    uint8_t *pixels;   /* height x width x channels, interleaved, rows top to bottom */
+    uint8_t *pixels; /* height x width x channels, interleaved, rows top to bottom */
 } image;
 
 /* Decodes the PNG or JPEG file `path` into *out (see the rules above). DDT_ERR_IO when it

@@ -537,8 +537,7 @@ static ddt_status stream_copy_rows(stream *s, const cache_entry *entry, const ui
         }
         size_t offset = (size_t)(batch->row_ids[i] - first);
         memcpy(inputs_out, (const char *)entry->inputs + offset * input_bytes, input_bytes);
-        if (label_out)
-            memcpy(label_out, entry->labels + offset * labels, labels * sizeof(int32_t));
+        if (label_out) memcpy(label_out, entry->labels + offset * labels, labels * sizeof(int32_t));
         if (targets_out)
             memcpy(targets_out, entry->targets + offset * width, width * sizeof(float));
     }

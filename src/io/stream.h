@@ -128,11 +128,10 @@ typedef struct stream stream;
  * token ids (4 bytes each), labels_per_row int32 labels or K float targets), the block cache
  * (cache_blocks blocks of min(block_rows, N) rows: the same but row ids; a token block holds
  * its windows' ids and labels unpacked; cache_blocks resolved as in stream_params) and
- * bookkeeping
- * (the stream's handle, about 1.2 KiB; 16 bytes per micro-batch row, a few dozen per slot
- * and cached block, 8 to 16 more per cached block for its index, and nothing per dataset
- * block), each array rounded up to 64 bytes. Exact: everything the stream allocates (the
- * allocator's own rounding aside). 0 if an argument is out of range. */
+ * bookkeeping (the stream's handle, about 1.2 KiB; 16 bytes per micro-batch row, a few
+ * dozen per slot and cached block, 8 to 16 more per cached block for its index, and nothing
+ * per dataset block), each array rounded up to 64 bytes. Exact: everything the stream allocates
+ * (the allocator's own rounding aside). 0 if an argument is out of range. */
 size_t stream_staging_bytes(const dataset_geometry *geometry, const shard_params *plan,
                             int prefetch_depth, int cache_blocks);
 
