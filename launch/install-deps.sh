@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # install-deps.sh - installs what ddtrain needs from Debian's packages, only what is missing.
 #
-#   launch/install-deps.sh [build|data|test|slurm|bench|plot]...
+#   launch/install-deps.sh [build|data|kjv|test|slurm|bench|plot]...
 #     build: compiler, CMake, Open MPI, HDF5, OpenBLAS, zlib, libpng and libjpeg-turbo (for
 #            `ddtrain convert images`) (always included)
 #     data:  Debian's Fashion-MNIST (dataset-fashion-mnist)
+#     kjv:   the King James Bible (bible-kjv), the text of launch/examples/kjv-data.sh
 #     test:  h5py and numpy, used by the end-to-end tests to inspect files; cjpeg
 #            (libjpeg-turbo-progs), with which they make JPEG files; the slurm and plot
 #            groups; Lmod (tests/e2e/install.sh loads the installed module file); and
@@ -28,6 +29,7 @@ for group in "$@"; do
   case "$group" in
     build) ;;
     data) packages+=(dataset-fashion-mnist) ;;
+    kjv) packages+=(bible-kjv) ;;
     test)
       packages+=(python3-h5py python3-numpy dataset-fashion-mnist slurm-wlm munge
                  python3-matplotlib lmod python3-venv libjpeg-turbo-progs)
@@ -37,7 +39,7 @@ for group in "$@"; do
     bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox
                       python3-matplotlib) ;;
     plot) packages+=(python3-matplotlib) ;;
-    *) echo "install-deps.sh: unknown group '$group' (build, data, test, slurm, bench, plot)" >&2
+    *) echo "install-deps.sh: unknown group '$group' (build, data, kjv, test, slurm, bench, plot)" >&2
        exit 2 ;;
   esac
 done
