@@ -187,7 +187,7 @@ static ddt_status plan_graph(const model_spec *spec, int rows, model_options opt
         if (operand > max_operand) max_operand = operand;
         size_t need_ones = layer_ones_floats(spec, n, rows);
         if (need_ones > ones) ones = need_ones;
-        if (g->flows[n]) {
+        if (g->flows[n] && g->steps[n].dy_slot != SLOT_OUTPUT) { /* the loss's has its own */
             size_t gradient = (size_t)rows * (size_t)tensor_shape_count(&node->out_shape);
             if (gradient > slot_floats) slot_floats = gradient;
         }
