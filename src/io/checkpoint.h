@@ -5,7 +5,7 @@
  * (model_file.h) plus the training state, so h5py, PyTorch users and `ddtrain eval
  * --model-file` read its model part exactly like a saved model:
  *   root attribute "model"           the spec text           (as model_file.h)
- *   /dense_<i>/weight, /dense_<i>/bias                        (as model_file.h)
+ *   one dataset per tensor, by state_dict name ("0.weight")   (as model_file.h)
  *   /optimizer/state                 float32, 1-D, optimizer_state_count values
  *   root attributes                  optimizer_kind, configuration (UTF-8 strings);
  *                                    optimizer_steps, global_step, epoch, samples_seen,
