@@ -11,6 +11,7 @@
 
 #include "comm/comm_backend.h"
 #include "util/plugin.h"
+#include "util/clock.h"
 
 /* The default of comm_set_timeout(): long enough for a slow first collective (connection
  * set-up across nodes), short enough that a lost peer ends the job in minutes. */
@@ -199,9 +200,7 @@ void comm_set_timeout(comm *c, double seconds) {
 }
 
 double comm_seconds_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    return clock_now();
 }
 
 comm_wait comm_wait_begin(const comm *c) {

@@ -75,7 +75,7 @@ typedef struct comm_wait {
     double now;       /* the time at the last tick */
 } comm_wait;
 
-double comm_seconds_now(void); /* CLOCK_MONOTONIC */
+double comm_seconds_now(void); /* clock_now() (util/clock.h) */
 comm_wait comm_wait_begin(const comm *c);
 ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what);
 

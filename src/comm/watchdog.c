@@ -8,6 +8,7 @@
  *     stopped or dead inside a collective (it has arrived) falls silent and can be named.
  *     A final ping of -1 (watchdog_free) says no more will come, so the drain is exact. */
 #include "comm/watchdog.h"
+#include "util/clock.h"
 
 #include <inttypes.h>
 #include <stdbool.h>
@@ -45,12 +46,6 @@ struct watchdog {
     int64_t warned_point;
 };
 
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static void post_receive(watchdog *w, int r) {
     MPI_Irecv(&w->received[r], 1, MPI_INT64_T, r, ARRIVAL_TAG, w->comm, &w->receives[r]);
 }
@@ -87,7 +82,7 @@ ddt_status watchdog_init(MPI_Comm world, double warn_after, FILE *log, watchdog 
         }
         w->receives[0] = w->ping_receives[0] = MPI_REQUEST_NULL;
         w->done[0] = true;
-        double now = now_seconds();
+        double now = clock_now();
         for (int r = 1; r < w->size; r++) {
             post_receive(w, r);
             post_ping_receive(w, r);
@@ -100,7 +95,7 @@ ddt_status watchdog_init(MPI_Comm world, double warn_after, FILE *log, watchdog 
 
 /* Rank 0: takes in every arrival and ping that is there, without blocking. */
 static void take_messages(watchdog *w) {
-    double now = now_seconds();
+    double now = clock_now();
     for (int r = 1; r < w->size; r++) {
         int ready = 1;
         while (ready) {
@@ -130,7 +125,7 @@ void watchdog_arrive(watchdog *w, int64_t point, const char *label) {
     if (w->rank == 0) {
         w->arrived[0] = point;
         w->current_point = point;
-        w->point_started = now_seconds();
+        w->point_started = clock_now();
         take_messages(w);
         return;
     }
@@ -152,7 +147,7 @@ const char *watchdog_lagging(watchdog *w, char *text, size_t size) {
     text[0] = '\0';
     if (!w || w->rank != 0) return text;
     take_messages(w);
-    double now = now_seconds();
+    double now = clock_now();
     size_t used = 0;
     int count = 0;
     for (int r = 1; r < w->size && used + 16 < size; r++)
@@ -168,17 +163,17 @@ static void send_ping(watchdog *w) {
     if (!sent) return; /* rank 0 has not taken the last one yet */
     w->ping_value = w->sent_step;
     MPI_Isend(&w->ping_value, 1, MPI_INT64_T, 0, PING_TAG, w->comm, &w->ping);
-    w->last_ping = now_seconds();
+    w->last_ping = clock_now();
 }
 
 void watchdog_poll(void *context) {
     watchdog *w = context;
     if (!w) return;
     if (w->rank != 0) {
-        if (now_seconds() - w->last_ping >= ping_interval) send_ping(w);
+        if (clock_now() - w->last_ping >= ping_interval) send_ping(w);
         return;
     }
-    double waited = now_seconds() - w->point_started;
+    double waited = clock_now() - w->point_started;
     if (waited < w->warn_after || w->warned_point == w->current_point) return;
     char lagging[256];
     watchdog_lagging(w, lagging, sizeof lagging);
@@ -203,14 +198,14 @@ static bool wait_until(MPI_Request *request, double deadline) {
         int done = 0;
         MPI_Test(request, &done, MPI_STATUS_IGNORE);
         if (done) return true;
-        if (deadline > 0 && now_seconds() > deadline) return false;
+        if (deadline > 0 && clock_now() > deadline) return false;
         sched_yield();
     }
 }
 
 void watchdog_free(watchdog *w, int64_t last_point, double timeout_seconds) {
     if (!w) return;
-    double deadline = timeout_seconds > 0 ? now_seconds() + timeout_seconds : 0;
+    double deadline = timeout_seconds > 0 ? clock_now() + timeout_seconds : 0;
     bool complete = true;
     if (w->rank == 0) {
         /* Absorb every rank's arrivals up to the last point and its pings up to the final one;

@@ -35,6 +35,7 @@
 #include "engine/device_cpu_layers.h"
 #include "engine/optim_update.h"
 #include "util/rng.h"
+#include "util/clock.h"
 
 #define CPU_ALIGNMENT 64
 
@@ -670,9 +671,7 @@ static ddt_status check_timer_slot(int slot) {
 /* Operations have finished when they return, so "the device got here" is now. */
 static ddt_status cpu_timer_mark(device *dev, int slot) {
     DDT_CHECK(check_timer_slot(slot));
-    struct timespec now;
-    clock_gettime(CLOCK_MONOTONIC, &now);
-    ((cpu_backend *)dev->backend)->marks[slot] = (double)now.tv_sec + 1e-9 * (double)now.tv_nsec;
+    ((cpu_backend *)dev->backend)->marks[slot] = clock_now();
     return DDT_OK;
 }
 

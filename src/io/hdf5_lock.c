@@ -16,6 +16,7 @@
 #include "io/io_exit.h"
 #include "io/read_guard.h"
 #include "util/files.h"
+#include "util/clock.h"
 
 static pthread_once_t hdf5_lock_once = PTHREAD_ONCE_INIT;
 static pthread_mutex_t hdf5_mutex;
@@ -86,12 +87,6 @@ static char reading_path[4096];
 static volatile double reading_started;
 static volatile sig_atomic_t reading; /* 1 while a mark stands */
 
-static double monotonic_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 void hdf5_lock_release(void) {
     if (marked_depth == lock_depth) {
         reading = 0;
@@ -105,7 +100,7 @@ void hdf5_lock_mark_reading(const char *path) {
     reading = 0; /* a reader never sees a half-copied path marked as current */
     snprintf(reading_path, sizeof reading_path, "%s", path ? path : "an HDF5 file");
     reading_thread = pthread_self();
-    reading_started = monotonic_seconds();
+    reading_started = clock_now();
     if (marked_depth == 0) marked_depth = lock_depth;
     reading = 1;
 }
@@ -120,7 +115,7 @@ read_guard_state read_guard_current(void) {
 }
 
 double read_guard_now(void) {
-    return monotonic_seconds();
+    return clock_now();
 }
 
 const char *hdf5_error_detail(char *buffer, size_t size) {

@@ -53,6 +53,7 @@
 #include <time.h>
 
 #include "util/rng.h"
+#include "util/clock.h"
 
 /* Each array starts on its own cache line (and SIMD-friendly boundary). */
 #define STREAM_ALIGNMENT 64
@@ -130,12 +131,6 @@ struct stream {
     int64_t consumed;
     double wait_seconds;
 };
-
-static double seconds_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 static size_t round_up(size_t bytes) {
     return (bytes + STREAM_ALIGNMENT - 1) / STREAM_ALIGNMENT * STREAM_ALIGNMENT;
@@ -660,10 +655,10 @@ static void *stream_reader_main(void *argument) {
             pthread_mutex_unlock(&s->lock);
             bool read = false;
             fill_counts counts = {0};
-            double start = seconds_now();
+            double start = clock_now();
             /* A failure here only loses a hint: the fill that needs the block meets it. */
             if (stream_read_ahead(s, sequence, &read, &counts) != DDT_OK) s->read_ahead = false;
-            double busy = seconds_now() - start;
+            double busy = clock_now() - start;
             pthread_mutex_lock(&s->lock);
             s->read_seconds += busy;
             s->blocks_read += counts.blocks_read;
@@ -678,10 +673,10 @@ static void *stream_reader_main(void *argument) {
         pthread_mutex_unlock(&s->lock);
         if (stopping) break;
 
-        double start = seconds_now();
+        double start = clock_now();
         fill_counts counts = {0};
         ddt_status status = stream_fill_slot(s, slot, sequence, &counts);
-        double finished = seconds_now(), busy = finished - start;
+        double finished = clock_now(), busy = finished - start;
         if (s->params.on_read && status == DDT_OK)
             s->params.on_read(s->params.on_read_context, slot->batch.global_step,
                               slot->batch.micro_index, start, finished);
@@ -880,7 +875,7 @@ ddt_status stream_next(stream *s, micro_batch **out) {
                          total);
     }
     stream_slot *slot = &s->slots[s->consumed % s->params.prefetch_depth];
-    double start = seconds_now();
+    double start = clock_now();
     ddt_status status = DDT_OK;
     for (;;) {
         if (slot->state == SLOT_FILLED && slot->sequence == s->consumed) break;
@@ -896,7 +891,7 @@ ddt_status stream_next(stream *s, micro_batch **out) {
         }
         pthread_cond_wait(&s->batch_ready, &s->lock);
     }
-    s->wait_seconds += seconds_now() - start;
+    s->wait_seconds += clock_now() - start;
     if (status == DDT_OK) {
         slot->state = SLOT_TAKEN;
         s->consumed++;
