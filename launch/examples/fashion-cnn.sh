@@ -8,33 +8,10 @@
 set -euo pipefail
 
 installed="" # cmake --install writes the installed binary's path here
-if [[ -n $installed ]]; then
-  "$(dirname "$0")/../install-deps.sh" build data
-  ddtrain=$installed
-else
-  cd "$(dirname "$0")/../.."
-  launch/install-deps.sh build data
-  build_dir=${DDTRAIN_BUILD_DIR:-build}
-  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build_dir" -j "$(nproc)" >/dev/null
-  ddtrain=$build_dir/ddtrain
-fi
-
-source_dir=/usr/share/datasets/fashion-mnist
-mkdir -p data
+source "$(dirname "$0")/../common.sh"
+ddtrain_ready build data
 # N x 784 features read as 1x28x28 images by the model (the model declares the shape).
-if [[ ! -f data/fashion-train-00003-of-00004.h5 ]]; then
-  "$ddtrain" convert idx "$source_dir/train-images-idx3-ubyte.gz" \
-    "$source_dir/train-labels-idx1-ubyte.gz" -o data/fashion-train.h5 --shards 4
-fi
-if [[ ! -f data/fashion-test.h5 ]]; then
-  "$ddtrain" convert idx "$source_dir/t10k-images-idx3-ubyte.gz" \
-    "$source_dir/t10k-labels-idx1-ubyte.gz" -o data/fashion-test.h5
-fi
-
-mpirun_args=(-np 2)
-if [[ $(id -u) -eq 0 ]]; then mpirun_args+=(--allow-run-as-root); fi
-if [[ $(nproc) -lt 2 ]]; then mpirun_args+=(--oversubscribe); fi
+fashion_data
 
 rm -f data/fashion-cnn-metrics.jsonl
 start=$(date +%s.%N)

@@ -9,24 +9,9 @@
 set -euo pipefail
 
 installed="" # cmake --install writes the installed binary's path here
-if [[ -n $installed ]]; then
-  here=$(dirname "$0")
-  "$here/../install-deps.sh" build kjv
-  ddtrain=$installed
-else
-  cd "$(dirname "$0")/../.."
-  here=launch/examples
-  launch/install-deps.sh build kjv
-  build_dir=${DDTRAIN_BUILD_DIR:-build}
-  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release >/dev/null
-  cmake --build "$build_dir" -j "$(nproc)" >/dev/null
-  ddtrain=$build_dir/ddtrain
-fi
-"$here/kjv-data.sh" "$ddtrain" data
-
-mpirun_args=(-np 2)
-if [[ $(id -u) -eq 0 ]]; then mpirun_args+=(--allow-run-as-root); fi
-if [[ $(nproc) -lt 2 ]]; then mpirun_args+=(--oversubscribe); fi
+source "$(dirname "$0")/../common.sh"
+ddtrain_ready build kjv
+"$launch_dir/examples/kjv-data.sh" "$ddtrain" data
 
 rm -f data/kjv-gpt-metrics.jsonl
 # 64 windows of 64 bytes a step (4096 tokens); AdamW with decay on matrices, clipping, warm-up

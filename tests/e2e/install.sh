@@ -36,7 +36,7 @@ unset DDTRAIN
 clean_env=(env -u LD_LIBRARY_PATH -u DDTRAIN_CUDA_PLUGIN)
 
 expected=(bin/ddtrain bin/ddtrain-mpirun lib/ddtrain/libddtrain_core.so
-          share/ddtrain/launch/quickstart.sh share/ddtrain/launch/install-deps.sh
+          share/ddtrain/launch/quickstart.sh share/ddtrain/launch/common.sh share/ddtrain/launch/install-deps.sh
           share/ddtrain/launch/ddtrain-mpirun share/ddtrain/launch/slurm/ddtrain-single-node.sbatch
           share/ddtrain/launch/slurm/ddtrain-multi-node.sbatch
           share/ddtrain/launch/slurm/local-cluster.sh share/ddtrain/bench/plot
