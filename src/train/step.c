@@ -180,7 +180,10 @@ static ddt_status reduce_and_agree(trainer *t, ddt_status local, bool reporting,
 ddt_status train_step(trainer *t, int64_t step, step_outcome *o) {
     run_engine *e = &t->engine;
     bool reporting = report_due_progress(t, step + 1) || report_due_record(t, step + 1) ||
-                     (step + 1) % t->shape.steps_per_epoch == 0;
+                     (step + 1) % t->shape.steps_per_epoch == 0 ||
+                     step + 1 == t->shape.total_steps || /* the summary's final loss */
+                     (t->config->stop_after > 0 &&
+                      step + 1 - t->start_step == t->config->stop_after);
     *o = (step_outcome){.done = step + 1, .grad_norm = NAN};
     t->current_step = o->done;
     float loss_scale = t->scaler.scale;

@@ -2,7 +2,8 @@
 # checkpoint.sh - checkpoints, resuming and preemption: a resumed run is bitwise identical to
 # an uninterrupted one (same world size), matches within rounding with another world size,
 # SIGUSR1 gives a checkpoint and exit 0 on every rank, the newest K are kept, an existing
-# checkpoint directory is not mixed with a fresh run, and the model part loads as a model.
+# checkpoint directory is not mixed with a fresh run, and the model part loads as a model;
+# layer models (a CNN with batch normalisation, a GPT) resume bit for bit too.
 source "$(dirname "$0")/lib.sh"
 
 "$DDTRAIN" synth -o "$WORK/d.h5" --rows 8192 --features 32 --classes 4 --seed 4 >/dev/null
@@ -70,4 +71,30 @@ expect_fail_all_ranks "--resume without --checkpoint-dir" 1 2 "--resume needs --
 expect_fail_all_ranks "resume with another model" 1 2 "holds model '32-128-relu-dropout0.1-64-relu-4'" -- \
   train --data "$WORK/d.h5" --model 32-16-relu-4 --global-batch 64 --epochs 2 --seed 5 \
   --checkpoint-dir "$WORK/c-sgd" --resume
+# Layer models: a CNN with batch normalisation (running statistics are buffers a checkpoint
+# carries) and dropout, and a GPT with dropout, AdamW and clipping, each stopped twice and
+# resumed: the same weights and buffers, bit for bit, as without stopping.
+"$DDTRAIN" convert text "$(dirname "$0")/../../README.md" -o "$WORK/text.h5" >/dev/null || fail "convert text"
+"$DDTRAIN" synth -o "$WORK/img.h5" --rows 1024 --features 72 --classes 4 --seed 5 >/dev/null || fail "synth"
+cnn=(train --data "$WORK/img.h5" --model "2x6x6-conv(4,k3,p1)-bn-relu-maxpool(2)-flatten-16-relu-dropout0.2-4"
+     --global-batch 64 --micro-batch 16 --steps 24 --seed 3 --log-every 0 --optimizer adamw --lr 0.01
+     --weight-decay 0.05 --clip-grad-norm 1 --lr-schedule cosine --warmup-steps 4)
+gpt=(train --data "$WORK/text.h5" --model "gpt(layers=2,heads=2,width=16,context=16,vocab=256,dropout=0.1)"
+     --global-batch 32 --micro-batch 8 --steps 24 --seed 6 --log-every 0 --optimizer adamw --lr 0.003
+     --weight-decay 0.1 --clip-grad-norm 1 --lr-schedule cosine --warmup-steps 4)
+for name in cnn gpt; do
+  declare -n args=$name
+  ranks 2 "${args[@]}" --save "$WORK/$name-full.h5" >"$WORK/$name.log" 2>&1 ||
+    { fail "$name: full run"; tail -3 "$WORK/$name.log"; }
+  ranks 2 "${args[@]}" --checkpoint-dir "$WORK/c-$name" --stop-after 7 >"$WORK/$name.log" 2>&1 ||
+    { fail "$name: first part"; tail -3 "$WORK/$name.log"; }
+  ranks 2 "${args[@]}" --checkpoint-dir "$WORK/c-$name" --resume --stop-after 9 >"$WORK/$name.log" 2>&1 ||
+    { fail "$name: second part"; tail -3 "$WORK/$name.log"; }
+  ranks 2 "${args[@]}" --checkpoint-dir "$WORK/c-$name" --resume --save "$WORK/$name-resumed.h5" \
+    >"$WORK/$name.log" 2>&1 || { fail "$name: last part"; tail -3 "$WORK/$name.log"; }
+  grep -q "resume: .*checkpoint-000000000016.h5 (step 16" "$WORK/$name.log" &&
+    pass "$name: resumed at step 16" || fail "$name: $(grep resume: "$WORK/$name.log")"
+  expect_ok "$name: resumed twice == uninterrupted, bit for bit" \
+    $H5TOOL compare "$WORK/$name-resumed.h5" "$WORK/$name-full.h5" 0
+done
 finish
