@@ -36,6 +36,7 @@
 #include "engine/optim_update.h"
 #include "util/rng.h"
 #include "util/clock.h"
+#include "util/values.h"
 
 #define CPU_ALIGNMENT 64
 
@@ -582,14 +583,7 @@ static void cpu_adamw_update(device *dev, size_t count, float *restrict params,
 static ddt_status cpu_check_finite(device *dev, size_t count, const float *restrict x,
                                    bool *all_finite) {
     (void)dev;
-    /* Testing the exponent bits, not isfinite(), keeps the loop branch-free and vectorised. */
-    uint32_t bad = 0;
-    for (size_t i = 0; i < count; i++) {
-        uint32_t bits;
-        memcpy(&bits, &x[i], sizeof bits);
-        bad |= (uint32_t)((bits & 0x7f800000u) == 0x7f800000u);
-    }
-    *all_finite = bad == 0;
+    *all_finite = values_all_finite(x, count);
     return DDT_OK;
 }
 

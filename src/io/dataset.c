@@ -23,6 +23,7 @@
 
 #include "io/hdf5_lock.h"
 #include "io/hdf5_storage.h"
+#include "util/values.h"
 
 #define DATASET_FORMAT_VERSION 1
 /* More rows than any file holds; keeps sums over shards and row * width products far from
@@ -1007,24 +1008,6 @@ static const char *non_finite_name(float value) {
     return value > 0 ? "+Inf" : "-Inf";
 }
 
-/* True if any of values[0..count) is NaN or Inf. A branch-free reduction over the exponent
- * bits, so the compiler vectorises it: this runs over every value read. */
-static bool any_non_finite(const float *values, size_t count) {
-    const uint32_t *bits = (const uint32_t *)values;
-    uint32_t bad = 0;
-    for (size_t i = 0; i < count; i++)
-        bad |= (uint32_t)((bits[i] & 0x7f800000u) == 0x7f800000u);
-    return bad != 0;
-}
-
-/* True if any of values[0..count) is outside [0, bound) (unsigned compare: negatives too). */
-static bool any_outside(const int32_t *values, size_t count, uint32_t bound) {
-    uint32_t bad = 0;
-    for (size_t i = 0; i < count; i++)
-        bad |= (uint32_t)((uint32_t)values[i] >= bound);
-    return bad != 0;
-}
-
 static ddt_status row_error(const dataset *ds, int64_t global, const char *problem) {
     int64_t in_file = 0;
     int s = dataset_locate_row(ds, global, &in_file);
@@ -1074,20 +1057,20 @@ static ddt_status validate(const dataset *ds, const int64_t *rows, int64_t first
     if (g->kind == DATASET_KIND_TOKENS) {
         size_t ids = (size_t)count * (size_t)g->features;
         /* Labels first: their last id is the one inputs do not hold. */
-        if (labels && any_outside(labels, ids, (uint32_t)g->classes))
+        if (labels && !values_all_below(labels, ids, (uint32_t)g->classes))
             DDT_CHECK(report_bad_tokens(ds, rows, first, count, labels, 1));
-        if (inputs && any_outside(inputs, ids, (uint32_t)g->classes))
+        if (inputs && !values_all_below(inputs, ids, (uint32_t)g->classes))
             DDT_CHECK(report_bad_tokens(ds, rows, first, count, inputs, 0));
         return DDT_OK;
     }
-    if (inputs && any_non_finite(inputs, (size_t)count * (size_t)g->features))
+    if (inputs && !values_all_finite(inputs, (size_t)count * (size_t)g->features))
         DDT_CHECK(report_non_finite(ds, rows, first, count, inputs, g->features, "feature"));
-    if (targets && any_non_finite(targets, (size_t)count * (size_t)g->target_width))
+    if (targets && !values_all_finite(targets, (size_t)count * (size_t)g->target_width))
         DDT_CHECK(report_non_finite(ds, rows, first, count, targets, g->target_width, "target"));
     /* Without a class count (a file without num_classes, before dataset_set_classes) only
      * negative ids are wrong. */
     uint32_t bound = g->classes > 0 ? (uint32_t)g->classes : 0x80000000u;
-    if (labels && any_outside(labels, (size_t)count, bound)) {
+    if (labels && !values_all_below(labels, (size_t)count, bound)) {
         for (int i = 0; i < count; i++) {
             if ((uint32_t)labels[i] < bound) continue;
             char problem[160];
