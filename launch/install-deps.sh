@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # install-deps.sh - installs what ddtrain needs from Debian's packages, only what is missing.
 #
-#   launch/install-deps.sh [build|data|test|slurm|bench|plot]...
+#   launch/install-deps.sh [build|data|test|slurm|cluster|bench|plot]...
 #     build: compiler, CMake, Open MPI, HDF5, OpenBLAS, zlib (always included)
 #     data:  Debian's Fashion-MNIST (dataset-fashion-mnist)
-#     test:  h5py and numpy, used by the end-to-end tests to inspect files; the slurm and plot
-#            groups; Lmod (tests/e2e/install.sh loads the installed module file); and
+#     test:  h5py and numpy, used by the end-to-end tests to inspect files; the slurm, cluster
+#            and plot groups; Lmod (tests/e2e/install.sh loads the installed module file); and
 #            TensorBoard from PyPI (below), whose reader tests/e2e/tensorboard.sh uses
 #     slurm: Slurm and munge, for launch/slurm/local-cluster.sh and tests/e2e/slurm.sh
 #            (local-cluster.sh runs its own daemons and needs none of the system's)
+#     cluster: iproute2 (ip, tc) and util-linux (nsenter, unshare), for the emulated nodes of
+#            launch/local-cluster/cluster.sh and tests/e2e/multinode.sh
 #     bench: PyTorch (python3-torch), the peer in bench/
 #     plot:  matplotlib, for bench/plot
 # Uses apt-get as root, or through sudo. Does nothing when everything is present.
@@ -28,14 +30,15 @@ for group in "$@"; do
     data) packages+=(dataset-fashion-mnist) ;;
     test)
       packages+=(python3-h5py python3-numpy dataset-fashion-mnist slurm-wlm munge
-                 python3-matplotlib lmod python3-venv)
+                 python3-matplotlib lmod python3-venv iproute2 util-linux)
       tensorboard=1
       ;;
     slurm) packages+=(slurm-wlm munge) ;;
+    cluster) packages+=(iproute2 util-linux) ;;
     bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox
                       python3-matplotlib) ;;
     plot) packages+=(python3-matplotlib) ;;
-    *) echo "install-deps.sh: unknown group '$group' (build, data, test, slurm, bench, plot)" >&2
+    *) echo "install-deps.sh: unknown group '$group' (build, data, test, slurm, cluster, bench, plot)" >&2
        exit 2 ;;
   esac
 done
