@@ -192,8 +192,10 @@ EOF
 
 # shape_link NAMESPACE DEVICE RATE: the qdisc of one direction of one link: a token bucket at
 # RATE, or a plain FIFO when unshaped (for its byte counters; veth has no queue of its own).
-# tbf: burst of 1 ms at the rate (at least 32 KiB: a few full-size frames, and enough for
-# segments of large sends), queue bounded by 100 ms.
+# tbf: a burst of 0.5 ms at the rate, at least 64 KiB (the largest segment the TCP stack
+# hands down at once: smaller would make tbf cut it up), and a queue of at most 100 ms. The
+# burst is what a link idle for a while may send above its rate: kept small, so that traffic
+# that alternates direction (a reduce, then a broadcast) gains little from it.
 shape_link() {
   local ns=$1 dev=$2 rate=$3
   if [[ $rate == none ]]; then
@@ -201,7 +203,7 @@ shape_link() {
   else
     local bits burst
     bits=$(rate_bits "$rate")
-    burst=$(awk -v b="$bits" 'BEGIN { x = b / 8 / 1000; if (x < 32768) x = 32768; printf "%d", x }')
+    burst=$(awk -v b="$bits" 'BEGIN { x = b / 8 / 2000; if (x < 65536) x = 65536; printf "%d", x }')
     tc -n "$ns" qdisc replace dev "$dev" root tbf rate "$rate" burst "$burst" latency 100ms
   fi
 }

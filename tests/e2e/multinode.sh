@@ -47,7 +47,7 @@ fi
 unset $(compgen -e | grep '^SLURM_') 2>/dev/null
 
 CLUSTER=$WORK/cluster
-cluster() { "$CLUSTER_SH" "$@" --dir "$CLUSTER"; }
+cluster() { "$CLUSTER_SH" "$1" --dir "$CLUSTER" "${@:2}"; }
 # The namespaces are named after the directory: what must be gone at the end.
 cleanup() {
   "$CLUSTER_SH" stop --dir "$CLUSTER" >/dev/null 2>&1

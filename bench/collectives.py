@@ -1,0 +1,200 @@
+"""collectives.py - what an all-reduce algorithm sends over which link, and how long that takes.
+
+Used by bench/scaling --nodes (the bytes each node's link should carry per step, to set
+beside the tc byte counters) and bench/project --nodes (the all-reduce time on emulated
+nodes). Ranks are placed on nodes; a transfer between ranks of one node stays in shared
+memory, a transfer between nodes uses the sender's link up and the receiver's link down.
+
+Algorithms (n bytes per rank, p ranks):
+  binomial      Open MPI's libnbc MPI_Iallreduce when the buffer is MPI_IN_PLACE (what
+                ddtrain's MPI backend calls; Open MPI 4.1 coll/libnbc nbc_iallreduce.c,
+                allred_sched_diss): a binomial-tree reduce to rank 0, each parent receiving
+                its children's whole buffers one after another, then a binomial broadcast,
+                rank 0 sending to all its children at once.
+  ring          reduce-scatter then all-gather around the ranks: 2(p-1) steps of n/p.
+  hierarchical  inside each node, a reduce to the node's first rank (shared memory); a ring
+                all-reduce of the whole buffer among those leaders, one per node; a broadcast
+                inside each node. The links carry only the leaders' ring: 2(N-1)/N n each way.
+
+The time model is a fluid one: a transfer starts alpha after what it waits for has finished;
+the transfers in flight share each link direction (beta bytes/s) max-min fairly; transfers
+inside a node run at beta_shm. It ignores the reduction arithmetic and CPU contention.
+"""
+
+from collections import defaultdict
+
+
+def placement(nodes, ranks_per_node, mapping="slot"):
+    """Node of each rank: by slot (ranks 0..k-1 on node 0, ...) or by node (round robin)."""
+    p = nodes * ranks_per_node
+    if mapping == "node":
+        return [r % nodes for r in range(p)]
+    return [r // ranks_per_node for r in range(p)]
+
+
+def _ceil_log2(p):
+    k = 0
+    while (1 << k) < p:
+        k += 1
+    return k
+
+
+def transfers(algorithm, where, nbytes):
+    """The transfers of one all-reduce: a list of dicts src, dst (ranks), bytes, after (the
+    indices of the transfers that must finish first)."""
+    p = len(where)
+    out = []
+    if p <= 1:
+        return out
+
+    def add(src, dst, size, after):
+        out.append({"src": src, "dst": dst, "bytes": size, "after": sorted(set(after))})
+        return len(out) - 1
+
+    if algorithm == "binomial":
+        maxr = _ceil_log2(p)
+        received = {r: [] for r in range(p)}  # reduce transfers into each rank, in order
+        # Reduce: round r, ranks with v % 2^r == 2^(r-1) send to v - 2^(r-1), once they have
+        # reduced their own children's buffers; a parent receives one child after another.
+        for r in range(1, maxr + 1):
+            for v in range(p):
+                if v % (1 << r) == (1 << (r - 1)):
+                    parent = v - (1 << (r - 1))
+                    after = received[v] + received[parent][-1:]
+                    received[parent].append(add(v, parent, nbytes, after))
+        got = {0: received[0]}  # what a rank must have before it sends in the broadcast
+
+        def children(v):
+            if v == 0:
+                return [1 << r for r in range(maxr) if (1 << r) < p]
+            return [v + (1 << r) for r in range(maxr) if v < (1 << r) and v + (1 << r) < p]
+
+        pending = [0]
+        while pending:
+            v = pending.pop(0)
+            for c in children(v):
+                got[c] = [add(v, c, nbytes, got[v])]
+                pending.append(c)
+        return out
+
+    if algorithm == "ring":
+        _ring(list(range(p)), nbytes, add, {r: [] for r in range(p)})
+        return out
+
+    if algorithm == "hierarchical":
+        nodes = sorted(set(where))
+        leaders = [min(r for r in range(p) if where[r] == n) for n in nodes]
+        ready = {r: [] for r in range(p)}
+        for n, lead in zip(nodes, leaders):
+            for r in range(p):
+                if where[r] == n and r != lead:
+                    ready[lead].append(add(r, lead, nbytes, []))
+        done = _ring(leaders, nbytes, add, ready)
+        last = {}
+        for i in done:
+            last.setdefault(out[i]["dst"], []).append(i)
+        for n, lead in zip(nodes, leaders):
+            for r in range(p):
+                if where[r] == n and r != lead:
+                    add(lead, r, nbytes, last.get(lead, []) + ready[lead])
+        return out
+
+    raise ValueError(f"unknown all-reduce algorithm '{algorithm}' (binomial, ring, hierarchical)")
+
+
+def _ring(ranks, nbytes, add, ready):
+    """Ring all-reduce among `ranks`: 2(k-1) steps, each rank sending one of k chunks to the
+    next; a rank sends step s once it received step s-1 (and, at step 0, once `ready`).
+    Returns the indices of every transfer (for transfers(): the last ones end the ring)."""
+    k = len(ranks)
+    if k <= 1:
+        return []
+    chunk = nbytes / k
+    prev = {r: ready.get(r, []) for r in ranks}
+    made = []
+    for _ in range(2 * (k - 1)):
+        now = {}
+        for i, r in enumerate(ranks):
+            nxt = ranks[(i + 1) % k]
+            now[nxt] = [add(r, nxt, chunk, prev[r])]
+            made += now[nxt]
+        prev = now
+    return made
+
+
+def link_bytes(algorithm, where, nbytes):
+    """Bytes each node sends over its link (tx) and receives (rx) in one all-reduce:
+    {node: [tx, rx]}."""
+    per = defaultdict(lambda: [0.0, 0.0])
+    for n in set(where):
+        per[n]
+    for t in transfers(algorithm, where, nbytes):
+        a, b = where[t["src"]], where[t["dst"]]
+        if a != b:
+            per[a][0] += t["bytes"]
+            per[b][1] += t["bytes"]
+    return dict(per)
+
+
+def allreduce_seconds(algorithm, where, nbytes, alpha, beta, beta_shm=5e9):
+    """Time of one all-reduce of nbytes: the fluid model described above. alpha in s, beta
+    and beta_shm in bytes/s (per link and direction)."""
+    ts = transfers(algorithm, where, nbytes)
+    if not ts:
+        return 0.0
+    remaining = [t["bytes"] for t in ts]
+    finished = [None] * len(ts)
+    start = [None] * len(ts)
+    now = 0.0
+    while any(f is None for f in finished):
+        # Transfers whose predecessors are done start alpha later.
+        for i, t in enumerate(ts):
+            if start[i] is None and all(finished[j] is not None for j in t["after"]):
+                start[i] = max([finished[j] for j in t["after"]], default=0.0) + alpha
+        active = [i for i in range(len(ts)) if finished[i] is None and start[i] is not None
+                  and start[i] <= now + 1e-15]
+        upcoming = [start[i] for i in range(len(ts)) if finished[i] is None
+                    and start[i] is not None and start[i] > now + 1e-15]
+        if not active:
+            now = min(upcoming)
+            continue
+        rate = _fair_rates(active, ts, where, beta, beta_shm)
+        # Advance to the next event: a transfer finishing or one starting.
+        step = min(remaining[i] / rate[i] for i in active)
+        if upcoming:
+            step = min(step, min(upcoming) - now)
+        now += step
+        for i in active:
+            remaining[i] -= rate[i] * step
+            if remaining[i] <= 1e-6 * max(1.0, ts[i]["bytes"]):
+                remaining[i] = 0.0
+                finished[i] = now
+    return max(finished)
+
+
+def _fair_rates(active, ts, where, beta, beta_shm):
+    """Max-min fair rates: every link direction (node up, node down) holds beta; a transfer
+    inside a node has its own beta_shm."""
+    rate = {}
+    users = defaultdict(list)
+    for i in active:
+        a, b = where[ts[i]["src"]], where[ts[i]["dst"]]
+        if a == b:
+            rate[i] = beta_shm
+        else:
+            users[("up", a)].append(i)
+            users[("down", b)].append(i)
+    capacity = {link: beta for link in users}
+    left = {i for i in active if i not in rate}
+    while left:
+        # The tightest link fixes the rate of all its unfixed transfers.
+        share = {link: capacity[link] / len([i for i in ids if i in left])
+                 for link, ids in users.items() if any(i in left for i in ids)}
+        link = min(share, key=share.get)
+        for i in [i for i in users[link] if i in left]:
+            rate[i] = share[link]
+            left.discard(i)
+            for other, ids in users.items():
+                if i in ids:
+                    capacity[other] -= share[link]
+    return rate
