@@ -11,7 +11,13 @@
 #   - a rank killed on the remote node ends the job on every node, with Open MPI's message;
 #   - a checkpoint written by ranks on two nodes and resumed by another launch (srun when
 #     Slurm is there), bit for bit the uninterrupted run;
-#   - srun -N 2 --mpi=pmix (one slurmd per node): one world of 4 ranks over both nodes.
+#   - srun -N 2 --mpi=pmix (one slurmd per node): one world of 4 ranks over both nodes, and
+#     the multi-node batch template submitted with sbatch --nodes=2;
+#   - the interfaces MPI uses, chosen as on a real cluster (btl_tcp_if_include and
+#     oob_tcp_if_include by subnet);
+#   - bench/scaling --nodes, small, on a cluster of its own beside this one: the bytes each
+#     link carried per step (tc counters) are what the all-reduce in use should move, link by
+#     link and both ways, give or take the TCP/IP headers; bench/project --nodes predicts it.
 # The cluster is removed at the end whatever happens, and no namespace, link or process of it
 # may remain. Skipped (exit 77) where namespaces cannot be made: not root, no iproute2, or no
 # permission (a container without CAP_SYS_ADMIN/CAP_NET_ADMIN). The Slurm checks are reported
@@ -74,13 +80,17 @@ PREFIX=${N0%-n0} # the namespaces: $PREFIX-head, $PREFIX-n0, $PREFIX-n1
 # tell): waiting ranks must yield, or they starve the ranks they wait for.
 MPI_ARGS=(--hostfile "$CLUSTER/hostfile" --mca plm_rsh_agent "$CLUSTER/rsh" --bind-to none
           --mca mpi_yield_when_idle 1 -x OPENBLAS_NUM_THREADS=1)
-# on_cluster NODE NP MAPPING DDTRAIN_ARGS...: mpirun started on NODE (head, 0, 1), NP ranks
-# placed --map-by MAPPING over the hostfile's two nodes.
+# on_cluster NODE NP MAPPING [--mca NAME VALUE]... DDTRAIN_ARGS...: mpirun started on NODE
+# (head, 0, 1), NP ranks placed --map-by MAPPING over the hostfile's two nodes.
 on_cluster() {
-  local node=$1 np=$2 map=$3
+  local node=$1 np=$2 map=$3 mca=()
   shift 3
+  while [[ ${1:-} == --mca ]]; do
+    mca+=("$1" "$2" "$3")
+    shift 3
+  done
   timeout -k 5 "$TIMEOUT" "$CLUSTER_SH" exec --dir "$CLUSTER" "$node" \
-    mpirun "${MPI_ARGS[@]}" -np "$np" --map-by "$map" "$DDTRAIN" "$@"
+    mpirun "${MPI_ARGS[@]}" "${mca[@]}" -np "$np" --map-by "$map" "$DDTRAIN" "$@"
 }
 # link_bytes: the bytes both links carried so far, both directions, summed.
 link_bytes() { cluster counters | awk '{ s += $2 + $3 } END { print s + 0 }'; }
@@ -122,9 +132,11 @@ if ((moved >= 2 * 20 * grad_bytes)); then
   pass "the gradients crossed the links: $moved bytes (at least $((2 * 20 * grad_bytes)))"
 else fail "the links carried $moved bytes, less than 20 steps of gradients both ways ($((2 * 20 * grad_bytes)))"; fi
 
-on_cluster 0 4 slot "${common[@]}" --micro-batch 16 --save "$WORK/2x2.h5" >"$WORK/2x2.log" 2>&1 ||
+SUBNET=$(awk 'NR == 1 { split($3, a, "."); print a[1] "." a[2] "." a[3] ".0/24" }' "$CLUSTER/nodes")
+IFACES=(--mca btl_tcp_if_include "$SUBNET" --mca oob_tcp_if_include "$SUBNET")
+on_cluster 0 4 slot "${IFACES[@]}" "${common[@]}" --micro-batch 16 --save "$WORK/2x2.h5" >"$WORK/2x2.log" 2>&1 ||
   { fail "2 nodes x 2 ranks: training failed"; tail -15 "$WORK/2x2.log"; }
-expect_ok "2 nodes x 2 ranks (mpirun --hostfile, from node 0) equals 1 rank (1e-5)" \
+expect_ok "2 nodes x 2 ranks (mpirun --hostfile, from node 0, btl_tcp_if_include $SUBNET) equals 1 rank (1e-5)" \
   $H5TOOL compare "$WORK/2x2.h5" "$WORK/one.h5" 1e-5
 check_rank_lines "$WORK/2x2.log" "2 nodes x 2 ranks by slot" "$N0:0" "$N0:1" "$N1:0" "$N1:1"
 
@@ -225,15 +237,85 @@ if [[ $slurm -eq 1 ]]; then
   }
   srun_on_head -N 2 -n 2 hostname >"$WORK/hosts.txt" 2>&1
   [[ $(sort "$WORK/hosts.txt" | tr '\n' ' ') == "$N0 $N1 " ]] &&
-    pass "srun -N 2 -n 2 hostname: $(sort "$WORK/hosts.txt" | tr '\n' ' ')" ||
+    pass "srun -N 2 -n 2 hostname: $(sort "$WORK/hosts.txt" | paste -sd' ')" ||
     fail "srun -N 2 -n 2 hostname said: $(head -3 "$WORK/hosts.txt" | tr '\n' ' ')"
   srun_on_head -N 2 -n 4 "$DDTRAIN" "${common[@]}" --micro-batch 16 --save "$WORK/srun.h5" \
     >"$WORK/srun.log" 2>&1 || { fail "srun -N 2 -n 4 --mpi=pmix: training failed"; tail -10 "$WORK/srun.log"; }
   expect_ok "srun -N 2 -n 4 --mpi=pmix equals 1 rank (1e-5)" \
     $H5TOOL compare "$WORK/srun.h5" "$WORK/one.h5" 1e-5
   check_rank_lines "$WORK/srun.log" "srun -N 2 -n 4" "$N0:0" "$N0:1" "$N1:0" "$N1:1"
+
+  # The multi-node batch template, as a user submits it: 2 nodes x 2 tasks.
+  on_head() {
+    timeout -k 5 "$TIMEOUT" "$CLUSTER_SH" exec --dir "$CLUSTER" head env \
+      SLURM_CONF="$CLUSTER/slurm/slurm.conf" "$@"
+  }
+  mkdir -p "$WORK/out"
+  job=$(cd "$WORK" && on_head env DDTRAIN="$DDTRAIN" DATA="$WORK/train-*.h5" EVAL_DATA= \
+    MODEL=32-16-relu-4 STEPS=20 GLOBAL_BATCH=64 OUT="$WORK/out/run" \
+    sbatch --parsable --nodes=2 --output="$WORK/out/job-%j.out" \
+    "$REPO/launch/slurm/ddtrain-multi-node.sbatch" --log-every 0 2>"$WORK/sbatch.err")
+  state=""
+  for _ in $(seq 600); do
+    state=$(on_head scontrol show job "$job" 2>/dev/null | grep -o 'JobState=[A-Z_]*' | cut -d= -f2)
+    [[ $state == COMPLETED || $state == FAILED || $state == CANCELLED || $state == TIMEOUT ]] && break
+    sleep 0.1
+  done
+  out="$WORK/out/job-$job.out"
+  if [[ $state == COMPLETED ]] && grep -q "running: srun --mpi=pmix" "$out" 2>/dev/null &&
+    [[ -s $WORK/out/run/model.h5 ]]; then
+    pass "sbatch --nodes=2 launch/slurm/ddtrain-multi-node.sbatch: COMPLETED, model written"
+    check_rank_lines "$out" "the multi-node template" "$N0:0" "$N0:1" "$N1:0" "$N1:1"
+  else
+    fail "the multi-node template: job '${job:-none}' state '${state:-unknown}'"
+    cat "$WORK/sbatch.err" 2>/dev/null | sed 's/^/    /'
+    tail -10 "$out" 2>/dev/null | sed 's/^/    /'
+  fi
 else
   echo "skipped: the srun checks ($slurm_why)"
+fi
+
+# --- bench/scaling --nodes, small: the bytes each link carried against the algorithm's ----------
+if "$REPO/launch/install-deps.sh" data >"$WORK/install-data.txt" 2>&1; then
+  bench_start=$SECONDS
+  DDTRAIN=$DDTRAIN timeout -k 5 300 "$REPO/bench/scaling" --nodes --node-counts "1 2" \
+    --ranks-per-node 2 --bandwidths 1gbit --model 784-64-relu-10 --steps 9 --warmup-steps 3 \
+    --repeats 1 --data-dir "$WORK/data" --csv "$WORK/nodes.csv" --network-csv "$WORK/net.csv" \
+    >"$WORK/bench.log" 2>&1 || { fail "bench/scaling --nodes failed"; tail -15 "$WORK/bench.log"; }
+  if [[ -s $WORK/nodes.csv ]]; then
+    # Per link and direction: measured / expected, the headers' share on top (1.046 at MTU
+    # 1500, a little more for acknowledgements and the per-step control messages).
+    if verdict=$($PY - "$WORK/nodes.csv" <<'EOF'
+import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r["kind"] == "run" and r["nodes"] == "2"]
+if not rows:
+    sys.exit("no 2-node run in the CSV")
+r = rows[0]
+tx = [float(x) for x in r["link_tx_mb_per_step"].split(";")]
+rx = [float(x) for x in r["link_rx_mb_per_step"].split(";")]
+expected = [tuple(float(v) for v in e.split(":")) for e in r["expected_tx_rx_mb_per_step"].split(";")]
+ratios = [m / e for m, e in zip(tx + rx, [e[0] for e in expected] + [e[1] for e in expected])]
+text = (f"{r['algorithm']}, 2 nodes x 2 ranks: node 0 sent {tx[0]:.3f} received {rx[0]:.3f}, "
+        f"node 1 sent {tx[1]:.3f} received {rx[1]:.3f} MB/step; measured/expected "
+        f"{min(ratios):.3f}..{max(ratios):.3f}")
+print(text)
+sys.exit(0 if all(1.0 <= q <= 1.2 for q in ratios) else 1)
+EOF
+    ); then pass "bytes per link per step as the all-reduce should move them ($verdict)"; else
+      fail "bytes per link per step: $verdict"
+    fi
+  fi
+  if "$REPO/bench/project" --nodes "$WORK/nodes.csv" --nodes-network "$WORK/net.csv" \
+    --nodes-csv "$WORK/projection.csv" >"$WORK/project.log" 2>&1 &&
+    [[ $(grep -c '^run,\|^[0-9]' "$WORK/projection.csv") -ge 1 ]]; then
+    pass "bench/project --nodes predicted the 2-node run: $(grep '^ *2 .*|' "$WORK/project.log" | head -1 | tr -s ' ' | cut -c1-90)"
+  else
+    fail "bench/project --nodes"
+    tail -5 "$WORK/project.log"
+  fi
+  echo "  (bench/scaling --nodes took $((SECONDS - bench_start)) s)"
+else
+  echo "skipped: bench/scaling --nodes (no Fashion-MNIST: $(tail -1 "$WORK/install-data.txt"))"
 fi
 
 # --- stop leaves nothing behind --------------------------------------------------------------
