@@ -12,13 +12,18 @@ Algorithms (n bytes per rank, p ranks):
                 its children's whole buffers one after another, then a binomial broadcast,
                 rank 0 sending to all its children at once.
   ring          reduce-scatter then all-gather around the ranks: 2(p-1) steps of n/p.
-  hierarchical  inside each node, a reduce to the node's first rank (shared memory); a ring
-                all-reduce of the whole buffer among those leaders, one per node; a broadcast
-                inside each node. The links carry only the leaders' ring: 2(N-1)/N n each way.
+  hierarchical  ddtrain's shm backend (issue 14) and NCCL's kind: inside each node a
+                reduce-scatter over shared memory leaves each of the node's first S ranks (S:
+                the smallest node's rank count) the sum of one slice, n/S; the owners of a
+                slice, one per node, all-reduce it with a ring (reduce-scatter, all-gather);
+                an all-gather inside each node hands every rank the result. The links carry
+                the rings only: 2(N-1)/N n each way per node, whatever the ranks per node.
 
 The time model is a fluid one: a transfer starts alpha after what it waits for has finished;
-the transfers in flight share each link direction (beta bytes/s) max-min fairly; transfers
-inside a node run at beta_shm. It ignores the reduction arithmetic and CPU contention.
+the transfers in flight share each link direction (beta bytes/s) max-min fairly, and, where
+beta_shared is given, all transfers between nodes together share that too (emulated nodes:
+one machine's CPU moves the bytes of every link); transfers inside a node run at beta_shm.
+It ignores the reduction arithmetic.
 """
 
 from collections import defaultdict
@@ -83,20 +88,27 @@ def transfers(algorithm, where, nbytes):
 
     if algorithm == "hierarchical":
         nodes = sorted(set(where))
-        leaders = [min(r for r in range(p) if where[r] == n) for n in nodes]
-        ready = {r: [] for r in range(p)}
-        for n, lead in zip(nodes, leaders):
-            for r in range(p):
-                if where[r] == n and r != lead:
-                    ready[lead].append(add(r, lead, nbytes, []))
-        done = _ring(leaders, nbytes, add, ready)
-        last = {}
-        for i in done:
-            last.setdefault(out[i]["dst"], []).append(i)
-        for n, lead in zip(nodes, leaders):
-            for r in range(p):
-                if where[r] == n and r != lead:
-                    add(lead, r, nbytes, last.get(lead, []) + ready[lead])
+        local = {n: [r for r in range(p) if where[r] == n] for n in nodes}
+        owners = min(len(ranks) for ranks in local.values())
+        piece = nbytes / owners
+        owned = {r: [] for r in range(p)}  # the local reduce-scatter's transfers into an owner
+        for n in nodes:
+            for r in local[n]:
+                for s in range(owners):
+                    if r != local[n][s]:
+                        owned[local[n][s]].append(add(r, local[n][s], piece, []))
+        done = {r: [] for r in range(p)}  # what an owner waits for before its all-gather
+        for s in range(owners):
+            ring = [local[n][s] for n in nodes]
+            made = _ring(ring, piece, add, {r: owned[r] for r in ring})
+            for i in made:
+                done[out[i]["dst"]].append(i)
+        for n in nodes:
+            for s in range(owners):
+                owner = local[n][s]
+                for r in local[n]:
+                    if r != owner:
+                        add(owner, r, piece, done[owner] + owned[owner])
         return out
 
     raise ValueError(f"unknown all-reduce algorithm '{algorithm}' (binomial, ring, hierarchical)")
@@ -136,9 +148,10 @@ def link_bytes(algorithm, where, nbytes):
     return dict(per)
 
 
-def allreduce_seconds(algorithm, where, nbytes, alpha, beta, beta_shm=5e9):
+def allreduce_seconds(algorithm, where, nbytes, alpha, beta, beta_shm=5e9, beta_shared=None):
     """Time of one all-reduce of nbytes: the fluid model described above. alpha in s, beta
-    and beta_shm in bytes/s (per link and direction)."""
+    and beta_shm in bytes/s (per link and direction), beta_shared in bytes/s over all links
+    together (None: no such limit)."""
     ts = transfers(algorithm, where, nbytes)
     if not ts:
         return 0.0
@@ -158,7 +171,7 @@ def allreduce_seconds(algorithm, where, nbytes, alpha, beta, beta_shm=5e9):
         if not active:
             now = min(upcoming)
             continue
-        rate = _fair_rates(active, ts, where, beta, beta_shm)
+        rate = _fair_rates(active, ts, where, beta, beta_shm, beta_shared)
         # Advance to the next event: a transfer finishing or one starting.
         step = min(remaining[i] / rate[i] for i in active)
         if upcoming:
@@ -172,9 +185,9 @@ def allreduce_seconds(algorithm, where, nbytes, alpha, beta, beta_shm=5e9):
     return max(finished)
 
 
-def _fair_rates(active, ts, where, beta, beta_shm):
-    """Max-min fair rates: every link direction (node up, node down) holds beta; a transfer
-    inside a node has its own beta_shm."""
+def _fair_rates(active, ts, where, beta, beta_shm, beta_shared=None):
+    """Max-min fair rates: every link direction (node up, node down) holds beta, and all the
+    links together beta_shared; a transfer inside a node has its own beta_shm."""
     rate = {}
     users = defaultdict(list)
     for i in active:
@@ -184,7 +197,9 @@ def _fair_rates(active, ts, where, beta, beta_shm):
         else:
             users[("up", a)].append(i)
             users[("down", b)].append(i)
-    capacity = {link: beta for link in users}
+            if beta_shared:
+                users[("shared",)].append(i)
+    capacity = {link: (beta_shared if link == ("shared",) else beta) for link in users}
     left = {i for i in active if i not in rate}
     while left:
         # The tightest link fixes the rate of all its unfixed transfers.

@@ -16,7 +16,8 @@
 # head (ddt-ID-head, 10.77.0.1), where a launcher or slurmctld can run as on a login node.
 # Every interface and address lives inside these namespaces: nothing is added to the
 # machine's own network, so the same private addresses serve every cluster at once. ID is
-# derived from DIR, where the cluster keeps its state:
+# derived from DIR, where the cluster keeps its state (default: $DDTRAIN_CLUSTER_DIR, else
+# /tmp/ddtrain-cluster; give every command the same):
 #   DIR/hostfile   the nodes' addresses with slots=CORES each, for mpirun --hostfile
 #   DIR/rsh        the launcher for mpirun --mca plm_rsh_agent: "rsh NODE COMMAND" runs
 #                  COMMAND on NODE as ssh would (sh -c, a fresh environment: PATH, HOME...)
@@ -56,9 +57,10 @@ FIRST_NODE_HOST=11 # node i has $SUBNET.$((FIRST_NODE_HOST + i))
 MAX_NODES=64
 REGISTRY=/run/ddtrain-local-cluster # ID -> DIR, for `list`
 
-usage() {
-  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
-  exit 2
+usage() { # usage [EXIT]: the header above; on stderr unless asked for (--help)
+  if [[ ${1:-2} -eq 0 ]]; then sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; else
+    sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2; fi
+  exit "${1:-2}"
 }
 say() { echo "local-cluster: $*"; }
 die() {
@@ -73,7 +75,7 @@ shift
   echo "local-cluster: unknown command '$action'" >&2
   usage
 }
-[[ $action == -h || $action == --help ]] && usage
+[[ $action == -h || $action == --help ]] && usage 0
 
 dir=${DDTRAIN_CLUSTER_DIR:-/tmp/ddtrain-cluster}
 bandwidth=none slurm=0
@@ -506,6 +508,8 @@ exec_on() {
   [[ ${#positional[@]} -ge 2 ]] || die "exec needs a node and a command: exec NODE COMMAND..."
   need_root_tools
   local found name ip ns
+  [[ -f $dir/nodes ]] && netns_exists "$head_ns" ||
+    die "no cluster running under $dir (start one: $0 start N --dir $dir)"
   found=$(resolve_node "${positional[0]}") ||
     die "'${positional[0]}' is not a node of the cluster under $dir (head, 0..$(($(node_count) - 1)), or a name)"
   read -r name ip ns <<<"$found"
