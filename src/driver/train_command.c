@@ -132,6 +132,8 @@ static ddt_status train_config_from(const job *j, const options *o, train_config
     c->loss_scale = (float)o->loss_scale;
     c->comm_timeout = o->comm_timeout;
     c->bucket_bytes = (size_t)o->bucket_size;
+    c->allreduce = o->allreduce;
+    c->overlap = o->overlap == COMM_OVERLAP_ON;
     c->metrics = o->metrics;
     c->tensorboard = o->tensorboard;
     c->trace = o->trace;

@@ -83,6 +83,8 @@ typedef struct train_config {
     float loss_scale;    /* fp16's initial dynamic loss scale */
     double comm_timeout; /* seconds; 0: no limit */
     size_t bucket_bytes;
+    comm_backend_request allreduce; /* the data plane's backend (auto: by device) */
+    bool overlap;                   /* buckets start during backward */
     /* watching */
     const char *metrics;     /* JSONL file to add records to, or NULL */
     const char *tensorboard; /* directory for event files, or NULL */
