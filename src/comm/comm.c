@@ -312,6 +312,13 @@ int comm_local_size(const comm *c) {
 const char *comm_backend_name(const comm *c) {
     return c->ops->name;
 }
+const char *comm_describe(const comm *c, char *text, size_t size) {
+    char detail[160] = "";
+    if (c->ops->describe) c->ops->describe(c, detail, sizeof detail);
+    snprintf(text, size, detail[0] ? "%s (%s)" : "%s", c->ops->name, detail);
+    return text;
+}
+
 MPI_Comm comm_mpi(const comm *c) {
     return c->world;
 }

@@ -129,6 +129,9 @@ int comm_world_size(const comm *c);
 int comm_local_rank(const comm *c); /* rank among the ranks on this node */
 int comm_local_size(const comm *c);
 const char *comm_backend_name(const comm *c);
+/* The backend's name and how it is set up, e.g. "shm (2 nodes x 2 ranks, ring between nodes,
+ * 256 KiB chunks)", for the configuration printout; returns `text`. */
+const char *comm_describe(const comm *c, char *text, size_t size);
 MPI_Comm comm_mpi(const comm *c);
 
 /* Data plane (device buffers). */

@@ -36,6 +36,9 @@ typedef struct comm_backend_ops {
     /* Device time the completed gradient all-reduces ran (comm_device_busy_seconds); NULL
      * where the backend's work runs on the host. */
     double (*device_busy_seconds)(const comm *c);
+    /* Writes how it is set up ("1 node x 2 ranks, 256 KiB chunks") for comm_describe; NULL:
+     * the name says it all. */
+    void (*describe)(const comm *c, char *text, size_t size);
     void (*close)(comm *c);
 } comm_backend_ops;
 

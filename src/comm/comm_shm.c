@@ -877,6 +877,24 @@ static void shm_close(comm *c) {
     c->backend = NULL;
 }
 
+static void shm_describe(const comm *c, char *text, size_t size) {
+    const shm_state *s = c->backend;
+    if (!s) {
+        snprintf(text, size, "one rank: nothing to reduce");
+        return;
+    }
+    char nodes[64];
+    if (s->nodes == 1)
+        snprintf(nodes, sizeof nodes, "1 node x %d ranks", s->members);
+    else if (s->owners * s->nodes == c->world_size)
+        snprintf(nodes, sizeof nodes, "%d nodes x %d ranks, ring between nodes", s->nodes,
+                 s->owners);
+    else
+        snprintf(nodes, sizeof nodes, "%d nodes of %d+ ranks, ring between nodes", s->nodes,
+                 s->owners);
+    snprintf(text, size, "%s, %zu KiB chunks", nodes, s->chunk_floats * sizeof(float) / 1024);
+}
+
 const comm_backend_ops comm_shm_ops = {
     .name = "shm",
     .open = shm_open,
@@ -886,5 +904,6 @@ const comm_backend_ops comm_shm_ops = {
     .allreduce_start = shm_allreduce_start,
     .allreduce_test = shm_allreduce_test,
     .allreduce_wait = shm_allreduce_wait,
+    .describe = shm_describe,
     .close = shm_close,
 };

@@ -86,6 +86,10 @@ static void print_configuration(const void *context, const train_resolved *r, FI
         resolved.names[*n] = "device";
         snprintf(resolved.values[(*n)++], 64, "auto: %s", r->device);
     }
+    if (o->allreduce == COMM_BACKEND_REQUEST_AUTO && r->allreduce) {
+        resolved.names[*n] = "allreduce";
+        snprintf(resolved.values[(*n)++], 64, "auto: %s", r->allreduce);
+    }
     options_print_resolved(COMMAND_TRAIN, o, &resolved, out);
 }
 

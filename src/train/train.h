@@ -46,7 +46,8 @@ typedef struct train_resolved {
     int prefetch_depth;  /* micro-batches */
     int64_t steps;       /* total steps of the run */
     int64_t steps_per_epoch;
-    const char *device;  /* "cpu", "cuda" */
+    const char *device;    /* "cpu", "cuda" */
+    const char *allreduce; /* the data plane's backend: "shm", "mpi", "nccl" */
 } train_resolved;
 
 typedef struct train_config {
