@@ -67,6 +67,7 @@ static char *configuration_text(const trainer *t) {
             .steps = t->shape.total_steps,
             .steps_per_epoch = t->shape.steps_per_epoch,
             .device = device_kind_name(t->shape.device),
+            .allreduce = comm_backend_name(t->engine.comm),
         };
         t->config->print_configuration(t->config->print_configuration_context, &resolved, f);
     }
