@@ -276,13 +276,20 @@ else
 fi
 
 # --- bench/scaling --nodes, small: the bytes each link carried against the algorithm's ----------
+# Each all-reduce path ddtrain has on CPU ranks: its default (with --allreduce: shm, the
+# hierarchical one) and MPI's (--allreduce mpi: Open MPI's binomial tree), 2 nodes x 2 ranks.
+paths=("")
+"$DDTRAIN" train --help 2>&1 | grep -q -- '--allreduce' && paths=("" "--allreduce mpi")
 if "$REPO/launch/install-deps.sh" data >"$WORK/install-data.txt" 2>&1; then
-  bench_start=$SECONDS
-  DDTRAIN=$DDTRAIN timeout -k 5 300 "$REPO/bench/scaling" --nodes --node-counts "1 2" \
-    --ranks-per-node 2 --bandwidths 1gbit --model 784-64-relu-10 --steps 9 --warmup-steps 3 \
-    --repeats 1 --data-dir "$WORK/data" --csv "$WORK/nodes.csv" --network-csv "$WORK/net.csv" \
-    >"$WORK/bench.log" 2>&1 || { fail "bench/scaling --nodes failed"; tail -15 "$WORK/bench.log"; }
-  if [[ -s $WORK/nodes.csv ]]; then
+  for train_args in "${paths[@]}"; do
+    bench_start=$SECONDS
+    rm -f "$WORK/nodes.csv"
+    DDTRAIN=$DDTRAIN timeout -k 5 300 "$REPO/bench/scaling" --nodes --node-counts "1 2" \
+      --ranks-per-node 2 --bandwidths 1gbit --model 784-64-relu-10 --steps 9 --warmup-steps 3 \
+      --repeats 1 --data-dir "$WORK/data" --csv "$WORK/nodes.csv" --network-csv "$WORK/net.csv" \
+      --train-args "$train_args" >"$WORK/bench.log" 2>&1 ||
+      { fail "bench/scaling --nodes ${train_args:-(default all-reduce)} failed"; tail -15 "$WORK/bench.log"; }
+    [[ -s $WORK/nodes.csv ]] || continue
     # Per link and direction: measured / expected, the headers' share on top (1.046 at MTU
     # 1500, a little more for acknowledgements and the per-step control messages).
     if verdict=$($PY - "$WORK/nodes.csv" <<'EOF'
@@ -301,19 +308,18 @@ text = (f"{r['algorithm']}, 2 nodes x 2 ranks: node 0 sent {tx[0]:.3f} received 
 print(text)
 sys.exit(0 if all(1.0 <= q <= 1.2 for q in ratios) else 1)
 EOF
-    ); then pass "bytes per link per step as the all-reduce should move them ($verdict)"; else
-      fail "bytes per link per step: $verdict"
+    ); then pass "${train_args:-default all-reduce}: bytes per link per step as it should move them ($verdict)"
+    else fail "${train_args:-default all-reduce}: bytes per link per step: $verdict"; fi
+    if "$REPO/bench/project" --nodes "$WORK/nodes.csv" --nodes-network "$WORK/net.csv" \
+      --nodes-csv "$WORK/projection.csv" >"$WORK/project.log" 2>&1 &&
+      [[ $(grep -c '^[0-9]' "$WORK/projection.csv") -ge 1 ]]; then
+      pass "bench/project --nodes predicted it: $(grep '^ *2 .*|' "$WORK/project.log" | head -1 | tr -s ' ' | cut -c1-90)"
+    else
+      fail "bench/project --nodes"
+      tail -5 "$WORK/project.log"
     fi
-  fi
-  if "$REPO/bench/project" --nodes "$WORK/nodes.csv" --nodes-network "$WORK/net.csv" \
-    --nodes-csv "$WORK/projection.csv" >"$WORK/project.log" 2>&1 &&
-    [[ $(grep -c '^run,\|^[0-9]' "$WORK/projection.csv") -ge 1 ]]; then
-    pass "bench/project --nodes predicted the 2-node run: $(grep '^ *2 .*|' "$WORK/project.log" | head -1 | tr -s ' ' | cut -c1-90)"
-  else
-    fail "bench/project --nodes"
-    tail -5 "$WORK/project.log"
-  fi
-  echo "  (bench/scaling --nodes took $((SECONDS - bench_start)) s)"
+    echo "  (bench/scaling --nodes ${train_args:+$train_args }took $((SECONDS - bench_start)) s)"
+  done
 else
   echo "skipped: bench/scaling --nodes (no Fashion-MNIST: $(tail -1 "$WORK/install-data.txt"))"
 fi
