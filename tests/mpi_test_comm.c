@@ -4,8 +4,9 @@
  * overlap off), and the control plane reduces correctly. The shm backend besides: sums in
  * its fixed order bit for bit (one node), the same bits on every rank and run after run,
  * across chunk and slot boundaries; the hierarchical path on emulated nodes (1, 2 and 3
- * ranks per node, so also nodes of different sizes); a rank that never takes part ends the
- * others' wait at the timeout with its rank named. */
+ * ranks per node, so also nodes of different sizes); other slot counts
+ * (DDTRAIN_ALLREDUCE_SLOTS), and bad or disagreeing ones refused on every rank; a rank that
+ * never takes part ends the others' wait at the timeout with its rank named. */
 #include <math.h>
 #include <mpi.h>
 #include <stdint.h>
@@ -176,22 +177,61 @@ static void test_exact(comm *c, bool fixed_order, const char *label) {
     }
 }
 
-/* The hierarchical path on one machine: every `node_ranks` ranks form a node of their own. */
-static void test_emulated_nodes(device *dev, int node_ranks, const char *chunk) {
+/* The hierarchical path on one machine: every `node_ranks` ranks form a node of their own
+ * (0: the real node); `chunk` and `slots` set DDTRAIN_ALLREDUCE_CHUNK and
+ * DDTRAIN_ALLREDUCE_SLOTS where not NULL. */
+static void test_emulated_nodes(device *dev, int node_ranks, const char *chunk, const char *slots) {
     char text[16];
     snprintf(text, sizeof text, "%d", node_ranks);
-    setenv("DDTRAIN_NODE_RANKS", text, 1);
+    if (node_ranks > 0) setenv("DDTRAIN_NODE_RANKS", text, 1);
     if (chunk) setenv("DDTRAIN_ALLREDUCE_CHUNK", chunk, 1);
+    if (slots) setenv("DDTRAIN_ALLREDUCE_SLOTS", slots, 1);
     comm *c = NULL;
     CHECK_OK(comm_init(COMM_BACKEND_SHM, MPI_COMM_WORLD, dev, &c));
     unsetenv("DDTRAIN_NODE_RANKS");
     unsetenv("DDTRAIN_ALLREDUCE_CHUNK");
+    unsetenv("DDTRAIN_ALLREDUCE_SLOTS");
     if (!c) return;
-    char label[64];
-    snprintf(label, sizeof label, "nodes of %d ranks, chunk %s", node_ranks, chunk ? chunk : "-");
-    test_exact(c, comm_world_size(c) <= node_ranks, label);
+    char label[96];
+    snprintf(label, sizeof label, "nodes of %d ranks, chunk %s, slots %s", node_ranks,
+             chunk ? chunk : "-", slots ? slots : "-");
+    test_exact(c, node_ranks == 0 || comm_world_size(c) <= node_ranks, label);
     size_t mlp[] = {0, 200960, 233856};
     test_buckets(c, mlp, 3, 235146, 64 << 10);
+    /* More buckets in flight than slots, each many chunks. */
+    size_t layers[12];
+    for (int i = 0; i < 12; i++)
+        layers[i] = (size_t)i * 15000;
+    test_buckets(c, layers, 12, 12 * 15000 + 77, 4);
+    comm_free(c);
+}
+
+/* DDTRAIN_ALLREDUCE_SLOTS out of range, or not the same on every rank: comm_init fails on
+ * every rank with a usage error naming the variable, and no rank is left waiting. */
+static void test_bad_slots(device *dev) {
+    int rank = 0, world = 1;
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    if (world < 2) return; /* one rank sets nothing up, so reads no knobs */
+    const char *bad[] = {"1", "65", "0", "-4", "4x", "many"};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
+        setenv("DDTRAIN_ALLREDUCE_SLOTS", bad[k], 1);
+        comm *c = NULL;
+        ddt_status status = comm_init(COMM_BACKEND_SHM, MPI_COMM_WORLD, dev, &c);
+        unsetenv("DDTRAIN_ALLREDUCE_SLOTS");
+        CHECK(status == DDT_ERR_USAGE && c == NULL);
+        char expected[64];
+        snprintf(expected, sizeof expected, "DDTRAIN_ALLREDUCE_SLOTS=%s: give 2 to 64", bad[k]);
+        CHECK(strstr(ddt_error_message(), expected) != NULL);
+        comm_free(c);
+    }
+    if (rank == world - 1) setenv("DDTRAIN_ALLREDUCE_SLOTS", "8", 1);
+    comm *c = NULL;
+    ddt_status status = comm_init(COMM_BACKEND_SHM, MPI_COMM_WORLD, dev, &c);
+    unsetenv("DDTRAIN_ALLREDUCE_SLOTS");
+    CHECK(status == DDT_ERR_USAGE && c == NULL);
+    CHECK(strstr(ddt_error_message(),
+                 "different DDTRAIN_ALLREDUCE_CHUNK, DDTRAIN_ALLREDUCE_SLOTS") != NULL);
     comm_free(c);
 }
 
@@ -261,12 +301,20 @@ int main(int argc, char **argv) {
     }
     int world = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
-    test_emulated_nodes(dev, 1, NULL);   /* one rank per node: the ring alone */
-    test_emulated_nodes(dev, 1, "4KiB"); /* many small chunks through the ring */
+    test_emulated_nodes(dev, 1, NULL, NULL);   /* one rank per node: the ring alone */
+    test_emulated_nodes(dev, 1, "4KiB", NULL); /* many small chunks through the ring */
+    /* Other slot counts (DDTRAIN_ALLREDUCE_SLOTS): the fewest and the most, on one node and
+     * through the ring: the same bits across slot boundaries. */
+    test_emulated_nodes(dev, 0, "4KiB", "2");
+    test_emulated_nodes(dev, 0, "4KiB", "64");
+    test_emulated_nodes(dev, 1, "4KiB", "2");
+    test_emulated_nodes(dev, 1, "4KiB", "7");
     if (world >= 4) {
-        test_emulated_nodes(dev, 2, "4KiB"); /* 2 nodes x 2 ranks: both levels */
-        test_emulated_nodes(dev, 3, NULL);   /* nodes of 3 and 1: one slice per chunk */
+        test_emulated_nodes(dev, 2, "4KiB", NULL); /* 2 nodes x 2 ranks: both levels */
+        test_emulated_nodes(dev, 2, "4KiB", "3");
+        test_emulated_nodes(dev, 3, NULL, NULL); /* nodes of 3 and 1: one slice per chunk */
     }
+    test_bad_slots(dev);
     test_timeout(dev);
 
     device_close(dev);

@@ -2,7 +2,7 @@
  * shared memory within a node and a ring over MPI point-to-point between nodes; broadcasts go
  * through MPI (comm_mpi.c).
  *
- * Why this shape (bench/README.md has the measurements):
+ * Why this shape (bench/allreduce and bench/scaling measure it; see bench/README.md):
  *
  * - Gradients live in ddtrain's allocator, private to each process, so a peer cannot read
  *   them where they are. Each rank streams its buffer through a small ring of slots in an
@@ -31,13 +31,14 @@
  * - Progress is made wherever ddtrain calls in: allreduce_start and allreduce_test advance
  *   whatever needs no waiting (during backward: the in-gap progress), allreduce_wait advances
  *   and waits. There is no thread of its own: on CPU ranks every core computes, and such a
- *   thread would take its time from the compute it overlaps (bench/README.md, overlap).
+ *   thread would take its time from the compute it overlaps (bench/allreduce, overlap).
  * - Every wait polls, under the communicator's timeout and wait hook (the watchdog), and it
  *   knows which rank it waits for: a timeout names that rank, and a local peer whose process
  *   is gone (killed, exited) ends the wait at once.
  *
  * Low-level knobs (environment, read when the communicator is made, the same on every rank):
  *   DDTRAIN_ALLREDUCE_CHUNK=SIZE  bytes per chunk (default 256KiB);
+ *   DDTRAIN_ALLREDUCE_SLOTS=N     slots per rank, the chunks a rank may post ahead (default 4);
  *   DDTRAIN_NODE_RANKS=K          treat every K ranks of a node as a node of their own, so the
  *                                 hierarchical path runs on one machine (tests, measurements).
  */
@@ -58,7 +59,8 @@
 #include "util/units.h"
 
 enum {
-    SHM_SLOTS = 4,                 /* chunks a rank may have in flight */
+    SHM_DEFAULT_SLOTS = 4, /* chunks a rank may have in flight */
+    SHM_MAX_SLOTS = 64,
     SHM_ALIGN_FLOATS = 16,         /* slices start on cache lines */
     SHM_RING_TAG = 0x5d1,          /* point-to-point messages of the ring between nodes */
     SHM_DEFAULT_CHUNK = 256 << 10, /* bytes */
@@ -75,7 +77,7 @@ typedef struct shm_header {
     alignas(64) _Atomic uint64_t reduced;  /* chunks whose slice this rank has summed (owners) */
     alignas(64) _Atomic uint64_t gathered; /* chunks this rank has copied out completely */
     alignas(64) _Atomic int closing;       /* SHM_OPEN, or how it leaves (shm_close) */
-    alignas(64) uint64_t slot_floats[SHM_SLOTS]; /* the size of the chunk in each slot */
+    alignas(64) uint64_t slot_floats[SHM_MAX_SLOTS]; /* the size of the chunk in each slot */
 } shm_header;
 
 /* A queued all-reduce: its chunks have sequence numbers first_seq .. first_seq+chunks-1. */
@@ -121,6 +123,7 @@ typedef struct shm_state {
     shm_header **headers;      /* members */
     float **slots;             /* members: slot_count slots of chunk_floats each */
     size_t chunk_floats;
+    unsigned slot_count; /* slots per rank */
     size_t region_bytes;
     float *scratch; /* the ring's receive buffer */
     /* the queue of all-reduces in flight (FIFO) */
@@ -128,7 +131,8 @@ typedef struct shm_state {
     uint64_t queue_capacity, queue_head, queue_tail; /* entries, counted from the first ever */
     uint64_t enqueued;                               /* chunks ever queued */
     shm_cursor post, reduce, gather;                 /* this rank's progress */
-    uint64_t gather_mask;                            /* owners' slices copied of chunk gather.seq */
+    unsigned char *copied; /* per owner: its slice of chunk gather.seq is in the gradient */
+    int copied_count;
     shm_ring ring;
     shm_blocker blocked[3]; /* post, reduce, gather */
     bool failed;            /* a wait failed: the peers may be gone */
@@ -166,7 +170,7 @@ static void advance(shm_state *s, shm_cursor *cursor) {
 }
 
 static float *slot_of(const shm_state *s, int member, uint64_t seq) {
-    return s->slots[member] + (size_t)(seq % SHM_SLOTS) * s->chunk_floats;
+    return s->slots[member] + (size_t)(seq % s->slot_count) * s->chunk_floats;
 }
 
 /* ---- sums, in a fixed order ------------------------------------------------------------ */
@@ -213,7 +217,7 @@ static void note_blocked(shm_state *s, int phase, uint64_t seq, int rank, const 
 /* A peer wrote a chunk of another size than this rank expects: the ranks are not reducing
  * the same buffers (a bug), which must fail rather than sum garbage. */
 static ddt_status check_size(const shm_state *s, int member, uint64_t seq, size_t expected) {
-    uint64_t theirs = s->headers[member]->slot_floats[seq % SHM_SLOTS];
+    uint64_t theirs = s->headers[member]->slot_floats[seq % s->slot_count];
     if (theirs == expected) return DDT_OK;
     return ddt_error(DDT_ERR_INTERNAL,
                      "gradient all-reduce: rank %d put %llu floats in chunk %llu where rank %d "
@@ -292,8 +296,8 @@ static ddt_status ring_progress(comm *c, shm_state *s, bool *moved, bool *done) 
 static ddt_status post_chunks(shm_state *s, bool *moved) {
     while (s->post.seq < s->enqueued) {
         uint64_t seq = s->post.seq;
-        if (seq >= SHM_SLOTS) {
-            uint64_t needed = seq - SHM_SLOTS + 1;     /* the slot's last chunk gathered by all */
+        if (seq >= s->slot_count) {
+            uint64_t needed = seq - s->slot_count + 1; /* the slot's last chunk gathered by all */
             if (s->gather.seq < needed) return DDT_OK; /* this rank's own gather says why */
             for (int j = 0; j < s->members; j++)
                 if (j != s->me && flag_gathered(s->headers[j]) < needed) {
@@ -311,7 +315,7 @@ static ddt_status post_chunks(shm_state *s, bool *moved) {
             memcpy(slot + start, chunk + start, (end - start) * sizeof(float));
         }
         shm_header *mine = s->headers[s->me];
-        mine->slot_floats[seq % SHM_SLOTS] = n;
+        mine->slot_floats[seq % s->slot_count] = n;
         atomic_store_explicit(&mine->posted, seq + 1, memory_order_release);
         advance(s, &s->post);
         *moved = true;
@@ -382,17 +386,17 @@ static ddt_status reduce_chunks(comm *c, shm_state *s, bool *moved) {
 /* (3) Copies every other owner's sum of each chunk into this rank's gradient, in whatever
  * order the sums become ready; a chunk complete, its queue entry may end. */
 static ddt_status gather_chunks(shm_state *s, bool *moved) {
-    uint64_t all = s->owners >= 64 ? UINT64_MAX : ((uint64_t)1 << s->owners) - 1;
     while (s->gather.seq < s->post.seq) {
         uint64_t seq = s->gather.seq;
-        if (s->me < s->owners) {
+        if (s->me < s->owners && !s->copied[s->me]) {
             if (s->reduce.seq <= seq) return DDT_OK; /* its own slice first */
-            s->gather_mask |= (uint64_t)1 << s->me;
+            s->copied[s->me] = 1;                    /* summed into the gradient in place */
+            s->copied_count++;
         }
         size_t n;
         float *chunk = chunk_of(s, &s->gather, &n);
         for (int j = 0; j < s->owners; j++) {
-            if (s->gather_mask & ((uint64_t)1 << j)) continue;
+            if (s->copied[j]) continue;
             if (flag_reduced(s->headers[j]) <= seq) {
                 note_blocked(s, 2, seq, s->member_rank[j], "has not summed its slice");
                 continue;
@@ -400,11 +404,13 @@ static ddt_status gather_chunks(shm_state *s, bool *moved) {
             DDT_CHECK(check_size(s, j, seq, n));
             size_t start = part_start(n, j, s->owners), end = part_start(n, j + 1, s->owners);
             memcpy(chunk + start, slot_of(s, j, seq) + start, (end - start) * sizeof(float));
-            s->gather_mask |= (uint64_t)1 << j;
+            s->copied[j] = 1;
+            s->copied_count++;
             *moved = true;
         }
-        if ((s->gather_mask & all) != all) return DDT_OK;
-        s->gather_mask = 0;
+        if (s->copied_count < s->owners) return DDT_OK;
+        memset(s->copied, 0, (size_t)s->owners);
+        s->copied_count = 0;
         atomic_store_explicit(&s->headers[s->me]->gathered, seq + 1, memory_order_release);
         advance(s, &s->gather);
         while (s->queue_head < s->gather.entry)
@@ -595,6 +601,7 @@ typedef struct shm_place {
     int refused;    /* its knobs were refused */
     unsigned long long pid_namespace;
     unsigned long long chunk_floats;
+    unsigned slot_count;
 } shm_place;
 
 static ddt_status read_knobs(shm_place *mine) {
@@ -606,6 +613,16 @@ static ddt_status read_knobs(shm_place *mine) {
         if (bytes < SHM_MIN_CHUNK || bytes > SHM_MAX_CHUNK)
             return ddt_error(DDT_ERR_USAGE, "DDTRAIN_ALLREDUCE_CHUNK=%s: give 4KiB to 64MiB", text);
         mine->chunk_floats = bytes / sizeof(float) & ~(uint64_t)(SHM_ALIGN_FLOATS - 1);
+    }
+    mine->slot_count = SHM_DEFAULT_SLOTS;
+    text = getenv("DDTRAIN_ALLREDUCE_SLOTS");
+    if (text && *text) {
+        char *end = NULL;
+        long k = strtol(text, &end, 10);
+        if (*end || k < 2 || k > SHM_MAX_SLOTS)
+            return ddt_error(DDT_ERR_USAGE, "DDTRAIN_ALLREDUCE_SLOTS=%s: give 2 to %d", text,
+                             SHM_MAX_SLOTS);
+        mine->slot_count = (unsigned)k;
     }
     mine->node_ranks = 0;
     text = getenv("DDTRAIN_NODE_RANKS");
@@ -671,11 +688,9 @@ static ddt_status find_places(comm *c, shm_state *s, const shm_place *all) {
     }
     free(node_of);
     free(size_of);
-    if (s->owners > 64)
-        return ddt_error(DDT_ERR_USAGE,
-                         "the shared-memory all-reduce takes at most 64 ranks per node (this "
-                         "job has %d on the smallest node): use --allreduce mpi",
-                         s->owners);
+    s->copied = calloc((size_t)s->owners, 1);
+    if (!s->copied)
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory setting up the all-reduce");
     return DDT_OK;
 }
 
@@ -695,7 +710,7 @@ static unsigned long long pid_namespace(void) {
 /* The shared window over the real node: every rank's header and slots. */
 static ddt_status map_window(comm *c, shm_state *s, const shm_place *all) {
     size_t header = (sizeof(shm_header) + 4095) & ~(size_t)4095;
-    s->region_bytes = header + SHM_SLOTS * s->chunk_floats * sizeof(float);
+    s->region_bytes = header + (size_t)s->slot_count * s->chunk_floats * sizeof(float);
     /* Every rank is known to be here before the one blocking call. */
     DDT_CHECK(node_barrier(c, "setting up the shared-memory all-reduce"));
     MPI_Info info;
@@ -781,15 +796,18 @@ static ddt_status shm_open(comm *c) {
                                               q);
             goto fail;
         }
-        if (all[q].chunk_floats != mine.chunk_floats || all[q].node_ranks != mine.node_ranks) {
+        if (all[q].chunk_floats != mine.chunk_floats || all[q].node_ranks != mine.node_ranks ||
+            all[q].slot_count != mine.slot_count) {
             status = ddt_error(DDT_ERR_USAGE,
-                               "ranks %d and %d were given different DDTRAIN_ALLREDUCE_CHUNK "
-                               "or DDTRAIN_NODE_RANKS: give every rank the same environment",
+                               "ranks %d and %d were given different DDTRAIN_ALLREDUCE_CHUNK, "
+                               "DDTRAIN_ALLREDUCE_SLOTS or DDTRAIN_NODE_RANKS: give every rank "
+                               "the same environment",
                                q < c->rank ? q : c->rank, q < c->rank ? c->rank : q);
             goto fail;
         }
     }
     s->chunk_floats = mine.chunk_floats;
+    s->slot_count = mine.slot_count;
     DDT_CHECK_GOTO(find_places(c, s, all), status, fail);
     DDT_CHECK_GOTO(map_window(c, s, all), status, fail);
     if (s->nodes > 1) {
@@ -811,11 +829,12 @@ static ddt_status shm_open(comm *c) {
     c->backend = s;
     /* The window and the ring's buffer are the node's memory outside the allocator. */
     c->device_bytes_unrouted = s->region_bytes + (s->scratch ? s->chunk_floats * sizeof(float) : 0);
-    if (c->rank == 0 && (getenv("DDTRAIN_ALLREDUCE_CHUNK") || getenv("DDTRAIN_NODE_RANKS")))
+    if (c->rank == 0 && (getenv("DDTRAIN_ALLREDUCE_CHUNK") || getenv("DDTRAIN_ALLREDUCE_SLOTS") ||
+                         getenv("DDTRAIN_NODE_RANKS")))
         fprintf(stderr,
-                "ddtrain: all-reduce: %zu KiB chunks; %d node(s), %d slice(s) per chunk "
-                "(DDTRAIN_ALLREDUCE_CHUNK, DDTRAIN_NODE_RANKS)\n",
-                s->chunk_floats * sizeof(float) / 1024, s->nodes, s->owners);
+                "ddtrain: all-reduce: %zu KiB chunks, %u slots; %d node(s), %d slice(s) per "
+                "chunk (DDTRAIN_ALLREDUCE_CHUNK, DDTRAIN_ALLREDUCE_SLOTS, DDTRAIN_NODE_RANKS)\n",
+                s->chunk_floats * sizeof(float) / 1024, s->slot_count, s->nodes, s->owners);
     return DDT_OK;
 fail:
     free(all);
@@ -862,6 +881,7 @@ static void shm_release(comm *c, shm_state *s, bool together) {
     (void)c;
     free(s->member_rank);
     free(s->member_pid);
+    free(s->copied);
     free(s->node_headers);
     free(s->headers);
     free(s->slots);
