@@ -44,9 +44,11 @@ def _ceil_log2(p):
     return k
 
 
-def transfers(algorithm, where, nbytes):
+def transfers(algorithm, where, nbytes, chunk_bytes=None):
     """The transfers of one all-reduce: a list of dicts src, dst (ranks), bytes, after (the
-    indices of the transfers that must finish first)."""
+    indices of the transfers that must finish first). chunk_bytes (hierarchical only): the
+    buffer goes through in chunks of that size, one ring after the other (ddtrain's shm
+    backend keeps one ring in flight per rank); None: the whole buffer at once."""
     p = len(where)
     out = []
     if p <= 1:
@@ -90,25 +92,32 @@ def transfers(algorithm, where, nbytes):
         nodes = sorted(set(where))
         local = {n: [r for r in range(p) if where[r] == n] for n in nodes}
         owners = min(len(ranks) for ranks in local.values())
-        piece = nbytes / owners
-        owned = {r: [] for r in range(p)}  # the local reduce-scatter's transfers into an owner
-        for n in nodes:
-            for r in local[n]:
-                for s in range(owners):
-                    if r != local[n][s]:
-                        owned[local[n][s]].append(add(r, local[n][s], piece, []))
-        done = {r: [] for r in range(p)}  # what an owner waits for before its all-gather
-        for s in range(owners):
-            ring = [local[n][s] for n in nodes]
-            made = _ring(ring, piece, add, {r: owned[r] for r in ring})
-            for i in made:
-                done[out[i]["dst"]].append(i)
-        for n in nodes:
-            for s in range(owners):
-                owner = local[n][s]
+        chunks = [nbytes]
+        if chunk_bytes:
+            full, rest = divmod(nbytes, chunk_bytes)
+            chunks = [chunk_bytes] * int(full) + ([rest] if rest else [])
+        ring_done = {r: [] for r in range(p)}  # an owner's previous ring, to wait for
+        for size in chunks:
+            piece = size / owners
+            owned = {r: [] for r in range(p)}  # the local reduce-scatter into an owner
+            for n in nodes:
                 for r in local[n]:
-                    if r != owner:
-                        add(owner, r, piece, done[owner] + owned[owner])
+                    for k in range(owners):
+                        if r != local[n][k]:
+                            owned[local[n][k]].append(add(r, local[n][k], piece, []))
+            done = {r: [] for r in range(p)}
+            for k in range(owners):
+                ring = [local[n][k] for n in nodes]
+                last = _ring(ring, piece, add, {r: owned[r] + ring_done[r] for r in ring})
+                for r in ring:
+                    done[r] = last[r]
+                    ring_done[r] = last[r]
+            for n in nodes:
+                for k in range(owners):
+                    owner = local[n][k]
+                    for r in local[n]:
+                        if r != owner:
+                            add(owner, r, piece, done[owner] + owned[owner])
         return out
 
     raise ValueError(f"unknown all-reduce algorithm '{algorithm}' (binomial, ring, hierarchical)")
@@ -116,22 +125,23 @@ def transfers(algorithm, where, nbytes):
 
 def _ring(ranks, nbytes, add, ready):
     """Ring all-reduce among `ranks`: 2(k-1) steps, each rank sending one of k chunks to the
-    next; a rank sends step s once it received step s-1 (and, at step 0, once `ready`).
-    Returns the indices of every transfer (for transfers(): the last ones end the ring)."""
+    next and receiving one from the previous; a rank posts step s once both of its step s-1
+    transfers are done (and step 0 once `ready[rank]` is). Returns, per rank, the indices of
+    its last two transfers (what "its ring is done" waits for)."""
     k = len(ranks)
     if k <= 1:
-        return []
+        return {r: list(ready.get(r, [])) for r in ranks}
     chunk = nbytes / k
-    prev = {r: ready.get(r, []) for r in ranks}
-    made = []
+    prev = {r: list(ready.get(r, [])) for r in ranks}
     for _ in range(2 * (k - 1)):
-        now = {}
+        now = {r: [] for r in ranks}
         for i, r in enumerate(ranks):
             nxt = ranks[(i + 1) % k]
-            now[nxt] = [add(r, nxt, chunk, prev[r])]
-            made += now[nxt]
+            t = add(r, nxt, chunk, prev[r])
+            now[r].append(t)    # r's send
+            now[nxt].append(t)  # nxt's receive
         prev = now
-    return made
+    return prev
 
 
 def link_bytes(algorithm, where, nbytes):
@@ -148,11 +158,12 @@ def link_bytes(algorithm, where, nbytes):
     return dict(per)
 
 
-def allreduce_seconds(algorithm, where, nbytes, alpha, beta, beta_shm=5e9, beta_shared=None):
+def allreduce_seconds(algorithm, where, nbytes, alpha, beta, beta_shm=5e9, beta_shared=None,
+                      chunk_bytes=None):
     """Time of one all-reduce of nbytes: the fluid model described above. alpha in s, beta
     and beta_shm in bytes/s (per link and direction), beta_shared in bytes/s over all links
-    together (None: no such limit)."""
-    ts = transfers(algorithm, where, nbytes)
+    together (None: no such limit); chunk_bytes as for transfers()."""
+    ts = transfers(algorithm, where, nbytes, chunk_bytes)
     if not ts:
         return 0.0
     remaining = [t["bytes"] for t in ts]

@@ -286,7 +286,8 @@ if "$REPO/launch/install-deps.sh" data >"$WORK/install-data.txt" 2>&1; then
     rm -f "$WORK/nodes.csv"
     DDTRAIN=$DDTRAIN timeout -k 5 300 "$REPO/bench/scaling" --nodes --node-counts "1 2" \
       --ranks-per-node 2 --bandwidths 1gbit --model 784-64-relu-10 --steps 9 --warmup-steps 3 \
-      --repeats 1 --data-dir "$WORK/data" --csv "$WORK/nodes.csv" --network-csv "$WORK/net.csv" \
+      --repeats 1 --allreduce-probe-bytes 1MiB --data-dir "$WORK/data" --csv "$WORK/nodes.csv" \
+      --network-csv "$WORK/net.csv" \
       --train-args "$train_args" >"$WORK/bench.log" 2>&1 ||
       { fail "bench/scaling --nodes ${train_args:-(default all-reduce)} failed"; tail -15 "$WORK/bench.log"; }
     [[ -s $WORK/nodes.csv ]] || continue
