@@ -1,16 +1,17 @@
 /* allreduce.c - ddtrain's gradient all-reduce path against the raw collective, over message
  * sizes from 4 B to 256 MiB, in the manner of nccl-tests (run by bench/allreduce).
  *
- * For each backend (MPI on host buffers always; NCCL on GPU buffers when every rank of a node
- * has its own GPU) and each size it times these paths on the same buffer in the same run:
+ * For host buffers always (CPU ranks), and for GPU buffers when every rank of a node has its
+ * own GPU, and each size, it times these paths on the same buffer in the same run:
  *   - "ddtrain buckets": what a training step does: gradient_buckets_init() over the buffer,
  *     cut at "layer" boundaries every --layer-bytes into buckets of about --bucket-bytes, then
  *     gradient_buckets_begin(), gradient_buckets_ready(0) (backward finished: every bucket
- *     starts) and gradient_buckets_finish();
- *   - MPI only: one MPI_Iallreduce + MPI_Wait of the whole buffer, the non-blocking collective
- *     the buckets are made of (so the table separates the buckets' cost from Open MPI's);
- *   - the raw collective: MPI_Allreduce(MPI_IN_PLACE, ..., MPI_SUM) for MPI; for NCCL one
- *     comm_allreduce_floats() (a single in-place ncclAllReduce on ddtrain's NCCL stream).
+ *     starts) and gradient_buckets_finish(); on host buffers through the shm backend (shared
+ *     memory within the node, comm_shm.c), on GPUs through NCCL;
+ *   - host only: "old mpi buckets", the same buckets through the mpi backend (one
+ *     MPI_Iallreduce per bucket, polled: ddtrain's path before the shm backend);
+ *   - the raw collective: MPI_Allreduce(MPI_IN_PLACE, ..., MPI_SUM) on host buffers; on GPUs
+ *     one comm_allreduce_floats() (a single in-place ncclAllReduce on ddtrain's NCCL stream).
  * Each path is described by a bench_path (name, prepare, run, release); the harness below
  * checks it, warms it up, picks an iteration count so a size takes about --target-seconds,
  * and times it in --rounds rounds, the paths taking turns so that the noise of a shared
@@ -65,7 +66,8 @@ static const char usage_text[] =
     "  --rounds R             rounds, paths taking turns; the best counts [default: 3]\n"
     "  --bucket-bytes SIZE    ddtrain's gradient bucket size [default: 256KiB]\n"
     "  --layer-bytes SIZE     layer boundaries (where buckets may be cut) [default: 1MiB]\n"
-    "  --backend auto|mpi|nccl  auto: MPI, then NCCL too when each rank has a GPU [default: auto]\n"
+    "  --backend auto|mpi|nccl  mpi: host buffers (shm, old mpi, MPI_Allreduce); nccl: GPUs;\n"
+    "                         auto: host, then GPUs too when each rank has one [default: auto]\n"
     "  --csv FILE             append one row per backend, path and size (rank 0)\n"
     "SIZE: a number of bytes with an optional unit: B, KiB (K), MiB (M), GiB (G), TiB (T), or\n"
     "      decimal kB, MB, GB, TB.\n";
@@ -174,10 +176,12 @@ static double now_seconds(void) {
 
 /* ---- the paths being compared ------------------------------------------------------------ */
 
-/* What a path works on: `count` floats at `data` (device memory of `dev`), reduced over `c`. */
+/* What a path works on: `count` floats at `data` (device memory of `dev`), reduced over `c`
+ * (host buffers: `old` is the mpi backend's communicator, for the old path). */
 typedef struct bench_state {
     const bench_options *options;
     comm *c;
+    comm *old;
     device *dev;
     float *data;
     size_t count;
@@ -194,14 +198,22 @@ typedef struct bench_path {
     int (*bucket_count)(const bench_state *s); /* for the table; may be NULL (1) */
 } bench_path;
 
-static ddt_status buckets_prepare(bench_state *s) {
+static ddt_status buckets_prepare_on(bench_state *s, comm *c) {
     size_t layer_floats = s->options->layer_bytes / sizeof(float);
     if (layer_floats == 0) layer_floats = 1;
     int points = 0;
     for (size_t offset = 0; offset < s->count; offset += layer_floats)
         s->ready_points[points++] = offset;
-    return gradient_buckets_init(s->c, s->data, s->count, s->ready_points, points,
+    return gradient_buckets_init(c, s->data, s->count, s->ready_points, points,
                                  s->options->bucket_bytes, &s->buckets);
+}
+
+static ddt_status buckets_prepare(bench_state *s) {
+    return buckets_prepare_on(s, s->c);
+}
+
+static ddt_status old_buckets_prepare(bench_state *s) {
+    return buckets_prepare_on(s, s->old);
 }
 
 /* The end of a training step: backward has finished, so every bucket starts; then wait. */
@@ -227,25 +239,15 @@ static ddt_status mpi_allreduce_run(bench_state *s) {
     return DDT_OK;
 }
 
-static ddt_status mpi_iallreduce_run(bench_state *s) {
-    MPI_Request request;
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, s->data, (int)s->count, MPI_FLOAT, MPI_SUM,
-                            comm_mpi(s->c), &request);
-    if (rc == MPI_SUCCESS) rc = MPI_Wait(&request, MPI_STATUS_IGNORE);
-    if (rc != MPI_SUCCESS) return ddt_error(DDT_ERR_COMM, "MPI_Iallreduce failed (code %d)", rc);
-    return DDT_OK;
-}
-
 static ddt_status backend_allreduce_run(bench_state *s) {
     return comm_allreduce_floats(s->c, s->data, s->count);
 }
 
-/* Each backend's table: ddtrain's path first, the raw collective (the ratio's reference) last.
- * MPI: the blocking MPI_Allreduce on the same host buffer, and between them one
- * MPI_Iallreduce + MPI_Wait of the whole buffer: the non-blocking collective that ddtrain's
- * buckets are made of, which tells what the buckets cost from what Open MPI's non-blocking
- * all-reduce costs. NCCL: MPI cannot read GPU memory (Debian's Open MPI is not CUDA-aware),
- * so the reference is one ncclAllReduce of the whole buffer through ddtrain's NCCL backend. */
+/* Each table: ddtrain's path first, the raw collective (the ratio's reference) last. Host
+ * buffers: the blocking MPI_Allreduce on the same buffer, and between them the old path (the
+ * same buckets through the mpi backend's MPI_Iallreduce). GPUs: MPI cannot read GPU memory
+ * (Debian's Open MPI is not CUDA-aware), so the reference is one ncclAllReduce of the whole
+ * buffer through ddtrain's NCCL backend. */
 static const bench_path ddtrain_path = {
     .name = "ddtrain buckets",
     .prepare = buckets_prepare,
@@ -253,12 +255,17 @@ static const bench_path ddtrain_path = {
     .release = buckets_release,
     .bucket_count = buckets_count,
 };
-static const bench_path mpi_iallreduce_path = {.name = "MPI_Iallreduce", .run = mpi_iallreduce_run};
+static const bench_path old_path = {
+    .name = "old mpi buckets",
+    .prepare = old_buckets_prepare,
+    .run = buckets_run,
+    .release = buckets_release,
+    .bucket_count = buckets_count,
+};
 static const bench_path mpi_allreduce_path = {.name = "MPI_Allreduce", .run = mpi_allreduce_run};
 static const bench_path nccl_allreduce_path = {.name = "ncclAllReduce",
                                                .run = backend_allreduce_run};
-static const bench_path *const mpi_paths[] = {&ddtrain_path, &mpi_iallreduce_path,
-                                              &mpi_allreduce_path};
+static const bench_path *const host_paths[] = {&ddtrain_path, &old_path, &mpi_allreduce_path};
 static const bench_path *const nccl_paths[] = {&ddtrain_path, &nccl_allreduce_path};
 enum { MAX_PATHS = 3 };
 
@@ -388,12 +395,15 @@ static void print_header(const char *backend, const char *where, const bench_pat
     printf("# ddtrain buckets: gradient_buckets, %s buckets cut at layer boundaries every %s; "
            "begin, ready(0), finish\n",
            bucket, layer);
-    for (int k = 1; k < path_count; k++)
-        printf("# %s: one in-place sum of the whole buffer%s\n", paths[k]->name,
-               strcmp(paths[k]->name, "MPI_Iallreduce") == 0 ? ", then MPI_Wait" : "");
-    printf("# ratio = %s time / ddtrain time (above 1: ddtrain faster); wrong = values that "
-           "differed from the exact sum\n",
-           paths[path_count - 1]->name);
+    if (path_count > 2)
+        printf("# %s: the same buckets through the mpi backend (MPI_Iallreduce each, polled): "
+               "ddtrain's path before the shm backend\n",
+               paths[1]->name);
+    printf("# %s: one in-place sum of the whole buffer\n", paths[path_count - 1]->name);
+    printf("# ratio = %s time / ddtrain time = ddtrain busbw / its busbw (above 1: ddtrain "
+           "faster)%s; wrong = values that differed from the exact sum\n",
+           paths[path_count - 1]->name,
+           path_count > 2 ? "; vs old = the old path's time / ddtrain's" : "");
     printf("# time: best of %d rounds (paths alternating) of the mean over ranks of the mean per "
            "iteration;\n# algbw = bytes/time, busbw = algbw * 2(n-1)/n, both GB/s (1e9 B/s)\n#\n",
            o->rounds);
@@ -403,17 +413,18 @@ static void print_header(const char *backend, const char *where, const bench_pat
     printf(" |\n# %10s %11s %7s", "size(B)", "count", "buckets");
     for (int k = 0; k < path_count; k++)
         printf(" | %10s %10s %10s", "time(us)", "algbw", "busbw");
-    printf(" | %5s %5s\n", "ratio", "wrong");
+    printf(" | %5s%s %5s\n", "ratio", path_count > 2 ? " vs old" : "", "wrong");
 }
 
 /* Runs the backend's paths over every size on `dev`; returns the number of wrong values. */
 static uint64_t run_backend(comm_backend_kind kind, device *dev, const bench_options *o,
                             const run_info *info, FILE *csv) {
-    const bench_path *const *paths = kind == COMM_BACKEND_NCCL ? nccl_paths : mpi_paths;
+    const bench_path *const *paths = kind == COMM_BACKEND_NCCL ? nccl_paths : host_paths;
     int path_count = kind == COMM_BACKEND_NCCL ? (int)(sizeof nccl_paths / sizeof *nccl_paths)
-                                               : (int)(sizeof mpi_paths / sizeof *mpi_paths);
-    comm *c = NULL;
+                                               : (int)(sizeof host_paths / sizeof *host_paths);
+    comm *c = NULL, *old = NULL;
     BENCH_CHECK(comm_init(kind, MPI_COMM_WORLD, dev, &c));
+    if (kind != COMM_BACKEND_NCCL) BENCH_CHECK(comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, dev, &old));
     allocator *alloc = NULL;
     BENCH_CHECK(allocator_init(dev, &alloc));
     void *data = NULL;
@@ -423,7 +434,8 @@ static uint64_t run_backend(comm_backend_kind kind, device *dev, const bench_opt
     size_t *points = malloc((o->max_bytes / sizeof(float) / layer_floats + 2) * sizeof *points);
     if (!host || !points)
         bench_fail(__FILE__, __LINE__, "malloc", ddt_error(DDT_ERR_MEMORY, "out of host memory"));
-    bench_state s = {.options = o, .c = c, .dev = dev, .data = data, .ready_points = points};
+    bench_state s = {
+        .options = o, .c = c, .old = old, .dev = dev, .data = data, .ready_points = points};
     const char *backend = comm_backend_name(c);
     const char *where = dev->kind == DEVICE_KIND_CPU ? "host memory" : dev->description;
     if (info->rank == 0) print_header(backend, where, paths, path_count, o, info);
@@ -443,8 +455,9 @@ static uint64_t run_backend(comm_backend_kind kind, device *dev, const bench_opt
         for (int k = 0; k < path_count; k++)
             printf(" | %10.2f %10.3f %10.3f", r[k].seconds * 1e6, algbw(bytes, r[k].seconds),
                    busbw(bytes, r[k].seconds, info->ranks));
-        printf(" | %5.2f %5llu\n", r[path_count - 1].seconds / r[0].seconds,
-               (unsigned long long)wrong);
+        printf(" | %5.2f", r[path_count - 1].seconds / r[0].seconds);
+        if (path_count > 2) printf(" %7.2f", r[1].seconds / r[0].seconds);
+        printf(" %5llu\n", (unsigned long long)wrong);
         fflush(stdout);
         for (int k = 0; csv && k < path_count; k++)
             fprintf(csv, "%s,%d,%d,%s,%zu,%zu,%d,%ld,%.4f,%.6f,%.6f,%llu\n", backend, info->ranks,
@@ -457,6 +470,7 @@ static uint64_t run_backend(comm_backend_kind kind, device *dev, const bench_opt
     free(points);
     free(host);
     allocator_destroy(alloc);
+    comm_free(old);
     comm_free(c);
     return wrong_total;
 }
@@ -518,7 +532,7 @@ int main(int argc, char **argv) {
     if (strcmp(o.backend, "nccl") != 0) {
         device *cpu = NULL;
         BENCH_CHECK(device_open(DEVICE_KIND_CPU, 0, &cpu));
-        wrong += run_backend(COMM_BACKEND_MPI, cpu, &o, &info, csv);
+        wrong += run_backend(COMM_BACKEND_SHM, cpu, &o, &info, csv);
         device_close(cpu);
     }
     if (strcmp(o.backend, "mpi") != 0) {

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # install-deps.sh - installs what ddtrain needs from Debian's packages, only what is missing.
 #
-#   launch/install-deps.sh [build|data|kjv|test|slurm|bench|plot]...
+#   launch/install-deps.sh [build|data|kjv|test|slurm|cluster|bench|plot]...
 #     build: compiler, CMake, Open MPI, HDF5, OpenBLAS, zlib, libpng and libjpeg-turbo (for
 #            `ddtrain convert images`) (always included)
 #     data:  Debian's Fashion-MNIST (dataset-fashion-mnist)
 #     kjv:   the King James Bible (bible-kjv), the text of launch/examples/kjv-data.sh
 #     test:  h5py and numpy, used by the end-to-end tests to inspect files; cjpeg
-#            (libjpeg-turbo-progs), with which they make JPEG files; the slurm and plot
-#            groups; Lmod (tests/e2e/install.sh loads the installed module file); and
+#            (libjpeg-turbo-progs), with which they make JPEG files; the slurm, cluster and
+#            plot groups; Lmod (tests/e2e/install.sh loads the installed module file); and
 #            TensorBoard from PyPI (below), whose reader tests/e2e/tensorboard.sh uses
 #     slurm: Slurm and munge, for launch/slurm/local-cluster.sh and tests/e2e/slurm.sh
 #            (local-cluster.sh runs its own daemons and needs none of the system's)
+#     cluster: iproute2 (ip, tc) and util-linux (nsenter, unshare), for the emulated nodes of
+#            launch/local-cluster/cluster.sh and tests/e2e/multinode.sh
 #     bench: PyTorch (python3-torch), the peer in bench/
 #     plot:  matplotlib, for bench/plot
 # Uses apt-get as root, or through sudo. Does nothing when everything is present.
@@ -32,14 +34,15 @@ for group in "$@"; do
     kjv) packages+=(bible-kjv) ;;
     test)
       packages+=(python3-h5py python3-numpy dataset-fashion-mnist slurm-wlm munge
-                 python3-matplotlib lmod python3-venv libjpeg-turbo-progs)
+                 python3-matplotlib lmod python3-venv libjpeg-turbo-progs iproute2 util-linux)
       tensorboard=1
       ;;
     slurm) packages+=(slurm-wlm munge) ;;
+    cluster) packages+=(iproute2 util-linux) ;;
     bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox
                       python3-matplotlib) ;;
     plot) packages+=(python3-matplotlib) ;;
-    *) echo "install-deps.sh: unknown group '$group' (build, data, kjv, test, slurm, bench, plot)" >&2
+    *) echo "install-deps.sh: unknown group '$group' (build, data, kjv, test, slurm, cluster, bench, plot)" >&2
        exit 2 ;;
   esac
 done

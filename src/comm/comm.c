@@ -1,6 +1,7 @@
-/* comm.c - communicator set-up, the control plane, and gradient buckets (see comm.h).
- * The only file that knows which data-plane backends exist: MPI here, NCCL from the CUDA
- * plugin (see engine/device.c). */
+/* comm.c - communicator set-up, the waiting policy, and gradient buckets (see comm.h).
+ * The only file that knows which data-plane backends exist: MPI (comm_mpi.c) and shared
+ * memory with MPI between nodes (comm_shm.c) here, NCCL from the CUDA plugin (see
+ * engine/device.c). */
 #include "comm/comm.h"
 
 #include <stddef.h>
@@ -20,6 +21,7 @@ static const double comm_default_timeout_seconds = 300.0;
 bool comm_backend_available(comm_backend_kind kind) {
     switch (kind) {
     case COMM_BACKEND_MPI:
+    case COMM_BACKEND_SHM:
         return true;
     case COMM_BACKEND_NCCL:
         return plugin_built();
@@ -27,10 +29,39 @@ bool comm_backend_available(comm_backend_kind kind) {
     return false;
 }
 
+ddt_status comm_backend_choose(comm_backend_request request, device_kind device,
+                               comm_backend_kind *out) {
+    bool gpu = device == DEVICE_KIND_CUDA;
+    switch (request) {
+    case COMM_BACKEND_REQUEST_AUTO:
+        *out = gpu ? COMM_BACKEND_NCCL : COMM_BACKEND_SHM;
+        return DDT_OK;
+    case COMM_BACKEND_REQUEST_SHM:
+    case COMM_BACKEND_REQUEST_MPI:
+        if (gpu)
+            return ddt_error(DDT_ERR_USAGE,
+                             "--allreduce %s reduces host buffers, and these ranks compute on "
+                             "GPUs: use --allreduce nccl (or auto), or --device cpu",
+                             request == COMM_BACKEND_REQUEST_SHM ? "shm" : "mpi");
+        *out = request == COMM_BACKEND_REQUEST_SHM ? COMM_BACKEND_SHM : COMM_BACKEND_MPI;
+        return DDT_OK;
+    case COMM_BACKEND_REQUEST_NCCL:
+        if (!gpu)
+            return ddt_error(DDT_ERR_USAGE,
+                             "--allreduce nccl reduces GPU buffers, and these ranks compute on "
+                             "the CPU: use --device cuda, or --allreduce shm (or auto)");
+        *out = COMM_BACKEND_NCCL;
+        return DDT_OK;
+    }
+    return ddt_error(DDT_ERR_USAGE, "unknown --allreduce choice %d", (int)request);
+}
+
 static const comm_backend_ops *backend_ops(comm_backend_kind kind) {
     switch (kind) {
     case COMM_BACKEND_MPI:
         return &comm_mpi_ops;
+    case COMM_BACKEND_SHM:
+        return &comm_shm_ops;
     case COMM_BACKEND_NCCL:
         /* NCCL comes in the CUDA plugin with the CUDA backend. */
         return plugin_symbol("comm_nccl_ops");
@@ -115,7 +146,7 @@ static ddt_status open_backend(comm *c, comm **out) {
 
 ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out) {
     *out = NULL;
-    if (kind != COMM_BACKEND_MPI && kind != COMM_BACKEND_NCCL)
+    if (kind != COMM_BACKEND_MPI && kind != COMM_BACKEND_SHM && kind != COMM_BACKEND_NCCL)
         return ddt_error(DDT_ERR_USAGE, "unknown communication backend %d", (int)kind);
     const comm_backend_ops *ops = backend_ops(kind);
     if (!ops) {
@@ -186,6 +217,12 @@ ddt_status comm_init_like(comm *parent, comm_backend_kind kind, device *dev, com
     return open_backend(c, out);
 }
 
+void comm_abandon(comm *c) {
+    if (!c) return;
+    c->abandoned = true;
+    comm_free(c);
+}
+
 void comm_free(comm *c) {
     if (!c) return;
     comm_finish_watchdog(c, false);
@@ -211,6 +248,11 @@ comm_wait comm_wait_begin(const comm *c) {
 
 /* The wait hook every half second; the timeout as documented in comm_backend.h. */
 ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what) {
+    return comm_wait_tick_naming(c, w, what, -1, "");
+}
+
+ddt_status comm_wait_tick_naming(comm *c, comm_wait *w, const char *what, int rank,
+                                 const char *missing) {
     w->now = comm_seconds_now();
     if (c->wait_hook && w->now - w->last_hook >= 0.5) {
         c->wait_hook(c->wait_hook_context);
@@ -218,23 +260,27 @@ ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what) {
     }
     /* Ranks other than 0 wait a little longer: rank 0 names the lagging ranks. */
     double grace = c->rank == 0 ? 0 : c->timeout_seconds / 10 < 2 ? c->timeout_seconds / 10 : 2;
-    if (c->timeout_seconds > 0 && w->now - w->started >= c->timeout_seconds + grace) {
-        /* Rank 0's watchdog knows whom everybody waits for. */
-        char lagging[256] = "";
-        if (c->wait_hook == comm_watchdog_poll)
-            comm_lagging_ranks(c->wait_hook_context, lagging, sizeof lagging);
-        if (lagging[0])
-            return ddt_error(DDT_ERR_COMM,
-                             "%s made no progress for %g s (--comm-timeout): rank(s) %s never "
-                             "reached it or went silent (stalled or lost)",
-                             what, c->timeout_seconds, lagging);
+    if (c->timeout_seconds <= 0 || w->now - w->started < c->timeout_seconds + grace)
+        return DDT_OK;
+    if (rank >= 0)
         return ddt_error(DDT_ERR_COMM,
-                         "%s made no progress for %g s (--comm-timeout): a rank was lost or "
-                         "stalled%s",
-                         what, c->timeout_seconds,
-                         c->rank == 0 ? "" : " (rank 0 names it, unless rank 0 is the one)");
-    }
-    return DDT_OK;
+                         "%s made no progress for %g s (--comm-timeout): rank %d %s (stalled or "
+                         "lost)",
+                         what, c->timeout_seconds, rank, missing);
+    /* Rank 0's watchdog knows whom everybody waits for. */
+    char lagging[256] = "";
+    if (c->wait_hook == comm_watchdog_poll)
+        comm_lagging_ranks(c->wait_hook_context, lagging, sizeof lagging);
+    if (lagging[0])
+        return ddt_error(DDT_ERR_COMM,
+                         "%s made no progress for %g s (--comm-timeout): rank(s) %s never "
+                         "reached it or went silent (stalled or lost)",
+                         what, c->timeout_seconds, lagging);
+    return ddt_error(DDT_ERR_COMM,
+                     "%s made no progress for %g s (--comm-timeout): a rank was lost or "
+                     "stalled%s",
+                     what, c->timeout_seconds,
+                     c->rank == 0 ? "" : " (rank 0 names it, unless rank 0 is the one)");
 }
 
 void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context) {
@@ -265,6 +311,13 @@ int comm_local_size(const comm *c) {
 const char *comm_backend_name(const comm *c) {
     return c->ops->name;
 }
+const char *comm_describe(const comm *c, char *text, size_t size) {
+    char detail[160] = "";
+    if (c->ops->describe) c->ops->describe(c, detail, sizeof detail);
+    snprintf(text, size, detail[0] ? "%s (%s)" : "%s", c->ops->name, detail);
+    return text;
+}
+
 MPI_Comm comm_mpi(const comm *c) {
     return c->world;
 }
@@ -299,6 +352,7 @@ struct gradient_buckets {
     int bucket_count;
     bucket *buckets; /* ordered from the end of the buffer: buckets[0] is ready first */
     int next_to_start;
+    bool overlap; /* buckets start during backward (gradient_buckets_ready) */
     void (*observer)(void *context, int bucket, size_t floats, double started, double finished);
     void *observer_context;
     double wait_seconds;
@@ -350,6 +404,7 @@ ddt_status gradient_buckets_init(comm *c, float *gradients, size_t count,
     gb->count = count;
     gb->bucket_count = n;
     gb->buckets = buckets;
+    gb->overlap = true;
     gradient_buckets_begin(gb);
     *out = gb;
     return DDT_OK;
@@ -402,7 +457,12 @@ static ddt_status poll_in_flight(gradient_buckets *gb) {
     return DDT_OK;
 }
 
+void gradient_buckets_set_overlap(gradient_buckets *gb, bool overlap) {
+    gb->overlap = overlap;
+}
+
 ddt_status gradient_buckets_ready(gradient_buckets *gb, size_t ready_from) {
+    if (!gb->overlap) return DDT_OK;
     while (gb->next_to_start < gb->bucket_count &&
            gb->buckets[gb->next_to_start].begin >= ready_from) {
         DDT_CHECK(start_bucket(gb, &gb->buckets[gb->next_to_start]));

@@ -1,9 +1,11 @@
 /* comm.h - communication between ranks: broadcasts, agreements and the bucketed gradient
  * all-reduce that overlaps the backward pass.
  *
- * A communicator wraps an MPI communicator and a backend (MPI on host buffers; NCCL on GPU
- * buffers, with the CUDA backend) behind one table of operations, so the trainer never names
- * a backend. Two planes:
+ * A communicator wraps an MPI communicator and a backend behind one table of operations, so
+ * the trainer never names a backend: "shm" on host buffers (CPU ranks: shared memory within a
+ * node, a ring over MPI between nodes, fixed sum order; comm_shm.c says why), "mpi" on host
+ * buffers (MPI's own non-blocking all-reduce; the control plane, and for comparison), "nccl"
+ * on GPU buffers (with the CUDA backend). Two planes:
  *   - the data plane moves device buffers (parameters, gradients) through the backend; with
  *     NCCL it runs on a communication stream ordered after the compute stream's work issued
  *     so far, and completed operations order the compute stream's later work after them;
@@ -14,9 +16,10 @@
  * bucket_bytes, counted from the end (the last layer's gradients are ready first). During the
  * last micro-batch's backward pass the trainer reports how much of the buffer is final
  * (gradient_buckets_ready); every bucket inside it starts its all-reduce at once, and
- * outstanding ones are polled so MPI makes progress between layers. gradient_buckets_finish()
- * starts whatever is left and waits for all. Gradients are summed (the loss is already
- * normalised by the global batch).
+ * outstanding ones are polled, which advances them as far as they go without waiting (the
+ * reduction runs in the gaps between layers). gradient_buckets_finish() starts whatever is
+ * left and waits for all. Gradients are summed (the loss is already normalised by the global
+ * batch). With overlap off (gradient_buckets_set_overlap) every bucket starts in finish.
  *
  * Failure: every wait polls, on every backend, under one policy (comm_set_timeout,
  * comm_set_wait_hook): a wait that makes no progress for the timeout fails with DDT_ERR_COMM
@@ -25,13 +28,13 @@
  * communicator (so no rank stays blocked in it). After a DDT_ERR_COMM the communicator is
  * dead, and the caller must end the job on every rank (MPI_Abort), never just this one.
  *
- * Ownership: comm_init() returns a comm freed by comm_free(); it does not own the MPI
- * communicator or the device. gradient_buckets_init() returns buckets freed by
+ * Ownership: comm_init() returns a comm freed by comm_free() (or, after a failure, by
+ * comm_abandon()); it does not own the MPI communicator or the device. gradient_buckets_init() returns buckets freed by
  * gradient_buckets_free(); they borrow the gradient buffer.
  *
  * Usage:
  *     comm *c;
- *     DDT_CHECK(comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, dev, &c));
+ *     DDT_CHECK(comm_init(COMM_BACKEND_SHM, MPI_COMM_WORLD, dev, &c));
  *     gradient_buckets *gb;
  *     DDT_CHECK(gradient_buckets_init(c, grads, count, ready_points, n, 256 << 10, &gb));
  *     gradient_buckets_begin(gb);
@@ -51,9 +54,24 @@
 #include "util/status.h"
 
 typedef enum comm_backend_kind {
-    COMM_BACKEND_MPI,
-    COMM_BACKEND_NCCL,
+    COMM_BACKEND_MPI,  /* host buffers: MPI_Iallreduce */
+    COMM_BACKEND_NCCL, /* GPU buffers */
+    COMM_BACKEND_SHM,  /* host buffers: shared memory in a node, a ring over MPI across nodes */
 } comm_backend_kind;
+
+/* What --allreduce asks for: a backend, or auto (nccl on GPUs, shm on CPU ranks). */
+typedef enum comm_backend_request {
+    COMM_BACKEND_REQUEST_AUTO,
+    COMM_BACKEND_REQUEST_SHM,
+    COMM_BACKEND_REQUEST_MPI,
+    COMM_BACKEND_REQUEST_NCCL,
+} comm_backend_request;
+
+/* --overlap: whether gradient buckets start during backward (gradient_buckets_set_overlap). */
+typedef enum comm_overlap {
+    COMM_OVERLAP_OFF,
+    COMM_OVERLAP_ON,
+} comm_overlap;
 
 typedef enum comm_reduce_op {
     COMM_REDUCE_SUM,
@@ -73,9 +91,18 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
  * new communicator of `kind` over the same ranks, with MPI communicators of its own
  * (MPI_Comm_idup, polled). It inherits the parent's timeout and wait hook. */
 ddt_status comm_init_like(comm *parent, comm_backend_kind kind, device *dev, comm **out);
+/* Collective at a normal end (every rank of a node frees together; a rank that never comes is
+ * waited for at most the timeout). */
 void comm_free(comm *c);
-/* True if this build contains the backend (MPI always; NCCL with the CUDA backend). */
+/* Frees after a failure, without meeting the other ranks (some may be lost): what the backend
+ * shares with them (the shm backend's window) stays mapped until the process ends. */
+void comm_abandon(comm *c);
+/* True if this build contains the backend (MPI and shm always; NCCL with the CUDA backend). */
 bool comm_backend_available(comm_backend_kind kind);
+/* The backend for a request on ranks computing on `device`: DDT_ERR_USAGE naming the options
+ * where they do not fit (shm and mpi reduce host buffers, nccl GPU buffers). */
+ddt_status comm_backend_choose(comm_backend_request request, device_kind device,
+                               comm_backend_kind *out);
 
 /* How long any wait (data plane or control plane, on every backend) may make no progress
  * before it fails with DDT_ERR_COMM (NCCL: after aborting the communicator). Default 300 s;
@@ -102,6 +129,9 @@ int comm_world_size(const comm *c);
 int comm_local_rank(const comm *c); /* rank among the ranks on this node */
 int comm_local_size(const comm *c);
 const char *comm_backend_name(const comm *c);
+/* The backend's name and how it is set up, e.g. "shm (2 nodes x 2 ranks, ring between nodes,
+ * 256 KiB chunks)", for the configuration printout; returns `text`. */
+const char *comm_describe(const comm *c, char *text, size_t size);
 MPI_Comm comm_mpi(const comm *c);
 
 /* Data plane (device buffers). */
@@ -170,6 +200,9 @@ ddt_status gradient_buckets_init(comm *c, float *gradients, size_t count,
                                  size_t bucket_bytes, gradient_buckets **out);
 void gradient_buckets_free(gradient_buckets *gb);
 
+/* On (the default): buckets start during backward, as gradient_buckets_ready reports them;
+ * off: all start in gradient_buckets_finish (for comparison: --overlap off). */
+void gradient_buckets_set_overlap(gradient_buckets *gb, bool overlap);
 /* Starts a new reduction round (no bucket in flight). */
 void gradient_buckets_begin(gradient_buckets *gb);
 /* gradients[ready_from..count) are final: start every bucket inside, and poll the others. */

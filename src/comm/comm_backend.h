@@ -36,6 +36,9 @@ typedef struct comm_backend_ops {
     /* Device time the completed gradient all-reduces ran (comm_device_busy_seconds); NULL
      * where the backend's work runs on the host. */
     double (*device_busy_seconds)(const comm *c);
+    /* Writes how it is set up ("1 node x 2 ranks, 256 KiB chunks") for comm_describe; NULL:
+     * the name says it all. */
+    void (*describe)(const comm *c, char *text, size_t size);
     void (*close)(comm *c);
 } comm_backend_ops;
 
@@ -45,6 +48,7 @@ struct comm {
     MPI_Comm world;
     MPI_Comm node;   /* ranks sharing this node */
     bool owns_world; /* world is a duplicate made by comm_init_like(), freed with the comm */
+    bool abandoned;  /* comm_abandon(): close must not wait for the other ranks */
     int rank, world_size, local_rank, local_size;
     device *dev;
     double timeout_seconds;       /* longest wait without progress (comm_set_timeout); 0: none */
@@ -60,6 +64,7 @@ struct comm {
 };
 
 extern const comm_backend_ops comm_mpi_ops;
+extern const comm_backend_ops comm_shm_ops;
 /* Defined only in builds with CUDA (src/comm/nccl/comm_nccl.c); comm.c names it under #ifdef. */
 extern const comm_backend_ops comm_nccl_ops;
 
@@ -78,6 +83,11 @@ typedef struct comm_wait {
 double comm_seconds_now(void); /* clock_now() (util/clock.h) */
 comm_wait comm_wait_begin(const comm *c);
 ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what);
+/* The same, for a wait that knows whom it waits for: a timeout's message names world rank
+ * `rank` and what it has not done (`missing`: "has not posted its part"); rank < 0: unknown,
+ * as comm_wait_tick. */
+ddt_status comm_wait_tick_naming(comm *c, comm_wait *w, const char *what, int rank,
+                                 const char *missing);
 
 /* Waits for an MPI request by polling, within the communicator's timeout, calling its wait
  * hook (comm_wait_tick); `what` names the operation in errors ("a gradient all-reduce"). */
@@ -89,6 +99,9 @@ ddt_status comm_mpi_wait(comm *c, MPI_Request *request, const char *what);
  * clash, *first < *second are the indexes of the first pair found and the answer is true. */
 bool comm_find_shared_device(const char *identities, size_t stride, size_t identity_offset,
                              int n, int *first, int *second);
+
+/* The MPI backend's broadcast (MPI_Ibcast, polled): other host backends share it. */
+ddt_status comm_mpi_broadcast(comm *c, float *buffer, size_t count, int root);
 
 /* Turns an MPI error code into a ddt_status with a message naming `what`. */
 ddt_status comm_mpi_error(int mpi_code, const char *what);

@@ -1,5 +1,6 @@
-/* comm_mpi.c - the MPI data-plane backend: in-place MPI (I)Allreduce and MPI_Bcast on float
- * buffers in host memory (CPU ranks). */
+/* comm_mpi.c - the MPI data-plane backend ("mpi"): in-place MPI_Iallreduce and MPI_Ibcast on
+ * float buffers in host memory, polled. The control plane's communicators use it; CPU ranks'
+ * gradients go through comm_shm.c unless --allreduce mpi asks for this one. */
 #include <limits.h>
 #include <sched.h>
 
@@ -14,7 +15,7 @@ ddt_status comm_mpi_error(int mpi_code, const char *what) {
 
 /* Blocking in effect, but polled like every wait (comm_mpi_wait: the timeout, the watchdog).
  * MPI counts are int; larger buffers (above 8 GiB of floats) go in parts. */
-static ddt_status mpi_broadcast(comm *c, float *buffer, size_t count, int root) {
+ddt_status comm_mpi_broadcast(comm *c, float *buffer, size_t count, int root) {
     while (count > 0) {
         int part = count > INT_MAX ? INT_MAX : (int)count;
         MPI_Request request;
@@ -93,7 +94,7 @@ const comm_backend_ops comm_mpi_ops = {
     .name = "mpi",
     .open = mpi_open,
     .reserve_requests = NULL,
-    .broadcast = mpi_broadcast,
+    .broadcast = comm_mpi_broadcast,
     .allreduce = mpi_allreduce,
     .allreduce_start = mpi_allreduce_start,
     .allreduce_test = mpi_allreduce_test,

@@ -62,6 +62,12 @@ static const char *const precision_choices[] = {[PRECISION_FP32] = "fp32", [PREC
                                                 NULL};
 
 static const char *const decay_choices[] = {"matrices", "all", NULL};
+static const char *const allreduce_choices[] = {[COMM_BACKEND_REQUEST_AUTO] = "auto",
+                                                [COMM_BACKEND_REQUEST_SHM] = "shm",
+                                                [COMM_BACKEND_REQUEST_MPI] = "mpi",
+                                                [COMM_BACKEND_REQUEST_NCCL] = "nccl", NULL};
+static const char *const overlap_choices[] = {[COMM_OVERLAP_OFF] = "off",
+                                              [COMM_OVERLAP_ON] = "on", NULL};
 
 static const option_def option_table[] = {
     /* data */
@@ -191,6 +197,13 @@ static const option_def option_table[] = {
      "BLAS threads per rank", NULL},
     {"bucket-size", 0, OPTION_SIZE, TRAIN, FIELD(bucket_size), "256KiB", 1024, 4.0e9, "SIZE",
      "gradient all-reduce bucket size", NULL},
+    {"allreduce", 0, OPTION_ENUM, TRAIN, FIELD(allreduce), "auto", 0, 0, NULL,
+     "gradient all-reduce: shm (CPU ranks: shared memory within a node, a ring over MPI "
+     "between nodes, fixed sum order), mpi (MPI_Iallreduce), nccl (GPUs); auto: nccl on GPUs, "
+     "shm on CPU ranks", allreduce_choices},
+    {"overlap", 0, OPTION_ENUM, TRAIN, FIELD(overlap), "on", 0, 0, NULL,
+     "start each gradient bucket's all-reduce during backward, as its layers finish (off: all "
+     "after backward)", overlap_choices},
     /* output */
     {"metrics", 0, OPTION_STRING, TRAIN, FIELD(metrics), NULL, 0, 0, "FILE.jsonl",
      "add JSON records to this file (kept if it exists): a step record every --metrics-every "

@@ -17,6 +17,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "comm/comm.h"
 #include "engine/alloc.h"
 #include "engine/device.h"
 #include "engine/loss.h"
@@ -90,6 +91,8 @@ typedef struct options {
     double comm_timeout;
     int threads;
     int64_t bucket_size; /* bytes */
+    comm_backend_request allreduce;
+    comm_overlap overlap;
     /* output */
     const char *metrics;
     int64_t log_every;

@@ -88,6 +88,10 @@ static void print_configuration(const void *context, const train_resolved *r, FI
         resolved.names[*n] = "device";
         snprintf(resolved.values[(*n)++], 64, "auto: %s", r->device);
     }
+    if (o->allreduce == COMM_BACKEND_REQUEST_AUTO && r->allreduce) {
+        resolved.names[*n] = "allreduce";
+        snprintf(resolved.values[(*n)++], 64, "auto: %s", r->allreduce);
+    }
     options_print_resolved(COMMAND_TRAIN, o, &resolved, out);
 }
 
@@ -139,6 +143,8 @@ static ddt_status train_config_from(const job *j, const options *o, train_config
     c->loss_scale = (float)o->loss_scale;
     c->comm_timeout = o->comm_timeout;
     c->bucket_bytes = (size_t)o->bucket_size;
+    c->allreduce = o->allreduce;
+    c->overlap = o->overlap == COMM_OVERLAP_ON;
     c->metrics = o->metrics;
     c->tensorboard = o->tensorboard;
     c->trace = o->trace;

@@ -68,6 +68,7 @@ static char *configuration_text(const trainer *t) {
             .steps_per_epoch = t->shape.steps_per_epoch,
             .device = device_kind_name(t->shape.device),
             .model = t->shape.spec.text,
+            .allreduce = comm_backend_name(t->engine.comm),
         };
         t->config->print_configuration(t->config->print_configuration_context, &resolved, f);
     }

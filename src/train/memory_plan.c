@@ -208,7 +208,7 @@ void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FIL
     size_t total = plan->device_total + limits->device_outside_allocator;
     if (limits->device_outside_allocator) {
         units_format_bytes(limits->device_outside_allocator, text, sizeof text);
-        fprintf(out, "  %-20s %12s  (%s's own, measured at set-up; outside the allocator)\n",
+        fprintf(out, "  %-20s %12s  (%s's own, taken at set-up; outside the allocator)\n",
                 "communication", text,
                 limits->outside_allocator_owner ? limits->outside_allocator_owner : "backend");
     }

@@ -183,9 +183,11 @@ void report_configuration(trainer *t) {
     print_rank_lines(t, out);
     if (t->rank != 0) return;
     const dataset_geometry *g = dataset_get_geometry(t->data.train);
+    char communication[192];
     fprintf(out, "ddtrain train: %d rank%s, device %s, communication %s, precision %s\n",
             t->world_size, t->world_size == 1 ? "" : "s", device_kind_name(t->shape.device),
-            comm_backend_name(t->engine.comm), precision_kind_name(cfg->precision));
+            comm_describe(t->engine.comm, communication, sizeof communication),
+            precision_kind_name(cfg->precision));
     if (cfg->blas_description) fprintf(out, "  blas             %s\n", cfg->blas_description);
     if (cfg->print_configuration) {
         train_resolved resolved = {
@@ -197,6 +199,7 @@ void report_configuration(trainer *t) {
             .steps_per_epoch = t->shape.steps_per_epoch,
             .device = device_kind_name(t->shape.device),
             .model = t->shape.spec.text,
+            .allreduce = comm_backend_name(t->engine.comm),
         };
         cfg->print_configuration(cfg->print_configuration_context, &resolved, out);
     }

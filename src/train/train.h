@@ -46,8 +46,9 @@ typedef struct train_resolved {
     int prefetch_depth;  /* micro-batches */
     int64_t steps;       /* total steps of the run */
     int64_t steps_per_epoch;
-    const char *device;  /* "cpu", "cuda" */
-    const char *model;   /* the model's canonical description */
+    const char *device;    /* "cpu", "cuda" */
+    const char *model;     /* the model's canonical description */
+    const char *allreduce; /* the data plane's backend: "shm", "mpi", "nccl" */
 } train_resolved;
 
 typedef struct train_config {
@@ -89,6 +90,8 @@ typedef struct train_config {
     float loss_scale;    /* fp16's initial dynamic loss scale */
     double comm_timeout; /* seconds; 0: no limit */
     size_t bucket_bytes;
+    comm_backend_request allreduce; /* the data plane's backend (auto: by device) */
+    bool overlap;                   /* buckets start during backward */
     /* watching */
     const char *metrics;     /* JSONL file to add records to, or NULL */
     const char *tensorboard; /* directory for event files, or NULL */

@@ -41,6 +41,8 @@ train_config train_default_config(void) {
     c.loss_scale = 65536.0f;
     c.comm_timeout = 300;
     c.bucket_bytes = (size_t)256 << 10;
+    c.allreduce = COMM_BACKEND_REQUEST_AUTO;
+    c.overlap = true;
     c.trace_first = 1;
     c.trace_last = 20;
     c.log_every = 100;
@@ -101,6 +103,7 @@ static ddt_status resolve_settings(trainer *t) {
     int world = t->world_size;
     if (!cfg->data) return ddt_error(DDT_ERR_USAGE, "--data is required (see ddtrain train --help)");
     DDT_CHECK(device_choose(cfg->device, comm_local_rank(t->control), &s->device, &s->ordinal));
+    DDT_CHECK(comm_backend_choose(cfg->allreduce, s->device, &s->allreduce));
     if (cfg->precision != PRECISION_FP32 && s->device != DEVICE_KIND_CUDA)
         return ddt_error(DDT_ERR_USAGE, "--precision %s needs --device cuda (CPU ranks compute "
                                         "in fp32)",
@@ -221,13 +224,11 @@ static ddt_status open_device_and_comm(trainer *t) {
     run_shape *s = &t->shape;
     DDT_CHECK(comm_agree(t->control, device_open(s->device, s->ordinal, &t->engine.dev),
                          "set-up: opening the device"));
-    /* GPUs all-reduce through NCCL, CPU ranks through MPI. The communicator comes before any
-     * device memory of ddtrain's own, so that NCCL's buffers (which cannot come from the
-     * allocator) find room even under a preallocating policy, and what they took is measured
-     * and counted against the limit. */
-    DDT_CHECK(comm_init_like(t->control,
-                             s->device == DEVICE_KIND_CUDA ? COMM_BACKEND_NCCL : COMM_BACKEND_MPI,
-                             t->engine.dev, &t->engine.comm));
+    /* GPUs all-reduce through NCCL, CPU ranks through shared memory (or as --allreduce says).
+     * The communicator comes before any device memory of ddtrain's own, so that NCCL's
+     * buffers (which cannot come from the allocator) find room even under a preallocating
+     * policy, and what the backend took outside the allocator is counted against the limit. */
+    DDT_CHECK(comm_init_like(t->control, s->allreduce, t->engine.dev, &t->engine.comm));
     comm_set_wait_hook(t->engine.comm, comm_watchdog_poll, t->control);
     return DDT_OK;
 }
@@ -377,6 +378,7 @@ static ddt_status allocate_engine(trainer *t) {
     DDT_CHECK(gradient_buckets_init(e->comm, model_gradients(e->model),
                                     model_parameter_count(e->model), ready_points, ready_count,
                                     cfg->bucket_bytes, &e->buckets));
+    gradient_buckets_set_overlap(e->buckets, cfg->overlap);
     step_timer_init(&t->timer, e->dev, e->comm);
     /* The plan is exact: a difference is a bug in the plan, which would make limits lie. */
     allocator_stats stats = allocator_get_stats(e->alloc);
@@ -553,7 +555,10 @@ static ddt_status save_model(trainer *t) {
     return status;
 }
 
-static void trainer_free(trainer *t) {
+/* `status`: how the run ended. After a communication failure the data plane is abandoned (a
+ * lost peer must not hold up the end); after any other, every rank agreed on it and frees the
+ * data plane together. */
+static void trainer_free(trainer *t, ddt_status status) {
     feed_free(t->data.feed);
     generator_free(&t->engine.sampler);
     trace_free(t->trace);
@@ -561,7 +566,10 @@ static void trainer_free(trainer *t) {
     gradient_buckets_free(t->engine.buckets);
     optimizer_free(t->engine.opt);
     model_free(t->engine.model);
-    comm_free(t->engine.comm);
+    if (status == DDT_ERR_COMM)
+        comm_abandon(t->engine.comm);
+    else
+        comm_free(t->engine.comm);
     allocator_destroy(t->engine.alloc);
     if (t->engine.dev) device_close(t->engine.dev);
     checkpointing_release(&t->checkpoints);
@@ -600,7 +608,7 @@ ddt_status train_run(comm *control, const train_config *config) {
     if (status == DDT_OK) status = comm_agree(control, plan_memory(&t), "set-up: the memory plan");
     if (status == DDT_OK && config->dry_run) {
         status = dry_run(&t);
-        trainer_free(&t);
+        trainer_free(&t, status);
         return status;
     }
     if (status == DDT_OK) report_memory_plan(&t);
@@ -613,6 +621,6 @@ ddt_status train_run(comm *control, const train_config *config) {
     }
     if (status == DDT_OK) status = comm_agree(control, save_model(&t), "saving the model");
     if (status == DDT_OK) report_summary(&t, clock_now() - started);
-    trainer_free(&t);
+    trainer_free(&t, status);
     return status;
 }

@@ -37,6 +37,7 @@ typedef struct run_shape {
     lr_schedule schedule;
     device_kind device;
     int ordinal;
+    comm_backend_kind allreduce; /* the data plane's backend */
     const char *micro_batch_binding; /* --micro-batch auto: what bound it (NULL otherwise) */
 } run_shape;
 
@@ -53,7 +54,7 @@ typedef struct run_data {
 typedef struct run_engine {
     device *dev;
     allocator *alloc;
-    comm *comm; /* the data plane: gradients (MPI or NCCL) */
+    comm *comm; /* the data plane: gradients (shm or MPI on CPU ranks, NCCL on GPUs) */
     model *model;
     optimizer *opt;
     gradient_buckets *buckets;

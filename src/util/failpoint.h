@@ -1,17 +1,23 @@
-/* failpoint.h - stalls on request, to test that a stuck rank cannot hang the job.
+/* failpoint.h - stalls and deaths on request, to test that a stuck or lost rank cannot hang
+ * the job.
  *
  * DDTRAIN_DEBUG_STALL=POINT:RANK[:SECONDS] makes rank RANK sleep SECONDS (default 3600) when
  * it reaches the named point, as a rank stuck on a hung file system or a stopped process
- * would: the other ranks must then end the job within --comm-timeout, naming it. Points:
- * "setup", "evaluation", "checkpoint", "step". Unset (the normal case), failpoint_stall()
- * costs a getenv() the first time and a branch after.
+ * would: the other ranks must then end the job within --comm-timeout, naming it.
+ * DDTRAIN_DEBUG_KILL=POINT:RANK makes rank RANK kill itself (SIGKILL) there, as a crashed or
+ * OOM-killed process would. Points: "setup", "evaluation", "checkpoint", "step", and
+ * "allreduce" (inside the shared-memory all-reduce, after the rank posted its part of the
+ * first chunk and before it summed its slice). Unset (the normal case), each costs a
+ * getenv() the first time and a branch after.
  *
  * Usage:
  *     failpoint_stall("checkpoint", rank);
+ *     failpoint_kill("allreduce", rank);
  */
 #ifndef DDT_UTIL_FAILPOINT_H
 #define DDT_UTIL_FAILPOINT_H
 
 void failpoint_stall(const char *point, int rank);
+void failpoint_kill(const char *point, int rank);
 
 #endif

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # dp_equivalence.sh - data parallelism is exact: N ranks x micro-batch b x k accumulation
 # steps give the same weights as 1 rank x the whole global batch (20 steps, within 1e-5
-# relative), for SGD with momentum and for AdamW, with dropout in the model; and for a
-# convolutional network with pooling and a residual block (no batch normalisation, whose
-# statistics are per micro-batch) under AdamW with weight decay on its matrices and gradient
-# clipping; and for a GPT with dropout on byte tokens, where --recompute changes no bit.
+# relative), for SGD with momentum and for AdamW, with dropout in the model, on every
+# all-reduce path (shm on one node, shm on emulated nodes, mpi); the shm path sums in a fixed
+# order: the same bits run after run, with overlap on or off; and for a convolutional network
+# with pooling and a residual block (no batch normalisation, whose statistics are per
+# micro-batch) under AdamW with weight decay on its matrices and gradient clipping; and for a
+# GPT with dropout on byte tokens, where --recompute changes no bit.
 source "$(dirname "$0")/lib.sh"
 
 "$DDTRAIN" synth -o "$WORK/train.h5" --rows 2048 --features 32 --classes 4 --seed 7 --shards 2 \
@@ -26,6 +28,27 @@ train sgd-4x8x2 4 8 --optimizer sgd --lr 0.1 --momentum 0.9
 for other in sgd-2x16x2 sgd-4x16x1 sgd-4x8x2; do
   expect_ok "SGD: $other equals 1 rank x 64" $H5TOOL compare "$WORK/$other.h5" "$WORK/sgd-1x64.h5" 1e-5
 done
+
+# The hierarchical path (DDTRAIN_NODE_RANKS: every K ranks form a node of their own) and MPI's.
+DDTRAIN_NODE_RANKS=2 train sgd-4x16x1-nodes2 4 16 --optimizer sgd --lr 0.1 --momentum 0.9
+DDTRAIN_NODE_RANKS=1 train sgd-2x16x2-nodes1 2 16 --optimizer sgd --lr 0.1 --momentum 0.9
+train sgd-4x16x1-mpi 4 16 --optimizer sgd --lr 0.1 --momentum 0.9 --allreduce mpi
+for other in sgd-4x16x1-nodes2 sgd-2x16x2-nodes1 sgd-4x16x1-mpi; do
+  expect_ok "SGD: $other equals 1 rank x 64" $H5TOOL compare "$WORK/$other.h5" "$WORK/sgd-1x64.h5" 1e-5
+done
+grep -q "communication shm" "$WORK/sgd-4x16x1.log" && pass "CPU ranks all-reduce through shm by default" ||
+  fail "the default data plane is not shm: $(grep -m1 communication "$WORK/sgd-4x16x1.log")"
+
+# Fixed sum order: timing cannot change a bit, whether buckets start during backward or not.
+train sgd-4x16x1-again 4 16 --optimizer sgd --lr 0.1 --momentum 0.9
+train sgd-4x16x1-overlap-off 4 16 --optimizer sgd --lr 0.1 --momentum 0.9 --overlap off
+DDTRAIN_NODE_RANKS=2 train sgd-4x16x1-nodes2-again 4 16 --optimizer sgd --lr 0.1 --momentum 0.9
+expect_ok "shm: a second run gives the same weights bit for bit" \
+  $H5TOOL compare "$WORK/sgd-4x16x1-again.h5" "$WORK/sgd-4x16x1.h5" 0
+expect_ok "shm: --overlap off gives the same weights bit for bit" \
+  $H5TOOL compare "$WORK/sgd-4x16x1-overlap-off.h5" "$WORK/sgd-4x16x1.h5" 0
+expect_ok "shm on 2 emulated nodes: a second run gives the same weights bit for bit" \
+  $H5TOOL compare "$WORK/sgd-4x16x1-nodes2-again.h5" "$WORK/sgd-4x16x1-nodes2.h5" 0
 
 train adamw-1x64 1 64 --optimizer adamw --lr 0.003 --weight-decay 0.01
 train adamw-2x16x2 2 16 --optimizer adamw --lr 0.003 --weight-decay 0.01

@@ -35,6 +35,33 @@ sleep 0.5
 [[ -z $(pgrep -f "ddtrain-e2e-marker-$$") ]] && pass "no ddtrain process left behind" ||
   { fail "orphans: $(pgrep -af "ddtrain-e2e-marker-$$")"; pkill -9 -f "ddtrain-e2e-marker-$$"; }
 
+# A rank killed inside the shared-memory all-reduce, after posting its part and before summing
+# its slice (DDTRAIN_DEBUG_KILL=allreduce:1). Under plain mpirun the launcher ends the job.
+# Under mpirun --enable-recovery it does not: the peer must see the process gone and end the
+# job itself, naming the rank, long before --comm-timeout (60 s here).
+killed_mid_reduce() { # NAME MPIRUN_ARGS...
+  local name=$1
+  shift
+  local start=$SECONDS
+  timeout -k 5 90 mpirun -np 2 --bind-to none "$@" -x DDTRAIN_DEBUG_KILL=allreduce:1 "$DDTRAIN" \
+    train --data "$WORK/d.h5" --model 32-512-relu-512-relu-4 --global-batch 96 --steps 100 \
+    --log-every 0 --comm-timeout 60 --metrics "$WORK/ddtrain-e2e-marker-$$" >"$WORK/killed.log" 2>&1
+  local code=$? elapsed=$((SECONDS - start))
+  echo "$code $elapsed"
+}
+read -r code elapsed < <(killed_mid_reduce "plain")
+[[ $code -ne 0 && $code -ne 124 && $elapsed -le 20 ]] &&
+  pass "rank 1 killed mid-reduce: job ended in ${elapsed} s (exit $code)" ||
+  { fail "killed mid-reduce: exit $code after ${elapsed} s"; tail -5 "$WORK/killed.log"; }
+read -r code elapsed < <(killed_mid_reduce "recovery" --enable-recovery)
+message=$(grep -m1 "ddtrain: error" "$WORK/killed.log")
+[[ $code -ne 124 && $code -ne 137 && $elapsed -le 20 && $message == *"rank 1 (process "*"is gone"* ]] &&
+  pass "rank 1 killed mid-reduce, launcher not ending the job: ended in ${elapsed} s: ${message:0:160}" ||
+  { fail "killed mid-reduce under --enable-recovery: exit $code after ${elapsed} s"; tail -5 "$WORK/killed.log"; }
+sleep 0.5
+[[ -z $(pgrep -f "ddtrain-e2e-marker-$$") ]] && pass "no ddtrain process left behind" ||
+  { fail "orphans: $(pgrep -af "ddtrain-e2e-marker-$$")"; pkill -9 -f "ddtrain-e2e-marker-$$"; }
+
 # A stalled rank (SIGSTOP for a while) is named by rank 0, and the run then carries on until
 # the test stops it with SIGUSR1 (an effectively endless run: independent of machine speed).
 # A wide batch through a narrow model: steps are mostly compute, so the stop lands there (a

@@ -39,7 +39,8 @@ expected=(bin/ddtrain bin/ddtrain-mpirun lib/ddtrain/libddtrain_core.so
           share/ddtrain/launch/quickstart.sh share/ddtrain/launch/common.sh share/ddtrain/launch/install-deps.sh
           share/ddtrain/launch/ddtrain-mpirun share/ddtrain/launch/slurm/ddtrain-single-node.sbatch
           share/ddtrain/launch/slurm/ddtrain-multi-node.sbatch
-          share/ddtrain/launch/slurm/local-cluster.sh share/ddtrain/bench/plot
+          share/ddtrain/launch/slurm/local-cluster.sh share/ddtrain/launch/local-cluster/cluster.sh
+          share/ddtrain/bench/plot
           share/doc/ddtrain/README.md)
 version=$("${clean_env[@]}" "$prefix/bin/ddtrain" --version | sed -n '1s/^ddtrain //p')
 expected+=("share/ddtrain/modulefiles/ddtrain/$version.lua")

@@ -35,6 +35,12 @@ stalled() { # NAME POINT:RANK TEXT... -- ARGS...
 
 stalled "rank 1 stalls at start-up" setup:1 "rank(s) 1" "set-up" -- "${train[@]}"
 stalled "rank 1 stalls in a training step" step:1 "rank(s) 1" -- "${train[@]}"
+# Inside the shared-memory all-reduce: the rank posted its part and never writes its flag.
+stalled "rank 1 stalls mid-reduce (its flag never comes)" allreduce:1 \
+  "rank 1 has not summed its slice" "--comm-timeout" -- "${train[@]}"
+stalled "rank 0 stalls mid-reduce" allreduce:0 "rank 0 has not summed its slice" -- "${train[@]}"
+DDTRAIN_NODE_RANKS=1 stalled "rank 1 stalls mid-reduce on 2 emulated nodes (in the ring)" \
+  allreduce:1 "rank 1 (on another node) has not sent its part" -- "${train[@]}"
 stalled "rank 1 stalls during evaluation" evaluation:1 "evaluation" "rank(s) 1" -- "${train[@]}"
 stalled "rank 0 stalls writing a checkpoint" checkpoint:0 "a checkpoint made no progress" -- \
   "${train[@]}" --checkpoint-dir "$WORK/ckpt" --checkpoint-every 50
