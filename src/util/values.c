@@ -1,5 +1,7 @@
 /* values.c - see values.h. */
+#if defined(__GNUC__) && !defined(__clang__) /* GCC at -O2 vectorises only cheap loops */
 #pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic")
+#endif
 
 #include "util/values.h"
 
