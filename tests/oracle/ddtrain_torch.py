@@ -869,9 +869,11 @@ def _build_modules(layers, classes, embeds, key_base=0):
 
 
 def build_torch(spec, seed=None, init="torch"):
-    """The nn.Module a description means. init "torch": PyTorch's default initialisation
-    (under torch.manual_seed(seed) when a seed is given); for token models embeddings and
-    linear layers then get nanoGPT's (normal 0.02, residual projections 0.02/sqrt(2L), zero
+    """The nn.Module a description means, initialised under torch.manual_seed(seed) when a
+    seed is given. init "torch": PyTorch's default initialisation, except for token models,
+    whose embeddings and linear layers get nanoGPT's (normal 0.02, residual projections
+    0.02/sqrt(2L), zero biases); "ddtrain": ddtrain's rule for dense and conv layers (He-normal
+    when a relu or gelu follows, through any dropout or pooling, else Xavier-uniform; zero
     biases)."""
     import torch
 
@@ -883,9 +885,35 @@ def build_torch(spec, seed=None, init="torch"):
         model = classes["GPT"](gpt_config(spec))
     else:
         model = classes["SpecSequential"](spec, _build_modules(spec.layers, classes, []))
-    if init == "torch" and spec.is_tokens:
+    if spec.is_tokens:
         _init_like_nanogpt(model)
+    elif init == "ddtrain":
+        _init_like_ddtrain(spec.layers, list(model))
+    elif init != "torch":
+        raise ValueError("unknown init %s" % init)
     return model
+
+
+def _init_like_ddtrain(layers, modules):
+    import torch.nn as nn
+
+    for i, (layer, module) in enumerate(zip(layers, modules)):
+        if layer.kind == "res":
+            _init_like_ddtrain(layer.body, list(module.body))
+            if layer.shortcut:
+                _init_like_ddtrain(layer.shortcut, list(module.shortcut))
+            continue
+        if layer.kind not in ("dense", "conv"):
+            continue
+        following = next((l for l in layers[i + 1:] if l.kind not in
+                          ("dropout", "maxpool", "avgpool", "flatten")), None)
+        if following is not None and following.kind == "act" and \
+                following.args["name"] in ("relu", "gelu", "gelu_tanh"):
+            nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+        else:
+            nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
 
 
 def _init_like_nanogpt(model):
