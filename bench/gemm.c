@@ -102,23 +102,35 @@ int main(int argc, char **argv) {
     allocator *alloc = NULL;
     if (device_open(kind, 0, &dev) != DDT_OK || allocator_init(dev, &alloc) != DDT_OK)
         die(ddt_error_message());
+    /* The dense layers' products: what an MLP's step computes besides elementwise work. */
+    typedef struct dense_shape {
+        int inputs, outputs;
+    } dense_shape;
+    dense_shape dense[MODEL_MAX_NODES];
+    int dense_count = 0;
     int widest = spec.input_width;
-    for (int d = 0; d < spec.dense_count; d++) {
-        dense_layout layout = model_spec_dense_layout(&spec, d);
-        if (layout.outputs > widest) widest = layout.outputs;
+    for (int n = 0; n < spec.node_count; n++) {
+        const model_node *node = &spec.nodes[n];
+        if (node->kind == NODE_DENSE) {
+            if (node->in_shape.rank != 1) die("only MLPs (flat dense layers) are timed here");
+            dense[dense_count++] = (dense_shape){node->in_shape.dims[0], node->out_shape.dims[0]};
+            if (node->out_shape.dims[0] > widest) widest = node->out_shape.dims[0];
+        } else if (node->kind != NODE_ACTIVATION && node->kind != NODE_DROPOUT) {
+            die("only MLPs (dense layers, activations, dropout) are timed here");
+        }
     }
     size_t operand_floats = model_spec_max_gemm_operand_floats(&spec, batch);
     if (device_set_precision(dev, precision, alloc, operand_floats) != DDT_OK)
         die(ddt_error_message());
 
     /* Every layer's products, on buffers of the right shapes (activations share two). */
-    product products[3 * MODEL_MAX_LAYERS];
+    product products[3 * MODEL_MAX_NODES];
     int count = 0;
     double flops = 0;
     float *x = device_random(dev, alloc, (size_t)batch * (size_t)widest, 1);
     float *y = device_random(dev, alloc, (size_t)batch * (size_t)widest, 2);
-    for (int d = 0; d < spec.dense_count; d++) {
-        dense_layout l = model_spec_dense_layout(&spec, d);
+    for (int d = 0; d < dense_count; d++) {
+        dense_shape l = dense[d];
         float *w = device_random(dev, alloc, (size_t)l.outputs * (size_t)l.inputs, 3 + (uint64_t)d);
         float *dw = device_random(dev, alloc, (size_t)l.outputs * (size_t)l.inputs, 99);
         /* forward: y = x W^T */

@@ -4,7 +4,10 @@
  * results are compared: fp32 arithmetic within 1e-5 (relative to max(1, |value|), or, for
  * GEMMs and sums, to the sum of the magnitudes that were added), TF32 GEMMs within 5e-3 and
  * bf16/fp16 within 1e-2 of that sum; dropout masks, argmax counts and the optimizer updates
- * exactly (engine/optim_update.h). Also: the upload
+ * exactly (engine/optim_update.h). The layer engine's operations likewise: the pure gathers
+ * (add, permute, im2col, col2im, pooling, embeddings) bit for bit, since the GPU adds in the
+ * CPU's order; normalisation and causal softmax within 1e-5; and every reduction a second
+ * time on the GPU, which must give the same bits (no float atomics). Also: the upload
  * path, check_finite on NaN and Inf, memory_info, preallocating through the allocator with a
  * limit, the precision workspace as the allocator counts it, and a failure in an operation
  * without a status surfacing at the next micro-batch's upload_wait and synchronisation.
@@ -14,6 +17,7 @@
  * prints one line, "skipped: no GPU ...", and returns 77, which CTest reports as skipped.
  */
 #include <math.h>
+#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +27,7 @@
 #include "check.h"
 #include "engine/alloc.h"
 #include "engine/device.h"
+#include "engine/model_spec.h" /* conv_geometry_make */
 #include "util/rng.h"
 
 #define MIB ((size_t)1 << 20)
@@ -399,10 +404,10 @@ static void check_activations(void) {
     float *device_dy = gpu_copy_of(dy, count * sizeof(float));
     float *device_y = gpu_buffer(count * sizeof(float));
     float *device_out = gpu_buffer(count * sizeof(float));
-    const char *names[] = {"relu", "gelu", "tanh", "sigmoid"};
+    const char *names[] = {"relu", "gelu", "tanh", "sigmoid", "gelu_tanh"};
     activation_kind kinds[] = {ACTIVATION_RELU, ACTIVATION_GELU, ACTIVATION_TANH,
-                               ACTIVATION_SIGMOID};
-    for (int i = 0; i < 4; i++) {
+                               ACTIVATION_SIGMOID, ACTIVATION_GELU_TANH};
+    for (int i = 0; i < 5; i++) {
         char label[64];
         device_activation_forward(cpu, kinds[i], count, x, y);
         device_activation_forward(gpu, kinds[i], count, device_x, device_out);
@@ -680,6 +685,717 @@ static void check_optimizers(void) {
     check_adamw();
 }
 
+/* --- GPU: the layer engine's operations --------------------------------------------------- */
+
+/* A GPU array against the CPU's: within tolerance (check_close), or bit for bit. */
+static void expect_gpu_close(const char *what, const float *device_got, const float *expected,
+                             size_t count, double tolerance, const double *scales, const char *file,
+                             int line) {
+    float *got = random_array(count, 0, 0);
+    host_copy_of(got, device_got, count * sizeof(float));
+    check_close(what, got, expected, count, tolerance, scales, file, line);
+    free(got);
+}
+
+static void expect_gpu_identical(const char *what, const void *device_got, const void *expected,
+                                 size_t bytes, const char *file, int line) {
+    void *got = malloc(bytes ? bytes : 1);
+    host_copy_of(got, device_got, bytes);
+    check_identical(what, got, expected, bytes, file, line);
+    free(got);
+}
+
+#define EXPECT_GPU_CLOSE(what, device_got, expected, count, tolerance, scales)                     \
+    expect_gpu_close((what), (device_got), (expected), (count), (tolerance), (scales), __FILE__,   \
+                     __LINE__)
+#define EXPECT_GPU_IDENTICAL(what, device_got, expected, bytes)                                    \
+    expect_gpu_identical((what), (device_got), (expected), (bytes), __FILE__, __LINE__)
+
+/* The GPU's result as a host copy, for a second run to be compared with bit for bit. */
+static float *gpu_snapshot(const float *device_pointer, size_t count) {
+    float *copy = random_array(count, 0, 0);
+    host_copy_of(copy, device_pointer, count * sizeof(float));
+    return copy;
+}
+
+static char label_text[192];
+
+/* printf into a static label (one at a time). */
+static const char *label(const char *format, ...) __attribute__((format(printf, 1, 2)));
+static const char *label(const char *format, ...) {
+    va_list args;
+    va_start(args, format);
+    vsnprintf(label_text, sizeof label_text, format, args);
+    va_end(args);
+    return label_text;
+}
+
+/* One strided batch on both backends: padded leading dimensions, strides past the end of each
+ * entry (the gaps, like the padding, must stay as they were), or stride 0 for a shared
+ * operand; the tolerance is relative to the sum of the magnitudes of the terms, as for gemm.
+ * A second GPU run from the same C must give the same bits. */
+static void check_gemm_batched_case(const char *what, bool transpose_a, bool transpose_b, int m,
+                                    int n, int k, int batch, bool share_a, bool share_b,
+                                    float alpha, float beta, double tolerance) {
+    int a_rows = transpose_a ? k : m, a_cols = transpose_a ? m : k;
+    int b_rows = transpose_b ? n : k, b_cols = transpose_b ? k : n;
+    int lda = a_cols + 3, ldb = b_cols + 1, ldc = n + 2;
+    int64_t a_entry = (int64_t)a_rows * lda, b_entry = (int64_t)b_rows * ldb;
+    int64_t c_entry = (int64_t)m * ldc;
+    int64_t stride_a = share_a ? 0 : a_entry + 5, stride_b = share_b ? 0 : b_entry + 2;
+    int64_t stride_c = c_entry + 7;
+    size_t a_size = (size_t)(stride_a * (batch - 1) + a_entry);
+    size_t b_size = (size_t)(stride_b * (batch - 1) + b_entry);
+    size_t c_size = (size_t)(stride_c * (batch - 1) + c_entry);
+    float *a = random_array(a_size, -1.0f, 1.0f);
+    float *b = random_array(b_size, -1.0f, 1.0f);
+    float *c = random_array(c_size, -1.0f, 1.0f);
+    float *expected = copy_array(c, c_size);
+    double *scales = malloc(c_size * sizeof *scales);
+    for (size_t e = 0; e < c_size; e++)
+        scales[e] = 1e-30;
+    for (int entry = 0; entry < batch; entry++) {
+        const float *a_b = a + entry * stride_a, *b_b = b + entry * stride_b;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double sum = 0.0;
+                for (int p = 0; p < k; p++) {
+                    float a_ip = transpose_a ? a_b[(size_t)p * lda + i] : a_b[(size_t)i * lda + p];
+                    float b_pj = transpose_b ? b_b[(size_t)j * ldb + p] : b_b[(size_t)p * ldb + j];
+                    sum += fabs((double)a_ip * b_pj);
+                }
+                size_t at = (size_t)(entry * stride_c) + (size_t)i * ldc + j;
+                scales[at] = fabs(alpha) * sum + fabs(beta * c[at]) + 1e-30;
+            }
+    }
+    device_gemm_strided_batched(cpu, transpose_a, transpose_b, m, n, k, alpha, a, lda, stride_a, b,
+                                ldb, stride_b, beta, expected, ldc, stride_c, batch);
+
+    float *device_a = gpu_copy_of(a, a_size * sizeof(float));
+    float *device_b = gpu_copy_of(b, b_size * sizeof(float));
+    float *device_c = gpu_copy_of(c, c_size * sizeof(float));
+    device_gemm_strided_batched(gpu, transpose_a, transpose_b, m, n, k, alpha, device_a, lda,
+                                stride_a, device_b, ldb, stride_b, beta, device_c, ldc, stride_c,
+                                batch);
+    char name[160];
+    snprintf(name, sizeof name, "%s gemm_strided_batched %c%c m=%d n=%d k=%d batch=%d%s%s", what,
+             transpose_a ? 'T' : 'N', transpose_b ? 'T' : 'N', m, n, k, batch,
+             share_a ? " shared A" : "", share_b ? " shared B" : "");
+    EXPECT_GPU_CLOSE(name, device_c, expected, c_size, tolerance, scales);
+    float *first = gpu_snapshot(device_c, c_size);
+    EXPECT_OK(device_copy_host_to_device(gpu, device_c, c, c_size * sizeof(float)));
+    device_gemm_strided_batched(gpu, transpose_a, transpose_b, m, n, k, alpha, device_a, lda,
+                                stride_a, device_b, ldb, stride_b, beta, device_c, ldc, stride_c,
+                                batch);
+    strncat(name, ": repeat", sizeof name - strlen(name) - 1);
+    EXPECT_GPU_IDENTICAL(name, device_c, first, c_size * sizeof(float));
+
+    free(first);
+    gpu_release(device_c);
+    gpu_release(device_b);
+    gpu_release(device_a);
+    free(scales);
+    free(expected);
+    free(c);
+    free(b);
+    free(a);
+}
+
+static void check_gemm_batched_cases(const char *what, double tolerance) {
+    for (int layout = 0; layout < 4; layout++)
+        check_gemm_batched_case(what, layout & 1, layout & 2, 17, 23, 31, 5, false, false, 0.75f,
+                                0.5f, tolerance);
+    /* Attention's shapes: Q K^T scaled, then the probabilities times V. */
+    check_gemm_batched_case(what, false, true, 64, 64, 32, 8, false, false, 0.17677669f, 0.0f,
+                            tolerance);
+    check_gemm_batched_case(what, false, false, 64, 32, 64, 8, false, false, 1.0f, 0.0f, tolerance);
+    /* One operand shared by every entry (stride 0), accumulating. */
+    check_gemm_batched_case(what, true, false, 9, 13, 11, 4, true, false, 1.0f, 1.0f, tolerance);
+    check_gemm_batched_case(what, false, true, 9, 13, 11, 4, false, true, 1.0f, 1.0f, tolerance);
+}
+
+static void check_gemm_strided_batched(void) {
+    /* Enough for every whole batch above (8 entries of 64 x 64). */
+    const size_t whole_batches = 8 * 64 * 64;
+    check_gemm_batched_cases("fp32", 1e-5);
+    check_gemm_batched_case("fp32 empty", false, false, 5, 7, 0, 3, false, false, 1.0f, 0.5f, 1e-6);
+    check_gemm_batched_case("fp32 empty", false, false, 5, 7, 0, 3, false, false, 1.0f, 0.0f, 1e-6);
+    EXPECT_OK(device_set_precision(gpu, PRECISION_TF32, gpu_alloc, whole_batches));
+    check_gemm_batched_cases("tf32", 5e-3);
+    EXPECT_OK(device_set_precision(gpu, PRECISION_BF16, gpu_alloc, whole_batches));
+    check_gemm_batched_cases("bf16", 1e-2);
+    EXPECT_OK(device_set_precision(gpu, PRECISION_FP16, gpu_alloc, whole_batches));
+    check_gemm_batched_cases("fp16", 1e-2);
+    /* Cast buffers holding two 64 x 64 entries: the batch runs in chunks. */
+    EXPECT_OK(device_set_precision(gpu, PRECISION_BF16, gpu_alloc, 2 * 64 * 64 + 100));
+    check_gemm_batched_cases("bf16 in chunks", 1e-2);
+    EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, 256 * 96));
+    EXPECT_OK(device_synchronize(gpu));
+}
+
+static void check_add(void) {
+    const size_t count = 10007;
+    float *a = random_array(count, -3.0f, 3.0f), *b = random_array(count, -3.0f, 3.0f);
+    float *expected = random_array(count, 0, 0);
+    float *device_a = gpu_copy_of(a, count * sizeof(float));
+    float *device_b = gpu_copy_of(b, count * sizeof(float));
+    float *device_out = gpu_copy_of(expected, count * sizeof(float));
+    device_add(cpu, count, a, b, expected);
+    device_add(gpu, count, device_a, device_b, device_out);
+    EXPECT_GPU_IDENTICAL("add, bit for bit", device_out, expected, count * sizeof(float));
+    device_add(cpu, count, a, b, a); /* in place, as a residual connection adds */
+    device_add(gpu, count, device_a, device_b, device_a);
+    EXPECT_GPU_IDENTICAL("add in place, bit for bit", device_a, a, count * sizeof(float));
+    gpu_release(device_out);
+    gpu_release(device_b);
+    gpu_release(device_a);
+    free(expected);
+    free(b);
+    free(a);
+}
+
+static void check_permute_case(int rank, const int *dims, const int *perm) {
+    size_t count = 1;
+    for (int i = 0; i < rank; i++)
+        count *= (size_t)dims[i];
+    float *in = random_array(count, -1.0f, 1.0f);
+    float *expected = random_array(count, 0, 0);
+    float *device_in = gpu_copy_of(in, count * sizeof(float));
+    float *device_out = gpu_copy_of(expected, count * sizeof(float));
+    device_permute(cpu, rank, dims, perm, in, expected);
+    device_permute(gpu, rank, dims, perm, device_in, device_out);
+    char name[128];
+    int used = snprintf(name, sizeof name, "permute rank %d dims", rank);
+    for (int i = 0; i < rank; i++)
+        used += snprintf(name + used, sizeof name - (size_t)used, "%s%d", i ? "x" : " ", dims[i]);
+    used += snprintf(name + used, sizeof name - (size_t)used, " perm");
+    for (int i = 0; i < rank; i++)
+        used += snprintf(name + used, sizeof name - (size_t)used, " %d", perm[i]);
+    EXPECT_GPU_IDENTICAL(name, device_out, expected, count * sizeof(float));
+    gpu_release(device_out);
+    gpu_release(device_in);
+    free(expected);
+    free(in);
+}
+
+static void check_permute(void) {
+    check_permute_case(1, (int[]){37}, (int[]){0});
+    check_permute_case(2, (int[]){33, 65}, (int[]){1, 0});
+    check_permute_case(4, (int[]){2, 3, 4, 5}, (int[]){0, 2, 1, 3});
+    /* Attention: [B][T][3][heads][d] -> [3][B][heads][T][d], and back from [B][heads][T][d]. */
+    check_permute_case(5, (int[]){3, 7, 3, 2, 5}, (int[]){2, 0, 3, 1, 4});
+    check_permute_case(4, (int[]){3, 2, 7, 5}, (int[]){0, 2, 1, 3});
+    check_permute_case(6, (int[]){2, 3, 1, 4, 5, 2}, (int[]){5, 3, 0, 2, 4, 1});
+    check_permute_case(3, (int[]){1, 9, 1}, (int[]){2, 0, 1});       /* sizes of 1 */
+    check_permute_case(3, (int[]){4, 6, 8}, (int[]){0, 1, 2});       /* the identity */
+    check_permute_case(4, (int[]){4, 6, 8, 3}, (int[]){2, 3, 0, 1}); /* merged axes */
+}
+
+/* im2col bit for bit; col2im (a gather on the GPU) adds in the CPU's order, so bit for bit too;
+ * and a second col2im gives the same bits. */
+static void check_im2col_case(int samples, int channels, int height, int width, int kernel_h,
+                              int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w) {
+    conv_geometry g;
+    EXPECT_OK(conv_geometry_make(channels, height, width, kernel_h, kernel_w, stride_h, stride_w,
+                                 pad_h, pad_w, "test", &g));
+    size_t x_count = (size_t)samples * channels * height * width;
+    size_t cols_count =
+        (size_t)channels * kernel_h * kernel_w * (size_t)samples * g.out_height * g.out_width;
+    float *x = random_array(x_count, -2.0f, 2.0f);
+    float *cols = random_array(cols_count, -2.0f, 2.0f);
+    float *expected_cols = random_array(cols_count, 0, 0),
+          *expected_dx = random_array(x_count, 0, 0);
+    float *device_x = gpu_copy_of(x, x_count * sizeof(float));
+    float *device_cols = gpu_copy_of(cols, cols_count * sizeof(float));
+    float *device_cols_out = gpu_copy_of(cols, cols_count * sizeof(float)); /* to overwrite */
+    float *device_dx = gpu_copy_of(x, x_count * sizeof(float));
+    char shape[96];
+    snprintf(shape, sizeof shape, "%dx%dx%dx%d k%dx%d s%dx%d p%dx%d", samples, channels, height,
+             width, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w);
+
+    device_im2col(cpu, &g, samples, x, expected_cols);
+    device_im2col(gpu, &g, samples, device_x, device_cols_out);
+    EXPECT_GPU_IDENTICAL(label("im2col %s", shape), device_cols_out, expected_cols,
+                         cols_count * sizeof(float));
+    device_col2im(cpu, &g, samples, cols, expected_dx);
+    device_col2im(gpu, &g, samples, device_cols, device_dx);
+    EXPECT_GPU_IDENTICAL(label("col2im %s, bit for bit", shape), device_dx, expected_dx,
+                         x_count * sizeof(float));
+    float *first = gpu_snapshot(device_dx, x_count);
+    device_col2im(gpu, &g, samples, device_cols, device_dx);
+    EXPECT_GPU_IDENTICAL(label("col2im %s: repeat", shape), device_dx, first,
+                         x_count * sizeof(float));
+    free(first);
+    gpu_release(device_dx);
+    gpu_release(device_cols_out);
+    gpu_release(device_cols);
+    gpu_release(device_x);
+    free(expected_dx);
+    free(expected_cols);
+    free(cols);
+    free(x);
+}
+
+static void check_im2col(void) {
+    check_im2col_case(3, 3, 11, 9, 3, 3, 1, 1, 1, 1);
+    check_im2col_case(2, 2, 8, 10, 3, 2, 2, 3, 1, 0);
+    check_im2col_case(3, 4, 7, 7, 1, 1, 1, 1, 0, 0);
+    check_im2col_case(2, 1, 28, 28, 5, 5, 2, 2, 2, 2);
+    check_im2col_case(1, 2, 5, 6, 4, 3, 1, 2, 3, 2); /* padding as wide as the window */
+}
+
+/* Pooling on inputs with many ties (values from a small set), so that max pooling's rule (the
+ * first position holding the maximum) decides often. Forward and backward bit for bit: the
+ * GPU's gather adds the windows' gradients in the CPU's order. */
+static void check_pool_case(pool_kind kind, int samples, int channels, int height, int width,
+                            int kernel, int stride, int pad) {
+    conv_geometry g;
+    EXPECT_OK(conv_geometry_make(channels, height, width, kernel, kernel, stride, stride, pad, pad,
+                                 "test", &g));
+    size_t x_count = (size_t)samples * channels * height * width;
+    size_t y_count = (size_t)samples * channels * g.out_height * g.out_width;
+    float *x = random_array(x_count, 0.0f, 1.0f);
+    for (size_t i = 0; i < x_count; i++)
+        x[i] = floorf(x[i] * 4.0f) - 1.5f;
+    if (x_count > 20) x[17] = NAN; /* NaN wins a max window */
+    float *dy = random_array(y_count, -1.0f, 1.0f);
+    float *expected_y = random_array(y_count, 0, 0), *expected_dx = random_array(x_count, 0, 0);
+    float *device_x = gpu_copy_of(x, x_count * sizeof(float));
+    float *device_dy = gpu_copy_of(dy, y_count * sizeof(float));
+    float *device_y = gpu_copy_of(dy, y_count * sizeof(float)); /* garbage to overwrite */
+    float *device_dx = gpu_copy_of(x, x_count * sizeof(float)); /* garbage to overwrite */
+    char shape[96];
+    snprintf(shape, sizeof shape, "%s %dx%dx%dx%d k%d s%d p%d", kind == POOL_MAX ? "max" : "avg",
+             samples, channels, height, width, kernel, stride, pad);
+
+    device_pool2d_forward(cpu, kind, &g, samples, x, expected_y);
+    device_pool2d_forward(gpu, kind, &g, samples, device_x, device_y);
+    EXPECT_GPU_IDENTICAL(label("pool2d_forward %s", shape), device_y, expected_y,
+                         y_count * sizeof(float));
+    device_pool2d_backward(cpu, kind, &g, samples, x, expected_y, dy, expected_dx);
+    device_pool2d_backward(gpu, kind, &g, samples, device_x, device_y, device_dy, device_dx);
+    EXPECT_GPU_IDENTICAL(label("pool2d_backward %s, bit for bit", shape), device_dx, expected_dx,
+                         x_count * sizeof(float));
+    float *first = gpu_snapshot(device_dx, x_count);
+    device_pool2d_backward(gpu, kind, &g, samples, device_x, device_y, device_dy, device_dx);
+    EXPECT_GPU_IDENTICAL(label("pool2d_backward %s: repeat", shape), device_dx, first,
+                         x_count * sizeof(float));
+    free(first);
+    gpu_release(device_dx);
+    gpu_release(device_y);
+    gpu_release(device_dy);
+    gpu_release(device_x);
+    free(expected_dx);
+    free(expected_y);
+    free(dy);
+    free(x);
+}
+
+static void check_pooling(void) {
+    for (int kind = 0; kind < 2; kind++) {
+        pool_kind k = kind ? POOL_AVERAGE : POOL_MAX;
+        check_pool_case(k, 3, 4, 8, 8, 2, 2, 0); /* cnn-small's maxpool(2) */
+        check_pool_case(k, 2, 3, 9, 7, 3, 2, 1); /* overlapping windows, padding */
+        check_pool_case(k, 2, 2, 5, 6, 3, 1, 1); /* stride 1: up to 9 windows an input */
+        check_pool_case(k, 2, 3, 7, 7, 7, 1, 0); /* one window: global pooling */
+    }
+}
+
+/* Batch normalisation, training and evaluation, forward and backward, within 1e-5 (relative
+ * to max(1, |value|); parameter gradients to the sum of the magnitudes added); the inputs sit
+ * off zero (mean 3) so the two-pass statistics matter. Then each GPU result again, bit for bit. */
+static void check_batchnorm_case(int samples, int channels, int spatial) {
+    size_t count = (size_t)samples * channels * spatial, c_count = (size_t)channels;
+    float *x = random_array(count, 1.0f, 5.0f), *dy = random_array(count, -1.0f, 1.0f);
+    float *gamma = random_array(c_count, 0.5f, 1.5f), *beta = random_array(c_count, -0.5f, 0.5f);
+    float *running_mean = random_array(c_count, -0.5f, 0.5f);
+    float *running_var = random_array(c_count, 0.5f, 2.0f);
+    float *dgamma = random_array(c_count, -1.0f, 1.0f), *dbeta = random_array(c_count, -1.0f, 1.0f);
+    float *device_x = gpu_copy_of(x, count * sizeof(float));
+    float *device_dy = gpu_copy_of(dy, count * sizeof(float));
+    float *device_gamma = gpu_copy_of(gamma, c_count * sizeof(float));
+    float *device_beta = gpu_copy_of(beta, c_count * sizeof(float));
+    float *device_running_mean = gpu_buffer(c_count * sizeof(float));
+    float *device_running_var = gpu_buffer(c_count * sizeof(float));
+    float *device_mean = gpu_buffer(c_count * sizeof(float));
+    float *device_invstd = gpu_buffer(c_count * sizeof(float));
+    float *device_y = gpu_copy_of(x, count * sizeof(float)); /* garbage to overwrite */
+    float *device_dx = gpu_copy_of(x, count * sizeof(float));
+    float *device_dgamma = gpu_buffer(c_count * sizeof(float));
+    float *device_dbeta = gpu_buffer(c_count * sizeof(float));
+    float *expected_y = random_array(count, 0, 0), *expected_dx = random_array(count, 0, 0);
+    float *mean = random_array(c_count, 0, 0), *invstd = random_array(c_count, 0, 0);
+    float *expected_running_mean = random_array(c_count, 0, 0);
+    float *expected_running_var = random_array(c_count, 0, 0);
+    char shape[64];
+    snprintf(shape, sizeof shape, "%dx%dx%d", samples, channels, spatial);
+
+    for (int training = 1; training >= 0; training--) {
+        const char *mode = training ? "training" : "evaluation";
+        memcpy(expected_running_mean, running_mean, c_count * sizeof(float));
+        memcpy(expected_running_var, running_var, c_count * sizeof(float));
+        device_batchnorm_forward(cpu, samples, channels, spatial, x, gamma, beta, 1e-5f, training,
+                                 0.1f, expected_running_mean, expected_running_var, mean, invstd,
+                                 expected_y);
+        float *first[5] = {NULL};
+        for (int run = 0; run < 2; run++) {
+            EXPECT_OK(device_copy_host_to_device(gpu, device_running_mean, running_mean,
+                                                 c_count * sizeof(float)));
+            EXPECT_OK(device_copy_host_to_device(gpu, device_running_var, running_var,
+                                                 c_count * sizeof(float)));
+            device_batchnorm_forward(gpu, samples, channels, spatial, device_x, device_gamma,
+                                     device_beta, 1e-5f, training, 0.1f, device_running_mean,
+                                     device_running_var, device_mean, device_invstd, device_y);
+            float *outputs[5] = {device_y, device_mean, device_invstd, device_running_mean,
+                                 device_running_var};
+            const float *expected[5] = {expected_y, mean, invstd, expected_running_mean,
+                                        expected_running_var};
+            const char *names[5] = {"y", "mean", "invstd", "running_mean", "running_var"};
+            size_t counts[5] = {count, c_count, c_count, c_count, c_count};
+            for (int i = 0; i < 5; i++) {
+                if (run == 0) {
+                    EXPECT_GPU_CLOSE(label("batchnorm_forward %s %s: %s", mode, shape, names[i]),
+                                     outputs[i], expected[i], counts[i], 1e-5, NULL);
+                    first[i] = gpu_snapshot(outputs[i], counts[i]);
+                } else {
+                    EXPECT_GPU_IDENTICAL(
+                        label("batchnorm_forward %s %s: %s repeat", mode, shape, names[i]),
+                        outputs[i], first[i], counts[i] * sizeof(float));
+                    free(first[i]);
+                }
+            }
+        }
+    }
+
+    /* Backward from training statistics (the CPU's, given to both). */
+    memcpy(expected_running_mean, running_mean, c_count * sizeof(float));
+    memcpy(expected_running_var, running_var, c_count * sizeof(float));
+    device_batchnorm_forward(cpu, samples, channels, spatial, x, gamma, beta, 1e-5f, true, 0.1f,
+                             expected_running_mean, expected_running_var, mean, invstd, expected_y);
+    EXPECT_OK(device_copy_host_to_device(gpu, device_mean, mean, c_count * sizeof(float)));
+    EXPECT_OK(device_copy_host_to_device(gpu, device_invstd, invstd, c_count * sizeof(float)));
+    float *expected_dgamma = copy_array(dgamma, c_count),
+          *expected_dbeta = copy_array(dbeta, c_count);
+    device_batchnorm_backward(cpu, samples, channels, spatial, x, dy, gamma, mean, invstd,
+                              expected_dx, expected_dgamma, expected_dbeta);
+    double *gamma_scales = calloc(c_count, sizeof *gamma_scales);
+    double *beta_scales = calloc(c_count, sizeof *beta_scales);
+    for (int c = 0; c < channels; c++) {
+        gamma_scales[c] = fabs(dgamma[c]) + 1e-30;
+        beta_scales[c] = fabs(dbeta[c]) + 1e-30;
+        for (int s = 0; s < samples; s++)
+            for (int i = 0; i < spatial; i++) {
+                size_t at = ((size_t)s * channels + c) * spatial + i;
+                gamma_scales[c] += fabs(dy[at] * (x[at] - mean[c]) * invstd[c]);
+                beta_scales[c] += fabs(dy[at]);
+            }
+    }
+    float *first_dx = NULL, *first_dgamma = NULL, *first_dbeta = NULL;
+    for (int run = 0; run < 2; run++) {
+        EXPECT_OK(device_copy_host_to_device(gpu, device_dgamma, dgamma, c_count * sizeof(float)));
+        EXPECT_OK(device_copy_host_to_device(gpu, device_dbeta, dbeta, c_count * sizeof(float)));
+        device_batchnorm_backward(gpu, samples, channels, spatial, device_x, device_dy,
+                                  device_gamma, device_mean, device_invstd, device_dx,
+                                  device_dgamma, device_dbeta);
+        if (run == 0) {
+            EXPECT_GPU_CLOSE(label("batchnorm_backward %s: dx", shape), device_dx, expected_dx,
+                             count, 1e-5, NULL);
+            EXPECT_GPU_CLOSE(label("batchnorm_backward %s: dgamma", shape), device_dgamma,
+                             expected_dgamma, c_count, 1e-5, gamma_scales);
+            EXPECT_GPU_CLOSE(label("batchnorm_backward %s: dbeta", shape), device_dbeta,
+                             expected_dbeta, c_count, 1e-5, beta_scales);
+            first_dx = gpu_snapshot(device_dx, count);
+            first_dgamma = gpu_snapshot(device_dgamma, c_count);
+            first_dbeta = gpu_snapshot(device_dbeta, c_count);
+        } else {
+            EXPECT_GPU_IDENTICAL(label("batchnorm_backward %s: dx repeat", shape), device_dx,
+                                 first_dx, count * sizeof(float));
+            EXPECT_GPU_IDENTICAL(label("batchnorm_backward %s: dgamma repeat", shape),
+                                 device_dgamma, first_dgamma, c_count * sizeof(float));
+            EXPECT_GPU_IDENTICAL(label("batchnorm_backward %s: dbeta repeat", shape), device_dbeta,
+                                 first_dbeta, c_count * sizeof(float));
+        }
+    }
+    free(first_dbeta);
+    free(first_dgamma);
+    free(first_dx);
+    free(beta_scales);
+    free(gamma_scales);
+    free(expected_dbeta);
+    free(expected_dgamma);
+    gpu_release(device_dbeta);
+    gpu_release(device_dgamma);
+    gpu_release(device_dx);
+    gpu_release(device_y);
+    gpu_release(device_invstd);
+    gpu_release(device_mean);
+    gpu_release(device_running_var);
+    gpu_release(device_running_mean);
+    gpu_release(device_beta);
+    gpu_release(device_gamma);
+    gpu_release(device_dy);
+    gpu_release(device_x);
+    free(expected_running_var);
+    free(expected_running_mean);
+    free(invstd);
+    free(mean);
+    free(expected_dx);
+    free(expected_y);
+    free(dbeta);
+    free(dgamma);
+    free(running_var);
+    free(running_mean);
+    free(beta);
+    free(gamma);
+    free(dy);
+    free(x);
+}
+
+static void check_batchnorm(void) {
+    check_batchnorm_case(6, 5, 37);
+    check_batchnorm_case(64, 3, 1);   /* after a dense layer (BatchNorm1d) */
+    check_batchnorm_case(16, 4, 784); /* more values than a block has threads */
+}
+
+/* Layer normalisation: forward and backward within 1e-5 (dgamma, dbeta relative to the sum of
+ * the magnitudes added), then each GPU result again, bit for bit. */
+static void check_layernorm_case(int rows, int cols) {
+    size_t count = (size_t)rows * cols, c_count = (size_t)cols;
+    float *x = random_array(count, 1.0f, 5.0f), *dy = random_array(count, -1.0f, 1.0f);
+    float *gamma = random_array(c_count, 0.5f, 1.5f), *beta = random_array(c_count, -0.5f, 0.5f);
+    float *dgamma = random_array(c_count, -1.0f, 1.0f), *dbeta = random_array(c_count, -1.0f, 1.0f);
+    float *expected_y = random_array(count, 0, 0), *expected_dx = random_array(count, 0, 0);
+    float *mean = random_array((size_t)rows, 0, 0), *rstd = random_array((size_t)rows, 0, 0);
+    float *expected_dgamma = copy_array(dgamma, c_count),
+          *expected_dbeta = copy_array(dbeta, c_count);
+    float *device_x = gpu_copy_of(x, count * sizeof(float));
+    float *device_dy = gpu_copy_of(dy, count * sizeof(float));
+    float *device_gamma = gpu_copy_of(gamma, c_count * sizeof(float));
+    float *device_beta = gpu_copy_of(beta, c_count * sizeof(float));
+    float *device_y = gpu_copy_of(x, count * sizeof(float)); /* garbage to overwrite */
+    float *device_dx = gpu_copy_of(x, count * sizeof(float));
+    float *device_mean = gpu_buffer((size_t)rows * sizeof(float));
+    float *device_rstd = gpu_buffer((size_t)rows * sizeof(float));
+    float *device_dgamma = gpu_buffer(c_count * sizeof(float));
+    float *device_dbeta = gpu_buffer(c_count * sizeof(float));
+    char shape[48];
+    snprintf(shape, sizeof shape, "%dx%d", rows, cols);
+
+    device_layernorm_forward(cpu, rows, cols, x, gamma, beta, 1e-5f, expected_y, mean, rstd);
+    device_layernorm_forward(gpu, rows, cols, device_x, device_gamma, device_beta, 1e-5f, device_y,
+                             device_mean, device_rstd);
+    EXPECT_GPU_CLOSE(label("layernorm_forward %s: y", shape), device_y, expected_y, count, 1e-5,
+                     NULL);
+    EXPECT_GPU_CLOSE(label("layernorm_forward %s: mean", shape), device_mean, mean, (size_t)rows,
+                     1e-5, NULL);
+    EXPECT_GPU_CLOSE(label("layernorm_forward %s: rstd", shape), device_rstd, rstd, (size_t)rows,
+                     1e-5, NULL);
+    float *first_y = gpu_snapshot(device_y, count), *first_rstd = gpu_snapshot(device_rstd, rows);
+    device_layernorm_forward(gpu, rows, cols, device_x, device_gamma, device_beta, 1e-5f, device_y,
+                             device_mean, device_rstd);
+    EXPECT_GPU_IDENTICAL(label("layernorm_forward %s: y repeat", shape), device_y, first_y,
+                         count * sizeof(float));
+    EXPECT_GPU_IDENTICAL(label("layernorm_forward %s: rstd repeat", shape), device_rstd, first_rstd,
+                         (size_t)rows * sizeof(float));
+
+    /* Backward from the CPU's statistics, given to both. */
+    EXPECT_OK(device_copy_host_to_device(gpu, device_mean, mean, (size_t)rows * sizeof(float)));
+    EXPECT_OK(device_copy_host_to_device(gpu, device_rstd, rstd, (size_t)rows * sizeof(float)));
+    device_layernorm_backward(cpu, rows, cols, x, dy, gamma, mean, rstd, expected_dx,
+                              expected_dgamma, expected_dbeta);
+    double *gamma_scales = calloc(c_count, sizeof *gamma_scales);
+    double *beta_scales = calloc(c_count, sizeof *beta_scales);
+    for (int c = 0; c < cols; c++) {
+        gamma_scales[c] = fabs(dgamma[c]) + 1e-30;
+        beta_scales[c] = fabs(dbeta[c]) + 1e-30;
+        for (int r = 0; r < rows; r++) {
+            size_t at = (size_t)r * cols + c;
+            gamma_scales[c] += fabs(dy[at] * (x[at] - mean[r]) * rstd[r]);
+            beta_scales[c] += fabs(dy[at]);
+        }
+    }
+    float *first_dx = NULL, *first_dgamma = NULL, *first_dbeta = NULL;
+    for (int run = 0; run < 2; run++) {
+        EXPECT_OK(device_copy_host_to_device(gpu, device_dgamma, dgamma, c_count * sizeof(float)));
+        EXPECT_OK(device_copy_host_to_device(gpu, device_dbeta, dbeta, c_count * sizeof(float)));
+        device_layernorm_backward(gpu, rows, cols, device_x, device_dy, device_gamma, device_mean,
+                                  device_rstd, device_dx, device_dgamma, device_dbeta);
+        if (run == 0) {
+            EXPECT_GPU_CLOSE(label("layernorm_backward %s: dx", shape), device_dx, expected_dx,
+                             count, 1e-5, NULL);
+            EXPECT_GPU_CLOSE(label("layernorm_backward %s: dgamma", shape), device_dgamma,
+                             expected_dgamma, c_count, 1e-5, gamma_scales);
+            EXPECT_GPU_CLOSE(label("layernorm_backward %s: dbeta", shape), device_dbeta,
+                             expected_dbeta, c_count, 1e-5, beta_scales);
+            first_dx = gpu_snapshot(device_dx, count);
+            first_dgamma = gpu_snapshot(device_dgamma, c_count);
+            first_dbeta = gpu_snapshot(device_dbeta, c_count);
+        } else {
+            EXPECT_GPU_IDENTICAL(label("layernorm_backward %s: dx repeat", shape), device_dx,
+                                 first_dx, count * sizeof(float));
+            EXPECT_GPU_IDENTICAL(label("layernorm_backward %s: dgamma repeat", shape),
+                                 device_dgamma, first_dgamma, c_count * sizeof(float));
+            EXPECT_GPU_IDENTICAL(label("layernorm_backward %s: dbeta repeat", shape), device_dbeta,
+                                 first_dbeta, c_count * sizeof(float));
+        }
+    }
+    free(first_dbeta);
+    free(first_dgamma);
+    free(first_dx);
+    free(first_rstd);
+    free(first_y);
+    free(beta_scales);
+    free(gamma_scales);
+    gpu_release(device_dbeta);
+    gpu_release(device_dgamma);
+    gpu_release(device_rstd);
+    gpu_release(device_mean);
+    gpu_release(device_dx);
+    gpu_release(device_y);
+    gpu_release(device_beta);
+    gpu_release(device_gamma);
+    gpu_release(device_dy);
+    gpu_release(device_x);
+    free(expected_dbeta);
+    free(expected_dgamma);
+    free(rstd);
+    free(mean);
+    free(expected_dx);
+    free(expected_y);
+    free(dbeta);
+    free(dgamma);
+    free(beta);
+    free(gamma);
+    free(dy);
+    free(x);
+}
+
+static void check_layernorm(void) {
+    check_layernorm_case(67, 100);
+    check_layernorm_case(5, 7);
+    check_layernorm_case(300, 768);  /* gpt2-124m's width */
+    check_layernorm_case(2100, 128); /* more rows than the gradient's row chunks, unevenly */
+}
+
+/* Embeddings: the forward gather, and the backward adding rows into the table in increasing r
+ * for every table row, bit for bit as the CPU (and again); ids repeat a lot, as tokens and
+ * positions do. */
+static void check_embedding_case(int rows, int cols, int table_rows, bool positions) {
+    size_t count = (size_t)rows * cols, table_count = (size_t)table_rows * cols;
+    int32_t *ids = malloc((size_t)rows * sizeof *ids);
+    for (int r = 0; r < rows; r++)
+        ids[r] = positions ? r % table_rows
+                           : (int32_t)(rng_hash4(3, 1, 4, (uint64_t)r) % (uint64_t)table_rows);
+    float *table = random_array(table_count, -1.0f, 1.0f), *dy = random_array(count, -1.0f, 1.0f);
+    float *dtable = random_array(table_count, -1.0f, 1.0f);
+    float *expected_y = random_array(count, 0, 0),
+          *expected_dtable = copy_array(dtable, table_count);
+    int32_t *device_ids = gpu_copy_of(ids, (size_t)rows * sizeof *ids);
+    float *device_table = gpu_copy_of(table, table_count * sizeof(float));
+    float *device_dy = gpu_copy_of(dy, count * sizeof(float));
+    float *device_y = gpu_copy_of(dy, count * sizeof(float)); /* garbage to overwrite */
+    float *device_dtable = gpu_buffer(table_count * sizeof(float));
+    char shape[64];
+    snprintf(shape, sizeof shape, "%d rows x %d of a %d-row table%s", rows, cols, table_rows,
+             positions ? " (positions)" : "");
+
+    device_embedding_forward(cpu, rows, cols, ids, table, expected_y);
+    device_embedding_forward(gpu, rows, cols, device_ids, device_table, device_y);
+    EXPECT_GPU_IDENTICAL(label("embedding_forward %s", shape), device_y, expected_y,
+                         count * sizeof(float));
+    device_embedding_backward(cpu, rows, cols, ids, dy, expected_dtable);
+    for (int run = 0; run < 2; run++) {
+        EXPECT_OK(
+            device_copy_host_to_device(gpu, device_dtable, dtable, table_count * sizeof(float)));
+        device_embedding_backward(gpu, rows, cols, device_ids, device_dy, device_dtable);
+        EXPECT_GPU_IDENTICAL(
+            label("embedding_backward %s, bit for bit%s", shape, run ? " (again)" : ""),
+            device_dtable, expected_dtable, table_count * sizeof(float));
+    }
+    gpu_release(device_dtable);
+    gpu_release(device_y);
+    gpu_release(device_dy);
+    gpu_release(device_table);
+    gpu_release(device_ids);
+    free(expected_dtable);
+    free(expected_y);
+    free(dtable);
+    free(dy);
+    free(table);
+    free(ids);
+}
+
+static void check_embedding(void) {
+    check_embedding_case(300, 70, 13, false);
+    check_embedding_case(4096, 128, 256, false); /* gpt-tiny's tokens: 64 windows of 64 */
+    check_embedding_case(4096, 128, 64, true);   /* and its positions */
+    check_embedding_case(50, 1000, 3, false);    /* wide rows, few table rows */
+}
+
+/* Causal softmax: forward within 1e-5 (above the diagonal exactly 0: the GPU's output starts
+ * as garbage), backward from the CPU's probabilities within 1e-5; each again, bit for bit. */
+static void check_causal_softmax_case(int groups, int t, float scale) {
+    size_t count = (size_t)groups * t * t;
+    float *x = random_array(count, -8.0f, 8.0f), *dy = random_array(count, -1.0f, 1.0f);
+    for (size_t i = 0; i < count; i += 97) /* large scores: the max must be subtracted */
+        x[i] = 300.0f;
+    float *expected_y = random_array(count, 0, 0), *expected_dx = random_array(count, 0, 0);
+    float *device_x = gpu_copy_of(x, count * sizeof(float));
+    float *device_dy = gpu_copy_of(dy, count * sizeof(float));
+    float *device_y = gpu_copy_of(x, count * sizeof(float)); /* garbage to overwrite */
+    float *device_dx = gpu_copy_of(x, count * sizeof(float));
+    char shape[64];
+    snprintf(shape, sizeof shape, "%d groups of %dx%d, scale %g", groups, t, t, scale);
+
+    device_causal_softmax_forward(cpu, groups, t, scale, x, expected_y);
+    device_causal_softmax_forward(gpu, groups, t, scale, device_x, device_y);
+    EXPECT_GPU_CLOSE(label("causal_softmax_forward %s", shape), device_y, expected_y, count, 1e-5,
+                     NULL);
+    float *first = gpu_snapshot(device_y, count);
+    device_causal_softmax_forward(gpu, groups, t, scale, device_x, device_y);
+    EXPECT_GPU_IDENTICAL(label("causal_softmax_forward %s: repeat", shape), device_y, first,
+                         count * sizeof(float));
+    free(first);
+
+    EXPECT_OK(device_copy_host_to_device(gpu, device_y, expected_y, count * sizeof(float)));
+    device_causal_softmax_backward(cpu, groups, t, scale, expected_y, dy, expected_dx);
+    device_causal_softmax_backward(gpu, groups, t, scale, device_y, device_dy, device_dx);
+    EXPECT_GPU_CLOSE(label("causal_softmax_backward %s", shape), device_dx, expected_dx, count,
+                     1e-5, NULL);
+    first = gpu_snapshot(device_dx, count);
+    device_causal_softmax_backward(gpu, groups, t, scale, device_y, device_dy, device_dx);
+    EXPECT_GPU_IDENTICAL(label("causal_softmax_backward %s: repeat", shape), device_dx, first,
+                         count * sizeof(float));
+    free(first);
+    gpu_release(device_dx);
+    gpu_release(device_y);
+    gpu_release(device_dy);
+    gpu_release(device_x);
+    free(expected_dx);
+    free(expected_y);
+    free(dy);
+    free(x);
+}
+
+static void check_causal_softmax(void) {
+    check_causal_softmax_case(6, 37, 0.25f);
+    check_causal_softmax_case(8, 64, 0.17677669f); /* gpt-tiny: 4 heads of 32 */
+    check_causal_softmax_case(2, 130, 0.125f);     /* rows longer than four warps' width */
+}
+
+static void check_layer_operations(void) {
+    check_gemm_strided_batched();
+    check_add();
+    check_permute();
+    check_im2col();
+    check_pooling();
+    check_batchnorm();
+    check_layernorm();
+    check_embedding();
+    check_causal_softmax();
+    EXPECT_OK(device_synchronize(gpu));
+}
+
 /* --- GPU: checks, uploads, memory -------------------------------------------------------- */
 
 static void check_finite_flags(void) {
@@ -914,6 +1630,7 @@ int main(void) {
     check_dropout();
     check_losses();
     check_optimizers();
+    check_layer_operations();
     check_finite_flags();
     check_sum_of_squares();
     check_uploads();

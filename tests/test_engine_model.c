@@ -18,28 +18,35 @@
 
 static device *dev;
 
-static void check_good_spec(const char *text, const char *canonical, int layers, int dense,
+static model_spec spec_buffer, again_buffer; /* specs are large: not on the stack */
+
+static void check_good_spec(const char *text, const char *canonical, int nodes, int tensors,
                             int input_width, int output_width) {
-    model_spec spec;
-    ddt_status status = model_spec_parse(text, &spec);
+    model_spec *spec = &spec_buffer;
+    ddt_status status = model_spec_parse(text, spec);
     CHECK_OK(status);
     if (status != DDT_OK) return;
-    if (strcmp(spec.text, canonical) != 0)
-        fprintf(stderr, "  '%s' -> '%s', expected '%s'\n", text, spec.text, canonical);
-    CHECK(strcmp(spec.text, canonical) == 0);
-    CHECK(spec.layer_count == layers);
-    CHECK(spec.dense_count == dense);
-    CHECK(spec.input_width == input_width);
-    CHECK(spec.output_width == output_width);
+    if (strcmp(spec->text, canonical) != 0)
+        fprintf(stderr, "  '%s' -> '%s', expected '%s'\n", text, spec->text, canonical);
+    CHECK(strcmp(spec->text, canonical) == 0);
+    if (spec->node_count != nodes || spec->tensor_count != tensors)
+        fprintf(stderr, "  '%s': %d nodes, %d tensors\n", text, spec->node_count,
+                spec->tensor_count);
+    CHECK(spec->node_count == nodes);
+    CHECK(spec->tensor_count == tensors);
+    CHECK(spec->input_width == input_width);
+    CHECK(spec->output_width == output_width);
     /* The canonical text parses to the same spec. */
-    model_spec again;
-    CHECK_OK(model_spec_parse(spec.text, &again));
-    CHECK(strcmp(again.text, spec.text) == 0 && again.layer_count == spec.layer_count);
+    model_spec *again = &again_buffer;
+    CHECK_OK(model_spec_parse(spec->text, again));
+    CHECK(strcmp(again->text, spec->text) == 0 && again->node_count == spec->node_count &&
+          again->parameter_count == spec->parameter_count);
 }
 
 static void check_bad_spec(const char *text, const char *message_part) {
-    model_spec spec;
-    ddt_status status = model_spec_parse(text, &spec);
+    model_spec *spec = &spec_buffer;
+    ddt_status status = model_spec_parse(text, spec);
+    if (status != DDT_ERR_USAGE) fprintf(stderr, "  '%s': status %d\n", text, (int)status);
     CHECK(status == DDT_ERR_USAGE);
     bool mentions = strstr(ddt_error_message(), message_part) != NULL;
     if (!mentions)
@@ -48,66 +55,149 @@ static void check_bad_spec(const char *text, const char *message_part) {
     CHECK(mentions);
 }
 
+/* The tensor `name` has shape dims (rank entries) and sits at `offset`. */
+static void check_tensor(const model_spec *spec, const char *name, int rank, const int *dims) {
+    int t = model_spec_find_tensor(spec, name);
+    if (t < 0) fprintf(stderr, "  no tensor %s in %s\n", name, spec->text);
+    CHECK(t >= 0);
+    if (t < 0) return;
+    CHECK(spec->tensors[t].rank == rank);
+    for (int d = 0; d < rank; d++)
+        CHECK(spec->tensors[t].dims[d] == dims[d]);
+}
+
 static void check_specs(void) {
-    check_good_spec("784-256-relu-128-relu-10", "784-256-relu-128-relu-10", 5, 3, 784, 10);
-    check_good_spec("4-3", "4-3", 1, 1, 4, 3);
+    /* MLP texts as ever */
+    check_good_spec("784-256-relu-128-relu-10", "784-256-relu-128-relu-10", 5, 6, 784, 10);
+    check_good_spec("4-3", "4-3", 1, 2, 4, 3);
     check_good_spec("10-20-gelu-dropout-5-tanh-1-sigmoid", "10-20-gelu-dropout-5-tanh-1-sigmoid", 7,
-                    3, 10, 1);
-    check_good_spec("8-dropout0.20-16-relu-dropout0.5-2", "8-dropout0.2-16-relu-dropout-2", 5, 2, 8,
+                    6, 10, 1);
+    check_good_spec("8-dropout0.20-16-relu-dropout0.5-2", "8-dropout0.2-16-relu-dropout-2", 5, 4, 8,
                     2);
-    check_good_spec("8-16-dropout0-4", "8-16-dropout0-4", 3, 2, 8, 4);
-    check_good_spec("8-16-dropout.25-04", "8-16-dropout0.25-4", 3, 2, 8, 4);
+    check_good_spec("8-16-dropout0-4", "8-16-dropout0-4", 3, 4, 8, 4);
+    check_good_spec("8-16-dropout.25-04", "8-16-dropout0.25-4", 3, 4, 8, 4);
+    /* images, written loosely, in a canonical form */
+    check_good_spec(" 1x28x28 - conv(32, k3, p1) - relu - maxpool(2) # a comment\n - flatten - 10",
+                    "1x28x28-conv(32,k3,p1)-relu-maxpool(2)-flatten-10", 5, 4, 784, 10);
+    check_good_spec("3x8x8-conv(4,k3,s2,p1,nobias)-bn-relu-avgpool(2,s1)-gap-5",
+                    "3x8x8-conv(4,k3,s2,p1,nobias)-bn-relu-avgpool(2,s1)-gap-5", 6, 8, 192, 5);
+    check_good_spec("3x8x8-conv(4,k3,p1)-2*(res(conv(4,k3,p1)-relu|conv(4,k1)))-gap-2",
+                    "3x8x8-conv(4,k3,p1)-2*(res(conv(4,k3,p1)-relu|conv(4,k1)))-gap-2", 1 + 2 * 5 + 2,
+                    2 + 2 * 4 + 2, 192, 2);
+    check_good_spec("tokens(16,50)-embed(8)-res(ln-attn(2))-ln-lmhead",
+                    "tokens(16,50)-embed(8)-res(ln-attn(2))-ln-lmhead", 7, 2 + 2 + 4 + 2, 16, 50);
+    check_good_spec("cnn-small", model_spec_preset_text("cnn-small"), 15, 12, 784, 10);
+    check_good_spec("gpt(vocab=256,context=64,width=128,heads=4,layers=4)",
+                    "gpt(layers=4,heads=4,width=128,context=64,vocab=256)", 1 + 4 * 10 + 2,
+                    2 + 4 * 12 + 2, 64, 256);
+    check_good_spec("gpt-tiny", "gpt(layers=4,heads=4,width=128,context=64,vocab=256)", 43, 52, 64,
+                    256);
 
-    model_spec spec;
-    CHECK_OK(model_spec_parse("6-dropout0.3-5-relu-2", &spec));
-    CHECK(spec.layers[0].kind == LAYER_DROPOUT && spec.layers[0].inputs == 6);
-    CHECK_NEAR(spec.layers[0].dropout_rate, 0.3, 1e-7);
-    CHECK(spec.layers[1].kind == LAYER_DENSE && spec.layers[1].inputs == 6 &&
-          spec.layers[1].outputs == 5);
-    CHECK(spec.layers[2].kind == LAYER_ACTIVATION && spec.layers[2].activation == ACTIVATION_RELU);
-    CHECK(spec.layers[2].inputs == 5 && spec.layers[2].outputs == 5);
+    model_spec *spec = &spec_buffer;
+    CHECK_OK(model_spec_parse("6-dropout0.3-5-relu-2", spec));
+    CHECK(spec->nodes[0].kind == NODE_DROPOUT && spec->nodes[0].in_shape.dims[0] == 6);
+    CHECK_NEAR(spec->nodes[0].rate, 0.3, 1e-7);
+    CHECK(spec->nodes[1].kind == NODE_DENSE && spec->nodes[1].in_shape.dims[0] == 6 &&
+          spec->nodes[1].out_shape.dims[0] == 5 && spec->nodes[1].input == 0);
+    CHECK(spec->nodes[2].kind == NODE_ACTIVATION && spec->nodes[2].activation == ACTIVATION_RELU);
+    CHECK(spec->positions == 1 && spec->input_kind == MODEL_INPUT_FEATURES);
 
-    check_bad_spec("784-256-relux-10",
-                   "--model: 'relux' is not a layer (expected a width or one of relu, gelu, tanh, "
-                   "sigmoid, dropout, dropoutP)");
+    /* PyTorch's state_dict names and shapes */
+    CHECK_OK(model_spec_parse("3x8x8-conv(4,k3,p1)-bn-relu-res(conv(4,k3,p1)-bn|conv(4,k1))-gap-5",
+                              spec));
+    check_tensor(spec, "0.weight", 4, (int[]){4, 3, 3, 3});
+    check_tensor(spec, "0.bias", 1, (int[]){4});
+    check_tensor(spec, "1.running_var", 1, (int[]){4});
+    check_tensor(spec, "1.num_batches_tracked", 0, NULL);
+    check_tensor(spec, "3.body.0.weight", 4, (int[]){4, 4, 3, 3});
+    check_tensor(spec, "3.body.1.weight", 1, (int[]){4});
+    check_tensor(spec, "3.shortcut.0.weight", 4, (int[]){4, 4, 1, 1});
+    check_tensor(spec, "5.weight", 2, (int[]){5, 4});
+    CHECK(spec->buffer_count == 2 * (4 + 4 + 1)); /* two bn: mean, var, counter */
+    CHECK(spec->nodes[spec->node_count - 1].kind == NODE_DENSE);
+    CHECK_OK(model_spec_parse("gpt(layers=2,heads=2,width=8,context=4,vocab=6)", spec));
+    check_tensor(spec, "transformer.wte.weight", 2, (int[]){6, 8});
+    check_tensor(spec, "transformer.wpe.weight", 2, (int[]){4, 8});
+    check_tensor(spec, "transformer.h.1.attn.c_attn.weight", 2, (int[]){24, 8});
+    check_tensor(spec, "transformer.h.1.attn.c_proj.bias", 1, (int[]){8});
+    check_tensor(spec, "transformer.h.0.mlp.c_fc.weight", 2, (int[]){32, 8});
+    check_tensor(spec, "transformer.h.0.mlp.c_proj.weight", 2, (int[]){8, 32});
+    check_tensor(spec, "transformer.ln_f.bias", 1, (int[]){8});
+    CHECK(model_spec_find_tensor(spec, "lm_head.weight") < 0); /* tied to wte */
+    CHECK(spec->positions == 4 && spec->output_width == 6 && spec->block_count == 2);
+    /* decay: matrices yes; biases, norms, embeddings no */
+    CHECK(spec->tensors[model_spec_find_tensor(spec, "transformer.h.0.attn.c_attn.weight")].decay);
+    CHECK(!spec->tensors[model_spec_find_tensor(spec, "transformer.h.0.attn.c_attn.bias")].decay);
+    CHECK(!spec->tensors[model_spec_find_tensor(spec, "transformer.wte.weight")].decay);
+    CHECK(!spec->tensors[model_spec_find_tensor(spec, "transformer.h.0.ln_1.weight")].decay);
+
+    check_bad_spec("784-256-relux-10", "--model: at 'relux': not a layer (expected a width or one "
+                                       "of relu, gelu, gelu_tanh, tanh, sigmoid");
     check_bad_spec("", "empty");
-    check_bad_spec("784--10", "empty layer");
-    check_bad_spec("784-10-", "empty layer");
-    check_bad_spec("relu-10", "must start with the input width, not 'relu'");
-    check_bad_spec("0-10", "'0' must be at least 1");
-    check_bad_spec("784-0", "'0' must be at least 1");
+    check_bad_spec("784--10", "a '-' at an end, or two in a row");
+    check_bad_spec("784-10-", "a '-' at an end, or two in a row");
+    check_bad_spec("relu-10", "the model must start with its input");
+    check_bad_spec("0-10", "the input width must be at least 1");
+    check_bad_spec("784-0", "a dense layer's width must be at least 1");
     check_bad_spec("784-99999999999999999999", "too large");
-    check_bad_spec("784", "no dense layer");
-    check_bad_spec("784-relu", "no dense layer");
+    check_bad_spec("784", "has no layer");
+    check_bad_spec("784-relu", "no layer with parameters");
     check_bad_spec("784-10-dropout", "ends with dropout");
-    check_bad_spec("784-100-dropout1-10", "'dropout1': the dropout rate must be in [0, 1)");
+    check_bad_spec("784-100-dropout1-10", "at 'dropout1': the dropout rate must be in [0, 1)");
     check_bad_spec("784-100-dropout1.5-10", "must be in [0, 1)");
-    check_bad_spec("784-100-dropoutx-10", "'dropoutx' is not a layer");
-    check_bad_spec("784-100-dropoutnan-10", "'dropoutnan' is not a layer");
-    check_bad_spec("784-10.5", "'10.5' is not a layer");
-    char many[MODEL_SPEC_MAX_TEXT] = "4";
-    for (int i = 0; i < MODEL_MAX_LAYERS + 1; i++)
-        strcat(many, "-4");
-    check_bad_spec(many, "too many layers (at most 64)");
+    check_bad_spec("784-100-dropoutx-10", "at 'dropoutx': not a layer");
+    check_bad_spec("784-10.5", "expected '-' between layers");
+    check_bad_spec("1x28x28-10", "at '10': a dense layer needs flat features or a sequence, not "
+                                 "1x28x28 images: put flatten or gap before it");
+    check_bad_spec("1x28x28-conv(8,k3)", "ends with 8x26x26 images");
+    check_bad_spec("1x28x28-conv(8)-flatten-10", "conv needs its kernel size");
+    check_bad_spec("1x28x28-conv(8,k3,q2)-flatten-10", "conv takes OUT,kK[,sS][,pP][,nobias]");
+    check_bad_spec("1x4x4-conv(8,k5)-flatten-10", "window does not fit");
+    check_bad_spec("1x28x28-conv(8,k3-flatten-10", "expected ')' to close conv(");
+    check_bad_spec("784-conv(8,k3)-10", "conv needs images (C x H x W), but its input is 784");
+    check_bad_spec("1x8x8-res(conv(4,k3,p1))-flatten-2", "the block's body ends with 4x8x8 but its "
+                                                          "shortcut gives 1x8x8");
+    check_bad_spec("1x8x8-maxpool(2,p2)-flatten-2", "the padding 2 is more than half the window 2");
+    check_bad_spec("10-ln-4)", "an unmatched ')'");
+    check_bad_spec("16x16-4", "an input shape is a width (784) or C x H x W");
+    check_bad_spec("tokens(8,10)-4", "token ids need embed(D) before any other layer");
+    check_bad_spec("tokens(8,10)-embed(6)-attn(4)-lmhead", "the width 6 does not split into 4 heads");
+    check_bad_spec("tokens(8,10)-embed(6)-6", "a token model must end with lmhead");
+    check_bad_spec("10-lmhead", "lmhead reuses embed's token table");
+    check_bad_spec("gpt(layers=2,heads=2,width=8,context=4)", "gpt(...) needs vocab=N");
+    check_bad_spec("gpt(layers=2,depth=2)", "gpt(...) has no setting 'depth'");
+    check_bad_spec("10-gpt(layers=1)", "gpt(...) is a whole model: write it alone");
+    CHECK(model_spec_parse("@/nonexistent/model.txt", &spec_buffer) == DDT_ERR_IO);
+    CHECK(strstr(ddt_error_message(), "--model @/nonexistent/model.txt: cannot open it") != NULL);
+    char many[MODEL_SPEC_MAX_TEXT] = "4-4";
+    for (int i = 0; i < MODEL_MAX_NODES && strlen(many) < sizeof many - 6; i++)
+        strcat(many, "-relu");
+    check_bad_spec(many, "too many layers (at most 320 after expansion)");
+    check_bad_spec("4-4-400*(relu)", "too many layers");
+    check_bad_spec("4-400*(4-relu)-4", "too many parameter tensors (at most 256)");
     char long_text[MODEL_SPEC_MAX_TEXT + 10];
     memset(long_text, '1', sizeof long_text - 1);
     long_text[sizeof long_text - 1] = '\0';
     check_bad_spec(long_text, "too long");
 }
 
+/* The MLP's layout is PyTorch nn.Linear's, layer by layer: weight then bias. */
 static void check_layout(void) {
-    model_spec spec;
-    CHECK_OK(model_spec_parse("784-256-relu-128-relu-10", &spec));
-    CHECK(model_spec_parameter_count(&spec) == 235146);
-    dense_layout l0 = model_spec_dense_layout(&spec, 0);
-    dense_layout l1 = model_spec_dense_layout(&spec, 1);
-    dense_layout l2 = model_spec_dense_layout(&spec, 2);
-    CHECK(l0.inputs == 784 && l0.outputs == 256 && l0.weight_offset == 0);
-    CHECK(l0.bias_offset == 784 * 256);
-    CHECK(l1.inputs == 256 && l1.outputs == 128 && l1.weight_offset == 784 * 256 + 256);
-    CHECK(l1.bias_offset == l1.weight_offset + 256 * 128);
-    CHECK(l2.weight_offset == l1.bias_offset + 128 && l2.outputs == 10);
-    CHECK(l2.bias_offset + 10 == 235146);
+    model_spec *spec = &spec_buffer;
+    CHECK_OK(model_spec_parse("784-256-relu-128-relu-10", spec));
+    CHECK(model_spec_parameter_count(spec) == 235146);
+    CHECK(spec->buffer_count == 0);
+    const char *names[6] = {"0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"};
+    size_t offsets[6] = {0, 784 * 256, 784 * 256 + 256, 784 * 256 + 256 + 256 * 128,
+                         784 * 256 + 256 + 256 * 128 + 128, 235146 - 10};
+    for (int t = 0; t < 6; t++) {
+        CHECK(strcmp(spec->tensors[t].name, names[t]) == 0);
+        CHECK(spec->tensors[t].offset == offsets[t]);
+    }
+    size_t points[8];
+    CHECK(model_spec_ready_points(spec, points, 8) == 3);
+    CHECK(points[0] == 0 && points[1] == offsets[2] && points[2] == offsets[4]);
+    CHECK(model_spec_tensor_at(spec, offsets[3] + 5) == 3);
 }
 
 static ddt_status failing_memory_alloc(device *failing, size_t bytes, void **out) {
@@ -131,10 +221,10 @@ static void check_allocation_failure(void) {
     CHECK(strstr(ddt_error_message(), "out of device memory") != NULL);
     CHECK(allocator_get_stats(alloc).bytes_in_use == 0);
     CHECK(allocator_get_stats(alloc).allocation_count == 0);
-    model_spec spec;
+    static model_spec spec;
     CHECK_OK(model_spec_parse("4-3", &spec));
     model *m = (model *)&failing;
-    CHECK(model_init(&spec, alloc, 2, &m) == DDT_ERR_MEMORY);
+    CHECK(model_init(&spec, alloc, 2, (model_options){0}, &m) == DDT_ERR_MEMORY);
     CHECK(m == NULL);
     allocator_destroy(alloc);
 }
@@ -143,12 +233,12 @@ static void check_init_and_allocator(void) {
     allocator *alloc;
     CHECK_OK(allocator_init(dev, &alloc));
     CHECK(allocator_device(alloc) == dev);
-    model_spec spec;
+    static model_spec spec;
     CHECK_OK(model_spec_parse("784-256-relu-128-relu-10", &spec));
     const int rows = 128;
     model *a = NULL, *b = NULL;
-    CHECK_OK(model_init(&spec, alloc, rows, &a));
-    CHECK_OK(model_init(&spec, alloc, rows, &b));
+    CHECK_OK(model_init(&spec, alloc, rows, (model_options){0}, &a));
+    CHECK_OK(model_init(&spec, alloc, rows, (model_options){0}, &b));
     if (!a || !b) return;
     CHECK(model_parameter_count(a) == 235146);
     CHECK(model_max_rows(a) == rows);
@@ -156,7 +246,7 @@ static void check_init_and_allocator(void) {
 
     /* Allocator: per component, rounded to 256 bytes, the activation plan is exact. */
     size_t parameter_bytes = (235146 * 4 + 255) / 256 * 256;
-    size_t activation_bytes = (model_spec_activation_floats(&spec, rows) * 4 + 255) / 256 * 256;
+    size_t activation_bytes = (model_spec_activation_floats(&spec, rows, (model_options){0}) * 4 + 255) / 256 * 256;
     allocator_stats stats = allocator_get_stats(alloc);
     CHECK(stats.component_bytes[MEMORY_COMPONENT_PARAMETERS] == 2 * parameter_bytes);
     CHECK(stats.component_bytes[MEMORY_COMPONENT_GRADIENTS] == 2 * parameter_bytes);
@@ -166,7 +256,7 @@ static void check_init_and_allocator(void) {
     CHECK(stats.peak_bytes == stats.bytes_in_use);
     CHECK(stats.allocation_count == 6);
     /* Activations hold at least every layer's output plus the output gradient. */
-    CHECK(model_spec_activation_floats(&spec, rows) >=
+    CHECK(model_spec_activation_floats(&spec, rows, (model_options){0}) >=
           (size_t)rows * (256 + 256 + 128 + 128 + 10 + 10));
 
     /* Same seed, same parameters; different seed, different parameters; biases zero. */
@@ -177,16 +267,15 @@ static void check_init_and_allocator(void) {
     CHECK_OK(model_init_parameters(b, 1235));
     CHECK(memcmp(model_parameters(a), model_parameters(b), count * sizeof(float)) != 0);
     const float *p = model_parameters(a);
-    dense_layout l0 = model_spec_dense_layout(&spec, 0);
-    dense_layout l2 = model_spec_dense_layout(&spec, 2);
+    size_t l0_bias = spec.tensors[1].offset, l2_weight = spec.tensors[4].offset;
     bool biases_zero = true;
     for (int i = 0; i < 256; i++)
-        biases_zero &= p[l0.bias_offset + i] == 0.0f;
+        biases_zero &= p[l0_bias + i] == 0.0f;
     CHECK(biases_zero);
 
     /* He-normal on layer 0 (followed by relu): std sqrt(2/784), mean 0. */
     double sum = 0.0, squares = 0.0;
-    size_t n = (size_t)l0.inputs * l0.outputs;
+    size_t n = (size_t)784 * 256;
     for (size_t i = 0; i < n; i++) {
         sum += p[i];
         squares += (double)p[i] * p[i];
@@ -198,9 +287,9 @@ static void check_init_and_allocator(void) {
     double limit = sqrt(6.0 / (128 + 10));
     double max_abs = 0.0;
     squares = 0.0;
-    n = (size_t)l2.inputs * l2.outputs;
+    n = (size_t)128 * 10;
     for (size_t i = 0; i < n; i++) {
-        double v = p[l2.weight_offset + i];
+        double v = p[l2_weight + i];
         max_abs = fmax(max_abs, fabs(v));
         squares += v * v;
     }
@@ -209,10 +298,10 @@ static void check_init_and_allocator(void) {
     CHECK(fabs(sqrt(squares / n) / (limit / sqrt(3.0)) - 1.0) < 0.1);
 
     /* Init of the same layer does not depend on the rest of the model. */
-    model_spec other;
+    static model_spec other;
     CHECK_OK(model_spec_parse("784-256-relu-64", &other));
     model *c = NULL;
-    CHECK_OK(model_init(&other, alloc, 4, &c));
+    CHECK_OK(model_init(&other, alloc, 4, (model_options){0}, &c));
     if (c) {
         CHECK_OK(model_init_parameters(c, 1234));
         CHECK(memcmp(model_parameters(c), p, 784 * 256 * sizeof(float)) == 0);
@@ -254,11 +343,11 @@ static void fill_inputs(float *x, int rows, int width, uint64_t seed) {
 static void check_batch_independence(void) {
     allocator *alloc;
     CHECK_OK(allocator_init(dev, &alloc));
-    model_spec spec;
+    static model_spec spec;
     CHECK_OK(model_spec_parse("20-64-relu-dropout0.3-32-gelu-16-tanh-8-sigmoid-5", &spec));
     const int rows = 9;
     model *m = NULL;
-    CHECK_OK(model_init(&spec, alloc, rows, &m));
+    CHECK_OK(model_init(&spec, alloc, rows, (model_options){0}, &m));
     if (!m) return;
     CHECK_OK(model_init_parameters(m, 99));
     float inputs[9 * 20];
@@ -267,14 +356,14 @@ static void check_batch_independence(void) {
     for (int training = 0; training <= 1; training++) {
         model_pass pass = {.training = training, .step = 3, .seed = 8, .row_ids = row_ids};
         const float *outputs;
-        CHECK_OK(model_forward(m, inputs, rows, &pass, &outputs));
+        CHECK_OK(model_forward(m, (model_input){.features = inputs}, rows, &pass, &outputs));
         float batch[9 * 5];
         memcpy(batch, outputs, sizeof batch);
         double worst = 0.0;
         for (int r = 0; r < rows; r++) {
             model_pass single = pass;
             single.row_ids = &row_ids[r];
-            CHECK_OK(model_forward(m, inputs + r * 20, 1, &single, &outputs));
+            CHECK_OK(model_forward(m, (model_input){.features = inputs + r * 20}, 1, &single, &outputs));
             for (int c = 0; c < 5; c++)
                 worst = fmax(worst, fabs(outputs[c] - batch[r * 5 + c]));
         }
@@ -283,14 +372,19 @@ static void check_batch_independence(void) {
     /* Rows beyond the capacity are refused; backward must follow a forward of the same rows. */
     const float *outputs;
     model_pass eval = {0};
-    CHECK(model_forward(m, inputs, rows + 1, &eval, &outputs) == DDT_ERR_INTERNAL);
-    CHECK_OK(model_forward(m, inputs, 2, &eval, &outputs));
-    CHECK(model_backward(m, 3, &eval, NULL, NULL) == DDT_ERR_INTERNAL);
-    CHECK_OK(model_backward(m, 2, &eval, NULL, NULL));
+    model_input in = {.features = inputs};
+    CHECK(model_forward(m, in, rows + 1, &eval, &outputs) == DDT_ERR_INTERNAL);
+    CHECK_OK(model_forward(m, in, 2, &eval, &outputs));
+    CHECK(model_backward(m, 2, &eval, NULL, NULL) == DDT_ERR_INTERNAL); /* not training */
+    model_pass train = {.training = true, .row_ids = row_ids};
+    CHECK_OK(model_forward(m, in, 2, &train, &outputs));
+    CHECK(model_backward(m, 3, &train, NULL, NULL) == DDT_ERR_INTERNAL);
+    CHECK_OK(model_backward(m, 2, &train, NULL, NULL));
+    CHECK(model_forward(m, (model_input){0}, 2, &eval, &outputs) == DDT_ERR_INTERNAL);
     /* An empty micro-batch is a no-op. */
     model_zero_gradients(m);
-    CHECK_OK(model_forward(m, inputs, 0, &eval, &outputs));
-    CHECK_OK(model_backward(m, 0, &eval, NULL, NULL));
+    CHECK_OK(model_forward(m, in, 0, &train, &outputs));
+    CHECK_OK(model_backward(m, 0, &train, NULL, NULL));
     bool zero = true;
     for (size_t i = 0; i < model_parameter_count(m); i++)
         zero &= model_gradients(m)[i] == 0.0f;
@@ -304,10 +398,10 @@ static void check_batch_independence(void) {
 static void check_dropout(void) {
     allocator *alloc;
     CHECK_OK(allocator_init(dev, &alloc));
-    model_spec spec;
+    static model_spec spec;
     CHECK_OK(model_spec_parse("6-dropout0.5-6", &spec));
     model *m = NULL;
-    CHECK_OK(model_init(&spec, alloc, 4, &m));
+    CHECK_OK(model_init(&spec, alloc, 4, (model_options){0}, &m));
     if (!m) return;
     /* Identity weights so the output shows the mask directly. */
     float *w = model_parameters(m);
@@ -321,10 +415,10 @@ static void check_dropout(void) {
     model_pass pass = {.training = true, .step = 5, .seed = 77, .row_ids = ids_a};
     const float *outputs;
     float first[4 * 6], second[4 * 6];
-    CHECK_OK(model_forward(m, inputs, 4, &pass, &outputs));
+    CHECK_OK(model_forward(m, (model_input){.features = inputs}, 4, &pass, &outputs));
     memcpy(first, outputs, sizeof first);
     pass.row_ids = ids_b;
-    CHECK_OK(model_forward(m, inputs, 4, &pass, &outputs));
+    CHECK_OK(model_forward(m, (model_input){.features = inputs}, 4, &pass, &outputs));
     memcpy(second, outputs, sizeof second);
     CHECK(memcmp(first + 2 * 6, second + 0 * 6, 6 * sizeof(float)) == 0); /* row 30 */
     CHECK(memcmp(first + 0 * 6, second + 2 * 6, 6 * sizeof(float)) == 0); /* row 10 */
@@ -339,10 +433,10 @@ static void check_dropout(void) {
     /* A different step gives a different mask; evaluation is the identity. */
     pass.row_ids = ids_a;
     pass.step = 6;
-    CHECK_OK(model_forward(m, inputs, 4, &pass, &outputs));
+    CHECK_OK(model_forward(m, (model_input){.features = inputs}, 4, &pass, &outputs));
     CHECK(memcmp(first, outputs, sizeof first) != 0);
     pass.training = false;
-    CHECK_OK(model_forward(m, inputs, 4, &pass, &outputs));
+    CHECK_OK(model_forward(m, (model_input){.features = inputs}, 4, &pass, &outputs));
     bool identity = true;
     for (int i = 0; i < 4 * 6; i++)
         identity &= outputs[i] == 1.0f;

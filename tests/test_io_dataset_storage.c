@@ -44,16 +44,16 @@ static float *make_values(void) {
 static hid_t create_file(const char *path, hsize_t rows) {
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     hid_t scalar = H5Screate(H5S_SCALAR);
-    hid_t attribute = H5Acreate2(file, "num_classes", H5T_STD_I32LE, scalar, H5P_DEFAULT,
-                                 H5P_DEFAULT);
+    hid_t attribute =
+        H5Acreate2(file, "num_classes", H5T_STD_I32LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
     int classes = 3;
     H5Awrite(attribute, H5T_NATIVE_INT, &classes);
     H5Aclose(attribute);
     H5Sclose(scalar);
     if (rows) {
         hid_t space = H5Screate_simple(1, &rows, NULL);
-        hid_t labels = H5Dcreate2(file, "labels", H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT,
-                                  H5P_DEFAULT);
+        hid_t labels =
+            H5Dcreate2(file, "labels", H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         int32_t *zeros = calloc(rows, sizeof *zeros);
         H5Dwrite(labels, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros);
         free(zeros);
@@ -71,8 +71,8 @@ static void add_features(hid_t file, const char *name, hsize_t rows, hsize_t chu
     hid_t space = H5Screate_simple(2, dims, NULL);
     hid_t create = H5Pcreate(H5P_DATASET_CREATE);
     if (chunk_rows) H5Pset_chunk(create, 2, chunk);
-    hid_t features = H5Dcreate2(file, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, create,
-                                H5P_DEFAULT);
+    hid_t features =
+        H5Dcreate2(file, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, create, H5P_DEFAULT);
     if (written) {
         float *values = make_values();
         hsize_t start[2] = {0, 0}, count[2] = {written, FEATURES};
@@ -220,8 +220,8 @@ static void test_contiguous(void) {
     hid_t space = H5Screate_simple(1, &rows, NULL);
     hid_t compact = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_layout(compact, H5D_COMPACT); /* in the header, so it survives the cut */
-    hid_t labels = H5Dcreate2(file, "labels", H5T_STD_I32LE, space, H5P_DEFAULT, compact,
-                              H5P_DEFAULT);
+    hid_t labels =
+        H5Dcreate2(file, "labels", H5T_STD_I32LE, space, H5P_DEFAULT, compact, H5P_DEFAULT);
     int32_t zeros[ROWS] = {0};
     H5Dwrite(labels, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros);
     H5Dclose(labels);
@@ -240,8 +240,7 @@ static void write_external(const char *path, const char *raw_name, off_t raw_off
     hid_t space = H5Screate_simple(2, dims, NULL);
     hid_t create = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_external(create, raw_name, raw_offset, raw_size);
-    H5Dclose(H5Dcreate2(file, "features", H5T_IEEE_F32LE, space, H5P_DEFAULT, create,
-                        H5P_DEFAULT));
+    H5Dclose(H5Dcreate2(file, "features", H5T_IEEE_F32LE, space, H5P_DEFAULT, create, H5P_DEFAULT));
     H5Pclose(create);
     H5Sclose(space);
     H5Fclose(file);
@@ -263,7 +262,8 @@ static void test_external_storage(void) {
     const char *path = temp_path("external.h5");
     write_external(path, raw_copy, 16, bytes);
     expect_refused(path, false, DDT_ERR_FORMAT, "its values are stored outside the HDF5 file");
-    CHECK(strstr(ddt_error_message(), raw_copy) && strstr(ddt_error_message(), "--allow-external-data"));
+    CHECK(strstr(ddt_error_message(), raw_copy) &&
+          strstr(ddt_error_message(), "--allow-external-data"));
     expect_values(path, true);
 
     /* Allowed, but the file is missing, or too short for what the dataset takes from it. */
@@ -326,8 +326,7 @@ static void write_virtual(const char *path, const char *source_file, const char 
     hid_t create = H5Pcreate(H5P_DATASET_CREATE);
     H5Pset_virtual(create, space, source_file, source_name, source_space);
     H5Sselect_all(space);
-    H5Dclose(H5Dcreate2(file, "features", H5T_IEEE_F32LE, space, H5P_DEFAULT, create,
-                        H5P_DEFAULT));
+    H5Dclose(H5Dcreate2(file, "features", H5T_IEEE_F32LE, space, H5P_DEFAULT, create, H5P_DEFAULT));
     H5Pclose(create);
     H5Sclose(source_space);
     H5Sclose(space);
@@ -353,8 +352,9 @@ static void test_virtual(void) {
     /* The mapping reads rows 0..383 of a 256-row source. */
     path = temp_path("virtual-short-source.h5");
     write_virtual(path, "source.h5", "features", ROWS, 128, ROWS + 128);
-    expect_refused(path, false, DDT_ERR_FORMAT, "maps index 383 of dimension 0, but the source has "
-                                                "only 256");
+    expect_refused(path, false, DDT_ERR_FORMAT,
+                   "maps index 383 of dimension 0, but the source has "
+                   "only 256");
 
     /* Only half the rows mapped. */
     path = temp_path("virtual-half.h5");

@@ -27,9 +27,9 @@ static char *temp_path(const char *name) {
     return path;
 }
 
-/* Distinct values for every parameter, including ones a lossy path would change. */
+/* Distinct values for the whole state, including ones a lossy path would change. */
 static float *make_params(const model_spec *spec, float scale) {
-    size_t count = model_spec_parameter_count(spec);
+    size_t count = model_spec_state_count(spec);
     float *params = malloc(count * sizeof *params);
     for (size_t i = 0; i < count; i++)
         params[i] = scale * ((float)i * 0.37f - 3.0f);
@@ -49,18 +49,18 @@ static void expect_message(ddt_status status, ddt_status expected, const char *p
 }
 
 static void test_round_trip(void) {
-    model_spec spec;
+    static model_spec spec;
     CHECK_OK(model_spec_parse(spec_text, &spec));
     float *params = make_params(&spec, 1.0f);
     const char *path = temp_path("model.h5");
     CHECK_OK(model_file_save(path, &spec, params));
 
-    model_spec loaded;
+    static model_spec loaded;
     float *loaded_params = NULL;
     CHECK_OK(model_file_load(path, &loaded, &loaded_params));
     if (!loaded_params) return;
     CHECK(strcmp(loaded.text, spec.text) == 0);
-    CHECK(loaded.dense_count == 3 && loaded.input_width == 6 && loaded.output_width == 3);
+    CHECK(loaded.tensor_count == 6 && loaded.input_width == 6 && loaded.output_width == 3);
     size_t count = model_spec_parameter_count(&spec);
     CHECK(model_spec_parameter_count(&loaded) == count);
     CHECK(memcmp(loaded_params, params, count * sizeof(float)) == 0);
@@ -193,40 +193,31 @@ static void test_load_errors(void) {
     path = temp_path("missing-layer.h5");
     CHECK_OK(model_file_save(path, &spec, params));
     hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    H5Ldelete(file, "dense_1", H5P_DEFAULT);
+    H5Ldelete(file, "2.weight", H5P_DEFAULT);
     H5Fclose(file);
     expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
-                   "no dense_1/weight");
+                   "no 2.weight");
 
     path = temp_path("misshapen.h5");
     CHECK_OK(model_file_save(path, &spec, params));
     file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    H5Ldelete(file, "dense_1/weight", H5P_DEFAULT);
+    H5Ldelete(file, "2.weight", H5P_DEFAULT);
     hsize_t dims[2] = {5, 4}; /* transposed: the model needs 4x5 */
     hid_t space = H5Screate_simple(2, dims, NULL);
-    hid_t dataset = H5Dcreate2(file, "dense_1/weight", H5T_IEEE_F32LE, space, H5P_DEFAULT,
+    hid_t dataset = H5Dcreate2(file, "2.weight", H5T_IEEE_F32LE, space, H5P_DEFAULT,
                                H5P_DEFAULT, H5P_DEFAULT);
     H5Dclose(dataset);
     H5Sclose(space);
     H5Fclose(file);
     expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
-                   "dense_1/weight is 5x4, the model \"6-5-relu-4-tanh-3\" needs 4x5");
-
-    /* A file with more layers than its spec says is not silently truncated. */
-    path = temp_path("extra-layer.h5");
-    CHECK_OK(model_file_save(path, &spec, params));
-    file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    H5Gclose(H5Gcreate2(file, "dense_3", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-    H5Fclose(file);
-    expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_FORMAT, path,
-                   "has dense_3");
+                   "2.weight is 5x4, the model \"6-5-relu-4-tanh-3\" needs 4x5");
 
     /* Non-finite parameters are data errors. */
     path = temp_path("nan.h5");
     params[7] = NAN;
     CHECK_OK(model_file_save(path, &spec, params));
     expect_message(model_file_load(path, &loaded, &loaded_params), DDT_ERR_DATA, path,
-                   "dense_0/weight has a non-finite value at index 7");
+                   "0.weight has a non-finite value at index 7");
     CHECK(loaded_params == NULL);
     free(params);
 }
@@ -234,30 +225,26 @@ static void test_load_errors(void) {
 /* A model file claiming `text` with every layer present in the right shape, chunked, but no
  * value written: what a few-KB file can claim. */
 static void write_claiming_file(const char *path, const char *text) {
-    model_spec spec;
+    static model_spec spec;
     CHECK_OK(model_spec_parse(text, &spec));
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     H5Fclose(file);
     set_model_attribute(path, text, 0);
     file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    for (int i = 0; i < spec.dense_count; i++) {
-        dense_layout layout = model_spec_dense_layout(&spec, i);
-        char name[64];
-        snprintf(name, sizeof name, "dense_%d", i);
-        hid_t group = H5Gcreate2(file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        for (int part = 0; part < 2; part++) {
-            hsize_t dims[2] = {(hsize_t)layout.outputs, (hsize_t)layout.inputs};
-            hsize_t chunk[2] = {dims[0] < 1024 ? dims[0] : 1024, dims[1] < 1024 ? dims[1] : 1024};
-            int rank = part == 0 ? 2 : 1;
-            hid_t space = H5Screate_simple(rank, dims, NULL);
-            hid_t create = H5Pcreate(H5P_DATASET_CREATE);
-            H5Pset_chunk(create, rank, chunk);
-            H5Dclose(H5Dcreate2(group, part == 0 ? "weight" : "bias", H5T_IEEE_F32LE, space,
-                                H5P_DEFAULT, create, H5P_DEFAULT));
-            H5Pclose(create);
-            H5Sclose(space);
+    for (int t = 0; t < spec.tensor_count; t++) {
+        const model_tensor *tensor = &spec.tensors[t];
+        hsize_t dims[4], chunk[4];
+        for (int d = 0; d < tensor->rank; d++) {
+            dims[d] = (hsize_t)tensor->dims[d];
+            chunk[d] = dims[d] < 1024 ? dims[d] : 1024;
         }
-        H5Gclose(group);
+        hid_t space = H5Screate_simple(tensor->rank, dims, NULL);
+        hid_t create = H5Pcreate(H5P_DATASET_CREATE);
+        H5Pset_chunk(create, tensor->rank, chunk);
+        H5Dclose(H5Dcreate2(file, tensor->name, H5T_IEEE_F32LE, space, H5P_DEFAULT, create,
+                            H5P_DEFAULT));
+        H5Pclose(create);
+        H5Sclose(space);
     }
     H5Fclose(file);
 }
@@ -280,14 +267,14 @@ static void test_two_steps(void) {
     struct mallinfo2 before = mallinfo2();
     double start = seconds_now();
     expect_message(model_file_read_spec(path, &spec), DDT_ERR_FORMAT, path,
-                   "dense_0/weight: 954529 of its 954529 chunks were never written");
+                   "0.weight: 954529 of its 954529 chunks were never written");
     expect_message(model_file_load(path, &spec, &params), DDT_ERR_FORMAT, path,
                    "were never written");
     CHECK(params == NULL);
     double elapsed = seconds_now() - start;
     struct mallinfo2 after = mallinfo2();
-    long long grown = (long long)(after.uordblks + after.hblkhd) -
-                      (long long)(before.uordblks + before.hblkhd);
+    long long grown =
+        (long long)(after.uordblks + after.hblkhd) - (long long)(before.uordblks + before.hblkhd);
     CHECK(elapsed < 5.0);
     CHECK(grown < (16 << 20));
     printf("spec of 1M x 1M in %lld bytes: refused in %.3f s, heap grew %lld bytes\n",
@@ -298,7 +285,7 @@ static void test_two_steps(void) {
     hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
     H5Fclose(file);
     set_model_attribute(path, "1000000-1000000-10", 0);
-    expect_message(model_file_read_spec(path, &spec), DDT_ERR_FORMAT, path, "no dense_0/weight");
+    expect_message(model_file_read_spec(path, &spec), DDT_ERR_FORMAT, path, "no 0.weight");
 
     /* The two steps on a good file: the spec, then the values into the caller's buffer. */
     model_spec saved;
@@ -308,7 +295,7 @@ static void test_two_steps(void) {
     CHECK_OK(model_file_save(path, &saved, values));
     CHECK_OK(model_file_read_spec(path, &spec));
     CHECK(strcmp(spec.text, saved.text) == 0);
-    size_t count = model_spec_parameter_count(&spec);
+    size_t count = model_spec_state_count(&spec);
     float *buffer = calloc(count, sizeof *buffer);
     CHECK_OK(model_file_read_parameters(path, &spec, buffer));
     CHECK(memcmp(buffer, values, count * sizeof *buffer) == 0);
@@ -335,8 +322,7 @@ static void test_h5py(void) {
     float *params = make_params(&spec, 1.0f);
     const char *path = temp_path("for-h5py.h5");
     CHECK_OK(model_file_save(path, &spec, params));
-    dense_layout first = model_spec_dense_layout(&spec, 0);
-    char command[2048];
+    char command[4096];
     snprintf(command, sizeof command,
              "/usr/bin/python3 -c '\n"
              "import sys, h5py, numpy\n"
@@ -344,14 +330,86 @@ static void test_h5py(void) {
              "m = f.attrs[\"model\"]\n"
              "assert isinstance(m, str), type(m)\n"
              "assert m == \"%s\", m\n"
-             "w = f[\"dense_0/weight\"]\n"
+             "w = f[\"0.weight\"]\n"
              "assert w.shape == (5, 6) and w.dtype == numpy.float32, (w.shape, w.dtype)\n"
-             "assert f[\"dense_0/bias\"].shape == (5,)\n"
-             "assert f[\"dense_2/weight\"].shape == (3, 4)\n"
+             "assert f[\"0.bias\"].shape == (5,)\n"
+             "assert f[\"4.weight\"].shape == (3, 4)\n"
              "assert float(w[0, 2]) == %.17g, w[0, 2]\n"
+             "assert sorted(f.keys()) == [\"0.bias\", \"0.weight\", \"2.bias\", \"2.weight\", "
+             "\"4.bias\", \"4.weight\"], list(f.keys())\n"
              "' '%s'",
-             spec.text, (double)params[first.weight_offset + 2], path);
+             spec.text, (double)params[2], path);
     CHECK(system(command) == 0);
+    free(params);
+
+    /* Batch normalisation's running statistics and its int64 counter, as PyTorch keeps them. */
+    static model_spec bn;
+    CHECK_OK(model_spec_parse("2x4x4-conv(3,k3,p1)-bn-relu-flatten-5", &bn));
+    float *state = make_params(&bn, 0.5f);
+    model_spec_set_counters(&bn, state, 1234);
+    path = temp_path("bn-for-h5py.h5");
+    CHECK_OK(model_file_save(path, &bn, state));
+    snprintf(command, sizeof command,
+             "/usr/bin/python3 -c '\n"
+             "import sys, h5py, numpy\n"
+             "f = h5py.File(sys.argv[1], \"r\")\n"
+             "n = f[\"1.num_batches_tracked\"]\n"
+             "assert n.shape == () and n.dtype == numpy.int64 and int(n[()]) == 1234, n\n"
+             "assert f[\"1.running_var\"].shape == (3,)\n"
+             "assert f[\"0.weight\"].shape == (3, 2, 3, 3)\n"
+             "' '%s'",
+             path);
+    CHECK(system(command) == 0);
+    free(state);
+}
+
+/* Buffers round trip; files from before named tensors (dense_<i> groups) still load. */
+static void test_buffers_and_legacy(void) {
+    static model_spec bn, loaded;
+    CHECK_OK(model_spec_parse("2x4x4-conv(3,k3,p1)-bn-relu-flatten-5", &bn));
+    float *state = make_params(&bn, 0.25f);
+    model_spec_set_counters(&bn, state, 77);
+    const char *path = temp_path("bn.h5");
+    CHECK_OK(model_file_save(path, &bn, state));
+    float *read = NULL;
+    CHECK_OK(model_file_load(path, &loaded, &read));
+    CHECK(read && memcmp(read, state, model_spec_state_count(&bn) * sizeof(float)) == 0);
+    free(read);
+    free(state);
+
+    /* The layout ddtrain wrote before: /dense_<i>/weight and bias. */
+    static model_spec mlp;
+    CHECK_OK(model_spec_parse(spec_text, &mlp));
+    float *params = make_params(&mlp, 1.0f);
+    path = temp_path("legacy.h5");
+    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    for (int t = 0; t < mlp.tensor_count; t++) {
+        const model_tensor *tensor = &mlp.tensors[t];
+        char group[32], name[64];
+        snprintf(group, sizeof group, "dense_%d", t / 2);
+        if (t % 2 == 0) H5Gclose(H5Gcreate2(file, group, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+        snprintf(name, sizeof name, "%s/%s", group, t % 2 ? "bias" : "weight");
+        hsize_t dims[2] = {(hsize_t)tensor->dims[0], (hsize_t)tensor->dims[1]};
+        hid_t space = H5Screate_simple(tensor->rank, dims, NULL);
+        hid_t dataset = H5Dcreate2(file, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT,
+                                   H5P_DEFAULT);
+        H5Dwrite(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, params + tensor->offset);
+        H5Dclose(dataset);
+        H5Sclose(space);
+    }
+    H5Fclose(file);
+    set_model_attribute(path, spec_text, 0);
+    read = NULL;
+    CHECK_OK(model_file_load(path, &loaded, &read));
+    CHECK(read && memcmp(read, params, model_spec_parameter_count(&mlp) * sizeof(float)) == 0);
+    free(read);
+    /* ... and a legacy file with more layers than its spec is not silently truncated */
+    file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    H5Gclose(H5Gcreate2(file, "dense_3", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    H5Fclose(file);
+    read = NULL;
+    expect_message(model_file_load(path, &loaded, &read), DDT_ERR_FORMAT, path, "has dense_3");
+    CHECK(read == NULL);
     free(params);
 }
 
@@ -361,5 +419,6 @@ int main(void) {
     test_load_errors();
     test_two_steps();
     test_h5py();
+    test_buffers_and_legacy();
     return check_finish();
 }

@@ -73,7 +73,7 @@ int main(void) {
     optimizer *opt = NULL;
     feed *f = NULL;
     float *scalars = NULL;
-    CHECK_OK(model_init(&spec, alloc, 64, &m));
+    CHECK_OK(model_init(&spec, alloc, 64, (model_options){0}, &m));
     CHECK_OK(optimizer_init(&op, alloc, model_parameter_count(m), &opt));
     feed_params fp = {.dev = dev, .alloc = alloc, .geometry = &g, .rows = 64, .evaluation = true};
     CHECK_OK(feed_init(&fp, &f));

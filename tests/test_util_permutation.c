@@ -52,8 +52,8 @@ static void test_sizes_around_powers_of_two(void) {
 /* Too large to enumerate: apply stays in range and invert undoes it on many samples, and
  * distinct positions give distinct items among them. */
 static void test_huge_sizes(void) {
-    static const uint64_t sizes[] = {1ull << 32,          (1ull << 32) + 1,    1ull << 40,
-                                     1000000000000ull,    (1ull << 62) + 12345, 1ull << 63,
+    static const uint64_t sizes[] = {1ull << 32,       (1ull << 32) + 1,     1ull << 40,
+                                     1000000000000ull, (1ull << 62) + 12345, 1ull << 63,
                                      (1ull << 63) - 1};
     enum { SAMPLES = 20000 };
     uint64_t *items = malloc(SAMPLES * sizeof *items);

@@ -7,6 +7,7 @@
  *   convert  data_commands.c: IDX (MNIST, Fashion-MNIST) to HDF5
  *   synth    data_commands.c: a synthetic learnable dataset of any size
  *   info     data_commands.c: a dataset's geometry and a full check
+ *   generate train_command.c: options -> generate_config, then generate_run() (src/train)
  */
 #ifndef DDT_DRIVER_COMMANDS_H
 #define DDT_DRIVER_COMMANDS_H
@@ -19,5 +20,6 @@ ddt_status eval_command(job *j, const options *opts);
 ddt_status convert_command(job *j, const options *opts);
 ddt_status synth_command(job *j, const options *opts);
 ddt_status info_command(job *j, const options *opts);
+ddt_status generate_command(job *j, const options *opts);
 
 #endif

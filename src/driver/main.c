@@ -12,6 +12,7 @@
 
 #include "driver/blas_setup.h"
 #include "driver/commands.h"
+#include "driver/crash_guard.h"
 #include "driver/job.h"
 #include "driver/options.h"
 #include "engine/device.h"
@@ -26,18 +27,20 @@ static void print_usage(FILE *out) {
             "ddtrain %s - distributed data-parallel neural-network trainer\n\n"
             "usage: ddtrain COMMAND [options]      (under mpirun/srun for several ranks)\n\n"
             "commands:\n"
-            "  train    train an MLP on an HDF5 dataset, data-parallel over the ranks\n"
+            "  train    train a model (MLP, CNN, GPT) on an HDF5 dataset, data-parallel over the "
+            "ranks\n"
             "  eval     loss and accuracy of a saved model (--model-file) on --data\n"
             "  convert  convert IDX files (MNIST, Fashion-MNIST; .gz or not) to HDF5\n"
             "  synth    write a synthetic, learnable classification dataset of any size\n"
-            "  info     print a dataset's geometry and check every row\n\n"
+            "  info     print a dataset's geometry and check every row\n"
+            "  generate sample text from a saved token model (--model-file, --prompt)\n\n"
             "'ddtrain COMMAND --help' lists a command's options and their defaults.\n",
             DDTRAIN_VERSION);
 }
 
 static bool parse_command(const char *text, command *out) {
     static const command all[] = {COMMAND_TRAIN, COMMAND_EVAL, COMMAND_CONVERT, COMMAND_SYNTH,
-                                  COMMAND_INFO};
+                                  COMMAND_INFO, COMMAND_GENERATE};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (strcmp(text, command_name(all[i])) == 0) {
             *out = all[i];
@@ -85,7 +88,7 @@ int main(int argc, char **argv) {
         status = comm_agree(j.control,
                             ddt_error(DDT_ERR_USAGE,
                                       "unknown command '%s' (expected train, eval, convert, "
-                                      "synth or info; see ddtrain --help)",
+                                      "synth, info or generate; see ddtrain --help)",
                                       argv[1]),
                             "the command");
         return job_end(&j, status);
@@ -97,7 +100,8 @@ int main(int argc, char **argv) {
         if (j.rank == 0) options_print_help(cmd, stdout);
         return job_end(&j, DDT_OK);
     }
-    if ((cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL) && opts.positional_count > 0) {
+    if ((cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL || cmd == COMMAND_GENERATE) &&
+        opts.positional_count > 0) {
         status = comm_agree(j.control,
                             ddt_error(DDT_ERR_USAGE, "ddtrain %s: unexpected argument '%s'",
                                       command_name(cmd), opts.positional[0]),
@@ -105,14 +109,18 @@ int main(int argc, char **argv) {
         return job_end(&j, status);
     }
     /* Every wait between ranks from here on is bounded, and watched. */
-    status = job_set_timeout(&j, cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL ? opts.comm_timeout
-                                                                            : 300);
+    double timeout = cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL ? opts.comm_timeout : 300;
+    status = job_set_timeout(&j, timeout);
     if (status != DDT_OK) return job_end(&j, status);
+    /* From here on files given by the user are read: HDF5 crashing on a damaged one, or not
+     * returning within the same bound, ends this rank with a message naming the file. */
+    crash_guard_install(&j, timeout);
     switch (cmd) {
     case COMMAND_TRAIN: status = train_command(&j, &opts); break;
     case COMMAND_EVAL: status = eval_command(&j, &opts); break;
     case COMMAND_CONVERT: status = convert_command(&j, &opts); break;
     case COMMAND_SYNTH: status = synth_command(&j, &opts); break;
+    case COMMAND_GENERATE: status = generate_command(&j, &opts); break;
     case COMMAND_INFO: status = info_command(&j, &opts); break;
     }
     return job_end(&j, status);

@@ -38,6 +38,7 @@ typedef struct option_def {
 #define EVAL COMMAND_EVAL
 #define CONVERT COMMAND_CONVERT
 #define SYNTH COMMAND_SYNTH
+#define GENERATE COMMAND_GENERATE
 #define FIELD(f) offsetof(options, f)
 #define BIG 9.0e18
 
@@ -60,12 +61,18 @@ static const char *const precision_choices[] = {[PRECISION_FP32] = "fp32", [PREC
                                                 [PRECISION_BF16] = "bf16", [PRECISION_FP16] = "fp16",
                                                 NULL};
 
+static const char *const decay_choices[] = {"matrices", "all", NULL};
+
 static const option_def option_table[] = {
     /* data */
     {"data", 0, OPTION_STRING, TRAIN | EVAL, FIELD(data), NULL, 0, 0, "PATH",
      "dataset: an HDF5 file, a comma-separated list, or a quoted glob of shards", NULL},
     {"eval-data", 0, OPTION_STRING, TRAIN, FIELD(eval_data), NULL, 0, 0, "PATH",
-     "dataset evaluated after every epoch (loss and accuracy)", NULL},
+     "dataset evaluated after every epoch, or every --eval-every steps (loss and accuracy)",
+     NULL},
+    {"eval-every", 0, OPTION_INT64, TRAIN, FIELD(eval_every), "0", 0, BIG, "N",
+     "evaluate --eval-data every N steps and at the end (0: at the end of every epoch); token "
+     "models also print a short sample", NULL},
     {"no-shuffle", 0, OPTION_FLAG, TRAIN, FIELD(no_shuffle), NULL, 0, 0, NULL,
      "keep file order (for exact comparisons)", NULL},
     {"allow-external-data", 0, OPTION_FLAG, TRAIN | EVAL | COMMAND_INFO,
@@ -80,15 +87,31 @@ static const option_def option_table[] = {
      "--host-staging-limit; at least 2)", NULL},
     /* model */
     {"model", 0, OPTION_STRING, TRAIN, FIELD(model), "784-256-relu-128-relu-10", 0, 0, "SPEC",
-     "MLP: input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P]", NULL},
+     "the model: an MLP (input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P]), "
+     "a description in the model grammar (README, \"Describing a model\"; e.g. "
+     "1x28x28-conv(32,k3,p1)-relu-maxpool(2)-flatten-10), @FILE holding one, or a preset: "
+     "cnn-small, resnet-small, gpt-tiny, gpt-small, gpt2-124m", NULL},
+    {"recompute", 0, OPTION_FLAG, TRAIN, FIELD(recompute), NULL, 0, 0, NULL,
+     "keep only each gpt(...) block's input and recompute the block's activations during "
+     "backward: less activation memory (see the memory plan), the same results bit for bit",
+     NULL},
     {"loss", 0, OPTION_ENUM, TRAIN | EVAL, FIELD(loss), "softmax-ce", 0, 0, NULL, "training loss",
      loss_choices},
     {"init", 0, OPTION_STRING, TRAIN, FIELD(init), NULL, 0, 0, "FILE.h5",
      "start from a saved model instead of random weights", NULL},
     {"save", 0, OPTION_STRING, TRAIN, FIELD(save), NULL, 0, 0, "FILE.h5",
-     "write the trained model (dense_<i>/weight, dense_<i>/bias)", NULL},
-    {"model-file", 0, OPTION_STRING, EVAL, FIELD(model_file), NULL, 0, 0, "FILE.h5",
-     "model to evaluate (written by --save)", NULL},
+     "write the trained model (HDF5, one dataset per PyTorch state_dict name)", NULL},
+    {"model-file", 0, OPTION_STRING, EVAL | GENERATE, FIELD(model_file), NULL, 0, 0, "FILE.h5",
+     "model to evaluate or sample from (written by --save)", NULL},
+    {"prompt", 0, OPTION_STRING, GENERATE, FIELD(prompt), NULL, 0, 0, "TEXT",
+     "where the text starts: bytes for byte-level models (vocabulary 256), token ids "
+     "separated by spaces or commas for others", NULL},
+    {"tokens", 0, OPTION_INT64, GENERATE, FIELD(tokens), "200", 1, 1e8, "N",
+     "tokens to generate", NULL},
+    {"temperature", 0, OPTION_REAL, GENERATE, FIELD(temperature), "0.8", 0, 100, "T",
+     "divides the logits before sampling (0: always the most likely token)", NULL},
+    {"top-k", 0, OPTION_INT64, GENERATE, FIELD(top_k), "40", 0, 1e9, "K",
+     "sample among the K most likely tokens only (0: all)", NULL},
     /* optimisation */
     {"optimizer", 0, OPTION_ENUM, TRAIN, FIELD(optimizer), "sgd", 0, 0, NULL, "optimizer",
      optimizer_choices},
@@ -98,6 +121,13 @@ static const option_def option_table[] = {
      "Nesterov momentum (SGD)", NULL},
     {"weight-decay", 0, OPTION_REAL, TRAIN, FIELD(weight_decay), "0", 0, 1e3, "W",
      "L2 penalty (SGD) or decoupled decay (AdamW)", NULL},
+    {"weight-decay-on", 0, OPTION_ENUM, TRAIN, FIELD(weight_decay_on), "matrices", 0, 0, NULL,
+     "which tensors --weight-decay applies to: the weight matrices of dense, conv and attention "
+     "layers (not biases, norms or embeddings; as nanoGPT and Hugging Face do), or all",
+     decay_choices},
+    {"clip-grad-norm", 0, OPTION_REAL, TRAIN, FIELD(clip_grad_norm), "0", 0, 1e9, "MAX",
+     "scale the gradients down when their global L2 norm exceeds MAX (as PyTorch's "
+     "clip_grad_norm_; 0: off)", NULL},
     {"beta1", 0, OPTION_REAL, TRAIN, FIELD(beta1), "0.9", 0, 0.999999, "B", "AdamW beta1", NULL},
     {"beta2", 0, OPTION_REAL, TRAIN, FIELD(beta2), "0.999", 0, 0.9999999, "B", "AdamW beta2", NULL},
     {"eps", 0, OPTION_REAL, TRAIN, FIELD(eps), "1e-8", 1e-30, 1, "E", "AdamW epsilon", NULL},
@@ -122,8 +152,9 @@ static const option_def option_table[] = {
      "samples per forward/backward on one rank (0: global batch / ranks; auto: the largest "
      "that fits the memory limits); gradients are accumulated over global/(ranks*b) "
      "micro-batches", NULL},
-    {"seed", 0, OPTION_INT64, TRAIN | SYNTH, FIELD(seed), "1", 0, BIG, "S",
-     "seed for initialisation, shuffling and dropout (synth: for the data)", NULL},
+    {"seed", 0, OPTION_INT64, TRAIN | SYNTH | GENERATE, FIELD(seed), "1", 0, BIG, "S",
+     "seed for initialisation, shuffling and dropout (synth: for the data; generate: for "
+     "sampling)", NULL},
     /* memory budgets */
     {"device-memory", 0, OPTION_ENUM, TRAIN, FIELD(device_memory), "growth", 0, 0, NULL,
      "device memory policy: reserve as needed, or the whole limit at start-up "
@@ -140,7 +171,7 @@ static const option_def option_table[] = {
     {"dry-run", 0, OPTION_FLAG, TRAIN, FIELD(dry_run), NULL, 0, 0, NULL,
      "print the memory plan and exit (0 if it fits the limits)", NULL},
     /* compute and communication */
-    {"device", 0, OPTION_ENUM, TRAIN | EVAL, FIELD(device), "auto", 0, 0, NULL,
+    {"device", 0, OPTION_ENUM, TRAIN | EVAL | GENERATE, FIELD(device), "auto", 0, 0, NULL,
      "compute backend (auto: cuda when a GPU is visible and ddtrain was built with CUDA)",
      device_choices},
     {"precision", 0, OPTION_ENUM, TRAIN, FIELD(precision), "fp32", 0, 0, NULL,
@@ -150,8 +181,10 @@ static const option_def option_table[] = {
      "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)", NULL},
     {"comm-timeout", 0, OPTION_REAL, TRAIN | EVAL, FIELD(comm_timeout), "300", 0, 1e7, "SECONDS",
      "end the job when any wait between ranks makes no progress for this long, naming the "
-     "ranks waited for (0: no limit)", NULL},
-    {"threads", 0, OPTION_INT, TRAIN | EVAL, FIELD(threads), "1", 1, 1024, "T",
+     "ranks waited for, or when one HDF5 read (of a damaged file) does not return for this "
+     "long, naming the file (0: no limit)",
+     NULL},
+    {"threads", 0, OPTION_INT, TRAIN | EVAL | GENERATE, FIELD(threads), "1", 1, 1024, "T",
      "BLAS threads per rank", NULL},
     {"bucket-size", 0, OPTION_SIZE, TRAIN, FIELD(bucket_size), "256KiB", 1024, 4.0e9, "SIZE",
      "gradient all-reduce bucket size", NULL},
@@ -203,7 +236,7 @@ static const option_def option_table[] = {
     {"classes", 0, OPTION_INT64, SYNTH, FIELD(classes), NULL, 2, 1 << 20, "C", "number of classes", NULL},
     {"noise", 0, OPTION_REAL, SYNTH, FIELD(noise), "1.0", 0, 1e6, "SIGMA",
      "noise around the class centres (larger: harder)", NULL},
-    {"help", 'h', OPTION_FLAG, TRAIN | EVAL | CONVERT | SYNTH | COMMAND_INFO, FIELD(help), NULL, 0,
+    {"help", 'h', OPTION_FLAG, TRAIN | EVAL | CONVERT | SYNTH | COMMAND_INFO | GENERATE, FIELD(help), NULL, 0,
      0, NULL, "show this help", NULL},
 };
 
@@ -226,6 +259,8 @@ const char *command_name(command cmd) {
         return "synth";
     case COMMAND_INFO:
         return "info";
+    case COMMAND_GENERATE:
+        return "generate";
     }
     return "?";
 }
@@ -427,6 +462,9 @@ static const char *command_synopsis(command cmd) {
                "[--shards K]";
     case COMMAND_INFO:
         return "ddtrain info FILE...";
+    case COMMAND_GENERATE:
+        return "ddtrain generate --model-file MODEL.h5 --prompt TEXT [--tokens N] "
+               "[--temperature T] [--top-k K] [--seed S]";
     }
     return "";
 }
@@ -464,6 +502,10 @@ void options_print_resolved(command cmd, const options *opts, const options_reso
         for (int k = 0; resolved && k < resolved->count; k++)
             if (strcmp(resolved->names[k], def->name) == 0)
                 snprintf(text, sizeof text, "%s", resolved->values[k]);
+        if (resolved && resolved->model && strcmp(def->name, "model") == 0) {
+            fprintf(out, "  %-20s %s\n", def->name, resolved->model); /* may be long */
+            continue;
+        }
         fprintf(out, "  %-20s %s\n", def->name, text);
     }
 }

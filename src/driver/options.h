@@ -29,6 +29,7 @@ typedef enum command {
     COMMAND_CONVERT = 1 << 2,
     COMMAND_SYNTH = 1 << 3,
     COMMAND_INFO = 1 << 4,
+    COMMAND_GENERATE = 1 << 5,
 } command;
 
 #define OPTIONS_MAX_POSITIONAL 64
@@ -45,6 +46,12 @@ typedef struct options {
     int prefetch_depth;  /* micro-batches */
     /* model and loss */
     const char *model;
+    bool recompute;
+    /* generate */
+    const char *prompt;
+    int64_t tokens;
+    double temperature;
+    int64_t top_k;
     loss_kind loss;
     const char *init;
     const char *save;
@@ -55,6 +62,9 @@ typedef struct options {
     double momentum;
     bool nesterov;
     double weight_decay;
+    int weight_decay_on; /* 0 matrices, 1 all */
+    double clip_grad_norm;
+    int64_t eval_every;
     double beta1, beta2, eps;
     lr_schedule_kind lr_schedule;
     int64_t warmup_steps;
@@ -122,6 +132,7 @@ typedef struct options_resolved {
     int count;
     const char *names[8];
     char values[8][64];
+    const char *model; /* the model's full description (a preset expanded), or NULL */
 } options_resolved;
 /* Prints "  name  value" lines for every option of `cmd` (the resolved configuration). */
 void options_print_resolved(command cmd, const options *opts, const options_resolved *resolved,

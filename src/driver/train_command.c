@@ -10,6 +10,7 @@
 #include "driver/blas_setup.h"
 #include "driver/commands.h"
 #include "train/evaluate.h"
+#include "train/generate.h"
 #include "train/trace.h"
 #include "train/train.h"
 #include "util/units.h"
@@ -62,6 +63,7 @@ static ddt_status memory_request_from(const options *o, memory_request *out) {
 static void print_configuration(const void *context, const train_resolved *r, FILE *out) {
     const options *o = context;
     options_resolved resolved = {0};
+    resolved.model = r->model;
     int *n = &resolved.count;
     if (o->micro_batch <= 0) {
         resolved.names[*n] = "micro-batch";
@@ -103,6 +105,7 @@ static ddt_status train_config_from(const job *j, const options *o, train_config
     c->model_given = options_given(o, "model");
     c->init = o->init;
     c->save = o->save;
+    c->model_options.recompute = o->recompute;
     c->loss = o->loss;
     c->optimizer.kind = o->optimizer;
     /* --momentum's default is SGD's; only an explicit --momentum is an error with AdamW. */
@@ -110,6 +113,9 @@ static ddt_status train_config_from(const job *j, const options *o, train_config
     c->optimizer.momentum = sgd || options_given(o, "momentum") ? (float)o->momentum : 0;
     c->optimizer.nesterov = o->nesterov;
     c->optimizer.weight_decay = (float)o->weight_decay;
+    c->decay_all_parameters = o->weight_decay_on == 1;
+    c->clip_grad_norm = (float)o->clip_grad_norm;
+    c->eval_every = o->eval_every;
     c->optimizer.beta1 = (float)o->beta1;
     c->optimizer.beta2 = (float)o->beta2;
     c->optimizer.eps = (float)o->eps;
@@ -164,6 +170,21 @@ ddt_status train_command(job *j, const options *opts) {
     train_config config;
     DDT_CHECK(comm_agree(j->control, train_config_from(j, opts, &config), "the options"));
     return train_run(j->control, &config);
+}
+
+ddt_status generate_command(job *j, const options *opts) {
+    blas_set_threads(opts->threads);
+    generate_config config = {
+        .model_file = opts->model_file,
+        .prompt = opts->prompt,
+        .tokens = (int)opts->tokens,
+        .sampling = {.temperature = (float)opts->temperature,
+                     .top_k = (int)opts->top_k,
+                     .seed = (uint64_t)opts->seed},
+        .device = opts->device,
+        .out = stdout,
+    };
+    return generate_run(j->control, &config);
 }
 
 ddt_status eval_command(job *j, const options *opts) {

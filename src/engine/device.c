@@ -377,24 +377,3 @@ void device_causal_softmax_forward(device *dev, int groups, int t, float scale, 
 void device_causal_softmax_backward(device *dev, int groups, int t, float scale, const float *y, const float *dy, float *dx) {
     dev->ops->causal_softmax_backward(dev, groups, t, scale, y, dy, dx);
 }
-
-ddt_status conv_geometry_make(int channels, int height, int width, int kernel_h, int kernel_w,
-                              int stride_h, int stride_w, int pad_h, int pad_w, const char *what,
-                              conv_geometry *out) {
-    memset(out, 0, sizeof *out);
-    if (channels <= 0 || height <= 0 || width <= 0)
-        return ddt_error(DDT_ERR_USAGE, "%s: its input %dx%dx%d is empty", what, channels, height,
-                         width);
-    if (kernel_h <= 0 || kernel_w <= 0 || stride_h <= 0 || stride_w <= 0 || pad_h < 0 || pad_w < 0)
-        return ddt_error(DDT_ERR_USAGE,
-                         "%s: kernel and stride must be at least 1 and padding at least 0", what);
-    long padded_h = (long)height + 2L * pad_h, padded_w = (long)width + 2L * pad_w;
-    if (padded_h < kernel_h || padded_w < kernel_w)
-        return ddt_error(DDT_ERR_USAGE,
-                         "%s: the %dx%d window does not fit its %dx%d input (with padding %d)",
-                         what, kernel_h, kernel_w, height, width, pad_h);
-    *out = (conv_geometry){channels, height, width, kernel_h, kernel_w, stride_h, stride_w,
-                           pad_h, pad_w, (int)((padded_h - kernel_h) / stride_h + 1),
-                           (int)((padded_w - kernel_w) / stride_w + 1)};
-    return DDT_OK;
-}

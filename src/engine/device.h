@@ -48,7 +48,7 @@ typedef enum activation_kind {
  * channels x height x width, row-major). out_height = (height + 2 pad_h - kernel_h) / stride_h
  * + 1, likewise out_width (conv_geometry_make() computes them). Padding reads as zero for
  * convolutions and average pooling (counted in the divisor, PyTorch's count_include_pad) and
- * never wins a max pooling. */
+ * never wins a max pooling. conv_geometry_make() (model_spec.h) fills one in. */
 typedef struct conv_geometry {
     int channels, height, width;
     int kernel_h, kernel_w;
@@ -317,11 +317,5 @@ const char *precision_kind_name(precision_kind precision);
 /* "fp32", "tf32", "bf16", "fp16"; DDT_ERR_USAGE otherwise. */
 ddt_status precision_kind_parse(const char *text, precision_kind *out);
 const char *device_kind_name(device_kind kind);
-/* The geometry of a window over channels x height x width, with out_height and out_width
- * computed; DDT_ERR_USAGE, saying which, when the window does not fit or a size is not
- * positive (what = the layer, for the message). */
-ddt_status conv_geometry_make(int channels, int height, int width, int kernel_h, int kernel_w,
-                              int stride_h, int stride_w, int pad_h, int pad_w, const char *what,
-                              conv_geometry *out);
 
 #endif

@@ -62,9 +62,29 @@ void cpu_permute(device *dev, int rank, const int *dims, const int *perm, const 
                                               i2 * from_stride[2] + i3 * from_stride[3] +
                                               i4 * from_stride[4];
                         int64_t step = from_stride[5];
+                        if (step == 1) { /* the innermost axis stays innermost: a copy */
+                            memcpy(out + o, source, (size_t)out_size[5] * sizeof *out);
+                            o += out_size[5];
+                            continue;
+                        }
                         for (int64_t i5 = 0; i5 < out_size[5]; i5++)
                             out[o++] = source[i5 * step];
                     }
+}
+
+/* The outputs [first, end) whose input column ow * stride - pad + j lies inside the row. */
+static void valid_outputs(const conv_geometry *g, int j, int *first, int *end) {
+    int lo = 0, hi = g->out_width;
+    /* ow * stride >= pad - j */
+    int need = g->pad_w - j;
+    if (need > 0) lo = (need + g->stride_w - 1) / g->stride_w;
+    /* ow * stride - pad + j <= width - 1 */
+    int limit = g->width - 1 + g->pad_w - j;
+    hi = limit < 0 ? 0 : limit / g->stride_w + 1;
+    if (hi > g->out_width) hi = g->out_width;
+    if (lo > hi) lo = hi;
+    *first = lo;
+    *end = hi;
 }
 
 void cpu_im2col(device *dev, const conv_geometry *g, int samples, const float *x, float *cols) {
@@ -89,10 +109,20 @@ void cpu_im2col(device *dev, const conv_geometry *g, int samples, const float *x
                             continue;
                         }
                         const float *source = channel + (int64_t)h * g->width;
-                        for (int ow = 0; ow < g->out_width; ow++) {
-                            int w = ow * g->stride_w - g->pad_w + j;
-                            line[ow] = w >= 0 && w < g->width ? source[w] : 0.0f;
+                        int first, end; /* the outputs whose column w lies inside */
+                        valid_outputs(g, j, &first, &end);
+                        for (int ow = 0; ow < first; ow++)
+                            line[ow] = 0.0f;
+                        if (g->stride_w == 1) {
+                            int w0 = first - g->pad_w + j;
+                            if (end > first)
+                                memcpy(line + first, source + w0, (size_t)(end - first) * sizeof *line);
+                        } else {
+                            for (int ow = first; ow < end; ow++)
+                                line[ow] = source[ow * g->stride_w - g->pad_w + j];
                         }
+                        for (int ow = end > first ? end : first; ow < g->out_width; ow++)
+                            line[ow] = 0.0f;
                     }
                 }
             }
@@ -118,9 +148,15 @@ void cpu_col2im(device *dev, const conv_geometry *g, int samples, const float *c
                         if (h < 0 || h >= g->height) continue;
                         float *target = channel + (int64_t)h * g->width;
                         const float *line = sample_in + (int64_t)oh * g->out_width;
-                        for (int ow = 0; ow < g->out_width; ow++) {
-                            int w = ow * g->stride_w - g->pad_w + j;
-                            if (w >= 0 && w < g->width) target[w] += line[ow];
+                        int first, end;
+                        valid_outputs(g, j, &first, &end);
+                        if (g->stride_w == 1) {
+                            float *shifted = target - g->pad_w + j;
+                            for (int ow = first; ow < end; ow++)
+                                shifted[ow] += line[ow];
+                        } else {
+                            for (int ow = first; ow < end; ow++)
+                                target[ow * g->stride_w - g->pad_w + j] += line[ow];
                         }
                     }
                 }

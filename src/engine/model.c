@@ -1,10 +1,13 @@
-/* model.c - the MLP behind model.h: spec parsing, parameter layout, initialisation, and the
- * forward and backward passes expressed as device operations.
+/* model.c - running a model_spec (see model.h): memory planned once, parameters initialised,
+ * the graph walked forwards and backwards; each node's own work is in layers.c.
  *
- * Memory: three allocations made once in model_init() (parameters, gradients, activations).
- * The activation allocation holds, each padded to 64 bytes, every layer's output for max_rows
- * rows, the output-gradient buffer the loss writes, and two ping-pong buffers that carry the
- * gradient backwards from layer to layer; forward and backward only point into it.
+ * The backward pass is planned once per spec (plan_graph): walking the nodes last to first,
+ * each gradient that must flow gets a gradient buffer when its first contribution is written
+ * and gives it back once its node has consumed it. Nodes that pass gradients unchanged (a
+ * residual block's view and sum, flatten) share their buffer with their input's gradient; a
+ * second contribution to a gradient (a residual input's) is computed into a spare buffer and
+ * added. So a chain needs two or three buffers and each residual level one more, whatever the
+ * depth, and the memory plan knows how many before anything is allocated.
  */
 #include "engine/model.h"
 
@@ -13,331 +16,300 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/layers.h"
 #include "util/rng.h"
 
-/* Wider layers than this are surely a typo, and keep rows * width products far from overflow. */
-#define MODEL_MAX_WIDTH (1 << 24)
 /* Each activation sub-buffer starts on a 64-byte boundary (16 floats) for vector loads. */
-#define ACTIVATION_ALIGN_FLOATS 16
+#define ALIGN_FLOATS 16
 
-static const char LAYER_WORDS_HELP[] =
-    "expected a width or one of relu, gelu, tanh, sigmoid, dropout, dropoutP";
+enum { SLOT_UNSET = -3, SLOT_OUTPUT = -2, SLOT_NONE = -1 };
+
+typedef enum input_mode {
+    INPUT_SKIP,       /* no gradient flows there */
+    INPUT_ALIAS,      /* the input's gradient is this node's (identity backward) */
+    INPUT_ADD_INTO,   /* identity backward, but the input's gradient exists: add */
+    INPUT_WRITE,      /* the node writes the input's gradient (its first contribution) */
+    INPUT_ACCUMULATE, /* the node writes into a spare buffer, which is added */
+} input_mode;
+
+typedef struct backward_step {
+    int dy_slot; /* where the node's output gradient is, SLOT_NONE: no backward */
+    input_mode mode[2];
+    int target[2]; /* slots of the input gradients */
+    int spare;     /* INPUT_ACCUMULATE's buffer */
+} backward_step;
+
+/* Everything about one spec's memory and backward pass that does not need the device. */
+typedef struct graph_plan {
+    bool flows[MODEL_MAX_NODES]; /* a gradient flows into this node's output */
+    backward_step steps[MODEL_MAX_NODES];
+    int slot_count;
+    size_t slot_floats;
+    /* offsets in the activation allocation */
+    size_t output_offset[MODEL_MAX_NODES];
+    size_t saved_offset[MODEL_MAX_NODES];
+    bool shared[MODEL_MAX_NODES]; /* recompute: in the shared block region */
+    size_t shared_offset;         /* the shared region's start */
+    size_t workspace_offset;
+    size_t ones_offset; /* a row of ones (conv biases), ones_floats long */
+    size_t ones_floats;
+    size_t slots_offset;
+    size_t output_gradient_offset;
+    model_plan totals;
+} graph_plan;
 
 struct model {
     model_spec spec;
+    model_options options;
     allocator *alloc;
     device *dev;
     int max_rows;
-    size_t parameter_count;
+    graph_plan plan;
     float *parameters;
     float *gradients;
+    float *buffers;
     float *activations; /* the one ACTIVATIONS allocation; everything below points into it */
-    float *layer_storage[MODEL_MAX_LAYERS];
+    float *slots[MODEL_MAX_NODES];
     float *output_gradient;
-    float *backward_buffers[2];
-    dense_layout dense_of_layer[MODEL_MAX_LAYERS]; /* valid for dense layers */
-    int first_dense_layer;
-    /* What the last forward pass used and produced; an identity dropout aliases its input. */
+    /* the last forward pass */
     int forward_rows; /* -1 until the first forward */
-    const float *forward_inputs[MODEL_MAX_LAYERS];
-    const float *forward_outputs[MODEL_MAX_LAYERS];
+    bool forward_training;
+    model_input input;
+    const float *out[MODEL_MAX_NODES];
 };
 
-/* --- spec -------------------------------------------------------------------------------- */
-
-static const char *activation_word(activation_kind kind) {
-    switch (kind) {
-    case ACTIVATION_RELU:
-        return "relu";
-    case ACTIVATION_GELU:
-        return "gelu";
-    case ACTIVATION_TANH:
-        return "tanh";
-    case ACTIVATION_SIGMOID:
-        return "sigmoid";
-    case ACTIVATION_GELU_TANH:
-        return "gelu_tanh";
-    }
-    return "?";
-}
-
-static bool all_digits(const char *token) {
-    if (!*token) return false;
-    for (const char *p = token; *p; p++)
-        if (*p < '0' || *p > '9') return false;
-    return true;
-}
-
-/* Parses one layer word (not a width) into `layer`; DDT_ERR_USAGE naming the token otherwise. */
-static ddt_status parse_layer_word(const char *token, layer_spec *layer) {
-    static const activation_kind activations[] = {ACTIVATION_RELU, ACTIVATION_GELU, ACTIVATION_TANH,
-                                                  ACTIVATION_SIGMOID};
-    for (size_t i = 0; i < sizeof activations / sizeof activations[0]; i++) {
-        if (strcmp(token, activation_word(activations[i])) == 0) {
-            layer->kind = LAYER_ACTIVATION;
-            layer->activation = activations[i];
-            return DDT_OK;
-        }
-    }
-    const char *prefix = "dropout";
-    size_t prefix_length = strlen(prefix);
-    if (strncmp(token, prefix, prefix_length) == 0) {
-        const char *rate_text = token + prefix_length;
-        double rate = 0.5;
-        if (*rate_text) {
-            char *end = NULL;
-            rate = strtod(rate_text, &end);
-            bool numeric = end != rate_text && *end == '\0' &&
-                           ((*rate_text >= '0' && *rate_text <= '9') || *rate_text == '.');
-            if (!numeric)
-                return ddt_error(DDT_ERR_USAGE, "--model: '%s' is not a layer (%s)", token,
-                                 LAYER_WORDS_HELP);
-            if (!(rate >= 0.0 && rate < 1.0))
-                return ddt_error(DDT_ERR_USAGE,
-                                 "--model: '%s': the dropout rate must be in [0, 1), got %s", token,
-                                 rate_text);
-        }
-        layer->kind = LAYER_DROPOUT;
-        layer->dropout_rate = (float)rate;
-        return DDT_OK;
-    }
-    return ddt_error(DDT_ERR_USAGE, "--model: '%s' is not a layer (%s)", token, LAYER_WORDS_HELP);
-}
-
-static ddt_status parse_width(const char *token, int *width) {
-    if (!all_digits(token)) return ddt_error(DDT_ERR_INTERNAL, "parse_width: not a number");
-    /* Compare lengths first so 30-digit widths cannot overflow strtol. */
-    long value = strlen(token) > 9 ? MODEL_MAX_WIDTH + 1L : strtol(token, NULL, 10);
-    if (value <= 0)
-        return ddt_error(DDT_ERR_USAGE, "--model: width '%s' must be at least 1", token);
-    if (value > MODEL_MAX_WIDTH)
-        return ddt_error(DDT_ERR_USAGE, "--model: width '%s' is too large (at most %d)", token,
-                         MODEL_MAX_WIDTH);
-    *width = (int)value;
-    return DDT_OK;
-}
-
-/* Writes the canonical text; fails only if it does not fit in MODEL_SPEC_MAX_TEXT. */
-static ddt_status spec_format_text(model_spec *spec) {
-    char *text = spec->text;
-    size_t size = sizeof spec->text, used = 0;
-    int written = snprintf(text, size, "%d", spec->input_width);
-    for (int i = 0; i < spec->layer_count && written >= 0 && (size_t)written < size - used; i++) {
-        used += (size_t)written;
-        const layer_spec *layer = &spec->layers[i];
-        switch (layer->kind) {
-        case LAYER_DENSE:
-            written = snprintf(text + used, size - used, "-%d", layer->outputs);
-            break;
-        case LAYER_ACTIVATION:
-            written = snprintf(text + used, size - used, "-%s", activation_word(layer->activation));
-            break;
-        case LAYER_DROPOUT:
-            written = layer->dropout_rate == 0.5f ? snprintf(text + used, size - used, "-dropout")
-                                                  : snprintf(text + used, size - used, "-dropout%g",
-                                                             (double)layer->dropout_rate);
-            break;
-        }
-    }
-    if (written < 0 || (size_t)written >= size - used)
-        return ddt_error(DDT_ERR_USAGE, "--model: the spec is too long (at most %d characters)",
-                         MODEL_SPEC_MAX_TEXT - 1);
-    return DDT_OK;
-}
-
-ddt_status model_spec_parse(const char *text, model_spec *out) {
-    memset(out, 0, sizeof *out);
-    if (!text || !*text)
-        return ddt_error(DDT_ERR_USAGE,
-                         "--model: empty model spec (expected e.g. 784-256-relu-10)");
-    char buffer[MODEL_SPEC_MAX_TEXT];
-    if (strlen(text) >= sizeof buffer)
-        return ddt_error(DDT_ERR_USAGE,
-                         "--model: the spec is too long (%zu characters, at most %d)", strlen(text),
-                         MODEL_SPEC_MAX_TEXT - 1);
-    strcpy(buffer, text);
-
-    model_spec spec;
-    memset(&spec, 0, sizeof spec);
-    int width = 0;
-    int token_index = 0;
-    char *token = buffer;
-    for (;;) {
-        char *dash = strchr(token, '-');
-        if (dash) *dash = '\0';
-        if (!*token)
-            return ddt_error(DDT_ERR_USAGE,
-                             "--model: '%s' has an empty layer (a '-' at an end or two in a row)",
-                             text);
-        if (token_index == 0) {
-            if (!all_digits(token))
-                return ddt_error(DDT_ERR_USAGE,
-                                 "--model: '%s' must start with the input width, not '%s'", text,
-                                 token);
-            DDT_CHECK(parse_width(token, &width));
-            spec.input_width = width;
-        } else {
-            if (spec.layer_count == MODEL_MAX_LAYERS)
-                return ddt_error(DDT_ERR_USAGE, "--model: too many layers (at most %d)",
-                                 MODEL_MAX_LAYERS);
-            layer_spec *layer = &spec.layers[spec.layer_count];
-            if (all_digits(token)) {
-                int outputs;
-                DDT_CHECK(parse_width(token, &outputs));
-                layer->kind = LAYER_DENSE;
-                layer->inputs = width;
-                layer->outputs = outputs;
-                width = outputs;
-                spec.dense_count++;
-            } else {
-                DDT_CHECK(parse_layer_word(token, layer));
-                layer->inputs = width;
-                layer->outputs = width;
-            }
-            spec.layer_count++;
-        }
-        token_index++;
-        if (!dash) break;
-        token = dash + 1;
-    }
-    if (spec.dense_count == 0)
-        return ddt_error(DDT_ERR_USAGE,
-                         "--model: '%s' has no dense layer (add a width after the input width, "
-                         "e.g. %d-10)",
-                         text, spec.input_width);
-    if (spec.layers[spec.layer_count - 1].kind == LAYER_DROPOUT)
-        return ddt_error(DDT_ERR_USAGE,
-                         "--model: '%s' ends with dropout; end with a dense layer or an activation",
-                         text);
-    spec.output_width = width;
-    DDT_CHECK(spec_format_text(&spec));
-    *out = spec;
-    return DDT_OK;
-}
-
-size_t model_spec_parameter_count(const model_spec *spec) {
-    size_t count = 0;
-    for (int i = 0; i < spec->layer_count; i++) {
-        const layer_spec *layer = &spec->layers[i];
-        if (layer->kind == LAYER_DENSE)
-            count += (size_t)layer->outputs * (size_t)layer->inputs + (size_t)layer->outputs;
-    }
-    return count;
-}
-
-dense_layout model_spec_dense_layout(const model_spec *spec, int dense_index) {
-    dense_layout layout = {0};
-    size_t offset = 0;
-    int dense = 0;
-    for (int i = 0; i < spec->layer_count; i++) {
-        const layer_spec *layer = &spec->layers[i];
-        if (layer->kind != LAYER_DENSE) continue;
-        size_t weights = (size_t)layer->outputs * (size_t)layer->inputs;
-        if (dense == dense_index) {
-            layout.inputs = layer->inputs;
-            layout.outputs = layer->outputs;
-            layout.weight_offset = offset;
-            layout.bias_offset = offset + weights;
-            return layout;
-        }
-        offset += weights + (size_t)layer->outputs;
-        dense++;
-    }
-    return layout;
-}
-
 static size_t align_floats(size_t floats) {
-    return (floats + ACTIVATION_ALIGN_FLOATS - 1) / ACTIVATION_ALIGN_FLOATS *
-           ACTIVATION_ALIGN_FLOATS;
+    return (floats + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
 }
 
-/* The activation allocation's layout, shared by model_init() and the memory plan so the two
- * cannot disagree: layer outputs, then the output gradient, then two backward buffers. */
-typedef struct activation_layout {
-    size_t layer_offset[MODEL_MAX_LAYERS];
-    size_t output_gradient_offset;
-    size_t backward_offset[2];
-    size_t total_floats;
-} activation_layout;
-
-static activation_layout plan_activations(const model_spec *spec, int rows) {
-    activation_layout layout = {{0}, 0, {0, 0}, 0};
-    size_t offset = 0, rows_count = rows > 0 ? (size_t)rows : 0;
-    int max_width = 0;
-    for (int i = 0; i < spec->layer_count; i++) {
-        layout.layer_offset[i] = offset;
-        offset += align_floats(rows_count * (size_t)spec->layers[i].outputs);
-        if (spec->layers[i].outputs > max_width) max_width = spec->layers[i].outputs;
-    }
-    layout.output_gradient_offset = offset;
-    offset += align_floats(rows_count * (size_t)spec->output_width);
-    /* Gradients flowing backwards only ever have a layer's output width. */
-    for (int b = 0; b < 2; b++) {
-        layout.backward_offset[b] = offset;
-        offset += align_floats(rows_count * (size_t)max_width);
-    }
-    layout.total_floats = offset;
-    return layout;
+static bool node_trains(const model_spec *spec, const model_node *node) {
+    for (int t = node->first_tensor; t < node->first_tensor + node->tensor_count; t++)
+        if (!spec->tensors[t].is_buffer) return true;
+    return node->kind == NODE_LM_HEAD; /* its gradient goes to the tied table */
 }
 
-size_t model_spec_activation_floats(const model_spec *spec, int rows) {
-    return plan_activations(spec, rows).total_floats;
+/* The block's last node (its output, kept) for each gpt(...) block. */
+static void block_ends(const model_spec *spec, int *last) {
+    for (int b = 0; b < spec->block_count; b++)
+        last[b] = -1;
+    for (int n = 0; n < spec->node_count; n++)
+        if (spec->nodes[n].block >= 0) last[spec->nodes[n].block] = n;
+}
+
+static bool in_shared_region(const model_spec *spec, const int *last, int n) {
+    int b = spec->nodes[n].block;
+    return b >= 0 && last[b] != n;
+}
+
+/* Plans the backward pass's gradient buffers (see the comment at the top). */
+static ddt_status plan_backward(const model_spec *spec, graph_plan *g) {
+    int count = spec->node_count;
+    for (int n = 0; n < count; n++) {
+        const model_node *node = &spec->nodes[n];
+        g->flows[n] = node_trains(spec, node) || (node->input >= 0 && g->flows[node->input]) ||
+                      (node->second_input >= 0 && g->flows[node->second_input]);
+    }
+    int slot_of[MODEL_MAX_NODES];
+    int references[MODEL_MAX_NODES + 1] = {0};
+    int free_slots[MODEL_MAX_NODES], free_count = 0;
+    g->slot_count = 0;
+    for (int n = 0; n < count; n++)
+        slot_of[n] = SLOT_UNSET;
+    slot_of[count - 1] = SLOT_OUTPUT;
+#define TAKE_SLOT() (free_count ? free_slots[--free_count] : g->slot_count++)
+#define RELEASE(slot)                                                                             \
+    do {                                                                                           \
+        if ((slot) >= 0 && --references[(slot)] == 0) free_slots[free_count++] = (slot);          \
+    } while (0)
+    for (int n = count - 1; n >= 0; n--) {
+        const model_node *node = &spec->nodes[n];
+        backward_step *step = &g->steps[n];
+        step->dy_slot = SLOT_NONE;
+        step->spare = SLOT_NONE;
+        step->mode[0] = step->mode[1] = INPUT_SKIP;
+        step->target[0] = step->target[1] = SLOT_NONE;
+        if (!g->flows[n]) continue;
+        if (slot_of[n] == SLOT_UNSET)
+            return ddt_error(DDT_ERR_INTERNAL, "model: node %d's output is never used", n);
+        int dy = slot_of[n];
+        step->dy_slot = dy;
+        int inputs[2] = {node->input, node->second_input};
+        bool identity = layer_backward_is_identity(node);
+        for (int k = 0; k < 2; k++) {
+            int i = inputs[k];
+            if (i < 0 || !g->flows[i]) continue;
+            if (identity) {
+                if (slot_of[i] == SLOT_UNSET) {
+                    slot_of[i] = dy;
+                    if (dy >= 0) references[dy]++;
+                    step->mode[k] = INPUT_ALIAS;
+                } else {
+                    step->mode[k] = INPUT_ADD_INTO;
+                }
+            } else if (slot_of[i] == SLOT_UNSET) {
+                int s = TAKE_SLOT();
+                references[s] = 1;
+                slot_of[i] = s;
+                step->mode[k] = INPUT_WRITE;
+            } else {
+                step->spare = TAKE_SLOT();
+                references[step->spare] = 1;
+                step->mode[k] = INPUT_ACCUMULATE;
+            }
+            step->target[k] = slot_of[i];
+        }
+        RELEASE(dy);
+        RELEASE(step->spare);
+    }
+#undef TAKE_SLOT
+#undef RELEASE
+    return DDT_OK;
+}
+
+static ddt_status plan_graph(const model_spec *spec, int rows, model_options options,
+                             graph_plan *g) {
+    memset(g, 0, sizeof *g);
+    DDT_CHECK(plan_backward(spec, g));
+    int last[MODEL_MAX_NODES];
+    block_ends(spec, last);
+    bool recompute = options.recompute && spec->block_count > 0;
+    size_t offset = 0, shared_size = 0, block_used = 0, workspace = 0, slot_floats = 0;
+    size_t max_operand = 0, ones = 0;
+    int block = -1;
+    for (int n = 0; n < spec->node_count; n++) {
+        size_t output = align_floats(layer_output_floats(spec, n, rows));
+        size_t saved = align_floats(layer_saved_floats(spec, n, rows));
+        const model_node *node = &spec->nodes[n];
+        bool input_gradient = node->input >= 0 && g->flows[node->input];
+        size_t work = align_floats(layer_workspace_floats(spec, n, rows, input_gradient));
+        if (work > workspace) workspace = work;
+        size_t operand = layer_max_gemm_operand_floats(spec, n, rows);
+        if (operand > max_operand) max_operand = operand;
+        size_t need_ones = layer_ones_floats(spec, n, rows);
+        if (need_ones > ones) ones = need_ones;
+        if (g->flows[n]) {
+            size_t gradient = (size_t)rows * (size_t)tensor_shape_count(&node->out_shape);
+            if (gradient > slot_floats) slot_floats = gradient;
+        }
+        g->shared[n] = recompute && in_shared_region(spec, last, n);
+        if (g->shared[n]) {
+            if (node->block != block) {
+                block = node->block;
+                block_used = 0;
+            }
+            g->output_offset[n] = block_used;
+            g->saved_offset[n] = block_used + output;
+            block_used += output + saved;
+            if (block_used > shared_size) shared_size = block_used;
+        } else {
+            g->output_offset[n] = offset;
+            g->saved_offset[n] = offset + output;
+            offset += output + saved;
+        }
+    }
+    size_t stored = offset + shared_size;
+    g->shared_offset = offset;
+    offset += shared_size;
+    g->workspace_offset = offset;
+    offset += workspace;
+    g->ones_offset = offset;
+    g->ones_floats = ones;
+    offset += align_floats(ones);
+    g->slot_floats = align_floats(slot_floats);
+    g->slots_offset = offset;
+    offset += (size_t)g->slot_count * g->slot_floats;
+    g->output_gradient_offset = offset;
+    size_t output_gradient =
+        align_floats((size_t)rows * (size_t)spec->positions * (size_t)spec->output_width);
+    offset += output_gradient;
+    g->totals = (model_plan){
+        .activation_floats = offset,
+        .stored_floats = stored,
+        .workspace_floats = workspace + align_floats(ones),
+        .gradient_floats = (size_t)g->slot_count * g->slot_floats + output_gradient,
+        .gradient_buffers = g->slot_count,
+        .max_gemm_operand_floats = max_operand,
+    };
+    for (int n = 0; n < spec->node_count; n++)
+        if (g->shared[n]) {
+            g->output_offset[n] += g->shared_offset;
+            g->saved_offset[n] += g->shared_offset;
+        }
+    return DDT_OK;
+}
+
+model_plan model_plan_for(const model_spec *spec, int rows, model_options options) {
+    graph_plan *g = malloc(sizeof *g);
+    model_plan plan = {0};
+    if (g && plan_graph(spec, rows > 0 ? rows : 0, options, g) == DDT_OK) plan = g->totals;
+    free(g);
+    return plan;
+}
+
+size_t model_spec_activation_floats(const model_spec *spec, int rows, model_options options) {
+    return model_plan_for(spec, rows, options).activation_floats;
 }
 
 size_t model_spec_max_gemm_operand_floats(const model_spec *spec, int rows) {
     size_t largest = 0;
-    for (int d = 0; d < spec->dense_count; d++) {
-        dense_layout layout = model_spec_dense_layout(spec, d);
-        size_t in = (size_t)layout.inputs, out = (size_t)layout.outputs, n = (size_t)rows;
-        size_t sizes[3] = {in * out, n * in, n * out};
-        for (int i = 0; i < 3; i++)
-            if (sizes[i] > largest) largest = sizes[i];
+    for (int n = 0; n < spec->node_count; n++) {
+        size_t operand = layer_max_gemm_operand_floats(spec, n, rows);
+        if (operand > largest) largest = operand;
     }
     return largest;
 }
 
 /* --- lifetime ---------------------------------------------------------------------------- */
 
-ddt_status model_init(const model_spec *spec, allocator *alloc, int max_rows, model **out) {
+ddt_status model_init(const model_spec *spec, allocator *alloc, int max_rows,
+                      model_options options, model **out) {
     *out = NULL;
     if (max_rows <= 0)
         return ddt_error(DDT_ERR_USAGE, "the micro-batch must hold at least one row (got %d)",
                          max_rows);
-    if (spec->layer_count <= 0 || spec->dense_count <= 0)
-        return ddt_error(DDT_ERR_INTERNAL, "model_init: spec has no dense layer");
+    if (spec->node_count <= 0 || spec->parameter_count == 0)
+        return ddt_error(DDT_ERR_INTERNAL, "model_init: the spec has no layer with parameters");
     model *m = calloc(1, sizeof *m);
     if (!m) return ddt_error(DDT_ERR_MEMORY, "out of host memory creating the model");
     m->spec = *spec;
+    m->options = options;
     m->alloc = alloc;
     m->dev = allocator_device(alloc);
     m->max_rows = max_rows;
     m->forward_rows = -1;
-    m->parameter_count = model_spec_parameter_count(spec);
-    m->first_dense_layer = -1;
-    int dense = 0;
-    for (int i = 0; i < spec->layer_count; i++) {
-        if (spec->layers[i].kind != LAYER_DENSE) continue;
-        if (m->first_dense_layer < 0) m->first_dense_layer = i;
-        m->dense_of_layer[i] = model_spec_dense_layout(spec, dense++);
-    }
-
     ddt_status status;
-    size_t parameter_bytes = m->parameter_count * sizeof(float);
+    DDT_CHECK_GOTO(plan_graph(&m->spec, max_rows, options, &m->plan), status, fail);
+    size_t parameter_bytes = spec->parameter_count * sizeof(float);
     DDT_CHECK_GOTO(allocator_alloc(alloc, MEMORY_COMPONENT_PARAMETERS, parameter_bytes,
                                    (void **)&m->parameters),
                    status, fail);
     DDT_CHECK_GOTO(
         allocator_alloc(alloc, MEMORY_COMPONENT_GRADIENTS, parameter_bytes, (void **)&m->gradients),
         status, fail);
-    activation_layout layout = plan_activations(spec, max_rows);
+    if (spec->buffer_count)
+        DDT_CHECK_GOTO(allocator_alloc(alloc, MEMORY_COMPONENT_PARAMETERS,
+                                       spec->buffer_count * sizeof(float), (void **)&m->buffers),
+                       status, fail);
     DDT_CHECK_GOTO(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS,
-                                   layout.total_floats * sizeof(float), (void **)&m->activations),
+                                   m->plan.totals.activation_floats * sizeof(float),
+                                   (void **)&m->activations),
                    status, fail);
-    for (int i = 0; i < spec->layer_count; i++)
-        m->layer_storage[i] = m->activations + layout.layer_offset[i];
-    m->output_gradient = m->activations + layout.output_gradient_offset;
-    for (int b = 0; b < 2; b++)
-        m->backward_buffers[b] = m->activations + layout.backward_offset[b];
+    for (int s = 0; s < m->plan.slot_count; s++)
+        m->slots[s] = m->activations + m->plan.slots_offset + (size_t)s * m->plan.slot_floats;
+    m->output_gradient = m->activations + m->plan.output_gradient_offset;
+    if (m->plan.ones_floats) {
+        float *ones = malloc(m->plan.ones_floats * sizeof *ones);
+        if (!ones) {
+            status = ddt_error(DDT_ERR_MEMORY, "out of host memory creating the model");
+            goto fail;
+        }
+        for (size_t i = 0; i < m->plan.ones_floats; i++)
+            ones[i] = 1.0f;
+        status = device_copy_host_to_device(m->dev, m->activations + m->plan.ones_offset, ones,
+                                            m->plan.ones_floats * sizeof *ones);
+        free(ones);
+        if (status != DDT_OK) goto fail;
+    }
     *out = m;
     return DDT_OK;
 
@@ -349,52 +321,73 @@ fail:
 void model_free(model *m) {
     if (!m) return;
     allocator_free(m->alloc, m->activations);
+    allocator_free(m->alloc, m->buffers);
     allocator_free(m->alloc, m->gradients);
     allocator_free(m->alloc, m->parameters);
     free(m);
 }
 
-/* He init suits layers whose output goes (through any dropout) into relu or gelu. */
-static bool dense_feeds_rectifier(const model_spec *spec, int layer_index) {
-    for (int i = layer_index + 1; i < spec->layer_count; i++) {
-        const layer_spec *layer = &spec->layers[i];
-        if (layer->kind == LAYER_DROPOUT) continue;
-        return layer->kind == LAYER_ACTIVATION &&
-               (layer->activation == ACTIVATION_RELU || layer->activation == ACTIVATION_GELU);
+static void init_tensor(const model_spec *spec, int index, uint64_t seed, float *values) {
+    const model_tensor *t = &spec->tensors[index];
+    int owner = -1;
+    for (int n = 0; n < spec->node_count && owner < 0; n++)
+        if (index >= spec->nodes[n].first_tensor &&
+            index < spec->nodes[n].first_tensor + spec->nodes[n].tensor_count)
+            owner = n;
+    switch (t->init) {
+    case TENSOR_INIT_ZERO:
+        memset(values, 0, t->count * sizeof *values);
+        break;
+    case TENSOR_INIT_ONE:
+        for (size_t e = 0; e < t->count; e++)
+            values[e] = 1.0f;
+        break;
+    case TENSOR_INIT_FAN_IN: {
+        uint64_t key = (uint64_t)spec->nodes[owner].parameter_ordinal;
+        if (t->init_rectifier) {
+            double std = sqrt(2.0 / t->fan_in);
+            for (size_t e = 0; e < t->count; e++)
+                values[e] = (float)(std * rng_normal(
+                                              rng_hash4(seed, RNG_PURPOSE_INIT, key, 2 * (uint64_t)e),
+                                              rng_hash4(seed, RNG_PURPOSE_INIT, key,
+                                                        2 * (uint64_t)e + 1)));
+        } else {
+            double limit = sqrt(6.0 / (t->fan_in + t->fan_out));
+            for (size_t e = 0; e < t->count; e++) {
+                double u = rng_uniform(rng_hash4(seed, RNG_PURPOSE_INIT, key, e));
+                values[e] = (float)((2.0 * u - 1.0) * limit);
+            }
+        }
+        break;
     }
-    return false;
+    case TENSOR_INIT_NORMAL: {
+        uint64_t key = MODEL_INIT_NORMAL_KEY + (uint64_t)index;
+        for (size_t e = 0; e < t->count; e++)
+            values[e] = (float)(t->init_std *
+                                rng_normal(rng_hash4(seed, RNG_PURPOSE_INIT, key, 2 * (uint64_t)e),
+                                           rng_hash4(seed, RNG_PURPOSE_INIT, key,
+                                                     2 * (uint64_t)e + 1)));
+        break;
+    }
+    }
 }
 
 ddt_status model_init_parameters(model *m, uint64_t seed) {
-    float *host = calloc(m->parameter_count ? m->parameter_count : 1, sizeof *host);
+    const model_spec *spec = &m->spec;
+    size_t total = spec->parameter_count + spec->buffer_count;
+    float *host = calloc(total ? total : 1, sizeof *host);
     if (!host)
-        return ddt_error(DDT_ERR_MEMORY, "out of host memory initialising %zu parameters",
-                         m->parameter_count);
-    int dense = 0;
-    for (int i = 0; i < m->spec.layer_count; i++) {
-        if (m->spec.layers[i].kind != LAYER_DENSE) continue;
-        dense_layout layout = m->dense_of_layer[i];
-        float *weights = host + layout.weight_offset;
-        size_t count = (size_t)layout.outputs * (size_t)layout.inputs;
-        if (dense_feeds_rectifier(&m->spec, i)) {
-            double std = sqrt(2.0 / layout.inputs);
-            for (size_t e = 0; e < count; e++)
-                weights[e] = (float)(std * rng_normal(rng_hash4(seed, RNG_PURPOSE_INIT, dense,
-                                                                2 * (uint64_t)e),
-                                                      rng_hash4(seed, RNG_PURPOSE_INIT, dense,
-                                                                2 * (uint64_t)e + 1)));
-        } else {
-            double limit = sqrt(6.0 / (layout.inputs + layout.outputs));
-            for (size_t e = 0; e < count; e++) {
-                double u = rng_uniform(rng_hash4(seed, RNG_PURPOSE_INIT, dense, e));
-                weights[e] = (float)((2.0 * u - 1.0) * limit);
-            }
-        }
-        /* Biases stay zero from calloc. */
-        dense++;
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory initialising %zu parameters", total);
+    float *buffers = host + spec->parameter_count;
+    for (int t = 0; t < spec->tensor_count; t++) {
+        const model_tensor *tensor = &spec->tensors[t];
+        init_tensor(spec, t, seed, (tensor->is_buffer ? buffers : host) + tensor->offset);
     }
     ddt_status status = device_copy_host_to_device(m->dev, m->parameters, host,
-                                                         m->parameter_count * sizeof(float));
+                                                   spec->parameter_count * sizeof(float));
+    if (status == DDT_OK && spec->buffer_count)
+        status = device_copy_host_to_device(m->dev, m->buffers, buffers,
+                                            spec->buffer_count * sizeof(float));
     free(host);
     if (status != DDT_OK) ddt_error_trace(__FILE__, __LINE__);
     return status;
@@ -405,7 +398,7 @@ const model_spec *model_get_spec(const model *m) {
 }
 
 size_t model_parameter_count(const model *m) {
-    return m->parameter_count;
+    return m->spec.parameter_count;
 }
 
 float *model_parameters(model *m) {
@@ -414,6 +407,33 @@ float *model_parameters(model *m) {
 
 float *model_gradients(model *m) {
     return m->gradients;
+}
+
+float *model_buffers(model *m) {
+    return m->buffers;
+}
+
+size_t model_buffer_count(const model *m) {
+    return m->spec.buffer_count;
+}
+
+ddt_status model_set_state(model *m, const float *host_state) {
+    DDT_CHECK(device_copy_host_to_device(m->dev, m->parameters, host_state,
+                                         m->spec.parameter_count * sizeof(float)));
+    if (m->spec.buffer_count)
+        DDT_CHECK(device_copy_host_to_device(m->dev, m->buffers,
+                                             host_state + m->spec.parameter_count,
+                                             m->spec.buffer_count * sizeof(float)));
+    return DDT_OK;
+}
+
+ddt_status model_get_state(model *m, float *host_state) {
+    DDT_CHECK(device_copy_device_to_host(m->dev, host_state, m->parameters,
+                                         m->spec.parameter_count * sizeof(float)));
+    if (m->spec.buffer_count)
+        DDT_CHECK(device_copy_device_to_host(m->dev, host_state + m->spec.parameter_count,
+                                             m->buffers, m->spec.buffer_count * sizeof(float)));
+    return DDT_OK;
 }
 
 int model_max_rows(const model *m) {
@@ -425,56 +445,70 @@ float *model_output_gradient(model *m) {
 }
 
 void model_zero_gradients(model *m) {
-    device_fill_zero(m->dev, m->gradients, m->parameter_count * sizeof(float));
+    device_fill_zero(m->dev, m->gradients, m->spec.parameter_count * sizeof(float));
 }
 
 /* --- passes ------------------------------------------------------------------------------ */
 
-static bool dropout_active(const layer_spec *layer, const model_pass *pass) {
-    return pass->training && layer->dropout_rate > 0.0f;
+static layer_call call_for(model *m, int n, int rows, const model_pass *pass) {
+    const model_node *node = &m->spec.nodes[n];
+    return (layer_call){
+        .dev = m->dev,
+        .spec = &m->spec,
+        .index = n,
+        .rows = rows,
+        .pass = pass,
+        .parameters = m->parameters,
+        .gradients = m->gradients,
+        .buffers = m->buffers,
+        .x = node->input >= 0 ? m->out[node->input] : m->input.features,
+        .x2 = node->second_input >= 0 ? m->out[node->second_input] : NULL,
+        .tokens = m->input.tokens,
+        .y = m->activations + m->plan.output_offset[n],
+        .saved = m->activations + m->plan.saved_offset[n],
+        .workspace = m->activations + m->plan.workspace_offset,
+        .ones = m->activations + m->plan.ones_offset,
+    };
 }
 
-ddt_status model_forward(model *m, const float *inputs, int rows, const model_pass *pass,
-                         const float **outputs) {
+static ddt_status forward_range(model *m, int from, int to, int rows, const model_pass *pass) {
+    for (int n = from; n < to; n++) {
+        layer_call call = call_for(m, n, rows, pass);
+        DDT_CHECK(layer_forward(&call, &m->out[n]));
+    }
+    return DDT_OK;
+}
+
+ddt_status model_forward(model *m, model_input input, int rows, const model_pass *pass,
+                         const float **logits) {
     if (rows < 0 || rows > m->max_rows)
         return ddt_error(DDT_ERR_INTERNAL, "model_forward: %d rows, but the model holds %d", rows,
                          m->max_rows);
-    device *dev = m->dev;
-    const float *x = inputs;
-    for (int i = 0; i < m->spec.layer_count; i++) {
-        const layer_spec *layer = &m->spec.layers[i];
-        float *y = m->layer_storage[i];
-        m->forward_inputs[i] = x;
-        switch (layer->kind) {
-        case LAYER_DENSE: {
-            const dense_layout *d = &m->dense_of_layer[i];
-            device_gemm(dev, false, true, rows, d->outputs, d->inputs, 1.0f, x, d->inputs,
-                      m->parameters + d->weight_offset, d->inputs, 0.0f, y, d->outputs);
-            device_bias_add(dev, rows, d->outputs, y, m->parameters + d->bias_offset);
-            m->forward_outputs[i] = y;
-            break;
-        }
-        case LAYER_ACTIVATION:
-            device_activation_forward(dev, layer->activation, (size_t)rows * layer->outputs, x, y);
-            m->forward_outputs[i] = y;
-            break;
-        case LAYER_DROPOUT:
-            if (!dropout_active(layer, pass)) {
-                m->forward_outputs[i] = x; /* identity: no copy */
-                break;
-            }
-            if (!pass->row_ids && rows > 0)
-                return ddt_error(DDT_ERR_INTERNAL, "model_forward: dropout needs row ids");
-            device_dropout_forward(dev, rows, layer->outputs, layer->dropout_rate,
-                                 (dropout_key){pass->seed, pass->step, i}, pass->row_ids, x, y);
-            m->forward_outputs[i] = y;
-            break;
-        }
-        x = m->forward_outputs[i];
-    }
+    bool tokens = m->spec.input_kind == MODEL_INPUT_TOKENS;
+    if ((tokens && !input.tokens) || (!tokens && !input.features))
+        return ddt_error(DDT_ERR_INTERNAL, "model_forward: the model takes %s",
+                         tokens ? "token ids" : "features");
+    m->input = input;
+    DDT_CHECK(forward_range(m, 0, m->spec.node_count, rows, pass));
     m->forward_rows = rows;
-    *outputs = x;
+    m->forward_training = pass->training;
+    *logits = m->out[m->spec.node_count - 1];
     return DDT_OK;
+}
+
+static float *slot_pointer(model *m, int slot) {
+    return slot == SLOT_OUTPUT ? m->output_gradient : slot >= 0 ? m->slots[slot] : NULL;
+}
+
+/* Recompute: runs block b's stored-in-the-shared-region nodes again. */
+static ddt_status recompute_block(model *m, int block, int rows, const model_pass *pass) {
+    int first = -1, last = -1;
+    for (int n = 0; n < m->spec.node_count; n++)
+        if (m->spec.nodes[n].block == block) {
+            if (first < 0) first = n;
+            last = n;
+        }
+    return forward_range(m, first, last, rows, pass);
 }
 
 ddt_status model_backward(model *m, int rows, const model_pass *pass,
@@ -483,43 +517,44 @@ ddt_status model_backward(model *m, int rows, const model_pass *pass,
         return ddt_error(DDT_ERR_INTERNAL,
                          "model_backward: %d rows, but the last forward pass had %d", rows,
                          m->forward_rows);
+    if (!m->forward_training)
+        return ddt_error(DDT_ERR_INTERNAL, "model_backward: the last forward pass was not training");
     device *dev = m->dev;
-    const float *dy = m->output_gradient;
-    int next_buffer = 0;
-    /* Layers before the first dense one have no parameters, so the gradient stops there. */
-    for (int i = m->spec.layer_count - 1; i >= m->first_dense_layer; i--) {
-        const layer_spec *layer = &m->spec.layers[i];
-        const float *x = m->forward_inputs[i];
-        float *dx = i > m->first_dense_layer ? m->backward_buffers[next_buffer] : NULL;
-        switch (layer->kind) {
-        case LAYER_DENSE: {
-            const dense_layout *d = &m->dense_of_layer[i];
-            /* dW += dy^T x and db += column sums of dy, then tell the caller they are final
-             * before computing dx, so a reduction of them can overlap that last product. */
-            device_gemm(dev, true, false, d->outputs, d->inputs, rows, 1.0f, dy, d->outputs, x,
-                      d->inputs, 1.0f, m->gradients + d->weight_offset, d->inputs);
-            device_bias_gradient_accumulate(dev, rows, d->outputs, dy, m->gradients + d->bias_offset);
-            if (on_ready) DDT_CHECK(on_ready(context, d->weight_offset));
-            if (dx)
-                device_gemm(dev, false, false, rows, d->inputs, d->outputs, 1.0f, dy, d->outputs,
-                          m->parameters + d->weight_offset, d->inputs, 0.0f, dx, d->inputs);
-            break;
+    int recomputed = -1; /* the block whose shared storage holds its own values */
+    int last_block = -1;
+    for (int n = 0; n < m->spec.node_count; n++)
+        if (m->spec.nodes[n].block > last_block) last_block = m->spec.nodes[n].block;
+    recomputed = last_block; /* forward just left the last block in the shared region */
+    for (int n = m->spec.node_count - 1; n >= 0; n--) {
+        const backward_step *step = &m->plan.steps[n];
+        if (step->dy_slot == SLOT_NONE) continue;
+        const model_node *node = &m->spec.nodes[n];
+        if (m->plan.shared[n] && node->block != recomputed) {
+            DDT_CHECK(recompute_block(m, node->block, rows, pass));
+            recomputed = node->block;
         }
-        case LAYER_ACTIVATION:
-            device_activation_backward(dev, layer->activation, (size_t)rows * layer->outputs, x,
-                                     m->forward_outputs[i], dy, dx);
-            break;
-        case LAYER_DROPOUT:
-            if (!dropout_active(layer, pass)) continue; /* identity: dy passes unchanged */
-            if (!pass->row_ids && rows > 0)
-                return ddt_error(DDT_ERR_INTERNAL, "model_backward: dropout needs row ids");
-            device_dropout_backward(dev, rows, layer->outputs, layer->dropout_rate,
-                                  (dropout_key){pass->seed, pass->step, i}, pass->row_ids, dy, dx);
-            break;
+        const float *dy = slot_pointer(m, step->dy_slot);
+        size_t count = (size_t)rows * (size_t)tensor_shape_count(&node->out_shape);
+        if (layer_backward_is_identity(node)) {
+            for (int k = 0; k < 2; k++)
+                if (step->mode[k] == INPUT_ADD_INTO) {
+                    float *target = slot_pointer(m, step->target[k]);
+                    device_add(dev, count, target, dy, target);
+                }
+            continue;
         }
-        if (dx) {
-            dy = dx;
-            next_buffer ^= 1;
+        float *dx = NULL, *accumulate_into = NULL;
+        if (step->mode[0] == INPUT_WRITE) dx = slot_pointer(m, step->target[0]);
+        if (step->mode[0] == INPUT_ACCUMULATE) {
+            dx = slot_pointer(m, step->spare);
+            accumulate_into = slot_pointer(m, step->target[0]);
+        }
+        layer_call call = call_for(m, n, rows, pass);
+        DDT_CHECK(layer_backward(&call, m->out[n], dy, dx, on_ready, context));
+        if (accumulate_into) {
+            const model_node *input = &m->spec.nodes[node->input];
+            size_t input_count = (size_t)rows * (size_t)tensor_shape_count(&input->out_shape);
+            device_add(dev, input_count, accumulate_into, dx, accumulate_into);
         }
     }
     return DDT_OK;

@@ -18,6 +18,11 @@ struct optimizer {
     float *state; /* NULL for plain SGD; velocity (P) or AdamW's m then v (2P) */
     size_t state_count;
     int64_t steps_taken;
+    /* Where weight decay applies: segments [start, end) of the buffer, in order, each with
+     * or without decay; one segment (with decay) unless optimizer_set_decay() said more. */
+    int segment_count;
+    size_t *segment_start;
+    bool *segment_decays;
 };
 
 optimizer_params optimizer_default_params(void) {
@@ -117,22 +122,69 @@ ddt_status optimizer_init(const optimizer_params *params, allocator *alloc, size
 void optimizer_free(optimizer *opt) {
     if (!opt) return;
     allocator_free(opt->alloc, opt->state);
+    free(opt->segment_start);
+    free(opt->segment_decays);
     free(opt);
 }
 
-void optimizer_step(optimizer *opt, float *params, const float *grads, float lr) {
+ddt_status optimizer_set_decay(optimizer *opt, const bool *decays, size_t count) {
+    if (count != opt->parameter_count)
+        return ddt_error(DDT_ERR_INTERNAL, "optimizer_set_decay: %zu flags for %zu parameters",
+                         count, opt->parameter_count);
+    int segments = 0;
+    for (size_t i = 0; i < count; i++)
+        if (i == 0 || decays[i] != decays[i - 1]) segments++;
+    size_t *start = malloc((size_t)(segments ? segments : 1) * sizeof *start);
+    bool *decay = malloc((size_t)(segments ? segments : 1) * sizeof *decay);
+    if (!start || !decay) {
+        free(start);
+        free(decay);
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory for the weight-decay segments");
+    }
+    int k = 0;
+    for (size_t i = 0; i < count; i++)
+        if (i == 0 || decays[i] != decays[i - 1]) {
+            start[k] = i;
+            decay[k++] = decays[i];
+        }
+    free(opt->segment_start);
+    free(opt->segment_decays);
+    opt->segment_start = start;
+    opt->segment_decays = decay;
+    opt->segment_count = segments;
+    return DDT_OK;
+}
+
+/* One update of parameters [from, from + count) with weight decay `decay`. */
+static void update_segment(optimizer *opt, float *params, const float *grads, float lr,
+                           size_t from, size_t count, float decay) {
     const optimizer_params *p = &opt->params;
     device *dev = opt->dev;
     switch (p->kind) {
     case OPTIMIZER_SGD:
-        device_sgd_update(dev, opt->parameter_count, params, grads, opt->state, lr, p->momentum,
-                             p->nesterov, p->weight_decay, opt->steps_taken == 0);
+        device_sgd_update(dev, count, params + from, grads + from,
+                          opt->state ? opt->state + from : NULL, lr, p->momentum, p->nesterov,
+                          decay, opt->steps_taken == 0);
         break;
     case OPTIMIZER_ADAMW:
-        device_adamw_update(dev, opt->parameter_count, params, grads, opt->state,
-                               opt->state + opt->parameter_count, lr, p->beta1, p->beta2, p->eps,
-                               p->weight_decay, opt->steps_taken + 1);
+        device_adamw_update(dev, count, params + from, grads + from, opt->state + from,
+                            opt->state + opt->parameter_count + from, lr, p->beta1, p->beta2,
+                            p->eps, decay, opt->steps_taken + 1);
         break;
+    }
+}
+
+void optimizer_step(optimizer *opt, float *params, const float *grads, float lr) {
+    if (opt->segment_count == 0) {
+        update_segment(opt, params, grads, lr, 0, opt->parameter_count, opt->params.weight_decay);
+    } else {
+        for (int k = 0; k < opt->segment_count; k++) {
+            size_t from = opt->segment_start[k];
+            size_t end = k + 1 < opt->segment_count ? opt->segment_start[k + 1]
+                                                    : opt->parameter_count;
+            update_segment(opt, params, grads, lr, from, end - from,
+                           opt->segment_decays[k] ? opt->params.weight_decay : 0.0f);
+        }
     }
     opt->steps_taken++;
 }

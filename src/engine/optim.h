@@ -1,7 +1,8 @@
 /* optim.h - optimizers (SGD with momentum/Nesterov, AdamW) and learning-rate schedules.
  *
  * The optimizer's state (momentum, or Adam's two moments) is one contiguous device buffer
- * laid out like the parameters, so one device call updates everything.
+ * laid out like the parameters, so one device call updates everything (one per segment when
+ * weight decay spares some tensors: optimizer_set_decay()).
  *
  * Ownership: optimizer_init() allocates the state through `alloc`; optimizer_free() frees it.
  *
@@ -52,6 +53,11 @@ size_t optimizer_state_floats(const optimizer_params *params, size_t parameter_c
 ddt_status optimizer_init(const optimizer_params *params, allocator *alloc, size_t parameter_count,
                           optimizer **out);
 void optimizer_free(optimizer *opt);
+/* Which parameters weight decay applies to (one flag per parameter; by default all): the
+ * update runs segment by segment over the runs of equal flags, without decay where a flag is
+ * false. The elementwise update is the same as over the whole buffer, so results do not
+ * depend on how the buffer is cut. */
+ddt_status optimizer_set_decay(optimizer *opt, const bool *decays, size_t count);
 /* Applies one update with learning rate lr and counts it. */
 void optimizer_step(optimizer *opt, float *params, const float *grads, float lr);
 int64_t optimizer_steps_taken(const optimizer *opt);

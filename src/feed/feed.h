@@ -49,8 +49,9 @@
 /* A micro-batch on the device; pointers are device pointers, valid until the next
  * feed_next() or feed_read_evaluation(). */
 typedef struct feed_batch {
-    const float *features; /* rows x D */
-    const int32_t *labels; /* rows class ids, or NULL */
+    const float *features; /* rows x D, or NULL for token data */
+    const int32_t *tokens; /* rows x context token ids, or NULL */
+    const int32_t *labels; /* rows class ids (rows x context for tokens), or NULL */
     const float *targets;  /* rows x K, or NULL */
     const int64_t *row_ids; /* global rows (training), or NULL (evaluation) */
     int rows;

@@ -314,7 +314,7 @@ static ddt_status write_checkpoint_contents(int64_t file, const char *path, cons
 /* Writes the whole checkpoint into `temp_path`; messages name `path`, the final name. */
 static ddt_status write_file(const char *temp_path, const char *path,
                              const checkpoint_state *state) {
-    uint64_t floats = model_spec_parameter_count(state->spec) + state->optimizer_state_count;
+    uint64_t floats = model_spec_state_count(state->spec) + state->optimizer_state_count;
     uint64_t text = (state->configuration ? strlen(state->configuration) : 0) +
                     (state->dataset_identity ? strlen(state->dataset_identity) : 0);
     return hdf5_write_temporary(temp_path, path,
@@ -330,6 +330,7 @@ static bool is_complete_checkpoint(const char *path) {
     if (stat(path, &info) != 0 || !S_ISREG(info.st_mode)) return false;
     bool complete = false;
     hdf5_lock_acquire();
+    hdf5_lock_mark_reading(path);
     if (H5Fis_hdf5(path) > 0) {
         hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
         if (file >= 0) {
@@ -644,11 +645,11 @@ static ddt_status read_optimizer_state(hid_t file, const char *path, bool bounde
     if (!is_float || !shape_ok) {
         status = ddt_error(DDT_ERR_FORMAT, "%s: /optimizer/state is not a 1-D float dataset", path);
     } else if (bounded && dims[0] > 2 * (hsize_t)out->parameter_count) {
-        status = ddt_error(DDT_ERR_FORMAT,
-                           "%s: /optimizer/state holds %llu values, but no optimizer keeps more "
-                           "than %zu for the model \"%s\"",
-                           path, (unsigned long long)dims[0], 2 * out->parameter_count,
-                           out->spec.text);
+        status =
+            ddt_error(DDT_ERR_FORMAT,
+                      "%s: /optimizer/state holds %llu values, but no optimizer keeps more "
+                      "than %zu for the model \"%s\"",
+                      path, (unsigned long long)dims[0], 2 * out->parameter_count, out->spec.text);
     } else if ((status = hdf5_check_storage(dataset, where, &rules)) != DDT_OK) {
         ddt_error_trace(__FILE__, __LINE__);
     } else {
@@ -697,7 +698,8 @@ static ddt_status read_contents(hid_t file, const char *path, const model_spec *
         return ddt_error(DDT_ERR_USAGE, "%s holds model '%s', but this run trains '%s'", path,
                          out->spec.text, expected->text);
     out->parameter_count = model_spec_parameter_count(&out->spec);
-    out->parameters = malloc((out->parameter_count ? out->parameter_count : 1) * sizeof(float));
+    size_t state_count = model_spec_state_count(&out->spec);
+    out->parameters = malloc((state_count ? state_count : 1) * sizeof(float));
     if (!out->parameters)
         return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for %zu parameters", path,
                          out->parameter_count);
@@ -758,6 +760,7 @@ ddt_status checkpoint_read_for(const char *path, const model_spec *expected,
     DDT_CHECK(hdf5_check_readable(path));
     ddt_status status = DDT_OK;
     hdf5_lock_acquire();
+    hdf5_lock_mark_reading(path);
     if (H5Fis_hdf5(path) <= 0) {
         status = ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);
     } else {

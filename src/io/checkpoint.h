@@ -52,7 +52,8 @@
  * world_size at least 1; loss_scale finite and positive. */
 typedef struct checkpoint_state {
     const model_spec *spec;
-    const float *parameters;      /* host, model layout, model_spec_parameter_count floats */
+    const float *parameters;      /* host: the model's state (parameters, then buffers),
+                                   * model_spec_state_count floats */
     const float *optimizer_state; /* host, optimizer_state_count floats (may be NULL if 0) */
     size_t optimizer_state_count;
     const char *optimizer_kind; /* "sgd" / "adamw" (under 16 characters) */
@@ -92,8 +93,8 @@ ddt_status checkpoint_write(const char *directory, const checkpoint_state *state
 /* A checkpoint read back. Buffers are malloc'ed; checkpoint_loaded_free() frees them. */
 typedef struct checkpoint_loaded {
     model_spec spec;
-    float *parameters;
-    size_t parameter_count;
+    float *parameters;      /* the model's state: parameters, then buffers */
+    size_t parameter_count; /* model_spec_parameter_count (the buffers follow them) */
     float *optimizer_state; /* never NULL after a successful read, even if the count is 0 */
     size_t optimizer_state_count;
     char optimizer_kind[16];

@@ -121,10 +121,10 @@ static ddt_status open_member(dataset_shard *shard, const char *name,
                          "; " DATASET_EXTERNAL_HINT,
                          shard->path, name, target_object, target_file);
     }
-    if (link.type != H5L_TYPE_HARD && link.type != H5L_TYPE_SOFT &&
-        link.type != H5L_TYPE_EXTERNAL)
-        return ddt_error(DDT_ERR_FORMAT, "%s: /%s is a user-defined link, which ddtrain does not "
-                                         "follow",
+    if (link.type != H5L_TYPE_HARD && link.type != H5L_TYPE_SOFT && link.type != H5L_TYPE_EXTERNAL)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s: /%s is a user-defined link, which ddtrain does not "
+                         "follow",
                          shard->path, name);
     H5O_info_t info;
     if (H5Oget_info_by_name(shard->file, name, &info, H5P_DEFAULT) < 0 ||
@@ -142,10 +142,11 @@ static ddt_status open_member(dataset_shard *shard, const char *name,
         (H5Oget_info2(*handle, &info, H5O_INFO_BASIC) < 0 ||
          H5Oget_info_by_name2(shard->file, "/", &root, H5O_INFO_BASIC, H5P_DEFAULT) < 0 ||
          info.fileno != root.fileno))
-        return ddt_error(DDT_ERR_FORMAT,
-                         "%s: /%s lives in another file (reached through links); "
-                         HDF5_EXTERNAL_REFUSED "; " DATASET_EXTERNAL_HINT,
-                         shard->path, name);
+        return ddt_error(
+            DDT_ERR_FORMAT,
+            "%s: /%s lives in another file (reached through links); " HDF5_EXTERNAL_REFUSED
+            "; " DATASET_EXTERNAL_HINT,
+            shard->path, name);
     char where[4200];
     snprintf(where, sizeof where, "%s: /%s", shard->path, name);
     storage_rules rules = {.allow_external = params->allow_external,
@@ -201,15 +202,16 @@ typedef struct shard_facts {
 } shard_facts;
 
 /* Opens the shard's file: from the disk, or from params' file image through the core driver
- * (not copied, never written back). */
+ * (HDF5 copies the image; nothing is written back). */
 static ddt_status open_shard_file(dataset_shard *shard, const dataset_open_params *params) {
     const char *path = shard->path;
+    hdf5_lock_mark_reading(path);
     hid_t access_list = H5P_DEFAULT;
     if (params->file_image) {
         access_list = H5Pcreate(H5P_FILE_ACCESS);
         if (access_list < 0 || H5Pset_fapl_core(access_list, 1 << 16, 0) < 0 ||
-            H5Pset_file_image(access_list, (void *)params->file_image,
-                              params->file_image_size) < 0) {
+            H5Pset_file_image(access_list, (void *)params->file_image, params->file_image_size) <
+                0) {
             if (access_list >= 0) H5Pclose(access_list);
             return ddt_error(DDT_ERR_INTERNAL, "%s: cannot set up the in-memory file image", path);
         }
@@ -407,6 +409,7 @@ static ddt_status expand_spec(const char *spec, path_list *list) {
 }
 
 static void close_shard(dataset_shard *shard) {
+    if (shard->path) hdf5_lock_mark_reading(shard->path);
     if (shard->labels_space >= 0) H5Sclose(shard->labels_space);
     if (shard->features_space >= 0) H5Sclose(shard->features_space);
     if (shard->labels >= 0) H5Dclose(shard->labels);
@@ -541,6 +544,7 @@ static ddt_status apply_chunk_cache(dataset *ds, size_t bytes) {
     for (int i = 0; i < ds->shard_count; i++) {
         dataset_shard *shard = &ds->shards[i];
         if (shard->chunk_bytes == 0) continue; /* contiguous: HDF5 uses no chunk cache */
+        hdf5_lock_mark_reading(shard->path);
         /* HDF5 advises a prime slot count ~100x the chunks that fit, to keep hashing sparse. */
         size_t chunks = bytes / shard->chunk_bytes;
         size_t slots = chunks > DATASET_MAX_CHUNK_CACHE_SLOTS / 100 ? DATASET_MAX_CHUNK_CACHE_SLOTS
@@ -588,6 +592,7 @@ ddt_status dataset_set_chunk_cache(dataset *ds, size_t bytes) {
 static ddt_status read_run(const dataset *ds, const dataset_shard *shard, int64_t first,
                            int64_t count, float *features, void *labels) {
     const dataset_geometry *g = &ds->geometry;
+    hdf5_lock_mark_reading(shard->path);
     hsize_t offset[2] = {(hsize_t)first, 0};
     hsize_t extent[2] = {(hsize_t)count, (hsize_t)g->features};
     const char *failed = NULL;

@@ -61,8 +61,8 @@ typedef struct dataset_open_params {
      * external-storage /features was seen reading /etc/passwd). */
     bool allow_external;
     /* Read the one file `spec` names from this memory instead of the disk (HDF5's core
-     * driver over a file image, not copied; the name then only labels messages). NULL: the
-     * disk. For tests and fuzzing. */
+     * driver over a copy of the image; the name then only labels messages). NULL: the disk.
+     * For tests and fuzzing. */
     const void *file_image;
     size_t file_image_size;
 } dataset_open_params;

@@ -1,16 +1,20 @@
-/* hdf5_lock.c - the process-wide HDF5 lock and the shared HDF5/file helpers of src/io. */
+/* hdf5_lock.c - the process-wide HDF5 lock, the read marks behind read_guard.h, and the
+ * shared HDF5/file helpers of src/io. */
 #include "io/hdf5_lock.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "io/io_exit.h"
+#include "io/read_guard.h"
 #include "util/files.h"
 
 static pthread_once_t hdf5_lock_once = PTHREAD_ONCE_INIT;
@@ -74,9 +78,49 @@ void hdf5_lock_acquire(void) {
     if (lock_depth++ == 0) first_failure[0] = '\0'; /* a new top-level operation */
 }
 
+/* The read mark. Written only by the lock's holder; read at any time, from any thread or a
+ * signal handler, through read_guard_current(): plain words, the path a fixed buffer. */
+static int marked_depth; /* the holder's lock_depth when the mark was made; 0: no mark */
+static pthread_t reading_thread;
+static char reading_path[4096];
+static volatile double reading_started;
+static volatile sig_atomic_t reading; /* 1 while a mark stands */
+
+static double monotonic_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
 void hdf5_lock_release(void) {
+    if (marked_depth == lock_depth) {
+        reading = 0;
+        marked_depth = 0;
+    }
     lock_depth--;
     pthread_mutex_unlock(&hdf5_mutex);
+}
+
+void hdf5_lock_mark_reading(const char *path) {
+    reading = 0; /* a reader never sees a half-copied path marked as current */
+    snprintf(reading_path, sizeof reading_path, "%s", path ? path : "an HDF5 file");
+    reading_thread = pthread_self();
+    reading_started = monotonic_seconds();
+    if (marked_depth == 0) marked_depth = lock_depth;
+    reading = 1;
+}
+
+read_guard_state read_guard_current(void) {
+    read_guard_state state = {0};
+    if (!reading) return state;
+    state.path = reading_path;
+    state.started = reading_started;
+    state.this_thread = pthread_equal(reading_thread, pthread_self()) != 0;
+    return state;
+}
+
+double read_guard_now(void) {
+    return monotonic_seconds();
 }
 
 const char *hdf5_error_detail(char *buffer, size_t size) {

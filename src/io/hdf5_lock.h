@@ -32,6 +32,13 @@
 void hdf5_lock_acquire(void);
 void hdf5_lock_release(void);
 
+/* With the lock held: marks that this thread now reads `path` (copied) through HDF5, for
+ * read_guard_current() (read_guard.h), from now until the release that matches the acquire
+ * the first mark was made under. Mark again before each read of another file or each new
+ * step (every mark restarts the read's clock). Readers of files given by the user mark;
+ * writers do not. */
+void hdf5_lock_mark_reading(const char *path);
+
 /* Why the first HDF5 call that failed since this thread took the lock (outermost) failed: a
  * system call's own words where one failed ("No space left on device"), else HDF5's innermost
  * message ("can't open file"), else "unknown HDF5 error". Later calls (closing what was open)

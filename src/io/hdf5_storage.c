@@ -58,8 +58,8 @@ static bool is_regular_file(const char *path, off_t *size) {
 /* Where HDF5 1.10 looks for external raw-data file `name` of a dataset in `file_path`
  * (H5D__build_file_prefix): absolute names as they are; others under the prefix from
  * HDF5_EXTFILE_PREFIX or the access list, else relative to the working directory. */
-static void resolve_external_file(hid_t handle, const char *file_path, const char *name,
-                                  char *out, size_t size) {
+static void resolve_external_file(hid_t handle, const char *file_path, const char *name, char *out,
+                                  size_t size) {
     if (name[0] == '/') {
         snprintf(out, size, "%s", name);
         return;
@@ -82,8 +82,8 @@ static void resolve_external_file(hid_t handle, const char *file_path, const cha
 /* HDF5 external storage: refused unless allowed; then each file must exist and hold the
  * bytes the dataset's slots claim from it. */
 static ddt_status check_external_storage(hid_t handle, hid_t create, int slots,
-                                         const char *file_path, const char *where,
-                                         uint64_t bytes, const storage_rules *rules) {
+                                         const char *file_path, const char *where, uint64_t bytes,
+                                         const storage_rules *rules) {
     char name[4096], resolved[8192];
     off_t offset = 0;
     hsize_t length = 0;
@@ -123,8 +123,8 @@ static ddt_status check_external_storage(hid_t handle, hid_t create, int slots,
     return DDT_OK;
 }
 
-static ddt_status check_dataset_storage(hid_t handle, const char *where,
-                                        const storage_rules *rules, int depth);
+static ddt_status check_dataset_storage(hid_t handle, const char *where, const storage_rules *rules,
+                                        int depth);
 
 /* Opens the file a virtual source names, where HDF5 1.10 would look for it
  * (H5F_prefix_open_file): absolute names as they are (else their last component, as below);
@@ -164,8 +164,10 @@ static hid_t open_virtual_source_file(hid_t handle, const char *vds_path, const 
     for (int attempt = 0; attempt < 3; attempt++) {
         bool fits = true;
         if (attempt == 0)
-            fits = prefix[0] && join_prefix(prefix, vds_path, relative, candidate, sizeof candidate);
-        if (attempt == 1) fits = join_prefix(directory, vds_path, relative, candidate, sizeof candidate);
+            fits =
+                prefix[0] && join_prefix(prefix, vds_path, relative, candidate, sizeof candidate);
+        if (attempt == 1)
+            fits = join_prefix(directory, vds_path, relative, candidate, sizeof candidate);
         if (attempt == 2) snprintf(candidate, sizeof candidate, "%s", relative);
         if (fits && is_regular_file(candidate, NULL)) {
             snprintf(opened, size, "%s", candidate);
@@ -197,6 +199,7 @@ static ddt_status check_virtual_mapping(hid_t file, const char *file_path, hid_t
         same_file ? file
                   : open_virtual_source_file(handle, file_path, file_name, opened, sizeof opened);
     if (same_file) snprintf(opened, sizeof opened, "%s", file_path);
+    hdf5_lock_mark_reading(opened);
     snprintf(source_where, sizeof source_where, "%.4200s (virtual source %.4000s:%.4000s)", where,
              opened, dataset_name);
     if (source_file < 0)
@@ -247,13 +250,13 @@ done:
     if (source_space >= 0) H5Sclose(source_space);
     if (source >= 0) H5Dclose(source);
     if (!same_file) H5Fclose(source_file);
+    hdf5_lock_mark_reading(file_path);
     return status;
 }
 
 /* A virtual dataset: every mapping checked, and together they cover every value. */
 static ddt_status check_virtual(hid_t file, const char *file_path, hid_t handle, hid_t create,
-                                const char *where, uint64_t values,
-                                const storage_rules *rules) {
+                                const char *where, uint64_t values, const storage_rules *rules) {
     size_t count = 0;
     if (H5Pget_virtual_count(create, &count) < 0)
         return ddt_error(DDT_ERR_FORMAT, "%s: unreadable virtual dataset layout", where);
@@ -272,8 +275,8 @@ static ddt_status check_virtual(hid_t file, const char *file_path, hid_t handle,
         if (type == H5S_SEL_ALL) {
             all = true;
         } else if (type == H5S_SEL_HYPERSLABS) {
-            hid_t merged = covered < 0 ? H5Scopy(mapped)
-                                       : H5Scombine_select(covered, H5S_SELECT_OR, mapped);
+            hid_t merged =
+                covered < 0 ? H5Scopy(mapped) : H5Scombine_select(covered, H5S_SELECT_OR, mapped);
             if (covered >= 0) H5Sclose(covered);
             covered = merged;
             if (covered < 0)
@@ -281,21 +284,24 @@ static ddt_status check_virtual(hid_t file, const char *file_path, hid_t handle,
         }
         H5Sclose(mapped);
     }
-    hssize_t mapped_values = all ? (hssize_t)values : covered >= 0 ? H5Sget_select_npoints(covered) : 0;
+    hssize_t mapped_values = all            ? (hssize_t)values
+                             : covered >= 0 ? H5Sget_select_npoints(covered)
+                                            : 0;
     if (covered >= 0) H5Sclose(covered);
     DDT_CHECK(status);
     if (mapped_values < 0 || (uint64_t)mapped_values < values)
-        return ddt_error(DDT_ERR_FORMAT,
-                         "%s: %llu of its %llu values map to no virtual source; HDF5 would read "
-                         "the fill value there",
-                         where, (unsigned long long)(values - (uint64_t)(mapped_values < 0 ? 0 : mapped_values)),
-                         (unsigned long long)values);
+        return ddt_error(
+            DDT_ERR_FORMAT,
+            "%s: %llu of its %llu values map to no virtual source; HDF5 would read "
+            "the fill value there",
+            where, (unsigned long long)(values - (uint64_t)(mapped_values < 0 ? 0 : mapped_values)),
+            (unsigned long long)values);
     return DDT_OK;
 }
 
 /* The public check at a depth: depth 1 is a virtual source, which may not be virtual itself. */
-static ddt_status check_dataset_storage(hid_t handle, const char *where,
-                                        const storage_rules *rules, int depth) {
+static ddt_status check_dataset_storage(hid_t handle, const char *where, const storage_rules *rules,
+                                        int depth) {
     /* The file that holds the dataset (another one when reached through an external link). */
     hid_t file = H5Iget_file_id(handle);
     char file_path[4096] = "";
@@ -322,8 +328,8 @@ static ddt_status check_dataset_storage(hid_t handle, const char *where,
     }
     int external_slots = H5Pget_external_count(create);
     if (external_slots > 0) {
-        status = check_external_storage(handle, create, external_slots, file_path, where, bytes,
-                                        rules);
+        status =
+            check_external_storage(handle, create, external_slots, file_path, where, bytes, rules);
         goto done;
     }
     switch (H5Pget_layout(create)) {
@@ -369,13 +375,12 @@ static ddt_status check_dataset_storage(hid_t handle, const char *where,
     }
     case H5D_VIRTUAL:
         if (depth > 0) {
-            status = ddt_error(DDT_ERR_FORMAT,
-                               "%s: is itself a virtual dataset, which ddtrain does not follow",
-                               where);
+            status =
+                ddt_error(DDT_ERR_FORMAT,
+                          "%s: is itself a virtual dataset, which ddtrain does not follow", where);
             break;
         }
-        status = check_virtual(file, file_path, handle, create, where, bytes / element_size,
-                               rules);
+        status = check_virtual(file, file_path, handle, create, where, bytes / element_size, rules);
         break;
     case H5D_COMPACT: /* the values are in the object header, which HDF5 checked */
         break;

@@ -30,7 +30,8 @@
 #include "util/status.h"
 
 /* The reason given for refusing external data, shared with the callers' own link checks. */
-#define HDF5_EXTERNAL_REFUSED "ddtrain refuses external data by default, since it can point at any file"
+#define HDF5_EXTERNAL_REFUSED                                                                      \
+    "ddtrain refuses external data by default, since it can point at any file"
 
 typedef struct storage_rules {
     bool allow_external;       /* read HDF5 external storage (checked) instead of refusing it */

@@ -56,14 +56,13 @@ static ddt_status hdf5_failure(const char *path, const char *what) {
                      hdf5_error_detail(detail, sizeof detail));
 }
 
-static herr_t write_float_dataset(hid_t group, const char *name, int rank, const hsize_t *dims,
-                                  const float *data) {
-    hid_t space = H5Screate_simple(rank, dims, NULL);
-    hid_t dataset =
-        H5Dcreate2(group, name, H5T_IEEE_F32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+static herr_t write_dataset(hid_t group, const char *name, int rank, const hsize_t *dims,
+                            hid_t file_type, hid_t memory_type, const void *data) {
+    hid_t space = rank ? H5Screate_simple(rank, dims, NULL) : H5Screate(H5S_SCALAR);
+    hid_t dataset = H5Dcreate2(group, name, file_type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     herr_t result = -1;
     if (dataset >= 0) {
-        result = H5Dwrite(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
+        result = H5Dwrite(dataset, memory_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data);
         if (H5Dclose(dataset) < 0) result = -1;
     }
     H5Sclose(space);
@@ -71,7 +70,7 @@ static herr_t write_float_dataset(hid_t group, const char *name, int rank, const
 }
 
 ddt_status model_file_write_contents(hid_t file, const char *path, const model_spec *spec,
-                                     const float *params) {
+                                     const float *state) {
     /* Variable-length UTF-8: h5py returns it as str (fixed-length strings come back as
      * bytes). */
     hid_t string_type = H5Tcopy(H5T_C_S1);
@@ -86,20 +85,26 @@ ddt_status model_file_write_contents(hid_t file, const char *path, const model_s
     H5Tclose(string_type);
     if (written < 0) return hdf5_failure(path, "writing the model attribute");
 
-    for (int i = 0; i < spec->dense_count; i++) {
-        dense_layout layout = model_spec_dense_layout(spec, i);
-        char name[32];
-        snprintf(name, sizeof name, "dense_%d", i);
-        hid_t group = H5Gcreate2(file, name, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        if (group < 0) return hdf5_failure(path, "creating a layer group");
-        hsize_t weight_dims[2] = {(hsize_t)layout.outputs, (hsize_t)layout.inputs};
-        hsize_t bias_dims[1] = {(hsize_t)layout.outputs};
-        herr_t result =
-            write_float_dataset(group, "weight", 2, weight_dims, params + layout.weight_offset);
-        if (result >= 0)
-            result = write_float_dataset(group, "bias", 1, bias_dims, params + layout.bias_offset);
-        if (H5Gclose(group) < 0) result = -1;
-        if (result < 0) return hdf5_failure(path, "writing layer parameters");
+    const float *buffers = state + spec->parameter_count;
+    for (int i = 0; i < spec->tensor_count; i++) {
+        const model_tensor *t = &spec->tensors[i];
+        hsize_t dims[4];
+        for (int d = 0; d < t->rank; d++)
+            dims[d] = (hsize_t)t->dims[d];
+        const float *values = (t->is_buffer ? buffers : state) + t->offset;
+        herr_t result;
+        if (t->is_counter) {
+            int64_t count = (int64_t)values[0];
+            result = write_dataset(file, t->name, 0, dims, H5T_STD_I64LE, H5T_NATIVE_INT64, &count);
+        } else {
+            result = write_dataset(file, t->name, t->rank, dims, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT,
+                                   values);
+        }
+        if (result < 0) {
+            char what[128];
+            snprintf(what, sizeof what, "writing %s", t->name);
+            return hdf5_failure(path, what);
+        }
     }
     return DDT_OK;
 }
@@ -120,7 +125,8 @@ ddt_status model_file_save(const char *path, const model_spec *spec, const float
     if (strlen(path) >= 4096) return ddt_error(DDT_ERR_USAGE, "%.80s...: path too long", path);
     file_temp_path(path, temp_path, sizeof temp_path);
     save_arguments arguments = {spec, host_params};
-    uint64_t data = model_spec_parameter_count(spec) * sizeof(float) + strlen(spec->text);
+    uint64_t data = model_spec_state_count(spec) * sizeof(float) + strlen(spec->text) +
+                    (uint64_t)spec->tensor_count * 256; /* names and headers */
     DDT_CHECK(hdf5_write_temporary(temp_path, path, hdf5_reserve_estimate(data), write_saved_model,
                                    &arguments));
     return file_publish(temp_path, path);
@@ -171,19 +177,41 @@ static ddt_status read_spec_text(hid_t file, const char *path, char *out, size_t
     return status;
 }
 
-/* Opens /dense_<i>/<name> into *out, checked: a float dataset of exactly the given shape
+/* Where tensor t lives in the file: its state_dict name, or, in files written before
+ * models had named tensors (an MLP's dense_<i>/weight and dense_<i>/bias), that. */
+static void member_name(const model_spec *spec, int t, bool legacy, char *out, size_t size) {
+    const model_tensor *tensor = &spec->tensors[t];
+    if (!legacy) {
+        snprintf(out, size, "%s", tensor->name);
+        return;
+    }
+    for (int n = 0; n < spec->node_count; n++) {
+        const model_node *node = &spec->nodes[n];
+        if (t >= node->first_tensor && t < node->first_tensor + node->tensor_count) {
+            snprintf(out, size, "dense_%d/%s", node->parameter_ordinal,
+                     t == node->first_tensor ? "weight" : "bias");
+            return;
+        }
+    }
+    snprintf(out, size, "%s", tensor->name);
+}
+
+/* Opens tensor t's dataset into *out, checked: a number dataset of exactly the tensor's shape
  * whose storage holds every value (hdf5_storage.h). Reads no value. */
-static ddt_status open_parameter(hid_t file, const char *path, const model_spec *spec,
-                                 int dense_index, const char *name, int rank,
-                                 const hsize_t *expected, hid_t *out) {
+static ddt_status open_tensor(hid_t file, const char *path, const model_spec *spec, int t,
+                              bool legacy, hid_t *out) {
     *out = H5I_INVALID_HID;
-    char member[64];
-    snprintf(member, sizeof member, "dense_%d/%s", dense_index, name);
-    char group[32];
-    snprintf(group, sizeof group, "dense_%d", dense_index);
-    if (H5Lexists(file, group, H5P_DEFAULT) <= 0 || H5Lexists(file, member, H5P_DEFAULT) <= 0)
-        return ddt_error(DDT_ERR_FORMAT, "%s: no %s (the model \"%s\" has %d dense layers)", path,
-                         member, spec->text, spec->dense_count);
+    const model_tensor *tensor = &spec->tensors[t];
+    char member[MODEL_TENSOR_MAX_NAME + 32];
+    member_name(spec, t, legacy, member, sizeof member);
+    char group[MODEL_TENSOR_MAX_NAME + 32];
+    snprintf(group, sizeof group, "%s", member);
+    char *slash = strchr(group, '/');
+    if (slash) *slash = '\0';
+    if ((slash && H5Lexists(file, group, H5P_DEFAULT) <= 0) ||
+        H5Lexists(file, member, H5P_DEFAULT) <= 0)
+        return ddt_error(DDT_ERR_FORMAT, "%s: no %s (the model \"%s\" has it)", path, member,
+                         spec->text);
     H5O_info_t info;
     if (H5Oget_info_by_name(file, member, &info, H5P_DEFAULT) < 0 || info.type != H5O_TYPE_DATASET)
         return ddt_error(DDT_ERR_FORMAT, "%s: %s is not a dataset", path, member);
@@ -194,15 +222,18 @@ static ddt_status open_parameter(hid_t file, const char *path, const model_spec 
     int file_rank = space < 0 ? -1 : H5Sget_simple_extent_ndims(space);
     hsize_t dims[H5S_MAX_RANK] = {0};
     if (file_rank > 0) H5Sget_simple_extent_dims(space, dims, NULL);
-    bool is_float = type >= 0 && H5Tget_class(type) == H5T_FLOAT;
+    H5T_class_t class = type >= 0 ? H5Tget_class(type) : H5T_NO_CLASS;
+    bool number = tensor->is_counter ? (class == H5T_INTEGER || class == H5T_FLOAT)
+                                     : class == H5T_FLOAT;
     if (space >= 0) H5Sclose(space);
     if (type >= 0) H5Tclose(type);
     ddt_status status = DDT_OK;
-    bool shape_ok = file_rank == rank;
-    for (int d = 0; shape_ok && d < rank; d++)
-        shape_ok = dims[d] == expected[d];
-    if (!is_float) {
-        status = ddt_error(DDT_ERR_FORMAT, "%s: %s is not floating point", path, member);
+    bool shape_ok = file_rank == tensor->rank;
+    for (int d = 0; shape_ok && d < tensor->rank; d++)
+        shape_ok = dims[d] == (hsize_t)tensor->dims[d];
+    if (!number) {
+        status = ddt_error(DDT_ERR_FORMAT, "%s: %s is not %s", path, member,
+                           tensor->is_counter ? "a number" : "floating point");
     } else if (!shape_ok) {
         char have[128] = "", need[64] = "";
         size_t used = 0;
@@ -211,9 +242,10 @@ static ddt_status open_parameter(hid_t file, const char *path, const model_spec 
             used += (size_t)snprintf(have + used, sizeof have - used, "%s%llu", d ? "x" : "",
                                      (unsigned long long)dims[d]);
         used = 0;
-        for (int d = 0; d < rank; d++)
-            used += (size_t)snprintf(need + used, sizeof need - used, "%s%llu", d ? "x" : "",
-                                     (unsigned long long)expected[d]);
+        if (tensor->rank == 0) snprintf(need, sizeof need, "a scalar");
+        for (int d = 0; d < tensor->rank; d++)
+            used += (size_t)snprintf(need + used, sizeof need - used, "%s%d", d ? "x" : "",
+                                     tensor->dims[d]);
         status = ddt_error(DDT_ERR_FORMAT, "%s: %s is %s, the model \"%s\" needs %s", path, member,
                            have, spec->text, need);
     } else {
@@ -230,13 +262,10 @@ static ddt_status open_parameter(hid_t file, const char *path, const model_spec 
     return DDT_OK;
 }
 
-/* The weight (outputs x inputs) or bias (outputs) of dense layer i, opened and checked. */
-static ddt_status open_layer_part(hid_t file, const char *path, const model_spec *spec, int i,
-                                  bool weight, hid_t *out) {
-    dense_layout layout = model_spec_dense_layout(spec, i);
-    hsize_t dims[2] = {(hsize_t)layout.outputs, (hsize_t)layout.inputs};
-    return open_parameter(file, path, spec, i, weight ? "weight" : "bias", weight ? 2 : 1, dims,
-                          out);
+/* Files from before named tensors: an MLP's dense_<i> groups. */
+static bool legacy_layout(hid_t file, const model_spec *spec) {
+    return spec->tensor_count > 0 && H5Lexists(file, spec->tensors[0].name, H5P_DEFAULT) <= 0 &&
+           H5Lexists(file, "dense_0", H5P_DEFAULT) > 0;
 }
 
 ddt_status model_file_read_spec_contents(hid_t file, const char *path, model_spec *spec) {
@@ -247,52 +276,74 @@ ddt_status model_file_read_spec_contents(hid_t file, const char *path, model_spe
         snprintf(reason, sizeof reason, "%s", ddt_error_message());
         return ddt_error(DDT_ERR_FORMAT, "%s: bad model spec \"%s\": %s", path, text, reason);
     }
-    char extra[32];
-    snprintf(extra, sizeof extra, "dense_%d", spec->dense_count);
-    if (H5Lexists(file, extra, H5P_DEFAULT) > 0)
-        return ddt_error(DDT_ERR_FORMAT, "%s: has %s but the model \"%s\" has only %d dense layers",
-                         path, extra, spec->text, spec->dense_count);
-    for (int i = 0; i < spec->dense_count; i++)
-        for (int part = 0; part < 2; part++) {
-            hid_t dataset;
-            DDT_CHECK(open_layer_part(file, path, spec, i, part == 0, &dataset));
-            H5Dclose(dataset);
-        }
+    bool legacy = legacy_layout(file, spec);
+    if (legacy) {
+        int dense = 0;
+        for (int n = 0; n < spec->node_count; n++)
+            if (spec->nodes[n].parameter_ordinal >= 0) {
+                if (spec->nodes[n].kind != NODE_DENSE)
+                    return ddt_error(DDT_ERR_FORMAT,
+                                     "%s: has dense_<i> groups, which only MLPs were saved as, "
+                                     "but the model \"%s\" is not one",
+                                     path, spec->text);
+                dense++;
+            }
+        char extra[32];
+        snprintf(extra, sizeof extra, "dense_%d", dense);
+        if (H5Lexists(file, extra, H5P_DEFAULT) > 0)
+            return ddt_error(DDT_ERR_FORMAT,
+                             "%s: has %s but the model \"%s\" has only %d dense layers", path,
+                             extra, spec->text, dense);
+    }
+    for (int t = 0; t < spec->tensor_count; t++) {
+        hid_t dataset;
+        DDT_CHECK(open_tensor(file, path, spec, t, legacy, &dataset));
+        H5Dclose(dataset);
+    }
     return DDT_OK;
 }
 
-ddt_status model_file_read_parameters_contents(hid_t file, const char *path,
-                                               const model_spec *spec, float *host_params) {
+ddt_status model_file_read_parameters_contents(hid_t file, const char *path, const model_spec *spec,
+                                               float *state) {
     /* The file may have changed since its spec was read and planned for. */
-    model_spec now;
-    DDT_CHECK(model_file_read_spec_contents(file, path, &now));
-    if (strcmp(now.text, spec->text) != 0)
-        return ddt_error(DDT_ERR_FORMAT,
-                         "%s: holds model \"%s\" now, but \"%s\" when it was first read (was it "
-                         "replaced meanwhile?)",
-                         path, now.text, spec->text);
-    for (int i = 0; i < spec->dense_count; i++)
-        for (int part = 0; part < 2; part++) {
-            dense_layout layout = model_spec_dense_layout(spec, i);
-            float *out = host_params + (part == 0 ? layout.weight_offset : layout.bias_offset);
-            size_t count = part == 0 ? (size_t)layout.outputs * (size_t)layout.inputs
-                                     : (size_t)layout.outputs;
-            hid_t dataset;
-            DDT_CHECK(open_layer_part(file, path, spec, i, part == 0, &dataset));
-            herr_t read = H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
-            H5Dclose(dataset);
-            const char *name = part == 0 ? "weight" : "bias";
-            if (read < 0) {
-                char detail[256];
-                return ddt_error(DDT_ERR_IO, "%s: cannot read dense_%d/%s (HDF5: %s)", path, i,
-                                 name, hdf5_error_detail(detail, sizeof detail));
-            }
-            for (size_t k = 0; k < count; k++)
-                if (!isfinite(out[k]))
-                    return ddt_error(DDT_ERR_DATA,
-                                     "%s: dense_%d/%s has a non-finite value at index %zu", path,
-                                     i, name, k);
+    model_spec *now = malloc(sizeof *now);
+    if (!now) return ddt_error(DDT_ERR_MEMORY, "%s: out of host memory", path);
+    ddt_status status = model_file_read_spec_contents(file, path, now);
+    if (status == DDT_OK && strcmp(now->text, spec->text) != 0)
+        status = ddt_error(DDT_ERR_FORMAT,
+                           "%s: holds model \"%s\" now, but \"%s\" when it was first read (was "
+                           "it replaced meanwhile?)",
+                           path, now->text, spec->text);
+    free(now);
+    DDT_CHECK(status);
+    bool legacy = legacy_layout(file, spec);
+    float *buffers = state + spec->parameter_count;
+    for (int t = 0; t < spec->tensor_count; t++) {
+        const model_tensor *tensor = &spec->tensors[t];
+        float *out = (tensor->is_buffer ? buffers : state) + tensor->offset;
+        hid_t dataset;
+        DDT_CHECK(open_tensor(file, path, spec, t, legacy, &dataset));
+        herr_t read;
+        if (tensor->is_counter) {
+            int64_t count = 0;
+            read = H5Dread(dataset, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, &count);
+            out[0] = (float)count;
+        } else {
+            read = H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out);
         }
+        H5Dclose(dataset);
+        char member[MODEL_TENSOR_MAX_NAME + 32];
+        member_name(spec, t, legacy, member, sizeof member);
+        if (read < 0) {
+            char detail[256];
+            return ddt_error(DDT_ERR_IO, "%s: cannot read %s (HDF5: %s)", path, member,
+                             hdf5_error_detail(detail, sizeof detail));
+        }
+        for (size_t k = 0; k < tensor->count; k++)
+            if (!isfinite(out[k]))
+                return ddt_error(DDT_ERR_DATA, "%s: %s has a non-finite value at index %zu", path,
+                                 member, k);
+    }
     return DDT_OK;
 }
 
@@ -308,6 +359,7 @@ typedef struct model_reader {
 static ddt_status read_model_file(const char *path, const model_reader *reader) {
     DDT_CHECK(hdf5_check_readable(path));
     hdf5_lock_acquire();
+    hdf5_lock_mark_reading(path);
     ddt_status status = DDT_OK;
     if (H5Fis_hdf5(path) <= 0) {
         status = ddt_error(DDT_ERR_FORMAT, "%s: not an HDF5 file", path);
@@ -341,7 +393,7 @@ ddt_status model_file_read_parameters(const char *path, const model_spec *spec,
 ddt_status model_file_load(const char *path, model_spec *spec, float **host_params) {
     *host_params = NULL;
     DDT_CHECK(model_file_read_spec(path, spec));
-    size_t count = model_spec_parameter_count(spec);
+    size_t count = model_spec_state_count(spec);
     float *params = malloc((count ? count : 1) * sizeof *params);
     if (!params)
         return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for %zu parameters", path, count);

@@ -158,8 +158,7 @@ static int64_t slot_start(const shard_plan *plan, int64_t slot) {
 /* Blocked position `position` as if every block were full: positions after the short slot
  * move up by the rows it lacks. */
 static int64_t uniform_position(const shard_plan *plan, int64_t position) {
-    if (plan->short_slot >= 0 &&
-        position >= plan->short_slot * plan->block_rows + plan->short_rows)
+    if (plan->short_slot >= 0 && position >= plan->short_slot * plan->block_rows + plan->short_rows)
         return position + plan->block_rows - plan->short_rows;
     return position;
 }
@@ -182,14 +181,14 @@ static void load_window(shard_plan *plan, int64_t epoch, int64_t window) {
     if (plan->window_epoch == epoch && plan->window == window) return;
     int64_t window_blocks = plan->params.window_blocks;
     int64_t first = window * window_blocks;
-    int64_t end = first + window_blocks < plan->block_count ? first + window_blocks
-                                                            : plan->block_count;
+    int64_t end =
+        first + window_blocks < plan->block_count ? first + window_blocks : plan->block_count;
     plan->window_start = slot_start(plan, first);
     plan->window_end = slot_start(plan, end);
-    plan->window_rows = rng_permutation_init(
-        (uint64_t)(plan->window_end - plan->window_start),
-        rng_hash4(plan->params.seed, RNG_PURPOSE_SHUFFLE_WINDOW, (uint64_t)epoch,
-                  (uint64_t)window));
+    plan->window_rows =
+        rng_permutation_init((uint64_t)(plan->window_end - plan->window_start),
+                             rng_hash4(plan->params.seed, RNG_PURPOSE_SHUFFLE_WINDOW,
+                                       (uint64_t)epoch, (uint64_t)window));
     plan->window_epoch = epoch;
     plan->window = window;
 }
@@ -200,8 +199,8 @@ static int64_t shuffled_row(shard_plan *plan, int64_t epoch, int64_t position) {
     if (plan->window_epoch != epoch || position < plan->window_start ||
         position >= plan->window_end)
         load_window(plan, epoch, window_of(plan, position));
-    uint64_t offset = rng_permutation_apply(&plan->window_rows,
-                                            (uint64_t)(position - plan->window_start));
+    uint64_t offset =
+        rng_permutation_apply(&plan->window_rows, (uint64_t)(position - plan->window_start));
     return blocked_row(plan, plan->window_start + (int64_t)offset);
 }
 

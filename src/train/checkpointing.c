@@ -67,6 +67,7 @@ static char *configuration_text(const trainer *t) {
             .steps = t->shape.total_steps,
             .steps_per_epoch = t->shape.steps_per_epoch,
             .device = device_kind_name(t->shape.device),
+            .model = t->shape.spec.text,
         };
         t->config->print_configuration(t->config->print_configuration_context, &resolved, f);
     }
@@ -78,7 +79,7 @@ ddt_status checkpointing_write(trainer *t, int64_t done) {
     checkpointing *c = &t->checkpoints;
     if (t->rank != 0) return DDT_OK;
     device *dev = t->engine.dev;
-    size_t count = model_parameter_count(t->engine.model);
+    size_t count = model_spec_state_count(&t->shape.spec); /* parameters, then buffers */
     size_t state = optimizer_state_count(t->engine.opt);
     float *host = malloc((count + state + 1) * sizeof(float));
     char *configuration = configuration_text(t);
@@ -87,7 +88,8 @@ ddt_status checkpointing_write(trainer *t, int64_t done) {
         free(configuration);
         return ddt_error(DDT_ERR_MEMORY, "out of host memory for a checkpoint");
     }
-    ddt_status status = device_copy_device_to_host(dev, host, model_parameters(t->engine.model), count * sizeof(float));
+    ddt_status status = model_get_state(t->engine.model, host);
+    model_spec_set_counters(&t->shape.spec, host, done * t->shape.micro_batches_per_step);
     if (status == DDT_OK && state)
         status = device_copy_device_to_host(dev, host + count, optimizer_state(t->engine.opt),
                                                state * sizeof(float));
@@ -196,8 +198,7 @@ static ddt_status resume_on_root(trainer *t, resume_point *point) {
     device *dev = t->engine.dev;
     ddt_status status = check_against_run(t, search.path, &c);
     if (status == DDT_OK)
-        status = device_copy_host_to_device(dev, model_parameters(t->engine.model), c.parameters,
-                                               c.parameter_count * sizeof(float));
+        status = model_set_state(t->engine.model, c.parameters);
     size_t state_count = optimizer_state_count(t->engine.opt);
     if (status == DDT_OK && state_count)
         status = device_copy_host_to_device(dev, optimizer_state(t->engine.opt),

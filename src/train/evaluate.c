@@ -24,13 +24,15 @@ static ddt_status evaluate_local(device *dev, model *m, dataset *data, loss_kind
         feed_batch batch;
         DDT_CHECK(feed_read_evaluation(f, data, row, rows, &batch));
         const float *logits;
-        DDT_CHECK(model_forward(m, batch.features, rows, &pass, &logits));
+        model_input input = {.features = batch.features, .tokens = batch.tokens};
+        DDT_CHECK(model_forward(m, input, rows, &pass, &logits));
         device_fill_zero(dev, scalars, 2 * sizeof(float));
-        loss_apply(dev, loss, rows, spec->output_width, logits, batch.labels, batch.targets, 1.0f,
-                   &scalars[0], NULL);
+        int predictions = rows * spec->positions; /* a token model predicts every position */
+        loss_apply(dev, loss, predictions, spec->output_width, logits, batch.labels, batch.targets,
+                   1.0f, &scalars[0], NULL);
         if (g->class_labels)
-            device_count_correct(dev, rows, spec->output_width, logits, batch.labels,
-                                    &scalars[1]);
+            device_count_correct(dev, predictions, spec->output_width, logits, batch.labels,
+                                 &scalars[1]);
         float host[2];
         DDT_CHECK(device_copy_device_to_host(dev, host, scalars, sizeof host));
         sums[0] += host[0];
@@ -46,12 +48,13 @@ ddt_status evaluate_model(comm *control, device *dev, model *m, dataset *data, l
     int world = comm_world_size(control), rank = comm_rank(control);
     int64_t first = g->rows * rank / world;
     int64_t end = g->rows * (rank + 1) / world;
-    double sums[3] = {0, 0, (double)(end - first)};
+    /* losses and hits are summed per prediction: one per row, or one per token position */
+    double sums[3] = {0, 0, (double)(end - first) * model_get_spec(m)->positions};
     failpoint_stall("evaluation", rank);
     DDT_CHECK(comm_agree(control, evaluate_local(dev, m, data, loss, f, scalars, first, end, sums),
                          "evaluation"));
     DDT_CHECK(comm_allreduce_doubles(control, sums, 3, COMM_REDUCE_SUM));
-    result->rows = (int64_t)sums[2];
+    result->rows = (int64_t)sums[2] / model_get_spec(m)->positions;
     result->loss = sums[2] > 0 ? sums[0] / sums[2] : 0;
     result->accuracy = g->class_labels && sums[2] > 0 ? sums[1] / sums[2] : -1;
     result->seconds = clock_now() - started;
@@ -62,7 +65,7 @@ ddt_status evaluate_model(comm *control, device *dev, model *m, dataset *data, l
 
 /* Everything `ddtrain eval` sets up, freed in reverse by eval_free(). */
 typedef struct eval_state {
-    model_spec spec;
+    model_spec *spec;
     dataset *data;
     device *dev;
     allocator *alloc;
@@ -77,19 +80,16 @@ static void eval_free(eval_state *s) {
     allocator_destroy(s->alloc);
     if (s->dev) device_close(s->dev);
     if (s->data) dataset_close(s->data);
+    free(s->spec);
 }
 
-/* The model's parameters from `path` into the (allocated) model: directly on a CPU device,
- * through a host buffer of the same size on others. */
-static ddt_status load_parameters(device *dev, model *m, const char *path, const model_spec *spec) {
-    if (dev->kind == DEVICE_KIND_CPU)
-        return model_file_read_parameters(path, spec, model_parameters(m));
-    size_t bytes = model_parameter_count(m) * sizeof(float);
-    float *host = malloc(bytes);
+/* The model's state from `path` into the (allocated) model, through a host buffer. */
+static ddt_status load_parameters(model *m, const char *path, const model_spec *spec) {
+    size_t bytes = model_spec_state_count(spec) * sizeof(float);
+    float *host = malloc(bytes ? bytes : 1);
     if (!host) return ddt_error(DDT_ERR_MEMORY, "%s: out of host memory for the parameters", path);
     ddt_status status = model_file_read_parameters(path, spec, host);
-    if (status == DDT_OK)
-        status = device_copy_host_to_device(dev, model_parameters(m), host, bytes);
+    if (status == DDT_OK) status = model_set_state(m, host);
     free(host);
     return status;
 }
@@ -99,12 +99,14 @@ static ddt_status load_parameters(device *dev, model *m, const char *path, const
 static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *s) {
     if (!cfg->model_file || !cfg->data)
         return ddt_error(DDT_ERR_USAGE, "ddtrain eval needs --model-file and --data");
-    DDT_CHECK(model_file_read_spec(cfg->model_file, &s->spec));
+    s->spec = malloc(sizeof *s->spec);
+    if (!s->spec) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the model's spec");
+    DDT_CHECK(model_file_read_spec(cfg->model_file, s->spec));
     dataset_open_params data_params = dataset_default_open_params();
     data_params.allow_external = cfg->allow_external_data;
     DDT_CHECK(dataset_open_with_params(cfg->data, &data_params, &s->data));
     const dataset_geometry *g = dataset_get_geometry(s->data);
-    DDT_CHECK(train_check_data_against_model("--data", cfg->data, g, &s->spec, cfg->loss));
+    DDT_CHECK(train_check_data_against_model("--data", cfg->data, g, s->spec, cfg->loss));
     device_kind kind;
     int ordinal;
     DDT_CHECK(device_choose(cfg->device, comm_local_rank(control), &kind, &ordinal));
@@ -119,9 +121,9 @@ static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *
     ap.limit_source = "the device's memory";
     DDT_CHECK(allocator_init_with_params(s->dev, &ap, &s->alloc));
     DDT_CHECK(device_set_precision(s->dev, PRECISION_FP32, s->alloc,
-                                         model_spec_max_gemm_operand_floats(&s->spec, cfg->rows)));
-    DDT_CHECK(model_init(&s->spec, s->alloc, cfg->rows, &s->m));
-    DDT_CHECK(load_parameters(s->dev, s->m, cfg->model_file, &s->spec));
+                                         model_spec_max_gemm_operand_floats(s->spec, cfg->rows)));
+    DDT_CHECK(model_init(s->spec, s->alloc, cfg->rows, (model_options){0}, &s->m));
+    DDT_CHECK(load_parameters(s->m, cfg->model_file, s->spec));
     feed_params fp = {
         .dev = s->dev, .alloc = s->alloc, .geometry = g, .rows = cfg->rows, .evaluation = true};
     DDT_CHECK(feed_init(&fp, &s->f));
@@ -137,7 +139,7 @@ ddt_status eval_run(comm *control, const eval_config *cfg) {
     if (status == DDT_OK)
         status = evaluate_model(control, s.dev, s.m, s.data, cfg->loss, s.f, s.scalars, &ev);
     if (status == DDT_OK && comm_rank(control) == 0) {
-        fprintf(cfg->out, "model %s on %s: %" PRId64 " rows, loss %.4f", s.spec.text, cfg->data,
+        fprintf(cfg->out, "model %s on %s: %" PRId64 " rows, loss %.4f", s.spec->text, cfg->data,
                 ev.rows, ev.loss);
         if (ev.accuracy >= 0) fprintf(cfg->out, ", accuracy %.4f", ev.accuracy);
         fprintf(cfg->out, "\n");

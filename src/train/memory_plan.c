@@ -2,6 +2,8 @@
  * memory_plan.h). */
 #include "train/memory_plan.h"
 
+#include "train/generate.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,21 +77,30 @@ size_t memory_limits_allocator_bytes(const memory_limits *limits) {
 
 /* ---- plans ----------------------------------------------------------------------------- */
 
+bool memory_plan_samples(const model_spec *spec, bool evaluation) {
+    return evaluation && spec->input_kind == MODEL_INPUT_TOKENS;
+}
+
 void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
                          const memory_limits *limits, memory_plan *out) {
     memset(out, 0, sizeof *out);
     out->micro_batch = micro_batch;
     size_t parameters = model_spec_parameter_count(inputs->spec);
     out->device[MEMORY_COMPONENT_PARAMETERS] = allocator_rounded_size(parameters * sizeof(float));
+    if (inputs->spec->buffer_count) /* running statistics, a second allocation */
+        out->device[MEMORY_COMPONENT_PARAMETERS] +=
+            allocator_rounded_size(inputs->spec->buffer_count * sizeof(float));
     out->device[MEMORY_COMPONENT_GRADIENTS] = allocator_rounded_size(parameters * sizeof(float));
     size_t state = optimizer_state_floats(inputs->optimizer, parameters);
     if (state)
         out->device[MEMORY_COMPONENT_OPTIMIZER] = allocator_rounded_size(state * sizeof(float));
     out->device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(
-        model_spec_activation_floats(inputs->spec, micro_batch) * sizeof(float));
+        model_spec_activation_floats(inputs->spec, micro_batch, inputs->model) * sizeof(float));
     feed_plan_device(inputs->geometry, micro_batch, out->device);
     out->device[MEMORY_COMPONENT_WORKSPACE] +=
         allocator_rounded_size(TRAIN_SCALAR_COUNT * sizeof(float));
+    if (memory_plan_samples(inputs->spec, inputs->evaluation))
+        out->device[MEMORY_COMPONENT_WORKSPACE] += generator_device_bytes(inputs->spec);
     size_t workspace = device_precision_workspace_bytes(inputs->dev, inputs->precision,
         model_spec_max_gemm_operand_floats(inputs->spec, micro_batch));
     if (workspace) out->device[MEMORY_COMPONENT_WORKSPACE] += allocator_rounded_size(workspace);

@@ -78,6 +78,7 @@ typedef struct memory_plan_inputs {
     device *dev;             /* the backend: precision scratch, as it will take it */
     precision_kind precision;
     const model_spec *spec;
+    model_options model; /* --recompute */
     const optimizer_params *optimizer;
     const dataset_geometry *geometry;
     shard_params shard;      /* rows, global batch, world, block rows, shuffle (micro-batch and
@@ -99,6 +100,10 @@ typedef struct memory_plan {
     bool fits;
     char staging_problem[512];  /* why staging does not fit, when it does not */
 } memory_plan;
+
+/* Whether training keeps a sampler (token models with evaluation data print a sample at each
+ * evaluation): its device window is part of the plan. */
+bool memory_plan_samples(const model_spec *spec, bool evaluation);
 
 /* Computes the plan for `micro_batch` rows under `limits`. Never fails on a plan that does
  * not fit: it says so in the flags. */

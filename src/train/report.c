@@ -196,6 +196,7 @@ void report_configuration(trainer *t) {
             .steps = t->shape.total_steps,
             .steps_per_epoch = t->shape.steps_per_epoch,
             .device = device_kind_name(t->shape.device),
+            .model = t->shape.spec.text,
         };
         cfg->print_configuration(cfg->print_configuration_context, &resolved, out);
     }
@@ -404,6 +405,38 @@ void report_step(trainer *t, const step_outcome *o) {
     }
     if (report_due_record(t, o->done)) write_record(t, o);
     if (t->rank == 0 && report_due_progress(t, o->done)) print_progress(t, o);
+}
+
+void report_evaluation(trainer *t, int64_t step, const evaluation *result) {
+    report *r = &t->report;
+    r->last_evaluation = *result;
+    r->evaluated = true;
+    r->evaluation_seconds += result->seconds;
+    if (t->rank != 0) return;
+    const train_config *cfg = t->config;
+    FILE *out = cfg->out;
+    if (cfg->progress_bar) fprintf(out, "\n");
+    fprintf(out, "step %" PRId64 ": eval_loss %.4f", step, result->loss);
+    if (result->accuracy >= 0) fprintf(out, "  eval_accuracy %.4f", result->accuracy);
+    fprintf(out, "  (%.1f s)\n", result->seconds);
+    fflush(out);
+    if (r->metrics) {
+        fprintf(r->metrics, "{\"event\":\"eval\",\"step\":%" PRId64, step);
+        write_json_number(r->metrics, "eval_loss", result->loss);
+        write_json_number(r->metrics, "eval_accuracy",
+                          result->accuracy >= 0 ? result->accuracy : NAN);
+        write_json_number(r->metrics, "elapsed_s", clock_now() - r->loop_started);
+        fprintf(r->metrics, "}\n");
+        metrics_record_done(t);
+    }
+    if (r->tensorboard) {
+        tensorboard_scalar scalars[2] = {{"eval/loss", result->loss}};
+        int count = 1;
+        if (result->accuracy >= 0)
+            scalars[count++] = (tensorboard_scalar){"eval/accuracy", result->accuracy};
+        tensorboard_check(t, tensorboard_write_scalars(r->tensorboard, 0, step, scalars, count));
+    }
+    r->progress.started = clock_now(); /* throughput excludes evaluation */
 }
 
 void report_epoch(trainer *t, int64_t epoch, const evaluation *result) {

@@ -76,6 +76,8 @@ void report_loop_start(struct trainer *t);
 void report_step(struct trainer *t, const step_outcome *outcome);
 /* At an epoch's end, after evaluation (evaluation NULL without evaluation data). */
 void report_epoch(struct trainer *t, int64_t epoch, const evaluation *result);
+/* An evaluation every --eval-every steps: a line on rank 0, a metrics record, TensorBoard. */
+void report_evaluation(struct trainer *t, int64_t step, const evaluation *result);
 void report_summary(struct trainer *t, double wall_seconds); /* collective */
 void report_close(report *r);
 

@@ -45,9 +45,13 @@ static ddt_status forward_backward(trainer *t, const feed_batch *b, bool last, f
         .training = true, .step = b->global_step, .seed = t->config->seed, .row_ids = b->row_ids};
     const float *logits;
     double started = clock_now();
-    DDT_CHECK(model_forward(e->model, b->features, b->rows, &pass, &logits));
-    loss_apply(e->dev, t->config->loss, b->rows, t->shape.spec.output_width, logits, b->labels,
-               b->targets, loss_scale / (float)t->shape.global_batch,
+    model_input input = {.features = b->features, .tokens = b->tokens};
+    DDT_CHECK(model_forward(e->model, input, b->rows, &pass, &logits));
+    /* the mean over the global batch's predictions: one per row, or one per token position */
+    int positions = t->shape.spec.positions;
+    loss_apply(e->dev, t->config->loss, b->rows * positions, t->shape.spec.output_width, logits,
+               b->labels, b->targets,
+               loss_scale / ((float)t->shape.global_batch * (float)positions),
                &e->scalars[TRAIN_SCALAR_LOSS], model_output_gradient(e->model));
     double forward_done = clock_now();
     ddt_status status = model_backward(e->model, b->rows, &pass,
@@ -89,16 +93,15 @@ static ddt_status report_non_finite(trainer *t, int64_t done) {
     run_engine *e = &t->engine;
     device *dev = e->dev;
     const float *gradients = model_gradients(e->model);
-    char layer[64] = "some layer";
-    for (int d = 0; d < t->shape.spec.dense_count; d++) {
-        dense_layout layout = model_spec_dense_layout(&t->shape.spec, d);
-        bool weight_finite = true, bias_finite = true;
-        device_check_finite(dev, (size_t)layout.inputs * (size_t)layout.outputs,
-                               gradients + layout.weight_offset, &weight_finite);
-        device_check_finite(dev, (size_t)layout.outputs, gradients + layout.bias_offset,
-                               &bias_finite);
-        if (!weight_finite || !bias_finite) {
-            snprintf(layer, sizeof layer, "dense_%d/%s", d, weight_finite ? "bias" : "weight");
+    char layer[MODEL_TENSOR_MAX_NAME] = "some layer";
+    const model_spec *spec = &t->shape.spec;
+    for (int i = 0; i < spec->tensor_count; i++) {
+        const model_tensor *tensor = &spec->tensors[i];
+        if (tensor->is_buffer) continue;
+        bool finite = true;
+        device_check_finite(dev, tensor->count, gradients + tensor->offset, &finite);
+        if (!finite) {
+            snprintf(layer, sizeof layer, "%s", tensor->name);
             break;
         }
     }
@@ -155,8 +158,11 @@ static ddt_status reduce_and_agree(trainer *t, ddt_status local, bool reporting,
     size_t count = model_parameter_count(e->model);
     if (local == DDT_OK && (fp16 || t->shape.device == DEVICE_KIND_CPU || reporting))
         local = device_check_finite(e->dev, count, model_gradients(e->model), &finite);
+    /* The norm: for records, on rank 0 alone; for --clip-grad-norm, every rank (the same
+     * everywhere, so every rank scales by the same factor). */
     double squares = NAN;
-    if (local == DDT_OK && report_due_record(t, o->done) && t->rank == 0)
+    bool clipping = cfg->clip_grad_norm > 0;
+    if (local == DDT_OK && ((report_due_record(t, o->done) && t->rank == 0) || clipping))
         local = device_sum_of_squares(e->dev, count, model_gradients(e->model), &squares);
     o->grad_norm = sqrt(squares) / t->scaler.scale;
     control[CONTROL_LOCAL_FAILURE] = local != DDT_OK;
@@ -206,9 +212,15 @@ ddt_status train_step(trainer *t, int64_t step, step_outcome *o) {
         fflush(t->config->out);
     }
     if (!o->skipped) {
-        if (loss_scale != 1.0f)
-            device_scale(e->dev, model_parameter_count(e->model), 1.0f / loss_scale,
-                               model_gradients(e->model));
+        /* unscale fp16's loss scale and clip, in one pass: PyTorch's clip_grad_norm_ factor
+         * max / (norm + 1e-6), applied when below 1 */
+        float factor = 1.0f / loss_scale;
+        float clip = t->config->clip_grad_norm;
+        if (clip > 0 && isfinite(o->grad_norm) && clip / (o->grad_norm + 1e-6) < 1.0)
+            factor = (float)((double)factor * (clip / (o->grad_norm + 1e-6)));
+        if (factor != 1.0f)
+            device_scale(e->dev, model_parameter_count(e->model), factor,
+                         model_gradients(e->model));
         optimizer_step(e->opt, model_parameters(e->model), model_gradients(e->model), o->lr);
     }
     step_timer_end(&t->timer, step, data_wait(t));

@@ -47,6 +47,7 @@ typedef struct train_resolved {
     int64_t steps;       /* total steps of the run */
     int64_t steps_per_epoch;
     const char *device;  /* "cpu", "cuda" */
+    const char *model;   /* the model's canonical description */
 } train_resolved;
 
 typedef struct train_config {
@@ -62,9 +63,13 @@ typedef struct train_config {
     bool model_given;  /* the user named the model (it must then agree with init's) */
     const char *init;  /* model file to start from, or NULL */
     const char *save;  /* model file to write at the end, or NULL */
+    model_options model_options; /* --recompute */
     loss_kind loss;
     /* optimization */
     optimizer_params optimizer;
+    bool decay_all_parameters; /* else only the tensors the spec marks (matrices) */
+    float clip_grad_norm;      /* 0: off */
+    int64_t eval_every;        /* steps; 0: at the end of each epoch */
     lr_schedule schedule; /* kind, base_lr, min_lr, warmup_steps, gamma; step_size 0 = one
                            * epoch; total_steps is filled in */
     /* length */

@@ -215,6 +215,7 @@ static ddt_status plan_memory(trainer *t) {
         .dev = t->engine.dev,
         .precision = cfg->precision,
         .spec = &s->spec,
+        .model = cfg->model_options,
         .optimizer = &cfg->optimizer,
         .geometry = g,
         .shard = {.rows = g->rows,
@@ -299,8 +300,22 @@ static ddt_status allocate_engine(trainer *t) {
     DDT_CHECK(allocator_init_with_params(e->dev, &ap, &e->alloc));
     DDT_CHECK(device_set_precision(e->dev, cfg->precision, e->alloc,
         model_spec_max_gemm_operand_floats(&s->spec, s->micro_batch)));
-    DDT_CHECK(model_init(&s->spec, e->alloc, s->micro_batch, &e->model));
+    DDT_CHECK(model_init(&s->spec, e->alloc, s->micro_batch, cfg->model_options, &e->model));
     DDT_CHECK(optimizer_init(&cfg->optimizer, e->alloc, model_parameter_count(e->model), &e->opt));
+    if (cfg->optimizer.weight_decay > 0 && !cfg->decay_all_parameters) {
+        size_t count = model_parameter_count(e->model);
+        bool *decays = calloc(count ? count : 1, sizeof *decays);
+        if (!decays) return ddt_error(DDT_ERR_MEMORY, "out of host memory for weight-decay flags");
+        for (int i = 0; i < s->spec.tensor_count; i++) {
+            const model_tensor *tensor = &s->spec.tensors[i];
+            if (!tensor->is_buffer && tensor->decay)
+                for (size_t k = 0; k < tensor->count; k++)
+                    decays[tensor->offset + k] = true;
+        }
+        ddt_status status = optimizer_set_decay(e->opt, decays, count);
+        free(decays);
+        DDT_CHECK(status);
+    }
     feed_params fp = {
         .dev = e->dev,
         .alloc = e->alloc,
@@ -321,12 +336,15 @@ static ddt_status allocate_engine(trainer *t) {
     DDT_CHECK(feed_init(&fp, &t->data.feed));
     DDT_CHECK(allocator_alloc(e->alloc, MEMORY_COMPONENT_WORKSPACE,
                               TRAIN_SCALAR_COUNT * sizeof(float), (void **)&e->scalars));
-    size_t ready_points[MODEL_MAX_LAYERS];
-    for (int i = 0; i < s->spec.dense_count; i++)
-        ready_points[i] = model_spec_dense_layout(&s->spec, i).weight_offset;
+    if (memory_plan_samples(&s->spec, cfg->eval_data != NULL)) {
+        DDT_CHECK(generator_init(&e->sampler, e->model, e->alloc));
+        e->sampling = true;
+    }
+    size_t ready_points[MODEL_MAX_NODES];
+    int ready_count = model_spec_ready_points(&s->spec, ready_points, MODEL_MAX_NODES);
     DDT_CHECK(gradient_buckets_init(e->comm, model_gradients(e->model),
-                                    model_parameter_count(e->model), ready_points,
-                                    s->spec.dense_count, cfg->bucket_bytes, &e->buckets));
+                                    model_parameter_count(e->model), ready_points, ready_count,
+                                    cfg->bucket_bytes, &e->buckets));
     step_timer_init(&t->timer, e->dev, e->comm);
     /* The plan is exact: a difference is a bug in the plan, which would make limits lie. */
     allocator_stats stats = allocator_get_stats(e->alloc);
@@ -366,15 +384,11 @@ static ddt_status fresh_weights_on_root(trainer *t) {
     run_engine *e = &t->engine;
     if (t->rank != 0) return DDT_OK;
     if (!t->config->init) return model_init_parameters(e->model, t->config->seed);
-    if (e->dev->kind == DEVICE_KIND_CPU)
-        return model_file_read_parameters(t->config->init, &t->shape.spec,
-                                          model_parameters(e->model));
-    size_t bytes = model_parameter_count(e->model) * sizeof(float);
-    float *host = malloc(bytes);
+    size_t bytes = model_spec_state_count(&t->shape.spec) * sizeof(float);
+    float *host = malloc(bytes ? bytes : 1);
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory for --init's parameters");
     ddt_status status = model_file_read_parameters(t->config->init, &t->shape.spec, host);
-    if (status == DDT_OK)
-        status = device_copy_host_to_device(e->dev, model_parameters(e->model), host, bytes);
+    if (status == DDT_OK) status = model_set_state(e->model, host);
     free(host);
     return status;
 }
@@ -384,6 +398,9 @@ static ddt_status share_weights(trainer *t) {
     run_engine *e = &t->engine;
     size_t count = model_parameter_count(e->model);
     DDT_CHECK(comm_broadcast_floats(e->comm, model_parameters(e->model), count, 0));
+    if (model_buffer_count(e->model)) /* running statistics: rank 0's, as DDP's buffers */
+        DDT_CHECK(comm_broadcast_floats(e->comm, model_buffers(e->model),
+                                        model_buffer_count(e->model), 0));
     float *host = malloc(count * sizeof(float));
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory for a weight checksum");
     ddt_status status = device_copy_device_to_host(e->dev, host, model_parameters(e->model),
@@ -413,20 +430,42 @@ static ddt_status initial_weights(trainer *t) {
 
 /* ---- the loop ----------------------------------------------------------------------------- */
 
+/* Rank 0, token models: a short continuation of a newline (or the end-of-text token), as
+ * llm.c and nanoGPT show while training. */
+static ddt_status print_sample(trainer *t) {
+    if (!t->engine.sampling || t->rank != 0) return DDT_OK;
+    const model_spec *spec = &t->shape.spec;
+    int32_t prompt = spec->vocab == 256 ? '\n' : spec->vocab == 50257 ? 50256 : 0;
+    sampling s = {.temperature = 0.8f, .top_k = 40, .seed = t->config->seed + (uint64_t)t->current_step};
+    FILE *out = t->config->out;
+    fprintf(out, "sample at step %" PRId64 ":%s", t->current_step, spec->vocab == 256 ? "\n" : "");
+    ddt_status status = generator_run(&t->engine.sampler, &prompt, 1, 64, &s, out, NULL);
+    fprintf(out, "\n");
+    fflush(out);
+    return status;
+}
+
 /* After a step: evaluation at an epoch's end, a checkpoint when due, a stop when asked. */
 static ddt_status after_step(trainer *t, const step_outcome *o, bool *stop) {
     const train_config *cfg = t->config;
     int64_t done = o->done;
     bool last = done == t->shape.total_steps;
     if (done == cfg->trace_last) DDT_CHECK(comm_agree(t->control, trace_finish(t->trace), "the trace"));
-    if (done % t->shape.steps_per_epoch == 0 || last) {
-        evaluation result;
-        if (t->data.eval)
-            DDT_CHECK(evaluate_model(t->control, t->engine.dev, t->engine.model, t->data.eval,
-                                     cfg->loss, t->data.feed,
-                                     &t->engine.scalars[TRAIN_SCALAR_EVAL_LOSS], &result));
-        report_epoch(t, (done - 1) / t->shape.steps_per_epoch, t->data.eval ? &result : NULL);
+    bool epoch_end = done % t->shape.steps_per_epoch == 0 || last;
+    bool periodic = cfg->eval_every > 0 && (done % cfg->eval_every == 0 || last);
+    evaluation result;
+    bool evaluated = false;
+    if (t->data.eval && (periodic || (epoch_end && cfg->eval_every == 0))) {
+        DDT_CHECK(evaluate_model(t->control, t->engine.dev, t->engine.model, t->data.eval,
+                                 cfg->loss, t->data.feed,
+                                 &t->engine.scalars[TRAIN_SCALAR_EVAL_LOSS], &result));
+        evaluated = true;
+        if (periodic) report_evaluation(t, done, &result);
+        DDT_CHECK(comm_agree(t->control, print_sample(t), "a sample"));
     }
+    if (epoch_end)
+        report_epoch(t, (done - 1) / t->shape.steps_per_epoch,
+                     evaluated && !periodic ? &result : NULL);
     *stop = o->stop_requested ||
             (cfg->stop_after > 0 && done - t->start_step == cfg->stop_after && !last);
     if (checkpointing_due(&t->checkpoints, done, o->checkpoint_by_time, *stop, last)) {
@@ -471,11 +510,11 @@ static ddt_status train_loop(trainer *t) {
 static ddt_status save_model(trainer *t) {
     run_engine *e = &t->engine;
     if (t->rank != 0 || !t->config->save || t->stopped) return DDT_OK;
-    size_t count = model_parameter_count(e->model);
-    float *host = malloc(count * sizeof(float));
+    size_t count = model_spec_state_count(&t->shape.spec);
+    float *host = malloc((count ? count : 1) * sizeof(float));
     if (!host) return ddt_error(DDT_ERR_MEMORY, "out of host memory to save the model");
-    ddt_status status = device_copy_device_to_host(e->dev, host, model_parameters(e->model),
-                                                         count * sizeof(float));
+    ddt_status status = model_get_state(e->model, host);
+    model_spec_set_counters(&t->shape.spec, host, t->steps_done * t->shape.micro_batches_per_step);
     if (status == DDT_OK) status = model_file_save(t->config->save, &t->shape.spec, host);
     free(host);
     return status;
@@ -483,6 +522,7 @@ static ddt_status save_model(trainer *t) {
 
 static void trainer_free(trainer *t) {
     feed_free(t->data.feed);
+    generator_free(&t->engine.sampler);
     trace_free(t->trace);
     report_close(&t->report);
     gradient_buckets_free(t->engine.buckets);

@@ -18,6 +18,7 @@
 #include "io/dataset.h"
 #include "shard/shard.h"
 #include "train/checkpointing.h"
+#include "train/generate.h"
 #include "train/loss_scale.h"
 #include "train/memory_plan.h"
 #include "train/report.h"
@@ -57,6 +58,8 @@ typedef struct run_engine {
     optimizer *opt;
     gradient_buckets *buckets;
     float *scalars; /* TRAIN_SCALAR_COUNT device floats (memory_plan.h) */
+    generator sampler; /* token models with evaluation data: the sample at each evaluation */
+    bool sampling;
 } run_engine;
 
 typedef struct trainer {

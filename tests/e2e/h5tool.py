@@ -60,25 +60,35 @@ def make(kind, out):
         sys.exit(f"h5tool: unknown dataset kind {kind}")
 
 
-def dense_layers(f):
-    names = sorted((k for k in f.keys() if k.startswith("dense_")), key=lambda k: int(k[6:]))
-    return [(f[k]["weight"][...], f[k]["bias"][...]) for k in names]
+def tensors(f):
+    """A model file's tensors by state_dict name (root datasets); older files' dense_<i>
+    groups under the names nn.Sequential would give them."""
+    if any(k.startswith("dense_") for k in f.keys()):
+        names = sorted((k for k in f.keys() if k.startswith("dense_")), key=lambda k: int(k[6:]))
+        out = {}
+        for i, k in enumerate(names):
+            out[f"dense_{i}.weight"] = f[k]["weight"][...]
+            out[f"dense_{i}.bias"] = f[k]["bias"][...]
+        return out
+    return {k: f[k][...] for k in f.keys() if isinstance(f[k], h5py.Dataset)}
 
 
 def compare(a, b, rtol):
     rtol = float(rtol)
     with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
-        la, lb = dense_layers(fa), dense_layers(fb)
-        if len(la) != len(lb):
-            sys.exit(f"{a} has {len(la)} dense layers, {b} has {len(lb)}")
+        ta, tb = tensors(fa), tensors(fb)
+        if sorted(ta) != sorted(tb):
+            sys.exit(f"{a} has tensors {sorted(ta)}, {b} has {sorted(tb)}")
         worst = 0.0
-        for i, ((wa, ba), (wb, bb)) in enumerate(zip(la, lb)):
-            for name, p, q in (("weight", wa, wb), ("bias", ba, bb)):
-                if p.shape != q.shape:
-                    sys.exit(f"dense_{i}/{name}: shapes {p.shape} and {q.shape}")
-                scale = max(np.abs(q).max(), 1e-12)
-                rel = float(np.abs(p - q).max() / scale)
-                worst = max(worst, rel)
+        for name in sorted(ta):
+            p, q = ta[name], tb[name]
+            if p.shape != q.shape:
+                sys.exit(f"{name}: shapes {p.shape} and {q.shape}")
+            if name.endswith("num_batches_tracked"):
+                continue
+            scale = max(np.abs(q).max(), 1e-12)
+            rel = float(np.abs(p - q).max() / scale)
+            worst = max(worst, rel)
         print(f"max relative difference {worst:.3g} (tolerance {rtol:g})")
         if worst > rtol:
             sys.exit(1)
@@ -106,25 +116,38 @@ def check_idx(out, images, labels):
 
 
 def check_model(path, spec):
+    """An MLP's model file: its nn.Sequential state_dict, loaded by name into PyTorch."""
+    tokens = spec.split("-")
+    widths = [int(t) for t in tokens if t.isdigit()]
     with h5py.File(path, "r") as f:
         model = f.attrs["model"]
         model = model.decode() if isinstance(model, bytes) else str(model)
         assert model == spec, f"model attribute {model!r} != {spec!r}"
-        widths = [int(t) for t in spec.split("-") if t.isdigit()]
-        layers = dense_layers(f)
-        assert len(layers) == len(widths) - 1
-        for (w, b), fan_in, fan_out in zip(layers, widths, widths[1:]):
-            assert w.shape == (fan_out, fan_in) and b.shape == (fan_out,), (w.shape, b.shape)
+        state = tensors(f)
+    expected = {}
+    width = widths[0]
+    for index, token in enumerate(tokens[1:]):
+        if token.isdigit():
+            expected[f"{index}.weight"] = (int(token), width)
+            expected[f"{index}.bias"] = (int(token),)
+            width = int(token)
+    assert {k: v.shape for k, v in state.items()} == expected, (sorted(state), expected)
     try:
         import torch
     except ImportError:
         print("skipped: PyTorch load (python3-torch not installed)")
         return
-    with h5py.File(path, "r") as f:
-        for (w, b), fan_in, fan_out in zip(dense_layers(f), widths, widths[1:]):
-            layer = torch.nn.Linear(fan_in, fan_out)
-            layer.load_state_dict({"weight": torch.from_numpy(w), "bias": torch.from_numpy(b)})
-    print("PyTorch nn.Linear loaded every dense layer")
+    layers = []
+    width = widths[0]
+    for token in tokens[1:]:
+        if token.isdigit():
+            layers.append(torch.nn.Linear(width, int(token)))
+            width = int(token)
+        else:
+            layers.append(torch.nn.ReLU() if token == "relu" else torch.nn.Identity())
+    net = torch.nn.Sequential(*layers)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=True)
+    print("PyTorch nn.Sequential loaded the model by name (strict)")
 
 
 if __name__ == "__main__":

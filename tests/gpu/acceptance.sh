@@ -16,6 +16,13 @@
 #   precision  tf32, bf16 and fp16 runs of the same recipe (accuracy within 0.005, 0.01, 0.01
 #              of the CPU run), and an fp16 run whose loss scale overflows: steps skipped on
 #              every rank, the scale halved, training goes on
+#   layers     the layer engine's presets on the GPU, once this ddtrain knows them (else each
+#              is reported as skipped, with ddtrain's own message): cnn-small on Fashion-MNIST
+#              (test accuracy >= 0.87 after 2 epochs) and gpt-tiny on byte tokens of this
+#              repository's sources (final training loss < 4.0 nats, uniform is 5.55); after
+#              20 SGD steps each one's weights equal the CPU's within 1e-3 (relative to each
+#              tensor's largest value); gpt-tiny in bf16 ends within 0.1 nats of fp32, and its
+#              allocator peak equals the memory plan (cast buffers for batched GEMMs counted)
 #   memory     the per-GPU memory policy on cudaMalloc: preallocate reserves exactly the limit
 #              (less NCCL's own buffers, measured and counted), growth stays under it, a limit
 #              too small is refused before training with the documented message, and the
@@ -134,6 +141,22 @@ if [[ -z $python ]]; then
 fi
 # Python keeps the library path it had before a GPU bundle's env.sh changed it.
 py() { LD_LIBRARY_PATH=${GPUKIT_ORIG_LD_LIBRARY_PATH-${LD_LIBRARY_PATH:-}} "$python" "$@"; }
+# weights_difference A.h5 B.h5: the largest |a - b| of any tensor, relative to the largest |b|
+# of that tensor (every dataset of B, by name).
+weights_difference() {
+  py - "$1" "$2" <<'EOF' 2>>"$work/compare.log"
+import sys, h5py, numpy as np
+a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
+worst = 0.0
+def visit(name, obj):
+    global worst
+    if isinstance(obj, h5py.Dataset):
+        x, y = a[name][...].astype("f8"), obj[...].astype("f8")
+        worst = max(worst, float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30)))
+b.visititems(visit)
+print("%.3g" % worst)
+EOF
+}
 
 epochs=15 precision_epochs=15 bench_steps=3000 wide_steps=100
 ((quick)) && { epochs=2; precision_epochs=1; bench_steps=300; wide_steps=20; }
@@ -199,7 +222,7 @@ run cpu-20-steps "$ddtrain" train "${train_data[@]}" "${short[@]}" --steps 20 --
   --save "$work/cpu-20.h5"
 
 if ((gpus == 0)); then
-  for s in kernels nccl training precision memory bench; do
+  for s in kernels nccl training precision layers memory bench; do
     record "$s" "all $s checks" skip "not run: no GPU visible" ""
   done
 else
@@ -260,19 +283,7 @@ else
     record training "rank line names the GPU's PCI bus id" fail "no" "yes"
   run gpu-20-steps "$ddtrain" train "${train_data[@]}" "${short[@]}" --steps 20 --device cuda \
     --save "$work/gpu-20.h5"
-  difference=$(py - "$work/gpu-20.h5" "$work/cpu-20.h5" <<'EOF' 2>>"$work/compare.log"
-import sys, h5py, numpy as np
-a, b = h5py.File(sys.argv[1], "r"), h5py.File(sys.argv[2], "r")
-worst = 0.0
-def visit(name, obj):
-    global worst
-    if isinstance(obj, h5py.Dataset):
-        x, y = a[name][...].astype("f8"), obj[...].astype("f8")
-        worst = max(worst, float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-30)))
-b.visititems(visit)
-print("%.3g" % worst)
-EOF
-)
+  difference=$(weights_difference "$work/gpu-20.h5" "$work/cpu-20.h5")
   check training "fp32 weights after 20 steps vs CPU (relative)" 'a <= 1e-4' "$difference" 0 "<= 1e-4"
 
   # --- precision ---------------------------------------------------------------------------
@@ -310,6 +321,106 @@ EOF
   fi
   final_loss=$(summary_field "$work/fp16-overflow.jsonl" final_train_loss)
   check precision "fp16 after the skips: training loss finite, < 1.0" 'a < 1.0' "$final_loss" 0 "< 1.0"
+
+  # --- layers ------------------------------------------------------------------------------
+  section "layers: the layer engine's presets cnn-small and gpt-tiny on the GPU"
+  cnn_epochs=2 gpt_steps=300
+  ((quick)) && { cnn_epochs=1; gpt_steps=60; }
+  # preset_ready NAME DATA_ARGS...: 0 when this ddtrain plans --model NAME on the GPU (a dry
+  # run fits); 1 when it does not know the preset yet (a build from before the layer engine:
+  # --model refuses the name), recorded as skipped with ddtrain's message; 2 for any other
+  # refusal, recorded as a failure.
+  preset_ready() {
+    local name=$1
+    shift
+    "$ddtrain" train "$@" --model "$name" --device cuda --dry-run >"$work/preset-$name.log" 2>&1
+    local code=$?
+    ((code == 0)) && return 0
+    local message
+    message=$(grep -m1 'error' "$work/preset-$name.log")
+    if ((code == 2)) && grep -q -- "--model" <<<"$message" && grep -q -- "$name" <<<"$message"; then
+      echo "  ddtrain does not know the preset $name yet: $message"
+      record layers "$name: preset known to this ddtrain" skip "not yet: ${message#*error: }" \
+        "a build with the layer engine"
+      return 1
+    fi
+    record layers "$name: dry run on the GPU" fail "exit $code" "exit 0" "$message"
+    return 2
+  }
+
+  # cnn-small on Fashion-MNIST (its N x 784 features read as 1x28x28 images).
+  cnn=(--model cnn-small --global-batch 128 --optimizer sgd --lr 0.05 --momentum 0.9
+       --log-every 0 --seed 1)
+  if preset_ready cnn-small "${train_data[@]}" --global-batch 128; then
+    record layers "cnn-small: preset known to this ddtrain" pass "yes" "yes"
+    run cnn-gpu "$ddtrain" train "${train_data[@]}" "${cnn[@]}" --epochs "$cnn_epochs" \
+      --lr-schedule cosine --device cuda --metrics "$work/cnn.jsonl"
+    accuracy=$(summary_field "$work/cnn.jsonl" eval_accuracy)
+    if ((quick)); then
+      record layers "cnn-small accuracy after $cnn_epochs epoch" skip "${accuracy:-missing}" "--quick"
+    else
+      check layers "cnn-small accuracy after $cnn_epochs epochs" 'a >= 0.87' "$accuracy" 0 ">= 0.87"
+    fi
+    record layers "cnn-small samples/s" info "$(summary_field "$work/cnn.jsonl" samples_per_s)" ""
+    run cnn-cpu-20 "$ddtrain" train "${train_data[@]}" "${cnn[@]}" --steps 20 --device cpu \
+      --threads 8 --save "$work/cnn-cpu-20.h5"
+    run cnn-gpu-20 "$ddtrain" train "${train_data[@]}" "${cnn[@]}" --steps 20 --device cuda \
+      --save "$work/cnn-gpu-20.h5"
+    check layers "cnn-small weights after 20 steps vs CPU (relative)" 'a <= 1e-3' \
+      "$(weights_difference "$work/cnn-gpu-20.h5" "$work/cnn-cpu-20.h5")" 0 "<= 1e-3"
+  fi
+
+  # gpt-tiny on byte tokens (vocabulary 256) of this repository's sources and documents:
+  # /tokens uint16 with its vocab_size attribute, the last tenth held out for evaluation.
+  tokens_made=0
+  py - "$repo" "$work" >"$work/tokens.log" 2>&1 <<'EOF' && tokens_made=1
+import glob, os, sys
+import h5py, numpy as np
+repo, out = sys.argv[1], sys.argv[2]
+patterns = ("src/**/*.[ch]", "src/**/*.cu", "*.md", "bench/**/*.md", "tests/**/*.md")
+paths = sorted(p for pattern in patterns
+               for p in glob.glob(os.path.join(repo, pattern), recursive=True))
+text = b"".join(open(p, "rb").read() for p in paths)
+tokens = np.frombuffer(text, dtype=np.uint8).astype(np.uint16)
+split = len(tokens) * 9 // 10
+for name, part in (("train", tokens[:split]), ("test", tokens[split:])):
+    with h5py.File(os.path.join(out, "tokens-%s.h5" % name), "w") as f:
+        f.create_dataset("tokens", data=part, chunks=True).attrs["vocab_size"] = np.int32(256)
+print(len(tokens), "tokens from", len(paths), "files")
+EOF
+  if ((tokens_made)); then
+    echo "  byte tokens: $(tail -1 "$work/tokens.log")"
+    token_data=(--data "$work/tokens-train.h5" --eval-data "$work/tokens-test.h5")
+    gpt=(--model gpt-tiny --global-batch 64 --log-every 0 --seed 1)
+    if preset_ready gpt-tiny "${token_data[@]}" --global-batch 64; then
+      record layers "gpt-tiny: preset known to this ddtrain" pass "yes" "yes"
+      for precision in fp32 bf16; do
+        run "gpt-$precision" "$ddtrain" train "${token_data[@]}" "${gpt[@]}" --steps "$gpt_steps" \
+          --optimizer adamw --lr 1e-3 --warmup-steps 20 --lr-schedule cosine --device cuda \
+          --precision "$precision" --metrics "$work/gpt-$precision.jsonl"
+      done
+      loss=$(summary_field "$work/gpt-fp32.jsonl" final_train_loss)
+      check layers "gpt-tiny fp32 training loss after $gpt_steps steps (nats)" 'a < 4.0' \
+        "$loss" 0 "< 4.0 (uniform: 5.55)"
+      record layers "gpt-tiny fp32: eval loss, samples/s" info \
+        "$(summary_field "$work/gpt-fp32.jsonl" eval_loss), $(summary_field "$work/gpt-fp32.jsonl" samples_per_s)" ""
+      check layers "gpt-tiny bf16 training loss vs fp32 ${loss:-?} (within 0.1)" \
+        'a - b <= 0.1 && b - a <= 0.1' "$(summary_field "$work/gpt-bf16.jsonl" final_train_loss)" \
+        "$loss" "|diff| <= 0.1"
+      check layers "gpt-tiny bf16: allocator peak = plan (bytes)" 'a == b' \
+        "$(summary_field "$work/gpt-bf16.jsonl" peak_device_bytes)" \
+        "$(summary_field "$work/gpt-bf16.jsonl" planned_device_bytes)" "= plan"
+      run gpt-cpu-20 "$ddtrain" train "${token_data[@]}" "${gpt[@]}" --steps 20 --optimizer sgd \
+        --lr 0.05 --momentum 0.9 --device cpu --threads 8 --save "$work/gpt-cpu-20.h5"
+      run gpt-gpu-20 "$ddtrain" train "${token_data[@]}" "${gpt[@]}" --steps 20 --optimizer sgd \
+        --lr 0.05 --momentum 0.9 --device cuda --save "$work/gpt-gpu-20.h5"
+      check layers "gpt-tiny weights after 20 steps vs CPU (relative)" 'a <= 1e-3' \
+        "$(weights_difference "$work/gpt-gpu-20.h5" "$work/gpt-cpu-20.h5")" 0 "<= 1e-3"
+    fi
+  else
+    record layers "gpt-tiny: byte-token data set" fail "not made" "h5py in $python" \
+      "$(tail -1 "$work/tokens.log")"
+  fi
 
   # --- memory ------------------------------------------------------------------------------
   section "memory: the per-GPU policy on cudaMalloc"

@@ -59,7 +59,7 @@ expect "the bundled ddtrain converted Fashion-MNIST" grep -q '^data,"Fashion-MNI
 expect "the CPU reference trained" grep -q '^training,"CPU reference accuracy",pass' "$csv"
 expect "only 'no GPU' failed" test "$(grep -c ',fail,' "$csv")" -eq 1
 expect "... and that was the GPU count" grep -q '^probe,"GPUs visible to ddtrain",fail' "$csv"
-for section in kernels nccl training precision memory bench; do
+for section in kernels nccl training precision layers memory bench; do
   expect "$section reported as not run" grep -q "^$section,\"all $section checks\",skip" "$csv"
 done
 expect "summary.txt and the logs were written" test -s "$out/summary.txt" -a -s "$out/logs.tar.gz"

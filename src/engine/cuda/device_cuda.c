@@ -240,6 +240,11 @@ static void cuda_fill_zero(device *dev, void *dst, size_t bytes) {
     CUDA_DEFER(backend, cudaMemsetAsync(dst, 0, bytes, backend->compute_stream));
 }
 
+/* bf16 and fp16 GEMMs cast their operands (cast_a, cast_b). */
+static bool precision_is_16_bit(precision_kind precision) {
+    return precision == PRECISION_BF16 || precision == PRECISION_FP16;
+}
+
 /* --- dense algebra ----------------------------------------------------------------------- */
 
 /* cuBLAS is column-major. A row-major matrix read column-major is its transpose, and the
@@ -409,6 +414,184 @@ static void cuda_adamw_update(device *dev, size_t count, float *params, const fl
                                              &scalars));
 }
 
+/* --- the layer engine's operations ------------------------------------------------------ */
+
+typedef cudaError_t (*cast_batched_function)(cudaStream_t stream, int batch, int rows, int cols,
+                                             const float *src, int ld, int64_t stride, void *dst);
+
+/* C_b = alpha op(A_b) op(B_b) + beta C_b for b < batch, one cuBLAS strided-batched GEMM with
+ * the operands swapped as in cuda_gemm (strides carry over unchanged: they count floats).
+ * 16-bit operands are cast entry by entry into the packed cast buffers, so those must hold one
+ * entry of each operand (m * k and k * n floats, what gemm needs too); the batch then runs in
+ * chunks of as many entries as the buffers hold (one chunk when set_precision's
+ * max_operand_floats covers batch * m * k and batch * k * n). A shared operand (stride 0) is
+ * cast once and read with stride 0. */
+static void cuda_gemm_strided_batched(device *dev, bool transpose_a, bool transpose_b, int m, int n,
+                                      int k, float alpha, const float *a, int lda, int64_t stride_a,
+                                      const float *b, int ldb, int64_t stride_b, float beta,
+                                      float *c, int ldc, int64_t stride_c, int batch) {
+    cuda_backend *backend = backend_of(dev);
+    cudaStream_t stream = backend->compute_stream;
+    if (m <= 0 || n <= 0 || batch <= 0) return;
+    if (k <= 0) {
+        CUDA_DEFER(backend,
+                   kernels_gemm_empty_batched(stream, batch, m, n, beta, c, ldc, stride_c));
+        return;
+    }
+    cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (!precision_is_16_bit(backend->precision)) {
+        CUBLAS_DEFER(backend,
+                     cublasSgemmStridedBatched(backend->cublas, op_b, op_a, n, m, k, &alpha, b, ldb,
+                                               (long long)stride_b, a, lda, (long long)stride_a,
+                                               &beta, c, ldc, (long long)stride_c, batch));
+        return;
+    }
+    int a_rows = transpose_a ? k : m, a_cols = transpose_a ? m : k;
+    int b_rows = transpose_b ? n : k, b_cols = transpose_b ? k : n;
+    size_t a_floats = (size_t)m * (size_t)k, b_floats = (size_t)k * (size_t)n;
+    size_t capacity = backend->cast_capacity_floats;
+    if (a_floats > capacity || b_floats > capacity) {
+        char why[224];
+        snprintf(why, sizeof why,
+                 "batch entries of %zu and %zu floats exceed the %s workspace of %zu floats each "
+                 "(set_precision's max_operand_floats is too small)",
+                 a_floats, b_floats, precision_kind_name(backend->precision), capacity);
+        cuda_defer(backend, DDT_ERR_INTERNAL, "gemm_strided_batched", why, __FILE__, __LINE__);
+        return;
+    }
+    int chunk = batch;
+    if (stride_a != 0 && (size_t)chunk > capacity / a_floats) chunk = (int)(capacity / a_floats);
+    if (stride_b != 0 && (size_t)chunk > capacity / b_floats) chunk = (int)(capacity / b_floats);
+    bool bf16 = backend->precision == PRECISION_BF16;
+    cudaDataType type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+    cast_batched_function cast = bf16 ? kernels_cast_bf16_batched : kernels_cast_fp16_batched;
+    if (stride_a == 0)
+        CUDA_DEFER(backend, cast(stream, 1, a_rows, a_cols, a, lda, 0, backend->cast_a));
+    if (stride_b == 0)
+        CUDA_DEFER(backend, cast(stream, 1, b_rows, b_cols, b, ldb, 0, backend->cast_b));
+    long long packed_a = stride_a != 0 ? (long long)a_floats : 0;
+    long long packed_b = stride_b != 0 ? (long long)b_floats : 0;
+    /* Each chunk's casts overwrite the buffers only after the previous chunk's GEMM has read
+     * them: everything runs in order on the compute stream. */
+    for (int first = 0; first < batch; first += chunk) {
+        int count = batch - first < chunk ? batch - first : chunk;
+        if (stride_a != 0)
+            CUDA_DEFER(backend, cast(stream, count, a_rows, a_cols, a + (int64_t)first * stride_a,
+                                     lda, stride_a, backend->cast_a));
+        if (stride_b != 0)
+            CUDA_DEFER(backend, cast(stream, count, b_rows, b_cols, b + (int64_t)first * stride_b,
+                                     ldb, stride_b, backend->cast_b));
+        CUBLAS_DEFER(backend,
+                     cublasGemmStridedBatchedEx(
+                         backend->cublas, op_b, op_a, n, m, k, &alpha, backend->cast_b, type,
+                         b_cols, packed_b, backend->cast_a, type, a_cols, packed_a, &beta,
+                         c + (int64_t)first * stride_c, CUDA_R_32F, ldc, (long long)stride_c, count,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+static void cuda_add(device *dev, size_t count, const float *a, const float *b, float *out) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_add(backend->compute_stream, count, a, b, out));
+}
+
+/* dims and perm are read on the host, at the call (they describe the tensor, like sizes). */
+static void cuda_permute(device *dev, int rank, const int *dims, const int *perm, const float *in,
+                         float *out) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_permute(backend->compute_stream, rank, dims, perm, in, out));
+}
+
+static void cuda_im2col(device *dev, const conv_geometry *g, int samples, const float *x,
+                        float *cols) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_im2col(backend->compute_stream, g, samples, x, cols));
+}
+
+static void cuda_col2im(device *dev, const conv_geometry *g, int samples, const float *cols,
+                        float *dx) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_col2im(backend->compute_stream, g, samples, cols, dx));
+}
+
+static void cuda_pool2d_forward(device *dev, pool_kind kind, const conv_geometry *g, int samples,
+                                const float *x, float *y) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_pool2d_forward(backend->compute_stream, kind, g, samples, x, y));
+}
+
+static void cuda_pool2d_backward(device *dev, pool_kind kind, const conv_geometry *g, int samples,
+                                 const float *x, const float *y, const float *dy, float *dx) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend,
+               kernels_pool2d_backward(backend->compute_stream, kind, g, samples, x, y, dy, dx));
+}
+
+static void cuda_batchnorm_forward(device *dev, int samples, int channels, int spatial,
+                                   const float *x, const float *gamma, const float *beta, float eps,
+                                   bool training, float momentum, float *running_mean,
+                                   float *running_var, float *mean, float *invstd, float *y) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_batchnorm_forward(backend->compute_stream, samples, channels,
+                                                  spatial, x, gamma, beta, eps, training, momentum,
+                                                  running_mean, running_var, mean, invstd, y));
+}
+
+static void cuda_batchnorm_backward(device *dev, int samples, int channels, int spatial,
+                                    const float *x, const float *dy, const float *gamma,
+                                    const float *mean, const float *invstd, float *dx,
+                                    float *dgamma, float *dbeta) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend,
+               kernels_batchnorm_backward(backend->compute_stream, samples, channels, spatial, x,
+                                          dy, gamma, mean, invstd, dx, dgamma, dbeta));
+}
+
+static void cuda_layernorm_forward(device *dev, int rows, int cols, const float *x,
+                                   const float *gamma, const float *beta, float eps, float *y,
+                                   float *mean, float *rstd) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_layernorm_forward(backend->compute_stream, rows, cols, x, gamma,
+                                                  beta, eps, y, mean, rstd));
+}
+
+static void cuda_layernorm_backward(device *dev, int rows, int cols, const float *x,
+                                    const float *dy, const float *gamma, const float *mean,
+                                    const float *rstd, float *dx, float *dgamma, float *dbeta) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_layernorm_backward(backend->compute_stream, rows, cols, x, dy,
+                                                   gamma, mean, rstd, dx, dgamma, dbeta));
+}
+
+static void cuda_embedding_forward(device *dev, int rows, int cols, const int32_t *ids,
+                                   const float *table, float *y) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend,
+               kernels_embedding_forward(backend->compute_stream, rows, cols, ids, table, y));
+}
+
+static void cuda_embedding_backward(device *dev, int rows, int cols, const int32_t *ids,
+                                    const float *dy, float *dtable) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend,
+               kernels_embedding_backward(backend->compute_stream, rows, cols, ids, dy, dtable));
+}
+
+static void cuda_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x,
+                                        float *y) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend,
+               kernels_causal_softmax_forward(backend->compute_stream, groups, t, scale, x, y));
+}
+
+static void cuda_causal_softmax_backward(device *dev, int groups, int t, float scale,
+                                         const float *y, const float *dy, float *dx) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_causal_softmax_backward(backend->compute_stream, groups, t, scale,
+                                                        y, dy, dx));
+}
+
 /* --- checks and synchronisation ---------------------------------------------------------- */
 
 static ddt_status cuda_check_finite(device *dev, size_t count, const float *x, bool *all_finite) {
@@ -449,10 +632,6 @@ static ddt_status cuda_synchronize(device *dev) {
 }
 
 /* --- precision --------------------------------------------------------------------------- */
-
-static bool precision_is_16_bit(precision_kind precision) {
-    return precision == PRECISION_BF16 || precision == PRECISION_FP16;
-}
 
 /* One cast buffer: max_operand_floats 2-byte values, rounded as the allocator rounds, so that
  * precision_workspace_bytes() is exact both before and after the allocator's rounding. */
@@ -715,6 +894,21 @@ static const device_ops cuda_ops = {
     .count_correct = cuda_count_correct,
     .sgd_update = cuda_sgd_update,
     .adamw_update = cuda_adamw_update,
+    .gemm_strided_batched = cuda_gemm_strided_batched,
+    .add = cuda_add,
+    .permute = cuda_permute,
+    .im2col = cuda_im2col,
+    .col2im = cuda_col2im,
+    .pool2d_forward = cuda_pool2d_forward,
+    .pool2d_backward = cuda_pool2d_backward,
+    .batchnorm_forward = cuda_batchnorm_forward,
+    .batchnorm_backward = cuda_batchnorm_backward,
+    .layernorm_forward = cuda_layernorm_forward,
+    .layernorm_backward = cuda_layernorm_backward,
+    .embedding_forward = cuda_embedding_forward,
+    .embedding_backward = cuda_embedding_backward,
+    .causal_softmax_forward = cuda_causal_softmax_forward,
+    .causal_softmax_backward = cuda_causal_softmax_backward,
     .check_finite = cuda_check_finite,
     .sum_of_squares = cuda_sum_of_squares,
     .synchronize = cuda_synchronize,

@@ -36,6 +36,20 @@
 
 static const float INV_SQRT2 = 0.70710678118654752f;
 static const float INV_SQRT_2PI = 0.39894228040143268f;
+static const float GELU_TANH_SCALE = 0.79788456080286536f; /* sqrt(2/pi), as device_cpu.c */
+static const float GELU_TANH_CUBIC = 0.044715f;
+
+/* Rounded operations that nvcc never fuses into a multiply-add: where a formula is spelled with
+ * these, it rounds step by step as device_cpu.c's (built with -ffp-contract=off) does. */
+#define RN_MUL(a, b) __fmul_rn((a), (b))
+#define RN_ADD(a, b) __fadd_rn((a), (b))
+#define RN_SUB(a, b) __fsub_rn((a), (b))
+
+/* GELU's tanh form: u = sqrt(2/pi) (x + 0.044715 x^3), in device_cpu.c's order. */
+static __device__ float gelu_tanh_inner(float x) {
+    float cube = RN_MUL(RN_MUL(RN_MUL(GELU_TANH_CUBIC, x), x), x);
+    return RN_MUL(GELU_TANH_SCALE, RN_ADD(x, cube));
+}
 
 /* Blocks for `items` work items at `per_block` items per block, capped. */
 static unsigned blocks_for(size_t items, size_t per_block) {
@@ -82,21 +96,29 @@ static __device__ double block_sum_double(double value) {
 
 /* --- matrix helpers ---------------------------------------------------------------------- */
 
-static __global__ void gemm_empty_kernel(int m, int n, float beta, float *c, int ldc) {
-    size_t count = (size_t)m * n;
+/* Batch entry b of a strided batch starts `stride` floats after entry b - 1. */
+static __global__ void gemm_empty_kernel(int batch, int m, int n, float beta, float *c, int ldc,
+                                         int64_t stride_c) {
+    size_t per_entry = (size_t)m * n, count = per_entry * (size_t)batch;
     GRID_STRIDE_LOOP(i, count) {
-        size_t row = i / (size_t)n, column = i - row * (size_t)n;
-        float *element = c + row * (size_t)ldc + column;
+        size_t entry = i / per_entry, rest = i - entry * per_entry;
+        size_t row = rest / (size_t)n, column = rest - row * (size_t)n;
+        float *element = c + (int64_t)entry * stride_c + row * (size_t)ldc + column;
         *element = beta == 0.0f ? 0.0f : beta * *element;
     }
 }
 
 extern "C" cudaError_t kernels_gemm_empty(cudaStream_t stream, int m, int n, float beta, float *c,
                                           int ldc) {
-    if (m <= 0 || n <= 0) return cudaSuccess;
-    size_t count = (size_t)m * n;
+    return kernels_gemm_empty_batched(stream, 1, m, n, beta, c, ldc, 0);
+}
+
+extern "C" cudaError_t kernels_gemm_empty_batched(cudaStream_t stream, int batch, int m, int n,
+                                                  float beta, float *c, int ldc, int64_t stride_c) {
+    if (batch <= 0 || m <= 0 || n <= 0) return cudaSuccess;
+    size_t count = (size_t)m * n * (size_t)batch;
     gemm_empty_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
-        m, n, beta, c, ldc);
+        batch, m, n, beta, c, ldc, stride_c);
     return cudaGetLastError();
 }
 
@@ -108,31 +130,46 @@ static __device__ __half round_to(float x, __half *) {
     return __float2half_rn(x);
 }
 
+/* Entry b of the batch: src + b * stride (rows x cols, leading dimension ld) into the packed
+ * dst + b * rows * cols. */
 template <typename T>
-static __global__ void cast_kernel(int rows, int cols, const float *__restrict__ src, int ld,
-                                   T *__restrict__ dst) {
-    size_t count = (size_t)rows * cols;
+static __global__ void cast_kernel(int batch, int rows, int cols, const float *__restrict__ src,
+                                   int ld, int64_t stride, T *__restrict__ dst) {
+    size_t per_entry = (size_t)rows * cols, count = per_entry * (size_t)batch;
     GRID_STRIDE_LOOP(i, count) {
-        size_t row = i / (size_t)cols, column = i - row * (size_t)cols;
-        dst[i] = round_to(src[row * (size_t)ld + column], (T *)nullptr);
+        size_t entry = i / per_entry, rest = i - entry * per_entry;
+        size_t row = rest / (size_t)cols, column = rest - row * (size_t)cols;
+        dst[i] = round_to(src[(int64_t)entry * stride + row * (size_t)ld + column], (T *)nullptr);
     }
 }
 
 extern "C" cudaError_t kernels_cast_bf16(cudaStream_t stream, int rows, int cols, const float *src,
                                          int ld, void *dst) {
-    if (rows <= 0 || cols <= 0) return cudaSuccess;
-    size_t count = (size_t)rows * cols;
-    cast_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
-        rows, cols, src, ld, (__nv_bfloat16 *)dst);
-    return cudaGetLastError();
+    return kernels_cast_bf16_batched(stream, 1, rows, cols, src, ld, 0, dst);
 }
 
 extern "C" cudaError_t kernels_cast_fp16(cudaStream_t stream, int rows, int cols, const float *src,
                                          int ld, void *dst) {
-    if (rows <= 0 || cols <= 0) return cudaSuccess;
-    size_t count = (size_t)rows * cols;
+    return kernels_cast_fp16_batched(stream, 1, rows, cols, src, ld, 0, dst);
+}
+
+extern "C" cudaError_t kernels_cast_bf16_batched(cudaStream_t stream, int batch, int rows, int cols,
+                                                 const float *src, int ld, int64_t stride,
+                                                 void *dst) {
+    if (batch <= 0 || rows <= 0 || cols <= 0) return cudaSuccess;
+    size_t count = (size_t)rows * cols * (size_t)batch;
     cast_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
-        rows, cols, src, ld, (__half *)dst);
+        batch, rows, cols, src, ld, stride, (__nv_bfloat16 *)dst);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kernels_cast_fp16_batched(cudaStream_t stream, int batch, int rows, int cols,
+                                                 const float *src, int ld, int64_t stride,
+                                                 void *dst) {
+    if (batch <= 0 || rows <= 0 || cols <= 0) return cudaSuccess;
+    size_t count = (size_t)rows * cols * (size_t)batch;
+    cast_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
+        batch, rows, cols, src, ld, stride, (__half *)dst);
     return cudaGetLastError();
 }
 
@@ -218,6 +255,9 @@ static __global__ void activation_forward_kernel(size_t count, const float *__re
         case ACTIVATION_TANH:
             y[i] = tanhf(v);
             break;
+        case ACTIVATION_GELU_TANH:
+            y[i] = RN_MUL(RN_MUL(0.5f, v), RN_ADD(1.0f, tanhf(gelu_tanh_inner(v))));
+            break;
         case ACTIVATION_SIGMOID: {
             float e = expf(-fabsf(v)); /* exp of a non-positive number: no overflow */
             y[i] = v >= 0.0f ? 1.0f / (1.0f + e) : e / (1.0f + e);
@@ -247,6 +287,18 @@ activation_backward_kernel(size_t count, const float *__restrict__ x, const floa
         case ACTIVATION_TANH:
             dx[i] = dy[i] * (1.0f - y[i] * y[i]);
             break;
+        case ACTIVATION_GELU_TANH: {
+            /* (1 + tanh u)/2 + x/2 (1 - tanh^2 u) u', u' = sqrt(2/pi) (1 + 3 * 0.044715 x^2) */
+            float v = x[i];
+            float t = tanhf(gelu_tanh_inner(v));
+            float slope = RN_MUL(GELU_TANH_SCALE,
+                                 RN_ADD(1.0f, RN_MUL(RN_MUL(RN_MUL(3.0f, GELU_TANH_CUBIC), v), v)));
+            float derivative =
+                RN_ADD(RN_MUL(0.5f, RN_ADD(1.0f, t)),
+                       RN_MUL(RN_MUL(RN_MUL(0.5f, v), RN_SUB(1.0f, RN_MUL(t, t))), slope));
+            dx[i] = RN_MUL(dy[i], derivative);
+            break;
+        }
         case ACTIVATION_SIGMOID:
             dx[i] = dy[i] * y[i] * (1.0f - y[i]);
             break;
@@ -271,6 +323,9 @@ extern "C" cudaError_t kernels_activation_forward(cudaStream_t stream, activatio
     case ACTIVATION_TANH:
         LAUNCH_ACTIVATION(activation_forward_kernel, ACTIVATION_TANH, count, stream, x, y);
         break;
+    case ACTIVATION_GELU_TANH:
+        LAUNCH_ACTIVATION(activation_forward_kernel, ACTIVATION_GELU_TANH, count, stream, x, y);
+        break;
     case ACTIVATION_SIGMOID:
         LAUNCH_ACTIVATION(activation_forward_kernel, ACTIVATION_SIGMOID, count, stream, x, y);
         break;
@@ -293,6 +348,10 @@ extern "C" cudaError_t kernels_activation_backward(cudaStream_t stream, activati
         break;
     case ACTIVATION_TANH:
         LAUNCH_ACTIVATION(activation_backward_kernel, ACTIVATION_TANH, count, stream, x, y, dy, dx);
+        break;
+    case ACTIVATION_GELU_TANH:
+        LAUNCH_ACTIVATION(activation_backward_kernel, ACTIVATION_GELU_TANH, count, stream, x, y, dy,
+                          dx);
         break;
     case ACTIVATION_SIGMOID:
         LAUNCH_ACTIVATION(activation_backward_kernel, ACTIVATION_SIGMOID, count, stream, x, y, dy,
@@ -622,5 +681,699 @@ extern "C" cudaError_t kernels_sum_of_squares(cudaStream_t stream, size_t count,
     unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
     if (blocks > MAX_SUM_BLOCKS) blocks = (unsigned)MAX_SUM_BLOCKS;
     sum_of_squares_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(count, x, sum);
+    return cudaGetLastError();
+}
+
+/* --- the layer engine's operations ------------------------------------------------------- */
+
+/* Every operation below is deterministic: each output element is written by one thread, and
+ * every sum runs in an order fixed by the shapes alone (a thread's own elements in order, then
+ * warp butterflies and shared-memory partials combined in index order); no float atomics.
+ * Gathers (add, permute, im2col, col2im, pooling, embeddings) add in device_cpu_layers.c's
+ * order and so give its bits exactly; normalisation and softmax sums are grouped differently
+ * from the CPU's sequential loops and agree with them to rounding. */
+
+#define NORM_THREADS 512 /* a block per channel (batch normalisation) */
+/* Parameter gradients of layer normalisation: 32 columns a block, this many row chunks. */
+#define COLUMN_ROW_THREADS 32
+
+/* The sum of a and of b over the block, in every thread: warp butterflies, then the warps'
+ * partials in warp order (each thread adds them itself, in the same order, so all agree).
+ * Every thread of the block must call it; it may be called again in the same kernel. */
+static __device__ double2 block_sum_pair(double a, double b) {
+    __shared__ double2 partials[32];
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    a = warp_sum_double(a);
+    b = warp_sum_double(b);
+    if (lane == 0) partials[warp] = make_double2(a, b);
+    __syncthreads();
+    double2 total = make_double2(0.0, 0.0);
+    int warps = (int)((blockDim.x + 31) >> 5);
+    for (int w = 0; w < warps; w++) {
+        total.x += partials[w].x;
+        total.y += partials[w].y;
+    }
+    __syncthreads(); /* before the next call overwrites partials */
+    return total;
+}
+
+static __global__ void add_kernel(size_t count, const float *a, const float *b, float *out) {
+    GRID_STRIDE_LOOP(i, count) {
+        out[i] = a[i] + b[i];
+    }
+}
+
+extern "C" cudaError_t kernels_add(cudaStream_t stream, size_t count, const float *a,
+                                   const float *b, float *out) {
+    if (count == 0) return cudaSuccess;
+    add_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(count, a, b,
+                                                                                       out);
+    return cudaGetLastError();
+}
+
+/* out's axes (outermost first) with the input stride of each: out[i] = in[sum of index_a *
+ * stride[a]], where index_a are i's coordinates over size[]. */
+typedef struct permute_walk {
+    int rank;
+    int64_t size[6];
+    int64_t stride[6];
+} permute_walk;
+
+static __global__ void permute_kernel(size_t count, permute_walk walk, const float *__restrict__ in,
+                                      float *__restrict__ out) {
+    GRID_STRIDE_LOOP(i, count) {
+        size_t rest = i;
+        int64_t offset = 0;
+        /* Unrolled with constant indices, so walk stays in parameter space (no local copy). */
+#pragma unroll
+        for (int a = 5; a >= 0; a--) {
+            if (a >= walk.rank) continue;
+            size_t size = (size_t)walk.size[a];
+            size_t index = rest % size;
+            rest /= size;
+            offset += (int64_t)index * walk.stride[a];
+        }
+        out[i] = in[offset];
+    }
+}
+
+extern "C" cudaError_t kernels_permute(cudaStream_t stream, int rank, const int *dims,
+                                       const int *perm, const float *in, float *out) {
+    if (rank < 1 || rank > 6) return cudaErrorInvalidValue;
+    int64_t in_stride[6];
+    int64_t stride = 1;
+    for (int a = rank - 1; a >= 0; a--) {
+        if (dims[a] < 0) return cudaErrorInvalidValue;
+        in_stride[a] = stride;
+        stride *= dims[a];
+    }
+    size_t count = (size_t)stride;
+    unsigned seen = 0;
+    for (int a = 0; a < rank; a++) {
+        if (perm[a] < 0 || perm[a] >= rank || (seen >> perm[a]) & 1u) return cudaErrorInvalidValue;
+        seen |= 1u << perm[a];
+    }
+    if (count == 0) return cudaSuccess;
+    /* Fewer axes, less index arithmetic: drop axes of size 1, and merge an output axis into the
+     * one before it where the input holds them contiguously too. The elements read are the same. */
+    permute_walk walk;
+    walk.rank = 0;
+    for (int a = 0; a < rank; a++) {
+        int64_t size = dims[perm[a]], from = in_stride[perm[a]];
+        if (size == 1) continue;
+        if (walk.rank > 0 && walk.stride[walk.rank - 1] == from * size) {
+            walk.size[walk.rank - 1] *= size;
+            walk.stride[walk.rank - 1] = from;
+            continue;
+        }
+        walk.size[walk.rank] = size;
+        walk.stride[walk.rank] = from;
+        walk.rank++;
+    }
+    permute_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
+        count, walk, in, out);
+    return cudaGetLastError();
+}
+
+/* One thread per element of cols: row (c, i, j), column (s, oh, ow). */
+static __global__ void im2col_kernel(conv_geometry g, int samples, const float *__restrict__ x,
+                                     float *__restrict__ cols) {
+    size_t plane = (size_t)g.out_height * g.out_width;
+    size_t columns = (size_t)samples * plane;
+    size_t rows = (size_t)g.channels * g.kernel_h * g.kernel_w;
+    GRID_STRIDE_LOOP(e, rows * columns) {
+        size_t row = e / columns, column = e - row * columns;
+        int j = (int)(row % (size_t)g.kernel_w);
+        size_t rest = row / (size_t)g.kernel_w;
+        int i = (int)(rest % (size_t)g.kernel_h);
+        size_t c = rest / (size_t)g.kernel_h;
+        size_t s = column / plane, position = column - s * plane;
+        int oh = (int)(position / (size_t)g.out_width);
+        int ow = (int)(position - (size_t)oh * g.out_width);
+        int h = oh * g.stride_h - g.pad_h + i, w = ow * g.stride_w - g.pad_w + j;
+        float value = 0.0f;
+        if (h >= 0 && h < g.height && w >= 0 && w < g.width)
+            value = x[((s * g.channels + c) * g.height + (size_t)h) * g.width + (size_t)w];
+        cols[e] = value;
+    }
+}
+
+extern "C" cudaError_t kernels_im2col(cudaStream_t stream, const conv_geometry *g, int samples,
+                                      const float *x, float *cols) {
+    size_t count = (size_t)g->channels * g->kernel_h * g->kernel_w * (size_t)samples *
+                   g->out_height * g->out_width;
+    if (samples <= 0 || count == 0) return cudaSuccess;
+    im2col_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
+        *g, samples, x, cols);
+    return cudaGetLastError();
+}
+
+/* A gather: one thread per element (s, c, h, w) of dx adds the cols entries im2col read from
+ * it, for kernel offsets (i, j) in row-major order: the order device_cpu_layers.c's walk adds
+ * them in, so the sums match it bit for bit, and no two threads write one element. */
+static __global__ void col2im_kernel(conv_geometry g, int samples, const float *__restrict__ cols,
+                                     float *__restrict__ dx) {
+    size_t plane = (size_t)g.out_height * g.out_width;
+    size_t columns = (size_t)samples * plane;
+    size_t count = (size_t)samples * g.channels * g.height * g.width;
+    GRID_STRIDE_LOOP(e, count) {
+        int w = (int)(e % (size_t)g.width);
+        size_t rest = e / (size_t)g.width;
+        int h = (int)(rest % (size_t)g.height);
+        rest /= (size_t)g.height;
+        size_t c = rest % (size_t)g.channels, s = rest / (size_t)g.channels;
+        float sum = 0.0f;
+        for (int i = 0; i < g.kernel_h; i++) {
+            int h_offset = h + g.pad_h - i; /* = oh * stride_h for the window that reads h */
+            if (h_offset < 0 || h_offset % g.stride_h) continue;
+            int oh = h_offset / g.stride_h;
+            if (oh >= g.out_height) continue;
+            for (int j = 0; j < g.kernel_w; j++) {
+                int w_offset = w + g.pad_w - j;
+                if (w_offset < 0 || w_offset % g.stride_w) continue;
+                int ow = w_offset / g.stride_w;
+                if (ow >= g.out_width) continue;
+                size_t row = (c * g.kernel_h + (size_t)i) * g.kernel_w + (size_t)j;
+                sum += cols[row * columns + s * plane + (size_t)oh * g.out_width + (size_t)ow];
+            }
+        }
+        dx[e] = sum;
+    }
+}
+
+extern "C" cudaError_t kernels_col2im(cudaStream_t stream, const conv_geometry *g, int samples,
+                                      const float *cols, float *dx) {
+    size_t count = (size_t)samples * g->channels * g->height * g->width;
+    if (samples <= 0 || count == 0) return cudaSuccess;
+    col2im_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
+        *g, samples, cols, dx);
+    return cudaGetLastError();
+}
+
+/* The window of output (oh, ow), clipped to the input: rows [h0, h1), columns [w0, w1). */
+typedef struct pool_window {
+    int h0, h1, w0, w1;
+} pool_window;
+
+static __device__ pool_window pool_window_at(const conv_geometry &g, int oh, int ow) {
+    pool_window r;
+    r.h0 = oh * g.stride_h - g.pad_h;
+    r.w0 = ow * g.stride_w - g.pad_w;
+    r.h1 = min(r.h0 + g.kernel_h, g.height);
+    r.w1 = min(r.w0 + g.kernel_w, g.width);
+    r.h0 = max(r.h0, 0);
+    r.w0 = max(r.w0, 0);
+    return r;
+}
+
+/* Whether max pooling's gradient for a window whose maximum is `best` goes to an input of
+ * value v: equal, or both NaN (as device_cpu_layers.c). */
+static __device__ bool pool_holds_max(float v, float best) {
+    return v == best || (isnan(v) && isnan(best));
+}
+
+/* One thread per output element; the window in row-major order, as the CPU. */
+template <pool_kind KIND>
+static __global__ void pool_forward_kernel(conv_geometry g, size_t count, float divisor,
+                                           const float *__restrict__ x, float *__restrict__ y) {
+    size_t in_plane = (size_t)g.height * g.width;
+    GRID_STRIDE_LOOP(e, count) {
+        int ow = (int)(e % (size_t)g.out_width);
+        size_t rest = e / (size_t)g.out_width;
+        int oh = (int)(rest % (size_t)g.out_height);
+        size_t p = rest / (size_t)g.out_height; /* sample * channels + channel */
+        const float *in = x + p * in_plane;
+        pool_window r = pool_window_at(g, oh, ow);
+        float value;
+        if (KIND == POOL_MAX) {
+            value = -INFINITY;
+            for (int h = r.h0; h < r.h1; h++)
+                for (int w = r.w0; w < r.w1; w++) {
+                    float v = in[(size_t)h * g.width + w];
+                    if (v > value || isnan(v)) value = v; /* NaN wins, as on the CPU */
+                }
+        } else {
+            float sum = 0.0f;
+            for (int h = r.h0; h < r.h1; h++)
+                for (int w = r.w0; w < r.w1; w++)
+                    sum += in[(size_t)h * g.width + w];
+            value = sum / divisor;
+        }
+        y[e] = value;
+    }
+}
+
+/* A gather: one thread per input element adds the gradients of the windows that route to it,
+ * windows in row-major (oh, ow) order, the CPU's order of adding them. Max pooling routes a
+ * window to this element if it holds the window's maximum and no position before it in the
+ * window does. */
+template <pool_kind KIND>
+static __global__ void pool_backward_kernel(conv_geometry g, size_t count, float divisor,
+                                            const float *__restrict__ x,
+                                            const float *__restrict__ y,
+                                            const float *__restrict__ dy, float *__restrict__ dx) {
+    size_t in_plane = (size_t)g.height * g.width;
+    size_t out_plane = (size_t)g.out_height * g.out_width;
+    GRID_STRIDE_LOOP(e, count) {
+        int w = (int)(e % (size_t)g.width);
+        size_t rest = e / (size_t)g.width;
+        int h = (int)(rest % (size_t)g.height);
+        size_t p = rest / (size_t)g.height;
+        const float *in = x + p * in_plane;
+        const float *out = y + p * out_plane, *dout = dy + p * out_plane;
+        /* Windows covering h: oh * stride_h - pad_h <= h < oh * stride_h - pad_h + kernel_h. */
+        int h_far = h + g.pad_h, w_far = w + g.pad_w;
+        int oh_first = h_far < g.kernel_h ? 0 : (h_far - g.kernel_h) / g.stride_h + 1;
+        int oh_last = min(h_far / g.stride_h, g.out_height - 1);
+        int ow_first = w_far < g.kernel_w ? 0 : (w_far - g.kernel_w) / g.stride_w + 1;
+        int ow_last = min(w_far / g.stride_w, g.out_width - 1);
+        float v = in[(size_t)h * g.width + w];
+        float sum = 0.0f;
+        for (int oh = oh_first; oh <= oh_last; oh++)
+            for (int ow = ow_first; ow <= ow_last; ow++) {
+                size_t o = (size_t)oh * g.out_width + ow;
+                if (KIND == POOL_MAX) {
+                    float best = out[o];
+                    if (!pool_holds_max(v, best)) continue;
+                    pool_window r = pool_window_at(g, oh, ow);
+                    bool earlier = false; /* a position before (h, w) holds it: it wins */
+                    for (int hh = r.h0; hh <= h && !earlier; hh++) {
+                        int w_end = hh < h ? r.w1 : w;
+                        for (int ww = r.w0; ww < w_end; ww++)
+                            if (pool_holds_max(in[(size_t)hh * g.width + ww], best)) {
+                                earlier = true;
+                                break;
+                            }
+                    }
+                    if (!earlier) sum += dout[o];
+                } else {
+                    sum += dout[o] / divisor;
+                }
+            }
+        dx[e] = sum;
+    }
+}
+
+extern "C" cudaError_t kernels_pool2d_forward(cudaStream_t stream, pool_kind kind,
+                                              const conv_geometry *g, int samples, const float *x,
+                                              float *y) {
+    size_t count = (size_t)samples * g->channels * g->out_height * g->out_width;
+    if (samples <= 0 || count == 0) return cudaSuccess;
+    float divisor = (float)(g->kernel_h * g->kernel_w);
+    unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
+    if (kind == POOL_MAX)
+        pool_forward_kernel<POOL_MAX>
+            <<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count, divisor, x, y);
+    else if (kind == POOL_AVERAGE)
+        pool_forward_kernel<POOL_AVERAGE>
+            <<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count, divisor, x, y);
+    else
+        return cudaErrorInvalidValue;
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kernels_pool2d_backward(cudaStream_t stream, pool_kind kind,
+                                               const conv_geometry *g, int samples, const float *x,
+                                               const float *y, const float *dy, float *dx) {
+    size_t count = (size_t)samples * g->channels * g->height * g->width;
+    if (samples <= 0 || count == 0) return cudaSuccess;
+    float divisor = (float)(g->kernel_h * g->kernel_w);
+    unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
+    if (kind == POOL_MAX)
+        pool_backward_kernel<POOL_MAX>
+            <<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count, divisor, x, y, dy, dx);
+    else if (kind == POOL_AVERAGE)
+        pool_backward_kernel<POOL_AVERAGE>
+            <<<blocks, THREADS_PER_BLOCK, 0, stream>>>(*g, count, divisor, x, y, dy, dx);
+    else
+        return cudaErrorInvalidValue;
+    return cudaGetLastError();
+}
+
+/* Element e (of samples * spatial) of channel c in [samples][channels][spatial]. */
+static __device__ size_t channel_element(size_t e, int c, int channels, int spatial) {
+    size_t s = e / (size_t)spatial, i = e - s * (size_t)spatial;
+    return (s * (size_t)channels + (size_t)c) * (size_t)spatial + i;
+}
+
+/* One block per channel: the statistics in double (the sum, then the squared deviations from
+ * the mean, two passes as on the CPU), then y. */
+static __global__ void
+batchnorm_forward_kernel(int samples, int channels, int spatial, const float *__restrict__ x,
+                         const float *__restrict__ gamma, const float *__restrict__ beta, float eps,
+                         bool training, float momentum, float *__restrict__ running_mean,
+                         float *__restrict__ running_var, float *__restrict__ mean,
+                         float *__restrict__ invstd, float *__restrict__ y) {
+    int c = blockIdx.x;
+    size_t count = (size_t)samples * (size_t)spatial;
+    double m, inverse;
+    if (training) {
+        double sum = 0.0;
+        for (size_t e = threadIdx.x; e < count; e += blockDim.x)
+            sum += x[channel_element(e, c, channels, spatial)];
+        m = block_sum_pair(sum, 0.0).x / (double)count;
+        double squares = 0.0;
+        for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+            double d = x[channel_element(e, c, channels, spatial)] - m;
+            squares += d * d;
+        }
+        squares = block_sum_pair(squares, 0.0).x;
+        double variance = squares / (double)count;
+        inverse = 1.0 / sqrt(variance + (double)eps);
+        if (threadIdx.x == 0) {
+            double unbiased = count > 1 ? squares / (double)(count - 1) : variance;
+            double keep = 1.0 - (double)momentum;
+            /* Products and sums rounded one by one, as the CPU's. */
+            running_mean[c] = (float)__dadd_rn(__dmul_rn(keep, (double)running_mean[c]),
+                                               __dmul_rn((double)momentum, m));
+            running_var[c] = (float)__dadd_rn(__dmul_rn(keep, (double)running_var[c]),
+                                              __dmul_rn((double)momentum, unbiased));
+        }
+    } else {
+        m = running_mean[c];
+        inverse = 1.0 / sqrt((double)running_var[c] + (double)eps);
+    }
+    if (threadIdx.x == 0) {
+        mean[c] = (float)m;
+        invstd[c] = (float)inverse;
+    }
+    float scale = RN_MUL((float)inverse, gamma[c]), mu = (float)m, shift = beta[c];
+    for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+        size_t at = channel_element(e, c, channels, spatial);
+        y[at] = RN_ADD(RN_MUL(RN_SUB(x[at], mu), scale), shift);
+    }
+}
+
+extern "C" cudaError_t kernels_batchnorm_forward(cudaStream_t stream, int samples, int channels,
+                                                 int spatial, const float *x, const float *gamma,
+                                                 const float *beta, float eps, bool training,
+                                                 float momentum, float *running_mean,
+                                                 float *running_var, float *mean, float *invstd,
+                                                 float *y) {
+    if (channels <= 0 || spatial <= 0 || samples < 0) return cudaSuccess;
+    batchnorm_forward_kernel<<<(unsigned)channels, NORM_THREADS, 0, stream>>>(
+        samples, channels, spatial, x, gamma, beta, eps, training, momentum, running_mean,
+        running_var, mean, invstd, y);
+    return cudaGetLastError();
+}
+
+/* One block per channel: sum(dy) and sum(dy * xhat) in double, then dx. */
+static __global__ void
+batchnorm_backward_kernel(int samples, int channels, int spatial, const float *__restrict__ x,
+                          const float *__restrict__ dy, const float *__restrict__ gamma,
+                          const float *__restrict__ mean, const float *__restrict__ invstd,
+                          float *__restrict__ dx, float *__restrict__ dgamma,
+                          float *__restrict__ dbeta) {
+    int c = blockIdx.x;
+    size_t count = (size_t)samples * (size_t)spatial;
+    float mu = mean[c], inverse = invstd[c];
+    double sum_dy = 0.0, sum_dy_xhat = 0.0;
+    for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+        size_t at = channel_element(e, c, channels, spatial);
+        float xhat = RN_MUL(RN_SUB(x[at], mu), inverse);
+        sum_dy += dy[at];
+        sum_dy_xhat += (double)dy[at] * (double)xhat;
+    }
+    double2 sums = block_sum_pair(sum_dy, sum_dy_xhat);
+    if (threadIdx.x == 0) {
+        dgamma[c] += (float)sums.y;
+        dbeta[c] += (float)sums.x;
+    }
+    /* dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) */
+    float mean_dy = (float)(sums.x / (double)count);
+    float mean_dy_xhat = (float)(sums.y / (double)count);
+    float scale = RN_MUL(gamma[c], inverse);
+    for (size_t e = threadIdx.x; e < count; e += blockDim.x) {
+        size_t at = channel_element(e, c, channels, spatial);
+        float xhat = RN_MUL(RN_SUB(x[at], mu), inverse);
+        dx[at] = RN_MUL(scale, RN_SUB(RN_SUB(dy[at], mean_dy), RN_MUL(xhat, mean_dy_xhat)));
+    }
+}
+
+extern "C" cudaError_t kernels_batchnorm_backward(cudaStream_t stream, int samples, int channels,
+                                                  int spatial, const float *x, const float *dy,
+                                                  const float *gamma, const float *mean,
+                                                  const float *invstd, float *dx, float *dgamma,
+                                                  float *dbeta) {
+    if (channels <= 0 || spatial <= 0 || samples <= 0) return cudaSuccess;
+    batchnorm_backward_kernel<<<(unsigned)channels, NORM_THREADS, 0, stream>>>(
+        samples, channels, spatial, x, dy, gamma, mean, invstd, dx, dgamma, dbeta);
+    return cudaGetLastError();
+}
+
+/* One warp per row: each lane sums its columns (lane, lane + 32, ...) in double, the warp's
+ * butterfly adds the lanes; two passes (mean, then squared deviations), as on the CPU. */
+static __global__ void layernorm_forward_kernel(int rows, int cols, const float *__restrict__ x,
+                                                const float *__restrict__ gamma,
+                                                const float *__restrict__ beta, float eps,
+                                                float *__restrict__ y, float *__restrict__ mean,
+                                                float *__restrict__ rstd) {
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int warps = (int)((gridDim.x * blockDim.x) >> 5);
+    for (int row = warp; row < rows; row += warps) {
+        const float *v = x + (size_t)row * cols;
+        float *out = y + (size_t)row * cols;
+        double sum = 0.0;
+        for (int c = lane; c < cols; c += 32)
+            sum += v[c];
+        double m = warp_sum_double(sum) / cols;
+        double squares = 0.0;
+        for (int c = lane; c < cols; c += 32) {
+            double d = v[c] - m;
+            squares += d * d;
+        }
+        squares = warp_sum_double(squares);
+        float inverse = (float)(1.0 / sqrt(squares / cols + (double)eps)), mu = (float)m;
+        if (lane == 0) {
+            mean[row] = mu;
+            rstd[row] = inverse;
+        }
+        for (int c = lane; c < cols; c += 32)
+            out[c] = RN_ADD(RN_MUL(RN_MUL(RN_SUB(v[c], mu), inverse), gamma[c]), beta[c]);
+    }
+}
+
+extern "C" cudaError_t kernels_layernorm_forward(cudaStream_t stream, int rows, int cols,
+                                                 const float *x, const float *gamma,
+                                                 const float *beta, float eps, float *y,
+                                                 float *mean, float *rstd) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    layernorm_forward_kernel<<<blocks_for((size_t)rows, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                               stream>>>(rows, cols, x, gamma, beta, eps, y, mean, rstd);
+    return cudaGetLastError();
+}
+
+/* dx, one warp per row: the two row sums in double (lanes, then the butterfly). */
+static __global__ void layernorm_backward_kernel(int rows, int cols, const float *__restrict__ x,
+                                                 const float *__restrict__ dy,
+                                                 const float *__restrict__ gamma,
+                                                 const float *__restrict__ mean,
+                                                 const float *__restrict__ rstd,
+                                                 float *__restrict__ dx) {
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int warps = (int)((gridDim.x * blockDim.x) >> 5);
+    for (int row = warp; row < rows; row += warps) {
+        const float *v = x + (size_t)row * cols, *g = dy + (size_t)row * cols;
+        float *out = dx + (size_t)row * cols;
+        float mu = mean[row], inverse = rstd[row];
+        /* dxhat = dy * gamma; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)) */
+        double sum = 0.0, sum_xhat = 0.0;
+        for (int c = lane; c < cols; c += 32) {
+            float xhat = RN_MUL(RN_SUB(v[c], mu), inverse);
+            float dxhat = RN_MUL(g[c], gamma[c]);
+            sum += dxhat;
+            sum_xhat += (double)dxhat * xhat;
+        }
+        float mean_dxhat = (float)(warp_sum_double(sum) / cols);
+        float mean_dxhat_xhat = (float)(warp_sum_double(sum_xhat) / cols);
+        for (int c = lane; c < cols; c += 32) {
+            float xhat = RN_MUL(RN_SUB(v[c], mu), inverse);
+            out[c] = RN_MUL(inverse, RN_SUB(RN_SUB(RN_MUL(g[c], gamma[c]), mean_dxhat),
+                                            RN_MUL(xhat, mean_dxhat_xhat)));
+        }
+    }
+}
+
+/* dgamma and dbeta: column sums over the rows. A block owns 32 adjacent columns (a lane each,
+ * so a warp reads 128 contiguous bytes of a row); its COLUMN_ROW_THREADS rows of threads each
+ * add one contiguous chunk of rows in increasing order, and the chunks' partials are then
+ * added in chunk order: rows summed in order, grouped by chunk, with no atomics. */
+static __global__ void
+layernorm_parameter_gradient_kernel(int rows, int cols, const float *__restrict__ x,
+                                    const float *__restrict__ dy, const float *__restrict__ mean,
+                                    const float *__restrict__ rstd, float *__restrict__ dgamma,
+                                    float *__restrict__ dbeta) {
+    __shared__ float partial_gamma[COLUMN_ROW_THREADS][33];
+    __shared__ float partial_beta[COLUMN_ROW_THREADS][33];
+    int column = blockIdx.x * 32 + threadIdx.x;
+    int chunk = (rows + COLUMN_ROW_THREADS - 1) / COLUMN_ROW_THREADS;
+    int first = threadIdx.y * chunk, last = min(rows, first + chunk);
+    float sum_gamma = 0.0f, sum_beta = 0.0f;
+    if (column < cols)
+        for (int row = first; row < last; row++) {
+            size_t at = (size_t)row * cols + column;
+            float xhat = RN_MUL(RN_SUB(x[at], mean[row]), rstd[row]);
+            sum_gamma = RN_ADD(sum_gamma, RN_MUL(dy[at], xhat));
+            sum_beta = RN_ADD(sum_beta, dy[at]);
+        }
+    partial_gamma[threadIdx.y][threadIdx.x] = sum_gamma;
+    partial_beta[threadIdx.y][threadIdx.x] = sum_beta;
+    __syncthreads();
+    if (threadIdx.y == 0 && column < cols) {
+        float total_gamma = 0.0f, total_beta = 0.0f;
+        for (int j = 0; j < COLUMN_ROW_THREADS; j++) {
+            total_gamma += partial_gamma[j][threadIdx.x];
+            total_beta += partial_beta[j][threadIdx.x];
+        }
+        dgamma[column] += total_gamma;
+        dbeta[column] += total_beta;
+    }
+}
+
+extern "C" cudaError_t kernels_layernorm_backward(cudaStream_t stream, int rows, int cols,
+                                                  const float *x, const float *dy,
+                                                  const float *gamma, const float *mean,
+                                                  const float *rstd, float *dx, float *dgamma,
+                                                  float *dbeta) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    layernorm_backward_kernel<<<blocks_for((size_t)rows, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                                stream>>>(rows, cols, x, dy, gamma, mean, rstd, dx);
+    cudaError_t error = cudaGetLastError();
+    if (error != cudaSuccess) return error;
+    dim3 block(32, COLUMN_ROW_THREADS);
+    layernorm_parameter_gradient_kernel<<<(unsigned)((cols + 31) / 32), block, 0, stream>>>(
+        rows, cols, x, dy, mean, rstd, dgamma, dbeta);
+    return cudaGetLastError();
+}
+
+static __global__ void embedding_forward_kernel(int rows, int cols, const int32_t *__restrict__ ids,
+                                                const float *__restrict__ table,
+                                                float *__restrict__ y) {
+    size_t count = (size_t)rows * cols;
+    GRID_STRIDE_LOOP(i, count) {
+        size_t row = i / (size_t)cols, column = i - row * (size_t)cols;
+        y[i] = table[(size_t)ids[row] * cols + column];
+    }
+}
+
+extern "C" cudaError_t kernels_embedding_forward(cudaStream_t stream, int rows, int cols,
+                                                 const int32_t *ids, const float *table, float *y) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    size_t count = (size_t)rows * cols;
+    embedding_forward_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                               stream>>>(rows, cols, ids, table, y);
+    return cudaGetLastError();
+}
+
+/* Warps for embedding_backward: enough to fill a GPU, each still reading every id. */
+#define EMBEDDING_TARGET_WARPS 2048
+#define EMBEDDING_MAX_CLASSES 256
+
+/* Each warp owns 32 adjacent columns of the table rows in one residue class (table row mod
+ * `classes`), and walks all rows r in increasing order, adding dy[r] into the rows of its
+ * class: every element of dtable has one owner, which adds in increasing r, exactly as the
+ * CPU does. The id is the same for the whole warp, so the class test never diverges. */
+static __global__ void embedding_backward_kernel(int rows, int cols, int classes,
+                                                 const int32_t *__restrict__ ids,
+                                                 const float *__restrict__ dy,
+                                                 float *__restrict__ dtable) {
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int column_groups = (cols + 31) / 32;
+    if (warp >= column_groups * classes) return;
+    int column = (warp / classes) * 32 + lane, residue = warp % classes;
+    if (column >= cols) return;
+    for (int r = 0; r < rows; r++) {
+        int id = __ldg(ids + r);
+        if (id % classes != residue) continue;
+        dtable[(size_t)id * cols + column] += dy[(size_t)r * cols + column];
+    }
+}
+
+extern "C" cudaError_t kernels_embedding_backward(cudaStream_t stream, int rows, int cols,
+                                                  const int32_t *ids, const float *dy,
+                                                  float *dtable) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    int column_groups = (cols + 31) / 32;
+    int classes = EMBEDDING_TARGET_WARPS / column_groups;
+    classes = classes < 1 ? 1 : classes > EMBEDDING_MAX_CLASSES ? EMBEDDING_MAX_CLASSES : classes;
+    size_t warps = (size_t)column_groups * (size_t)classes;
+    embedding_backward_kernel<<<blocks_for(warps, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
+        rows, cols, classes, ids, dy, dtable);
+    return cudaGetLastError();
+}
+
+/* One warp per row i of a t x t matrix: lanes take columns lane, lane + 32, ... up to i; the
+ * maximum and the sum of the exponentials meet in warp butterflies (fixed order). The
+ * exponentials wait in y (each lane rereads only what it wrote). */
+static __global__ void causal_softmax_forward_kernel(int groups, int t, float scale,
+                                                     const float *__restrict__ x,
+                                                     float *__restrict__ y) {
+    int lane = threadIdx.x & 31;
+    int64_t warp = (int64_t)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int64_t warps = (int64_t)((gridDim.x * blockDim.x) >> 5);
+    int64_t rows = (int64_t)groups * t;
+    for (int64_t row = warp; row < rows; row += warps) {
+        int i = (int)(row % t);
+        const float *in = x + row * t;
+        float *out = y + row * t;
+        /* NaN never becomes the largest (as on the CPU); it then spreads through the sum. */
+        float largest = -INFINITY;
+        for (int j = lane; j <= i; j += 32) {
+            float v = RN_MUL(scale, in[j]);
+            if (v > largest) largest = v;
+        }
+        largest = warp_max(largest);
+        float sum = 0.0f;
+        for (int j = lane; j <= i; j += 32) {
+            float e = expf(RN_SUB(RN_MUL(scale, in[j]), largest));
+            out[j] = e;
+            sum += e;
+        }
+        float inverse = 1.0f / warp_sum_float(sum);
+        for (int j = lane; j < t; j += 32)
+            out[j] = j <= i ? out[j] * inverse : 0.0f;
+    }
+}
+
+static __global__ void causal_softmax_backward_kernel(int groups, int t, float scale,
+                                                      const float *__restrict__ y,
+                                                      const float *__restrict__ dy,
+                                                      float *__restrict__ dx) {
+    int lane = threadIdx.x & 31;
+    int64_t warp = (int64_t)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int64_t warps = (int64_t)((gridDim.x * blockDim.x) >> 5);
+    int64_t rows = (int64_t)groups * t;
+    for (int64_t row = warp; row < rows; row += warps) {
+        int i = (int)(row % t);
+        const float *p = y + row * t, *g = dy + row * t;
+        float *out = dx + row * t;
+        float dot = 0.0f;
+        for (int j = lane; j <= i; j += 32)
+            dot = RN_ADD(dot, RN_MUL(p[j], g[j]));
+        dot = warp_sum_float(dot);
+        for (int j = lane; j < t; j += 32)
+            out[j] = j <= i ? RN_MUL(RN_MUL(scale, p[j]), RN_SUB(g[j], dot)) : 0.0f;
+    }
+}
+
+extern "C" cudaError_t kernels_causal_softmax_forward(cudaStream_t stream, int groups, int t,
+                                                      float scale, const float *x, float *y) {
+    if (groups <= 0 || t <= 0) return cudaSuccess;
+    size_t rows = (size_t)groups * t;
+    causal_softmax_forward_kernel<<<blocks_for(rows, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                                    stream>>>(groups, t, scale, x, y);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t kernels_causal_softmax_backward(cudaStream_t stream, int groups, int t,
+                                                       float scale, const float *y, const float *dy,
+                                                       float *dx) {
+    if (groups <= 0 || t <= 0) return cudaSuccess;
+    size_t rows = (size_t)groups * t;
+    causal_softmax_backward_kernel<<<blocks_for(rows, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                                     stream>>>(groups, t, scale, y, dy, dx);
     return cudaGetLastError();
 }

@@ -24,12 +24,21 @@ extern "C" {
 
 /* C[r][c] = beta == 0 ? 0 : beta * C[r][c]: a GEMM with k = 0 (no products). */
 cudaError_t kernels_gemm_empty(cudaStream_t stream, int m, int n, float beta, float *c, int ldc);
+/* The same for each of `batch` matrices C_b = c + b * stride_c. */
+cudaError_t kernels_gemm_empty_batched(cudaStream_t stream, int batch, int m, int n, float beta,
+                                       float *c, int ldc, int64_t stride_c);
 /* dst (packed rows x cols) = src (rows x cols, leading dimension ld) rounded to bf16 or fp16
  * (round to nearest even); dst holds __nv_bfloat16 or __half values. */
 cudaError_t kernels_cast_bf16(cudaStream_t stream, int rows, int cols, const float *src, int ld,
                               void *dst);
 cudaError_t kernels_cast_fp16(cudaStream_t stream, int rows, int cols, const float *src, int ld,
                               void *dst);
+/* The same for `batch` matrices src + b * stride (stride in floats, 0 for one shared matrix),
+ * packed one after the other: entry b lands at dst + b * rows * cols. */
+cudaError_t kernels_cast_bf16_batched(cudaStream_t stream, int batch, int rows, int cols,
+                                      const float *src, int ld, int64_t stride, void *dst);
+cudaError_t kernels_cast_fp16_batched(cudaStream_t stream, int batch, int rows, int cols,
+                                      const float *src, int ld, int64_t stride, void *dst);
 
 cudaError_t kernels_bias_add(cudaStream_t stream, int rows, int cols, float *y, const float *bias);
 cudaError_t kernels_bias_gradient_accumulate(cudaStream_t stream, int rows, int cols,
@@ -73,6 +82,46 @@ cudaError_t kernels_adamw_update(cudaStream_t stream, size_t count, float *param
 cudaError_t kernels_find_nonfinite(cudaStream_t stream, size_t count, const float *x, int *flag);
 /* *sum (a device double, zeroed by the caller) += the sum of x[i]^2, in double. */
 cudaError_t kernels_sum_of_squares(cudaStream_t stream, size_t count, const float *x, double *sum);
+
+/* The layer engine's operations (device.h documents each; device_cpu_layers.c is the
+ * reference). dims, perm and g are host memory. Invalid arguments the CPU could not run
+ * either (a rank outside 1..6, perm not a permutation, an unknown pool kind) return
+ * cudaErrorInvalidValue without launching. All are deterministic (kernels.cu says how). */
+cudaError_t kernels_add(cudaStream_t stream, size_t count, const float *a, const float *b,
+                        float *out);
+cudaError_t kernels_permute(cudaStream_t stream, int rank, const int *dims, const int *perm,
+                            const float *in, float *out);
+cudaError_t kernels_im2col(cudaStream_t stream, const conv_geometry *g, int samples, const float *x,
+                           float *cols);
+cudaError_t kernels_col2im(cudaStream_t stream, const conv_geometry *g, int samples,
+                           const float *cols, float *dx);
+cudaError_t kernels_pool2d_forward(cudaStream_t stream, pool_kind kind, const conv_geometry *g,
+                                   int samples, const float *x, float *y);
+cudaError_t kernels_pool2d_backward(cudaStream_t stream, pool_kind kind, const conv_geometry *g,
+                                    int samples, const float *x, const float *y, const float *dy,
+                                    float *dx);
+cudaError_t kernels_batchnorm_forward(cudaStream_t stream, int samples, int channels, int spatial,
+                                      const float *x, const float *gamma, const float *beta,
+                                      float eps, bool training, float momentum, float *running_mean,
+                                      float *running_var, float *mean, float *invstd, float *y);
+cudaError_t kernels_batchnorm_backward(cudaStream_t stream, int samples, int channels, int spatial,
+                                       const float *x, const float *dy, const float *gamma,
+                                       const float *mean, const float *invstd, float *dx,
+                                       float *dgamma, float *dbeta);
+cudaError_t kernels_layernorm_forward(cudaStream_t stream, int rows, int cols, const float *x,
+                                      const float *gamma, const float *beta, float eps, float *y,
+                                      float *mean, float *rstd);
+cudaError_t kernels_layernorm_backward(cudaStream_t stream, int rows, int cols, const float *x,
+                                       const float *dy, const float *gamma, const float *mean,
+                                       const float *rstd, float *dx, float *dgamma, float *dbeta);
+cudaError_t kernels_embedding_forward(cudaStream_t stream, int rows, int cols, const int32_t *ids,
+                                      const float *table, float *y);
+cudaError_t kernels_embedding_backward(cudaStream_t stream, int rows, int cols, const int32_t *ids,
+                                       const float *dy, float *dtable);
+cudaError_t kernels_causal_softmax_forward(cudaStream_t stream, int groups, int t, float scale,
+                                           const float *x, float *y);
+cudaError_t kernels_causal_softmax_backward(cudaStream_t stream, int groups, int t, float scale,
+                                            const float *y, const float *dy, float *dx);
 
 #ifdef __cplusplus
 }

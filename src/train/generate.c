@@ -1,0 +1,245 @@
+/* generate.c - sampling from token models (see generate.h). */
+#include "train/generate.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io/model_file.h"
+#include "util/rng.h"
+
+size_t generator_device_bytes(const model_spec *spec) {
+    return allocator_rounded_size((size_t)spec->context * sizeof(int32_t));
+}
+
+ddt_status generator_init(generator *g, model *m, allocator *alloc) {
+    memset(g, 0, sizeof *g);
+    const model_spec *spec = model_get_spec(m);
+    if (spec->input_kind != MODEL_INPUT_TOKENS)
+        return ddt_error(DDT_ERR_USAGE, "generating text needs a token model (gpt(...) or one "
+                                        "starting with tokens(CONTEXT,VOCAB)), not '%s'",
+                         spec->text);
+    g->m = m;
+    g->dev = allocator_device(alloc);
+    g->logits = malloc((size_t)spec->vocab * sizeof *g->logits);
+    g->order = malloc((size_t)spec->vocab * sizeof *g->order);
+    if (!g->logits || !g->order) {
+        generator_free(g);
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory for generation");
+    }
+    ddt_status status = allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE,
+                                        (size_t)spec->context * sizeof(int32_t),
+                                        (void **)&g->window);
+    if (status != DDT_OK) generator_free(g);
+    return status;
+}
+
+void generator_free(generator *g) {
+    free(g->logits);
+    free(g->order);
+    g->logits = NULL;
+    g->order = NULL;
+}
+
+static const float *sort_logits;
+
+/* Descending logits; ties by index, so the order is the same everywhere. */
+static int by_logit(const void *a, const void *b) {
+    int32_t i = *(const int32_t *)a, j = *(const int32_t *)b;
+    if (sort_logits[i] != sort_logits[j]) return sort_logits[i] > sort_logits[j] ? -1 : 1;
+    return i < j ? -1 : 1;
+}
+
+/* One token from the logits. */
+static int32_t sample(generator *g, int vocab, const sampling *s, uint64_t index) {
+    float *logits = g->logits;
+    int32_t best = 0;
+    for (int v = 1; v < vocab; v++)
+        if (logits[v] > logits[best]) best = v;
+    if (s->temperature <= 0) return best;
+    int keep = s->top_k > 0 && s->top_k < vocab ? s->top_k : vocab;
+    for (int v = 0; v < vocab; v++)
+        g->order[v] = v;
+    if (keep < vocab) {
+        sort_logits = logits;
+        qsort(g->order, (size_t)vocab, sizeof *g->order, by_logit);
+    }
+    double total = 0;
+    float top = logits[best];
+    for (int k = 0; k < keep; k++) {
+        int32_t v = g->order[k];
+        total += exp(((double)logits[v] - top) / s->temperature);
+    }
+    double target = rng_uniform(rng_hash4(s->seed, RNG_PURPOSE_SAMPLE, index, 0)) * total;
+    double running = 0;
+    for (int k = 0; k < keep; k++) {
+        int32_t v = g->order[k];
+        running += exp(((double)logits[v] - top) / s->temperature);
+        if (running >= target) return v;
+    }
+    return g->order[keep - 1];
+}
+
+static void print_token(FILE *out, int vocab, int32_t id) {
+    if (!out) return;
+    if (vocab == 256)
+        fputc((unsigned char)id, out);
+    else
+        fprintf(out, " %d", id);
+    fflush(out);
+}
+
+ddt_status generator_run(generator *g, const int32_t *prompt, int prompt_length, int count,
+                         const sampling *s, FILE *out, int32_t *produced) {
+    const model_spec *spec = model_get_spec(g->m);
+    int context = spec->context, vocab = spec->vocab;
+    if (prompt_length < 1)
+        return ddt_error(DDT_ERR_USAGE, "the prompt is empty: give at least one token");
+    int total = prompt_length + count;
+    int32_t *ids = calloc((size_t)total, sizeof *ids);
+    int32_t *window = calloc((size_t)context, sizeof *window);
+    if (!ids || !window) {
+        free(ids);
+        free(window);
+        return ddt_error(DDT_ERR_MEMORY, "out of host memory for %d tokens", total);
+    }
+    memcpy(ids, prompt, (size_t)prompt_length * sizeof *ids);
+    ddt_status status = DDT_OK;
+    model_pass pass = {.training = false};
+    for (int n = prompt_length; n < total && status == DDT_OK; n++) {
+        int length = n < context ? n : context; /* the last `context` tokens */
+        memset(window, 0, (size_t)context * sizeof *window);
+        memcpy(window, ids + n - length, (size_t)length * sizeof *window);
+        status = device_copy_host_to_device(g->dev, g->window, window,
+                                            (size_t)context * sizeof *window);
+        const float *logits = NULL;
+        if (status == DDT_OK)
+            status = model_forward(g->m, (model_input){.tokens = g->window}, 1, &pass, &logits);
+        /* causal: the positions after the window's end do not reach its last position */
+        if (status == DDT_OK)
+            status = device_copy_device_to_host(g->dev, g->logits,
+                                                logits + (size_t)(length - 1) * (size_t)vocab,
+                                                (size_t)vocab * sizeof(float));
+        if (status != DDT_OK) break;
+        ids[n] = sample(g, vocab, s, (uint64_t)(n - prompt_length));
+        if (produced) produced[n - prompt_length] = ids[n];
+        print_token(out, vocab, ids[n]);
+    }
+    free(ids);
+    free(window);
+    return status;
+}
+
+ddt_status generate_parse_prompt(const model_spec *spec, const char *text, int32_t **ids,
+                                 int *count) {
+    *ids = NULL;
+    *count = 0;
+    size_t length = strlen(text);
+    int32_t *out = malloc((length ? length : 1) * sizeof *out);
+    if (!out) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the prompt");
+    int n = 0;
+    if (spec->vocab == 256) {
+        for (size_t i = 0; i < length; i++)
+            out[n++] = (unsigned char)text[i];
+    } else {
+        const char *p = text;
+        while (*p) {
+            if (isspace((unsigned char)*p) || *p == ',') {
+                p++;
+                continue;
+            }
+            char *end = NULL;
+            errno = 0;
+            long id = strtol(p, &end, 10);
+            if (end == p || errno || id < 0 || id >= spec->vocab) {
+                free(out);
+                return ddt_error(DDT_ERR_USAGE,
+                                 "--prompt: the model's vocabulary has %d tokens and no text "
+                                 "tokenizer, so give token ids below %d separated by spaces or "
+                                 "commas (at '%.20s')",
+                                 spec->vocab, spec->vocab, p);
+            }
+            out[n++] = (int32_t)id;
+            p = end;
+        }
+    }
+    if (n == 0) {
+        free(out);
+        return ddt_error(DDT_ERR_USAGE, "--prompt is empty: give at least one token");
+    }
+    *ids = out;
+    *count = n;
+    return DDT_OK;
+}
+
+/* ---- ddtrain generate ---------------------------------------------------------------------- */
+
+static ddt_status generate_on_root(comm *control, const generate_config *cfg) {
+    if (!cfg->model_file) return ddt_error(DDT_ERR_USAGE, "ddtrain generate needs --model-file");
+    if (!cfg->prompt) return ddt_error(DDT_ERR_USAGE, "ddtrain generate needs --prompt");
+    model_spec *spec = malloc(sizeof *spec);
+    if (!spec) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the model's spec");
+    device *dev = NULL;
+    allocator *alloc = NULL;
+    model *m = NULL;
+    float *state = NULL;
+    int32_t *prompt = NULL;
+    generator g = {0};
+    int prompt_length = 0;
+    ddt_status status = model_file_read_spec(cfg->model_file, spec);
+    if (status == DDT_OK && spec->input_kind != MODEL_INPUT_TOKENS)
+        status = ddt_error(DDT_ERR_USAGE, "%s holds '%s', which does not take tokens: generate "
+                                          "needs a token model",
+                           cfg->model_file, spec->text);
+    if (status == DDT_OK) status = generate_parse_prompt(spec, cfg->prompt, &prompt, &prompt_length);
+    device_kind kind = DEVICE_KIND_CPU;
+    int ordinal = 0;
+    if (status == DDT_OK)
+        status = device_choose(cfg->device, comm_local_rank(control), &kind, &ordinal);
+    if (status == DDT_OK) status = device_open(kind, ordinal, &dev);
+    size_t total = 0, free_bytes = 0;
+    if (status == DDT_OK) status = device_memory_info(dev, &total, &free_bytes);
+    if (status == DDT_OK) {
+        allocator_params ap = allocator_default_params();
+        ap.limit_bytes = total;
+        ap.limit_source = "the device's memory";
+        status = allocator_init_with_params(dev, &ap, &alloc);
+    }
+    if (status == DDT_OK)
+        status = device_set_precision(dev, PRECISION_FP32, alloc,
+                                      model_spec_max_gemm_operand_floats(spec, 1));
+    if (status == DDT_OK) status = model_init(spec, alloc, 1, (model_options){0}, &m);
+    if (status == DDT_OK) {
+        state = malloc(model_spec_state_count(spec) * sizeof *state);
+        if (!state) status = ddt_error(DDT_ERR_MEMORY, "out of host memory for the model");
+    }
+    if (status == DDT_OK) status = model_file_read_parameters(cfg->model_file, spec, state);
+    if (status == DDT_OK) status = model_set_state(m, state);
+    if (status == DDT_OK) status = generator_init(&g, m, alloc);
+    if (status == DDT_OK) {
+        if (spec->vocab == 256)
+            fwrite(cfg->prompt, 1, strlen(cfg->prompt), cfg->out);
+        else
+            for (int i = 0; i < prompt_length; i++)
+                fprintf(cfg->out, i ? " %d" : "%d", prompt[i]);
+        status = generator_run(&g, prompt, prompt_length, cfg->tokens, &cfg->sampling, cfg->out,
+                               NULL);
+        fprintf(cfg->out, "\n");
+        fflush(cfg->out);
+    }
+    generator_free(&g);
+    free(state);
+    free(prompt);
+    model_free(m);
+    allocator_destroy(alloc);
+    if (dev) device_close(dev);
+    free(spec);
+    return status;
+}
+
+ddt_status generate_run(comm *control, const generate_config *cfg) {
+    ddt_status status = comm_rank(control) == 0 ? generate_on_root(control, cfg) : DDT_OK;
+    return comm_agree(control, status, "generating");
+}
