@@ -45,8 +45,7 @@ PRESETS = {
     "cnn-small": "1x28x28-conv(32,k3,p1)-relu-conv(32,k3,p1)-relu-maxpool(2)-conv(64,k3,p1)"
                  "-relu-conv(64,k3,p1)-relu-maxpool(2)-flatten-256-relu-dropout0.3-10",
     "resnet-small": "3x32x32-conv(16,k3,p1,nobias)-bn-relu"
-                    "-res(conv(16,k3,p1,nobias)-bn-relu-conv(16,k3,p1,nobias)-bn)-relu"
-                    "-res(conv(16,k3,p1,nobias)-bn-relu-conv(16,k3,p1,nobias)-bn)-relu"
+                    "-2*(res(conv(16,k3,p1,nobias)-bn-relu-conv(16,k3,p1,nobias)-bn)-relu)"
                     "-res(conv(32,k3,s2,p1,nobias)-bn-relu-conv(32,k3,p1,nobias)-bn"
                     "|conv(32,k1,s2,nobias)-bn)-relu"
                     "-res(conv(32,k3,p1,nobias)-bn-relu-conv(32,k3,p1,nobias)-bn)-relu"
@@ -654,6 +653,21 @@ def load_tokens(path_spec):
         with h5py.File(p, "r") as f:
             out.append(f["tokens"][...].astype("int64"))
     return out
+
+
+def write_tokens(path, tokens, vocab=256):
+    """ddtrain token data: /tokens (uint16 when vocab <= 65536, else int32) with a
+    vocab_size attribute; written to a temporary name and renamed."""
+    import h5py
+    import numpy as np
+
+    tokens = np.asarray(tokens)
+    tokens = tokens.astype(np.uint16 if vocab <= 65536 else np.int32)
+    tmp = "%s.tmp%d" % (path, os.getpid())
+    with h5py.File(tmp, "w") as f:
+        d = f.create_dataset("tokens", data=tokens, chunks=(min(len(tokens), 1 << 16),))
+        d.attrs["vocab_size"] = vocab
+    os.replace(tmp, path)
 
 
 def token_windows(shards, context):

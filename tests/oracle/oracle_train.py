@@ -57,7 +57,7 @@ CASES = {
     "mlp-sgd": dict(model="784-128-relu-dropout0.2-64-relu-10", data="images", steps=30,
                     global_batch=64, ranks=2, micro_batch=16, init_format="v1",
                     optimizer="sgd", lr=0.05, momentum=0.9, nesterov=False, weight_decay=1e-4,
-                    warmup=5, schedule="cosine", min_lr=0.005),
+                    decay="all", warmup=5, schedule="cosine", min_lr=0.005),
     "mlp-adamw": dict(model="784-128-relu-dropout0.2-64-relu-10", data="images", steps=20,
                       global_batch=64, ranks=2, micro_batch=16, init_format="v1",
                       optimizer="adamw", lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8,
@@ -65,16 +65,16 @@ CASES = {
                       min_lr=3e-4),
     "cnn": dict(model="cnn-small", data="images", steps=30, global_batch=64, ranks=2,
                 micro_batch=16, optimizer="sgd", lr=0.01, momentum=0.9, nesterov=False,
-                weight_decay=5e-4, warmup=5, schedule="cosine", min_lr=0.001),
+                weight_decay=5e-4, decay="matrices", warmup=5, schedule="cosine", min_lr=0.001),
     "gpt": dict(model="gpt-tiny", data="tokens", steps=20, global_batch=16, ranks=2,
                 micro_batch=4, optimizer="adamw", lr=1e-3, beta1=0.9, beta2=0.95, eps=1e-8,
                 weight_decay=0.1, decay="matrices", clip=0.5, warmup=5, schedule="cosine",
                 min_lr=1e-4),
 }
 
-# How ddtrain spells what the oracle needs; the engine owner adds the ones it lacks.
+# How ddtrain spells the options of issue 13 the oracle uses.
 DDTRAIN_CLIP_OPTION = "--clip-grad-norm"
-DDTRAIN_DECAY_OPTION = "--weight-decay-on"  # matrices | all (see decay_groups)
+DDTRAIN_DECAY_OPTION = "--weight-decay-on"  # matrices | all (ddtrain_torch.decay_groups)
 
 
 def log(*parts):
@@ -104,20 +104,16 @@ def make_image_data(ddtrain, rows, path, work):
 
 
 def make_token_data(windows_needed, context, path):
-    """Byte tokens (vocab 256) of this repository's README, repeated until long enough, as
-    /tokens uint16 with a vocab_size attribute."""
-    import h5py
+    """Byte tokens (vocab 256) of this repository's README, repeated until long enough."""
     import numpy as np
+    import ddtrain_torch as dt
 
     with open(os.path.join(REPO, "README.md"), "rb") as f:
         text = f.read()
     need = windows_needed * context + 1
     data = (text * (need // len(text) + 1))[:max(need, len(text))]
-    tokens = np.frombuffer(data, dtype=np.uint8).astype(np.uint16)
-    with h5py.File(path, "w") as f:
-        d = f.create_dataset("tokens", data=tokens, chunks=(min(len(tokens), 65536),))
-        d.attrs["vocab_size"] = 256
-    return "README.md bytes (%d tokens)" % len(tokens)
+    dt.write_tokens(path, np.frombuffer(data, dtype=np.uint8))
+    return "README.md bytes (%d tokens)" % len(data)
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,8 +145,8 @@ def ddtrain_command(c, ddtrain, text, data, init, out):
         cmd += ["--momentum", repr(c["momentum"])] + (["--nesterov"] if c["nesterov"] else [])
     else:
         cmd += ["--beta1", repr(c["beta1"]), "--beta2", repr(c["beta2"]), "--eps", repr(c["eps"])]
-        if c.get("decay", "all") != "all":
-            cmd += [DDTRAIN_DECAY_OPTION, c["decay"]]
+    if c["weight_decay"] > 0:
+        cmd += [DDTRAIN_DECAY_OPTION, c["decay"]]
     if c.get("clip"):
         cmd += [DDTRAIN_CLIP_OPTION, repr(c["clip"])]
     return cmd
@@ -186,10 +182,10 @@ def torch_train(c, spec, init_tensors, data_path, dtype_name, threads):
         sys.exit("oracle: the data has %d rows, %d needed" % (len(x_all), B * steps))
 
     if c["optimizer"] == "sgd":
-        opt = torch.optim.SGD(model.parameters(), lr=c["lr"], momentum=c["momentum"],
-                              nesterov=c["nesterov"], weight_decay=c["weight_decay"])
+        opt = torch.optim.SGD(dt.decay_groups(model, c["weight_decay"], c["decay"]), lr=c["lr"],
+                              momentum=c["momentum"], nesterov=c["nesterov"])
     else:
-        opt = torch.optim.AdamW(dt.decay_groups(model, c["weight_decay"], c.get("decay", "all")),
+        opt = torch.optim.AdamW(dt.decay_groups(model, c["weight_decay"], c["decay"]),
                                 lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"])
     losses, norms = [], []
     for s in range(steps):
