@@ -86,7 +86,7 @@ static void check_specs(void) {
                     2 + 2 * 4 + 2, 192, 2);
     check_good_spec("tokens(16,50)-embed(8)-res(ln-attn(2))-ln-lmhead",
                     "tokens(16,50)-embed(8)-res(ln-attn(2))-ln-lmhead", 7, 2 + 2 + 4 + 2, 16, 50);
-    check_good_spec("cnn-small", model_spec_preset_text("cnn-small"), 15, 12, 784, 10);
+    check_good_spec("cnn-small", model_spec_preset_text("cnn-small"), 13, 18, 784, 10);
     check_good_spec("gpt(vocab=256,context=64,width=128,heads=4,layers=4)",
                     "gpt(layers=4,heads=4,width=128,context=64,vocab=256)", 1 + 4 * 10 + 2,
                     2 + 4 * 12 + 2, 64, 256);

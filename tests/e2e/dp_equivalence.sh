@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # dp_equivalence.sh - data parallelism is exact: N ranks x micro-batch b x k accumulation
 # steps give the same weights as 1 rank x the whole global batch (20 steps, within 1e-5
-# relative), for SGD with momentum and for AdamW, with dropout in the model.
+# relative), for SGD with momentum and for AdamW, with dropout in the model; and for a
+# convolutional network with pooling and a residual block (no batch normalisation, whose
+# statistics are per micro-batch) under AdamW with weight decay on its matrices and gradient
+# clipping.
 source "$(dirname "$0")/lib.sh"
 
 "$DDTRAIN" synth -o "$WORK/train.h5" --rows 2048 --features 32 --classes 4 --seed 7 --shards 2 \
@@ -28,6 +31,21 @@ train adamw-1x64 1 64 --optimizer adamw --lr 0.003 --weight-decay 0.01
 train adamw-2x16x2 2 16 --optimizer adamw --lr 0.003 --weight-decay 0.01
 expect_ok "AdamW: 2 ranks x 16 x 2 equals 1 rank x 64" \
   $H5TOOL compare "$WORK/adamw-2x16x2.h5" "$WORK/adamw-1x64.h5" 1e-5
+
+# A CNN: 72 features read as 2x6x6 images.
+"$DDTRAIN" synth -o "$WORK/images.h5" --rows 1024 --features 72 --classes 4 --seed 5 >/dev/null ||
+  fail "synth images"
+cnn=(--data "$WORK/images.h5" --model "2x6x6-conv(4,k3,p1)-relu-maxpool(2)-res(conv(4,k3,p1)-tanh)-flatten-8-gelu-4"
+     --global-batch 64 --steps 20 --seed 4 --log-every 0 --optimizer adamw --lr 0.01
+     --weight-decay 0.1 --clip-grad-norm 0.5)
+for run in 1:64 2:16 4:16 4:8; do
+  n=${run%%:*} micro=${run##*:}
+  ranks "$n" train "${cnn[@]}" --micro-batch "$micro" --save "$WORK/cnn-$n-$micro.h5" \
+    >"$WORK/cnn-$n-$micro.log" 2>&1 || { fail "cnn $n x $micro: training failed"; tail -5 "$WORK/cnn-$n-$micro.log"; }
+done
+for other in cnn-2-16 cnn-4-16 cnn-4-8; do
+  expect_ok "CNN: $other equals 1 rank x 64" $H5TOOL compare "$WORK/$other.h5" "$WORK/cnn-1-64.h5" 1e-5
+done
 
 # Evaluation between epochs must not disturb training: the same weights, bit for bit, and the
 # same reported training loss, with and without --eval-data (it shares the input buffers and
