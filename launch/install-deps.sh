@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # install-deps.sh - installs what ddtrain needs from Debian's packages, only what is missing.
 #
-#   launch/install-deps.sh [build|data|test|slurm|bench|plot]...
-#     build: compiler, CMake, Open MPI, HDF5, OpenBLAS, zlib (always included)
+#   launch/install-deps.sh [build|data|kjv|test|slurm|bench|plot]...
+#     build: compiler, CMake, Open MPI, HDF5, OpenBLAS, zlib, libpng and libjpeg-turbo (for
+#            `ddtrain convert images`) (always included)
 #     data:  Debian's Fashion-MNIST (dataset-fashion-mnist)
-#     test:  h5py and numpy, used by the end-to-end tests to inspect files; PyTorch
-#            (python3-torch), the reference of the oracle tests (tests/oracle); the slurm and plot
+#     kjv:   the King James Bible (bible-kjv), the text of launch/examples/kjv-data.sh
+#     test:  h5py and numpy, used by the end-to-end tests to inspect files; cjpeg
+#            (libjpeg-turbo-progs), with which they make JPEG files; PyTorch (python3-torch),
+#            the reference of the oracle tests (tests/oracle); the slurm and plot
 #            groups; Lmod (tests/e2e/install.sh loads the installed module file); and
 #            TensorBoard from PyPI (below), whose reader tests/e2e/tensorboard.sh uses
 #     slurm: Slurm and munge, for launch/slurm/local-cluster.sh and tests/e2e/slurm.sh
@@ -23,22 +26,23 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
-          libopenblas-dev zlib1g-dev)
+          libopenblas-dev zlib1g-dev libpng-dev libpng16-16 libjpeg62-turbo-dev libjpeg62-turbo)
 tensorboard=0
 for group in "$@"; do
   case "$group" in
     build) ;;
     data) packages+=(dataset-fashion-mnist) ;;
+    kjv) packages+=(bible-kjv) ;;
     test)
       packages+=(python3-h5py python3-numpy python3-torch dataset-fashion-mnist slurm-wlm munge
-                 python3-matplotlib lmod python3-venv)
+                 python3-matplotlib lmod python3-venv libjpeg-turbo-progs)
       tensorboard=1
       ;;
     slurm) packages+=(slurm-wlm munge) ;;
     bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox
                       python3-matplotlib python3-venv bible-kjv) ;;
     plot) packages+=(python3-matplotlib) ;;
-    *) echo "install-deps.sh: unknown group '$group' (build, data, test, slurm, bench, plot)" >&2
+    *) echo "install-deps.sh: unknown group '$group' (build, data, kjv, test, slurm, bench, plot)" >&2
        exit 2 ;;
   esac
 done

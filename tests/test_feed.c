@@ -3,7 +3,9 @@
  * buffer (two micro-batches alternate buffers, across step and epoch boundaries); a resumed
  * feed starts at its first step; evaluation reads into the buffer the prefetched training
  * micro-batch does not use, leaving it intact; misuse is refused; the plan's device bytes
- * equal what the feed takes from the allocator.
+ * equal what the feed takes from the allocator. Token datasets: micro-batches arrive as int32
+ * input ids (feed_batch.tokens, features NULL) with T labels a row, in training and
+ * evaluation, and the plan's bytes still equal the allocator's.
  */
 #include <math.h>
 #include <stdio.h>
@@ -57,6 +59,93 @@ static int batch_is(shard_plan *plan, const feed_batch *b, int64_t step, int mic
              !b->targets;
     }
     return ok;
+}
+
+/* Token id at position p of the token file. */
+static int32_t token_at(int64_t p) {
+    return (int32_t)((p * 7 + 1) % 256);
+}
+
+static void test_tokens(device *dev, allocator *alloc) {
+    enum { CONTEXT = 6, IDS = 4001 };
+    char path[512];
+    snprintf(path, sizeof path, "%s/feed-tokens.h5", check_temp_dir());
+    int32_t *ids = malloc(IDS * sizeof *ids);
+    for (int p = 0; p < IDS; p++)
+        ids[p] = token_at(p);
+    dataset_writer_params wp = {
+        .kind = DATASET_KIND_TOKENS, .rows = IDS, .vocab_size = 256, .chunk_rows = 120};
+    dataset_writer *w;
+    CHECK_OK(dataset_writer_open(path, &wp, &w));
+    CHECK_OK(dataset_writer_append_tokens(w, IDS, ids));
+    CHECK_OK(dataset_writer_close(w));
+    free(ids);
+    dataset_open_params op = dataset_default_open_params();
+    op.token_context = CONTEXT;
+    dataset *data = NULL;
+    CHECK_OK(dataset_open_with_params(path, &op, &data));
+    if (!data) return;
+    const dataset_geometry *g = dataset_get_geometry(data);
+    CHECK(g->rows == (IDS - 1) / CONTEXT && g->chunk_rows == 20);
+    shard_params sp = {.rows = g->rows,
+                       .global_batch = MICRO * PER_STEP,
+                       .micro_batch = MICRO,
+                       .world_size = 1,
+                       .rank = 0,
+                       .seed = 5,
+                       .shuffle = true,
+                       .block_rows = g->chunk_rows,
+                       .window_blocks = 4};
+    shard_plan *plan = NULL, *reference = NULL;
+    CHECK_OK(shard_plan_init(&sp, &plan));
+    CHECK_OK(shard_plan_init(&sp, &reference));
+    feed_params fp = {.dev = dev,
+                      .alloc = alloc,
+                      .geometry = g,
+                      .rows = MICRO,
+                      .data = data,
+                      .plan = plan,
+                      .total_steps = 5,
+                      .micro_batches_per_step = PER_STEP,
+                      .prefetch_depth = 2,
+                      .evaluation = true};
+    size_t planned[MEMORY_COMPONENT_COUNT] = {0};
+    feed_plan_device(g, MICRO, planned);
+    /* two buffers of MICRO x T ids, MICRO x T labels and MICRO row ids */
+    CHECK(
+        planned[MEMORY_COMPONENT_STAGING] ==
+        2 * (2 * allocator_rounded_size(MICRO * CONTEXT * 4) + allocator_rounded_size(MICRO * 8)));
+    CHECK(feed_evaluation_host_bytes(g, MICRO) == 2 * MICRO * CONTEXT * 4);
+    size_t before = allocator_get_stats(alloc).bytes_in_use;
+    feed *f = NULL;
+    CHECK_OK(feed_init(&fp, &f));
+    CHECK(allocator_get_stats(alloc).bytes_in_use - before == planned[MEMORY_COMPONENT_STAGING]);
+    CHECK_OK(feed_start(f));
+    int good = 0;
+    for (int64_t step = 0; step < 5; step++)
+        for (int m = 0; m < PER_STEP; m++) {
+            feed_batch b;
+            CHECK_OK(feed_next(f, &b));
+            int64_t rows[MICRO];
+            CHECK_OK(shard_plan_micro_batch_rows(reference, 0, step, m, rows));
+            int ok = !b.features && b.tokens && b.labels && !b.targets && b.rows == MICRO;
+            for (int i = 0; ok && i < MICRO; i++)
+                for (int j = 0; j < CONTEXT; j++)
+                    ok = ok && b.row_ids[i] == rows[i] &&
+                         b.tokens[i * CONTEXT + j] == token_at(rows[i] * CONTEXT + j) &&
+                         b.labels[i * CONTEXT + j] == token_at(rows[i] * CONTEXT + j + 1);
+            good += ok;
+            CHECK_OK(feed_release(f));
+        }
+    CHECK(good == 5 * PER_STEP);
+    feed_batch e;
+    CHECK_OK(feed_read_evaluation(f, data, 100, 3, &e));
+    CHECK(!e.features && e.tokens[0] == token_at(600) &&
+          e.labels[3 * CONTEXT - 1] == token_at(618));
+    feed_free(f);
+    shard_plan_free(reference);
+    shard_plan_free(plan);
+    dataset_close(data);
 }
 
 int main(void) {
@@ -152,6 +241,7 @@ int main(void) {
     CHECK(feed_next(f, &b) == DDT_ERR_INTERNAL);
     feed_free(f);
 
+    test_tokens(dev, alloc);
     shard_plan_free(reference);
     shard_plan_free(plan);
     allocator_destroy(alloc);

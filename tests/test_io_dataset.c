@@ -476,9 +476,6 @@ static void test_open_errors(void) {
     write_raw(path, good_features, (member_spec){H5T_STD_I32LE, 1, {9, 0, 0}}, 10);
     expect_open_error(path, DDT_ERR_FORMAT, path, "/features has 10 rows but /labels has 9");
 
-    path = temp_path("no-classes.h5");
-    write_raw(path, good_features, good_labels, 0);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "num_classes");
 
     path = temp_path("zero-classes.h5");
     write_raw(path, good_features, good_labels, -3);

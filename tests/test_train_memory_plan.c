@@ -54,7 +54,8 @@ int main(void) {
     optimizer_params op = optimizer_default_params();
     op.kind = OPTIMIZER_ADAMW;
     dataset_geometry g = {.rows = 100000, .features = 32, .class_labels = true,
-                          .target_width = 1, .classes = 4, .chunk_rows = 128, .file_count = 1};
+                          .labels_per_row = 1, .target_width = 1, .classes = 4,
+                          .chunk_rows = 128, .file_count = 1};
     memory_plan_inputs in = {
         .dev = dev, .precision = PRECISION_FP32, .spec = &spec, .optimizer = &op, .geometry = &g,
         .shard = {.rows = g.rows, .global_batch = 256, .world_size = 2, .rank = 0, .seed = 1,

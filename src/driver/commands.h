@@ -4,7 +4,8 @@
  *
  *   train    train_command.c: options -> train_config, then train_run() (src/train)
  *   eval     train_command.c: options -> eval_config, then eval_run() (src/train/evaluate.h)
- *   convert  data_commands.c: IDX (MNIST, Fashion-MNIST) to HDF5
+ *   convert  convert.c (and convert_images.c, convert_tokens.c): IDX, image folders, text and
+ *            token files to HDF5 datasets
  *   synth    data_commands.c: a synthetic learnable dataset of any size
  *   info     data_commands.c: a dataset's geometry and a full check
  *   generate train_command.c: options -> generate_config, then generate_run() (src/train)

@@ -1,9 +1,8 @@
-/* data_commands.c - `ddtrain convert`, `ddtrain synth` and `ddtrain info`.
+/* data_commands.c - `ddtrain synth` and `ddtrain info` (convert: convert.c).
  *
- * All three stream: rows are converted, generated or checked a block at a time, so their
- * memory does not grow with the dataset. convert and info run on rank 0; synth spreads its
- * shards over the ranks (rank r writes shards r, r + world, ...), since every row is a pure
- * function of (seed, row).
+ * Both stream: rows are generated or checked a block at a time, so their memory does not
+ * grow with the dataset. info runs on rank 0; synth spreads its shards over the ranks (rank r
+ * writes shards r, r + world, ...), since every row is a pure function of (seed, row).
  */
 #include "driver/commands.h"
 
@@ -14,7 +13,6 @@
 
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
-#include "io/idx.h"
 #include "util/files.h"
 #include "util/rng.h"
 
@@ -22,115 +20,6 @@
 static int64_t block_rows_for(int64_t features) {
     int64_t rows = (8 << 20) / (features * (int64_t)sizeof(float));
     return rows < 1 ? 1 : rows;
-}
-
-/* ---- convert --------------------------------------------------------------------------- */
-
-static ddt_status convert_shard(idx_file *images, const uint8_t *labels, int64_t first,
-                                int64_t count, int64_t features, int classes, const char *path,
-                                const options *opts, const char *source) {
-    dataset_writer_params params = {
-        .rows = count,
-        .features = (int)features,
-        .class_labels = true,
-        .target_width = 1,
-        .classes = classes,
-        .compression = (int)opts->compression,
-        .source = source,
-    };
-    dataset_writer *w;
-    DDT_CHECK(dataset_writer_open(path, &params, &w));
-    int64_t block = block_rows_for(features);
-    uint8_t *pixels = malloc((size_t)(block * features));
-    float *values = malloc((size_t)(block * features) * sizeof(float));
-    int32_t *ids = malloc((size_t)block * sizeof(int32_t));
-    ddt_status status = DDT_OK;
-    if (!pixels || !values || !ids)
-        status = ddt_error(DDT_ERR_MEMORY, "out of host memory converting to %s", path);
-    for (int64_t done = 0; status == DDT_OK && done < count; done += block) {
-        int64_t rows = count - done < block ? count - done : block;
-        status = idx_read_items(images, rows, pixels);
-        if (status != DDT_OK) break;
-        for (int64_t i = 0; i < rows * features; i++) values[i] = (float)pixels[i] / 255.0f;
-        for (int64_t i = 0; i < rows; i++) ids[i] = labels[first + done + i];
-        status = dataset_writer_append(w, (int)rows, values, ids, NULL);
-    }
-    free(pixels);
-    free(values);
-    free(ids);
-    if (status != DDT_OK) {
-        dataset_writer_abort(w);
-        return status;
-    }
-    return dataset_writer_close(w);
-}
-
-static ddt_status convert_local(const options *opts) {
-    if (opts->positional_count != 3 || strcmp(opts->positional[0], "idx") != 0)
-        return ddt_error(DDT_ERR_USAGE,
-                         "usage: ddtrain convert idx IMAGES LABELS -o OUT.h5 [--shards K]");
-    if (!opts->output) return ddt_error(DDT_ERR_USAGE, "ddtrain convert needs -o OUT.h5");
-    const char *images_path = opts->positional[1], *labels_path = opts->positional[2];
-    idx_file *images = NULL, *labels = NULL;
-    uint8_t *label_values = NULL;
-    ddt_status status;
-    DDT_CHECK_GOTO(idx_open(images_path, &images), status, done);
-    DDT_CHECK_GOTO(idx_open(labels_path, &labels), status, done);
-    int64_t rows = idx_item_count(images);
-    if (idx_dimension_count(labels) != 1 || idx_item_size(labels) != 1) {
-        status = ddt_error(DDT_ERR_FORMAT, "%s: a labels file must be one-dimensional",
-                           labels_path);
-        goto done;
-    }
-    if (idx_item_count(labels) != rows) {
-        status = ddt_error(DDT_ERR_FORMAT, "%s has %" PRId64 " items but %s has %" PRId64,
-                           images_path, rows, labels_path, idx_item_count(labels));
-        goto done;
-    }
-    if (opts->shards > rows) {
-        status = ddt_error(DDT_ERR_USAGE, "--shards %" PRId64 " is more than the %" PRId64 " rows",
-                           opts->shards, rows);
-        goto done;
-    }
-    /* Labels are one byte a row: read them whole to learn the number of classes. */
-    label_values = malloc((size_t)rows);
-    if (!label_values) {
-        status = ddt_error(DDT_ERR_MEMORY, "out of host memory for %" PRId64 " labels", rows);
-        goto done;
-    }
-    DDT_CHECK_GOTO(idx_read_items(labels, rows, label_values), status, done);
-    int classes = 2;
-    for (int64_t i = 0; i < rows; i++)
-        if (label_values[i] + 1 > classes) classes = label_values[i] + 1;
-    const file_role inputs[] = {{"IMAGES", images_path, false}, {"LABELS", labels_path, false}};
-    for (int64_t k = 0; k < opts->shards; k++) {
-        char path[4096];
-        dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
-        const file_role output = {"-o", path, false};
-        DDT_CHECK_GOTO(files_check_outputs(&output, 1, inputs, 2), status, done);
-    }
-    char source[1024];
-    snprintf(source, sizeof source, "ddtrain convert idx %s %s", images_path, labels_path);
-    for (int64_t k = 0; k < opts->shards; k++) {
-        int64_t first = rows * k / opts->shards, end = rows * (k + 1) / opts->shards;
-        char path[4096];
-        dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
-        DDT_CHECK_GOTO(convert_shard(images, label_values, first, end - first,
-                                     (int64_t)idx_item_size(images), classes, path, opts, source),
-                       status, done);
-        printf("wrote %s: %" PRId64 " rows x %zu features, %d classes\n", path, end - first,
-               idx_item_size(images), classes);
-    }
-    status = DDT_OK;
-done:
-    free(label_values);
-    idx_close(labels);
-    idx_close(images);
-    return status;
-}
-
-ddt_status convert_command(job *j, const options *opts) {
-    return comm_agree(j->control, j->rank == 0 ? convert_local(opts) : DDT_OK, "convert");
 }
 
 /* ---- synth ----------------------------------------------------------------------------- */
@@ -239,28 +128,82 @@ ddt_status synth_command(job *j, const options *opts) {
 
 /* ---- info ------------------------------------------------------------------------------ */
 
+/* Token datasets: every id checked against vocab_size, read as windows of one id (the
+ * windows of a shard then cover all its ids). */
+static ddt_status info_tokens(dataset *ds, const char *spec) {
+    const dataset_geometry *g = dataset_get_geometry(ds);
+    printf("  kind       tokens: %" PRId64 " ids, vocab_size %d (read in windows of the model's "
+           "context T: T + 1 ids each, never across shards)\n",
+           g->tokens, g->classes);
+    int64_t block = 1 << 20;
+    int32_t *inputs = malloc((size_t)block * sizeof(int32_t));
+    int32_t *next = malloc((size_t)block * sizeof(int32_t));
+    ddt_status status = DDT_OK;
+    if (!inputs || !next)
+        status = ddt_error(DDT_ERR_MEMORY, "out of host memory checking %s", spec);
+    int32_t lowest = INT32_MAX, highest = -1;
+    for (int64_t row = 0; status == DDT_OK && row < g->rows; row += block) {
+        int rows = (int)(g->rows - row < block ? g->rows - row : block);
+        status = dataset_read_range(ds, row, rows, inputs, next, NULL);
+        for (int i = 0; status == DDT_OK && i < rows; i++) {
+            int32_t a = inputs[i] < next[i] ? inputs[i] : next[i];
+            int32_t b = inputs[i] < next[i] ? next[i] : inputs[i];
+            if (a < lowest) lowest = a;
+            if (b > highest) highest = b;
+        }
+    }
+    if (status == DDT_OK)
+        printf("  ids        %d to %d, all below vocab_size\n  ok\n", lowest, highest);
+    free(inputs);
+    free(next);
+    return status;
+}
+
 static ddt_status info_one(const char *spec, const options *opts) {
     dataset_open_params params = dataset_default_open_params();
     params.allow_external = opts->allow_external_data;
+    params.token_context = 1; /* token datasets: windows of one id, to check every id */
     dataset *ds;
     DDT_CHECK(dataset_open_with_params(spec, &params, &ds));
     const dataset_geometry *g = dataset_get_geometry(ds);
     printf("%s\n  files      %d\n", spec, g->file_count);
     for (int i = 0; i < g->file_count && g->file_count > 1; i++)
         printf("    %s\n", dataset_file_path(ds, i));
-    printf("  rows       %" PRId64 "\n  features   %d (float32, chunks of %" PRId64 " rows)\n",
-           g->rows, g->features, g->chunk_rows);
-    if (g->class_labels)
+    if (g->kind == DATASET_KIND_TOKENS) {
+        ddt_status status = info_tokens(ds, spec);
+        dataset_close(ds);
+        return status;
+    }
+    char shape[96] = "";
+    if (g->feature_rank == 3)
+        snprintf(shape, sizeof shape, ", images %dx%dx%d (CxHxW)", g->feature_dims[0],
+                 g->feature_dims[1], g->feature_dims[2]);
+    printf("  rows       %" PRId64 "\n  features   %d (float32%s, chunks of %" PRId64 " rows)\n",
+           g->rows, g->features, shape, g->chunk_rows);
+    if (g->class_labels && g->classes > 0)
         printf("  labels     int32 class ids, %d classes\n", g->classes);
+    else if (g->class_labels)
+        printf("  labels     integer class ids, no num_classes attribute (training checks them "
+               "against the model's output width)\n");
     else
         printf("  labels     float32 targets, width %d\n", g->target_width);
-    /* Check every row (values finite, labels in range) a block at a time. */
+    if (dataset_class_name_count(ds) > 0) {
+        printf("  names     ");
+        for (int c = 0; c < dataset_class_name_count(ds); c++)
+            printf("%s %d:%s", c ? "," : "", c, dataset_class_name(ds, c));
+        printf("\n");
+    }
+    /* Check every row (values finite, labels in range) a block at a time. Without a class
+     * count, the counts array grows with the largest id seen (up to a bound). */
+    enum { MAX_COUNTED_CLASSES = 1 << 20 };
     int64_t block = block_rows_for(g->features);
     float *features = malloc((size_t)(block * g->features) * sizeof(float));
     int32_t *labels = g->class_labels ? malloc((size_t)block * sizeof(int32_t)) : NULL;
     float *targets =
         g->class_labels ? NULL : malloc((size_t)(block * g->target_width) * sizeof(float));
-    int64_t *counts = g->class_labels ? calloc((size_t)g->classes, sizeof(int64_t)) : NULL;
+    int counted = g->class_labels ? (g->classes > 0 ? g->classes : 16) : 0;
+    int highest = -1;
+    int64_t *counts = g->class_labels ? calloc((size_t)counted, sizeof(int64_t)) : NULL;
     ddt_status status = DDT_OK;
     if (!features || (!labels && !targets) || (g->class_labels && !counts))
         status = ddt_error(DDT_ERR_MEMORY, "out of host memory checking %s", spec);
@@ -273,17 +216,37 @@ static ddt_status info_one(const char *spec, const options *opts) {
             sum += features[i];
             sum_squares += (double)features[i] * features[i];
         }
-        for (int i = 0; labels && i < rows; i++) counts[labels[i]]++;
+        for (int i = 0; counts && i < rows; i++) {
+            if (labels[i] >= counted && labels[i] < MAX_COUNTED_CLASSES) {
+                int grown = counted;
+                while (grown <= labels[i])
+                    grown *= 2;
+                int64_t *more = realloc(counts, (size_t)grown * sizeof(int64_t));
+                if (!more) {
+                    status = ddt_error(DDT_ERR_MEMORY, "out of host memory checking %s", spec);
+                    break;
+                }
+                memset(more + counted, 0, (size_t)(grown - counted) * sizeof(int64_t));
+                counts = more;
+                counted = grown;
+            }
+            if (labels[i] > highest) highest = labels[i];
+            if (labels[i] < counted) counts[labels[i]]++;
+        }
     }
     if (status == DDT_OK) {
         double n = (double)g->rows * g->features;
         double mean = sum / n;
         printf("  values     mean %.4f, std %.4f, all finite\n", mean,
                sqrt(fmax(0, sum_squares / n - mean * mean)));
-        if (counts) {
+        int shown = g->classes > 0 ? g->classes : highest + 1;
+        if (counts && shown <= counted) {
             printf("  classes   ");
-            for (int c = 0; c < g->classes; c++) printf(" %d:%" PRId64, c, counts[c]);
+            for (int c = 0; c < shown; c++)
+                printf(" %d:%" PRId64, c, counts[c]);
             printf("\n");
+        } else if (counts) {
+            printf("  classes    ids up to %d\n", highest);
         }
         printf("  ok\n");
     }

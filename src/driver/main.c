@@ -3,7 +3,7 @@
  *
  *   ddtrain train    train a model, data-parallel over the MPI ranks
  *   ddtrain eval     loss and accuracy of a saved model on a dataset
- *   ddtrain convert  IDX (MNIST-style, gzipped or not) to ddtrain's HDF5 format
+ *   ddtrain convert  IDX files, image folders, text and token files to ddtrain's HDF5 formats
  *   ddtrain synth    write a deterministic synthetic classification set of any size
  *   ddtrain info     print a dataset's geometry and check every row
  */
@@ -30,7 +30,7 @@ static void print_usage(FILE *out) {
             "  train    train a model (MLP, CNN, GPT) on an HDF5 dataset, data-parallel over the "
             "ranks\n"
             "  eval     loss and accuracy of a saved model (--model-file) on --data\n"
-            "  convert  convert IDX files (MNIST, Fashion-MNIST; .gz or not) to HDF5\n"
+            "  convert  IDX files, an image folder (PNG/JPEG), text or token files to HDF5\n"
             "  synth    write a synthetic, learnable classification dataset of any size\n"
             "  info     print a dataset's geometry and check every row\n"
             "  generate sample text from a saved token model (--model-file, --prompt)\n\n"

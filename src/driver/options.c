@@ -73,6 +73,9 @@ static const option_def option_table[] = {
     {"eval-every", 0, OPTION_INT64, TRAIN, FIELD(eval_every), "0", 0, BIG, "N",
      "evaluate --eval-data every N steps and at the end (0: at the end of every epoch); token "
      "models also print a short sample", NULL},
+    {"eval-rows", 0, OPTION_INT64, TRAIN, FIELD(eval_rows), "0", 0, BIG, "N",
+     "evaluate a fixed sample of N rows of --eval-data (blocks spread evenly over it) instead "
+     "of every row (0: every row)", NULL},
     {"no-shuffle", 0, OPTION_FLAG, TRAIN, FIELD(no_shuffle), NULL, 0, 0, NULL,
      "keep file order (for exact comparisons)", NULL},
     {"allow-external-data", 0, OPTION_FLAG, TRAIN | EVAL | COMMAND_INFO,
@@ -152,9 +155,9 @@ static const option_def option_table[] = {
      "samples per forward/backward on one rank (0: global batch / ranks; auto: the largest "
      "that fits the memory limits); gradients are accumulated over global/(ranks*b) "
      "micro-batches", NULL},
-    {"seed", 0, OPTION_INT64, TRAIN | SYNTH | GENERATE, FIELD(seed), "1", 0, BIG, "S",
-     "seed for initialisation, shuffling and dropout (synth: for the data; generate: for "
-     "sampling)", NULL},
+    {"seed", 0, OPTION_INT64, TRAIN | SYNTH | CONVERT | GENERATE, FIELD(seed), "1", 0, BIG, "S",
+     "seed for initialisation, shuffling and dropout (synth: for the data; convert images: "
+     "for the order of the images; generate: for sampling)", NULL},
     /* memory budgets */
     {"device-memory", 0, OPTION_ENUM, TRAIN, FIELD(device_memory), "growth", 0, 0, NULL,
      "device memory policy: reserve as needed, or the whole limit at start-up "
@@ -225,9 +228,27 @@ static const option_def option_table[] = {
      "(for jobs in chunks; 0: run to the end)", NULL},
     /* convert / synth */
     {"output", 'o', OPTION_STRING, CONVERT | SYNTH, FIELD(output), NULL, 0, 0, "OUT.h5",
-     "output path (with --shards K: OUT-00000-of-0000K.h5 ...)", NULL},
+     "output path (with --shards K: OUT-00000-of-0000K.h5 ...; with --val-fraction: "
+     "OUT-train.h5 or its shards, and OUT-val.h5)", NULL},
     {"shards", 0, OPTION_INT64, CONVERT | SYNTH, FIELD(shards), "1", 1, 100000, "K",
-     "number of shard files to write", NULL},
+     "number of shard files to write (of the training part)", NULL},
+    {"val-fraction", 0, OPTION_REAL, CONVERT, FIELD(val_fraction), "0", 0, 0.9, "F",
+     "convert images, text, tokens: hold out this fraction for validation in OUT-val.h5 "
+     "(images: the first of the shuffled order; text and tokens: the tail of the stream)", NULL},
+    {"image-shaped", 0, OPTION_FLAG, CONVERT, FIELD(image_shaped), NULL, 0, 0, NULL,
+     "convert idx: write /features as N x 1 x H x W images instead of N x H*W", NULL},
+    {"class-names", 0, OPTION_STRING, CONVERT, FIELD(class_names), NULL, 0, 0, "A,B,...",
+     "convert idx: class names for /labels' class_names attribute (default: Fashion-MNIST's "
+     "ten names when the images' path contains 'fashion', else none)", NULL},
+    {"size", 0, OPTION_STRING, CONVERT, FIELD(size), NULL, 0, 0, "HxW",
+     "convert images: resize every image to H x W pixels, bilinearly (default: the first "
+     "image's size)", NULL},
+    {"skip-bad", 0, OPTION_FLAG, CONVERT, FIELD(skip_bad), NULL, 0, 0, NULL,
+     "convert images: leave out unreadable or corrupt images (listed) instead of refusing the "
+     "folder", NULL},
+    {"vocab-size", 0, OPTION_INT64, CONVERT, FIELD(vocab_size), "0", 0, 1 << 30, "V",
+     "convert tokens: the vocabulary size stored with the ids, every id must be below it "
+     "(0: 50257, GPT-2's, for uint16 files; 128256 for llm.c's uint32 files)", NULL},
     {"compression", 0, OPTION_INT64, CONVERT | SYNTH, FIELD(compression), "0", 0, 9, "LEVEL",
      "deflate level for the written datasets (0: none)", NULL},
     {"rows", 0, OPTION_INT64, SYNTH, FIELD(rows), NULL, 1, BIG, "N", "rows to generate", NULL},
@@ -456,7 +477,13 @@ static const char *command_synopsis(command cmd) {
     case COMMAND_EVAL:
         return "ddtrain eval --model-file MODEL.h5 --data PATH [options]";
     case COMMAND_CONVERT:
-        return "ddtrain convert idx IMAGES LABELS -o OUT.h5 [--shards K]";
+        return "ddtrain convert idx IMAGES LABELS -o OUT.h5 [--shards K] [--image-shaped] "
+               "[--class-names A,B,...]\n"
+               "       ddtrain convert images DIR -o OUT.h5 [--size HxW] [--shards K] "
+               "[--val-fraction F] [--skip-bad] [--seed S]\n"
+               "       ddtrain convert text FILE... -o OUT.h5 [--val-fraction F] [--shards K]\n"
+               "       ddtrain convert tokens FILE.bin... -o OUT.h5 [--vocab-size V] "
+               "[--val-fraction F] [--shards K]";
     case COMMAND_SYNTH:
         return "ddtrain synth -o OUT.h5 --rows N --features D --classes C [--seed S] "
                "[--shards K]";
@@ -469,8 +496,46 @@ static const char *command_synopsis(command cmd) {
     return "";
 }
 
+/* What a command's forms do, beyond what each option says; NULL for none. */
+static const char *command_notes(command cmd) {
+    if (cmd != COMMAND_CONVERT) return NULL;
+    return "idx     IDX files (MNIST, Fashion-MNIST; gzipped or not) -> /features float32 in [0,1] "
+           "(N x H*W,\n"
+           "        or N x 1 x H x W with --image-shaped), /labels int32, num_classes, "
+           "class_names.\n"
+           "images  an image folder as torchvision's ImageFolder reads it: one subfolder per "
+           "class (classes\n"
+           "        = sorted subfolder names; files sorted, subfolders searched, names ending "
+           ".png, .jpg or\n"
+           "        .jpeg in any case; other files and names starting with '.' ignored). "
+           "Decoded with\n"
+           "        libpng and libjpeg: grey (+alpha) is 1 channel, RGB(A) and palette 3 "
+           "(alpha dropped,\n"
+           "        as PIL's convert(\"RGB\")); the output has 3 channels, or 1 if every image "
+           "is grey.\n"
+           "        Resized bilinearly to --size (half-pixel centres, no antialiasing: torch's\n"
+           "        interpolate(mode=\"bilinear\", align_corners=False)), scaled to [0,1], "
+           "shuffled with\n"
+           "        --seed: /features float32 N x C x H x W, /labels int32, num_classes, "
+           "class_names. Every\n"
+           "        image is checked before anything is written; unreadable or corrupt ones "
+           "are listed by\n"
+           "        path and refused (exit 1, nothing written) unless --skip-bad.\n"
+           "text    the bytes of the files, in order, as tokens (vocab 256, uint16): /tokens "
+           "and vocab_size.\n"
+           "tokens  token files of nanoGPT's prepare.py (raw uint16) or llm.c (a 1024-byte "
+           "header: magic\n"
+           "        20240520, version 1 with uint16 or 2 with uint32 ids, the count; checked "
+           "against the\n"
+           "        file's size), concatenated in order, as /tokens with vocab_size.\n"
+           "Output files are written under temporary names and published together once all "
+           "are complete.\n";
+}
+
 void options_print_help(command cmd, FILE *out) {
-    fprintf(out, "usage: %s\n\noptions:\n", command_synopsis(cmd));
+    fprintf(out, "usage: %s\n\n", command_synopsis(cmd));
+    if (command_notes(cmd)) fprintf(out, "%s\n", command_notes(cmd));
+    fprintf(out, "options:\n");
     for (size_t i = 0; i < OPTION_COUNT; i++) {
         const option_def *def = &option_table[i];
         if (!(def->commands & cmd)) continue;

@@ -3,7 +3,7 @@
  *
  * Each option names the subcommands that accept it, its type, default, bounds and help.
  * Values land in one `options` struct shared by all subcommands. Positional arguments
- * (convert's IDX files, info's files) are collected in order.
+ * (convert's form and input files, info's files) are collected in order.
  *
  * Usage:
  *     options opts;
@@ -32,7 +32,7 @@ typedef enum command {
     COMMAND_GENERATE = 1 << 5,
 } command;
 
-#define OPTIONS_MAX_POSITIONAL 64
+#define OPTIONS_MAX_POSITIONAL 1024 /* convert tokens takes a data set's shard files */
 /* Value stored for an integer option given as "auto" (only where the table allows it). */
 #define OPTIONS_AUTO (-1)
 
@@ -65,6 +65,7 @@ typedef struct options {
     int weight_decay_on; /* 0 matrices, 1 all */
     double clip_grad_norm;
     int64_t eval_every;
+    int64_t eval_rows;
     double beta1, beta2, eps;
     lr_schedule_kind lr_schedule;
     int64_t warmup_steps;
@@ -112,6 +113,12 @@ typedef struct options {
     int64_t features;
     int64_t classes;
     double noise;
+    bool image_shaped;       /* convert idx: /features N x 1 x H x W */
+    const char *class_names; /* convert idx: comma-separated names */
+    const char *size;        /* convert images: HxW */
+    double val_fraction;     /* convert images, text, tokens: held out for validation */
+    bool skip_bad;           /* convert images: leave out unreadable images */
+    int64_t vocab_size;      /* convert tokens: 0 = the format's default */
     /* general */
     bool help;
     int positional_count;

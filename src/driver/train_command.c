@@ -116,6 +116,7 @@ static ddt_status train_config_from(const job *j, const options *o, train_config
     c->decay_all_parameters = o->weight_decay_on == 1;
     c->clip_grad_norm = (float)o->clip_grad_norm;
     c->eval_every = o->eval_every;
+    c->eval_rows = o->eval_rows;
     c->optimizer.beta1 = (float)o->beta1;
     c->optimizer.beta2 = (float)o->beta2;
     c->optimizer.eps = (float)o->eps;

@@ -5,7 +5,7 @@
  * device_cpu.c through device_cpu_layers.h.
  */
 #if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-math-errno")
+#pragma GCC optimize("tree-vectorize", "vect-cost-model=dynamic", "no-math-errno", "no-trapping-math")
 #endif
 
 #include "engine/device_cpu_layers.h"

@@ -11,7 +11,7 @@ enum { BUFFERS = 2 };
 
 /* One device input set. */
 typedef struct device_input {
-    float *features;
+    void *inputs; /* float32 features, or int32 token ids */
     int32_t *labels;
     float *targets;
     int64_t *row_ids;
@@ -21,8 +21,8 @@ struct feed {
     feed_params params;
     stream *stream;
     device_input inputs[BUFFERS];
-    /* the host buffer for evaluation reads (features, labels or targets) */
-    float *eval_features;
+    /* the host buffer for evaluation reads (features or token ids, labels or targets) */
+    void *eval_inputs;
     int32_t *eval_labels;
     float *eval_targets;
     /* the training pipeline: `current` computes from `current_buffer`; `next` is uploading
@@ -36,12 +36,13 @@ struct feed {
 
 /* ---- sizes (shared by init and the plan) ------------------------------------------------- */
 
+/* float32 features or int32 token ids: 4 bytes a value either way. */
 static size_t feature_bytes(const dataset_geometry *g, int rows) {
     return (size_t)rows * (size_t)g->features * sizeof(float);
 }
 
 static size_t label_bytes(const dataset_geometry *g, int rows) {
-    return g->class_labels ? (size_t)rows * sizeof(int32_t)
+    return g->class_labels ? (size_t)rows * (size_t)g->labels_per_row * sizeof(int32_t)
                            : (size_t)rows * (size_t)g->target_width * sizeof(float);
 }
 
@@ -90,7 +91,7 @@ ddt_status feed_init(const feed_params *params, feed **out) {
         device_input *in = &f->inputs[b];
         void **labels = g->class_labels ? (void **)&in->labels : (void **)&in->targets;
         status = allocator_alloc(params->alloc, MEMORY_COMPONENT_STAGING,
-                                 feature_bytes(g, params->rows), (void **)&in->features);
+                                 feature_bytes(g, params->rows), &in->inputs);
         if (status == DDT_OK)
             status = allocator_alloc(params->alloc, MEMORY_COMPONENT_STAGING,
                                      label_bytes(g, params->rows), labels);
@@ -99,8 +100,7 @@ ddt_status feed_init(const feed_params *params, feed **out) {
                                      row_id_bytes(params->rows), (void **)&in->row_ids);
     }
     if (status == DDT_OK && params->evaluation) {
-        status = device_host_alloc(dev, feature_bytes(g, params->rows),
-                                      (void **)&f->eval_features);
+        status = device_host_alloc(dev, feature_bytes(g, params->rows), &f->eval_inputs);
         void **labels = g->class_labels ? (void **)&f->eval_labels : (void **)&f->eval_targets;
         if (status == DDT_OK)
             status = device_host_alloc(dev, label_bytes(g, params->rows), labels);
@@ -141,12 +141,23 @@ ddt_status feed_start(feed *f) {
 
 /* ---- training micro-batches ------------------------------------------------------------- */
 
-static ddt_status upload(feed *f, int buffer, int rows, const float *features,
-                         const int32_t *labels, const float *targets, const int64_t *row_ids) {
+/* Points `out`'s input pointers at device buffer `buffer`, typed by the dataset's kind. */
+static void point_at_inputs(const feed *f, int buffer, feed_batch *out) {
+    const dataset_geometry *g = f->params.geometry;
+    const device_input *in = &f->inputs[buffer];
+    bool tokens = g->kind == DATASET_KIND_TOKENS;
+    out->features = tokens ? NULL : in->inputs;
+    out->tokens = tokens ? in->inputs : NULL;
+    out->labels = g->class_labels ? in->labels : NULL;
+    out->targets = g->class_labels ? NULL : in->targets;
+}
+
+static ddt_status upload(feed *f, int buffer, int rows, const void *inputs, const int32_t *labels,
+                         const float *targets, const int64_t *row_ids) {
     device *dev = f->params.dev;
     const dataset_geometry *g = f->params.geometry;
     device_input *in = &f->inputs[buffer];
-    DDT_CHECK(device_upload_async(dev, in->features, features, feature_bytes(g, rows), buffer));
+    DDT_CHECK(device_upload_async(dev, in->inputs, inputs, feature_bytes(g, rows), buffer));
     if (g->class_labels)
         DDT_CHECK(device_upload_async(dev, in->labels, labels, label_bytes(g, rows), buffer));
     else
@@ -165,8 +176,8 @@ static ddt_status fetch(feed *f, int buffer) {
     f->fetched++;
     f->next_buffer = buffer;
     micro_batch *mb = f->next;
-    ddt_status status =
-        upload(f, buffer, mb->rows, mb->features, mb->labels, mb->targets, mb->row_ids);
+    const void *inputs = mb->features ? (const void *)mb->features : (const void *)mb->tokens;
+    ddt_status status = upload(f, buffer, mb->rows, inputs, mb->labels, mb->targets, mb->row_ids);
     if (f->params.on_upload)
         f->params.on_upload(f->params.hook_context, mb->global_step, started, clock_now());
     return status;
@@ -187,16 +198,13 @@ ddt_status feed_next(feed *f, feed_batch *out) {
     /* The ordering rule: issued after the compute of the micro-batch before this one (all
      * issued by now) and before this one's, into the buffer that one used. */
     if (f->fetched < f->total) DDT_CHECK(fetch(f, buffer ^ 1));
-    const device_input *in = &f->inputs[buffer];
     *out = (feed_batch){
-        .features = in->features,
-        .labels = f->params.geometry->class_labels ? in->labels : NULL,
-        .targets = f->params.geometry->class_labels ? NULL : in->targets,
-        .row_ids = in->row_ids,
+        .row_ids = f->inputs[buffer].row_ids,
         .rows = mb->rows,
         .global_step = mb->global_step,
         .micro_index = mb->micro_index,
     };
+    point_at_inputs(f, buffer, out);
     f->handed_out++;
     return DDT_OK;
 }
@@ -213,7 +221,7 @@ ddt_status feed_release(feed *f) {
 
 ddt_status feed_read_evaluation(feed *f, dataset *data, int64_t first_row, int rows,
                                 feed_batch *out) {
-    if (!f->eval_features)
+    if (!f->eval_inputs)
         return ddt_error(DDT_ERR_INTERNAL, "feed_read_evaluation: no evaluation buffer");
     if (rows > f->params.rows)
         return ddt_error(DDT_ERR_INTERNAL, "feed_read_evaluation: %d rows, buffers hold %d", rows,
@@ -223,21 +231,17 @@ ddt_status feed_read_evaluation(feed *f, dataset *data, int64_t first_row, int r
     int buffer = f->next ? f->next_buffer ^ 1 : 0;
     /* The evaluation host buffer is free once its previous upload has been read. */
     DDT_CHECK(device_upload_host_done(dev, buffer));
-    DDT_CHECK(dataset_read_range(data, first_row, rows, f->eval_features, f->eval_labels,
-                                 f->eval_targets));
-    DDT_CHECK(upload(f, buffer, rows, f->eval_features, f->eval_labels, f->eval_targets, NULL));
+    DDT_CHECK(
+        dataset_read_range(data, first_row, rows, f->eval_inputs, f->eval_labels, f->eval_targets));
+    DDT_CHECK(upload(f, buffer, rows, f->eval_inputs, f->eval_labels, f->eval_targets, NULL));
     DDT_CHECK(device_upload_wait(dev, buffer));
-    const device_input *in = &f->inputs[buffer];
-    bool class_labels = f->params.geometry->class_labels;
     *out = (feed_batch){
-        .features = in->features,
-        .labels = class_labels ? in->labels : NULL,
-        .targets = class_labels ? NULL : in->targets,
         .row_ids = NULL,
         .rows = rows,
         .global_step = -1,
         .micro_index = 0,
     };
+    point_at_inputs(f, buffer, out);
     return DDT_OK;
 }
 
@@ -261,7 +265,7 @@ void feed_free(feed *f) {
     }
     stream_stop(f->stream);
     if (dev) {
-        if (f->eval_features) device_host_free(dev, f->eval_features);
+        if (f->eval_inputs) device_host_free(dev, f->eval_inputs);
         if (f->eval_labels) device_host_free(dev, f->eval_labels);
         if (f->eval_targets) device_host_free(dev, f->eval_targets);
     }

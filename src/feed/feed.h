@@ -7,8 +7,8 @@
  *     micro-batch's rows into a bounded ring of ready slots;
  *   - the host memory those live in, from the device's host allocator (page-locked on GPUs,
  *     so slots upload asynchronously), inside the host staging budget;
- *   - two device input buffers (features, labels or targets, global row ids), from the
- *     device allocator, so micro-batch m+1 uploads while m computes;
+ *   - two device input buffers (features or token ids, labels or targets, global row ids),
+ *     from the device allocator, so micro-batch m+1 uploads while m computes;
  *   - the upload ordering rule: m+1's upload is issued after the compute of m-1 was issued
  *     and before that of m, so it never overwrites a buffer earlier compute still reads;
  *   - a host buffer for evaluation reads, and the device buffer evaluation may borrow (the one
@@ -47,12 +47,15 @@
 #include "util/status.h"
 
 /* A micro-batch on the device; pointers are device pointers, valid until the next
- * feed_next() or feed_read_evaluation(). */
+ * feed_next() or feed_read_evaluation(). A feature dataset gives features (float32, rows x D,
+ * each row C x H x W for images) and labels or targets; a token dataset gives tokens (int32
+ * input ids, rows x T) and labels (int32, rows x T: the id after each position), features
+ * NULL. */
 typedef struct feed_batch {
-    const float *features; /* rows x D, or NULL for token data */
-    const int32_t *tokens; /* rows x context token ids, or NULL */
-    const int32_t *labels; /* rows class ids (rows x context for tokens), or NULL */
-    const float *targets;  /* rows x K, or NULL */
+    const float *features;  /* rows x D, or NULL (token datasets) */
+    const int32_t *tokens;  /* rows x T input ids (token datasets), or NULL */
+    const int32_t *labels;  /* rows x labels_per_row class ids (1, or T for tokens), or NULL */
+    const float *targets;   /* rows x K, or NULL */
     const int64_t *row_ids; /* global rows (training), or NULL (evaluation) */
     int rows;
     int64_t global_step; /* training: the step it belongs to (counted from 0) */

@@ -74,8 +74,8 @@ typedef struct cache_entry {
     int64_t block;     /* block number, -1 if the entry is free */
     uint64_t last_use; /* sequence * b + index + 1 of its latest use (or planned use) */
     bool bad;          /* a value failed validation: rows are read one by one instead */
-    float *features;   /* block_rows x D */
-    int32_t *labels;   /* block_rows, for class labels (else NULL) */
+    void *inputs;      /* block_rows x D features, or x T token ids (4 bytes each) */
+    int32_t *labels;   /* block_rows x labels_per_row, for class labels (else NULL) */
     float *targets;    /* block_rows x K, for float targets (else NULL) */
 } cache_entry;
 
@@ -152,9 +152,10 @@ static rows_layout rows_layout_for(const dataset_geometry *geometry, int64_t row
     size_t rows = (size_t)rows_count;
     rows_layout layout = {0};
     if (with_row_ids) layout.row_ids = round_up(rows * sizeof(int64_t));
+    /* float32 features or int32 token ids: 4 bytes a value either way */
     layout.features = round_up(rows * (size_t)geometry->features * sizeof(float));
     if (geometry->class_labels)
-        layout.labels = round_up(rows * sizeof(int32_t));
+        layout.labels = round_up(rows * (size_t)geometry->labels_per_row * sizeof(int32_t));
     else
         layout.targets = round_up(rows * (size_t)geometry->target_width * sizeof(float));
     layout.total = layout.row_ids + layout.features + layout.labels + layout.targets;
@@ -488,7 +489,7 @@ static ddt_status stream_cache_load(stream *s, int64_t block, cache_entry **out,
     int64_t first = block * s->block_rows;
     int64_t rows = dataset_get_geometry(s->params.data)->rows - first;
     if (rows > s->block_rows) rows = s->block_rows;
-    ddt_status status = dataset_read_range(s->params.data, first, (int)rows, entry->features,
+    ddt_status status = dataset_read_range(s->params.data, first, (int)rows, entry->inputs,
                                            entry->labels, entry->targets);
     counts->blocks_read++;
     /* A bad value: keep the block, marked, so the micro-batch holding the bad row is the one
@@ -519,22 +520,24 @@ static void stream_cache_touch(cache_entry *entry, uint64_t use) {
 static ddt_status stream_copy_rows(stream *s, const cache_entry *entry, const uint64_t *keys,
                                    size_t count, micro_batch *batch) {
     const dataset_geometry *geometry = dataset_get_geometry(s->params.data);
-    size_t features = (size_t)geometry->features, width = (size_t)geometry->target_width;
+    size_t input_bytes = (size_t)geometry->features * 4; /* float32 or int32 */
+    size_t labels = (size_t)geometry->labels_per_row, width = (size_t)geometry->target_width;
+    char *inputs = batch->features ? (char *)batch->features : (char *)batch->tokens;
     uint64_t b = (uint64_t)batch->rows;
     int64_t first = entry->block * s->block_rows;
     for (size_t k = 0; k < count; k++) {
         size_t i = (size_t)(keys[k] % b);
-        float *features_out = batch->features + i * features;
-        int32_t *label_out = batch->labels ? batch->labels + i : NULL;
+        char *inputs_out = inputs + i * input_bytes;
+        int32_t *label_out = batch->labels ? batch->labels + i * labels : NULL;
         float *targets_out = batch->targets ? batch->targets + i * width : NULL;
         if (entry->bad) {
-            DDT_CHECK(dataset_read_range(s->params.data, batch->row_ids[i], 1, features_out,
+            DDT_CHECK(dataset_read_range(s->params.data, batch->row_ids[i], 1, inputs_out,
                                          label_out, targets_out));
             continue;
         }
         size_t offset = (size_t)(batch->row_ids[i] - first);
-        memcpy(features_out, entry->features + offset * features, features * sizeof(float));
-        if (label_out) *label_out = entry->labels[offset];
+        memcpy(inputs_out, (const char *)entry->inputs + offset * input_bytes, input_bytes);
+        if (label_out) memcpy(label_out, entry->labels + offset * labels, labels * sizeof(int32_t));
         if (targets_out)
             memcpy(targets_out, entry->targets + offset * width, width * sizeof(float));
     }
@@ -813,7 +816,10 @@ ddt_status stream_start(const stream_params *params, stream **out) {
         *batch = (micro_batch){0};
         batch->row_ids = (int64_t *)cursor;
         cursor += layout.slot.row_ids;
-        batch->features = (float *)cursor;
+        if (geometry->kind == DATASET_KIND_TOKENS)
+            batch->tokens = (int32_t *)cursor;
+        else
+            batch->features = (float *)cursor;
         cursor += layout.slot.features;
         if (geometry->class_labels) {
             batch->labels = (int32_t *)cursor;
@@ -828,7 +834,7 @@ ddt_status stream_start(const stream_params *params, stream **out) {
     for (int i = 0; i < layout.cache_blocks; i++) {
         cache_entry *entry = &s->entries[i];
         *entry = (cache_entry){.block = -1};
-        entry->features = (float *)cursor;
+        entry->inputs = cursor;
         cursor += layout.block.features;
         if (geometry->class_labels) {
             entry->labels = (int32_t *)cursor;

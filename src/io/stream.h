@@ -19,7 +19,8 @@
  * are about the whole dataset per epoch, not 1/R of it.
  *
  * Rows inside a micro-batch are in the shard plan's order, each with its global row id
- * (row_ids[i] is the row whose data is features[i*D ..], labels[i] / targets[i*K ..]).
+ * (row_ids[i] is the row whose data is features[i*D ..] or tokens[i*T ..], labels[i*L ..]
+ * / targets[i*K ..], with L = labels_per_row: 1 for class ids, T for token datasets).
  *
  * Values are validated once per block read (NaN/Inf, labels out of range). A block with a bad
  * value is kept and its rows are then read one by one, so the error is returned exactly by
@@ -73,8 +74,9 @@ typedef struct micro_batch {
     int micro_index; /* 0 .. micro_batches_per_step-1 */
     int rows;
     int64_t *row_ids; /* rows entries */
-    float *features;  /* rows x D */
-    int32_t *labels;  /* rows, for class labels (else NULL) */
+    float *features;  /* rows x D, for feature datasets (else NULL) */
+    int32_t *tokens;  /* rows x T input ids, for token datasets (else NULL) */
+    int32_t *labels;  /* rows x labels_per_row, for class labels (else NULL) */
     float *targets;   /* rows x K, for float targets (else NULL) */
 } micro_batch;
 
@@ -122,13 +124,14 @@ typedef struct stream stream;
 
 /* Bytes stream_start() allocates for a dataset of `geometry` read with a shard plan made from
  * `plan` (its rows, micro_batch, block_rows, window_blocks and shuffle are used), for
- * memory plans: the ring (prefetch_depth slots of micro_batch rows: row ids, features,
- * labels or targets), the block cache (cache_blocks blocks of min(block_rows, N) rows:
- * features, labels or targets; cache_blocks resolved as in stream_params) and bookkeeping
- * (the stream's handle, about 1.2 KiB; 16 bytes per micro-batch row, a few dozen per slot
- * and cached block, 8 to 16 more per cached block for its index, and nothing per dataset
- * block), each array rounded up to 64 bytes. Exact: everything the stream allocates (the
- * allocator's own rounding aside). 0 if an argument is out of range. */
+ * memory plans: the ring (prefetch_depth slots of micro_batch rows: row ids, features or
+ * token ids (4 bytes each), labels_per_row int32 labels or K float targets), the block cache
+ * (cache_blocks blocks of min(block_rows, N) rows: the same but row ids; a token block holds
+ * its windows' ids and labels unpacked; cache_blocks resolved as in stream_params) and
+ * bookkeeping (the stream's handle, about 1.2 KiB; 16 bytes per micro-batch row, a few
+ * dozen per slot and cached block, 8 to 16 more per cached block for its index, and nothing
+ * per dataset block), each array rounded up to 64 bytes. Exact: everything the stream allocates
+ * (the allocator's own rounding aside). 0 if an argument is out of range. */
 size_t stream_staging_bytes(const dataset_geometry *geometry, const shard_params *plan,
                             int prefetch_depth, int cache_blocks);
 

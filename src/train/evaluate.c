@@ -41,18 +41,42 @@ static ddt_status evaluate_local(device *dev, model *m, dataset *data, loss_kind
     return DDT_OK;
 }
 
+/* A sample of `limit` rows: blocks of one micro-batch spread evenly over the data; this
+ * rank's share of them. */
+static ddt_status evaluate_sample(device *dev, model *m, dataset *data, loss_kind loss, feed *f,
+                                  float *scalars, int64_t limit, int rank, int world,
+                                  double sums[3]) {
+    const dataset_geometry *g = dataset_get_geometry(data);
+    int64_t block = model_max_rows(m);
+    int64_t blocks = (limit + block - 1) / block;
+    int64_t spacing = g->rows / blocks;
+    for (int64_t b = blocks * rank / world; b < blocks * (rank + 1) / world; b++) {
+        int64_t first = b * spacing;
+        int64_t rows = b == blocks - 1 ? limit - b * block : block;
+        DDT_CHECK(evaluate_local(dev, m, data, loss, f, scalars, first, first + rows, sums));
+        sums[2] += (double)rows * model_get_spec(m)->positions;
+    }
+    return DDT_OK;
+}
+
 ddt_status evaluate_model(comm *control, device *dev, model *m, dataset *data, loss_kind loss,
-                          feed *f, float *scalars, evaluation *result) {
+                          feed *f, float *scalars, int64_t limit_rows, evaluation *result) {
     double started = clock_now();
     const dataset_geometry *g = dataset_get_geometry(data);
     int world = comm_world_size(control), rank = comm_rank(control);
-    int64_t first = g->rows * rank / world;
-    int64_t end = g->rows * (rank + 1) / world;
-    /* losses and hits are summed per prediction: one per row, or one per token position */
-    double sums[3] = {0, 0, (double)(end - first) * model_get_spec(m)->positions};
     failpoint_stall("evaluation", rank);
-    DDT_CHECK(comm_agree(control, evaluate_local(dev, m, data, loss, f, scalars, first, end, sums),
-                         "evaluation"));
+    double sums[3] = {0, 0, 0};
+    ddt_status local;
+    if (limit_rows > 0 && limit_rows < g->rows) {
+        local = evaluate_sample(dev, m, data, loss, f, scalars, limit_rows, rank, world, sums);
+    } else {
+        int64_t first = g->rows * rank / world;
+        int64_t end = g->rows * (rank + 1) / world;
+        /* losses and hits are summed per prediction: one per row, or one per token position */
+        sums[2] = (double)(end - first) * model_get_spec(m)->positions;
+        local = evaluate_local(dev, m, data, loss, f, scalars, first, end, sums);
+    }
+    DDT_CHECK(comm_agree(control, local, "evaluation"));
     DDT_CHECK(comm_allreduce_doubles(control, sums, 3, COMM_REDUCE_SUM));
     result->rows = (int64_t)sums[2] / model_get_spec(m)->positions;
     result->loss = sums[2] > 0 ? sums[0] / sums[2] : 0;
@@ -104,7 +128,9 @@ static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *
     DDT_CHECK(model_file_read_spec(cfg->model_file, s->spec));
     dataset_open_params data_params = dataset_default_open_params();
     data_params.allow_external = cfg->allow_external_data;
+    if (s->spec->input_kind == MODEL_INPUT_TOKENS) data_params.token_context = s->spec->context;
     DDT_CHECK(dataset_open_with_params(cfg->data, &data_params, &s->data));
+    DDT_CHECK(train_adopt_class_count(s->data, s->spec, cfg->loss));
     const dataset_geometry *g = dataset_get_geometry(s->data);
     DDT_CHECK(train_check_data_against_model("--data", cfg->data, g, s->spec, cfg->loss));
     device_kind kind;
@@ -137,7 +163,7 @@ ddt_status eval_run(comm *control, const eval_config *cfg) {
     ddt_status status = comm_agree(control, eval_setup(control, cfg, &s), "set-up");
     evaluation ev;
     if (status == DDT_OK)
-        status = evaluate_model(control, s.dev, s.m, s.data, cfg->loss, s.f, s.scalars, &ev);
+        status = evaluate_model(control, s.dev, s.m, s.data, cfg->loss, s.f, s.scalars, 0, &ev);
     if (status == DDT_OK && comm_rank(control) == 0) {
         fprintf(cfg->out, "model %s on %s: %" PRId64 " rows, loss %.4f", s.spec->text, cfg->data,
                 ev.rows, ev.loss);

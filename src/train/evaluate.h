@@ -22,16 +22,19 @@
 #include "util/status.h"
 
 typedef struct evaluation {
-    double loss;     /* mean per sample */
+    double loss;     /* mean per sample (per token position for token models) */
     double accuracy; /* fraction correct; negative when labels are not class ids */
     int64_t rows;
     double seconds;  /* how long it took */
 } evaluation;
 
 /* Collective over `control`: every rank evaluates its rows; a local failure is agreed, so
- * every rank returns the same status. `scalars` are two device floats of scratch. */
+ * every rank returns the same status. `scalars` are two device floats of scratch.
+ * limit_rows > 0 (and below the dataset's rows): a fixed sample of that many rows, blocks of
+ * one micro-batch spread evenly over the data (as nanoGPT estimates its losses on a few
+ * batches); 0: every row. The loss is a mean per sample (per token for token models). */
 ddt_status evaluate_model(comm *control, device *dev, model *m, dataset *data, loss_kind loss,
-                          feed *f, float *scalars, evaluation *result);
+                          feed *f, float *scalars, int64_t limit_rows, evaluation *result);
 
 /* `ddtrain eval`: a saved model on a dataset. */
 typedef struct eval_config {

@@ -70,6 +70,7 @@ typedef struct train_config {
     bool decay_all_parameters; /* else only the tensors the spec marks (matrices) */
     float clip_grad_norm;      /* 0: off */
     int64_t eval_every;        /* steps; 0: at the end of each epoch */
+    int64_t eval_rows;         /* evaluate a spread sample of this many rows; 0: all */
     lr_schedule schedule; /* kind, base_lr, min_lr, warmup_steps, gamma; step_size 0 = one
                            * epoch; total_steps is filled in */
     /* length */
@@ -124,6 +125,11 @@ train_config train_default_config(void);
 ddt_status train_check_data_against_model(const char *what, const char *path,
                                           const dataset_geometry *g, const model_spec *spec,
                                           loss_kind loss);
+
+/* Files with class labels but no num_classes (plain h5py files): the model's output width
+ * (2 for bce on one output) becomes the class count their labels are checked against
+ * (dataset_set_classes). Files that declare a count keep it. */
+ddt_status train_adopt_class_count(dataset *data, const model_spec *spec, loss_kind loss);
 
 /* Collective over `control` (the driver's control-plane communicator, with its timeout and
  * watchdog): trains as configured. Every rank returns the same status. */

@@ -54,6 +54,27 @@ train_config train_default_config(void) {
 ddt_status train_check_data_against_model(const char *what, const char *path,
                                           const dataset_geometry *g, const model_spec *spec,
                                           loss_kind loss) {
+    bool tokens = spec->input_kind == MODEL_INPUT_TOKENS;
+    if (tokens && g->kind != DATASET_KIND_TOKENS)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s '%s' holds features, but the model '%s' takes token ids (a token "
+                         "dataset holds /tokens: ddtrain convert text or convert tokens)",
+                         what, path, spec->text);
+    if (tokens && g->classes != spec->vocab)
+        return ddt_error(DDT_ERR_FORMAT,
+                         "%s '%s' holds tokens of a vocabulary of %d, but the model '%s' has %d",
+                         what, path, g->classes, spec->text, spec->vocab);
+    if (!tokens && g->feature_rank == 3 && spec->input_shape.rank == 3) {
+        bool same = true;
+        for (int i = 0; i < 3; i++)
+            same = same && g->feature_dims[i] == spec->input_shape.dims[i];
+        if (!same)
+            return ddt_error(DDT_ERR_FORMAT,
+                             "%s '%s' holds %dx%dx%d images, but the model '%s' takes %dx%dx%d",
+                             what, path, g->feature_dims[0], g->feature_dims[1],
+                             g->feature_dims[2], spec->text, spec->input_shape.dims[0],
+                             spec->input_shape.dims[1], spec->input_shape.dims[2]);
+    }
     if (g->features != spec->input_width)
         return ddt_error(DDT_ERR_FORMAT,
                          "%s '%s' has %d features per row, but the model '%s' takes %d inputs",
@@ -62,6 +83,14 @@ ddt_status train_check_data_against_model(const char *what, const char *path,
                                               g->classes, g->target_width);
     if (status != DDT_OK) return ddt_error(status, "%s '%s': %s", what, path, ddt_error_message());
     return DDT_OK;
+}
+
+ddt_status train_adopt_class_count(dataset *data, const model_spec *spec, loss_kind loss) {
+    const dataset_geometry *g = dataset_get_geometry(data);
+    if (!g->class_labels || g->classes > 0) return DDT_OK;
+    int classes = spec->output_width;
+    if (loss == LOSS_BINARY_CROSS_ENTROPY && classes == 1) classes = 2;
+    return dataset_set_classes(data, classes);
 }
 
 /* ---- phase 1: settings ------------------------------------------------------------------ */
@@ -157,11 +186,14 @@ static ddt_status open_data(trainer *t) {
     }
     dataset_open_params params = dataset_default_open_params();
     params.allow_external = cfg->allow_external_data;
+    if (t->shape.spec.input_kind == MODEL_INPUT_TOKENS) params.token_context = t->shape.spec.context;
     DDT_CHECK(dataset_open_with_params(cfg->data, &params, &t->data.train));
+    DDT_CHECK(train_adopt_class_count(t->data.train, &t->shape.spec, cfg->loss));
     const dataset_geometry *g = dataset_get_geometry(t->data.train);
     DDT_CHECK(train_check_data_against_model("--data", cfg->data, g, &t->shape.spec, cfg->loss));
     if (cfg->eval_data) {
         DDT_CHECK(dataset_open_with_params(cfg->eval_data, &params, &t->data.eval));
+        DDT_CHECK(train_adopt_class_count(t->data.eval, &t->shape.spec, cfg->loss));
         DDT_CHECK(train_check_data_against_model("--eval-data", cfg->eval_data,
                                                  dataset_get_geometry(t->data.eval),
                                                  &t->shape.spec, cfg->loss));
@@ -458,7 +490,8 @@ static ddt_status after_step(trainer *t, const step_outcome *o, bool *stop) {
     if (t->data.eval && (periodic || (epoch_end && cfg->eval_every == 0))) {
         DDT_CHECK(evaluate_model(t->control, t->engine.dev, t->engine.model, t->data.eval,
                                  cfg->loss, t->data.feed,
-                                 &t->engine.scalars[TRAIN_SCALAR_EVAL_LOSS], &result));
+                                 &t->engine.scalars[TRAIN_SCALAR_EVAL_LOSS], cfg->eval_rows,
+                                 &result));
         evaluated = true;
         if (periodic) report_evaluation(t, done, &result);
         DDT_CHECK(comm_agree(t->control, print_sample(t), "a sample"));

@@ -41,7 +41,8 @@ enum rng_purpose {
     RNG_PURPOSE_SHUFFLE_WINDOW = 3,
     RNG_PURPOSE_DROPOUT = 4,
     RNG_PURPOSE_SYNTH = 5,
-    RNG_PURPOSE_SAMPLE = 6, /* generating text: the draw of each new token */
+    RNG_PURPOSE_CONVERT = 6, /* the order of `ddtrain convert images` */
+    RNG_PURPOSE_SAMPLE = 7, /* generating text: the draw of each new token */
 };
 
 /* The splitmix64 finaliser: a bijection of 64-bit values that mixes every bit into every bit. */

@@ -1,0 +1,65 @@
+/* convert.h - private to src/driver: the forms of `ddtrain convert` and what they share.
+ *
+ *   idx     convert.c          IDX (MNIST, Fashion-MNIST) to feature datasets
+ *   images  convert_images.c   an ImageFolder-style directory of PNG/JPEG files to images
+ *   text    convert_tokens.c   bytes of text files to a token dataset (vocab 256)
+ *   tokens  convert_tokens.c   nanoGPT / llm.c token files to a token dataset
+ *
+ * Every form writes all its outputs under temporary names (dataset_writer_close_unpublished)
+ * and publishes them together at the end (convert_outputs_publish), so a failure anywhere
+ * leaves no output file behind, new or half-written. With --val-fraction the training part
+ * goes to OUT-train.h5 (or its shards OUT-train-0000k-of-0000K.h5) and the validation part
+ * to OUT-val.h5, so a glob over the training shards never matches the validation file.
+ *
+ * Each form runs on rank 0 only (convert_command in convert.c agrees the result).
+ */
+#ifndef DDT_DRIVER_CONVERT_H
+#define DDT_DRIVER_CONVERT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "driver/options.h"
+#include "util/files.h"
+#include "util/status.h"
+
+/* Finished outputs waiting to be published. */
+typedef struct convert_outputs {
+    int count, capacity;
+    char **paths; /* where each goes */
+    char **temps; /* where it is, complete, now */
+} convert_outputs;
+
+/* Records a finished output (its temporary file and its final path). */
+ddt_status convert_outputs_add(convert_outputs *outputs, const char *path, const char *temp);
+/* Publishes every recorded output in order (fsync, rename, fsync the directory); on a
+ * failure removes the ones not yet published. Frees the list either way. */
+ddt_status convert_outputs_publish(convert_outputs *outputs);
+/* A failed command: removes every recorded temporary file and frees the list. */
+void convert_outputs_discard(convert_outputs *outputs);
+
+/* The path of part `suffix` ("-train", "-val") of `output`: the suffix goes before the
+ * extension ("d/x.h5" -> "d/x-val.h5"). */
+void convert_part_path(const char *output, const char *suffix, char *out, size_t size);
+
+/* Where shard k of K of the training part goes: OUT's shards, or OUT-train's when there is
+ * a validation part. */
+void convert_train_shard_path(const char *output, bool validation, int shard, int shards, char *out,
+                              size_t size);
+
+/* Refuses (DDT_ERR_USAGE) any output -- the training shards and, with `validation`, the
+ * validation file -- that is one of the inputs. */
+ddt_status convert_check_outputs(const options *opts, bool validation, const file_role *inputs,
+                                 int input_count);
+
+/* Rows held out for validation out of `rows` for --val-fraction F: round(F * rows), at least
+ * 1 when F > 0; DDT_ERR_USAGE if that leaves fewer than `shards` training rows. */
+ddt_status convert_validation_rows(const options *opts, int64_t rows, const char *unit,
+                                   int64_t *out);
+
+ddt_status convert_images(const options *opts);
+ddt_status convert_text(const options *opts);
+ddt_status convert_tokens(const options *opts);
+
+#endif
