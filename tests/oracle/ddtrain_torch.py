@@ -37,13 +37,13 @@ import os
 import re
 
 # --------------------------------------------------------------------------------------------
-# Presets: what `--model NAME` expands to (design/layer-engine.md). The oracle and the benches
-# read whatever text they are given; a preset name is expanded here only when the caller did
-# not get the expanded text from ddtrain itself (ddtrain prints and stores it).
+# Presets: what `--model NAME` expands to. expand_text() takes them from ddtrain's source
+# (src/engine/model_spec.c) where it is beside this file, so they cannot drift; this copy (as
+# of the layer engine's first version) serves where it is not.
 
 PRESETS = {
-    "cnn-small": "1x28x28-conv(32,k3,p1)-relu-conv(32,k3,p1)-relu-maxpool(2)-conv(64,k3,p1)"
-                 "-relu-conv(64,k3,p1)-relu-maxpool(2)-flatten-256-relu-dropout0.3-10",
+    "cnn-small": "1x28x28-conv(32,k3,p1)-bn-relu-maxpool(2)-conv(64,k3,p1)-bn-relu-maxpool(2)"
+                 "-flatten-256-relu-dropout0.3-10",
     "resnet-small": "3x32x32-conv(16,k3,p1,nobias)-bn-relu"
                     "-2*(res(conv(16,k3,p1,nobias)-bn-relu-conv(16,k3,p1,nobias)-bn)-relu)"
                     "-res(conv(32,k3,s2,p1,nobias)-bn-relu-conv(32,k3,p1,nobias)-bn"
@@ -101,15 +101,36 @@ class Spec:
         return self.input[0] == "tokens"
 
 
+def source_presets(path=None):
+    """The preset table of ddtrain's own source (src/engine/model_spec.c: {"name", "text"
+    "text"...} entries), so the oracle and the benches expand a preset exactly as the binary
+    beside them does; {} where the source is not there."""
+    path = path or os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), "src", "engine", "model_spec.c")
+    try:
+        with open(path) as f:
+            source = f.read()
+    except OSError:
+        return {}
+    table = re.search(r"presets\[\]\s*=\s*\{(.*?)\n\};", source, re.S)
+    if not table:
+        return {}
+    found = {}
+    for entry in re.finditer(r'\{\s*"([a-z0-9-]+)"\s*,((?:\s*"[^"]*")+)\s*\}', table.group(1)):
+        found[entry.group(1)] = "".join(re.findall(r'"([^"]*)"', entry.group(2)))
+    return found
+
+
 def expand_text(text):
-    """Preset names and @FILE expanded; '#' comments and all whitespace removed."""
+    """Preset names (ddtrain's source table first, then PRESETS) and @FILE expanded; '#'
+    comments and all whitespace removed."""
     text = text.strip()
     if text.startswith("@"):
         with open(text[1:]) as f:
             text = f.read()
     text = "\n".join(line.split("#", 1)[0] for line in text.splitlines())
     text = re.sub(r"\s+", "", text)
-    return PRESETS.get(text, text)
+    return source_presets().get(text) or PRESETS.get(text, text)
 
 
 def split_top(text, separators):

@@ -30,15 +30,27 @@ worst tensor is the attention's key bias, whose gradient is zero in exact arithm
 scales its rounding noise up). So the cases use lr 0.01 and 1e-3, where a 1e-4 tolerance
 separates a wrong semantics (differences of 1e-2 and more) from rounding.
 
-Compared: every tensor of ddtrain's --save file against PyTorch's by name: the relative
-difference ||ddtrain - torch|| / ||torch|| must be <= --tolerance (1e-4); also printed: the
-largest element difference, and the same ratio for the update (final - initial), which is the
-part training changed. Exit 77 (skipped, with the reason) where torch, h5py or mpirun is
-missing; ctest shows it as Skipped.
+Compared: every tensor of ddtrain's --save file against PyTorch's, by name. Passes when every
+tensor's deviation rms(ddtrain - torch) / max(rms(torch), rms of its layer) is <= --tolerance
+(1e-4; tensor_deviation says why the layer's scale and why the root mean square), the model's
+||ddtrain - torch|| / ||torch||, all tensors together, too, and num_batches_tracked is equal.
+One exception, checked on its own (zero_gradient_slice, check_zero_gradient): attention's key
+bias, whose gradient is zero in exact arithmetic and whose float32 noise AdamW amplifies; it
+must stay put in PyTorch's float64 run and move by no more than the sum of the learning rates
+in ddtrain's. The test then prints the noise floor (PyTorch's own float32 run against its
+float64 run, same measure) and ddtrain against PyTorch's float32 run, for information.
+
+Measured (2 cores, torch 2.15): cnn worst 4.4e-5 (5.running_mean; PyTorch float32: the same
+4.4e-5, both float32 runs break a max-pool tie the float64 run does not see; ddtrain against
+PyTorch float32: 1.3e-6), gpt worst 8.5e-7 (noise floor 3.8e-7). A semantic error is far
+above: ddtrain's lr 1% off gives 4.8e-3 on gpt, a dropout mask one step off 8e-2 on cnn.
+Exit 77 (skipped, with the reason) where no Python with torch and h5py is found (python3,
+$DDTRAIN_ORACLE_PYTHON, bench/peers-venv's torch venv) or mpirun is missing; ctest shows it
+as Skipped.
 """
 
 import argparse
-import gzip
+import math
 import os
 import shutil
 import subprocess
@@ -187,38 +199,150 @@ def torch_train(c, spec, init_tensors, data_path, dtype_name, threads):
     else:
         opt = torch.optim.AdamW(dt.decay_groups(model, c["weight_decay"], c["decay"]),
                                 lr=c["lr"], betas=(c["beta1"], c["beta2"]), eps=c["eps"])
+    # ddtrain's step, micro-batch by micro-batch: rank r takes the r-th slice of the global
+    # batch, in micro-batches of b rows, each normalised by the global batch (and, for tokens,
+    # the positions). Batch normalisation uses each micro-batch's statistics, and the running
+    # statistics ddtrain saves are rank 0's (updated by its micro-batches only, as DDP's
+    # buffers): the others' updates are undone.
+    ranks, b = c["ranks"], c["micro_batch"]
+    per_rank = B // ranks
+    buffers = [buf for name, buf in model.named_buffers()]
     losses, norms = [], []
     for s in range(steps):
         lr = dt.ddtrain_lr(s, c["lr"], c["warmup"], c["schedule"], steps, c["min_lr"])
         for g in opt.param_groups:
             g["lr"] = lr
-        rows = np.arange(s * B, (s + 1) * B)
-        dt.set_dropout_context(model, c["seed"], s, rows)
         opt.zero_grad(set_to_none=True)
-        logits = model(x_all[s * B:(s + 1) * B])
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                               y_all[s * B:(s + 1) * B].reshape(-1))
-        loss.backward()
+        total, rank0_buffers = 0.0, None
+        for r in range(ranks):
+            for start in range(s * B + r * per_rank, s * B + (r + 1) * per_rank, b):
+                dt.set_dropout_context(model, c["seed"], s, np.arange(start, start + b))
+                logits = model(x_all[start:start + b])
+                labels = y_all[start:start + b]
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                                       reduction="sum") / labels.numel() * (b / B)
+                loss.backward()
+                total += loss.item()
+            if r == 0:
+                rank0_buffers = [buf.detach().clone() for buf in buffers]
+        with torch.no_grad():
+            for buf, kept in zip(buffers, rank0_buffers):
+                buf.copy_(kept)
         norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
         if c.get("clip"):
             torch.nn.utils.clip_grad_norm_(model.parameters(), c["clip"])
         opt.step()
-        losses.append(float(loss))
+        losses.append(total)
         norms.append(float(norm))
     state = {k: v.detach().double().numpy() for k, v in model.state_dict().items()}
     return state, losses, norms
 
 
-def relative_difference(a, b):
+def model_difference(a_state, b_state):
+    """||a - b|| / ||b|| over every floating-point tensor of the model together."""
     import numpy as np
 
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    norm = np.linalg.norm(b)
-    return np.linalg.norm(a - b) / norm if norm > 0 else np.linalg.norm(a - b)
+    diff = norm = 0.0
+    for k in b_state:
+        if k.endswith("num_batches_tracked") or k not in a_state:
+            continue
+        x = np.asarray(a_state[k], dtype=np.float64)
+        y = np.asarray(b_state[k], dtype=np.float64)
+        diff += float(((x - y) ** 2).sum())
+        norm += float((y ** 2).sum())
+    return math.sqrt(diff / norm) if norm > 0 else math.sqrt(diff)
 
 
-def compare(ddtrain_state, torch_state, init_state, tolerance):
+def layer_of(name):
+    """'transformer.h.0.attn.c_attn.bias' -> 'transformer.h.0.attn.c_attn'; '5.running_var' ->
+    '5': the module a tensor belongs to."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def layer_scales(state):
+    """Each layer's root-mean-square value over all its floating-point tensors together
+    (weight, bias, running statistics): the scale its tensors are judged against (see
+    tensor_deviation)."""
+    import numpy as np
+
+    sums, counts = {}, {}
+    for name, value in state.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        value = np.asarray(value, dtype=np.float64)
+        layer = layer_of(name)
+        sums[layer] = sums.get(layer, 0.0) + float((value ** 2).sum())
+        counts[layer] = counts.get(layer, 0) + value.size
+    return {layer: math.sqrt(sums[layer] / max(counts[layer], 1)) for layer in sums}
+
+
+def rms(x):
+    import numpy as np
+
+    x = np.asarray(x, dtype=np.float64)
+    return math.sqrt(float((x ** 2).mean())) if x.size else 0.0
+
+
+def tensor_deviation(a, b, scale):
+    """The per-tensor criterion: rms(a - b) / max(rms(b), scale), scale = the root-mean-square
+    value of the tensor's whole layer (layer_scales). For a weight matrix, which dominates its
+    layer, that is ||a - b|| / ||b||.
+
+    Why not the tensor's own size alone: biases, batch normalisation's shift and its running
+    mean start at 0 and stay near it (a cnn-small batch-norm bias has rms ~2e-3 after 30
+    steps), while what they are added to has the layer's scale (a normalised activation, ~1).
+    Their fp32 rounding (batch statistics are sums over 12,544 positions) is a tiny fraction of
+    that scale but a large one of their own: PyTorch's float32 run differs from its float64
+    run by 5e-4 of such a bias's norm, 2e-6 against its layer's. A wrong semantics (a missing
+    term, a mask one step off) moves a tensor by a sizeable fraction of the layer's scale,
+    which this still sees.
+
+    Why the root mean square and not the largest element: a max-pool window whose two largest
+    values tie in float32 but not in float64 sends one gradient to another position, which
+    moves a few elements of a weight by far more than the rest; the tensor as a whole is what
+    the model computes with."""
+    return rms(a - b) / max(rms(b), scale, 1e-30)
+
+
+def zero_gradient_slice(name, shape):
+    """The part of a tensor whose gradient is zero in exact arithmetic, or None.
+
+    Attention's key bias (the middle third of c_attn.bias): it adds q . b_k to every score of
+    a query's row, and softmax is invariant to a shift of the whole row, so dL/db_k = 0 exactly.
+    In float32 its gradient is rounding noise (~1e-9); AdamW divides by the root of its own
+    second moment, so that noise becomes steps of up to ~lr in a random direction, while
+    PyTorch's float64 run leaves it at its initial value. Comparing it against PyTorch would
+    compare noise; it is checked by check_zero_gradient instead."""
+    if name.endswith("attn.c_attn.bias") and len(shape) == 1 and shape[0] % 3 == 0:
+        width = shape[0] // 3
+        return slice(width, 2 * width)
+    return None
+
+
+def check_zero_gradient(name, part, ddtrain_value, torch_value, init_value, bound):
+    """The separate check of a zero-gradient part: PyTorch's float64 run must leave it where
+    it started (to 1e-10: this is what makes the exclusion legitimate; a key bias that a bug
+    gave a gradient would move) and ddtrain's must not move by more than bound (the sum of
+    the learning rates: AdamW's step on noise is at most ~lr per step). Returns an error or
+    None."""
+    import numpy as np
+
+    exact = float(np.abs(torch_value - init_value).max())
+    moved = float(np.abs(ddtrain_value - init_value).max())
+    log("%-40s %-14s PyTorch moved it by %.3e (must be <= 1e-10), ddtrain by %.3e (must be "
+        "<= %.3e, the sum of the learning rates)" % (name + part, "zero gradient", exact, moved,
+                                                     bound))
+    if exact > 1e-10:
+        return "%s%s: its gradient is not zero in PyTorch's float64 run (moved %.3e)" % (
+            name, part, exact)
+    if moved > bound:
+        return "%s%s: ddtrain moved it by %.3e > %.3e" % (name, part, moved, bound)
+    return None
+
+
+def compare(ddtrain_state, torch_state, init_state, tensor_tolerance, lr_sum):
+    """Prints every tensor's difference; returns the failures (names and reasons) and the
+    largest per-tensor deviation."""
     import numpy as np
 
     failed = []
@@ -228,33 +352,85 @@ def compare(ddtrain_state, torch_state, init_state, tolerance):
         log("names differ: missing in ddtrain's file %s; not in PyTorch's module %s" %
             (missing, extra))
         failed.append("names")
-    log("%-40s %-14s %11s %11s %11s" % ("tensor", "shape", "rel diff", "max |diff|",
-                                        "update rel"))
-    worst = 0.0
+    scales = layer_scales(torch_state)
+    log("%-40s %-14s %11s %11s %11s %11s" % ("tensor", "shape", "deviation", "max |diff|",
+                                             "rms", "layer rms"))
+    worst = (0.0, "")
     for name in sorted(set(torch_state) & set(ddtrain_state)):
         a = np.asarray(ddtrain_state[name], dtype=np.float64)
         b = np.asarray(torch_state[name], dtype=np.float64)
         if a.shape != b.shape:
             log("%-40s shape %s in ddtrain's file, %s in PyTorch's" % (name, a.shape, b.shape))
-            failed.append(name)
+            failed.append(name + " (shape)")
             continue
         if name.endswith("num_batches_tracked"):
             ok = np.array_equal(a, b)
-            log("%-40s %-14s %s" % (name, list(a.shape), "equal" if ok else "DIFFER"))
+            log("%-40s %-14s %s" % (name, "scalar", "equal (%d)" % int(b) if ok else
+                                    "DIFFER: %d, PyTorch %d" % (int(a), int(b))))
             if not ok:
                 failed.append(name)
             continue
-        rel = relative_difference(a, b)
         init = np.asarray(init_state[name], dtype=np.float64)
-        moved = np.linalg.norm(b - init)
-        update_rel = np.linalg.norm((a - init) - (b - init)) / moved if moved > 0 else 0.0
-        worst = max(worst, rel)
-        flag = "" if rel <= tolerance else "   <-- over %.0e" % tolerance
-        log("%-40s %-14s %11.3e %11.3e %11.3e%s" % (name, "x".join(map(str, a.shape)), rel,
-                                                    np.abs(a - b).max(), update_rel, flag))
-        if rel > tolerance:
-            failed.append(name)
+        zero = zero_gradient_slice(name, a.shape)
+        if zero is not None:
+            error = check_zero_gradient(name, "[%d:%d]" % (zero.start, zero.stop), a[zero],
+                                        b[zero], init[zero], lr_sum)
+            if error:
+                failed.append(error)
+            keep = np.ones(a.shape, dtype=bool)
+            keep[zero] = False
+            a, b = a[keep], b[keep]
+        deviation = tensor_deviation(a, b, scales[layer_of(name)])
+        if deviation > worst[0]:
+            worst = (deviation, name)
+        flag = "" if deviation <= tensor_tolerance else "   <-- over %.0e" % tensor_tolerance
+        log("%-40s %-14s %11.3e %11.3e %11.3e %11.3e%s" % (
+            name + (" (rest)" if zero is not None else ""), "x".join(map(str, a.shape)) or
+            "scalar", deviation, np.abs(a - b).max(), rms(b), scales[layer_of(name)], flag))
+        if deviation > tensor_tolerance:
+            failed.append("%s (%.3e)" % (name, deviation))
     return failed, worst
+
+
+def worst_deviation(a_state, b_state):
+    """The largest tensor_deviation of a_state against b_state, zero-gradient parts left out
+    (for the noise floor)."""
+    import numpy as np
+
+    scales = layer_scales(b_state)
+    worst = (0.0, "")
+    for name in b_state:
+        if name.endswith("num_batches_tracked"):
+            continue
+        a = np.asarray(a_state[name], dtype=np.float64)
+        b = np.asarray(b_state[name], dtype=np.float64)
+        zero = zero_gradient_slice(name, a.shape)
+        if zero is not None:
+            keep = np.ones(a.shape, dtype=bool)
+            keep[zero] = False
+            a, b = a[keep], b[keep]
+        worst = max(worst, (tensor_deviation(a, b, scales[layer_of(name)]), name))
+    return worst
+
+
+def python_candidates():
+    """Other interpreters that may have torch: $DDTRAIN_ORACLE_PYTHON, then the PyTorch venv of
+    bench/peers-venv."""
+    found = [os.environ.get("DDTRAIN_ORACLE_PYTHON", ""),
+             os.path.join(os.environ.get("DDTRAIN_PEERS_DIR") or os.path.join(
+                 os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "ddtrain",
+                 "peers"), "torch-venv", "bin", "python")]
+    return [p for p in found if p and os.access(p, os.X_OK) and
+            os.path.realpath(p) != os.path.realpath(sys.executable)]
+
+
+def python_with_torch():
+    """The first of python_candidates() that imports torch, h5py and numpy, or None."""
+    for python in python_candidates():
+        if subprocess.run([python, "-c", "import torch, h5py, numpy"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL).returncode == 0:
+            return python
+    return None
 
 
 def main():
@@ -263,7 +439,10 @@ def main():
     p.add_argument("--ddtrain", default=os.environ.get("DDTRAIN", "build/ddtrain"))
     p.add_argument("--model", help="another model text for the case's recipe")
     p.add_argument("--ranks", type=int, help="ddtrain ranks (default: the case's)")
-    p.add_argument("--tolerance", type=float, default=1e-4)
+    p.add_argument("--steps", type=int, help="steps (default: the case's)")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="each tensor's deviation (tensor_deviation) and the model's relative "
+                        "difference, all tensors together")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="PyTorch's arithmetic (float64: the exact reference)")
     p.add_argument("--threads", type=int, default=2, help="PyTorch threads")
@@ -279,8 +458,14 @@ def main():
         import numpy  # noqa: F401
         import torch
     except ImportError as e:
-        skip("%s (apt-get install python3-torch python3-h5py, or launch/install-deps.sh test)"
-             % e)
+        other = python_with_torch()
+        if other:
+            log("%s lacks %s; running under %s" % (sys.executable, e.name, other))
+            sys.stdout.flush()
+            os.execv(other, [other, os.path.abspath(__file__)] + sys.argv[1:])
+        skip("%s under %s, and no other Python with torch, h5py and numpy (tried %s): "
+             "apt-get install python3-torch python3-h5py, or launch/install-deps.sh test"
+             % (e, sys.executable, ", ".join(python_candidates()) or "none"))
     if shutil.which("mpirun") is None:
         skip("mpirun not found")
     ddtrain = os.path.abspath(args.ddtrain)
@@ -291,6 +476,8 @@ def main():
     c = dict(CASES[args.case], seed=args.seed)
     if args.model:
         c["model"] = args.model
+    if args.steps:
+        c["steps"] = args.steps
     if args.ranks:
         c["ranks"] = args.ranks
         c["micro_batch"] = c["global_batch"] // args.ranks // 2 or 1
@@ -338,21 +525,32 @@ def main():
                                 if c.get("clip") else ""))
         if text != spec.text:
             log("note: ddtrain stored the model as '%s'" % text)
-        failed, worst = compare(ddtrain_state, torch_state, init_state, args.tolerance)
+        lr_sum = sum(dt.ddtrain_lr(s, c["lr"], c["warmup"], c["schedule"], c["steps"],
+                                   c["min_lr"]) for s in range(c["steps"]))
+        failed, worst = compare(ddtrain_state, torch_state, init_state, args.tolerance, lr_sum)
+        overall = model_difference(ddtrain_state, torch_state)
+        log("ddtrain against PyTorch: worst tensor deviation %.3e (%s), model %.3e relative "
+            "(all tensors together); tolerance %.0e for both" % (worst[0], worst[1], overall,
+                                                                 args.tolerance))
         if args.dtype == "float64" and not args.no_floor:
-            # PyTorch's own float32 run against the float64 one: the rounding noise floor of
-            # this recipe, which no fp32 implementation can be expected to beat.
+            # PyTorch's own float32 run against the float64 one: the rounding noise of this
+            # recipe, which no fp32 implementation can be expected to beat.
             fp32_state, _, _ = torch_train(c, spec, init_state, data, "float32", args.threads)
-            floor = max(relative_difference(fp32_state[k], torch_state[k])
-                        for k in torch_state if not k.endswith("num_batches_tracked"))
-            log("noise floor: PyTorch's own float32 run differs from its float64 run by %.3e "
-                "at most (ddtrain: %.3e)" % (floor, worst))
+            floor = worst_deviation(fp32_state, torch_state)
+            log("noise floor: PyTorch's own float32 run against its float64 run: worst tensor "
+                "deviation %.3e (%s), model %.3e" % (floor[0], floor[1],
+                                                     model_difference(fp32_state, torch_state)))
+            # For information: two float32 implementations against each other. Where both
+            # break a float32 tie the same way this is far below the float64 comparison.
+            twin = worst_deviation(ddtrain_state, fp32_state)
+            log("ddtrain against PyTorch's float32 run: worst tensor deviation %.3e (%s), model "
+                "%.3e" % (twin[0], twin[1], model_difference(ddtrain_state, fp32_state)))
+        if overall > args.tolerance:
+            failed.append("the model differs by %.3e > %.0e" % (overall, args.tolerance))
         if failed:
-            log("FAIL: %d tensor(s) differ by more than %.0e relative: %s" % (
-                len(failed), args.tolerance, ", ".join(failed[:8])))
+            log("FAIL: %d: %s" % (len(failed), "; ".join(failed[:8])))
             log("0 passed, 1 failed")
             return 1
-        log("largest relative difference %.3e (tolerance %.0e)" % (worst, args.tolerance))
         log("1 passed, 0 failed")
         return 0
     finally:
