@@ -172,14 +172,17 @@ def torch_eval_loss(model, spec, path, batch=64):
 
 
 # --------------------------------------------------------------------------------------------
-# TensorFlow / Keras (images only): the same layers in Keras' own idiom (channels last)
+# TensorFlow / Keras: the same layers in Keras' own idiom (channels last; gpt(...) as
+# keras_gpt)
 
 def keras_model(spec):
     import keras
     from keras import layers as L
 
+    if spec.gpt:
+        return keras_gpt(spec)
     if spec.is_tokens:
-        sys.exit("peer_train: the TensorFlow peer runs image and flat models only")
+        sys.exit("peer_train: the TensorFlow peer runs gpt(...), image and flat models only")
     shape = spec.input
     inputs = keras.Input((shape[2], shape[3], shape[1]) if shape[0] == "image" else (shape[1],))
 
@@ -221,6 +224,49 @@ def keras_model(spec):
     return keras.Model(inputs, apply(spec.layers, inputs))
 
 
+def keras_gpt(spec):
+    """gpt(...) as a Keras model written the way a Keras user would: Embedding plus a learned
+    position table, pre-norm blocks of MultiHeadAttention (causal mask; separate q, k, v and
+    output projections with biases: the same products as c_attn and c_proj) and a GELU (tanh)
+    MLP, a final LayerNorm and the LM head tied to the token table. Keras' own initialisation
+    (no --init: its variables do not map one to one onto ddtrain's)."""
+    import keras
+    from keras import layers as L
+    from keras import ops
+
+    g = dt.gpt_config(spec)
+    width, heads, context, vocab = g["width"], g["heads"], g["context"], g["vocab"]
+
+    class GPT(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.wte = L.Embedding(vocab, width)
+            self.wpe = L.Embedding(context, width)
+            self.blocks = []
+            for _ in range(g["layers"]):
+                self.blocks.append((
+                    L.LayerNormalization(epsilon=1e-5),
+                    L.MultiHeadAttention(heads, width // heads, dropout=g["dropout"]),
+                    L.LayerNormalization(epsilon=1e-5),
+                    L.Dense(4 * width, activation=lambda x: keras.activations.gelu(
+                        x, approximate=True)),
+                    L.Dense(width),
+                    L.Dropout(g["dropout"])))
+            self.ln_f = L.LayerNormalization(epsilon=1e-5)
+
+        def call(self, ids, training=False):
+            x = self.wte(ids) + self.wpe(ops.arange(ops.shape(ids)[1]))
+            for ln_1, attn, ln_2, fc, proj, drop in self.blocks:
+                h = ln_1(x)
+                x = x + attn(h, h, use_causal_mask=True, training=training)
+                x = x + drop(proj(fc(ln_2(x))), training=training)
+            return ops.matmul(self.ln_f(x), ops.transpose(self.wte.embeddings))
+
+    model = GPT()
+    model(ops.zeros((1, context), dtype="int32"))  # builds the variables
+    return model
+
+
 def run_tensorflow(args, spec):
     import numpy as np
     import tensorflow as tf
@@ -229,11 +275,15 @@ def run_tensorflow(args, spec):
     tf.config.threading.set_intra_op_parallelism_threads(args.threads)
     tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     keras.utils.set_random_seed(args.seed)
-    x, y = dt.load_dataset(args.data)
-    if spec.input[0] == "image":
-        c, h, w = spec.input[1:]
-        x = x.reshape(-1, c, h, w).transpose(0, 2, 3, 1).copy()  # NHWC, Keras' layout
-    y = y.astype(np.int64)
+    if spec.gpt:
+        windows = dt.token_windows(dt.load_tokens(args.data), dt.gpt_config(spec)["context"])
+        x, y = windows[:, :-1].astype(np.int32), windows[:, 1:].astype(np.int64)
+    else:
+        x, y = dt.load_dataset(args.data)
+        if spec.input[0] == "image":
+            c, h, w = spec.input[1:]
+            x = x.reshape(-1, c, h, w).transpose(0, 2, 3, 1).copy()  # NHWC, Keras' layout
+        y = y.astype(np.int64)
     B, total = args.global_batch, args.warmup_steps + args.steps
     model = keras_model(spec)
     lr_at = schedule(args, total)
@@ -249,10 +299,14 @@ def run_tensorflow(args, spec):
         opt = keras.optimizers.AdamW(learning_rate=Schedule(), weight_decay=args.weight_decay,
                                      beta_1=args.beta1, beta_2=args.beta2, epsilon=args.eps,
                                      global_clipnorm=args.clip_grad_norm or None)
+        if args.weight_decay_on == "matrices":
+            opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
     model.compile(optimizer=opt,
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    data = (tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=args.seed)
-            .batch(B, drop_remainder=True).repeat().prefetch(tf.data.AUTOTUNE))
+    data = tf.data.Dataset.from_tensor_slices((x, y))
+    if args.order == "shuffled":
+        data = data.shuffle(len(x), seed=args.seed)
+    data = data.batch(B, drop_remainder=True).repeat().prefetch(tf.data.AUTOTUNE)
 
     marks = {}
 
@@ -268,10 +322,16 @@ def run_tensorflow(args, spec):
     model.fit(data, steps_per_epoch=total, epochs=1, verbose=0, callbacks=[Timer()])
     seconds = marks["end"] - marks["warm"]
     loss = marks.get("loss")
-    return {"framework": "tensorflow", "version": tf.__version__,
-            "keras_version": keras.__version__, "jit_compile": bool(model.jit_compile),
-            "warmup_seconds": round(marks["warm"] - started, 3),
-            "final_train_loss": None if loss is None else round(float(loss), 5)}, seconds
+    result = {"framework": "tensorflow", "version": tf.__version__,
+              "keras_version": keras.__version__, "jit_compile": bool(model.jit_compile),
+              "warmup_seconds": round(marks["warm"] - started, 3),
+              "final_train_loss": None if loss is None else round(float(loss), 5)}
+    if args.eval_data and spec.gpt:
+        w = dt.token_windows(dt.load_tokens(args.eval_data), dt.gpt_config(spec)["context"])
+        result["eval_loss"] = round(float(model.evaluate(
+            w[:, :-1].astype(np.int32), w[:, 1:].astype(np.int64), batch_size=64, verbose=0)),
+            5)
+    return result, seconds
 
 
 # --------------------------------------------------------------------------------------------
