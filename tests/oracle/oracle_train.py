@@ -40,9 +40,10 @@ must stay put in PyTorch's float64 run and move by no more than the sum of the l
 in ddtrain's. The test then prints the noise floor (PyTorch's own float32 run against its
 float64 run, same measure) and ddtrain against PyTorch's float32 run, for information.
 
-Measured (2 cores, torch 2.15): cnn worst 4.4e-5 (5.running_mean; PyTorch float32: the same
-4.4e-5, both float32 runs break a max-pool tie the float64 run does not see; ddtrain against
-PyTorch float32: 1.3e-6), gpt worst 8.5e-7 (noise floor 3.8e-7). A semantic error is far
+Measured (2 cores, torch 2.15): cnn worst 4.4e-5 (5.running_mean, in every run); PyTorch's own
+float32 run gave the same 4.4e-5 in one run (then ddtrain and it agreed to 1.3e-6: both broke
+a float32 max-pool tie that float64 does not see) and 1.3e-6 in another (it broke the tie the
+other way). gpt worst 8.5e-7 (noise floor 3.8e-7 and 1.3e-6). A semantic error is far
 above: ddtrain's lr 1% off gives 4.8e-3 on gpt (lr 0.01% off: 4.8e-5, passes); an
 earlier measurement put a dropout mask one step off at 8e-2 on cnn.
 Exit 77 (skipped, with the reason) where no Python with torch and h5py is found (python3,
