@@ -7,14 +7,17 @@
 #     data:  Debian's Fashion-MNIST (dataset-fashion-mnist)
 #     kjv:   the King James Bible (bible-kjv), the text of launch/examples/kjv-data.sh
 #     test:  h5py and numpy, used by the end-to-end tests to inspect files; cjpeg
-#            (libjpeg-turbo-progs), with which they make JPEG files; the slurm, cluster and
-#            plot groups; Lmod (tests/e2e/install.sh loads the installed module file); and
+#            (libjpeg-turbo-progs), with which they make JPEG files; PyTorch (python3-torch),
+#            the reference of the oracle tests (tests/oracle); the slurm, cluster and plot
+#            groups; Lmod (tests/e2e/install.sh loads the installed module file); and
 #            TensorBoard from PyPI (below), whose reader tests/e2e/tensorboard.sh uses
 #     slurm: Slurm and munge, for launch/slurm/local-cluster.sh and tests/e2e/slurm.sh
 #            (local-cluster.sh runs its own daemons and needs none of the system's)
 #     cluster: iproute2 (ip, tc) and util-linux (nsenter, unshare), for the emulated nodes of
 #            launch/local-cluster/cluster.sh and tests/e2e/multinode.sh
-#     bench: PyTorch (python3-torch), the peer in bench/
+#     bench: PyTorch (python3-torch), the peer of bench/vs-pytorch; python3-venv, for the
+#            PyTorch 2.x and TensorFlow 2.x environments of bench/vs-peers-* (bench/peers-venv);
+#            the King James Bible (bible-kjv), the text of bench/vs-peers-gpt
 #     plot:  matplotlib, for bench/plot
 # Uses apt-get as root, or through sudo. Does nothing when everything is present.
 #
@@ -33,14 +36,14 @@ for group in "$@"; do
     data) packages+=(dataset-fashion-mnist) ;;
     kjv) packages+=(bible-kjv) ;;
     test)
-      packages+=(python3-h5py python3-numpy dataset-fashion-mnist slurm-wlm munge
+      packages+=(python3-h5py python3-numpy python3-torch dataset-fashion-mnist slurm-wlm munge
                  python3-matplotlib lmod python3-venv libjpeg-turbo-progs iproute2 util-linux)
       tensorboard=1
       ;;
     slurm) packages+=(slurm-wlm munge) ;;
     cluster) packages+=(iproute2 util-linux) ;;
     bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox
-                      python3-matplotlib) ;;
+                      python3-matplotlib python3-venv bible-kjv) ;;
     plot) packages+=(python3-matplotlib) ;;
     *) echo "install-deps.sh: unknown group '$group' (build, data, kjv, test, slurm, cluster, bench, plot)" >&2
        exit 2 ;;
