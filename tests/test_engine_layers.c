@@ -108,8 +108,8 @@ static void check_permute(void) {
     free(out);
 }
 
-static void check_pooling(pool_kind kind, int kernel, int stride, int pad) {
-    int channels = 2, height = 7, width = 6, samples = 3;
+static void check_pooling(pool_kind kind, int kernel, int stride, int pad, int height) {
+    int channels = 2, width = 6, samples = 3;
     conv_geometry g;
     CHECK_OK(conv_geometry_make(channels, height, width, kernel, kernel, stride, stride, pad, pad,
                                 "test", &g));
@@ -136,6 +136,39 @@ static void check_pooling(pool_kind kind, int kernel, int stride, int pad) {
                 wrong += fabsf(got - expected) > 1e-6f;
             }
     CHECK(wrong == 0);
+    /* Backward against the rule: max routes each gradient to the first input (row order) of
+     * its window equal to the maximum, ties included; average shares it evenly. */
+    for (size_t k = 0; k + 1 < in; k += 5)
+        x[k + 1] = x[k]; /* ties */
+    device_pool2d_forward(dev, kind, &g, samples, x, y);
+    float *dy = random_floats(out, 9), *dx = random_floats(in, 10);
+    double *expected = calloc(in, sizeof *expected);
+    device_pool2d_backward(dev, kind, &g, samples, x, y, dy, dx);
+    for (int p = 0; p < samples * channels; p++)
+        for (int oh = 0; oh < g.out_height; oh++)
+            for (int ow = 0; ow < g.out_width; ow++) {
+                size_t o = ((size_t)p * g.out_height + oh) * g.out_width + ow;
+                bool routed = false;
+                for (int i = 0; i < kernel; i++)
+                    for (int j = 0; j < kernel; j++) {
+                        int h = oh * stride - pad + i, w = ow * stride - pad + j;
+                        if (h < 0 || h >= height || w < 0 || w >= width) continue;
+                        size_t at = ((size_t)p * height + h) * width + w;
+                        if (kind == POOL_AVERAGE)
+                            expected[at] += dy[o] / (float)(kernel * kernel);
+                        else if (!routed && x[at] == y[o]) {
+                            expected[at] += dy[o];
+                            routed = true;
+                        }
+                    }
+            }
+    wrong = 0;
+    for (size_t k = 0; k < in; k++)
+        wrong += fabs(dx[k] - expected[k]) > 1e-6;
+    CHECK(wrong == 0);
+    free(expected);
+    free(dx);
+    free(dy);
     free(x);
     free(y);
 }
@@ -221,9 +254,10 @@ int main(void) {
     check_im2col(4, 8, 8, 1, 2, 0, 3); /* a projection shortcut */
     check_permute();
     for (pool_kind kind = POOL_MAX; kind <= POOL_AVERAGE; kind++) {
-        check_pooling(kind, 2, 2, 0);
-        check_pooling(kind, 3, 2, 1);
-        check_pooling(kind, 3, 1, 1);
+        check_pooling(kind, 2, 2, 0, 7); /* an odd last row no window reads */
+        check_pooling(kind, 2, 2, 0, 8); /* windows tiling the input */
+        check_pooling(kind, 3, 2, 1, 7);
+        check_pooling(kind, 3, 1, 1, 7);
     }
     check_softmax_and_norms();
     device_close(dev);

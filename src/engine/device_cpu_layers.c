@@ -181,12 +181,101 @@ static window window_at(const conv_geometry *g, int oh, int ow) {
     return r;
 }
 
+/* The common pooling of CNNs: 2x2 windows at stride 2 without padding, which tile the input
+ * (an odd last row or column is never read). Each window is the generic loop's, unrolled in
+ * the same order, so the results are the same bits. */
+static bool tiles_2x2(const conv_geometry *g) {
+    return g->kernel_h == 2 && g->kernel_w == 2 && g->stride_h == 2 && g->stride_w == 2 &&
+           g->pad_h == 0 && g->pad_w == 0;
+}
+
+/* The generic loop's "v > value || isnan(v)", over a window's four values in row order. */
+static inline float max_of_4(float a, float b, float c, float d) {
+    float value = a; /* -INFINITY < a unless a is -INFINITY or NaN: either way a wins */
+    if (b > value || isnan(b)) value = b;
+    if (c > value || isnan(c)) value = c;
+    if (d > value || isnan(d)) value = d;
+    return value;
+}
+
+static void pool_2x2_forward(pool_kind kind, const conv_geometry *g, int64_t planes,
+                             const float *x, float *y) {
+    int64_t in_plane = (int64_t)g->height * g->width;
+    int64_t out_plane = (int64_t)g->out_height * g->out_width;
+    for (int64_t p = 0; p < planes; p++)
+        for (int oh = 0; oh < g->out_height; oh++) {
+            const float *top = x + p * in_plane + (int64_t)(2 * oh) * g->width;
+            const float *bottom = top + g->width;
+            float *out = y + p * out_plane + (int64_t)oh * g->out_width;
+            if (kind == POOL_MAX) {
+                for (int ow = 0; ow < g->out_width; ow++)
+                    out[ow] = max_of_4(top[2 * ow], top[2 * ow + 1], bottom[2 * ow],
+                                       bottom[2 * ow + 1]);
+            } else {
+                for (int ow = 0; ow < g->out_width; ow++) {
+                    float sum = 0.0f;
+                    sum += top[2 * ow];
+                    sum += top[2 * ow + 1];
+                    sum += bottom[2 * ow];
+                    sum += bottom[2 * ow + 1];
+                    out[ow] = sum / 4.0f;
+                }
+            }
+        }
+}
+
+/* Writes every position of dx the windows cover (all but an odd last row or column, which the
+ * caller zeroes). Max: the window's first value equal to its maximum gets the gradient. */
+static void pool_2x2_backward(pool_kind kind, const conv_geometry *g, int64_t planes,
+                              const float *x, const float *y, const float *dy, float *dx) {
+    int64_t in_plane = (int64_t)g->height * g->width;
+    int64_t out_plane = (int64_t)g->out_height * g->out_width;
+    for (int64_t p = 0; p < planes; p++)
+        for (int oh = 0; oh < g->out_height; oh++) {
+            int64_t row = p * in_plane + (int64_t)(2 * oh) * g->width;
+            const float *in[2] = {x + row, x + row + g->width};
+            float *din[2] = {dx + row, dx + row + g->width};
+            int64_t o = p * out_plane + (int64_t)oh * g->out_width;
+            for (int ow = 0; ow < g->out_width; ow++) {
+                float gradient = dy[o + ow];
+                if (kind == POOL_AVERAGE) {
+                    float share = 0.0f + gradient / 4.0f; /* as += on a zeroed dx */
+                    din[0][2 * ow] = share;
+                    din[0][2 * ow + 1] = share;
+                    din[1][2 * ow] = share;
+                    din[1][2 * ow + 1] = share;
+                    continue;
+                }
+                /* Branch-free (which of the four is the maximum is random): the first value
+                 * equal to the maximum (or NaN, when the maximum is NaN) takes the gradient;
+                 * the windows tile the zeroed dx, so each position is written once. */
+                float best = y[o + ow];
+                bool nan_best = isnan(best);
+                float v0 = in[0][2 * ow], v1 = in[0][2 * ow + 1];
+                float v2 = in[1][2 * ow], v3 = in[1][2 * ow + 1];
+                bool m0 = (v0 == best) | (nan_best & isnan(v0));
+                bool m1 = (v1 == best) | (nan_best & isnan(v1));
+                bool m2 = (v2 == best) | (nan_best & isnan(v2));
+                bool m3 = (v3 == best) | (nan_best & isnan(v3));
+                float routed = 0.0f + gradient; /* as += on a zeroed dx */
+                din[0][2 * ow] = m0 ? routed : 0.0f;
+                din[0][2 * ow + 1] = (m1 & !m0) ? routed : 0.0f;
+                din[1][2 * ow] = (m2 & !(m0 | m1)) ? routed : 0.0f;
+                din[1][2 * ow + 1] = (m3 & !(m0 | m1 | m2)) ? routed : 0.0f;
+            }
+        }
+}
+
 void cpu_pool2d_forward(device *dev, pool_kind kind, const conv_geometry *g, int samples,
                         const float *x, float *y) {
     (void)dev;
     int64_t in_plane = (int64_t)g->height * g->width;
     int64_t out_plane = (int64_t)g->out_height * g->out_width;
     float divisor = (float)(g->kernel_h * g->kernel_w);
+    if (tiles_2x2(g)) {
+        pool_2x2_forward(kind, g, (int64_t)samples * g->channels, x, y);
+        return;
+    }
     for (int64_t p = 0; p < (int64_t)samples * g->channels; p++) {
         const float *in = x + p * in_plane;
         float *out = y + p * out_plane;
@@ -220,6 +309,12 @@ void cpu_pool2d_backward(device *dev, pool_kind kind, const conv_geometry *g, in
     int64_t in_plane = (int64_t)g->height * g->width;
     int64_t out_plane = (int64_t)g->out_height * g->out_width;
     float divisor = (float)(g->kernel_h * g->kernel_w);
+    if (tiles_2x2(g)) {
+        if (g->height % 2 || g->width % 2)
+            memset(dx, 0, (size_t)(samples * g->channels * in_plane) * sizeof *dx);
+        pool_2x2_backward(kind, g, (int64_t)samples * g->channels, x, y, dy, dx);
+        return;
+    }
     memset(dx, 0, (size_t)(samples * g->channels * in_plane) * sizeof *dx);
     for (int64_t p = 0; p < (int64_t)samples * g->channels; p++) {
         const float *in = x + p * in_plane;
@@ -251,6 +346,54 @@ void cpu_pool2d_backward(device *dev, pool_kind kind, const conv_geometry *g, in
     }
 }
 
+/* Sums in double over a channel's values in NORM_LANES interleaved partial sums, combined in a
+ * fixed order at the end: one long chain of dependent additions would bound the speed, and
+ * the lanes keep the order fixed, so every run gives the same bits. */
+enum { NORM_LANES = 8 };
+
+static double combine_lanes(const double *lane) {
+    return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+/* lane sums of v[i] and of (v[i] - mean)^2 over one plane of `n` values */
+static void add_plane(const float *v, int n, double *lane) {
+    int i = 0;
+    for (; i + NORM_LANES <= n; i += NORM_LANES)
+        for (int k = 0; k < NORM_LANES; k++)
+            lane[k] += v[i + k];
+    for (; i < n; i++)
+        lane[i % NORM_LANES] += v[i];
+}
+
+static void add_plane_squares(const float *v, int n, double mean, double *lane) {
+    int i = 0;
+    for (; i + NORM_LANES <= n; i += NORM_LANES)
+        for (int k = 0; k < NORM_LANES; k++) {
+            double d = v[i + k] - mean;
+            lane[k] += d * d;
+        }
+    for (; i < n; i++) {
+        double d = v[i] - mean;
+        lane[i % NORM_LANES] += d * d;
+    }
+}
+
+/* lane sums of dy[i] and of dy[i] * xhat[i], xhat = (x - mu) * inverse (in float, as the
+ * normalisation itself) */
+static void add_plane_gradients(const float *x, const float *dy, int n, float mu, float inverse,
+                                double *lane_dy, double *lane_dy_xhat) {
+    int i = 0;
+    for (; i + NORM_LANES <= n; i += NORM_LANES)
+        for (int k = 0; k < NORM_LANES; k++) {
+            lane_dy[k] += dy[i + k];
+            lane_dy_xhat[k] += (double)dy[i + k] * (double)((x[i + k] - mu) * inverse);
+        }
+    for (; i < n; i++) {
+        lane_dy[i % NORM_LANES] += dy[i];
+        lane_dy_xhat[i % NORM_LANES] += (double)dy[i] * (double)((x[i] - mu) * inverse);
+    }
+}
+
 void cpu_batchnorm_forward(device *dev, int samples, int channels, int spatial, const float *x,
                            const float *gamma, const float *beta, float eps, bool training,
                            float momentum, float *running_mean, float *running_var, float *mean,
@@ -260,21 +403,15 @@ void cpu_batchnorm_forward(device *dev, int samples, int channels, int spatial, 
     for (int c = 0; c < channels; c++) {
         double m, inverse;
         if (training) {
-            double sum = 0.0;
-            for (int s = 0; s < samples; s++) {
-                const float *v = x + ((int64_t)s * channels + c) * spatial;
-                for (int i = 0; i < spatial; i++)
-                    sum += v[i];
-            }
-            m = sum / (double)count;
-            double squares = 0.0;
-            for (int s = 0; s < samples; s++) {
-                const float *v = x + ((int64_t)s * channels + c) * spatial;
-                for (int i = 0; i < spatial; i++) {
-                    double d = v[i] - m;
-                    squares += d * d;
-                }
-            }
+            double lane[NORM_LANES] = {0};
+            for (int s = 0; s < samples; s++)
+                add_plane(x + ((int64_t)s * channels + c) * spatial, spatial, lane);
+            m = combine_lanes(lane) / (double)count;
+            double square_lane[NORM_LANES] = {0};
+            for (int s = 0; s < samples; s++)
+                add_plane_squares(x + ((int64_t)s * channels + c) * spatial, spatial, m,
+                                  square_lane);
+            double squares = combine_lanes(square_lane);
             double variance = squares / (double)count;
             inverse = 1.0 / sqrt(variance + eps);
             double unbiased = count > 1 ? squares / (double)(count - 1) : variance;
@@ -302,15 +439,13 @@ void cpu_batchnorm_backward(device *dev, int samples, int channels, int spatial,
     (void)dev;
     int64_t count = (int64_t)samples * spatial;
     for (int c = 0; c < channels; c++) {
-        double sum_dy = 0.0, sum_dy_xhat = 0.0;
         float mu = mean[c], inverse = invstd[c];
+        double lane_dy[NORM_LANES] = {0}, lane_dy_xhat[NORM_LANES] = {0};
         for (int s = 0; s < samples; s++) {
             int64_t base = ((int64_t)s * channels + c) * spatial;
-            for (int i = 0; i < spatial; i++) {
-                sum_dy += dy[base + i];
-                sum_dy_xhat += (double)dy[base + i] * (double)((x[base + i] - mu) * inverse);
-            }
+            add_plane_gradients(x + base, dy + base, spatial, mu, inverse, lane_dy, lane_dy_xhat);
         }
+        double sum_dy = combine_lanes(lane_dy), sum_dy_xhat = combine_lanes(lane_dy_xhat);
         dgamma[c] += (float)sum_dy_xhat;
         dbeta[c] += (float)sum_dy;
         /* dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat)) */
