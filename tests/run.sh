@@ -15,4 +15,4 @@ cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DDDTRAIN_WERROR=ON \
   ${DDTRAIN_CMAKE_ARGS:-} >/dev/null
 cmake --build "$build_dir" -j "$(nproc)"
 cd "$build_dir"
-ctest --output-on-failure --timeout 600 "$@" </dev/null
+ctest --output-on-failure --timeout 600 -j "$(nproc)" "$@" </dev/null
