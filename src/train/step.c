@@ -177,18 +177,66 @@ static ddt_status reduce_and_agree(trainer *t, ddt_status local, bool reporting,
     return DDT_OK;
 }
 
+/* Whether step `step` reads the loss back from the device: reports, epoch ends, the run's last
+ * step (the summary's final loss) and --stop-after's. Between them it stays on the device. */
+static bool step_reads_loss(const trainer *t, int64_t step) {
+    int64_t done = step + 1;
+    int64_t stop_after = t->config->stop_after;
+    return report_due_progress(t, done) || report_due_record(t, done) ||
+           done % t->shape.steps_per_epoch == 0 || done == t->shape.total_steps ||
+           (stop_after > 0 && done - t->start_step == stop_after);
+}
+
+/* Unscales fp16's loss scale and clips in one pass (PyTorch's clip_grad_norm_ factor
+ * max / (norm + 1e-6), applied when below 1), then steps the optimizer; an fp16 overflow
+ * skips the step on every rank. */
+static void update_parameters(trainer *t, int64_t step, float loss_scale, bool overflow,
+                              step_outcome *o) {
+    run_engine *e = &t->engine;
+    o->lr = lr_schedule_at(&t->shape.schedule, step);
+    o->skipped = !loss_scaler_step(&t->scaler, overflow);
+    if (o->skipped) {
+        if (t->rank == 0) {
+            fprintf(t->config->out,
+                    "step %" PRId64 ": fp16 gradient overflow; step skipped on every rank, loss "
+                    "scale %g -> %g\n",
+                    o->done, loss_scale, t->scaler.scale);
+            fflush(t->config->out);
+        }
+        return;
+    }
+    float factor = 1.0f / loss_scale;
+    float clip = t->config->clip_grad_norm;
+    if (clip > 0 && isfinite(o->grad_norm) && clip / (o->grad_norm + 1e-6) < 1.0)
+        factor = (float)((double)factor * (clip / (o->grad_norm + 1e-6)));
+    if (factor != 1.0f)
+        device_scale(e->dev, model_parameter_count(e->model), factor, model_gradients(e->model));
+    optimizer_step(e->opt, model_parameters(e->model), model_gradients(e->model), o->lr);
+}
+
+/* Reads the step's loss (summed since the last read) and stops the run on a non-finite one. */
+static ddt_status read_step_loss(trainer *t, int64_t step, float loss_scale, step_outcome *o) {
+    DDT_CHECK(read_loss(t, &o->loss_sum));
+    o->loss_sum /= loss_scale;
+    o->loss_read = true;
+    if (isfinite(o->loss_sum)) return DDT_OK;
+    return comm_agree(t->control,
+                      ddt_error(DDT_ERR_DATA,
+                                "the training loss became %s by step %" PRId64 " (epoch %" PRId64
+                                "); try a lower --lr",
+                                isnan(o->loss_sum) ? "NaN" : "infinite", o->done,
+                                step / t->shape.steps_per_epoch + 1),
+                      "a non-finite loss");
+}
+
 ddt_status train_step(trainer *t, int64_t step, step_outcome *o) {
     run_engine *e = &t->engine;
-    bool reporting = report_due_progress(t, step + 1) || report_due_record(t, step + 1) ||
-                     (step + 1) % t->shape.steps_per_epoch == 0 ||
-                     step + 1 == t->shape.total_steps || /* the summary's final loss */
-                     (t->config->stop_after > 0 &&
-                      step + 1 - t->start_step == t->config->stop_after);
+    bool reporting = step_reads_loss(t, step);
     *o = (step_outcome){.done = step + 1, .grad_norm = NAN};
     t->current_step = o->done;
     float loss_scale = t->scaler.scale;
 
-    /* 1. this rank's micro-batches */
+    /* 1. this rank's micro-batches: forward, backward, buckets started as layers finish */
     ddt_status local = step_timer_begin(&t->timer, step, data_wait(t));
     model_zero_gradients(e->model);
     gradient_buckets_begin(e->buckets);
@@ -205,45 +253,13 @@ ddt_status train_step(trainer *t, int64_t step, step_outcome *o) {
 
     /* 3. the update */
     double update_started = clock_now();
-    o->lr = lr_schedule_at(&t->shape.schedule, step);
-    o->skipped = !loss_scaler_step(&t->scaler, control[CONTROL_OVERFLOW] > 0);
-    if (o->skipped && t->rank == 0) {
-        fprintf(t->config->out,
-                "step %" PRId64 ": fp16 gradient overflow; step skipped on every rank, loss scale "
-                "%g -> %g\n",
-                o->done, loss_scale, t->scaler.scale);
-        fflush(t->config->out);
-    }
-    if (!o->skipped) {
-        /* unscale fp16's loss scale and clip, in one pass: PyTorch's clip_grad_norm_ factor
-         * max / (norm + 1e-6), applied when below 1 */
-        float factor = 1.0f / loss_scale;
-        float clip = t->config->clip_grad_norm;
-        if (clip > 0 && isfinite(o->grad_norm) && clip / (o->grad_norm + 1e-6) < 1.0)
-            factor = (float)((double)factor * (clip / (o->grad_norm + 1e-6)));
-        if (factor != 1.0f)
-            device_scale(e->dev, model_parameter_count(e->model), factor,
-                         model_gradients(e->model));
-        optimizer_step(e->opt, model_parameters(e->model), model_gradients(e->model), o->lr);
-    }
+    update_parameters(t, step, loss_scale, control[CONTROL_OVERFLOW] > 0, o);
     step_timer_end(&t->timer, step, data_wait(t));
     trace_event(t->trace, TRACE_THREAD_MAIN, "optimizer", "compute", o->done, update_started,
                 clock_now());
 
-    /* 4. the loss stays on the device between reports (no host synchronisation per step),
-     * except under fp16, where the scale can change from one step to the next */
-    if (reporting || t->scaler.enabled) {
-        DDT_CHECK(read_loss(t, &o->loss_sum));
-        o->loss_sum /= loss_scale;
-        o->loss_read = true;
-        if (!isfinite(o->loss_sum))
-            return comm_agree(t->control,
-                              ddt_error(DDT_ERR_DATA,
-                                        "the training loss became %s by step %" PRId64
-                                        " (epoch %" PRId64 "); try a lower --lr",
-                                        isnan(o->loss_sum) ? "NaN" : "infinite", o->done,
-                                        step / t->shape.steps_per_epoch + 1),
-                              "a non-finite loss");
-    }
+    /* 4. the loss, read only when reported (no host synchronisation per step), and every step
+     * under fp16, where the scale can change from one step to the next */
+    if (reporting || t->scaler.enabled) DDT_CHECK(read_step_loss(t, step, loss_scale, o));
     return DDT_OK;
 }
