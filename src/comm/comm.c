@@ -236,13 +236,9 @@ void comm_set_timeout(comm *c, double seconds) {
     c->timeout_seconds = seconds > 0 ? seconds : 0; /* NaN fails the test, so becomes 0 */
 }
 
-double comm_seconds_now(void) {
-    return clock_now();
-}
-
 comm_wait comm_wait_begin(const comm *c) {
     (void)c;
-    double now = comm_seconds_now();
+    double now = clock_now();
     return (comm_wait){.started = now, .last_hook = now, .now = now};
 }
 
@@ -253,7 +249,7 @@ ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what) {
 
 ddt_status comm_wait_tick_naming(comm *c, comm_wait *w, const char *what, int rank,
                                  const char *missing) {
-    w->now = comm_seconds_now();
+    w->now = clock_now();
     if (c->wait_hook && w->now - w->last_hook >= 0.5) {
         c->wait_hook(c->wait_hook_context);
         w->last_hook = w->now;
@@ -426,7 +422,7 @@ static ddt_status start_bucket(gradient_buckets *gb, bucket *b) {
     DDT_CHECK(gb->c->ops->allreduce_start(gb->c, gb->gradients + b->begin, b->end - b->begin,
                                           &b->request));
     b->state = BUCKET_IN_FLIGHT;
-    if (gb->observer) b->started = comm_seconds_now();
+    if (gb->observer) b->started = clock_now();
     return DDT_OK;
 }
 
@@ -435,7 +431,7 @@ static void bucket_done(gradient_buckets *gb, bucket *b) {
     b->state = BUCKET_DONE;
     if (gb->observer)
         gb->observer(gb->observer_context, (int)(b - gb->buckets), b->end - b->begin, b->started,
-                     comm_seconds_now());
+                     clock_now());
 }
 
 void gradient_buckets_set_observer(gradient_buckets *gb,
@@ -477,7 +473,7 @@ ddt_status gradient_buckets_ready_callback(void *context, size_t ready_from) {
 }
 
 ddt_status gradient_buckets_finish(gradient_buckets *gb) {
-    double start = comm_seconds_now();
+    double start = clock_now();
     while (gb->next_to_start < gb->bucket_count) {
         DDT_CHECK(start_bucket(gb, &gb->buckets[gb->next_to_start]));
         gb->next_to_start++;
@@ -490,7 +486,7 @@ ddt_status gradient_buckets_finish(gradient_buckets *gb) {
             bucket_done(gb, b);
         }
     }
-    gb->wait_seconds += comm_seconds_now() - start;
+    gb->wait_seconds += clock_now() - start;
     return DDT_OK;
 }
 

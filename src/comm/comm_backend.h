@@ -75,12 +75,11 @@ extern const comm_backend_ops comm_nccl_ops;
  *     comm_wait w = comm_wait_begin(c);
  *     while (!done(...)) DDT_CHECK(comm_wait_tick(c, &w, "a gradient all-reduce")); */
 typedef struct comm_wait {
-    double started;   /* comm_seconds_now() when the wait began */
+    double started;   /* clock_now() when the wait began */
     double last_hook; /* when the wait hook was last called */
     double now;       /* the time at the last tick */
 } comm_wait;
 
-double comm_seconds_now(void); /* clock_now() (util/clock.h) */
 comm_wait comm_wait_begin(const comm *c);
 ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what);
 /* The same, for a wait that knows whom it waits for: a timeout's message names world rank

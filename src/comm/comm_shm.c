@@ -57,6 +57,7 @@
 #include "comm/comm_backend.h"
 #include "util/failpoint.h"
 #include "util/units.h"
+#include "util/clock.h"
 
 enum {
     SHM_DEFAULT_SLOTS = 4, /* chunks a rank may have in flight */
@@ -501,7 +502,7 @@ static ddt_status wait_until(comm *c, shm_state *s, uint64_t end_seq, const char
             continue;
         }
         if (idle % 16 == 0) {
-            if (progressed) w.started = comm_seconds_now();
+            if (progressed) w.started = clock_now();
             progressed = false;
             const shm_blocker *b = first_blocker(s);
             status = comm_wait_tick_naming(c, &w, what, b ? b->rank : -1, b ? b->missing : "");
@@ -861,7 +862,7 @@ static bool leave_together(comm *c, shm_state *s) {
                 pause_briefly();
                 continue;
             }
-            w.now = comm_seconds_now();
+            w.now = clock_now();
             double limit = c->timeout_seconds > 0 ? c->timeout_seconds : 1e300;
             if (w.now - w.started > limit) return false;
             sched_yield();

@@ -125,12 +125,6 @@ static const char *const fashion_mnist_names[10] = {
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
 
-/* Rows per block so a block of features is about 8 MiB. */
-static int64_t block_rows_for(int64_t features) {
-    int64_t rows = (8 << 20) / (features * (int64_t)sizeof(float));
-    return rows < 1 ? 1 : rows;
-}
-
 /* What every idx shard shares. */
 typedef struct idx_output {
     int64_t features;
@@ -158,7 +152,7 @@ static ddt_status convert_idx_shard(idx_file *images, const uint8_t *labels, int
     };
     dataset_writer *w;
     DDT_CHECK(dataset_writer_open(path, &params, &w));
-    int64_t features = o->features, block = block_rows_for(features);
+    int64_t features = o->features, block = dataset_writer_block_rows(features);
     uint8_t *pixels = malloc((size_t)(block * features));
     float *values = malloc((size_t)(block * features) * sizeof(float));
     int32_t *ids = malloc((size_t)block * sizeof(int32_t));

@@ -34,8 +34,6 @@
 
 /* Deeper folders than this are refused (a symbolic-link loop). */
 #define IMAGE_FOLDER_MAX_DEPTH 32
-/* Rows per written block: about 8 MiB of features. */
-#define IMAGE_BLOCK_BYTES (8 << 20)
 
 typedef struct image_entry {
     char *directory; /* the folder holding it (for the order) */
@@ -276,8 +274,7 @@ static ddt_status write_part(const image_folder *f, const image_plan *p, int64_t
     };
     dataset_writer *w;
     DDT_CHECK(dataset_writer_open(path, &params, &w));
-    int64_t block = IMAGE_BLOCK_BYTES / ((int64_t)features * 4);
-    if (block < 1) block = 1;
+    int64_t block = dataset_writer_block_rows(features);
     if (block > count) block = count;
     float *rows = malloc((size_t)block * (size_t)features * sizeof *rows);
     int32_t *labels = malloc((size_t)block * sizeof *labels);

@@ -16,12 +16,6 @@
 #include "util/files.h"
 #include "util/rng.h"
 
-/* Rows per block so a block of features is about 8 MiB. */
-static int64_t block_rows_for(int64_t features) {
-    int64_t rows = (8 << 20) / (features * (int64_t)sizeof(float));
-    return rows < 1 ? 1 : rows;
-}
-
 /* ---- synth ----------------------------------------------------------------------------- */
 
 /* The synthetic task: C class centres in D dimensions, drawn from (seed); row r belongs to
@@ -53,7 +47,7 @@ static ddt_status synth_shard(const options *opts, int64_t first, int64_t count,
     };
     dataset_writer *w;
     DDT_CHECK(dataset_writer_open(path, &params, &w));
-    int64_t block = block_rows_for(features);
+    int64_t block = dataset_writer_block_rows(features);
     float *values = malloc((size_t)(block * features) * sizeof(float));
     int32_t *ids = malloc((size_t)block * sizeof(int32_t));
     ddt_status status = DDT_OK;
@@ -196,7 +190,7 @@ static ddt_status info_one(const char *spec, const options *opts) {
     /* Check every row (values finite, labels in range) a block at a time. Without a class
      * count, the counts array grows with the largest id seen (up to a bound). */
     enum { MAX_COUNTED_CLASSES = 1 << 20 };
-    int64_t block = block_rows_for(g->features);
+    int64_t block = dataset_writer_block_rows(g->features);
     float *features = malloc((size_t)(block * g->features) * sizeof(float));
     int32_t *labels = g->class_labels ? malloc((size_t)block * sizeof(int32_t)) : NULL;
     float *targets =

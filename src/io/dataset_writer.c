@@ -408,3 +408,8 @@ void dataset_shard_path(const char *path, int index, int count, char *out, size_
     if (!dot || dot == base) dot = base + strlen(base);
     snprintf(out, out_size, "%.*s-%05d-of-%05d%s", (int)(dot - path), path, index, count, dot);
 }
+
+int64_t dataset_writer_block_rows(int64_t features) {
+    int64_t rows = (8 << 20) / ((features > 0 ? features : 1) * (int64_t)sizeof(float));
+    return rows < 1 ? 1 : rows;
+}

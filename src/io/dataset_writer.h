@@ -51,6 +51,10 @@ typedef struct dataset_writer_params {
 
 typedef struct dataset_writer dataset_writer;
 
+/* Rows per appended block for rows of `features` floats: about 8 MiB of features, at least one
+ * row. What every writer of a dataset holds in memory at once. */
+int64_t dataset_writer_block_rows(int64_t features);
+
 ddt_status dataset_writer_open(const char *path, const dataset_writer_params *params,
                                dataset_writer **out);
 /* Appends `count` rows; labels or targets according to params.class_labels. */

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "comm/comm_backend.h"
+#include "util/clock.h"
 
 /* Request slots made at set-up; gradient_buckets_init() reserves more where it needs them. */
 enum { NCCL_INITIAL_REQUEST_SLOTS = 16 };
@@ -261,13 +262,13 @@ static void nccl_release_slot(nccl_backend *b, comm_request *request) {
 /* Waits (bounded by the timeout) for a non-blocking call on a communicator being torn down;
  * records no message, so that an earlier error's message survives comm_free(). */
 static ncclResult_t nccl_settle_quietly(nccl_backend *b, double timeout_seconds) {
-    double start = comm_seconds_now();
+    double start = clock_now();
     for (;;) {
         ncclResult_t state = ncclSuccess;
         ncclResult_t result = ncclCommGetAsyncError(b->comm, &state);
         if (result != ncclSuccess) return result;
         if (state != ncclInProgress) return state;
-        if (timeout_seconds > 0 && comm_seconds_now() - start >= timeout_seconds)
+        if (timeout_seconds > 0 && clock_now() - start >= timeout_seconds)
             return ncclInProgress; /* 0: no limit, as for every wait */
         struct timespec pause = {0, nccl_poll_sleep_nanoseconds};
         nanosleep(&pause, NULL);
