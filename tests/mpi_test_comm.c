@@ -5,7 +5,8 @@
  * its fixed order bit for bit (one node), the same bits on every rank and run after run,
  * across chunk and slot boundaries; the hierarchical path on emulated nodes (1, 2 and 3
  * ranks per node, so also nodes of different sizes); other slot counts
- * (DDTRAIN_ALLREDUCE_SLOTS), and bad or disagreeing ones refused on every rank; a rank that
+ * (DDTRAIN_ALLREDUCE_SLOTS), and bad or disagreeing ones refused on every rank; plain and
+ * streaming stores and the choice between them (DDTRAIN_ALLREDUCE_STORES); a rank that
  * never takes part ends the others' wait at the timeout with its rank named. */
 #include <math.h>
 #include <mpi.h>
@@ -206,6 +207,31 @@ static void test_emulated_nodes(device *dev, int node_ranks, const char *chunk, 
     comm_free(c);
 }
 
+/* Plain stores, streaming stores, and auto switching between them (many 4 KiB chunks: many
+ * epochs, each with chunks stored both ways): the same bits, the sum in rank order, on one node
+ * and through the ring. A bad value is refused on every rank. */
+static void test_stores(device *dev) {
+    const char *kinds[] = {"plain", "streaming", "auto"};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        setenv("DDTRAIN_ALLREDUCE_STORES", kinds[k], 1);
+        test_emulated_nodes(dev, 0, "4KiB", NULL);
+        setenv("DDTRAIN_ALLREDUCE_STORES", kinds[k], 1);
+        test_emulated_nodes(dev, 1, "4KiB", "3");
+        unsetenv("DDTRAIN_ALLREDUCE_STORES");
+    }
+    int world = 1;
+    MPI_Comm_size(MPI_COMM_WORLD, &world);
+    if (world < 2) return;
+    setenv("DDTRAIN_ALLREDUCE_STORES", "fast", 1);
+    comm *c = NULL;
+    ddt_status status = comm_init(COMM_BACKEND_SHM, MPI_COMM_WORLD, dev, &c);
+    unsetenv("DDTRAIN_ALLREDUCE_STORES");
+    CHECK(status == DDT_ERR_USAGE && c == NULL);
+    CHECK(strstr(ddt_error_message(),
+                 "DDTRAIN_ALLREDUCE_STORES=fast: give auto, plain or streaming") != NULL);
+    comm_free(c);
+}
+
 /* DDTRAIN_ALLREDUCE_SLOTS out of range, or not the same on every rank: comm_init fails on
  * every rank with a usage error naming the variable, and no rank is left waiting. */
 static void test_bad_slots(device *dev) {
@@ -314,6 +340,7 @@ int main(int argc, char **argv) {
         test_emulated_nodes(dev, 2, "4KiB", "3");
         test_emulated_nodes(dev, 3, NULL, NULL); /* nodes of 3 and 1: one slice per chunk */
     }
+    test_stores(dev);
     test_bad_slots(dev);
     test_timeout(dev);
 

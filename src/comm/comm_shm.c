@@ -28,6 +28,8 @@
  * - Sums run in one fixed order: local ranks in order, then nodes in ring order, both fixed by
  *   the sizes alone; each sum is computed once and copied to every rank. Results do not
  *   depend on timing, are the same bits on every rank, and repeat run after run.
+ * - What a peer reads is stored with plain or with streaming stores, whichever has cost less
+ *   lately (measured as the all-reduce runs: "moving floats between cores" says why).
  * - Progress is made wherever ddtrain calls in: allreduce_start and allreduce_test advance
  *   whatever needs no waiting (during backward: the in-gap progress), allreduce_wait advances
  *   and waits. There is no thread of its own: on CPU ranks every core computes, and such a
@@ -39,6 +41,8 @@
  * Low-level knobs (environment, read when the communicator is made, the same on every rank):
  *   DDTRAIN_ALLREDUCE_CHUNK=SIZE  bytes per chunk (default 256KiB);
  *   DDTRAIN_ALLREDUCE_SLOTS=N     slots per rank, the chunks a rank may post ahead (default 4);
+ *   DDTRAIN_ALLREDUCE_STORES=K    how what peers read is stored: auto (measured as it runs,
+ *                                 the default), plain or streaming;
  *   DDTRAIN_NODE_RANKS=K          treat every K ranks of a node as a node of their own, so the
  *                                 hierarchical path runs on one machine (tests, measurements).
  */
@@ -53,6 +57,9 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "comm/comm_backend.h"
 #include "util/failpoint.h"
@@ -61,13 +68,24 @@
 
 enum {
     SHM_DEFAULT_SLOTS = 4, /* chunks a rank may have in flight */
-    SHM_MAX_SLOTS = 64,
+    SHM_MAX_SLOTS = 64, /* at most SHM_EPOCH_CHUNKS */
+    SHM_LINE_BYTES = 64,
     SHM_ALIGN_FLOATS = 16,         /* slices start on cache lines */
     SHM_RING_TAG = 0x5d1,          /* point-to-point messages of the ring between nodes */
     SHM_DEFAULT_CHUNK = 256 << 10, /* bytes */
     SHM_MIN_CHUNK = 4 << 10,
     SHM_MAX_CHUNK = 64 << 20,
 };
+
+/* How a rank stores what its peers will read (see "moving floats between cores"). */
+typedef enum { SHM_STORES_PLAIN = 0, SHM_STORES_STREAMING = 1, SHM_STORES_AUTO = 2 } shm_stores;
+
+/* With SHM_STORES_AUTO, member 0 of each node chooses the stores for every epoch of
+ * SHM_EPOCH_CHUNKS chunks from what the other kind cost in the last SHM_EXPLORE_CHUNKS of the
+ * epochs before (see choose_stores). An epoch outlasts the slots (SHM_MAX_SLOTS), which is what
+ * makes its choice visible to every member before any member stores a chunk of it. */
+enum { SHM_EPOCH_CHUNKS = 128, SHM_EXPLORE_CHUNKS = 4, SHM_EPOCH_RING = 4 };
+_Static_assert(SHM_EPOCH_CHUNKS >= 64, "an epoch must outlast the slots");
 
 /* closing: what a rank does at comm_free. */
 enum { SHM_OPEN = 0, SHM_CLOSING_TOGETHER = 1, SHM_CLOSING_ALONE = 2 };
@@ -79,6 +97,11 @@ typedef struct shm_header {
     alignas(64) _Atomic uint64_t gathered; /* chunks this rank has copied out completely */
     alignas(64) _Atomic int closing;       /* SHM_OPEN, or how it leaves (shm_close) */
     alignas(64) uint64_t slot_floats[SHM_MAX_SLOTS]; /* the size of the chunk in each slot */
+    /* what moving chunks cost this rank, by how they were stored (shm_stores) */
+    alignas(64) _Atomic uint64_t spent_ns[2];
+    _Atomic uint64_t moved_floats[2];
+    /* member 0 only: how each epoch's chunks are stored, by epoch % SHM_EPOCH_RING */
+    alignas(64) _Atomic int epoch_stores[SHM_EPOCH_RING];
 } shm_header;
 
 /* A queued all-reduce: its chunks have sequence numbers first_seq .. first_seq+chunks-1. */
@@ -123,8 +146,15 @@ typedef struct shm_state {
     shm_header **node_headers; /* every rank of the real node, for closing */
     shm_header **headers;      /* members */
     float **slots;             /* members: slot_count slots of chunk_floats each */
+    float **parts;             /* members: what reduce_chunks sums, in member order */
     size_t chunk_floats;
     unsigned slot_count; /* slots per rank */
+    shm_stores stores;   /* the policy (DDTRAIN_ALLREDUCE_STORES) */
+    unsigned char slot_stores[SHM_MAX_SLOTS]; /* how this rank stored each slot's chunk */
+    /* member 0, choosing: each kind's cost per float (seconds; 0 unknown) and the node's
+     * totals when last read */
+    double cost_per_float[2];
+    uint64_t seen_ns[2], seen_floats[2];
     size_t region_bytes;
     float *scratch; /* the ring's receive buffer */
     /* the queue of all-reduces in flight (FIFO) */
@@ -174,29 +204,125 @@ static float *slot_of(const shm_state *s, int member, uint64_t seq) {
     return s->slots[member] + (size_t)(seq % s->slot_count) * s->chunk_floats;
 }
 
-/* ---- sums, in a fixed order ------------------------------------------------------------ */
+/* ---- moving floats between cores ------------------------------------------------------ */
 
-/* Eight floats at any alignment; GCC vector extension (SSE2 or wider). */
-typedef float float8 __attribute__((vector_size(32), aligned(4), may_alias));
+/* A line one core has just written and another then reads moves cache to cache. That is the
+ * fastest path when the two cores are close, but on the project's VM it runs, in phases of
+ * seconds (when the hypervisor places the two vCPUs apart), at 1.2-1.6 GB/s where memory gives
+ * 40+ GB/s. Streaming (non-temporal) stores send the lines to memory instead, dropping the other
+ * cores' copies, and the reader, prefetching ahead, then gets them at memory speed: a lock-step
+ * transfer between two cores measured 5-10 GB/s that way in every phase, against 1.2-4.5 GB/s
+ * with plain stores; but in the fast phases the all-reduce moves 10-12 GB/s with plain stores
+ * and 4-5 with streaming ones, the round trip through memory costing more than it saves
+ * (bench/README.md, "bench/allreduce"). So the kind is chosen as the all-reduce runs (see
+ * "choosing the stores"), and what is read from a peer is always read with prefetches ahead.
+ * Streaming stores are not ordered with the stores after them: fence_streaming() orders them
+ * before the flag that hands the data over. */
+enum {
+    SHM_LINE_FLOATS = 16,      /* one cache line */
+    SHM_PREFETCH_FLOATS = 512, /* how far ahead reads of shared memory prefetch: 2 KiB */
+};
 
-/* out[i] = a[i] + b[i], also into also[i] when not NULL. `out` or `also` may be `a` or `b`:
- * each element is read before it is written. */
-static void add_into(float *out, float *also, const float *a, const float *b, size_t n) {
-    size_t i = 0;
-    if (also) {
-        for (; i + 8 <= n; i += 8) {
-            float8 sum = *(const float8 *)(a + i) + *(const float8 *)(b + i);
-            *(float8 *)(out + i) = sum;
-            *(float8 *)(also + i) = sum;
-        }
-        for (; i < n; i++)
-            out[i] = also[i] = a[i] + b[i];
-    } else {
-        for (; i + 8 <= n; i += 8)
-            *(float8 *)(out + i) = *(const float8 *)(a + i) + *(const float8 *)(b + i);
-        for (; i < n; i++)
-            out[i] = a[i] + b[i];
+typedef float float4 __attribute__((vector_size(16)));                        /* aligned */
+typedef float float4u __attribute__((vector_size(16), aligned(4), may_alias)); /* any */
+
+static inline float4 load4(const float *at) { return *(const float4u *)at; }
+
+/* `to` is 16-byte aligned (slots and slices start on cache lines). */
+static inline void store4(float *to, float4 v, shm_stores kind) {
+#if defined(__SSE2__)
+    if (kind == SHM_STORES_STREAMING) {
+        _mm_stream_ps(to, v);
+        return;
     }
+#endif
+    (void)kind;
+    *(float4 *)to = v;
+}
+
+/* Orders every streaming store before the stores that follow (the flags). */
+static inline void fence_streaming(void) {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
+}
+
+/* parts[0] + parts[1] + ... + parts[count-1] over whole lines, in that order (the bits depend
+ * on the count alone; count 1 copies), stored `kind` into `shared` (line-aligned) and, when not
+ * NULL, into `own` too. `own` may be one of the parts: each line is read whole before it is
+ * written. Inlined for each kind, so that the loop has no branch on it. */
+static inline __attribute__((always_inline)) void sum_lines(float *shared, float *own,
+                                                             const float *const *parts,
+                                                             int count, size_t n,
+                                                             shm_stores kind) {
+    for (size_t i = 0; i + SHM_LINE_FLOATS <= n; i += SHM_LINE_FLOATS) {
+        const float *p = parts[0] + i;
+        __builtin_prefetch(p + SHM_PREFETCH_FLOATS);
+        float4 a = load4(p), b = load4(p + 4), c = load4(p + 8), d = load4(p + 12);
+        for (int k = 1; k < count; k++) {
+            p = parts[k] + i;
+            __builtin_prefetch(p + SHM_PREFETCH_FLOATS);
+            a += load4(p);
+            b += load4(p + 4);
+            c += load4(p + 8);
+            d += load4(p + 12);
+        }
+        store4(shared + i, a, kind);
+        store4(shared + i + 4, b, kind);
+        store4(shared + i + 8, c, kind);
+        store4(shared + i + 12, d, kind);
+        if (own) {
+            *(float4u *)(own + i) = a;
+            *(float4u *)(own + i + 4) = b;
+            *(float4u *)(own + i + 8) = c;
+            *(float4u *)(own + i + 12) = d;
+        }
+    }
+}
+
+/* sum_lines over any n: the floats after the last whole line are summed one by one. */
+static void sum_to_shared(float *shared, float *own, const float *const *parts, int count,
+                          size_t n, shm_stores kind) {
+    if (kind == SHM_STORES_STREAMING)
+        sum_lines(shared, own, parts, count, n, SHM_STORES_STREAMING);
+    else
+        sum_lines(shared, own, parts, count, n, SHM_STORES_PLAIN);
+    for (size_t i = n & ~(size_t)(SHM_LINE_FLOATS - 1); i < n; i++) {
+        float sum = parts[0][i];
+        for (int k = 1; k < count; k++)
+            sum += parts[k][i];
+        shared[i] = sum;
+        if (own) own[i] = sum;
+    }
+}
+
+static void copy_to_shared(float *shared, const float *from, size_t n, shm_stores kind) {
+    sum_to_shared(shared, NULL, &from, 1, n, kind);
+}
+
+/* Copies a peer's floats out of shared memory, prefetching ahead. */
+static void copy_from_shared(float *to, const float *shared, size_t n) {
+    size_t i = 0;
+    for (; i + SHM_LINE_FLOATS <= n; i += SHM_LINE_FLOATS) {
+        const float *p = shared + i;
+        __builtin_prefetch(p + SHM_PREFETCH_FLOATS);
+        float4 a = load4(p), b = load4(p + 4), c = load4(p + 8), d = load4(p + 12);
+        *(float4u *)(to + i) = a;
+        *(float4u *)(to + i + 4) = b;
+        *(float4u *)(to + i + 8) = c;
+        *(float4u *)(to + i + 12) = d;
+    }
+    for (; i < n; i++)
+        to[i] = shared[i];
+}
+
+/* acc[i] += b[i] (the ring between nodes: the partial received plus this node's own). */
+static void add_to(float *acc, const float *b, size_t n) {
+    size_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        *(float4u *)(acc + i) = load4(acc + i) + load4(b + i);
+    for (; i < n; i++)
+        acc[i] += b[i];
 }
 
 /* ---- flags ---------------------------------------------------------------------------- */
@@ -225,6 +351,71 @@ static ddt_status check_size(const shm_state *s, int member, uint64_t seq, size_
                      "has %zu: the ranks are not reducing the same buffers",
                      s->member_rank[member], (unsigned long long)theirs, (unsigned long long)seq,
                      s->member_rank[s->me], expected);
+}
+
+/* ---- choosing the stores ----------------------------------------------------------------- */
+
+static const char *stores_name(shm_stores stores) {
+    return stores == SHM_STORES_PLAIN ? "plain" : stores == SHM_STORES_STREAMING ? "streaming" : "auto";
+}
+
+/* How every member stores chunk `seq`: the policy, or under SHM_STORES_AUTO the choice for its
+ * epoch, except for the epoch's last SHM_EXPLORE_CHUNKS chunks, stored the other way so that
+ * both kinds keep being measured. The same on every member: it depends on `seq` and member 0's
+ * choice alone. */
+static shm_stores stores_for(const shm_state *s, uint64_t seq) {
+    if (s->stores != SHM_STORES_AUTO) return s->stores;
+    uint64_t epoch = seq / SHM_EPOCH_CHUNKS;
+    shm_stores chosen = SHM_STORES_STREAMING;
+    if (epoch > 0)
+        chosen = (shm_stores)atomic_load_explicit(
+            &s->headers[0]->epoch_stores[epoch % SHM_EPOCH_RING], memory_order_relaxed);
+    bool explore = seq % SHM_EPOCH_CHUNKS >= SHM_EPOCH_CHUNKS - SHM_EXPLORE_CHUNKS;
+    if (!explore) return chosen;
+    return chosen == SHM_STORES_STREAMING ? SHM_STORES_PLAIN : SHM_STORES_STREAMING;
+}
+
+/* Adds to this rank's account: `floats` of a chunk stored `kind` moved since `started`. Only
+ * this rank writes its account; member 0 reads it. */
+static void account(shm_state *s, shm_stores kind, double started, size_t floats) {
+    shm_header *mine = s->headers[s->me];
+    uint64_t ns = (uint64_t)((clock_now() - started) * 1e9);
+    atomic_store_explicit(&mine->spent_ns[kind],
+                          atomic_load_explicit(&mine->spent_ns[kind], memory_order_relaxed) + ns,
+                          memory_order_relaxed);
+    atomic_store_explicit(
+        &mine->moved_floats[kind],
+        atomic_load_explicit(&mine->moved_floats[kind], memory_order_relaxed) + floats,
+        memory_order_relaxed);
+}
+
+/* Member 0, before it stores the first chunk of `epoch`: chooses how epoch + 1 is stored, the
+ * kind that has cost the node's ranks less time per float moved. Each kind's cost is its cost
+ * since the last choice averaged with the cost before (half weight per epoch), so a change of
+ * phase turns the choice within an epoch or two. The choice reaches every member before it
+ * stores a chunk of epoch + 1: storing one needs every member to have gathered a chunk after
+ * this one (an epoch outlasts the slots), and member 0 publishes that after this store. */
+static void choose_stores(shm_state *s, uint64_t epoch) {
+    for (int kind = 0; kind < 2; kind++) {
+        uint64_t ns = 0, floats = 0;
+        for (int j = 0; j < s->members; j++) {
+            ns += atomic_load_explicit(&s->headers[j]->spent_ns[kind], memory_order_relaxed);
+            floats += atomic_load_explicit(&s->headers[j]->moved_floats[kind], memory_order_relaxed);
+        }
+        if (floats == s->seen_floats[kind]) continue; /* nothing new: keep the estimate */
+        double cost = (double)(ns - s->seen_ns[kind]) / (double)(floats - s->seen_floats[kind]);
+        s->cost_per_float[kind] =
+            s->cost_per_float[kind] > 0 ? 0.5 * (s->cost_per_float[kind] + cost) : cost;
+        s->seen_ns[kind] = ns;
+        s->seen_floats[kind] = floats;
+    }
+    shm_stores next = stores_for(s, epoch * SHM_EPOCH_CHUNKS); /* this epoch's */
+    if (s->cost_per_float[SHM_STORES_PLAIN] > 0 && s->cost_per_float[SHM_STORES_STREAMING] > 0)
+        next = s->cost_per_float[SHM_STORES_STREAMING] <= s->cost_per_float[SHM_STORES_PLAIN]
+                   ? SHM_STORES_STREAMING
+                   : SHM_STORES_PLAIN;
+    atomic_store_explicit(&s->headers[0]->epoch_stores[(epoch + 1) % SHM_EPOCH_RING], (int)next,
+                          memory_order_relaxed);
 }
 
 /* ---- the ring between nodes ----------------------------------------------------------- */
@@ -279,7 +470,7 @@ static ddt_status ring_progress(comm *c, shm_state *s, bool *moved, bool *done) 
             float *at;
             int length;
             ring_block(r, s->nodes, s->node - r->step - 1, &at, &length);
-            add_into(at, NULL, s->scratch, at, (size_t)length);
+            add_to(at, s->scratch, (size_t)length);
         }
         if (++r->step == 2 * (s->nodes - 1)) {
             r->active = false;
@@ -307,16 +498,23 @@ static ddt_status post_chunks(shm_state *s, bool *moved) {
                     return DDT_OK;
                 }
         }
+        if (s->stores == SHM_STORES_AUTO && s->me == 0 && seq % SHM_EPOCH_CHUNKS == 0)
+            choose_stores(s, seq / SHM_EPOCH_CHUNKS);
+        shm_stores kind = stores_for(s, seq);
+        s->slot_stores[seq % s->slot_count] = (unsigned char)kind;
         size_t n;
         const float *chunk = chunk_of(s, &s->post, &n);
         float *slot = slot_of(s, s->me, seq);
+        double started = clock_now();
         for (int j = 0; j < s->owners; j++) {
             if (j == s->me) continue; /* its own slice is summed from its gradient */
             size_t start = part_start(n, j, s->owners), end = part_start(n, j + 1, s->owners);
-            memcpy(slot + start, chunk + start, (end - start) * sizeof(float));
+            copy_to_shared(slot + start, chunk + start, end - start, kind);
         }
+        account(s, kind, started, n);
         shm_header *mine = s->headers[s->me];
         mine->slot_floats[seq % s->slot_count] = n;
+        fence_streaming();
         atomic_store_explicit(&mine->posted, seq + 1, memory_order_release);
         advance(s, &s->post);
         *moved = true;
@@ -326,6 +524,7 @@ static ddt_status post_chunks(shm_state *s, bool *moved) {
 
 /* Ends the reduction of chunk `seq`: this rank's slice is final in its slot (and gradient). */
 static void publish_reduced(shm_state *s, uint64_t seq) {
+    fence_streaming();
     atomic_store_explicit(&s->headers[s->me]->reduced, seq + 1, memory_order_release);
     advance(s, &s->reduce);
 }
@@ -363,16 +562,13 @@ static ddt_status reduce_chunks(comm *c, shm_state *s, bool *moved) {
         failpoint_stall("allreduce", s->member_rank[s->me]);
         failpoint_kill("allreduce", s->member_rank[s->me]);
         bool across = s->nodes > 1;
-        if (s->members == 1) {
-            memcpy(sum, own, length * sizeof(float));
-        } else {
-            for (int j = 1; j < s->members; j++) {
-                const float *a = j == 1 ? (s->me == 0 ? own : slot_of(s, 0, seq) + start) : sum;
-                const float *b = j == s->me ? own : slot_of(s, j, seq) + start;
-                bool last = j == s->members - 1;
-                add_into(sum, last && !across ? own : NULL, a, b, length);
-            }
-        }
+        for (int j = 0; j < s->members; j++)
+            s->parts[j] = j == s->me ? own : slot_of(s, j, seq) + start;
+        shm_stores kind = (shm_stores)s->slot_stores[seq % s->slot_count];
+        double started = clock_now();
+        sum_to_shared(sum, across ? NULL : own, (const float *const *)s->parts, s->members, length,
+                      kind);
+        account(s, kind, started, length);
         *moved = true;
         if (across && length > 0) {
             DDT_CHECK(ring_start(c, s, sum, length));
@@ -404,7 +600,9 @@ static ddt_status gather_chunks(shm_state *s, bool *moved) {
             }
             DDT_CHECK(check_size(s, j, seq, n));
             size_t start = part_start(n, j, s->owners), end = part_start(n, j + 1, s->owners);
-            memcpy(chunk + start, slot_of(s, j, seq) + start, (end - start) * sizeof(float));
+            double started = clock_now();
+            copy_from_shared(chunk + start, slot_of(s, j, seq) + start, end - start);
+            account(s, (shm_stores)s->slot_stores[seq % s->slot_count], started, end - start);
             s->copied[j] = 1;
             s->copied_count++;
             *moved = true;
@@ -600,6 +798,7 @@ typedef struct shm_place {
     int pid;
     int node_ranks; /* DDTRAIN_NODE_RANKS (0: the whole node) */
     int refused;    /* its knobs were refused */
+    int stores;     /* shm_stores (DDTRAIN_ALLREDUCE_STORES) */
     unsigned long long pid_namespace;
     unsigned long long chunk_floats;
     unsigned slot_count;
@@ -624,6 +823,17 @@ static ddt_status read_knobs(shm_place *mine) {
             return ddt_error(DDT_ERR_USAGE, "DDTRAIN_ALLREDUCE_SLOTS=%s: give 2 to %d", text,
                              SHM_MAX_SLOTS);
         mine->slot_count = (unsigned)k;
+    }
+    mine->stores = SHM_STORES_AUTO;
+    text = getenv("DDTRAIN_ALLREDUCE_STORES");
+    if (text && *text) {
+        if (strcmp(text, "plain") == 0)
+            mine->stores = SHM_STORES_PLAIN;
+        else if (strcmp(text, "streaming") == 0)
+            mine->stores = SHM_STORES_STREAMING;
+        else if (strcmp(text, "auto") != 0)
+            return ddt_error(DDT_ERR_USAGE,
+                             "DDTRAIN_ALLREDUCE_STORES=%s: give auto, plain or streaming", text);
     }
     mine->node_ranks = 0;
     text = getenv("DDTRAIN_NODE_RANKS");
@@ -711,7 +921,9 @@ static unsigned long long pid_namespace(void) {
 /* The shared window over the real node: every rank's header and slots. */
 static ddt_status map_window(comm *c, shm_state *s, const shm_place *all) {
     size_t header = (sizeof(shm_header) + 4095) & ~(size_t)4095;
-    s->region_bytes = header + (size_t)s->slot_count * s->chunk_floats * sizeof(float);
+    /* and a line's room: Open MPI's header before each part leaves it unaligned */
+    s->region_bytes =
+        header + (size_t)s->slot_count * s->chunk_floats * sizeof(float) + SHM_LINE_BYTES;
     /* Every rank is known to be here before the one blocking call. */
     DDT_CHECK(node_barrier(c, "setting up the shared-memory all-reduce"));
     MPI_Info info;
@@ -729,7 +941,8 @@ static ddt_status map_window(comm *c, shm_state *s, const shm_place *all) {
     s->node_headers = calloc((size_t)s->node_ranks, sizeof *s->node_headers);
     s->headers = calloc((size_t)s->members, sizeof *s->headers);
     s->slots = calloc((size_t)s->members, sizeof *s->slots);
-    if (!s->node_headers || !s->headers || !s->slots)
+    s->parts = calloc((size_t)s->members, sizeof *s->parts);
+    if (!s->node_headers || !s->headers || !s->slots || !s->parts)
         return ddt_error(DDT_ERR_MEMORY, "out of host memory setting up the all-reduce");
     for (int r = 0; r < s->node_ranks; r++) {
         MPI_Aint size = 0;
@@ -737,6 +950,8 @@ static ddt_status map_window(comm *c, shm_state *s, const shm_place *all) {
         void *at = NULL;
         rc = MPI_Win_shared_query(s->window, r, &size, &unit, &at);
         if (rc != MPI_SUCCESS) return comm_mpi_error(rc, "MPI_Win_shared_query");
+        /* Open MPI puts its own header first: each part starts on the next cache line. */
+        at = (void *)(((uintptr_t)at + SHM_LINE_BYTES - 1) & ~(uintptr_t)(SHM_LINE_BYTES - 1));
         s->node_headers[r] = at;
     }
     for (int j = 0; j < s->members; j++) {
@@ -798,17 +1013,18 @@ static ddt_status shm_open(comm *c) {
             goto fail;
         }
         if (all[q].chunk_floats != mine.chunk_floats || all[q].node_ranks != mine.node_ranks ||
-            all[q].slot_count != mine.slot_count) {
+            all[q].slot_count != mine.slot_count || all[q].stores != mine.stores) {
             status = ddt_error(DDT_ERR_USAGE,
                                "ranks %d and %d were given different DDTRAIN_ALLREDUCE_CHUNK, "
-                               "DDTRAIN_ALLREDUCE_SLOTS or DDTRAIN_NODE_RANKS: give every rank "
-                               "the same environment",
+                               "DDTRAIN_ALLREDUCE_SLOTS, DDTRAIN_ALLREDUCE_STORES or "
+                               "DDTRAIN_NODE_RANKS: give every rank the same environment",
                                q < c->rank ? q : c->rank, q < c->rank ? c->rank : q);
             goto fail;
         }
     }
     s->chunk_floats = mine.chunk_floats;
     s->slot_count = mine.slot_count;
+    s->stores = (shm_stores)mine.stores;
     DDT_CHECK_GOTO(find_places(c, s, all), status, fail);
     DDT_CHECK_GOTO(map_window(c, s, all), status, fail);
     if (s->nodes > 1) {
@@ -831,11 +1047,13 @@ static ddt_status shm_open(comm *c) {
     /* The window and the ring's buffer are the node's memory outside the allocator. */
     c->device_bytes_unrouted = s->region_bytes + (s->scratch ? s->chunk_floats * sizeof(float) : 0);
     if (c->rank == 0 && (getenv("DDTRAIN_ALLREDUCE_CHUNK") || getenv("DDTRAIN_ALLREDUCE_SLOTS") ||
-                         getenv("DDTRAIN_NODE_RANKS")))
+                         getenv("DDTRAIN_ALLREDUCE_STORES") || getenv("DDTRAIN_NODE_RANKS")))
         fprintf(stderr,
-                "ddtrain: all-reduce: %zu KiB chunks, %u slots; %d node(s), %d slice(s) per "
-                "chunk (DDTRAIN_ALLREDUCE_CHUNK, DDTRAIN_ALLREDUCE_SLOTS, DDTRAIN_NODE_RANKS)\n",
-                s->chunk_floats * sizeof(float) / 1024, s->slot_count, s->nodes, s->owners);
+                "ddtrain: all-reduce: %zu KiB chunks, %u slots, %s stores; %d node(s), %d "
+                "slice(s) per chunk (DDTRAIN_ALLREDUCE_CHUNK, DDTRAIN_ALLREDUCE_SLOTS, "
+                "DDTRAIN_ALLREDUCE_STORES, DDTRAIN_NODE_RANKS)\n",
+                s->chunk_floats * sizeof(float) / 1024, s->slot_count, stores_name(s->stores),
+                s->nodes, s->owners);
     return DDT_OK;
 fail:
     free(all);
@@ -886,6 +1104,7 @@ static void shm_release(comm *c, shm_state *s, bool together) {
     free(s->node_headers);
     free(s->headers);
     free(s->slots);
+    free(s->parts);
     free(s->scratch);
     free(s->queue);
     free(s);
