@@ -167,6 +167,7 @@ typedef struct shm_state {
     shm_ring ring;
     shm_blocker blocked[3]; /* post, reduce, gather */
     bool failed;            /* a wait failed: the peers may be gone */
+    unsigned spin_polls;    /* polls before a wait yields the core; few when ranks share cores */
 } shm_state;
 
 /* ---- geometry ------------------------------------------------------------------------- */
@@ -679,7 +680,8 @@ static inline void pause_briefly(void) {
 /* Advances and waits until this rank has gathered every chunk before `end_seq`. A wait that
  * makes no progress for the timeout fails naming the rank it waits for; a peer on this node
  * whose process has ended fails it at once. Spins first (a peer is usually microseconds
- * away), then yields the core (to the reader thread) between polls. */
+ * away), then yields the core (to the reader thread, or to a peer sharing it) between polls;
+ * spin_polls says how long it spins. */
 static ddt_status wait_until(comm *c, shm_state *s, uint64_t end_seq, const char *what) {
     comm_wait w = comm_wait_begin(c);
     double last_check = w.started;
@@ -716,7 +718,7 @@ static ddt_status wait_until(comm *c, shm_state *s, uint64_t end_seq, const char
                                                what, b->rank, s->member_pid[j]));
             }
         }
-        if (idle < 4096)
+        if (idle < s->spin_polls)
             pause_briefly();
         else
             sched_yield();
@@ -1023,6 +1025,12 @@ static ddt_status shm_open(comm *c) {
         }
     }
     s->chunk_floats = mine.chunk_floats;
+    /* More ranks on the node than cores to run them: a waiting rank may be holding up the very
+     * peer it waits for, so it yields the core almost at once. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int node_size = 0;
+    MPI_Comm_size(c->node, &node_size);
+    s->spin_polls = cores > 0 && node_size > cores ? 256 + 16 : 4096;
     s->slot_count = mine.slot_count;
     s->stores = (shm_stores)mine.stores;
     DDT_CHECK_GOTO(find_places(c, s, all), status, fail);
