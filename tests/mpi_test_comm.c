@@ -207,6 +207,18 @@ static void test_emulated_nodes(device *dev, int node_ranks, const char *chunk, 
     comm_free(c);
 }
 
+/* With `name`=`value` on every rank, comm_init fails on every rank with a usage error saying
+ * `expected`, and leaves nothing behind. */
+static void check_refused(device *dev, const char *name, const char *value, const char *expected) {
+    setenv(name, value, 1);
+    comm *c = NULL;
+    ddt_status status = comm_init(COMM_BACKEND_SHM, MPI_COMM_WORLD, dev, &c);
+    unsetenv(name);
+    CHECK(status == DDT_ERR_USAGE && c == NULL);
+    CHECK(strstr(ddt_error_message(), expected) != NULL);
+    comm_free(c);
+}
+
 /* Plain stores, streaming stores, and auto switching between them (many 4 KiB chunks: many
  * epochs, each with chunks stored both ways): the same bits, the sum in rank order, on one node
  * and through the ring. A bad value is refused on every rank. */
@@ -222,14 +234,8 @@ static void test_stores(device *dev) {
     int world = 1;
     MPI_Comm_size(MPI_COMM_WORLD, &world);
     if (world < 2) return;
-    setenv("DDTRAIN_ALLREDUCE_STORES", "fast", 1);
-    comm *c = NULL;
-    ddt_status status = comm_init(COMM_BACKEND_SHM, MPI_COMM_WORLD, dev, &c);
-    unsetenv("DDTRAIN_ALLREDUCE_STORES");
-    CHECK(status == DDT_ERR_USAGE && c == NULL);
-    CHECK(strstr(ddt_error_message(),
-                 "DDTRAIN_ALLREDUCE_STORES=fast: give auto, plain or streaming") != NULL);
-    comm_free(c);
+    check_refused(dev, "DDTRAIN_ALLREDUCE_STORES", "fast",
+                  "DDTRAIN_ALLREDUCE_STORES=fast: give auto, plain or streaming");
 }
 
 /* DDTRAIN_ALLREDUCE_SLOTS out of range, or not the same on every rank: comm_init fails on
@@ -241,15 +247,9 @@ static void test_bad_slots(device *dev) {
     if (world < 2) return; /* one rank sets nothing up, so reads no knobs */
     const char *bad[] = {"1", "65", "0", "-4", "4x", "many"};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0]; k++) {
-        setenv("DDTRAIN_ALLREDUCE_SLOTS", bad[k], 1);
-        comm *c = NULL;
-        ddt_status status = comm_init(COMM_BACKEND_SHM, MPI_COMM_WORLD, dev, &c);
-        unsetenv("DDTRAIN_ALLREDUCE_SLOTS");
-        CHECK(status == DDT_ERR_USAGE && c == NULL);
         char expected[64];
         snprintf(expected, sizeof expected, "DDTRAIN_ALLREDUCE_SLOTS=%s: give 2 to 64", bad[k]);
-        CHECK(strstr(ddt_error_message(), expected) != NULL);
-        comm_free(c);
+        check_refused(dev, "DDTRAIN_ALLREDUCE_SLOTS", bad[k], expected);
     }
     if (rank == world - 1) setenv("DDTRAIN_ALLREDUCE_SLOTS", "8", 1);
     comm *c = NULL;
