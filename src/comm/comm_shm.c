@@ -7,10 +7,10 @@
  * - Gradients live in ddtrain's allocator, private to each process, so a peer cannot read
  *   them where they are. Each rank streams its buffer through a small ring of slots in an
  *   MPI-3 shared window (MPI_Win_allocate_shared over the node): chunks of chunk_floats,
- *   slot_count slots per rank. The slots stay in cache, so each gradient byte crosses DRAM
- *   twice per rank (read once, its sum written once), the least a private buffer allows. A
- *   window holding whole copies of the gradients would add a DRAM round trip per byte and
- *   need shared memory in proportion to the model.
+ *   slot_count slots per rank: about a megabyte per rank however large the model. With plain
+ *   stores the slots stay in cache and pass from core to core; with streaming stores (chosen
+ *   when that is slow, below) they pass through memory once. A window holding whole copies
+ *   of the gradients would need shared memory in proportion to the model.
  * - A chunk is cut into one slice per owner (see below). Per chunk every rank (1) posts:
  *   copies the slices other ranks own into its slot; (2) reduces the slice it owns, summing
  *   it over the node's ranks straight from their slots and its own gradient (the
