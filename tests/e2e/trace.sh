@@ -22,6 +22,14 @@ assert {"main", "reader", "communication"} <= {e["args"]["name"] for e in meta}
 PY
 expect_ok "trace summary" $PY "$HERE/../../bench/trace-summary" "$WORK/t.json"
 cat "$WORK/out.txt"
+expect_ok "trace summary --help" $PY "$HERE/../../bench/trace-summary" --help
+echo '{"traceEvents": 3' >"$WORK/broken.json"
+if ! $PY "$HERE/../../bench/trace-summary" "$WORK/broken.json" >"$WORK/out.txt" 2>&1 &&
+  grep -q "broken.json: not a readable ddtrain trace" "$WORK/out.txt"; then
+  pass "trace summary of a broken file: refused, naming it"
+else
+  fail "trace summary of a broken file: $(head -3 "$WORK/out.txt")"
+fi
 
 # Interrupted before the window ends (stopped at step 3 of a 5:8 window): no trace file.
 ranks 2 train --data "$WORK/d.h5" --model 64-16-relu-4 --global-batch 64 --epochs 1 --log-every 0 \
