@@ -27,6 +27,11 @@
 # itself skipped.
 set -euo pipefail
 
+if [[ ${1:-} == -h || ${1:-} == --help ]]; then # this file's opening comment
+  sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
+
 packages=(build-essential cmake pkg-config openmpi-bin libopenmpi-dev libhdf5-dev hdf5-tools
           libopenblas-dev zlib1g-dev libpng-dev libpng16-16 libjpeg62-turbo-dev libjpeg62-turbo)
 tensorboard=0

@@ -10,6 +10,11 @@ done
 grep -q -- "--global-batch B .*\[default: 128\]" "$WORK/help.txt" &&
   pass "train --help shows defaults" || fail "train --help shows no defaults"
 expect_ok "ddtrain --help" "$DDTRAIN" --help
+# The launch scripts' --help: their opening comment, exit 0, nothing run or installed.
+for script in ddtrain-mpirun install-deps.sh; do
+  expect_ok "launch/$script --help" "$HERE/../../launch/$script" --help
+  grep -q "^$script - " "$WORK/out.txt" || fail "launch/$script --help does not say what it is"
+done
 "$DDTRAIN" >/dev/null 2>&1; [[ $? -eq 2 ]] && pass "no command: exit 2" || fail "no command"
 expect_fail_all_ranks "unknown command" 1 2 "unknown command 'fly'" -- fly
 expect_fail_all_ranks "bad number" 1 2 "--steps: 'ten' is not a whole number" -- train --data x --steps ten
