@@ -68,9 +68,9 @@
 
 enum {
     SHM_DEFAULT_SLOTS = 4, /* chunks a rank may have in flight */
-    SHM_MAX_SLOTS = 64, /* at most SHM_EPOCH_CHUNKS */
-    SHM_LINE_BYTES = 64,
-    SHM_ALIGN_FLOATS = 16,         /* slices start on cache lines */
+    SHM_MAX_SLOTS = 64,
+    SHM_LINE_BYTES = 64, /* a cache line: slots and slices start on one */
+    SHM_LINE_FLOATS = (int)(SHM_LINE_BYTES / sizeof(float)),
     SHM_RING_TAG = 0x5d1,          /* point-to-point messages of the ring between nodes */
     SHM_DEFAULT_CHUNK = 256 << 10, /* bytes */
     SHM_MIN_CHUNK = 4 << 10,
@@ -85,10 +85,16 @@ typedef enum { SHM_STORES_PLAIN = 0, SHM_STORES_STREAMING = 1, SHM_STORES_AUTO =
  * epochs before (see choose_stores). An epoch outlasts the slots (SHM_MAX_SLOTS), which is what
  * makes its choice visible to every member before any member stores a chunk of it. */
 enum { SHM_EPOCH_CHUNKS = 128, SHM_EXPLORE_CHUNKS = 4, SHM_EPOCH_RING = 4 };
-_Static_assert(SHM_EPOCH_CHUNKS >= 64, "an epoch must outlast the slots");
+_Static_assert((int)SHM_EPOCH_CHUNKS >= (int)SHM_MAX_SLOTS, "an epoch must outlast the slots");
 
 /* closing: what a rank does at comm_free. */
 enum { SHM_OPEN = 0, SHM_CLOSING_TOGETHER = 1, SHM_CLOSING_ALONE = 2 };
+
+/* A wait's polls: the first SHM_BUSY_POLLS spin without a look at the clock, then it spins
+ * (checking the timeout) until spin_polls, then yields its core between polls. With more ranks
+ * on the node than cores, spin_polls is SHM_SHARED_CORE_POLLS: the peer it waits for may need
+ * its core. */
+enum { SHM_BUSY_POLLS = 256, SHM_SPIN_POLLS = 4096, SHM_SHARED_CORE_POLLS = 256 + 16 };
 
 /* The start of each rank's part of the window. Written by that rank only. */
 typedef struct shm_header {
@@ -148,8 +154,8 @@ typedef struct shm_state {
     float **slots;             /* members: slot_count slots of chunk_floats each */
     float **parts;             /* members: what reduce_chunks sums, in member order */
     size_t chunk_floats;
-    unsigned slot_count; /* slots per rank */
-    shm_stores stores;   /* the policy (DDTRAIN_ALLREDUCE_STORES) */
+    unsigned slot_count;                      /* slots per rank */
+    shm_stores stores;                        /* the policy (DDTRAIN_ALLREDUCE_STORES) */
     unsigned char slot_stores[SHM_MAX_SLOTS]; /* how this rank stored each slot's chunk */
     /* member 0, choosing: each kind's cost per float (seconds; 0 unknown) and the node's
      * totals when last read */
@@ -176,7 +182,7 @@ typedef struct shm_state {
 static size_t part_start(size_t n, int part, int parts) {
     if (part >= parts) return n;
     size_t at = n / (size_t)parts * (size_t)part + n % (size_t)parts * (size_t)part / (size_t)parts;
-    return at & ~(size_t)(SHM_ALIGN_FLOATS - 1);
+    return at & ~(size_t)(SHM_LINE_FLOATS - 1);
 }
 
 static shm_pending *entry_of(shm_state *s, const shm_cursor *cursor) {
@@ -219,15 +225,14 @@ static float *slot_of(const shm_state *s, int member, uint64_t seq) {
  * "choosing the stores"), and what is read from a peer is always read with prefetches ahead.
  * Streaming stores are not ordered with the stores after them: fence_streaming() orders them
  * before the flag that hands the data over. */
-enum {
-    SHM_LINE_FLOATS = 16,      /* one cache line */
-    SHM_PREFETCH_FLOATS = 512, /* how far ahead reads of shared memory prefetch: 2 KiB */
-};
+enum { SHM_PREFETCH_FLOATS = 512 /* how far ahead reads of shared memory prefetch: 2 KiB */ };
 
-typedef float float4 __attribute__((vector_size(16)));                        /* aligned */
+typedef float float4 __attribute__((vector_size(16)));                         /* aligned */
 typedef float float4u __attribute__((vector_size(16), aligned(4), may_alias)); /* any */
 
-static inline float4 load4(const float *at) { return *(const float4u *)at; }
+static inline float4 load4(const float *at) {
+    return *(const float4u *)at;
+}
 
 /* `to` is 16-byte aligned (slots and slices start on cache lines). */
 static inline void store4(float *to, float4 v, shm_stores kind) {
@@ -253,9 +258,8 @@ static inline void fence_streaming(void) {
  * NULL, into `own` too. `own` may be one of the parts: each line is read whole before it is
  * written. Inlined for each kind, so that the loop has no branch on it. */
 static inline __attribute__((always_inline)) void sum_lines(float *shared, float *own,
-                                                             const float *const *parts,
-                                                             int count, size_t n,
-                                                             shm_stores kind) {
+                                                            const float *const *parts, int count,
+                                                            size_t n, shm_stores kind) {
     for (size_t i = 0; i + SHM_LINE_FLOATS <= n; i += SHM_LINE_FLOATS) {
         const float *p = parts[0] + i;
         __builtin_prefetch(p + SHM_PREFETCH_FLOATS);
@@ -282,8 +286,8 @@ static inline __attribute__((always_inline)) void sum_lines(float *shared, float
 }
 
 /* sum_lines over any n: the floats after the last whole line are summed one by one. */
-static void sum_to_shared(float *shared, float *own, const float *const *parts, int count,
-                          size_t n, shm_stores kind) {
+static void sum_to_shared(float *shared, float *own, const float *const *parts, int count, size_t n,
+                          shm_stores kind) {
     if (kind == SHM_STORES_STREAMING)
         sum_lines(shared, own, parts, count, n, SHM_STORES_STREAMING);
     else
@@ -357,7 +361,9 @@ static ddt_status check_size(const shm_state *s, int member, uint64_t seq, size_
 /* ---- choosing the stores ----------------------------------------------------------------- */
 
 static const char *stores_name(shm_stores stores) {
-    return stores == SHM_STORES_PLAIN ? "plain" : stores == SHM_STORES_STREAMING ? "streaming" : "auto";
+    return stores == SHM_STORES_PLAIN       ? "plain"
+           : stores == SHM_STORES_STREAMING ? "streaming"
+                                            : "auto";
 }
 
 /* How every member stores chunk `seq`: the policy, or under SHM_STORES_AUTO the choice for its
@@ -376,18 +382,24 @@ static shm_stores stores_for(const shm_state *s, uint64_t seq) {
     return chosen == SHM_STORES_STREAMING ? SHM_STORES_PLAIN : SHM_STORES_STREAMING;
 }
 
+/* When moving a chunk begins, for account(); only SHM_STORES_AUTO keeps accounts. */
+static double account_start(const shm_state *s) {
+    return s->stores == SHM_STORES_AUTO ? clock_now() : 0;
+}
+
+/* counter += amount, for a counter only this rank writes (so no atomic read-modify-write). */
+static void add_own_counter(_Atomic uint64_t *counter, uint64_t amount) {
+    atomic_store_explicit(counter, atomic_load_explicit(counter, memory_order_relaxed) + amount,
+                          memory_order_relaxed);
+}
+
 /* Adds to this rank's account: `floats` of a chunk stored `kind` moved since `started`. Only
  * this rank writes its account; member 0 reads it. */
 static void account(shm_state *s, shm_stores kind, double started, size_t floats) {
+    if (s->stores != SHM_STORES_AUTO) return;
     shm_header *mine = s->headers[s->me];
-    uint64_t ns = (uint64_t)((clock_now() - started) * 1e9);
-    atomic_store_explicit(&mine->spent_ns[kind],
-                          atomic_load_explicit(&mine->spent_ns[kind], memory_order_relaxed) + ns,
-                          memory_order_relaxed);
-    atomic_store_explicit(
-        &mine->moved_floats[kind],
-        atomic_load_explicit(&mine->moved_floats[kind], memory_order_relaxed) + floats,
-        memory_order_relaxed);
+    add_own_counter(&mine->spent_ns[kind], (uint64_t)((clock_now() - started) * 1e9));
+    add_own_counter(&mine->moved_floats[kind], floats);
 }
 
 /* Member 0, before it stores the first chunk of `epoch`: chooses how epoch + 1 is stored, the
@@ -401,7 +413,8 @@ static void choose_stores(shm_state *s, uint64_t epoch) {
         uint64_t ns = 0, floats = 0;
         for (int j = 0; j < s->members; j++) {
             ns += atomic_load_explicit(&s->headers[j]->spent_ns[kind], memory_order_relaxed);
-            floats += atomic_load_explicit(&s->headers[j]->moved_floats[kind], memory_order_relaxed);
+            floats +=
+                atomic_load_explicit(&s->headers[j]->moved_floats[kind], memory_order_relaxed);
         }
         if (floats == s->seen_floats[kind]) continue; /* nothing new: keep the estimate */
         double cost = (double)(ns - s->seen_ns[kind]) / (double)(floats - s->seen_floats[kind]);
@@ -506,7 +519,7 @@ static ddt_status post_chunks(shm_state *s, bool *moved) {
         size_t n;
         const float *chunk = chunk_of(s, &s->post, &n);
         float *slot = slot_of(s, s->me, seq);
-        double started = clock_now();
+        double started = account_start(s);
         for (int j = 0; j < s->owners; j++) {
             if (j == s->me) continue; /* its own slice is summed from its gradient */
             size_t start = part_start(n, j, s->owners), end = part_start(n, j + 1, s->owners);
@@ -566,7 +579,7 @@ static ddt_status reduce_chunks(comm *c, shm_state *s, bool *moved) {
         for (int j = 0; j < s->members; j++)
             s->parts[j] = j == s->me ? own : slot_of(s, j, seq) + start;
         shm_stores kind = (shm_stores)s->slot_stores[seq % s->slot_count];
-        double started = clock_now();
+        double started = account_start(s);
         sum_to_shared(sum, across ? NULL : own, (const float *const *)s->parts, s->members, length,
                       kind);
         account(s, kind, started, length);
@@ -601,7 +614,7 @@ static ddt_status gather_chunks(shm_state *s, bool *moved) {
             }
             DDT_CHECK(check_size(s, j, seq, n));
             size_t start = part_start(n, j, s->owners), end = part_start(n, j + 1, s->owners);
-            double started = clock_now();
+            double started = account_start(s);
             copy_from_shared(chunk + start, slot_of(s, j, seq) + start, end - start);
             account(s, (shm_stores)s->slot_stores[seq % s->slot_count], started, end - start);
             s->copied[j] = 1;
@@ -680,8 +693,8 @@ static inline void pause_briefly(void) {
 /* Advances and waits until this rank has gathered every chunk before `end_seq`. A wait that
  * makes no progress for the timeout fails naming the rank it waits for; a peer on this node
  * whose process has ended fails it at once. Spins first (a peer is usually microseconds
- * away), then yields the core (to the reader thread, or to a peer sharing it) between polls;
- * spin_polls says how long it spins. */
+ * away), then yields the core (to the reader thread, or to a peer sharing it) between polls:
+ * SHM_BUSY_POLLS and spin_polls say when. */
 static ddt_status wait_until(comm *c, shm_state *s, uint64_t end_seq, const char *what) {
     comm_wait w = comm_wait_begin(c);
     double last_check = w.started;
@@ -697,7 +710,7 @@ static ddt_status wait_until(comm *c, shm_state *s, uint64_t end_seq, const char
             continue;
         }
         idle++;
-        if (idle < 256) {
+        if (idle < SHM_BUSY_POLLS) {
             pause_briefly();
             continue;
         }
@@ -814,7 +827,7 @@ static ddt_status read_knobs(shm_place *mine) {
         DDT_CHECK(units_parse_size("DDTRAIN_ALLREDUCE_CHUNK", text, &bytes));
         if (bytes < SHM_MIN_CHUNK || bytes > SHM_MAX_CHUNK)
             return ddt_error(DDT_ERR_USAGE, "DDTRAIN_ALLREDUCE_CHUNK=%s: give 4KiB to 64MiB", text);
-        mine->chunk_floats = bytes / sizeof(float) & ~(uint64_t)(SHM_ALIGN_FLOATS - 1);
+        mine->chunk_floats = bytes / sizeof(float) & ~(uint64_t)(SHM_LINE_FLOATS - 1);
     }
     mine->slot_count = SHM_DEFAULT_SLOTS;
     text = getenv("DDTRAIN_ALLREDUCE_SLOTS");
@@ -1025,16 +1038,14 @@ static ddt_status shm_open(comm *c) {
         }
     }
     s->chunk_floats = mine.chunk_floats;
-    /* More ranks on the node than cores to run them: a waiting rank may be holding up the very
-     * peer it waits for, so it yields the core almost at once. */
-    long cores = sysconf(_SC_NPROCESSORS_ONLN);
-    int node_size = 0;
-    MPI_Comm_size(c->node, &node_size);
-    s->spin_polls = cores > 0 && node_size > cores ? 256 + 16 : 4096;
     s->slot_count = mine.slot_count;
     s->stores = (shm_stores)mine.stores;
     DDT_CHECK_GOTO(find_places(c, s, all), status, fail);
     DDT_CHECK_GOTO(map_window(c, s, all), status, fail);
+    /* More ranks on the node than cores to run them: a waiting rank may be holding up the very
+     * peer it waits for, so it yields its core soon after it stops spinning. */
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    s->spin_polls = cores > 0 && s->node_ranks > cores ? SHM_SHARED_CORE_POLLS : SHM_SPIN_POLLS;
     if (s->nodes > 1) {
         s->scratch = malloc(s->chunk_floats * sizeof(float));
         if (!s->scratch) {
