@@ -7,7 +7,7 @@
 #   launch/local-cluster/cluster.sh status [--dir DIR]        # exit 0 up, 3 down, 1 partly up
 #   launch/local-cluster/cluster.sh exec [--dir DIR] NODE COMMAND...   # NODE: head, 0..N-1 or a name
 #   launch/local-cluster/cluster.sh shape [--dir DIR] RATE    # change every link's bandwidth
-#   launch/local-cluster/cluster.sh counters [--dir DIR]      # bytes each link carried (tc)
+#   launch/local-cluster/cluster.sh counters [--dir DIR]      # bytes per link (tc), TCP resends
 #   launch/local-cluster/cluster.sh list                      # every local cluster on this machine
 #
 # Each node is a network namespace with its own address on a private network and its own
@@ -32,8 +32,11 @@
 # RATE in tc's units (500mbit, 1gbit, 2.5gbit); none (the default) leaves them unshaped,
 # which on a 2-core machine tops out around 3-4 Gbit/s. Each direction of each link has a tc
 # queue (tbf, or pfifo when unshaped) whose byte counters `counters` prints: "NODE TX RX
-# TX_PACKETS RX_PACKETS", TX what the node sent (at its end of the link), RX what it received
-# (at the bridge's end). This kernel feature set has no netem, so no added latency.
+# TX_PACKETS RX_PACKETS RETRANSMITTED", TX what the node sent (at its end of the link), RX
+# what it received (at the bridge's end), RETRANSMITTED the TCP segments the node's stack
+# sent again (counted in TX a second time). This kernel feature set has no netem, so no added
+# latency; what arrives on each end of a link is steered to one core per flow (RPS), so a
+# link keeps each flow in order as a wire would.
 #
 # --slurm adds a Slurm cluster: munged and slurmctld on the head, one slurmd per node
 # (slurm-wlm and munge: launch/install-deps.sh slurm). Then, on the head:
@@ -208,6 +211,23 @@ shape_link() {
     burst=$(awk -v b="$bits" 'BEGIN { x = b / 8 / 2000; if (x < 65536) x = 65536; printf "%d", x }')
     tc -n "$ns" qdisc replace dev "$dev" root tbf rate "$rate" burst "$burst" latency 100ms
   fi
+}
+
+# steer_receive NAMESPACE DEVICE CORES: what arrives on a veth end is queued for the core its
+# flow hashes to (RPS), not for whichever core sent it. Without this, a TCP flow whose packets
+# leave the token bucket from both cores arrives out of order, and the sender retransmits
+# segments the receiver already had (SACK reordering, confirmed by D-SACK): bytes a real link,
+# which keeps order, would not carry, and which bench/scaling --nodes would count.
+steer_receive() {
+  local ns=$1 dev=$2 cores=$3 mask="" word bits
+  # The kernel's CPU mask: 32-bit hex words, the highest first, comma-separated.
+  for ((bits = cores; bits > 0; bits -= 32)); do
+    word=$(((1 << (bits < 32 ? bits : 32)) - 1))
+    mask=$(printf '%x' "$word")${mask:+,$mask}
+  done
+  # A kernel without RPS still makes a working cluster, only its byte counts are noisier.
+  ip netns exec "$ns" sh -c "echo $mask >/sys/class/net/$dev/queues/rx-0/rps_cpus" 2>/dev/null ||
+    say "no receive steering (RPS) on $dev in $ns: a flow may arrive out of order and be resent" >&2
 }
 
 shape_all() {
@@ -393,6 +413,8 @@ start_cluster() {
     ip -n "$head_ns" link set "n$i" master br0 up
     ip -n "$ns" addr add "$ip/24" dev eth0
     ip -n "$ns" link set eth0 up
+    steer_receive "$head_ns" "n$i" "$cores"
+    steer_receive "$ns" eth0 "$cores"
     echo "$i $name $ip $ns" >>"$dir/nodes"
   done
   shape_all "$bandwidth"
@@ -519,14 +541,18 @@ exec_on() {
 
 print_counters() {
   [[ -f $dir/nodes ]] && netns_exists "$head_ns" || die "no cluster running under $dir"
-  local i name ip ns
+  local i name ip ns tx rx txp rxp retransmitted
   while read -r i name ip ns; do
     # "Sent B bytes P pkt" of each end's root qdisc.
     read -r tx txp < <(tc -n "$ns" -s qdisc show dev eth0 |
       awk '/^ Sent/ { print $2, $4; exit }')
     read -r rx rxp < <(tc -n "$head_ns" -s qdisc show dev "n$i" |
       awk '/^ Sent/ { print $2, $4; exit }')
-    echo "$name ${tx:-0} ${rx:-0} ${txp:-0} ${rxp:-0}"
+    # RetransSegs, found by name in the node's own /proc/net/snmp.
+    retransmitted=$(nsenter --net="/run/netns/$ns" cat /proc/net/snmp | awk '
+      $1 == "Tcp:" && !k { for (i = 2; i <= NF; i++) if ($i == "RetransSegs") k = i; next }
+      $1 == "Tcp:" && k { print $k; exit }')
+    echo "$name ${tx:-0} ${rx:-0} ${txp:-0} ${rxp:-0} ${retransmitted:-0}"
   done <"$dir/nodes"
 }
 
