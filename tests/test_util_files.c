@@ -99,11 +99,11 @@ static void check_special_outputs(const char *dir) {
         CHECK(file_output_prepare("--save", full_node, FILE_OUTPUT_WHOLE) == DDT_ERR_IO);
         CHECK(strstr(ddt_error_message(), "--save") && strstr(ddt_error_message(), full_node) &&
               strstr(ddt_error_message(), "No space left on device"));
-        CHECK(file_output_prepare("--save", block, FILE_OUTPUT_WHOLE) == DDT_ERR_USAGE);
+        CHECK(file_output_prepare("--save", block, FILE_OUTPUT_WHOLE) == DDT_ERR_IO);
         CHECK(strstr(ddt_error_message(), "is a block device"));
         CHECK(file_output_prepare("--checkpoint-dir", null_node, FILE_OUTPUT_DIRECTORY) ==
-              DDT_ERR_USAGE);
-        CHECK(strstr(ddt_error_message(), "is a character device, not a directory"));
+              DDT_ERR_IO);
+        CHECK(strstr(ddt_error_message(), "is not a directory but a character device"));
 
         /* A whole file published onto the device: written through, the node kept, no
          * temporary left beside it or in $TMPDIR. */
@@ -148,10 +148,10 @@ static void check_special_outputs(const char *dir) {
     /* A directory where a file goes, a regular file where a directory goes, a socket. */
     mkdir(directory, 0755);
     touch(regular, "kept");
-    CHECK(file_output_prepare("--trace", directory, FILE_OUTPUT_WHOLE) == DDT_ERR_USAGE);
+    CHECK(file_output_prepare("--trace", directory, FILE_OUTPUT_WHOLE) == DDT_ERR_IO);
     CHECK(strstr(ddt_error_message(), "is a directory"));
-    CHECK(file_output_prepare("--tensorboard", regular, FILE_OUTPUT_DIRECTORY) == DDT_ERR_USAGE);
-    CHECK(strstr(ddt_error_message(), "is a regular file, not a directory"));
+    CHECK(file_output_prepare("--tensorboard", regular, FILE_OUTPUT_DIRECTORY) == DDT_ERR_IO);
+    CHECK(strstr(ddt_error_message(), "is not a directory but a regular file"));
     CHECK_OK(file_output_prepare("--save", regular, FILE_OUTPUT_WHOLE));
     snprintf(socket_path, sizeof socket_path, "/tmp/ddtrain-test-socket-%ld", (long)getpid());
     int listener = socket(AF_UNIX, SOCK_STREAM, 0);
@@ -159,7 +159,7 @@ static void check_special_outputs(const char *dir) {
     snprintf(address.sun_path, sizeof address.sun_path, "%s", socket_path);
     unlink(socket_path);
     CHECK(listener >= 0 && bind(listener, (struct sockaddr *)&address, sizeof address) == 0);
-    CHECK(file_output_prepare("--save", socket_path, FILE_OUTPUT_WHOLE) == DDT_ERR_USAGE);
+    CHECK(file_output_prepare("--save", socket_path, FILE_OUTPUT_WHOLE) == DDT_ERR_IO);
     CHECK(strstr(ddt_error_message(), "is a socket"));
     close(listener);
     unlink(socket_path);

@@ -281,16 +281,16 @@ ddt_status file_output_prepare(const char *option, const char *path, file_output
     output_name(option, path, name, sizeof name);
     if (form == FILE_OUTPUT_DIRECTORY) {
         if (S_ISDIR(info.st_mode)) return DDT_OK;
-        return ddt_error(DDT_ERR_USAGE,
-                         "%s is %s, not a directory: give a directory (it is created if "
+        return ddt_error(DDT_ERR_IO,
+                         "%s is not a directory but %s: give a directory (it is created if "
                          "missing); ddtrain never replaces %s",
                          name, file_kind_name(info.st_mode), file_kind_name(info.st_mode));
     }
     if (S_ISREG(info.st_mode)) return DDT_OK;
     if (S_ISDIR(info.st_mode))
-        return ddt_error(DDT_ERR_USAGE, "%s is a directory: give a file path", name);
+        return ddt_error(DDT_ERR_IO, "%s is a directory: give a file path", name);
     if (!S_ISCHR(info.st_mode) && !S_ISFIFO(info.st_mode))
-        return ddt_error(DDT_ERR_USAGE,
+        return ddt_error(DDT_ERR_IO,
                          "%s is %s: ddtrain writes into regular files, character devices "
                          "(/dev/null) and FIFOs, and never replaces anything else; give a file "
                          "path",

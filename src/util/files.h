@@ -107,12 +107,12 @@ typedef enum file_output_form {
 #define FILE_FIFO_READER_WAIT_SECONDS 1.0
 
 /* The set-up check of an output given by `option` (call it where the output will be written,
- * before any work). Nothing there, or a regular file: fine. Refuses (DDT_ERR_USAGE, naming the
+ * before any work). Nothing there, or a regular file: fine. Refuses (DDT_ERR_IO, naming the
  * option, the path and what it is) a directory where a file goes, anything but a directory
  * where a directory goes, a block device and a socket. A character device or a FIFO is opened
  * for writing without blocking: a FIFO without a reader within FILE_FIFO_READER_WAIT_SECONDS,
  * a device that cannot be opened, or one whose zero-byte write fails (/dev/full: "No space
- * left on device") is DDT_ERR_IO. A FIFO's descriptor is kept for its writer (file_publish,
+ * left on device") is DDT_ERR_IO too. A FIFO's descriptor is kept for its writer (file_publish,
  * file_output_append); a device is closed and opened again when written. */
 ddt_status file_output_prepare(const char *option, const char *path, file_output_form form);
 
