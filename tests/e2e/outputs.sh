@@ -9,7 +9,8 @@
 # and the previous model or checkpoint intact.
 # Outputs that are not regular files (root: device nodes of our own made with mknod, never the
 # real /dev/null): every writer (--save, --metrics, --trace, --checkpoint-dir, --tensorboard,
-# synth -o, convert idx/images/text/tokens -o, launch/export-hf.py) writes through into a
+# synth -o, convert idx/images/text/tokens -o, launch/export-hf.py, the bench scripts' --csv
+# through bench/project and bench/vs-pytorch) writes through into a
 # character device like /dev/null and never replaces it; /dev/full is "No space left on
 # device" before training, exit 1 on every rank; a FIFO with no reader is refused at once
 # (no hang), and one with a reader gets the whole file; a FIFO or device where a directory
@@ -106,7 +107,7 @@ special_outputs() {
     local beside
     beside=$(ls -A "$dev" | grep -v '^\(null\|full\|fifo\)$' | tr '\n' ' ')
     [[ -z $beside ]] || problems+=" written beside them: $beside;"
-    [[ -z $(ls -A "$TMPDIR" | grep '^ddtrain-.*\.tmp$') ]] || problems+=" temporaries left in \$TMPDIR;"
+    [[ -z $(ls -A "$TMPDIR" | grep '^\(ddtrain\|bench-output\)-.*\.tmp$') ]] || problems+=" temporaries left in \$TMPDIR;"
     if [[ -z $problems ]]; then pass "$1: the nodes intact, nothing left"; else fail "$1:$problems"; fi
     make_nodes
   }
@@ -223,6 +224,28 @@ PY
     rm -rf hf
   else
     echo "skipped: export-hf.py checks (python3 lacks h5py or numpy)"
+  fi
+  # The bench scripts' --csv/--png (bench/outputs.py), through bench/project, which is quick.
+  local project=("$PY" "$HERE/../../bench/project" --compute-ms 1 --params 1000 --overlap 0.5 --no-plot)
+  expect_ok "bench/project --csv a device like /dev/null" "${project[@]}" --csv "$dev/null"
+  intact "bench/project --csv /dev/null"
+  "${project[@]}" --csv "$dev/full" >"$WORK/project.log" 2>&1
+  [[ $? -eq 1 ]] && grep -q "project: --csv $dev/full: cannot write: No space left on device" "$WORK/project.log" &&
+    ! grep -q "^written" "$WORK/project.log" && pass "bench/project --csv /dev/full: said before the work" ||
+    fail "bench/project --csv /dev/full: $(tail -1 "$WORK/project.log")"
+  intact "bench/project --csv /dev/full"
+  read_fifo "$WORK/from-fifo.csv"
+  expect_ok "bench/project --csv a FIFO with a reader" "${project[@]}" --csv "$dev/fifo"
+  wait
+  [[ $(head -1 "$WORK/from-fifo.csv") == kind,scenario,* ]] && pass "the FIFO's reader got the CSV" ||
+    fail "bench/project through a FIFO: $(head -c 100 "$WORK/from-fifo.csv")"
+  intact "bench/project --csv FIFO"
+  if $PY -c 'import torch, h5py' 2>/dev/null; then
+    DDTRAIN=$DDTRAIN "$HERE/../../bench/vs-pytorch" --csv "$dev/null" >"$WORK/vs.log" 2>&1
+    [[ $? -eq 2 ]] && grep -q "vs-pytorch: --csv $dev/null: is a character device: it takes one file" "$WORK/vs.log" &&
+      pass "bench/vs-pytorch --csv a device: refused (its -accuracy and -gpu files would go beside it)" ||
+      fail "bench/vs-pytorch --csv /dev/null: $(tail -1 "$WORK/vs.log")"
+    intact "bench/vs-pytorch --csv /dev/null"
   fi
   unset TMPDIR
 }
