@@ -15,6 +15,7 @@ by hand (8-byte header length, JSON header, raw little-endian data).
 import json
 import os
 import re
+import stat
 import struct
 import sys
 
@@ -51,10 +52,33 @@ def write_safetensors(path, tensors):
     os.replace(temp, path)
 
 
+def kind_of(mode):
+    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISFIFO, "a FIFO"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def check_output_directory(out):
+    """Before anything is read: OUT_DIR is a directory or is created, and what is written into
+    it replaces regular files only (a device node or FIFO there is never replaced)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        sys.exit(f"export-hf: {out} is not a directory but {kind_of(os.stat(out).st_mode)}: "
+                 f"give a directory (it is created if missing)")
+    for name in ("config.json", "model.safetensors"):
+        path = os.path.join(out, name)
+        if os.path.exists(path) and not os.path.isfile(path):
+            sys.exit(f"export-hf: {path} is {kind_of(os.stat(path).st_mode)}: export-hf "
+                     f"replaces regular files only; remove it or give another directory")
+
+
 def main():
     if len(sys.argv) != 3:
         sys.exit(__doc__.strip().splitlines()[2])
     source, out = sys.argv[1], sys.argv[2]
+    check_output_directory(out)
     with h5py.File(source, "r") as f:
         text = f.attrs["model"]
         text = text.decode() if isinstance(text, bytes) else str(text)

@@ -1,9 +1,18 @@
 /* test_util_files.c - file identity under every spelling, the outputs-against-inputs rule,
- * durable publication, and space reservation. */
+ * durable publication, space reservation, and outputs that are not regular files (device
+ * nodes of our own, made with mknod when run as root, FIFOs, sockets, symbolic links). */
+#include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "check.h"
@@ -15,6 +24,229 @@ static void touch(const char *path, const char *text) {
         fputs(text, f);
         fclose(f);
     }
+}
+
+static bool is_character_device(const char *path, unsigned major_number, unsigned minor_number) {
+    struct stat info;
+    return lstat(path, &info) == 0 && S_ISCHR(info.st_mode) &&
+           major(info.st_rdev) == major_number && minor(info.st_rdev) == minor_number;
+}
+
+static bool is_fifo(const char *path) {
+    struct stat info;
+    return lstat(path, &info) == 0 && S_ISFIFO(info.st_mode);
+}
+
+/* Bytes a forked reader got from the FIFO `fifo`, into `into` (a regular file). The reader is
+ * started first and killed after `seconds` if the writer never comes. */
+static pid_t start_reader(const char *fifo, const char *into, int keep_bytes, int seconds) {
+    pid_t child = fork();
+    if (child != 0) return child;
+    alarm((unsigned)seconds);
+    int in = open(fifo, O_RDONLY), out = open(into, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    char buffer[4096];
+    ssize_t got;
+    int total = 0;
+    while (in >= 0 && out >= 0 && (got = read(in, buffer, sizeof buffer)) > 0) {
+        if (keep_bytes >= 0 && total + got > keep_bytes) got = keep_bytes - total;
+        if (write(out, buffer, (size_t)got) != got) _exit(1);
+        total += (int)got;
+        if (keep_bytes >= 0 && total >= keep_bytes) _exit(0); /* leaves early: a broken pipe */
+    }
+    _exit(in >= 0 && out >= 0 ? 0 : 1);
+}
+
+static long file_size(const char *path) {
+    struct stat info;
+    return stat(path, &info) == 0 ? (long)info.st_size : -1;
+}
+
+/* Outputs that are not regular files: written through in place or refused, never replaced. */
+static void check_special_outputs(const char *dir) {
+    char null_node[600], full_node[600], fifo[600], got[600], temp[PATH_MAX + 64], text[64];
+    char block[600], socket_path[108], directory[600], regular[600], link_path[600];
+    snprintf(null_node, sizeof null_node, "%s/null", dir);
+    snprintf(full_node, sizeof full_node, "%s/full", dir);
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    snprintf(got, sizeof got, "%s/got", dir);
+    snprintf(block, sizeof block, "%s/block", dir);
+    snprintf(directory, sizeof directory, "%s/sub", dir);
+    snprintf(regular, sizeof regular, "%s/regular.txt", dir);
+    snprintf(link_path, sizeof link_path, "%s/to-regular", dir);
+    unlink(fifo);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    CHECK_OK(file_output_prepare("--save", NULL, FILE_OUTPUT_WHOLE));
+
+    /* Devices of our own (the real /dev/null is never put at risk): root only. */
+    bool root = geteuid() == 0;
+    unlink(null_node);
+    unlink(full_node);
+    unlink(block);
+    if (root) {
+        CHECK(mknod(null_node, S_IFCHR | 0666, makedev(1, 3)) == 0);
+        CHECK(mknod(full_node, S_IFCHR | 0666, makedev(1, 7)) == 0);
+        CHECK(mknod(block, S_IFBLK | 0600, makedev(7, 0)) == 0);
+        int probe = open(null_node, O_WRONLY);
+        if (probe < 0) { /* a file system mounted nodev */
+            printf("device nodes cannot be opened in %s (%s): the device checks are skipped\n", dir,
+                   strerror(errno));
+            root = false;
+        } else {
+            close(probe);
+        }
+    } else {
+        printf("not root: the device-node checks are skipped (mknod needs root)\n");
+    }
+    if (root) {
+        CHECK(strcmp(file_kind_name(S_IFCHR), "a character device") == 0);
+        CHECK(file_output_is_stream(null_node));
+        CHECK(!file_output_is_stream(regular));
+        CHECK_OK(file_output_prepare("--save", null_node, FILE_OUTPUT_WHOLE));
+        CHECK_OK(file_output_prepare("--metrics", null_node, FILE_OUTPUT_APPENDED));
+        /* /dev/full refuses every write: found at set-up, named. */
+        CHECK(file_output_prepare("--save", full_node, FILE_OUTPUT_WHOLE) == DDT_ERR_IO);
+        CHECK(strstr(ddt_error_message(), "--save") && strstr(ddt_error_message(), full_node) &&
+              strstr(ddt_error_message(), "No space left on device"));
+        CHECK(file_output_prepare("--save", block, FILE_OUTPUT_WHOLE) == DDT_ERR_IO);
+        CHECK(strstr(ddt_error_message(), "is a block device"));
+        CHECK(file_output_prepare("--checkpoint-dir", null_node, FILE_OUTPUT_DIRECTORY) ==
+              DDT_ERR_IO);
+        CHECK(strstr(ddt_error_message(), "is not a directory but a character device"));
+
+        /* A whole file published onto the device: written through, the node kept, no
+         * temporary left beside it or in $TMPDIR. */
+        file_temp_path(null_node, temp, sizeof temp);
+        CHECK(strncmp(temp, dir, strlen(dir)) != 0); /* not beside it (in /dev) */
+        touch(temp, "a model");
+        CHECK_OK(file_publish(temp, null_node));
+        CHECK(is_character_device(null_node, 1, 3));
+        CHECK(access(temp, F_OK) != 0);
+        file_temp_path(full_node, temp, sizeof temp);
+        touch(temp, "a model");
+        CHECK(file_publish(temp, full_node) == DDT_ERR_IO);
+        CHECK(strstr(ddt_error_message(), full_node) &&
+              strstr(ddt_error_message(), "No space left on device"));
+        CHECK(is_character_device(full_node, 1, 7));
+        CHECK(access(temp, F_OK) != 0);
+        /* A block device is never renamed over. */
+        snprintf(temp, sizeof temp, "%s/block.tmp", dir);
+        touch(temp, "a model");
+        CHECK(file_publish(temp, block) == DDT_ERR_IO);
+        CHECK(strstr(ddt_error_message(), "is a block device"));
+        struct stat info;
+        CHECK(lstat(block, &info) == 0 && S_ISBLK(info.st_mode));
+        CHECK(access(temp, F_OK) != 0);
+
+        /* Records: appended to the device; /dev/full's failure reaches the writer. */
+        FILE *f = NULL;
+        CHECK_OK(file_output_append("--metrics", null_node, &f));
+        if (f) {
+            CHECK(fprintf(f, "{\"step\":1}\n") > 0 && fflush(f) == 0);
+            fclose(f);
+        }
+        CHECK(is_character_device(null_node, 1, 3));
+
+        /* Several outputs may share one character device; one FIFO may not be shared. */
+        file_role both[] = {{"--save", null_node, false}, {"--metrics", null_node, false}};
+        CHECK_OK(files_check_outputs(both, 2, NULL, 0));
+    }
+    file_role fifo_twice[] = {{"--save", fifo, false}, {"--trace", fifo, false}};
+    CHECK(files_check_outputs(fifo_twice, 2, NULL, 0) == DDT_ERR_USAGE);
+
+    /* A directory where a file goes, a regular file where a directory goes, a socket. */
+    mkdir(directory, 0755);
+    touch(regular, "kept");
+    CHECK(file_output_prepare("--trace", directory, FILE_OUTPUT_WHOLE) == DDT_ERR_IO);
+    CHECK(strstr(ddt_error_message(), "is a directory"));
+    CHECK(file_output_prepare("--tensorboard", regular, FILE_OUTPUT_DIRECTORY) == DDT_ERR_IO);
+    CHECK(strstr(ddt_error_message(), "is not a directory but a regular file"));
+    CHECK_OK(file_output_prepare("--save", regular, FILE_OUTPUT_WHOLE));
+    snprintf(socket_path, sizeof socket_path, "/tmp/ddtrain-test-socket-%ld", (long)getpid());
+    int listener = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un address = {.sun_family = AF_UNIX};
+    snprintf(address.sun_path, sizeof address.sun_path, "%s", socket_path);
+    unlink(socket_path);
+    CHECK(listener >= 0 && bind(listener, (struct sockaddr *)&address, sizeof address) == 0);
+    CHECK(file_output_prepare("--save", socket_path, FILE_OUTPUT_WHOLE) == DDT_ERR_IO);
+    CHECK(strstr(ddt_error_message(), "is a socket"));
+    close(listener);
+    unlink(socket_path);
+
+    /* A FIFO without a reader: refused (after a short wait), never a wait without end. */
+    CHECK(file_output_prepare("--metrics", fifo, FILE_OUTPUT_APPENDED) == DDT_ERR_IO);
+    CHECK(strstr(ddt_error_message(), "--metrics") && strstr(ddt_error_message(), fifo) &&
+          strstr(ddt_error_message(), "no reader"));
+    file_temp_path(fifo, temp, sizeof temp);
+    touch(temp, "a model");
+    CHECK(file_publish(temp, fifo) == DDT_ERR_IO); /* not prepared: tried once, not waited for */
+    CHECK(strstr(ddt_error_message(), "no reader"));
+    CHECK(is_fifo(fifo) && access(temp, F_OK) != 0);
+
+    /* With a reader: opened at set-up and held, so the reader stays until the file comes. */
+    pid_t reader = start_reader(fifo, got, -1, 60);
+    CHECK_OK(file_output_prepare("--save", fifo, FILE_OUTPUT_WHOLE));
+    file_temp_path(fifo, temp, sizeof temp);
+    touch(temp, "the whole model");
+    CHECK_OK(file_publish(temp, fifo));
+    int code = -1;
+    CHECK(waitpid(reader, &code, 0) == reader && WIFEXITED(code) && WEXITSTATUS(code) == 0);
+    text[0] = '\0';
+    FILE *g = fopen(got, "r");
+    if (g) {
+        CHECK(fgets(text, sizeof text, g) != NULL);
+        fclose(g);
+    }
+    CHECK(strcmp(text, "the whole model") == 0);
+    CHECK(is_fifo(fifo) && access(temp, F_OK) != 0);
+
+    /* A reader that leaves early: "Broken pipe", and this process lives on (no SIGPIPE). */
+    reader = start_reader(fifo, got, 10, 60);
+    CHECK_OK(file_output_prepare("--save", fifo, FILE_OUTPUT_WHOLE));
+    file_temp_path(fifo, temp, sizeof temp);
+    FILE *big = fopen(temp, "w");
+    for (int i = 0; big && i < 1 << 16; i++) /* 1 MiB, more than a pipe holds */
+        fputs("0123456789abcdef", big);
+    if (big) fclose(big);
+    CHECK(file_publish(temp, fifo) == DDT_ERR_IO);
+    CHECK(strstr(ddt_error_message(), "Broken pipe"));
+    CHECK(waitpid(reader, &code, 0) == reader);
+    CHECK(access(temp, F_OK) != 0);
+    reader = start_reader(fifo, got, 10, 60);
+    FILE *records = NULL;
+    CHECK_OK(file_output_prepare("--metrics", fifo, FILE_OUTPUT_APPENDED));
+    CHECK_OK(file_output_append("--metrics", fifo, &records));
+    if (records) {
+        fputs("the first record\n", records); /* the reader takes 10 bytes of it and leaves */
+        CHECK(fflush(records) == 0);
+        CHECK(waitpid(reader, &code, 0) == reader);
+        fputs("the second record\n", records);
+        CHECK(fflush(records) != 0 && errno == EPIPE);
+        fclose(records);
+    }
+    CHECK(file_size(got) == 10);
+
+    /* A symbolic link to a regular file: the file is replaced, the link stays (as a link to
+     * /proc/self/fd/1, /dev/stdout, must). */
+    unlink(link_path);
+    CHECK(symlink(regular, link_path) == 0);
+    file_temp_path(link_path, temp, sizeof temp);
+    CHECK(strncmp(temp, regular, strlen(regular)) == 0); /* beside the file linked to */
+    touch(temp, "replaced");
+    CHECK_OK(file_publish(temp, link_path));
+    struct stat link_info;
+    CHECK(lstat(link_path, &link_info) == 0 && S_ISLNK(link_info.st_mode));
+    g = fopen(regular, "r");
+    text[0] = '\0';
+    if (g) {
+        CHECK(fgets(text, sizeof text, g) != NULL);
+        fclose(g);
+    }
+    CHECK(strcmp(text, "replaced") == 0);
+    unlink(link_path);
+    unlink(null_node);
+    unlink(full_node);
+    unlink(block);
+    unlink(fifo);
 }
 
 int main(void) {
@@ -89,5 +321,7 @@ int main(void) {
     close(fd);
     unlink(link_path);
     unlink(hard);
+
+    check_special_outputs(dir);
     return check_finish();
 }

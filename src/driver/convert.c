@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "driver/commands.h"
@@ -103,6 +104,22 @@ ddt_status convert_check_outputs(const options *opts, bool validation, const fil
         DDT_CHECK(files_check_outputs(&output, 1, inputs, input_count));
     }
     return DDT_OK;
+}
+
+ddt_status convert_prepare_output(const options *opts, bool writes_here) {
+    struct stat info;
+    if (file_output_is_stream(opts->output) && stat(opts->output, &info) == 0 &&
+        (opts->shards > 1 || opts->val_fraction > 0)) {
+        char first[4096];
+        convert_train_shard_path(opts->output, opts->val_fraction > 0, 0, (int)opts->shards, first,
+                                 sizeof first);
+        return ddt_error(DDT_ERR_USAGE,
+                         "-o %s is %s: it takes one file, written through; %s writes several "
+                         "named after it (%s, ...) beside it; give a file name",
+                         opts->output, file_kind_name(info.st_mode),
+                         opts->shards > 1 ? "--shards" : "--val-fraction", first);
+    }
+    return writes_here ? file_output_prepare("-o", opts->output, FILE_OUTPUT_WHOLE) : DDT_OK;
 }
 
 ddt_status convert_validation_rows(const options *opts, int64_t rows, const char *unit,
@@ -314,6 +331,9 @@ static ddt_status convert_local(const options *opts) {
     if (!opts->output && opts->positional_count)
         return ddt_error(DDT_ERR_USAGE, "ddtrain convert %s needs -o OUT.h5", form);
     ddt_status status;
+    bool known = strcmp(form, "idx") == 0 || strcmp(form, "images") == 0 ||
+                 strcmp(form, "text") == 0 || strcmp(form, "tokens") == 0;
+    if (known) DDT_CHECK(convert_prepare_output(opts, true));
     if (strcmp(form, "idx") == 0)
         status = convert_idx(opts);
     else if (strcmp(form, "images") == 0)

@@ -53,6 +53,13 @@ void convert_train_shard_path(const char *output, bool validation, int shard, in
 ddt_status convert_check_outputs(const options *opts, bool validation, const file_role *inputs,
                                  int input_count);
 
+/* The set-up check of -o (util/files.h file_output_prepare), before any input is read. A
+ * character device (/dev/null) or a FIFO takes one file, written through in place; with
+ * --shards K > 1 or --val-fraction it would name several files beside it (in /dev), which is
+ * refused (DDT_ERR_USAGE). `writes_here`: this rank writes -o (a FIFO is opened and held, a
+ * device tried). Also used by `ddtrain synth`. */
+ddt_status convert_prepare_output(const options *opts, bool writes_here);
+
 /* Rows held out for validation out of `rows` for --val-fraction F: round(F * rows), at least
  * 1 when F > 0; DDT_ERR_USAGE if that leaves fewer than `shards` training rows. */
 ddt_status convert_validation_rows(const options *opts, int64_t rows, const char *unit,

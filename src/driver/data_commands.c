@@ -5,6 +5,7 @@
  * writes shards r, r + world, ...), since every row is a pure function of (seed, row).
  */
 #include "driver/commands.h"
+#include "driver/convert.h"
 
 #include <inttypes.h>
 #include <math.h>
@@ -94,6 +95,7 @@ static ddt_status synth_local(const job *j, const options *opts) {
     if (opts->shards > opts->rows)
         return ddt_error(DDT_ERR_USAGE, "--shards %" PRId64 " is more than --rows %" PRId64,
                          opts->shards, opts->rows);
+    DDT_CHECK(convert_prepare_output(opts, j->rank == 0)); /* rank 0 writes the first shard */
     size_t centre_count = (size_t)(opts->classes * opts->features);
     float *centres = malloc(centre_count * sizeof(float));
     if (!centres) return ddt_error(DDT_ERR_MEMORY, "out of host memory for class centres");

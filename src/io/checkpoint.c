@@ -201,7 +201,10 @@ static ddt_status remove_stale_temporaries(const char *directory) {
     while ((entry = readdir(listing)) != NULL) {
         if (!is_temporary_name(entry->d_name)) continue;
         char path[CHECKPOINT_PATH_MAX];
-        if (join_path(directory, entry->d_name, path, sizeof path) == DDT_OK) unlink(path);
+        struct stat info; /* ours are regular files: a device or FIFO so named is left alone */
+        if (join_path(directory, entry->d_name, path, sizeof path) == DDT_OK &&
+            lstat(path, &info) == 0 && S_ISREG(info.st_mode))
+            unlink(path);
     }
     closedir(listing);
     return DDT_OK;

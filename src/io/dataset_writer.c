@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,7 +201,7 @@ ddt_status dataset_writer_open(const char *path, const dataset_writer_params *pa
     dataset_writer *w = calloc(1, sizeof *w);
     if (!w) return ddt_error(DDT_ERR_MEMORY, "%s: out of memory", path);
     w->file = w->features_dataset = w->labels_dataset = H5I_INVALID_HID;
-    size_t temp_size = strlen(path) + 32;
+    size_t temp_size = strlen(path) + PATH_MAX + 32; /* file_temp_path may pick another place */
     w->path = strdup(path);
     w->temp_path = malloc(temp_size);
     if (!w->path || !w->temp_path) {

@@ -8,6 +8,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -35,8 +36,16 @@ ddt_status model_file_check_writable(const char *path) {
     struct stat info;
     if (path[length - 1] == '/' || (stat(path, &info) == 0 && S_ISDIR(info.st_mode)))
         return ddt_error(DDT_ERR_IO, "%s: cannot write the model: Is a directory", path);
+    /* /dev/null, a FIFO: written through in place (util/files.h), its directory untouched. */
+    if (file_output_is_stream(path)) return DDT_OK;
+    /* A symbolic link is followed: the file it points to is replaced, beside itself. */
+    char resolved[PATH_MAX];
+    struct stat link_info;
+    const char *where = path;
+    if (lstat(path, &link_info) == 0 && S_ISLNK(link_info.st_mode) && realpath(path, resolved))
+        where = resolved;
     char directory[4096];
-    directory_of(path, directory, sizeof directory);
+    directory_of(where, directory, sizeof directory);
     if (stat(directory, &info) != 0)
         return ddt_error(DDT_ERR_IO, "%s: cannot write the model: directory %s: %s", path,
                          directory, strerror(errno));

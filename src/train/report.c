@@ -11,6 +11,7 @@
 
 #include "train/trainer.h"
 #include "util/clock.h"
+#include "util/files.h"
 #include "util/units.h"
 
 /* ---- outputs that must not stop training -------------------------------------------------- */
@@ -52,12 +53,8 @@ ddt_status report_open(trainer *t) {
     report *r = &t->report;
     const train_config *cfg = t->config;
     if (t->rank != 0) return DDT_OK;
-    if (cfg->metrics) {
-        r->metrics = fopen(cfg->metrics, "a"); /* records are added to what is there */
-        if (!r->metrics)
-            return ddt_error(DDT_ERR_IO, "--metrics '%s': cannot open for appending: %s",
-                             cfg->metrics, strerror(errno));
-    }
+    /* Records are added to what is there; a FIFO or /dev/null is written through. */
+    if (cfg->metrics) DDT_CHECK(file_output_append("--metrics", cfg->metrics, &r->metrics));
     if (cfg->tensorboard) {
         char host[64] = "";
         gethostname(host, sizeof host - 1);

@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -301,7 +302,7 @@ static void write_json(FILE *f, const trace *t, const trace_rank_header *headers
 static ddt_status write_file(const trace *t, const trace_rank_header *headers,
                              trace_record *records, int64_t total) {
     qsort(records, (size_t)total, sizeof *records, compare_records);
-    size_t temp_size = strlen(t->path) + 32;
+    size_t temp_size = strlen(t->path) + PATH_MAX + 32; /* file_temp_path may pick another place */
     char *temp_path = malloc(temp_size);
     if (!temp_path) return ddt_error(DDT_ERR_MEMORY, "--trace %s: out of memory", t->path);
     file_temp_path(t->path, temp_path, temp_size);

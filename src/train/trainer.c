@@ -172,6 +172,16 @@ static ddt_status check_outputs_against_inputs(trainer *t) {
     return status;
 }
 
+/* Rank 0, which writes them: each output that exists and is not a regular file is refused
+ * or opened now (a FIFO's reader connected, /dev/full found), before any training. */
+static ddt_status prepare_outputs(const train_config *cfg) {
+    DDT_CHECK(file_output_prepare("--save", cfg->save, FILE_OUTPUT_WHOLE));
+    DDT_CHECK(file_output_prepare("--metrics", cfg->metrics, FILE_OUTPUT_APPENDED));
+    DDT_CHECK(file_output_prepare("--trace", cfg->trace, FILE_OUTPUT_WHOLE));
+    DDT_CHECK(file_output_prepare("--checkpoint-dir", cfg->checkpoint_dir, FILE_OUTPUT_DIRECTORY));
+    return file_output_prepare("--tensorboard", cfg->tensorboard, FILE_OUTPUT_DIRECTORY);
+}
+
 static ddt_status open_data(trainer *t) {
     const train_config *cfg = t->config;
     /* The spec only: --init's parameters are read once the model is allocated in a plan. */
@@ -211,6 +221,7 @@ static ddt_status open_data(trainer *t) {
     DDT_CHECK(dataset_identity(t->data.train, t->data.identity, identity_size));
     DDT_CHECK(dataset_set_chunk_cache(t->data.train, 0)); /* the feed's block cache replaces it */
     DDT_CHECK(check_outputs_against_inputs(t));
+    if (t->rank == 0) DDT_CHECK(prepare_outputs(cfg));
     if (t->rank == 0 && cfg->save) DDT_CHECK(model_file_check_writable(cfg->save));
     DDT_CHECK(checkpointing_prepare(t));
     return report_open(t);

@@ -4,11 +4,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 file_identity file_identity_of(const char *path) {
@@ -63,7 +67,11 @@ ddt_status files_check_outputs(const file_role *outputs, int output_count,
                                  "writes over its own inputs; give %s another path",
                                  out->option, out->path, in->option, in->path, out->option);
         }
-        for (int p = 0; p < o && id.exists; p++) {
+        /* Several outputs may go to one character device (/dev/null): nothing is replaced,
+         * and a device takes what it is given. One FIFO's reader could not tell two apart. */
+        struct stat info;
+        bool shared_device = stat(out->path, &info) == 0 && S_ISCHR(info.st_mode);
+        for (int p = 0; p < o && id.exists && !shared_device; p++) {
             const file_role *other = &outputs[p];
             if (other->path && file_identity_equal(id, file_identity_of(other->path)))
                 return ddt_error(DDT_ERR_USAGE, "%s %s and %s %s are the same file: give each its own",
@@ -81,8 +89,342 @@ ddt_status files_check_outputs(const file_role *outputs, int output_count,
     return DDT_OK;
 }
 
+/* ---- outputs that are not regular files ---- */
+
+const char *file_kind_name(mode_t mode) {
+    if (S_ISREG(mode)) return "a regular file";
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "a special file";
+}
+
+/* FIFOs opened by file_output_prepare(), by path, until their writer takes them. */
+enum { HELD_MAX = 16 };
+static struct held_stream {
+    char *path;
+    int fd;
+} held[HELD_MAX];
+static int held_count;
+static pthread_mutex_t held_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void hold_stream(const char *path, int fd) {
+    char *copy = strdup(path);
+    pthread_mutex_lock(&held_lock);
+    for (int i = 0; i < held_count; i++)
+        if (strcmp(held[i].path, path) == 0) { /* prepared again: the newer one counts */
+            close(held[i].fd);
+            free(held[i].path);
+            held[i] = held[--held_count];
+            break;
+        }
+    if (copy && held_count < HELD_MAX) {
+        held[held_count].path = copy;
+        held[held_count++].fd = fd;
+        copy = NULL;
+        fd = -1;
+    }
+    pthread_mutex_unlock(&held_lock);
+    /* Not kept (no memory, too many): the writer opens it again. */
+    free(copy);
+    if (fd >= 0) close(fd);
+}
+
+/* The descriptor held for `path` (now the caller's), or -1. */
+static int take_held_stream(const char *path) {
+    int fd = -1;
+    pthread_mutex_lock(&held_lock);
+    for (int i = 0; i < held_count; i++)
+        if (strcmp(held[i].path, path) == 0) {
+            fd = held[i].fd;
+            free(held[i].path);
+            held[i] = held[--held_count];
+            break;
+        }
+    pthread_mutex_unlock(&held_lock);
+    return fd;
+}
+
+static bool stream_held(const char *path) {
+    bool found = false;
+    pthread_mutex_lock(&held_lock);
+    for (int i = 0; i < held_count && !found; i++)
+        found = strcmp(held[i].path, path) == 0;
+    pthread_mutex_unlock(&held_lock);
+    return found;
+}
+
+bool file_output_is_stream(const char *path) {
+    struct stat info;
+    if (!path) return false;
+    if (stream_held(path)) return true;
+    return stat(path, &info) == 0 && (S_ISCHR(info.st_mode) || S_ISFIFO(info.st_mode));
+}
+
+/* How a file written whole reaches `path`. */
+typedef enum output_route {
+    ROUTE_RENAME,  /* renamed over `target`: nothing there yet, or a regular file */
+    ROUTE_THROUGH, /* copied into `path` in place: a stream, or a regular file behind a link
+                    * that names it no more (/dev/stdout to a deleted file) */
+    ROUTE_REFUSE,  /* a directory, a block device, a socket: left alone */
+} output_route;
+
+/* `target` gets where a renamed file goes: the file a symbolic link points to, so the link
+ * stays (a rename over /dev/stdout would replace the link itself), else `path`. */
+static output_route route_of(const char *path, char *target, size_t size) {
+    snprintf(target, size, "%s", path);
+    if (stream_held(path)) return ROUTE_THROUGH;
+    struct stat info, link_info;
+    if (stat(path, &info) != 0) return ROUTE_RENAME; /* created (or the writer says why not) */
+    if (S_ISCHR(info.st_mode) || S_ISFIFO(info.st_mode)) return ROUTE_THROUGH;
+    if (!S_ISREG(info.st_mode)) return ROUTE_REFUSE;
+    if (lstat(path, &link_info) != 0 || !S_ISLNK(link_info.st_mode)) return ROUTE_RENAME;
+    char resolved[PATH_MAX];
+    struct stat again;
+    if (realpath(path, resolved) && strlen(resolved) < size && stat(resolved, &again) == 0 &&
+        again.st_dev == info.st_dev && again.st_ino == info.st_ino) {
+        snprintf(target, size, "%s", resolved);
+        return ROUTE_RENAME;
+    }
+    return ROUTE_THROUGH;
+}
+
 void file_temp_path(const char *path, char *out, size_t size) {
-    snprintf(out, size, "%s.tmp-%ld", path, (long)getpid());
+    char target[PATH_MAX];
+    if (route_of(path, target, sizeof target) != ROUTE_THROUGH) {
+        if (snprintf(out, size, "%s.tmp-%ld", target, (long)getpid()) < (int)size) return;
+        snprintf(out, size, "%s.tmp-%ld", path, (long)getpid()); /* the old place: it fits */
+        return;
+    }
+    /* Never beside a device (in /dev) or a FIFO: under $TMPDIR, copied in by file_publish. */
+    static atomic_uint counter;
+    unsigned n = atomic_fetch_add(&counter, 1);
+    const char *directory = getenv("TMPDIR");
+    if (!directory || !*directory) directory = "/tmp";
+    if (snprintf(out, size, "%s/ddtrain-%ld-%u.tmp", directory, (long)getpid(), n) < (int)size)
+        return;
+    snprintf(out, size, "/tmp/ddtrain-%ld-%u.tmp", (long)getpid(), n);
+}
+
+/* write() of all of `data` with SIGPIPE blocked in this thread, so a FIFO whose reader has
+ * gone gives EPIPE (a message) rather than ending the process; a SIGPIPE raised here is
+ * consumed. Returns 0, or -1 with errno set. */
+static int write_all_without_sigpipe(int fd, const void *data, size_t size) {
+    sigset_t pipe_only, previous, pending;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    bool was_pending = sigpending(&pending) == 0 && sigismember(&pending, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &pipe_only, &previous);
+    const char *next = data;
+    int result = 0, saved = 0;
+    while (size > 0) {
+        ssize_t written = write(fd, next, size);
+        if (written < 0 && errno == EINTR) continue;
+        if (written <= 0) {
+            saved = written < 0 ? errno : ENOSPC;
+            result = -1;
+            break;
+        }
+        next += written;
+        size -= (size_t)written;
+    }
+    if (result != 0 && saved == EPIPE && !was_pending) {
+        const struct timespec now = {0, 0};
+        while (sigtimedwait(&pipe_only, NULL, &now) < 0 && errno == EINTR) {
+        }
+    }
+    pthread_sigmask(SIG_SETMASK, &previous, NULL);
+    errno = saved;
+    return result;
+}
+
+/* "OPTION PATH" or "PATH", for messages. */
+static const char *output_name(const char *option, const char *path, char *out, size_t size) {
+    snprintf(out, size, "%s%s%s", option ? option : "", option ? " " : "", path);
+    return out;
+}
+
+/* Opens the stream `path` for writing: the descriptor file_output_prepare() holds, else a new
+ * one, opened without blocking (a FIFO without a reader is an error, not a wait) and then
+ * made blocking. `truncate`: a regular file reached through a link that names it no more. */
+static ddt_status open_stream(const char *option, const char *path, bool truncate, int *out) {
+    char name[PATH_MAX + 64];
+    *out = take_held_stream(path);
+    if (*out >= 0) return DDT_OK;
+    int fd = open(path, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC | (truncate ? O_TRUNC : 0));
+    if (fd < 0) {
+        if (errno == ENXIO)
+            return ddt_error(DDT_ERR_IO,
+                             "%s is a FIFO with no reader: ddtrain does not wait for one; start "
+                             "its reader first",
+                             output_name(option, path, name, sizeof name));
+        return ddt_error(DDT_ERR_IO, "%s: cannot open for writing: %s",
+                         output_name(option, path, name, sizeof name), strerror(errno));
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        int saved = errno;
+        close(fd);
+        return ddt_error(DDT_ERR_IO, "%s: cannot open for writing: %s",
+                         output_name(option, path, name, sizeof name), strerror(saved));
+    }
+    *out = fd;
+    return DDT_OK;
+}
+
+ddt_status file_output_prepare(const char *option, const char *path, file_output_form form) {
+    char name[PATH_MAX + 64];
+    struct stat info;
+    if (!path || stat(path, &info) != 0) return DDT_OK; /* created when written */
+    output_name(option, path, name, sizeof name);
+    if (form == FILE_OUTPUT_DIRECTORY) {
+        if (S_ISDIR(info.st_mode)) return DDT_OK;
+        return ddt_error(DDT_ERR_IO,
+                         "%s is not a directory but %s: give a directory (it is created if "
+                         "missing); ddtrain never replaces %s",
+                         name, file_kind_name(info.st_mode), file_kind_name(info.st_mode));
+    }
+    if (S_ISREG(info.st_mode)) return DDT_OK;
+    if (S_ISDIR(info.st_mode))
+        return ddt_error(DDT_ERR_IO, "%s is a directory: give a file path", name);
+    if (!S_ISCHR(info.st_mode) && !S_ISFIFO(info.st_mode))
+        return ddt_error(DDT_ERR_IO,
+                         "%s is %s: ddtrain writes into regular files, character devices "
+                         "(/dev/null) and FIFOs, and never replaces anything else; give a file "
+                         "path",
+                         name, file_kind_name(info.st_mode));
+    /* Without O_NONBLOCK, opening a FIFO for writing waits for a reader forever. */
+    int fd = -1;
+    struct timespec pause = {0, 20 * 1000 * 1000};
+    for (int tries = (int)(FILE_FIFO_READER_WAIT_SECONDS * 50); fd < 0; tries--) {
+        fd = open(path, O_WRONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        if (fd >= 0 || errno != ENXIO || !S_ISFIFO(info.st_mode) || tries <= 0) break;
+        nanosleep(&pause, NULL);
+    }
+    if (fd < 0) {
+        if (errno == ENXIO && S_ISFIFO(info.st_mode))
+            return ddt_error(DDT_ERR_IO,
+                             "%s is a FIFO with no reader (waited %g s for one): start its "
+                             "reader first (for example: cat %s > FILE &); opening it would "
+                             "block until one comes",
+                             name, FILE_FIFO_READER_WAIT_SECONDS, path);
+        return ddt_error(DDT_ERR_IO, "%s (%s): cannot open for writing: %s", name,
+                         file_kind_name(info.st_mode), strerror(errno));
+    }
+    /* A device that refuses every write (/dev/full) refuses this one too: said now, not
+     * after hours of training. Zero bytes change nothing on a FIFO or /dev/null. */
+    if (write(fd, "", 0) < 0) {
+        int saved = errno;
+        close(fd);
+        return ddt_error(DDT_ERR_IO, "%s (%s): cannot write: %s", name,
+                         file_kind_name(info.st_mode), strerror(saved));
+    }
+    if (!S_ISFIFO(info.st_mode)) {
+        close(fd);
+        return DDT_OK;
+    }
+    /* Held until written: closing it now would end the reader's input (it would see the end
+     * of the file, and leave). */
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0) {
+        int saved = errno;
+        close(fd);
+        return ddt_error(DDT_ERR_IO, "%s: cannot open for writing: %s", name, strerror(saved));
+    }
+    hold_stream(path, fd);
+    return DDT_OK;
+}
+
+typedef struct append_stream {
+    int fd;
+} append_stream;
+
+static ssize_t append_stream_write(void *cookie, const char *data, size_t size) {
+    append_stream *stream = cookie;
+    /* stdio reads 0 as an error (errno kept). */
+    return write_all_without_sigpipe(stream->fd, data, size) == 0 ? (ssize_t)size : 0;
+}
+
+static int append_stream_close(void *cookie) {
+    append_stream *stream = cookie;
+    int result = close(stream->fd);
+    free(stream);
+    return result;
+}
+
+ddt_status file_output_append(const char *option, const char *path, FILE **out) {
+    char name[PATH_MAX + 64];
+    *out = NULL;
+    if (!file_output_is_stream(path)) {
+        *out = fopen(path, "a"); /* a link is followed: records go into what it points to */
+        if (!*out)
+            return ddt_error(DDT_ERR_IO, "%s '%s': cannot open for appending: %s", option, path,
+                             strerror(errno));
+        return DDT_OK;
+    }
+    append_stream *stream = malloc(sizeof *stream);
+    if (!stream) return ddt_error(DDT_ERR_MEMORY, "out of host memory");
+    ddt_status status = open_stream(option, path, false, &stream->fd);
+    if (status != DDT_OK) {
+        free(stream);
+        return status;
+    }
+    cookie_io_functions_t functions = {.write = append_stream_write, .close = append_stream_close};
+    *out = fopencookie(stream, "a", functions);
+    if (!*out) {
+        int saved = errno;
+        close(stream->fd);
+        free(stream);
+        return ddt_error(DDT_ERR_IO, "%s: cannot open for appending: %s",
+                         output_name(option, path, name, sizeof name), strerror(saved));
+    }
+    return DDT_OK;
+}
+
+/* file_publish for a stream: temp_path's bytes are written into `path` in place, then
+ * temp_path is removed. */
+static ddt_status publish_through(const char *temp_path, const char *path) {
+    struct stat info;
+    bool regular = !stream_held(path) && stat(path, &info) == 0 && S_ISREG(info.st_mode);
+    int in = open(temp_path, O_RDONLY | O_CLOEXEC);
+    if (in < 0) {
+        ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot reopen temporary file %s: %s", path,
+                                      temp_path, strerror(errno));
+        unlink(temp_path);
+        return status;
+    }
+    int out;
+    ddt_status status = open_stream(NULL, path, regular, &out);
+    if (status != DDT_OK) {
+        close(in);
+        unlink(temp_path);
+        return status;
+    }
+    enum { BUFFER_SIZE = 1 << 16 };
+    char *buffer = malloc(BUFFER_SIZE);
+    if (!buffer) status = ddt_error(DDT_ERR_MEMORY, "%s: out of host memory", path);
+    while (status == DDT_OK) {
+        ssize_t got = read(in, buffer, BUFFER_SIZE);
+        if (got < 0 && errno == EINTR) continue;
+        if (got < 0) {
+            status = ddt_error(DDT_ERR_IO, "%s: cannot read back temporary file %s: %s", path,
+                               temp_path, strerror(errno));
+            break;
+        }
+        if (got == 0) break;
+        if (write_all_without_sigpipe(out, buffer, (size_t)got) != 0) {
+            status = ddt_error(DDT_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+            break;
+        }
+    }
+    free(buffer);
+    close(in);
+    if (close(out) != 0 && status == DDT_OK && errno != EINTR)
+        status = ddt_error(DDT_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
+    unlink(temp_path);
+    return status;
 }
 
 ddt_status file_sync_directory_of(const char *path) {
@@ -110,6 +452,19 @@ ddt_status file_sync_directory_of(const char *path) {
 }
 
 ddt_status file_publish(const char *temp_path, const char *path) {
+    char target[PATH_MAX];
+    struct stat info;
+    switch (route_of(path, target, sizeof target)) {
+    case ROUTE_THROUGH:
+        return publish_through(temp_path, path);
+    case ROUTE_REFUSE:
+        unlink(temp_path);
+        if (stat(path, &info) != 0) info.st_mode = 0;
+        return ddt_error(DDT_ERR_IO, "%s is %s: not replaced (give a file path)", path,
+                         file_kind_name(info.st_mode));
+    case ROUTE_RENAME:
+        break;
+    }
     int fd = open(temp_path, O_RDONLY);
     if (fd < 0) {
         ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot reopen temporary file %s: %s", path,
@@ -124,14 +479,14 @@ ddt_status file_publish(const char *temp_path, const char *path) {
         return ddt_error(DDT_ERR_IO, "%s: cannot flush to disk: %s", path, strerror(saved));
     }
     close(fd);
-    if (rename(temp_path, path) != 0) {
+    if (rename(temp_path, target) != 0) {
         int saved = errno;
         unlink(temp_path);
         return ddt_error(DDT_ERR_IO, "%s: cannot replace with %s: %s", path, temp_path,
                          strerror(saved));
     }
     /* Without this a crash could forget the rename even though the data reached the disk. */
-    return file_sync_directory_of(path);
+    return file_sync_directory_of(target);
 }
 
 ddt_status file_reserve(int fd, const char *path, uint64_t bytes) {

@@ -10,6 +10,19 @@
  * it, renames it over PATH and fsyncs the directory, so a crash at any point leaves either the
  * old file or the complete new one under PATH. On failure the temporary file is removed.
  *
+ * Outputs that are not regular files: a path that names a character device (/dev/null,
+ * /dev/full, a terminal) or a FIFO is written through in place, as GNU tools and
+ * torch.save() do: opened for writing, never truncated, replaced, renamed over or removed. A
+ * file written whole (a model, a checkpoint, a trace, a dataset) is first written to a
+ * temporary regular file under $TMPDIR (HDF5 needs a file it can seek in) and then copied in;
+ * records (--metrics) are written as they come. A path that is a symbolic link to a regular
+ * file is published at the file it points to, so the link stays (/dev/stdout is never
+ * replaced). file_output_prepare() checks every output at set-up, before any work: a
+ * directory where a file goes, a block device or a socket is refused; a FIFO is opened then
+ * (a FIFO with no reader is refused after a short wait instead of blocking) and held open until
+ * its writer takes it, so the reader stays connected; a device that refuses every write
+ * (/dev/full) is found by a write of zero bytes.
+ *
  * Space: file_reserve() asks the file system for the bytes a file will need before anything
  * is written (fallocate, keeping the size), so a full disk is a clear "No space left on
  * device" up front instead of a failure halfway through a library's write.
@@ -28,6 +41,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include "util/status.h"
@@ -58,14 +72,56 @@ typedef struct file_role {
 ddt_status files_check_outputs(const file_role *outputs, int output_count,
                                const file_role *inputs, int input_count);
 
-/* "PATH.tmp-<pid>": where a writer writes before file_publish(). */
+/* "PATH.tmp-<pid>": where a writer writes before file_publish(). Beside the file a symbolic
+ * link points to, for a link; "$TMPDIR/ddtrain-<pid>-<n>.tmp" for a stream (a character
+ * device or a FIFO: see above), which is copied in rather than renamed over. Give `size` of
+ * at least PATH_MAX + 32. */
 void file_temp_path(const char *path, char *out, size_t size);
 /* fsync `temp_path`, rename it to `path`, fsync the directory; on failure removes temp_path
- * and leaves `path` as it was. Messages name `path` and errno's words. */
+ * and leaves `path` as it was. Messages name `path` and errno's words. A stream (a character
+ * device or a FIFO) is not replaced: temp_path's bytes are written into it and temp_path is
+ * removed ("No space left on device" for /dev/full). Anything else that is not a regular file
+ * (a directory, a block device, a socket) is refused and left as it is. */
 ddt_status file_publish(const char *temp_path, const char *path);
 /* fsync of the directory holding `path` (file systems that refuse it for directories are
  * accepted: the rename is still done). */
 ddt_status file_sync_directory_of(const char *path);
+/* ---- outputs that are not regular files ---- */
+
+/* "a regular file", "a directory", "a character device", "a block device", "a FIFO",
+ * "a socket": what a stat() mode is, for messages. */
+const char *file_kind_name(mode_t mode);
+
+/* Whether `path` (links followed) is written through in place rather than replaced: a
+ * character device or a FIFO, or a stream file_output_prepare() holds open. */
+bool file_output_is_stream(const char *path);
+
+/* How an output is written. */
+typedef enum file_output_form {
+    FILE_OUTPUT_WHOLE,     /* written whole, then published (file_temp_path, file_publish) */
+    FILE_OUTPUT_APPENDED,  /* records added as they come (file_output_append) */
+    FILE_OUTPUT_DIRECTORY, /* a directory files are written into (created if missing) */
+} file_output_form;
+
+/* How long file_output_prepare() waits for a FIFO's reader before refusing it. */
+#define FILE_FIFO_READER_WAIT_SECONDS 1.0
+
+/* The set-up check of an output given by `option` (call it where the output will be written,
+ * before any work). Nothing there, or a regular file: fine. Refuses (DDT_ERR_IO, naming the
+ * option, the path and what it is) a directory where a file goes, anything but a directory
+ * where a directory goes, a block device and a socket. A character device or a FIFO is opened
+ * for writing without blocking: a FIFO without a reader within FILE_FIFO_READER_WAIT_SECONDS,
+ * a device that cannot be opened, or one whose zero-byte write fails (/dev/full: "No space
+ * left on device") is DDT_ERR_IO too. A FIFO's descriptor is kept for its writer (file_publish,
+ * file_output_append); a device is closed and opened again when written. */
+ddt_status file_output_prepare(const char *option, const char *path, file_output_form form);
+
+/* Opens `path` to add records to: fopen(path, "a") for a regular file (created if missing,
+ * records added to what is there), the held or a fresh non-blocking descriptor for a stream
+ * (writes to a FIFO whose reader has gone fail with "Broken pipe" instead of raising SIGPIPE).
+ * Messages name `option` and `path`. */
+ddt_status file_output_append(const char *option, const char *path, FILE **out);
+
 /* Reserves `bytes` of disk for the open file `fd` (written later as `path`) without changing
  * its size. DDT_ERR_IO "PATH: No space left on device: needs N, the file system has M free"
  * when there is not room; file systems that cannot reserve (EOPNOTSUPP) are accepted. */

@@ -56,4 +56,31 @@ check_error "no records" "holds no step or epoch records" "$WORK/empty.jsonl" -o
 check_error "missing file" "no such file" "$WORK/none.jsonl" -o "$WORK/x.png"
 check_error "labels mismatch" "--labels names 1 runs, but 2" "$WORK/a.jsonl" "$WORK/b.jsonl" --labels x
 check_error "samples without a summary" "use --x steps" "$WORK/partial.jsonl" --x samples -o "$WORK/x.png"
+check_error "-o a directory" "is a directory: give a file path" "$WORK/a.jsonl" -o "$WORK"
+
+# -o not a regular file (root: device nodes of our own, never the real /dev/null): written
+# through into a device, nothing put beside it; /dev/full said; a FIFO without a reader
+# refused at once, one with a reader gets the PNG.
+if [[ $(id -u) -eq 0 ]]; then
+  dev=$WORK/dev
+  mkdir "$dev" && mknod "$dev/null" c 1 3 && mknod "$dev/full" c 1 7 && mkfifo "$dev/fifo"
+fi
+if [[ $(id -u) -eq 0 ]] && ! (: >"$dev/null") 2>/dev/null; then
+  echo "skipped: device nodes cannot be opened in $WORK (a file system mounted nodev)"
+elif [[ $(id -u) -eq 0 ]]; then
+  expect_ok "-o a device like /dev/null" "$PLOT" "$WORK/a.jsonl" -o "$dev/null"
+  check_error "-o /dev/full" "-o $dev/full: No space left on device" "$WORK/a.jsonl" -o "$dev/full"
+  check_error "-o a FIFO without a reader" "is a FIFO with no reader" "$WORK/a.jsonl" -o "$dev/fifo"
+  timeout 60 cat "$dev/fifo" >"$WORK/from-fifo.png" &
+  expect_ok "-o a FIFO with a reader" "$PLOT" "$WORK/a.jsonl" -o "$dev/fifo"
+  wait
+  [[ $(head -c 4 "$WORK/from-fifo.png" | od -An -c | tr -d ' ') == '211PNG' ]] &&
+    pass "the FIFO's reader got the PNG" || fail "the FIFO's reader got no PNG"
+  [[ $(stat -c '%F %t:%T' "$dev/null") == "character special file 1:3" &&
+    $(stat -c '%F %t:%T' "$dev/full") == "character special file 1:7" &&
+    $(stat -c %F "$dev/fifo") == fifo && $(ls "$dev" | wc -l) -eq 3 ]] &&
+    pass "the nodes intact, nothing written beside them" || fail "the nodes changed: $(ls -l "$dev")"
+else
+  echo "skipped: the device-node checks need root (mknod)"
+fi
 finish
