@@ -14,6 +14,9 @@
  * subfolders included (symbolic links followed), whose names end in .png, .jpg or .jpeg in
  * any case, ordered as Python's sorted(os.walk(...)) then sorted file names visit them.
  * Unlike torchvision, names starting with '.' are skipped (no ".ipynb_checkpoints" class).
+ * A name like an image's that is not a regular file once links are followed -- a FIFO, a
+ * device (a link to /dev/zero), a dangling link, a link loop -- is a bad image like a
+ * corrupt one (listed, refused unless --skip-bad), found without opening it.
  * The order does not matter for the output beyond being fixed: rows are shuffled with a
  * keyed permutation of (--seed).
  */
@@ -164,15 +167,14 @@ static ddt_status scan_class(image_folder *f, const char *directory, int label, 
             status = ddt_error(DDT_ERR_USAGE, "%s/%s: path too long", directory, names[i]);
             break;
         }
+        /* Whatever is named like an image and is not a folder is listed: a dangling link, a
+         * link loop, a FIFO or a device then fails the first pass as a bad image, named (as
+         * torchvision's loader fails on it), rather than being passed over in silence. */
         struct stat info;
-        if (stat(path, &info) != 0) {
-            /* a dangling link: nothing to read, as os.walk would not list it as a file */
-            f->ignored++;
-            continue;
-        }
-        if (S_ISDIR(info.st_mode))
+        bool folder = stat(path, &info) == 0 && S_ISDIR(info.st_mode);
+        if (folder)
             status = scan_class(f, path, label, depth + 1);
-        else if (S_ISREG(info.st_mode) && has_image_extension(names[i]))
+        else if (has_image_extension(names[i]))
             status = add_image(f, directory, path, label);
         else
             f->ignored++;

@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/files.h"
+
 /* Wider layers than this are surely a typo, and keep rows * width products far from overflow. */
 #define MODEL_MAX_WIDTH (1 << 24)
 #define MODEL_MAX_NESTING 8
@@ -920,8 +922,10 @@ static ddt_status normalise(const char *text, char *out, size_t size) {
 }
 
 static ddt_status read_description_file(const char *path, char *out, size_t size) {
-    FILE *file = fopen(path, "r");
-    if (!file) return ddt_error(DDT_ERR_IO, "--model @%s: cannot open it: %s", path, strerror(errno));
+    char name[4200];
+    snprintf(name, sizeof name, "--model @%s", path);
+    FILE *file;
+    DDT_CHECK(file_fopen_regular_input(path, name, &file)); /* a FIFO would block: refused */
     size_t n = fread(out, 1, size - 1, file);
     bool more = fgetc(file) != EOF;
     bool failed = ferror(file);

@@ -175,16 +175,13 @@ ddt_status hdf5_write_temporary(const char *temp_path, const char *path, uint64_
                                hdf5_error_detail(detail, sizeof detail));
     }
     hdf5_lock_release();
-    if (status != DDT_OK) unlink(temp_path);
+    if (status != DDT_OK) file_temp_remove(temp_path);
     return status;
 }
 
 ddt_status hdf5_check_readable(const char *path) {
-    struct stat info;
-    if (stat(path, &info) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(info.st_mode))
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
+    /* HDF5 opens by path and would wait in open() for a FIFO's writer: regular files only. */
+    DDT_CHECK(file_check_regular_input(path, NULL));
     if (access(path, R_OK) != 0)
         return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     return DDT_OK;
