@@ -137,6 +137,21 @@ static ddt_status sink_init(token_sink *s, const options *opts, int64_t total, i
     return convert_validation_rows(opts, total, "tokens", &s->held);
 }
 
+/* The buffers of a token conversion: a block of `id_bytes`-byte ids read and the same block
+ * as int32, and the writer's chunks; refused up front when over --host-staging-limit. */
+static ddt_status check_memory(const options *opts, const char *command, int id_bytes) {
+    dataset_writer_params params = {.kind = DATASET_KIND_TOKENS,
+                                    .rows = TOKEN_BLOCK,
+                                    .vocab_size = 1,
+                                    .compression = (int)opts->compression};
+    convert_memory memory = {0};
+    char what[64];
+    snprintf(what, sizeof what, "a block of %d ids", TOKEN_BLOCK);
+    convert_memory_add(&memory, what, (uint64_t)TOKEN_BLOCK * (uint64_t)(id_bytes + 4));
+    convert_memory_add(&memory, "the writer's chunks", dataset_writer_memory_bytes(&params));
+    return convert_memory_check(opts, command, &memory, NULL);
+}
+
 /* The inputs as file roles, for convert_check_outputs. */
 static ddt_status check_outputs(const options *opts, const char *role) {
     file_role inputs[OPTIONS_MAX_POSITIONAL];
@@ -162,6 +177,7 @@ ddt_status convert_text(const options *opts) {
     if (opts->vocab_size && opts->vocab_size != 256)
         return ddt_error(DDT_ERR_USAGE, "convert text: the tokens are bytes, vocab 256 "
                                         "(--vocab-size is for convert tokens)");
+    DDT_CHECK(check_memory(opts, "convert text", 1));
     int64_t total = 0;
     for (int i = 1; i < opts->positional_count; i++) {
         struct stat info;
@@ -271,6 +287,7 @@ ddt_status convert_tokens(const options *opts) {
     if (opts->positional_count < 2)
         return ddt_error(DDT_ERR_USAGE, "usage: ddtrain convert tokens FILE.bin... -o OUT.h5 "
                                         "[--vocab-size V] [--val-fraction F] [--shards K]");
+    DDT_CHECK(check_memory(opts, "convert tokens", 4));
     int files = opts->positional_count - 1;
     token_file inputs[OPTIONS_MAX_POSITIONAL];
     int64_t total = 0;
