@@ -25,7 +25,7 @@ ddt_status convert_outputs_add(convert_outputs *o, const char *path, const char 
         char **temps = paths ? realloc(o->temps, (size_t)capacity * sizeof *temps) : NULL;
         if (temps) o->temps = temps;
         if (!paths || !temps) {
-            unlink(temp);
+            file_temp_remove(temp);
             return ddt_error(DDT_ERR_MEMORY, "out of host memory listing outputs");
         }
         o->capacity = capacity;
@@ -35,7 +35,7 @@ ddt_status convert_outputs_add(convert_outputs *o, const char *path, const char 
     if (!o->paths[o->count] || !o->temps[o->count]) {
         free(o->paths[o->count]);
         free(o->temps[o->count]);
-        unlink(temp);
+        file_temp_remove(temp);
         return ddt_error(DDT_ERR_MEMORY, "out of host memory listing outputs");
     }
     o->count++;
@@ -58,7 +58,7 @@ ddt_status convert_outputs_publish(convert_outputs *o) {
         if (status == DDT_OK)
             status = file_publish(o->temps[i], o->paths[i]); /* removes the temp on failure */
         else
-            unlink(o->temps[i]);
+            file_temp_remove(o->temps[i]);
     }
     outputs_free(o);
     return status;
@@ -66,7 +66,7 @@ ddt_status convert_outputs_publish(convert_outputs *o) {
 
 void convert_outputs_discard(convert_outputs *o) {
     for (int i = 0; i < o->count; i++)
-        unlink(o->temps[i]);
+        file_temp_remove(o->temps[i]);
     outputs_free(o);
 }
 

@@ -227,14 +227,19 @@ ddt_status dataset_writer_open(const char *path, const dataset_writer_params *pa
     }
 
     /* Creating the file with open() first gives the user errno's words ("Permission
-     * denied") instead of HDF5's generic failure. */
-    int fd = open(w->temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) {
-        ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+     * denied") instead of HDF5's generic failure. Registered first, so a signal at any point
+     * from here on removes it (util/files.h). */
+    ddt_status created = file_temp_register(w->temp_path);
+    int fd = -1;
+    if (created == DDT_OK && (fd = open(w->temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644)) < 0) {
+        created = ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        file_temp_forget(w->temp_path);
+    }
+    if (created != DDT_OK) {
         free(w->path);
         free(w->temp_path);
         free(w);
-        return status;
+        return created;
     }
     close(fd);
 
@@ -392,7 +397,7 @@ void dataset_writer_abort(dataset_writer *w) {
     if (w->features_dataset >= 0) H5Dclose(w->features_dataset);
     if (w->file >= 0) hdf5_file_close(w->file);
     hdf5_lock_release();
-    unlink(w->temp_path);
+    file_temp_remove(w->temp_path);
     free_writer(w);
 }
 

@@ -156,9 +156,15 @@ ddt_status hdf5_reserve(int64_t file, const char *path, uint64_t bytes) {
 
 ddt_status hdf5_write_temporary(const char *temp_path, const char *path, uint64_t reserve_bytes,
                                 hdf5_contents_writer write, const void *context) {
-    /* open() first so the user gets errno's words rather than HDF5's generic failure. */
+    /* open() first so the user gets errno's words rather than HDF5's generic failure;
+     * registered first, so a signal from here on removes it (util/files.h). */
+    DDT_CHECK(file_temp_register(temp_path));
     int fd = open(temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    if (fd < 0) {
+        ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        file_temp_forget(temp_path);
+        return status;
+    }
     close(fd);
     char detail[256];
     ddt_status status = DDT_OK;
