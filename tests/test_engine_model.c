@@ -168,7 +168,7 @@ static void check_specs(void) {
     check_bad_spec("gpt(layers=2,depth=2)", "gpt(...) has no setting 'depth'");
     check_bad_spec("10-gpt(layers=1)", "gpt(...) is a whole model: write it alone");
     CHECK(model_spec_parse("@/nonexistent/model.txt", &spec_buffer) == DDT_ERR_IO);
-    CHECK(strstr(ddt_error_message(), "--model @/nonexistent/model.txt: cannot open it") != NULL);
+    CHECK(strstr(ddt_error_message(), "--model @/nonexistent/model.txt: cannot open") != NULL);
     char many[MODEL_SPEC_MAX_TEXT] = "4-4";
     for (int i = 0; i < MODEL_MAX_NODES && strlen(many) < sizeof many - 6; i++)
         strcat(many, "-relu");

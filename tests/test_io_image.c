@@ -2,12 +2,19 @@
  * depth, grey + alpha, RGB, RGBA, palette with transparency, 16-bit, interlaced; corrupt,
  * truncated, empty and foreign files refused naming the file; and image_to_chw's resizing
  * (bilinear with half-pixel centres: known values, an exact copy at the same size, grey
- * repeated into three channels). JPEG is covered end to end (tests/e2e/convert_data.sh, with
- * files from cjpeg compared against djpeg). */
+ * repeated into three channels); the memory bound of image_read_bounded (PNG, and JPEG
+ * written here with libjpeg: a progressive file counts its whole-image coefficients); a FIFO
+ * refused without blocking. JPEG decoding is covered end to end (tests/e2e/convert_data.sh,
+ * with files from cjpeg compared against djpeg). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
+
+/* jpeglib.h needs FILE and size_t first. */
+#include <jpeglib.h>
 
 #include "check.h"
 #include "io/image.h"
@@ -273,9 +280,94 @@ static void test_resize(void) {
     CHECK_NEAR(out[1], 225.0 / 255, 1e-6);
 }
 
+/* A width x height RGB JPEG (libjpeg's defaults: 4:2:0), progressive or baseline. */
+static void write_jpeg(const char *path, int width, int height, int progressive) {
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr errors;
+    c.err = jpeg_std_error(&errors);
+    jpeg_create_compress(&c);
+    FILE *f = fopen(path, "wb");
+    if (!f) {
+        CHECK(f != NULL);
+        jpeg_destroy_compress(&c);
+        return;
+    }
+    jpeg_stdio_dest(&c, f);
+    c.image_width = (JDIMENSION)width;
+    c.image_height = (JDIMENSION)height;
+    c.input_components = 3;
+    c.in_color_space = JCS_RGB;
+    jpeg_set_defaults(&c);
+    if (progressive) jpeg_simple_progression(&c);
+    jpeg_start_compress(&c, TRUE);
+    unsigned char *row = malloc((size_t)width * 3);
+    while (row && c.next_scanline < c.image_height) {
+        for (int x = 0; x < width * 3; x++)
+            row[x] = (unsigned char)(x * 7 + (int)c.next_scanline * 3);
+        JSAMPROW rows[1] = {row};
+        jpeg_write_scanlines(&c, rows, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    free(row);
+    fclose(f);
+}
+
+/* image_read_bounded: what decoding takes is known before the pixels are allocated; more
+ * than the bound is DDT_ERR_USAGE naming the numbers, exactly the bound is decoded. */
+static void test_bounds(void) {
+    const char *path = temp_path("bounded.png");
+    uint8_t grey[30 * (1 + 40)]; /* each row: filter 0, then 40 pixels */
+    memset(grey, 100, sizeof grey);
+    for (int y = 0; y < 30; y++)
+        grey[y * 41] = 0;
+    write_png(path, &(png_spec){.width = 40,
+                                .height = 30,
+                                .depth = 8,
+                                .colour = 0,
+                                .raw = grey,
+                                .raw_size = sizeof grey});
+    /* 40 x 30 pixels, 30 row pointers, a 4-byte-per-pixel row: 1200 + 240 + 160 */
+    image img = {0};
+    CHECK(image_read_bounded(path, 1599, &img) == DDT_ERR_USAGE && img.pixels == NULL);
+    CHECK(strstr(ddt_error_message(),
+                 "bounded.png: 40 x 30 pixels x 1 channel take 1600 bytes decoded, more than the "
+                 "1599 allowed") != NULL);
+    CHECK_OK(image_read_bounded(path, 1600, &img));
+    CHECK(img.decode_bytes == 1600 && img.pixels != NULL);
+    image_free(&img);
+
+    /* A baseline JPEG holds its pixels; a progressive one also every coefficient of the image
+     * (64 x 48, 4:2:0: 10 x 8 luma blocks and 5 x 4 of each chroma, in whole MCUs, 2 bytes
+     * each of 64), before jpeg_start_decompress allocates them. */
+    const char *baseline = temp_path("baseline.jpg"), *progressive = temp_path("progressive.jpg");
+    write_jpeg(baseline, 64, 48, 0);
+    write_jpeg(progressive, 64, 48, 1);
+    uint64_t pixels = 64 * 48 * 3 + 48 * 8 + 64 * 4, coefficients = (80 + 2 * 20) * 64 * 2;
+    CHECK_OK(image_read_bounded(baseline, pixels, &img));
+    CHECK(img.decode_bytes == pixels && img.channels == 3);
+    image_free(&img);
+    CHECK(image_read_bounded(progressive, pixels + coefficients - 1, &img) == DDT_ERR_USAGE);
+    CHECK(strstr(ddt_error_message(), "progressive.jpg: 64 x 48 pixels x 3 channels") != NULL);
+    CHECK_OK(image_read_bounded(progressive, pixels + coefficients, &img));
+    CHECK(img.decode_bytes == pixels + coefficients);
+    image_free(&img);
+}
+
+/* A FIFO named like an image is refused by name at once (opening it would wait for a writer). */
+static void test_fifo(void) {
+    const char *path = temp_path("fifo.png");
+    unlink(path);
+    CHECK(mkfifo(path, 0600) == 0);
+    expect_refused(path, DDT_ERR_USAGE, "not a regular file but a FIFO (named pipe)");
+    unlink(path);
+}
+
 int main(void) {
     test_png_kinds();
     test_bad_files();
     test_resize();
+    test_bounds();
+    test_fifo();
     return check_finish();
 }

@@ -1,6 +1,7 @@
 /* test_util_files.c - file identity under every spelling, the outputs-against-inputs rule,
- * durable publication, space reservation, and outputs that are not regular files (device
- * nodes of our own, made with mknod when run as root, FIFOs, sockets, symbolic links). */
+ * durable publication, space reservation, outputs that are not regular files (device
+ * nodes of our own, made with mknod when run as root, FIFOs, sockets, symbolic links),
+ * regular-file inputs, and the temporary files a signal removes. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -249,6 +250,124 @@ static void check_special_outputs(const char *dir) {
     unlink(fifo);
 }
 
+/* Inputs: a regular file (or a link to one) is opened; a FIFO, a device, a directory, a
+ * dangling link and a link loop are refused by name, and nothing blocks (a FIFO without a
+ * writer would block open() forever). */
+static void check_regular_inputs(const char *dir) {
+    char regular[600], fifo[600], to_regular[600], to_device[600], dangling[600], loop_a[600],
+        loop_b[600];
+    snprintf(regular, sizeof regular, "%s/regular.txt", dir);
+    snprintf(fifo, sizeof fifo, "%s/fifo.png", dir);
+    snprintf(to_regular, sizeof to_regular, "%s/to-regular", dir);
+    snprintf(to_device, sizeof to_device, "%s/to-zero.png", dir);
+    snprintf(dangling, sizeof dangling, "%s/dangling.png", dir);
+    snprintf(loop_a, sizeof loop_a, "%s/loop-a", dir);
+    snprintf(loop_b, sizeof loop_b, "%s/loop-b", dir);
+    const char *made[] = {fifo, to_regular, to_device, dangling, loop_a, loop_b};
+    for (size_t i = 0; i < sizeof made / sizeof *made; i++)
+        unlink(made[i]);
+    touch(regular, "text");
+    CHECK(mkfifo(fifo, 0600) == 0);
+    CHECK(symlink(regular, to_regular) == 0);
+    CHECK(symlink("/dev/zero", to_device) == 0);
+    CHECK(symlink("no-such-file", dangling) == 0);
+    CHECK(symlink("loop-b", loop_a) == 0);
+    CHECK(symlink("loop-a", loop_b) == 0);
+
+    CHECK_OK(file_check_regular_input(regular, NULL));
+    CHECK_OK(file_check_regular_input(to_regular, NULL));
+    int fd = -1;
+    CHECK_OK(file_open_regular_input(to_regular, NULL, &fd));
+    char text[8] = "";
+    CHECK(fd >= 0 && read(fd, text, sizeof text) == 4 && memcmp(text, "text", 4) == 0);
+    CHECK(fd >= 0 && (fcntl(fd, F_GETFL) & O_NONBLOCK) == 0); /* blocking reads restored */
+    if (fd >= 0) close(fd);
+
+    struct {
+        const char *path;
+        ddt_status code;
+        const char *words;
+    } refused[] = {
+        {fifo, DDT_ERR_USAGE, "not a regular file but a FIFO (named pipe)"},
+        {to_device, DDT_ERR_USAGE, "not a regular file but a character device"},
+        {"/dev/null", DDT_ERR_USAGE, "not a regular file but a character device"},
+        {dir, DDT_ERR_IO, "cannot open: Is a directory"},
+        {dangling, DDT_ERR_IO, "cannot open: No such file or directory"},
+        {loop_a, DDT_ERR_IO, "cannot open: Too many levels of symbolic links"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        char expected[800];
+        snprintf(expected, sizeof expected, "%s: %s", refused[i].path, refused[i].words);
+        CHECK(file_check_regular_input(refused[i].path, NULL) == refused[i].code);
+        CHECK(strstr(ddt_error_message(), expected) != NULL);
+        fd = -1;
+        CHECK(file_open_regular_input(refused[i].path, NULL, &fd) == refused[i].code);
+        CHECK(strstr(ddt_error_message(), expected) != NULL);
+        CHECK(fd == -1);
+        FILE *stream = NULL;
+        CHECK(file_fopen_regular_input(refused[i].path, "--model @x", &stream) == refused[i].code);
+        CHECK(strstr(ddt_error_message(), "--model @x: ") == ddt_error_message());
+        CHECK(stream == NULL);
+    }
+    for (size_t i = 0; i < sizeof made / sizeof *made; i++)
+        unlink(made[i]);
+    unlink(regular);
+}
+
+/* In a child: registers `count` temporary files under `dir` (more than one chunk of the
+ * registry), creates them, forgets the first (it must survive), removes the second, publishes
+ * the third, installs the clean-up and raises `signal_number`. The parent checks the child
+ * died of that signal and only the forgotten file and the published one are left. */
+static void check_signal_cleanup(const char *dir, int signal_number, int count) {
+    char path[80][640], published[640];
+    for (int i = 0; i < count; i++)
+        snprintf(path[i], sizeof path[i], "%s/out-%d.h5.tmp-test", dir, i);
+    snprintf(published, sizeof published, "%s/published.h5", dir);
+    unlink(published);
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) {
+        for (int i = 0; i < count; i++) {
+            if (file_temp_register(path[i]) != DDT_OK) _exit(3);
+            touch(path[i], "partial");
+        }
+        file_temp_forget(path[0]);
+        file_temp_remove(path[1]);
+        if (file_publish(path[2], published) != DDT_OK) _exit(4);
+        file_temp_cleanup_on_signals();
+        raise(signal_number);
+        _exit(5); /* not reached: the signal ends the process */
+    }
+    int wait_status = 0;
+    CHECK(child > 0 && waitpid(child, &wait_status, 0) == child);
+    CHECK(WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == signal_number);
+    if (!WIFSIGNALED(wait_status))
+        fprintf(stderr, "child exited %d instead of dying of signal %d\n", WEXITSTATUS(wait_status),
+                signal_number);
+    CHECK(access(path[0], F_OK) == 0); /* forgotten: not the registry's any more */
+    CHECK(access(published, F_OK) == 0);
+    int left = 0;
+    for (int i = 1; i < count; i++)
+        left += access(path[i], F_OK) == 0;
+    CHECK(left == 0);
+    unlink(path[0]);
+    unlink(published);
+}
+
+/* A signal ignored when the handlers are installed (nohup's SIGHUP) stays ignored. */
+static void check_ignored_signal_kept(void) {
+    pid_t child = fork();
+    if (child == 0) {
+        signal(SIGHUP, SIG_IGN);
+        file_temp_cleanup_on_signals();
+        raise(SIGHUP);
+        _exit(0);
+    }
+    int wait_status = 0;
+    CHECK(child > 0 && waitpid(child, &wait_status, 0) == child);
+    CHECK(WIFEXITED(wait_status) && WEXITSTATUS(wait_status) == 0);
+}
+
 int main(void) {
     char dir[512], a[600], dot[600], detour[600], link_path[600], hard[600], sub[600], b[600];
     snprintf(dir, sizeof dir, "%s", check_temp_dir());
@@ -323,5 +442,10 @@ int main(void) {
     unlink(hard);
 
     check_special_outputs(dir);
+    check_regular_inputs(dir);
+    check_signal_cleanup(dir, SIGTERM, 40);
+    check_signal_cleanup(dir, SIGINT, 3);
+    check_signal_cleanup(dir, SIGHUP, 20);
+    check_ignored_signal_kept();
     return check_finish();
 }

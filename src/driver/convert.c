@@ -11,8 +11,10 @@
 #include <unistd.h>
 
 #include "driver/commands.h"
+#include "engine/model_spec.h"
 #include "io/dataset_writer.h"
 #include "io/idx.h"
+#include "util/units.h"
 
 /* ---- outputs ----------------------------------------------------------------------------- */
 
@@ -24,7 +26,7 @@ ddt_status convert_outputs_add(convert_outputs *o, const char *path, const char 
         char **temps = paths ? realloc(o->temps, (size_t)capacity * sizeof *temps) : NULL;
         if (temps) o->temps = temps;
         if (!paths || !temps) {
-            unlink(temp);
+            file_temp_remove(temp);
             return ddt_error(DDT_ERR_MEMORY, "out of host memory listing outputs");
         }
         o->capacity = capacity;
@@ -34,7 +36,7 @@ ddt_status convert_outputs_add(convert_outputs *o, const char *path, const char 
     if (!o->paths[o->count] || !o->temps[o->count]) {
         free(o->paths[o->count]);
         free(o->temps[o->count]);
-        unlink(temp);
+        file_temp_remove(temp);
         return ddt_error(DDT_ERR_MEMORY, "out of host memory listing outputs");
     }
     o->count++;
@@ -57,7 +59,7 @@ ddt_status convert_outputs_publish(convert_outputs *o) {
         if (status == DDT_OK)
             status = file_publish(o->temps[i], o->paths[i]); /* removes the temp on failure */
         else
-            unlink(o->temps[i]);
+            file_temp_remove(o->temps[i]);
     }
     outputs_free(o);
     return status;
@@ -65,7 +67,7 @@ ddt_status convert_outputs_publish(convert_outputs *o) {
 
 void convert_outputs_discard(convert_outputs *o) {
     for (int i = 0; i < o->count; i++)
-        unlink(o->temps[i]);
+        file_temp_remove(o->temps[i]);
     outputs_free(o);
 }
 
@@ -135,6 +137,34 @@ ddt_status convert_validation_rows(const options *opts, int64_t rows, const char
     return DDT_OK;
 }
 
+/* ---- memory ------------------------------------------------------------------------------ */
+
+void convert_memory_add(convert_memory *m, const char *what, uint64_t bytes) {
+    m->bytes = bytes > UINT64_MAX - m->bytes ? UINT64_MAX : m->bytes + bytes;
+    char size[32];
+    units_format_bytes(bytes, size, sizeof size);
+    size_t used = strlen(m->parts);
+    if (used < sizeof m->parts)
+        snprintf(m->parts + used, sizeof m->parts - used, "%s%s %s", used ? ", " : "", what, size);
+}
+
+ddt_status convert_memory_check(const options *opts, const char *command, const convert_memory *m,
+                                const char *advice) {
+    if (opts->host_staging_limit <= 0 || m->bytes <= (uint64_t)opts->host_staging_limit)
+        return DDT_OK;
+    char need[64], limit[64];
+    units_format_bytes(m->bytes, need, sizeof need);
+    units_format_bytes((uint64_t)opts->host_staging_limit, limit, sizeof limit);
+    if (strcmp(need, limit) == 0) { /* "3.0 MiB, more than 3.0 MiB": say the bytes */
+        snprintf(need, sizeof need, "%llu bytes", (unsigned long long)m->bytes);
+        snprintf(limit, sizeof limit, "%llu bytes", (unsigned long long)opts->host_staging_limit);
+    }
+    return ddt_error(DDT_ERR_USAGE,
+                     "%s needs %s of host memory at once (%s), more than --host-staging-limit %s: "
+                     "raise the limit (0: none)%s%s; nothing was written",
+                     command, need, m->parts, limit, advice ? " or " : "", advice ? advice : "");
+}
+
 /* ---- idx --------------------------------------------------------------------------------- */
 
 /* Fashion-MNIST's classes, in label order (github.com/zalandoresearch/fashion-mnist). */
@@ -150,12 +180,13 @@ typedef struct idx_output {
     int classes;
     const char *const *class_names;
     const char *source;
+    const char *labels_path;
 } idx_output;
 
-static ddt_status convert_idx_shard(idx_file *images, const uint8_t *labels, int64_t first,
-                                    int64_t count, const idx_output *o, const char *path,
-                                    const options *opts, convert_outputs *outputs) {
-    dataset_writer_params params = {
+/* The writer's parameters for `count` rows of `o`. */
+static dataset_writer_params idx_writer_params(const idx_output *o, int64_t count,
+                                               const options *opts) {
+    return (dataset_writer_params){
         .rows = count,
         .features = (int)o->features,
         .feature_rank = o->image_shaped ? 3 : 1,
@@ -167,27 +198,46 @@ static ddt_status convert_idx_shard(idx_file *images, const uint8_t *labels, int
         .compression = (int)opts->compression,
         .source = o->source,
     };
+}
+
+/* The zlib streams of the two files: 128 KiB in, 256 KiB out and the 32 KiB window each. */
+#define IDX_STREAM_BYTES ((uint64_t)2 * (416 << 10))
+
+/* Writes the next `count` rows of `images` and `labels` to `path` (unpublished). */
+static ddt_status convert_idx_shard(idx_file *images, idx_file *labels, int64_t count,
+                                    const idx_output *o, const char *path, const options *opts,
+                                    convert_outputs *outputs) {
+    dataset_writer_params params = idx_writer_params(o, count, opts);
     dataset_writer *w;
     DDT_CHECK(dataset_writer_open(path, &params, &w));
     int64_t features = o->features, block = dataset_writer_block_rows(features);
     uint8_t *pixels = malloc((size_t)(block * features));
     float *values = malloc((size_t)(block * features) * sizeof(float));
+    uint8_t *label_bytes = malloc((size_t)block);
     int32_t *ids = malloc((size_t)block * sizeof(int32_t));
     ddt_status status = DDT_OK;
-    if (!pixels || !values || !ids)
+    if (!pixels || !values || !label_bytes || !ids)
         status = ddt_error(DDT_ERR_MEMORY, "out of host memory converting to %s", path);
     for (int64_t done = 0; status == DDT_OK && done < count; done += block) {
         int64_t rows = count - done < block ? count - done : block;
         status = idx_read_items(images, rows, pixels);
+        if (status == DDT_OK) status = idx_read_items(labels, rows, label_bytes);
         if (status != DDT_OK) break;
         for (int64_t i = 0; i < rows * features; i++)
             values[i] = (float)pixels[i] / 255.0f;
-        for (int64_t i = 0; i < rows; i++)
-            ids[i] = labels[first + done + i];
-        status = dataset_writer_append(w, (int)rows, values, ids, NULL);
+        for (int64_t i = 0; status == DDT_OK && i < rows; i++) {
+            ids[i] = label_bytes[i];
+            if (ids[i] >= o->classes) /* the first pass saw every label below it */
+                status = ddt_error(DDT_ERR_IO,
+                                   "%s: label %d beyond the %d classes seen before (changed "
+                                   "while it was read)",
+                                   o->labels_path, ids[i], o->classes);
+        }
+        if (status == DDT_OK) status = dataset_writer_append(w, (int)rows, values, ids, NULL);
     }
     free(pixels);
     free(values);
+    free(label_bytes);
     free(ids);
     if (status != DDT_OK) {
         dataset_writer_abort(w);
@@ -246,7 +296,16 @@ static ddt_status convert_idx(const options *opts) {
                            opts->shards, rows);
         goto done;
     }
-    idx_output o = {.features = (int64_t)idx_item_size(images), .image_shaped = opts->image_shaped};
+    idx_output o = {.features = (int64_t)idx_item_size(images),
+                    .image_shaped = opts->image_shaped,
+                    .labels_path = labels_path};
+    if (o.features > MODEL_MAX_WIDTH || o.features < 1) {
+        status = ddt_error(DDT_ERR_USAGE,
+                           "%s: items of %" PRId64 " values; a model takes 1 to %d values per "
+                           "sample, so no model could train on them",
+                           images_path, o.features, MODEL_MAX_WIDTH);
+        goto done;
+    }
     if (o.image_shaped) {
         if (idx_dimension_count(images) != 3) {
             status = ddt_error(DDT_ERR_USAGE,
@@ -259,16 +318,40 @@ static ddt_status convert_idx(const options *opts) {
         o.feature_dims[1] = (int)idx_dimension(images, 1);
         o.feature_dims[2] = (int)idx_dimension(images, 2);
     }
-    /* Labels are one byte a row: read them whole to learn the number of classes. */
-    label_values = malloc((size_t)rows);
+    /* What is held at once: a block of rows (bytes, floats, labels), the writer's chunks and
+     * the files' zlib streams; planned before the labels are read. */
+    int64_t block = dataset_writer_block_rows(o.features);
+    dataset_writer_params largest =
+        idx_writer_params(&o, (rows + opts->shards - 1) / opts->shards, opts);
+    convert_memory memory = {0};
+    char what[96];
+    snprintf(what, sizeof what, "a block of %" PRId64 " row%s of %" PRId64 " values", block,
+             block == 1 ? "" : "s", o.features);
+    convert_memory_add(&memory, what, (uint64_t)block * (uint64_t)(5 * o.features + 5));
+    convert_memory_add(&memory, "the writer's chunks", dataset_writer_memory_bytes(&largest));
+    convert_memory_add(&memory, "the files' zlib streams", IDX_STREAM_BYTES);
+    DDT_CHECK_GOTO(convert_memory_check(opts, "convert idx", &memory, NULL), status, done);
+    /* Labels are one byte a row: a first pass over them, a block at a time, learns the number
+     * of classes; the file is then opened again for the rows. */
+    label_values = malloc((size_t)block);
     if (!label_values) {
-        status = ddt_error(DDT_ERR_MEMORY, "out of host memory for %" PRId64 " labels", rows);
+        status = ddt_error(DDT_ERR_MEMORY, "out of host memory for the labels");
         goto done;
     }
-    DDT_CHECK_GOTO(idx_read_items(labels, rows, label_values), status, done);
     o.classes = 2;
-    for (int64_t i = 0; i < rows; i++)
-        if (label_values[i] + 1 > o.classes) o.classes = label_values[i] + 1;
+    for (int64_t done_rows = 0; done_rows < rows; done_rows += block) {
+        int64_t n = rows - done_rows < block ? rows - done_rows : block;
+        DDT_CHECK_GOTO(idx_read_items(labels, n, label_values), status, done);
+        for (int64_t i = 0; i < n; i++)
+            if (label_values[i] + 1 > o.classes) o.classes = label_values[i] + 1;
+    }
+    idx_close(labels);
+    labels = NULL;
+    DDT_CHECK_GOTO(idx_open(labels_path, &labels), status, done);
+    if (idx_item_count(labels) != rows || idx_item_size(labels) != 1) {
+        status = ddt_error(DDT_ERR_IO, "%s: changed while it was read", labels_path);
+        goto done;
+    }
     if (opts->class_names) {
         int count = 0;
         names_text = strdup(opts->class_names);
@@ -297,9 +380,8 @@ static ddt_status convert_idx(const options *opts) {
         int64_t first = rows * k / opts->shards, end = rows * (k + 1) / opts->shards;
         char path[4096];
         dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
-        DDT_CHECK_GOTO(
-            convert_idx_shard(images, label_values, first, end - first, &o, path, opts, &outputs),
-            status, done);
+        DDT_CHECK_GOTO(convert_idx_shard(images, labels, end - first, &o, path, opts, &outputs),
+                       status, done);
     }
     DDT_CHECK_GOTO(convert_outputs_publish(&outputs), status, done);
     char shape[64];

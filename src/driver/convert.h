@@ -12,6 +12,12 @@
  * to OUT-val.h5, so a glob over the training shards never matches the validation file.
  *
  * Each form runs on rank 0 only (convert_command in convert.c agrees the result).
+ *
+ * Memory: every form (and synth) holds a bounded set of buffers whatever the data's size --
+ * a block of rows (dataset_writer_block_rows), the writer's chunks (dataset_writer_memory_
+ * bytes), for images one decoded image -- and plans them against --host-staging-limit
+ * before it reads anything (convert_memory_check), refusing with the numbers what does not
+ * fit. Inputs are regular files only (util/files.h), and an output is never one of them.
  */
 #ifndef DDT_DRIVER_CONVERT_H
 #define DDT_DRIVER_CONVERT_H
@@ -64,6 +70,20 @@ ddt_status convert_prepare_output(const options *opts, bool writes_here);
  * 1 when F > 0; DDT_ERR_USAGE if that leaves fewer than `shards` training rows. */
 ddt_status convert_validation_rows(const options *opts, int64_t rows, const char *unit,
                                    int64_t *out);
+
+/* What a converter holds in host memory at once, part by part (for the message). */
+typedef struct convert_memory {
+    uint64_t bytes;
+    char parts[768]; /* "a block of 2 rows 8.0 MiB, the writer's chunks 5.0 MiB" */
+} convert_memory;
+
+/* Adds a part: `what` and its bytes (saturating). */
+void convert_memory_add(convert_memory *memory, const char *what, uint64_t bytes);
+/* DDT_ERR_USAGE when the plan needs more than --host-staging-limit (0: no limit), naming
+ * the parts and the limit, and `advice` (what else to change; may be NULL). `command` starts
+ * the message ("convert images"). */
+ddt_status convert_memory_check(const options *opts, const char *command,
+                                const convert_memory *memory, const char *advice);
 
 ddt_status convert_images(const options *opts);
 ddt_status convert_text(const options *opts);

@@ -14,6 +14,9 @@
  * subfolders included (symbolic links followed), whose names end in .png, .jpg or .jpeg in
  * any case, ordered as Python's sorted(os.walk(...)) then sorted file names visit them.
  * Unlike torchvision, names starting with '.' are skipped (no ".ipynb_checkpoints" class).
+ * A name like an image's that is not a regular file once links are followed -- a FIFO, a
+ * device (a link to /dev/zero), a dangling link, a link loop -- is a bad image like a
+ * corrupt one (listed, refused unless --skip-bad), found without opening it.
  * The order does not matter for the output beyond being fixed: rows are shuffled with a
  * keyed permutation of (--seed).
  */
@@ -28,9 +31,11 @@
 #include <strings.h>
 #include <sys/stat.h>
 
+#include "engine/model_spec.h"
 #include "io/dataset_writer.h"
 #include "io/image.h"
 #include "util/rng.h"
+#include "util/units.h"
 
 /* Deeper folders than this are refused (a symbolic-link loop). */
 #define IMAGE_FOLDER_MAX_DEPTH 32
@@ -164,15 +169,14 @@ static ddt_status scan_class(image_folder *f, const char *directory, int label, 
             status = ddt_error(DDT_ERR_USAGE, "%s/%s: path too long", directory, names[i]);
             break;
         }
+        /* Whatever is named like an image and is not a folder is listed: a dangling link, a
+         * link loop, a FIFO or a device then fails the first pass as a bad image, named (as
+         * torchvision's loader fails on it), rather than being passed over in silence. */
         struct stat info;
-        if (stat(path, &info) != 0) {
-            /* a dangling link: nothing to read, as os.walk would not list it as a file */
-            f->ignored++;
-            continue;
-        }
-        if (S_ISDIR(info.st_mode))
+        bool folder = stat(path, &info) == 0 && S_ISDIR(info.st_mode);
+        if (folder)
             status = scan_class(f, path, label, depth + 1);
-        else if (S_ISREG(info.st_mode) && has_image_extension(names[i]))
+        else if (has_image_extension(names[i]))
             status = add_image(f, directory, path, label);
         else
             f->ignored++;
@@ -239,6 +243,11 @@ static ddt_status parse_size(const char *text, int *height, int *width) {
     if (*end || h < 1 || w < 1 || h > 65535 || w > 65535)
         return ddt_error(DDT_ERR_USAGE, "--size: '%s' is not HxW (e.g. 32x32; 1 to 65535 each)",
                          text);
+    if ((int64_t)h * w > MODEL_MAX_WIDTH)
+        return ddt_error(DDT_ERR_USAGE,
+                         "--size %s: %ld values per channel, and a model takes at most %d values "
+                         "per sample, so no model could train on these images",
+                         text, h * w, MODEL_MAX_WIDTH);
     *height = (int)h;
     *width = (int)w;
     return DDT_OK;
@@ -253,7 +262,33 @@ typedef struct image_plan {
     const char *const *class_names;
     int classes;
     char source[4400];
+    uint64_t image_budget;   /* most bytes one image may take decoded (0: no bound) */
+    uint64_t largest_decode; /* what the largest image took in the first pass */
+    int64_t largest_image;   /* which one (index into the folder's images) */
 } image_plan;
+
+/* What `limit` leaves for one decoded image beside `held` (never 0, which means no bound). */
+static uint64_t image_budget(uint64_t limit, uint64_t held) {
+    return limit > held ? limit - held : 1;
+}
+
+/* What writing holds at once for `channels` x the plan's size: a block of rows and labels and
+ * the writer's chunks, for parts of at most `rows` rows. */
+static void plan_writing(const image_plan *p, int channels, int64_t rows, const options *opts,
+                         convert_memory *memory) {
+    int64_t features = (int64_t)channels * p->height * p->width;
+    int64_t block = dataset_writer_block_rows(features);
+    if (block > rows) block = rows;
+    char what[96];
+    snprintf(what, sizeof what, "a block of %" PRId64 " row%s of %dx%dx%d floats", block,
+             block == 1 ? "" : "s", channels, p->height, p->width);
+    convert_memory_add(memory, what, (uint64_t)block * (uint64_t)(features + 1) * 4);
+    dataset_writer_params params = {.rows = rows,
+                                    .features = (int)features,
+                                    .class_labels = true,
+                                    .compression = (int)opts->compression};
+    convert_memory_add(memory, "the writer's chunks", dataset_writer_memory_bytes(&params));
+}
 
 /* Writes output positions [first, first + count) to `path` (unpublished). */
 static ddt_status write_part(const image_folder *f, const image_plan *p, int64_t first,
@@ -286,7 +321,7 @@ static ddt_status write_part(const image_folder *f, const image_plan *p, int64_t
             uint64_t position = (uint64_t)(first + done + i);
             const image_entry *e = &f->images[p->good[rng_permutation_apply(&p->order, position)]];
             image img;
-            status = image_read(e->path, &img);
+            status = image_read_bounded(e->path, p->image_budget, &img);
             if (status != DDT_OK) {
                 status =
                     ddt_error(status, "%s (it changed after it was checked)", ddt_error_message());
@@ -317,16 +352,27 @@ static ddt_status check_images(image_folder *f, const options *opts, image_plan 
     bool size_known = opts->size != NULL;
     for (int64_t i = 0; i < f->count; i++) {
         image img;
-        ddt_status status = image_read(f->images[i].path, &img);
+        ddt_status status = image_read_bounded(f->images[i].path, p->image_budget, &img);
         if (status == DDT_ERR_MEMORY) return status;
         if (status != DDT_OK) {
-            fprintf(stderr, "ddtrain: bad image: %s\n", ddt_error_message());
+            char limit[32];
+            units_format_bytes((uint64_t)opts->host_staging_limit, limit, sizeof limit);
+            /* image_read_bounded's only usage error: more than the plan leaves for an image */
+            if (status == DDT_ERR_USAGE && strstr(ddt_error_message(), "decoded, more than"))
+                fprintf(stderr, "ddtrain: bad image: %s for one image by --host-staging-limit %s\n",
+                        ddt_error_message(), limit);
+            else
+                fprintf(stderr, "ddtrain: bad image: %s\n", ddt_error_message());
             ddt_error_clear();
             f->images[i].bad = true;
             bad++;
             continue;
         }
         if (img.channels == 3) colour++;
+        if (img.decode_bytes > p->largest_decode) {
+            p->largest_decode = img.decode_bytes;
+            p->largest_image = i;
+        }
         if (!size_known) {
             p->height = img.height;
             p->width = img.width;
@@ -378,17 +424,71 @@ ddt_status convert_images(const options *opts) {
     image_folder f = {0};
     image_plan p = {0};
     convert_outputs outputs = {0};
+    file_role *inputs = NULL;
     ddt_status status;
     if (opts->size) DDT_CHECK(parse_size(opts->size, &p.height, &p.width));
     DDT_CHECK_GOTO(scan_folder(root, &f), status, done);
     bool validation = opts->val_fraction > 0;
-    DDT_CHECK_GOTO(convert_check_outputs(opts, validation, NULL, 0), status, done);
+    /* Every image is an input: no output may be one of them (by identity, however spelled). */
+    inputs = malloc((size_t)f.count * sizeof *inputs);
+    if (!inputs) {
+        status = ddt_error(DDT_ERR_MEMORY, "out of host memory listing images");
+        goto done;
+    }
+    for (int64_t i = 0; i < f.count; i++)
+        inputs[i] = (file_role){"image", f.images[i].path, false};
+    DDT_CHECK_GOTO(convert_check_outputs(opts, validation, inputs, (int)f.count), status, done);
+    if (f.class_count > MODEL_MAX_WIDTH) {
+        status = ddt_error(DDT_ERR_USAGE,
+                           "%s: %d classes; a model has at most %d outputs, so no model could "
+                           "train on them",
+                           root, f.class_count, MODEL_MAX_WIDTH);
+        goto done;
+    }
+    /* Memory, planned before any image is read: with --size, writing needs at least its
+     * one-channel block and chunks; what is left of --host-staging-limit bounds each decoded
+     * image (a larger one is a bad image, named). */
+    int64_t largest_part = f.count; /* no part has more rows than there are images */
+    if (opts->size) {
+        convert_memory least = {0};
+        plan_writing(&p, 1, largest_part, opts, &least);
+        DDT_CHECK_GOTO(convert_memory_check(opts, "convert images", &least, "a smaller --size"),
+                       status, done);
+        if (opts->host_staging_limit > 0)
+            p.image_budget = image_budget((uint64_t)opts->host_staging_limit, least.bytes);
+    } else if (opts->host_staging_limit > 0) {
+        p.image_budget = (uint64_t)opts->host_staging_limit;
+    }
     printf("found %" PRId64 " images in %d classes under %s", f.count, f.class_count, root);
     if (f.ignored)
         printf(" (%" PRId64 " other file%s ignored)", f.ignored, f.ignored == 1 ? "" : "s");
     printf("\n");
     fflush(stdout);
     DDT_CHECK_GOTO(check_images(&f, opts, &p), status, done);
+    /* Now that the channels and the size are known: a row no model takes is refused, and
+     * writing (a block, the chunks, one decoded image at a time) must fit the limit. */
+    int64_t values = (int64_t)p.channels * p.height * p.width;
+    if (values > MODEL_MAX_WIDTH) {
+        status = ddt_error(DDT_ERR_USAGE,
+                           "the images are %dx%dx%d, %" PRId64 " values each, and a model takes "
+                           "at most %d values per sample: give a smaller --size",
+                           p.channels, p.height, p.width, values, MODEL_MAX_WIDTH);
+        goto done;
+    }
+    convert_memory memory = {0};
+    plan_writing(&p, p.channels, largest_part, opts, &memory);
+    char largest[4200];
+    snprintf(largest, sizeof largest, "the largest image decoded (%.4000s)",
+             f.images[p.largest_image].path);
+    convert_memory_add(&memory, largest, p.largest_decode);
+    DDT_CHECK_GOTO(convert_memory_check(opts, "convert images", &memory,
+                                        "a smaller --size, or leave the largest images out"),
+                   status, done);
+    /* The second pass holds the block and the chunks beside one image: bound the images by
+     * what is left, so a file that grew since the first pass cannot exceed the plan. */
+    if (opts->host_staging_limit > 0)
+        p.image_budget =
+            image_budget((uint64_t)opts->host_staging_limit, memory.bytes - p.largest_decode);
     int64_t held = 0;
     DDT_CHECK_GOTO(convert_validation_rows(opts, p.good_count, "images", &held), status, done);
     p.classes = f.class_count;
@@ -428,6 +528,7 @@ ddt_status convert_images(const options *opts) {
     status = DDT_OK;
 done:
     convert_outputs_discard(&outputs);
+    free(inputs);
     free(p.good);
     image_folder_free(&f);
     return status;

@@ -137,6 +137,21 @@ static ddt_status sink_init(token_sink *s, const options *opts, int64_t total, i
     return convert_validation_rows(opts, total, "tokens", &s->held);
 }
 
+/* The buffers of a token conversion: a block of `id_bytes`-byte ids read and the same block
+ * as int32, and the writer's chunks; refused up front when over --host-staging-limit. */
+static ddt_status check_memory(const options *opts, const char *command, int id_bytes) {
+    dataset_writer_params params = {.kind = DATASET_KIND_TOKENS,
+                                    .rows = TOKEN_BLOCK,
+                                    .vocab_size = 1,
+                                    .compression = (int)opts->compression};
+    convert_memory memory = {0};
+    char what[64];
+    snprintf(what, sizeof what, "a block of %d ids", TOKEN_BLOCK);
+    convert_memory_add(&memory, what, (uint64_t)TOKEN_BLOCK * (uint64_t)(id_bytes + 4));
+    convert_memory_add(&memory, "the writer's chunks", dataset_writer_memory_bytes(&params));
+    return convert_memory_check(opts, command, &memory, NULL);
+}
+
 /* The inputs as file roles, for convert_check_outputs. */
 static ddt_status check_outputs(const options *opts, const char *role) {
     file_role inputs[OPTIONS_MAX_POSITIONAL];
@@ -162,13 +177,14 @@ ddt_status convert_text(const options *opts) {
     if (opts->vocab_size && opts->vocab_size != 256)
         return ddt_error(DDT_ERR_USAGE, "convert text: the tokens are bytes, vocab 256 "
                                         "(--vocab-size is for convert tokens)");
+    DDT_CHECK(check_memory(opts, "convert text", 1));
     int64_t total = 0;
     for (int i = 1; i < opts->positional_count; i++) {
         struct stat info;
         const char *path = opts->positional[i];
+        DDT_CHECK(file_check_regular_input(path, NULL));
         if (stat(path, &info) != 0)
             return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        if (!S_ISREG(info.st_mode)) return ddt_error(DDT_ERR_USAGE, "%s: not a regular file", path);
         total += (int64_t)info.st_size;
     }
     DDT_CHECK(check_outputs(opts, "FILE"));
@@ -182,11 +198,9 @@ ddt_status convert_text(const options *opts) {
     if (!bytes || !ids) status = ddt_error(DDT_ERR_MEMORY, "out of host memory");
     for (int i = 1; status == DDT_OK && i < opts->positional_count; i++) {
         const char *path = opts->positional[i];
-        FILE *file = fopen(path, "rb");
-        if (!file) {
-            status = ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-            break;
-        }
+        FILE *file;
+        status = file_fopen_regular_input(path, NULL, &file);
+        if (status != DDT_OK) break;
         size_t got;
         while (status == DDT_OK && (got = fread(bytes, 1, TOKEN_BLOCK, file)) > 0) {
             if (s.routed + (int64_t)got > s.total) {
@@ -223,16 +237,17 @@ static uint32_t little_endian_32(const unsigned char *p) {
 /* Tells the format by the header and checks the declared count against the file's size. */
 static ddt_status inspect_token_file(const char *path, token_file *out) {
     *out = (token_file){.path = path, .id_bytes = 2};
-    FILE *file = fopen(path, "rb");
-    if (!file) return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    FILE *file; /* a regular file only: fopen() would wait on a FIFO */
+    DDT_CHECK(file_fopen_regular_input(path, NULL, &file));
     struct stat info;
+    if (fstat(fileno(file), &info) != 0) {
+        int saved = errno;
+        fclose(file);
+        return ddt_error(DDT_ERR_IO, "%s: cannot read: %s", path, strerror(saved));
+    }
     unsigned char header[LLMC_HEADER_BYTES];
-    size_t got = 0;
-    if (fstat(fileno(file), &info) == 0 && S_ISREG(info.st_mode))
-        got = fread(header, 1, sizeof header, file);
-    bool regular = S_ISREG(info.st_mode);
+    size_t got = fread(header, 1, sizeof header, file);
     fclose(file);
-    if (!regular) return ddt_error(DDT_ERR_USAGE, "%s: not a regular file", path);
     int64_t size = (int64_t)info.st_size;
     if (got >= 12 && little_endian_32(header) == LLMC_MAGIC) {
         uint32_t version = little_endian_32(header + 4);
@@ -272,6 +287,7 @@ ddt_status convert_tokens(const options *opts) {
     if (opts->positional_count < 2)
         return ddt_error(DDT_ERR_USAGE, "usage: ddtrain convert tokens FILE.bin... -o OUT.h5 "
                                         "[--vocab-size V] [--val-fraction F] [--shards K]");
+    DDT_CHECK(check_memory(opts, "convert tokens", 4));
     int files = opts->positional_count - 1;
     token_file inputs[OPTIONS_MAX_POSITIONAL];
     int64_t total = 0;
@@ -299,10 +315,12 @@ ddt_status convert_tokens(const options *opts) {
     if (!raw || !ids) status = ddt_error(DDT_ERR_MEMORY, "out of host memory");
     for (int i = 0; status == DDT_OK && i < files; i++) {
         const token_file *t = &inputs[i];
-        FILE *file = fopen(t->path, "rb");
-        if (!file || fseeko(file, t->offset, SEEK_SET) != 0) {
+        FILE *file = NULL;
+        status = file_fopen_regular_input(t->path, NULL, &file);
+        if (status != DDT_OK) break;
+        if (fseeko(file, t->offset, SEEK_SET) != 0) {
             status = ddt_error(DDT_ERR_IO, "%s: cannot read: %s", t->path, strerror(errno));
-            if (file) fclose(file);
+            fclose(file);
             break;
         }
         for (int64_t done = 0; status == DDT_OK && done < t->count;) {

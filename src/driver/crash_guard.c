@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "io/read_guard.h"
+#include "util/files.h"
 
 static char message_prefix[160]; /* "ddtrain: error (rank 0 of 2 on vm): " */
 static double stall_limit;
@@ -72,6 +73,7 @@ static _Noreturn void report_and_exit(const char *what, const char *path, long s
         if (n <= 0) break;
         done += (size_t)n;
     }
+    file_temp_remove_all(); /* async-signal-safe: unfinished outputs are not left behind */
     _exit(1);
 }
 

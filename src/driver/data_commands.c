@@ -96,6 +96,22 @@ static ddt_status synth_local(const job *j, const options *opts) {
         return ddt_error(DDT_ERR_USAGE, "--shards %" PRId64 " is more than --rows %" PRId64,
                          opts->shards, opts->rows);
     DDT_CHECK(convert_prepare_output(opts, j->rank == 0)); /* rank 0 writes the first shard */
+    /* The class centres, a block of rows and the writer's chunks, planned up front. */
+    int64_t block = dataset_writer_block_rows(opts->features);
+    dataset_writer_params largest = {.rows = (opts->rows + opts->shards - 1) / opts->shards,
+                                     .features = (int)opts->features,
+                                     .class_labels = true,
+                                     .compression = (int)opts->compression};
+    convert_memory memory = {0};
+    char what[96];
+    snprintf(what, sizeof what, "the %" PRId64 " x %" PRId64 " class centres", opts->classes,
+             opts->features);
+    convert_memory_add(&memory, what,
+                       (uint64_t)opts->classes * (uint64_t)opts->features * sizeof(float));
+    snprintf(what, sizeof what, "a block of %" PRId64 " row%s", block, block == 1 ? "" : "s");
+    convert_memory_add(&memory, what, (uint64_t)block * (uint64_t)(opts->features + 1) * 4);
+    convert_memory_add(&memory, "the writer's chunks", dataset_writer_memory_bytes(&largest));
+    DDT_CHECK(convert_memory_check(opts, "synth", &memory, "use fewer --classes or --features"));
     size_t centre_count = (size_t)(opts->classes * opts->features);
     float *centres = malloc(centre_count * sizeof(float));
     if (!centres) return ddt_error(DDT_ERR_MEMORY, "out of host memory for class centres");

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "io/io_exit.h"
+#include "util/files.h"
 
 /* The watchdog's first warning: a tenth of the timeout, at most 30 s. */
 static double warn_after(double timeout) {
@@ -113,6 +114,7 @@ int job_end(job *j, ddt_status status) {
 _Noreturn void job_abort(job *j, ddt_status status, const char *message) {
     if (message) ddt_error(status, "%s", message);
     print_error(j, status, j->rank, j->host);
+    file_temp_remove_all(); /* nothing unwinds after this: no temporary file is left */
     if (j->mpi_initialised) MPI_Abort(MPI_COMM_WORLD, ddt_status_exit_code(status));
     _exit(ddt_status_exit_code(status));
 }

@@ -16,6 +16,7 @@
 #include "driver/job.h"
 #include "driver/options.h"
 #include "engine/device.h"
+#include "util/files.h"
 #include "util/plugin.h"
 
 #ifndef DDTRAIN_VERSION /* from CMake: the project version */
@@ -83,6 +84,9 @@ int main(int argc, char **argv) {
     job j;
     ddt_status status = job_init(&j, &argc, &argv);
     if (status != DDT_OK) return job_end(&j, status);
+    /* SIGTERM, SIGINT and SIGHUP remove the temporary files of unfinished outputs before
+     * ending the process (train later makes SIGTERM a stop at the next step instead). */
+    file_temp_cleanup_on_signals();
     command cmd;
     if (!parse_command(argv[1], &cmd)) {
         status = comm_agree(j.control,

@@ -3,6 +3,7 @@
  * printout all follow from the row. */
 #include "driver/options.h"
 
+#include "engine/model_spec.h"
 #include "util/units.h"
 
 #include <errno.h>
@@ -174,9 +175,11 @@ static const option_def option_table[] = {
      "device memory per rank: 2GiB, a fraction of the device like 0.5, or one per local rank "
      "like 8GiB,8GiB,4GiB,4GiB (env DDTRAIN_DEVICE_MEMORY_LIMIT; on CPU the device is the "
      "node's memory)", NULL},
-    {"host-staging-limit", 0, OPTION_SIZE, TRAIN, FIELD(host_staging_limit), "256MiB", 0, 9.0e18,
-     "SIZE",
-     "host memory for the input path (ready micro-batches, block cache) per rank; 0: no limit", NULL},
+    {"host-staging-limit", 0, OPTION_SIZE, TRAIN | CONVERT | SYNTH, FIELD(host_staging_limit),
+     "256MiB", 0, 9.0e18, "SIZE",
+     "host memory for the input path (ready micro-batches, block cache) per rank; convert and "
+     "synth: for their buffers (a block of rows, the writer's chunks, one decoded image), "
+     "planned before anything is read; 0: no limit", NULL},
     {"dry-run", 0, OPTION_FLAG, TRAIN, FIELD(dry_run), NULL, 0, 0, NULL,
      "print the memory plan and exit (0 if it fits the limits)", NULL},
     /* compute and communication */
@@ -259,13 +262,14 @@ static const option_def option_table[] = {
     {"skip-bad", 0, OPTION_FLAG, CONVERT, FIELD(skip_bad), NULL, 0, 0, NULL,
      "convert images: leave out unreadable or corrupt images (listed) instead of refusing the "
      "folder", NULL},
-    {"vocab-size", 0, OPTION_INT64, CONVERT, FIELD(vocab_size), "0", 0, 1 << 30, "V",
+    {"vocab-size", 0, OPTION_INT64, CONVERT, FIELD(vocab_size), "0", 0, MODEL_MAX_VOCAB, "V",
      "convert tokens: the vocabulary size stored with the ids, every id must be below it "
-     "(0: 50257, GPT-2's, for uint16 files; 128256 for llm.c's uint32 files)", NULL},
+     "(0: 50257, GPT-2's, for uint16 files; 128256 for llm.c's uint32 files; at most the "
+     "largest vocabulary a model takes)", NULL},
     {"compression", 0, OPTION_INT64, CONVERT | SYNTH, FIELD(compression), "0", 0, 9, "LEVEL",
      "deflate level for the written datasets (0: none)", NULL},
     {"rows", 0, OPTION_INT64, SYNTH, FIELD(rows), NULL, 1, BIG, "N", "rows to generate", NULL},
-    {"features", 0, OPTION_INT64, SYNTH, FIELD(features), NULL, 1, 1 << 24, "D",
+    {"features", 0, OPTION_INT64, SYNTH, FIELD(features), NULL, 1, MODEL_MAX_WIDTH, "D",
      "features per row", NULL},
     {"classes", 0, OPTION_INT64, SYNTH, FIELD(classes), NULL, 2, 1 << 20, "C", "number of classes", NULL},
     {"noise", 0, OPTION_REAL, SYNTH, FIELD(noise), "1.0", 0, 1e6, "SIGMA",
@@ -305,11 +309,18 @@ static void *field_of(options *opts, const option_def *def) {
 
 static ddt_status check_bounds(const option_def *def, const char *text, double value) {
     if (value < def->min || value > def->max) {
+        /* Whole numbers in full ("16777216", not "1.67772e+07"). */
+        bool whole = def->type == OPTION_INT || def->type == OPTION_INT64;
+        int digits = whole ? 0 : 6;
+        const char *format = whole ? "%.*f" : "%.*g";
+        char low[64], high[64];
+        snprintf(low, sizeof low, format, digits, def->min);
+        snprintf(high, sizeof high, format, digits, def->max);
         if (def->max >= BIG)
-            return ddt_error(DDT_ERR_USAGE, "--%s: %s is out of range (must be at least %g)",
-                             def->name, text, def->min);
-        return ddt_error(DDT_ERR_USAGE, "--%s: %s is out of range (must be between %g and %g)",
-                         def->name, text, def->min, def->max);
+            return ddt_error(DDT_ERR_USAGE, "--%s: %s is out of range (must be at least %s)",
+                             def->name, text, low);
+        return ddt_error(DDT_ERR_USAGE, "--%s: %s is out of range (must be between %s and %s)",
+                         def->name, text, low, high);
     }
     return DDT_OK;
 }
@@ -533,7 +544,9 @@ static const char *command_notes(command cmd) {
            "class_names. Every\n"
            "        image is checked before anything is written; unreadable or corrupt ones "
            "are listed by\n"
-           "        path and refused (exit 1, nothing written) unless --skip-bad.\n"
+           "        path and refused (exit 1, nothing written) unless --skip-bad; so is a name like "
+           "an\n"
+           "        image's that is not a regular file (a FIFO, a device, a dangling link).\n"
            "text    the bytes of the files, in order, as tokens (vocab 256, uint16): /tokens "
            "and vocab_size.\n"
            "tokens  token files of nanoGPT's prepare.py (raw uint16) or llm.c (a 1024-byte "
@@ -541,8 +554,13 @@ static const char *command_notes(command cmd) {
            "        20240520, version 1 with uint16 or 2 with uint32 ids, the count; checked "
            "against the\n"
            "        file's size), concatenated in order, as /tokens with vocab_size.\n"
-           "Output files are written under temporary names and published together once all "
-           "are complete.\n";
+           "Inputs must be regular files; no output may be one of them. Output files are written "
+           "under\n"
+           "temporary names and published together once all are complete (SIGTERM, SIGINT and "
+           "SIGHUP\n"
+           "remove them). What a conversion holds in memory is planned against "
+           "--host-staging-limit\n"
+           "first, and rows no model takes (more than 16777216 values) are refused.\n";
 }
 
 void options_print_help(command cmd, FILE *out) {

@@ -12,8 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Wider layers than this are surely a typo, and keep rows * width products far from overflow. */
-#define MODEL_MAX_WIDTH (1 << 24)
+#include "util/files.h"
+
 #define MODEL_MAX_NESTING 8
 
 static const char LAYER_WORDS_HELP[] =
@@ -640,7 +640,7 @@ static ddt_status parse_gpt_arguments(parser *p, size_t start, gpt_shape *g) {
         long maximum;
     } keys[] = {{"layers", &g->layers, 64},  {"heads", &g->heads, 256},
                 {"width", &g->width, 65536}, {"context", &g->context, 65536},
-                {"vocab", &g->vocab, 1 << 24}};
+                {"vocab", &g->vocab, MODEL_MAX_VOCAB}};
     do {
         char key[16];
         read_word(p, key, sizeof key);
@@ -862,7 +862,7 @@ static ddt_status parse_input(parser *p) {
         p->pos += 7;
         DDT_CHECK(read_count(p, start, "the context", 1, 65536, &spec->context));
         DDT_CHECK(expect(p, ',', start, "between the context and the vocabulary size"));
-        DDT_CHECK(read_count(p, start, "the vocabulary size", 1, 1 << 24, &spec->vocab));
+        DDT_CHECK(read_count(p, start, "the vocabulary size", 1, MODEL_MAX_VOCAB, &spec->vocab));
         DDT_CHECK(expect(p, ')', start, "to close tokens("));
         spec->input_kind = MODEL_INPUT_TOKENS;
         spec->input_shape = shape1(spec->context);
@@ -920,8 +920,10 @@ static ddt_status normalise(const char *text, char *out, size_t size) {
 }
 
 static ddt_status read_description_file(const char *path, char *out, size_t size) {
-    FILE *file = fopen(path, "r");
-    if (!file) return ddt_error(DDT_ERR_IO, "--model @%s: cannot open it: %s", path, strerror(errno));
+    char name[4200];
+    snprintf(name, sizeof name, "--model @%s", path);
+    FILE *file;
+    DDT_CHECK(file_fopen_regular_input(path, name, &file)); /* a FIFO would block: refused */
     size_t n = fread(out, 1, size - 1, file);
     bool more = fgetc(file) != EOF;
     bool failed = ferror(file);

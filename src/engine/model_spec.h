@@ -38,6 +38,12 @@
 #include "engine/device.h"
 #include "util/status.h"
 
+/* The widest layer, the largest input (values per sample) and the largest vocabulary a model
+ * takes. Wider layers are surely a typo, and the bound keeps rows * width products far from
+ * overflow. The converters refuse data no model could take by these same numbers. */
+#define MODEL_MAX_WIDTH (1 << 24)
+#define MODEL_MAX_VOCAB (1 << 24)
+
 #define MODEL_MAX_NODES 320
 #define MODEL_MAX_TENSORS 256
 #define MODEL_SPEC_MAX_TEXT 2048

@@ -116,12 +116,16 @@ ddt_status checkpoint_check_directory(const char *directory) {
     char name[64];
     snprintf(name, sizeof name, ".ddtrain-probe-%ld", (long)getpid());
     DDT_CHECK(join_path(directory, name, probe, sizeof probe));
+    DDT_CHECK(file_temp_register(probe));
     int fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC, 0600);
-    if (fd < 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot write checkpoints there: %s", directory,
-                         strerror(errno));
+    if (fd < 0) {
+        ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot write checkpoints there: %s",
+                                      directory, strerror(errno));
+        file_temp_forget(probe);
+        return status;
+    }
     close(fd);
-    unlink(probe);
+    file_temp_remove(probe);
     return DDT_OK;
 }
 

@@ -1159,10 +1159,12 @@ ddt_status dataset_identity(const dataset *ds, char *text, size_t size) {
         const char *path = ds->shards[i].path;
         const char *name = strrchr(path, '/') ? strrchr(path, '/') + 1 : path;
         uint64_t hash = 0xcbf29ce484222325ull, bytes = 0; /* FNV-1a of the first 64 KiB */
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        /* O_NONBLOCK: the shard was a regular file when opened; if a FIFO took its place
+         * since, this must not wait for a writer (the fstat then finds it is not regular). */
+        int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
         if (fd >= 0) {
             struct stat info;
-            if (fstat(fd, &info) == 0) bytes = (uint64_t)info.st_size;
+            if (fstat(fd, &info) == 0 && S_ISREG(info.st_mode)) bytes = (uint64_t)info.st_size;
             unsigned char head[1 << 16];
             ssize_t got = pread(fd, head, sizeof head, 0);
             for (ssize_t k = 0; k < got; k++)

@@ -55,6 +55,11 @@ typedef struct dataset_writer dataset_writer;
  * row. What every writer of a dataset holds in memory at once. */
 int64_t dataset_writer_block_rows(int64_t features);
 
+/* Host memory a writer for `params` may hold besides its caller's rows: HDF5's chunk caches
+ * and type-conversion buffer, and the chunk buffers it writes (and compresses) through. An
+ * upper bound, for the converters' memory plans (measured in tests/e2e/convert_data.sh). */
+uint64_t dataset_writer_memory_bytes(const dataset_writer_params *params);
+
 ddt_status dataset_writer_open(const char *path, const dataset_writer_params *params,
                                dataset_writer **out);
 /* Appends `count` rows; labels or targets according to params.class_labels. */

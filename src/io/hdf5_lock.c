@@ -156,9 +156,15 @@ ddt_status hdf5_reserve(int64_t file, const char *path, uint64_t bytes) {
 
 ddt_status hdf5_write_temporary(const char *temp_path, const char *path, uint64_t reserve_bytes,
                                 hdf5_contents_writer write, const void *context) {
-    /* open() first so the user gets errno's words rather than HDF5's generic failure. */
+    /* open() first so the user gets errno's words rather than HDF5's generic failure;
+     * registered first, so a signal from here on removes it (util/files.h). */
+    DDT_CHECK(file_temp_register(temp_path));
     int fd = open(temp_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    if (fd < 0) return ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+    if (fd < 0) {
+        ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot create: %s", path, strerror(errno));
+        file_temp_forget(temp_path);
+        return status;
+    }
     close(fd);
     char detail[256];
     ddt_status status = DDT_OK;
@@ -175,16 +181,13 @@ ddt_status hdf5_write_temporary(const char *temp_path, const char *path, uint64_
                                hdf5_error_detail(detail, sizeof detail));
     }
     hdf5_lock_release();
-    if (status != DDT_OK) unlink(temp_path);
+    if (status != DDT_OK) file_temp_remove(temp_path);
     return status;
 }
 
 ddt_status hdf5_check_readable(const char *path) {
-    struct stat info;
-    if (stat(path, &info) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(info.st_mode))
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
+    /* HDF5 opens by path and would wait in open() for a FIFO's writer: regular files only. */
+    DDT_CHECK(file_check_regular_input(path, NULL));
     if (access(path, R_OK) != 0)
         return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     return DDT_OK;

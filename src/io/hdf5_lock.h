@@ -61,9 +61,10 @@ uint64_t hdf5_reserve_estimate(uint64_t data_bytes);
  * is written to it, so a full disk is refused up front with the numbers. */
 ddt_status hdf5_reserve(int64_t file, const char *path, uint64_t bytes);
 
-/* Checks that `path` exists, is not a directory and is readable, with errno's words in the
- * message ("PATH: cannot open: No such file or directory"), before HDF5 gives its own vaguer
- * ones. */
+/* Checks that `path` exists, is a regular file (file_check_regular_input: not a directory,
+ * FIFO or device, which HDF5 would block on or read forever) and is readable, with errno's
+ * words in the message ("PATH: cannot open: No such file or directory"), before HDF5 gives
+ * its own vaguer ones. */
 ddt_status hdf5_check_readable(const char *path);
 
 /* The first half of an atomic write: creates `temp_path` as a new HDF5 file, reserves

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
+
+#include "util/files.h"
 
 #define IDX_TYPE_UNSIGNED_BYTE 0x08
 
@@ -46,22 +48,22 @@ static uint32_t big_endian_u32(const unsigned char *bytes) {
 
 ddt_status idx_open(const char *path, idx_file **out) {
     *out = NULL;
-    struct stat info;
-    if (stat(path, &info) != 0)
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-    if (S_ISDIR(info.st_mode))
-        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(EISDIR));
+    /* A regular file only, opened without blocking: gzopen() would wait on a FIFO. */
+    int fd;
+    DDT_CHECK(file_open_regular_input(path, NULL, &fd));
     idx_file *f = calloc(1, sizeof *f);
     if (!f || !(f->path = strdup(path))) {
         free(f);
+        close(fd);
         return ddt_error(DDT_ERR_MEMORY, "%s: out of memory", path);
     }
     ddt_status status = DDT_OK;
     errno = 0;
-    f->stream = gzopen(path, "rb");
+    f->stream = gzdopen(fd, "rb"); /* owns fd from here */
     if (!f->stream) {
         status = ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path,
                            errno ? strerror(errno) : "out of memory");
+        close(fd);
         goto fail;
     }
     gzbuffer(f->stream, 1 << 17);

@@ -19,6 +19,14 @@
 #include <jerror.h>
 #include <jpeglib.h>
 
+#include "util/files.h"
+
+/* The pixels, and at most libpng's row pointers or libjpeg's CMYK row beside them. */
+static uint64_t decoded_bytes(int64_t width, int64_t height, int channels) {
+    return (uint64_t)width * (uint64_t)height * (uint64_t)channels +
+           (uint64_t)height * sizeof(void *) + (uint64_t)width * 4;
+}
+
 void image_free(image *img) {
     if (!img) return;
     free(img->pixels);
@@ -28,6 +36,20 @@ void image_free(image *img) {
 static ddt_status too_large(const char *path, int64_t width, int64_t height) {
     return ddt_error(DDT_ERR_FORMAT, "%s: %lld x %lld pixels is larger than ddtrain decodes (%lld)",
                      path, (long long)width, (long long)height, (long long)IMAGE_MAX_PIXELS);
+}
+
+/* DDT_ERR_USAGE when decoding takes more than `max_bytes` (0: no bound): the pixels and
+ * `extra` (a decoder's whole-image buffers). Sets *bytes to what it takes. */
+static ddt_status check_decoded_bytes(const char *path, int64_t width, int64_t height, int channels,
+                                      uint64_t extra, uint64_t max_bytes, uint64_t *bytes_out) {
+    uint64_t bytes = decoded_bytes(width, height, channels) + extra;
+    *bytes_out = bytes;
+    if (max_bytes == 0 || bytes <= max_bytes) return DDT_OK;
+    return ddt_error(DDT_ERR_USAGE,
+                     "%s: %lld x %lld pixels x %d channel%s take %llu bytes decoded, more than "
+                     "the %llu allowed",
+                     path, (long long)width, (long long)height, channels, channels == 1 ? "" : "s",
+                     (unsigned long long)bytes, (unsigned long long)max_bytes);
 }
 
 /* ---- PNG ---------------------------------------------------------------------------------- */
@@ -61,7 +83,7 @@ static void png_reader_free(png_reader *r) {
     free(r);
 }
 
-static ddt_status read_png(FILE *file, const char *path, image *out) {
+static ddt_status read_png(FILE *file, const char *path, uint64_t max_bytes, image *out) {
     png_reader *heap = calloc(1, sizeof *heap);
     if (!heap) return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for libpng", path);
     png_reader *const r = heap;
@@ -99,6 +121,12 @@ static ddt_status read_png(FILE *file, const char *path, image *out) {
     if (channels != 1 && channels != 3)
         png_error(r->png, "unexpected channel count after conversion");
     size_t row_bytes = png_get_rowbytes(r->png, r->info);
+    uint64_t bytes;
+    ddt_status bound = check_decoded_bytes(path, width, height, channels, 0, max_bytes, &bytes);
+    if (bound != DDT_OK) {
+        png_reader_free(r);
+        return bound;
+    }
     r->pixels = malloc(row_bytes * height);
     r->rows = malloc(height * sizeof *r->rows);
     if (!r->pixels || !r->rows) png_error(r->png, "out of memory");
@@ -109,7 +137,8 @@ static ddt_status read_png(FILE *file, const char *path, image *out) {
                    .height = (int)height,
                    .channels = channels,
                    .format = IMAGE_FORMAT_PNG,
-                   .pixels = r->pixels};
+                   .pixels = r->pixels,
+                   .decode_bytes = bytes};
     r->pixels = NULL;
     png_reader_free(r);
     return DDT_OK;
@@ -154,7 +183,7 @@ static void jpeg_on_message(j_common_ptr common, int level) {
     }
 }
 
-static ddt_status read_jpeg(FILE *file, const char *path, image *out) {
+static ddt_status read_jpeg(FILE *file, const char *path, uint64_t max_bytes, image *out) {
     jpeg_reader *r = calloc(1, sizeof *r);
     if (!r) return ddt_error(DDT_ERR_MEMORY, "%s: out of memory for libjpeg", path);
     r->decoder.err = jpeg_std_error(&r->manager);
@@ -177,9 +206,23 @@ static ddt_status read_jpeg(FILE *file, const char *path, image *out) {
         status = too_large(path, d->image_width, d->image_height);
         goto done;
     }
-    jpeg_start_decompress(d);
+    jpeg_calc_output_dimensions(d); /* what jpeg_start_decompress will produce */
     int channels = grey ? 1 : 3;
     size_t width = d->output_width, height = d->output_height;
+    /* Checked before jpeg_start_decompress, which reads a progressive (multi-scan) file whole
+     * into a buffer of every coefficient of the image: 64 JCOEFs a block, in whole MCUs. */
+    uint64_t coefficients = 0;
+    for (int c = 0; jpeg_has_multiple_scans(d) && c < d->num_components; c++) {
+        const jpeg_component_info *k = &d->comp_info[c];
+        uint64_t across = (k->width_in_blocks + (JDIMENSION)k->h_samp_factor),
+                 down = (k->height_in_blocks + (JDIMENSION)k->v_samp_factor);
+        coefficients += across * down * 64 * sizeof(JCOEF);
+    }
+    uint64_t bytes;
+    status = check_decoded_bytes(path, (int64_t)width, (int64_t)height, channels, coefficients,
+                                 max_bytes, &bytes);
+    if (status != DDT_OK) goto done;
+    jpeg_start_decompress(d);
     r->pixels = malloc(width * height * (size_t)channels);
     if (cmyk) r->cmyk_row = malloc(width * 4);
     if (!r->pixels || (cmyk && !r->cmyk_row)) {
@@ -208,7 +251,8 @@ static ddt_status read_jpeg(FILE *file, const char *path, image *out) {
                    .height = (int)height,
                    .channels = channels,
                    .format = IMAGE_FORMAT_JPEG,
-                   .pixels = r->pixels};
+                   .pixels = r->pixels,
+                   .decode_bytes = bytes};
     r->pixels = NULL;
 done:
     if (r->created) jpeg_destroy_decompress(&r->decoder);
@@ -221,19 +265,23 @@ done:
 /* ---- reading ------------------------------------------------------------------------------ */
 
 ddt_status image_read(const char *path, image *out) {
+    return image_read_bounded(path, 0, out);
+}
+
+ddt_status image_read_bounded(const char *path, uint64_t max_bytes, image *out) {
     *out = (image){0};
-    FILE *file = fopen(path, "rb");
-    if (!file) return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    FILE *file; /* a regular file only: a FIFO would block, /dev/zero never end */
+    DDT_CHECK(file_fopen_regular_input(path, NULL, &file));
     unsigned char signature[8] = {0};
     size_t got = fread(signature, 1, sizeof signature, file);
     ddt_status status;
     if (ferror(file)) {
         status = ddt_error(DDT_ERR_IO, "%s: cannot read: %s", path, strerror(errno));
     } else if (got == 8 && png_sig_cmp(signature, 0, 8) == 0) {
-        status = read_png(file, path, out);
+        status = read_png(file, path, max_bytes, out);
     } else if (got >= 3 && signature[0] == 0xFF && signature[1] == 0xD8 && signature[2] == 0xFF) {
         rewind(file);
-        status = read_jpeg(file, path, out);
+        status = read_jpeg(file, path, max_bytes, out);
     } else {
         status = ddt_error(DDT_ERR_FORMAT, "%s: not a PNG or JPEG file%s", path,
                            got == 0 ? " (empty)" : "");

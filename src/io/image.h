@@ -48,13 +48,20 @@ typedef struct image {
     int width, height;
     int channels; /* 1 (grey) or 3 (RGB) */
     image_format format;
-    uint8_t *pixels; /* height x width x channels, interleaved, rows top to bottom */
+    uint8_t *pixels;       /* height x width x channels, interleaved, rows top to bottom */
+    uint64_t decode_bytes; /* at most what decoding it held: the pixels, a row's bookkeeping
+                            * and a progressive JPEG's coefficients (image_read_bounded) */
 } image;
 
 /* Decodes the PNG or JPEG file `path` into *out (see the rules above). DDT_ERR_IO when it
- * cannot be opened or read, DDT_ERR_FORMAT when it is neither format, corrupt, truncated or
- * larger than IMAGE_MAX_PIXELS; the message names the file. *out is empty on failure. */
+ * cannot be opened or read, DDT_ERR_USAGE when it is not a regular file (a FIFO, a device:
+ * refused before it is opened, util/files.h), DDT_ERR_FORMAT when it is neither format, corrupt,
+ * truncated or larger than IMAGE_MAX_PIXELS; the message names the file. *out is empty on failure.
+ */
 ddt_status image_read(const char *path, image *out);
+/* image_read(), refusing (DDT_ERR_USAGE, before allocating) an image whose decoded pixels
+ * would take more than `max_bytes` (0: no bound but IMAGE_MAX_PIXELS). */
+ddt_status image_read_bounded(const char *path, uint64_t max_bytes, image *out);
 void image_free(image *img);
 
 /* Writes `img` as channels x height x width floats in [0, 1] (pixel / 255), resized

@@ -306,11 +306,13 @@ static ddt_status write_file(const trace *t, const trace_rank_header *headers,
     char *temp_path = malloc(temp_size);
     if (!temp_path) return ddt_error(DDT_ERR_MEMORY, "--trace %s: out of memory", t->path);
     file_temp_path(t->path, temp_path, temp_size);
-    ddt_status status = DDT_OK;
+    ddt_status status = file_temp_register(temp_path);
+    if (status != DDT_OK) goto done;
     FILE *f = fopen(temp_path, "w");
     if (!f) {
         status = ddt_error(DDT_ERR_IO, "--trace %s: cannot create %s: %s", t->path, temp_path,
                            strerror(errno));
+        file_temp_forget(temp_path);
         goto done;
     }
     write_json(f, t, headers, records, total);
@@ -318,7 +320,7 @@ static ddt_status write_file(const trace *t, const trace_rank_header *headers,
     int saved = errno;
     if (fclose(f) != 0 && !failed) failed = 1, saved = errno;
     if (failed) {
-        unlink(temp_path);
+        file_temp_remove(temp_path);
         status = ddt_error(DDT_ERR_IO, "--trace %s: cannot write %s: %s", t->path, temp_path,
                            strerror(saved));
         goto done;

@@ -7,7 +7,9 @@
  * DDTRAIN_DEBUG_KILL=POINT:RANK makes rank RANK kill itself (SIGKILL) there, as a crashed or
  * OOM-killed process would. Points: "setup", "evaluation", "checkpoint", "step", and
  * "allreduce" (inside the shared-memory all-reduce, after the rank posted its part of the
- * first chunk and before it summed its slice). Unset (the normal case), each costs a
+ * first chunk and before it summed its slice), and "publish" (in file_publish, util/files.h,
+ * with a finished temporary file about to be renamed into place; it does not know the rank,
+ * so RANK 0 there stalls every process that publishes). Unset (the normal case), each costs a
  * getenv() the first time and a branch after.
  *
  * Usage:

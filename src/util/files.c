@@ -1,4 +1,5 @@
-/* files.c - file identity, durable publication and space reservation (see files.h). */
+/* files.c - file identity, durable publication, space reservation, regular-file inputs and
+ * the temporary files removed on a signal (see files.h). */
 #include "util/files.h"
 
 #include <errno.h>
@@ -14,6 +15,8 @@
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "util/failpoint.h"
 
 file_identity file_identity_of(const char *path) {
     file_identity id = {0};
@@ -392,14 +395,14 @@ static ddt_status publish_through(const char *temp_path, const char *path) {
     if (in < 0) {
         ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot reopen temporary file %s: %s", path,
                                       temp_path, strerror(errno));
-        unlink(temp_path);
+        file_temp_remove(temp_path);
         return status;
     }
     int out;
     ddt_status status = open_stream(NULL, path, regular, &out);
     if (status != DDT_OK) {
         close(in);
-        unlink(temp_path);
+        file_temp_remove(temp_path);
         return status;
     }
     enum { BUFFER_SIZE = 1 << 16 };
@@ -423,7 +426,7 @@ static ddt_status publish_through(const char *temp_path, const char *path) {
     close(in);
     if (close(out) != 0 && status == DDT_OK && errno != EINTR)
         status = ddt_error(DDT_ERR_IO, "%s: cannot write: %s", path, strerror(errno));
-    unlink(temp_path);
+    file_temp_remove(temp_path);
     return status;
 }
 
@@ -458,7 +461,7 @@ ddt_status file_publish(const char *temp_path, const char *path) {
     case ROUTE_THROUGH:
         return publish_through(temp_path, path);
     case ROUTE_REFUSE:
-        unlink(temp_path);
+        file_temp_remove(temp_path);
         if (stat(path, &info) != 0) info.st_mode = 0;
         return ddt_error(DDT_ERR_IO, "%s is %s: not replaced (give a file path)", path,
                          file_kind_name(info.st_mode));
@@ -469,22 +472,24 @@ ddt_status file_publish(const char *temp_path, const char *path) {
     if (fd < 0) {
         ddt_status status = ddt_error(DDT_ERR_IO, "%s: cannot reopen temporary file %s: %s", path,
                                       temp_path, strerror(errno));
-        unlink(temp_path);
+        file_temp_remove(temp_path);
         return status;
     }
     if (fsync(fd) != 0) {
         int saved = errno;
         close(fd);
-        unlink(temp_path);
+        file_temp_remove(temp_path);
         return ddt_error(DDT_ERR_IO, "%s: cannot flush to disk: %s", path, strerror(saved));
     }
     close(fd);
+    failpoint_stall("publish", 0); /* tests: a signal while a finished temporary file waits */
     if (rename(temp_path, target) != 0) {
         int saved = errno;
-        unlink(temp_path);
+        file_temp_remove(temp_path);
         return ddt_error(DDT_ERR_IO, "%s: cannot replace with %s: %s", path, temp_path,
                          strerror(saved));
     }
+    file_temp_forget(temp_path);
     /* Without this a crash could forget the rename even though the data reached the disk. */
     return file_sync_directory_of(target);
 }
@@ -506,4 +511,175 @@ ddt_status file_reserve(int fd, const char *path, uint64_t bytes) {
     }
     return ddt_error(DDT_ERR_IO, "%s: cannot reserve %llu bytes of disk: %s", path,
                      (unsigned long long)bytes, strerror(saved));
+}
+
+/* ---- inputs ------------------------------------------------------------------------------ */
+
+const char *file_type_name(mode_t mode) {
+    if (S_ISREG(mode)) return "a regular file";
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISLNK(mode)) return "a symbolic link";
+    return "not a file";
+}
+
+/* The error for a `mode` that is not a regular file. */
+static ddt_status not_regular(const char *name, mode_t mode) {
+    if (S_ISDIR(mode)) return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", name, strerror(EISDIR));
+    return ddt_error(DDT_ERR_USAGE,
+                     "%s: not a regular file but %s: ddtrain reads its inputs from regular files "
+                     "only (a pipe or a device could block or never end)",
+                     name, file_type_name(mode));
+}
+
+ddt_status file_check_regular_input(const char *path, const char *name) {
+    if (!name) name = path;
+    struct stat info;
+    if (stat(path, &info) != 0)
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", name, strerror(errno));
+    if (!S_ISREG(info.st_mode)) return not_regular(name, info.st_mode);
+    return DDT_OK;
+}
+
+ddt_status file_open_regular_input(const char *path, const char *name, int *fd) {
+    *fd = -1;
+    if (!name) name = path;
+    DDT_CHECK(file_check_regular_input(path, name));
+    /* O_NONBLOCK: if a FIFO took the file's place since the check, open() returns at once. */
+    int opened = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (opened < 0) return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", name, strerror(errno));
+    struct stat info;
+    if (fstat(opened, &info) != 0) {
+        int saved = errno;
+        close(opened);
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", name, strerror(saved));
+    }
+    if (!S_ISREG(info.st_mode)) {
+        close(opened);
+        return not_regular(name, info.st_mode);
+    }
+    int flags = fcntl(opened, F_GETFL);
+    if (flags >= 0) fcntl(opened, F_SETFL, flags & ~O_NONBLOCK);
+    *fd = opened;
+    return DDT_OK;
+}
+
+ddt_status file_fopen_regular_input(const char *path, const char *name, FILE **out) {
+    *out = NULL;
+    int fd;
+    DDT_CHECK(file_open_regular_input(path, name, &fd));
+    FILE *file = fdopen(fd, "rb");
+    if (!file) {
+        int saved = errno;
+        close(fd);
+        return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", name ? name : path, strerror(saved));
+    }
+    *out = file;
+    return DDT_OK;
+}
+
+/* ---- temporary files removed on a signal --------------------------------------------------
+ *
+ * Slots live in chunks that are linked, never freed and never moved, so a signal handler can
+ * walk them at any moment. A slot is FREE, BUSY (being filled or emptied: the handler skips
+ * it) or LIVE (its path is complete and may be removed). The path is kept in the slot itself,
+ * so the handler never follows a pointer another thread might free. */
+
+enum { TEMP_FREE, TEMP_BUSY, TEMP_LIVE };
+#define TEMP_CHUNK_SLOTS 16
+
+typedef struct temp_slot {
+    atomic_int state;
+    char path[PATH_MAX];
+} temp_slot;
+
+typedef struct temp_chunk {
+    temp_slot slots[TEMP_CHUNK_SLOTS];
+    struct temp_chunk *_Atomic next;
+} temp_chunk;
+
+static temp_chunk temp_first;
+
+ddt_status file_temp_register(const char *temp_path) {
+    size_t length = strlen(temp_path);
+    /* Longer paths cannot be created (ENAMETOOLONG): nothing to remove later. */
+    if (length >= PATH_MAX) return DDT_OK;
+    for (temp_chunk *chunk = &temp_first;;) {
+        for (int i = 0; i < TEMP_CHUNK_SLOTS; i++) {
+            temp_slot *slot = &chunk->slots[i];
+            int expected = TEMP_FREE;
+            if (!atomic_compare_exchange_strong(&slot->state, &expected, TEMP_BUSY)) continue;
+            memcpy(slot->path, temp_path, length + 1);
+            atomic_store(&slot->state, TEMP_LIVE);
+            return DDT_OK;
+        }
+        temp_chunk *next = atomic_load(&chunk->next);
+        if (!next) {
+            temp_chunk *fresh = calloc(1, sizeof *fresh);
+            if (!fresh)
+                return ddt_error(DDT_ERR_MEMORY, "%s: out of memory registering the temporary file",
+                                 temp_path);
+            temp_chunk *none = NULL;
+            if (atomic_compare_exchange_strong(&chunk->next, &none, fresh))
+                next = fresh;
+            else {
+                free(fresh); /* another thread linked one first */
+                next = none;
+            }
+        }
+        chunk = next;
+    }
+}
+
+void file_temp_forget(const char *temp_path) {
+    for (temp_chunk *chunk = &temp_first; chunk; chunk = atomic_load(&chunk->next))
+        for (int i = 0; i < TEMP_CHUNK_SLOTS; i++) {
+            temp_slot *slot = &chunk->slots[i];
+            if (atomic_load(&slot->state) != TEMP_LIVE || strcmp(slot->path, temp_path) != 0)
+                continue;
+            int expected = TEMP_LIVE;
+            if (atomic_compare_exchange_strong(&slot->state, &expected, TEMP_BUSY)) {
+                slot->path[0] = '\0';
+                atomic_store(&slot->state, TEMP_FREE);
+                return;
+            }
+        }
+}
+
+void file_temp_remove(const char *temp_path) {
+    unlink(temp_path);
+    file_temp_forget(temp_path);
+}
+
+void file_temp_remove_all(void) {
+    int saved = errno;
+    for (temp_chunk *chunk = &temp_first; chunk; chunk = atomic_load(&chunk->next))
+        for (int i = 0; i < TEMP_CHUNK_SLOTS; i++)
+            if (atomic_load(&chunk->slots[i].state) == TEMP_LIVE) unlink(chunk->slots[i].path);
+    errno = saved;
+}
+
+static void on_cleanup_signal(int signal_number) {
+    file_temp_remove_all();
+    /* SA_RESETHAND restored the default action; the signal, blocked while this handler runs,
+     * is delivered again when it returns and ends the process as it would have. */
+    raise(signal_number);
+}
+
+void file_temp_cleanup_on_signals(void) {
+    static const int signals[] = {SIGTERM, SIGINT, SIGHUP};
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = on_cleanup_signal;
+    action.sa_flags = SA_RESETHAND;
+    sigemptyset(&action.sa_mask);
+    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++) {
+        struct sigaction previous;
+        /* A signal ignored at start (nohup's SIGHUP, a shell's background SIGINT) stays so. */
+        if (sigaction(signals[i], NULL, &previous) == 0 && previous.sa_handler == SIG_IGN) continue;
+        sigaction(signals[i], &action, NULL);
+    }
 }

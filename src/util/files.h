@@ -27,6 +27,19 @@
  * is written (fallocate, keeping the size), so a full disk is a clear "No space left on
  * device" up front instead of a failure halfway through a library's write.
  *
+ * Inputs: every file a command reads is a regular file once links are followed. A FIFO
+ * would block the open (or the first read) until some writer came, a device such as
+ * /dev/zero never ends, and neither is data: file_check_regular_input() refuses them by
+ * name before anything opens them, and file_open_regular_input() also opens without
+ * blocking and checks the descriptor, so a FIFO swapped in after the check is refused too.
+ *
+ * Temporary files and signals: a writer registers "PATH.tmp-<pid>" (file_temp_register)
+ * before creating it and forgets it once it is renamed or removed (file_publish and
+ * file_temp_remove do both). file_temp_cleanup_on_signals() makes SIGTERM, SIGINT and
+ * SIGHUP remove every registered file (with async-signal-safe calls only) and then end the
+ * process by the same signal, so `kill` or Ctrl-C leaves no temporary behind and the exit
+ * status is the usual one.
+ *
  * Usage:
  *     file_role inputs[] = {{"--data", "d.h5", false}}, outputs[] = {{"--save", "m.h5", false}};
  *     DDT_CHECK(files_check_outputs(outputs, 1, inputs, 1));
@@ -126,5 +139,47 @@ ddt_status file_output_append(const char *option, const char *path, FILE **out);
  * its size. DDT_ERR_IO "PATH: No space left on device: needs N, the file system has M free"
  * when there is not room; file systems that cannot reserve (EOPNOTSUPP) are accepted. */
 ddt_status file_reserve(int fd, const char *path, uint64_t bytes);
+
+/* ---- inputs ------------------------------------------------------------------------------ */
+
+/* "a directory", "a FIFO (named pipe)", "a character device", ... for a stat() mode. */
+const char *file_type_name(mode_t mode);
+
+/* Checks, without opening it, that `path` is a regular file once symbolic links are
+ * followed. `name` is how messages name it (NULL: the path itself). Errors:
+ *   DDT_ERR_IO "NAME: cannot open: No such file or directory" (also a dangling link, and
+ *     "Too many levels of symbolic links" for a loop, "Is a directory", "Permission denied");
+ *   DDT_ERR_USAGE "NAME: not a regular file but a FIFO (named pipe): ..." for FIFOs,
+ *     devices and sockets.
+ * For readers that open the file by path themselves (HDF5, zlib); ddtrain's own reads use
+ * file_open_regular_input(). */
+ddt_status file_check_regular_input(const char *path, const char *name);
+
+/* Opens `path` read-only if it is a regular file: file_check_regular_input() first (so
+ * nothing else is ever opened: opening a device can have effects), then open() with
+ * O_NONBLOCK and fstat() of the descriptor, so a FIFO swapped in between is refused rather
+ * than waited on. *fd is the descriptor (O_CLOEXEC, blocking reads restored); the caller
+ * closes it. */
+ddt_status file_open_regular_input(const char *path, const char *name, int *fd);
+/* The same as a stdio stream opened "rb"; the caller fcloses it. */
+ddt_status file_fopen_regular_input(const char *path, const char *name, FILE **out);
+
+/* ---- temporary files removed on SIGTERM, SIGINT and SIGHUP ------------------------------- */
+
+/* Records `temp_path` (copied) as a temporary file of this process; call before creating it.
+ * DDT_ERR_MEMORY if the copy cannot be made. Thread-safe. */
+ddt_status file_temp_register(const char *temp_path);
+/* Forgets `temp_path` (it was renamed into place, or removed). Unknown paths are ignored. */
+void file_temp_forget(const char *temp_path);
+/* unlink() and forget. */
+void file_temp_remove(const char *temp_path);
+/* Removes every registered temporary file, with async-signal-safe calls only: for signal
+ * handlers and for paths that end the process at once (_exit, MPI_Abort). */
+void file_temp_remove_all(void);
+/* Installs handlers for SIGTERM, SIGINT and SIGHUP that remove the registered temporary
+ * files and then end the process by the same signal (default action, re-raised), so the
+ * exit status is what the signal gives without ddtrain. Handlers installed later (train's
+ * SIGTERM: stop at the next step) replace this one for their signal. */
+void file_temp_cleanup_on_signals(void);
 
 #endif

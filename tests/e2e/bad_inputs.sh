@@ -53,6 +53,53 @@ for n in 1 2; do
     -- eval --model-file "$WORK/model.h5" --data "$WORK/good.h5" --device banana
 done
 
+# Inputs that are not regular files -- a FIFO with no writer (open() would wait for one), a
+# device that never ends, a dangling link, a link loop -- are refused by name before they are
+# read, on every rank (exit 2; 1 for the links, whose errno is the problem), never waited
+# on: each run has 20 s, so a hang fails as a timeout rather than stalling the suite.
+mkfifo "$WORK/fifo" "$WORK/fifo-2.h5"
+ln -s /dev/zero "$WORK/zero.h5"
+ln -s "$WORK/no-such-file.h5" "$WORK/dangling.h5"
+ln -s "$WORK/loop-b.h5" "$WORK/loop-a.h5"
+ln -s "$WORK/loop-a.h5" "$WORK/loop-b.h5"
+fifo_words="$WORK/fifo: not a regular file but a FIFO (named pipe)"
+special() { # special NAME CODE TEXT DDTRAIN_ARGS... : 1 rank and 2 ranks, 20 s each
+  local name=$1 code=$2 text=$3
+  shift 3
+  for n in 1 2; do
+    TIMEOUT=20 expect_fail_all_ranks "$name, $n rank(s)" "$n" "$code" "$text" -- "$@"
+  done
+}
+special "--data a FIFO" 2 "$fifo_words" train "${model[@]}" --data "$WORK/fifo"
+special "--data a glob matching a FIFO" 2 "$WORK/fifo-2.h5: not a regular file but a FIFO" \
+  train "${model[@]}" --data "$WORK/fifo-*.h5"
+special "--data a link to /dev/zero" 2 "$WORK/zero.h5: not a regular file but a character device" \
+  train "${model[@]}" --data "$WORK/zero.h5"
+special "--data a dangling link" 1 "$WORK/dangling.h5: cannot open: No such file or directory" \
+  train "${model[@]}" --data "$WORK/dangling.h5"
+special "--data a link loop" 1 "$WORK/loop-a.h5: cannot open: Too many levels of symbolic links" \
+  train "${model[@]}" --data "$WORK/loop-a.h5"
+special "--eval-data a FIFO" 2 "$fifo_words" train "${model[@]}" --data "$WORK/good.h5" \
+  --eval-data "$WORK/fifo"
+special "--init a FIFO" 2 "$fifo_words" train "${model[@]}" --data "$WORK/good.h5" --init "$WORK/fifo"
+special "--model @FIFO" 2 "--model @$fifo_words" train --data "$WORK/good.h5" --model "@$WORK/fifo" \
+  --steps 1
+special "--model @/dev/zero" 2 "--model @/dev/zero: not a regular file but a character device" \
+  train --data "$WORK/good.h5" --model @/dev/zero --steps 1
+special "eval --model-file a FIFO" 2 "$fifo_words" eval --model-file "$WORK/fifo" --data "$WORK/good.h5"
+special "generate --model-file a FIFO" 2 "$fifo_words" generate --model-file "$WORK/fifo" --prompt hi
+special "info on a FIFO" 2 "$fifo_words" info "$WORK/fifo"
+special "info on /dev/urandom" 2 "/dev/urandom: not a regular file but a character device" \
+  info /dev/urandom
+# A FIFO named like a checkpoint is not one: --resume passes over it (it used to block in
+# HDF5's open) and starts fresh.
+mkdir -p "$WORK/ckpt"
+mkfifo "$WORK/ckpt/checkpoint-000000000009.h5"
+timeout -k 5 20 mpirun -np 2 --bind-to none "$DDTRAIN" train "${model[@]}" --data "$WORK/good.h5" \
+  --checkpoint-dir "$WORK/ckpt" --resume >"$WORK/out.txt" 2>&1 &&
+  pass "--resume passes over a FIFO named like a checkpoint" ||
+  { fail "--resume with a FIFO in the checkpoint directory (exit $?)"; tail -5 "$WORK/out.txt"; }
+
 # Files given to ddtrain are never modified by a failed run.
 sum_before=$(md5sum "$WORK/nan.h5" "$WORK/good.h5")
 ranks 2 train "${model[@]}" --data "$WORK/nan.h5" >/dev/null 2>&1

@@ -268,4 +268,120 @@ expect_fail_all_ranks "odd byte count" 1 1 "odd.bin: 3 bytes is not a whole numb
 expect_fail_all_ranks "an id beyond the vocabulary" 1 1 "beyond.bin: token 1 is 50257, not below the vocabulary size 50257" \
   -- convert tokens "$WORK/nano.bin" "$WORK/beyond.bin" -o "$WORK/x.h5" --shards 2
 ls "$WORK"/x*.h5 >/dev/null 2>&1 && fail "a failed conversion left files" || pass "failed conversions leave no files"
+
+# ---- outputs never land on inputs; inputs are regular files ------------------------------------
+# -o naming one of the images the folder holds (directly, spelled another way, or as the -val
+# part) is refused before anything is written, and the images are untouched.
+mkdir -p "$WORK/own/a" "$WORK/own/b"
+cp "$WORK/imgs/ant/rgb0.png" "$WORK/own/a/img0.png"
+cp "$WORK/imgs/ant/rgb1.png" "$WORK/own/b/img1.png"
+cp "$WORK/imgs/ant/rgb2.png" "$WORK/own/b/x-val.png"
+sum_before=$(md5sum "$WORK"/own/*/*.png)
+expect_fail_all_ranks "-o one of the images" 1 2 \
+  "-o $WORK/own/a/img0.png is the same file as the input image $WORK/own/a/img0.png" \
+  -- convert images "$WORK/own" -o "$WORK/own/a/img0.png" --size 8x8
+expect_fail_all_ranks "-o one of the images, spelled another way" 1 2 "is the same file as the input image" \
+  -- convert images "$WORK/own" -o "$WORK/own/b/../a/./img0.png" --size 8x8
+expect_fail_all_ranks "-o whose validation part is one of the images" 1 2 \
+  "-o $WORK/own/b/x-val.png is the same file as the input image" \
+  -- convert images "$WORK/own" -o "$WORK/own/b/x.png" --size 8x8 --val-fraction 0.4
+[[ "$(md5sum "$WORK"/own/*/*.png)" == "$sum_before" ]] && ! ls "$WORK"/own/*/*.tmp-* >/dev/null 2>&1 &&
+  pass "the images are untouched" || fail "an image was overwritten: $(md5sum "$WORK"/own/*/*)"
+
+# Folder entries named like images that are not regular files: a FIFO, links to /dev/zero and
+# /dev/urandom, a dangling link, a link loop. Each is a bad image, named, found without being
+# opened (a FIFO would block, a device never end); --skip-bad leaves them out. A FIFO not
+# named like an image is ignored as any other file. 20 s each: a hang fails as a timeout.
+mkfifo "$WORK/own/a/fifo.png" "$WORK/own/a/notes"
+ln -s /dev/zero "$WORK/own/a/zero.png"
+ln -s /dev/urandom "$WORK/own/b/random.jpg"
+ln -s "$WORK/own/none.png" "$WORK/own/b/dangling.png"
+ln -s loop2.png "$WORK/own/b/loop1.png"
+ln -s loop1.png "$WORK/own/b/loop2.png"
+TIMEOUT=20 expect_fail_all_ranks "special files named like images are bad images" 1 1 \
+  "6 of 9 images are unreadable or corrupt" -- convert images "$WORK/own" -o "$WORK/special.h5" --size 8x8
+for entry in "a/fifo.png: not a regular file but a FIFO" "a/zero.png: not a regular file but a character device" \
+  "b/random.jpg: not a regular file but a character device" "b/dangling.png: cannot open: No such file" \
+  "b/loop1.png: cannot open: Too many levels of symbolic links"; do
+  grep -qF "bad image: $WORK/own/$entry" "$WORK/err.txt" && pass "named: ${entry%%:*}" ||
+    fail "not named: $entry"
+done
+expect_ok "--skip-bad leaves the special files out" timeout 20 "$DDTRAIN" convert images "$WORK/own" \
+  -o "$WORK/special.h5" --size 8x8 --skip-bad
+grep -q "left out 6 unreadable" "$WORK/out.txt" && grep -q "3 images 3x8x8" "$WORK/out.txt" &&
+  grep -q "(1 other file ignored)" "$WORK/out.txt" &&
+  pass "3 images kept, the 6 left out, the FIFO not named like an image ignored" ||
+  fail "--skip-bad with special files: $(cat "$WORK/out.txt")"
+
+# The other converters' inputs: a FIFO is refused by name, at once (exit 2).
+mkfifo "$WORK/fifo.bin"
+for form in "tokens $WORK/fifo.bin" "text $WORK/fifo.bin" "idx $WORK/fashion-images $WORK/fifo.bin" \
+  "idx $WORK/fifo.bin $WORK/fashion-labels"; do
+  # shellcheck disable=SC2086 # the form's words
+  TIMEOUT=20 expect_fail_all_ranks "convert ${form%% *} refuses a FIFO" 1 2 \
+    "$WORK/fifo.bin: not a regular file but a FIFO" -- convert $form -o "$WORK/x.h5"
+done
+
+# ---- what no model can take ---------------------------------------------------------------------
+# Vocabularies past the largest a model takes (the model grammar's own limit) are refused; the
+# largest is accepted.
+expect_fail_all_ranks "--vocab-size beyond any model's" 1 2 \
+  "--vocab-size: 16777217 is out of range (must be between 0 and 16777216)" \
+  -- convert tokens "$WORK/nano.bin" -o "$WORK/x.h5" --vocab-size 16777217
+expect_ok "--vocab-size 16777216 (the largest a model takes)" "$DDTRAIN" convert tokens \
+  "$WORK/nano.bin" -o "$WORK/vocab-max.h5" --vocab-size 16777216
+$PY - "$WORK" <<'PY' && pass "a vocabulary of 16777216: int32 ids" || fail "vocab-max.h5"
+import h5py, sys
+t = h5py.File(f"{sys.argv[1]}/vocab-max.h5")["tokens"]
+assert t.dtype == "int32" and int(t.attrs["vocab_size"]) == 16777216
+PY
+# Rows no model takes (more than 16777216 values per sample): images, IDX items.
+start=$SECONDS
+expect_fail_all_ranks "--size 16384x16384 refused up front" 1 2 \
+  "--size 16384x16384: 268435456 values per channel, and a model takes at most 16777216" \
+  -- convert images "$WORK/imgs" -o "$WORK/x.h5" --size 16384x16384
+(( SECONDS - start < 10 )) && pass "refused in $((SECONDS - start)) s" || fail "took $((SECONDS - start)) s"
+expect_fail_all_ranks "colour images of 3x4096x4096 refused" 1 2 \
+  "the images are 3x4096x4096, 50331648 values each, and a model takes at most 16777216" \
+  -- convert images "$WORK/imgs" -o "$WORK/x.h5" --size 4096x4096 --skip-bad
+$PY - "$WORK" <<'PY'
+import struct, sys
+# one item of 4097 x 4097 bytes declared; the data is not there (refused before it is read)
+open(f"{sys.argv[1]}/huge-images", "wb").write(struct.pack(">IIII", 0x803, 1, 4097, 4097))
+open(f"{sys.argv[1]}/huge-labels", "wb").write(struct.pack(">II", 0x801, 1) + b"\0")
+PY
+expect_fail_all_ranks "IDX items larger than any model takes" 1 2 \
+  "huge-images: items of 16785409 values; a model takes 1 to 16777216 values per sample" \
+  -- convert idx "$WORK/huge-images" "$WORK/huge-labels" -o "$WORK/x.h5"
+
+# ---- memory: --host-staging-limit bounds a conversion, refused up front with the numbers --------
+expect_fail_all_ranks "convert images over --host-staging-limit" 1 2 \
+  "convert images needs 35.0 MiB of host memory at once (a block of 1 row of 1x2048x2048 floats 16.0 MiB, the writer's chunks 19.0 MiB), more than --host-staging-limit 20.0 MiB" \
+  -- convert images "$WORK/grey" -o "$WORK/x.h5" --size 2048x2048 --host-staging-limit 20MiB
+expect_fail_all_ranks "synth over --host-staging-limit" 1 2 \
+  "synth needs 3.74 GiB of host memory at once (the 1000 x 1000000 class centres 3.73 GiB" \
+  -- synth -o "$WORK/x.h5" --rows 10 --features 1000000 --classes 1000
+# What the limit leaves beside writing's buffers bounds each decoded image: one larger is a
+# bad image, named (here 8 bytes are left: 3 MiB of HDF5 buffers and 264 bytes of rows and
+# chunks for 2 rows of 1x4x4 take the rest).
+expect_fail_all_ranks "images larger than the limit leaves" 1 1 "2 of 2 images are unreadable" \
+  -- convert images "$WORK/grey" -o "$WORK/x.h5" --size 4x4 --host-staging-limit 3146000
+grep -qF "bad image: $WORK/grey/a/1.png: 6 x 4 pixels x 1 channel take 80 bytes decoded, more than the 8 allowed for one image by --host-staging-limit 3.0 MiB" \
+  "$WORK/err.txt" && pass "the image and the numbers named" || fail "budget message: $(cat "$WORK/err.txt")"
+ls "$WORK"/x*.h5 "$WORK"/*.tmp-* >/dev/null 2>&1 && fail "a refused conversion left files" ||
+  pass "refused conversions leave no files"
+# Peak memory stays within the limit, over what the program takes converting 8x8 images:
+# 1 x 2048 x 2048 rows (16 MiB each), compressed, under a 56 MiB limit (the plan: 51 MiB).
+$PY - "$DDTRAIN" "$WORK" <<'PY' && pass "peak RSS within --host-staging-limit" || fail "peak RSS over the limit"
+import resource, subprocess, sys
+ddtrain, work = sys.argv[1:]
+def peak(*args):
+    subprocess.run([ddtrain, "convert", "images", f"{work}/grey", "-o", f"{work}/rss.h5", *args],
+                   check=True, stdout=subprocess.DEVNULL)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, the largest child yet
+base = peak("--size", "8x8")
+big = peak("--size", "2048x2048", "--host-staging-limit", "56MiB", "--compression", "1")
+print(f"peak RSS {base} KiB for 8x8, {big} KiB for 2048x2048 (limit 56 MiB)")
+assert big - base <= 56 * 1024, (base, big)
+PY
 finish
