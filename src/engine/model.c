@@ -352,7 +352,7 @@ static void init_tensor(const model_spec *spec, int index, uint64_t seed, float 
                                               rng_hash4(seed, RNG_PURPOSE_INIT, key,
                                                         2 * (uint64_t)e + 1)));
         } else {
-            double limit = sqrt(6.0 / (t->fan_in + t->fan_out));
+            double limit = sqrt(6.0 / ((double)t->fan_in + t->fan_out)); /* no int overflow */
             for (size_t e = 0; e < t->count; e++) {
                 double u = rng_uniform(rng_hash4(seed, RNG_PURPOSE_INIT, key, e));
                 values[e] = (float)((2.0 * u - 1.0) * limit);
