@@ -5,7 +5,8 @@
 # an unknown argument, "dropout-1" (a rate of -1, or dropout then a 1-wide layer?), attention
 # over one position. Shapes whose sizes overflow (2097152x2097152x2097152: signed overflow,
 # undefined behaviour, a small size in a release build), from --model and from the "model"
-# attribute of a model file read by eval, train --init and generate. Plans far beyond the
+# attribute of a model file read by eval, train --init and generate; a micro-batch whose rows x
+# positions do not fit an int (eval of a context-65536 GPT at 2^24 rows). Plans far beyond the
 # node's memory with no --device-memory-limit: --dry-run says DOES NOT FIT against the node's
 # memory (each rank's share) and exits 1; a real run is refused the same way before allocating.
 source "$(dirname "$0")/lib.sh"
@@ -72,6 +73,30 @@ for n in 1 2; do
   expect_fail_all_ranks "generate from a model file naming another file, $n rank(s)" "$n" 1 \
     "a stored description cannot name a file (@)" \
     -- generate --model-file "$WORK/names-a-file.h5" --prompt "ab"
+done
+# A GPT whose scores are samples x 256 heads x 65536 x 65536: at --micro-batch 2^24 that was
+# int64 overflow (UB) in planning; rows x positions must fit an int, so 32767 rows at most.
+$PY - "$WORK" <<'PY' || fail "making the gpt model file"
+import sys
+import h5py, numpy as np
+d, w, t, v = sys.argv[1], 256, 65536, 256
+with h5py.File(f"{d}/gpt-long.h5", "w") as f:
+    f.attrs["model"] = f"gpt(layers=1,heads=256,width={w},context={t},vocab={v})"
+    def zeros(name, *shape):
+        f.create_dataset(name, data=np.zeros(shape, "f4"), compression="gzip", chunks=True)
+    zeros("transformer.wte.weight", v, w); zeros("transformer.wpe.weight", t, w)
+    for n in ["transformer.h.0.ln_1", "transformer.h.0.ln_2", "transformer.ln_f"]:
+        zeros(n + ".weight", w); zeros(n + ".bias", w)
+    for n, rows, cols in [("attn.c_attn", 3 * w, w), ("attn.c_proj", w, w),
+                          ("mlp.c_fc", 4 * w, w), ("mlp.c_proj", w, 4 * w)]:
+        zeros(f"transformer.h.0.{n}.weight", rows, cols); zeros(f"transformer.h.0.{n}.bias", rows)
+PY
+head -c 70000 /dev/urandom >"$WORK/bytes.bin"
+"$DDTRAIN" convert text "$WORK/bytes.bin" -o "$WORK/tokens.h5" >/dev/null || fail "convert text"
+for n in 1 2; do
+  expect_fail_all_ranks "eval --micro-batch 16777216 of a context-65536 GPT, $n rank(s)" "$n" 2 \
+    "a micro-batch of 16777216 rows is more than the model 'gpt(layers=1,heads=256,width=256,context=65536,vocab=256)' computes at once (32767: rows x positions must fit an int)" \
+    -- eval --model-file "$WORK/gpt-long.h5" --data "$WORK/tokens.h5" --micro-batch 16777216
 done
 out=$("$DDTRAIN" eval --model-file "$WORK/legacy.h5" --data "$WORK/d16.h5" 2>&1)
 [[ $out == "model 16-8-relu-dropout0.5-8-4 on "* ]] &&
