@@ -197,6 +197,10 @@ static void check_specs(void) {
     check_bad_spec("gpt(layers=1,heads=1,width=8,context=4,vocab=4,dropout=0.1,dropout=0.2)",
                    "gpt(...) gives dropout twice");
     check_bad_spec("gpt(depth)", "gpt(...) has no setting 'depth'");
+    check_bad_spec("tokens(8,10,3)-embed(8)-lmhead", "tokens(...) takes two arguments, CONTEXT and VOCAB");
+    check_bad_spec("tokens(8,10)-embed(8,2)-lmhead", "embed(...) takes one argument, its width D");
+    check_bad_spec("tokens(8,10)-embed(8)-attn(2,2)-lmhead",
+                   "attn(...) takes one argument, its number of heads");
     check_bad_spec("gpt(layers=1,heads=1,width=8,context=4,vocab=4,dropout=-0.1)",
                    "expected a dropout rate in [0, 1) (e.g. 0.1), found '-'");
     /* degenerate sizes: attention over one position, a vocabulary of one token */

@@ -949,6 +949,8 @@ static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index
     } else if (call && strcmp(word, "embed") == 0) {
         int width;
         DDT_CHECK(read_count(p, start, "embed's width", 1, 65536, &width));
+        if (p->source[p->pos] == ',')
+            return fail_at(p, start, "embed(...) takes one argument, its width D");
         DDT_CHECK(expect(p, ')', start, "to close embed("));
         char table[MODEL_TENSOR_MAX_NAME], positions[MODEL_TENSOR_MAX_NAME];
         DDT_CHECK(join(p, start, table, prefix, "wte.weight"));
@@ -958,6 +960,8 @@ static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index
     } else if (call && strcmp(word, "attn") == 0) {
         int heads;
         DDT_CHECK(read_count(p, start, "the number of heads", 1, 256, &heads));
+        if (p->source[p->pos] == ',')
+            return fail_at(p, start, "attn(...) takes one argument, its number of heads");
         DDT_CHECK(expect(p, ')', start, "to close attn("));
         DDT_CHECK(build_attention(p, start, prefix, heads, 0.02f));
         emit(p, "attn(%d)", heads);
@@ -1004,6 +1008,8 @@ static ddt_status parse_input(parser *p) {
         if (spec->vocab < MODEL_MIN_VOCAB)
             return fail_at(p, start, "a vocabulary of %d is too small: %s", spec->vocab,
                            VOCAB_REASON);
+        if (p->source[p->pos] == ',')
+            return fail_at(p, start, "tokens(...) takes two arguments, CONTEXT and VOCAB");
         DDT_CHECK(expect(p, ')', start, "to close tokens("));
         spec->input_kind = MODEL_INPUT_TOKENS;
         spec->input_shape = shape1(spec->context);
