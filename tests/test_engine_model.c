@@ -180,7 +180,8 @@ static void check_specs(void) {
     CHECK(strstr(ddt_error_message(), "a stored description cannot name a file") != NULL);
     CHECK(model_spec_parse_stored("2097152x2097152x2097152-flatten-10", spec) == DDT_ERR_USAGE);
     /* a setting twice, an unknown or empty one: errors naming it, never a silent choice */
-    check_bad_spec("1x8x8-conv(8,k3,s1,s2)-flatten-4", "conv(...) gives the stride twice (s1, then s2)");
+    check_bad_spec("1x8x8-conv(8,k3,s1,s2)-flatten-4",
+                   "conv(...) gives the stride twice (s1, then s2)");
     check_bad_spec("1x8x8-conv(8,k3,p1,p0)-flatten-4", "gives the padding twice (p1, then p0)");
     check_bad_spec("1x8x8-conv(8,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,"
                    "k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3)-flatten-4",
@@ -197,7 +198,8 @@ static void check_specs(void) {
     check_bad_spec("gpt(layers=1,heads=1,width=8,context=4,vocab=4,dropout=0.1,dropout=0.2)",
                    "gpt(...) gives dropout twice");
     check_bad_spec("gpt(depth)", "gpt(...) has no setting 'depth'");
-    check_bad_spec("tokens(8,10,3)-embed(8)-lmhead", "tokens(...) takes two arguments, CONTEXT and VOCAB");
+    check_bad_spec("tokens(8,10,3)-embed(8)-lmhead",
+                   "tokens(...) takes two arguments, CONTEXT and VOCAB");
     check_bad_spec("tokens(8,10)-embed(8,2)-lmhead", "embed(...) takes one argument, its width D");
     check_bad_spec("tokens(8,10)-embed(8)-attn(2,2)-lmhead",
                    "attn(...) takes one argument, its number of heads");

@@ -75,8 +75,8 @@ static size_t conv_positions(const conv_geometry *g) {
 /* Samples per convolution chunk. */
 static int conv_chunk(const model_node *node, int rows) {
     const conv_geometry *g = &node->geometry;
-    size_t per_sample = times(plus(times(2, conv_unfolded(g)), (size_t)node->out_shape.dims[0]),
-                              conv_positions(g));
+    size_t per_sample =
+        times(plus(times(2, conv_unfolded(g)), (size_t)node->out_shape.dims[0]), conv_positions(g));
     size_t chunk = CONV_WORKSPACE_FLOATS / per_sample;
     if (chunk < 1) chunk = 1;
     if (chunk > (size_t)rows) chunk = rows > 0 ? (size_t)rows : 1;
@@ -133,8 +133,8 @@ size_t layer_saved_floats(const model_spec *spec, int index, int rows) {
     case NODE_BATCHNORM:
         return 2 * (size_t)node->in_shape.dims[0];
     case NODE_LAYERNORM:
-        return times(2, times((size_t)rows, node->in_shape.rank == 2
-                                                ? (size_t)node->in_shape.dims[0] : 1));
+        return times(
+            2, times((size_t)rows, node->in_shape.rank == 2 ? (size_t)node->in_shape.dims[0] : 1));
     case NODE_ATTENTION: {
         size_t sequence, scores;
         attention_floats(node, rows, &sequence, &scores);
@@ -186,8 +186,8 @@ size_t layer_max_gemm_operand_floats(const model_spec *spec, int index, int rows
     case NODE_DENSE: {
         size_t in = (size_t)node->in_shape.dims[node->in_shape.rank - 1];
         size_t out = (size_t)node->out_shape.dims[node->out_shape.rank - 1];
-        size_t n = times((size_t)rows, node->in_shape.rank == 2 ? (size_t)node->in_shape.dims[0]
-                                                                : 1);
+        size_t n =
+            times((size_t)rows, node->in_shape.rank == 2 ? (size_t)node->in_shape.dims[0] : 1);
         return max3(times(in, out), times(n, in), times(n, out));
     }
     case NODE_CONV: {

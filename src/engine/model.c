@@ -294,8 +294,9 @@ ddt_status model_init(const model_spec *spec, allocator *alloc, int max_rows,
     if (spec->node_count <= 0 || spec->parameter_count == 0)
         return ddt_error(DDT_ERR_INTERNAL, "model_init: the spec has no layer with parameters");
     if (max_rows > model_spec_max_rows(spec))
-        return ddt_error(DDT_ERR_USAGE, "a micro-batch of %d rows is more than the model '%s' "
-                                        "computes at once (%d: rows x positions must fit an int)",
+        return ddt_error(DDT_ERR_USAGE,
+                         "a micro-batch of %d rows is more than the model '%s' "
+                         "computes at once (%d: rows x positions must fit an int)",
                          max_rows, spec->text, model_spec_max_rows(spec));
     model *m = calloc(1, sizeof *m);
     if (!m) return ddt_error(DDT_ERR_MEMORY, "out of host memory creating the model");

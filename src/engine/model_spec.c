@@ -26,10 +26,10 @@
 #define MODEL_MIN_ATTENTION_CONTEXT 2
 #define MODEL_MIN_VOCAB 2
 #define ATTENTION_CONTEXT_REASON                                                                   \
-    "attention needs at least 2 positions (over one, it weighs that position by 1 whatever the "  \
+    "attention needs at least 2 positions (over one, it weighs that position by 1 whatever the "   \
     "scores, so its queries and keys never learn)"
 #define VOCAB_REASON                                                                               \
-    "a token model needs at least 2 tokens (with one, every prediction is right and the loss is " \
+    "a token model needs at least 2 tokens (with one, every prediction is right and the loss is "  \
     "0 whatever the weights)"
 
 static const char LAYER_WORDS_HELP[] =
@@ -250,8 +250,9 @@ static ddt_status read_rate(parser *p, size_t token_start, float *rate) {
         return fail_at(p, token_start, "expected a dropout rate in [0, 1) (e.g. 0.1), found '%s'",
                        *s ? (char[]){*s, 0} : "the end");
     if (digits + points != length || points > 1 || digits == 0)
-        return fail_at(p, token_start, "the dropout rate '%.*s' is not a plain decimal in [0, 1) "
-                                       "(e.g. 0.1)",
+        return fail_at(p, token_start,
+                       "the dropout rate '%.*s' is not a plain decimal in [0, 1) "
+                       "(e.g. 0.1)",
                        (int)(length < 24 ? length : 24), s);
     double value = strtod(s, NULL);
     if (!(value >= 0.0 && value < 1.0))
@@ -368,10 +369,11 @@ static ddt_status add_tensor(parser *p, size_t token_start, const char *prefix, 
         if (dims[i] < 1 || !checked_multiply_size(count, (size_t)dims[i], &count)) {
             char text[64] = "";
             for (int d = 0, used = 0; d < rank; d++) /* at most 4 dims of 11 characters */
-                used += snprintf(text + used, sizeof text - (size_t)used, d ? "x%d" : "%d",
-                                 dims[d]);
-            return fail_at(p, token_start, "the parameter %s (%s) has more values than can be "
-                                           "counted",
+                used +=
+                    snprintf(text + used, sizeof text - (size_t)used, d ? "x%d" : "%d", dims[d]);
+            return fail_at(p, token_start,
+                           "the parameter %s (%s) has more values than can be "
+                           "counted",
                            t->name, text);
         }
     }
@@ -588,8 +590,8 @@ static ddt_status read_setting(parser *p, size_t start, const char *layer, const
     char argument[32];
     size_t length = argument_at(p, argument, sizeof argument);
     if (*given)
-        return fail_at(p, start, "%s(...) gives %s twice (%c%d, then %s)", layer, what,
-                       argument[0], *value, argument);
+        return fail_at(p, start, "%s(...) gives %s twice (%c%d, then %s)", layer, what, argument[0],
+                       *value, argument);
     size_t end = p->pos + length;
     p->pos++; /* the letter */
     DDT_CHECK(read_count(p, start, what, minimum, 1024, value));
@@ -623,8 +625,9 @@ static ddt_status parse_conv(parser *p, size_t start, const char *prefix) {
         } else if (key == 'p' && numbered) {
             DDT_CHECK(read_setting(p, start, "conv", "the padding", 0, &pad_given, &pad));
         } else {
-            return fail_at(p, start, "conv(...) has no argument '%s' (it takes "
-                                     "OUT,kK[,sS][,pP][,nobias])",
+            return fail_at(p, start,
+                           "conv(...) has no argument '%s' (it takes "
+                           "OUT,kK[,sS][,pP][,nobias])",
                            argument);
         }
     }
@@ -640,13 +643,15 @@ static ddt_status parse_conv(parser *p, size_t start, const char *prefix) {
     node->bias = bias;
     node->out_shape = shape3(outputs, node->geometry.out_height, node->geometry.out_width);
     /* Each window unfolds to channels x K x K values (the GEMM's inner size, an int). */
-    int64_t unfolded = (int64_t)channels * kernel * kernel, spread = (int64_t)outputs * kernel * kernel;
+    int64_t unfolded = (int64_t)channels * kernel * kernel,
+            spread = (int64_t)outputs * kernel * kernel;
     if (unfolded > INT_MAX)
-        return fail_at(p, start, "each window holds %d channels x %dx%d = %lld values, more than %d",
+        return fail_at(p, start,
+                       "each window holds %d channels x %dx%d = %lld values, more than %d",
                        channels, kernel, kernel, (long long)unfolded, INT_MAX);
     if (spread > INT_MAX)
-        return fail_at(p, start, "%d outputs x a %dx%d kernel = %lld values, more than %d",
-                       outputs, kernel, kernel, (long long)spread, INT_MAX);
+        return fail_at(p, start, "%d outputs x a %dx%d kernel = %lld values, more than %d", outputs,
+                       kernel, kernel, (long long)spread, INT_MAX);
     model_tensor *w;
     int dims[4] = {outputs, channels, kernel, kernel};
     DDT_CHECK(add_weight(p, start, prefix, 4, dims, (int)unfolded, (int)spread, &w));
@@ -757,8 +762,9 @@ static ddt_status parse_gpt_arguments(parser *p, size_t start, gpt_shape *g) {
         for (; k < KEY_COUNT; k++)
             if (strcmp(key, keys[k].key) == 0) break;
         if (k == KEY_COUNT && strcmp(key, "dropout") != 0)
-            return fail_at(p, start, "gpt(...) has no setting '%.*s%s' (layers, heads, width, "
-                                     "context, vocab, dropout)",
+            return fail_at(p, start,
+                           "gpt(...) has no setting '%.*s%s' (layers, heads, width, "
+                           "context, vocab, dropout)",
                            (int)(length < 15 ? length : 15), p->source + p->pos - length,
                            length > 15 ? "..." : "");
         if (given[k]) return fail_at(p, start, "gpt(...) gives %s twice", key);
@@ -767,8 +773,8 @@ static ddt_status parse_gpt_arguments(parser *p, size_t start, gpt_shape *g) {
         if (k == KEY_COUNT)
             DDT_CHECK(read_rate(p, start, &g->dropout));
         else
-            DDT_CHECK(read_count(p, start, keys[k].key, keys[k].minimum, keys[k].maximum,
-                                 keys[k].value));
+            DDT_CHECK(
+                read_count(p, start, keys[k].key, keys[k].minimum, keys[k].maximum, keys[k].value));
     } while (accept(p, ','));
     DDT_CHECK(expect(p, ')', start, "to close gpt("));
     for (size_t k = 0; k < KEY_COUNT; k++)
@@ -851,12 +857,14 @@ static ddt_status refuse_bare_dropout(parser *p, size_t start) {
     int shown = (int)(length < 24 ? length : 24);
     bool width = strspn(next, "0123456789") == length && strtol(next, NULL, 10) > 0;
     if (!width)
-        return fail_at(p, start, "dropout's rate follows the word directly, without '-': write "
-                                 "dropout%.*s, not dropout-%.*s",
+        return fail_at(p, start,
+                       "dropout's rate follows the word directly, without '-': write "
+                       "dropout%.*s, not dropout-%.*s",
                        shown, next, shown, next);
-    return fail_at(p, start, "'dropout-%.*s' could be a rate of -%.*s or dropout then a dense "
-                             "layer of %.*s: write the rate, e.g. dropout0.5-%.*s (a rate in [0, 1) "
-                             "follows the word directly)",
+    return fail_at(p, start,
+                   "'dropout-%.*s' could be a rate of -%.*s or dropout then a dense "
+                   "layer of %.*s: write the rate, e.g. dropout0.5-%.*s (a rate in [0, 1) "
+                   "follows the word directly)",
                    shown, next, shown, next, shown, next, shown, next);
 }
 
@@ -1033,8 +1041,8 @@ static ddt_status parse_input(parser *p) {
         if (values > MODEL_MAX_WIDTH) {
             char shape[64], count[32];
             tensor_shape_format(&spec->input_shape, shape, sizeof shape);
-            return fail_at(p, start, "the input %s holds %s values per sample; at most %d",
-                           shape, count_text(values, count, sizeof count), MODEL_MAX_WIDTH);
+            return fail_at(p, start, "the input %s holds %s values per sample; at most %d", shape,
+                           count_text(values, count, sizeof count), MODEL_MAX_WIDTH);
         }
         if (rank == 1)
             emit(p, "%d", dims[0]);
@@ -1136,8 +1144,15 @@ static ddt_status parse_description(const char *text, bool stored, model_spec *o
     }
     if (!source[0]) return ddt_error(DDT_ERR_USAGE, "--model: the description is empty");
 
-    parser p = {.source = source, .original = text, .spec = out, .out = out->text, .emit = 1,
-                .stored = stored, .current = -1, .embed_node = -1, .block = -1};
+    parser p = {.source = source,
+                .original = text,
+                .spec = out,
+                .out = out->text,
+                .emit = 1,
+                .stored = stored,
+                .current = -1,
+                .embed_node = -1,
+                .block = -1};
     out->input_kind = MODEL_INPUT_FEATURES;
     if (strncmp(source, "gpt(", 4) == 0) {
         p.pos = 4;
@@ -1204,8 +1219,9 @@ static ddt_status parse_description(const char *text, bool stored, model_spec *o
         size_t *next = tensor->is_buffer ? &buffers : &parameters;
         tensor->offset = *next;
         if (!checked_add_size(*next, tensor->count, next))
-            return ddt_error(DDT_ERR_USAGE, "--model: '%s' has more parameters than can be counted "
-                                            "(at %s)",
+            return ddt_error(DDT_ERR_USAGE,
+                             "--model: '%s' has more parameters than can be counted "
+                             "(at %s)",
                              out->text, tensor->name);
     }
     out->parameter_count = parameters;

@@ -61,8 +61,10 @@ void feed_plan_device(const dataset_geometry *geometry, int rows,
                       size_t component_bytes[MEMORY_COMPONENT_COUNT]) {
     size_t *staging = &component_bytes[MEMORY_COMPONENT_STAGING];
     for (int b = 0; b < BUFFERS; b++) {
-        *staging = saturated_add_size(*staging, allocator_rounded_size(feature_bytes(geometry, rows)));
-        *staging = saturated_add_size(*staging, allocator_rounded_size(label_bytes(geometry, rows)));
+        *staging =
+            saturated_add_size(*staging, allocator_rounded_size(feature_bytes(geometry, rows)));
+        *staging =
+            saturated_add_size(*staging, allocator_rounded_size(label_bytes(geometry, rows)));
         *staging = saturated_add_size(*staging, allocator_rounded_size(row_id_bytes(rows)));
     }
 }

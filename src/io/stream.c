@@ -183,8 +183,9 @@ typedef struct stream_layout {
 
 /* Everything but the slot and block buffers. */
 static size_t stream_layout_fixed(const stream_layout *layout) {
-    return plus(plus(plus(layout->handle, layout->slots), plus(layout->entries, layout->block_index)),
-                plus(layout->sort_keys, layout->ahead_rows));
+    return plus(
+        plus(plus(layout->handle, layout->slots), plus(layout->entries, layout->block_index)),
+        plus(layout->sort_keys, layout->ahead_rows));
 }
 
 /* Resolves block geometry and the cache size; false if the parameters are out of range. */

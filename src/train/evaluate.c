@@ -144,9 +144,9 @@ static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *
      * refused by the allocator before anything is reserved for it. */
     int sharing;
     allocator_params ap = allocator_default_params();
-    ap.limit_bytes = memory_limits_device_share(s->dev, comm_local_rank(control),
-                                                comm_local_size(control), &sharing,
-                                                s->limit_source, sizeof s->limit_source);
+    ap.limit_bytes =
+        memory_limits_device_share(s->dev, comm_local_rank(control), comm_local_size(control),
+                                   &sharing, s->limit_source, sizeof s->limit_source);
     ap.rank = comm_rank(control);
     ap.limit_source = s->limit_source;
     DDT_CHECK(allocator_init_with_params(s->dev, &ap, &s->alloc));

@@ -145,23 +145,23 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
     size_t parameter_bytes = allocator_rounded_size(floats_bytes(parameters));
     device[MEMORY_COMPONENT_PARAMETERS] = parameter_bytes;
     if (inputs->spec->buffer_count) /* running statistics, a second allocation */
-        device[MEMORY_COMPONENT_PARAMETERS] =
-            saturated_add_size(parameter_bytes,
-                               allocator_rounded_size(floats_bytes(inputs->spec->buffer_count)));
+        device[MEMORY_COMPONENT_PARAMETERS] = saturated_add_size(
+            parameter_bytes, allocator_rounded_size(floats_bytes(inputs->spec->buffer_count)));
     device[MEMORY_COMPONENT_GRADIENTS] = parameter_bytes;
     size_t state = optimizer_state_floats(inputs->optimizer, parameters);
     if (state) device[MEMORY_COMPONENT_OPTIMIZER] = allocator_rounded_size(floats_bytes(state));
-    device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(floats_bytes(
-        model_spec_activation_floats(inputs->spec, micro_batch, inputs->model)));
+    device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(
+        floats_bytes(model_spec_activation_floats(inputs->spec, micro_batch, inputs->model)));
     feed_plan_device(inputs->geometry, micro_batch, device);
     size_t workspace = allocator_rounded_size(TRAIN_SCALAR_COUNT * sizeof(float));
     if (memory_plan_samples(inputs->spec, inputs->evaluation))
         workspace = saturated_add_size(workspace, generator_device_bytes(inputs->spec));
-    size_t precision = device_precision_workspace_bytes(inputs->dev, inputs->precision,
+    size_t precision = device_precision_workspace_bytes(
+        inputs->dev, inputs->precision,
         model_spec_max_gemm_operand_floats(inputs->spec, micro_batch));
     if (precision) workspace = saturated_add_size(workspace, allocator_rounded_size(precision));
-    device[MEMORY_COMPONENT_WORKSPACE] = saturated_add_size(device[MEMORY_COMPONENT_WORKSPACE],
-                                                            workspace);
+    device[MEMORY_COMPONENT_WORKSPACE] =
+        saturated_add_size(device[MEMORY_COMPONENT_WORKSPACE], workspace);
     /* Gradient buckets are all-reduced in place on CPU ranks: no extra device memory. */
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++)
         out->device_total = saturated_add_size(out->device_total, device[c]);
@@ -212,7 +212,7 @@ ddt_status memory_plan_choose_micro_batch(const memory_plan_inputs *inputs, int 
             return DDT_OK;
         }
         if (!ruled_out_by)
-            ruled_out_by = out->too_many_rows ? "the most rows the model computes at once"
+            ruled_out_by = out->too_many_rows  ? "the most rows the model computes at once"
                            : !out->device_fits ? "device memory"
                                                : "host staging";
     }
@@ -244,10 +244,10 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
     if (!plan->device_fits) {
         char need[32], exact[32], limit[32], model[32], activations[32], staging[32],
             outside[96] = "";
-        size_t model_bytes = saturated_add_size(
-            saturated_add_size(plan->device[MEMORY_COMPONENT_PARAMETERS],
-                               plan->device[MEMORY_COMPONENT_GRADIENTS]),
-            plan->device[MEMORY_COMPONENT_OPTIMIZER]);
+        size_t model_bytes =
+            saturated_add_size(saturated_add_size(plan->device[MEMORY_COMPONENT_PARAMETERS],
+                                                  plan->device[MEMORY_COMPONENT_GRADIENTS]),
+                               plan->device[MEMORY_COMPONENT_OPTIMIZER]);
         format_need(plan->device_total, need, sizeof need, exact, sizeof exact);
         units_format_bytes(limits->device_limit, limit, sizeof limit);
         units_format_bytes(model_bytes, model, sizeof model);
@@ -270,8 +270,8 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
                          "rank %d: the memory plan needs %s of device memory (%s: "
                          "parameters+gradients+optimizer %s, activations %s and input staging %s "
                          "for --micro-batch %d%s), more than the limit of %s (%s): %s%s",
-                         rank, need, exact, model, activations,
-                         staging, plan->micro_batch, outside, limit, limits->device_source,
+                         rank, need, exact, model, activations, staging, plan->micro_batch, outside,
+                         limit, limits->device_source,
                          model_alone ? "the model's parameters, gradients and optimizer state "
                                        "alone exceed it: use a smaller --model"
                                      : "use a smaller --micro-batch with more accumulation steps "
