@@ -28,6 +28,17 @@ int main(void) {
     CHECK(!checked_product_int64(big_dims, 3, &v) && v == 9);
     CHECK(!checked_product_int64(negative, 2, &v));
 
+    /* synth --rows 9e18 --shards 2 computed rows * 2 / 2: signed overflow */
+    int64_t rows = 9000000000000000000;
+    CHECK(checked_part_start(rows, 0, 2) == 0 && checked_part_start(rows, 1, 2) == rows / 2 &&
+          checked_part_start(rows, 2, 2) == rows);
+    CHECK(checked_part_start(INT64_MAX, 99999, 100000) == INT64_MAX / 100000 * 99999 +
+                                                              (INT64_MAX % 100000) * 99999 / 100000);
+    for (int64_t count = 0; count < 50; count++)
+        for (int64_t parts = 1; parts < 9; parts++)
+            for (int64_t k = 0; k <= parts; k++)
+                CHECK(checked_part_start(count, k, parts) == count * k / parts);
+
     CHECK(saturated_multiply_size(1 << 20, 1 << 20) == (size_t)1 << 40);
     CHECK(saturated_multiply_size((size_t)1 << 40, (size_t)1 << 40) == SIZE_MAX);
     CHECK(saturated_add_size(SIZE_MAX, 0) == SIZE_MAX);

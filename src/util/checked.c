@@ -38,6 +38,12 @@ bool checked_product_int64(const int *dims, int count, int64_t *out) {
     return true;
 }
 
+int64_t checked_part_start(int64_t count, int64_t k, int64_t parts) {
+    /* count = q * parts + r: count * k / parts = q * k + r * k / parts, and r * k < parts^2. */
+    int64_t q = count / parts, r = count % parts;
+    return q * k + (int64_t)((__int128)r * k / parts);
+}
+
 size_t saturated_multiply_size(size_t a, size_t b) {
     size_t result;
     return checked_multiply_size(a, b, &result) ? result : SIZE_MAX;

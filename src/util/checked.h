@@ -30,6 +30,11 @@ bool checked_add_size(size_t a, size_t b, size_t *out);
  * negative. */
 bool checked_product_int64(const int *dims, int count, int64_t *out);
 
+/* Where part k of `count` items split into `parts` begins: floor(count * k / parts), for
+ * count >= 0, parts >= 1 and 0 <= k <= parts, without forming count * k (which overflows for
+ * counts near 2^63). */
+int64_t checked_part_start(int64_t count, int64_t k, int64_t parts);
+
 /* a * b and a + b, or SIZE_MAX when the true value does not fit (SIZE_MAX stays SIZE_MAX). */
 size_t saturated_multiply_size(size_t a, size_t b);
 size_t saturated_add_size(size_t a, size_t b);

@@ -9,6 +9,7 @@
 # positions do not fit an int (eval of a context-65536 GPT at 2^24 rows). Plans far beyond the
 # node's memory with no --device-memory-limit: --dry-run says DOES NOT FIT against the node's
 # memory (each rank's share) and exits 1; a real run is refused the same way before allocating.
+# synth of more rows than 2^63 bytes hold is refused before writing.
 source "$(dirname "$0")/lib.sh"
 
 "$DDTRAIN" synth -o "$WORK/d16.h5" --rows 256 --features 16 --classes 4 >/dev/null
@@ -124,6 +125,22 @@ expect_fail_all_ranks "conv(100000,k3) twice: refused against the node's memory"
   --model "1x64x64-conv(100000,k3)-conv(100000,k3)-flatten-4" --dry-run
 grep -q "DOES NOT FIT" "$WORK/out.txt" && pass "conv(100000,k3) twice: the plan says DOES NOT FIT" ||
   fail "conv(100000,k3) twice: no DOES NOT FIT in the plan"
+# --- data too large to count: synth's sizes (rows x row bytes wrapped to a few KB and the
+# disk check passed; rows x k / shards overflowed) -----------------------------------------
+for args in "--rows 2305843009213693952" "--rows 9000000000000000000 --shards 2"; do
+  # shellcheck disable=SC2086
+  timeout -k 5 20 "$DDTRAIN" synth -o "$WORK/huge.h5" $args --features 1 --classes 2 \
+    >"$WORK/synth.txt" 2>&1
+  code=$?
+  if [[ $code -eq 1 ]] && grep -q "rows of 8 bytes are more than 2^63 bytes: no file system holds them" "$WORK/synth.txt" &&
+     [[ -z $(find "$WORK" -name 'huge*') ]]; then
+    pass "synth $args: refused, nothing written"
+  else
+    fail "synth $args: exit $code, $(head -c 200 "$WORK/synth.txt"), files: $(find "$WORK" -name 'huge*' | wc -l)"
+  fi
+  rm -f "$WORK"/huge*
+done
+
 # "none" still means no limit, when asked for.
 "$DDTRAIN" "${train[@]}" --model 16-1000000-1000000-4 --device-memory-limit none --dry-run \
   >"$WORK/none.txt" 2>&1
