@@ -32,8 +32,8 @@ int main(void) {
     int64_t rows = 9000000000000000000;
     CHECK(checked_part_start(rows, 0, 2) == 0 && checked_part_start(rows, 1, 2) == rows / 2 &&
           checked_part_start(rows, 2, 2) == rows);
-    CHECK(checked_part_start(INT64_MAX, 99999, 100000) == INT64_MAX / 100000 * 99999 +
-                                                              (INT64_MAX % 100000) * 99999 / 100000);
+    CHECK(checked_part_start(INT64_MAX, 99999, 100000) ==
+          (int64_t)((__int128)INT64_MAX * 99999 / 100000)); /* the exact quotient */
     for (int64_t count = 0; count < 50; count++)
         for (int64_t parts = 1; parts < 9; parts++)
             for (int64_t k = 0; k <= parts; k++)
