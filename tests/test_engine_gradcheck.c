@@ -375,7 +375,7 @@ int main(void) {
         {"5-7-tanh-4-3", LOSS_SOFTMAX_CROSS_ENTROPY, true},
         {"5-7-sigmoid-4-3", LOSS_SOFTMAX_CROSS_ENTROPY, true},
         {"5-8-dropout0.3-6-relu-3", LOSS_SOFTMAX_CROSS_ENTROPY, true},
-        {"5-dropout0.25-6-gelu-dropout-4-tanh-3-sigmoid", LOSS_SOFTMAX_CROSS_ENTROPY, true},
+        {"5-dropout0.25-6-gelu-dropout0.5-4-tanh-3-sigmoid", LOSS_SOFTMAX_CROSS_ENTROPY, true},
         {"5-7-gelu_tanh-3", LOSS_SOFTMAX_CROSS_ENTROPY, true},
         {"2x6x6-conv(3,k3,p1)-gelu-conv(4,k3,s2,p1)-tanh-flatten-5", LOSS_SOFTMAX_CROSS_ENTROPY,
          true},

@@ -70,10 +70,12 @@ static void check_specs(void) {
     /* MLP texts as ever */
     check_good_spec("784-256-relu-128-relu-10", "784-256-relu-128-relu-10", 5, 6, 784, 10);
     check_good_spec("4-3", "4-3", 1, 2, 4, 3);
-    check_good_spec("10-20-gelu-dropout-5-tanh-1-sigmoid", "10-20-gelu-dropout-5-tanh-1-sigmoid", 7,
-                    6, 10, 1);
-    check_good_spec("8-dropout0.20-16-relu-dropout0.5-2", "8-dropout0.2-16-relu-dropout-2", 5, 4, 8,
-                    2);
+    check_good_spec("10-20-gelu-dropout0.5-5-tanh-1-sigmoid",
+                    "10-20-gelu-dropout0.5-5-tanh-1-sigmoid", 7, 6, 10, 1);
+    check_good_spec("8-dropout0.20-16-relu-dropout0.5-2", "8-dropout0.2-16-relu-dropout0.5-2", 5, 4,
+                    8, 2);
+    /* a bare dropout is nn.Dropout()'s 0.5, written out in the canonical text */
+    check_good_spec("8-16-dropout-relu-4", "8-16-dropout0.5-relu-4", 4, 4, 8, 4);
     check_good_spec("8-16-dropout0-4", "8-16-dropout0-4", 3, 4, 8, 4);
     check_good_spec("8-16-dropout.25-04", "8-16-dropout0.25-4", 3, 4, 8, 4);
     /* images, written loosely, in a canonical form */
@@ -151,7 +153,8 @@ static void check_specs(void) {
                                  "1x28x28 images: put flatten or gap before it");
     check_bad_spec("1x28x28-conv(8,k3)", "ends with 8x26x26 images");
     check_bad_spec("1x28x28-conv(8)-flatten-10", "conv needs its kernel size");
-    check_bad_spec("1x28x28-conv(8,k3,q2)-flatten-10", "conv takes OUT,kK[,sS][,pP][,nobias]");
+    check_bad_spec("1x28x28-conv(8,k3,q2)-flatten-10",
+                   "conv(...) has no argument 'q2' (it takes OUT,kK[,sS][,pP][,nobias])");
     check_bad_spec("1x4x4-conv(8,k5)-flatten-10", "window does not fit");
     check_bad_spec("1x28x28-conv(8,k3-flatten-10", "expected ')' to close conv(");
     check_bad_spec("784-conv(8,k3)-10", "conv needs images (C x H x W), but its input is 784");
@@ -167,6 +170,73 @@ static void check_specs(void) {
     check_bad_spec("gpt(layers=2,heads=2,width=8,context=4)", "gpt(...) needs vocab=N");
     check_bad_spec("gpt(layers=2,depth=2)", "gpt(...) has no setting 'depth'");
     check_bad_spec("10-gpt(layers=1)", "gpt(...) is a whole model: write it alone");
+    /* what an older ddtrain stored for the default rate still reads from a file, as that */
+    CHECK_OK(model_spec_parse_stored("10-20-gelu-dropout-5-tanh-1-sigmoid", spec));
+    CHECK(strcmp(spec->text, "10-20-gelu-dropout0.5-5-tanh-1-sigmoid") == 0);
+    CHECK(spec->node_count == 7 && spec->nodes[2].kind == NODE_DROPOUT &&
+          spec->nodes[2].rate == 0.5f && spec->nodes[3].out_shape.dims[0] == 5);
+    /* a stored description is canonical text: it names no other file */
+    CHECK(model_spec_parse_stored("@/dev/zero", spec) == DDT_ERR_USAGE);
+    CHECK(strstr(ddt_error_message(), "a stored description cannot name a file") != NULL);
+    CHECK(model_spec_parse_stored("2097152x2097152x2097152-flatten-10", spec) == DDT_ERR_USAGE);
+    /* a setting twice, an unknown or empty one: errors naming it, never a silent choice */
+    check_bad_spec("1x8x8-conv(8,k3,s1,s2)-flatten-4",
+                   "conv(...) gives the stride twice (s1, then s2)");
+    check_bad_spec("1x8x8-conv(8,k3,p1,p0)-flatten-4", "gives the padding twice (p1, then p0)");
+    check_bad_spec("1x8x8-conv(8,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,"
+                   "k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3,k3)-flatten-4",
+                   "conv(...) gives the kernel twice (k3, then k3)");
+    check_bad_spec("1x8x8-conv(8,k3,nobias,nobias)-flatten-4", "conv(...) says nobias twice");
+    check_bad_spec("1x8x8-conv(8,k3,)-flatten-4", "conv(...) has an empty argument");
+    check_bad_spec("1x8x8-conv(8,3)-flatten-4", "conv(...) has no argument '3'");
+    check_bad_spec("1x8x8-conv(8,k3x)-flatten-4", "'k3x' is not a number after 'k'");
+    check_bad_spec("1x8x8-conv(8,k3,nobiasx)-flatten-4", "has no argument 'nobiasx'");
+    check_bad_spec("1x8x8-maxpool(2,s2,s1)-flatten-4", "maxpool(...) gives the stride twice");
+    check_bad_spec("1x8x8-avgpool(2,k2)-flatten-4", "avgpool(...) has no argument 'k2'");
+    check_bad_spec("gpt(layers=1,layers=2,heads=1,width=8,context=4,vocab=4)",
+                   "gpt(...) gives layers twice");
+    check_bad_spec("gpt(layers=1,heads=1,width=8,context=4,vocab=4,dropout=0.1,dropout=0.2)",
+                   "gpt(...) gives dropout twice");
+    check_bad_spec("gpt(depth)", "gpt(...) has no setting 'depth'");
+    check_bad_spec("tokens(8,10,3)-embed(8)-lmhead",
+                   "tokens(...) takes two arguments, CONTEXT and VOCAB");
+    check_bad_spec("tokens(8,10)-embed(8,2)-lmhead", "embed(...) takes one argument, its width D");
+    check_bad_spec("tokens(8,10)-embed(8)-attn(2,2)-lmhead",
+                   "attn(...) takes one argument, its number of heads");
+    check_bad_spec("gpt(layers=1,heads=1,width=8,context=4,vocab=4,dropout=-0.1)",
+                   "expected a dropout rate in [0, 1) (e.g. 0.1), found '-'");
+    /* degenerate sizes: attention over one position, a vocabulary of one token */
+    check_bad_spec("gpt(layers=1,heads=1,width=8,context=1,vocab=4)",
+                   "context=1 is too short: attention needs at least 2 positions");
+    check_bad_spec("gpt(layers=1,heads=1,width=8,context=4,vocab=1)",
+                   "vocab=1 is too small: a token model needs at least 2 tokens");
+    check_bad_spec("tokens(1,4)-embed(8)-attn(1)-lmhead",
+                   "at 'attn(1)': a sequence of 1 position is too short");
+    check_bad_spec("tokens(4,1)-embed(8)-lmhead", "a vocabulary of 1 is too small");
+    /* dropout's rate: in [0, 1), a plain decimal right after the word; "dropout-N" is either
+     * a rate of -N or dropout then a dense layer, so it is refused, naming both */
+    check_bad_spec("16-dropout-1-4", "'dropout-1' could be a rate of -1 or dropout then a dense "
+                                     "layer of 1: write the rate, e.g. dropout0.5-1");
+    check_bad_spec("16-dropout-0.3-4", "write dropout0.3, not dropout-0.3");
+    check_bad_spec("16-dropout-.3-4", "write dropout.3, not dropout-.3");
+    check_bad_spec("16-dropout0.5.5-4", "the dropout rate '0.5.5' is not a plain decimal");
+    check_bad_spec("16-dropout1e-3-4", "the dropout rate '1e' is not a plain decimal");
+    check_bad_spec("16-dropout+0.5-4", "the dropout rate '+0.5' is not a plain decimal");
+    /* sizes that overflow: refused naming the shape, never wrapped (UBSan: signed overflow) */
+    check_bad_spec("2097152x2097152x2097152-flatten-10",
+                   "the input 2097152x2097152x2097152 holds more than 2^63 values per sample; at "
+                   "most 16777216");
+    check_bad_spec("1x1x1-conv(16777216,k1,p1000)-flatten-4",
+                   "the conv layer's output 16777216x2001x2001 holds 67175989641216 values per "
+                   "sample; at most 2147483647");
+    check_bad_spec("16777216x1x1-conv(1,k1024,p512)-flatten-4",
+                   "each window holds 16777216 channels x 1024x1024 = 17592186044416 values");
+    check_bad_spec("1x1x1-conv(16777216,k1024,p512)-flatten-4",
+                   "16777216 outputs x a 1024x1024 kernel = 17592186044416 values");
+    check_bad_spec("tokens(65536,16777216)-embed(8)-lmhead",
+                   "the lmhead layer's output 65536x16777216 holds 1099511627776 values");
+    check_bad_spec("tokens(65536,4)-embed(65536)-lmhead",
+                   "the embed layer's output 65536x65536 holds 4294967296 values");
     CHECK(model_spec_parse("@/nonexistent/model.txt", &spec_buffer) == DDT_ERR_IO);
     CHECK(strstr(ddt_error_message(), "--model @/nonexistent/model.txt: cannot open") != NULL);
     char many[MODEL_SPEC_MAX_TEXT] = "4-4";

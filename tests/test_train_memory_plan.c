@@ -116,6 +116,81 @@ int main(void) {
         memory_plan_compute(&in, plan.micro_batch * 2, &limits, &bigger);
         CHECK(!bigger.fits && strcmp(binding, "device memory") == 0);
     }
+
+    /* No limit given: the device's memory is the limit, on CPU ranks the node's memory
+     * (MemTotal or the cgroup's), shared evenly by the node's ranks. */
+    r = request(MEMORY_POLICY_GROWTH, NULL);
+    CHECK_OK(memory_limits_resolve(&r, dev, 0, 1, &limits));
+    CHECK(limits.device_limit_implicit && limits.device_sharing == 1);
+    CHECK(limits.device_limit == total - total % 256);
+    CHECK(strstr(limits.device_source, "no --device-memory-limit: the node's memory, "));
+    CHECK_OK(memory_limits_resolve(&r, dev, 1, 4, &limits));
+    CHECK(limits.device_limit == total / 4 - total / 4 % 256 && limits.device_sharing == 4);
+    CHECK(strstr(limits.device_source, ", shared by 4 ranks"));
+    /* "none" is still no limit at all, when asked for */
+    r = request(MEMORY_POLICY_GROWTH, "none");
+    CHECK_OK(memory_limits_resolve(&r, dev, 0, 1, &limits));
+    CHECK(limits.device_limit == 0 && !limits.device_limit_implicit);
+
+    /* 16-1000000-1000000-4 passed --dry-run with no limit set: it needs 11 TiB. */
+    model_spec huge;
+    CHECK_OK(model_spec_parse("16-1000000-1000000-4", &huge));
+    in.spec = &huge;
+    r = request(MEMORY_POLICY_GROWTH, NULL);
+    CHECK_OK(memory_limits_resolve(&r, dev, 0, 2, &limits));
+    memory_plan_compute(&in, 64, &limits, &plan);
+    CHECK(!plan.fits && !plan.device_fits);
+    CHECK(memory_plan_refuse(&plan, &limits, 1) == DDT_ERR_MEMORY);
+    CHECK(strstr(ddt_error_message(), "rank 1: the memory plan needs 14902.44 GiB of device memory "
+                                      "(16001376020992 bytes: "));
+    CHECK(strstr(ddt_error_message(), "(no --device-memory-limit: the node's memory, "));
+    CHECK(strstr(ddt_error_message(), "shared by 2 ranks): the model's parameters, gradients and "
+                                      "optimizer state alone exceed it: use a smaller --model, or "
+                                      "run fewer ranks per node"));
+    char printed[4096] = "";
+    FILE *out = fmemopen(printed, sizeof printed - 1, "w");
+    memory_plan_print(&plan, &limits, out);
+    fclose(out);
+    CHECK(strstr(printed, "shared by 2 ranks)  DOES NOT FIT"));
+
+    /* A plan too large to count saturates: it never wraps into a small size that fits. Each
+     * conv output is 127 x 4096 x 4096 floats a sample, 2^30 samples. */
+    model_spec wide;
+    CHECK_OK(model_spec_parse("1x4096x4096-conv(127,k1)-conv(127,k1)-gap-2", &wide));
+    in.spec = &wide;
+    g.features = 4096 * 4096;
+    r = request(MEMORY_POLICY_GROWTH, "none");
+    CHECK_OK(memory_limits_resolve(&r, dev, 0, 1, &limits));
+    limits.device_limit = SIZE_MAX - 1; /* the largest limit there can be */
+    memory_plan_compute(&in, 1 << 30, &limits, &plan);
+    CHECK(plan.device[MEMORY_COMPONENT_ACTIVATIONS] == SIZE_MAX && plan.device_total == SIZE_MAX);
+    CHECK(!plan.fits);
+    CHECK(memory_plan_refuse(&plan, &limits, 0) == DDT_ERR_MEMORY);
+    CHECK(strstr(ddt_error_message(), "needs more than 16 EiB of device memory (more than 2^64 "
+                                      "bytes: "));
+    g.features = 32;
+
+    /* rows x positions must fit an int: a context of 65536 allows 32767 rows at once. */
+    model_spec long_context;
+    CHECK_OK(model_spec_parse("tokens(65536,4)-embed(8)-lmhead", &long_context));
+    CHECK(model_spec_max_rows(&long_context) == 32767);
+    in.spec = &long_context;
+    r = request(MEMORY_POLICY_GROWTH, "none");
+    CHECK_OK(memory_limits_resolve(&r, dev, 0, 1, &limits));
+    memory_plan_compute(&in, 32768, &limits, &plan);
+    CHECK(plan.too_many_rows && !plan.fits && plan.device_fits);
+    CHECK(memory_plan_refuse(&plan, &limits, 0) == DDT_ERR_USAGE);
+    CHECK(strstr(ddt_error_message(), "--micro-batch 32768 is more than the model computes at "
+                                      "once (32767 rows"));
+    memory_plan_compute(&in, 32767, &limits, &plan);
+    CHECK(!plan.too_many_rows);
+    CHECK(memory_plan_choose_micro_batch(&in, 65536, &limits, &plan, &binding) == DDT_OK);
+    CHECK(plan.micro_batch == 16384 &&
+          strcmp(binding, "the most rows the model computes at once") == 0);
+    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK(model_init(&long_context, alloc, 32768, (model_options){0}, &m) == DDT_ERR_USAGE);
+    allocator_destroy(alloc);
+
     device_close(dev);
     return check_finish();
 }

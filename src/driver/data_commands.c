@@ -14,6 +14,7 @@
 
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
+#include "util/checked.h"
 #include "util/files.h"
 #include "util/rng.h"
 
@@ -121,7 +122,8 @@ static ddt_status synth_local(const job *j, const options *opts) {
                 synth_centre((uint64_t)opts->seed, c, f, opts->features);
     ddt_status status = DDT_OK;
     for (int64_t k = j->rank; status == DDT_OK && k < opts->shards; k += j->world_size) {
-        int64_t first = opts->rows * k / opts->shards, end = opts->rows * (k + 1) / opts->shards;
+        int64_t first = checked_part_start(opts->rows, k, opts->shards),
+                end = checked_part_start(opts->rows, k + 1, opts->shards);
         char path[4096];
         dataset_shard_path(opts->output, (int)k, (int)opts->shards, path, sizeof path);
         status = synth_shard(opts, first, end - first, centres, path);

@@ -97,7 +97,8 @@ static const option_def option_table[] = {
      "--host-staging-limit; at least 2)", NULL},
     /* model */
     {"model", 0, OPTION_STRING, TRAIN, FIELD(model), "784-256-relu-128-relu-10", 0, 0, "SPEC",
-     "the model: an MLP (input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P]), "
+     "the model: an MLP (input width, then dense widths and relu|gelu|tanh|sigmoid|dropout[P], "
+     "P in [0,1) right after the word: dropout0.3-10, not dropout-10), "
      "a description in the model grammar (README, \"Describing a model\"; e.g. "
      "1x28x28-conv(32,k3,p1)-relu-maxpool(2)-flatten-10), @FILE holding one, or a preset: "
      "cnn-small, resnet-small, gpt-tiny, gpt-small, gpt2-124m", NULL},
@@ -174,14 +175,15 @@ static const option_def option_table[] = {
      "SIZE|FRACTION|LIST",
      "device memory per rank: 2GiB, a fraction of the device like 0.5, or one per local rank "
      "like 8GiB,8GiB,4GiB,4GiB (env DDTRAIN_DEVICE_MEMORY_LIMIT; on CPU the device is the "
-     "node's memory)", NULL},
+     "node's memory); not given: this rank's share of the device's memory (CPU: the node's "
+     "MemTotal or cgroup limit / its ranks); none: no limit", NULL},
     {"host-staging-limit", 0, OPTION_SIZE, TRAIN | CONVERT | SYNTH, FIELD(host_staging_limit),
      "256MiB", 0, 9.0e18, "SIZE",
      "host memory for the input path (ready micro-batches, block cache) per rank; convert and "
      "synth: for their buffers (a block of rows, the writer's chunks, one decoded image), "
      "planned before anything is read; 0: no limit", NULL},
     {"dry-run", 0, OPTION_FLAG, TRAIN, FIELD(dry_run), NULL, 0, 0, NULL,
-     "print the memory plan and exit (0 if it fits the limits)", NULL},
+     "print the memory plan and exit (0 if it fits the limits, 1 if not)", NULL},
     /* compute and communication */
     {"device", 0, OPTION_ENUM, TRAIN | EVAL | GENERATE, FIELD(device), "auto", 0, 0, NULL,
      "compute backend (auto: cuda when a GPU is visible and ddtrain was built with CUDA)",

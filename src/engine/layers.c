@@ -19,8 +19,11 @@
  */
 #include "engine/layers.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
+
+#include "util/checked.h"
 
 /* The unfolded windows of one chunk of samples take at most this many floats (16 MiB), unless
  * a single sample needs more. */
@@ -51,12 +54,29 @@ static int64_t last_axis_rows(const tensor_shape *shape, int rows) {
     return shape->rank == 2 ? (int64_t)rows * shape->dims[0] : rows;
 }
 
+/* Planning sizes saturate (util/checked.h): a micro-batch or a layer too large to count is
+ * planned as SIZE_MAX floats, which no memory limit admits, never as a wrapped small size. */
+static size_t times(size_t a, size_t b) {
+    return saturated_multiply_size(a, b);
+}
+static size_t plus(size_t a, size_t b) {
+    return saturated_add_size(a, b);
+}
+
+/* A conv window's unfolded values (C x K x K) and its output positions (H' x W'); both at
+ * most INT_MAX for a parsed spec. */
+static size_t conv_unfolded(const conv_geometry *g) {
+    return times(times((size_t)g->channels, (size_t)g->kernel_h), (size_t)g->kernel_w);
+}
+static size_t conv_positions(const conv_geometry *g) {
+    return times((size_t)g->out_height, (size_t)g->out_width);
+}
+
 /* Samples per convolution chunk. */
 static int conv_chunk(const model_node *node, int rows) {
     const conv_geometry *g = &node->geometry;
-    size_t positions = (size_t)g->out_height * g->out_width;
-    size_t unfolded = (size_t)g->channels * g->kernel_h * g->kernel_w;
-    size_t per_sample = (2 * unfolded + (size_t)node->out_shape.dims[0]) * positions;
+    size_t per_sample =
+        times(plus(times(2, conv_unfolded(g)), (size_t)node->out_shape.dims[0]), conv_positions(g));
     size_t chunk = CONV_WORKSPACE_FLOATS / per_sample;
     if (chunk < 1) chunk = 1;
     if (chunk > (size_t)rows) chunk = rows > 0 ? (size_t)rows : 1;
@@ -96,7 +116,15 @@ size_t layer_output_floats(const model_spec *spec, int index, int rows) {
     const model_node *node = node_of(spec, index);
     if (node->kind == NODE_VIEW || node->kind == NODE_FLATTEN) return 0;
     if (node->kind == NODE_DROPOUT && node->rate == 0.0f) return 0;
-    return (size_t)rows * (size_t)tensor_shape_count(&node->out_shape);
+    return times((size_t)rows, (size_t)tensor_shape_count(&node->out_shape));
+}
+
+/* Attention's floats for `rows` samples: one of q, k, v (samples x T x width), and the
+ * scores (samples x heads x T x T). */
+static void attention_floats(const model_node *node, int rows, size_t *sequence, size_t *scores) {
+    size_t t = (size_t)node->in_shape.dims[0], width = (size_t)node->in_shape.dims[1];
+    *sequence = times(times((size_t)rows, t), width);
+    *scores = times(times(times((size_t)rows, (size_t)node->heads), t), t);
 }
 
 size_t layer_saved_floats(const model_spec *spec, int index, int rows) {
@@ -105,10 +133,12 @@ size_t layer_saved_floats(const model_spec *spec, int index, int rows) {
     case NODE_BATCHNORM:
         return 2 * (size_t)node->in_shape.dims[0];
     case NODE_LAYERNORM:
-        return 2 * (size_t)last_axis_rows(&node->in_shape, rows);
+        return times(
+            2, times((size_t)rows, node->in_shape.rank == 2 ? (size_t)node->in_shape.dims[0] : 1));
     case NODE_ATTENTION: {
-        attention_shape a = attention_shape_of(node, rows);
-        return (size_t)(3 * a.sequence + a.scores + a.sequence); /* q k v, probabilities, mix */
+        size_t sequence, scores;
+        attention_floats(node, rows, &sequence, &scores);
+        return plus(times(4, sequence), scores); /* q k v, probabilities, mix */
     }
     default:
         return 0;
@@ -120,17 +150,18 @@ size_t layer_workspace_floats(const model_spec *spec, int index, int rows, bool 
     switch (node->kind) {
     case NODE_BATCHNORM:
     case NODE_LAYERNORM: /* their backward computes dx on the way to the parameters' */
-        return input_gradient ? 0 : (size_t)rows * (size_t)tensor_shape_count(&node->in_shape);
+        return input_gradient ? 0
+                              : times((size_t)rows, (size_t)tensor_shape_count(&node->in_shape));
     case NODE_CONV: {
         const conv_geometry *g = &node->geometry;
-        size_t positions = (size_t)g->out_height * g->out_width * (size_t)conv_chunk(node, rows);
-        size_t unfolded = (size_t)g->channels * g->kernel_h * g->kernel_w;
-        return (2 * unfolded + (size_t)node->out_shape.dims[0]) * positions;
+        size_t positions = times(conv_positions(g), (size_t)conv_chunk(node, rows));
+        return times(plus(times(2, conv_unfolded(g)), (size_t)node->out_shape.dims[0]), positions);
     }
     case NODE_ATTENTION: {
-        attention_shape a = attention_shape_of(node, rows);
-        size_t forward = (size_t)(3 * a.sequence + a.scores + a.sequence);
-        size_t backward = (size_t)(2 * a.sequence + 2 * a.scores + 6 * a.sequence);
+        size_t sequence, scores;
+        attention_floats(node, rows, &sequence, &scores);
+        size_t forward = plus(times(4, sequence), scores);
+        size_t backward = plus(times(8, sequence), times(2, scores));
         return forward > backward ? forward : backward;
     }
     default:
@@ -146,8 +177,7 @@ static size_t max3(size_t a, size_t b, size_t c) {
 size_t layer_ones_floats(const model_spec *spec, int index, int rows) {
     const model_node *node = node_of(spec, index);
     if (node->kind != NODE_CONV || !node->bias) return 0;
-    return (size_t)node->geometry.out_height * node->geometry.out_width *
-           (size_t)conv_chunk(node, rows);
+    return times(conv_positions(&node->geometry), (size_t)conv_chunk(node, rows));
 }
 
 size_t layer_max_gemm_operand_floats(const model_spec *spec, int index, int rows) {
@@ -156,29 +186,55 @@ size_t layer_max_gemm_operand_floats(const model_spec *spec, int index, int rows
     case NODE_DENSE: {
         size_t in = (size_t)node->in_shape.dims[node->in_shape.rank - 1];
         size_t out = (size_t)node->out_shape.dims[node->out_shape.rank - 1];
-        size_t n = (size_t)last_axis_rows(&node->in_shape, rows);
-        return max3(in * out, n * in, n * out);
+        size_t n =
+            times((size_t)rows, node->in_shape.rank == 2 ? (size_t)node->in_shape.dims[0] : 1);
+        return max3(times(in, out), times(n, in), times(n, out));
     }
     case NODE_CONV: {
         const conv_geometry *g = &node->geometry;
-        size_t positions = (size_t)g->out_height * g->out_width * (size_t)conv_chunk(node, rows);
-        size_t unfolded = (size_t)g->channels * g->kernel_h * g->kernel_w;
+        size_t positions = times(conv_positions(g), (size_t)conv_chunk(node, rows));
+        size_t unfolded = conv_unfolded(g);
         size_t outputs = (size_t)node->out_shape.dims[0];
-        return max3(unfolded * outputs, unfolded * positions, outputs * positions);
+        return max3(times(unfolded, outputs), times(unfolded, positions),
+                    times(outputs, positions));
     }
     case NODE_ATTENTION: {
-        attention_shape a = attention_shape_of(node, rows);
-        size_t w = (size_t)a.width;
-        return max3(3 * w * w, (size_t)a.rows_t * 3 * w, (size_t)a.scores);
+        size_t sequence, scores;
+        attention_floats(node, rows, &sequence, &scores);
+        size_t w = (size_t)node->in_shape.dims[1];
+        return max3(times(3 * w, w), times(3, sequence), scores);
     }
     case NODE_LM_HEAD: {
-        size_t n = (size_t)last_axis_rows(&node->in_shape, rows);
+        size_t n = times((size_t)rows, (size_t)node->in_shape.dims[0]);
         size_t d = (size_t)node->in_shape.dims[1], v = (size_t)node->out_shape.dims[1];
-        return max3(v * d, n * d, n * v);
+        return max3(times(v, d), times(n, d), times(n, v));
     }
     default:
         return 0;
     }
+}
+
+int layer_max_rows(const model_spec *spec, int index) {
+    const model_node *node = node_of(spec, index);
+    /* The layers hand BLAS and the backends rows x positions (and attention samples x heads)
+     * as an int. */
+    int64_t per_row = 1;
+    switch (node->kind) {
+    case NODE_DENSE:
+    case NODE_LAYERNORM:
+        per_row = node->in_shape.rank == 2 ? node->in_shape.dims[0] : 1;
+        break;
+    case NODE_EMBED:
+    case NODE_LM_HEAD:
+        per_row = node->out_shape.dims[0];
+        break;
+    case NODE_ATTENTION:
+        per_row = node->in_shape.dims[0] > node->heads ? node->in_shape.dims[0] : node->heads;
+        break;
+    default:
+        break;
+    }
+    return (int)(INT_MAX / per_row);
 }
 
 /* ---- forward ----------------------------------------------------------------------------- */

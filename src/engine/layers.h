@@ -30,7 +30,8 @@ typedef struct layer_call {
 } layer_call;
 
 /* Floats of output storage (0: the node's output is its input, a view), of what backward
- * needs, and of workspace, for `rows` samples; input_gradient: backward computes dx. */
+ * needs, and of workspace, for `rows` samples; input_gradient: backward computes dx. These
+ * and the sizes below are SIZE_MAX when too large to count (a plan that cannot fit). */
 size_t layer_output_floats(const model_spec *spec, int index, int rows);
 size_t layer_saved_floats(const model_spec *spec, int index, int rows);
 size_t layer_workspace_floats(const model_spec *spec, int index, int rows, bool input_gradient);
@@ -40,6 +41,9 @@ size_t layer_ones_floats(const model_spec *spec, int index, int rows);
 bool layer_backward_is_identity(const model_node *node);
 /* The largest product operand of the node for `rows` samples, in floats. */
 size_t layer_max_gemm_operand_floats(const model_spec *spec, int index, int rows);
+/* The most samples the node computes in one call: it hands rows x positions (attention:
+ * also samples x heads) to BLAS and the backends as an int. */
+int layer_max_rows(const model_spec *spec, int index);
 
 /* *out = the node's output: call->y, or its input for views and inactive dropout. */
 ddt_status layer_forward(const layer_call *call, const float **out);

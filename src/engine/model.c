@@ -11,12 +11,14 @@
  */
 #include "engine/model.h"
 
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "engine/layers.h"
+#include "util/checked.h"
 #include "util/rng.h"
 
 /* Each activation sub-buffer starts on a 64-byte boundary (16 floats) for vector loads. */
@@ -78,8 +80,19 @@ struct model {
     const float *out[MODEL_MAX_NODES];
 };
 
+/* Plans add sizes that may not fit a size_t (a micro-batch far too large): they saturate at
+ * SIZE_MAX (util/checked.h), which no limit admits, and an allocation of it fails. */
 static size_t align_floats(size_t floats) {
+    if (floats > SIZE_MAX - (ALIGN_FLOATS - 1)) return SIZE_MAX;
     return (floats + ALIGN_FLOATS - 1) / ALIGN_FLOATS * ALIGN_FLOATS;
+}
+
+static size_t plus(size_t a, size_t b) {
+    return saturated_add_size(a, b);
+}
+
+static size_t times(size_t a, size_t b) {
+    return saturated_multiply_size(a, b);
 }
 
 static bool node_trains(const model_spec *spec, const model_node *node) {
@@ -188,7 +201,7 @@ static ddt_status plan_graph(const model_spec *spec, int rows, model_options opt
         size_t need_ones = layer_ones_floats(spec, n, rows);
         if (need_ones > ones) ones = need_ones;
         if (g->flows[n] && g->steps[n].dy_slot != SLOT_OUTPUT) { /* the loss's has its own */
-            size_t gradient = (size_t)rows * (size_t)tensor_shape_count(&node->out_shape);
+            size_t gradient = times((size_t)rows, (size_t)tensor_shape_count(&node->out_shape));
             if (gradient > slot_floats) slot_floats = gradient;
         }
         g->shared[n] = recompute && in_shared_region(spec, last, n);
@@ -198,42 +211,43 @@ static ddt_status plan_graph(const model_spec *spec, int rows, model_options opt
                 block_used = 0;
             }
             g->output_offset[n] = block_used;
-            g->saved_offset[n] = block_used + output;
-            block_used += output + saved;
+            g->saved_offset[n] = plus(block_used, output);
+            block_used = plus(block_used, plus(output, saved));
             if (block_used > shared_size) shared_size = block_used;
         } else {
             g->output_offset[n] = offset;
-            g->saved_offset[n] = offset + output;
-            offset += output + saved;
+            g->saved_offset[n] = plus(offset, output);
+            offset = plus(offset, plus(output, saved));
         }
     }
-    size_t stored = offset + shared_size;
+    size_t stored = plus(offset, shared_size);
     g->shared_offset = offset;
-    offset += shared_size;
+    offset = plus(offset, shared_size);
     g->workspace_offset = offset;
-    offset += workspace;
+    offset = plus(offset, workspace);
     g->ones_offset = offset;
     g->ones_floats = ones;
-    offset += align_floats(ones);
+    offset = plus(offset, align_floats(ones));
     g->slot_floats = align_floats(slot_floats);
     g->slots_offset = offset;
-    offset += (size_t)g->slot_count * g->slot_floats;
+    size_t slots = times((size_t)g->slot_count, g->slot_floats);
+    offset = plus(offset, slots);
     g->output_gradient_offset = offset;
-    size_t output_gradient =
-        align_floats((size_t)rows * (size_t)spec->positions * (size_t)spec->output_width);
-    offset += output_gradient;
+    size_t output_gradient = align_floats(
+        times(times((size_t)rows, (size_t)spec->positions), (size_t)spec->output_width));
+    offset = plus(offset, output_gradient);
     g->totals = (model_plan){
         .activation_floats = offset,
         .stored_floats = stored,
-        .workspace_floats = workspace + align_floats(ones),
-        .gradient_floats = (size_t)g->slot_count * g->slot_floats + output_gradient,
+        .workspace_floats = plus(workspace, align_floats(ones)),
+        .gradient_floats = plus(slots, output_gradient),
         .gradient_buffers = g->slot_count,
         .max_gemm_operand_floats = max_operand,
     };
     for (int n = 0; n < spec->node_count; n++)
         if (g->shared[n]) {
-            g->output_offset[n] += g->shared_offset;
-            g->saved_offset[n] += g->shared_offset;
+            g->output_offset[n] = plus(g->output_offset[n], g->shared_offset);
+            g->saved_offset[n] = plus(g->saved_offset[n], g->shared_offset);
         }
     return DDT_OK;
 }
@@ -248,6 +262,16 @@ model_plan model_plan_for(const model_spec *spec, int rows, model_options option
 
 size_t model_spec_activation_floats(const model_spec *spec, int rows, model_options options) {
     return model_plan_for(spec, rows, options).activation_floats;
+}
+
+int model_spec_max_rows(const model_spec *spec) {
+    /* The loss takes rows x positions as an int too. */
+    int largest = INT_MAX / (spec->positions > 0 ? spec->positions : 1);
+    for (int n = 0; n < spec->node_count; n++) {
+        int rows = layer_max_rows(spec, n);
+        if (rows < largest) largest = rows;
+    }
+    return largest;
 }
 
 size_t model_spec_max_gemm_operand_floats(const model_spec *spec, int rows) {
@@ -269,6 +293,11 @@ ddt_status model_init(const model_spec *spec, allocator *alloc, int max_rows,
                          max_rows);
     if (spec->node_count <= 0 || spec->parameter_count == 0)
         return ddt_error(DDT_ERR_INTERNAL, "model_init: the spec has no layer with parameters");
+    if (max_rows > model_spec_max_rows(spec))
+        return ddt_error(DDT_ERR_USAGE,
+                         "a micro-batch of %d rows is more than the model '%s' "
+                         "computes at once (%d: rows x positions must fit an int)",
+                         max_rows, spec->text, model_spec_max_rows(spec));
     model *m = calloc(1, sizeof *m);
     if (!m) return ddt_error(DDT_ERR_MEMORY, "out of host memory creating the model");
     m->spec = *spec;
@@ -352,7 +381,7 @@ static void init_tensor(const model_spec *spec, int index, uint64_t seed, float 
                                               rng_hash4(seed, RNG_PURPOSE_INIT, key,
                                                         2 * (uint64_t)e + 1)));
         } else {
-            double limit = sqrt(6.0 / (t->fan_in + t->fan_out));
+            double limit = sqrt(6.0 / ((double)t->fan_in + t->fan_out)); /* no int overflow */
             for (size_t e = 0; e < t->count; e++) {
                 double u = rng_uniform(rng_hash4(seed, RNG_PURPOSE_INIT, key, e));
                 values[e] = (float)((2.0 * u - 1.0) * limit);

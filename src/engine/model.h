@@ -61,7 +61,11 @@ typedef struct model_plan {
     size_t max_gemm_operand_floats; /* the largest operand of any product (cast scratch) */
 } model_plan;
 
+/* Sizes too large to count are SIZE_MAX: a plan no limit admits, never a wrapped size. */
 model_plan model_plan_for(const model_spec *spec, int rows, model_options options);
+/* The most samples one pass can hold: the layers hand BLAS and the backends rows x positions
+ * as an int. model_init refuses more; the trainer says so naming --micro-batch. */
+int model_spec_max_rows(const model_spec *spec);
 /* The ACTIVATIONS allocation's floats (model_plan_for().activation_floats). */
 size_t model_spec_activation_floats(const model_spec *spec, int rows, model_options options);
 /* The largest matrix any product of a pass over `rows` samples reads or writes, in floats

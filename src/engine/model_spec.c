@@ -6,15 +6,30 @@
 
 #include <ctype.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/checked.h"
 #include "util/files.h"
 
 #define MODEL_MAX_NESTING 8
+/* One sample's values in any layer's output: the layers index a sample's values, and count
+ * rows x positions, with C ints (BLAS takes int sizes). 8 GiB of floats per sample. */
+#define MODEL_MAX_SAMPLE_VALUES INT_MAX
+/* Causal attention over one position weighs it by 1 whatever the scores, so its queries and
+ * keys would never learn; one token is nothing to predict among. */
+#define MODEL_MIN_ATTENTION_CONTEXT 2
+#define MODEL_MIN_VOCAB 2
+#define ATTENTION_CONTEXT_REASON                                                                   \
+    "attention needs at least 2 positions (over one, it weighs that position by 1 whatever the "   \
+    "scores, so its queries and keys never learn)"
+#define VOCAB_REASON                                                                               \
+    "a token model needs at least 2 tokens (with one, every prediction is right and the loss is "  \
+    "0 whatever the weights)"
 
 static const char LAYER_WORDS_HELP[] =
     "expected a width or one of relu, gelu, gelu_tanh, tanh, sigmoid, dropout, dropoutP, "
@@ -60,10 +75,8 @@ void model_spec_print_presets(void (*print)(void *context, const char *name, con
 /* ---- small helpers ----------------------------------------------------------------------- */
 
 int64_t tensor_shape_count(const tensor_shape *shape) {
-    int64_t count = 1;
-    for (int i = 0; i < shape->rank; i++)
-        count *= shape->dims[i];
-    return count;
+    int64_t count;
+    return checked_product_int64(shape->dims, shape->rank, &count) ? count : INT64_MAX;
 }
 
 void tensor_shape_format(const tensor_shape *shape, char *text, size_t size) {
@@ -138,6 +151,7 @@ typedef struct parser {
     size_t out_length;
     int emit; /* > 0 while writing text (0 inside the 2nd..Nth pass of a repetition) */
     bool overflow;
+    bool stored; /* a description read from a file ddtrain wrote (model_spec_parse_stored) */
     int current;          /* node producing the current tensor, -1 for the input */
     tensor_shape shape;   /* the current tensor's shape */
     int parameter_ordinal;
@@ -221,23 +235,40 @@ static ddt_status read_count(parser *p, size_t token_start, const char *what, lo
     return DDT_OK;
 }
 
+/* A dropout rate: a plain decimal in [0, 1) ("0.1", ".25", "0"), read up to the next
+ * separator; anything else there (a second '.', an exponent, a sign) is refused, naming it. */
 static ddt_status read_rate(parser *p, size_t token_start, float *rate) {
     const char *s = p->source + p->pos;
-    if (!isdigit((unsigned char)*s) && *s != '.')
-        return fail_at(p, token_start, "expected a rate in [0, 1)");
-    char *end = NULL;
-    errno = 0;
-    double value = strtod(s, &end);
-    /* strtod would also read exponents and hex: only plain decimals are rates here. */
-    for (const char *c = s; c < end; c++)
-        if (!isdigit((unsigned char)*c) && *c != '.')
-            return fail_at(p, token_start, "the dropout rate must be a plain decimal");
+    size_t length = 0, digits = 0, points = 0;
+    while (isalnum((unsigned char)s[length]) || s[length] == '.' || s[length] == '+') {
+        digits += isdigit((unsigned char)s[length]) != 0;
+        points += s[length] == '.';
+        length++;
+    }
+    if (length == 0)
+        return fail_at(p, token_start, "expected a dropout rate in [0, 1) (e.g. 0.1), found '%s'",
+                       *s ? (char[]){*s, 0} : "the end");
+    if (digits + points != length || points > 1 || digits == 0)
+        return fail_at(p, token_start,
+                       "the dropout rate '%.*s' is not a plain decimal in [0, 1) "
+                       "(e.g. 0.1)",
+                       (int)(length < 24 ? length : 24), s);
+    double value = strtod(s, NULL);
     if (!(value >= 0.0 && value < 1.0))
         return fail_at(p, token_start, "the dropout rate must be in [0, 1), got %.*s",
-                       (int)(end - s), s);
-    p->pos += (size_t)(end - s);
+                       (int)(length < 24 ? length : 24), s);
+    p->pos += length;
     *rate = (float)value;
     return DDT_OK;
+}
+
+/* The argument of a call like conv(...) at p->pos, up to the next ',' or ')' (or a '-' or
+ * '|', which no argument holds: a ')' left out), as text for messages; returns its length. */
+static size_t argument_at(const parser *p, char *text, size_t size) {
+    const char *s = p->source + p->pos;
+    size_t length = strcspn(s, ",)-|");
+    snprintf(text, size, "%.*s%s", (int)(length < 24 ? length : 24), s, length > 24 ? "..." : "");
+    return length;
 }
 
 static size_t read_word(parser *p, char *word, size_t size) {
@@ -285,8 +316,27 @@ static ddt_status new_node(parser *p, size_t token_start, node_kind kind, model_
     return DDT_OK;
 }
 
-/* The node becomes the current tensor's producer. */
-static void finish_node(parser *p, model_node *node) {
+/* "12345" or, for a count that overflowed, "more than 2^63". */
+static const char *count_text(int64_t count, char *text, size_t size) {
+    if (count == INT64_MAX)
+        snprintf(text, size, "more than 2^63");
+    else
+        snprintf(text, size, "%lld", (long long)count);
+    return text;
+}
+
+/* The node becomes the current tensor's producer, once its output is known to fit what the
+ * layers can index (MODEL_MAX_SAMPLE_VALUES per sample). */
+static ddt_status finish_node(parser *p, size_t token_start, model_node *node) {
+    int64_t values = tensor_shape_count(&node->out_shape);
+    if (values > MODEL_MAX_SAMPLE_VALUES) {
+        char shape[64], count[32];
+        tensor_shape_format(&node->out_shape, shape, sizeof shape);
+        return fail_at(p, token_start,
+                       "the %s layer's output %s holds %s values per sample; at most %d",
+                       model_node_word(node), shape, count_text(values, count, sizeof count),
+                       MODEL_MAX_SAMPLE_VALUES);
+    }
     int index = (int)(node - p->spec->nodes);
     node->tensor_count = p->spec->tensor_count - node->first_tensor;
     bool trainable = false;
@@ -296,6 +346,7 @@ static void finish_node(parser *p, model_node *node) {
     p->spec->node_count++;
     p->current = index;
     p->shape = node->out_shape;
+    return DDT_OK;
 }
 
 static ddt_status add_tensor(parser *p, size_t token_start, const char *prefix, const char *suffix,
@@ -314,7 +365,16 @@ static ddt_status add_tensor(parser *p, size_t token_start, const char *prefix, 
     size_t count = 1;
     for (int i = 0; i < rank; i++) {
         t->dims[i] = dims[i];
-        count *= (size_t)dims[i];
+        if (dims[i] < 1 || !checked_multiply_size(count, (size_t)dims[i], &count)) {
+            char text[64] = "";
+            for (int d = 0, used = 0; d < rank; d++) /* at most 4 dims of 11 characters */
+                used +=
+                    snprintf(text + used, sizeof text - (size_t)used, d ? "x%d" : "%d", dims[d]);
+            return fail_at(p, token_start,
+                           "the parameter %s (%s) has more values than can be "
+                           "counted",
+                           t->name, text);
+        }
     }
     t->count = count;
     t->init = init;
@@ -359,7 +419,7 @@ static ddt_status build_dense(parser *p, size_t token_start, const char *prefix,
         w->init_std = normal_std;
     }
     DDT_CHECK(add_bias(p, token_start, prefix, outputs));
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -396,7 +456,7 @@ static ddt_status build_norm(parser *p, size_t token_start, const char *prefix, 
         t->is_buffer = true;
         t->is_counter = true;
     }
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -404,7 +464,7 @@ static ddt_status build_activation(parser *p, size_t token_start, activation_kin
     model_node *node;
     DDT_CHECK(build_simple(p, token_start, NODE_ACTIVATION, &node));
     node->activation = kind;
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -412,7 +472,7 @@ static ddt_status build_dropout(parser *p, size_t token_start, float rate) {
     model_node *node;
     DDT_CHECK(build_simple(p, token_start, NODE_DROPOUT, &node));
     node->rate = rate;
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -438,7 +498,7 @@ static ddt_status build_embed(parser *p, size_t token_start, const char *table_n
     DDT_CHECK(add_tensor(p, token_start, "", positions_name, 2, positions, TENSOR_INIT_NORMAL, &t));
     t->init_std = 0.02f;
     p->embed_node = p->spec->node_count;
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -446,6 +506,10 @@ static ddt_status build_attention(parser *p, size_t token_start, const char *pre
                                   float projection_std) {
     if (p->shape.rank != 2)
         return fail_at(p, token_start, "attn needs a sequence (T x D), after embed(D)");
+    if (p->shape.dims[0] < MODEL_MIN_ATTENTION_CONTEXT)
+        return fail_at(p, token_start, "a sequence of %d position%s is too short: %s",
+                       p->shape.dims[0], p->shape.dims[0] == 1 ? "" : "s",
+                       ATTENTION_CONTEXT_REASON);
     int width = p->shape.dims[1];
     if (width % heads != 0)
         return fail_at(p, token_start, "the width %d does not split into %d heads", width, heads);
@@ -465,7 +529,7 @@ static ddt_status build_attention(parser *p, size_t token_start, const char *pre
     t->init = TENSOR_INIT_NORMAL;
     t->init_std = projection_std;
     DDT_CHECK(add_bias(p, token_start, name, width));
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -480,7 +544,7 @@ static ddt_status build_lm_head(parser *p, size_t token_start) {
     DDT_CHECK(new_node(p, token_start, NODE_LM_HEAD, &node));
     node->tied_tensor = embed->first_tensor;
     node->out_shape = shape2(p->shape.dims[0], p->spec->vocab);
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -489,7 +553,7 @@ static ddt_status build_view(parser *p, size_t token_start, int *view) {
     model_node *node;
     DDT_CHECK(build_simple(p, token_start, NODE_VIEW, &node));
     *view = p->spec->node_count;
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -510,7 +574,7 @@ static ddt_status build_add(parser *p, size_t token_start, int body_end, int sho
     model_node *node;
     DDT_CHECK(new_node(p, token_start, NODE_ADD, &node));
     node->second_input = shortcut_end;
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, token_start, node));
     return DDT_OK;
 }
 
@@ -518,24 +582,52 @@ static ddt_status build_add(parser *p, size_t token_start, int body_end, int sho
 
 static ddt_status parse_sequence(parser *p, const char *prefix, int *index, char terminator);
 
-/* conv(OUT,kK[,sS][,pP][,nobias]) after "conv(". */
+/* One kN / sN / pN argument of conv(...) or a pooling layer, at p->pos: refused if `given`
+ * already (a setting twice is a contradiction, not a choice), or if more than digits follow. */
+static ddt_status read_setting(parser *p, size_t start, const char *layer, const char *what,
+                               long minimum, bool *given, int *value) {
+    char argument[32];
+    size_t length = argument_at(p, argument, sizeof argument);
+    if (*given)
+        return fail_at(p, start, "%s(...) gives %s twice (%c%d, then %s)", layer, what, argument[0],
+                       *value, argument);
+    size_t end = p->pos + length;
+    p->pos++; /* the letter */
+    DDT_CHECK(read_count(p, start, what, minimum, 1024, value));
+    if (p->pos != end)
+        return fail_at(p, start, "%s(...): '%s' is not a number after '%c'", layer, argument,
+                       argument[0]);
+    *given = true;
+    return DDT_OK;
+}
+
+/* conv(OUT,kK[,sS][,pP][,nobias]) after "conv(": each setting at most once. */
 static ddt_status parse_conv(parser *p, size_t start, const char *prefix) {
     DDT_CHECK(need_images(p, start, "conv"));
     int outputs, kernel = 0, stride = 1, pad = 0;
-    bool bias = true;
+    bool bias = true, kernel_given = false, stride_given = false, pad_given = false;
     DDT_CHECK(read_count(p, start, "conv's output channels", 1, MODEL_MAX_WIDTH, &outputs));
     while (accept(p, ',')) {
+        char argument[32];
+        size_t length = argument_at(p, argument, sizeof argument);
         char key = p->source[p->pos];
-        if (strncmp(p->source + p->pos, "nobias", 6) == 0) {
+        bool numbered = length > 1 && isdigit((unsigned char)p->source[p->pos + 1]);
+        if (length == 0) return fail_at(p, start, "conv(...) has an empty argument");
+        if (length == 6 && strncmp(p->source + p->pos, "nobias", 6) == 0) {
+            if (!bias) return fail_at(p, start, "conv(...) says nobias twice");
             p->pos += 6;
             bias = false;
-        } else if (key == 'k' || key == 's' || key == 'p') {
-            p->pos++;
-            int *target = key == 'k' ? &kernel : key == 's' ? &stride : &pad;
-            DDT_CHECK(read_count(p, start, key == 'k' ? "the kernel" : key == 's' ? "the stride" : "the padding",
-                                 key == 'p' ? 0 : 1, 1024, target));
+        } else if (key == 'k' && numbered) {
+            DDT_CHECK(read_setting(p, start, "conv", "the kernel", 1, &kernel_given, &kernel));
+        } else if (key == 's' && numbered) {
+            DDT_CHECK(read_setting(p, start, "conv", "the stride", 1, &stride_given, &stride));
+        } else if (key == 'p' && numbered) {
+            DDT_CHECK(read_setting(p, start, "conv", "the padding", 0, &pad_given, &pad));
         } else {
-            return fail_at(p, start, "conv takes OUT,kK[,sS][,pP][,nobias]");
+            return fail_at(p, start,
+                           "conv(...) has no argument '%s' (it takes "
+                           "OUT,kK[,sS][,pP][,nobias])",
+                           argument);
         }
     }
     DDT_CHECK(expect(p, ')', start, "to close conv("));
@@ -549,12 +641,21 @@ static ddt_status parse_conv(parser *p, size_t start, const char *prefix) {
                                  stride, stride, pad, pad, what, &node->geometry));
     node->bias = bias;
     node->out_shape = shape3(outputs, node->geometry.out_height, node->geometry.out_width);
+    /* Each window unfolds to channels x K x K values (the GEMM's inner size, an int). */
+    int64_t unfolded = (int64_t)channels * kernel * kernel,
+            spread = (int64_t)outputs * kernel * kernel;
+    if (unfolded > INT_MAX)
+        return fail_at(p, start,
+                       "each window holds %d channels x %dx%d = %lld values, more than %d",
+                       channels, kernel, kernel, (long long)unfolded, INT_MAX);
+    if (spread > INT_MAX)
+        return fail_at(p, start, "%d outputs x a %dx%d kernel = %lld values, more than %d", outputs,
+                       kernel, kernel, (long long)spread, INT_MAX);
     model_tensor *w;
     int dims[4] = {outputs, channels, kernel, kernel};
-    DDT_CHECK(add_weight(p, start, prefix, 4, dims, channels * kernel * kernel,
-                         outputs * kernel * kernel, &w));
+    DDT_CHECK(add_weight(p, start, prefix, 4, dims, (int)unfolded, (int)spread, &w));
     if (bias) DDT_CHECK(add_bias(p, start, prefix, outputs));
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, start, node));
     emit(p, "conv(%d,k%d", outputs, kernel);
     if (stride != 1) emit(p, ",s%d", stride);
     if (pad != 0) emit(p, ",p%d", pad);
@@ -562,18 +663,26 @@ static ddt_status parse_conv(parser *p, size_t start, const char *prefix) {
     return DDT_OK;
 }
 
-/* maxpool(K[,sS][,pP]) / avgpool(...) after the '('. */
+/* maxpool(K[,sS][,pP]) / avgpool(...) after the '(': each setting at most once. */
 static ddt_status parse_pool(parser *p, size_t start, pool_kind kind) {
     const char *word = kind == POOL_MAX ? "maxpool" : "avgpool";
     DDT_CHECK(need_images(p, start, word));
     int kernel, stride = 0, pad = 0;
+    bool stride_given = false, pad_given = false;
     DDT_CHECK(read_count(p, start, "the pooling window", 1, 1024, &kernel));
     while (accept(p, ',')) {
+        char argument[32];
+        size_t length = argument_at(p, argument, sizeof argument);
         char key = p->source[p->pos];
-        if (key != 's' && key != 'p') return fail_at(p, start, "%s takes K[,sS][,pP]", word);
-        p->pos++;
-        DDT_CHECK(read_count(p, start, key == 's' ? "the stride" : "the padding", key == 's', 1024,
-                             key == 's' ? &stride : &pad));
+        bool numbered = length > 1 && isdigit((unsigned char)p->source[p->pos + 1]);
+        if (length == 0) return fail_at(p, start, "%s(...) has an empty argument", word);
+        if (key == 's' && numbered)
+            DDT_CHECK(read_setting(p, start, word, "the stride", 1, &stride_given, &stride));
+        else if (key == 'p' && numbered)
+            DDT_CHECK(read_setting(p, start, word, "the padding", 0, &pad_given, &pad));
+        else
+            return fail_at(p, start, "%s(...) has no argument '%s' (it takes K[,sS][,pP])", word,
+                           argument);
     }
     DDT_CHECK(expect(p, ')', start, "to close the pooling layer"));
     if (stride == 0) stride = kernel;
@@ -588,7 +697,7 @@ static ddt_status parse_pool(parser *p, size_t start, pool_kind kind) {
                                  kernel, stride, stride, pad, pad, what, &node->geometry));
     node->out_shape =
         shape3(p->shape.dims[0], node->geometry.out_height, node->geometry.out_width);
-    finish_node(p, node);
+    DDT_CHECK(finish_node(p, start, node));
     emit(p, "%s(%d", word, kernel);
     if (stride != kernel) emit(p, ",s%d", stride);
     if (pad) emit(p, ",p%d", pad);
@@ -631,38 +740,51 @@ typedef struct gpt_shape {
     float dropout;
 } gpt_shape;
 
-/* gpt(key=value,...) after "gpt(". */
+/* gpt(key=value,...) after "gpt(": every setting but dropout once, none twice. */
 static ddt_status parse_gpt_arguments(parser *p, size_t start, gpt_shape *g) {
     memset(g, 0, sizeof *g);
     struct {
         const char *key;
         int *value;
-        long maximum;
-    } keys[] = {{"layers", &g->layers, 64},  {"heads", &g->heads, 256},
-                {"width", &g->width, 65536}, {"context", &g->context, 65536},
-                {"vocab", &g->vocab, MODEL_MAX_VOCAB}};
+        long minimum, maximum;
+    } keys[] = {{"layers", &g->layers, 1, 64},
+                {"heads", &g->heads, 1, 256},
+                {"width", &g->width, 1, 65536},
+                {"context", &g->context, 1, 65536},
+                {"vocab", &g->vocab, 1, MODEL_MAX_VOCAB}};
+    enum { KEY_COUNT = sizeof keys / sizeof keys[0] };
+    bool given[KEY_COUNT + 1] = {false}; /* the last: dropout */
     do {
         char key[16];
-        read_word(p, key, sizeof key);
-        DDT_CHECK(expect(p, '=', start, "after a gpt(...) setting"));
-        if (strcmp(key, "dropout") == 0) {
-            DDT_CHECK(read_rate(p, start, &g->dropout));
-            continue;
-        }
+        size_t length = read_word(p, key, sizeof key);
         size_t k = 0;
-        for (; k < sizeof keys / sizeof keys[0]; k++)
+        for (; k < KEY_COUNT; k++)
             if (strcmp(key, keys[k].key) == 0) break;
-        if (k == sizeof keys / sizeof keys[0])
-            return fail_at(p, start, "gpt(...) has no setting '%s' (layers, heads, width, context, "
-                                     "vocab, dropout)",
-                           key);
-        DDT_CHECK(read_count(p, start, keys[k].key, 1, keys[k].maximum, keys[k].value));
+        if (k == KEY_COUNT && strcmp(key, "dropout") != 0)
+            return fail_at(p, start,
+                           "gpt(...) has no setting '%.*s%s' (layers, heads, width, "
+                           "context, vocab, dropout)",
+                           (int)(length < 15 ? length : 15), p->source + p->pos - length,
+                           length > 15 ? "..." : "");
+        if (given[k]) return fail_at(p, start, "gpt(...) gives %s twice", key);
+        given[k] = true;
+        DDT_CHECK(expect(p, '=', start, "after a gpt(...) setting"));
+        if (k == KEY_COUNT)
+            DDT_CHECK(read_rate(p, start, &g->dropout));
+        else
+            DDT_CHECK(
+                read_count(p, start, keys[k].key, keys[k].minimum, keys[k].maximum, keys[k].value));
     } while (accept(p, ','));
     DDT_CHECK(expect(p, ')', start, "to close gpt("));
-    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
-        if (*keys[k].value == 0)
+    for (size_t k = 0; k < KEY_COUNT; k++)
+        if (!given[k])
             return fail_at(p, start, "gpt(...) needs %s=N (layers, heads, width, context, vocab)",
                            keys[k].key);
+    if (g->context < MODEL_MIN_ATTENTION_CONTEXT)
+        return fail_at(p, start, "gpt(...): context=%d is too short: %s", g->context,
+                       ATTENTION_CONTEXT_REASON);
+    if (g->vocab < MODEL_MIN_VOCAB)
+        return fail_at(p, start, "gpt(...): vocab=%d is too small: %s", g->vocab, VOCAB_REASON);
     return DDT_OK;
 }
 
@@ -723,6 +845,28 @@ static const struct {
                         {"tanh", ACTIVATION_TANH},
                         {"sigmoid", ACTIVATION_SIGMOID}};
 
+/* A bare "dropout" followed by '-' and a number: "dropout-1" reads as a rate of -1 as much
+ * as dropout then a dense layer of 1, and "dropout-0.3" as a rate of 0.3; the grammar takes
+ * neither reading silently. Files written before this rule stored "dropout-N" for the default
+ * rate, so stored descriptions still read it as that (model_spec_parse_stored). */
+static ddt_status refuse_bare_dropout(parser *p, size_t start) {
+    const char *next = p->source + p->pos + 1;
+    if (!isdigit((unsigned char)*next) && *next != '.') return DDT_OK;
+    size_t length = strcspn(next, "-|)");
+    int shown = (int)(length < 24 ? length : 24);
+    bool width = strspn(next, "0123456789") == length && strtol(next, NULL, 10) > 0;
+    if (!width)
+        return fail_at(p, start,
+                       "dropout's rate follows the word directly, without '-': write "
+                       "dropout%.*s, not dropout-%.*s",
+                       shown, next, shown, next);
+    return fail_at(p, start,
+                   "'dropout-%.*s' could be a rate of -%.*s or dropout then a dense "
+                   "layer of %.*s: write the rate, e.g. dropout0.5-%.*s (a rate in [0, 1) "
+                   "follows the word directly)",
+                   shown, next, shown, next, shown, next, shown, next);
+}
+
 /* One layer token; `index` is its module index in the enclosing sequence (names). */
 static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index) {
     size_t start = p->pos;
@@ -772,14 +916,15 @@ static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index
             return DDT_OK;
         }
     if (!call && strcmp(word, "dropout") == 0) {
-        float rate = 0.5f;
-        if (isdigit((unsigned char)p->source[p->pos]) || p->source[p->pos] == '.')
+        float rate = 0.5f; /* nn.Dropout()'s default */
+        char c = p->source[p->pos];
+        if (c != '-' && c != '\0' && c != ')' && c != '|') {
             DDT_CHECK(read_rate(p, start, &rate));
+        } else if (c == '-' && !p->stored) {
+            DDT_CHECK(refuse_bare_dropout(p, start));
+        }
         DDT_CHECK(build_dropout(p, start, rate));
-        if (rate == 0.5f)
-            emit(p, "dropout");
-        else
-            emit(p, "dropout%g", (double)rate);
+        emit(p, "dropout%g", (double)rate); /* the rate always: "dropout-1" is never written */
     } else if (call && strcmp(word, "conv") == 0) {
         DDT_CHECK(parse_conv(p, start, prefix));
     } else if (call && (strcmp(word, "maxpool") == 0 || strcmp(word, "avgpool") == 0)) {
@@ -793,7 +938,7 @@ static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index
                                      p->shape.dims[1], p->shape.dims[2], 1, 1, 0, 0, "--model: gap",
                                      &node->geometry));
         node->out_shape = shape1(p->shape.dims[0]);
-        finish_node(p, node);
+        DDT_CHECK(finish_node(p, start, node));
         emit(p, "gap");
     } else if (!call && strcmp(word, "flatten") == 0) {
         if (p->shape.rank == 2)
@@ -801,7 +946,7 @@ static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index
         model_node *node;
         DDT_CHECK(build_simple(p, start, NODE_FLATTEN, &node));
         node->out_shape = shape1((int)tensor_shape_count(&p->shape));
-        finish_node(p, node);
+        DDT_CHECK(finish_node(p, start, node));
         emit(p, "flatten");
     } else if (!call && (strcmp(word, "bn") == 0 || strcmp(word, "ln") == 0)) {
         DDT_CHECK(build_norm(p, start, prefix, word[0] == 'l'));
@@ -811,6 +956,8 @@ static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index
     } else if (call && strcmp(word, "embed") == 0) {
         int width;
         DDT_CHECK(read_count(p, start, "embed's width", 1, 65536, &width));
+        if (p->source[p->pos] == ',')
+            return fail_at(p, start, "embed(...) takes one argument, its width D");
         DDT_CHECK(expect(p, ')', start, "to close embed("));
         char table[MODEL_TENSOR_MAX_NAME], positions[MODEL_TENSOR_MAX_NAME];
         DDT_CHECK(join(p, start, table, prefix, "wte.weight"));
@@ -820,6 +967,8 @@ static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index
     } else if (call && strcmp(word, "attn") == 0) {
         int heads;
         DDT_CHECK(read_count(p, start, "the number of heads", 1, 256, &heads));
+        if (p->source[p->pos] == ',')
+            return fail_at(p, start, "attn(...) takes one argument, its number of heads");
         DDT_CHECK(expect(p, ')', start, "to close attn("));
         DDT_CHECK(build_attention(p, start, prefix, heads, 0.02f));
         emit(p, "attn(%d)", heads);
@@ -863,6 +1012,11 @@ static ddt_status parse_input(parser *p) {
         DDT_CHECK(read_count(p, start, "the context", 1, 65536, &spec->context));
         DDT_CHECK(expect(p, ',', start, "between the context and the vocabulary size"));
         DDT_CHECK(read_count(p, start, "the vocabulary size", 1, MODEL_MAX_VOCAB, &spec->vocab));
+        if (spec->vocab < MODEL_MIN_VOCAB)
+            return fail_at(p, start, "a vocabulary of %d is too small: %s", spec->vocab,
+                           VOCAB_REASON);
+        if (p->source[p->pos] == ',')
+            return fail_at(p, start, "tokens(...) takes two arguments, CONTEXT and VOCAB");
         DDT_CHECK(expect(p, ')', start, "to close tokens("));
         spec->input_kind = MODEL_INPUT_TOKENS;
         spec->input_shape = shape1(spec->context);
@@ -882,9 +1036,13 @@ static ddt_status parse_input(parser *p) {
         if (rank == 2)
             return fail_at(p, start, "an input shape is a width (784) or C x H x W (1x28x28)");
         spec->input_shape = rank == 1 ? shape1(dims[0]) : shape3(dims[0], dims[1], dims[2]);
-        if (tensor_shape_count(&spec->input_shape) > MODEL_MAX_WIDTH)
-            return fail_at(p, start, "the input is too large (at most %d values per sample)",
-                           MODEL_MAX_WIDTH);
+        int64_t values = tensor_shape_count(&spec->input_shape);
+        if (values > MODEL_MAX_WIDTH) {
+            char shape[64], count[32];
+            tensor_shape_format(&spec->input_shape, shape, sizeof shape);
+            return fail_at(p, start, "the input %s holds %s values per sample; at most %d", shape,
+                           count_text(values, count, sizeof count), MODEL_MAX_WIDTH);
+        }
         if (rank == 1)
             emit(p, "%d", dims[0]);
         else
@@ -960,12 +1118,15 @@ static void mark_rectifiers(model_spec *spec) {
     }
 }
 
-ddt_status model_spec_parse(const char *text, model_spec *out) {
+static ddt_status parse_description(const char *text, bool stored, model_spec *out) {
     memset(out, 0, sizeof *out);
     if (!text || !*text)
         return ddt_error(DDT_ERR_USAGE, "--model: empty model description (expected e.g. "
                                         "784-256-relu-10, 1x28x28-conv(32,k3)-relu-flatten-10, "
                                         "or a preset such as cnn-small)");
+    /* ddtrain stores canonical text: a file naming another file is not one of its own. */
+    if (stored && strchr(text, '@'))
+        return ddt_error(DDT_ERR_USAGE, "--model: a stored description cannot name a file (@)");
     char file_text[16384];
     const char *description = model_spec_preset_text(text);
     if (!description && text[0] == '@') {
@@ -984,8 +1145,15 @@ ddt_status model_spec_parse(const char *text, model_spec *out) {
     }
     if (!source[0]) return ddt_error(DDT_ERR_USAGE, "--model: the description is empty");
 
-    parser p = {.source = source, .original = text, .spec = out, .out = out->text, .emit = 1,
-                .current = -1, .embed_node = -1, .block = -1};
+    parser p = {.source = source,
+                .original = text,
+                .spec = out,
+                .out = out->text,
+                .emit = 1,
+                .stored = stored,
+                .current = -1,
+                .embed_node = -1,
+                .block = -1};
     out->input_kind = MODEL_INPUT_FEATURES;
     if (strncmp(source, "gpt(", 4) == 0) {
         p.pos = 4;
@@ -1051,12 +1219,24 @@ ddt_status model_spec_parse(const char *text, model_spec *out) {
         model_tensor *tensor = &out->tensors[t];
         size_t *next = tensor->is_buffer ? &buffers : &parameters;
         tensor->offset = *next;
-        *next += tensor->count;
+        if (!checked_add_size(*next, tensor->count, next))
+            return ddt_error(DDT_ERR_USAGE,
+                             "--model: '%s' has more parameters than can be counted "
+                             "(at %s)",
+                             out->text, tensor->name);
     }
     out->parameter_count = parameters;
     out->buffer_count = buffers;
     mark_rectifiers(out);
     return DDT_OK;
+}
+
+ddt_status model_spec_parse(const char *text, model_spec *out) {
+    return parse_description(text, false, out);
+}
+
+ddt_status model_spec_parse_stored(const char *text, model_spec *out) {
+    return parse_description(text, true, out);
 }
 
 /* ---- queries ----------------------------------------------------------------------------- */

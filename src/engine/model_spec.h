@@ -137,6 +137,11 @@ typedef struct model_spec {
 /* Parses a description, a preset name, or "@PATH" (the description in a file); DDT_ERR_USAGE
  * naming the token and what was expected. */
 ddt_status model_spec_parse(const char *text, model_spec *out);
+/* As model_spec_parse, for the canonical text stored in a model file or checkpoint: it names
+ * no file (@), and it may be what an older ddtrain wrote ("dropout-N" for dropout at the
+ * default rate, then a dense layer of N, which a description typed now must write as
+ * "dropout0.5-N"). */
+ddt_status model_spec_parse_stored(const char *text, model_spec *out);
 /* A preset's text, or NULL: "cnn-small", "resnet-small", "gpt-tiny", "gpt-small",
  * "gpt2-124m". */
 const char *model_spec_preset_text(const char *name);
@@ -158,6 +163,8 @@ int model_spec_find_tensor(const model_spec *spec, const char *name);
 int model_spec_ready_points(const model_spec *spec, size_t *points, int capacity);
 /* The human-readable shape "1x28x28", "784", "64x128". */
 void tensor_shape_format(const tensor_shape *shape, char *text, size_t size);
+/* The values in a shape: the product of its dims, or INT64_MAX if that overflows (never for a
+ * parsed spec's shapes, which hold at most INT_MAX values per sample). */
 int64_t tensor_shape_count(const tensor_shape *shape);
 /* The geometry of a window over channels x height x width, with out_height and out_width
  * computed; DDT_ERR_USAGE, saying which, when the window does not fit or a size is not

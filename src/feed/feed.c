@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "util/checked.h"
 #include "util/clock.h"
 
 enum { BUFFERS = 2 };
@@ -36,31 +37,40 @@ struct feed {
 
 /* ---- sizes (shared by init and the plan) ------------------------------------------------- */
 
+/* Plans ask for micro-batches not yet known to fit (up to --global-batch rows of up to 2^30
+ * values): sizes saturate at SIZE_MAX (util/checked.h), which no limit admits. */
+static size_t times(size_t a, size_t b) {
+    return saturated_multiply_size(a, b);
+}
+
 /* float32 features or int32 token ids: 4 bytes a value either way. */
 static size_t feature_bytes(const dataset_geometry *g, int rows) {
-    return (size_t)rows * (size_t)g->features * sizeof(float);
+    return times(times((size_t)rows, (size_t)g->features), sizeof(float));
 }
 
 static size_t label_bytes(const dataset_geometry *g, int rows) {
-    return g->class_labels ? (size_t)rows * (size_t)g->labels_per_row * sizeof(int32_t)
-                           : (size_t)rows * (size_t)g->target_width * sizeof(float);
+    return g->class_labels ? times(times((size_t)rows, (size_t)g->labels_per_row), sizeof(int32_t))
+                           : times(times((size_t)rows, (size_t)g->target_width), sizeof(float));
 }
 
 static size_t row_id_bytes(int rows) {
-    return (size_t)rows * sizeof(int64_t);
+    return times((size_t)rows, sizeof(int64_t));
 }
 
 void feed_plan_device(const dataset_geometry *geometry, int rows,
                       size_t component_bytes[MEMORY_COMPONENT_COUNT]) {
-    for (int b = 0; b < BUFFERS; b++)
-        component_bytes[MEMORY_COMPONENT_STAGING] +=
-            allocator_rounded_size(feature_bytes(geometry, rows)) +
-            allocator_rounded_size(label_bytes(geometry, rows)) +
-            allocator_rounded_size(row_id_bytes(rows));
+    size_t *staging = &component_bytes[MEMORY_COMPONENT_STAGING];
+    for (int b = 0; b < BUFFERS; b++) {
+        *staging =
+            saturated_add_size(*staging, allocator_rounded_size(feature_bytes(geometry, rows)));
+        *staging =
+            saturated_add_size(*staging, allocator_rounded_size(label_bytes(geometry, rows)));
+        *staging = saturated_add_size(*staging, allocator_rounded_size(row_id_bytes(rows)));
+    }
 }
 
 size_t feed_evaluation_host_bytes(const dataset_geometry *geometry, int rows) {
-    return feature_bytes(geometry, rows) + label_bytes(geometry, rows);
+    return saturated_add_size(feature_bytes(geometry, rows), label_bytes(geometry, rows));
 }
 
 /* ---- set-up ------------------------------------------------------------------------------ */

@@ -23,6 +23,7 @@
 
 #include "io/hdf5_lock.h"
 #include "io/hdf5_storage.h"
+#include "util/checked.h"
 #include "util/values.h"
 
 #define DATASET_FORMAT_VERSION 1
@@ -339,8 +340,8 @@ static void read_chunking(hid_t handle, int rank, size_t element_bytes, int64_t 
     if (H5Pget_layout(create) == H5D_CHUNKED && H5Pget_chunk(create, rank, chunk) == rank) {
         *chunk_rows = (int64_t)chunk[0];
         size_t bytes = element_bytes;
-        for (int i = 0; i < rank; i++)
-            bytes *= (size_t)chunk[i];
+        for (int i = 0; i < rank; i++) /* a file's numbers: saturate rather than wrap */
+            bytes = saturated_multiply_size(bytes, (size_t)chunk[i]);
         *chunk_bytes = bytes;
     }
     H5Pclose(create);
@@ -443,15 +444,16 @@ static ddt_status open_feature_shard(dataset_shard *shard, const dataset_open_pa
                          "(rows x channels x height x width)",
                          path, rank, shape);
     }
-    uint64_t width = 1;
+    int64_t width = 1;
+    bool counted = true; /* 2^30 x 2^30 x 2^30 would wrap a product to 2^26 */
     for (int i = 1; i < rank; i++) {
         if (dims[i] < 1 || dims[i] > (hsize_t)(1 << 30)) {
             shape_text(rank, dims, shape, sizeof shape);
             return ddt_error(DDT_ERR_FORMAT, "%s: /features has shape %s", path, shape);
         }
-        width *= dims[i];
+        counted = counted && checked_multiply_int64(width, (int64_t)dims[i], &width);
     }
-    if (width > (1 << 30)) {
+    if (!counted || width > (1 << 30)) {
         shape_text(rank, dims, shape, sizeof shape);
         return ddt_error(DDT_ERR_FORMAT, "%s: /features has shape %s: more than 2^30 values a row",
                          path, shape);

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <hdf5.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 #include <unistd.h>
 
 #include "io/hdf5_lock.h"
+#include "util/checked.h"
 #include "util/files.h"
 
 #define DATASET_FORMAT_VERSION 1
@@ -142,11 +144,21 @@ static hid_t create_dataset(hid_t file, const char *name, hid_t type, int rank,
     return dataset;
 }
 
+/* The file's values would take more than 2^63 bytes: no file system holds them. */
+static ddt_status too_large(const char *path, int64_t rows, uint64_t row_bytes) {
+    return ddt_error(DDT_ERR_IO,
+                     "%s: %" PRId64 " rows of %" PRIu64 " bytes are more than 2^63 bytes: no file "
+                     "system holds them",
+                     path, rows, row_bytes);
+}
+
 /* /tokens, uint16 when the ids fit, with its vocab_size. Call with the lock held. */
 static ddt_status create_tokens(dataset_writer *w, const dataset_writer_params *params) {
     const char *path = w->path;
     bool narrow = params->vocab_size <= 65536;
-    uint64_t bytes = (uint64_t)params->rows * (narrow ? 2 : 4);
+    size_t bytes;
+    if (!checked_multiply_size((size_t)params->rows, narrow ? 2 : 4, &bytes) || bytes > INT64_MAX)
+        return too_large(path, params->rows, narrow ? 2 : 4);
     DDT_CHECK(hdf5_reserve(w->file, path, hdf5_reserve_estimate(bytes)));
     int64_t chunk = params->chunk_rows ? params->chunk_rows : DATASET_TOKEN_CHUNK;
     if (chunk > params->rows) chunk = params->rows;
@@ -164,8 +176,10 @@ static ddt_status create_features(dataset_writer *w, const dataset_writer_params
      * full disk is refused now, with the numbers, not halfway through the rows. */
     uint64_t row_bytes = 4 * ((uint64_t)params->features +
                               (params->class_labels ? 1 : (uint64_t)params->target_width));
-    DDT_CHECK(
-        hdf5_reserve(w->file, path, hdf5_reserve_estimate(row_bytes * (uint64_t)params->rows)));
+    size_t bytes; /* 2^61 rows of 8 bytes wrapped to a few KB, and the disk check passed */
+    if (!checked_multiply_size((size_t)params->rows, row_bytes, &bytes) || bytes > INT64_MAX)
+        return too_large(path, params->rows, row_bytes);
+    DDT_CHECK(hdf5_reserve(w->file, path, hdf5_reserve_estimate(bytes)));
     int64_t chunk_rows = params->chunk_rows;
     if (chunk_rows == 0) chunk_rows = DATASET_CHUNK_TARGET_BYTES / ((int64_t)params->features * 4);
     if (chunk_rows > params->rows) chunk_rows = params->rows;

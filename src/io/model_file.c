@@ -280,7 +280,7 @@ static bool legacy_layout(hid_t file, const model_spec *spec) {
 ddt_status model_file_read_spec_contents(hid_t file, const char *path, model_spec *spec) {
     char text[MODEL_SPEC_MAX_TEXT * 2];
     DDT_CHECK(read_spec_text(file, path, text, sizeof text));
-    if (model_spec_parse(text, spec) != DDT_OK) {
+    if (model_spec_parse_stored(text, spec) != DDT_OK) {
         char reason[1024];
         snprintf(reason, sizeof reason, "%s", ddt_error_message());
         return ddt_error(DDT_ERR_FORMAT, "%s: bad model spec \"%s\": %s", path, text, reason);

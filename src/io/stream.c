@@ -52,8 +52,9 @@
 #include <string.h>
 #include <time.h>
 
-#include "util/rng.h"
+#include "util/checked.h"
 #include "util/clock.h"
+#include "util/rng.h"
 
 /* Each array starts on its own cache line (and SIMD-friendly boundary). */
 #define STREAM_ALIGNMENT 64
@@ -132,8 +133,19 @@ struct stream {
     double wait_seconds;
 };
 
+/* Sizes come from a file (its chunk rows) and options: they saturate at SIZE_MAX
+ * (util/checked.h), which no staging limit admits and no allocation gets, rather than wrap. */
 static size_t round_up(size_t bytes) {
+    if (bytes > SIZE_MAX - (STREAM_ALIGNMENT - 1)) return SIZE_MAX;
     return (bytes + STREAM_ALIGNMENT - 1) / STREAM_ALIGNMENT * STREAM_ALIGNMENT;
+}
+
+static size_t times(size_t a, size_t b) {
+    return saturated_multiply_size(a, b);
+}
+
+static size_t plus(size_t a, size_t b) {
+    return saturated_add_size(a, b);
 }
 
 /* Byte sizes of the arrays of one group of `rows` rows (a slot or a cached block), each
@@ -146,14 +158,16 @@ static rows_layout rows_layout_for(const dataset_geometry *geometry, int64_t row
                                    bool with_row_ids) {
     size_t rows = (size_t)rows_count;
     rows_layout layout = {0};
-    if (with_row_ids) layout.row_ids = round_up(rows * sizeof(int64_t));
+    if (with_row_ids) layout.row_ids = round_up(times(rows, sizeof(int64_t)));
     /* float32 features or int32 token ids: 4 bytes a value either way */
-    layout.features = round_up(rows * (size_t)geometry->features * sizeof(float));
+    layout.features = round_up(times(times(rows, (size_t)geometry->features), sizeof(float)));
     if (geometry->class_labels)
-        layout.labels = round_up(rows * (size_t)geometry->labels_per_row * sizeof(int32_t));
+        layout.labels =
+            round_up(times(times(rows, (size_t)geometry->labels_per_row), sizeof(int32_t)));
     else
-        layout.targets = round_up(rows * (size_t)geometry->target_width * sizeof(float));
-    layout.total = layout.row_ids + layout.features + layout.labels + layout.targets;
+        layout.targets =
+            round_up(times(times(rows, (size_t)geometry->target_width), sizeof(float)));
+    layout.total = plus(plus(layout.row_ids, layout.features), plus(layout.labels, layout.targets));
     return layout;
 }
 
@@ -169,8 +183,9 @@ typedef struct stream_layout {
 
 /* Everything but the slot and block buffers. */
 static size_t stream_layout_fixed(const stream_layout *layout) {
-    return layout->handle + layout->slots + layout->entries + layout->block_index +
-           layout->sort_keys + layout->ahead_rows;
+    return plus(
+        plus(plus(layout->handle, layout->slots), plus(layout->entries, layout->block_index)),
+        plus(layout->sort_keys, layout->ahead_rows));
 }
 
 /* Resolves block geometry and the cache size; false if the parameters are out of range. */
@@ -200,8 +215,9 @@ static bool stream_layout_for(const dataset_geometry *geometry, const shard_para
     layout.block_index = round_up(layout.index_slots * sizeof(int32_t));
     layout.sort_keys = round_up((size_t)plan->micro_batch * sizeof(uint64_t));
     layout.ahead_rows = round_up((size_t)plan->micro_batch * sizeof(int64_t));
-    layout.total = stream_layout_fixed(&layout) + layout.slot.total * (size_t)prefetch_depth +
-                   layout.block.total * (size_t)layout.cache_blocks;
+    layout.total = plus(stream_layout_fixed(&layout),
+                        plus(times(layout.slot.total, (size_t)prefetch_depth),
+                             times(layout.block.total, (size_t)layout.cache_blocks)));
     *out = layout;
     return true;
 }

@@ -8,6 +8,7 @@
 
 #include "engine/alloc.h"
 #include "io/model_file.h"
+#include "train/memory_plan.h"
 #include "train/train.h"
 #include "util/clock.h"
 #include "util/failpoint.h"
@@ -96,6 +97,7 @@ typedef struct eval_state {
     model *m;
     feed *f;
     float *scalars;
+    char limit_source[128]; /* the allocator's limit, in words */
 } eval_state;
 
 static void eval_free(eval_state *s) {
@@ -137,14 +139,16 @@ static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *
     int ordinal;
     DDT_CHECK(device_choose(cfg->device, comm_local_rank(control), &kind, &ordinal));
     DDT_CHECK(device_open(kind, ordinal, &s->dev));
-    /* eval has no memory options: the device's memory is the limit, so a model file whose spec
-     * claims more is refused by the allocator before anything is reserved for it. */
-    size_t total = 0, free_bytes = 0;
-    DDT_CHECK(device_memory_info(s->dev, &total, &free_bytes));
+    /* eval has no memory options: this rank's share of the device's memory is the limit (the
+     * node's, on CPU ranks, shared by its ranks), so a model file whose spec claims more is
+     * refused by the allocator before anything is reserved for it. */
+    int sharing;
     allocator_params ap = allocator_default_params();
-    ap.limit_bytes = total;
+    ap.limit_bytes =
+        memory_limits_device_share(s->dev, comm_local_rank(control), comm_local_size(control),
+                                   &sharing, s->limit_source, sizeof s->limit_source);
     ap.rank = comm_rank(control);
-    ap.limit_source = "the device's memory";
+    ap.limit_source = s->limit_source;
     DDT_CHECK(allocator_init_with_params(s->dev, &ap, &s->alloc));
     DDT_CHECK(device_set_precision(s->dev, PRECISION_FP32, s->alloc,
                                          model_spec_max_gemm_operand_floats(s->spec, cfg->rows)));

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "feed/feed.h"
+#include "util/checked.h"
 
 /* ---- limits ---------------------------------------------------------------------------- */
 
@@ -19,6 +20,56 @@ static ddt_status parse_limit_entry(const char *source, const char *entry, devic
     size_t total = 0, free_bytes = 0;
     if (limit.fraction > 0) DDT_CHECK(device_memory_info(dev, &total, &free_bytes));
     *bytes = memory_limit_resolve(limit, total);
+    return DDT_OK;
+}
+
+/* How many of the node's `local_size` ranks use the device that `local_rank` uses: every one
+ * on CPU (the node's memory), those given the same GPU otherwise (device_choose). */
+static int ranks_sharing(device *dev, int local_rank, int local_size) {
+    if (local_size < 1) return 1;
+    if (dev->kind == DEVICE_KIND_CPU) return local_size;
+    int gpus = device_count(dev->kind);
+    if (gpus < 1 || gpus >= local_size) return 1;
+    int mine = (local_rank < 0 ? 0 : local_rank) % gpus;
+    return local_size / gpus + (mine < local_size % gpus ? 1 : 0);
+}
+
+/* No limit given: the device's own memory is the limit, as much of it as is this rank's share:
+ * on CPU ranks the node's memory (MemTotal, or the cgroup's memory.max where lower), divided
+ * evenly among the node's ranks. Not MemAvailable: it moves with the page cache and other
+ * jobs, so the same plan would fit or not from one minute to the next; the plan is a property
+ * of the job and the node (as Slurm's per-node memory is), and a preallocation checks what is
+ * free when it happens. */
+size_t memory_limits_device_share(device *dev, int local_rank, int local_size, int *sharing,
+                                  char *source, size_t source_size) {
+    size_t total = 0, free_bytes = 0;
+    *sharing = 1;
+    if (!dev || device_memory_info(dev, &total, &free_bytes) != DDT_OK || total == 0) {
+        ddt_error_clear();
+        snprintf(source, source_size, "no limit");
+        return 0;
+    }
+    *sharing = ranks_sharing(dev, local_rank, local_size);
+    size_t share = total / (size_t)*sharing;
+    share -= share % 256; /* the allocator's granule */
+    char total_text[32];
+    units_format_bytes(total, total_text, sizeof total_text);
+    const char *whose = dev->kind == DEVICE_KIND_CPU ? "the node's memory" : "the GPU's memory";
+    if (*sharing > 1)
+        snprintf(source, source_size, "%s, %s, shared by %d ranks", whose, total_text, *sharing);
+    else
+        snprintf(source, source_size, "%s, %s", whose, total_text);
+    return share > 0 ? share : 256;
+}
+
+/* A backend that cannot tell how much memory it has leaves the run without a limit. */
+static ddt_status default_limit(device *dev, int local_rank, int local_size, memory_limits *out) {
+    char source[128];
+    out->device_limit = memory_limits_device_share(dev, local_rank, local_size,
+                                                   &out->device_sharing, source, sizeof source);
+    out->device_limit_implicit = out->device_limit > 0;
+    snprintf(out->device_source, sizeof out->device_source, "%s%s",
+             out->device_limit_implicit ? "no --device-memory-limit: " : "", source);
     return DDT_OK;
 }
 
@@ -37,8 +88,7 @@ ddt_status memory_limits_resolve(const memory_request *request, device *dev, int
                              "%s preallocate needs a limit to reserve "
                              "(--device-memory-limit SIZE or FRACTION)",
                              request->policy_source ? request->policy_source : "--device-memory");
-        snprintf(out->device_source, sizeof out->device_source, "no limit");
-        return DDT_OK;
+        return default_limit(dev, local_rank, local_size, out);
     }
     /* One entry for every rank, or one per local rank (mixed nodes). */
     int count = 1;
@@ -77,6 +127,10 @@ size_t memory_limits_allocator_bytes(const memory_limits *limits) {
 
 /* ---- plans ----------------------------------------------------------------------------- */
 
+static size_t floats_bytes(size_t floats) {
+    return saturated_multiply_size(floats, sizeof(float));
+}
+
 bool memory_plan_samples(const model_spec *spec, bool evaluation) {
     return evaluation && spec->input_kind == MODEL_INPUT_TOKENS;
 }
@@ -85,30 +139,37 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
                          const memory_limits *limits, memory_plan *out) {
     memset(out, 0, sizeof *out);
     out->micro_batch = micro_batch;
+    /* Sizes saturate at SIZE_MAX (util/checked.h): a plan too large to count fits no limit. */
+    size_t *device = out->device;
     size_t parameters = model_spec_parameter_count(inputs->spec);
-    out->device[MEMORY_COMPONENT_PARAMETERS] = allocator_rounded_size(parameters * sizeof(float));
+    size_t parameter_bytes = allocator_rounded_size(floats_bytes(parameters));
+    device[MEMORY_COMPONENT_PARAMETERS] = parameter_bytes;
     if (inputs->spec->buffer_count) /* running statistics, a second allocation */
-        out->device[MEMORY_COMPONENT_PARAMETERS] +=
-            allocator_rounded_size(inputs->spec->buffer_count * sizeof(float));
-    out->device[MEMORY_COMPONENT_GRADIENTS] = allocator_rounded_size(parameters * sizeof(float));
+        device[MEMORY_COMPONENT_PARAMETERS] = saturated_add_size(
+            parameter_bytes, allocator_rounded_size(floats_bytes(inputs->spec->buffer_count)));
+    device[MEMORY_COMPONENT_GRADIENTS] = parameter_bytes;
     size_t state = optimizer_state_floats(inputs->optimizer, parameters);
-    if (state)
-        out->device[MEMORY_COMPONENT_OPTIMIZER] = allocator_rounded_size(state * sizeof(float));
-    out->device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(
-        model_spec_activation_floats(inputs->spec, micro_batch, inputs->model) * sizeof(float));
-    feed_plan_device(inputs->geometry, micro_batch, out->device);
-    out->device[MEMORY_COMPONENT_WORKSPACE] +=
-        allocator_rounded_size(TRAIN_SCALAR_COUNT * sizeof(float));
+    if (state) device[MEMORY_COMPONENT_OPTIMIZER] = allocator_rounded_size(floats_bytes(state));
+    device[MEMORY_COMPONENT_ACTIVATIONS] = allocator_rounded_size(
+        floats_bytes(model_spec_activation_floats(inputs->spec, micro_batch, inputs->model)));
+    feed_plan_device(inputs->geometry, micro_batch, device);
+    size_t workspace = allocator_rounded_size(TRAIN_SCALAR_COUNT * sizeof(float));
     if (memory_plan_samples(inputs->spec, inputs->evaluation))
-        out->device[MEMORY_COMPONENT_WORKSPACE] += generator_device_bytes(inputs->spec);
-    size_t workspace = device_precision_workspace_bytes(inputs->dev, inputs->precision,
+        workspace = saturated_add_size(workspace, generator_device_bytes(inputs->spec));
+    size_t precision = device_precision_workspace_bytes(
+        inputs->dev, inputs->precision,
         model_spec_max_gemm_operand_floats(inputs->spec, micro_batch));
-    if (workspace) out->device[MEMORY_COMPONENT_WORKSPACE] += allocator_rounded_size(workspace);
+    if (precision) workspace = saturated_add_size(workspace, allocator_rounded_size(precision));
+    device[MEMORY_COMPONENT_WORKSPACE] =
+        saturated_add_size(device[MEMORY_COMPONENT_WORKSPACE], workspace);
     /* Gradient buckets are all-reduced in place on CPU ranks: no extra device memory. */
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++)
-        out->device_total += out->device[c];
+        out->device_total = saturated_add_size(out->device_total, device[c]);
+    out->max_rows = model_spec_max_rows(inputs->spec);
+    out->too_many_rows = micro_batch > out->max_rows;
     out->device_fits = limits->device_limit == 0 ||
-                       out->device_total + limits->device_outside_allocator <= limits->device_limit;
+                       saturated_add_size(out->device_total, limits->device_outside_allocator) <=
+                           limits->device_limit;
 
     const dataset_geometry *g = inputs->geometry;
     if (inputs->evaluation) out->evaluation_bytes = feed_evaluation_host_bytes(g, micro_batch);
@@ -136,7 +197,7 @@ void memory_plan_compute(const memory_plan_inputs *inputs, int micro_batch,
         out->staging_fits = false;
     }
     out->host_staging_total = out->staging.bytes + out->evaluation_bytes;
-    out->fits = out->device_fits && out->staging_fits;
+    out->fits = !out->too_many_rows && out->device_fits && out->staging_fits;
 }
 
 ddt_status memory_plan_choose_micro_batch(const memory_plan_inputs *inputs, int per_rank_batch,
@@ -150,20 +211,44 @@ ddt_status memory_plan_choose_micro_batch(const memory_plan_inputs *inputs, int 
             *binding = ruled_out_by ? ruled_out_by : "nothing (the whole per-rank batch fits)";
             return DDT_OK;
         }
-        if (!ruled_out_by) ruled_out_by = !out->device_fits ? "device memory" : "host staging";
+        if (!ruled_out_by)
+            ruled_out_by = out->too_many_rows  ? "the most rows the model computes at once"
+                           : !out->device_fits ? "device memory"
+                                               : "host staging";
     }
     return ddt_error(DDT_ERR_MEMORY,
                      "--micro-batch auto: not even one row per micro-batch fits (%s)",
                      !out->device_fits ? "device memory" : out->staging_problem);
 }
 
+/* "1.50 GiB" and "1610612736 bytes", or for a saturated plan "more than 16 EiB" and "more
+ * than 2^64 bytes". */
+static void format_need(size_t bytes, char *human, size_t human_size, char *exact,
+                        size_t exact_size) {
+    if (bytes == SIZE_MAX) {
+        snprintf(human, human_size, "more than 16 EiB");
+        snprintf(exact, exact_size, "more than 2^64 bytes");
+    } else {
+        units_format_bytes(bytes, human, human_size);
+        snprintf(exact, exact_size, "%zu bytes", bytes);
+    }
+}
+
 ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limits, int rank) {
+    if (plan->too_many_rows)
+        return ddt_error(DDT_ERR_USAGE,
+                         "rank %d: --micro-batch %d is more than the model computes at once "
+                         "(%d rows: rows x positions must fit an int): use a smaller "
+                         "--micro-batch with more accumulation steps",
+                         rank, plan->micro_batch, plan->max_rows);
     if (!plan->device_fits) {
-        char need[32], limit[32], model[32], activations[32], staging[32], outside[96] = "";
-        size_t model_bytes = plan->device[MEMORY_COMPONENT_PARAMETERS] +
-                             plan->device[MEMORY_COMPONENT_GRADIENTS] +
-                             plan->device[MEMORY_COMPONENT_OPTIMIZER];
-        units_format_bytes(plan->device_total, need, sizeof need);
+        char need[32], exact[32], limit[32], model[32], activations[32], staging[32],
+            outside[96] = "";
+        size_t model_bytes =
+            saturated_add_size(saturated_add_size(plan->device[MEMORY_COMPONENT_PARAMETERS],
+                                                  plan->device[MEMORY_COMPONENT_GRADIENTS]),
+                               plan->device[MEMORY_COMPONENT_OPTIMIZER]);
+        format_need(plan->device_total, need, sizeof need, exact, sizeof exact);
         units_format_bytes(limits->device_limit, limit, sizeof limit);
         units_format_bytes(model_bytes, model, sizeof model);
         units_format_bytes(plan->device[MEMORY_COMPONENT_ACTIVATIONS], activations,
@@ -176,22 +261,35 @@ ddt_status memory_plan_refuse(const memory_plan *plan, const memory_limits *limi
                      bytes, limits->outside_allocator_owner ? limits->outside_allocator_owner
                                                             : "communication");
         }
-        const char *advice =
-            model_bytes >= limits->device_limit
-                ? "the model's parameters, gradients and optimizer state alone exceed it: use a "
-                  "smaller --model or raise the limit"
-                : "use a smaller --micro-batch with more accumulation steps (or --micro-batch "
-                  "auto), or raise the limit";
+        /* Without a limit given, the limit is the memory there is: raising it is no advice. */
+        const char *raise = !limits->device_limit_implicit ? ", or raise the limit"
+                            : limits->device_sharing > 1   ? ", or run fewer ranks per node"
+                                                           : "";
+        bool model_alone = model_bytes >= limits->device_limit;
         return ddt_error(DDT_ERR_MEMORY,
-                         "rank %d: the memory plan needs %s of device memory (%zu bytes: "
+                         "rank %d: the memory plan needs %s of device memory (%s: "
                          "parameters+gradients+optimizer %s, activations %s and input staging %s "
-                         "for --micro-batch %d%s), more than the limit of %s (%s): %s",
-                         rank, need, plan->device_total, model, activations, staging,
-                         plan->micro_batch, outside, limit, limits->device_source, advice);
+                         "for --micro-batch %d%s), more than the limit of %s (%s): %s%s",
+                         rank, need, exact, model, activations, staging, plan->micro_batch, outside,
+                         limit, limits->device_source,
+                         model_alone ? "the model's parameters, gradients and optimizer state "
+                                       "alone exceed it: use a smaller --model"
+                                     : "use a smaller --micro-batch with more accumulation steps "
+                                       "(or --micro-batch auto)",
+                         raise);
     }
     if (!plan->staging_fits)
         return ddt_error(DDT_ERR_MEMORY, "rank %d: %s", rank, plan->staging_problem);
     return DDT_OK;
+}
+
+/* units_format_bytes, or "> 16 EiB" for a size too large to count (saturated). */
+static const char *plan_bytes(size_t bytes, char *text, size_t size) {
+    if (bytes == SIZE_MAX) {
+        snprintf(text, size, "> 16 EiB");
+        return text;
+    }
+    return units_format_bytes(bytes, text, size);
 }
 
 void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FILE *out) {
@@ -200,19 +298,22 @@ void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FIL
             plan->micro_batch,
             limits->policy == MEMORY_POLICY_PREALLOCATE ? "preallocate" : "growth");
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++) {
-        units_format_bytes(plan->device[c], text, sizeof text);
+        plan_bytes(plan->device[c], text, sizeof text);
         fprintf(out, "  %-20s %12s%s\n", memory_component_name((memory_component)c), text,
                 c == MEMORY_COMPONENT_BUCKETS ? " (all-reduced in place)" : "");
     }
-    fprintf(out, "  %-20s %12zu bytes\n", "device bytes", plan->device_total);
-    size_t total = plan->device_total + limits->device_outside_allocator;
+    if (plan->device_total == SIZE_MAX)
+        fprintf(out, "  %-20s %12s bytes\n", "device bytes", "> 2^64");
+    else
+        fprintf(out, "  %-20s %12zu bytes\n", "device bytes", plan->device_total);
+    size_t total = saturated_add_size(plan->device_total, limits->device_outside_allocator);
     if (limits->device_outside_allocator) {
         units_format_bytes(limits->device_outside_allocator, text, sizeof text);
         fprintf(out, "  %-20s %12s  (%s's own, taken at set-up; outside the allocator)\n",
                 "communication", text,
                 limits->outside_allocator_owner ? limits->outside_allocator_owner : "backend");
     }
-    units_format_bytes(total, text, sizeof text);
+    plan_bytes(total, text, sizeof text);
     if (limits->device_limit) {
         units_format_bytes(limits->device_limit, limit, sizeof limit);
         fprintf(out, "  %-20s %12s  of %s (%.0f%%, %s)%s\n", "device total", text, limit,
@@ -221,6 +322,9 @@ void memory_plan_print(const memory_plan *plan, const memory_limits *limits, FIL
     } else {
         fprintf(out, "  %-20s %12s  (no device memory limit)\n", "device total", text);
     }
+    if (plan->too_many_rows)
+        fprintf(out, "  %-20s %d rows is more than the model computes at once (%d)  DOES NOT FIT\n",
+                "micro-batch", plan->micro_batch, plan->max_rows);
     units_format_bytes(plan->host_staging_total, text, sizeof text);
     if (limits->staging_limit) {
         units_format_bytes(limits->staging_limit, limit, sizeof limit);

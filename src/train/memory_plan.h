@@ -40,6 +40,10 @@ typedef struct memory_limits {
     memory_policy policy;
     size_t device_limit;  /* bytes; 0 = none */
     char device_source[160]; /* how it was set, for messages: "--device-memory-limit 2GiB" */
+    /* No limit was given: device_limit is this rank's share of the device's memory (on CPU
+     * ranks the node's), which device_sharing ranks share. */
+    bool device_limit_implicit;
+    int device_sharing;
     size_t staging_limit; /* bytes; 0 = none */
     /* Device bytes the communication backend took outside the allocator (NCCL's buffers,
      * measured when it was set up, before the allocator reserves anything), counted against
@@ -47,6 +51,13 @@ typedef struct memory_limits {
     size_t device_outside_allocator;
     const char *outside_allocator_owner; /* "nccl", for messages */
 } memory_limits;
+
+/* This rank's share of its device's memory, in bytes: all of it, or on CPU ranks the node's
+ * memory (MemTotal, or the cgroup's limit) divided by the node's ranks, on GPUs by the ranks
+ * given the same GPU (*sharing); source says so ("the node's memory, 23.54 GiB, shared by 2
+ * ranks"). 0 if the backend cannot tell. A run without --device-memory-limit plans against it. */
+size_t memory_limits_device_share(device *dev, int local_rank, int local_size, int *sharing,
+                                  char *source, size_t source_size);
 
 /* The allocator's own limit: device_limit less what lies outside it (0 = none). */
 size_t memory_limits_allocator_bytes(const memory_limits *limits);
@@ -96,6 +107,8 @@ typedef struct memory_plan {
     size_t evaluation_bytes;    /* host buffer for evaluation reads */
     size_t host_staging_total;  /* staging.bytes + evaluation_bytes */
     bool device_fits;
+    bool too_many_rows;         /* micro_batch > max_rows: cannot run at all */
+    int max_rows;               /* model_spec_max_rows() */
     bool staging_fits;
     bool fits;
     char staging_problem[512];  /* why staging does not fit, when it does not */
