@@ -253,9 +253,8 @@ static void check_problem(const problem *p, uint64_t seed) {
     CHECK(not_scaled == 0);
     if (spec.block_count > 0) check_recompute(&spec, p, &d, seed, params, analytic);
 
-    printf("%-45s %-10s %-7s params %4zu  max |analytic - numeric| %.2e (rounding %.2e)\n",
-           p->spec, loss_kind_name(p->loss), p->class_ids ? "ids" : "targets", count, worst,
-           rounding);
+    printf("%-45s %-10s %-7s params %4zu  max |analytic - numeric| %.2e (rounding %.2e)\n", p->spec,
+           loss_kind_name(p->loss), p->class_ids ? "ids" : "targets", count, worst, rounding);
     free(analytic);
     free_data(&d);
     model_free(m);
