@@ -5,11 +5,12 @@
  * float sums within the bound float32 rounding allows them, whatever order each backend adds
  * in (relative to the sum of the magnitudes that were added: float_sum_gamma, gemm_tolerance),
  * plus, for TF32, bf16 and fp16 GEMMs, the rounding of their operands; dropout masks, argmax
- * counts and the optimizer updates
- * exactly (engine/optim_update.h). The layer engine's operations likewise: the pure gathers
- * (add, permute, im2col, col2im, pooling, embeddings) bit for bit, since the GPU adds in the
- * CPU's order; normalisation and causal softmax within 1e-5; and every reduction a second
- * time on the GPU, which must give the same bits (no float atomics). Also: the upload
+ * counts and the optimizer updates exactly (engine/optim_update.h). The layer engine's
+ * operations likewise: the pure gathers (add, permute, im2col, col2im, pooling, embeddings)
+ * bit for bit, since the GPU adds in the CPU's order; normalisation within 1e-5 (its sums in
+ * double on both), causal softmax within 1e-5 or its rows' summation bound; and every
+ * reduction a second time on the GPU, which must give the same bits (no float atomics). Also:
+ * the upload
  * path, check_finite on NaN and Inf, memory_info, preallocating through the allocator with a
  * limit, the precision workspace as the allocator counts it, and a failure in an operation
  * without a status surfacing at the next micro-batch's upload_wait and synchronisation.
