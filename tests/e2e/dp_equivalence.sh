@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # dp_equivalence.sh - data parallelism is exact: N ranks x micro-batch b x k accumulation
-# steps give the same weights as 1 rank x the whole global batch (20 steps, within 1e-5
-# relative), for SGD with momentum and for AdamW, with dropout in the model, on every
+# steps give the same weights as 1 rank x the whole global batch (20 steps, within rounding:
+# 1e-5 relative, or 10 times this training's noise floor on this CPU where that is larger,
+# see below), for SGD with momentum and for AdamW, with dropout in the model, on every
 # all-reduce path (shm on one node, shm on emulated nodes, mpi); the shm path sums in a fixed
 # order: the same bits run after run, with overlap on or off; and for a convolutional network
 # with pooling and a residual block (no batch normalisation, whose statistics are per
@@ -21,12 +22,25 @@ train() { # train NAME NRANKS MICRO [extra args]
     >"$WORK/$name.log" 2>&1 || { fail "$name: training failed"; tail -5 "$WORK/$name.log"; }
 }
 
+# N ranks and 1 rank add the same float32 terms in other orders, so they drift apart by what
+# rounding does to the training, which depends on the CPU and its BLAS kernel (and a ReLU or
+# max-pool input within rounding of its kink may take the other branch in one run). The bar
+# is tied to this training's noise floor, measured here: the 1-rank run again with the
+# learning rate moved by 2^-22 of itself (a few float32 ulps: a rounding-size change at every
+# step, through no code that N ranks use); h5tool compare-floor holds the N-rank runs to
+# max(1e-5, 10 x how far that run lands from the 1-rank one). Measured here: N ranks within
+# 2e-7..1.8e-6 of 1 rank under OpenBLAS's Zen, Prescott, SandyBridge and Nehalem kernels.
+nudged() { $PY -c "import sys; print(repr(float(sys.argv[1]) * (1 + 2 ** -22)))" "$1"; }
+
 train sgd-1x64 1 64 --optimizer sgd --lr 0.1 --momentum 0.9
+train sgd-1x64-floor 1 64 --optimizer sgd --lr "$(nudged 0.1)" --momentum 0.9
 train sgd-2x16x2 2 16 --optimizer sgd --lr 0.1 --momentum 0.9
 train sgd-4x16x1 4 16 --optimizer sgd --lr 0.1 --momentum 0.9
 train sgd-4x8x2 4 8 --optimizer sgd --lr 0.1 --momentum 0.9
+sgd_floor=("$WORK/sgd-1x64-floor.h5" "$WORK/sgd-1x64.h5")
 for other in sgd-2x16x2 sgd-4x16x1 sgd-4x8x2; do
-  expect_ok "SGD: $other equals 1 rank x 64" $H5TOOL compare "$WORK/$other.h5" "$WORK/sgd-1x64.h5" 1e-5
+  expect_ok "SGD: $other equals 1 rank x 64" \
+    $H5TOOL compare-floor "$WORK/$other.h5" "$WORK/sgd-1x64.h5" 1e-5 "${sgd_floor[@]}"
 done
 
 # The hierarchical path (DDTRAIN_NODE_RANKS: every K ranks form a node of their own) and MPI's.
@@ -34,7 +48,8 @@ DDTRAIN_NODE_RANKS=2 train sgd-4x16x1-nodes2 4 16 --optimizer sgd --lr 0.1 --mom
 DDTRAIN_NODE_RANKS=1 train sgd-2x16x2-nodes1 2 16 --optimizer sgd --lr 0.1 --momentum 0.9
 train sgd-4x16x1-mpi 4 16 --optimizer sgd --lr 0.1 --momentum 0.9 --allreduce mpi
 for other in sgd-4x16x1-nodes2 sgd-2x16x2-nodes1 sgd-4x16x1-mpi; do
-  expect_ok "SGD: $other equals 1 rank x 64" $H5TOOL compare "$WORK/$other.h5" "$WORK/sgd-1x64.h5" 1e-5
+  expect_ok "SGD: $other equals 1 rank x 64" \
+    $H5TOOL compare-floor "$WORK/$other.h5" "$WORK/sgd-1x64.h5" 1e-5 "${sgd_floor[@]}"
 done
 grep -q "communication shm" "$WORK/sgd-4x16x1.log" && pass "CPU ranks all-reduce through shm by default" ||
   fail "the default data plane is not shm: $(grep -m1 communication "$WORK/sgd-4x16x1.log")"
@@ -51,23 +66,29 @@ expect_ok "shm on 2 emulated nodes: a second run gives the same weights bit for 
   $H5TOOL compare "$WORK/sgd-4x16x1-nodes2-again.h5" "$WORK/sgd-4x16x1-nodes2.h5" 0
 
 train adamw-1x64 1 64 --optimizer adamw --lr 0.003 --weight-decay 0.01
+train adamw-1x64-floor 1 64 --optimizer adamw --lr "$(nudged 0.003)" --weight-decay 0.01
 train adamw-2x16x2 2 16 --optimizer adamw --lr 0.003 --weight-decay 0.01
 expect_ok "AdamW: 2 ranks x 16 x 2 equals 1 rank x 64" \
-  $H5TOOL compare "$WORK/adamw-2x16x2.h5" "$WORK/adamw-1x64.h5" 1e-5
+  $H5TOOL compare-floor "$WORK/adamw-2x16x2.h5" "$WORK/adamw-1x64.h5" 1e-5 \
+  "$WORK/adamw-1x64-floor.h5" "$WORK/adamw-1x64.h5"
 
 # A CNN: 72 features read as 2x6x6 images.
 "$DDTRAIN" synth -o "$WORK/images.h5" --rows 1024 --features 72 --classes 4 --seed 5 >/dev/null ||
   fail "synth images"
 cnn=(--data "$WORK/images.h5" --model "2x6x6-conv(4,k3,p1)-relu-maxpool(2)-res(conv(4,k3,p1)-tanh)-flatten-8-gelu-4"
-     --global-batch 64 --steps 20 --seed 4 --log-every 0 --optimizer adamw --lr 0.01
+     --global-batch 64 --steps 20 --seed 4 --log-every 0 --optimizer adamw
      --weight-decay 0.1 --clip-grad-norm 0.5)
-for run in 1:64 2:16 4:16 4:8; do
-  n=${run%%:*} micro=${run##*:}
-  ranks "$n" train "${cnn[@]}" --micro-batch "$micro" --save "$WORK/cnn-$n-$micro.h5" \
-    >"$WORK/cnn-$n-$micro.log" 2>&1 || { fail "cnn $n x $micro: training failed"; tail -5 "$WORK/cnn-$n-$micro.log"; }
+for run in 1:64 2:16 4:16 4:8 floor:64; do
+  n=${run%%:*} micro=${run##*:} lr=0.01
+  [[ $n == floor ]] && n=1 lr=$(nudged 0.01)
+  ranks "$n" train "${cnn[@]}" --lr "$lr" --micro-batch "$micro" \
+    --save "$WORK/cnn-${run%%:*}-$micro.h5" \
+    >"$WORK/cnn-${run%%:*}-$micro.log" 2>&1 ||
+    { fail "cnn $run: training failed"; tail -5 "$WORK/cnn-${run%%:*}-$micro.log"; }
 done
 for other in cnn-2-16 cnn-4-16 cnn-4-8; do
-  expect_ok "CNN: $other equals 1 rank x 64" $H5TOOL compare "$WORK/$other.h5" "$WORK/cnn-1-64.h5" 1e-5
+  expect_ok "CNN: $other equals 1 rank x 64" $H5TOOL compare-floor "$WORK/$other.h5" \
+    "$WORK/cnn-1-64.h5" 1e-5 "$WORK/cnn-floor-64.h5" "$WORK/cnn-1-64.h5"
 done
 
 # A GPT with dropout on byte tokens (this repository's README as text). SGD: the gradient of
@@ -75,17 +96,21 @@ done
 # and Adam would scale that rounding noise up to full steps, differently for every sum order.
 "$DDTRAIN" convert text "$(dirname "$0")/../../README.md" -o "$WORK/text.h5" >/dev/null || fail "convert text"
 gpt=(--data "$WORK/text.h5" --model "gpt(layers=2,heads=2,width=16,context=16,vocab=256,dropout=0.1)"
-     --global-batch 32 --steps 10 --seed 6 --log-every 0 --optimizer sgd --lr 0.1 --momentum 0.9
+     --global-batch 32 --steps 10 --seed 6 --log-every 0 --optimizer sgd --momentum 0.9
      --weight-decay 0.01 --clip-grad-norm 1 --lr-schedule cosine --warmup-steps 2)
-for run in 1:32 2:8 4:8; do
-  n=${run%%:*} micro=${run##*:}
-  ranks "$n" train "${gpt[@]}" --micro-batch "$micro" --save "$WORK/gpt-$n-$micro.h5" \
-    >"$WORK/gpt-$n-$micro.log" 2>&1 || { fail "gpt $n x $micro: training failed"; tail -5 "$WORK/gpt-$n-$micro.log"; }
+for run in 1:32 2:8 4:8 floor:32; do
+  n=${run%%:*} micro=${run##*:} lr=0.1
+  [[ $n == floor ]] && n=1 lr=$(nudged 0.1)
+  ranks "$n" train "${gpt[@]}" --lr "$lr" --micro-batch "$micro" \
+    --save "$WORK/gpt-${run%%:*}-$micro.h5" \
+    >"$WORK/gpt-${run%%:*}-$micro.log" 2>&1 ||
+    { fail "gpt $run: training failed"; tail -5 "$WORK/gpt-${run%%:*}-$micro.log"; }
 done
 for other in gpt-2-8 gpt-4-8; do
-  expect_ok "GPT: $other equals 1 rank x 32" $H5TOOL compare "$WORK/$other.h5" "$WORK/gpt-1-32.h5" 1e-5
+  expect_ok "GPT: $other equals 1 rank x 32" $H5TOOL compare-floor "$WORK/$other.h5" \
+    "$WORK/gpt-1-32.h5" 1e-5 "$WORK/gpt-floor-32.h5" "$WORK/gpt-1-32.h5"
 done
-ranks 2 train "${gpt[@]}" --micro-batch 8 --recompute --save "$WORK/gpt-recompute.h5" \
+ranks 2 train "${gpt[@]}" --lr 0.1 --micro-batch 8 --recompute --save "$WORK/gpt-recompute.h5" \
   >"$WORK/gpt-recompute.log" 2>&1 || fail "gpt --recompute: training failed"
 expect_ok "GPT: --recompute gives the same weights bit for bit" \
   $H5TOOL compare "$WORK/gpt-recompute.h5" "$WORK/gpt-2-8.h5" 0
@@ -110,7 +135,8 @@ losses() { grep '"event":"epoch"' "$1" | sed 's/.*"train_loss":\([^,]*\).*/\1/' 
 
 # The check can fail: a different seed must give different weights.
 train sgd-seed9 1 64 --optimizer sgd --lr 0.1 --momentum 0.9 --seed 9
-if $H5TOOL compare "$WORK/sgd-seed9.h5" "$WORK/sgd-1x64.h5" 1e-5 >/dev/null 2>&1; then
+if $H5TOOL compare-floor "$WORK/sgd-seed9.h5" "$WORK/sgd-1x64.h5" 1e-5 "${sgd_floor[@]}" \
+  >/dev/null 2>&1; then
   fail "a different seed gave equal weights (the comparison cannot fail)"
 else pass "a different seed gives different weights"; fi
 finish

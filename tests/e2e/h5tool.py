@@ -3,6 +3,12 @@
 
   make DATASET_KIND OUT.h5      write a small dataset, valid or broken in one named way
   compare A.h5 B.h5 RTOL        model files: same layers, weights equal within RTOL
+  compare-floor A.h5 B.h5 RTOL C.h5 D.h5
+                                as compare, within max(RTOL, 10 x how far C.h5 is from D.h5):
+                                two runs of the same training that differ only in rounding,
+                                made beside A and B (the noise floor of that training)
+  ulp-perturb IN.h5 OUT.h5      a model file's copy with every float32 weight moved by one
+                                unit in the last place, up or down at random (seeded)
   check-idx OUT.h5 IMAGES LABELS  converter output equals the IDX source scaled to [0,1]
   check-model M.h5 SPEC         layout readable by h5py (and PyTorch's nn.Linear if present)
 """
@@ -94,6 +100,59 @@ def compare(a, b, rtol):
             sys.exit(1)
 
 
+def worst_relative_difference(a, b):
+    """The largest over the tensors of max|a - b| / max|b| (num_batches_tracked left out)."""
+    with h5py.File(a, "r") as fa, h5py.File(b, "r") as fb:
+        ta, tb = tensors(fa), tensors(fb)
+        if sorted(ta) != sorted(tb):
+            sys.exit(f"{a} has tensors {sorted(ta)}, {b} has {sorted(tb)}")
+        worst = 0.0
+        for name in sorted(ta):
+            p, q = ta[name], tb[name]
+            if p.shape != q.shape:
+                sys.exit(f"{name}: shapes {p.shape} and {q.shape}")
+            if name.endswith("num_batches_tracked"):
+                continue
+            worst = max(worst, float(np.abs(p - q).max() / max(np.abs(q).max(), 1e-12)))
+        return worst
+
+
+def compare_floor(a, b, rtol, floor_a, floor_b):
+    """Training runs that are equal but for the order of float32 sums (N ranks against 1, say)
+    drift apart by what rounding does to that training on this CPU, and a ReLU or max-pool
+    input within rounding of its kink can take the other branch in one run and grow: a fixed
+    bar that held on one CPU need not hold on another. So the bar is tied to a pair of runs
+    made beside them that differ in rounding only (1 rank with and without accumulation, say):
+    max(RTOL, 10 x their difference)."""
+    rtol = float(rtol)
+    worst = worst_relative_difference(a, b)
+    floor = worst_relative_difference(floor_a, floor_b)
+    limit = max(rtol, 10.0 * floor)
+    print(f"max relative difference {worst:.3g} (bar {limit:.3g} = max({rtol:g}, 10 x "
+          f"noise floor {floor:.3g}))")
+    if not worst <= limit:
+        sys.exit(1)
+
+
+def ulp_perturb(source, out):
+    """Writes OUT as a copy of the model file SOURCE whose float32 tensors are each moved by
+    one unit in the last place, up or down at random: initial weights that differ from
+    SOURCE's by rounding only. Training from both measures how far this training's rounding
+    carries (compare-floor)."""
+    import shutil
+
+    shutil.copyfile(source, out)
+    rng = np.random.default_rng(0)
+    with h5py.File(out, "r+") as f:
+        for name, obj in f.items():
+            if not isinstance(obj, h5py.Dataset) or obj.dtype != np.float32 or not obj.shape:
+                continue
+            x = obj[...]
+            up = rng.integers(0, 2, size=x.shape).astype(bool)
+            obj[...] = np.where(up, np.nextafter(x, np.float32(np.inf)),
+                                np.nextafter(x, np.float32(-np.inf))).astype(np.float32)
+
+
 def read_idx(path):
     opener = gzip.open if path.endswith(".gz") else open
     with opener(path, "rb") as f:
@@ -152,5 +211,5 @@ def check_model(path, spec):
 
 if __name__ == "__main__":
     command, args = sys.argv[1], sys.argv[2:]
-    {"make": make, "compare": compare, "check-idx": check_idx, "check-model": check_model}[
-        command](*args)
+    {"make": make, "compare": compare, "compare-floor": compare_floor, "ulp-perturb": ulp_perturb,
+     "check-idx": check_idx, "check-model": check_model}[command](*args)
