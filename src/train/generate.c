@@ -2,7 +2,8 @@
 #include "train/generate.h"
 
 #include <ctype.h>
-#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -132,6 +133,67 @@ ddt_status generator_run(generator *g, const int32_t *prompt, int prompt_length,
     return status;
 }
 
+/* The ids of a prompt for a model without a text tokenizer: decimal ids, each separated from
+ * the next by one comma or by spaces (spaces may surround the comma). Refused, naming the
+ * place: an empty id (a comma at the start or end, or two in a row), a sign, anything but
+ * digits, an id at or beyond the vocabulary (however many digits it has). */
+static ddt_status parse_token_ids(int vocab, const char *text, int32_t *out, int *count) {
+    static const char rule[] = "token ids are whole numbers from 0 to %d, separated by one comma "
+                               "or by spaces (the model's vocabulary has %d tokens and no text "
+                               "tokenizer)";
+    char why[160];
+    snprintf(why, sizeof why, rule, vocab - 1, vocab);
+    const char *p = text;
+    bool after_comma = false;
+    int n = 0;
+    for (;;) {
+        while (isspace((unsigned char)*p))
+            p++;
+        long offset = (long)(p - text) + 1; /* counted from 1, for people */
+        if (!*p) {
+            if (after_comma)
+                return ddt_error(DDT_ERR_USAGE, "--prompt '%s': a comma at the end, with no id "
+                                                "after it: %s", text, why);
+            break;
+        }
+        if (*p == ',')
+            return ddt_error(DDT_ERR_USAGE, "--prompt '%s': an empty id at character %ld (%s): "
+                                            "%s",
+                             text, offset, n == 0 && !after_comma ? "a comma at the start"
+                                                                  : "two commas in a row",
+                             why);
+        if ((*p == '-' || *p == '+') && isdigit((unsigned char)p[1]))
+            return ddt_error(DDT_ERR_USAGE, "--prompt '%s': '%.20s' at character %ld has a sign: "
+                                            "%s",
+                             text, p, offset, why);
+        if (!isdigit((unsigned char)*p))
+            return ddt_error(DDT_ERR_USAGE, "--prompt '%s': '%.20s' at character %ld is not a "
+                                            "token id: %s",
+                             text, p, offset, why);
+        const char *start = p;
+        int64_t id = 0;
+        for (; isdigit((unsigned char)*p); p++)
+            if (id <= vocab) id = id * 10 + (*p - '0'); /* past the vocabulary: stays past it */
+        if (id >= vocab)
+            return ddt_error(DDT_ERR_USAGE, "--prompt '%s': id %.*s at character %ld is not "
+                                            "below the vocabulary of %d: give token ids below "
+                                            "%d (%s)",
+                             text, (int)(p - start > 24 ? 24 : p - start), start, offset, vocab,
+                             vocab, why);
+        out[n++] = (int32_t)id;
+        while (isspace((unsigned char)*p))
+            p++;
+        after_comma = *p == ',';
+        if (after_comma) p++;
+        else if (*p && !isdigit((unsigned char)*p) && *p != '-' && *p != '+')
+            return ddt_error(DDT_ERR_USAGE, "--prompt '%s': '%.20s' at character %ld is not a "
+                                            "token id: %s",
+                             text, p, (long)(p - text) + 1, why);
+    }
+    *count = n;
+    return DDT_OK;
+}
+
 ddt_status generate_parse_prompt(const model_spec *spec, const char *text, int32_t **ids,
                                  int *count) {
     *ids = NULL;
@@ -144,25 +206,10 @@ ddt_status generate_parse_prompt(const model_spec *spec, const char *text, int32
         for (size_t i = 0; i < length; i++)
             out[n++] = (unsigned char)text[i];
     } else {
-        const char *p = text;
-        while (*p) {
-            if (isspace((unsigned char)*p) || *p == ',') {
-                p++;
-                continue;
-            }
-            char *end = NULL;
-            errno = 0;
-            long id = strtol(p, &end, 10);
-            if (end == p || errno || id < 0 || id >= spec->vocab) {
-                free(out);
-                return ddt_error(DDT_ERR_USAGE,
-                                 "--prompt: the model's vocabulary has %d tokens and no text "
-                                 "tokenizer, so give token ids below %d separated by spaces or "
-                                 "commas (at '%.20s')",
-                                 spec->vocab, spec->vocab, p);
-            }
-            out[n++] = (int32_t)id;
-            p = end;
+        ddt_status status = parse_token_ids(spec->vocab, text, out, &n);
+        if (status != DDT_OK) {
+            free(out);
+            return status;
         }
     }
     if (n == 0) {
