@@ -186,11 +186,23 @@ const char *comm_lagging_ranks(comm *c, char *text, size_t size) {
     return text;
 }
 
-void comm_finish_watchdog(comm *c, bool normal_end) {
-    if (!c || !c->watchdog) return;
-    if (normal_end)
-        watchdog_free(c->watchdog, c->meeting_points, c->timeout_seconds);
-    else
-        watchdog_abandon(c->watchdog);
+bool comm_root_silent(comm *c) {
+    return c && c->watchdog && watchdog_root_silent(c->watchdog);
+}
+
+ddt_status comm_finish_watchdog(comm *c, bool normal_end) {
+    if (!c || !c->watchdog) return DDT_OK;
+    watchdog *w = c->watchdog;
     c->watchdog = NULL;
+    if (!normal_end) {
+        watchdog_abandon(w);
+        return DDT_OK;
+    }
+    char lagging[32];
+    if (watchdog_free(w, c->meeting_points, c->timeout_seconds, lagging, sizeof lagging))
+        return DDT_OK;
+    return ddt_error(DDT_ERR_COMM,
+                     "the end of the job made no progress for %g s (--comm-timeout): rank(s) %s "
+                     "never reached it or went silent (stalled or lost)",
+                     c->timeout_seconds, lagging[0] ? lagging : "?");
 }

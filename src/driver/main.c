@@ -9,13 +9,16 @@
  */
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "driver/blas_setup.h"
 #include "driver/commands.h"
 #include "driver/crash_guard.h"
+#include "driver/deadline.h"
 #include "driver/job.h"
 #include "driver/options.h"
 #include "engine/device.h"
+#include "util/failpoint.h"
 #include "util/plugin.h"
 
 #ifndef DDTRAIN_VERSION /* from CMake: the project version */
@@ -49,6 +52,31 @@ static bool parse_command(const char *text, command *out) {
     return false;
 }
 
+/* --comm-timeout as the command line gives it, read before MPI starts, for the deadline on
+ * MPI's start-up; the default where the line cannot be read (the parse after MPI_Init
+ * reports the problem on every rank) or the command has no such option. */
+static double startup_timeout(int argc, char **argv) {
+    options opts;
+    command cmd;
+    if (argc < 2 || !parse_command(argv[1], &cmd) ||
+        options_parse(cmd, argc - 2, argv + 2, &opts) != DDT_OK)
+        options_parse(COMMAND_TRAIN, 0, NULL, &opts); /* the defaults */
+    ddt_error_clear();
+    return opts.comm_timeout;
+}
+
+/* DDTRAIN_DEBUG_STALL's announcement, with the wall-clock time, so that a test can measure
+ * from the stall to the end of the job. */
+static void announce_stall(const char *point, int rank, double seconds) {
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    fprintf(stderr,
+            "ddtrain: debug: rank %d stalls at '%s' for %g s (DDTRAIN_DEBUG_STALL), wall clock "
+            "%.3f\n",
+            rank, point, seconds, (double)now.tv_sec + 1e-9 * (double)now.tv_nsec);
+    fflush(stderr);
+}
+
 int main(int argc, char **argv) {
     blas_setup_kernel(argv); /* may re-execute ddtrain; must come before MPI starts */
 
@@ -80,9 +108,22 @@ int main(int argc, char **argv) {
         return 0;
     }
 
+    /* MPI's start-up, the control communicator and the agreement on the options wait for
+     * every rank with no timeout of their own: a deadline of --comm-timeout bounds them. */
+    failpoint_set_observer(announce_stall);
+    int launcher_rank = 0;
+    job_launcher_rank(&launcher_rank, NULL);
+    failpoint_stall("init", launcher_rank); /* before the deadline: as a stopped process */
+    double startup = startup_timeout(argc, argv);
+    deadline_start(startup, "MPI start-up (MPI_Init)",
+                   "a rank is stalled (stopped, or waiting on a hung file system) or lost before "
+                   "MPI was up, or the launcher did not start every rank; MPI does not say which",
+                   NULL);
     job j;
-    ddt_status status = job_init(&j, &argc, &argv);
+    ddt_status status = job_init(&j, &argc, &argv, startup);
     if (status != DDT_OK) return job_end(&j, status);
+    deadline_phase("set-up: the agreement on the command and the options",
+                   "a rank is stalled (stopped, or waiting on a hung file system) or lost", &j);
     command cmd;
     if (!parse_command(argv[1], &cmd)) {
         status = comm_agree(j.control,
@@ -108,10 +149,12 @@ int main(int argc, char **argv) {
                             "the options");
         return job_end(&j, status);
     }
-    /* Every wait between ranks from here on is bounded, and watched. */
-    double timeout = cmd == COMMAND_TRAIN || cmd == COMMAND_EVAL ? opts.comm_timeout : 300;
+    /* Every wait between ranks from here on is bounded, and watched. (Commands without
+     * --comm-timeout keep its default.) */
+    double timeout = opts.comm_timeout;
     status = job_set_timeout(&j, timeout);
     if (status != DDT_OK) return job_end(&j, status);
+    deadline_stop();
     /* From here on files given by the user are read: HDF5 crashing on a damaged one, or not
      * returning within the same bound, ends this rank with a message naming the file. */
     crash_guard_install(&j, timeout);

@@ -188,10 +188,13 @@ static const option_def option_table[] = {
      precision_choices},
     {"loss-scale", 0, OPTION_REAL, TRAIN, FIELD(loss_scale), "65536", 1, 1e30, "S",
      "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)", NULL},
-    {"comm-timeout", 0, OPTION_REAL, TRAIN | EVAL, FIELD(comm_timeout), "300", 0, 1e7, "SECONDS",
+    {"comm-timeout", 0, OPTION_REAL, TRAIN | EVAL | GENERATE, FIELD(comm_timeout), "300", 0, 1e7,
+     "SECONDS",
      "end the job when any wait between ranks makes no progress for this long, naming the "
-     "ranks waited for, or when one HDF5 read (of a damaged file) does not return for this "
-     "long, naming the file (0: no limit)",
+     "ranks waited for (MPI's start-up and end too, naming the phase), or when one HDF5 read "
+     "(of a damaged file) does not return for this long, naming the file; a stalled or lost "
+     "rank ends the job within this bound plus at most 2 s that ranks other than 0 give rank "
+     "0 to name it, and the launcher's time to end the processes (0: no limit)",
      NULL},
     {"threads", 0, OPTION_INT, TRAIN | EVAL | GENERATE, FIELD(threads), "1", 1, 1024, "T",
      "BLAS threads per rank", NULL},
