@@ -156,6 +156,10 @@ ddt_status comm_gatherv_bytes(comm *c, const void *mine, size_t bytes, void *all
 ddt_status comm_allgather_bytes(comm *c, const void *mine, size_t bytes, void *all,
                                 const char *what);
 ddt_status comm_barrier(comm *c, const char *what);
+/* Rank 0's `mine` (a NUL-terminated text of any length) to every rank, as a malloc'ed copy in
+ * *root_text that the caller frees (rank 0 gets a copy of its own); bounded as any wait. For
+ * checking that every rank was given the same thing: each compares it with its own. */
+ddt_status comm_broadcast_text(comm *c, const char *mine, char **root_text, const char *what);
 
 /* The point where every rank learns whether all succeeded: returns DDT_OK if `local` is OK
  * on every rank, else the status of the lowest failing rank, on every rank, with that rank's

@@ -100,6 +100,33 @@ ddt_status comm_barrier(comm *c, const char *what) {
     return finish(c, rc, &request, "MPI_Ibarrier", what);
 }
 
+ddt_status comm_broadcast_text(comm *c, const char *mine, char **root_text, const char *what) {
+    *root_text = NULL;
+    uint64_t length = c->rank == 0 ? (uint64_t)strlen(mine) : 0;
+    DDT_CHECK(comm_broadcast_bytes(c, &length, sizeof length, 0, what));
+    char *text = malloc((size_t)length + 1);
+    /* Out of memory on one rank must not leave the others in the broadcast: every rank takes
+     * part, into a scratch buffer if it has no room (and fails after). */
+    static char scratch[1 << 16];
+    ddt_status status = DDT_OK;
+    if (c->rank == 0 && text) memcpy(text, mine, (size_t)length);
+    for (uint64_t done = 0; done < length && status == DDT_OK;) {
+        size_t part = length - done > sizeof scratch ? sizeof scratch : (size_t)(length - done);
+        status = comm_broadcast_bytes(c, text ? text + done : scratch, part, 0, what);
+        done += part;
+    }
+    if (status != DDT_OK) {
+        free(text);
+        return status;
+    }
+    if (!text)
+        return ddt_error(DDT_ERR_MEMORY, "%s: out of host memory for %llu bytes", what,
+                         (unsigned long long)length);
+    text[length] = '\0';
+    *root_text = text;
+    return DDT_OK;
+}
+
 /* ---- agreement ------------------------------------------------------------------------- */
 
 /* What the failing rank sends everybody. */

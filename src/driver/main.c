@@ -8,6 +8,7 @@
  *   ddtrain info     print a dataset's geometry and check every row
  */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -75,6 +76,31 @@ static void announce_stall(const char *point, int rank, double seconds) {
             "%.3f\n",
             rank, point, seconds, (double)now.tv_sec + 1e-9 * (double)now.tv_nsec);
     fflush(stderr);
+}
+
+/* Every rank must run with the same configuration: a rank started with another --lr, say,
+ * would train on to the end with the others. Rank 0's canonical configuration (options.h:
+ * every option, and what train takes from the environment) goes to every rank, which
+ * compares it with its own and names the first difference. Collective. */
+static ddt_status check_same_configuration(job *j, command cmd, const options *opts) {
+    static const char *const variables[] = {"DDTRAIN_DEVICE_MEMORY", "DDTRAIN_DEVICE_MEMORY_LIMIT"};
+    const char *extra[4];
+    int extra_count = 0;
+    for (size_t i = 0; cmd == COMMAND_TRAIN && i < sizeof variables / sizeof variables[0]; i++) {
+        const char *value = getenv(variables[i]);
+        extra[2 * extra_count] = variables[i];
+        extra[2 * extra_count++ + 1] = value ? value : "(unset)";
+    }
+    char *mine = options_canonical(cmd, opts, extra, extra_count);
+    char *root = NULL;
+    ddt_status status = comm_broadcast_text(j->control, mine ? mine : "", &root,
+                                            "set-up: the ranks' configuration");
+    if (status == DDT_OK && !mine)
+        status = ddt_error(DDT_ERR_MEMORY, "out of host memory for the configuration");
+    if (status == DDT_OK && j->rank != 0) status = options_compare_canonical(root, mine, j->rank);
+    free(root);
+    free(mine);
+    return status;
 }
 
 int main(int argc, char **argv) {
@@ -158,6 +184,9 @@ int main(int argc, char **argv) {
     /* From here on files given by the user are read: HDF5 crashing on a damaged one, or not
      * returning within the same bound, ends this rank with a message naming the file. */
     crash_guard_install(&j, timeout);
+    status = comm_agree(j.control, check_same_configuration(&j, cmd, &opts),
+                        "set-up: the ranks' configuration");
+    if (status != DDT_OK) return job_end(&j, status);
     switch (cmd) {
     case COMMAND_TRAIN: status = train_command(&j, &opts); break;
     case COMMAND_EVAL: status = eval_command(&j, &opts); break;
