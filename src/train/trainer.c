@@ -550,7 +550,10 @@ static ddt_status after_step(trainer *t, const step_outcome *o, bool *stop) {
                                  &result));
         evaluated = true;
         if (periodic) report_evaluation(t, done, &result);
+        double sample_started = clock_now();
         DDT_CHECK(comm_agree(t->control, print_sample(t), "a sample"));
+        /* the sample belongs to the evaluation: not training time, in no window's rate */
+        t->report.evaluation_seconds += clock_now() - sample_started;
     }
     if (epoch_end)
         report_epoch(t, (done - 1) / t->shape.steps_per_epoch,
