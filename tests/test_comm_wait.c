@@ -1,8 +1,10 @@
 /* test_comm_wait.c - the one waiting policy of every communication backend (comm_wait_tick,
  * used by the MPI backend's polls and the NCCL backend's alike): the wait hook runs every
  * half second while a wait lasts, a timeout ends the wait with a message naming the
- * operation and --comm-timeout, and a timeout of 0 means no limit on either backend. No MPI
- * call is made.
+ * operation and --comm-timeout, and a timeout of 0 means no limit on either backend. Time in
+ * which the process did not run (stopped by SIGSTOP, then continued: a gap between ticks far
+ * longer than polling makes) counts as one second, so a rank continued after a stop does not
+ * time out at once, blaming another for its own stop. No MPI call is made.
  */
 #include <string.h>
 #include <time.h>
@@ -54,6 +56,21 @@ int main(void) {
         CHECK_OK(wait_for(&c, 1.2, &failed_after));
         CHECK(hook_calls >= 2 && hook_calls <= 3);
     }
+
+    /* A stop of 30 s right after the wait began (the clock moved on, the process did not run)
+     * counts as 1 s: the wait goes on under a timeout of 5 s. A gap of half a second (a slow
+     * poll) counts in full. */
+    comm_set_timeout(&c, 5.0);
+    comm_wait stopped = comm_wait_begin(&c);
+    stopped.started -= 30;
+    stopped.now -= 30;
+    CHECK_OK(comm_wait_tick(&c, &stopped, "a test collective"));
+    CHECK(stopped.now - stopped.started >= 1.0 && stopped.now - stopped.started < 1.5);
+    comm_wait slow = comm_wait_begin(&c);
+    slow.started -= 0.5;
+    slow.now -= 0.5;
+    CHECK_OK(comm_wait_tick(&c, &slow, "a test collective"));
+    CHECK(slow.now - slow.started >= 0.5 && slow.now - slow.started < 0.9);
 
     /* Without a hook nothing is called, and a long timeout does not fire early. */
     comm_set_wait_hook(&c, NULL, NULL);

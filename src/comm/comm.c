@@ -249,15 +249,24 @@ ddt_status comm_wait_tick(comm *c, comm_wait *w, const char *what) {
 
 ddt_status comm_wait_tick_naming(comm *c, comm_wait *w, const char *what, int rank,
                                  const char *missing) {
-    w->now = clock_now();
+    double now = clock_now();
+    /* A gap far longer than the polling's: the process did not run (it was stopped, and is
+     * continued). That time was not spent waiting for the others: a rank continued after a
+     * SIGSTOP must not blame another for its own stop. */
+    if (now - w->now > 1.0) w->started += now - w->now - 1.0;
+    w->now = now;
     if (c->wait_hook && w->now - w->last_hook >= 0.5) {
         c->wait_hook(c->wait_hook_context);
         w->last_hook = w->now;
     }
-    /* Ranks other than 0 wait a little longer: rank 0 names the lagging ranks. */
-    double grace = c->rank == 0 ? 0 : c->timeout_seconds / 10 < 2 ? c->timeout_seconds / 10 : 2;
-    if (c->timeout_seconds <= 0 || w->now - w->started < c->timeout_seconds + grace)
-        return DDT_OK;
+    double waited = w->now - w->started;
+    if (c->timeout_seconds <= 0 || waited < c->timeout_seconds) return DDT_OK;
+    /* Ranks other than 0 wait a little longer while rank 0 answers: rank 0 names the lagging
+     * ranks. When rank 0 is silent, it is the one. */
+    comm *control = c->wait_hook == comm_watchdog_poll ? c->wait_hook_context : NULL;
+    bool root_silent = c->rank != 0 && comm_root_silent(control);
+    double grace = c->timeout_seconds / 10 < 2 ? c->timeout_seconds / 10 : 2;
+    if (c->rank != 0 && !root_silent && waited < c->timeout_seconds + grace) return DDT_OK;
     if (rank >= 0)
         return ddt_error(DDT_ERR_COMM,
                          "%s made no progress for %g s (--comm-timeout): rank %d %s (stalled or "
@@ -265,8 +274,8 @@ ddt_status comm_wait_tick_naming(comm *c, comm_wait *w, const char *what, int ra
                          what, c->timeout_seconds, rank, missing);
     /* Rank 0's watchdog knows whom everybody waits for. */
     char lagging[256] = "";
-    if (c->wait_hook == comm_watchdog_poll)
-        comm_lagging_ranks(c->wait_hook_context, lagging, sizeof lagging);
+    if (control) comm_lagging_ranks(control, lagging, sizeof lagging);
+    if (root_silent) snprintf(lagging, sizeof lagging, "0");
     if (lagging[0])
         return ddt_error(DDT_ERR_COMM,
                          "%s made no progress for %g s (--comm-timeout): rank(s) %s never "
@@ -276,7 +285,10 @@ ddt_status comm_wait_tick_naming(comm *c, comm_wait *w, const char *what, int ra
                      "%s made no progress for %g s (--comm-timeout): a rank was lost or "
                      "stalled%s",
                      what, c->timeout_seconds,
-                     c->rank == 0 ? "" : " (rank 0 names it, unless rank 0 is the one)");
+                     c->rank != 0                   ? " (rank 0, which answers, names it)"
+                     : control && control->watchdog ? " (every rank reached it and answers: the "
+                                                      "network, or an MPI failure?)"
+                                                    : "");
 }
 
 void comm_set_wait_hook(comm *c, void (*hook)(void *context), void *context) {

@@ -23,7 +23,8 @@
  *
  * Failure: every wait polls, on every backend, under one policy (comm_set_timeout,
  * comm_set_wait_hook): a wait that makes no progress for the timeout fails with DDT_ERR_COMM
- * instead of hanging, and the wait hook (the watchdog) runs meanwhile. The NCCL backend also
+ * instead of hanging, and the wait hook (the watchdog) runs meanwhile. Time in which the
+ * process did not run at all (it was stopped) does not count as waiting. The NCCL backend also
  * checks for asynchronous errors while it polls; on an error or a timeout it aborts the NCCL
  * communicator (so no rank stays blocked in it). After a DDT_ERR_COMM the communicator is
  * dead, and the caller must end the job on every rank (MPI_Abort), never just this one.
@@ -106,9 +107,10 @@ ddt_status comm_backend_choose(comm_backend_request request, device_kind device,
 
 /* How long any wait (data plane or control plane, on every backend) may make no progress
  * before it fails with DDT_ERR_COMM (NCCL: after aborting the communicator). Default 300 s;
- * a value <= 0 (or NaN) means no limit: wait as long as it takes. Ranks other than 0 wait a
- * little longer (a tenth more, at most 2 s), so that rank 0, which can name the ranks
- * everybody waits for, is normally the one that reports. */
+ * a value <= 0 (or NaN) means no limit: wait as long as it takes. While rank 0 answers (the
+ * watchdog's pings), ranks other than 0 wait a little longer (a tenth more, at most 2 s), so
+ * that rank 0, which can name the ranks everybody waits for, is the one that reports; when
+ * rank 0 is silent they fail at the timeout, naming rank 0. */
 void comm_set_timeout(comm *c, double seconds);
 /* Called every half second while a wait is in progress, on every backend (e.g. a watchdog
  * that names the ranks being waited for); NULL removes it. */
@@ -154,6 +156,10 @@ ddt_status comm_gatherv_bytes(comm *c, const void *mine, size_t bytes, void *all
 ddt_status comm_allgather_bytes(comm *c, const void *mine, size_t bytes, void *all,
                                 const char *what);
 ddt_status comm_barrier(comm *c, const char *what);
+/* Rank 0's `mine` (a NUL-terminated text of any length) to every rank, as a malloc'ed copy in
+ * *root_text that the caller frees (rank 0 gets a copy of its own); bounded as any wait. For
+ * checking that every rank was given the same thing: each compares it with its own. */
+ddt_status comm_broadcast_text(comm *c, const char *mine, char **root_text, const char *what);
 
 /* The point where every rank learns whether all succeeded: returns DDT_OK if `local` is OK
  * on every rank, else the status of the lowest failing rank, on every rank, with that rank's
@@ -180,9 +186,13 @@ ddt_status comm_enable_watchdog(comm *c, double warn_after, FILE *log);
 void comm_watchdog_poll(void *control_comm);
 /* Rank 0: the ranks not at the current meeting point, e.g. "1, 3" ("" if none or unknown). */
 const char *comm_lagging_ranks(comm *c, char *text, size_t size);
+/* Ranks but 0: whether rank 0 has gone silent (comm_lagging_ranks' counterpart: rank 0 has
+ * not reached the point this rank waits at, or stopped inside it). */
+bool comm_root_silent(comm *c);
 /* Ends the watchdog: drained within the timeout after a normal end (every rank, collective),
- * abandoned after a failure. */
-void comm_finish_watchdog(comm *c, bool normal_end);
+ * abandoned after a failure. A drain that gives up (a rank lost at the very end) returns
+ * DDT_ERR_COMM naming the rank; the caller ends the job at once (MPI_Abort). */
+ddt_status comm_finish_watchdog(comm *c, bool normal_end);
 
 typedef struct gradient_buckets gradient_buckets;
 

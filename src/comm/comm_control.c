@@ -100,6 +100,33 @@ ddt_status comm_barrier(comm *c, const char *what) {
     return finish(c, rc, &request, "MPI_Ibarrier", what);
 }
 
+ddt_status comm_broadcast_text(comm *c, const char *mine, char **root_text, const char *what) {
+    *root_text = NULL;
+    uint64_t length = c->rank == 0 ? (uint64_t)strlen(mine) : 0;
+    DDT_CHECK(comm_broadcast_bytes(c, &length, sizeof length, 0, what));
+    char *text = malloc((size_t)length + 1);
+    /* Out of memory on one rank must not leave the others in the broadcast: every rank takes
+     * part, into a scratch buffer if it has no room (and fails after). */
+    static char scratch[1 << 16];
+    ddt_status status = DDT_OK;
+    if (c->rank == 0 && text) memcpy(text, mine, (size_t)length);
+    for (uint64_t done = 0; done < length && status == DDT_OK;) {
+        size_t part = length - done > sizeof scratch ? sizeof scratch : (size_t)(length - done);
+        status = comm_broadcast_bytes(c, text ? text + done : scratch, part, 0, what);
+        done += part;
+    }
+    if (status != DDT_OK) {
+        free(text);
+        return status;
+    }
+    if (!text)
+        return ddt_error(DDT_ERR_MEMORY, "%s: out of host memory for %llu bytes", what,
+                         (unsigned long long)length);
+    text[length] = '\0';
+    *root_text = text;
+    return DDT_OK;
+}
+
 /* ---- agreement ------------------------------------------------------------------------- */
 
 /* What the failing rank sends everybody. */
@@ -186,11 +213,23 @@ const char *comm_lagging_ranks(comm *c, char *text, size_t size) {
     return text;
 }
 
-void comm_finish_watchdog(comm *c, bool normal_end) {
-    if (!c || !c->watchdog) return;
-    if (normal_end)
-        watchdog_free(c->watchdog, c->meeting_points, c->timeout_seconds);
-    else
-        watchdog_abandon(c->watchdog);
+bool comm_root_silent(comm *c) {
+    return c && c->watchdog && watchdog_root_silent(c->watchdog);
+}
+
+ddt_status comm_finish_watchdog(comm *c, bool normal_end) {
+    if (!c || !c->watchdog) return DDT_OK;
+    watchdog *w = c->watchdog;
     c->watchdog = NULL;
+    if (!normal_end) {
+        watchdog_abandon(w);
+        return DDT_OK;
+    }
+    char lagging[32];
+    if (watchdog_free(w, c->meeting_points, c->timeout_seconds, lagging, sizeof lagging))
+        return DDT_OK;
+    return ddt_error(DDT_ERR_COMM,
+                     "the end of the job made no progress for %g s (--comm-timeout): rank(s) %s "
+                     "never reached it or went silent (stalled or lost)",
+                     c->timeout_seconds, lagging[0] ? lagging : "?");
 }

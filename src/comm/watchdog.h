@@ -7,7 +7,9 @@
  * every rank. While rank 0 waits, watchdog_poll() looks at who has not arrived at its current
  * point or has gone silent: past `warn_after` seconds it writes a warning naming them and the
  * point ("step 43: waited 3 s for rank(s) 1, ..."), and watchdog_lagging() gives the same list
- * for the error when the wait times out. If rank 0 itself is the one lagging, nobody is named.
+ * for the error when the wait times out. Rank 0 in turn pings every other rank about once a
+ * second while it waits, so that when rank 0 itself is the one lagging (it has not reached
+ * the point, or stopped inside it) the others can name it: watchdog_root_silent().
  *
  * Nothing here waits without bound: the drain at the end (watchdog_free) gives up after its
  * timeout, so a rank lost at the very end cannot hang the others.
@@ -17,12 +19,13 @@
  *     DDT_CHECK(watchdog_init(world, 30.0, stderr, &w));
  *     comm_set_wait_hook(c, watchdog_poll, w);
  *     at each meeting point: watchdog_arrive(w, ++point, "step 17"); ... collectives ...
- *     at the end, on every rank: watchdog_free(w, point, 30.0);
+ *     at the end, on every rank: watchdog_free(w, point, 30.0, NULL, 0);
  */
 #ifndef DDT_COMM_WATCHDOG_H
 #define DDT_COMM_WATCHDOG_H
 
 #include <mpi.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -41,12 +44,18 @@ void watchdog_poll(void *w);
 /* Rank 0: "2, 5", the ranks not yet at the current point or silent ("" when none or not
  * rank 0). */
 const char *watchdog_lagging(watchdog *w, char *text, size_t size);
+/* Every rank but 0: whether rank 0 has been silent for a few seconds (it is not waiting in
+ * communication: it has not reached the point this rank waits at, or stopped inside it);
+ * false on rank 0. */
+bool watchdog_root_silent(watchdog *w);
 /* The label of the current point ("" before the first). */
 const char *watchdog_point_label(const watchdog *w);
 /* Collective at a normal end (every rank passes the last point it arrived at): drains the
- * messages and frees, giving up after `timeout_seconds` (0: no limit). After a failure call
- * watchdog_abandon() instead. */
-void watchdog_free(watchdog *w, int64_t last_point, double timeout_seconds);
+ * messages and frees, giving up after `timeout_seconds` (0: no limit). Returns whether the
+ * drain completed; if not, `lagging` (may be NULL) names the rank it gave up on ("3"; rank
+ * 0 for every other rank). After a failure call watchdog_abandon() instead. */
+bool watchdog_free(watchdog *w, int64_t last_point, double timeout_seconds, char *lagging,
+                   size_t size);
 void watchdog_abandon(watchdog *w);
 
 #endif

@@ -92,14 +92,30 @@ static void on_crash(int signal_number) {
      * faulting instruction runs again, or abort() raises again. */
 }
 
+/* Counts how long the current read step has lasted, from its own wake-ups once a second:
+ * each counts the time since the last one, but at most two seconds of it, so time in which
+ * the process did not run (stopped, then continued) does not make a read look endless. */
 static void *watch_reads(void *unused) {
     (void)unused;
     struct timespec second = {1, 0};
+    double last = read_guard_now(), read_started = -1, counted = 0;
     for (;;) {
         nanosleep(&second, NULL);
+        double now = read_guard_now(), gap = now - last;
+        last = now;
+        if (gap > 2) gap = 2;
         read_guard_state state = read_guard_current();
-        double elapsed = state.path ? read_guard_now() - state.started : 0;
-        if (state.path && elapsed > stall_limit)
+        if (!state.path) {
+            read_started = -1;
+            continue;
+        }
+        if (state.started != read_started) { /* a new read step since the last look */
+            read_started = state.started;
+            counted = now - state.started < gap ? now - state.started : gap;
+        } else {
+            counted += gap;
+        }
+        if (counted > stall_limit)
             report_and_exit("HDF5 has not returned in more than ", state.path, (long)stall_limit);
     }
     return NULL;

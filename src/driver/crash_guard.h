@@ -11,7 +11,9 @@
  *     dumps core as before;
  *   - a watchdog thread that ends the rank the same way when one HDF5 read step has lasted
  *     longer than `stall_seconds` (--comm-timeout: no rank waits longer than that for another
- *     anyway).
+ *     anyway). Time in which the process did not run (stopped by SIGSTOP, then continued)
+ *     does not count, so a rank continued after a stop does not blame the file it was
+ *     reading.
  * A rank that exits non-zero makes mpirun end the others; under srun, the others end when
  * their next collective times out (--comm-timeout) naming the lost rank.
  *

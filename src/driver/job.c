@@ -7,7 +7,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "driver/deadline.h"
 #include "io/io_exit.h"
+#include "util/failpoint.h"
 #include "util/files.h"
 
 /* The watchdog's first warning: a tenth of the timeout, at most 30 s. */
@@ -16,8 +18,29 @@ static double warn_after(double timeout) {
     return timeout / 10 < 30 ? timeout / 10 : 30;
 }
 
-ddt_status job_init(job *j, int *argc, char ***argv) {
+bool job_launcher_rank(int *rank, int *size) {
+    static const char *const variables[][2] = {
+        {"OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"}, /* Open MPI's mpirun */
+        {"PMIX_RANK", "SLURM_STEP_NUM_TASKS"},            /* PMIx (srun --mpi=pmix) */
+        {"PMI_RANK", "PMI_SIZE"},                         /* MPICH's PMI */
+        {"SLURM_PROCID", "SLURM_STEP_NUM_TASKS"},         /* Slurm */
+    };
+    *rank = 0;
+    if (size) *size = 1;
+    for (size_t i = 0; i < sizeof variables / sizeof variables[0]; i++) {
+        const char *text = getenv(variables[i][0]);
+        if (!text || !*text) continue;
+        *rank = atoi(text);
+        const char *count = getenv(variables[i][1]);
+        if (size) *size = count && *count ? atoi(count) : 0;
+        return true;
+    }
+    return false;
+}
+
+ddt_status job_init(job *j, int *argc, char ***argv, double timeout) {
     memset(j, 0, sizeof *j);
+    j->timeout = timeout;
     int provided = 0;
     int rc = MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided);
     if (rc != MPI_SUCCESS) return ddt_error(DDT_ERR_COMM, "MPI_Init_thread failed");
@@ -30,13 +53,21 @@ ddt_status job_init(job *j, int *argc, char ***argv) {
     if (provided < MPI_THREAD_FUNNELED)
         return ddt_error(DDT_ERR_COMM, "the MPI library does not support threads (needed for "
                                        "the reader thread)");
-    /* The only collectives without a timeout (communicator creation): here, right after
-     * MPI_Init, while every rank is known to be at this point. */
-    return comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, NULL, &j->control);
+    /* The only collective without a timeout of its own (communicator creation): here, right
+     * after MPI_Init, under the caller's deadline. */
+    deadline_phase("set-up: creating the control communicator (MPI_Comm_split_type)",
+                   "a rank is stalled (stopped, or waiting on a hung file system) or lost", j);
+    DDT_CHECK(comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, NULL, &j->control));
+    comm_set_timeout(j->control, timeout);
+    return DDT_OK;
 }
 
 ddt_status job_set_timeout(job *j, double seconds) {
+    j->timeout = seconds;
     comm_set_timeout(j->control, seconds);
+    /* The watchdog's communicator is made by a blocking MPI_Comm_dup, under the deadline. */
+    deadline_phase("set-up: starting the watchdog (MPI_Comm_dup)",
+                   "a rank is stalled (stopped, or waiting on a hung file system) or lost", j);
     return comm_enable_watchdog(j->control, warn_after(seconds), stderr);
 }
 
@@ -75,12 +106,21 @@ static void print_error(const job *j, ddt_status status, int rank, const char *h
     fflush(stderr);
 }
 
-/* After MPI_Finalize: the process ends now, without HDF5's clean-up at exit where a failed
- * file close left it unable to run safely (io_exit.h). */
+/* MPI_Finalize waits for every rank, with no timeout of its own: under the job's deadline.
+ * After it the process ends now, without HDF5's clean-up at exit where a failed file close
+ * left it unable to run safely (io_exit.h). */
 static int finish(job *j, int code) {
     fflush(stdout);
     fflush(stderr);
-    if (j->mpi_initialised) MPI_Finalize();
+    if (j->mpi_initialised) {
+        failpoint_stall("end", j->rank);
+        deadline_start(j->timeout, "the end of the job (MPI_Finalize)",
+                       "a rank stalled or was lost at the very end, after the ranks' last "
+                       "meeting",
+                       j);
+        MPI_Finalize();
+        deadline_stop();
+    }
     j->mpi_initialised = false;
     if (io_exit_must_be_immediate()) _exit(code);
     return code;
@@ -102,9 +142,11 @@ int job_end(job *j, ddt_status status) {
     /* Every rank succeeded: meet once more, bounded, so that MPI_Finalize (which waits for
      * every rank) cannot hang on one that is lost at the very end. */
     if (j->control) {
-        comm_finish_watchdog(j->control, true);
-        if (comm_barrier(j->control, "the end of the job") != DDT_OK)
-            job_abort(j, DDT_ERR_COMM, NULL);
+        /* One bound in all: a drain that gave up ends the job at once, without the barrier
+         * waiting out another timeout. */
+        ddt_status ended = comm_finish_watchdog(j->control, true);
+        if (ended == DDT_OK) ended = comm_barrier(j->control, "the end of the job");
+        if (ended != DDT_OK) job_abort(j, DDT_ERR_COMM, NULL);
         comm_free(j->control);
         j->control = NULL;
     }

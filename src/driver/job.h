@@ -11,7 +11,8 @@
  *
  * Usage:
  *     job j;
- *     if (job_init(&j, &argc, &argv) != DDT_OK) return job_end(&j, DDT_ERR_COMM);
+ *     deadline_start(timeout, "MPI start-up (MPI_Init)", "...", NULL);
+ *     if (job_init(&j, &argc, &argv, timeout) != DDT_OK) return job_end(&j, DDT_ERR_COMM);
  *     ... options parsed and agreed ...; job_set_timeout(&j, opts.comm_timeout);
  *     ddt_status st = train_run(j.control, &config);
  *     return job_end(&j, st);
@@ -31,16 +32,26 @@ typedef struct job {
     int world_size;
     bool mpi_initialised;
     char host[64];
+    double timeout; /* --comm-timeout: bounds MPI_Finalize too (deadline.h); 0: none */
     comm *control; /* agreements and the control plane (MPI backend, no device) */
 } job;
 
-/* MPI_Init_thread (funneled: only the main thread calls MPI) and the control communicator. */
-ddt_status job_init(job *j, int *argc, char ***argv);
+/* MPI_Init_thread (funneled: only the main thread calls MPI) and the control communicator,
+ * whose waits are bounded by `timeout` until job_set_timeout(). Neither call has a timeout
+ * of its own: the caller bounds them with a deadline (deadline.h), which job_init moves from
+ * phase to phase. */
+ddt_status job_init(job *j, int *argc, char ***argv, double timeout);
 
 /* --comm-timeout for every wait between ranks from now on (0: no limit), and the watchdog
  * (warnings after a tenth of it, at most 30 s, to stderr). Collective: once, by every rank,
  * right after the options are agreed. */
 ddt_status job_set_timeout(job *j, double seconds);
+
+/* This process's rank and world size as its launcher set them in the environment, before
+ * MPI is up (Open MPI's mpirun, PMIx as under srun --mpi=pmix, Slurm, MPICH's PMI): false,
+ * with rank 0 and size 1, for a process started alone. `size` may be NULL; 0 where the
+ * launcher does not say. */
+bool job_launcher_rank(int *rank, int *size);
 
 /* Under Slurm, refuses a world size that disagrees with the job step's task count
  * (SLURM_STEP_NUM_TASKS for srun-launched tasks, else SLURM_NTASKS): that is the trap of N
@@ -50,7 +61,8 @@ ddt_status job_check_slurm(const job *j);
 
 /* Ends the job with `status` on this rank: an agreed failure is printed once (rank 0), an
  * unagreed one by this rank, which then ends every rank (MPI_Abort). On success the ranks
- * meet once more (bounded) before MPI_Finalize. Returns the process exit code. */
+ * meet once more (bounded) before MPI_Finalize. MPI_Finalize, which waits for every rank, is
+ * bounded by the job's timeout (deadline.h). Returns the process exit code. */
 int job_end(job *j, ddt_status status);
 
 /* Ends every rank at once (MPI_Abort) after printing the message; does not return. */

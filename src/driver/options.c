@@ -193,10 +193,13 @@ static const option_def option_table[] = {
      precision_choices},
     {"loss-scale", 0, OPTION_REAL, TRAIN, FIELD(loss_scale), "65536", 1, 1e30, "S",
      "fp16: initial dynamic loss scale (halved on overflow, doubled after 2000 good steps)", NULL},
-    {"comm-timeout", 0, OPTION_REAL, TRAIN | EVAL, FIELD(comm_timeout), "300", 0, 1e7, "SECONDS",
+    {"comm-timeout", 0, OPTION_REAL, TRAIN | EVAL | GENERATE, FIELD(comm_timeout), "300", 0, 1e7,
+     "SECONDS",
      "end the job when any wait between ranks makes no progress for this long, naming the "
-     "ranks waited for, or when one HDF5 read (of a damaged file) does not return for this "
-     "long, naming the file (0: no limit)",
+     "ranks waited for (MPI's start-up and end too, naming the phase), or when one HDF5 read "
+     "(of a damaged file) does not return for this long, naming the file; a stalled or lost "
+     "rank ends the job within this bound plus at most 2 s that ranks other than 0 give rank "
+     "0 to name it, and the launcher's time to end the processes (0: no limit)",
      NULL},
     {"threads", 0, OPTION_INT, TRAIN | EVAL | GENERATE, FIELD(threads), "1", 1, 1024, "T",
      "BLAS threads per rank", NULL},
@@ -493,6 +496,142 @@ static void format_value(const option_def *def, const options *opts, char *text,
             snprintf(text, size, "%lldB", (long long)bytes);
         return;
     }
+    }
+}
+
+/* ---- the configuration every rank must share -------------------------------------------- */
+
+/* Options that may differ between ranks, and why (README, "Checkpoints, preemption and
+ * failures"). */
+static bool may_differ_between_ranks(const option_def *def) {
+    return def->offset == FIELD(help) ||
+           /* a rank's own BLAS threads: a resource of its node. It changes the rounding of the
+            * rank's local products only, and every rank applies the same all-reduced gradients
+            * (the optimizer's arithmetic is BLAS-free), so the replicas stay identical. */
+           def->offset == FIELD(threads) ||
+           /* compared as the files they resolve to (train, eval), so node-local copies under
+            * other paths are allowed and one path naming other files on another node is not */
+           def->offset == FIELD(data) || def->offset == FIELD(eval_data);
+}
+
+/* Appends "NAME\tVALUE\n" to text[*used..], tabs, newlines and backslashes in the value
+ * escaped; grows text (*size). false when out of memory. */
+static bool append_setting(char **text, size_t *used, size_t *size, const char *name,
+                           const char *value) {
+    size_t needed = *used + strlen(name) + 2 * strlen(value) + 3;
+    if (needed > *size) {
+        size_t grown = needed * 2;
+        char *more = realloc(*text, grown);
+        if (!more) return false;
+        *text = more;
+        *size = grown;
+    }
+    char *out = *text + *used;
+    out += sprintf(out, "%s\t", name);
+    for (const char *v = value; *v; v++) {
+        if (*v == '\\' || *v == '\t' || *v == '\n') {
+            *out++ = '\\';
+            *out++ = *v == '\t' ? 't' : *v == '\n' ? 'n' : '\\';
+        } else {
+            *out++ = *v;
+        }
+    }
+    *out++ = '\n';
+    *out = '\0';
+    *used = (size_t)(out - *text);
+    return true;
+}
+
+char *options_canonical(command cmd, const options *opts, const char *const *extra,
+                        int extra_count) {
+    size_t used = 0, size = 4096;
+    char *text = malloc(size);
+    if (!text) return NULL;
+    text[0] = '\0';
+    bool ok = append_setting(&text, &used, &size, "the command", command_name(cmd));
+    for (size_t i = 0; ok && i < OPTION_COUNT; i++) {
+        const option_def *def = &option_table[i];
+        if (!(def->commands & cmd) || may_differ_between_ranks(def)) continue;
+        char name[64], value[512];
+        snprintf(name, sizeof name, "--%s", def->name);
+        format_value(def, opts, value, sizeof value);
+        if (def->type == OPTION_REAL) { /* the shortest text that reads back as the same value */
+            double number = *(const double *)((const char *)opts + def->offset);
+            for (int digits = 1; digits <= 17; digits++) {
+                snprintf(value, sizeof value, "%.*g", digits, number);
+                if (strtod(value, NULL) == number) break;
+            }
+        } else if (def->type == OPTION_STRING) { /* a path or a spec may be longer than value */
+            const char *given = *(const char *const *)((const char *)opts + def->offset);
+            if (given) {
+                ok = append_setting(&text, &used, &size, name, given);
+                continue;
+            }
+        }
+        ok = append_setting(&text, &used, &size, name, value);
+    }
+    for (int i = 0; ok && i < opts->positional_count; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "argument %d", i + 1);
+        ok = append_setting(&text, &used, &size, name, opts->positional[i]);
+    }
+    for (int i = 0; ok && i + 1 < extra_count * 2; i += 2)
+        ok = append_setting(&text, &used, &size, extra[i], extra[i + 1]);
+    if (!ok) {
+        free(text);
+        return NULL;
+    }
+    return text;
+}
+
+/* The line at `*cursor` split into name and value (pointers into a copy the caller frees);
+ * false at the end of the text. */
+static bool next_setting(const char **cursor, char **line, const char **name, const char **value) {
+    if (!**cursor) return false;
+    const char *end = strchr(*cursor, '\n');
+    size_t length = end ? (size_t)(end - *cursor) : strlen(*cursor);
+    *line = strndup(*cursor, length);
+    *cursor += length + (end ? 1 : 0);
+    if (!*line) return false;
+    char *tab = strchr(*line, '\t');
+    if (tab) *tab = '\0';
+    *name = *line;
+    *value = tab ? tab + 1 : "";
+    return true;
+}
+
+ddt_status options_compare_canonical(const char *root, const char *mine, int rank) {
+    const char *a = root, *b = mine;
+    for (;;) {
+        char *line_a = NULL, *line_b = NULL;
+        const char *name_a = NULL, *name_b = NULL, *value_a = NULL, *value_b = NULL;
+        bool more_a = next_setting(&a, &line_a, &name_a, &value_a);
+        bool more_b = next_setting(&b, &line_b, &name_b, &value_b);
+        ddt_status status = DDT_OK;
+        if (!more_a && !more_b) {
+            /* the same */
+        } else if (more_a && more_b && strcmp(name_a, name_b) == 0) {
+            if (strcmp(value_a, value_b) != 0)
+                status = ddt_error(DDT_ERR_USAGE,
+                                   "the ranks were started with different settings: %s is '%s' "
+                                   "on rank 0 but '%s' on rank %d (every rank must be given the "
+                                   "same command and options; only --threads may differ, and "
+                                   "--data and --eval-data may name identical copies under "
+                                   "other paths)",
+                                   name_a, value_a, value_b, rank);
+        } else {
+            status = ddt_error(
+                DDT_ERR_USAGE,
+                "the ranks were started with different settings: rank 0 has %s%s%s%s "
+                "where rank %d has %s%s%s%s (every rank must be given the same "
+                "command and options)",
+                more_a ? name_a : "nothing more", more_a ? " '" : "", more_a ? value_a : "",
+                more_a ? "'" : "", rank, more_b ? name_b : "nothing more", more_b ? " '" : "",
+                more_b ? value_b : "", more_b ? "'" : "");
+        }
+        free(line_a);
+        free(line_b);
+        if (status != DDT_OK || (!more_a && !more_b)) return status;
     }
 }
 

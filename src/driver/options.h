@@ -149,4 +149,20 @@ void options_print_resolved(command cmd, const options *opts, const options_reso
                             FILE *out);
 const char *command_name(command cmd);
 
+/* The configuration every rank must share, as text, to compare across ranks at set-up: the
+ * command, then a line "--NAME\tVALUE" for every option of `cmd` in table order (given or
+ * default, as parsed: 0.10 and 1e-1 read alike), "argument N\tVALUE" for each positional
+ * argument, then the `extra_count` pairs of `extra` (name, value: what the command takes from
+ * the environment); tabs, newlines and backslashes escaped. Left out on purpose: --help,
+ * --threads (a rank's own BLAS threads, a resource of its node: it changes only the rounding
+ * of the rank's local products, and every rank applies the same all-reduced gradients), and
+ * --data and --eval-data, which train and eval compare as the files they resolve to (so
+ * identical node-local copies under other paths are allowed). malloc'ed; NULL when out of
+ * memory. */
+char *options_canonical(command cmd, const options *opts, const char *const *extra,
+                        int extra_count);
+/* DDT_OK if `mine` (this rank's, `rank`) equals rank 0's `root`; else DDT_ERR_USAGE naming the
+ * first setting that differs and both values: "--lr is '0.1' on rank 0 but '0.2' on rank 1". */
+ddt_status options_compare_canonical(const char *root, const char *mine, int rank);
+
 #endif

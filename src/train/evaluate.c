@@ -165,6 +165,9 @@ ddt_status eval_run(comm *control, const eval_config *cfg) {
     eval_state s;
     memset(&s, 0, sizeof s);
     ddt_status status = comm_agree(control, eval_setup(control, cfg, &s), "set-up");
+    if (status == DDT_OK)
+        status = comm_agree(control, train_check_same_data(control, "--data", s.data),
+                            "set-up: the same data");
     evaluation ev;
     if (status == DDT_OK)
         status = evaluate_model(control, s.dev, s.m, s.data, cfg->loss, s.f, s.scalars, 0, &ev);

@@ -2,12 +2,14 @@
 #include "train/generate.h"
 
 #include <ctype.h>
-#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "io/model_file.h"
+#include "util/failpoint.h"
 #include "util/rng.h"
 
 size_t generator_device_bytes(const model_spec *spec) {
@@ -132,6 +134,69 @@ ddt_status generator_run(generator *g, const int32_t *prompt, int prompt_length,
     return status;
 }
 
+/* The ids of a prompt for a model without a text tokenizer: decimal ids, each separated from
+ * the next by one comma or by spaces (spaces may surround the comma). Refused, naming the
+ * place: an empty id (a comma at the start or end, or two in a row), a sign, anything but
+ * digits, an id at or beyond the vocabulary (however many digits it has). */
+static ddt_status parse_token_ids(int vocab, const char *text, int32_t *out, int *count) {
+    static const char rule[] = "token ids are whole numbers from 0 to %d, separated by one comma "
+                               "or by spaces (the model's vocabulary has %d tokens and no text "
+                               "tokenizer)";
+    char why[160];
+    snprintf(why, sizeof why, rule, vocab - 1, vocab);
+    const char *p = text;
+    bool after_comma = false;
+    int n = 0;
+    for (;;) {
+        while (isspace((unsigned char)*p))
+            p++;
+        long offset = (long)(p - text) + 1; /* counted from 1, for people */
+        if (!*p) {
+            if (after_comma)
+                return ddt_error(DDT_ERR_USAGE,
+                                 "--prompt '%s': a comma at the end, with no id after it: %s",
+                                 text, why);
+            break;
+        }
+        if (*p == ',')
+            return ddt_error(
+                DDT_ERR_USAGE,
+                "--prompt '%s': an empty id at character %ld (%s): %s",
+                text, offset,
+                n == 0 && !after_comma ? "a comma at the start" : "two commas in a row", why);
+        if ((*p == '-' || *p == '+') && isdigit((unsigned char)p[1]))
+            return ddt_error(DDT_ERR_USAGE,
+                             "--prompt '%s': '%.20s' at character %ld has a sign: %s",
+                             text, p, offset, why);
+        if (!isdigit((unsigned char)*p))
+            return ddt_error(DDT_ERR_USAGE,
+                             "--prompt '%s': '%.20s' at character %ld is not a token id: %s",
+                             text, p, offset, why);
+        const char *start = p;
+        int64_t id = 0;
+        for (; isdigit((unsigned char)*p); p++)
+            if (id <= vocab) id = id * 10 + (*p - '0'); /* past the vocabulary: stays past it */
+        if (id >= vocab)
+            return ddt_error(DDT_ERR_USAGE,
+                             "--prompt '%s': id %.*s at character %ld is not below the "
+                             "vocabulary of %d: give token ids below %d (%s)",
+                             text, (int)(p - start > 24 ? 24 : p - start), start, offset, vocab,
+                             vocab, why);
+        out[n++] = (int32_t)id;
+        while (isspace((unsigned char)*p))
+            p++;
+        after_comma = *p == ',';
+        if (after_comma)
+            p++;
+        else if (*p && !isdigit((unsigned char)*p) && *p != '-' && *p != '+')
+            return ddt_error(DDT_ERR_USAGE,
+                             "--prompt '%s': '%.20s' at character %ld is not a token id: %s",
+                             text, p, (long)(p - text) + 1, why);
+    }
+    *count = n;
+    return DDT_OK;
+}
+
 ddt_status generate_parse_prompt(const model_spec *spec, const char *text, int32_t **ids,
                                  int *count) {
     *ids = NULL;
@@ -144,25 +209,10 @@ ddt_status generate_parse_prompt(const model_spec *spec, const char *text, int32
         for (size_t i = 0; i < length; i++)
             out[n++] = (unsigned char)text[i];
     } else {
-        const char *p = text;
-        while (*p) {
-            if (isspace((unsigned char)*p) || *p == ',') {
-                p++;
-                continue;
-            }
-            char *end = NULL;
-            errno = 0;
-            long id = strtol(p, &end, 10);
-            if (end == p || errno || id < 0 || id >= spec->vocab) {
-                free(out);
-                return ddt_error(DDT_ERR_USAGE,
-                                 "--prompt: the model's vocabulary has %d tokens and no text "
-                                 "tokenizer, so give token ids below %d separated by spaces or "
-                                 "commas (at '%.20s')",
-                                 spec->vocab, spec->vocab, p);
-            }
-            out[n++] = (int32_t)id;
-            p = end;
+        ddt_status status = parse_token_ids(spec->vocab, text, out, &n);
+        if (status != DDT_OK) {
+            free(out);
+            return status;
         }
     }
     if (n == 0) {
@@ -176,70 +226,91 @@ ddt_status generate_parse_prompt(const model_spec *spec, const char *text, int32
 
 /* ---- ddtrain generate ---------------------------------------------------------------------- */
 
-static ddt_status generate_on_root(comm *control, const generate_config *cfg) {
+/* Everything `ddtrain generate` sets up on a rank, freed in reverse by generate_free(). */
+typedef struct generate_state {
+    model_spec *spec;
+    device *dev;
+    allocator *alloc;
+    model *m;
+    int32_t *prompt;
+    int prompt_length;
+    generator g;
+} generate_state;
+
+static void generate_free(generate_state *s) {
+    generator_free(&s->g);
+    free(s->prompt);
+    model_free(s->m);
+    allocator_destroy(s->alloc);
+    if (s->dev) device_close(s->dev);
+    free(s->spec);
+}
+
+/* This rank's set-up: the spec first (nothing allocated for what a file only claims), the
+ * prompt against it, then the device, the model within the device's memory, its state. */
+static ddt_status generate_setup(comm *control, const generate_config *cfg, generate_state *s) {
     if (!cfg->model_file) return ddt_error(DDT_ERR_USAGE, "ddtrain generate needs --model-file");
     if (!cfg->prompt) return ddt_error(DDT_ERR_USAGE, "ddtrain generate needs --prompt");
-    model_spec *spec = malloc(sizeof *spec);
-    if (!spec) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the model's spec");
-    device *dev = NULL;
-    allocator *alloc = NULL;
-    model *m = NULL;
-    float *state = NULL;
-    int32_t *prompt = NULL;
-    generator g = {0};
-    int prompt_length = 0;
-    ddt_status status = model_file_read_spec(cfg->model_file, spec);
-    if (status == DDT_OK && spec->input_kind != MODEL_INPUT_TOKENS)
-        status = ddt_error(DDT_ERR_USAGE, "%s holds '%s', which does not take tokens: generate "
-                                          "needs a token model",
-                           cfg->model_file, spec->text);
-    if (status == DDT_OK) status = generate_parse_prompt(spec, cfg->prompt, &prompt, &prompt_length);
+    s->spec = malloc(sizeof *s->spec);
+    if (!s->spec) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the model's spec");
+    DDT_CHECK(model_file_read_spec(cfg->model_file, s->spec));
+    if (s->spec->input_kind != MODEL_INPUT_TOKENS)
+        return ddt_error(DDT_ERR_USAGE,
+                         "%s holds '%s', which does not take tokens: generate "
+                         "needs a token model",
+                         cfg->model_file, s->spec->text);
+    DDT_CHECK(generate_parse_prompt(s->spec, cfg->prompt, &s->prompt, &s->prompt_length));
     device_kind kind = DEVICE_KIND_CPU;
     int ordinal = 0;
-    if (status == DDT_OK)
-        status = device_choose(cfg->device, comm_local_rank(control), &kind, &ordinal);
-    if (status == DDT_OK) status = device_open(kind, ordinal, &dev);
+    DDT_CHECK(device_choose(cfg->device, comm_local_rank(control), &kind, &ordinal));
+    DDT_CHECK(device_open(kind, ordinal, &s->dev));
     size_t total = 0, free_bytes = 0;
-    if (status == DDT_OK) status = device_memory_info(dev, &total, &free_bytes);
-    if (status == DDT_OK) {
-        allocator_params ap = allocator_default_params();
-        ap.limit_bytes = total;
-        ap.limit_source = "the device's memory";
-        status = allocator_init_with_params(dev, &ap, &alloc);
-    }
-    if (status == DDT_OK)
-        status = device_set_precision(dev, PRECISION_FP32, alloc,
-                                      model_spec_max_gemm_operand_floats(spec, 1));
-    if (status == DDT_OK) status = model_init(spec, alloc, 1, (model_options){0}, &m);
-    if (status == DDT_OK) {
-        state = malloc(model_spec_state_count(spec) * sizeof *state);
-        if (!state) status = ddt_error(DDT_ERR_MEMORY, "out of host memory for the model");
-    }
-    if (status == DDT_OK) status = model_file_read_parameters(cfg->model_file, spec, state);
-    if (status == DDT_OK) status = model_set_state(m, state);
-    if (status == DDT_OK) status = generator_init(&g, m, alloc);
-    if (status == DDT_OK) {
-        if (spec->vocab == 256)
-            fwrite(cfg->prompt, 1, strlen(cfg->prompt), cfg->out);
-        else
-            for (int i = 0; i < prompt_length; i++)
-                fprintf(cfg->out, i ? " %d" : "%d", prompt[i]);
-        status = generator_run(&g, prompt, prompt_length, cfg->tokens, &cfg->sampling, cfg->out,
-                               NULL);
-        fprintf(cfg->out, "\n");
-        fflush(cfg->out);
-    }
-    generator_free(&g);
+    DDT_CHECK(device_memory_info(s->dev, &total, &free_bytes));
+    allocator_params ap = allocator_default_params();
+    ap.limit_bytes = total;
+    ap.rank = comm_rank(control);
+    ap.limit_source = "the device's memory";
+    DDT_CHECK(allocator_init_with_params(s->dev, &ap, &s->alloc));
+    DDT_CHECK(device_set_precision(s->dev, PRECISION_FP32, s->alloc,
+                                   model_spec_max_gemm_operand_floats(s->spec, 1)));
+    DDT_CHECK(model_init(s->spec, s->alloc, 1, (model_options){0}, &s->m));
+    float *state = malloc(model_spec_state_count(s->spec) * sizeof *state + sizeof *state);
+    if (!state) return ddt_error(DDT_ERR_MEMORY, "out of host memory for the model");
+    ddt_status status = model_file_read_parameters(cfg->model_file, s->spec, state);
+    if (status == DDT_OK) status = model_set_state(s->m, state);
     free(state);
-    free(prompt);
-    model_free(m);
-    allocator_destroy(alloc);
-    if (dev) device_close(dev);
-    free(spec);
+    DDT_CHECK(status);
+    return generator_init(&s->g, s->m, s->alloc);
+}
+
+/* Every rank generates the same tokens (the sampling is keyed by the seed alone); rank 0
+ * prints the prompt and what follows. */
+static ddt_status generate_tokens(comm *control, const generate_config *cfg, generate_state *s) {
+    FILE *out = comm_rank(control) == 0 ? cfg->out : NULL;
+    if (out) {
+        if (s->spec->vocab == 256)
+            fwrite(cfg->prompt, 1, strlen(cfg->prompt), out);
+        else
+            for (int i = 0; i < s->prompt_length; i++)
+                fprintf(out, i ? " %d" : "%d", s->prompt[i]);
+    }
+    ddt_status status =
+        generator_run(&s->g, s->prompt, s->prompt_length, cfg->tokens, &cfg->sampling, out, NULL);
+    if (out) {
+        fprintf(out, "\n");
+        fflush(out);
+    }
     return status;
 }
 
 ddt_status generate_run(comm *control, const generate_config *cfg) {
-    ddt_status status = comm_rank(control) == 0 ? generate_on_root(control, cfg) : DDT_OK;
-    return comm_agree(control, status, "generating");
+    generate_state s;
+    memset(&s, 0, sizeof s);
+    ddt_status status = comm_agree(control, generate_setup(control, cfg, &s), "set-up");
+    if (status == DDT_OK) {
+        failpoint_stall("generate", comm_rank(control));
+        status = comm_agree(control, generate_tokens(control, cfg, &s), "generating");
+    }
+    generate_free(&s);
+    return status;
 }

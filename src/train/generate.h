@@ -68,7 +68,10 @@ typedef struct generate_config {
     FILE *out;
 } generate_config;
 
-/* Collective over `control`: rank 0 loads the model and prints the prompt and what follows. */
+/* Collective over `control`: every rank loads the model and generates the same tokens (the
+ * sampling is keyed by the seed alone), and rank 0 prints the prompt and what follows. No
+ * rank waits on another's generation, only at the two agreements (after the set-up, at the
+ * end), so the control communicator's timeout bounds a stall, not the length of the text. */
 ddt_status generate_run(comm *control, const generate_config *config);
 
 #endif

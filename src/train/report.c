@@ -222,11 +222,23 @@ void report_configuration(trainer *t) {
 
 /* ---- during the loop ---------------------------------------------------------------------- */
 
+/* A window's training time: since it started, less the evaluations since. */
+static double window_seconds(const report *r, const report_window *w, double now) {
+    return now - w->started - (r->evaluation_seconds - w->evaluation_at_start);
+}
+
+/* A new window starting now. */
+static report_window window_start(const report *r, double now, const step_times *times) {
+    return (report_window){.started = now,
+                           .evaluation_at_start = r->evaluation_seconds,
+                           .times_at_start = times ? *times : (step_times){0}};
+}
+
 void report_loop_start(trainer *t) {
     report *r = &t->report;
     double now = clock_now();
     r->loop_started = now;
-    r->progress = r->record = r->epoch = (report_window){.started = now};
+    r->progress = r->record = r->epoch = window_start(r, now, NULL);
 }
 
 static size_t current_rss_bytes(void) {
@@ -329,7 +341,7 @@ static void write_record(trainer *t, const step_outcome *o) {
         double values[STEP_VALUES] = {
             w->loss_sum / (double)w->steps,
             o->lr,
-            (double)(w->steps * t->shape.global_batch) / (now - w->started),
+            (double)(w->steps * t->shape.global_batch) / window_seconds(r, w, now),
             o->grad_norm,
             now_times->data_wait - w->times_at_start.data_wait,
             now_times->compute - w->times_at_start.compute,
@@ -356,7 +368,7 @@ static void write_record(trainer *t, const step_outcome *o) {
         if (r->tensorboard) write_tensorboard_step(t, o->done, values, all);
     }
     free(all);
-    *w = (report_window){.started = now, .times_at_start = t->timer.totals};
+    *w = window_start(r, now, &t->timer.totals);
 }
 
 /* Rank 0's progress: a bar redrawn in place on a terminal, plain lines in a log file. */
@@ -367,7 +379,8 @@ static void print_progress(trainer *t, const step_outcome *o) {
     int64_t done = o->done, total = t->shape.total_steps;
     int64_t epoch = (done - 1) / t->shape.steps_per_epoch;
     double loss = r->progress.steps ? r->progress.loss_sum / (double)r->progress.steps : NAN;
-    double rate = (double)(r->progress.steps * t->shape.global_batch) / (now - r->progress.started);
+    double rate =
+        (double)(r->progress.steps * t->shape.global_batch) / window_seconds(r, &r->progress, now);
     double elapsed = now - r->loop_started - r->evaluation_seconds;
     char eta[32];
     units_format_duration(elapsed / (double)(done - t->start_step) * (double)(total - done), eta,
@@ -390,7 +403,7 @@ static void print_progress(trainer *t, const step_outcome *o) {
                 epoch + 1, done, total, loss, o->lr, rate, eta);
     }
     fflush(out);
-    r->progress = (report_window){.started = now};
+    r->progress = window_start(r, now, NULL);
 }
 
 void report_step(trainer *t, const step_outcome *o) {
@@ -436,7 +449,6 @@ void report_evaluation(trainer *t, int64_t step, const evaluation *result) {
             scalars[count++] = (tensorboard_scalar){"eval/accuracy", result->accuracy};
         tensorboard_check(t, tensorboard_write_scalars(r->tensorboard, 0, step, scalars, count));
     }
-    r->progress.started = clock_now(); /* throughput excludes evaluation */
 }
 
 void report_epoch(trainer *t, int64_t epoch, const evaluation *result) {
@@ -445,13 +457,13 @@ void report_epoch(trainer *t, int64_t epoch, const evaluation *result) {
     double now = clock_now();
     report_window *w = &r->epoch;
     double train_loss = w->steps ? w->loss_sum / (double)w->steps : NAN;
-    double seconds = now - w->started - (result ? result->seconds : 0);
-    double samples_per_s = (double)(w->steps * t->shape.global_batch) / (seconds > 0 ? seconds : 1);
     if (result) {
         r->last_evaluation = *result;
         r->evaluated = true;
         r->evaluation_seconds += result->seconds;
     }
+    double seconds = window_seconds(r, w, now);
+    double samples_per_s = (double)(w->steps * t->shape.global_batch) / (seconds > 0 ? seconds : 1);
     if (t->rank == 0) {
         FILE *out = cfg->out;
         if (cfg->progress_bar) fprintf(out, "\n");
@@ -490,8 +502,7 @@ void report_epoch(trainer *t, int64_t epoch, const evaluation *result) {
                                                            scalars, count));
         }
     }
-    *w = (report_window){.started = clock_now()};
-    r->progress.started = clock_now(); /* throughput excludes evaluation */
+    *w = window_start(r, clock_now(), NULL);
 }
 
 /* ---- the summary -------------------------------------------------------------------------- */

@@ -5,7 +5,9 @@
  * collective gather what every rank measured, through the control communicator (bounded).
  *
  * Windows: progress lines, metrics records and epoch lines each cover the steps since their
- * last one (report_window): loss, samples/s and the step time split over that window.
+ * last one (report_window): loss, samples/s and the step time split over that window. A
+ * window's samples/s is its steps' samples over its time less the evaluations (and their
+ * samples) within it: training throughput, wherever the evaluations fall.
  *
  * TensorBoard tags: train/loss, train/learning_rate, train/samples_per_s, train/grad_norm,
  * time/{data_wait,compute,communication,optimizer}_s and on GPUs time/allreduce_device_s (per
@@ -33,6 +35,7 @@ typedef struct report_window {
     double loss_sum; /* training loss summed over the window's steps (as read) */
     int64_t steps;
     double started;
+    double evaluation_at_start; /* report.evaluation_seconds when the window started */
     step_times times_at_start;
 } report_window;
 
@@ -52,7 +55,7 @@ typedef struct report {
     FILE *metrics;                   /* rank 0, --metrics */
     tensorboard_writer *tensorboard; /* rank 0, --tensorboard */
     double loop_started;             /* training time (evaluation excluded) runs from here */
-    double evaluation_seconds;       /* spent evaluating so far */
+    double evaluation_seconds;       /* spent evaluating (and printing samples) so far */
     report_window progress, record, epoch;
     int64_t steps_since_loss_read;
     double last_train_loss;

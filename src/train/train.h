@@ -134,6 +134,14 @@ ddt_status train_check_data_against_model(const char *what, const char *path,
  * (dataset_set_classes). Files that declare a count keep it. */
 ddt_status train_adopt_class_count(dataset *data, const model_spec *spec, loss_kind loss);
 
+/* Collective over `control`: whether this rank reads the same data as rank 0, by the data's
+ * identity (dataset_identity: per shard its file name, rows, width, size and a fingerprint of
+ * its header), so identical node-local copies under other paths pass and one path or glob
+ * that names other files on another node does not. The answer is this rank's (DDT_ERR_USAGE
+ * naming `what`, the option, and the first shard that differs on both ranks), for the caller
+ * to agree on; a failed broadcast is DDT_ERR_COMM. */
+ddt_status train_check_same_data(comm *control, const char *what, const dataset *data);
+
 /* Collective over `control` (the driver's control-plane communicator, with its timeout and
  * watchdog): trains as configured. Every rank returns the same status. */
 ddt_status train_run(comm *control, const train_config *config);

@@ -95,6 +95,46 @@ ddt_status train_adopt_class_count(dataset *data, const model_spec *spec, loss_k
     return dataset_set_classes(data, classes);
 }
 
+/* The entry of `identity` ("shard; shard; ...") that holds byte `at`, copied into `out`. */
+static void identity_entry(const char *identity, size_t at, char *out, size_t size) {
+    size_t begin = at, end = at;
+    while (begin > 0 && !(identity[begin - 1] == ' ' && begin >= 2 && identity[begin - 2] == ';'))
+        begin--;
+    while (identity[end] && identity[end] != ';')
+        end++;
+    snprintf(out, size, "%.*s", (int)(end - begin), identity + begin);
+}
+
+ddt_status train_check_same_data(comm *control, const char *what, const dataset *data) {
+    const dataset_geometry *g = dataset_get_geometry(data);
+    size_t size = (size_t)g->file_count * 256 + 1;
+    char *mine = malloc(size);
+    ddt_status status =
+        mine ? dataset_identity(data, mine, size) : ddt_error(DDT_ERR_MEMORY, "out of host memory");
+    char *root = NULL;
+    /* Every rank takes part in the broadcast, whatever its own identity came to. */
+    ddt_status shared = comm_broadcast_text(control, status == DDT_OK ? mine : "", &root,
+                                            "set-up: the data on every rank");
+    if (shared != DDT_OK) status = shared;
+    int rank = comm_rank(control);
+    if (status == DDT_OK && rank != 0 && strcmp(root, mine) != 0) {
+        size_t at = 0;
+        while (root[at] && root[at] == mine[at])
+            at++;
+        char theirs[320], ours[320];
+        identity_entry(root, root[at] ? at : (at ? at - 1 : 0), theirs, sizeof theirs);
+        identity_entry(mine, mine[at] ? at : (at ? at - 1 : 0), ours, sizeof ours);
+        status = ddt_error(DDT_ERR_USAGE,
+                           "%s names other data on rank %d than on rank 0: rank 0 reads '%s', "
+                           "rank %d reads '%s' (every rank must read the same data; identical "
+                           "copies under other paths are fine)",
+                           what, rank, theirs, rank, ours);
+    }
+    free(root);
+    free(mine);
+    return status;
+}
+
 /* ---- phase 1: settings ------------------------------------------------------------------ */
 
 static ddt_status resolve_settings(trainer *t) {
@@ -225,6 +265,20 @@ static ddt_status open_data(trainer *t) {
     if (t->rank == 0 && cfg->save) DDT_CHECK(model_file_check_writable(cfg->save));
     DDT_CHECK(checkpointing_prepare(t));
     return report_open(t);
+}
+
+/* Every rank reads the same data as rank 0 (the options were compared as text by the driver,
+ * except --data and --eval-data, which are compared here as the files they name). */
+static ddt_status same_data(trainer *t) {
+    ddt_status status = train_check_same_data(t->control, "--data", t->data.train);
+    /* Every rank has --eval-data or none (the options agreed), and takes part in its
+     * broadcast whatever the first check said; the first failure is the answer. */
+    if (status == DDT_ERR_COMM || !t->data.eval) return status;
+    char first[1024];
+    snprintf(first, sizeof first, "%s", ddt_error_message());
+    ddt_status eval = train_check_same_data(t->control, "--eval-data", t->data.eval);
+    if (eval == DDT_ERR_COMM || status == DDT_OK) return eval;
+    return ddt_error(status, "%s", first);
 }
 
 /* ---- phase 3: the memory plan ----------------------------------------------------------- */
@@ -507,7 +561,10 @@ static ddt_status after_step(trainer *t, const step_outcome *o, bool *stop) {
                                  &result));
         evaluated = true;
         if (periodic) report_evaluation(t, done, &result);
+        double sample_started = clock_now();
         DDT_CHECK(comm_agree(t->control, print_sample(t), "a sample"));
+        /* the sample belongs to the evaluation: not training time, in no window's rate */
+        t->report.evaluation_seconds += clock_now() - sample_started;
     }
     if (epoch_end)
         report_epoch(t, (done - 1) / t->shape.steps_per_epoch,
@@ -615,6 +672,7 @@ ddt_status train_run(comm *control, const train_config *config) {
     failpoint_stall("setup", t.rank);
     ddt_status status = comm_agree(control, resolve_settings(&t), "set-up: settings");
     if (status == DDT_OK) status = comm_agree(control, open_data(&t), "set-up: data");
+    if (status == DDT_OK) status = comm_agree(control, same_data(&t), "set-up: the same data");
     if (status == DDT_OK) status = open_device_and_comm(&t);
     if (status == DDT_OK) status = comm_agree(control, plan_memory(&t), "set-up: the memory plan");
     if (status == DDT_OK && config->dry_run) {

@@ -16,6 +16,11 @@ typedef struct failpoint {
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 static failpoint stall = {.rank = -1, .seconds = 3600};
 static failpoint death = {.rank = -1};
+static void (*stall_observer)(const char *point, int rank, double seconds);
+
+void failpoint_set_observer(void (*observer)(const char *point, int rank, double seconds)) {
+    stall_observer = observer;
+}
 
 /* POINT:RANK[:SECONDS] */
 static void parse(const char *variable, failpoint *f) {
@@ -42,6 +47,7 @@ static void read_environment(void) {
 void failpoint_stall(const char *point, int rank) {
     pthread_once(&once, read_environment);
     if (stall.rank != rank || strcmp(point, stall.point) != 0) return;
+    if (stall_observer) stall_observer(point, rank, stall.seconds);
     struct timespec pause = {(time_t)stall.seconds,
                              (long)((stall.seconds - (double)(time_t)stall.seconds) * 1e9)};
     while (nanosleep(&pause, &pause) != 0) {

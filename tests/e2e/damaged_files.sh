@@ -49,4 +49,13 @@ check "--init from a model file on which HDF5 loops forever, 2 ranks" 90 \
   "HDF5 has not returned in more than 4 s while reading $hang_model" -- \
   mpirun -np 2 --bind-to none "$DDTRAIN" train --init "$hang_model" --data "$good" \
   --global-batch 8 --steps 1 --log-every 0 --comm-timeout 4
+# generate reads model files through the same guard, under its own --comm-timeout (a gpt-tiny
+# file with bit 0 of byte 2145 flipped loops the same way, in H5HG_read).
+check "generate from a model file on which HDF5 loops forever, 2 ranks" 90 \
+  "HDF5 has not returned in more than 4 s while reading $hang_model" -- \
+  mpirun -np 2 --bind-to none "$DDTRAIN" generate --model-file "$hang_model" --prompt "x" \
+  --comm-timeout 4
+check "generate from a model file that crashes HDF5" 60 \
+  "HDF5 crashed (SIGSEGV) while reading $segv_model" -- \
+  "$DDTRAIN" generate --model-file "$segv_model" --prompt "x"
 finish

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # failures.sh - a killed rank never leaves a hung job, a stalled rank is named, the Slurm
-# world-size trap is refused, a diverging run stops with the step and the layer, and the
-# --metrics step records carry the time split and memory.
+# world-size trap is refused, ranks started with different settings are refused, a diverging
+# run stops with the step and the layer, and the --metrics step records carry the time split
+# and memory.
 source "$(dirname "$0")/lib.sh"
 
 "$DDTRAIN" synth -o "$WORK/d.h5" --rows 8192 --features 32 --classes 4 --seed 4 >/dev/null
@@ -91,6 +92,55 @@ grep -q "waited [0-9]* s for rank(s) 1, which have not reached it or have gone s
 SLURM_NTASKS=3 expect_fail_all_ranks "world size 2 under SLURM_NTASKS=3 refused" 2 2 \
   "Slurm says SLURM_NTASKS=3, but MPI started a world of 2 ranks" -- train --data "$WORK/d.h5" \
   --model 32-64-relu-4 --steps 5
+
+# Ranks started with different settings (a wrapper that adds OPTION VALUE0 on rank 0 and
+# OPTION VALUE1 on the others): refused at set-up on every rank (exit 2), naming the option
+# and both values, for train, eval and generate; --threads may differ, and --data may name an
+# identical copy under another path.
+per_rank() { # NAME CODE TEXT OPTION VALUE0 VALUE1 -- ARGS...
+  local name=$1 code=$2 text=$3 option=$4 v0=$5 v1=$6
+  shift 7
+  rm -f "$WORK"/rank-exit.*
+  timeout -k 5 "$TIMEOUT" mpirun -np 2 --bind-to none -x "PER_RANK_OPTION=$option" \
+    -x "PER_RANK_0=$v0" -x "PER_RANK_1=$v1" bash -c '
+    value=$PER_RANK_1; [[ $OMPI_COMM_WORLD_RANK == 0 ]] && value=$PER_RANK_0
+    "$0" "$@" "$PER_RANK_OPTION" "$value"; echo $? >"'"$WORK"'/rank-exit.$OMPI_COMM_WORLD_RANK"' \
+    "$DDTRAIN" "$@" >"$WORK/out.txt" 2>"$WORK/err.txt"
+  local problems="" r got
+  for r in 0 1; do
+    got=$(cat "$WORK/rank-exit.$r" 2>/dev/null || echo missing)
+    [[ $got == "$code" ]] || problems+=" rank $r exit $got (expected $code);"
+  done
+  [[ -z $text ]] || grep -qF -- "$text" "$WORK/err.txt" || problems+=" stderr lacks '$text';"
+  if [[ -z $problems ]]; then pass "$name${text:+: $(grep -m1 'ddtrain: error' "$WORK/err.txt" | cut -c1-140)}"; else
+    fail "$name:$problems"
+    grep ddtrain "$WORK/err.txt" | head -3 | sed 's/^/    /'
+  fi
+}
+small=(--model 32-64-relu-4 --global-batch 64 --steps 3 --log-every 0)
+"$DDTRAIN" synth -o "$WORK/other.h5" --rows 8192 --features 32 --classes 4 --seed 5 >/dev/null
+mkdir -p "$WORK/node1" && cp "$WORK/d.h5" "$WORK/node1/d.h5"
+per_rank "another --lr on rank 1" 2 "--lr is '0.05' on rank 0 but '0.1' on rank 1" \
+  --lr 0.05 0.1 -- train --data "$WORK/d.h5" "${small[@]}"
+per_rank "another --model on rank 1" 2 "--model is '32-64-relu-4' on rank 0 but '32-65-relu-4' on rank 1" \
+  --model 32-64-relu-4 32-65-relu-4 -- train --data "$WORK/d.h5" "${small[@]}"
+per_rank "other data on rank 1" 2 "--data names other data on rank 1 than on rank 0" \
+  --data "$WORK/d.h5" "$WORK/other.h5" -- train "${small[@]}"
+per_rank "other evaluation data on rank 1" 2 "--eval-data names other data on rank 1" \
+  --eval-data "$WORK/d.h5" "$WORK/other.h5" -- train --data "$WORK/d.h5" "${small[@]}"
+per_rank "an identical copy of the data under another path on rank 1" 0 "" \
+  --data "$WORK/d.h5" "$WORK/node1/d.h5" -- train "${small[@]}"
+per_rank "another --threads on rank 1" 0 "" --threads 1 2 -- train --data "$WORK/d.h5" "${small[@]}"
+ranks 1 train --data "$WORK/d.h5" "${small[@]}" --save "$WORK/small.h5" >/dev/null 2>&1 || fail "a model to evaluate"
+per_rank "eval: other data on rank 1" 2 "--data names other data on rank 1" \
+  --data "$WORK/d.h5" "$WORK/other.h5" -- eval --model-file "$WORK/small.h5"
+per_rank "eval: another --micro-batch on rank 1" 2 "--micro-batch is '64' on rank 0 but '32' on rank 1" \
+  --micro-batch 64 32 -- eval --model-file "$WORK/small.h5" --data "$WORK/d.h5"
+"$DDTRAIN" convert text "$HERE/lib.sh" -o "$WORK/text.h5" >/dev/null || fail "a text dataset"
+ranks 1 train --data "$WORK/text.h5" --model "gpt(layers=1,heads=2,width=16,context=16,vocab=256)" \
+  --global-batch 8 --steps 2 --log-every 0 --save "$WORK/g.h5" >/dev/null 2>&1 || fail "a token model"
+per_rank "generate: another --temperature on rank 1" 2 "--temperature is '0' on rank 0 but '0.5' on rank 1" \
+  --temperature 0 0.5 -- generate --model-file "$WORK/g.h5" --prompt "The " --tokens 5
 
 # Divergence: stopped at the step, naming the layer (fp32), on every rank.
 expect_fail_all_ranks "a diverging run stops with step and layer" 2 1 "is not finite (NaN or Inf) after the all-reduce" -- \

@@ -56,6 +56,11 @@ ranks 1 train --data "$WORK/ids.h5" --model "gpt(layers=1,heads=2,width=16,conte
 expect_fail_all_ranks "an id beyond the vocabulary" 2 2 "give token ids below 1000" -- \
   generate --model-file "$WORK/ids-model.h5" --prompt "5 1000"
 expect_fail_all_ranks "an empty prompt" 2 2 "empty" -- generate --model-file "$WORK/g.h5" --prompt ""
+# An empty id is an error, not skipped (test_train_generate covers the rest of the grammar).
+expect_fail_all_ranks "an empty id between two commas" 2 2 "an empty id at character 3" -- \
+  generate --model-file "$WORK/ids-model.h5" --prompt "1,,2"
+expect_fail_all_ranks "a comma at the end" 2 2 "a comma at the end" -- \
+  generate --model-file "$WORK/ids-model.h5" --prompt "1,2,"
 "$DDTRAIN" synth -o "$WORK/f.h5" --rows 64 --features 4 --classes 2 >/dev/null
 ranks 1 train --data "$WORK/f.h5" --model 4-8-relu-2 --global-batch 16 --steps 1 --log-every 0 \
   --save "$WORK/mlp.h5" >/dev/null 2>&1 || fail "an MLP to refuse"
