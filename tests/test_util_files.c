@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -354,6 +355,55 @@ static void check_signal_cleanup(const char *dir, int signal_number, int count) 
     unlink(published);
 }
 
+static void *idle_thread(void *unused) {
+    (void)unused;
+    for (;;) pause();
+    return NULL;
+}
+
+/* The same signal delivered again while the first handler is still removing files, to another
+ * thread (`timeout` sends its signal to the child and to the child's process group): the
+ * second delivery must not end the process halfway through the list. Many files make the
+ * first handler's work long enough for the repeats to land during it. */
+static void check_signal_twice(const char *dir) {
+    enum { FILES = 3000 };
+    int ready[2];
+    CHECK(pipe(ready) == 0);
+    fflush(stdout);
+    pid_t child = fork();
+    if (child == 0) {
+        char path[640];
+        for (int i = 0; i < FILES; i++) {
+            snprintf(path, sizeof path, "%s/twice-%d.tmp-test", dir, i);
+            if (file_temp_register(path) != DDT_OK) _exit(3);
+            touch(path, "");
+        }
+        file_temp_cleanup_on_signals();
+        pthread_t threads[3];
+        for (int i = 0; i < 3; i++)
+            if (pthread_create(&threads[i], NULL, idle_thread, NULL) != 0) _exit(4);
+        if (write(ready[1], "r", 1) != 1) _exit(5);
+        for (;;) pause();
+    }
+    close(ready[1]);
+    char byte;
+    CHECK(read(ready[0], &byte, 1) == 1);
+    close(ready[0]);
+    for (int i = 0; i < 40 && kill(child, SIGTERM) == 0; i++)
+        usleep(100);
+    int wait_status = 0;
+    CHECK(child > 0 && waitpid(child, &wait_status, 0) == child);
+    CHECK(WIFSIGNALED(wait_status) && WTERMSIG(wait_status) == SIGTERM);
+    int left = 0;
+    char path[640];
+    for (int i = 0; i < FILES; i++) {
+        snprintf(path, sizeof path, "%s/twice-%d.tmp-test", dir, i);
+        if (unlink(path) == 0) left++;
+    }
+    if (left) fprintf(stderr, "a repeated SIGTERM left %d of %d temporary files\n", left, FILES);
+    CHECK(left == 0);
+}
+
 /* A signal ignored when the handlers are installed (nohup's SIGHUP) stays ignored. */
 static void check_ignored_signal_kept(void) {
     pid_t child = fork();
@@ -446,6 +496,7 @@ int main(void) {
     check_signal_cleanup(dir, SIGTERM, 40);
     check_signal_cleanup(dir, SIGINT, 3);
     check_signal_cleanup(dir, SIGHUP, 20);
+    check_signal_twice(dir);
     check_ignored_signal_kept();
     return check_finish();
 }

@@ -662,10 +662,25 @@ void file_temp_remove_all(void) {
     errno = saved;
 }
 
+/* Set by the first thread that takes a cleanup signal. A process-directed signal can be
+ * delivered again, to another thread, while the first handler is still unlinking (`timeout`
+ * sends its signal to the child and to the child's process group, so ddtrain gets it twice):
+ * with a one-shot handler the second delivery would find the default action and end the
+ * process halfway through the list. The later ones wait here for the first to finish. */
+static atomic_int cleanup_signal_taken;
+
 static void on_cleanup_signal(int signal_number) {
+    if (atomic_exchange(&cleanup_signal_taken, 1)) {
+        for (;;) pause(); /* the first handler ends the process */
+    }
     file_temp_remove_all();
-    /* SA_RESETHAND restored the default action; the signal, blocked while this handler runs,
-     * is delivered again when it returns and ends the process as it would have. */
+    /* The default action ends the process as the signal would have; the signal, blocked in
+     * this thread while the handler runs, is delivered again when it returns. */
+    struct sigaction default_action;
+    memset(&default_action, 0, sizeof default_action);
+    default_action.sa_handler = SIG_DFL;
+    sigemptyset(&default_action.sa_mask);
+    sigaction(signal_number, &default_action, NULL);
     raise(signal_number);
 }
 
@@ -674,8 +689,9 @@ void file_temp_cleanup_on_signals(void) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
     action.sa_handler = on_cleanup_signal;
-    action.sa_flags = SA_RESETHAND;
     sigemptyset(&action.sa_mask);
+    for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++)
+        sigaddset(&action.sa_mask, signals[i]); /* one handler at a time in a thread */
     for (size_t i = 0; i < sizeof signals / sizeof signals[0]; i++) {
         struct sigaction previous;
         /* A signal ignored at start (nohup's SIGHUP, a shell's background SIGINT) stays so. */
