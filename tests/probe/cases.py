@@ -38,6 +38,13 @@ TRAIN = ["train", "--data", "d.h5", "--model", MLP, "--global-batch", "64", "--s
          "--log-every", "0"]
 
 
+class Named:
+    """A name an error must contain, found by a regular expression, shown as its label."""
+
+    def __init__(self, pattern, label):
+        self.regex, self.label = re.compile(pattern), label
+
+
 class Case:
     def __init__(self, cls, name, args, expect="fail", names=(), ranks=1, timeout=20,
                  setup=None, outputs=(), mutable=(), check=None, why="", env=None,
@@ -1034,8 +1041,9 @@ def damaged_cases(fx):
 def rank_named(rank):
     """The rank named as the one waited for ("rank(s) 1 never reached it", "rank 0 has not
     summed its slice", "rank 2 (process N) is gone"), not in "rank 0 of 2" or "rank 0 names it"."""
-    return re.compile(rf"\brank(?:s|\(s\))?\s+(?:\d+\s*,\s*|\d+\s+and\s+)*{rank}\b"
-                      rf"(?!\s+of\b)(?!\s+names\b)(?!\s+is the one)(?!:)")
+    return Named(rf"\brank(?:s|\(s\))?\s+(?:\d+\s*,\s*|\d+\s+and\s+)*{rank}\b"
+                 rf"(?!\s+of\b)(?!\s+names\b)(?!\s+is the one)(?!:)",
+                 f"the stalled rank ({rank}) as the one waited for")
 
 
 def stall_controller(rank, sig, after_pattern=None, delay=0.0, resume_after=None):
@@ -1106,7 +1114,7 @@ def stalls_cases(fx):
               build_args=gen_bound)
         s(f"generate: rank {victims[1]} of {ranks} stopped before MPI_Init", gencmd, ranks,
           victims[1], prestop=(victims[1], "STOP"), named=False, build_args=gen_bound)
-    s("train: rank 1 of 2 stalls in a checkpoint (rank 0 writes)",
+    s("train: rank 0 of 2 (the one that writes) stalls in a checkpoint",
       train + ["--checkpoint-dir", "ck", "--checkpoint-every", "50"], 2, 0,
       env={"DDTRAIN_DEBUG_STALL": "checkpoint:0"}, mutable=("ck", "ck/*"), named=False)
     # kills in every phase: the job ends promptly, no process left. A rank is held at a

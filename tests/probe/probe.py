@@ -341,6 +341,10 @@ def limit_child():
     resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    # A probe started in the background of a shell inherits SIGINT and SIGQUIT ignored, and
+    # would pass that on: the cases get the default actions, as from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
 def run_case(case, build, out, fixtures, keep):
@@ -461,9 +465,12 @@ def crash_evidence(case, run):
         if m:
             frame = ""
             if source in ("AddressSanitizer", "UBSan"):
+                # the top frame (which library) and the first frame in ddtrain's own sources
                 frames = re.findall(r"#\d+ 0x[0-9a-f]+ in (\S+) (\S+)", text)
-                own = [f"{fn} {loc}" for fn, loc in frames if "/src/" in loc]
-                frame = f" (at {own[0] if own else (frames[0][0] + ' ' + frames[0][1] if frames else '?')})"
+                own = [f"{fn} {os.path.basename(loc)}" for fn, loc in frames if "/src/" in loc]
+                top = f"{frames[0][0]} {os.path.basename(frames[0][1])}" if frames else "?"
+                frame = f" (top frame {top}" + (f"; first ddtrain frame {own[0]}" if own and
+                                                 not top.startswith(own[0].split()[0]) else "") + ")"
             return f"{source}: {m.group(0).strip()[:300]}{frame}"
     codes = [run["rc"]] + list(run["rank_codes"].values())
     if not run["timed_out"] and not run["runaway"]:
@@ -477,16 +484,16 @@ def crash_evidence(case, run):
 
 
 def has_name(text, name):
-    if isinstance(name, re.Pattern):
-        return bool(name.search(text))
+    if isinstance(name, case_library.Named):
+        return bool(name.regex.search(text))
     if isinstance(name, tuple):
         return any(has_name(text, n) for n in name)
     return name.lower() in text.lower()
 
 
 def name_text(name):
-    if isinstance(name, re.Pattern):
-        return f"/{name.pattern}/"
+    if isinstance(name, case_library.Named):
+        return name.label
     if isinstance(name, tuple):
         return " or ".join(name_text(n) for n in name)
     return f"'{name}'"
