@@ -126,6 +126,23 @@ def resident_bytes(pids):
     return total
 
 
+def describe_processes(tag):
+    """What is still running for a case: 'mpirun (sleeping), ddtrain rank 1 (stopped)'."""
+    states = {"R": "running", "S": "sleeping", "D": "in I/O", "T": "stopped", "t": "stopped",
+              "Z": "a zombie"}
+    parts = []
+    for pid in tagged_processes(tag):
+        try:
+            comm = open(f"/proc/{pid}/comm").read().strip()
+            state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        rank = process_environment(pid).get(b"OMPI_COMM_WORLD_RANK")
+        who = f"{comm} rank {rank.decode()}" if rank and comm != "bash" else comm
+        parts.append(f"{who} ({states.get(state, state)})")
+    return ", ".join(sorted(parts))
+
+
 def kill_tagged(tag):
     pids = tagged_processes(tag)
     for pid in pids:
@@ -405,6 +422,7 @@ def run_case(case, build, out, fixtures, keep):
             time.sleep(0.05)
         elapsed = ctx.elapsed()
         if timed_out or runaway:
+            ctx.events.append("running at the end: " + (describe_processes(ctx.tag) or "nothing"))
             try:
                 os.killpg(ctx.proc.pid, signal.SIGKILL)
             except ProcessLookupError:
