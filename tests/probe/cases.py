@@ -1006,6 +1006,22 @@ def damaged_cases(fx):
                 kind = kinds[j % len(kinds)]
                 add(model, kind, f"cut to {length} bytes",
                     lambda ctx, n=length, d=blob: ctx.write("m.h5", d[:n]), 1)
+    # shapes in a model file that overflow when multiplied (issue 22 item 2: reached through
+    # eval, train --init and generate): the stored description, and a tensor's stored shape
+    overflow = "2097152x2097152x2097152-flatten-10"
+    cnn, mlp, gpt = (os.path.join(fx, m) for m in ("cnn.h5", "mlp.h5", "gpt.h5"))
+    for kind in ("eval-cnn", "init-cnn", "generate"):
+        add("cnn.h5", kind, f"with model = {overflow!r}",
+            lambda ctx: craft.set_model_attr(cnn, ctx.path("m.h5"), overflow), 1)
+    for kind in ("eval-mlp", "init-cnn"):
+        add("mlp.h5", kind, "with 0.weight declared 2^31 x 2^31 (chunked, never written)",
+            lambda ctx: craft.reshape_model_tensor(mlp, ctx.path("m.h5"), "0.weight",
+                                                   (2 ** 31, 2 ** 31), chunks=(1, 16)), 1)
+    add("gpt.h5", "generate", "with transformer.wte.weight declared 2^40 x 16 (never written)",
+        lambda ctx: craft.reshape_model_tensor(gpt, ctx.path("m.h5"), "transformer.wte.weight",
+                                               (2 ** 40, 16), chunks=(1024, 16)), 1)
+    add("gpt.h5", "eval-gpt", "with the model attribute's vocab 2^24 and tensors of 256",
+        lambda ctx: craft.set_model_attr(gpt, ctx.path("m.h5"), GPT.replace("vocab=256", "vocab=16777216")), 1)
     # the newest checkpoint damaged, then --resume
     ck = os.path.join(fx, "ckpt")
     newest = sorted(n for n in os.listdir(ck) if n.endswith(".h5"))[-1]
@@ -1216,6 +1232,20 @@ def outputs_cases(fx):
             o("new/sub", "either", ("new/sub",), name="a path in a missing folder",
               outputs=("new", "new/*"))
             o("adir", "ok", (), mkdir("adir"), outputs=("adir", "adir/*"), name="an existing folder")
+    # outputs that are inputs under another name
+    for name, args, steps, culprit in (
+            ("train --save onto --data by a symlink", TRAIN + ["--save", "ln.h5"],
+             (cp("d.h5"), link("d.h5", "ln.h5")), "ln.h5"),
+            ("train --save onto --data by a hard link", TRAIN + ["--save", "hard.h5"],
+             (cp("d.h5"), hardlink("d.h5", "hard.h5")), "hard.h5"),
+            ("train --metrics onto --eval-data by a hard link",
+             TRAIN + ["--eval-data", "e.h5", "--metrics", "m.jsonl"],
+             (cp("d.h5"), cp("e.h5"), hardlink("e.h5", "m.jsonl")), "m.jsonl"),
+            ("convert tokens -o onto its input by a hard link",
+             ["convert", "tokens", "tokens.bin", "-o", "hard.h5"],
+             (cp("tokens.bin"), hardlink("tokens.bin", "hard.h5")), "hard.h5")):
+        out.append(Case("outputs", name, args, "usage", (culprit,), setup=setup(*steps),
+                        why=f"{name}: accepted"))
     # a failing run leaves what it would replace intact
     for name, args in (("train --save (bad --data)", ["train", "--data", "nope.h5", "--save", "old.h5"]),
                        ("train --save (bad --model)", TRAIN + ["--model", "16-0-4", "--save", "old.h5"]),
@@ -1375,6 +1405,15 @@ def numeric_cases(fx, binary):
         ranks = 2 if "2 ranks" in name else 1
         out.append(Case("numeric", f"command line: {name}", args, expect, names,
                         setup=setup(cp("d.h5")), ranks=ranks, outputs=("*",)))
+    # ranks started with different settings (issue 22 item 11): refused at set-up, naming the
+    # option that differs
+    for option, value, ranks in (("--lr", "0.1", 2), ("--data", "e.h5", 2), ("--seed", "7", 2),
+                                 ("--global-batch", "32", 2), ("--model", "16-4-4", 2),
+                                 ("--steps", "3", 2), ("--momentum", "0.5", 2), ("--lr", "0.1", 4)):
+        out.append(Case("numeric", f"ranks disagree: {option} {value} on rank {ranks - 1} of {ranks}",
+                        TRAIN + ["--comm-timeout", "10"], "usage", (option,), setup=setup(cp("d.h5"), cp("e.h5")), ranks=ranks,
+                        env={f"DDPROBE_ARGS_RANK_{ranks - 1}": f"{option} {value}"},
+                        why=f"ranks with different {option} trained to the end", timeout=30))
     # the environment's knobs, on 2 ranks
     knobs = [("DDTRAIN_ALLREDUCE_CHUNK", ["0", "-1", "99999999999999999999", "4095", "65MiB"],
               ["64MiB"]),

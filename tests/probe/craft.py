@@ -229,13 +229,14 @@ def set_model_attr(src, dst, value):
         f.attrs["model"] = value
 
 
-def reshape_model_tensor(src, dst, name, shape):
-    """A copy of model file src with tensor `name` replaced by zeros of another shape."""
+def reshape_model_tensor(src, dst, name, shape, chunks=None):
+    """A copy of model file src with tensor `name` replaced by zeros of another shape (chunked
+    and never written when `chunks` is given: a huge shape then costs nothing)."""
     write_bytes(dst, open(src, "rb").read())
     with h5py.File(dst, "r+") as f:
         dtype = f[name].dtype
         del f[name]
-        f.create_dataset(name, shape=shape, dtype=dtype)
+        f.create_dataset(name, shape=shape, dtype=dtype, chunks=chunks)
 
 
 def data_regions(path):
