@@ -4,7 +4,6 @@
  * and the process ends with _exit(1). */
 #include "driver/crash_guard.h"
 
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +13,7 @@
 
 #include "io/read_guard.h"
 #include "util/files.h"
+#include "util/watcher.h"
 
 static char message_prefix[160]; /* "ddtrain: error (rank 0 of 2 on vm): " */
 static double stall_limit;
@@ -145,15 +145,5 @@ void crash_guard_install(const job *j, double stall_seconds) {
         sigaction(guarded_signals[i], &action, NULL);
     if (stall_seconds <= 0) return; /* --comm-timeout 0: no limit */
 
-    pthread_t watcher;
-    pthread_attr_t attributes;
-    pthread_attr_init(&attributes);
-    pthread_attr_setdetachstate(&attributes, PTHREAD_CREATE_DETACHED);
-    /* Signals go to other threads: the watcher only watches. */
-    sigset_t all, previous;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &previous);
-    pthread_create(&watcher, &attributes, watch_reads, NULL);
-    pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    pthread_attr_destroy(&attributes);
+    watcher_start(watch_reads, NULL); /* without it, reads are unbounded as before */
 }

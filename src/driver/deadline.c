@@ -6,7 +6,6 @@
 #include "driver/deadline.h"
 
 #include <pthread.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +14,7 @@
 
 #include "util/clock.h"
 #include "util/files.h"
+#include "util/watcher.h"
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t changed;
@@ -94,17 +94,7 @@ static void start_thread(void) {
     pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC);
     pthread_cond_init(&changed, &attributes);
     pthread_condattr_destroy(&attributes);
-    pthread_attr_t thread_attributes;
-    pthread_attr_init(&thread_attributes);
-    pthread_attr_setdetachstate(&thread_attributes, PTHREAD_CREATE_DETACHED);
-    /* Signals go to other threads: this one only watches. */
-    sigset_t all, previous;
-    sigfillset(&all);
-    pthread_sigmask(SIG_BLOCK, &all, &previous);
-    pthread_t thread;
-    thread_started = pthread_create(&thread, &thread_attributes, watch, NULL) == 0;
-    pthread_sigmask(SIG_SETMASK, &previous, NULL);
-    pthread_attr_destroy(&thread_attributes);
+    thread_started = watcher_start(watch, NULL);
 }
 
 void deadline_start(double seconds, const char *phase, const char *reason, const job *j) {
