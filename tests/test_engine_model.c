@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
 #include "engine/alloc.h"
@@ -239,6 +240,29 @@ static void check_specs(void) {
                    "the embed layer's output 65536x65536 holds 4294967296 values");
     CHECK(model_spec_parse("@/nonexistent/model.txt", &spec_buffer) == DDT_ERR_IO);
     CHECK(strstr(ddt_error_message(), "--model @/nonexistent/model.txt: cannot open") != NULL);
+    /* a description read from a file: every error names the file (the grammar's too) */
+    const struct {
+        const char *text, *expected;
+    } from_file[] = {
+        {"", ": the description is empty"},
+        {"# only a comment\n", ": the description is empty"},
+        {"4-conv(8,k3)-10\n", ": at 'conv"},
+    };
+    for (size_t i = 0; i < sizeof from_file / sizeof from_file[0]; i++) {
+        char path[] = "/tmp/ddtrain-test-model-XXXXXX", option[64], expected[128];
+        int fd = mkstemp(path);
+        CHECK(fd >= 0);
+        FILE *file = fdopen(fd, "w");
+        fputs(from_file[i].text, file);
+        fclose(file);
+        snprintf(option, sizeof option, "@%s", path);
+        snprintf(expected, sizeof expected, "--model %s%s", option, from_file[i].expected);
+        CHECK(model_spec_parse(option, &spec_buffer) == DDT_ERR_USAGE);
+        if (!strstr(ddt_error_message(), expected))
+            fprintf(stderr, "expected '%s' in: %s\n", expected, ddt_error_message());
+        CHECK(strstr(ddt_error_message(), expected) == ddt_error_message());
+        unlink(path);
+    }
     char many[MODEL_SPEC_MAX_TEXT] = "4-4";
     for (int i = 0; i < MODEL_MAX_NODES && strlen(many) < sizeof many - 6; i++)
         strcat(many, "-relu");

@@ -1232,7 +1232,12 @@ static ddt_status parse_description(const char *text, bool stored, model_spec *o
 }
 
 ddt_status model_spec_parse(const char *text, model_spec *out) {
-    return parse_description(text, false, out);
+    ddt_status status = parse_description(text, false, out);
+    /* A description read from a file: the error names the file too. */
+    const char *message = ddt_error_message();
+    if (status != DDT_OK && text && text[0] == '@' && strncmp(message, "--model: ", 9) == 0)
+        return ddt_error(status, "--model @%s: %s", text + 1, message + 9);
+    return status;
 }
 
 ddt_status model_spec_parse_stored(const char *text, model_spec *out) {
