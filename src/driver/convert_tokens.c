@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "engine/model_spec.h"
 #include "io/dataset_writer.h"
 
 #define TOKEN_BLOCK (1 << 20) /* ids per read */
@@ -133,7 +134,12 @@ static ddt_status sink_init(token_sink *s, const options *opts, int64_t total, i
                       .vocab = vocab,
                       .source = source,
                       .validation = opts->val_fraction > 0};
-    if (total < 1) return ddt_error(DDT_ERR_DATA, "the inputs hold no tokens");
+    if (total < 1) {
+        int count = opts->positional_count - 1;
+        if (count == 1) return ddt_error(DDT_ERR_DATA, "%s: holds no tokens", opts->positional[1]);
+        return ddt_error(DDT_ERR_DATA, "the %d inputs, %s to %s, hold no tokens", count,
+                         opts->positional[1], opts->positional[count]);
+    }
     return convert_validation_rows(opts, total, "tokens", &s->held);
 }
 
@@ -298,6 +304,9 @@ ddt_status convert_tokens(const options *opts) {
         if (inputs[i].id_bytes == 4) default_vocab = LLAMA3_VOCAB;
     }
     int vocab = opts->vocab_size ? (int)opts->vocab_size : default_vocab;
+    if (vocab < MODEL_MIN_VOCAB)
+        return ddt_error(DDT_ERR_USAGE, "--vocab-size %d: no model takes fewer than %d tokens",
+                         vocab, MODEL_MIN_VOCAB);
     DDT_CHECK(check_outputs(opts, "FILE.bin"));
     for (int i = 0; i < files; i++)
         printf("%s: %s, %" PRId64 " tokens\n", inputs[i].path,

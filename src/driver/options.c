@@ -269,8 +269,8 @@ static const option_def option_table[] = {
      "folder", NULL},
     {"vocab-size", 0, OPTION_INT64, CONVERT, FIELD(vocab_size), "0", 0, MODEL_MAX_VOCAB, "V",
      "convert tokens: the vocabulary size stored with the ids, every id must be below it "
-     "(0: 50257, GPT-2's, for uint16 files; 128256 for llm.c's uint32 files; at most the "
-     "largest vocabulary a model takes)", NULL},
+     "(0: 50257, GPT-2's, for uint16 files; 128256 for llm.c's uint32 files; otherwise from 2 "
+     "to the largest vocabulary a model takes)", NULL},
     {"compression", 0, OPTION_INT64, CONVERT | SYNTH, FIELD(compression), "0", 0, 9, "LEVEL",
      "deflate level for the written datasets (0: none)", NULL},
     {"rows", 0, OPTION_INT64, SYNTH, FIELD(rows), NULL, 1, BIG, "N", "rows to generate", NULL},

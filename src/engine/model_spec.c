@@ -23,7 +23,6 @@
 /* Causal attention over one position weighs it by 1 whatever the scores, so its queries and
  * keys would never learn; one token is nothing to predict among. */
 #define MODEL_MIN_ATTENTION_CONTEXT 2
-#define MODEL_MIN_VOCAB 2
 #define ATTENTION_CONTEXT_REASON                                                                   \
     "attention needs at least 2 positions (over one, it weighs that position by 1 whatever the "   \
     "scores, so its queries and keys never learn)"

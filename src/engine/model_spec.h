@@ -43,6 +43,8 @@
  * overflow. The converters refuse data no model could take by these same numbers. */
 #define MODEL_MAX_WIDTH (1 << 24)
 #define MODEL_MAX_VOCAB (1 << 24)
+/* The smallest vocabulary: with one token every prediction is right and the loss is 0. */
+#define MODEL_MIN_VOCAB 2
 
 #define MODEL_MAX_NODES 320
 #define MODEL_MAX_TENSORS 256

@@ -328,6 +328,12 @@ done
 expect_fail_all_ranks "--vocab-size beyond any model's" 1 2 \
   "--vocab-size: 16777217 is out of range (must be between 0 and 16777216)" \
   -- convert tokens "$WORK/nano.bin" -o "$WORK/x.h5" --vocab-size 16777217
+expect_fail_all_ranks "--vocab-size 1 (fewer than any model takes)" 1 2 \
+  "--vocab-size 1: no model takes fewer than 2 tokens" \
+  -- convert tokens "$WORK/nano.bin" -o "$WORK/x.h5" --vocab-size 1
+: >"$WORK/empty.txt"
+expect_fail_all_ranks "an empty text file, named" 1 1 "$WORK/empty.txt: holds no tokens" \
+  -- convert text "$WORK/empty.txt" -o "$WORK/x.h5"
 expect_ok "--vocab-size 16777216 (the largest a model takes)" "$DDTRAIN" convert tokens \
   "$WORK/nano.bin" -o "$WORK/vocab-max.h5" --vocab-size 16777216
 $PY - "$WORK" <<'PY' && pass "a vocabulary of 16777216: int32 ids" || fail "vocab-max.h5"
