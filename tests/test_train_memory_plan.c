@@ -36,6 +36,13 @@ int main(void) {
     CHECK(limits.device_limit == (size_t)4 << 30);
     CHECK(strstr(limits.device_source, "DDTRAIN_DEVICE_MEMORY_LIMIT 8GiB,4GiB, local rank 1: 4GiB"));
     CHECK(memory_limits_resolve(&r, dev, 2, 3, &limits) == DDT_ERR_USAGE); /* 3 ranks, 2 limits */
+    /* every entry of a list is checked, not only this rank's (the list is every rank's) */
+    const char *bad_lists[] = {"1GiB,", "1GiB,,2GiB", "1GiB,lots", ",1GiB"};
+    for (size_t i = 0; i < sizeof bad_lists / sizeof bad_lists[0]; i++) {
+        r = request(MEMORY_POLICY_GROWTH, bad_lists[i]);
+        CHECK(memory_limits_resolve(&r, dev, 0, 1, &limits) == DDT_ERR_USAGE);
+        CHECK(strstr(ddt_error_message(), bad_lists[i]) || strstr(ddt_error_message(), "lots"));
+    }
     r = request(MEMORY_POLICY_PREALLOCATE, NULL);
     CHECK(memory_limits_resolve(&r, dev, 0, 1, &limits) == DDT_ERR_USAGE);
     CHECK(strstr(ddt_error_message(), "preallocate needs a limit"));

@@ -99,21 +99,28 @@ ddt_status memory_limits_resolve(const memory_request *request, device *dev, int
                          "%s lists %d limits, but this node runs %d ranks (give one limit, or "
                          "one per local rank)",
                          source, count, local_size);
+    /* Every entry is checked, not only this rank's: a list is the same text on every rank. */
     int index = count == 1 ? 0 : local_rank;
+    char entry[64], mine[64] = "";
     const char *start = text;
-    for (int i = 0; i < index; i++)
-        start = strchr(start, ',') + 1;
-    size_t length = strcspn(start, ",");
-    char entry[64];
-    if (length == 0 || length >= sizeof entry)
-        return ddt_error(DDT_ERR_USAGE, "%s: entry %d of '%s' is empty or too long", source,
-                         index + 1, text);
-    memcpy(entry, start, length);
-    entry[length] = '\0';
-    DDT_CHECK(parse_limit_entry(source, entry, dev, &out->device_limit));
+    for (int i = 0; i < count; i++) {
+        size_t length = strcspn(start, ",");
+        if (length == 0 || length >= sizeof entry)
+            return ddt_error(DDT_ERR_USAGE, "%s: entry %d of '%s' is empty or too long", source,
+                             i + 1, text);
+        memcpy(entry, start, length);
+        entry[length] = '\0';
+        size_t bytes = 0;
+        DDT_CHECK(parse_limit_entry(source, entry, dev, &bytes));
+        if (i == index) {
+            out->device_limit = bytes;
+            memcpy(mine, entry, sizeof mine);
+        }
+        start += length + (start[length] == ',');
+    }
     if (count > 1)
         snprintf(out->device_source, sizeof out->device_source, "%s %s, local rank %d: %s", source,
-                 text, local_rank, entry);
+                 text, local_rank, mine);
     else
         snprintf(out->device_source, sizeof out->device_source, "%s %s", source, text);
     return DDT_OK;
