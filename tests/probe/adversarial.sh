@@ -3,7 +3,8 @@
 # folders, text and token files, token datasets, generate, damaged model files, stalls and
 # kills in every phase (start-up and generate included), output paths and every numeric option,
 # each run with a time bound and classified clean / wrong but safe / crash / hang / damaged.
-# Not part of ctest (a full run takes about an hour on the project's 2-core machine class).
+# Not part of ctest (a full run takes 25-40 minutes with --jobs 2 on the project's 2-core
+# machine class).
 #
 #   tests/probe/adversarial.sh BUILD_DIR [BUILD_DIR...] [--class NAME[,NAME]] [--jobs N]
 #                              [--out DIR] [--case REGEX] [--keep] [--list]
