@@ -144,6 +144,11 @@ static ddt_status open_backend(comm *c, comm **out) {
     return DDT_OK;
 }
 
+ddt_status comm_check_environment(comm_backend_kind kind) {
+    const comm_backend_ops *ops = backend_ops(kind); /* none: comm_init_like says why */
+    return ops && ops->check_environment ? ops->check_environment() : DDT_OK;
+}
+
 ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm **out) {
     *out = NULL;
     if (kind != COMM_BACKEND_MPI && kind != COMM_BACKEND_SHM && kind != COMM_BACKEND_NCCL)

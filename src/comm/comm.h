@@ -92,6 +92,11 @@ ddt_status comm_init(comm_backend_kind kind, MPI_Comm world, device *dev, comm *
  * new communicator of `kind` over the same ranks, with MPI communicators of its own
  * (MPI_Comm_idup, polled). It inherits the parent's timeout and wait hook. */
 ddt_status comm_init_like(comm *parent, comm_backend_kind kind, device *dev, comm **out);
+/* Checks this rank's environment variables for a `kind` backend (the shm backend's
+ * DDTRAIN_ALLREDUCE_CHUNK, _SLOTS, _STORES and DDTRAIN_NODE_RANKS) without meeting the other
+ * ranks, so that a driver can agree on the answer (comm_agree) before the collective set-up
+ * and a bad value is reported once, by the rank given it. comm_init_like checks them again. */
+ddt_status comm_check_environment(comm_backend_kind kind);
 /* Collective at a normal end (every rank of a node frees together; a rank that never comes is
  * waited for at most the timeout). */
 void comm_free(comm *c);

@@ -24,6 +24,9 @@ typedef struct comm_backend_ops {
     /* Sets the backend up; on failure it has released whatever it took (close is not called).
      * Collective over comm->world: every rank returns the same status. */
     ddt_status (*open)(comm *c);
+    /* Checks the environment variables open will read, without meeting other ranks
+     * (comm_check_environment). May be NULL when the backend reads none. */
+    ddt_status (*check_environment)(void);
     /* Makes room for `requests` reductions in flight at once, outside the training step (the
      * step itself allocates nothing). May be NULL when in-flight requests cost nothing. */
     ddt_status (*reserve_requests)(comm *c, int requests);

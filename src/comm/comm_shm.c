@@ -863,6 +863,12 @@ static ddt_status read_knobs(shm_place *mine) {
     return DDT_OK;
 }
 
+static ddt_status shm_check_environment(void) {
+    shm_place scratch;
+    memset(&scratch, 0, sizeof scratch);
+    return read_knobs(&scratch);
+}
+
 static bool same_node(const shm_place *a, const shm_place *b) {
     if (a->node_leader != b->node_leader) return false;
     return a->node_ranks == 0 || a->local_rank / a->node_ranks == b->local_rank / b->node_ranks;
@@ -1157,6 +1163,7 @@ static void shm_describe(const comm *c, char *text, size_t size) {
 const comm_backend_ops comm_shm_ops = {
     .name = "shm",
     .open = shm_open,
+    .check_environment = shm_check_environment,
     .reserve_requests = shm_reserve_requests,
     .broadcast = comm_mpi_broadcast,
     .allreduce = shm_allreduce,

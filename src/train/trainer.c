@@ -293,6 +293,8 @@ static ddt_status open_device_and_comm(trainer *t) {
      * The communicator comes before any device memory of ddtrain's own, so that NCCL's
      * buffers (which cannot come from the allocator) find room even under a preallocating
      * policy, and what the backend took outside the allocator is counted against the limit. */
+    DDT_CHECK(comm_agree(t->control, comm_check_environment(s->allreduce),
+                         "set-up: the all-reduce's environment"));
     DDT_CHECK(comm_init_like(t->control, s->allreduce, t->engine.dev, &t->engine.comm));
     comm_set_wait_hook(t->engine.comm, comm_watchdog_poll, t->control);
     return DDT_OK;

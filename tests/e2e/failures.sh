@@ -131,6 +131,21 @@ per_rank "other evaluation data on rank 1" 2 "--eval-data names other data on ra
 per_rank "an identical copy of the data under another path on rank 1" 0 "" \
   --data "$WORK/d.h5" "$WORK/node1/d.h5" -- train "${small[@]}"
 per_rank "another --threads on rank 1" 0 "" --threads 1 2 -- train --data "$WORK/d.h5" "${small[@]}"
+# A bad all-reduce setting is agreed before the collective set-up: one message, from the rank
+# given it, and exit 2 on every rank.
+rm -f "$WORK"/rank-exit.*
+timeout -k 5 "$TIMEOUT" mpirun -np 2 --bind-to none bash -c '
+  [[ $OMPI_COMM_WORLD_RANK == 1 ]] && export DDTRAIN_ALLREDUCE_STORES=bogus
+  "$0" "$@"; echo $? >"'"$WORK"'/rank-exit.$OMPI_COMM_WORLD_RANK"' \
+  "$DDTRAIN" train --data "$WORK/d.h5" "${small[@]}" >"$WORK/out.txt" 2>"$WORK/err.txt"
+if [[ $(cat "$WORK"/rank-exit.0 "$WORK"/rank-exit.1 2>/dev/null | tr '\n' ' ') == "2 2 " &&
+      $(grep -c "ddtrain: error" "$WORK/err.txt") == 1 ]] &&
+   grep -qF "error (rank 1 of 2 on $(hostname)): DDTRAIN_ALLREDUCE_STORES=bogus: give auto" "$WORK/err.txt"; then
+  pass "a bad DDTRAIN_ALLREDUCE_STORES on rank 1: said once, by rank 1, exit 2 on both"
+else
+  fail "a bad DDTRAIN_ALLREDUCE_STORES on rank 1: exits $(cat "$WORK"/rank-exit.* 2>/dev/null | tr '\n' ' ')"
+  grep ddtrain "$WORK/err.txt" | head -3 | sed 's/^/    /'
+fi
 ranks 1 train --data "$WORK/d.h5" "${small[@]}" --save "$WORK/small.h5" >/dev/null 2>&1 || fail "a model to evaluate"
 per_rank "eval: other data on rank 1" 2 "--data names other data on rank 1" \
   --data "$WORK/d.h5" "$WORK/other.h5" -- eval --model-file "$WORK/small.h5"
