@@ -97,10 +97,11 @@ ddt_status files_check_outputs(const file_role *outputs, int output_count,
 const char *file_kind_name(mode_t mode) {
     if (S_ISREG(mode)) return "a regular file";
     if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
     if (S_ISCHR(mode)) return "a character device";
     if (S_ISBLK(mode)) return "a block device";
-    if (S_ISFIFO(mode)) return "a FIFO";
     if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISLNK(mode)) return "a symbolic link";
     return "a special file";
 }
 
@@ -515,24 +516,13 @@ ddt_status file_reserve(int fd, const char *path, uint64_t bytes) {
 
 /* ---- inputs ------------------------------------------------------------------------------ */
 
-const char *file_type_name(mode_t mode) {
-    if (S_ISREG(mode)) return "a regular file";
-    if (S_ISDIR(mode)) return "a directory";
-    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
-    if (S_ISCHR(mode)) return "a character device";
-    if (S_ISBLK(mode)) return "a block device";
-    if (S_ISSOCK(mode)) return "a socket";
-    if (S_ISLNK(mode)) return "a symbolic link";
-    return "not a file";
-}
-
 /* The error for a `mode` that is not a regular file. */
 static ddt_status not_regular(const char *name, mode_t mode) {
     if (S_ISDIR(mode)) return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", name, strerror(EISDIR));
     return ddt_error(DDT_ERR_USAGE,
                      "%s: not a regular file but %s: ddtrain reads its inputs from regular files "
                      "only (a pipe or a device could block or never end)",
-                     name, file_type_name(mode));
+                     name, file_kind_name(mode));
 }
 
 ddt_status file_check_regular_input(const char *path, const char *name) {

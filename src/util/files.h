@@ -101,8 +101,9 @@ ddt_status file_publish(const char *temp_path, const char *path);
 ddt_status file_sync_directory_of(const char *path);
 /* ---- outputs that are not regular files ---- */
 
-/* "a regular file", "a directory", "a character device", "a block device", "a FIFO",
- * "a socket": what a stat() mode is, for messages. */
+/* "a regular file", "a directory", "a FIFO (named pipe)", "a character device", "a block
+ * device", "a socket", "a symbolic link": what a stat() mode is, for messages about inputs
+ * and outputs alike. */
 const char *file_kind_name(mode_t mode);
 
 /* Whether `path` (links followed) is written through in place rather than replaced: a
@@ -141,9 +142,6 @@ ddt_status file_output_append(const char *option, const char *path, FILE **out);
 ddt_status file_reserve(int fd, const char *path, uint64_t bytes);
 
 /* ---- inputs ------------------------------------------------------------------------------ */
-
-/* "a directory", "a FIFO (named pipe)", "a character device", ... for a stat() mode. */
-const char *file_type_name(mode_t mode);
 
 /* Checks, without opening it, that `path` is a regular file once symbolic links are
  * followed. `name` is how messages name it (NULL: the path itself). Errors:
