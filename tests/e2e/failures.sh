@@ -12,7 +12,7 @@ long=(train --data "$WORK/d.h5" --model 32-512-relu-512-relu-4 --global-batch 96
 # pid of the ddtrain process of a given rank (its environment names the rank).
 rank_pid() {
   for pid in $(pgrep -f "ddtrain-e2e-marker-$$"); do
-    if tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -qx "OMPI_COMM_WORLD_RANK=$1"; then
+    if grep -qx "OMPI_COMM_WORLD_RANK=$1" <<<"$(tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null)"; then
       [[ $(readlink "/proc/$pid/exe") == "$(readlink -f "$DDTRAIN")" ]] && { echo "$pid"; return; }
     fi
   done

@@ -11,7 +11,7 @@ source "$(dirname "$0")/lib.sh"
 
 SOURCE=$(cd "$HERE/../.." && pwd)
 cuda=OFF
-"$DDTRAIN" --version | grep -q '^cuda: built' && cuda=ON
+grep -q '^cuda: built' <<<"$("$DDTRAIN" --version)" && cuda=ON
 build=$WORK/build
 prefix=$WORK/prefix
 configure=(-DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF "-DDDTRAIN_CUDA=$cuda")
@@ -80,7 +80,7 @@ if [[ $cuda == ON ]]; then
     for d in "${directories[@]}"; do [[ -e $d/$needed ]] && found=1; done
     [[ $found -eq 1 ]] || problems+=" $needed not in RUNPATH $runpath;"
   done
-  ldd "$plugin" | grep -q "not found" && problems+=" ldd: $(ldd "$plugin" | grep 'not found' | tr -s ' \n' ' ')"
+  grep -q "not found" <<<"$(ldd "$plugin")" && problems+=" ldd: $(ldd "$plugin" | grep 'not found' | tr -s ' \n' ' ')"
   [[ -z $problems ]] && pass "plugin RUNPATH holds the CUDA and NCCL libraries it needs ($runpath)" ||
     fail "plugin:$problems"
 else

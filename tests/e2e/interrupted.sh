@@ -55,7 +55,7 @@ interrupt() {
   left=$(cd "$WORK/out" && ls)
   local problems=""
   [[ $code -eq $expected ]] || problems+=" exit $code (expected $expected);"
-  find "$WORK/out" -name '*.tmp-*' | grep -q . && problems+=" temporary files left: $left;"
+  [[ -n $(find "$WORK/out" -name '*.tmp-*') ]] && problems+=" temporary files left: $left;"
   if [[ -z $outputs ]]; then
     [[ -z $left ]] || problems+=" files left: $left;"
   else

@@ -291,7 +291,7 @@ fi
 # Each all-reduce path ddtrain has on CPU ranks: its default (with --allreduce: shm, the
 # hierarchical one) and MPI's (--allreduce mpi: Open MPI's binomial tree), 2 nodes x 2 ranks.
 paths=("")
-"$DDTRAIN" train --help 2>&1 | grep -q -- '--allreduce' && paths=("" "--allreduce mpi")
+grep -q -- '--allreduce' <<<"$("$DDTRAIN" train --help 2>&1)" && paths=("" "--allreduce mpi")
 if "$REPO/launch/install-deps.sh" data >"$WORK/install-data.txt" 2>&1; then
   for train_args in "${paths[@]}"; do
     bench_start=$SECONDS

@@ -68,7 +68,7 @@ daemon_pids=$(cat "$CLUSTER"/pids/*)
 "$DDTRAIN" synth -o "$WORK/train.h5" --rows 4096 --features 16 --classes 4 --seed 3 >/dev/null
 "$DDTRAIN" synth -o "$WORK/test.h5" --rows 1024 --features 16 --classes 4 --seed 3 >/dev/null
 checkpoints=0
-"$DDTRAIN" train --help | grep -q -- --checkpoint-dir && checkpoints=1
+grep -q -- --checkpoint-dir <<<"$("$DDTRAIN" train --help)" && checkpoints=1
 small=(DATA="$WORK/train.h5" EVAL_DATA="$WORK/test.h5" MODEL=16-32-relu-4 STEPS=40 GLOBAL_BATCH=64)
 
 # check_batch_job NAME ID OUTFILE RUNDIR LAUNCHER: the job COMPLETED with exit 0, its output

@@ -36,5 +36,5 @@ ranks 2 train --data "$WORK/d.h5" --model 64-16-relu-4 --global-batch 64 --epoch
   --trace "$WORK/u.json" --trace-steps 5:8 --checkpoint-dir "$WORK/c" --stop-after 3 >/dev/null 2>&1
 [[ ! -e $WORK/u.json ]] || $PY -c "import json; json.load(open('$WORK/u.json'))" &&
   pass "a run stopped before the window leaves no partial trace" || fail "partial trace left"
-ls "$WORK" | grep -q '\.tmp' && fail "temporary trace file left" || pass "no temporary file left"
+grep -q '\.tmp' <<<"$(ls "$WORK")" && fail "temporary trace file left" || pass "no temporary file left"
 finish
