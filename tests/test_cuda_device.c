@@ -29,6 +29,7 @@
 
 #include "check.h"
 #include "engine/alloc.h"
+#include "engine/cuda/reduction_plan.h" /* the kernels' partial sums: shapes that reach them */
 #include "engine/device.h"
 #include "engine/model_spec.h" /* conv_geometry_make */
 #include "util/rng.h"
@@ -61,6 +62,12 @@ static bool message_has(const char *part) {
 }
 
 /* --- inputs ------------------------------------------------------------------------------ */
+
+static double now_seconds(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 static uint64_t random_counter;
 
@@ -252,6 +259,16 @@ static void check_cpu_backend_and_registry(void) {
     EXPECT(device_timer_mark(cpu, DEVICE_TIMER_SLOTS) == DDT_ERR_INTERNAL);
     EXPECT(device_timer_elapsed(cpu, -1, 0, &seconds) == DDT_ERR_INTERNAL);
 
+    /* device_gemm_fp32 (convolution's bias, in fp32 whatever the mode) is the plain product
+     * on the CPU, which has fp32 only: the same bits as device_gemm. */
+    float a[6] = {0.1f, -2.5f, 3.25f, 1e-3f, 7.0f, -0.3f},
+          b[6] = {1.5f, 0.7f, -1.1f, 2.2f, 0.01f, 4.0f};
+    float c_plain[4] = {1, 2, 3, 4}, c_fp32[4] = {1, 2, 3, 4};
+    device_gemm(cpu, false, false, 2, 2, 3, 0.5f, a, 3, b, 2, 1.0f, c_plain, 2);
+    device_gemm_fp32(cpu, false, false, 2, 2, 3, 0.5f, a, 3, b, 2, 1.0f, c_fp32, 2);
+    EXPECT(memcmp(c_plain, c_fp32, sizeof c_plain) == 0);
+    EXPECT(c_fp32[0] != 1.0f);
+
     if (!device_kind_available(DEVICE_KIND_CUDA)) {
         device *none = (device *)1;
         EXPECT(device_open(DEVICE_KIND_CUDA, 0, &none) == DDT_ERR_USAGE);
@@ -353,7 +370,13 @@ static void check_gemm(void) {
     const size_t max_operand_floats = 256 * 96; /* the largest m*k or k*n above */
     EXPECT(workspace_in_use() == 0);
     size_t fp32_bytes = device_precision_workspace_bytes(gpu, PRECISION_FP32, max_operand_floats);
-    EXPECT(fp32_bytes == 32 * MIB);
+    /* cuBLAS's 32 MiB and the kernels' scratch: the partial sums and the embedding sort's
+     * three id arrays, plus the sort's own temporary storage (a few MiB at most). */
+    size_t scratch_bytes = fp32_bytes - 32 * MIB;
+    printf("measured: the kernels' scratch takes %zu bytes\n", scratch_bytes);
+    EXPECT(fp32_bytes > 32 * MIB);
+    EXPECT(scratch_bytes >= REDUCTION_PARTIAL_BYTES + 3 * (size_t)EMBEDDING_SORT_ROWS * 4);
+    EXPECT(scratch_bytes <= 16 * MIB);
     EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
     EXPECT(workspace_in_use() == fp32_bytes);
     check_gemm_all_layouts("fp32", GEMM_FP32);
@@ -364,7 +387,7 @@ static void check_gemm(void) {
     check_gemm_all_layouts("tf32", GEMM_TF32);
 
     size_t bf16_bytes = device_precision_workspace_bytes(gpu, PRECISION_BF16, max_operand_floats);
-    EXPECT(bf16_bytes == 32 * MIB + 2 * allocator_rounded_size(max_operand_floats * 2));
+    EXPECT(bf16_bytes == fp32_bytes + 2 * allocator_rounded_size(max_operand_floats * 2));
     EXPECT_OK(device_set_precision(gpu, PRECISION_BF16, gpu_alloc, max_operand_floats));
     EXPECT(workspace_in_use() == bf16_bytes); /* the fp32 pieces went back */
     check_gemm_all_layouts("bf16", GEMM_BF16);
@@ -402,8 +425,19 @@ static void check_bias_case(int rows, int cols) {
     device_bias_gradient_accumulate(gpu, rows, cols, device_y, device_gradient);
     host_copy_of(got_gradient, device_gradient, (size_t)cols * sizeof(float));
     /* A float sum of rows + 1 terms on each side, in whatever order each adds. */
-    CHECK_CLOSE("bias_gradient_accumulate", got_gradient, expected_gradient, (size_t)cols,
+    char what[96];
+    snprintf(what, sizeof what, "bias_gradient_accumulate %dx%d", rows, cols);
+    CHECK_CLOSE(what, got_gradient, expected_gradient, (size_t)cols,
                 2.0 * float_sum_gamma(rows + 1, 0x1p-24), scales);
+    /* Again from the same start: the same bits (the partials add in a fixed order). */
+    float *again = copy_array(gradient, (size_t)cols);
+    EXPECT_OK(
+        device_copy_host_to_device(gpu, device_gradient, gradient, (size_t)cols * sizeof(float)));
+    device_bias_gradient_accumulate(gpu, rows, cols, device_y, device_gradient);
+    host_copy_of(again, device_gradient, (size_t)cols * sizeof(float));
+    snprintf(what, sizeof what, "bias_gradient_accumulate %dx%d: repeat", rows, cols);
+    CHECK_IDENTICAL(what, again, got_gradient, (size_t)cols * sizeof(float));
+    free(again);
 
     device_bias_add(cpu, rows, cols, expected_y, bias);
     device_bias_add(gpu, rows, cols, device_y, device_bias);
@@ -543,6 +577,12 @@ static void check_loss_case(const char *what, loss_function cpu_loss, loss_funct
         gpu_loss(gpu, rows, cols, device_logits, device_labels, device_targets, scale, device_loss,
                  with_gradient ? device_dlogits : NULL);
         host_copy_of(&got_loss, device_loss, sizeof(float));
+        float again = 2.5f; /* the same bits a second time: partials add in a fixed order */
+        EXPECT_OK(device_copy_host_to_device(gpu, device_loss, &again, sizeof(float)));
+        gpu_loss(gpu, rows, cols, device_logits, device_labels, device_targets, scale, device_loss,
+                 NULL);
+        host_copy_of(&again, device_loss, sizeof(float));
+        EXPECT(memcmp(&again, &got_loss, sizeof(float)) == 0);
         char label[128];
         snprintf(label, sizeof label, "%s %dx%d loss%s", what, rows, cols,
                  with_gradient ? " with gradient" : "");
@@ -633,9 +673,20 @@ static void check_losses(void) {
     check_losses_of_shape(67, 13);
     check_losses_of_shape(9, 100);   /* rows wider than a warp */
     check_losses_of_shape(5000, 10); /* many blocks adding to one loss */
+    /* More rows than the row sums' blocks hold warps (REDUCTION_MAX_PARTIALS x 8): warps take
+     * several rows, and all the partials meet in the second pass. */
+    check_losses_of_shape(8 * REDUCTION_MAX_PARTIALS + 1001, 7);
     check_count_correct_case(67, 13);
     check_count_correct_case(300, 100);
     check_count_correct_case(129, 1);
+    check_count_correct_case(8 * REDUCTION_MAX_PARTIALS + 1001, 5);
+    /* GPT-2's vocabulary: 512 rows of 50257 logits (a micro-batch of 64 x 1024 tokens has 128
+     * times more rows, the same kernels and grid cap). */
+    double started = now_seconds();
+    check_losses_of_shape(512, 50257);
+    check_count_correct_case(512, 50257);
+    printf("measured: losses and count_correct at 512 x 50257 on both backends: %.1f s\n",
+           now_seconds() - started);
 }
 
 /* --- GPU: optimizers --------------------------------------------------------------------- */
@@ -1315,6 +1366,8 @@ static void check_layernorm(void) {
     check_layernorm_case(5, 7);
     check_layernorm_case(300, 768);  /* gpt2-124m's width */
     check_layernorm_case(2100, 128); /* more rows than the gradient's row chunks, unevenly */
+    check_layernorm_case(16 * 1024 + 3, 768); /* gpt2-124m, 16 x 1024 tokens: 42 row chunks */
+    check_layernorm_case(200, 40000);         /* wider than the column blocks' target: one chunk */
 }
 
 /* Embeddings: the forward gather, and the backward adding rows into the table in increasing r
@@ -1370,6 +1423,10 @@ static void check_embedding(void) {
     check_embedding_case(4096, 128, 256, false); /* gpt-tiny's tokens: 64 windows of 64 */
     check_embedding_case(4096, 128, 64, true);   /* and its positions */
     check_embedding_case(50, 1000, 3, false);    /* wide rows, few table rows */
+    /* gpt2-124m: its 50257-token table, more rows than one sorted group (EMBEDDING_SORT_ROWS),
+     * so rows of one id are added across two groups, in order; and very long runs of ids. */
+    check_embedding_case(EMBEDDING_SORT_ROWS + 4097, 768, 50257, false);
+    check_embedding_case(EMBEDDING_SORT_ROWS + 4097, 96, 3, false);
 }
 
 /* Causal softmax: forward within 1e-5 (above the diagonal exactly 0: the GPU's output starts
@@ -1482,6 +1539,12 @@ static void check_sum_of_squares(void) {
     EXPECT_OK(device_sum_of_squares(gpu, count, device_x, &gpu_sum));
     EXPECT_OK(device_sum_of_squares(cpu, count, x, &cpu_sum));
     EXPECT(fabs(gpu_sum - cpu_sum) <= 1e-12 * cpu_sum);
+    /* The same bits every time (--clip-grad-norm: every rank must compute the same factor). */
+    for (int run = 0; run < 3; run++) {
+        double again = -3;
+        EXPECT_OK(device_sum_of_squares(gpu, count, device_x, &again));
+        EXPECT(memcmp(&again, &gpu_sum, sizeof again) == 0);
+    }
     EXPECT_OK(device_sum_of_squares(gpu, 0, device_x, &gpu_sum));
     EXPECT(gpu_sum == 0.0);
     EXPECT_OK(device_copy_host_to_device(gpu, device_x + 5, &(float){NAN}, sizeof(float)));
@@ -1641,6 +1704,95 @@ static void check_deferred_failure(void) {
     device_close(other);
 }
 
+/* The operations that add partial sums need the kernels' scratch, which set_precision() takes:
+ * before it they fail with a message saying so (on a device of its own: the failure stays). */
+static void check_scratch_needed(void) {
+    device *other = NULL;
+    allocator *alloc = NULL;
+    EXPECT_OK(device_open(DEVICE_KIND_CUDA, gpu->ordinal, &other));
+    if (!other) return;
+    EXPECT_OK(allocator_init(other, &alloc));
+    float *buffer = NULL;
+    if (alloc)
+        EXPECT_OK(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, 256 * sizeof(float),
+                                  (void **)&buffer));
+    if (buffer) {
+        double sum = 0;
+        EXPECT(device_sum_of_squares(other, 16, buffer, &sum) == DDT_ERR_INTERNAL);
+        EXPECT(message_has("device_set_precision"));
+        device_bias_gradient_accumulate(other, 4, 4, buffer, buffer + 64);
+        EXPECT(device_synchronize(other) == DDT_ERR_INTERNAL);
+        EXPECT(message_has("bias_gradient_accumulate") && message_has("device_set_precision"));
+    }
+    allocator_destroy(alloc);
+    device_close(other);
+}
+
+/* Convolution's bias as a rank-one product with a row of ones stays fp32 in bf16 mode
+ * (device_gemm_fp32, device.h): forward C += bias 1^T gives the CPU's bits exactly (each
+ * element is one rounded add of bias + C), where a bf16 GEMM rounds the bias to 8 bits and
+ * differs, so the check can tell the two apart; backward d bias += dY 1 is within fp32's
+ * summation bound of the CPU. */
+static void check_gemm_fp32(void) {
+    const int outputs = 37, columns = 1000;
+    size_t wide = (size_t)outputs * columns;
+    EXPECT_OK(device_set_precision(gpu, PRECISION_BF16, gpu_alloc, wide));
+    float *bias = random_array((size_t)outputs, -1.0f, 1.0f);
+    float *c = random_array(wide, -1.0f, 1.0f);
+    float *ones = malloc((size_t)columns * sizeof *ones);
+    for (int j = 0; j < columns; j++)
+        ones[j] = 1.0f;
+    float *expected = copy_array(c, wide), *got = copy_array(c, wide);
+    device_gemm(cpu, false, false, outputs, columns, 1, 1.0f, bias, 1, ones, columns, 1.0f,
+                expected, columns);
+    float *device_bias = gpu_copy_of(bias, (size_t)outputs * sizeof(float));
+    float *device_ones = gpu_copy_of(ones, (size_t)columns * sizeof(float));
+    float *device_c = gpu_copy_of(c, wide * sizeof(float));
+    device_gemm_fp32(gpu, false, false, outputs, columns, 1, 1.0f, device_bias, 1, device_ones,
+                     columns, 1.0f, device_c, columns);
+    host_copy_of(got, device_c, wide * sizeof(float));
+    CHECK_IDENTICAL("gemm_fp32 in bf16 mode: C += bias 1^T", got, expected, wide * sizeof(float));
+    EXPECT_OK(device_copy_host_to_device(gpu, device_c, c, wide * sizeof(float)));
+    device_gemm(gpu, false, false, outputs, columns, 1, 1.0f, device_bias, 1, device_ones, columns,
+                1.0f, device_c, columns);
+    host_copy_of(got, device_c, wide * sizeof(float));
+    EXPECT(memcmp(got, expected, wide * sizeof(float)) != 0); /* bf16 did round the bias */
+
+    float *gradient = random_array((size_t)outputs, -1.0f, 1.0f);
+    float *expected_gradient = copy_array(gradient, (size_t)outputs);
+    float *got_gradient = copy_array(gradient, (size_t)outputs);
+    double *scales = malloc((size_t)outputs * sizeof *scales);
+    for (int i = 0; i < outputs; i++) {
+        scales[i] = fabs(gradient[i]) + 1e-30;
+        for (int j = 0; j < columns; j++)
+            scales[i] += fabs(c[(size_t)i * columns + j]);
+    }
+    float *device_gradient = gpu_copy_of(gradient, (size_t)outputs * sizeof(float));
+    EXPECT_OK(device_copy_host_to_device(gpu, device_c, c, wide * sizeof(float)));
+    device_gemm(cpu, false, false, outputs, 1, columns, 1.0f, c, columns, ones, 1, 1.0f,
+                expected_gradient, 1);
+    device_gemm_fp32(gpu, false, false, outputs, 1, columns, 1.0f, device_c, columns, device_ones,
+                     1, 1.0f, device_gradient, 1);
+    host_copy_of(got_gradient, device_gradient, (size_t)outputs * sizeof(float));
+    CHECK_CLOSE("gemm_fp32 in bf16 mode: d bias += dY 1", got_gradient, expected_gradient,
+                (size_t)outputs, gemm_tolerance(columns, GEMM_FP32), scales);
+    EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, 256 * 96));
+
+    gpu_release(device_gradient);
+    gpu_release(device_c);
+    gpu_release(device_ones);
+    gpu_release(device_bias);
+    free(scales);
+    free(got_gradient);
+    free(expected_gradient);
+    free(gradient);
+    free(got);
+    free(expected);
+    free(ones);
+    free(c);
+    free(bias);
+}
+
 int main(void) {
     if (device_open(DEVICE_KIND_CPU, 0, &cpu) != DDT_OK) {
         fprintf(stderr, "cannot open the CPU device: %s\n", ddt_error_message());
@@ -1669,6 +1821,10 @@ int main(void) {
     check_gemm();
     check_bias_case(70, 45);
     check_bias_case(3000, 7);
+    check_bias_case(64 * 1024, 768); /* gpt2-124m's width, 64 x 1024 tokens: 42 row chunks */
+    check_bias_case(100, 40000);     /* wider than the column blocks' target: one chunk */
+    check_scratch_needed();
+    check_gemm_fp32();
     check_activations();
     check_dropout();
     check_losses();

@@ -203,6 +203,10 @@ void device_gemm(device *dev, bool transpose_a, bool transpose_b, int m, int n, 
     dev->ops->gemm(dev, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
+void device_gemm_fp32(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
+    dev->ops->gemm_fp32(dev, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
 void device_bias_add(device *dev, int rows, int cols, float *y, const float *bias) {
     dev->ops->bias_add(dev, rows, cols, y, bias);
 }

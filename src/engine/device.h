@@ -66,7 +66,10 @@ typedef struct device device;
 struct allocator; /* engine/alloc.h; backends take their workspace from it */
 
 /* The arithmetic of matrix products. Elementwise work, losses and optimizer updates stay in
- * fp32; parameters (master weights) and gradients are always fp32. */
+ * fp32; parameters (master weights) and gradients are always fp32. Elementwise work written
+ * as a product (convolution's bias and its gradient: rank-one products with a row of ones)
+ * goes through device_gemm_fp32(), so it too stays fp32 in every mode. (PyTorch's autocast
+ * differs here: it runs conv2d, bias included, in 16 bits.) */
 typedef enum precision_kind {
     PRECISION_FP32, /* plain fp32 */
     PRECISION_TF32, /* fp32 storage, TF32 tensor-core products (CUDA) */
@@ -121,6 +124,9 @@ void device_fill_zero(device *dev, void *dst, size_t bytes);
 /* C[m x n] = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T; row-major with leading
  * dimensions lda, ldb, ldc (as cblas_sgemm with CblasRowMajor). */
 void device_gemm(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+/* The same product in plain fp32 whatever the precision mode (no TF32, no 16-bit operands):
+ * for elementwise work written as a product, which device.h keeps in fp32. */
+void device_gemm_fp32(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
 /* y[r][c] += bias[c] for a rows x cols matrix. */
 void device_bias_add(device *dev, int rows, int cols, float *y, const float *bias);
 /* bias_gradient[c] += sum over r of dy[r][c]. */

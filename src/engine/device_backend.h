@@ -18,6 +18,7 @@ typedef struct device_ops {
     void (*copy_device_to_device)(device *dev, void *dst, const void *src, size_t bytes);
     void (*fill_zero)(device *dev, void *dst, size_t bytes);
     void (*gemm)(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
+    void (*gemm_fp32)(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
     void (*bias_add)(device *dev, int rows, int cols, float *y, const float *bias);
     void (*bias_gradient_accumulate)(device *dev, int rows, int cols, const float *dy, float *bias_gradient);
     void (*scale)(device *dev, size_t count, float alpha, float *x);

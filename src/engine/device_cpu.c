@@ -692,6 +692,7 @@ static const device_ops cpu_ops = {
     .copy_device_to_device = cpu_copy_device_to_device,
     .fill_zero = cpu_fill_zero,
     .gemm = cpu_gemm,
+    .gemm_fp32 = cpu_gemm, /* the CPU has fp32 only */
     .bias_add = cpu_bias_add,
     .bias_gradient_accumulate = cpu_bias_gradient_accumulate,
     .scale = cpu_scale,

@@ -3,11 +3,12 @@
  * Convolution is im2col + one GEMM per chunk of samples: the windows of a chunk are unfolded
  * into a (C*K*K) x (samples*positions) matrix, and one product W [OUT x C*K*K] times it gives
  * the chunk's outputs channel-major (OUT x samples*positions); the bias joins as a rank-one
- * product with a row of ones, and a permute puts the outputs in NCHW. Backward: the output
- * gradient permuted channel-major, dW += dY cols^T, d cols = W^T dY, col2im. All products are
- * plain (no operand transposed twice), so BLAS and cuBLAS run them at their best; one large
- * product per chunk rather than one per sample (small, slow), and the chunk bounds the
- * unfolded matrix's memory (CONV_WORKSPACE_FLOATS). Winograd or direct convolutions would
+ * product with a row of ones (in fp32 whatever the precision: device_gemm_fp32), and a permute
+ * puts the outputs in NCHW. Backward: the output gradient permuted channel-major,
+ * dW += dY cols^T, d cols = W^T dY, col2im. All products are plain (no operand transposed
+ * twice), so BLAS and cuBLAS run them at their best; one large product per chunk rather than
+ * one per sample (small, slow), and the chunk bounds the unfolded matrix's memory
+ * (CONV_WORKSPACE_FLOATS). Winograd or direct convolutions would
  * save memory traffic but would need their own code on every backend; im2col reuses the GEMM
  * that already runs at the machine's speed.
  *
@@ -264,9 +265,9 @@ static void conv_forward(const layer_call *c, const model_node *node) {
         device_im2col(c->dev, g, n, c->x + s * in_size, cols);
         device_gemm(c->dev, false, false, outputs, columns, unfolded, 1.0f,
                     parameter(c, node, 0), unfolded, cols, columns, 0.0f, wide, columns);
-        if (node->bias) /* wide += bias 1^T */
-            device_gemm(c->dev, false, false, outputs, columns, 1, 1.0f, parameter(c, node, 1), 1,
-                        c->ones, columns, 1.0f, wide, columns);
+        if (node->bias) /* wide += bias 1^T, in fp32 in every precision mode (device.h) */
+            device_gemm_fp32(c->dev, false, false, outputs, columns, 1, 1.0f, parameter(c, node, 1),
+                             1, c->ones, columns, 1.0f, wide, columns);
         /* [outputs, n, positions] -> [n, outputs, positions] */
         int dims[3] = {outputs, n, positions}, perm[3] = {1, 0, 2};
         device_permute(c->dev, 3, dims, perm, wide, c->y + s * out_size);
@@ -419,9 +420,9 @@ static ddt_status conv_backward(const layer_call *c, const model_node *node, con
         /* [n, outputs, positions] -> [outputs, n, positions] */
         int dims[3] = {n, outputs, positions}, perm[3] = {1, 0, 2};
         device_permute(c->dev, 3, dims, perm, dy + s * out_size, d_wide);
-        if (node->bias) /* d bias += dY 1 */
-            device_gemm(c->dev, false, false, outputs, 1, columns, 1.0f, d_wide, columns, c->ones,
-                        1, 1.0f, gradient(c, node, 1), 1);
+        if (node->bias) /* d bias += dY 1, in fp32 in every precision mode (device.h) */
+            device_gemm_fp32(c->dev, false, false, outputs, 1, columns, 1.0f, d_wide, columns,
+                             c->ones, 1, 1.0f, gradient(c, node, 1), 1);
         device_im2col(c->dev, g, n, c->x + s * in_size, cols);
         /* dW [outputs x unfolded] += dY cols^T */
         device_gemm(c->dev, false, true, outputs, unfolded, columns, 1.0f, d_wide, columns, cols,

@@ -68,6 +68,12 @@ typedef struct cuda_backend {
     void *cublas_workspace;
     void *cast_a, *cast_b;       /* bf16/fp16 copies of the GEMM operands */
     size_t cast_capacity_floats; /* elements each cast buffer holds */
+    /* The kernels' scratch (partial sums, the embedding sort), taken with the cuBLAS
+     * workspace from the same allocator; its size is asked of the kernels at open. Until
+     * set_precision() the scratch is empty and the operations that need it fail clearly. */
+    size_t scratch_bytes, sort_temp_bytes;
+    void *scratch_memory;
+    kernels_scratch scratch;
 
     /* timer_mark/timer_elapsed: timing events, recorded on the compute stream. */
     cudaEvent_t timers[DEVICE_TIMER_SLOTS];
@@ -245,6 +251,17 @@ static bool precision_is_16_bit(precision_kind precision) {
     return precision == PRECISION_BF16 || precision == PRECISION_FP16;
 }
 
+/* --- the kernels' scratch --------------------------------------------------------------- */
+
+/* The scratch, or NULL after recording why there is none (set_precision() not yet called). */
+static const kernels_scratch *scratch_of(cuda_backend *backend, const char *what) {
+    if (backend->scratch_memory) return &backend->scratch;
+    cuda_defer(backend, DDT_ERR_INTERNAL, what,
+               "the kernels' scratch is taken by device_set_precision(), which was not called",
+               __FILE__, __LINE__);
+    return NULL;
+}
+
 /* --- dense algebra ----------------------------------------------------------------------- */
 
 /* cuBLAS is column-major. A row-major matrix read column-major is its transpose, and the
@@ -305,6 +322,24 @@ static void cuda_gemm(device *dev, bool transpose_a, bool transpose_b, int m, in
                               CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+/* Plain fp32 whatever the precision mode: fp32 operands, and the pedantic compute type, which
+ * keeps cuBLAS off TF32 tensor cores even when the handle's math mode allows them. */
+static void cuda_gemm_fp32(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k,
+                           float alpha, const float *a, int lda, const float *b, int ldb,
+                           float beta, float *c, int ldc) {
+    cuda_backend *backend = backend_of(dev);
+    if (m <= 0 || n <= 0) return;
+    if (k <= 0) {
+        CUDA_DEFER(backend, kernels_gemm_empty(backend->compute_stream, m, n, beta, c, ldc));
+        return;
+    }
+    cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    CUBLAS_DEFER(backend, cublasGemmEx(backend->cublas, op_b, op_a, n, m, k, &alpha, b, CUDA_R_32F,
+                                       ldb, a, CUDA_R_32F, lda, &beta, c, CUDA_R_32F, ldc,
+                                       CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT));
+}
+
 static void cuda_bias_add(device *dev, int rows, int cols, float *y, const float *bias) {
     cuda_backend *backend = backend_of(dev);
     CUDA_DEFER(backend, kernels_bias_add(backend->compute_stream, rows, cols, y, bias));
@@ -313,8 +348,10 @@ static void cuda_bias_add(device *dev, int rows, int cols, float *y, const float
 static void cuda_bias_gradient_accumulate(device *dev, int rows, int cols, const float *dy,
                                           float *bias_gradient) {
     cuda_backend *backend = backend_of(dev);
-    CUDA_DEFER(backend, kernels_bias_gradient_accumulate(backend->compute_stream, rows, cols, dy,
-                                                         bias_gradient));
+    const kernels_scratch *scratch = scratch_of(backend, "bias_gradient_accumulate");
+    if (!scratch) return;
+    CUDA_DEFER(backend, kernels_bias_gradient_accumulate(backend->compute_stream, scratch, rows,
+                                                         cols, dy, bias_gradient));
 }
 
 static void cuda_scale(device *dev, size_t count, float alpha, float *x) {
@@ -367,31 +404,42 @@ static void cuda_softmax_cross_entropy(device *dev, int rows, int cols, const fl
                                        const int32_t *labels, const float *targets, float scale,
                                        float *loss_sum, float *dlogits) {
     cuda_backend *backend = backend_of(dev);
-    CUDA_DEFER(backend, kernels_softmax_cross_entropy(backend->compute_stream, rows, cols, logits,
-                                                      labels, targets, scale, loss_sum, dlogits));
+    const kernels_scratch *scratch = scratch_of(backend, "softmax_cross_entropy");
+    if (!scratch) return;
+    CUDA_DEFER(backend,
+               kernels_softmax_cross_entropy(backend->compute_stream, scratch, rows, cols, logits,
+                                             labels, targets, scale, loss_sum, dlogits));
 }
 
 static void cuda_binary_cross_entropy(device *dev, int rows, int cols, const float *logits,
                                       const int32_t *labels, const float *targets, float scale,
                                       float *loss_sum, float *dlogits) {
     cuda_backend *backend = backend_of(dev);
-    CUDA_DEFER(backend, kernels_binary_cross_entropy(backend->compute_stream, rows, cols, logits,
-                                                     labels, targets, scale, loss_sum, dlogits));
+    const kernels_scratch *scratch = scratch_of(backend, "binary_cross_entropy");
+    if (!scratch) return;
+    CUDA_DEFER(backend,
+               kernels_binary_cross_entropy(backend->compute_stream, scratch, rows, cols, logits,
+                                            labels, targets, scale, loss_sum, dlogits));
 }
 
 static void cuda_mean_squared_error(device *dev, int rows, int cols, const float *logits,
                                     const int32_t *labels, const float *targets, float scale,
                                     float *loss_sum, float *dlogits) {
     cuda_backend *backend = backend_of(dev);
-    CUDA_DEFER(backend, kernels_mean_squared_error(backend->compute_stream, rows, cols, logits,
-                                                   labels, targets, scale, loss_sum, dlogits));
+    const kernels_scratch *scratch = scratch_of(backend, "mean_squared_error");
+    if (!scratch) return;
+    CUDA_DEFER(backend,
+               kernels_mean_squared_error(backend->compute_stream, scratch, rows, cols, logits,
+                                          labels, targets, scale, loss_sum, dlogits));
 }
 
 static void cuda_count_correct(device *dev, int rows, int cols, const float *logits,
                                const int32_t *labels, float *correct) {
     cuda_backend *backend = backend_of(dev);
-    CUDA_DEFER(backend,
-               kernels_count_correct(backend->compute_stream, rows, cols, logits, labels, correct));
+    const kernels_scratch *scratch = scratch_of(backend, "count_correct");
+    if (!scratch) return;
+    CUDA_DEFER(backend, kernels_count_correct(backend->compute_stream, scratch, rows, cols, logits,
+                                              labels, correct));
 }
 
 /* --- optimizers -------------------------------------------------------------------------- */
@@ -560,8 +608,10 @@ static void cuda_layernorm_backward(device *dev, int rows, int cols, const float
                                     const float *dy, const float *gamma, const float *mean,
                                     const float *rstd, float *dx, float *dgamma, float *dbeta) {
     cuda_backend *backend = backend_of(dev);
-    CUDA_DEFER(backend, kernels_layernorm_backward(backend->compute_stream, rows, cols, x, dy,
-                                                   gamma, mean, rstd, dx, dgamma, dbeta));
+    const kernels_scratch *scratch = scratch_of(backend, "layernorm_backward");
+    if (!scratch) return;
+    CUDA_DEFER(backend, kernels_layernorm_backward(backend->compute_stream, scratch, rows, cols, x,
+                                                   dy, gamma, mean, rstd, dx, dgamma, dbeta));
 }
 
 static void cuda_embedding_forward(device *dev, int rows, int cols, const int32_t *ids,
@@ -574,8 +624,10 @@ static void cuda_embedding_forward(device *dev, int rows, int cols, const int32_
 static void cuda_embedding_backward(device *dev, int rows, int cols, const int32_t *ids,
                                     const float *dy, float *dtable) {
     cuda_backend *backend = backend_of(dev);
-    CUDA_DEFER(backend,
-               kernels_embedding_backward(backend->compute_stream, rows, cols, ids, dy, dtable));
+    const kernels_scratch *scratch = scratch_of(backend, "embedding_backward");
+    if (!scratch) return;
+    CUDA_DEFER(backend, kernels_embedding_backward(backend->compute_stream, scratch, rows, cols,
+                                                   ids, dy, dtable));
 }
 
 static void cuda_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x,
@@ -612,9 +664,11 @@ static ddt_status cuda_sum_of_squares(device *dev, size_t count, const float *x,
     cuda_backend *backend = backend_of(dev);
     *sum = NAN;
     DDT_CHECK(cuda_deferred(dev));
+    const kernels_scratch *scratch = scratch_of(backend, "sum_of_squares");
+    DDT_CHECK(cuda_deferred(dev)); /* says why when there is no scratch */
     double *total = &backend->device_results->sum_of_squares;
     CUDA_CHECK(cudaMemsetAsync(total, 0, sizeof *total, backend->compute_stream));
-    CUDA_CHECK(kernels_sum_of_squares(backend->compute_stream, count, x, total));
+    CUDA_CHECK(kernels_sum_of_squares(backend->compute_stream, scratch, count, x, total));
     CUDA_CHECK(cudaMemcpyAsync(&backend->host_results->sum_of_squares, total, sizeof *total,
                                cudaMemcpyDeviceToHost, backend->compute_stream));
     CUDA_CHECK(cudaStreamSynchronize(backend->compute_stream));
@@ -642,8 +696,7 @@ static size_t cast_buffer_bytes(size_t max_operand_floats) {
 
 static size_t cuda_precision_workspace_bytes(device *dev, precision_kind precision,
                                              size_t max_operand_floats) {
-    (void)dev;
-    size_t bytes = CUBLAS_WORKSPACE_BYTES;
+    size_t bytes = CUBLAS_WORKSPACE_BYTES + allocator_rounded_size(backend_of(dev)->scratch_bytes);
     if (precision_is_16_bit(precision)) {
         size_t cast = cast_buffer_bytes(max_operand_floats);
         if (cast == SIZE_MAX || cast > (SIZE_MAX - bytes) / 2) return SIZE_MAX;
@@ -652,11 +705,11 @@ static size_t cuda_precision_workspace_bytes(device *dev, precision_kind precisi
     return bytes;
 }
 
-/* Takes the cuBLAS workspace (always: so it is counted and limited like all device memory)
- * and, for bf16/fp16, the two operand cast buffers from `alloc`. They belong to the allocator:
- * allocator_destroy() releases them, so the allocator must not be destroyed while GEMMs may
- * still run. A second call takes new buffers before returning the old ones to the allocator
- * it took them from; on failure the previous precision stays in force. */
+/* Takes the cuBLAS workspace and the kernels' scratch (always: so they are counted and limited
+ * like all device memory) and, for bf16/fp16, the two operand cast buffers from `alloc`. They
+ * belong to the allocator: allocator_destroy() releases them, so the allocator must not be
+ * destroyed while GEMMs may still run. A second call takes new buffers before returning the old
+ * ones to the allocator it took them from; on failure the previous precision stays in force. */
 static ddt_status cuda_set_precision(device *dev, precision_kind precision, allocator *alloc,
                                      size_t max_operand_floats) {
     cuda_backend *backend = backend_of(dev);
@@ -672,9 +725,12 @@ static ddt_status cuda_set_precision(device *dev, precision_kind precision, allo
                              precision_kind_name(precision), max_operand_floats);
     }
     ddt_status status = DDT_OK;
-    void *workspace = NULL, *cast_a = NULL, *cast_b = NULL;
+    void *workspace = NULL, *cast_a = NULL, *cast_b = NULL, *scratch = NULL;
     DDT_CHECK_GOTO(
         allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, CUBLAS_WORKSPACE_BYTES, &workspace),
+        status, fail);
+    DDT_CHECK_GOTO(
+        allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, backend->scratch_bytes, &scratch),
         status, fail);
     if (cast_bytes) {
         DDT_CHECK_GOTO(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, cast_bytes, &cast_a),
@@ -693,6 +749,7 @@ static ddt_status cuda_set_precision(device *dev, precision_kind precision, allo
     /* Work already issued may still use the old buffers, but everything runs on the compute
      * stream, so whatever reuses them (also through it) runs after that work. */
     if (backend->workspace_allocator) {
+        allocator_free(backend->workspace_allocator, backend->scratch_memory);
         allocator_free(backend->workspace_allocator, backend->cast_b);
         allocator_free(backend->workspace_allocator, backend->cast_a);
         allocator_free(backend->workspace_allocator, backend->cublas_workspace);
@@ -703,6 +760,8 @@ static ddt_status cuda_set_precision(device *dev, precision_kind precision, allo
     backend->cast_a = cast_a;
     backend->cast_b = cast_b;
     backend->cast_capacity_floats = cast_bytes / 2;
+    backend->scratch_memory = scratch;
+    kernels_scratch_place(scratch, backend->sort_temp_bytes, &backend->scratch);
     return DDT_OK;
 
 fail_restore:
@@ -715,6 +774,7 @@ fail_restore:
 fail:
     allocator_free(alloc, cast_b);
     allocator_free(alloc, cast_a);
+    allocator_free(alloc, scratch);
     allocator_free(alloc, workspace);
     return status;
 }
@@ -881,6 +941,7 @@ static const device_ops cuda_ops = {
     .copy_device_to_device = cuda_copy_device_to_device,
     .fill_zero = cuda_fill_zero,
     .gemm = cuda_gemm,
+    .gemm_fp32 = cuda_gemm_fp32,
     .bias_add = cuda_bias_add,
     .bias_gradient_accumulate = cuda_bias_gradient_accumulate,
     .scale = cuda_scale,
@@ -1002,6 +1063,8 @@ ddt_status device_cuda_open(device *dev) {
     for (int i = 0; i < DEVICE_TIMER_SLOTS; i++)
         CUDA_CHECK_GOTO(cudaEventCreate(&backend->timers[i]), status, fail);
     CUDA_CHECK_GOTO(cudaMalloc((void **)&backend->device_results, 256), status, fail);
+    CUDA_CHECK_GOTO(kernels_scratch_bytes(&backend->scratch_bytes, &backend->sort_temp_bytes),
+                    status, fail);
     CUDA_CHECK_GOTO(cudaHostAlloc((void **)&backend->host_results, sizeof(cuda_reductions),
                                   cudaHostAllocDefault),
                     status, fail);

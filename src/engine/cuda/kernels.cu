@@ -4,19 +4,21 @@
  * order of operations where the order matters, so results agree to rounding; dropout masks
  * agree bit for bit because both sides run the hash in util/rng.h. Elementwise kernels use
  * grid-stride loops over size_t indices; row-wise kernels (losses, argmax) give one warp to a
- * row; reductions go through shared memory with one atomic per block, not per element.
- *
- * Loss sums and correct-prediction counts are added to a device float with atomicAdd, one per
- * block, in whatever order the blocks finish: GPU loss sums are therefore not bitwise
- * reproducible from run to run (counts are: they are small integers, exact in a float).
- * Gradients are: no kernel here adds floats in a data-dependent order.
+ * row. Nothing here adds floats with atomics or in an order that depends on scheduling: sums
+ * over many values leave one partial per block in the scratch, and a second pass adds the
+ * partials in block order (engine/cuda/reduction_plan.h sizes the grids, from the shapes
+ * alone). So every result is the same bit for bit from run to run and from rank to rank:
+ * gradients, loss sums, counts, and the sum of squares that --clip-grad-norm turns into a
+ * factor each rank computes for itself.
  */
 #include "engine/cuda/kernels.h"
 
+#include <cub/device/device_radix_sort.cuh>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
 
+#include "engine/cuda/reduction_plan.h"
 #include "engine/optim_update.h"
 #include "util/rng.h"
 
@@ -26,9 +28,6 @@
 /* Grid-stride loops cover what these blocks do not; 65536 blocks of 256 threads fill any
  * current GPU many times over. */
 #define MAX_BLOCKS ((size_t)1 << 16)
-/* Kernels that add into one device float (losses, counts) use at most this many blocks, so
- * at most this many float atomics round the sum; it still gives every SM of an H100 a block. */
-#define MAX_SUM_BLOCKS ((size_t)160)
 
 #define GRID_STRIDE_LOOP(i, count)                                                                 \
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (count);                    \
@@ -92,6 +91,33 @@ static __device__ double block_sum_double(double value) {
     value = threadIdx.x < (unsigned)warps ? warp_sums[threadIdx.x] : 0.0;
     if (warp == 0) value = warp_sum_double(value);
     return value;
+}
+
+/* The second pass of a row or element sum: one block adds the first pass's `count` partials
+ * (one per block of it, in the scratch) in a fixed order (each thread its strided share in
+ * index order, then the block's fixed tree), and adds total * scale / divisor to *out_float
+ * (rounded once) or to *out_double. */
+static __global__ void add_row_partials_kernel(unsigned count, const double *__restrict__ partials,
+                                               double scale, double divisor, float *out_float,
+                                               double *out_double) {
+    double sum = 0.0;
+    for (unsigned i = threadIdx.x; i < count; i += blockDim.x)
+        sum += partials[i];
+    double total = block_sum_double(sum);
+    if (threadIdx.x == 0) {
+        if (out_float) *out_float += (float)(total * scale / divisor);
+        if (out_double) *out_double += total * scale / divisor;
+    }
+}
+
+static cudaError_t add_row_partials(cudaStream_t stream, unsigned count, const double *partials,
+                                    double scale, double divisor, float *out_float,
+                                    double *out_double) {
+    cudaError_t error = cudaGetLastError(); /* the first pass's launch */
+    if (error != cudaSuccess) return error;
+    add_row_partials_kernel<<<1, THREADS_PER_BLOCK, 0, stream>>>(count, partials, scale, divisor,
+                                                                 out_float, out_double);
+    return cudaGetLastError();
 }
 
 /* --- matrix helpers ---------------------------------------------------------------------- */
@@ -192,37 +218,105 @@ extern "C" cudaError_t kernels_bias_add(cudaStream_t stream, int rows, int cols,
     return cudaGetLastError();
 }
 
-/* Column sums: a block owns 32 adjacent columns (one per lane, so each warp reads 128
- * contiguous bytes of a row) and its BIAS_ROW_THREADS rows of threads stride down the rows;
- * the partial sums meet in shared memory. Each column is written by exactly one thread, so
- * there are no atomics and the result does not depend on scheduling. */
-#define BIAS_ROW_THREADS 16
-
-static __global__ void bias_gradient_kernel(int rows, int cols, const float *__restrict__ dy,
-                                            float *__restrict__ bias_gradient) {
-    __shared__ float partial[BIAS_ROW_THREADS][33];
-    int column = blockIdx.x * 32 + threadIdx.x;
-    float sum = 0.0f;
+/* Column sums (bias gradients here; layer normalisation's dgamma and dbeta below): a block
+ * owns 32 adjacent columns (a lane each, so a warp reads 128 contiguous bytes of a row) and
+ * one chunk of rows (column_sum_plan_for()); its COLUMN_SUM_ROW_THREADS rows of threads each
+ * add a contiguous piece of the chunk in increasing row order, and the pieces meet in shared
+ * memory in piece order. With one chunk the block adds its sums into the result; otherwise it
+ * leaves them in the scratch (output o, chunk c, column j at (o * chunks + c) * cols + j) and
+ * add_column_partials_kernel adds them in chunk order. No atomics: the order is fixed by the
+ * shapes. The layer-normalisation form adds dy * xhat (output 0, dgamma) and dy (output 1,
+ * dbeta); the bias form adds dy (output 0). */
+template <bool LAYERNORM>
+static __global__ void column_sums_kernel(column_sum_plan plan, int rows, int cols,
+                                          const float *__restrict__ x, const float *__restrict__ dy,
+                                          const float *__restrict__ mean,
+                                          const float *__restrict__ rstd, float *out0, float *out1,
+                                          float *__restrict__ partials) {
+    __shared__ float piece[COLUMN_SUM_MAX_OUTPUTS][COLUMN_SUM_ROW_THREADS][33];
+    int column = (int)blockIdx.x * 32 + (int)threadIdx.x;
+    int chunk = (int)blockIdx.y;
+    int first = 0, last = 0;
+    column_sum_thread_rows(plan, rows, chunk, (int)threadIdx.y, &first, &last);
+    float sum0 = 0.0f, sum1 = 0.0f;
     if (column < cols)
-        for (int row = threadIdx.y; row < rows; row += BIAS_ROW_THREADS)
-            sum += dy[(size_t)row * cols + column];
-    partial[threadIdx.y][threadIdx.x] = sum;
+        for (int row = first; row < last; row++) {
+            size_t at = (size_t)row * cols + column;
+            if (LAYERNORM) {
+                float xhat = RN_MUL(RN_SUB(x[at], mean[row]), rstd[row]);
+                sum0 = RN_ADD(sum0, RN_MUL(dy[at], xhat));
+                sum1 = RN_ADD(sum1, dy[at]);
+            } else {
+                sum0 = RN_ADD(sum0, dy[at]);
+            }
+        }
+    piece[0][threadIdx.y][threadIdx.x] = sum0;
+    piece[1][threadIdx.y][threadIdx.x] = sum1;
     __syncthreads();
-    if (threadIdx.y == 0 && column < cols) {
-        float total = 0.0f;
-        for (int j = 0; j < BIAS_ROW_THREADS; j++)
-            total += partial[j][threadIdx.x];
-        bias_gradient[column] += total;
+    if (threadIdx.y != 0 || column >= cols) return;
+    float total0 = 0.0f, total1 = 0.0f;
+    for (int j = 0; j < COLUMN_SUM_ROW_THREADS; j++) {
+        total0 = RN_ADD(total0, piece[0][j][threadIdx.x]);
+        total1 = RN_ADD(total1, piece[1][j][threadIdx.x]);
+    }
+    if (plan.chunks == 1) {
+        out0[column] += total0;
+        if (LAYERNORM) out1[column] += total1;
+    } else {
+        partials[(size_t)chunk * cols + column] = total0;
+        if (LAYERNORM) partials[((size_t)plan.chunks + chunk) * cols + column] = total1;
     }
 }
 
-extern "C" cudaError_t kernels_bias_gradient_accumulate(cudaStream_t stream, int rows, int cols,
-                                                        const float *dy, float *bias_gradient) {
-    if (rows <= 0 || cols <= 0) return cudaSuccess;
-    dim3 block(32, BIAS_ROW_THREADS);
-    unsigned blocks = (unsigned)((cols + 31) / 32);
-    bias_gradient_kernel<<<blocks, block, 0, stream>>>(rows, cols, dy, bias_gradient);
+/* The second pass: a thread per (output, column) adds its chunks' partials in chunk order. */
+static __global__ void add_column_partials_kernel(int chunks, int cols, int outputs,
+                                                  const float *__restrict__ partials, float *out0,
+                                                  float *out1) {
+    size_t count = (size_t)outputs * cols;
+    GRID_STRIDE_LOOP(i, count) {
+        int output = (int)(i / (size_t)cols), column = (int)(i % (size_t)cols);
+        const float *p = partials + (size_t)output * chunks * cols + column;
+        float sum = 0.0f;
+        for (int c = 0; c < chunks; c++)
+            sum = RN_ADD(sum, p[(size_t)c * cols]);
+        (output == 0 ? out0 : out1)[column] += sum;
+    }
+}
+
+/* Both passes of a column sum (LAYERNORM: x, mean and rstd are read; else only dy). */
+template <bool LAYERNORM>
+static cudaError_t column_sums(cudaStream_t stream, const kernels_scratch *scratch, int rows,
+                               int cols, const float *x, const float *dy, const float *mean,
+                               const float *rstd, float *out0, float *out1) {
+    column_sum_plan plan = column_sum_plan_for(rows, cols);
+    int outputs = LAYERNORM ? 2 : 1;
+    float *partials = NULL;
+    if (plan.chunks > 1) {
+        if (!scratch || !scratch->partials ||
+            (size_t)outputs * column_sum_partial_floats(plan, cols) * sizeof(float) >
+                REDUCTION_PARTIAL_BYTES)
+            return cudaErrorInvalidValue;
+        partials = (float *)scratch->partials;
+    }
+    dim3 grid((unsigned)plan.column_groups, (unsigned)plan.chunks);
+    dim3 block(32, COLUMN_SUM_ROW_THREADS);
+    column_sums_kernel<LAYERNORM>
+        <<<grid, block, 0, stream>>>(plan, rows, cols, x, dy, mean, rstd, out0, out1, partials);
+    cudaError_t error = cudaGetLastError();
+    if (error != cudaSuccess || plan.chunks == 1) return error;
+    size_t count = (size_t)outputs * cols;
+    add_column_partials_kernel<<<blocks_for(count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                                 stream>>>(plan.chunks, cols, outputs, partials, out0, out1);
     return cudaGetLastError();
+}
+
+extern "C" cudaError_t kernels_bias_gradient_accumulate(cudaStream_t stream,
+                                                        const kernels_scratch *scratch, int rows,
+                                                        int cols, const float *dy,
+                                                        float *bias_gradient) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    return column_sums<false>(stream, scratch, rows, cols, NULL, dy, NULL, NULL, bias_gradient,
+                              NULL);
 }
 
 static __global__ void scale_kernel(size_t count, float alpha, float *x) {
@@ -406,7 +500,8 @@ static __global__ void softmax_cross_entropy_kernel(int rows, int cols,
                                                     const float *__restrict__ logits,
                                                     const int32_t *__restrict__ labels,
                                                     const float *__restrict__ targets, float scale,
-                                                    float *loss_sum, float *__restrict__ dlogits) {
+                                                    double *__restrict__ partials,
+                                                    float *__restrict__ dlogits) {
     int lane = threadIdx.x & 31;
     int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     int warps = (int)((gridDim.x * blockDim.x) >> 5);
@@ -458,35 +553,39 @@ static __global__ void softmax_cross_entropy_kernel(int rows, int cols,
         }
     }
     double block_total = block_sum_double(total);
-    /* Not bitwise reproducible: blocks add in the order they finish (see the file comment). */
-    if (threadIdx.x == 0 && block_total != 0.0) atomicAdd(loss_sum, (float)(block_total * scale));
+    if (threadIdx.x == 0) partials[blockIdx.x] = block_total;
 }
 
-static unsigned row_blocks(int rows) {
-    unsigned blocks = blocks_for((size_t)rows, WARPS_PER_BLOCK);
-    return blocks < MAX_SUM_BLOCKS ? blocks : (unsigned)MAX_SUM_BLOCKS;
+/* The scratch's row partials, or NULL where there is no scratch (the launcher then fails). */
+static double *row_partials(const kernels_scratch *scratch) {
+    return scratch ? (double *)scratch->partials : NULL;
 }
 
-static unsigned sum_blocks(size_t count) {
-    unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
-    return blocks < MAX_SUM_BLOCKS ? blocks : (unsigned)MAX_SUM_BLOCKS;
+/* Blocks of a warp-per-row kernel: a warp per row, up to REDUCTION_MAX_PARTIALS blocks. */
+static unsigned row_sum_blocks(int rows) {
+    return reduction_blocks((size_t)rows, WARPS_PER_BLOCK);
 }
 
-extern "C" cudaError_t kernels_softmax_cross_entropy(cudaStream_t stream, int rows, int cols,
-                                                     const float *logits, const int32_t *labels,
-                                                     const float *targets, float scale,
-                                                     float *loss_sum, float *dlogits) {
+extern "C" cudaError_t kernels_softmax_cross_entropy(cudaStream_t stream,
+                                                     const kernels_scratch *scratch, int rows,
+                                                     int cols, const float *logits,
+                                                     const int32_t *labels, const float *targets,
+                                                     float scale, float *loss_sum, float *dlogits) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
-    softmax_cross_entropy_kernel<<<row_blocks(rows), THREADS_PER_BLOCK, 0, stream>>>(
-        rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
-    return cudaGetLastError();
+    double *partials = row_partials(scratch);
+    if (!partials) return cudaErrorInvalidValue;
+    unsigned blocks = row_sum_blocks(rows);
+    softmax_cross_entropy_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(
+        rows, cols, logits, labels, targets, scale, partials, dlogits);
+    return add_row_partials(stream, blocks, partials, scale, 1.0, loss_sum, NULL);
 }
 
 static __global__ void binary_cross_entropy_kernel(int rows, int cols,
                                                    const float *__restrict__ logits,
                                                    const int32_t *__restrict__ labels,
                                                    const float *__restrict__ targets, float scale,
-                                                   float *loss_sum, float *__restrict__ dlogits) {
+                                                   double *__restrict__ partials,
+                                                   float *__restrict__ dlogits) {
     size_t count = (size_t)rows * cols;
     double total = 0.0;
     GRID_STRIDE_LOOP(i, count) {
@@ -502,26 +601,29 @@ static __global__ void binary_cross_entropy_kernel(int rows, int cols,
         }
     }
     double block_total = block_sum_double(total);
-    if (threadIdx.x == 0 && block_total != 0.0) atomicAdd(loss_sum, (float)(block_total * scale));
+    if (threadIdx.x == 0) partials[blockIdx.x] = block_total;
 }
 
-extern "C" cudaError_t kernels_binary_cross_entropy(cudaStream_t stream, int rows, int cols,
-                                                    const float *logits, const int32_t *labels,
-                                                    const float *targets, float scale,
-                                                    float *loss_sum, float *dlogits) {
+extern "C" cudaError_t kernels_binary_cross_entropy(cudaStream_t stream,
+                                                    const kernels_scratch *scratch, int rows,
+                                                    int cols, const float *logits,
+                                                    const int32_t *labels, const float *targets,
+                                                    float scale, float *loss_sum, float *dlogits) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
+    double *partials = row_partials(scratch);
+    if (!partials) return cudaErrorInvalidValue;
     size_t count = (size_t)rows * cols;
-    binary_cross_entropy_kernel<<<sum_blocks(count), THREADS_PER_BLOCK, 0, stream>>>(
-        rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
-    return cudaGetLastError();
+    unsigned blocks = reduction_blocks(count, THREADS_PER_BLOCK);
+    binary_cross_entropy_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(
+        rows, cols, logits, labels, targets, scale, partials, dlogits);
+    return add_row_partials(stream, blocks, partials, scale, 1.0, loss_sum, NULL);
 }
 
-static __global__ void mean_squared_error_kernel(int rows, int cols,
-                                                 const float *__restrict__ logits,
-                                                 const int32_t *__restrict__ labels,
-                                                 const float *__restrict__ targets, float scale,
-                                                 float gradient_factor, float *loss_sum,
-                                                 float *__restrict__ dlogits) {
+static __global__ void
+mean_squared_error_kernel(int rows, int cols, const float *__restrict__ logits,
+                          const int32_t *__restrict__ labels, const float *__restrict__ targets,
+                          float scale, float gradient_factor, double *__restrict__ partials,
+                          float *__restrict__ dlogits) {
     size_t count = (size_t)rows * cols;
     double total = 0.0;
     GRID_STRIDE_LOOP(i, count) {
@@ -531,27 +633,31 @@ static __global__ void mean_squared_error_kernel(int rows, int cols,
         if (dlogits) dlogits[i] = gradient_factor * difference;
     }
     double block_total = block_sum_double(total);
-    if (threadIdx.x == 0 && block_total != 0.0)
-        atomicAdd(loss_sum, (float)(block_total * scale / cols));
+    if (threadIdx.x == 0) partials[blockIdx.x] = block_total;
 }
 
-extern "C" cudaError_t kernels_mean_squared_error(cudaStream_t stream, int rows, int cols,
-                                                  const float *logits, const int32_t *labels,
-                                                  const float *targets, float scale,
-                                                  float *loss_sum, float *dlogits) {
+extern "C" cudaError_t kernels_mean_squared_error(cudaStream_t stream,
+                                                  const kernels_scratch *scratch, int rows,
+                                                  int cols, const float *logits,
+                                                  const int32_t *labels, const float *targets,
+                                                  float scale, float *loss_sum, float *dlogits) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
+    double *partials = row_partials(scratch);
+    if (!partials) return cudaErrorInvalidValue;
     size_t count = (size_t)rows * cols;
     float gradient_factor = 2.0f * scale / (float)cols;
-    mean_squared_error_kernel<<<sum_blocks(count), THREADS_PER_BLOCK, 0, stream>>>(
-        rows, cols, logits, labels, targets, scale, gradient_factor, loss_sum, dlogits);
-    return cudaGetLastError();
+    unsigned blocks = reduction_blocks(count, THREADS_PER_BLOCK);
+    mean_squared_error_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(
+        rows, cols, logits, labels, targets, scale, gradient_factor, partials, dlogits);
+    return add_row_partials(stream, blocks, partials, scale, (double)cols, loss_sum, NULL);
 }
 
 /* The CPU's argmax: the first index of the largest value, where a NaN is never chosen unless
  * it sits at index 0 (then index 0 wins, since nothing compares greater than NaN). Each lane
  * scans its columns in order, then lanes merge by (larger value, then smaller index). */
 static __global__ void count_correct_kernel(int rows, int cols, const float *__restrict__ logits,
-                                            const int32_t *__restrict__ labels, float *correct) {
+                                            const int32_t *__restrict__ labels,
+                                            double *__restrict__ partials) {
     int lane = threadIdx.x & 31;
     int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
     int warps = (int)((gridDim.x * blockDim.x) >> 5);
@@ -586,16 +692,19 @@ static __global__ void count_correct_kernel(int rows, int cols, const float *__r
         if (lane == 0 && predicted == labels[row]) hits += 1.0;
     }
     double block_hits = block_sum_double(hits);
-    if (threadIdx.x == 0 && block_hits != 0.0) atomicAdd(correct, (float)block_hits);
+    if (threadIdx.x == 0) partials[blockIdx.x] = block_hits;
 }
 
-extern "C" cudaError_t kernels_count_correct(cudaStream_t stream, int rows, int cols,
-                                             const float *logits, const int32_t *labels,
-                                             float *correct) {
+extern "C" cudaError_t kernels_count_correct(cudaStream_t stream, const kernels_scratch *scratch,
+                                             int rows, int cols, const float *logits,
+                                             const int32_t *labels, float *correct) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
-    count_correct_kernel<<<row_blocks(rows), THREADS_PER_BLOCK, 0, stream>>>(rows, cols, logits,
-                                                                             labels, correct);
-    return cudaGetLastError();
+    double *partials = row_partials(scratch);
+    if (!partials) return cudaErrorInvalidValue;
+    unsigned blocks = row_sum_blocks(rows);
+    count_correct_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(rows, cols, logits, labels,
+                                                                   partials);
+    return add_row_partials(stream, blocks, partials, 1.0, 1.0, correct, NULL);
 }
 
 /* --- optimizers -------------------------------------------------------------------------- */
@@ -662,26 +771,27 @@ extern "C" cudaError_t kernels_find_nonfinite(cudaStream_t stream, size_t count,
     return cudaGetLastError();
 }
 
-/* One double atomic per block (at most MAX_SUM_BLOCKS): the order of those additions varies
- * from run to run, which moves the gradient norm in its last bits only. */
+/* A partial per block in the scratch (the blocks and each thread's elements fixed by count
+ * alone), then add_row_partials: the same bits on every rank that has the same gradient. */
 static __global__ void sum_of_squares_kernel(size_t count, const float *__restrict__ x,
-                                             double *sum) {
+                                             double *__restrict__ partials) {
     double total = 0.0;
     GRID_STRIDE_LOOP(i, count) {
         double value = x[i];
         total += value * value;
     }
     double block_total = block_sum_double(total);
-    if (threadIdx.x == 0 && block_total != 0.0) atomicAdd(sum, block_total);
+    if (threadIdx.x == 0) partials[blockIdx.x] = block_total;
 }
 
-extern "C" cudaError_t kernels_sum_of_squares(cudaStream_t stream, size_t count, const float *x,
-                                              double *sum) {
+extern "C" cudaError_t kernels_sum_of_squares(cudaStream_t stream, const kernels_scratch *scratch,
+                                              size_t count, const float *x, double *sum) {
     if (count == 0) return cudaSuccess;
-    unsigned blocks = blocks_for(count, THREADS_PER_BLOCK);
-    if (blocks > MAX_SUM_BLOCKS) blocks = (unsigned)MAX_SUM_BLOCKS;
-    sum_of_squares_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(count, x, sum);
-    return cudaGetLastError();
+    double *partials = row_partials(scratch);
+    if (!partials) return cudaErrorInvalidValue;
+    unsigned blocks = reduction_blocks(count, THREADS_PER_BLOCK);
+    sum_of_squares_kernel<<<blocks, THREADS_PER_BLOCK, 0, stream>>>(count, x, partials);
+    return add_row_partials(stream, blocks, partials, 1.0, 1.0, NULL, sum);
 }
 
 /* --- the layer engine's operations ------------------------------------------------------- */
@@ -694,8 +804,6 @@ extern "C" cudaError_t kernels_sum_of_squares(cudaStream_t stream, size_t count,
  * from the CPU's sequential loops and agree with them to rounding. */
 
 #define NORM_THREADS 512 /* a block per channel (batch normalisation) */
-/* Parameter gradients of layer normalisation: 32 columns a block, this many row chunks. */
-#define COLUMN_ROW_THREADS 32
 
 /* The sum of a and of b over the block, in every thread: warp butterflies, then the warps'
  * partials in warp order (each thread adds them itself, in the same order, so all agree).
@@ -1196,56 +1304,17 @@ static __global__ void layernorm_backward_kernel(int rows, int cols, const float
     }
 }
 
-/* dgamma and dbeta: column sums over the rows. A block owns 32 adjacent columns (a lane each,
- * so a warp reads 128 contiguous bytes of a row); its COLUMN_ROW_THREADS rows of threads each
- * add one contiguous chunk of rows in increasing order, and the chunks' partials are then
- * added in chunk order: rows summed in order, grouped by chunk, with no atomics. */
-static __global__ void
-layernorm_parameter_gradient_kernel(int rows, int cols, const float *__restrict__ x,
-                                    const float *__restrict__ dy, const float *__restrict__ mean,
-                                    const float *__restrict__ rstd, float *__restrict__ dgamma,
-                                    float *__restrict__ dbeta) {
-    __shared__ float partial_gamma[COLUMN_ROW_THREADS][33];
-    __shared__ float partial_beta[COLUMN_ROW_THREADS][33];
-    int column = blockIdx.x * 32 + threadIdx.x;
-    int chunk = (rows + COLUMN_ROW_THREADS - 1) / COLUMN_ROW_THREADS;
-    int first = threadIdx.y * chunk, last = min(rows, first + chunk);
-    float sum_gamma = 0.0f, sum_beta = 0.0f;
-    if (column < cols)
-        for (int row = first; row < last; row++) {
-            size_t at = (size_t)row * cols + column;
-            float xhat = RN_MUL(RN_SUB(x[at], mean[row]), rstd[row]);
-            sum_gamma = RN_ADD(sum_gamma, RN_MUL(dy[at], xhat));
-            sum_beta = RN_ADD(sum_beta, dy[at]);
-        }
-    partial_gamma[threadIdx.y][threadIdx.x] = sum_gamma;
-    partial_beta[threadIdx.y][threadIdx.x] = sum_beta;
-    __syncthreads();
-    if (threadIdx.y == 0 && column < cols) {
-        float total_gamma = 0.0f, total_beta = 0.0f;
-        for (int j = 0; j < COLUMN_ROW_THREADS; j++) {
-            total_gamma += partial_gamma[j][threadIdx.x];
-            total_beta += partial_beta[j][threadIdx.x];
-        }
-        dgamma[column] += total_gamma;
-        dbeta[column] += total_beta;
-    }
-}
-
-extern "C" cudaError_t kernels_layernorm_backward(cudaStream_t stream, int rows, int cols,
-                                                  const float *x, const float *dy,
-                                                  const float *gamma, const float *mean,
-                                                  const float *rstd, float *dx, float *dgamma,
-                                                  float *dbeta) {
+/* dgamma and dbeta: column sums over the rows (column_sums above: both in one pass). */
+extern "C" cudaError_t
+kernels_layernorm_backward(cudaStream_t stream, const kernels_scratch *scratch, int rows, int cols,
+                           const float *x, const float *dy, const float *gamma, const float *mean,
+                           const float *rstd, float *dx, float *dgamma, float *dbeta) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
     layernorm_backward_kernel<<<blocks_for((size_t)rows, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,
                                 stream>>>(rows, cols, x, dy, gamma, mean, rstd, dx);
     cudaError_t error = cudaGetLastError();
     if (error != cudaSuccess) return error;
-    dim3 block(32, COLUMN_ROW_THREADS);
-    layernorm_parameter_gradient_kernel<<<(unsigned)((cols + 31) / 32), block, 0, stream>>>(
-        rows, cols, x, dy, mean, rstd, dgamma, dbeta);
-    return cudaGetLastError();
+    return column_sums<true>(stream, scratch, rows, cols, x, dy, mean, rstd, dgamma, dbeta);
 }
 
 static __global__ void embedding_forward_kernel(int rows, int cols, const int32_t *__restrict__ ids,
@@ -1267,42 +1336,111 @@ extern "C" cudaError_t kernels_embedding_forward(cudaStream_t stream, int rows, 
     return cudaGetLastError();
 }
 
-/* Warps for embedding_backward: enough to fill a GPU, each still reading every id. */
-#define EMBEDDING_TARGET_WARPS 2048
-#define EMBEDDING_MAX_CLASSES 256
-
-/* Each warp owns 32 adjacent columns of the table rows in one residue class (table row mod
- * `classes`), and walks all rows r in increasing order, adding dy[r] into the rows of its
- * class: every element of dtable has one owner, which adds in increasing r, exactly as the
- * CPU does. The id is the same for the whole warp, so the class test never diverges. */
-static __global__ void embedding_backward_kernel(int rows, int cols, int classes,
-                                                 const int32_t *__restrict__ ids,
-                                                 const float *__restrict__ dy,
-                                                 float *__restrict__ dtable) {
-    int lane = threadIdx.x & 31;
-    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
-    int column_groups = (cols + 31) / 32;
-    if (warp >= column_groups * classes) return;
-    int column = (warp / classes) * 32 + lane, residue = warp % classes;
-    if (column >= cols) return;
-    for (int r = 0; r < rows; r++) {
-        int id = __ldg(ids + r);
-        if (id % classes != residue) continue;
-        dtable[(size_t)id * cols + column] += dy[(size_t)r * cols + column];
+/* The embedding gradient: dtable[ids[r]] += dy[r] for every row r, each table row adding its
+ * rows in increasing r, as the CPU does (so the bits agree). The rows go in groups of up to
+ * EMBEDDING_SORT_ROWS: a stable radix sort of the group's ids (with their row numbers) lines up
+ * the rows of each id in increasing order, and then one warp per (run of equal ids, 32
+ * columns) adds that run's rows in order, one owner per element of dtable, no atomics. Groups
+ * run one after another, so later rows add after earlier ones. The work grows with the rows
+ * and the columns, not with how many warps there are (before: every warp read every id). */
+static __global__ void row_order_kernel(int count, int32_t *__restrict__ order) {
+    GRID_STRIDE_LOOP(i, (size_t)count) {
+        order[i] = (int32_t)i;
     }
 }
 
-extern "C" cudaError_t kernels_embedding_backward(cudaStream_t stream, int rows, int cols,
-                                                  const int32_t *ids, const float *dy,
+static __global__ void embedding_runs_kernel(int count, int cols, int first_row,
+                                             const int32_t *__restrict__ sorted_ids,
+                                             const int32_t *__restrict__ sorted_rows,
+                                             const float *__restrict__ dy,
+                                             float *__restrict__ dtable) {
+    int lane = threadIdx.x & 31;
+    size_t warp = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    size_t warps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    size_t column_groups = ((size_t)cols + 31) / 32;
+    size_t items = (size_t)count * column_groups;
+    for (size_t item = warp; item < items; item += warps) {
+        int start = (int)(item / column_groups); /* the same for the whole warp */
+        int column = (int)(item % column_groups) * 32 + lane;
+        int32_t id = sorted_ids[start];
+        if (start > 0 && sorted_ids[start - 1] == id) continue; /* not the run's first row */
+        if (column >= cols) continue;
+        float *out = dtable + (size_t)id * cols + column;
+        float sum = *out;
+        for (int j = start; j < count && sorted_ids[j] == id; j++)
+            sum += dy[((size_t)first_row + (size_t)sorted_rows[j]) * cols + column];
+        *out = sum;
+    }
+}
+
+/* The sort: ids ascending, equal ids in the order they came (a radix sort is stable), over
+ * all 32 bits of the key (ids are checked to lie in the table before any kernel sees them). */
+static cudaError_t sort_ids(const kernels_scratch *scratch, size_t *temp_bytes, const int32_t *ids,
+                            int count, cudaStream_t stream) {
+    return cub::DeviceRadixSort::SortPairs(
+        scratch ? scratch->sort_temp : NULL, *temp_bytes, ids, scratch ? scratch->sorted_ids : NULL,
+        scratch ? scratch->row_order : NULL, scratch ? scratch->sorted_rows : NULL, count, 0, 32,
+        stream);
+}
+
+extern "C" cudaError_t kernels_embedding_backward(cudaStream_t stream,
+                                                  const kernels_scratch *scratch, int rows,
+                                                  int cols, const int32_t *ids, const float *dy,
                                                   float *dtable) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
-    int column_groups = (cols + 31) / 32;
-    int classes = EMBEDDING_TARGET_WARPS / column_groups;
-    classes = classes < 1 ? 1 : classes > EMBEDDING_MAX_CLASSES ? EMBEDDING_MAX_CLASSES : classes;
-    size_t warps = (size_t)column_groups * (size_t)classes;
-    embedding_backward_kernel<<<blocks_for(warps, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
-        rows, cols, classes, ids, dy, dtable);
-    return cudaGetLastError();
+    if (!scratch || !scratch->sorted_ids) return cudaErrorInvalidValue;
+    size_t column_groups = ((size_t)cols + 31) / 32;
+    for (int first = 0; first < rows; first += EMBEDDING_SORT_ROWS) {
+        int count = rows - first < EMBEDDING_SORT_ROWS ? rows - first : EMBEDDING_SORT_ROWS;
+        row_order_kernel<<<blocks_for((size_t)count, THREADS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                           stream>>>(count, scratch->row_order);
+        cudaError_t error = cudaGetLastError();
+        if (error != cudaSuccess) return error;
+        size_t temp_bytes = 0; /* what this count needs: at most what the scratch was sized for */
+        error = sort_ids(NULL, &temp_bytes, ids + first, count, stream);
+        if (error != cudaSuccess) return error;
+        if (temp_bytes > scratch->sort_temp_bytes) return cudaErrorInvalidValue;
+        temp_bytes = scratch->sort_temp_bytes;
+        error = sort_ids(scratch, &temp_bytes, ids + first, count, stream);
+        if (error != cudaSuccess) return error;
+        size_t warps = (size_t)count * column_groups;
+        embedding_runs_kernel<<<blocks_for(warps, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0, stream>>>(
+            count, cols, first, scratch->sorted_ids, scratch->sorted_rows, dy, dtable);
+        error = cudaGetLastError();
+        if (error != cudaSuccess) return error;
+    }
+    return cudaSuccess;
+}
+
+/* --- the scratch ------------------------------------------------------------------------- */
+
+static size_t aligned_256(size_t bytes) {
+    return (bytes + 255) / 256 * 256;
+}
+
+extern "C" cudaError_t kernels_scratch_bytes(size_t *bytes, size_t *sort_temp_bytes) {
+    size_t temp = 0;
+    cudaError_t error = sort_ids(NULL, &temp, NULL, EMBEDDING_SORT_ROWS, 0);
+    if (error != cudaSuccess) return error;
+    *sort_temp_bytes = aligned_256(temp);
+    *bytes = aligned_256(REDUCTION_PARTIAL_BYTES) +
+             3 * aligned_256((size_t)EMBEDDING_SORT_ROWS * sizeof(int32_t)) + *sort_temp_bytes;
+    return cudaSuccess;
+}
+
+extern "C" void kernels_scratch_place(void *base, size_t sort_temp_bytes, kernels_scratch *out) {
+    char *at = (char *)base;
+    size_t ids_bytes = aligned_256((size_t)EMBEDDING_SORT_ROWS * sizeof(int32_t));
+    out->partials = at;
+    at += aligned_256(REDUCTION_PARTIAL_BYTES);
+    out->sorted_ids = (int32_t *)at;
+    at += ids_bytes;
+    out->row_order = (int32_t *)at;
+    at += ids_bytes;
+    out->sorted_rows = (int32_t *)at;
+    at += ids_bytes;
+    out->sort_temp = at;
+    out->sort_temp_bytes = sort_temp_bytes;
 }
 
 /* One warp per row i of a t x t matrix: lanes take columns lane, lane + 32, ... up to i; the
