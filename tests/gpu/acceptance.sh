@@ -33,12 +33,15 @@
 #   bench      ddtrain against PyTorch on the same GPU, same model, batch and steps: the
 #              quickstart MLP at micro-batch 128 and a wide MLP (1024-4096-relu-4096-relu-10,
 #              batch 4096), fp32 and bf16: samples/s of both, the ratio, and for the wide MLP
-#              the TFLOP/s against a cuBLAS GEMM of the same shapes timed in this run
+#              the TFLOP/s against a cuBLAS GEMM of the same shapes timed in this run; and the
+#              reduction kernels of a GPT step at GPT-2 124M's shapes (64 x 1024 tokens, vocab
+#              50257, width 768: ddtrain_bench_kernels), each timed against a device copy of
+#              the same bytes in the same run
 #
 # Usage:
 #   tests/gpu/acceptance.sh [--bin DIR] [--data DIR] [--out DIR] [--python PY] [--quick]
-#     --bin DIR     ddtrain, libddtrain_cuda.so, test_cuda_device, mpi_test_comm_nccl and
-#                   ddtrain_bench_gemm: a build tree (default: build/, with tests/ and bench/
+#     --bin DIR     ddtrain, libddtrain_cuda.so, test_cuda_device, mpi_test_comm_nccl,
+#                   ddtrain_bench_gemm and ddtrain_bench_kernels: a build tree (default: build/, with tests/ and bench/
 #                   inside) or a bundle's bin/ (tests/gpu/make-bundle.sh)
 #     --data DIR    Fashion-MNIST: the four IDX .gz files (converted here), or fashion-train-*.h5
 #                   and fashion-test.h5 [default: /usr/share/datasets/fashion-mnist]
@@ -137,6 +140,7 @@ ddtrain=$(find_binary ddtrain)
 test_cuda_device=$(find_binary test_cuda_device)
 test_comm_nccl=$(find_binary mpi_test_comm_nccl)
 bench_gemm=$(find_binary ddtrain_bench_gemm)
+bench_kernels=$(find_binary ddtrain_bench_kernels)
 if [[ -z $python ]]; then
   for candidate in /opt/torch/.venv/bin/python3 python3; do
     command -v "$candidate" >/dev/null && { python=$candidate; break; }
@@ -566,6 +570,27 @@ EOF
       fi
     done
   done
+
+  # The reduction kernels alone at GPT-2's shapes, each against a copy of its bytes.
+  if [[ -n $bench_kernels ]]; then
+    kernels_batch=64
+    ((quick)) && kernels_batch=8
+    run bench-kernels "$bench_kernels" --device cuda --batch "$kernels_batch" --repeats 10 \
+      --csv "$out/kernels.csv"
+    code=$?
+    if ((code == 0)); then
+      while IFS=, read -r operation tokens vocab width _ seconds gbs _ of_copy _; do
+        [[ $operation == operation ]] && continue
+        record bench "kernel $operation ($tokens tokens, vocab $vocab, width $width)" info \
+          "$(awk -v s="$seconds" -v g="$gbs" -v c="$of_copy" 'BEGIN { printf "%.3f ms, %.0f GB/s, %.0f%% of a copy", s * 1e3, g, 100 * c }')" ""
+      done <"$out/kernels.csv"
+    else
+      record bench "reduction kernels at GPT-2 shapes" fail "exit $code" "exit 0" \
+        "$(tail -1 "$work/bench-kernels.log")"
+    fi
+  else
+    record bench "reduction kernels at GPT-2 shapes" fail "ddtrain_bench_kernels not found in $bin_dir" ""
+  fi
 fi
 
 # --- summary -------------------------------------------------------------------------------

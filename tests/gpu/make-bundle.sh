@@ -23,7 +23,7 @@ cmake --build "$build" -j "$(nproc)" >/dev/null
 rm -rf "$out"
 GPUKIT_COMPRESS=${GPUKIT_COMPRESS:-xz} "$kit/bundle.sh" "$out" "$build/ddtrain" \
   "$build/libddtrain_cuda.so" "$build/tests/test_cuda_device" "$build/tests/mpi_test_comm_nccl" \
-  "$build/bench/ddtrain_bench_gemm" >"$out.log" 2>&1 ||
+  "$build/bench/ddtrain_bench_gemm" "$build/bench/ddtrain_bench_kernels" >"$out.log" 2>&1 ||
   { cat "$out.log" >&2; exit 1; }
 rm -f "$out.log"
 mkdir -p "$out/data"
