@@ -14,6 +14,8 @@
  * path, check_finite on NaN and Inf, memory_info, preallocating through the allocator with a
  * limit, the precision workspace as the allocator counts it, and a failure in an operation
  * without a status surfacing at the next micro-batch's upload_wait and synchronisation.
+ * Then that TF32, bf16 and fp16 GEMMs really lose the bits their formats lack (an error above
+ * any fp32 GEMM's, against float64), and that fp32 comes back.
  *
  * First, on any machine, the CPU side of the newer operations (precision, host memory, the
  * upload path) and the registry. Then, without a GPU (or in a build without CUDA), the test
@@ -1641,6 +1643,167 @@ static void check_deferred_failure(void) {
     device_close(other);
 }
 
+/* --- GPU: reduced precisions take effect ------------------------------------------------- */
+
+/* The tests above bound a TF32, bf16 or fp16 GEMM's error from above only, so one that
+ * silently ran in fp32 (a math mode never set, operands never cast) would pass them. Here
+ * the error is bounded from below too. Inputs are uniform in [-1, 1] with (nearly) full
+ * 24-bit significands, which TF32 and fp16 (11 significant bits) and bf16 (8) cannot hold.
+ * Relative to s_ij = sum_p |a_ip b_pj| (about k/4 here):
+ *   - fp32: |C - exact| <= gamma(k) s_ij, gamma(k) ~ k 2^-24 (Higham), whatever order and
+ *     fused or not: 7.8e-6 at k = 128, and in practice far less (it is measured, below);
+ *   - rounding the operands to unit roundoff u moves each product a_ip b_pj by up to
+ *     2u |a_ip b_pj|, with signs independent over p: the k errors add as a random walk, not
+ *     to zero, to a relative error whose standard deviation is near 0.06 u at k = 128; over
+ *     196,608 elements the worst is near 0.3 u.
+ * The bar, the largest of u/16, twice gamma(k + 3) and 8 times the fp32 GEMM's error measured
+ * on the same inputs in this run, lies two deviations or less above zero for every format
+ * (u/16 = 2^-14 for TF32 at its truncating 2^-10, 2^-12 for bf16, 2^-15 for fp16): rounding
+ * these very inputs on the host (to nearest, the least error a format can give) puts 9,000 of
+ * the 196,608 elements above it for TF32 and 63,000 for bf16 and fp16, where one suffices, so
+ * a precision that took effect clears it on any GPU, whatever its accumulation order; and it
+ * lies above anything fp32 arithmetic can produce (gamma(k) at most; about 3e-7 measured), so
+ * a GEMM that ran in fp32 cannot. From above, gemm_tolerance() still applies (a GEMM that did
+ * not run at all must not pass as "imprecise"). Then set_precision(FP32) must bring the error
+ * back to fp32's level. Plain and strided-batched GEMMs each; the reference is float64. */
+typedef struct precision_probe {
+    bool batched;
+    int m, n, k, batch;
+    size_t a_count, b_count, c_count;
+    float *a, *b, *got;
+    double *reference, *scales;
+    float *device_a, *device_b, *device_c;
+} precision_probe;
+
+static void precision_probe_init(precision_probe *probe, bool batched, int m, int n, int k,
+                                 int batch) {
+    *probe = (precision_probe){.batched = batched, .m = m, .n = n, .k = k, .batch = batch};
+    probe->a_count = (size_t)batch * m * k;
+    probe->b_count = (size_t)batch * k * n;
+    probe->c_count = (size_t)batch * m * n;
+    probe->a = random_array(probe->a_count, -1.0f, 1.0f);
+    probe->b = random_array(probe->b_count, -1.0f, 1.0f);
+    probe->got = random_array(probe->c_count, 0, 0);
+    probe->reference = malloc(probe->c_count * sizeof *probe->reference);
+    probe->scales = malloc(probe->c_count * sizeof *probe->scales);
+    if (!probe->reference || !probe->scales) {
+        fprintf(stderr, "out of host memory\n");
+        exit(1);
+    }
+    for (int entry = 0; entry < batch; entry++) {
+        const float *a = probe->a + (size_t)entry * m * k, *b = probe->b + (size_t)entry * k * n;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double sum = 0.0, magnitude = 0.0;
+                for (int p = 0; p < k; p++) {
+                    double product = (double)a[(size_t)i * k + p] * b[(size_t)p * n + j];
+                    sum += product;
+                    magnitude += fabs(product);
+                }
+                size_t at = ((size_t)entry * m + i) * n + j;
+                probe->reference[at] = sum;
+                probe->scales[at] = magnitude + 1e-30;
+            }
+    }
+    probe->device_a = gpu_copy_of(probe->a, probe->a_count * sizeof(float));
+    probe->device_b = gpu_copy_of(probe->b, probe->b_count * sizeof(float));
+    probe->device_c = gpu_buffer(probe->c_count * sizeof(float));
+}
+
+static void precision_probe_free(precision_probe *probe) {
+    gpu_release(probe->device_c);
+    gpu_release(probe->device_b);
+    gpu_release(probe->device_a);
+    free(probe->scales);
+    free(probe->reference);
+    free(probe->got);
+    free(probe->b);
+    free(probe->a);
+}
+
+/* C = A B on the GPU in the precision now set: the worst of |C - reference| / s_ij
+ * (infinity where C is not finite). */
+static double precision_probe_error(precision_probe *probe) {
+    int m = probe->m, n = probe->n, k = probe->k;
+    device_fill_zero(gpu, probe->device_c, probe->c_count * sizeof(float));
+    if (probe->batched)
+        device_gemm_strided_batched(gpu, false, false, m, n, k, 1.0f, probe->device_a, k,
+                                    (int64_t)m * k, probe->device_b, n, (int64_t)k * n, 0.0f,
+                                    probe->device_c, n, (int64_t)m * n, probe->batch);
+    else
+        device_gemm(gpu, false, false, m, n, k, 1.0f, probe->device_a, k, probe->device_b, n, 0.0f,
+                    probe->device_c, n);
+    host_copy_of(probe->got, probe->device_c, probe->c_count * sizeof(float));
+    double worst = 0.0;
+    for (size_t e = 0; e < probe->c_count; e++) {
+        double error = fabs((double)probe->got[e] - probe->reference[e]) / probe->scales[e];
+        if (!(error <= worst)) worst = isnan(error) ? INFINITY : error;
+    }
+    return worst;
+}
+
+static void check_precision_takes_effect(void) {
+    const int k = 128;
+    precision_probe probes[2];
+    precision_probe_init(&probes[0], false, 512, 384, k, 1);
+    precision_probe_init(&probes[1], true, 256, 192, k, 4);
+    /* Both operands of every batch entry at once: 4 x 256 x 128 floats, the largest. */
+    const size_t max_operand_floats = 4 * 256 * 128;
+    const double fp32_bound = float_sum_gamma(k + 3, 0x1p-24);
+    const precision_kind kinds[3] = {PRECISION_TF32, PRECISION_BF16, PRECISION_FP16};
+    const gemm_precision formats[3] = {GEMM_TF32, GEMM_BF16, GEMM_FP16};
+    for (int which = 0; which < 2; which++) {
+        precision_probe *probe = &probes[which];
+        char shape[64];
+        if (probe->batched)
+            snprintf(shape, sizeof shape, "gemm_strided_batched %dx%dx%d batch=%d", probe->m,
+                     probe->n, probe->k, probe->batch);
+        else
+            snprintf(shape, sizeof shape, "gemm %dx%dx%d", probe->m, probe->n, probe->k);
+
+        EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
+        double fp32_error = precision_probe_error(probe);
+        bool ok = fp32_error <= fp32_bound;
+        printf("measured: fp32 %s against float64  worst %.3g tolerance %.3g %s\n", shape,
+               fp32_error, fp32_bound, ok ? "ok" : "FAIL");
+        EXPECT(fp32_error <= fp32_bound);
+
+        for (int i = 0; i < 3; i++) {
+            const char *name = precision_kind_name(kinds[i]);
+            EXPECT_OK(device_set_precision(gpu, kinds[i], gpu_alloc, max_operand_floats));
+            double error = precision_probe_error(probe);
+            double least = fmax(fmax(formats[i].unit / 16.0, 2.0 * fp32_bound), 8.0 * fp32_error);
+            double ceiling = gemm_tolerance(k, formats[i]);
+            ok = error >= least && error <= ceiling;
+            printf("measured: %s %s error, above fp32's  worst %.3g tolerance >=%.3g %s\n", name,
+                   shape, error, least, ok ? "ok" : "FAIL");
+            if (!ok)
+                fprintf(stderr,
+                        "  %s %s: worst error %.3g against float64, outside [%.3g, %.3g]: %s\n",
+                        name, shape, error, least, ceiling,
+                        error < least ? "the precision did not take effect" : "too imprecise");
+            EXPECT(error >= least);
+            EXPECT(error <= ceiling);
+
+            /* And back: fp32's error again, far below what the reduced precision gave. */
+            EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
+            double back = precision_probe_error(probe);
+            double bar = fmin(fp32_bound, error / 8.0);
+            ok = back <= bar;
+            printf("measured: fp32 after %s, %s  worst %.3g tolerance %.3g %s\n", name, shape, back,
+                   bar, ok ? "ok" : "FAIL");
+            if (!ok)
+                fprintf(stderr, "  fp32 after %s %s: worst error %.3g (fp32 before: %.3g)\n", name,
+                        shape, back, fp32_error);
+            EXPECT(back <= bar);
+        }
+    }
+    precision_probe_free(&probes[1]);
+    precision_probe_free(&probes[0]);
+    EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, 256 * 96));
+    EXPECT_OK(device_synchronize(gpu));
+}
+
 int main(void) {
     if (device_open(DEVICE_KIND_CPU, 0, &cpu) != DDT_OK) {
         fprintf(stderr, "cannot open the CPU device: %s\n", ddt_error_message());
@@ -1680,6 +1843,7 @@ int main(void) {
     check_timers();
     check_preallocation();
     check_deferred_failure();
+    check_precision_takes_effect();
     EXPECT_OK(device_synchronize(gpu));
     allocator_destroy(gpu_alloc);
     device_close(gpu);
