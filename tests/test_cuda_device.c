@@ -14,6 +14,11 @@
  * path, check_finite on NaN and Inf, memory_info, preallocating through the allocator with a
  * limit, the precision workspace as the allocator counts it, and a failure in an operation
  * without a status surfacing at the next micro-batch's upload_wait and synchronisation.
+ * Then that TF32, bf16 and fp16 GEMMs really lose the bits their formats lack (an error above
+ * any fp32 GEMM's, against float64), and that fp32 comes back; and the index paths of GPT
+ * sizes: elementwise counts past the grid's 2^24 threads, causal softmax past its 524,288
+ * warps, operand casts of more than 20M and of more than 2^31 elements (each case that the
+ * GPU has no memory for prints "not run: ..." with the reason, and times itself).
  *
  * First, on any machine, the CPU side of the newer operations (precision, host memory, the
  * upload path) and the registry. Then, without a GPU (or in a build without CUDA), the test
@@ -1793,6 +1798,540 @@ static void check_gemm_fp32(void) {
     free(bias);
 }
 
+/* --- GPU: reduced precisions take effect ------------------------------------------------- */
+
+/* The tests above bound a TF32, bf16 or fp16 GEMM's error from above only, so one that
+ * silently ran in fp32 (a math mode never set, operands never cast) would pass them. Here
+ * the error is bounded from below too. Inputs are uniform in [-1, 1] with (nearly) full
+ * 24-bit significands, which TF32 and fp16 (11 significant bits) and bf16 (8) cannot hold.
+ * Relative to s_ij = sum_p |a_ip b_pj| (about k/4 here):
+ *   - fp32: |C - exact| <= gamma(k) s_ij, gamma(k) ~ k 2^-24 (Higham), whatever order and
+ *     fused or not: 7.8e-6 at k = 128, and in practice far less (it is measured, below);
+ *   - rounding the operands to unit roundoff u moves each product a_ip b_pj by up to
+ *     2u |a_ip b_pj|, with signs independent over p: the k errors add as a random walk, not
+ *     to zero, to a relative error whose standard deviation is near 0.06 u at k = 128; over
+ *     196,608 elements the worst is near 0.3 u.
+ * The bar, the largest of u/16, twice gamma(k + 3) and 8 times the fp32 GEMM's error measured
+ * on the same inputs in this run, lies two deviations or less above zero for every format
+ * (u/16 = 2^-14 for TF32 at its truncating 2^-10, 2^-12 for bf16, 2^-15 for fp16): rounding
+ * these very inputs on the host (to nearest, the least error a format can give) puts 9,000 of
+ * the 196,608 elements above it for TF32 and 63,000 for bf16 and fp16, where one suffices, so
+ * a precision that took effect clears it on any GPU, whatever its accumulation order; and it
+ * lies above anything fp32 arithmetic can produce (gamma(k) at most; about 3e-7 measured), so
+ * a GEMM that ran in fp32 cannot. From above, gemm_tolerance() still applies (a GEMM that did
+ * not run at all must not pass as "imprecise"). Then set_precision(FP32) must bring the error
+ * back to fp32's level. Plain and strided-batched GEMMs each; the reference is float64. */
+typedef struct precision_probe {
+    bool batched;
+    int m, n, k, batch;
+    size_t a_count, b_count, c_count;
+    float *a, *b, *got;
+    double *reference, *scales;
+    float *device_a, *device_b, *device_c;
+} precision_probe;
+
+static void precision_probe_init(precision_probe *probe, bool batched, int m, int n, int k,
+                                 int batch) {
+    *probe = (precision_probe){.batched = batched, .m = m, .n = n, .k = k, .batch = batch};
+    probe->a_count = (size_t)batch * m * k;
+    probe->b_count = (size_t)batch * k * n;
+    probe->c_count = (size_t)batch * m * n;
+    probe->a = random_array(probe->a_count, -1.0f, 1.0f);
+    probe->b = random_array(probe->b_count, -1.0f, 1.0f);
+    probe->got = random_array(probe->c_count, 0, 0);
+    probe->reference = malloc(probe->c_count * sizeof *probe->reference);
+    probe->scales = malloc(probe->c_count * sizeof *probe->scales);
+    if (!probe->reference || !probe->scales) {
+        fprintf(stderr, "out of host memory\n");
+        exit(1);
+    }
+    for (int entry = 0; entry < batch; entry++) {
+        const float *a = probe->a + (size_t)entry * m * k, *b = probe->b + (size_t)entry * k * n;
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                double sum = 0.0, magnitude = 0.0;
+                for (int p = 0; p < k; p++) {
+                    double product = (double)a[(size_t)i * k + p] * b[(size_t)p * n + j];
+                    sum += product;
+                    magnitude += fabs(product);
+                }
+                size_t at = ((size_t)entry * m + i) * n + j;
+                probe->reference[at] = sum;
+                probe->scales[at] = magnitude + 1e-30;
+            }
+    }
+    probe->device_a = gpu_copy_of(probe->a, probe->a_count * sizeof(float));
+    probe->device_b = gpu_copy_of(probe->b, probe->b_count * sizeof(float));
+    probe->device_c = gpu_buffer(probe->c_count * sizeof(float));
+}
+
+static void precision_probe_free(precision_probe *probe) {
+    gpu_release(probe->device_c);
+    gpu_release(probe->device_b);
+    gpu_release(probe->device_a);
+    free(probe->scales);
+    free(probe->reference);
+    free(probe->got);
+    free(probe->b);
+    free(probe->a);
+}
+
+/* C = A B on the GPU in the precision now set: the worst of |C - reference| / s_ij
+ * (infinity where C is not finite). */
+static double precision_probe_error(precision_probe *probe) {
+    int m = probe->m, n = probe->n, k = probe->k;
+    device_fill_zero(gpu, probe->device_c, probe->c_count * sizeof(float));
+    if (probe->batched)
+        device_gemm_strided_batched(gpu, false, false, m, n, k, 1.0f, probe->device_a, k,
+                                    (int64_t)m * k, probe->device_b, n, (int64_t)k * n, 0.0f,
+                                    probe->device_c, n, (int64_t)m * n, probe->batch);
+    else
+        device_gemm(gpu, false, false, m, n, k, 1.0f, probe->device_a, k, probe->device_b, n, 0.0f,
+                    probe->device_c, n);
+    host_copy_of(probe->got, probe->device_c, probe->c_count * sizeof(float));
+    double worst = 0.0;
+    for (size_t e = 0; e < probe->c_count; e++) {
+        double error = fabs((double)probe->got[e] - probe->reference[e]) / probe->scales[e];
+        if (!(error <= worst)) worst = isnan(error) ? INFINITY : error;
+    }
+    return worst;
+}
+
+static void check_precision_takes_effect(void) {
+    const int k = 128;
+    precision_probe probes[2];
+    precision_probe_init(&probes[0], false, 512, 384, k, 1);
+    precision_probe_init(&probes[1], true, 256, 192, k, 4);
+    /* Both operands of every batch entry at once: 4 x 256 x 128 floats, the largest. */
+    const size_t max_operand_floats = 4 * 256 * 128;
+    const double fp32_bound = float_sum_gamma(k + 3, 0x1p-24);
+    const precision_kind kinds[3] = {PRECISION_TF32, PRECISION_BF16, PRECISION_FP16};
+    const gemm_precision formats[3] = {GEMM_TF32, GEMM_BF16, GEMM_FP16};
+    for (int which = 0; which < 2; which++) {
+        precision_probe *probe = &probes[which];
+        char shape[64];
+        if (probe->batched)
+            snprintf(shape, sizeof shape, "gemm_strided_batched %dx%dx%d batch=%d", probe->m,
+                     probe->n, probe->k, probe->batch);
+        else
+            snprintf(shape, sizeof shape, "gemm %dx%dx%d", probe->m, probe->n, probe->k);
+
+        EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
+        double fp32_error = precision_probe_error(probe);
+        bool ok = fp32_error <= fp32_bound;
+        printf("measured: fp32 %s against float64  worst %.3g tolerance %.3g %s\n", shape,
+               fp32_error, fp32_bound, ok ? "ok" : "FAIL");
+        EXPECT(fp32_error <= fp32_bound);
+
+        for (int i = 0; i < 3; i++) {
+            const char *name = precision_kind_name(kinds[i]);
+            EXPECT_OK(device_set_precision(gpu, kinds[i], gpu_alloc, max_operand_floats));
+            double error = precision_probe_error(probe);
+            double least = fmax(fmax(formats[i].unit / 16.0, 2.0 * fp32_bound), 8.0 * fp32_error);
+            double ceiling = gemm_tolerance(k, formats[i]);
+            ok = error >= least && error <= ceiling;
+            printf("measured: %s %s error, above fp32's  worst %.3g tolerance >=%.3g %s\n", name,
+                   shape, error, least, ok ? "ok" : "FAIL");
+            if (!ok)
+                fprintf(stderr,
+                        "  %s %s: worst error %.3g against float64, outside [%.3g, %.3g]: %s\n",
+                        name, shape, error, least, ceiling,
+                        error < least ? "the precision did not take effect" : "too imprecise");
+            EXPECT(error >= least);
+            EXPECT(error <= ceiling);
+
+            /* And back: fp32's error again, far below what the reduced precision gave. */
+            EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, max_operand_floats));
+            double back = precision_probe_error(probe);
+            double bar = fmin(fp32_bound, error / 8.0);
+            ok = back <= bar;
+            printf("measured: fp32 after %s, %s  worst %.3g tolerance %.3g %s\n", name, shape, back,
+                   bar, ok ? "ok" : "FAIL");
+            if (!ok)
+                fprintf(stderr, "  fp32 after %s %s: worst error %.3g (fp32 before: %.3g)\n", name,
+                        shape, back, fp32_error);
+            EXPECT(back <= bar);
+        }
+    }
+    precision_probe_free(&probes[1]);
+    precision_probe_free(&probes[0]);
+    EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, 256 * 96));
+    EXPECT_OK(device_synchronize(gpu));
+}
+
+/* --- GPU: index paths at GPT sizes ---------------------------------------------------------- */
+
+/* kernels.cu launches at most 65536 blocks of 256 threads and covers the rest with grid-stride
+ * loops: past GRID_THREADS elements (or GRID_WARPS rows, for the kernels that give a row a
+ * warp, 8 warps to a block) every thread or warp takes a second turn, and the rows and
+ * elements of that turn are checked on their own below as well. Each case runs on an
+ * allocator of its own, destroyed at its end, so its gigabytes go back to the GPU; a case the
+ * GPU has no room for prints "not run: ..." with the reason, and is not counted as a pass. */
+#define GRID_THREADS ((size_t)65536 * 256) /* 16,777,216 */
+#define GRID_WARPS ((size_t)65536 * 8)     /* 524,288 */
+
+/* Whether the GPU has `bytes` free now, with 1 GiB to spare for cuBLAS and the runtime. */
+static bool gpu_has_room(const char *what, size_t bytes) {
+    size_t total = 0, available = 0;
+    if (device_memory_info(gpu, &total, &available) != DDT_OK) {
+        printf("not run: %s: device_memory_info failed: %s\n", what, ddt_error_message());
+        return false;
+    }
+    if (bytes > available || available - bytes < GIB) {
+        printf("not run: %s: needs %.2f GiB of GPU memory and 1 GiB to spare; %.2f GiB of %.2f "
+               "GiB free\n",
+               what, (double)bytes / (double)GIB, (double)available / (double)GIB,
+               (double)total / (double)GIB);
+        return false;
+    }
+    return true;
+}
+
+/* A case's own allocator, and buffers from it; NULL (with a "not run" line) on failure. */
+static allocator *case_allocator(const char *what) {
+    allocator *alloc = NULL;
+    if (allocator_init(gpu, &alloc) != DDT_OK) {
+        printf("not run: %s: %s\n", what, ddt_error_message());
+        return NULL;
+    }
+    return alloc;
+}
+
+static void *case_buffer(allocator *alloc, const char *what, size_t bytes) {
+    void *pointer = NULL;
+    if (allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, bytes, &pointer) != DDT_OK)
+        printf("not run: %s: %s\n", what, ddt_error_message());
+    return pointer;
+}
+
+static void *case_upload(allocator *alloc, const char *what, const void *host, size_t bytes) {
+    void *pointer = case_buffer(alloc, what, bytes);
+    if (pointer) EXPECT_OK(device_copy_host_to_device(gpu, pointer, host, bytes));
+    return pointer;
+}
+
+static void *host_buffer(const char *what, size_t bytes) {
+    void *pointer = malloc(bytes ? bytes : 1);
+    if (!pointer)
+        printf("not run: %s: cannot allocate %.2f GiB of host memory\n", what,
+               (double)bytes / (double)GIB);
+    return pointer;
+}
+
+/* Cheap hashed values for arrays of tens of millions of elements: element i of `stream`. */
+static float hashed_uniform(uint64_t stream, size_t i, float low, float high) {
+    return low + (high - low) * rng_uniform(rng_splitmix64((stream << 48) ^ (uint64_t)i));
+}
+
+/* Small nonzero integers: exact in bf16 and fp16, and every partial sum of up to 2^20 products
+ * of two of them is an integer of at most 2^24, exact in float32 whatever the order of the
+ * additions: GEMMs of such operands give the exact product on the CPU and the GPU in any
+ * precision, so the cast kernels are checked exactly, element by element of C. */
+static const float SMALL_INTEGERS[8] = {-4.0f, -3.0f, -2.0f, -1.0f, 1.0f, 2.0f, 3.0f, 4.0f};
+
+static float *small_integer_array(const char *what, size_t count, uint64_t stream) {
+    float *x = host_buffer(what, count * sizeof(float));
+    for (size_t i = 0; x && i < count; i++)
+        x[i] = SMALL_INTEGERS[rng_splitmix64((stream << 48) ^ (uint64_t)i) >> 61];
+    return x;
+}
+
+/* device_scale (and device_add) over `count` elements, against the CPU bit for bit: every
+ * element, and on their own the elements past GRID_THREADS, which the threads reach on their
+ * second turn of the grid-stride loop (or third, ...). x is a nonzero float with a random
+ * significand, so a skipped element (x), one scaled twice (4x) or a neighbour's value fails. */
+static void check_grid_stride_case(size_t count) {
+    char what[96];
+    snprintf(what, sizeof what, "scale and add over %zu elements", count);
+    size_t bytes = count * sizeof(float);
+    if (!gpu_has_room(what, 3 * bytes)) return;
+    allocator *alloc = case_allocator(what);
+    if (!alloc) return;
+    float *x = host_buffer(what, bytes), *expected = host_buffer(what, bytes);
+    float *got = host_buffer(what, bytes);
+    float *device_x = NULL, *device_original = NULL, *device_sum = NULL;
+    if (!x || !expected || !got) goto done;
+    for (size_t i = 0; i < count; i++) {
+        float magnitude = 1.0f + hashed_uniform(11, i, 0.0f, 1.0f);
+        x[i] = i % 3 == 1 ? -magnitude : magnitude;
+    }
+    device_x = case_upload(alloc, what, x, bytes);
+    device_original = case_upload(alloc, what, x, bytes);
+    device_sum = case_buffer(alloc, what, bytes);
+    if (!device_x || !device_original || !device_sum) goto done;
+
+    double started = now_seconds();
+    device_scale(gpu, count, -2.0f, device_x);
+    EXPECT_OK(device_synchronize(gpu));
+    double gpu_seconds = now_seconds() - started;
+    memcpy(expected, x, bytes);
+    device_scale(cpu, count, -2.0f, expected);
+    host_copy_of(got, device_x, bytes);
+    CHECK_IDENTICAL(label("scale %zu elements, bit for bit", count), got, expected, bytes);
+    if (count > GRID_THREADS)
+        CHECK_IDENTICAL(label("scale %zu elements: the %zu past 2^24", count, count - GRID_THREADS),
+                        got + GRID_THREADS, expected + GRID_THREADS,
+                        (count - GRID_THREADS) * sizeof(float));
+
+    /* -2x + x = -x, exactly. */
+    device_add(gpu, count, device_x, device_original, device_sum);
+    device_add(cpu, count, expected, x, expected);
+    host_copy_of(got, device_sum, bytes);
+    CHECK_IDENTICAL(label("add %zu elements, bit for bit", count), got, expected, bytes);
+    if (count > GRID_THREADS)
+        CHECK_IDENTICAL(label("add %zu elements: the %zu past 2^24", count, count - GRID_THREADS),
+                        got + GRID_THREADS, expected + GRID_THREADS,
+                        (count - GRID_THREADS) * sizeof(float));
+    printf("timing: scale of %zu elements on the GPU: %.4f s\n", count, gpu_seconds);
+done:
+    EXPECT_OK(device_synchronize(gpu));
+    allocator_destroy(alloc);
+    free(got);
+    free(expected);
+    free(x);
+}
+
+/* Causal softmax over more rows than GRID_WARPS (9600 groups of 64 x 64: 614,400 rows), forward
+ * and backward, against the CPU within check_causal_softmax_case's tolerance: every row, and
+ * on their own the rows from 524,288 on, which the warps compute on their second turn. The
+ * GPU's outputs start as garbage (x), so a row no warp reached cannot pass. */
+static void check_causal_softmax_wrap(void) {
+    const int groups = 9600, t = 64;
+    const float scale = 0.125f;
+    const size_t rows = (size_t)groups * t, count = rows * (size_t)t;
+    const size_t bytes = count * sizeof(float), tail = GRID_WARPS * (size_t)t;
+    const double tolerance = fmax(1e-5, 2.0 * float_sum_gamma(t + 8, 0x1p-24));
+    char what[96];
+    snprintf(what, sizeof what, "causal_softmax %d groups of %dx%d (%zu rows)", groups, t, t, rows);
+    if (!gpu_has_room(what, 4 * bytes)) return;
+    allocator *alloc = case_allocator(what);
+    if (!alloc) return;
+    float *x = host_buffer(what, bytes), *dy = host_buffer(what, bytes);
+    float *expected_y = host_buffer(what, bytes), *expected_dx = host_buffer(what, bytes);
+    float *got = host_buffer(what, bytes);
+    float *device_x = NULL, *device_dy = NULL, *device_y = NULL, *device_dx = NULL;
+    if (!x || !dy || !expected_y || !expected_dx || !got) goto done;
+    for (size_t i = 0; i < count; i++) {
+        x[i] = i % 97 == 0 ? 300.0f : hashed_uniform(12, i, -8.0f, 8.0f);
+        dy[i] = hashed_uniform(13, i, -1.0f, 1.0f);
+    }
+    device_x = case_upload(alloc, what, x, bytes);
+    device_dy = case_upload(alloc, what, dy, bytes);
+    device_y = case_upload(alloc, what, x, bytes); /* garbage to overwrite */
+    device_dx = case_upload(alloc, what, x, bytes);
+    if (!device_x || !device_dy || !device_y || !device_dx) goto done;
+
+    double started = now_seconds();
+    device_causal_softmax_forward(gpu, groups, t, scale, device_x, device_y);
+    EXPECT_OK(device_synchronize(gpu));
+    double forward_seconds = now_seconds() - started;
+    device_causal_softmax_forward(cpu, groups, t, scale, x, expected_y);
+    host_copy_of(got, device_y, bytes);
+    CHECK_CLOSE(label("causal_softmax_forward %zu rows: every row", rows), got, expected_y, count,
+                tolerance, NULL);
+    CHECK_CLOSE(label("causal_softmax_forward %zu rows: rows from %zu on", rows, GRID_WARPS),
+                got + tail, expected_y + tail, count - tail, tolerance, NULL);
+
+    EXPECT_OK(device_copy_host_to_device(gpu, device_y, expected_y, bytes));
+    started = now_seconds();
+    device_causal_softmax_backward(gpu, groups, t, scale, device_y, device_dy, device_dx);
+    EXPECT_OK(device_synchronize(gpu));
+    double backward_seconds = now_seconds() - started;
+    device_causal_softmax_backward(cpu, groups, t, scale, expected_y, dy, expected_dx);
+    host_copy_of(got, device_dx, bytes);
+    CHECK_CLOSE(label("causal_softmax_backward %zu rows: every row", rows), got, expected_dx, count,
+                tolerance, NULL);
+    CHECK_CLOSE(label("causal_softmax_backward %zu rows: rows from %zu on", rows, GRID_WARPS),
+                got + tail, expected_dx + tail, count - tail, tolerance, NULL);
+    printf("timing: causal_softmax of %zu rows on the GPU: forward %.4f s, backward %.4f s\n", rows,
+           forward_seconds, backward_seconds);
+done:
+    EXPECT_OK(device_synchronize(gpu));
+    allocator_destroy(alloc);
+    free(got);
+    free(expected_dx);
+    free(expected_y);
+    free(dy);
+    free(x);
+}
+
+/* A bf16 or fp16 GEMM (plain, or strided-batched with gaps between the entries) whose A operand
+ * has more than 20M elements, so the cast kernel's grid-stride loop wraps; exact inputs
+ * (SMALL_INTEGERS), so C must equal the CPU's fp32 result exactly, every element (the gaps
+ * between C's entries must stay as they were). */
+static void check_large_cast_case(precision_kind precision, bool transpose_a, int batch, int m) {
+    const int n = 8, k = 64;
+    const char *name = precision_kind_name(precision);
+    int a_cols = transpose_a ? m : k;
+    int64_t a_entry = (int64_t)m * k, b_entry = (int64_t)k * n, c_entry = (int64_t)m * n;
+    /* Strides with gaps, for the batched call; one entry is the plain GEMM. */
+    int64_t stride_a = a_entry + 3, stride_b = b_entry + 1, stride_c = c_entry + 2;
+    size_t a_count = (size_t)(stride_a * (batch - 1) + a_entry);
+    size_t b_count = (size_t)(stride_b * (batch - 1) + b_entry);
+    size_t c_count = (size_t)(stride_c * (batch - 1) + c_entry);
+    size_t cast_floats = (size_t)batch * (size_t)a_entry; /* one chunk: the whole batch */
+    char what[128];
+    snprintf(what, sizeof what, "%s %s%c%c m=%d n=%d k=%d batch=%d (A: %zu elements)", name,
+             batch > 1 ? "gemm_strided_batched " : "gemm ", transpose_a ? 'T' : 'N', 'N', m, n, k,
+             batch, cast_floats);
+    size_t need = (a_count + b_count + c_count) * sizeof(float) +
+                  device_precision_workspace_bytes(gpu, precision, cast_floats);
+    if (!gpu_has_room(what, need)) return;
+    allocator *alloc = case_allocator(what);
+    if (!alloc) return;
+    float *a = small_integer_array(what, a_count, 21), *b = small_integer_array(what, b_count, 22);
+    float *c = small_integer_array(what, c_count, 23);
+    float *expected = host_buffer(what, c_count * sizeof(float));
+    float *got = host_buffer(what, c_count * sizeof(float));
+    float *device_a = NULL, *device_b = NULL, *device_c = NULL;
+    bool precision_set = false;
+    if (!a || !b || !c || !expected || !got) goto done;
+    device_a = case_upload(alloc, what, a, a_count * sizeof(float));
+    device_b = case_upload(alloc, what, b, b_count * sizeof(float));
+    device_c = case_upload(alloc, what, c, c_count * sizeof(float));
+    if (!device_a || !device_b || !device_c) goto done;
+    if (device_set_precision(gpu, precision, alloc, cast_floats) != DDT_OK) {
+        printf("not run: %s: %s\n", what, ddt_error_message());
+        goto done;
+    }
+    precision_set = true;
+
+    memcpy(expected, c, c_count * sizeof(float));
+    double started = now_seconds();
+    if (batch > 1)
+        device_gemm_strided_batched(gpu, transpose_a, false, m, n, k, 1.0f, device_a, a_cols,
+                                    stride_a, device_b, n, stride_b, 0.0f, device_c, n, stride_c,
+                                    batch);
+    else
+        device_gemm(gpu, transpose_a, false, m, n, k, 1.0f, device_a, a_cols, device_b, n, 0.0f,
+                    device_c, n);
+    EXPECT_OK(device_synchronize(gpu));
+    double gpu_seconds = now_seconds() - started;
+    if (batch > 1)
+        device_gemm_strided_batched(cpu, transpose_a, false, m, n, k, 1.0f, a, a_cols, stride_a, b,
+                                    n, stride_b, 0.0f, expected, n, stride_c, batch);
+    else
+        device_gemm(cpu, transpose_a, false, m, n, k, 1.0f, a, a_cols, b, n, 0.0f, expected, n);
+    host_copy_of(got, device_c, c_count * sizeof(float));
+    CHECK_CLOSE(label("%s: exactly", what), got, expected, c_count, 0.0, NULL);
+    printf("timing: %s: casts and GEMM on the GPU %.4f s\n", what, gpu_seconds);
+done:
+    if (precision_set) EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, 256 * 96));
+    EXPECT_OK(device_synchronize(gpu));
+    allocator_destroy(alloc);
+    free(got);
+    free(expected);
+    free(c);
+    free(b);
+    free(a);
+}
+
+/* The cast of more than 2^31 elements: a bf16 GEMM C (m x 4) = A (m x 64) B with m =
+ * 33,570,816, so A holds 2^31 + 2^20 elements and every signed 32-bit index into it or into
+ * its cast would overflow for the last 16,384 rows. A (8.6 GB) is built and uploaded in chunks
+ * of rows, each row from hashes of its own index (no pattern repeats down A), and C's
+ * exact value is computed on the way; C is checked exactly, every element, and on their own
+ * the rows whose elements of A lie at 2^31 and beyond. It needs about 19 GB of GPU memory
+ * (A, the two cast buffers of 4.3 GB each, C) and 1.1 GB of host memory. Last of the GPU
+ * checks: a failure (cuBLAS refusing the operand, an illegal address) stays recorded in the
+ * backend and fails every later status. */
+#define HUGE_K 64
+#define HUGE_N 4
+#define HUGE_CHUNK_ROWS ((size_t)1 << 18) /* 64 MiB of A at a time */
+
+static void huge_operand_row(size_t row, float *out) {
+    for (int part = 0; part < HUGE_K / 16; part++) { /* 16 values of 3 bits from each hash */
+        uint64_t bits = rng_splitmix64((uint64_t)row * (HUGE_K / 16) + (uint64_t)part);
+        for (int p = 0; p < 16; p++)
+            out[part * 16 + p] = SMALL_INTEGERS[(bits >> (3 * p)) & 7];
+    }
+}
+
+static void check_cast_past_2_31(void) {
+    const size_t elements = ((size_t)1 << 31) + ((size_t)1 << 20);
+    const size_t m = elements / HUGE_K, c_count = m * HUGE_N;
+    const size_t first_high_row = ((size_t)1 << 31) / HUGE_K; /* its elements start at 2^31 */
+    const size_t a_bytes = elements * sizeof(float), c_bytes = c_count * sizeof(float);
+    char what[128];
+    snprintf(what, sizeof what, "bf16 gemm m=%zu n=%d k=%d (A: %zu elements, past 2^31)", m, HUGE_N,
+             HUGE_K, elements);
+    size_t need = a_bytes + c_bytes + HUGE_K * HUGE_N * sizeof(float) +
+                  device_precision_workspace_bytes(gpu, PRECISION_BF16, elements);
+    if (!gpu_has_room(what, need)) return;
+    allocator *alloc = case_allocator(what);
+    if (!alloc) return;
+    float *b = small_integer_array(what, HUGE_K * HUGE_N, 31);
+    float *expected = host_buffer(what, c_bytes), *got = host_buffer(what, c_bytes);
+    float *chunk = host_buffer(what, HUGE_CHUNK_ROWS * HUGE_K * sizeof(float));
+    float *device_a = NULL, *device_b = NULL, *device_c = NULL;
+    bool precision_set = false;
+    if (!b || !expected || !got || !chunk) goto done;
+    device_a = case_buffer(alloc, what, a_bytes);
+    device_b = case_upload(alloc, what, b, HUGE_K * HUGE_N * sizeof(float));
+    device_c = case_buffer(alloc, what, c_bytes);
+    if (!device_a || !device_b || !device_c) goto done;
+    if (device_set_precision(gpu, PRECISION_BF16, alloc, elements) != DDT_OK) {
+        printf("not run: %s: %s\n", what, ddt_error_message());
+        goto done;
+    }
+    precision_set = true;
+
+    double started = now_seconds();
+    for (size_t first = 0; first < m; first += HUGE_CHUNK_ROWS) {
+        size_t rows = m - first < HUGE_CHUNK_ROWS ? m - first : HUGE_CHUNK_ROWS;
+        for (size_t r = 0; r < rows; r++) {
+            float *row = chunk + r * HUGE_K;
+            huge_operand_row(first + r, row);
+            for (int j = 0; j < HUGE_N; j++) {
+                int sum = 0; /* at most 64 x 16: exact */
+                for (int p = 0; p < HUGE_K; p++)
+                    sum += (int)row[p] * (int)b[p * HUGE_N + j];
+                expected[(first + r) * HUGE_N + j] = (float)sum;
+            }
+        }
+        /* Pageable memory: the copy has taken the bytes when it returns, so chunk is free. */
+        EXPECT_OK(device_copy_host_to_device(gpu, device_a + first * HUGE_K, chunk,
+                                             rows * HUGE_K * sizeof(float)));
+    }
+    double build_seconds = now_seconds() - started;
+    started = now_seconds();
+    device_gemm(gpu, false, false, (int)m, HUGE_N, HUGE_K, 1.0f, device_a, HUGE_K, device_b, HUGE_N,
+                0.0f, device_c, HUGE_N);
+    EXPECT_OK(device_synchronize(gpu));
+    double gpu_seconds = now_seconds() - started;
+    host_copy_of(got, device_c, c_bytes);
+    CHECK_CLOSE(label("bf16 gemm, A of %zu elements: exactly, every row", elements), got, expected,
+                c_count, 0.0, NULL);
+    CHECK_CLOSE(label("bf16 gemm, A of %zu elements: rows from %zu on (past 2^31)", elements,
+                      first_high_row),
+                got + first_high_row * HUGE_N, expected + first_high_row * HUGE_N,
+                (m - first_high_row) * HUGE_N, 0.0, NULL);
+    printf("timing: %s: building and uploading A %.2f s, cast and GEMM on the GPU %.4f s\n", what,
+           build_seconds, gpu_seconds);
+done:
+    if (precision_set) EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, 256 * 96));
+    EXPECT_OK(device_synchronize(gpu));
+    allocator_destroy(alloc);
+    free(chunk);
+    free(got);
+    free(expected);
+    free(b);
+}
+
+static void check_big_index_paths(void) {
+    double started = now_seconds();
+    check_grid_stride_case(GRID_THREADS + 257);   /* the threads' second turn: 257 elements */
+    check_grid_stride_case(3 * GRID_THREADS + 5); /* above 20M elements: three turns and more */
+    check_causal_softmax_wrap();
+    /* Casts of more than 20M elements: both kernels, both layouts of A, plain and batched. */
+    check_large_cast_case(PRECISION_BF16, false, 1, 312501);
+    check_large_cast_case(PRECISION_FP16, true, 1, 312501);
+    check_large_cast_case(PRECISION_BF16, false, 5, 62501);
+    check_large_cast_case(PRECISION_FP16, true, 5, 62501);
+    check_cast_past_2_31();
+    printf("timing: index paths at GPT sizes: %.1f s in all\n", now_seconds() - started);
+}
+
 int main(void) {
     if (device_open(DEVICE_KIND_CPU, 0, &cpu) != DDT_OK) {
         fprintf(stderr, "cannot open the CPU device: %s\n", ddt_error_message());
@@ -1836,6 +2375,8 @@ int main(void) {
     check_timers();
     check_preallocation();
     check_deferred_failure();
+    check_precision_takes_effect();
+    check_big_index_paths(); /* last: see check_cast_past_2_31 */
     EXPECT_OK(device_synchronize(gpu));
     allocator_destroy(gpu_alloc);
     device_close(gpu);
