@@ -268,16 +268,21 @@ static const kernels_scratch *scratch_of(cuda_backend *backend, const char *what
  * row-major C = op(A) op(B) is the column-major C^T = op(B)^T op(A)^T: so cuBLAS gets B as its
  * first operand and A as its second, n and m swapped, and each operand keeps its own
  * transpose flag and leading dimension. */
+/* Whether the product is empty, done here: no output (m or n 0), or no products (k 0: a
+ * micro-batch of zero rows), which leaves beta * C, as on the CPU. */
+static bool gemm_was_empty(cuda_backend *backend, int m, int n, int k, float beta, float *c,
+                           int ldc) {
+    if (m <= 0 || n <= 0) return true;
+    if (k > 0) return false;
+    CUDA_DEFER(backend, kernels_gemm_empty(backend->compute_stream, m, n, beta, c, ldc));
+    return true;
+}
+
 static void cuda_gemm(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k,
                       float alpha, const float *a, int lda, const float *b, int ldb, float beta,
                       float *c, int ldc) {
     cuda_backend *backend = backend_of(dev);
-    if (m <= 0 || n <= 0) return;
-    if (k <= 0) {
-        /* An empty product (a micro-batch of zero rows) leaves beta * C, as on the CPU. */
-        CUDA_DEFER(backend, kernels_gemm_empty(backend->compute_stream, m, n, beta, c, ldc));
-        return;
-    }
+    if (gemm_was_empty(backend, m, n, k, beta, c, ldc)) return;
     cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     if (backend->precision != PRECISION_BF16 && backend->precision != PRECISION_FP16) {
@@ -328,11 +333,7 @@ static void cuda_gemm_fp32(device *dev, bool transpose_a, bool transpose_b, int 
                            float alpha, const float *a, int lda, const float *b, int ldb,
                            float beta, float *c, int ldc) {
     cuda_backend *backend = backend_of(dev);
-    if (m <= 0 || n <= 0) return;
-    if (k <= 0) {
-        CUDA_DEFER(backend, kernels_gemm_empty(backend->compute_stream, m, n, beta, c, ldc));
-        return;
-    }
+    if (gemm_was_empty(backend, m, n, k, beta, c, ldc)) return;
     cublasOperation_t op_a = transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N;
     cublasOperation_t op_b = transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N;
     CUBLAS_DEFER(backend, cublasGemmEx(backend->cublas, op_b, op_a, n, m, k, &alpha, b, CUDA_R_32F,
