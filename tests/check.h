@@ -7,7 +7,7 @@
  * A check that cannot prove anything where it runs (an ordering between ranks on one rank, a
  * timeout that needs a peer) is recorded with check_not_run(WHAT, WHY) rather than passed:
  * check_finish() then lists each one and ends with "N passed, M failed, K not run"
- *     not run: stream ordering of the bucketed all-reduce (1 rank)
+ *     not run: stream ordering: compute work, bucketed all-reduce, compute work (1 rank)
  *     41 passed, 0 failed, 1 not run
  * (scripts read the last line; the list comes before it). Not-run checks do not fail a test.
  *
