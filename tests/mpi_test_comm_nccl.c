@@ -5,6 +5,10 @@
  * the measured unrouted device memory, and the timeout path: when one rank does not join a
  * collective the others fail with DDT_ERR_COMM after aborting, instead of hanging.
  *
+ * On one rank an in-place all-reduce changes nothing, so the stream ordering cannot be seen and
+ * no peer can stay away: those two checks are reported as "not run: ... (1 rank)" (check.h),
+ * not passed. Rank 0 prints the summary, summed over ranks.
+ *
  * Asking for NCCL with a CPU device (or in a build without NCCL) must be a clear usage error on
  * every rank; that is checked everywhere. The rest needs NCCL in the build and a CUDA device
  * per rank on each node; without them rank 0 prints one "skipped: no GPU (...)" line and every
@@ -32,6 +36,23 @@ static double sum_at(int world, size_t i) {
     for (int r = 0; r < world; r++)
         sum += value_at(r, i);
     return sum;
+}
+
+/* A device buffer of `count` floats all equal to `value`; NULL on failure (recorded). */
+static float *device_constant(device *dev, allocator *alloc, float value, size_t count) {
+    float *host = malloc(count * sizeof(float));
+    void *buffer = NULL;
+    CHECK(host != NULL);
+    if (!host) return NULL;
+    for (size_t i = 0; i < count; i++)
+        host[i] = value;
+    CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_GRADIENTS, count * sizeof(float), &buffer));
+    if (buffer) {
+        CHECK_OK(device_copy_host_to_device(dev, buffer, host, count * sizeof(float)));
+        CHECK_OK(device_synchronize(dev));
+    }
+    free(host);
+    return buffer;
 }
 
 /* Elements of host[0..count) that differ from factor * (the sum over ranks). */
@@ -86,20 +107,29 @@ static void test_buckets(comm *c, device *dev, allocator *alloc, const size_t *p
         allocator_free(alloc, grads);
         return;
     }
+    float *plus_one = device_constant(dev, alloc, 1.0f, count);
+    float *minus_world = device_constant(dev, alloc, (float)-world, count);
     gradient_bucket_stats stats = gradient_buckets_get_stats(gb);
     CHECK(stats.bucket_count >= 1 && stats.bucket_count <= point_count);
 
-    /* Work queued on the compute stream, not waited for by the host: the reduction must come
-     * after the doubling, and the halving after the reduction, so the result is the plain sum
-     * only if both orderings hold. */
+    /* Work queued on the compute stream, not waited for by the host: each rank adds 1 before
+     * the reduction and subtracts the world size W after it, so the result is the plain sum
+     * only if both orderings hold. A shift, not a scaling: scaling commutes with the sum, so
+     * (2a + 2b) / 2 and 2(a + b) / 2 agree and a reduction that ran wholly before the doubling
+     * on every rank would pass. Here it gives sum + 1 - W, and one that ran after the
+     * subtraction sum + W - W^2: wrong on every rank once W >= 2. On one rank the reduction is
+     * an identity, so every order gives the sum: the ordering is not run there (the values
+     * and statistics below still are). */
     gradient_buckets_begin(gb);
-    device_scale(dev, count, 2.0f, grads);
+    if (plus_one) device_add(dev, count, grads, plus_one, grads);
     /* Report layers finishing from the last to the first, as backward does. */
     for (int i = point_count - 1; i >= 0; i--)
         CHECK_OK(gradient_buckets_ready(gb, points[i]));
     CHECK_OK(gradient_buckets_finish(gb));
-    device_scale(dev, count, 0.5f, grads);
+    if (minus_world) device_add(dev, count, grads, minus_world, grads);
     CHECK(device_wrong(dev, grads, count, world, 1.0) == 0);
+    if (world < 2)
+        check_not_run("stream ordering: compute work, bucketed all-reduce, compute work", "1 rank");
     stats = gradient_buckets_get_stats(gb);
     CHECK(stats.started_late == 0); /* every bucket started as its layers finished */
 
@@ -110,6 +140,8 @@ static void test_buckets(comm *c, device *dev, allocator *alloc, const size_t *p
     stats = gradient_buckets_get_stats(gb);
     CHECK(stats.started_late == stats.bucket_count);
     gradient_buckets_free(gb);
+    allocator_free(alloc, minus_world);
+    allocator_free(alloc, plus_one);
     allocator_free(alloc, grads);
 }
 
@@ -145,7 +177,10 @@ static void test_timeout(device *dev, allocator *alloc) {
     int rank = 0, world = 1;
     MPI_Comm_rank(MPI_COMM_WORLD, &rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world);
-    if (world < 2) return;
+    if (world < 2) {
+        check_not_run("timeout: a rank stays out of an all-reduce, the others abort", "1 rank");
+        return;
+    }
     comm *c = NULL;
     CHECK_OK(comm_init(COMM_BACKEND_NCCL, MPI_COMM_WORLD, dev, &c));
     if (!c) return;
@@ -269,9 +304,12 @@ int main(int argc, char **argv) {
 
     test_on_gpus(local_rank);
 
-    int local_failed = check_finish() != 0;
-    int any_failed = 0;
-    MPI_Allreduce(&local_failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+    /* One summary for the job: the counts summed over ranks (each rank printed its own
+     * failures), the not-run list the same on every rank. */
+    int counts[2], totals[2] = {0, 0};
+    check_counts(&counts[0], &counts[1]);
+    MPI_Allreduce(counts, totals, 2, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+    if (rank == 0) check_finish_totals(totals[0], totals[1]);
     MPI_Finalize();
-    return any_failed;
+    return totals[1] == 0 ? 0 : 1;
 }

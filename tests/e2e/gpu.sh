@@ -8,6 +8,7 @@
 # measured (CUDA events) and overlaps backward with small buckets.
 # Without a GPU it prints "skipped: no GPU" and exits 77, which ctest reports as Skipped.
 # tests/gpu/acceptance.sh is the fuller check a user runs on a GPU node.
+DDTRAIN_TEST_USES_GPU=1 # the one e2e script that lib.sh leaves the GPUs visible to
 source "$(dirname "$0")/lib.sh"
 
 gpus=$("$DDTRAIN" --version | sed -n 's/^cuda: built.*; \([0-9]*\) GPU(s) visible$/\1/p')

@@ -3,7 +3,15 @@
 # Provides: $DDTRAIN (the binary), $WORK (a scratch directory removed at exit), ranks N ARGS
 # (runs ddtrain under mpirun with N ranks), expect_ok / expect_fail checks that count
 # results, and finish, which prints "N passed, M failed" and sets the exit code.
+#
+# The GPUs are hidden (CUDA_VISIBLE_DEVICES=-1: --device auto resolves to the CPU), as ctest
+# hides them from every test but the GPU ones (tests/CMakeLists.txt says why), so a script
+# run by hand on a GPU node behaves as under ctest. A script that tests the GPU sets
+# DDTRAIN_TEST_USES_GPU=1 before sourcing this file and sees the GPUs it was given.
 set -uo pipefail
+if [[ ${DDTRAIN_TEST_USES_GPU:-0} != 1 ]]; then
+  export CUDA_VISIBLE_DEVICES=-1
+fi
 
 DDTRAIN=${DDTRAIN:?set DDTRAIN to the ddtrain binary}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -78,8 +78,10 @@ PREFIX=${N0%-n0} # the namespaces: $PREFIX-head, $PREFIX-n0, $PREFIX-n1
 
 # Ranks may outnumber the machine's cores (each node claims them all, and Open MPI cannot
 # tell): waiting ranks must yield, or they starve the ranks they wait for.
+# The rsh agent starts each node's daemon in a fresh environment: the GPUs' hiding (lib.sh)
+# travels with -x, as the BLAS setting does.
 MPI_ARGS=(--hostfile "$CLUSTER/hostfile" --mca plm_rsh_agent "$CLUSTER/rsh" --bind-to none
-          --mca mpi_yield_when_idle 1 -x OPENBLAS_NUM_THREADS=1)
+          --mca mpi_yield_when_idle 1 -x OPENBLAS_NUM_THREADS=1 -x CUDA_VISIBLE_DEVICES)
 # on_cluster NODE NP MAPPING [--mca NAME VALUE]... DDTRAIN_ARGS...: mpirun started on NODE
 # (head, 0, 1), NP ranks placed --map-by MAPPING over the hostfile's two nodes.
 on_cluster() {
