@@ -33,6 +33,7 @@
 #include <time.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "engine/alloc.h"
 #include "engine/cuda/reduction_plan.h" /* the kernels' partial sums: shapes that reach them */
 #include "engine/device.h"
@@ -66,37 +67,6 @@ static bool message_has(const char *part) {
     return found;
 }
 
-/* --- inputs ------------------------------------------------------------------------------ */
-
-static double now_seconds(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
-static uint64_t random_counter;
-
-static float random_uniform(float low, float high) {
-    return low + (high - low) * rng_uniform(rng_hash4(2024, 77, random_counter++, 0));
-}
-
-static float *random_array(size_t count, float low, float high) {
-    float *x = malloc((count ? count : 1) * sizeof *x);
-    if (!x) {
-        fprintf(stderr, "out of host memory\n");
-        exit(1);
-    }
-    for (size_t i = 0; i < count; i++)
-        x[i] = random_uniform(low, high);
-    return x;
-}
-
-static float *copy_array(const float *x, size_t count) {
-    float *y = random_array(count, 0.0f, 0.0f);
-    memcpy(y, x, count * sizeof *y);
-    return y;
-}
-
 /* --- GPU buffers (through the allocator, as the engine takes them) ------------------------ */
 
 static void *gpu_buffer(size_t bytes) {
@@ -122,6 +92,15 @@ static void host_copy_of(void *host, const void *device_pointer, size_t bytes) {
 
 static void gpu_release(void *pointer) {
     allocator_free(gpu_alloc, pointer);
+}
+
+/* gpu_buffer and gpu_copy_of, released with ARENA. */
+static void *gpu_scratch(fixture_arena *arena, size_t bytes) {
+    return fixture_adopt(arena, gpu_buffer(bytes), gpu_release);
+}
+
+static void *gpu_scratch_copy(fixture_arena *arena, const void *host, size_t bytes) {
+    return fixture_adopt(arena, gpu_copy_of(host, bytes), gpu_release);
 }
 
 /* --- comparisons ------------------------------------------------------------------------- */
@@ -310,11 +289,11 @@ static void check_gemm_case(const char *what, bool transpose_a, bool transpose_b
     int b_rows = transpose_b ? n : k, b_cols = transpose_b ? k : n;
     int lda = a_cols + 3, ldb = b_cols + 1, ldc = n + 2;
     size_t a_size = (size_t)a_rows * lda, b_size = (size_t)b_rows * ldb, c_size = (size_t)m * ldc;
-    float *a = random_array(a_size, -1.0f, 1.0f);
-    float *b = random_array(b_size, -1.0f, 1.0f);
-    float *c = random_array(c_size, -1.0f, 1.0f);
-    float *expected = copy_array(c, c_size);
-    float *got = copy_array(c, c_size);
+    float *a = fixture_random_floats(NULL, a_size, -1.0f, 1.0f);
+    float *b = fixture_random_floats(NULL, b_size, -1.0f, 1.0f);
+    float *c = fixture_random_floats(NULL, c_size, -1.0f, 1.0f);
+    float *expected = fixture_copy_floats(NULL, c, c_size);
+    float *got = fixture_copy_floats(NULL, c, c_size);
     double *scales = malloc(c_size * sizeof *scales);
     for (size_t e = 0; e < c_size; e++) /* padding must stay exactly as it was */
         scales[e] = 1e-30;
@@ -410,12 +389,13 @@ static void check_gemm(void) {
 
 static void check_bias_case(int rows, int cols) {
     size_t count = (size_t)rows * cols;
-    float *y = random_array(count, -2.0f, 2.0f);
-    float *bias = random_array((size_t)cols, -1.0f, 1.0f);
-    float *gradient = random_array((size_t)cols, -1.0f, 1.0f);
-    float *expected_y = copy_array(y, count), *got_y = copy_array(y, count);
-    float *expected_gradient = copy_array(gradient, (size_t)cols);
-    float *got_gradient = copy_array(gradient, (size_t)cols);
+    float *y = fixture_random_floats(NULL, count, -2.0f, 2.0f);
+    float *bias = fixture_random_floats(NULL, (size_t)cols, -1.0f, 1.0f);
+    float *gradient = fixture_random_floats(NULL, (size_t)cols, -1.0f, 1.0f);
+    float *expected_y = fixture_copy_floats(NULL, y, count),
+          *got_y = fixture_copy_floats(NULL, y, count);
+    float *expected_gradient = fixture_copy_floats(NULL, gradient, (size_t)cols);
+    float *got_gradient = fixture_copy_floats(NULL, gradient, (size_t)cols);
     double *scales = calloc((size_t)cols, sizeof *scales);
     for (int c = 0; c < cols; c++) {
         scales[c] = fabs(gradient[c]) + 1e-30;
@@ -435,7 +415,7 @@ static void check_bias_case(int rows, int cols) {
     CHECK_CLOSE(what, got_gradient, expected_gradient, (size_t)cols,
                 2.0 * float_sum_gamma(rows + 1, 0x1p-24), scales);
     /* Again from the same start: the same bits (the partials add in a fixed order). */
-    float *again = copy_array(gradient, (size_t)cols);
+    float *again = fixture_copy_floats(NULL, gradient, (size_t)cols);
     EXPECT_OK(
         device_copy_host_to_device(gpu, device_gradient, gradient, (size_t)cols * sizeof(float)));
     device_bias_gradient_accumulate(gpu, rows, cols, device_y, device_gradient);
@@ -466,16 +446,17 @@ static void check_bias_case(int rows, int cols) {
 
 static void check_activations(void) {
     const size_t count = 4099;
-    float *x = random_array(count, -6.0f, 6.0f);
+    float *x = fixture_random_floats(NULL, count, -6.0f, 6.0f);
     x[0] = 0.0f;
     x[1] = -0.0f;
     x[2] = 30.0f;
     x[3] = -30.0f;
     x[4] = NAN;
     x[5] = 1e-3f;
-    float *dy = random_array(count, -1.0f, 1.0f);
-    float *expected = random_array(count, 0, 0), *got = random_array(count, 0, 0);
-    float *y = random_array(count, 0, 0);
+    float *dy = fixture_random_floats(NULL, count, -1.0f, 1.0f);
+    float *expected = fixture_random_floats(NULL, count, 0, 0),
+          *got = fixture_random_floats(NULL, count, 0, 0);
+    float *y = fixture_random_floats(NULL, count, 0, 0);
     float *device_x = gpu_copy_of(x, count * sizeof(float));
     float *device_dy = gpu_copy_of(dy, count * sizeof(float));
     float *device_y = gpu_buffer(count * sizeof(float));
@@ -517,8 +498,9 @@ static void check_dropout(void) {
     int64_t row_ids[33];
     for (int r = 0; r < rows; r++) /* global rows, far apart and beyond 32 bits */
         row_ids[r] = (int64_t)(rng_hash4(5, 6, 7, (uint64_t)r) >> 26);
-    float *x = random_array(count, -3.0f, 3.0f);
-    float *expected = random_array(count, 0, 0), *got = random_array(count, 0, 0);
+    float *x = fixture_random_floats(NULL, count, -3.0f, 3.0f);
+    float *expected = fixture_random_floats(NULL, count, 0, 0),
+          *got = fixture_random_floats(NULL, count, 0, 0);
     int64_t *device_row_ids = gpu_copy_of(row_ids, sizeof row_ids);
     float *device_x = gpu_copy_of(x, count * sizeof(float));
     float *device_out = gpu_buffer(count * sizeof(float));
@@ -565,7 +547,8 @@ static void check_loss_case(const char *what, loss_function cpu_loss, loss_funct
                             const float *logits) {
     size_t count = (size_t)rows * cols;
     float scale = 1.0f / (float)rows;
-    float *expected = random_array(count, 0, 0), *got = random_array(count, 0, 0);
+    float *expected = fixture_random_floats(NULL, count, 0, 0),
+          *got = fixture_random_floats(NULL, count, 0, 0);
     double *scales = malloc(count * sizeof *scales);
     for (size_t e = 0; e < count; e++)
         scales[e] = scale;
@@ -612,10 +595,10 @@ static void check_loss_case(const char *what, loss_function cpu_loss, loss_funct
 
 static void check_losses_of_shape(int rows, int cols) {
     size_t count = (size_t)rows * cols;
-    float *logits = random_array(count, -20.0f, 20.0f);
+    float *logits = fixture_random_floats(NULL, count, -20.0f, 20.0f);
     for (int c = 0; c < cols; c++) /* a row of huge logits: stability */
         logits[c] = c % 2 ? 80.0f : -85.0f;
-    float *targets = random_array(count, 0.0f, 1.0f);
+    float *targets = fixture_random_floats(NULL, count, 0.0f, 1.0f);
     int32_t *labels = malloc((size_t)rows * sizeof *labels);
     int32_t *bits = malloc((size_t)rows * sizeof *bits);
     for (int r = 0; r < rows; r++) {
@@ -644,7 +627,7 @@ static void check_losses_of_shape(int rows, int cols) {
 
 static void check_count_correct_case(int rows, int cols) {
     size_t count = (size_t)rows * cols;
-    float *logits = random_array(count, -4.0f, 4.0f);
+    float *logits = fixture_random_floats(NULL, count, -4.0f, 4.0f);
     int32_t *labels = malloc((size_t)rows * sizeof *labels);
     for (int r = 0; r < rows; r++) {
         float *x = logits + (size_t)r * cols;
@@ -687,25 +670,27 @@ static void check_losses(void) {
     check_count_correct_case(8 * REDUCTION_MAX_PARTIALS + 1001, 5);
     /* GPT-2's vocabulary: 512 rows of 50257 logits (a micro-batch of 64 x 1024 tokens has 128
      * times more rows, the same kernels and grid cap). */
-    double started = now_seconds();
+    double started = fixture_seconds();
     check_losses_of_shape(512, 50257);
     check_count_correct_case(512, 50257);
     printf("measured: losses and count_correct at 512 x 50257 on both backends: %.1f s\n",
-           now_seconds() - started);
+           fixture_seconds() - started);
 }
 
 /* --- GPU: optimizers --------------------------------------------------------------------- */
 
 static void check_sgd_case(float momentum, bool nesterov, float weight_decay) {
     const size_t count = 10007;
-    float *params = random_array(count, -1.0f, 1.0f);
-    float *expected = copy_array(params, count), *got = random_array(count, 0, 0);
-    float *velocity = random_array(count, 0, 0), *got_velocity = random_array(count, 0, 0);
+    float *params = fixture_random_floats(NULL, count, -1.0f, 1.0f);
+    float *expected = fixture_copy_floats(NULL, params, count),
+          *got = fixture_random_floats(NULL, count, 0, 0);
+    float *velocity = fixture_random_floats(NULL, count, 0, 0),
+          *got_velocity = fixture_random_floats(NULL, count, 0, 0);
     float *device_params = gpu_copy_of(params, count * sizeof(float));
     float *device_velocity = gpu_copy_of(velocity, count * sizeof(float));
     float *device_grads = gpu_buffer(count * sizeof(float));
     for (int step = 1; step <= 5; step++) {
-        float *grads = random_array(count, -1.0f, 1.0f);
+        float *grads = fixture_random_floats(NULL, count, -1.0f, 1.0f);
         EXPECT_OK(device_copy_host_to_device(gpu, device_grads, grads, count * sizeof(float)));
         device_sgd_update(cpu, count, expected, grads, momentum != 0.0f ? velocity : NULL, 0.05f,
                              momentum, nesterov, weight_decay, step == 1);
@@ -736,15 +721,16 @@ static void check_sgd_case(float momentum, bool nesterov, float weight_decay) {
 
 static void check_adamw(void) {
     const size_t count = 10007;
-    float *params = random_array(count, -1.0f, 1.0f);
-    float *m = random_array(count, 0, 0), *v = random_array(count, 0, 0);
-    float *got = random_array(count, 0, 0);
+    float *params = fixture_random_floats(NULL, count, -1.0f, 1.0f);
+    float *m = fixture_random_floats(NULL, count, 0, 0),
+          *v = fixture_random_floats(NULL, count, 0, 0);
+    float *got = fixture_random_floats(NULL, count, 0, 0);
     float *device_params = gpu_copy_of(params, count * sizeof(float));
     float *device_m = gpu_copy_of(m, count * sizeof(float));
     float *device_v = gpu_copy_of(v, count * sizeof(float));
     float *device_grads = gpu_buffer(count * sizeof(float));
     for (int step = 1; step <= 5; step++) {
-        float *grads = random_array(count, -1.0f, 1.0f);
+        float *grads = fixture_random_floats(NULL, count, -1.0f, 1.0f);
         EXPECT_OK(device_copy_host_to_device(gpu, device_grads, grads, count * sizeof(float)));
         device_adamw_update(cpu, count, params, grads, m, v, 1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f,
                                step);
@@ -784,7 +770,7 @@ static void check_optimizers(void) {
 static void expect_gpu_close(const char *what, const float *device_got, const float *expected,
                              size_t count, double tolerance, const double *scales, const char *file,
                              int line) {
-    float *got = random_array(count, 0, 0);
+    float *got = fixture_random_floats(NULL, count, 0, 0);
     host_copy_of(got, device_got, count * sizeof(float));
     check_close(what, got, expected, count, tolerance, scales, file, line);
     free(got);
@@ -806,7 +792,7 @@ static void expect_gpu_identical(const char *what, const void *device_got, const
 
 /* The GPU's result as a host copy, for a second run to be compared with bit for bit. */
 static float *gpu_snapshot(const float *device_pointer, size_t count) {
-    float *copy = random_array(count, 0, 0);
+    float *copy = fixture_random_floats(NULL, count, 0, 0);
     host_copy_of(copy, device_pointer, count * sizeof(float));
     return copy;
 }
@@ -841,10 +827,10 @@ static void check_gemm_batched_case(const char *what, bool transpose_a, bool tra
     size_t a_size = (size_t)(stride_a * (batch - 1) + a_entry);
     size_t b_size = (size_t)(stride_b * (batch - 1) + b_entry);
     size_t c_size = (size_t)(stride_c * (batch - 1) + c_entry);
-    float *a = random_array(a_size, -1.0f, 1.0f);
-    float *b = random_array(b_size, -1.0f, 1.0f);
-    float *c = random_array(c_size, -1.0f, 1.0f);
-    float *expected = copy_array(c, c_size);
+    float *a = fixture_random_floats(NULL, a_size, -1.0f, 1.0f);
+    float *b = fixture_random_floats(NULL, b_size, -1.0f, 1.0f);
+    float *c = fixture_random_floats(NULL, c_size, -1.0f, 1.0f);
+    float *expected = fixture_copy_floats(NULL, c, c_size);
     double *scales = malloc(c_size * sizeof *scales);
     for (size_t e = 0; e < c_size; e++)
         scales[e] = 1e-30;
@@ -931,8 +917,9 @@ static void check_gemm_strided_batched(void) {
 
 static void check_add(void) {
     const size_t count = 10007;
-    float *a = random_array(count, -3.0f, 3.0f), *b = random_array(count, -3.0f, 3.0f);
-    float *expected = random_array(count, 0, 0);
+    float *a = fixture_random_floats(NULL, count, -3.0f, 3.0f),
+          *b = fixture_random_floats(NULL, count, -3.0f, 3.0f);
+    float *expected = fixture_random_floats(NULL, count, 0, 0);
     float *device_a = gpu_copy_of(a, count * sizeof(float));
     float *device_b = gpu_copy_of(b, count * sizeof(float));
     float *device_out = gpu_copy_of(expected, count * sizeof(float));
@@ -954,8 +941,8 @@ static void check_permute_case(int rank, const int *dims, const int *perm) {
     size_t count = 1;
     for (int i = 0; i < rank; i++)
         count *= (size_t)dims[i];
-    float *in = random_array(count, -1.0f, 1.0f);
-    float *expected = random_array(count, 0, 0);
+    float *in = fixture_random_floats(NULL, count, -1.0f, 1.0f);
+    float *expected = fixture_random_floats(NULL, count, 0, 0);
     float *device_in = gpu_copy_of(in, count * sizeof(float));
     float *device_out = gpu_copy_of(expected, count * sizeof(float));
     device_permute(cpu, rank, dims, perm, in, expected);
@@ -997,10 +984,10 @@ static void check_im2col_case(int samples, int channels, int height, int width, 
     size_t x_count = (size_t)samples * channels * height * width;
     size_t cols_count =
         (size_t)channels * kernel_h * kernel_w * (size_t)samples * g.out_height * g.out_width;
-    float *x = random_array(x_count, -2.0f, 2.0f);
-    float *cols = random_array(cols_count, -2.0f, 2.0f);
-    float *expected_cols = random_array(cols_count, 0, 0),
-          *expected_dx = random_array(x_count, 0, 0);
+    float *x = fixture_random_floats(NULL, x_count, -2.0f, 2.0f);
+    float *cols = fixture_random_floats(NULL, cols_count, -2.0f, 2.0f);
+    float *expected_cols = fixture_random_floats(NULL, cols_count, 0, 0),
+          *expected_dx = fixture_random_floats(NULL, x_count, 0, 0);
     float *device_x = gpu_copy_of(x, x_count * sizeof(float));
     float *device_cols = gpu_copy_of(cols, cols_count * sizeof(float));
     float *device_cols_out = gpu_copy_of(cols, cols_count * sizeof(float)); /* to overwrite */
@@ -1050,12 +1037,13 @@ static void check_pool_case(pool_kind kind, int samples, int channels, int heigh
                                  "test", &g));
     size_t x_count = (size_t)samples * channels * height * width;
     size_t y_count = (size_t)samples * channels * g.out_height * g.out_width;
-    float *x = random_array(x_count, 0.0f, 1.0f);
+    float *x = fixture_random_floats(NULL, x_count, 0.0f, 1.0f);
     for (size_t i = 0; i < x_count; i++)
         x[i] = floorf(x[i] * 4.0f) - 1.5f;
     if (x_count > 20) x[17] = NAN; /* NaN wins a max window */
-    float *dy = random_array(y_count, -1.0f, 1.0f);
-    float *expected_y = random_array(y_count, 0, 0), *expected_dx = random_array(x_count, 0, 0);
+    float *dy = fixture_random_floats(NULL, y_count, -1.0f, 1.0f);
+    float *expected_y = fixture_random_floats(NULL, y_count, 0, 0),
+          *expected_dx = fixture_random_floats(NULL, x_count, 0, 0);
     float *device_x = gpu_copy_of(x, x_count * sizeof(float));
     float *device_dy = gpu_copy_of(dy, y_count * sizeof(float));
     float *device_y = gpu_copy_of(dy, y_count * sizeof(float)); /* garbage to overwrite */
@@ -1101,28 +1089,35 @@ static void check_pooling(void) {
  * to max(1, |value|); parameter gradients to the sum of the magnitudes added); the inputs sit
  * off zero (mean 3) so the two-pass statistics matter. Then each GPU result again, bit for bit. */
 static void check_batchnorm_case(int samples, int channels, int spatial) {
+    fixture_arena *scratch = fixture_arena_new();
     size_t count = (size_t)samples * channels * spatial, c_count = (size_t)channels;
-    float *x = random_array(count, 1.0f, 5.0f), *dy = random_array(count, -1.0f, 1.0f);
-    float *gamma = random_array(c_count, 0.5f, 1.5f), *beta = random_array(c_count, -0.5f, 0.5f);
-    float *running_mean = random_array(c_count, -0.5f, 0.5f);
-    float *running_var = random_array(c_count, 0.5f, 2.0f);
-    float *dgamma = random_array(c_count, -1.0f, 1.0f), *dbeta = random_array(c_count, -1.0f, 1.0f);
-    float *device_x = gpu_copy_of(x, count * sizeof(float));
-    float *device_dy = gpu_copy_of(dy, count * sizeof(float));
-    float *device_gamma = gpu_copy_of(gamma, c_count * sizeof(float));
-    float *device_beta = gpu_copy_of(beta, c_count * sizeof(float));
-    float *device_running_mean = gpu_buffer(c_count * sizeof(float));
-    float *device_running_var = gpu_buffer(c_count * sizeof(float));
-    float *device_mean = gpu_buffer(c_count * sizeof(float));
-    float *device_invstd = gpu_buffer(c_count * sizeof(float));
-    float *device_y = gpu_copy_of(x, count * sizeof(float)); /* garbage to overwrite */
-    float *device_dx = gpu_copy_of(x, count * sizeof(float));
-    float *device_dgamma = gpu_buffer(c_count * sizeof(float));
-    float *device_dbeta = gpu_buffer(c_count * sizeof(float));
-    float *expected_y = random_array(count, 0, 0), *expected_dx = random_array(count, 0, 0);
-    float *mean = random_array(c_count, 0, 0), *invstd = random_array(c_count, 0, 0);
-    float *expected_running_mean = random_array(c_count, 0, 0);
-    float *expected_running_var = random_array(c_count, 0, 0);
+    float *x = fixture_random_floats(scratch, count, 1.0f, 5.0f),
+          *dy = fixture_random_floats(scratch, count, -1.0f, 1.0f);
+    float *gamma = fixture_random_floats(scratch, c_count, 0.5f, 1.5f),
+          *beta = fixture_random_floats(scratch, c_count, -0.5f, 0.5f);
+    float *running_mean = fixture_random_floats(scratch, c_count, -0.5f, 0.5f);
+    float *running_var = fixture_random_floats(scratch, c_count, 0.5f, 2.0f);
+    float *dgamma = fixture_random_floats(scratch, c_count, -1.0f, 1.0f),
+          *dbeta = fixture_random_floats(scratch, c_count, -1.0f, 1.0f);
+    float *device_x = gpu_scratch_copy(scratch, x, count * sizeof(float));
+    float *device_dy = gpu_scratch_copy(scratch, dy, count * sizeof(float));
+    float *device_gamma = gpu_scratch_copy(scratch, gamma, c_count * sizeof(float));
+    float *device_beta = gpu_scratch_copy(scratch, beta, c_count * sizeof(float));
+    float *device_running_mean = gpu_scratch(scratch, c_count * sizeof(float));
+    float *device_running_var = gpu_scratch(scratch, c_count * sizeof(float));
+    float *device_mean = gpu_scratch(scratch, c_count * sizeof(float));
+    float *device_invstd = gpu_scratch(scratch, c_count * sizeof(float));
+    float *device_y =
+        gpu_scratch_copy(scratch, x, count * sizeof(float)); /* garbage to overwrite */
+    float *device_dx = gpu_scratch_copy(scratch, x, count * sizeof(float));
+    float *device_dgamma = gpu_scratch(scratch, c_count * sizeof(float));
+    float *device_dbeta = gpu_scratch(scratch, c_count * sizeof(float));
+    float *expected_y = fixture_random_floats(scratch, count, 0, 0),
+          *expected_dx = fixture_random_floats(scratch, count, 0, 0);
+    float *mean = fixture_random_floats(scratch, c_count, 0, 0),
+          *invstd = fixture_random_floats(scratch, c_count, 0, 0);
+    float *expected_running_mean = fixture_random_floats(scratch, c_count, 0, 0);
+    float *expected_running_var = fixture_random_floats(scratch, c_count, 0, 0);
     char shape[64];
     snprintf(shape, sizeof shape, "%dx%dx%d", samples, channels, spatial);
 
@@ -1170,12 +1165,12 @@ static void check_batchnorm_case(int samples, int channels, int spatial) {
                              expected_running_mean, expected_running_var, mean, invstd, expected_y);
     EXPECT_OK(device_copy_host_to_device(gpu, device_mean, mean, c_count * sizeof(float)));
     EXPECT_OK(device_copy_host_to_device(gpu, device_invstd, invstd, c_count * sizeof(float)));
-    float *expected_dgamma = copy_array(dgamma, c_count),
-          *expected_dbeta = copy_array(dbeta, c_count);
+    float *expected_dgamma = fixture_copy_floats(scratch, dgamma, c_count),
+          *expected_dbeta = fixture_copy_floats(scratch, dbeta, c_count);
     device_batchnorm_backward(cpu, samples, channels, spatial, x, dy, gamma, mean, invstd,
                               expected_dx, expected_dgamma, expected_dbeta);
-    double *gamma_scales = calloc(c_count, sizeof *gamma_scales);
-    double *beta_scales = calloc(c_count, sizeof *beta_scales);
+    double *gamma_scales = fixture_alloc(scratch, c_count * sizeof *gamma_scales);
+    double *beta_scales = fixture_alloc(scratch, c_count * sizeof *beta_scales);
     for (int c = 0; c < channels; c++) {
         gamma_scales[c] = fabs(dgamma[c]) + 1e-30;
         beta_scales[c] = fabs(dbeta[c]) + 1e-30;
@@ -1200,9 +1195,9 @@ static void check_batchnorm_case(int samples, int channels, int spatial) {
                              expected_dgamma, c_count, 1e-5, gamma_scales);
             EXPECT_GPU_CLOSE(label("batchnorm_backward %s: dbeta", shape), device_dbeta,
                              expected_dbeta, c_count, 1e-5, beta_scales);
-            first_dx = gpu_snapshot(device_dx, count);
-            first_dgamma = gpu_snapshot(device_dgamma, c_count);
-            first_dbeta = gpu_snapshot(device_dbeta, c_count);
+            first_dx = fixture_adopt(scratch, gpu_snapshot(device_dx, count), free);
+            first_dgamma = fixture_adopt(scratch, gpu_snapshot(device_dgamma, c_count), free);
+            first_dbeta = fixture_adopt(scratch, gpu_snapshot(device_dbeta, c_count), free);
         } else {
             EXPECT_GPU_IDENTICAL(label("batchnorm_backward %s: dx repeat", shape), device_dx,
                                  first_dx, count * sizeof(float));
@@ -1212,39 +1207,7 @@ static void check_batchnorm_case(int samples, int channels, int spatial) {
                                  first_dbeta, c_count * sizeof(float));
         }
     }
-    free(first_dbeta);
-    free(first_dgamma);
-    free(first_dx);
-    free(beta_scales);
-    free(gamma_scales);
-    free(expected_dbeta);
-    free(expected_dgamma);
-    gpu_release(device_dbeta);
-    gpu_release(device_dgamma);
-    gpu_release(device_dx);
-    gpu_release(device_y);
-    gpu_release(device_invstd);
-    gpu_release(device_mean);
-    gpu_release(device_running_var);
-    gpu_release(device_running_mean);
-    gpu_release(device_beta);
-    gpu_release(device_gamma);
-    gpu_release(device_dy);
-    gpu_release(device_x);
-    free(expected_running_var);
-    free(expected_running_mean);
-    free(invstd);
-    free(mean);
-    free(expected_dx);
-    free(expected_y);
-    free(dbeta);
-    free(dgamma);
-    free(running_var);
-    free(running_mean);
-    free(beta);
-    free(gamma);
-    free(dy);
-    free(x);
+    fixture_arena_free(scratch);
 }
 
 static void check_batchnorm(void) {
@@ -1256,24 +1219,31 @@ static void check_batchnorm(void) {
 /* Layer normalisation: forward and backward within 1e-5 (dgamma, dbeta relative to the sum of
  * the magnitudes added), then each GPU result again, bit for bit. */
 static void check_layernorm_case(int rows, int cols) {
+    fixture_arena *scratch = fixture_arena_new();
     size_t count = (size_t)rows * cols, c_count = (size_t)cols;
-    float *x = random_array(count, 1.0f, 5.0f), *dy = random_array(count, -1.0f, 1.0f);
-    float *gamma = random_array(c_count, 0.5f, 1.5f), *beta = random_array(c_count, -0.5f, 0.5f);
-    float *dgamma = random_array(c_count, -1.0f, 1.0f), *dbeta = random_array(c_count, -1.0f, 1.0f);
-    float *expected_y = random_array(count, 0, 0), *expected_dx = random_array(count, 0, 0);
-    float *mean = random_array((size_t)rows, 0, 0), *rstd = random_array((size_t)rows, 0, 0);
-    float *expected_dgamma = copy_array(dgamma, c_count),
-          *expected_dbeta = copy_array(dbeta, c_count);
-    float *device_x = gpu_copy_of(x, count * sizeof(float));
-    float *device_dy = gpu_copy_of(dy, count * sizeof(float));
-    float *device_gamma = gpu_copy_of(gamma, c_count * sizeof(float));
-    float *device_beta = gpu_copy_of(beta, c_count * sizeof(float));
-    float *device_y = gpu_copy_of(x, count * sizeof(float)); /* garbage to overwrite */
-    float *device_dx = gpu_copy_of(x, count * sizeof(float));
-    float *device_mean = gpu_buffer((size_t)rows * sizeof(float));
-    float *device_rstd = gpu_buffer((size_t)rows * sizeof(float));
-    float *device_dgamma = gpu_buffer(c_count * sizeof(float));
-    float *device_dbeta = gpu_buffer(c_count * sizeof(float));
+    float *x = fixture_random_floats(scratch, count, 1.0f, 5.0f),
+          *dy = fixture_random_floats(scratch, count, -1.0f, 1.0f);
+    float *gamma = fixture_random_floats(scratch, c_count, 0.5f, 1.5f),
+          *beta = fixture_random_floats(scratch, c_count, -0.5f, 0.5f);
+    float *dgamma = fixture_random_floats(scratch, c_count, -1.0f, 1.0f),
+          *dbeta = fixture_random_floats(scratch, c_count, -1.0f, 1.0f);
+    float *expected_y = fixture_random_floats(scratch, count, 0, 0),
+          *expected_dx = fixture_random_floats(scratch, count, 0, 0);
+    float *mean = fixture_random_floats(scratch, (size_t)rows, 0, 0),
+          *rstd = fixture_random_floats(scratch, (size_t)rows, 0, 0);
+    float *expected_dgamma = fixture_copy_floats(scratch, dgamma, c_count),
+          *expected_dbeta = fixture_copy_floats(scratch, dbeta, c_count);
+    float *device_x = gpu_scratch_copy(scratch, x, count * sizeof(float));
+    float *device_dy = gpu_scratch_copy(scratch, dy, count * sizeof(float));
+    float *device_gamma = gpu_scratch_copy(scratch, gamma, c_count * sizeof(float));
+    float *device_beta = gpu_scratch_copy(scratch, beta, c_count * sizeof(float));
+    float *device_y =
+        gpu_scratch_copy(scratch, x, count * sizeof(float)); /* garbage to overwrite */
+    float *device_dx = gpu_scratch_copy(scratch, x, count * sizeof(float));
+    float *device_mean = gpu_scratch(scratch, (size_t)rows * sizeof(float));
+    float *device_rstd = gpu_scratch(scratch, (size_t)rows * sizeof(float));
+    float *device_dgamma = gpu_scratch(scratch, c_count * sizeof(float));
+    float *device_dbeta = gpu_scratch(scratch, c_count * sizeof(float));
     char shape[48];
     snprintf(shape, sizeof shape, "%dx%d", rows, cols);
 
@@ -1286,7 +1256,8 @@ static void check_layernorm_case(int rows, int cols) {
                      1e-5, NULL);
     EXPECT_GPU_CLOSE(label("layernorm_forward %s: rstd", shape), device_rstd, rstd, (size_t)rows,
                      1e-5, NULL);
-    float *first_y = gpu_snapshot(device_y, count), *first_rstd = gpu_snapshot(device_rstd, rows);
+    float *first_y = fixture_adopt(scratch, gpu_snapshot(device_y, count), free);
+    float *first_rstd = fixture_adopt(scratch, gpu_snapshot(device_rstd, rows), free);
     device_layernorm_forward(gpu, rows, cols, device_x, device_gamma, device_beta, 1e-5f, device_y,
                              device_mean, device_rstd);
     EXPECT_GPU_IDENTICAL(label("layernorm_forward %s: y repeat", shape), device_y, first_y,
@@ -1299,8 +1270,8 @@ static void check_layernorm_case(int rows, int cols) {
     EXPECT_OK(device_copy_host_to_device(gpu, device_rstd, rstd, (size_t)rows * sizeof(float)));
     device_layernorm_backward(cpu, rows, cols, x, dy, gamma, mean, rstd, expected_dx,
                               expected_dgamma, expected_dbeta);
-    double *gamma_scales = calloc(c_count, sizeof *gamma_scales);
-    double *beta_scales = calloc(c_count, sizeof *beta_scales);
+    double *gamma_scales = fixture_alloc(scratch, c_count * sizeof *gamma_scales);
+    double *beta_scales = fixture_alloc(scratch, c_count * sizeof *beta_scales);
     for (int c = 0; c < cols; c++) {
         gamma_scales[c] = fabs(dgamma[c]) + 1e-30;
         beta_scales[c] = fabs(dbeta[c]) + 1e-30;
@@ -1323,9 +1294,9 @@ static void check_layernorm_case(int rows, int cols) {
                              expected_dgamma, c_count, 1e-5, gamma_scales);
             EXPECT_GPU_CLOSE(label("layernorm_backward %s: dbeta", shape), device_dbeta,
                              expected_dbeta, c_count, 1e-5, beta_scales);
-            first_dx = gpu_snapshot(device_dx, count);
-            first_dgamma = gpu_snapshot(device_dgamma, c_count);
-            first_dbeta = gpu_snapshot(device_dbeta, c_count);
+            first_dx = fixture_adopt(scratch, gpu_snapshot(device_dx, count), free);
+            first_dgamma = fixture_adopt(scratch, gpu_snapshot(device_dgamma, c_count), free);
+            first_dbeta = fixture_adopt(scratch, gpu_snapshot(device_dbeta, c_count), free);
         } else {
             EXPECT_GPU_IDENTICAL(label("layernorm_backward %s: dx repeat", shape), device_dx,
                                  first_dx, count * sizeof(float));
@@ -1335,35 +1306,7 @@ static void check_layernorm_case(int rows, int cols) {
                                  first_dbeta, c_count * sizeof(float));
         }
     }
-    free(first_dbeta);
-    free(first_dgamma);
-    free(first_dx);
-    free(first_rstd);
-    free(first_y);
-    free(beta_scales);
-    free(gamma_scales);
-    gpu_release(device_dbeta);
-    gpu_release(device_dgamma);
-    gpu_release(device_rstd);
-    gpu_release(device_mean);
-    gpu_release(device_dx);
-    gpu_release(device_y);
-    gpu_release(device_beta);
-    gpu_release(device_gamma);
-    gpu_release(device_dy);
-    gpu_release(device_x);
-    free(expected_dbeta);
-    free(expected_dgamma);
-    free(rstd);
-    free(mean);
-    free(expected_dx);
-    free(expected_y);
-    free(dbeta);
-    free(dgamma);
-    free(beta);
-    free(gamma);
-    free(dy);
-    free(x);
+    fixture_arena_free(scratch);
 }
 
 static void check_layernorm(void) {
@@ -1384,10 +1327,11 @@ static void check_embedding_case(int rows, int cols, int table_rows, bool positi
     for (int r = 0; r < rows; r++)
         ids[r] = positions ? r % table_rows
                            : (int32_t)(rng_hash4(3, 1, 4, (uint64_t)r) % (uint64_t)table_rows);
-    float *table = random_array(table_count, -1.0f, 1.0f), *dy = random_array(count, -1.0f, 1.0f);
-    float *dtable = random_array(table_count, -1.0f, 1.0f);
-    float *expected_y = random_array(count, 0, 0),
-          *expected_dtable = copy_array(dtable, table_count);
+    float *table = fixture_random_floats(NULL, table_count, -1.0f, 1.0f),
+          *dy = fixture_random_floats(NULL, count, -1.0f, 1.0f);
+    float *dtable = fixture_random_floats(NULL, table_count, -1.0f, 1.0f);
+    float *expected_y = fixture_random_floats(NULL, count, 0, 0),
+          *expected_dtable = fixture_copy_floats(NULL, dtable, table_count);
     int32_t *device_ids = gpu_copy_of(ids, (size_t)rows * sizeof *ids);
     float *device_table = gpu_copy_of(table, table_count * sizeof(float));
     float *device_dy = gpu_copy_of(dy, count * sizeof(float));
@@ -1441,10 +1385,12 @@ static void check_embedding(void) {
 static void check_causal_softmax_case(int groups, int t, float scale) {
     size_t count = (size_t)groups * t * t;
     double tolerance = fmax(1e-5, 2.0 * float_sum_gamma(t + 8, 0x1p-24));
-    float *x = random_array(count, -8.0f, 8.0f), *dy = random_array(count, -1.0f, 1.0f);
+    float *x = fixture_random_floats(NULL, count, -8.0f, 8.0f),
+          *dy = fixture_random_floats(NULL, count, -1.0f, 1.0f);
     for (size_t i = 0; i < count; i += 97) /* large scores: the max must be subtracted */
         x[i] = 300.0f;
-    float *expected_y = random_array(count, 0, 0), *expected_dx = random_array(count, 0, 0);
+    float *expected_y = fixture_random_floats(NULL, count, 0, 0),
+          *expected_dx = fixture_random_floats(NULL, count, 0, 0);
     float *device_x = gpu_copy_of(x, count * sizeof(float));
     float *device_dy = gpu_copy_of(dy, count * sizeof(float));
     float *device_y = gpu_copy_of(x, count * sizeof(float)); /* garbage to overwrite */
@@ -1505,7 +1451,7 @@ static void check_layer_operations(void) {
 
 static void check_finite_flags(void) {
     const size_t count = 100003;
-    float *x = random_array(count, -1e30f, 1e30f);
+    float *x = fixture_random_floats(NULL, count, -1e30f, 1e30f);
     float *device_x = gpu_copy_of(x, count * sizeof(float));
     bool finite = false;
     EXPECT_OK(device_check_finite(gpu, count, device_x, &finite));
@@ -1538,7 +1484,7 @@ static void check_finite_flags(void) {
  * in another order), on an empty buffer, and with a NaN. */
 static void check_sum_of_squares(void) {
     const size_t count = 1000003;
-    float *x = random_array(count, -3.0f, 3.0f);
+    float *x = fixture_random_floats(NULL, count, -3.0f, 3.0f);
     float *device_x = gpu_copy_of(x, count * sizeof(float));
     double gpu_sum = -1, cpu_sum = -2;
     EXPECT_OK(device_sum_of_squares(gpu, count, device_x, &gpu_sum));
@@ -1594,7 +1540,7 @@ static void check_uploads(void) {
     EXPECT_OK(device_upload_host_done(gpu, 1));
     EXPECT(device_upload_wait(gpu, 2) != DDT_OK);
 
-    float *got = random_array(count, 0, 0);
+    float *got = fixture_random_floats(NULL, count, 0, 0);
     host_copy_of(got, device_buffer[1], bytes);
     bool ok = true;
     for (size_t i = 0; i < count; i++)
@@ -1742,12 +1688,12 @@ static void check_gemm_fp32(void) {
     const int outputs = 37, columns = 1000;
     size_t wide = (size_t)outputs * columns;
     EXPECT_OK(device_set_precision(gpu, PRECISION_BF16, gpu_alloc, wide));
-    float *bias = random_array((size_t)outputs, -1.0f, 1.0f);
-    float *c = random_array(wide, -1.0f, 1.0f);
+    float *bias = fixture_random_floats(NULL, (size_t)outputs, -1.0f, 1.0f);
+    float *c = fixture_random_floats(NULL, wide, -1.0f, 1.0f);
     float *ones = malloc((size_t)columns * sizeof *ones);
     for (int j = 0; j < columns; j++)
         ones[j] = 1.0f;
-    float *expected = copy_array(c, wide), *got = copy_array(c, wide);
+    float *expected = fixture_copy_floats(NULL, c, wide), *got = fixture_copy_floats(NULL, c, wide);
     device_gemm(cpu, false, false, outputs, columns, 1, 1.0f, bias, 1, ones, columns, 1.0f,
                 expected, columns);
     float *device_bias = gpu_copy_of(bias, (size_t)outputs * sizeof(float));
@@ -1763,9 +1709,9 @@ static void check_gemm_fp32(void) {
     host_copy_of(got, device_c, wide * sizeof(float));
     EXPECT(memcmp(got, expected, wide * sizeof(float)) != 0); /* bf16 did round the bias */
 
-    float *gradient = random_array((size_t)outputs, -1.0f, 1.0f);
-    float *expected_gradient = copy_array(gradient, (size_t)outputs);
-    float *got_gradient = copy_array(gradient, (size_t)outputs);
+    float *gradient = fixture_random_floats(NULL, (size_t)outputs, -1.0f, 1.0f);
+    float *expected_gradient = fixture_copy_floats(NULL, gradient, (size_t)outputs);
+    float *got_gradient = fixture_copy_floats(NULL, gradient, (size_t)outputs);
     double *scales = malloc((size_t)outputs * sizeof *scales);
     for (int i = 0; i < outputs; i++) {
         scales[i] = fabs(gradient[i]) + 1e-30;
@@ -1836,9 +1782,9 @@ static void precision_probe_init(precision_probe *probe, bool batched, int m, in
     probe->a_count = (size_t)batch * m * k;
     probe->b_count = (size_t)batch * k * n;
     probe->c_count = (size_t)batch * m * n;
-    probe->a = random_array(probe->a_count, -1.0f, 1.0f);
-    probe->b = random_array(probe->b_count, -1.0f, 1.0f);
-    probe->got = random_array(probe->c_count, 0, 0);
+    probe->a = fixture_random_floats(NULL, probe->a_count, -1.0f, 1.0f);
+    probe->b = fixture_random_floats(NULL, probe->b_count, -1.0f, 1.0f);
+    probe->got = fixture_random_floats(NULL, probe->c_count, 0, 0);
     probe->reference = malloc(probe->c_count * sizeof *probe->reference);
     probe->scales = malloc(probe->c_count * sizeof *probe->scales);
     if (!probe->reference || !probe->scales) {
@@ -2060,10 +2006,10 @@ static void check_grid_stride_case(size_t count) {
     device_sum = case_buffer(alloc, what, bytes);
     if (!device_x || !device_original || !device_sum) goto done;
 
-    double started = now_seconds();
+    double started = fixture_seconds();
     device_scale(gpu, count, -2.0f, device_x);
     EXPECT_OK(device_synchronize(gpu));
-    double gpu_seconds = now_seconds() - started;
+    double gpu_seconds = fixture_seconds() - started;
     memcpy(expected, x, bytes);
     device_scale(cpu, count, -2.0f, expected);
     host_copy_of(got, device_x, bytes);
@@ -2121,10 +2067,10 @@ static void check_causal_softmax_wrap(void) {
     device_dx = case_upload(alloc, what, x, bytes);
     if (!device_x || !device_dy || !device_y || !device_dx) goto done;
 
-    double started = now_seconds();
+    double started = fixture_seconds();
     device_causal_softmax_forward(gpu, groups, t, scale, device_x, device_y);
     EXPECT_OK(device_synchronize(gpu));
-    double forward_seconds = now_seconds() - started;
+    double forward_seconds = fixture_seconds() - started;
     device_causal_softmax_forward(cpu, groups, t, scale, x, expected_y);
     host_copy_of(got, device_y, bytes);
     CHECK_CLOSE(label("causal_softmax_forward %zu rows: every row", rows), got, expected_y, count,
@@ -2133,10 +2079,10 @@ static void check_causal_softmax_wrap(void) {
                 got + tail, expected_y + tail, count - tail, tolerance, NULL);
 
     EXPECT_OK(device_copy_host_to_device(gpu, device_y, expected_y, bytes));
-    started = now_seconds();
+    started = fixture_seconds();
     device_causal_softmax_backward(gpu, groups, t, scale, device_y, device_dy, device_dx);
     EXPECT_OK(device_synchronize(gpu));
-    double backward_seconds = now_seconds() - started;
+    double backward_seconds = fixture_seconds() - started;
     device_causal_softmax_backward(cpu, groups, t, scale, expected_y, dy, expected_dx);
     host_copy_of(got, device_dx, bytes);
     CHECK_CLOSE(label("causal_softmax_backward %zu rows: every row", rows), got, expected_dx, count,
@@ -2197,7 +2143,7 @@ static void check_large_cast_case(precision_kind precision, bool transpose_a, in
     precision_set = true;
 
     memcpy(expected, c, c_count * sizeof(float));
-    double started = now_seconds();
+    double started = fixture_seconds();
     if (batch > 1)
         device_gemm_strided_batched(gpu, transpose_a, false, m, n, k, 1.0f, device_a, a_cols,
                                     stride_a, device_b, n, stride_b, 0.0f, device_c, n, stride_c,
@@ -2206,7 +2152,7 @@ static void check_large_cast_case(precision_kind precision, bool transpose_a, in
         device_gemm(gpu, transpose_a, false, m, n, k, 1.0f, device_a, a_cols, device_b, n, 0.0f,
                     device_c, n);
     EXPECT_OK(device_synchronize(gpu));
-    double gpu_seconds = now_seconds() - started;
+    double gpu_seconds = fixture_seconds() - started;
     if (batch > 1)
         device_gemm_strided_batched(cpu, transpose_a, false, m, n, k, 1.0f, a, a_cols, stride_a, b,
                                     n, stride_b, 0.0f, expected, n, stride_c, batch);
@@ -2276,7 +2222,7 @@ static void check_cast_past_2_31(void) {
     }
     precision_set = true;
 
-    double started = now_seconds();
+    double started = fixture_seconds();
     for (size_t first = 0; first < m; first += HUGE_CHUNK_ROWS) {
         size_t rows = m - first < HUGE_CHUNK_ROWS ? m - first : HUGE_CHUNK_ROWS;
         for (size_t r = 0; r < rows; r++) {
@@ -2293,12 +2239,12 @@ static void check_cast_past_2_31(void) {
         EXPECT_OK(device_copy_host_to_device(gpu, device_a + first * HUGE_K, chunk,
                                              rows * HUGE_K * sizeof(float)));
     }
-    double build_seconds = now_seconds() - started;
-    started = now_seconds();
+    double build_seconds = fixture_seconds() - started;
+    started = fixture_seconds();
     device_gemm(gpu, false, false, (int)m, HUGE_N, HUGE_K, 1.0f, device_a, HUGE_K, device_b, HUGE_N,
                 0.0f, device_c, HUGE_N);
     EXPECT_OK(device_synchronize(gpu));
-    double gpu_seconds = now_seconds() - started;
+    double gpu_seconds = fixture_seconds() - started;
     host_copy_of(got, device_c, c_bytes);
     CHECK_CLOSE(label("bf16 gemm, A of %zu elements: exactly, every row", elements), got, expected,
                 c_count, 0.0, NULL);
@@ -2319,7 +2265,7 @@ done:
 }
 
 static void check_big_index_paths(void) {
-    double started = now_seconds();
+    double started = fixture_seconds();
     check_grid_stride_case(GRID_THREADS + 257);   /* the threads' second turn: 257 elements */
     check_grid_stride_case(3 * GRID_THREADS + 5); /* above 20M elements: three turns and more */
     check_causal_softmax_wrap();
@@ -2329,7 +2275,7 @@ static void check_big_index_paths(void) {
     check_large_cast_case(PRECISION_BF16, false, 5, 62501);
     check_large_cast_case(PRECISION_FP16, true, 5, 62501);
     check_cast_past_2_31();
-    printf("timing: index paths at GPT sizes: %.1f s in all\n", now_seconds() - started);
+    printf("timing: index paths at GPT sizes: %.1f s in all\n", fixture_seconds() - started);
 }
 
 int main(void) {

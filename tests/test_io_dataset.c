@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
 
@@ -26,16 +27,8 @@ static int32_t label_value(int64_t r, int classes) {
     return (int32_t)((r * 7 + 3) % classes);
 }
 
-static char *temp_path(const char *name) {
-    static char paths[8][600];
-    static int next;
-    char *path = paths[next++ % 8];
-    snprintf(path, 600, "%s/%s", check_temp_dir(), name);
-    return path;
-}
-
-/* Writes rows [first_row, first_row + rows) of the synthetic data set, appending in uneven
- * blocks to exercise the writer's offsets. */
+/* Writes rows [first_row, first_row + rows) of the synthetic data set (appended in uneven
+ * blocks, to exercise the writer's offsets). */
 static ddt_status write_synthetic(const char *path, int64_t first_row, int64_t rows, int d,
                                   bool class_labels, int k, int classes, int64_t chunk_rows,
                                   int compression) {
@@ -49,37 +42,11 @@ static ddt_status write_synthetic(const char *path, int64_t first_row, int64_t r
         .compression = compression,
         .source = "test_io_dataset synthetic",
     };
-    dataset_writer *w;
-    DDT_CHECK(dataset_writer_open(path, &params, &w));
-    int64_t done = 0;
-    int block = 1;
-    while (done < rows) {
-        int n = (int)(rows - done < block ? rows - done : block);
-        float *features = malloc((size_t)n * d * sizeof(float));
-        int32_t *labels = malloc((size_t)n * sizeof(int32_t));
-        float *targets = malloc((size_t)n * (k > 0 ? k : 1) * sizeof(float));
-        for (int i = 0; i < n; i++) {
-            int64_t r = first_row + done + i;
-            for (int j = 0; j < d; j++)
-                features[(size_t)i * d + j] = feature_value(r, j);
-            if (class_labels)
-                labels[i] = label_value(r, classes);
-            else
-                for (int c = 0; c < k; c++)
-                    targets[(size_t)i * k + c] = target_value(r, c);
-        }
-        ddt_status status = dataset_writer_append(w, n, features, labels, targets);
-        free(features);
-        free(labels);
-        free(targets);
-        if (status != DDT_OK) {
-            dataset_writer_abort(w);
-            return status;
-        }
-        done += n;
-        block = block * 3 + 1;
-    }
-    return dataset_writer_close(w);
+    fixture_rows values = {.first_row = first_row,
+                           .feature = feature_value,
+                           .label = label_value,
+                           .target = target_value};
+    return fixture_write_features(path, &params, &values);
 }
 
 /* Checks `count` rows read into the buffers against the synthetic values. */
@@ -118,11 +85,10 @@ static void check_chunk_cache(const char *path, size_t bytes) {
 }
 
 static void test_single_file(void) {
-    const char *path = temp_path("single.h5");
+    const char *path = fixture_path("single.h5");
     CHECK_OK(write_synthetic(path, 0, 1000, 7, true, 0, 10, 64, 0));
     struct stat info;
-    char temp[700];
-    snprintf(temp, sizeof temp, "%s.tmp-%ld", path, (long)getpid());
+    const char *temp = fixture_text("%s.tmp-%ld", path, (long)getpid());
     CHECK(stat(temp, &info) != 0); /* the temporary name is gone after close */
 
     dataset *ds = NULL;
@@ -203,7 +169,7 @@ static void test_single_file(void) {
 }
 
 static void test_compressed_and_default_chunks(void) {
-    const char *path = temp_path("compressed.h5");
+    const char *path = fixture_path("compressed.h5");
     CHECK_OK(write_synthetic(path, 0, 5000, 256, false, 2, 0, 0, 4));
     dataset *ds = NULL;
     CHECK_OK(dataset_open(path, &ds));
@@ -223,7 +189,7 @@ static void test_compressed_and_default_chunks(void) {
     dataset_close(ds);
 
     /* Fewer rows than a default chunk: the chunk shrinks to the rows. */
-    path = temp_path("small.h5");
+    path = fixture_path("small.h5");
     CHECK_OK(write_synthetic(path, 0, 100, 256, true, 0, 3, 0, 0));
     CHECK_OK(dataset_open(path, &ds));
     if (!ds) return;
@@ -233,7 +199,7 @@ static void test_compressed_and_default_chunks(void) {
     /* One 6 MiB chunk (larger than HDF5's default chunk cache) and a compressed copy of it,
      * also with a cache that holds it. */
     for (int compression = 0; compression <= 1; compression++) {
-        path = temp_path(compression ? "big-chunk-z.h5" : "big-chunk.h5");
+        path = fixture_path(compression ? "big-chunk-z.h5" : "big-chunk.h5");
         CHECK_OK(write_synthetic(path, 0, 3000, 512, true, 0, 7, 3000, compression));
         CHECK_OK(dataset_open(path, &ds));
         if (!ds) return;
@@ -285,7 +251,7 @@ static void *reader_thread(void *argument) {
 }
 
 static void test_shards(void) {
-    const char *base = temp_path("sharded.h5");
+    const char *base = fixture_path("sharded.h5");
     const int64_t shard_rows[3] = {100, 50, 77};
     char shard_paths[3][700];
     int64_t first = 0;
@@ -294,11 +260,9 @@ static void test_shards(void) {
         CHECK_OK(write_synthetic(shard_paths[s], first, shard_rows[s], 5, false, 3, 0, 16, 0));
         first += shard_rows[s];
     }
-    char list[2200];
-    snprintf(list, sizeof list, "%s,%s,%s", shard_paths[0], shard_paths[1], shard_paths[2]);
-    char pattern[700];
-    snprintf(pattern, sizeof pattern, "%s/sharded-*-of-00003.h5", check_temp_dir());
-    const char *specs[2] = {list, pattern};
+    const char *specs[2] = {
+        fixture_text("%s,%s,%s", shard_paths[0], shard_paths[1], shard_paths[2]),
+        fixture_path("sharded-*-of-00003.h5")};
     for (int which = 0; which < 2; which++) {
         dataset *ds = NULL;
         CHECK_OK(dataset_open(specs[which], &ds));
@@ -352,14 +316,11 @@ static void test_shards(void) {
     }
 
     /* Class-label shards, by comma list with spaces. */
-    char a[700], b[700];
-    snprintf(a, sizeof a, "%s", temp_path("class-a.h5"));
-    snprintf(b, sizeof b, "%s", temp_path("class-b.h5"));
+    const char *a = fixture_path("class-a.h5"), *b = fixture_path("class-b.h5");
     CHECK_OK(write_synthetic(a, 0, 30, 4, true, 0, 6, 0, 0));
     CHECK_OK(write_synthetic(b, 30, 40, 4, true, 0, 6, 0, 0));
-    snprintf(list, sizeof list, "%s, %s", a, b);
     dataset *ds = NULL;
-    CHECK_OK(dataset_open(list, &ds));
+    CHECK_OK(dataset_open(fixture_text("%s, %s", a, b), &ds));
     if (ds) {
         const dataset_geometry *g = dataset_get_geometry(ds);
         CHECK(g->rows == 70 && g->classes == 6 && g->class_labels);
@@ -380,109 +341,84 @@ typedef struct member_spec {
     hsize_t dims[3];
 } member_spec;
 
+/* Members of zeros (they convert to any numeric type). */
 static void write_raw(const char *path, member_spec features, member_spec labels, int num_classes) {
-    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t file = fixture_h5_create(path);
     member_spec members[2] = {features, labels};
     const char *names[2] = {"features", "labels"};
-    for (int m = 0; m < 2; m++) {
-        if (!members[m].type) continue;
-        hid_t space = H5Screate_simple(members[m].rank, members[m].dims, NULL);
-        hid_t dataset = H5Dcreate2(file, names[m], members[m].type, space, H5P_DEFAULT, H5P_DEFAULT,
-                                   H5P_DEFAULT);
-        size_t n = 1;
-        for (int i = 0; i < members[m].rank; i++)
-            n *= members[m].dims[i];
-        /* Zeros convert to any numeric type; row 5 gets a bad value for the data tests. */
-        double *zeros = calloc(n, sizeof(double));
-        H5Dwrite(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros);
-        free(zeros);
-        H5Dclose(dataset);
-        H5Sclose(space);
-    }
-    if (num_classes) {
-        hid_t space = H5Screate(H5S_SCALAR);
-        hid_t attribute =
-            H5Acreate2(file, "num_classes", H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT);
-        H5Awrite(attribute, H5T_NATIVE_INT, &num_classes);
-        H5Aclose(attribute);
-        H5Sclose(space);
-    }
+    for (int m = 0; m < 2; m++)
+        if (members[m].type)
+            fixture_h5_member(file, names[m], members[m].type, members[m].rank, members[m].dims,
+                              NULL);
+    if (num_classes) fixture_h5_int_attribute(file, "num_classes", num_classes);
     H5Fclose(file);
-}
-
-static void expect_open_error(const char *spec, ddt_status expected, const char *path,
-                              const char *text) {
-    dataset *ds = NULL;
-    ddt_status status = dataset_open(spec, &ds);
-    CHECK(status == expected);
-    CHECK(ds == NULL);
-    const char *message = ddt_error_message();
-    int ok = (!path || strstr(message, path)) && strstr(message, text);
-    CHECK(ok);
-    if (!ok) fprintf(stderr, "  expected '%s' in: %s\n", text, message);
-    dataset_close(ds);
 }
 
 static void test_open_errors(void) {
     const member_spec good_features = {H5T_IEEE_F32LE, 2, {10, 4, 0}};
     const member_spec good_labels = {H5T_STD_I32LE, 1, {10, 0, 0}};
     const member_spec none = {0, 0, {0}};
-    char message[1600];
 
-    const char *path = temp_path("missing.h5");
-    snprintf(message, sizeof message, "%s: cannot open: No such file or directory", path);
-    expect_open_error(path, DDT_ERR_IO, NULL, message);
+    const char *path = fixture_path("missing.h5");
+    CHECK_OPEN_FAILS(path, NULL, DDT_ERR_IO, NULL,
+                     fixture_text("%s: cannot open: No such file or directory", path));
 
-    path = temp_path("text.h5");
+    path = fixture_path("text.h5");
     FILE *f = fopen(path, "w");
     fputs("this is not HDF5\n", f);
     fclose(f);
-    snprintf(message, sizeof message, "%s: not an HDF5 file", path);
-    expect_open_error(path, DDT_ERR_FORMAT, NULL, message);
+    CHECK_OPEN_FAILS(path, NULL, DDT_ERR_FORMAT, NULL, fixture_text("%s: not an HDF5 file", path));
 
-    path = temp_path("no-features.h5");
-    write_raw(path, none, good_labels, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "no /features");
-
-    path = temp_path("no-labels.h5");
-    write_raw(path, good_features, none, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "no /labels");
-
-    path = temp_path("float64.h5");
-    write_raw(path, (member_spec){H5T_IEEE_F64LE, 2, {10, 4, 0}}, good_labels, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "/features is float64, expected float32");
-
-    path = temp_path("int-features.h5");
-    write_raw(path, (member_spec){H5T_STD_I32LE, 2, {10, 4, 0}}, good_labels, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "/features is int32, expected float32");
-
-    path = temp_path("rank3.h5");
-    write_raw(path, (member_spec){H5T_IEEE_F32LE, 3, {10, 2, 2}}, good_labels, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "/features has rank 3 (shape 10x2x2)");
-
-    path = temp_path("rank1.h5");
-    write_raw(path, (member_spec){H5T_IEEE_F32LE, 1, {10, 0, 0}}, good_labels, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "/features has rank 1");
-
-    path = temp_path("labels-float64.h5");
-    write_raw(path, good_features, (member_spec){H5T_IEEE_F64LE, 1, {10, 0, 0}}, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "/labels is float64 with shape 10");
-
-    path = temp_path("labels-rank2-int.h5");
-    write_raw(path, good_features, (member_spec){H5T_STD_I32LE, 2, {10, 2, 0}}, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "/labels is int32 with shape 10x2");
-
-    path = temp_path("row-mismatch.h5");
-    write_raw(path, good_features, (member_spec){H5T_STD_I32LE, 1, {9, 0, 0}}, 10);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "/features has 10 rows but /labels has 9");
-
-
-    path = temp_path("zero-classes.h5");
-    write_raw(path, good_features, good_labels, -3);
-    expect_open_error(path, DDT_ERR_FORMAT, path, "num_classes is -3");
+    /* Members missing, of the wrong type or shape, or disagreeing; num_classes not positive. */
+    const struct {
+        const char *name;
+        member_spec features, labels;
+        int classes;
+        const char *message;
+    } malformed[] = {
+        {"no-features.h5", none, good_labels, 10, "no /features"},
+        {"no-labels.h5", good_features, none, 10, "no /labels"},
+        {"float64.h5",
+         {H5T_IEEE_F64LE, 2, {10, 4, 0}},
+         good_labels,
+         10,
+         "/features is float64, expected float32"},
+        {"int-features.h5",
+         {H5T_STD_I32LE, 2, {10, 4, 0}},
+         good_labels,
+         10,
+         "/features is int32, expected float32"},
+        {"rank3.h5",
+         {H5T_IEEE_F32LE, 3, {10, 2, 2}},
+         good_labels,
+         10,
+         "/features has rank 3 (shape 10x2x2)"},
+        {"rank1.h5", {H5T_IEEE_F32LE, 1, {10, 0, 0}}, good_labels, 10, "/features has rank 1"},
+        {"labels-float64.h5",
+         good_features,
+         {H5T_IEEE_F64LE, 1, {10, 0, 0}},
+         10,
+         "/labels is float64 with shape 10"},
+        {"labels-rank2-int.h5",
+         good_features,
+         {H5T_STD_I32LE, 2, {10, 2, 0}},
+         10,
+         "/labels is int32 with shape 10x2"},
+        {"row-mismatch.h5",
+         good_features,
+         {H5T_STD_I32LE, 1, {9, 0, 0}},
+         10,
+         "/features has 10 rows but /labels has 9"},
+        {"zero-classes.h5", good_features, good_labels, -3, "num_classes is -3"},
+    };
+    for (size_t i = 0; i < sizeof malformed / sizeof *malformed; i++) {
+        path = fixture_path(malformed[i].name);
+        write_raw(path, malformed[i].features, malformed[i].labels, malformed[i].classes);
+        CHECK_OPEN_FAILS(path, NULL, DDT_ERR_FORMAT, path, malformed[i].message);
+    }
 
     /* Targets need no num_classes. */
-    path = temp_path("targets-no-classes.h5");
+    path = fixture_path("targets-no-classes.h5");
     write_raw(path, good_features, (member_spec){H5T_IEEE_F32LE, 2, {10, 2, 0}}, 0);
     dataset *ds = NULL;
     CHECK_OK(dataset_open(path, &ds));
@@ -492,33 +428,29 @@ static void test_open_errors(void) {
 
     /* A directory. */
     path = check_temp_dir();
-    expect_open_error(path, DDT_ERR_IO, path, "cannot open: Is a directory");
+    CHECK_OPEN_FAILS(path, NULL, DDT_ERR_IO, path, "cannot open: Is a directory");
 
     /* Shards that disagree. */
-    char a[700], b[700], list[1500];
-    snprintf(a, sizeof a, "%s", temp_path("agree-a.h5"));
-    snprintf(b, sizeof b, "%s", temp_path("agree-b.h5"));
+    const char *a = fixture_path("agree-a.h5"), *b = fixture_path("agree-b.h5");
     write_raw(a, good_features, good_labels, 10);
     write_raw(b, (member_spec){H5T_IEEE_F32LE, 2, {10, 8, 0}}, good_labels, 10);
-    snprintf(list, sizeof list, "%s,%s", a, b);
-    snprintf(message, sizeof message, "%s: has 8 features but %s has 4", b, a);
-    expect_open_error(list, DDT_ERR_FORMAT, NULL, message);
+    const char *list = fixture_text("%s,%s", a, b);
+    CHECK_OPEN_FAILS(list, NULL, DDT_ERR_FORMAT, NULL,
+                     fixture_text("%s: has 8 features but %s has 4", b, a));
     write_raw(b, good_features, good_labels, 12);
-    snprintf(message, sizeof message, "%s: has num_classes 12 but %s has 10", b, a);
-    expect_open_error(list, DDT_ERR_FORMAT, NULL, message);
+    CHECK_OPEN_FAILS(list, NULL, DDT_ERR_FORMAT, NULL,
+                     fixture_text("%s: has num_classes 12 but %s has 10", b, a));
     write_raw(b, good_features, (member_spec){H5T_IEEE_F32LE, 2, {10, 2, 0}}, 10);
-    snprintf(message, sizeof message, "%s: has float targets but %s has class labels", b, a);
-    expect_open_error(list, DDT_ERR_FORMAT, NULL, message);
+    CHECK_OPEN_FAILS(list, NULL, DDT_ERR_FORMAT, NULL,
+                     fixture_text("%s: has float targets but %s has class labels", b, a));
     /* A missing file in a list is named. */
-    snprintf(list, sizeof list, "%s,%s", a, temp_path("absent.h5"));
-    expect_open_error(list, DDT_ERR_IO, temp_path("absent.h5"), "cannot open");
+    const char *absent = fixture_path("absent.h5");
+    CHECK_OPEN_FAILS(fixture_text("%s,%s", a, absent), NULL, DDT_ERR_IO, absent, "cannot open");
 
-    char pattern[700];
-    snprintf(pattern, sizeof pattern, "%s/x*.h5", check_temp_dir());
-    snprintf(message, sizeof message, "no files match '%s'", pattern);
-    expect_open_error(pattern, DDT_ERR_IO, NULL, message);
+    const char *pattern = fixture_path("x*.h5");
+    CHECK_OPEN_FAILS(pattern, NULL, DDT_ERR_IO, NULL, fixture_text("no files match '%s'", pattern));
 
-    expect_open_error("", DDT_ERR_USAGE, NULL, "no dataset path");
+    CHECK_OPEN_FAILS("", NULL, DDT_ERR_USAGE, NULL, "no dataset path");
 }
 
 static void expect_read_error(const char *path, const int64_t *rows, int count, const char *text) {
@@ -529,72 +461,46 @@ static void expect_read_error(const char *path, const int64_t *rows, int count, 
     float *features = malloc((size_t)count * g->features * sizeof(float));
     int32_t labels[16];
     float *targets = malloc((size_t)count * g->target_width * sizeof(float));
-    ddt_status status = dataset_read_rows(ds, rows, count, features, labels, targets);
-    CHECK(status == DDT_ERR_DATA);
-    int ok = strstr(ddt_error_message(), path) && strstr(ddt_error_message(), text);
-    CHECK(ok);
-    if (!ok) fprintf(stderr, "  expected '%s' in: %s\n", text, ddt_error_message());
+    CHECK_FAILS(dataset_read_rows(ds, rows, count, features, labels, targets), DDT_ERR_DATA, path,
+                text);
     free(features);
     free(targets);
     dataset_close(ds);
 }
 
-/* Overwrites one value of /features or /labels in an existing file. */
-static void poke(const char *path, const char *name, hsize_t row, hsize_t column, hid_t type,
-                 const void *value) {
-    hid_t file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
-    hid_t dataset = H5Dopen2(file, name, H5P_DEFAULT);
-    hid_t space = H5Dget_space(dataset);
-    hsize_t start[2] = {row, column}, one[2] = {1, 1};
-    H5Sselect_hyperslab(space, H5S_SELECT_SET, start, NULL, one, NULL);
-    hid_t memory = H5Screate_simple(H5Sget_simple_extent_ndims(space), one, NULL);
-    H5Dwrite(dataset, type, memory, space, H5P_DEFAULT, value);
-    H5Sclose(memory);
-    H5Sclose(space);
-    H5Dclose(dataset);
-    H5Fclose(file);
-}
-
 static void test_read_errors(void) {
-    const char *path = temp_path("bad-label.h5");
+    const char *path = fixture_path("bad-label.h5");
     CHECK_OK(write_synthetic(path, 0, 40, 4, true, 0, 10, 8, 0));
     int32_t label = 11;
-    poke(path, "labels", 5, 0, H5T_NATIVE_INT32, &label);
+    fixture_h5_poke(path, "labels", 5, 0, H5T_NATIVE_INT32, &label);
     int64_t rows[] = {1, 5, 20};
     expect_read_error(path, rows, 3, "row 5 (global row 5): label 11 outside [0, 10)");
     label = -1;
-    poke(path, "labels", 5, 0, H5T_NATIVE_INT32, &label);
+    fixture_h5_poke(path, "labels", 5, 0, H5T_NATIVE_INT32, &label);
     expect_read_error(path, rows, 3, "label -1 outside [0, 10)");
 
     /* In the second shard the message gives the row in the file and the global row. */
     char shards[2][700];
     for (int s = 0; s < 2; s++) {
-        dataset_shard_path(temp_path("bad-feature.h5"), s, 2, shards[s], sizeof shards[s]);
+        dataset_shard_path(fixture_path("bad-feature.h5"), s, 2, shards[s], sizeof shards[s]);
         CHECK_OK(write_synthetic(shards[s], s * 30, 30, 16, false, 2, 0, 8, 0));
     }
     float nan = NAN, inf = INFINITY;
-    poke(shards[1], "features", 7, 12, H5T_NATIVE_FLOAT, &nan);
-    char list[1500];
-    snprintf(list, sizeof list, "%s,%s", shards[0], shards[1]);
+    fixture_h5_poke(shards[1], "features", 7, 12, H5T_NATIVE_FLOAT, &nan);
     int64_t cross[] = {2, 29, 30, 37, 50};
     dataset *ds = NULL;
-    CHECK_OK(dataset_open(list, &ds));
+    CHECK_OK(dataset_open(fixture_text("%s,%s", shards[0], shards[1]), &ds));
     if (ds) {
         float features[20 * 16], targets[20 * 2];
-        CHECK(dataset_read_rows(ds, cross, 5, features, NULL, targets) == DDT_ERR_DATA);
-        char expected[900];
-        snprintf(expected, sizeof expected, "%s: row 7 (global row 37): feature 12 is NaN",
-                 shards[1]);
-        CHECK(strstr(ddt_error_message(), expected) != NULL);
-        if (!strstr(ddt_error_message(), expected))
-            fprintf(stderr, "  expected '%s' in: %s\n", expected, ddt_error_message());
+        CHECK_FAILS(dataset_read_rows(ds, cross, 5, features, NULL, targets), DDT_ERR_DATA,
+                    fixture_text("%s: row 7 (global row 37): feature 12 is NaN", shards[1]));
         /* Rows that avoid the bad one read fine. */
         int64_t good[] = {2, 29, 30, 50};
         CHECK_OK(dataset_read_rows(ds, good, 4, features, NULL, targets));
         CHECK(dataset_read_range(ds, 20, 20, features, NULL, targets) == DDT_ERR_DATA);
         dataset_close(ds);
     }
-    poke(shards[0], "labels", 3, 1, H5T_NATIVE_FLOAT, &inf);
+    fixture_h5_poke(shards[0], "labels", 3, 1, H5T_NATIVE_FLOAT, &inf);
     int64_t first_shard[] = {3};
     expect_read_error(shards[0], first_shard, 1, "row 3 (global row 3): target 1 is +Inf");
 }
@@ -626,11 +532,10 @@ static void test_writer_atomicity(void) {
     float features[30] = {0};
     int32_t labels[10] = {0};
     struct stat info;
-    char temp[700];
 
     /* Aborted with no previous file: nothing remains. */
-    const char *path = temp_path("aborted.h5");
-    snprintf(temp, sizeof temp, "%s.tmp-%ld", path, (long)getpid());
+    const char *path = fixture_path("aborted.h5");
+    const char *temp = fixture_text("%s.tmp-%ld", path, (long)getpid());
     dataset_writer *w = NULL;
     CHECK_OK(dataset_writer_open(path, &params, &w));
     CHECK_OK(dataset_writer_append(w, 4, features, labels, NULL));
@@ -642,9 +547,9 @@ static void test_writer_atomicity(void) {
     dataset_writer_abort(NULL);
 
     /* Aborted, or closed short, over an existing file: the old file is untouched. */
-    path = temp_path("existing.h5");
-    const char *backup = temp_path("existing-backup.h5");
-    snprintf(temp, sizeof temp, "%s.tmp-%ld", path, (long)getpid());
+    path = fixture_path("existing.h5");
+    const char *backup = fixture_path("existing-backup.h5");
+    temp = fixture_text("%s.tmp-%ld", path, (long)getpid());
     CHECK_OK(write_synthetic(path, 0, 20, 2, true, 0, 3, 0, 0));
     copy_file(path, backup);
     CHECK_OK(dataset_writer_open(path, &params, &w));
@@ -674,22 +579,16 @@ static void test_writer_atomicity(void) {
     dataset_close(ds);
 
     /* Unwritable locations. */
-    char bad[700];
-    snprintf(bad, sizeof bad, "%s/no-such-dir/out.h5", check_temp_dir());
+    const char *bad = fixture_path("no-such-dir/out.h5");
     w = NULL;
-    CHECK(dataset_writer_open(bad, &params, &w) == DDT_ERR_IO);
+    CHECK_FAILS(dataset_writer_open(bad, &params, &w), DDT_ERR_IO,
+                fixture_text("%s: cannot create: No such file or directory", bad));
     CHECK(w == NULL);
-    char expected[900];
-    snprintf(expected, sizeof expected, "%s: cannot create: No such file or directory", bad);
-    CHECK(strstr(ddt_error_message(), expected) != NULL);
-    CHECK(dataset_writer_open(check_temp_dir(), &params, &w) == DDT_ERR_IO);
-    CHECK(strstr(ddt_error_message(), "Is a directory") != NULL);
+    CHECK_FAILS(dataset_writer_open(check_temp_dir(), &params, &w), DDT_ERR_IO, "Is a directory");
     if (geteuid() != 0) {
-        snprintf(bad, sizeof bad, "%s/read-only", check_temp_dir());
-        mkdir(bad, 0555);
-        snprintf(bad + strlen(bad), sizeof bad - strlen(bad), "/out.h5");
-        CHECK(dataset_writer_open(bad, &params, &w) == DDT_ERR_IO);
-        CHECK(strstr(ddt_error_message(), "cannot create: Permission denied") != NULL);
+        mkdir(fixture_path("read-only"), 0555);
+        CHECK_FAILS(dataset_writer_open(fixture_path("read-only/out.h5"), &params, &w), DDT_ERR_IO,
+                    "cannot create: Permission denied");
     }
 
     /* Bad parameters. */
@@ -706,7 +605,7 @@ static void test_writer_atomicity(void) {
     /* Zero rows is a valid (if useless) file. */
     wrong = params;
     wrong.rows = 0;
-    const char *empty = temp_path("empty.h5");
+    const char *empty = fixture_path("empty.h5");
     CHECK_OK(dataset_writer_open(empty, &wrong, &w));
     CHECK_OK(dataset_writer_close(w));
     CHECK_OK(dataset_open(empty, &ds));

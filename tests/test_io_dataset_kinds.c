@@ -9,71 +9,39 @@
 #include <string.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
-
-static char *temp_path(const char *name) {
-    static char paths[8][600];
-    static int next;
-    char *path = paths[next++ % 8];
-    snprintf(path, 600, "%s/%s", check_temp_dir(), name);
-    return path;
-}
 
 /* Value of element e (in C x H x W order) of row r: exact in float32. */
 static float pixel(int64_t r, int e) {
     return (float)r * 64.0f + (float)e;
 }
 
+static int32_t class_of(int64_t r, int classes) {
+    return (int32_t)(r % classes);
+}
+
 static void write_images(const char *path, int64_t first, int rows, int c, int h, int w,
                          const char *const *names, int classes) {
-    int d = c * h * w;
     dataset_writer_params p = {.rows = rows,
-                               .features = d,
+                               .features = c * h * w,
                                .feature_rank = 3,
                                .feature_dims = {c, h, w},
                                .class_labels = true,
                                .classes = classes,
                                .class_names = names,
                                .chunk_rows = 7};
-    float *x = malloc((size_t)rows * (size_t)d * sizeof *x);
-    int32_t *y = malloc((size_t)rows * sizeof *y);
-    for (int i = 0; i < rows; i++) {
-        for (int e = 0; e < d; e++)
-            x[(size_t)i * (size_t)d + (size_t)e] = pixel(first + i, e);
-        y[i] = (int32_t)((first + i) % classes);
-    }
-    dataset_writer *writer;
-    CHECK_OK(dataset_writer_open(path, &p, &writer));
-    CHECK_OK(dataset_writer_append(writer, rows, x, y, NULL));
-    CHECK_OK(dataset_writer_close(writer));
-    free(y);
-    free(x);
-}
-
-static void expect_message(ddt_status status, ddt_status expected, const char *a, const char *b) {
-    CHECK(status == expected);
-    const char *message = ddt_error_message();
-    int ok = strstr(message, a) && (!b || strstr(message, b));
-    CHECK(ok);
-    if (!ok) fprintf(stderr, "  expected '%s' and '%s' in: %s\n", a, b ? b : "", message);
-}
-
-static void expect_open_error(const char *spec, const char *a, const char *b) {
-    dataset *ds = NULL;
-    expect_message(dataset_open(spec, &ds), DDT_ERR_FORMAT, a, b);
-    CHECK(ds == NULL);
-    dataset_close(ds);
+    fixture_rows values = {.first_row = first, .feature = pixel, .label = class_of};
+    CHECK_OK(fixture_write_features(path, &p, &values));
 }
 
 static void test_images_from_the_writer(void) {
     static const char *const names[] = {"cat", "dog", "ünïcode"};
-    char a[600], b[600], list[1300];
-    snprintf(a, sizeof a, "%s", temp_path("img-a.h5"));
-    snprintf(b, sizeof b, "%s", temp_path("img-b.h5"));
+    const char *a = fixture_path("img-a.h5"), *b = fixture_path("img-b.h5");
     write_images(a, 0, 20, 3, 2, 5, names, 3);
     write_images(b, 20, 13, 3, 2, 5, names, 3);
-    snprintf(list, sizeof list, "%s,%s", a, b);
+    const char *list = fixture_text("%s,%s", a, b);
     dataset *ds = NULL;
     CHECK_OK(dataset_open(list, &ds));
     if (!ds) return;
@@ -107,15 +75,9 @@ static void test_images_from_the_writer(void) {
     dataset_close(ds);
 
     /* A flat dataset's identity is the text it always had (checkpoints compare it). */
-    char flat[600];
-    snprintf(flat, sizeof flat, "%s", temp_path("flat.h5"));
+    const char *flat = fixture_path("flat.h5");
     dataset_writer_params p = {.rows = 4, .features = 2, .class_labels = true, .classes = 2};
-    float fx[8] = {0};
-    int32_t fy[4] = {0, 1, 0, 1};
-    dataset_writer *w;
-    CHECK_OK(dataset_writer_open(flat, &p, &w));
-    CHECK_OK(dataset_writer_append(w, 4, fx, fy, NULL));
-    CHECK_OK(dataset_writer_close(w));
+    CHECK_OK(fixture_write_features(flat, &p, &(fixture_rows){.label = class_of}));
     CHECK_OK(dataset_open(flat, &ds));
     if (ds) {
         g = dataset_get_geometry(ds);
@@ -128,11 +90,11 @@ static void test_images_from_the_writer(void) {
 
     /* Same width, other shape: shards disagree. */
     write_images(b, 20, 13, 1, 6, 5, NULL, 3);
-    expect_open_error(list, "has rows of shape 1x6x5 but", "has 3x2x5");
+    CHECK_OPEN_FAILS(list, NULL, DDT_ERR_FORMAT, "has rows of shape 1x6x5 but", "has 3x2x5");
     /* Other class names: shards disagree. */
     static const char *const other[] = {"cat", "dog", "cow"};
     write_images(b, 20, 13, 3, 2, 5, other, 3);
-    expect_open_error(list, "class_names differ", a);
+    CHECK_OPEN_FAILS(list, NULL, DDT_ERR_FORMAT, "class_names differ", a);
 
     /* The writer refuses a shape that does not make the width. */
     dataset_writer_params bad = {.rows = 4,
@@ -141,8 +103,9 @@ static void test_images_from_the_writer(void) {
                                  .feature_dims = {3, 2, 4},
                                  .class_labels = true,
                                  .classes = 2};
-    expect_message(dataset_writer_open(temp_path("bad-shape.h5"), &bad, &w), DDT_ERR_USAGE,
-                   "image shape 3x2x4 does not make 30 features", NULL);
+    dataset_writer *w;
+    CHECK_FAILS(dataset_writer_open(fixture_path("bad-shape.h5"), &bad, &w), DDT_ERR_USAGE,
+                "image shape 3x2x4 does not make 30 features");
 }
 
 /* h5py-like files: what users write, member by member. */
@@ -153,18 +116,14 @@ typedef struct member {
 } member;
 
 static void write_member(hid_t file, const char *name, member m, const double *values) {
-    hid_t space = H5Screate_simple(m.rank, m.dims, NULL);
-    hid_t dataset = H5Dcreate2(file, name, m.type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-    H5Dwrite(dataset, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, values);
-    H5Dclose(dataset);
-    H5Sclose(space);
+    fixture_h5_member(file, name, m.type, m.rank, m.dims, values);
 }
 
 /* /features of shape `features` (values e * 0.25), /labels of `label_type` with the given
  * values, no num_classes unless classes > 0. */
 static void write_plain(const char *path, member features, hid_t label_type, const double *labels,
                         int classes) {
-    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t file = fixture_h5_create(path);
     size_t n = 1;
     for (int i = 0; i < features.rank; i++)
         n *= features.dims[i];
@@ -174,14 +133,7 @@ static void write_plain(const char *path, member features, hid_t label_type, con
     write_member(file, "features", features, values);
     free(values);
     write_member(file, "labels", (member){label_type, 1, {features.dims[0]}}, labels);
-    if (classes > 0) {
-        hid_t space = H5Screate(H5S_SCALAR);
-        hid_t attribute =
-            H5Acreate2(file, "num_classes", H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT);
-        H5Awrite(attribute, H5T_NATIVE_INT, &classes);
-        H5Aclose(attribute);
-        H5Sclose(space);
-    }
+    if (classes > 0) fixture_h5_int_attribute(file, "num_classes", classes);
     H5Fclose(file);
 }
 
@@ -205,7 +157,7 @@ static void add_fixed_names(const char *path, const char *names, int count, size
 
 static void test_plain_files(void) {
     double labels[6] = {0, 1, 2, 1, 0, 2};
-    const char *path = temp_path("plain-int64.h5");
+    const char *path = fixture_path("plain-int64.h5");
     /* int64 labels (h5py's default), no num_classes, N x C x H x W features without chunks */
     write_plain(path, (member){H5T_IEEE_F32LE, 4, {6, 2, 1, 3}}, H5T_STD_I64LE, labels, 0);
     dataset *ds = NULL;
@@ -225,9 +177,9 @@ static void test_plain_files(void) {
         CHECK_OK(dataset_set_classes(ds, 2));
         int32_t all[6];
         float features[36];
-        expect_message(dataset_read_range(ds, 0, 6, features, all, NULL), DDT_ERR_DATA, path,
-                       "row 2 (global row 2): label 2 outside [0, 2) (the file has no "
-                       "num_classes; 2 is the model's output width)");
+        CHECK_FAILS(dataset_read_range(ds, 0, 6, features, all, NULL), DDT_ERR_DATA, path,
+                    "row 2 (global row 2): label 2 outside [0, 2) (the file has no "
+                    "num_classes; 2 is the model's output width)");
         char identity[512];
         CHECK_OK(dataset_identity(ds, identity, sizeof identity));
         CHECK(strstr(identity, "classes 0,") != NULL); /* what the file says */
@@ -235,7 +187,7 @@ static void test_plain_files(void) {
     }
 
     /* uint8 labels; a negative int8 id is wrong even without a class count. */
-    path = temp_path("plain-uint8.h5");
+    path = fixture_path("plain-uint8.h5");
     write_plain(path, (member){H5T_IEEE_F32LE, 2, {6, 4}}, H5T_STD_U8LE, labels, 0);
     CHECK_OK(dataset_open(path, &ds));
     if (ds) {
@@ -245,69 +197,71 @@ static void test_plain_files(void) {
         dataset_close(ds);
     }
     double negative[6] = {0, 1, -1, 1, 0, 2};
-    path = temp_path("plain-int8.h5");
+    path = fixture_path("plain-int8.h5");
     write_plain(path, (member){H5T_IEEE_F32LE, 2, {6, 4}}, H5T_STD_I8LE, negative, 0);
     CHECK_OK(dataset_open(path, &ds));
     if (ds) {
         int32_t y[6];
-        expect_message(dataset_read_range(ds, 0, 6, NULL, y, NULL), DDT_ERR_DATA, path,
-                       "row 2 (global row 2): label -1 is negative");
+        CHECK_FAILS(dataset_read_range(ds, 0, 6, NULL, y, NULL), DDT_ERR_DATA, path,
+                    "row 2 (global row 2): label -1 is negative");
         dataset_close(ds);
     }
 
     /* A declared count: dataset_set_classes must agree with it. */
-    path = temp_path("declared.h5");
+    path = fixture_path("declared.h5");
     write_plain(path, (member){H5T_IEEE_F32LE, 2, {6, 4}}, H5T_STD_I32LE, labels, 3);
     CHECK_OK(dataset_open(path, &ds));
     if (ds) {
         CHECK_OK(dataset_set_classes(ds, 3));
-        expect_message(dataset_set_classes(ds, 4), DDT_ERR_FORMAT, path,
-                       "num_classes is 3, but 4 classes were asked for");
+        CHECK_FAILS(dataset_set_classes(ds, 4), DDT_ERR_FORMAT, path,
+                    "num_classes is 3, but 4 classes were asked for");
         dataset_close(ds);
     }
     /* Float targets have no classes. */
-    path = temp_path("targets.h5");
-    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    double zeros[24] = {0};
-    write_member(file, "features", (member){H5T_IEEE_F32LE, 2, {6, 4}}, zeros);
-    write_member(file, "labels", (member){H5T_IEEE_F32LE, 2, {6, 2}}, zeros);
+    path = fixture_path("targets.h5");
+    hid_t file = fixture_h5_create(path);
+    write_member(file, "features", (member){H5T_IEEE_F32LE, 2, {6, 4}}, NULL);
+    write_member(file, "labels", (member){H5T_IEEE_F32LE, 2, {6, 2}}, NULL);
     H5Fclose(file);
     CHECK_OK(dataset_open(path, &ds));
     if (ds) {
         CHECK(dataset_get_geometry(ds)->labels_per_row == 0);
-        expect_message(dataset_set_classes(ds, 3), DDT_ERR_USAGE, path, "float targets");
+        CHECK_FAILS(dataset_set_classes(ds, 3), DDT_ERR_USAGE, path, "float targets");
         dataset_close(ds);
     }
 
     /* Fixed-length class names; their count against num_classes and the asked count. */
-    path = temp_path("fixed-names.h5");
+    path = fixture_path("fixed-names.h5");
     write_plain(path, (member){H5T_IEEE_F32LE, 2, {6, 4}}, H5T_STD_I32LE, labels, 0);
     add_fixed_names(path, "zero\0one\0\0two\0\0", 3, 5);
     CHECK_OK(dataset_open(path, &ds));
     if (ds) {
         CHECK(dataset_class_name_count(ds) == 3 && strcmp(dataset_class_name(ds, 0), "zero") == 0 &&
               strcmp(dataset_class_name(ds, 2), "two") == 0);
-        expect_message(dataset_set_classes(ds, 4), DDT_ERR_FORMAT, path,
-                       "class_names holds 3 names, but 4 classes were asked for");
+        CHECK_FAILS(dataset_set_classes(ds, 4), DDT_ERR_FORMAT, path,
+                    "class_names holds 3 names, but 4 classes were asked for");
         dataset_close(ds);
     }
-    path = temp_path("names-vs-classes.h5");
+    path = fixture_path("names-vs-classes.h5");
     write_plain(path, (member){H5T_IEEE_F32LE, 2, {6, 4}}, H5T_STD_I32LE, labels, 4);
     add_fixed_names(path, "zero\0one\0\0two\0\0", 3, 5);
-    expect_open_error(path, path, "class_names holds 3 names but num_classes is 4");
+    CHECK_OPEN_FAILS(path, NULL, DDT_ERR_FORMAT, path,
+                     "class_names holds 3 names but num_classes is 4");
 
     /* Ranks other than 2 and 4 are refused, naming both. */
-    path = temp_path("rank3.h5");
+    path = fixture_path("rank3.h5");
     write_plain(path, (member){H5T_IEEE_F32LE, 3, {6, 2, 2}}, H5T_STD_I32LE, labels, 3);
-    expect_open_error(path, "/features has rank 3 (shape 6x2x2), expected 2 (rows x features) or 4",
-                      "channels x height x width");
-    path = temp_path("rank5.h5");
+    CHECK_OPEN_FAILS(path, NULL, DDT_ERR_FORMAT,
+                     "/features has rank 3 (shape 6x2x2), expected 2 (rows x features) or 4",
+                     "channels x height x width");
+    path = fixture_path("rank5.h5");
     write_plain(path, (member){H5T_IEEE_F32LE, 5, {6, 1, 1, 2, 2}}, H5T_STD_I32LE, labels, 3);
-    expect_open_error(path, "/features has rank 5 (shape 6x1x1x2x2)", NULL);
+    CHECK_OPEN_FAILS(path, NULL, DDT_ERR_FORMAT, "/features has rank 5 (shape 6x1x1x2x2)", NULL);
     /* Labels must be integers or float targets. */
-    path = temp_path("float64-labels.h5");
+    path = fixture_path("float64-labels.h5");
     write_plain(path, (member){H5T_IEEE_F32LE, 2, {6, 4}}, H5T_IEEE_F64LE, labels, 3);
-    expect_open_error(path, "/labels is float64 with shape 6; expected integer class ids", NULL);
+    CHECK_OPEN_FAILS(path, NULL, DDT_ERR_FORMAT,
+                     "/labels is float64 with shape 6; expected integer class ids", NULL);
 }
 
 int main(void) {

@@ -15,17 +15,10 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "io/dataset.h"
 
 enum { ROWS = 256, FEATURES = 8 };
-
-static char *temp_path(const char *name) {
-    static char paths[8][600];
-    static int next;
-    char *path = paths[next++ % 8];
-    snprintf(path, 600, "%s/%s", check_temp_dir(), name);
-    return path;
-}
 
 static float value_at(hsize_t row, hsize_t column) {
     return (float)row + (float)column * 0.125f;
@@ -42,24 +35,9 @@ static float *make_values(void) {
 
 /* A new file with num_classes 3 and, unless rows is 0, a written /labels of `rows` zeros. */
 static hid_t create_file(const char *path, hsize_t rows) {
-    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-    hid_t scalar = H5Screate(H5S_SCALAR);
-    hid_t attribute =
-        H5Acreate2(file, "num_classes", H5T_STD_I32LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
-    int classes = 3;
-    H5Awrite(attribute, H5T_NATIVE_INT, &classes);
-    H5Aclose(attribute);
-    H5Sclose(scalar);
-    if (rows) {
-        hid_t space = H5Screate_simple(1, &rows, NULL);
-        hid_t labels =
-            H5Dcreate2(file, "labels", H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-        int32_t *zeros = calloc(rows, sizeof *zeros);
-        H5Dwrite(labels, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, zeros);
-        free(zeros);
-        H5Dclose(labels);
-        H5Sclose(space);
-    }
+    hid_t file = fixture_h5_create(path);
+    fixture_h5_int_attribute(file, "num_classes", 3);
+    if (rows) fixture_h5_member(file, "labels", H5T_STD_I32LE, 1, &rows, NULL);
     return file;
 }
 
@@ -98,16 +76,19 @@ static void expect_refused(const char *path, bool allow_external, ddt_status exp
                            const char *text) {
     dataset_open_params params = dataset_default_open_params();
     params.allow_external = allow_external;
-    dataset *ds = NULL;
-    ddt_status status = dataset_open_with_params(path, &params, &ds);
-    CHECK(status == expected);
-    CHECK(ds == NULL);
-    const char *message = ddt_error_message();
-    int ok = strstr(message, path) && strstr(message, text);
-    CHECK(ok);
-    if (!ok || status != expected)
-        fprintf(stderr, "  %s: expected '%s' (status %d) in: %s (status %d)\n", path, text,
-                (int)expected, message, (int)status);
+    CHECK_OPEN_FAILS(path, &params, expected, path, text);
+}
+
+/* Reads every row of DS and checks the values, then closes it. */
+static void expect_rows(dataset *ds) {
+    CHECK(dataset_get_geometry(ds)->rows == ROWS);
+    fixture_arena *scratch = fixture_arena_new();
+    float *features = fixture_alloc(scratch, ROWS * FEATURES * sizeof *features);
+    int32_t *labels = fixture_alloc(scratch, ROWS * sizeof *labels);
+    CHECK_OK(dataset_read_range(ds, 0, ROWS, features, labels, NULL));
+    float *expected = fixture_adopt(scratch, make_values(), free);
+    CHECK(memcmp(features, expected, ROWS * FEATURES * sizeof *features) == 0);
+    fixture_arena_free(scratch);
     dataset_close(ds);
 }
 
@@ -117,28 +98,12 @@ static void expect_values(const char *path, bool allow_external) {
     params.allow_external = allow_external;
     dataset *ds = NULL;
     CHECK_OK(dataset_open_with_params(path, &params, &ds));
-    if (!ds) return;
-    CHECK(dataset_get_geometry(ds)->rows == ROWS);
-    float *features = malloc(ROWS * FEATURES * sizeof *features);
-    int32_t *labels = malloc(ROWS * sizeof *labels);
-    CHECK_OK(dataset_read_range(ds, 0, ROWS, features, labels, NULL));
-    float *expected = make_values();
-    CHECK(memcmp(features, expected, ROWS * FEATURES * sizeof *features) == 0);
-    free(expected);
-    free(labels);
-    free(features);
-    dataset_close(ds);
-}
-
-static double seconds_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+    if (ds) expect_rows(ds);
 }
 
 static void test_unwritten_chunks(void) {
     /* A few KB declaring 2^40 rows, no chunk written: refused at once, in little memory. */
-    const char *path = temp_path("huge.h5");
+    const char *path = fixture_path("huge.h5");
     hid_t file = create_file(path, 0);
     hsize_t huge = (hsize_t)1 << 40, label_chunk = 4096;
     add_features(file, "features", huge, 1024, 0);
@@ -150,10 +115,10 @@ static void test_unwritten_chunks(void) {
     H5Sclose(space);
     H5Fclose(file);
     struct mallinfo2 before = mallinfo2();
-    double start = seconds_now();
+    double start = fixture_seconds();
     expect_refused(path, false, DDT_ERR_FORMAT,
                    "/features: 1073741824 of its 1073741824 chunks were never written");
-    double elapsed = seconds_now() - start;
+    double elapsed = fixture_seconds() - start;
     struct mallinfo2 after = mallinfo2();
     size_t grown = (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
     CHECK(elapsed < 2.0);
@@ -161,14 +126,14 @@ static void test_unwritten_chunks(void) {
     printf("2^40 declared rows: refused in %.3f s, heap grew %zu bytes\n", elapsed, grown);
 
     /* Half the chunks written. */
-    path = temp_path("partial.h5");
+    path = fixture_path("partial.h5");
     file = create_file(path, ROWS);
     add_features(file, "features", ROWS, 32, ROWS / 2);
     H5Fclose(file);
     expect_refused(path, false, DDT_ERR_FORMAT, "/features: 4 of its 8 chunks were never written");
 
     /* /labels unwritten. */
-    path = temp_path("labels-unwritten.h5");
+    path = fixture_path("labels-unwritten.h5");
     file = create_file(path, 0);
     add_features(file, "features", ROWS, 32, ROWS);
     hsize_t rows = ROWS, chunk = 64;
@@ -181,7 +146,7 @@ static void test_unwritten_chunks(void) {
     H5Fclose(file);
     expect_refused(path, false, DDT_ERR_FORMAT, "/labels: 4 of its 4 chunks were never written");
 
-    path = temp_path("good.h5");
+    path = fixture_path("good.h5");
     write_good(path);
     expect_values(path, false);
 }
@@ -201,7 +166,7 @@ static bool set_end_of_file_address(const char *path, uint64_t address) {
 }
 
 static void test_contiguous(void) {
-    const char *path = temp_path("contiguous-unwritten.h5");
+    const char *path = fixture_path("contiguous-unwritten.h5");
     hid_t file = create_file(path, ROWS);
     add_features(file, "features", ROWS, 0, 0);
     H5Fclose(file);
@@ -210,7 +175,7 @@ static void test_contiguous(void) {
 
     /* The values cut off the end of the file, the superblock told the new length: HDF5 opens
      * it, and would read past the end. */
-    path = temp_path("contiguous-cut.h5");
+    path = fixture_path("contiguous-cut.h5");
     file = create_file(path, 0);
     add_features(file, "features", ROWS, 0, ROWS);
     hid_t features = H5Dopen2(file, "features", H5P_DEFAULT);
@@ -248,7 +213,7 @@ static void write_external(const char *path, const char *raw_name, off_t raw_off
 
 static void test_external_storage(void) {
     /* The raw values, little-endian float32 in file order, 16 bytes into a file. */
-    char *raw = temp_path("raw.bin");
+    const char *raw = fixture_path("raw.bin");
     FILE *f = fopen(raw, "wb");
     float *values = make_values();
     fwrite("sixteen bytes...", 1, 16, f);
@@ -256,37 +221,32 @@ static void test_external_storage(void) {
     fclose(f);
     free(values);
     const hsize_t bytes = ROWS * FEATURES * 4;
-    char raw_copy[600];
-    snprintf(raw_copy, sizeof raw_copy, "%s", raw);
 
-    const char *path = temp_path("external.h5");
-    write_external(path, raw_copy, 16, bytes);
+    const char *path = fixture_path("external.h5");
+    write_external(path, raw, 16, bytes);
     expect_refused(path, false, DDT_ERR_FORMAT, "its values are stored outside the HDF5 file");
-    CHECK(strstr(ddt_error_message(), raw_copy) &&
-          strstr(ddt_error_message(), "--allow-external-data"));
+    CHECK(strstr(ddt_error_message(), raw) && strstr(ddt_error_message(), "--allow-external-data"));
     expect_values(path, true);
 
     /* Allowed, but the file is missing, or too short for what the dataset takes from it. */
-    path = temp_path("external-missing.h5");
-    char missing[600];
-    snprintf(missing, sizeof missing, "%s/no-such-raw.bin", check_temp_dir());
+    path = fixture_path("external-missing.h5");
+    const char *missing = fixture_path("no-such-raw.bin");
     write_external(path, missing, 0, bytes);
     expect_refused(path, true, DDT_ERR_IO, "is missing");
-    path = temp_path("external-short.h5");
-    write_external(path, raw_copy, 64, bytes);
+    path = fixture_path("external-short.h5");
+    write_external(path, raw, 64, bytes);
     expect_refused(path, true, DDT_ERR_FORMAT, "but the dataset needs 8192 bytes from offset 64");
     /* /etc/passwd as features (issue 10): refused by default. */
-    path = temp_path("external-passwd.h5");
+    path = fixture_path("external-passwd.h5");
     write_external(path, "/etc/passwd", 0, H5F_UNLIMITED);
     expect_refused(path, false, DDT_ERR_FORMAT, "in '/etc/passwd'");
 }
 
 static void test_external_links(void) {
-    char target[600];
-    snprintf(target, sizeof target, "%s", temp_path("link-target.h5"));
+    const char *target = fixture_path("link-target.h5");
     write_good(target);
 
-    const char *path = temp_path("external-link.h5");
+    const char *path = fixture_path("external-link.h5");
     hid_t file = create_file(path, ROWS);
     H5Lcreate_external(target, "/features", file, "features", H5P_DEFAULT, H5P_DEFAULT);
     H5Fclose(file);
@@ -295,7 +255,7 @@ static void test_external_links(void) {
     expect_values(path, true);
 
     /* A soft link to an external link. */
-    path = temp_path("soft-to-external.h5");
+    path = fixture_path("soft-to-external.h5");
     file = create_file(path, ROWS);
     H5Lcreate_external(target, "/features", file, "elsewhere", H5P_DEFAULT, H5P_DEFAULT);
     H5Lcreate_soft("/elsewhere", file, "features", H5P_DEFAULT, H5P_DEFAULT);
@@ -304,7 +264,7 @@ static void test_external_links(void) {
     expect_values(path, true);
 
     /* A soft link within the file is fine. */
-    path = temp_path("soft.h5");
+    path = fixture_path("soft.h5");
     file = create_file(path, ROWS);
     add_features(file, "real", ROWS, 32, ROWS);
     H5Lcreate_soft("/real", file, "features", H5P_DEFAULT, H5P_DEFAULT);
@@ -335,43 +295,43 @@ static void write_virtual(const char *path, const char *source_file, const char 
 
 static void test_virtual(void) {
     /* Sources are named relative to the virtual file's directory, as HDF5 finds them. */
-    write_good(temp_path("source.h5"));
-    const char *path = temp_path("virtual.h5");
+    write_good(fixture_path("source.h5"));
+    const char *path = fixture_path("virtual.h5");
     write_virtual(path, "source.h5", "features", ROWS, 0, ROWS);
     expect_values(path, false);
 
-    path = temp_path("virtual-missing-file.h5");
+    path = fixture_path("virtual-missing-file.h5");
     write_virtual(path, "no-such-source.h5", "features", ROWS, 0, ROWS);
     expect_refused(path, false, DDT_ERR_IO, "virtual source file 'no-such-source.h5'");
 
-    path = temp_path("virtual-missing-dataset.h5");
+    path = fixture_path("virtual-missing-dataset.h5");
     write_virtual(path, "source.h5", "no_such_dataset", ROWS, 0, ROWS);
     expect_refused(path, false, DDT_ERR_FORMAT,
                    "virtual source dataset no_such_dataset is missing from");
 
     /* The mapping reads rows 0..383 of a 256-row source. */
-    path = temp_path("virtual-short-source.h5");
+    path = fixture_path("virtual-short-source.h5");
     write_virtual(path, "source.h5", "features", ROWS, 128, ROWS + 128);
     expect_refused(path, false, DDT_ERR_FORMAT,
                    "maps index 383 of dimension 0, but the source has "
                    "only 256");
 
     /* Only half the rows mapped. */
-    path = temp_path("virtual-half.h5");
+    path = fixture_path("virtual-half.h5");
     write_virtual(path, "source.h5", "features", ROWS / 2, 0, ROWS);
     expect_refused(path, false, DDT_ERR_FORMAT, "1024 of its 2048 values map to no virtual source");
 
     /* A source whose own chunks were never written. */
-    const char *unwritten = temp_path("source-unwritten.h5");
+    const char *unwritten = fixture_path("source-unwritten.h5");
     hid_t file = create_file(unwritten, ROWS);
     add_features(file, "features", ROWS, 32, 0);
     H5Fclose(file);
-    path = temp_path("virtual-unwritten-source.h5");
+    path = fixture_path("virtual-unwritten-source.h5");
     write_virtual(path, "source-unwritten.h5", "features", ROWS, 0, ROWS);
     expect_refused(path, false, DDT_ERR_FORMAT, "8 of its 8 chunks were never written");
 
     /* A virtual source that is virtual itself. */
-    path = temp_path("virtual-nested.h5");
+    path = fixture_path("virtual-nested.h5");
     write_virtual(path, "virtual.h5", "features", ROWS, 0, ROWS);
     expect_refused(path, false, DDT_ERR_FORMAT, "is itself a virtual dataset");
 }
@@ -379,7 +339,7 @@ static void test_virtual(void) {
 /* The in-memory path (fuzzing uses it): the same values as from the disk; a damaged image is
  * an error, not a crash. */
 static void test_file_image(void) {
-    const char *path = temp_path("image.h5");
+    const char *path = fixture_path("image.h5");
     write_good(path);
     FILE *f = fopen(path, "rb");
     fseek(f, 0, SEEK_END);
@@ -393,19 +353,10 @@ static void test_file_image(void) {
     params.file_image_size = (size_t)size;
     dataset *ds = NULL;
     CHECK_OK(dataset_open_with_params("in-memory.h5", &params, &ds));
-    if (ds) {
-        float *features = malloc(ROWS * FEATURES * sizeof *features);
-        int32_t labels[ROWS];
-        CHECK_OK(dataset_read_range(ds, 0, ROWS, features, labels, NULL));
-        float *expected = make_values();
-        CHECK(memcmp(features, expected, ROWS * FEATURES * sizeof *features) == 0);
-        free(expected);
-        free(features);
-        dataset_close(ds);
-    }
+    if (ds) expect_rows(ds);
     params.file_image_size = 100; /* cut short */
-    CHECK(dataset_open_with_params("in-memory.h5", &params, &ds) == DDT_ERR_FORMAT);
-    CHECK(strstr(ddt_error_message(), "in-memory.h5: cannot open as HDF5") != NULL);
+    CHECK_FAILS(dataset_open_with_params("in-memory.h5", &params, &ds), DDT_ERR_FORMAT,
+                "in-memory.h5: cannot open as HDF5");
     free(image);
 }
 

@@ -17,15 +17,8 @@
 #include <jpeglib.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "io/image.h"
-
-static char *temp_path(const char *name) {
-    static char paths[4][600];
-    static int next;
-    char *path = paths[next++ % 4];
-    snprintf(path, 600, "%s/%s", check_temp_dir(), name);
-    return path;
-}
 
 static void put32(unsigned char *p, uint32_t v) {
     p[0] = (unsigned char)(v >> 24);
@@ -89,7 +82,21 @@ static void write_png(const char *path, const png_spec *s) {
     if (s->truncate) truncate(path, s->truncate);
 }
 
-static int read_ok(const char *path, image *img) {
+/* A PNG without palette, transparency or damage. */
+static png_spec png(int width, int height, int depth, int colour, int interlace,
+                    const unsigned char *raw, size_t raw_size) {
+    return (png_spec){.width = width,
+                      .height = height,
+                      .depth = depth,
+                      .colour = colour,
+                      .interlace = interlace,
+                      .raw = raw,
+                      .raw_size = raw_size};
+}
+
+/* Writes SPEC to PATH and decodes it into IMG; whether that worked (a failure is checked). */
+static int decoded(const char *path, png_spec spec, image *img) {
+    write_png(path, &spec);
     ddt_status status = image_read(path, img);
     CHECK_OK(status);
     return status == DDT_OK;
@@ -97,26 +104,16 @@ static int read_ok(const char *path, image *img) {
 
 static void expect_refused(const char *path, ddt_status code, const char *text) {
     image img = {.pixels = (uint8_t *)1};
-    ddt_status status = image_read(path, &img);
-    CHECK(status == code && img.pixels == NULL);
-    int ok = strstr(ddt_error_message(), path) && strstr(ddt_error_message(), text);
-    CHECK(ok);
-    if (!ok) fprintf(stderr, "  expected '%s' in: %s\n", text, ddt_error_message());
+    CHECK_FAILS(image_read(path, &img), code, path, text);
+    CHECK(img.pixels == NULL);
 }
 
 static void test_png_kinds(void) {
     image img;
-    const char *path = temp_path("rgb.png");
+    const char *path = fixture_path("rgb.png");
     /* RGB 2 x 2 */
     unsigned char rgb[] = {0, 10, 20, 30, 40, 50, 60, 0, 70, 80, 90, 100, 110, 120};
-    write_png(path, &(png_spec){.width = 2,
-                                .height = 2,
-                                .depth = 8,
-                                .colour = 2,
-                                .interlace = 0,
-                                .raw = rgb,
-                                .raw_size = sizeof rgb});
-    if (read_ok(path, &img)) {
+    if (decoded(path, png(2, 2, 8, 2, 0, rgb, sizeof rgb), &img)) {
         CHECK(img.width == 2 && img.height == 2 && img.channels == 3 &&
               img.format == IMAGE_FORMAT_PNG);
         CHECK(img.pixels[0] == 10 && img.pixels[5] == 60 && img.pixels[11] == 120);
@@ -125,55 +122,27 @@ static void test_png_kinds(void) {
     }
     /* RGBA: alpha dropped, colours kept as stored (not composited) */
     unsigned char rgba[] = {0, 200, 100, 50, 0, 1, 2, 3, 4};
-    write_png(path, &(png_spec){.width = 2,
-                                .height = 1,
-                                .depth = 8,
-                                .colour = 6,
-                                .interlace = 0,
-                                .raw = rgba,
-                                .raw_size = sizeof rgba});
-    if (read_ok(path, &img)) {
+    if (decoded(path, png(2, 1, 8, 6, 0, rgba, sizeof rgba), &img)) {
         CHECK(img.channels == 3 && img.pixels[0] == 200 && img.pixels[2] == 50 &&
               img.pixels[3] == 1 && img.pixels[5] == 3);
         image_free(&img);
     }
     /* grey + alpha -> one channel */
     unsigned char grey_alpha[] = {0, 77, 0, 99, 255};
-    write_png(path, &(png_spec){.width = 2,
-                                .height = 1,
-                                .depth = 8,
-                                .colour = 4,
-                                .interlace = 0,
-                                .raw = grey_alpha,
-                                .raw_size = sizeof grey_alpha});
-    if (read_ok(path, &img)) {
+    if (decoded(path, png(2, 1, 8, 4, 0, grey_alpha, sizeof grey_alpha), &img)) {
         CHECK(img.channels == 1 && img.pixels[0] == 77 && img.pixels[1] == 99);
         image_free(&img);
     }
     /* 2-bit grey: expanded to 8 bits (0..3 -> 0, 85, 170, 255) */
     unsigned char grey2[] = {0, 0x1B}; /* 00 01 10 11 */
-    write_png(path, &(png_spec){.width = 4,
-                                .height = 1,
-                                .depth = 2,
-                                .colour = 0,
-                                .interlace = 0,
-                                .raw = grey2,
-                                .raw_size = sizeof grey2});
-    if (read_ok(path, &img)) {
+    if (decoded(path, png(4, 1, 2, 0, 0, grey2, sizeof grey2), &img)) {
         CHECK(img.channels == 1 && img.pixels[0] == 0 && img.pixels[1] == 85 &&
               img.pixels[2] == 170 && img.pixels[3] == 255);
         image_free(&img);
     }
     /* 16-bit grey: the high byte */
     unsigned char grey16[] = {0, 0x12, 0x34, 0xFF, 0x01};
-    write_png(path, &(png_spec){.width = 2,
-                                .height = 1,
-                                .depth = 16,
-                                .colour = 0,
-                                .interlace = 0,
-                                .raw = grey16,
-                                .raw_size = sizeof grey16});
-    if (read_ok(path, &img)) {
+    if (decoded(path, png(2, 1, 16, 0, 0, grey16, sizeof grey16), &img)) {
         CHECK(img.channels == 1 && img.pixels[0] == 0x12 && img.pixels[1] == 0xFF);
         image_free(&img);
     }
@@ -181,32 +150,19 @@ static void test_png_kinds(void) {
     unsigned char indices[] = {0, 1, 0};
     unsigned char palette[] = {9, 8, 7, 250, 0, 5};
     unsigned char trns[] = {0, 128};
-    png_spec p = {.width = 2,
-                  .height = 1,
-                  .depth = 8,
-                  .colour = 3,
-                  .raw = indices,
-                  .raw_size = sizeof indices,
-                  .palette = palette,
-                  .trns = trns,
-                  .palette_size = 6,
-                  .trns_size = 2};
-    write_png(path, &p);
-    if (read_ok(path, &img)) {
+    png_spec p = png(2, 1, 8, 3, 0, indices, sizeof indices);
+    p.palette = palette;
+    p.palette_size = 6;
+    p.trns = trns;
+    p.trns_size = 2;
+    if (decoded(path, p, &img)) {
         CHECK(img.channels == 3 && img.pixels[0] == 250 && img.pixels[2] == 5 &&
               img.pixels[3] == 9 && img.pixels[5] == 7);
         image_free(&img);
     }
     /* Adam7-interlaced 1 x 1 grey (one pass holds the pixel) */
     unsigned char one[] = {0, 42};
-    write_png(path, &(png_spec){.width = 1,
-                                .height = 1,
-                                .depth = 8,
-                                .colour = 0,
-                                .interlace = 1,
-                                .raw = one,
-                                .raw_size = sizeof one});
-    if (read_ok(path, &img)) {
+    if (decoded(path, png(1, 1, 8, 0, 1, one, sizeof one), &img)) {
         CHECK(img.pixels[0] == 42);
         image_free(&img);
     }
@@ -216,22 +172,14 @@ static void test_bad_files(void) {
     unsigned char rgb[4 * (1 + 3 * 4)]; /* 4 rows of 4 RGB pixels, each after filter byte 0 */
     for (size_t i = 0; i < sizeof rgb; i++)
         rgb[i] = (unsigned char)(i % 13 == 0 ? 0 : i * 5);
-    const char *path = temp_path("bad.png");
-    write_png(path, &(png_spec){.width = 4,
-                                .height = 4,
-                                .depth = 8,
-                                .colour = 2,
-                                .raw = rgb,
-                                .raw_size = sizeof rgb,
-                                .bad_crc = 1});
+    const char *path = fixture_path("bad.png");
+    png_spec spoilt = png(4, 4, 8, 2, 0, rgb, sizeof rgb);
+    spoilt.bad_crc = 1;
+    write_png(path, &spoilt);
     expect_refused(path, DDT_ERR_FORMAT, "corrupt PNG (libpng: IDAT: CRC error)");
-    write_png(path, &(png_spec){.width = 4,
-                                .height = 4,
-                                .depth = 8,
-                                .colour = 2,
-                                .raw = rgb,
-                                .raw_size = sizeof rgb,
-                                .truncate = 50});
+    png_spec truncated = png(4, 4, 8, 2, 0, rgb, sizeof rgb);
+    truncated.truncate = 50;
+    write_png(path, &truncated);
     expect_refused(path, DDT_ERR_FORMAT, "corrupt PNG");
     FILE *f = fopen(path, "wb");
     fclose(f);
@@ -240,12 +188,11 @@ static void test_bad_files(void) {
     fputs("GIF89a, not ours", f);
     fclose(f);
     expect_refused(path, DDT_ERR_FORMAT, "not a PNG or JPEG file");
-    expect_refused(temp_path("absent.png"), DDT_ERR_IO, "cannot open: No such file or directory");
+    expect_refused(fixture_path("absent.png"), DDT_ERR_IO,
+                   "cannot open: No such file or directory");
     /* A header that claims more pixels than ddtrain decodes: refused before allocating. */
-    write_png(
-        path,
-        &(png_spec){
-            .width = 30000, .height = 30000, .depth = 8, .colour = 0, .raw = rgb, .raw_size = 4});
+    png_spec huge = png(30000, 30000, 8, 0, 0, rgb, 4);
+    write_png(path, &huge);
     expect_refused(path, DDT_ERR_FORMAT, "larger than ddtrain decodes");
 }
 
@@ -316,17 +263,13 @@ static void write_jpeg(const char *path, int width, int height, int progressive)
 /* image_read_bounded: what decoding takes is known before the pixels are allocated; more
  * than the bound is DDT_ERR_USAGE naming the numbers, exactly the bound is decoded. */
 static void test_bounds(void) {
-    const char *path = temp_path("bounded.png");
+    const char *path = fixture_path("bounded.png");
     uint8_t grey[30 * (1 + 40)]; /* each row: filter 0, then 40 pixels */
     memset(grey, 100, sizeof grey);
     for (int y = 0; y < 30; y++)
         grey[y * 41] = 0;
-    write_png(path, &(png_spec){.width = 40,
-                                .height = 30,
-                                .depth = 8,
-                                .colour = 0,
-                                .raw = grey,
-                                .raw_size = sizeof grey});
+    png_spec bounded = png(40, 30, 8, 0, 0, grey, sizeof grey);
+    write_png(path, &bounded);
     /* 40 x 30 pixels, 30 row pointers, a 4-byte-per-pixel row: 1200 + 240 + 160 */
     image img = {0};
     CHECK(image_read_bounded(path, 1599, &img) == DDT_ERR_USAGE && img.pixels == NULL);
@@ -340,7 +283,8 @@ static void test_bounds(void) {
     /* A baseline JPEG holds its pixels; a progressive one also every coefficient of the image
      * (64 x 48, 4:2:0: 10 x 8 luma blocks and 5 x 4 of each chroma, in whole MCUs, 2 bytes
      * each of 64), before jpeg_start_decompress allocates them. */
-    const char *baseline = temp_path("baseline.jpg"), *progressive = temp_path("progressive.jpg");
+    const char *baseline = fixture_path("baseline.jpg"),
+               *progressive = fixture_path("progressive.jpg");
     write_jpeg(baseline, 64, 48, 0);
     write_jpeg(progressive, 64, 48, 1);
     uint64_t pixels = 64 * 48 * 3 + 48 * 8 + 64 * 4, coefficients = (80 + 2 * 20) * 64 * 2;
@@ -356,7 +300,7 @@ static void test_bounds(void) {
 
 /* A FIFO named like an image is refused by name at once (opening it would wait for a writer). */
 static void test_fifo(void) {
-    const char *path = temp_path("fifo.png");
+    const char *path = fixture_path("fifo.png");
     unlink(path);
     CHECK(mkfifo(path, 0600) == 0);
     expect_refused(path, DDT_ERR_USAGE, "not a regular file but a FIFO (named pipe)");

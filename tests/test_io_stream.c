@@ -19,6 +19,7 @@
 #include <time.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
 #include "io/hdf5_lock.h"
@@ -32,86 +33,39 @@ enum { GLOBAL_BATCH = 64, MICRO_BATCH = 8, WORLD = 2, RANK = 1 };
 enum { SHARDS = 3 };
 static const int shard_rows[SHARDS] = {333, 401, 269};
 
-static double seconds_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 static void sleep_seconds(double seconds) {
     struct timespec t = {(time_t)seconds, (long)((seconds - (double)(time_t)seconds) * 1e9)};
     nanosleep(&t, NULL);
 }
 
-/* What to write: global rows [first, first + count) with `features` features; a global row
- * equal to nan_row gets a NaN feature, one equal to bad_label_row a label out of range. */
-typedef struct rows_spec {
-    int64_t first;
-    int count;
-    int features;
-    bool class_labels;
-    int64_t nan_row;
-    int64_t bad_label_row;
-} rows_spec;
-
-static ddt_status write_rows(const char *path, const rows_spec *spec) {
-    int d = spec->features;
-    dataset_writer_params params = {
-        .rows = spec->count,
-        .features = d,
-        .class_labels = spec->class_labels,
-        .target_width = 2,
-        .classes = spec->class_labels ? CLASSES : 0,
-        .chunk_rows = CHUNK_ROWS,
-    };
-    float *features = malloc((size_t)spec->count * (size_t)d * sizeof *features);
-    int32_t *labels = malloc((size_t)spec->count * sizeof *labels);
-    float *targets = malloc((size_t)spec->count * 2 * sizeof *targets);
-    if (!features || !labels || !targets) {
-        free(targets);
-        free(labels);
-        free(features);
-        return ddt_error(DDT_ERR_MEMORY, "test: out of memory");
-    }
-    for (int i = 0; i < spec->count; i++) {
-        int64_t r = spec->first + i;
-        float *f = features + (size_t)i * (size_t)d;
-        f[0] = (float)r;
-        f[1] = -(float)r;
-        f[2] = 0.5f * (float)r;
-        for (int j = 3; j < d; j++)
-            f[j] = (float)(r + j);
-        labels[i] = (int32_t)(r % CLASSES);
-        targets[i * 2 + 0] = (float)(r + 1);
-        targets[i * 2 + 1] = (float)(2 * r);
-        if (r == spec->nan_row) f[1] = NAN;
-        if (r == spec->bad_label_row) labels[i] = CLASSES;
-    }
-    dataset_writer *writer;
-    ddt_status status = dataset_writer_open(path, &params, &writer);
-    if (status == DDT_OK) {
-        status =
-            dataset_writer_append(writer, spec->count, features, spec->class_labels ? labels : NULL,
-                                  spec->class_labels ? NULL : targets);
-        if (status == DDT_OK)
-            status = dataset_writer_close(writer);
-        else
-            dataset_writer_abort(writer);
-    }
-    free(targets);
-    free(labels);
-    free(features);
-    return status;
+/* Global row r: features r, -r, r/2, then r + j; label r mod CLASSES; targets r + 1, 2r. */
+static float row_feature(int64_t r, int j) {
+    return j == 0 ? (float)r : j == 1 ? -(float)r : j == 2 ? 0.5f * (float)r : (float)(r + j);
 }
 
-/* Writes ROWS rows; row `nan_row` (if >= 0) gets a NaN feature. */
-static ddt_status write_dataset(const char *path, bool class_labels, int64_t nan_row) {
-    rows_spec spec = {.count = ROWS,
-                      .features = FEATURES,
-                      .class_labels = class_labels,
-                      .nan_row = nan_row,
-                      .bad_label_row = -1};
-    return write_rows(path, &spec);
+static int32_t row_label(int64_t r, int classes) {
+    return (int32_t)(r % classes);
+}
+
+static float row_target(int64_t r, int k) {
+    return k == 0 ? (float)(r + 1) : (float)(2 * r);
+}
+
+/* Writes global rows [first, first + count) of `features` features, class labels or two
+ * targets, in chunks of CHUNK_ROWS. */
+static ddt_status write_rows(const char *path, int64_t first, int count, int features,
+                             bool class_labels) {
+    dataset_writer_params params = {
+        .rows = count,
+        .features = features,
+        .class_labels = class_labels,
+        .target_width = 2,
+        .classes = class_labels ? CLASSES : 0,
+        .chunk_rows = CHUNK_ROWS,
+    };
+    fixture_rows values = {
+        .first_row = first, .feature = row_feature, .label = row_label, .target = row_target};
+    return fixture_write_features(path, &params, &values);
 }
 
 static shard_params plan_params(int64_t rows) {
@@ -131,13 +85,11 @@ static shard_params plan_params(int64_t rows) {
 
 /* Checks one delivered micro-batch against an independent plan (row for row, in plan order)
  * and the encoded features (the first three of `features` per row). */
-static int batch_matches(shard_plan *reference, const micro_batch *mb, int64_t global_step,
+static int batch_matches(const fixture_stream *f, const micro_batch *mb, int64_t global_step,
                          int micro_index, bool class_labels, int features) {
-    int64_t steps = shard_plan_steps_per_epoch(reference);
+    int64_t steps = shard_plan_steps_per_epoch(f->reference);
     int64_t expected[MICRO_BATCH];
-    if (shard_plan_micro_batch_rows(reference, global_step / steps, global_step % steps,
-                                    micro_index, expected) != DDT_OK)
-        return 0;
+    if (fixture_stream_expected_rows(f, global_step, micro_index, expected) != DDT_OK) return 0;
     int ok = mb->global_step == global_step && mb->epoch == global_step / steps &&
              mb->step == global_step % steps && mb->micro_index == micro_index &&
              mb->rows == MICRO_BATCH;
@@ -200,9 +152,8 @@ static stream_stats run_stream(dataset *data, const run_options *o) {
     shard_params p = plan_params(dataset_get_geometry(data)->rows);
     p.shuffle = !o->no_shuffle;
     if (o->window_blocks) p.window_blocks = o->window_blocks;
-    shard_plan *plan, *reference;
-    CHECK_OK(shard_plan_init(&p, &plan));
-    CHECK_OK(shard_plan_init(&p, &reference));
+    fixture_stream f = {0};
+    CHECK_OK(fixture_stream_plan(&f, &p));
     lock_hog hog = {.stop = false, .holds = 0};
     if (o->slow_reader) {
         CHECK(pthread_create(&hog.thread, NULL, lock_hog_main, &hog) == 0);
@@ -216,28 +167,26 @@ static stream_stats run_stream(dataset *data, const run_options *o) {
     bool *seen = calloc((size_t)block_count, sizeof *seen);
     bool *in_batch = calloc((size_t)block_count, sizeof *in_batch);
     int64_t distinct_per_epoch_sum = 0, distinct_first_epoch = 0, lookups = 0, epoch = -1;
-    int64_t first_epoch = o->first_global_step / shard_plan_steps_per_epoch(reference);
+    int64_t first_epoch = o->first_global_step / shard_plan_steps_per_epoch(f.reference);
 
-    stream_params sp = {
-        .data = data,
-        .plan = plan,
-        .micro_batch = MICRO_BATCH,
-        .first_global_step = o->first_global_step,
-        .total_global_steps = o->total_global_steps,
-        .prefetch_depth = o->prefetch,
-        .cache_blocks = o->cache_blocks,
-    };
-    stream *s;
-    CHECK_OK(stream_start(&sp, &s));
+    CHECK_OK(fixture_stream_start(&f, (stream_params){
+                                          .data = data,
+                                          .micro_batch = MICRO_BATCH,
+                                          .first_global_step = o->first_global_step,
+                                          .total_global_steps = o->total_global_steps,
+                                          .prefetch_depth = o->prefetch,
+                                          .cache_blocks = o->cache_blocks,
+                                      }));
+    stream *s = f.stream;
     int all_match = 1;
-    int k = shard_plan_micro_batches_per_step(plan);
+    int k = shard_plan_micro_batches_per_step(f.plan);
     for (int64_t g = 0; g < o->total_global_steps; g++)
         for (int m = 0; m < k; m++) {
             micro_batch *mb;
             ddt_status status = stream_next(s, &mb);
             CHECK_OK(status);
             if (status != DDT_OK) goto done;
-            all_match &= batch_matches(reference, mb, o->first_global_step + g, m, o->class_labels,
+            all_match &= batch_matches(&f, mb, o->first_global_step + g, m, o->class_labels,
                                        dataset_get_geometry(data)->features);
             if (mb->epoch != epoch) {
                 if (epoch >= 0) memset(seen, 0, (size_t)block_count * sizeof *seen);
@@ -275,7 +224,7 @@ done:
     CHECK(stats.staging_bytes_in_use <= stats.peak_staging_bytes_in_use);
     if (stats.micro_batches > 0)
         CHECK(stats.staging_bytes_in_use < stats.peak_staging_bytes_in_use);
-    stream_stop(s);
+    fixture_stream_stop(&f);
     /* Every distinct block of a micro-batch is looked up once when the slot is filled: a hit
      * (perhaps of a block read ahead) or a read. Read-ahead stays within the range. */
     CHECK(stats.blocks_read - stats.blocks_read_ahead + stats.block_hits == lookups);
@@ -291,8 +240,6 @@ done:
     }
     free(in_batch);
     free(seen);
-    shard_plan_free(reference);
-    shard_plan_free(plan);
     return stats;
 }
 
@@ -463,16 +410,16 @@ static void test_stop_early(dataset *data) {
         CHECK_OK(stream_next(s, &mb));
     }
     sleep_seconds(0.05);
-    double start = seconds_now();
+    double start = fixture_seconds();
     stream_stop(s);
-    double stop_seconds = seconds_now() - start;
+    double stop_seconds = fixture_seconds() - start;
     CHECK(stop_seconds < 0.5);
 
     /* Stop straight after start, nothing consumed. */
     CHECK_OK(stream_start(&sp, &s));
-    start = seconds_now();
+    start = fixture_seconds();
     stream_stop(s);
-    CHECK(seconds_now() - start < 0.5);
+    CHECK(fixture_seconds() - start < 0.5);
     stream_stop(NULL);
 
     /* Invalid parameters are reported, nothing started. */
@@ -495,44 +442,30 @@ static void test_stop_early(dataset *data) {
  * that one fails naming the file. */
 static void test_data_error(const char *bad_path, dataset *data, int64_t bad_row) {
     shard_params p = plan_params(dataset_get_geometry(data)->rows);
-    shard_plan *plan, *reference;
-    CHECK_OK(shard_plan_init(&p, &plan));
-    CHECK_OK(shard_plan_init(&p, &reference));
-    int64_t steps = shard_plan_steps_per_epoch(plan);
-    int k = shard_plan_micro_batches_per_step(plan);
-
-    /* Where this rank meets the bad row in epoch 0 (every row appears at most once). */
-    int64_t bad_sequence = -1;
-    int64_t rows[MICRO_BATCH];
-    for (int64_t sequence = 0; bad_sequence < 0 && sequence < steps * k; sequence++) {
-        CHECK_OK(
-            shard_plan_micro_batch_rows(reference, 0, sequence / k, (int)(sequence % k), rows));
-        for (int i = 0; i < MICRO_BATCH; i++)
-            if (rows[i] == bad_row) bad_sequence = sequence;
-    }
-    if (bad_sequence < 0) {
-        /* The row went to the other rank or the dropped tail: use rank 0's view. */
-        p.rank = 1 - RANK;
-        shard_plan_free(plan);
-        shard_plan_free(reference);
-        CHECK_OK(shard_plan_init(&p, &plan));
-        CHECK_OK(shard_plan_init(&p, &reference));
+    fixture_stream f = {0};
+    int64_t bad_sequence = -1, steps = 0;
+    int k = 0;
+    /* Where this rank meets the bad row in epoch 0 (every row appears at most once); if the
+     * row went to the other rank or the dropped tail, rank 0's view. */
+    for (int view = 0; view < 2 && bad_sequence < 0; view++) {
+        p.rank = view == 0 ? RANK : 1 - RANK;
+        CHECK_OK(fixture_stream_plan(&f, &p));
+        steps = shard_plan_steps_per_epoch(f.plan);
+        k = shard_plan_micro_batches_per_step(f.plan);
+        int64_t rows[MICRO_BATCH];
         for (int64_t sequence = 0; bad_sequence < 0 && sequence < steps * k; sequence++) {
-            CHECK_OK(
-                shard_plan_micro_batch_rows(reference, 0, sequence / k, (int)(sequence % k), rows));
+            CHECK_OK(fixture_stream_expected_rows(&f, sequence / k, (int)(sequence % k), rows));
             for (int i = 0; i < MICRO_BATCH; i++)
                 if (rows[i] == bad_row) bad_sequence = sequence;
         }
     }
     CHECK(bad_sequence >= 0);
 
-    stream_params sp = {.data = data,
-                        .plan = plan,
-                        .micro_batch = MICRO_BATCH,
-                        .total_global_steps = steps,
-                        .prefetch_depth = 3};
-    stream *s;
-    CHECK_OK(stream_start(&sp, &s));
+    CHECK_OK(fixture_stream_start(&f, (stream_params){.data = data,
+                                                      .micro_batch = MICRO_BATCH,
+                                                      .total_global_steps = steps,
+                                                      .prefetch_depth = 3}));
+    stream *s = f.stream;
     micro_batch *mb;
     int before_ok = 1;
     for (int64_t sequence = 0; sequence < bad_sequence; sequence++) {
@@ -540,8 +473,7 @@ static void test_data_error(const char *bad_path, dataset *data, int64_t bad_row
             before_ok = 0;
             break;
         }
-        before_ok &=
-            batch_matches(reference, mb, sequence / k, (int)(sequence % k), true, FEATURES);
+        before_ok &= batch_matches(&f, mb, sequence / k, (int)(sequence % k), true, FEATURES);
         stream_release(s, mb);
     }
     CHECK(before_ok);
@@ -555,14 +487,12 @@ static void test_data_error(const char *bad_path, dataset *data, int64_t bad_row
     snprintf(first_message, sizeof first_message, "%s", ddt_error_message());
 
     /* Later calls report the same error at once instead of hanging. */
-    double start = seconds_now();
+    double start = fixture_seconds();
     CHECK(stream_next(s, &mb) == DDT_ERR_DATA);
     CHECK(stream_next(s, &mb) == DDT_ERR_DATA);
     CHECK(strcmp(ddt_error_message(), first_message) == 0);
-    CHECK(seconds_now() - start < 0.1);
-    stream_stop(s);
-    shard_plan_free(reference);
-    shard_plan_free(plan);
+    CHECK(fixture_seconds() - start < 0.1);
+    fixture_stream_stop(&f);
 }
 
 /* What stream_fit_staging() promises for one result: within the limit, exact, and every
@@ -606,25 +536,34 @@ static void check_fit_maximal(const dataset_geometry *g, const shard_params *p, 
     }
 }
 
+/* An MNIST-like geometry (784 features, blocks of 334 rows: 1.0 MiB; micro-batches of 128 rows:
+ * 394 KiB) and its plan on rank 0 of 2, with a shuffle window of `window_blocks`. */
+static void mnist_like(dataset_geometry *g, shard_params *p, int window_blocks) {
+    *g = (dataset_geometry){.rows = 60000,
+                            .features = 784,
+                            .class_labels = true,
+                            .labels_per_row = 1,
+                            .target_width = 1,
+                            .classes = 10,
+                            .chunk_rows = 334,
+                            .file_count = 1};
+    *p = (shard_params){.rows = g->rows,
+                        .global_batch = 512,
+                        .micro_batch = 128,
+                        .world_size = 2,
+                        .rank = 0,
+                        .seed = 1,
+                        .shuffle = true,
+                        .block_rows = 334,
+                        .window_blocks = window_blocks};
+}
+
 /* The stream's bookkeeping does not grow with the dataset: the same staging bytes for 6 x 10^4
  * rows and for 10^12, and 2^40 blocks of one row are planned, not refused or multiplied. */
 static void test_staging_independent_of_rows(void) {
-    dataset_geometry g = {.rows = 60000,
-                          .features = 784,
-                          .class_labels = true,
-                          .labels_per_row = 1,
-                          .target_width = 1,
-                          .classes = 10,
-                          .chunk_rows = 334,
-                          .file_count = 1};
-    shard_params p = {.rows = g.rows,
-                      .global_batch = 512,
-                      .micro_batch = 128,
-                      .world_size = 2,
-                      .seed = 1,
-                      .shuffle = true,
-                      .block_rows = 334,
-                      .window_blocks = 16};
+    dataset_geometry g;
+    shard_params p;
+    mnist_like(&g, &p, 16);
     size_t small = stream_staging_bytes(&g, &p, 4, 0);
     dataset_geometry huge_geometry = g;
     shard_params huge = p;
@@ -671,26 +610,11 @@ static void mib_text(size_t bytes, char *text, size_t size) {
     snprintf(text, size, "%.1f MiB", (double)bytes / 1048576.0);
 }
 
-/* stream_fit_staging() on an MNIST-like geometry (784 features, blocks of 334 rows: 1.0 MiB;
- * micro-batches of 128 rows: 394 KiB), no dataset needed. */
+/* stream_fit_staging() on the MNIST-like geometry, no dataset needed. */
 static void test_fit_staging(void) {
-    dataset_geometry g = {.rows = 60000,
-                          .features = 784,
-                          .class_labels = true,
-                          .labels_per_row = 1,
-                          .target_width = 1,
-                          .classes = 10,
-                          .chunk_rows = 334,
-                          .file_count = 1};
-    shard_params p = {.rows = g.rows,
-                      .global_batch = 512,
-                      .micro_batch = 128,
-                      .world_size = 2,
-                      .rank = 0,
-                      .seed = 1,
-                      .shuffle = true,
-                      .block_rows = 334,
-                      .window_blocks = 99 /* ignored */};
+    dataset_geometry g;
+    shard_params p;
+    mnist_like(&g, &p, 99 /* ignored */);
     const size_t mib = 1048576;
     char text[64];
 
@@ -903,43 +827,35 @@ static void test_staging_limit(dataset *wide) {
 }
 
 int main(void) {
-    char path[600], targets_path[600], bad_path[600], wide_path[600];
-    char shard_paths[3][SHARDS][600], specs[3][SHARDS * 600 + 8];
     test_fit_staging();
     test_staging_independent_of_rows();
-    const char *dir = check_temp_dir();
-    snprintf(path, sizeof path, "%s/stream.h5", dir);
-    snprintf(targets_path, sizeof targets_path, "%s/stream-targets.h5", dir);
-    snprintf(bad_path, sizeof bad_path, "%s/stream-nan.h5", dir);
-    snprintf(wide_path, sizeof wide_path, "%s/stream-wide.h5", dir);
-    CHECK_OK(write_dataset(path, true, -1));
-    CHECK_OK(write_dataset(targets_path, false, -1));
-    CHECK_OK(write_dataset(bad_path, true, 500));
-    rows_spec wide_spec = {
-        .count = 600, .features = 200, .class_labels = true, .nan_row = -1, .bad_label_row = -1};
-    CHECK_OK(write_rows(wide_path, &wide_spec));
+    const char *path = fixture_path("stream.h5"), *targets_path = fixture_path("stream-targets.h5");
+    const char *bad_path = fixture_path("stream-nan.h5"),
+               *wide_path = fixture_path("stream-wide.h5");
+    CHECK_OK(write_rows(path, 0, ROWS, FEATURES, true));
+    CHECK_OK(write_rows(targets_path, 0, ROWS, FEATURES, false));
+    CHECK_OK(write_rows(bad_path, 0, ROWS, FEATURES, true));
+    float nan = NAN;
+    fixture_h5_poke(bad_path, "features", 500, 1, H5T_NATIVE_FLOAT, &nan);
+    CHECK_OK(write_rows(wide_path, 0, 600, 200, true));
 
     /* Three multi-shard datasets: class labels, targets, and a bad label in the last shard. */
     const char *kinds[3] = {"labels", "targets", "bad"};
+    const char *shard_paths[3][SHARDS], *specs[3];
     const int64_t bad_label_row = 333 + 401 + 100;
     for (int kind = 0; kind < 3; kind++) {
-        specs[kind][0] = '\0';
         int64_t first = 0;
         for (int i = 0; i < SHARDS; i++) {
-            snprintf(shard_paths[kind][i], sizeof shard_paths[kind][i], "%s/stream-%s-%d.h5", dir,
-                     kinds[kind], i);
-            rows_spec spec = {.first = first,
-                              .count = shard_rows[i],
-                              .features = FEATURES,
-                              .class_labels = kind != 1,
-                              .nan_row = -1,
-                              .bad_label_row = kind == 2 ? bad_label_row : -1};
-            CHECK_OK(write_rows(shard_paths[kind][i], &spec));
+            shard_paths[kind][i] = fixture_path(fixture_text("stream-%s-%d.h5", kinds[kind], i));
+            CHECK_OK(write_rows(shard_paths[kind][i], first, shard_rows[i], FEATURES, kind != 1));
             first += shard_rows[i];
-            if (i > 0) strcat(specs[kind], ",");
-            strcat(specs[kind], shard_paths[kind][i]);
         }
+        specs[kind] = fixture_text("%s,%s,%s", shard_paths[kind][0], shard_paths[kind][1],
+                                   shard_paths[kind][2]);
     }
+    int32_t bad_label = CLASSES;
+    fixture_h5_poke(shard_paths[2][2], "labels", (hsize_t)(bad_label_row - 333 - 401), 0,
+                    H5T_NATIVE_INT32, &bad_label);
 
     dataset *data = NULL, *data_targets = NULL, *bad = NULL, *wide = NULL;
     dataset *shards = NULL, *shards_targets = NULL, *shards_bad = NULL;
@@ -963,12 +879,5 @@ int main(void) {
     dataset *opened[] = {shards_bad, shards_targets, shards, wide, bad, data_targets, data};
     for (size_t i = 0; i < sizeof opened / sizeof *opened; i++)
         if (opened[i]) dataset_close(opened[i]);
-    for (int kind = 0; kind < 3; kind++)
-        for (int i = 0; i < SHARDS; i++)
-            remove(shard_paths[kind][i]);
-    remove(wide_path);
-    remove(path);
-    remove(targets_path);
-    remove(bad_path);
     return check_finish();
 }

@@ -10,18 +10,11 @@
 #include <string.h>
 
 #include "check.h"
+#include "fixtures.h"
 #include "io/dataset.h"
 #include "io/dataset_writer.h"
 #include "io/stream.h"
 #include "shard/shard.h"
-
-static char *temp_path(const char *name) {
-    static char paths[8][600];
-    static int next;
-    char *path = paths[next++ % 8];
-    snprintf(path, 600, "%s/%s", check_temp_dir(), name);
-    return path;
-}
 
 /* The id at position p of shard s. */
 static int32_t token_value(int s, int64_t p) {
@@ -29,17 +22,11 @@ static int32_t token_value(int s, int64_t p) {
 }
 
 static void write_tokens(const char *path, int shard, int64_t count, int vocab, int64_t chunk) {
-    int32_t *ids = malloc((size_t)count * sizeof *ids);
+    int32_t *ids = fixture_alloc(NULL, (size_t)count * sizeof *ids);
     for (int64_t p = 0; p < count; p++)
         ids[p] = token_value(shard, p);
-    dataset_writer_params params = {
-        .kind = DATASET_KIND_TOKENS, .rows = count, .vocab_size = vocab, .chunk_rows = chunk};
-    dataset_writer *w;
-    CHECK_OK(dataset_writer_open(path, &params, &w));
-    /* in two pieces, to exercise the writer's offsets */
-    CHECK_OK(dataset_writer_append_tokens(w, count / 3, ids));
-    CHECK_OK(dataset_writer_append_tokens(w, count - count / 3, ids + count / 3));
-    CHECK_OK(dataset_writer_close(w));
+    dataset_writer_params params = {.rows = count, .vocab_size = vocab, .chunk_rows = chunk};
+    CHECK_OK(fixture_write_tokens(path, &params, ids));
     free(ids);
 }
 
@@ -51,22 +38,11 @@ static dataset *open_tokens(const char *spec, int context) {
     return ds;
 }
 
-static void expect_message(ddt_status status, ddt_status expected, const char *a, const char *b) {
-    CHECK(status == expected);
-    const char *message = ddt_error_message();
-    int ok = strstr(message, a) && (!b || strstr(message, b));
-    CHECK(ok);
-    if (!ok) fprintf(stderr, "  expected '%s' and '%s' in: %s\n", a, b ? b : "", message);
-}
-
-static void expect_open_error(const char *spec, int context, const char *a, const char *b) {
+static void expect_open_error(const char *spec, int context, ddt_status code, const char *a,
+                              const char *b) {
     dataset_open_params params = dataset_default_open_params();
     params.token_context = context;
-    dataset *ds = NULL;
-    ddt_status status = dataset_open_with_params(spec, &params, &ds);
-    CHECK(status != DDT_OK && ds == NULL);
-    expect_message(status, status, a, b);
-    dataset_close(ds);
+    CHECK_OPEN_FAILS(spec, &params, code, a, b);
 }
 
 /* Checks rows read as windows: global row -> (shard, window) for shards of n0 and n1 ids. */
@@ -88,12 +64,10 @@ static int windows_match(const int64_t *rows, int64_t first, int count, int cont
 }
 
 static void test_windows(void) {
-    char a[600], b[600], list[1300];
-    snprintf(a, sizeof a, "%s", temp_path("tok-a.h5"));
-    snprintf(b, sizeof b, "%s", temp_path("tok-b.h5"));
+    const char *a = fixture_path("tok-a.h5"), *b = fixture_path("tok-b.h5");
     write_tokens(a, 0, 23, 256, 8);
     write_tokens(b, 1, 30, 256, 0);
-    snprintf(list, sizeof list, "%s,%s", a, b);
+    const char *list = fixture_text("%s,%s", a, b);
     dataset *ds = open_tokens(list, 4);
     if (!ds) return;
     const dataset_geometry *g = dataset_get_geometry(ds);
@@ -128,8 +102,8 @@ static void test_windows(void) {
     CHECK_OK(dataset_read_range(ds, 3, 8, inputs, labels, NULL));
     CHECK(windows_match(NULL, 3, 8, 4, 23, inputs, labels));
     CHECK_OK(dataset_set_classes(ds, 256));
-    expect_message(dataset_set_classes(ds, 300), DDT_ERR_FORMAT, a,
-                   "vocab_size is 256, but 300 token ids were asked for");
+    CHECK_FAILS(dataset_set_classes(ds, 300), DDT_ERR_FORMAT, a,
+                "vocab_size is 256, but 300 token ids were asked for");
     dataset_close(ds);
 
     /* Another context cuts other windows from the same files. */
@@ -143,31 +117,33 @@ static void test_windows(void) {
     }
 }
 
+/* Row r of a feature file: feature r, label r. */
+static float row_value(int64_t row, int j) {
+    (void)j;
+    return (float)row;
+}
+
+static int32_t row_label(int64_t row, int classes) {
+    return (int32_t)(row % classes);
+}
+
 /* A raw /tokens of `type` with `count` ids (token_value(0, p), or `values`), and vocab_size
  * on `vocab_on` ("tokens", "/" or NULL for none). */
 static void write_raw_tokens(const char *path, hid_t type, int rank, hsize_t count,
                              const int64_t *values, int vocab, const char *vocab_on) {
-    hid_t file = H5Fcreate(path, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t file = fixture_h5_create(path);
     hsize_t dims[2] = {count, 2};
-    hid_t space = H5Screate_simple(rank, dims, NULL);
-    hid_t tokens = H5Dcreate2(file, "tokens", type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
     size_t n = (size_t)count * (rank == 2 ? 2 : 1);
-    int64_t *ids = malloc((n ? n : 1) * sizeof *ids);
+    double *ids = fixture_alloc(NULL, n * sizeof *ids);
     for (size_t p = 0; p < n; p++)
-        ids[p] = values ? values[p] : token_value(0, (int64_t)p);
-    if (n) H5Dwrite(tokens, H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids);
+        ids[p] = (double)(values ? values[p] : token_value(0, (int64_t)p));
+    fixture_h5_member(file, "tokens", type, rank, dims, ids);
     free(ids);
     if (vocab_on) {
-        hid_t scalar = H5Screate(H5S_SCALAR);
-        hid_t where = strcmp(vocab_on, "/") == 0 ? file : tokens;
-        hid_t attribute =
-            H5Acreate2(where, "vocab_size", H5T_STD_I32LE, scalar, H5P_DEFAULT, H5P_DEFAULT);
-        H5Awrite(attribute, H5T_NATIVE_INT, &vocab);
-        H5Aclose(attribute);
-        H5Sclose(scalar);
+        hid_t where = strcmp(vocab_on, "/") == 0 ? file : H5Dopen2(file, "tokens", H5P_DEFAULT);
+        fixture_h5_int_attribute(where, "vocab_size", vocab);
+        if (where != file) H5Dclose(where);
     }
-    H5Dclose(tokens);
-    H5Sclose(space);
     H5Fclose(file);
 }
 
@@ -178,26 +154,25 @@ static void test_bad_ids_and_files(void) {
         values[p] = token_value(0, p);
     values[10] = 300;
     values[31] = -5;
-    const char *path = temp_path("tok-bad.h5");
+    const char *path = fixture_path("tok-bad.h5");
     write_raw_tokens(path, H5T_STD_I32LE, 1, 40, values, 256, "tokens");
     dataset *ds = open_tokens(path, 4);
     if (ds) {
         int32_t inputs[40], labels[40];
         /* window 2 = ids 8..12: the bad id is input 2 and label 1 */
-        expect_message(
-            dataset_read_range(ds, 2, 1, inputs, labels, NULL), DDT_ERR_DATA, path,
-            "/tokens id 300 at position 10 (window 2, global row 2) is outside [0, 256)");
+        CHECK_FAILS(dataset_read_range(ds, 2, 1, inputs, labels, NULL), DDT_ERR_DATA, path,
+                    "/tokens id 300 at position 10 (window 2, global row 2) is outside [0, 256)");
         /* window 1 = ids 4..8, clean; window 0 too */
         CHECK_OK(dataset_read_range(ds, 0, 2, inputs, labels, NULL));
         int64_t rows[2] = {1, 7}; /* window 7 = ids 28..32 holds the negative one */
-        expect_message(dataset_read_rows(ds, rows, 2, inputs, NULL, NULL), DDT_ERR_DATA, path,
-                       "id -5 at position 31 (window 7, global row 7)");
+        CHECK_FAILS(dataset_read_rows(ds, rows, 2, inputs, NULL, NULL), DDT_ERR_DATA, path,
+                    "id -5 at position 31 (window 7, global row 7)");
         /* window 6 = ids 24..28 ends one before it; its labels reach 28 only */
         CHECK_OK(dataset_read_range(ds, 6, 1, inputs, labels, NULL));
         dataset_close(ds);
     }
 
-    path = temp_path("tok-root-vocab.h5"); /* vocab_size on the root group is read too */
+    path = fixture_path("tok-root-vocab.h5"); /* vocab_size on the root group is read too */
     write_raw_tokens(path, H5T_STD_U16LE, 1, 9, NULL, 256, "/");
     ds = open_tokens(path, 2);
     if (ds) {
@@ -205,59 +180,58 @@ static void test_bad_ids_and_files(void) {
         dataset_close(ds);
     }
 
-    path = temp_path("tok-empty.h5");
-    write_raw_tokens(path, H5T_STD_U16LE, 1, 0, NULL, 256, "tokens");
-    expect_open_error(path, 4, path, "/tokens is empty");
-    path = temp_path("tok-short.h5");
-    write_raw_tokens(path, H5T_STD_U16LE, 1, 4, NULL, 256, "tokens");
-    expect_open_error(
-        path, 4, path,
-        "/tokens holds 4 ids, fewer than one window of 5 (the context 4 plus the next "
-        "token)");
-    path = temp_path("tok-no-vocab.h5");
-    write_raw_tokens(path, H5T_STD_U16LE, 1, 20, NULL, 0, NULL);
-    expect_open_error(path, 4, path, "/tokens has no vocab_size attribute");
-    path = temp_path("tok-zero-vocab.h5");
-    write_raw_tokens(path, H5T_STD_U16LE, 1, 20, NULL, 0, "tokens");
-    expect_open_error(path, 4, path, "vocab_size is 0");
-    path = temp_path("tok-float.h5");
-    write_raw_tokens(path, H5T_IEEE_F32LE, 1, 20, NULL, 256, "tokens");
-    expect_open_error(path, 4, path, "/tokens is float32, expected uint16 or int32 token ids");
-    path = temp_path("tok-int64.h5");
-    write_raw_tokens(path, H5T_STD_I64LE, 1, 20, NULL, 256, "tokens");
-    expect_open_error(path, 4, path, "/tokens is int64, expected uint16 or int32");
-    path = temp_path("tok-rank2.h5");
-    write_raw_tokens(path, H5T_STD_U16LE, 2, 20, NULL, 256, "tokens");
-    expect_open_error(path, 4, path, "/tokens has rank 2 (shape 20x2), expected 1");
+    /* Files refused at open: too few ids, no or a bad vocab_size, the wrong type or rank. */
+    const struct {
+        const char *name;
+        hid_t type;
+        int rank;
+        hsize_t count;
+        int vocab;
+        const char *vocab_on, *message;
+    } refused[] = {
+        {"tok-empty.h5", H5T_STD_U16LE, 1, 0, 256, "tokens", "/tokens is empty"},
+        {"tok-short.h5", H5T_STD_U16LE, 1, 4, 256, "tokens",
+         "/tokens holds 4 ids, fewer than one window of 5 (the context 4 plus the next token)"},
+        {"tok-no-vocab.h5", H5T_STD_U16LE, 1, 20, 0, NULL, "/tokens has no vocab_size attribute"},
+        {"tok-zero-vocab.h5", H5T_STD_U16LE, 1, 20, 0, "tokens", "vocab_size is 0"},
+        {"tok-float.h5", H5T_IEEE_F32LE, 1, 20, 256, "tokens",
+         "/tokens is float32, expected uint16 or int32 token ids"},
+        {"tok-int64.h5", H5T_STD_I64LE, 1, 20, 256, "tokens",
+         "/tokens is int64, expected uint16 or int32"},
+        {"tok-rank2.h5", H5T_STD_U16LE, 2, 20, 256, "tokens",
+         "/tokens has rank 2 (shape 20x2), expected 1"},
+    };
+    for (size_t i = 0; i < sizeof refused / sizeof *refused; i++) {
+        path = fixture_path(refused[i].name);
+        write_raw_tokens(path, refused[i].type, refused[i].rank, refused[i].count, NULL,
+                         refused[i].vocab, refused[i].vocab_on);
+        expect_open_error(path, 4, DDT_ERR_FORMAT, path, refused[i].message);
+    }
     /* Without a context (a model that does not take tokens) a token file is refused. */
-    path = temp_path("tok-good.h5");
+    path = fixture_path("tok-good.h5");
     write_raw_tokens(path, H5T_STD_U16LE, 1, 20, NULL, 256, "tokens");
-    expect_open_error(path, 0, path, "holds /tokens (a token dataset)");
+    expect_open_error(path, 0, DDT_ERR_FORMAT, path, "holds /tokens (a token dataset)");
 
     /* Shards that disagree: vocabularies, and tokens beside features. */
-    char list[1300];
-    const char *other = temp_path("tok-other.h5");
+    const char *other = fixture_path("tok-other.h5");
     write_raw_tokens(other, H5T_STD_U16LE, 1, 20, NULL, 300, "tokens");
-    snprintf(list, sizeof list, "%s,%s", path, other);
-    expect_open_error(list, 4, other, "has vocab_size 300 but");
-    const char *features = temp_path("features.h5");
+    expect_open_error(fixture_text("%s,%s", path, other), 4, DDT_ERR_FORMAT, other,
+                      "has vocab_size 300 but");
+    const char *features = fixture_path("features.h5");
     dataset_writer_params p = {.rows = 2, .features = 1, .class_labels = true, .classes = 2};
-    float x[2] = {0, 1};
-    int32_t y[2] = {0, 1};
-    dataset_writer *w;
-    CHECK_OK(dataset_writer_open(features, &p, &w));
-    CHECK_OK(dataset_writer_append(w, 2, x, y, NULL));
-    CHECK_OK(dataset_writer_close(w));
-    snprintf(list, sizeof list, "%s,%s", path, features);
-    expect_open_error(list, 4, features, "holds /features but");
+    CHECK_OK(fixture_write_features(features, &p,
+                                    &(fixture_rows){.feature = row_value, .label = row_label}));
+    expect_open_error(fixture_text("%s,%s", path, features), 4, DDT_ERR_FORMAT, features,
+                      "holds /features but");
 
     /* The writer: ids checked, uint16 up to 65536 ids, int32 beyond. */
     dataset_writer_params tp = {.kind = DATASET_KIND_TOKENS, .rows = 4, .vocab_size = 256};
-    const char *written = temp_path("tok-written.h5");
+    const char *written = fixture_path("tok-written.h5");
+    dataset_writer *w;
     CHECK_OK(dataset_writer_open(written, &tp, &w));
     int32_t ids[4] = {1, 2, 256, 3};
-    expect_message(dataset_writer_append_tokens(w, 4, ids), DDT_ERR_DATA, written,
-                   "token 2 is 256, outside [0, 256)");
+    CHECK_FAILS(dataset_writer_append_tokens(w, 4, ids), DDT_ERR_DATA, written,
+                "token 2 is 256, outside [0, 256)");
     dataset_writer_abort(w);
     tp.vocab_size = 70000;
     ids[2] = 69999;
@@ -284,13 +258,10 @@ static void test_bad_ids_and_files(void) {
  * tokens and labels of each window intact, features NULL, staging as planned. */
 static void test_stream(void) {
     enum { CONTEXT = 8, MICRO = 4, GLOBAL = 8 };
-    char a[600], b[600], list[1300];
-    snprintf(a, sizeof a, "%s", temp_path("stream-tok-a.h5"));
-    snprintf(b, sizeof b, "%s", temp_path("stream-tok-b.h5"));
+    const char *a = fixture_path("stream-tok-a.h5"), *b = fixture_path("stream-tok-b.h5");
     write_tokens(a, 0, 1001, 256, 64);
     write_tokens(b, 1, 777, 256, 64);
-    snprintf(list, sizeof list, "%s,%s", a, b);
-    dataset *ds = open_tokens(list, CONTEXT);
+    dataset *ds = open_tokens(fixture_text("%s,%s", a, b), CONTEXT);
     if (!ds) return;
     const dataset_geometry *g = dataset_get_geometry(ds);
     CHECK(g->rows == 125 + 97 && g->chunk_rows == 8);
@@ -303,25 +274,20 @@ static void test_stream(void) {
                        .shuffle = true,
                        .block_rows = g->chunk_rows,
                        .window_blocks = 4};
-    shard_plan *plan = NULL, *reference = NULL;
-    CHECK_OK(shard_plan_init(&sp, &plan));
-    CHECK_OK(shard_plan_init(&sp, &reference));
-    int64_t per_epoch = shard_plan_steps_per_epoch(plan);
-    int64_t total = per_epoch + 3;
-    stream_params params = {.data = ds,
-                            .plan = plan,
-                            .micro_batch = MICRO,
-                            .total_global_steps = total,
-                            .prefetch_depth = 3};
-    stream *s = NULL;
-    CHECK_OK(stream_start(&params, &s));
+    fixture_stream f = {0};
+    CHECK_OK(fixture_stream_plan(&f, &sp));
+    int64_t total = shard_plan_steps_per_epoch(f.plan) + 3;
+    CHECK_OK(fixture_stream_start(&f, (stream_params){.data = ds,
+                                                      .micro_batch = MICRO,
+                                                      .total_global_steps = total,
+                                                      .prefetch_depth = 3}));
+    stream *s = f.stream;
     int good = 0, count = 0;
     for (int64_t step = 0; s && step < total; step++) {
         micro_batch *mb;
         CHECK_OK(stream_next(s, &mb));
         int64_t expected[MICRO];
-        CHECK_OK(shard_plan_micro_batch_rows(reference, step / per_epoch, step % per_epoch, 0,
-                                             expected));
+        CHECK_OK(fixture_stream_expected_rows(&f, step, 0, expected));
         int ok = mb->features == NULL && mb->tokens && mb->labels && !mb->targets &&
                  memcmp(expected, mb->row_ids, sizeof expected) == 0;
         for (int i = 0; ok && i < MICRO; i++)
@@ -342,9 +308,7 @@ static void test_stream(void) {
     CHECK(stream_staging_bytes(g, &sp, 3, 2) - stream_staging_bytes(g, &sp, 3, 1) >= block);
     stream_stats stats = stream_get_stats(s);
     CHECK(stats.staging_bytes == planned && stats.peak_staging_bytes_in_use <= planned);
-    stream_stop(s);
-    shard_plan_free(reference);
-    shard_plan_free(plan);
+    fixture_stream_stop(&f);
     dataset_close(ds);
 }
 
