@@ -206,8 +206,8 @@ static void op_missing_later(device *dev, device_op op) {
 
 static ddt_status op_missed_earlier(const device *dev) {
     if (!dev->missing_op) return DDT_OK;
-    return ddt_error(DDT_ERR_USAGE, "the %s backend lacks the operation %s (device_%s), which was "
-                                    "called earlier",
+    return ddt_error(DDT_ERR_USAGE,
+                     "the %s backend lacks the operation %s (device_%s), which was called earlier",
                      dev->ops->name, dev->missing_op, dev->missing_op);
 }
 

@@ -243,7 +243,8 @@ int layer_max_rows(const model_spec *spec, int index) {
 /* Forward and backward together; model_check_device() refuses a device that lacks one
  * before anything is allocated (tests/test_engine_device_ops.c runs each kind with its list
  * alone, so a list that leaves out an operation its passes call fails there). */
-#define OPS(...) {(const device_op[]){__VA_ARGS__}, sizeof((device_op[]){__VA_ARGS__}) / sizeof(device_op)}
+#define OPS(...)                                                                                   \
+    { (const device_op[]){__VA_ARGS__}, sizeof((device_op[]){__VA_ARGS__}) / sizeof(device_op) }
 static const struct {
     const device_op *ops;
     int count;

@@ -296,8 +296,8 @@ static const device_op model_ops[] = {
 ddt_status model_check_device(const model_spec *spec, const device *dev) {
     for (size_t i = 0; i < sizeof model_ops / sizeof model_ops[0]; i++) {
         if (!device_supports_op(dev, model_ops[i]))
-            return ddt_error(DDT_ERR_USAGE, "the %s backend cannot run a model: it lacks the "
-                                            "operation %s",
+            return ddt_error(DDT_ERR_USAGE,
+                             "the %s backend cannot run a model: it lacks the operation %s",
                              device_kind_name(dev->kind), device_op_name(model_ops[i]));
     }
     for (int n = 0; n < spec->node_count; n++) {
@@ -305,11 +305,11 @@ ddt_status model_check_device(const model_spec *spec, const device *dev) {
         int count = layer_device_ops(&spec->nodes[n], &ops);
         for (int i = 0; i < count; i++) {
             if (!device_supports_op(dev, ops[i]))
-                return ddt_error(DDT_ERR_USAGE,
-                                 "the %s backend cannot run layer %d (%s): it lacks the "
-                                 "operation %s",
-                                 device_kind_name(dev->kind), n, model_node_word(&spec->nodes[n]),
-                                 device_op_name(ops[i]));
+                return ddt_error(
+                    DDT_ERR_USAGE,
+                    "the %s backend cannot run layer %d (%s): it lacks the operation %s",
+                    device_kind_name(dev->kind), n, model_node_word(&spec->nodes[n]),
+                    device_op_name(ops[i]));
         }
     }
     return DDT_OK;
