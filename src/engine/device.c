@@ -1,6 +1,7 @@
 /* device.c - the backend registry and the public face of the operation table: which compute
  * backends this build contains, how to open them, and one function per operation
- * (device_gemm(dev, ...)) that calls the backend's table (engine/device_backend.h).
+ * (device_gemm(dev, ...)) that calls the backend's table (engine/device_backend.h), generated
+ * from the list of operations (engine/device_ops.def).
  *
  * The CUDA backend (with NCCL) lives in the plugin libddtrain_cuda.so (util/plugin.h), loaded
  * the first time a GPU is asked for, so ranks that never touch a GPU never map cuBLAS or NCCL.
@@ -168,110 +169,73 @@ device_capability precision_capability(precision_kind precision) {
 
 /* ---- the operations ---------------------------------------------------------------------- */
 
-ddt_status device_memory_alloc(device *dev, size_t bytes, void **out) {
-    return dev->ops->memory_alloc(dev, bytes, out);
+static const char *const op_names[] = {
+#define DEVICE_OP(type, name, parameters, arguments) [DEVICE_OP_##name] = #name,
+#include "engine/device_ops.def"
+};
+
+const char *device_op_name(device_op op) {
+    if ((unsigned)op < sizeof op_names / sizeof op_names[0]) return op_names[op];
+    return "unknown";
 }
 
-void device_memory_free(device *dev, void *pointer) {
-    dev->ops->memory_free(dev, pointer);
+bool device_supports_op(const device *dev, device_op op) {
+    switch (op) {
+#define DEVICE_OP(type, name, parameters, arguments)                                               \
+    case DEVICE_OP_##name:                                                                         \
+        return dev->ops->name != NULL;
+#include "engine/device_ops.def"
+    case DEVICE_OP_COUNT:
+        break;
+    }
+    return false;
 }
 
-ddt_status device_memory_info(device *dev, size_t *total_bytes, size_t *free_bytes) {
-    if (!dev->ops->memory_info)
-        return ddt_error(DDT_ERR_USAGE, "the %s device cannot tell how much memory it has",
-                         dev->ops->name);
-    return dev->ops->memory_info(dev, total_bytes, free_bytes);
+/* An operation the backend lacks, called anyway (the engine checks a model's operations
+ * before it runs, so this is a caller that did not ask): the error names it. */
+static ddt_status op_missing(const device *dev, device_op op) {
+    return ddt_error(DDT_ERR_USAGE, "the %s backend lacks the operation %s (device_%s)",
+                     dev->ops->name, device_op_name(op), device_op_name(op));
 }
 
-ddt_status device_copy_host_to_device(device *dev, void *device_dst, const void *host_src, size_t bytes) {
-    return dev->ops->copy_host_to_device(dev, device_dst, host_src, bytes);
+/* A void operation cannot return the failure, so it is kept (the first) and the next
+ * operation that returns a status reports it, as a backend's own deferred failures are. */
+static void op_missing_later(device *dev, device_op op) {
+    if (!dev->missing_op) dev->missing_op = device_op_name(op);
 }
 
-ddt_status device_copy_device_to_host(device *dev, void *host_dst, const void *device_src, size_t bytes) {
-    return dev->ops->copy_device_to_host(dev, host_dst, device_src, bytes);
+static ddt_status op_missed_earlier(const device *dev) {
+    if (!dev->missing_op) return DDT_OK;
+    return ddt_error(DDT_ERR_USAGE,
+                     "the %s backend lacks the operation %s (device_%s), which was called earlier",
+                     dev->ops->name, dev->missing_op, dev->missing_op);
 }
 
-void device_copy_device_to_device(device *dev, void *dst, const void *src, size_t bytes) {
-    dev->ops->copy_device_to_device(dev, dst, src, bytes);
-}
+/* The public function of each operation: a call through the backend's table, generated from
+ * the list (engine/device_ops.def says what each kind does when the entry is missing). */
+#define DEVICE_OP_VOID(name, parameters, arguments)                                                \
+    void device_##name parameters {                                                                \
+        if (dev->ops->name)                                                                        \
+            dev->ops->name arguments;                                                              \
+        else                                                                                       \
+            op_missing_later(dev, DEVICE_OP_##name);                                               \
+    }
+#define DEVICE_OP_STATUS(name, parameters, arguments)                                              \
+    ddt_status device_##name parameters {                                                          \
+        if (!dev->ops->name) return op_missing(dev, DEVICE_OP_##name);                             \
+        DDT_CHECK(op_missed_earlier(dev));                                                         \
+        return dev->ops->name arguments;                                                           \
+    }
+#define DEVICE_OP_VALUE(type, name, parameters, arguments)                                         \
+    type device_##name parameters {                                                                \
+        return dev->ops->name ? dev->ops->name arguments : 0;                                      \
+    }
+#define DEVICE_OP_CUSTOM(type, name, parameters, arguments) /* written below */
+#include "engine/device_ops.def"
 
-void device_fill_zero(device *dev, void *dst, size_t bytes) {
-    dev->ops->fill_zero(dev, dst, bytes);
-}
-
-void device_gemm(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
-    dev->ops->gemm(dev, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-void device_gemm_fp32(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc) {
-    dev->ops->gemm_fp32(dev, transpose_a, transpose_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-}
-
-void device_bias_add(device *dev, int rows, int cols, float *y, const float *bias) {
-    dev->ops->bias_add(dev, rows, cols, y, bias);
-}
-
-void device_bias_gradient_accumulate(device *dev, int rows, int cols, const float *dy, float *bias_gradient) {
-    dev->ops->bias_gradient_accumulate(dev, rows, cols, dy, bias_gradient);
-}
-
-void device_scale(device *dev, size_t count, float alpha, float *x) {
-    dev->ops->scale(dev, count, alpha, x);
-}
-
-void device_activation_forward(device *dev, activation_kind kind, size_t count, const float *x, float *y) {
-    dev->ops->activation_forward(dev, kind, count, x, y);
-}
-
-void device_activation_backward(device *dev, activation_kind kind, size_t count, const float *x, const float *y, const float *dy, float *dx) {
-    dev->ops->activation_backward(dev, kind, count, x, y, dy, dx);
-}
-
-void device_dropout_forward(device *dev, int rows, int cols, float rate, dropout_key key, const int64_t *row_ids, const float *x, float *y) {
-    dev->ops->dropout_forward(dev, rows, cols, rate, key, row_ids, x, y);
-}
-
-void device_dropout_backward(device *dev, int rows, int cols, float rate, dropout_key key, const int64_t *row_ids, const float *dy, float *dx) {
-    dev->ops->dropout_backward(dev, rows, cols, rate, key, row_ids, dy, dx);
-}
-
-void device_softmax_cross_entropy(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits) {
-    dev->ops->softmax_cross_entropy(dev, rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
-}
-
-void device_binary_cross_entropy(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits) {
-    dev->ops->binary_cross_entropy(dev, rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
-}
-
-void device_mean_squared_error(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits) {
-    dev->ops->mean_squared_error(dev, rows, cols, logits, labels, targets, scale, loss_sum, dlogits);
-}
-
-void device_count_correct(device *dev, int rows, int cols, const float *logits, const int32_t *labels, float *correct) {
-    dev->ops->count_correct(dev, rows, cols, logits, labels, correct);
-}
-
-void device_sgd_update(device *dev, size_t count, float *params, const float *grads, float *velocity, float lr, float momentum, bool nesterov, float weight_decay, bool first_step) {
-    dev->ops->sgd_update(dev, count, params, grads, velocity, lr, momentum, nesterov, weight_decay, first_step);
-}
-
-void device_adamw_update(device *dev, size_t count, float *params, const float *grads, float *m, float *v, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step) {
-    dev->ops->adamw_update(dev, count, params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step);
-}
-
-ddt_status device_check_finite(device *dev, size_t count, const float *x, bool *all_finite) {
-    return dev->ops->check_finite(dev, count, x, all_finite);
-}
-
-ddt_status device_sum_of_squares(device *dev, size_t count, const float *x, double *sum) {
-    return dev->ops->sum_of_squares(dev, count, x, sum);
-}
-
-ddt_status device_synchronize(device *dev) {
-    return dev->ops->synchronize(dev);
-}
-
-ddt_status device_set_precision(device *dev, precision_kind precision, struct allocator *alloc, size_t max_operand_floats) {
+/* Refuses a precision the device lacks before the backend sees it. */
+ddt_status device_set_precision(device *dev, precision_kind precision, struct allocator *alloc,
+                                size_t max_operand_floats) {
     if (!device_supports(dev, precision_capability(precision))) {
         if (dev->kind == DEVICE_KIND_CPU)
             return ddt_error(DDT_ERR_USAGE,
@@ -283,101 +247,7 @@ ddt_status device_set_precision(device *dev, precision_kind precision, struct al
                          "capability 8.0 or newer)",
                          precision_kind_name(precision), dev->description);
     }
+    if (!dev->ops->set_precision) return op_missing(dev, DEVICE_OP_set_precision);
+    DDT_CHECK(op_missed_earlier(dev));
     return dev->ops->set_precision(dev, precision, alloc, max_operand_floats);
-}
-
-size_t device_precision_workspace_bytes(device *dev, precision_kind precision, size_t max_operand_floats) {
-    return dev->ops->precision_workspace_bytes(dev, precision, max_operand_floats);
-}
-
-void * device_native_stream(device *dev) {
-    return dev->ops->native_stream(dev);
-}
-
-ddt_status device_host_alloc(device *dev, size_t bytes, void **out) {
-    return dev->ops->host_alloc(dev, bytes, out);
-}
-
-void device_host_free(device *dev, void *pointer) {
-    dev->ops->host_free(dev, pointer);
-}
-
-ddt_status device_upload_async(device *dev, void *device_dst, const void *host_src, size_t bytes, int buffer) {
-    return dev->ops->upload_async(dev, device_dst, host_src, bytes, buffer);
-}
-
-ddt_status device_upload_wait(device *dev, int buffer) {
-    return dev->ops->upload_wait(dev, buffer);
-}
-
-ddt_status device_upload_host_done(device *dev, int buffer) {
-    return dev->ops->upload_host_done(dev, buffer);
-}
-
-ddt_status device_timer_mark(device *dev, int slot) {
-    return dev->ops->timer_mark(dev, slot);
-}
-
-ddt_status device_timer_elapsed(device *dev, int from, int to, double *seconds) {
-    return dev->ops->timer_elapsed(dev, from, to, seconds);
-}
-
-void device_gemm_strided_batched(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, int64_t stride_a, const float *b, int ldb, int64_t stride_b, float beta, float *c, int ldc, int64_t stride_c, int batch) {
-    dev->ops->gemm_strided_batched(dev, transpose_a, transpose_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc, stride_c, batch);
-}
-
-void device_add(device *dev, size_t count, const float *a, const float *b, float *out) {
-    dev->ops->add(dev, count, a, b, out);
-}
-
-void device_permute(device *dev, int rank, const int *dims, const int *perm, const float *in, float *out) {
-    dev->ops->permute(dev, rank, dims, perm, in, out);
-}
-
-void device_im2col(device *dev, const conv_geometry *g, int samples, const float *x, float *cols) {
-    dev->ops->im2col(dev, g, samples, x, cols);
-}
-
-void device_col2im(device *dev, const conv_geometry *g, int samples, const float *cols, float *dx) {
-    dev->ops->col2im(dev, g, samples, cols, dx);
-}
-
-void device_pool2d_forward(device *dev, pool_kind kind, const conv_geometry *g, int samples, const float *x, float *y) {
-    dev->ops->pool2d_forward(dev, kind, g, samples, x, y);
-}
-
-void device_pool2d_backward(device *dev, pool_kind kind, const conv_geometry *g, int samples, const float *x, const float *y, const float *dy, float *dx) {
-    dev->ops->pool2d_backward(dev, kind, g, samples, x, y, dy, dx);
-}
-
-void device_batchnorm_forward(device *dev, int samples, int channels, int spatial, const float *x, const float *gamma, const float *beta, float eps, bool training, float momentum, float *running_mean, float *running_var, float *mean, float *invstd, float *y) {
-    dev->ops->batchnorm_forward(dev, samples, channels, spatial, x, gamma, beta, eps, training, momentum, running_mean, running_var, mean, invstd, y);
-}
-
-void device_batchnorm_backward(device *dev, int samples, int channels, int spatial, const float *x, const float *dy, const float *gamma, const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta) {
-    dev->ops->batchnorm_backward(dev, samples, channels, spatial, x, dy, gamma, mean, invstd, dx, dgamma, dbeta);
-}
-
-void device_layernorm_forward(device *dev, int rows, int cols, const float *x, const float *gamma, const float *beta, float eps, float *y, float *mean, float *rstd) {
-    dev->ops->layernorm_forward(dev, rows, cols, x, gamma, beta, eps, y, mean, rstd);
-}
-
-void device_layernorm_backward(device *dev, int rows, int cols, const float *x, const float *dy, const float *gamma, const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta) {
-    dev->ops->layernorm_backward(dev, rows, cols, x, dy, gamma, mean, rstd, dx, dgamma, dbeta);
-}
-
-void device_embedding_forward(device *dev, int rows, int cols, const int32_t *ids, const float *table, float *y) {
-    dev->ops->embedding_forward(dev, rows, cols, ids, table, y);
-}
-
-void device_embedding_backward(device *dev, int rows, int cols, const int32_t *ids, const float *dy, float *dtable) {
-    dev->ops->embedding_backward(dev, rows, cols, ids, dy, dtable);
-}
-
-void device_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x, float *y) {
-    dev->ops->causal_softmax_forward(dev, groups, t, scale, x, y);
-}
-
-void device_causal_softmax_backward(device *dev, int groups, int t, float scale, const float *y, const float *dy, float *dx) {
-    dev->ops->causal_softmax_backward(dev, groups, t, scale, y, dy, dx);
 }

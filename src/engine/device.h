@@ -3,10 +3,12 @@
  * The engine (model, loss, optimizer), the feed and the trainer call only these functions
  * (device_gemm(dev, ...)), so they hold no #ifdef and run unchanged on the CPU backend
  * (OpenBLAS) and the CUDA backend (cuBLAS and kernels); each function calls the backend's
- * table (engine/device_backend.h, seen by backends and device.c only). What a backend can do
- * beyond the common operations, it declares as capabilities (device_supports()). All
- * pointers passed to an operation are *device* pointers obtained from the allocator
- * (src/engine/alloc.h), except where a parameter says "host".
+ * table (engine/device_backend.h, seen by backends and device.c only). The operations are
+ * listed once, with their contracts, in engine/device_ops.def, from which the functions, the
+ * table and the ids (device_op) come; a backend may leave an operation out
+ * (device_supports_op()). What a backend can do beyond the operations, it declares as
+ * capabilities (device_supports()). All pointers passed to an operation are *device* pointers
+ * obtained from the allocator (src/engine/alloc.h), except where a parameter says "host".
  *
  * Conventions: matrices are row-major float32. An operation's output buffer must not overlap
  * its inputs (the CPU backend declares them restrict); scale, bias_add and the optimizer
@@ -101,179 +103,27 @@ bool device_supports(const device *dev, device_capability capability);
 device_capability precision_capability(precision_kind precision);
 
 /* ---- the operations: each calls the backend's table (engine/device_backend.h) ---------- */
+/* One function per operation, device_NAME(dev, ...), declared from the list of operations,
+ * engine/device_ops.def, which documents each: memory, copies, dense algebra, elementwise
+ * layers, losses, optimizers, the layer engine's operations, checks and synchronisation,
+ * precision, streams and the input path, timing. */
+#define DEVICE_OP(type, name, parameters, arguments) type device_##name parameters;
+#include "engine/device_ops.def"
 
+/* Each operation's id, DEVICE_OP_NAME (DEVICE_OP_gemm for device_gemm), in the list's order. */
+typedef enum device_op {
+#define DEVICE_OP(type, name, parameters, arguments) DEVICE_OP_##name,
+#include "engine/device_ops.def"
+    DEVICE_OP_COUNT
+} device_op;
 
-/* --- memory: raw allocation (only the allocator calls these) and how much there is -------- */
-ddt_status device_memory_alloc(device *dev, size_t bytes, void **out);
-void device_memory_free(device *dev, void *pointer);
-/* *total_bytes = all memory of the device as this process may use it, *free_bytes = how
- * much of it could be allocated now (host values). CPU: physical memory, or the cgroup
- * memory.max of this process where smaller; free is MemAvailable from /proc/meminfo,
- * capped by the cgroup's headroom. CUDA: cudaMemGetInfo. Used to resolve a fractional
- * --device-memory-limit and to refuse a preallocation that cannot succeed. A backend that
- * cannot tell answers DDT_ERR_USAGE (the allocator then skips those checks). */
-ddt_status device_memory_info(device *dev, size_t *total_bytes, size_t *free_bytes);
-
-/* --- copies ---------------------------------------------------------------------------- */
-ddt_status device_copy_host_to_device(device *dev, void *device_dst, const void *host_src, size_t bytes);
-ddt_status device_copy_device_to_host(device *dev, void *host_dst, const void *device_src, size_t bytes);
-void device_copy_device_to_device(device *dev, void *dst, const void *src, size_t bytes);
-void device_fill_zero(device *dev, void *dst, size_t bytes);
-
-/* --- dense algebra --------------------------------------------------------------------- */
-/* C[m x n] = alpha * op(A) * op(B) + beta * C, op(X) = X or X^T; row-major with leading
- * dimensions lda, ldb, ldc (as cblas_sgemm with CblasRowMajor). */
-void device_gemm(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
-/* The same product in plain fp32 whatever the precision mode (no TF32, no 16-bit operands):
- * for elementwise work written as a product, which device.h keeps in fp32. */
-void device_gemm_fp32(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb, float beta, float *c, int ldc);
-/* y[r][c] += bias[c] for a rows x cols matrix. */
-void device_bias_add(device *dev, int rows, int cols, float *y, const float *bias);
-/* bias_gradient[c] += sum over r of dy[r][c]. */
-void device_bias_gradient_accumulate(device *dev, int rows, int cols, const float *dy, float *bias_gradient);
-/* x[i] *= alpha for i < count. */
-void device_scale(device *dev, size_t count, float alpha, float *x);
-
-/* --- elementwise layers ---------------------------------------------------------------- */
-void device_activation_forward(device *dev, activation_kind kind, size_t count, const float *x, float *y);
-/* dx = dy * f'(x); y = f(x) is passed too so backends may use whichever is cheaper. */
-void device_activation_backward(device *dev, activation_kind kind, size_t count, const float *x, const float *y, const float *dy, float *dx);
-/* Inverted dropout: y = x * keep / (1 - rate), where, with all arithmetic in uint64_t,
- *     unit = row_ids[r] * cols + c
- *     keep = rng_uniform(rng_hash4(key.seed, RNG_PURPOSE_DROPOUT, key.step,
- *                                  ((uint64_t)key.layer << 40) ^ unit)) >= rate
- * so a unit's mask depends on (seed, step, layer, global row, unit) only, never on the
- * row's position in the batch; layers' masks are distinct while rows * cols < 2^40.
- * rate 0 is the identity. row_ids are global dataset rows (device int64). */
-void device_dropout_forward(device *dev, int rows, int cols, float rate, dropout_key key, const int64_t *row_ids, const float *x, float *y);
-/* dx = dy * keep / (1 - rate), with the same mask as the forward pass. */
-void device_dropout_backward(device *dev, int rows, int cols, float rate, dropout_key key, const int64_t *row_ids, const float *dy, float *dx);
-
-/* --- losses ---------------------------------------------------------------------------- */
-/* Each loss takes logits (rows x cols) and either class ids (int32, one per row) or float
- * targets (rows x cols); exactly one of labels/targets is non-NULL. It adds the sum over
- * rows of the per-sample loss, times `scale`, to *loss_sum (a device float), and, if
- * dlogits is non-NULL, writes d(scale * sum loss)/d logits into it. `scale` is 1/global
- * batch during training, so gradients come out normalised by the global batch. */
-void device_softmax_cross_entropy(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits);
-/* Binary cross-entropy on sigmoid(logits), computed stably from the logits. With class
- * ids, cols must be 1 and labels are 0 or 1. */
-void device_binary_cross_entropy(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits);
-/* Mean over cols of the squared error, summed over rows; class ids mean one-hot targets. */
-void device_mean_squared_error(device *dev, int rows, int cols, const float *logits, const int32_t *labels, const float *targets, float scale, float *loss_sum, float *dlogits);
-/* *correct += number of rows whose argmax(logits) equals labels[r] (cols > 1), or whose
- * (logit > 0) equals labels[r] (cols == 1). correct is a device float. */
-void device_count_correct(device *dev, int rows, int cols, const float *logits, const int32_t *labels, float *correct);
-
-/* --- optimizers (one call updates the whole contiguous parameter buffer) --------------- */
-/* PyTorch SGD semantics: g = grad + weight_decay * p; v = momentum * v + g (v = g on the
- * first step, signalled by first_step); g = nesterov ? g + momentum * v : v (if momentum
- * != 0); p -= lr * g. velocity may be NULL when momentum == 0. */
-void device_sgd_update(device *dev, size_t count, float *params, const float *grads, float *velocity, float lr, float momentum, bool nesterov, float weight_decay, bool first_step);
-/* PyTorch AdamW semantics, step counted from 1: p -= lr * weight_decay * p; m, v moments;
- * p -= lr * m_hat / (sqrt(v_hat) + eps). */
-void device_adamw_update(device *dev, size_t count, float *params, const float *grads, float *m, float *v, float lr, float beta1, float beta2, float eps, float weight_decay, int64_t step);
-
-/* --- the layer engine's operations (engine/layers.c composes them) ---------------------- */
-/* For b < batch: C_b = alpha * op(A_b) * op(B_b) + beta * C_b, with X_b = x + b * stride_x
- * (strides in floats; stride_a or stride_b may be 0 to share one operand; the C_b must not
- * overlap). Row-major, as device_gemm. */
-void device_gemm_strided_batched(device *dev, bool transpose_a, bool transpose_b, int m, int n, int k, float alpha, const float *a, int lda, int64_t stride_a, const float *b, int ldb, int64_t stride_b, float beta, float *c, int ldc, int64_t stride_c, int batch);
-/* out[i] = a[i] + b[i] for i < count; out may be a or b. */
-void device_add(device *dev, size_t count, const float *a, const float *b, float *out);
-/* out = in with its axes permuted: in has `rank` (1..6) axes of sizes dims[], row-major; out's
- * axis i is in's axis perm[i], so out's sizes are dims[perm[i]]. in and out do not overlap. */
-void device_permute(device *dev, int rank, const int *dims, const int *perm, const float *in, float *out);
-/* Unfolds convolution windows: x is `samples` NCHW samples of geometry g; cols is a
- * (channels * kernel_h * kernel_w) x (samples * out_height * out_width) row-major matrix whose
- * row (c, i, j) (c slowest) and column (s, oh, ow) (s slowest) hold
- * x[s][c][oh * stride_h - pad_h + i][ow * stride_w - pad_w + j], or 0 in the padding. */
-void device_im2col(device *dev, const conv_geometry *g, int samples, const float *x, float *cols);
-/* The adjoint of im2col: dx (overwritten) = the sum, for every element of cols, of its value
- * at the x position im2col read it from; padding positions are dropped. Deterministic. */
-void device_col2im(device *dev, const conv_geometry *g, int samples, const float *cols, float *dx);
-/* y ([samples][channels][out_height][out_width]) = the max or average of each window of x. */
-void device_pool2d_forward(device *dev, pool_kind kind, const conv_geometry *g, int samples, const float *x, float *y);
-/* dx (overwritten) from dy: max pooling routes each window's gradient to the first position
- * (in row-major window order) holding the window's maximum (y is that maximum); average
- * pooling spreads it evenly over the window's kernel_h * kernel_w positions. Deterministic. */
-void device_pool2d_backward(device *dev, pool_kind kind, const conv_geometry *g, int samples, const float *x, const float *y, const float *dy, float *dx);
-/* Batch normalisation over x[samples][channels][spatial] (spatial = H*W, 1 after a dense
- * layer), per channel c. Training: mean[c], and invstd[c] = 1/sqrt(var + eps) with var the
- * biased variance over samples*spatial values, are written; running_mean and running_var
- * (unbiased variance) move by `momentum` towards them as PyTorch's BatchNorm2d does. Not
- * training: mean and invstd are computed from the running statistics instead (and written).
- * y = (x - mean) * invstd * gamma + beta. Sums in double, in a fixed order. */
-void device_batchnorm_forward(device *dev, int samples, int channels, int spatial, const float *x, const float *gamma, const float *beta, float eps, bool training, float momentum, float *running_mean, float *running_var, float *mean, float *invstd, float *y);
-/* The training-mode backward: dx (overwritten); dgamma[c] and dbeta[c] are added to. */
-void device_batchnorm_backward(device *dev, int samples, int channels, int spatial, const float *x, const float *dy, const float *gamma, const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta);
-/* Layer normalisation of each of `rows` rows of `cols` values: mean[r], rstd[r] =
- * 1/sqrt(biased var + eps) written, y = (x - mean) * rstd * gamma + beta. */
-void device_layernorm_forward(device *dev, int rows, int cols, const float *x, const float *gamma, const float *beta, float eps, float *y, float *mean, float *rstd);
-/* dx (overwritten); dgamma and dbeta (cols each) are added to, summing rows in order. */
-void device_layernorm_backward(device *dev, int rows, int cols, const float *x, const float *dy, const float *gamma, const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta);
-/* y[r][:] = table[ids[r]][:] for r < rows (ids: device int32, each in [0, table rows)). */
-void device_embedding_forward(device *dev, int rows, int cols, const int32_t *ids, const float *table, float *y);
-/* dtable[ids[r]][:] += dy[r][:], adding rows in increasing r for every table row (so the
- * result does not depend on the backend's scheduling). */
-void device_embedding_backward(device *dev, int rows, int cols, const int32_t *ids, const float *dy, float *dtable);
-/* For each of `groups` t x t matrices: y[i][j] = exp(scale x[i][j] - max) / sum over j' <= i,
- * for j <= i, and 0 for j > i (causal attention's masked softmax; x above the diagonal is
- * never read). */
-void device_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x, float *y);
-/* dx[i][j] = scale * y[i][j] * (dy[i][j] - sum over j' <= i of y[i][j'] dy[i][j']) for j <= i,
- * 0 above the diagonal; dx overwritten. */
-void device_causal_softmax_backward(device *dev, int groups, int t, float scale, const float *y, const float *dy, float *dx);
-
-/* --- checks and synchronisation -------------------------------------------------------- */
-/* *all_finite (host) = no NaN or Inf among x[0..count). May synchronise. */
-ddt_status device_check_finite(device *dev, size_t count, const float *x, bool *all_finite);
-/* *sum (host) = the sum of x[i]^2 over x[0..count), each square and the sum in double
- * (so the gradient norm of a large model neither overflows nor loses its small terms);
- * NaN or Inf when x holds one. May synchronise: the trainer calls it on reporting steps
- * only, for the gradient norm. */
-ddt_status device_sum_of_squares(device *dev, size_t count, const float *x, double *sum);
-ddt_status device_synchronize(device *dev);
-
-/* --- precision, streams and the input path ---------------------------------------------- */
-/* Selects the GEMM arithmetic. Backends that need scratch (operand casts, the cuBLAS
- * workspace) take it from `alloc` (component WORKSPACE) here, once, sized for operands of
- * at most max_operand_floats floats. DDT_ERR_USAGE, naming the backend and --precision, if
- * it lacks the capability (device_supports(); the CPU backend has fp32 only). */
-ddt_status device_set_precision(device *dev, precision_kind precision, struct allocator *alloc, size_t max_operand_floats);
-/* Bytes set_precision() will take from the allocator (for memory plans). */
-size_t device_precision_workspace_bytes(device *dev, precision_kind precision, size_t max_operand_floats);
-/* The backend's compute stream as an opaque handle (cudaStream_t), or NULL (CPU). Work on
- * it runs in the order issued. */
-void *device_native_stream(device *dev);
-/* Host memory for the input path: page-locked (cudaHostAlloc) where the backend copies
- * from it asynchronously, ordinary aligned memory on CPU. */
-ddt_status device_host_alloc(device *dev, size_t bytes, void **out);
-void device_host_free(device *dev, void *pointer);
-/* Double-buffered uploads: upload_async() starts copying host memory to device memory on
- * a copy stream, as input buffer `buffer` (0 or 1), so the next micro-batch travels while
- * the current one computes. The copy is ordered after all work issued on the compute
- * stream so far (so it cannot overwrite a buffer that earlier compute still reads): issue
- * the upload of micro-batch m+1 after the compute of m-1 and before the compute of m.
- * upload_wait() makes the compute stream wait for that copy (it does not block the host);
- * it also returns any failure an earlier operation recorded, so a failed step ends at the
- * next micro-batch without a synchronisation.
- * The host memory must stay untouched until upload_host_done() has returned for that
- * buffer. The CPU backend copies at once. */
-ddt_status device_upload_async(device *dev, void *device_dst, const void *host_src, size_t bytes, int buffer);
-ddt_status device_upload_wait(device *dev, int buffer);
-/* Blocks until upload `buffer`'s copy has finished reading host memory. */
-ddt_status device_upload_host_done(device *dev, int buffer);
-
-/* --- timing on the device's own clock -------------------------------------------------- */
-/* Host clocks around asynchronous work measure when it was issued, not how long it ran.
- * timer_mark() records, in timing slot `slot` (0 .. DEVICE_TIMER_SLOTS - 1), the point the
- * compute stream has reached: a timing event on GPUs; the host clock on the CPU backend,
- * whose work has finished when its operations return. timer_elapsed() gives the seconds
- * between two marks, waiting until the device has passed `to` (read marks a step or two
- * later and the wait is long over). A slot may be marked again once it has been read. */
-ddt_status device_timer_mark(device *dev, int slot);
-ddt_status device_timer_elapsed(device *dev, int from, int to, double *seconds);
+/* Whether the backend provides the operation: a backend may leave one out (its table entry
+ * NULL). The engine asks before it allocates anything (model_check_device()), so a model the
+ * device cannot run is refused naming the operation; called anyway, a missing operation
+ * fails as device_ops.def says, never silently. */
+bool device_supports_op(const device *dev, device_op op);
+/* The operation's name as in the list ("gemm"), or "unknown". */
+const char *device_op_name(device_op op);
 
 #define DEVICE_TIMER_SLOTS 16
 
@@ -288,6 +138,9 @@ struct device {
      * the CPU, which every rank shares by design. */
     char identity[32];
     void *backend;         /* backend-private state */
+    /* The first void operation called that the backend lacks (its name), or NULL: the next
+     * operation that returns a status fails, naming it (device.c). */
+    const char *missing_op;
 };
 
 /* Opens a backend. For DEVICE_KIND_CPU, `ordinal` is ignored. Returns DDT_ERR_USAGE with a

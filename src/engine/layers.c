@@ -238,6 +238,45 @@ int layer_max_rows(const model_spec *spec, int index) {
     return (int)(INT_MAX / per_row);
 }
 
+/* ---- the device operations each kind calls ---------------------------------------------- */
+
+/* Forward and backward together; model_check_device() refuses a device that lacks one
+ * before anything is allocated (tests/test_engine_device_ops.c runs each kind with its list
+ * alone, so a list that leaves out an operation its passes call fails there). */
+#define OPS(...)                                                                                   \
+    { (const device_op[]){__VA_ARGS__}, sizeof((device_op[]){__VA_ARGS__}) / sizeof(device_op) }
+static const struct {
+    const device_op *ops;
+    int count;
+} kind_ops[] = {
+    [NODE_DENSE] = OPS(DEVICE_OP_gemm, DEVICE_OP_bias_add, DEVICE_OP_bias_gradient_accumulate),
+    [NODE_ACTIVATION] = OPS(DEVICE_OP_activation_forward, DEVICE_OP_activation_backward),
+    [NODE_DROPOUT] = OPS(DEVICE_OP_dropout_forward, DEVICE_OP_dropout_backward),
+    [NODE_CONV] = OPS(DEVICE_OP_im2col, DEVICE_OP_gemm, DEVICE_OP_gemm_fp32, DEVICE_OP_permute,
+                      DEVICE_OP_col2im),
+    [NODE_POOL] = OPS(DEVICE_OP_pool2d_forward, DEVICE_OP_pool2d_backward),
+    [NODE_GLOBAL_POOL] = OPS(DEVICE_OP_pool2d_forward, DEVICE_OP_pool2d_backward),
+    [NODE_FLATTEN] = {NULL, 0},
+    [NODE_BATCHNORM] = OPS(DEVICE_OP_batchnorm_forward, DEVICE_OP_batchnorm_backward),
+    [NODE_LAYERNORM] = OPS(DEVICE_OP_layernorm_forward, DEVICE_OP_layernorm_backward),
+    [NODE_VIEW] = {NULL, 0},
+    [NODE_ADD] = OPS(DEVICE_OP_add),
+    [NODE_EMBED] = OPS(DEVICE_OP_embedding_forward, DEVICE_OP_embedding_backward,
+                       DEVICE_OP_bias_add, DEVICE_OP_bias_gradient_accumulate),
+    [NODE_ATTENTION] = OPS(DEVICE_OP_gemm, DEVICE_OP_bias_add, DEVICE_OP_bias_gradient_accumulate,
+                           DEVICE_OP_permute, DEVICE_OP_gemm_strided_batched,
+                           DEVICE_OP_causal_softmax_forward, DEVICE_OP_causal_softmax_backward),
+    [NODE_LM_HEAD] = OPS(DEVICE_OP_gemm),
+};
+#undef OPS
+
+int layer_device_ops(const model_node *node, const device_op **ops) {
+    *ops = NULL;
+    if ((unsigned)node->kind >= sizeof kind_ops / sizeof kind_ops[0]) return 0;
+    *ops = kind_ops[node->kind].ops;
+    return kind_ops[node->kind].count;
+}
+
 /* ---- forward ----------------------------------------------------------------------------- */
 
 static void dense_forward(const layer_call *c, const model_node *node) {

@@ -45,6 +45,10 @@ size_t layer_max_gemm_operand_floats(const model_spec *spec, int index, int rows
  * also samples x heads) to BLAS and the backends as an int. */
 int layer_max_rows(const model_spec *spec, int index);
 
+/* The device operations the node's forward and backward passes call: *ops (static) holds the
+ * returned count of them. */
+int layer_device_ops(const model_node *node, const device_op **ops);
+
 /* *out = the node's output: call->y, or its input for views and inactive dropout. */
 ddt_status layer_forward(const layer_call *call, const float **out);
 /* dy: the output gradient; y: the output forward produced; dx: where the input gradient goes

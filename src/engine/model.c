@@ -285,6 +285,36 @@ size_t model_spec_max_gemm_operand_floats(const model_spec *spec, int rows) {
 
 /* --- lifetime ---------------------------------------------------------------------------- */
 
+/* What model.c itself calls, whatever the nodes: storage, state copies, zeroed gradients, a
+ * second contribution's sum, the precision's scratch. */
+static const device_op model_ops[] = {
+    DEVICE_OP_memory_alloc,        DEVICE_OP_memory_free, DEVICE_OP_copy_host_to_device,
+    DEVICE_OP_copy_device_to_host, DEVICE_OP_fill_zero,   DEVICE_OP_add,
+    DEVICE_OP_set_precision,       DEVICE_OP_synchronize,
+};
+
+ddt_status model_check_device(const model_spec *spec, const device *dev) {
+    for (size_t i = 0; i < sizeof model_ops / sizeof model_ops[0]; i++) {
+        if (!device_supports_op(dev, model_ops[i]))
+            return ddt_error(DDT_ERR_USAGE,
+                             "the %s backend cannot run a model: it lacks the operation %s",
+                             device_kind_name(dev->kind), device_op_name(model_ops[i]));
+    }
+    for (int n = 0; n < spec->node_count; n++) {
+        const device_op *ops;
+        int count = layer_device_ops(&spec->nodes[n], &ops);
+        for (int i = 0; i < count; i++) {
+            if (!device_supports_op(dev, ops[i]))
+                return ddt_error(
+                    DDT_ERR_USAGE,
+                    "the %s backend cannot run layer %d (%s): it lacks the operation %s",
+                    device_kind_name(dev->kind), n, model_node_word(&spec->nodes[n]),
+                    device_op_name(ops[i]));
+        }
+    }
+    return DDT_OK;
+}
+
 ddt_status model_init(const model_spec *spec, allocator *alloc, int max_rows,
                       model_options options, model **out) {
     *out = NULL;

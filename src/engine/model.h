@@ -94,6 +94,10 @@ typedef struct model_pass {
  * gradients[ready_from .. parameter_count) will not change again in this pass. */
 typedef ddt_status (*model_gradient_ready_fn)(void *context, size_t ready_from);
 
+/* DDT_ERR_USAGE, naming the layer and the operation, if the device lacks an operation the
+ * model's passes call (a backend may leave operations out: device_supports_op()). Callers
+ * check before they allocate anything for the model. */
+ddt_status model_check_device(const model_spec *spec, const device *dev);
 ddt_status model_init(const model_spec *spec, allocator *alloc, int max_rows,
                       model_options options, model **out);
 void model_free(model *m);

@@ -139,6 +139,7 @@ static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *
     int ordinal;
     DDT_CHECK(device_choose(cfg->device, comm_local_rank(control), &kind, &ordinal));
     DDT_CHECK(device_open(kind, ordinal, &s->dev));
+    DDT_CHECK(model_check_device(s->spec, s->dev));
     /* eval has no memory options: this rank's share of the device's memory is the limit (the
      * node's, on CPU ranks, shared by its ranks), so a model file whose spec claims more is
      * refused by the allocator before anything is reserved for it. */

@@ -264,6 +264,7 @@ static ddt_status generate_setup(comm *control, const generate_config *cfg, gene
     int ordinal = 0;
     DDT_CHECK(device_choose(cfg->device, comm_local_rank(control), &kind, &ordinal));
     DDT_CHECK(device_open(kind, ordinal, &s->dev));
+    DDT_CHECK(model_check_device(s->spec, s->dev));
     size_t total = 0, free_bytes = 0;
     DDT_CHECK(device_memory_info(s->dev, &total, &free_bytes));
     allocator_params ap = allocator_default_params();

@@ -289,6 +289,10 @@ static ddt_status open_device_and_comm(trainer *t) {
     run_shape *s = &t->shape;
     DDT_CHECK(comm_agree(t->control, device_open(s->device, s->ordinal, &t->engine.dev),
                          "set-up: opening the device"));
+    /* A backend may leave operations out: refuse a model it cannot run before anything (NCCL's
+     * buffers included) is allocated for it. */
+    DDT_CHECK(comm_agree(t->control, model_check_device(&s->spec, t->engine.dev),
+                         "set-up: the model's operations on the device"));
     /* GPUs all-reduce through NCCL, CPU ranks through shared memory (or as --allreduce says).
      * The communicator comes before any device memory of ddtrain's own, so that NCCL's
      * buffers (which cannot come from the allocator) find room even under a preallocating
