@@ -41,8 +41,9 @@ if [[ $diff == diff* ]]; then
   echo
   echo "format: these files have changed lines that are not formatted as .clang-format says:" >&2
   grep '^+++ b/' <<<"$diff" | sed 's|^+++ b/|  |' >&2
-  echo "format: to fix them, run \`git clang-format $(git rev-parse --short "$base")\` (it" \
-    "reformats only the lines changed since then) and commit the result" >&2
+  echo "format: to fix them, stage the changes (git add), run" \
+    "\`git clang-format $(git rev-parse --short "$base")\` (it reformats only the lines" \
+    "changed since then) and commit the result" >&2
   exit 1
 fi
 echo "format: ok"
