@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # install-deps.sh - installs what ddtrain needs from Debian's packages, only what is missing.
 #
-#   launch/install-deps.sh [build|data|kjv|test|slurm|cluster|bench|plot]...
+#   launch/install-deps.sh [build|data|kjv|test|format|slurm|cluster|bench|plot]...
 #     build: compiler, CMake, Open MPI, HDF5, OpenBLAS, zlib, libpng and libjpeg-turbo (for
 #            `ddtrain convert images`) (always included)
 #     data:  Debian's Fashion-MNIST (dataset-fashion-mnist)
@@ -10,7 +10,9 @@
 #            (libjpeg-turbo-progs), with which they make JPEG files; PyTorch (python3-torch),
 #            the reference of the oracle tests (tests/oracle); the slurm, cluster and plot
 #            groups; Lmod (tests/e2e/install.sh loads the installed module file); and
-#            TensorBoard from PyPI (below), whose reader tests/e2e/tensorboard.sh uses
+#            TensorBoard from PyPI (below), whose reader tests/e2e/tensorboard.sh uses; and
+#            the format group
+#     format: clang-format (with git clang-format), for .ci/check-format.sh
 #     slurm: Slurm and munge, for launch/slurm/local-cluster.sh and tests/e2e/slurm.sh
 #            (local-cluster.sh runs its own daemons and needs none of the system's)
 #     cluster: iproute2 (ip, tc) and util-linux (nsenter, unshare), for the emulated nodes of
@@ -42,15 +44,17 @@ for group in "$@"; do
     kjv) packages+=(bible-kjv) ;;
     test)
       packages+=(python3-h5py python3-numpy python3-torch dataset-fashion-mnist slurm-wlm munge
-                 python3-matplotlib lmod python3-venv libjpeg-turbo-progs iproute2 util-linux)
+                 python3-matplotlib lmod python3-venv libjpeg-turbo-progs iproute2 util-linux
+                 clang-format)
       tensorboard=1
       ;;
+    format) packages+=(clang-format) ;;
     slurm) packages+=(slurm-wlm munge) ;;
     cluster) packages+=(iproute2 util-linux) ;;
     bench) packages+=(python3-torch python3-h5py python3-numpy dataset-fashion-mnist gnuplot-nox
                       python3-matplotlib python3-venv bible-kjv) ;;
     plot) packages+=(python3-matplotlib) ;;
-    *) echo "install-deps.sh: unknown group '$group' (build, data, kjv, test, slurm, cluster, bench, plot)" >&2
+    *) echo "install-deps.sh: unknown group '$group' (build, data, kjv, test, format, slurm, cluster, bench, plot)" >&2
        exit 2 ;;
   esac
 done

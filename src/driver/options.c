@@ -70,6 +70,7 @@ static const char *const allreduce_choices[] = {[COMM_BACKEND_REQUEST_AUTO] = "a
 static const char *const overlap_choices[] = {[COMM_OVERLAP_OFF] = "off",
                                               [COMM_OVERLAP_ON] = "on", NULL};
 
+/* clang-format off: the rows are laid out by hand, the help text on lines of its own */
 static const option_def option_table[] = {
     /* data */
     {"data", 0, OPTION_STRING, TRAIN | EVAL, FIELD(data), NULL, 0, 0, "PATH",
@@ -282,6 +283,7 @@ static const option_def option_table[] = {
     {"help", 'h', OPTION_FLAG, TRAIN | EVAL | CONVERT | SYNTH | COMMAND_INFO | GENERATE, FIELD(help), NULL, 0,
      0, NULL, "show this help", NULL},
 };
+/* clang-format on */
 
 #define OPTION_COUNT (sizeof option_table / sizeof option_table[0])
 

@@ -95,8 +95,10 @@ static void print_configuration(const void *context, const train_resolved *r, FI
     options_print_resolved(COMMAND_TRAIN, o, &resolved, out);
 }
 
+/* Every field of the configuration comes from an option (or the environment): the defaults
+ * live in the option table alone. */
 static ddt_status train_config_from(const job *j, const options *o, train_config *c) {
-    *c = train_default_config();
+    *c = (train_config){0};
     if (options_given(o, "epochs") && o->steps > 0)
         return ddt_error(DDT_ERR_USAGE, "give --epochs or --steps, not both");
     c->data = o->data;

@@ -579,11 +579,12 @@ ddt_status model_backward(model *m, int rows, const model_pass *pass,
     if (!m->forward_training)
         return ddt_error(DDT_ERR_INTERNAL, "model_backward: the last forward pass was not training");
     device *dev = m->dev;
-    int recomputed = -1; /* the block whose shared storage holds its own values */
     int last_block = -1;
     for (int n = 0; n < m->spec.node_count; n++)
         if (m->spec.nodes[n].block > last_block) last_block = m->spec.nodes[n].block;
-    recomputed = last_block; /* forward just left the last block in the shared region */
+    /* The block whose shared storage holds its own values: forward just left the last one
+     * there. */
+    int recomputed = last_block;
     for (int n = m->spec.node_count - 1; n >= 0; n--) {
         const backward_step *step = &m->plan.steps[n];
         if (step->dy_slot == SLOT_NONE) continue;

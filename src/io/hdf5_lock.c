@@ -13,7 +13,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "io/io_exit.h"
 #include "io/read_guard.h"
 #include "util/files.h"
 #include "util/clock.h"
@@ -191,8 +190,4 @@ ddt_status hdf5_check_readable(const char *path) {
     if (access(path, R_OK) != 0)
         return ddt_error(DDT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
     return DDT_OK;
-}
-
-bool io_exit_must_be_immediate(void) {
-    return hdf5_shut_down_unsafe();
 }

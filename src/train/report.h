@@ -17,6 +17,11 @@
  * record of that step carries. A record that cannot be written (a full disk) is said once
  * and that output stops; training goes on.
  *
+ * Layout: report.c turns the trainer's state into records, once per event (a step, an
+ * evaluation, an epoch, the summary), and hands each to the writers, one file each, which see
+ * records only: report_console.c, report_jsonl.c (--metrics), report_tensorboard.c
+ * (report_writers.h).
+ *
  * Ownership: report_open() opens the files (rank 0); report_close() closes them.
  */
 #ifndef DDT_TRAIN_REPORT_H
@@ -26,8 +31,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "io/tensorboard.h"
 #include "train/evaluate.h"
+#include "train/report_writers.h"
 #include "train/step_timer.h"
 #include "util/status.h"
 
@@ -52,8 +57,8 @@ typedef struct step_outcome {
 } step_outcome;
 
 typedef struct report {
-    FILE *metrics;                   /* rank 0, --metrics */
-    tensorboard_writer *tensorboard; /* rank 0, --tensorboard */
+    report_jsonl jsonl;              /* rank 0, --metrics */
+    report_tensorboard tensorboard;  /* rank 0, --tensorboard */
     double loop_started;             /* training time (evaluation excluded) runs from here */
     double evaluation_seconds;       /* spent evaluating (and printing samples) so far */
     report_window progress, record, epoch;

@@ -152,8 +152,7 @@ static ddt_status reduce_and_agree(trainer *t, ddt_status local, bool reporting,
     comm_arrive(t->control, label);
     if (gradient_buckets_finish(e->buckets) != DDT_OK) return communication_failed(t, o->done);
     /* Gradients are identical on all ranks now. CPU ranks check them every step (cheap);
-     * GPUs when they report and under fp16, keeping the step free of host synchronisation.
-     * The norm, for records, on rank 0 alone (the same everywhere). */
+     * GPUs when they report and under fp16, keeping the step free of host synchronisation. */
     bool finite = true, fp16 = cfg->precision == PRECISION_FP16;
     size_t count = model_parameter_count(e->model);
     if (local == DDT_OK && (fp16 || t->shape.device == DEVICE_KIND_CPU || reporting))

@@ -13,9 +13,12 @@
  * screen), then the parts each owns: feed/ (the input path), memory_plan.c, checkpointing.c,
  * loss_scale.c, report.c, evaluate.c, step_timer.c, trace.c.
  *
+ * There is no default configuration here: every default lives in the driver's option table
+ * (src/driver/options.c), from which src/driver/train_command.c fills every field.
+ *
  * Usage:
- *     train_config cfg = train_default_config();
- *     cfg.data = "train-*.h5"; cfg.model = "784-256-relu-10"; ...
+ *     train_config cfg = {0};
+ *     cfg.data = "train-*.h5"; cfg.model = "784-256-relu-10"; cfg.epochs = 1; ...
  *     ddt_status st = train_run(control, &cfg);
  */
 #ifndef DDT_TRAIN_TRAIN_H
@@ -120,8 +123,6 @@ typedef struct train_config {
      * driver's signal handlers answer it. May be NULL. */
     bool (*stop_requested)(void);
 } train_config;
-
-train_config train_default_config(void);
 
 /* Refuses data that does not fit the model: a feature width other than its input, labels its
  * output and loss cannot take. Messages name `what` (the option) and `path`. */

@@ -26,33 +26,6 @@
 #include "util/failpoint.h"
 #include "util/files.h"
 
-train_config train_default_config(void) {
-    train_config c = {0};
-    c.shuffle = true;
-    c.loss = LOSS_SOFTMAX_CROSS_ENTROPY;
-    c.optimizer = optimizer_default_params();
-    c.schedule = (lr_schedule){.kind = LR_SCHEDULE_CONSTANT, .base_lr = 0.05f, .gamma = 0.1f};
-    c.epochs = 1;
-    c.global_batch = 128;
-    c.seed = 1;
-    c.memory = (memory_request){.policy = MEMORY_POLICY_GROWTH, .staging_limit = (size_t)256 << 20};
-    c.device = DEVICE_REQUEST_AUTO;
-    c.precision = PRECISION_FP32;
-    c.loss_scale = 65536.0f;
-    c.comm_timeout = 300;
-    c.bucket_bytes = (size_t)256 << 10;
-    c.allreduce = COMM_BACKEND_REQUEST_AUTO;
-    c.overlap = true;
-    c.trace_first = 1;
-    c.trace_last = 20;
-    c.log_every = 100;
-    c.metrics_every = 100;
-    c.checkpoint_keep = 3;
-    c.out = stdout;
-    c.log = stderr;
-    return c;
-}
-
 ddt_status train_check_data_against_model(const char *what, const char *path,
                                           const dataset_geometry *g, const model_spec *spec,
                                           loss_kind loss) {

@@ -34,6 +34,7 @@
 #include <time.h>
 
 #include "comm/comm_backend.h"
+#include "engine/cuda/cuda_check.h"
 #include "util/clock.h"
 
 /* Request slots made at set-up; gradient_buckets_init() reserves more where it needs them. */
@@ -172,16 +173,22 @@ static ddt_status nccl_result(comm *c, ncclResult_t result, const char *call, nc
                      last && *last ? ")" : "");
 }
 
+/* A CUDA call made on behalf of `op`, checked as everywhere in the plugin (cuda_check.h); a
+ * failure aborts the communicator, as an NCCL one does. */
 static ddt_status cuda_result(comm *c, cudaError_t result, const char *call, nccl_operation op,
                               const char *file, int line) {
-    if (result == cudaSuccess) return DDT_OK;
-    return nccl_fail(c, op, file, line, "%.*s: %s (%s)", call_name_length(call), call,
-                     cudaGetErrorName(result), cudaGetErrorString(result));
+    char name[64];
+    snprintf(name, sizeof name, "%.*s", call_name_length(call), call);
+    if (cuda_check_result(result, name, NULL, 0) == DDT_OK) return DDT_OK;
+    char why[512];
+    snprintf(why, sizeof why, "%s", ddt_error_message()); /* nccl_fail rewrites it */
+    return nccl_fail(c, op, file, line, "%s", why);
 }
 
 /* Return-style checks for NCCL and CUDA calls made on behalf of `op`. */
 #define NCCL_CHECK(c, call, op) DDT_CHECK(nccl_result((c), (call), #call, (op), __FILE__, __LINE__))
-#define CUDA_CHECK(c, call, op) DDT_CHECK(cuda_result((c), (call), #call, (op), __FILE__, __LINE__))
+#define NCCL_CHECK_CUDA(c, call, op)                                                               \
+    DDT_CHECK(cuda_result((c), (call), #call, (op), __FILE__, __LINE__))
 
 /* Fails at once if the communicator was aborted, or NCCL reports an asynchronous error (a peer
  * failed), so that a failure is noticed at the next operation, not at the next wait. */
@@ -320,13 +327,13 @@ static ddt_status nccl_open_local(comm *c, size_t *free_before) {
                          c->rank);
     /* The device backend made the GPU current in this thread already; saying so again keeps
      * this correct if the communicator is created from another thread. */
-    CUDA_CHECK(c, cudaSetDevice(c->dev->ordinal), op);
+    NCCL_CHECK_CUDA(c, cudaSetDevice(c->dev->ordinal), op);
     size_t total = 0;
-    CUDA_CHECK(c, cudaMemGetInfo(free_before, &total), op);
-    CUDA_CHECK(c, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), op);
+    NCCL_CHECK_CUDA(c, cudaMemGetInfo(free_before, &total), op);
+    NCCL_CHECK_CUDA(c, cudaStreamCreateWithFlags(&b->stream, cudaStreamNonBlocking), op);
     b->stream_created = true;
-    CUDA_CHECK(c, cudaEventCreateWithFlags(&b->ready, cudaEventDisableTiming), op);
-    CUDA_CHECK(c, cudaEventCreateWithFlags(&b->blocking_done, cudaEventDisableTiming), op);
+    NCCL_CHECK_CUDA(c, cudaEventCreateWithFlags(&b->ready, cudaEventDisableTiming), op);
+    NCCL_CHECK_CUDA(c, cudaEventCreateWithFlags(&b->blocking_done, cudaEventDisableTiming), op);
     DDT_CHECK(nccl_grow_slots(c, NCCL_INITIAL_REQUEST_SLOTS));
     return DDT_OK;
 }
@@ -431,9 +438,9 @@ typedef enum nccl_collective {
 static ddt_status nccl_enqueue(comm *c, nccl_collective collective, float *buffer, size_t count,
                                int root, cudaEvent_t started, cudaEvent_t done, nccl_operation op) {
     nccl_backend *b = c->backend;
-    CUDA_CHECK(c, cudaEventRecord(b->ready, compute_stream(c)), op);
-    CUDA_CHECK(c, cudaStreamWaitEvent(b->stream, b->ready, 0), op);
-    if (started) CUDA_CHECK(c, cudaEventRecord(started, b->stream), op);
+    NCCL_CHECK_CUDA(c, cudaEventRecord(b->ready, compute_stream(c)), op);
+    NCCL_CHECK_CUDA(c, cudaStreamWaitEvent(b->stream, b->ready, 0), op);
+    if (started) NCCL_CHECK_CUDA(c, cudaEventRecord(started, b->stream), op);
     switch (collective) {
     case NCCL_COLLECTIVE_ALLREDUCE:
         NCCL_CHECK(c, ncclAllReduce(buffer, buffer, count, ncclFloat, ncclSum, b->comm, b->stream),
@@ -444,7 +451,7 @@ static ddt_status nccl_enqueue(comm *c, nccl_collective collective, float *buffe
                    op);
         break;
     }
-    CUDA_CHECK(c, cudaEventRecord(done, b->stream), op);
+    NCCL_CHECK_CUDA(c, cudaEventRecord(done, b->stream), op);
     return DDT_OK;
 }
 
@@ -452,7 +459,7 @@ static ddt_status nccl_enqueue(comm *c, nccl_collective collective, float *buffe
  * collective. The host has seen completion, so this costs the device nothing; it keeps the
  * ordering explicit rather than an accident of timing. */
 static ddt_status nccl_order_compute_after(comm *c, cudaEvent_t done, nccl_operation op) {
-    CUDA_CHECK(c, cudaStreamWaitEvent(compute_stream(c), done, 0), op);
+    NCCL_CHECK_CUDA(c, cudaStreamWaitEvent(compute_stream(c), done, 0), op);
     return DDT_OK;
 }
 

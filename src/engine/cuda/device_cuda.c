@@ -32,6 +32,7 @@
 #include <cuda_runtime_api.h>
 
 #include "engine/alloc.h"
+#include "engine/cuda/cuda_check.h"
 #include "engine/cuda/kernels.h"
 
 /* cuBLAS's recommended workspace for Hopper (32 MiB; 4 MiB suffices before it). */
@@ -85,40 +86,12 @@ typedef struct cuda_backend {
 
 /* --- errors ------------------------------------------------------------------------------ */
 
-static ddt_status cuda_error_code(cudaError_t error) {
-    return error == cudaErrorMemoryAllocation ? DDT_ERR_MEMORY : DDT_ERR_INTERNAL;
-}
-
-/* A failed CUDA runtime call as a status. Also clears the runtime's last-error slot, so that
- * a later launch check (cudaGetLastError) does not report this failure a second time. */
-static ddt_status cuda_failure(cudaError_t error, const char *call, const char *file, int line) {
-    (void)cudaGetLastError();
-    return ddt_error(cuda_error_code(error), "%s failed: %s (%s) at %s:%d", call,
-                     cudaGetErrorString(error), cudaGetErrorName(error), file, line);
-}
-
 static ddt_status cublas_failure(cublasStatus_t error, const char *call, const char *file,
                                  int line) {
     ddt_status code = error == CUBLAS_STATUS_ALLOC_FAILED ? DDT_ERR_MEMORY : DDT_ERR_INTERNAL;
     return ddt_error(code, "%s failed: %s (%s) at %s:%d", call, cublasGetStatusString(error),
                      cublasGetStatusName(error), file, line);
 }
-
-#define CUDA_CHECK(call)                                                                           \
-    do {                                                                                           \
-        cudaError_t cuda_check_error_ = (call);                                                    \
-        if (cuda_check_error_ != cudaSuccess)                                                      \
-            return cuda_failure(cuda_check_error_, #call, __FILE__, __LINE__);                     \
-    } while (0)
-
-#define CUDA_CHECK_GOTO(call, status_var, label)                                                   \
-    do {                                                                                           \
-        cudaError_t cuda_check_error_ = (call);                                                    \
-        if (cuda_check_error_ != cudaSuccess) {                                                    \
-            (status_var) = cuda_failure(cuda_check_error_, #call, __FILE__, __LINE__);             \
-            goto label;                                                                            \
-        }                                                                                          \
-    } while (0)
 
 #define CUBLAS_CHECK_GOTO(call, status_var, label)                                                 \
     do {                                                                                           \
@@ -144,7 +117,7 @@ static void cuda_defer_cuda(cuda_backend *backend, cudaError_t error, const char
     (void)cudaGetLastError();
     char why[192];
     snprintf(why, sizeof why, "%s (%s)", cudaGetErrorString(error), cudaGetErrorName(error));
-    cuda_defer(backend, cuda_error_code(error), call, why, file, line);
+    cuda_defer(backend, cuda_error_status(error), call, why, file, line);
 }
 
 static void cuda_defer_cublas(cuda_backend *backend, cublasStatus_t error, const char *call,
@@ -181,7 +154,7 @@ static ddt_status cuda_memory_alloc(device *dev, size_t bytes, void **out) {
     if (error != cudaSuccess || !pointer) {
         (void)cudaGetLastError();
         *out = NULL;
-        return ddt_error(error == cudaSuccess ? DDT_ERR_MEMORY : cuda_error_code(error),
+        return ddt_error(error == cudaSuccess ? DDT_ERR_MEMORY : cuda_error_status(error),
                          "out of device memory: cudaMalloc of %zu bytes on cuda:%d failed: %s",
                          bytes, dev->ordinal, cudaGetErrorString(error));
     }
@@ -856,8 +829,9 @@ static ddt_status cuda_upload_wait(device *dev, int buffer) {
         /* Not an error: work is still running. Keep it out of cudaGetLastError(). */
         if (cudaPeekAtLastError() == cudaErrorNotReady) (void)cudaGetLastError();
     } else if (state != cudaSuccess) {
-        return cuda_failure(state, "an operation on the compute stream (found by cudaStreamQuery)",
-                            __FILE__, __LINE__);
+        return cuda_check_result(state,
+                                 "an operation on the compute stream (found by cudaStreamQuery)",
+                                 __FILE__, __LINE__);
     }
     int other = UPLOAD_BUFFERS - 1 - buffer;
     CUDA_CHECK(cudaEventRecord(backend->buffer_free[other], backend->compute_stream));
@@ -1035,7 +1009,7 @@ static ddt_status cuda_select_failure(int ordinal, cudaError_t error) {
                          "CUDA_VISIBLE_DEVICES=%s)",
                          ordinal, cudaGetErrorString(error), count, count == 1 ? "" : "s",
                          visible ? visible : "(unset)");
-    return cuda_failure(error, "cudaSetDevice", __FILE__, __LINE__);
+    return cuda_check_result(error, "cudaSetDevice", __FILE__, __LINE__);
 }
 
 ddt_status device_cuda_open(device *dev) {
