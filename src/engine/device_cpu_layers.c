@@ -511,6 +511,44 @@ void cpu_layernorm_backward(device *dev, int rows, int cols, const float *x, con
     }
 }
 
+void cpu_rmsnorm_forward(device *dev, int rows, int cols, const float *x, const float *gamma,
+                         float eps, float *y, float *rstd) {
+    (void)dev;
+    for (int r = 0; r < rows; r++) {
+        const float *v = x + (int64_t)r * cols;
+        float *out = y + (int64_t)r * cols;
+        double squares = 0.0;
+        for (int c = 0; c < cols; c++)
+            squares += (double)v[c] * v[c];
+        float inverse = (float)(1.0 / sqrt(squares / cols + eps));
+        rstd[r] = inverse;
+        for (int c = 0; c < cols; c++)
+            out[c] = v[c] * inverse * gamma[c];
+    }
+}
+
+void cpu_rmsnorm_backward(device *dev, int rows, int cols, const float *x, const float *dy,
+                          const float *gamma, const float *rstd, float *dx, float *dgamma) {
+    (void)dev;
+    for (int r = 0; r < rows; r++) {
+        const float *v = x + (int64_t)r * cols, *g = dy + (int64_t)r * cols;
+        float *out = dx + (int64_t)r * cols;
+        float inverse = rstd[r];
+        /* xhat = x * rstd, dxhat = dy * gamma: dx = rstd * (dxhat - xhat * mean(dxhat * xhat)) */
+        double sum_xhat = 0.0;
+        for (int c = 0; c < cols; c++) {
+            float xhat = v[c] * inverse;
+            sum_xhat += (double)(g[c] * gamma[c]) * xhat;
+            dgamma[c] += g[c] * xhat;
+        }
+        float mean_dxhat_xhat = (float)(sum_xhat / cols);
+        for (int c = 0; c < cols; c++) {
+            float xhat = v[c] * inverse;
+            out[c] = inverse * (g[c] * gamma[c] - xhat * mean_dxhat_xhat);
+        }
+    }
+}
+
 void cpu_embedding_forward(device *dev, int rows, int cols, const int32_t *ids,
                            const float *table, float *y) {
     (void)dev;

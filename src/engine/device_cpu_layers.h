@@ -17,6 +17,10 @@ void cpu_batchnorm_forward(device *dev, int samples, int channels, int spatial, 
 void cpu_batchnorm_backward(device *dev, int samples, int channels, int spatial, const float *x, const float *dy, const float *gamma, const float *mean, const float *invstd, float *dx, float *dgamma, float *dbeta);
 void cpu_layernorm_forward(device *dev, int rows, int cols, const float *x, const float *gamma, const float *beta, float eps, float *y, float *mean, float *rstd);
 void cpu_layernorm_backward(device *dev, int rows, int cols, const float *x, const float *dy, const float *gamma, const float *mean, const float *rstd, float *dx, float *dgamma, float *dbeta);
+void cpu_rmsnorm_forward(device *dev, int rows, int cols, const float *x, const float *gamma,
+                         float eps, float *y, float *rstd);
+void cpu_rmsnorm_backward(device *dev, int rows, int cols, const float *x, const float *dy,
+                          const float *gamma, const float *rstd, float *dx, float *dgamma);
 void cpu_embedding_forward(device *dev, int rows, int cols, const int32_t *ids, const float *table, float *y);
 void cpu_embedding_backward(device *dev, int rows, int cols, const int32_t *ids, const float *dy, float *dtable);
 void cpu_causal_softmax_forward(device *dev, int groups, int t, float scale, const float *x, float *y);

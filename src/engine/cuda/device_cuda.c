@@ -588,6 +588,22 @@ static void cuda_layernorm_backward(device *dev, int rows, int cols, const float
                                                    dy, gamma, mean, rstd, dx, dgamma, dbeta));
 }
 
+static void cuda_rmsnorm_forward(device *dev, int rows, int cols, const float *x,
+                                 const float *gamma, float eps, float *y, float *rstd) {
+    cuda_backend *backend = backend_of(dev);
+    CUDA_DEFER(backend, kernels_rmsnorm_forward(backend->compute_stream, rows, cols, x, gamma, eps,
+                                                y, rstd));
+}
+
+static void cuda_rmsnorm_backward(device *dev, int rows, int cols, const float *x, const float *dy,
+                                  const float *gamma, const float *rstd, float *dx, float *dgamma) {
+    cuda_backend *backend = backend_of(dev);
+    const kernels_scratch *scratch = scratch_of(backend, "rmsnorm_backward");
+    if (!scratch) return;
+    CUDA_DEFER(backend, kernels_rmsnorm_backward(backend->compute_stream, scratch, rows, cols, x,
+                                                 dy, gamma, rstd, dx, dgamma));
+}
+
 static void cuda_embedding_forward(device *dev, int rows, int cols, const int32_t *ids,
                                    const float *table, float *y) {
     cuda_backend *backend = backend_of(dev);
@@ -941,6 +957,8 @@ static const device_ops cuda_ops = {
     .batchnorm_backward = cuda_batchnorm_backward,
     .layernorm_forward = cuda_layernorm_forward,
     .layernorm_backward = cuda_layernorm_backward,
+    .rmsnorm_forward = cuda_rmsnorm_forward,
+    .rmsnorm_backward = cuda_rmsnorm_backward,
     .embedding_forward = cuda_embedding_forward,
     .embedding_backward = cuda_embedding_backward,
     .causal_softmax_forward = cuda_causal_softmax_forward,

@@ -227,7 +227,12 @@ extern "C" cudaError_t kernels_bias_add(cudaStream_t stream, int rows, int cols,
  * add_column_partials_kernel adds them in chunk order. No atomics: the order is fixed by the
  * shapes. The layer-normalisation form adds dy * xhat (output 0, dgamma) and dy (output 1,
  * dbeta); the bias form adds dy (output 0). */
-template <bool LAYERNORM>
+/* What a column sum adds per element: dy (a bias gradient); dy * xhat and dy (layer
+ * normalisation's dgamma and dbeta, xhat = (x - mean) * rstd); dy * xhat (RMS normalisation's
+ * dgamma, xhat = x * rstd). */
+enum column_sum_kind { COLUMN_SUM_BIAS, COLUMN_SUM_LAYERNORM, COLUMN_SUM_RMSNORM };
+
+template <column_sum_kind KIND>
 static __global__ void column_sums_kernel(column_sum_plan plan, int rows, int cols,
                                           const float *__restrict__ x, const float *__restrict__ dy,
                                           const float *__restrict__ mean,
@@ -242,10 +247,12 @@ static __global__ void column_sums_kernel(column_sum_plan plan, int rows, int co
     if (column < cols)
         for (int row = first; row < last; row++) {
             size_t at = (size_t)row * cols + column;
-            if (LAYERNORM) {
+            if (KIND == COLUMN_SUM_LAYERNORM) {
                 float xhat = RN_MUL(RN_SUB(x[at], mean[row]), rstd[row]);
                 sum0 = RN_ADD(sum0, RN_MUL(dy[at], xhat));
                 sum1 = RN_ADD(sum1, dy[at]);
+            } else if (KIND == COLUMN_SUM_RMSNORM) {
+                sum0 = RN_ADD(sum0, RN_MUL(dy[at], RN_MUL(x[at], rstd[row])));
             } else {
                 sum0 = RN_ADD(sum0, dy[at]);
             }
@@ -261,10 +268,11 @@ static __global__ void column_sums_kernel(column_sum_plan plan, int rows, int co
     }
     if (plan.chunks == 1) {
         out0[column] += total0;
-        if (LAYERNORM) out1[column] += total1;
+        if (KIND == COLUMN_SUM_LAYERNORM) out1[column] += total1;
     } else {
         partials[(size_t)chunk * cols + column] = total0;
-        if (LAYERNORM) partials[((size_t)plan.chunks + chunk) * cols + column] = total1;
+        if (KIND == COLUMN_SUM_LAYERNORM)
+            partials[((size_t)plan.chunks + chunk) * cols + column] = total1;
     }
 }
 
@@ -283,13 +291,13 @@ static __global__ void add_column_partials_kernel(int chunks, int cols, int outp
     }
 }
 
-/* Both passes of a column sum (LAYERNORM: x, mean and rstd are read; else only dy). */
-template <bool LAYERNORM>
+/* Both passes of a column sum (x, mean and rstd are read where KIND uses them). */
+template <column_sum_kind KIND>
 static cudaError_t column_sums(cudaStream_t stream, const kernels_scratch *scratch, int rows,
                                int cols, const float *x, const float *dy, const float *mean,
                                const float *rstd, float *out0, float *out1) {
     column_sum_plan plan = column_sum_plan_for(rows, cols);
-    int outputs = LAYERNORM ? 2 : 1;
+    int outputs = KIND == COLUMN_SUM_LAYERNORM ? 2 : 1;
     float *partials = NULL;
     if (plan.chunks > 1) {
         if (!scratch || !scratch->partials ||
@@ -300,7 +308,7 @@ static cudaError_t column_sums(cudaStream_t stream, const kernels_scratch *scrat
     }
     dim3 grid((unsigned)plan.column_groups, (unsigned)plan.chunks);
     dim3 block(32, COLUMN_SUM_ROW_THREADS);
-    column_sums_kernel<LAYERNORM>
+    column_sums_kernel<KIND>
         <<<grid, block, 0, stream>>>(plan, rows, cols, x, dy, mean, rstd, out0, out1, partials);
     cudaError_t error = cudaGetLastError();
     if (error != cudaSuccess || plan.chunks == 1) return error;
@@ -315,8 +323,8 @@ extern "C" cudaError_t kernels_bias_gradient_accumulate(cudaStream_t stream,
                                                         int cols, const float *dy,
                                                         float *bias_gradient) {
     if (rows <= 0 || cols <= 0) return cudaSuccess;
-    return column_sums<false>(stream, scratch, rows, cols, NULL, dy, NULL, NULL, bias_gradient,
-                              NULL);
+    return column_sums<COLUMN_SUM_BIAS>(stream, scratch, rows, cols, NULL, dy, NULL, NULL,
+                                        bias_gradient, NULL);
 }
 
 static __global__ void scale_kernel(size_t count, float alpha, float *x) {
@@ -1314,7 +1322,76 @@ kernels_layernorm_backward(cudaStream_t stream, const kernels_scratch *scratch, 
                                 stream>>>(rows, cols, x, dy, gamma, mean, rstd, dx);
     cudaError_t error = cudaGetLastError();
     if (error != cudaSuccess) return error;
-    return column_sums<true>(stream, scratch, rows, cols, x, dy, mean, rstd, dgamma, dbeta);
+    return column_sums<COLUMN_SUM_LAYERNORM>(stream, scratch, rows, cols, x, dy, mean, rstd, dgamma,
+                                             dbeta);
+}
+
+/* RMS normalisation, one warp per row: the mean of squares in double (lanes, then the
+ * butterfly), as the CPU sums it; y = x * rstd * gamma. */
+static __global__ void rmsnorm_forward_kernel(int rows, int cols, const float *__restrict__ x,
+                                              const float *__restrict__ gamma, float eps,
+                                              float *__restrict__ y, float *__restrict__ rstd) {
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int warps = (int)((gridDim.x * blockDim.x) >> 5);
+    for (int row = warp; row < rows; row += warps) {
+        const float *v = x + (size_t)row * cols;
+        float *out = y + (size_t)row * cols;
+        double squares = 0.0;
+        for (int c = lane; c < cols; c += 32)
+            squares += (double)v[c] * v[c];
+        squares = warp_sum_double(squares);
+        float inverse = (float)(1.0 / sqrt(squares / cols + (double)eps));
+        if (lane == 0) rstd[row] = inverse;
+        for (int c = lane; c < cols; c += 32)
+            out[c] = RN_MUL(RN_MUL(v[c], inverse), gamma[c]);
+    }
+}
+
+extern "C" cudaError_t kernels_rmsnorm_forward(cudaStream_t stream, int rows, int cols,
+                                               const float *x, const float *gamma, float eps,
+                                               float *y, float *rstd) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    rmsnorm_forward_kernel<<<blocks_for((size_t)rows, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                             stream>>>(rows, cols, x, gamma, eps, y, rstd);
+    return cudaGetLastError();
+}
+
+/* dx, one warp per row: dx = rstd * (dxhat - xhat * mean(dxhat * xhat)), the row sum in double. */
+static __global__ void rmsnorm_backward_kernel(int rows, int cols, const float *__restrict__ x,
+                                               const float *__restrict__ dy,
+                                               const float *__restrict__ gamma,
+                                               const float *__restrict__ rstd,
+                                               float *__restrict__ dx) {
+    int lane = threadIdx.x & 31;
+    int warp = (int)((blockIdx.x * blockDim.x + threadIdx.x) >> 5);
+    int warps = (int)((gridDim.x * blockDim.x) >> 5);
+    for (int row = warp; row < rows; row += warps) {
+        const float *v = x + (size_t)row * cols, *g = dy + (size_t)row * cols;
+        float *out = dx + (size_t)row * cols;
+        float inverse = rstd[row];
+        double sum_xhat = 0.0;
+        for (int c = lane; c < cols; c += 32)
+            sum_xhat += (double)RN_MUL(g[c], gamma[c]) * RN_MUL(v[c], inverse);
+        float mean_dxhat_xhat = (float)(warp_sum_double(sum_xhat) / cols);
+        for (int c = lane; c < cols; c += 32)
+            out[c] = RN_MUL(inverse, RN_SUB(RN_MUL(g[c], gamma[c]),
+                                            RN_MUL(RN_MUL(v[c], inverse), mean_dxhat_xhat)));
+    }
+}
+
+/* dgamma: column sums of dy * x * rstd (column_sums above). */
+extern "C" cudaError_t kernels_rmsnorm_backward(cudaStream_t stream, const kernels_scratch *scratch,
+                                                int rows, int cols, const float *x, const float *dy,
+                                                const float *gamma, const float *rstd, float *dx,
+                                                float *dgamma) {
+    if (rows <= 0 || cols <= 0) return cudaSuccess;
+    rmsnorm_backward_kernel<<<blocks_for((size_t)rows, WARPS_PER_BLOCK), THREADS_PER_BLOCK, 0,
+                              stream>>>(rows, cols, x, dy, gamma, rstd, dx);
+    cudaError_t error = cudaGetLastError();
+    if (error != cudaSuccess) return error;
+    return column_sums<COLUMN_SUM_RMSNORM>(stream, scratch, rows, cols, x, dy, NULL, rstd, dgamma,
+                                           NULL);
 }
 
 static __global__ void embedding_forward_kernel(int rows, int cols, const int32_t *__restrict__ ids,

@@ -141,6 +141,11 @@ cudaError_t kernels_layernorm_backward(cudaStream_t stream, const kernels_scratc
                                        int rows, int cols, const float *x, const float *dy,
                                        const float *gamma, const float *mean, const float *rstd,
                                        float *dx, float *dgamma, float *dbeta);
+cudaError_t kernels_rmsnorm_forward(cudaStream_t stream, int rows, int cols, const float *x,
+                                    const float *gamma, float eps, float *y, float *rstd);
+cudaError_t kernels_rmsnorm_backward(cudaStream_t stream, const kernels_scratch *scratch, int rows,
+                                     int cols, const float *x, const float *dy, const float *gamma,
+                                     const float *rstd, float *dx, float *dgamma);
 cudaError_t kernels_embedding_forward(cudaStream_t stream, int rows, int cols, const int32_t *ids,
                                       const float *table, float *y);
 cudaError_t kernels_embedding_backward(cudaStream_t stream, const kernels_scratch *scratch,
