@@ -1,5 +1,6 @@
 /* model.c - running a model_spec (see model.h): memory planned once, parameters initialised,
- * the graph walked forwards and backwards; each node's own work is in layers.c.
+ * the graph walked forwards and backwards; each node's own work is its kind's (layers.c, and
+ * the kind's file under src/engine/layers/).
  *
  * The backward pass is planned once per spec (plan_graph): walking the nodes last to first,
  * each gradient that must flow gets a gradient buffer when its first contribution is written
@@ -18,6 +19,7 @@
 #include <string.h>
 
 #include "engine/layers.h"
+#include "engine/layers/layer_kind.h"
 #include "util/checked.h"
 #include "util/rng.h"
 
@@ -98,7 +100,7 @@ static size_t times(size_t a, size_t b) {
 static bool node_trains(const model_spec *spec, const model_node *node) {
     for (int t = node->first_tensor; t < node->first_tensor + node->tensor_count; t++)
         if (!spec->tensors[t].is_buffer) return true;
-    return node->kind == NODE_LM_HEAD; /* its gradient goes to the tied table */
+    return layer_kind_of(node->kind)->trains_tied; /* its gradient goes to a tied table */
 }
 
 /* The block's last node (its output, kept) for each gpt(...) block. */

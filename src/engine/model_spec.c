@@ -1,39 +1,26 @@
-/* model_spec.c - the model grammar's parser, the presets, and the graph and tensor table it
- * builds (see model_spec.h). One recursive-descent pass over the text (whitespace and
- * comments removed first) builds the nodes and writes the canonical text; a repetition
- * N*(...) is parsed N times from the same place, writing its text once. */
+/* model_spec.c - the model grammar's general parts, the presets, and the graph and tensor
+ * table it builds (see model_spec.h): reading the input, sequences, repetitions N*(...), the
+ * whole-model checks and the offsets; each layer word is parsed by its kind
+ * (src/engine/layers/, found through layer_kind_of). One recursive-descent pass over the text
+ * (whitespace and comments removed first) builds the nodes and writes the canonical text; a
+ * repetition N*(...) is parsed N times from the same place, writing its text once. */
 #include "engine/model_spec.h"
 
 #include <ctype.h>
-#include <errno.h>
 #include <limits.h>
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "engine/layers/layer_kind.h"
+#include "engine/model_grammar.h"
 #include "util/checked.h"
 #include "util/files.h"
 
-#define MODEL_MAX_NESTING 8
 /* One sample's values in any layer's output: the layers index a sample's values, and count
  * rows x positions, with C ints (BLAS takes int sizes). 8 GiB of floats per sample. */
 #define MODEL_MAX_SAMPLE_VALUES INT_MAX
-/* Causal attention over one position weighs it by 1 whatever the scores, so its queries and
- * keys would never learn; one token is nothing to predict among. */
-#define MODEL_MIN_ATTENTION_CONTEXT 2
-#define ATTENTION_CONTEXT_REASON                                                                   \
-    "attention needs at least 2 positions (over one, it weighs that position by 1 whatever the "   \
-    "scores, so its queries and keys never learn)"
-#define VOCAB_REASON                                                                               \
-    "a token model needs at least 2 tokens (with one, every prediction is right and the loss is "  \
-    "0 whatever the weights)"
-
-static const char LAYER_WORDS_HELP[] =
-    "expected a width or one of relu, gelu, gelu_tanh, tanh, sigmoid, dropout, dropoutP, "
-    "conv(...), maxpool(...), avgpool(...), gap, flatten, bn, ln, res(...), N*(...), embed(D), "
-    "attn(H), lmhead, gpt(...)";
 
 /* ---- presets ----------------------------------------------------------------------------- */
 
@@ -88,78 +75,37 @@ void tensor_shape_format(const tensor_shape *shape, char *text, size_t size) {
     }
 }
 
-static tensor_shape shape1(int a) {
-    return (tensor_shape){1, {a, 0, 0}};
-}
-static tensor_shape shape2(int a, int b) {
-    return (tensor_shape){2, {a, b, 0}};
-}
-static tensor_shape shape3(int a, int b, int c) {
-    return (tensor_shape){3, {a, b, c}};
-}
-
-static bool shapes_equal(const tensor_shape *a, const tensor_shape *b) {
-    if (a->rank != b->rank) return false;
-    for (int i = 0; i < a->rank; i++)
-        if (a->dims[i] != b->dims[i]) return false;
-    return true;
-}
-
 const char *model_node_word(const model_node *node) {
-    switch (node->kind) {
-    case NODE_DENSE:
-        return "dense";
-    case NODE_ACTIVATION:
-        return "activation";
-    case NODE_DROPOUT:
-        return "dropout";
-    case NODE_CONV:
-        return "conv";
-    case NODE_POOL:
-        return node->pool == POOL_MAX ? "maxpool" : "avgpool";
-    case NODE_GLOBAL_POOL:
-        return "gap";
-    case NODE_FLATTEN:
-        return "flatten";
-    case NODE_BATCHNORM:
-        return "bn";
-    case NODE_LAYERNORM:
-        return "ln";
-    case NODE_VIEW:
-        return "res";
-    case NODE_ADD:
-        return "res (sum)";
-    case NODE_EMBED:
-        return "embed";
-    case NODE_ATTENTION:
-        return "attn";
-    case NODE_LM_HEAD:
-        return "lmhead";
-    }
-    return "?";
+    const layer_kind *kind = layer_kind_of(node->kind);
+    if (!kind) return "?";
+    return kind->node_name ? kind->node_name(node) : kind->name;
 }
 
-/* ---- the parser -------------------------------------------------------------------------- */
+/* "expected a width or one of relu, gelu, ...": every kind's words, in the table's order. */
+static void layer_words_help(char *text, size_t size) {
+    size_t used = (size_t)snprintf(text, size, "expected a width or one of");
+    const char *separator = " ";
+    for (int k = 0; k <= NODE_KIND_COUNT; k++) {
+        const layer_word *words =
+            k < NODE_KIND_COUNT ? layer_kind_of((node_kind)k)->words : &layer_gpt_word;
+        int count = k < NODE_KIND_COUNT ? layer_kind_of((node_kind)k)->word_count : 1;
+        for (int w = 0; w < count && used < size; w++) {
+            const layer_word *word = &words[w];
+            if (!word->word) continue;
+            int n = word->help ? snprintf(text + used, size - used, "%s%s", separator, word->help)
+                    : word->call
+                        ? snprintf(text + used, size - used, "%s%s(...)", separator, word->word)
+                        : snprintf(text + used, size - used, "%s%s", separator, word->word);
+            if (n < 0) return;
+            used += (size_t)n;
+            separator = ", ";
+        }
+    }
+}
 
-typedef struct parser {
-    const char *source; /* the text without whitespace and comments */
-    size_t pos;
-    const char *original; /* for messages */
-    model_spec *spec;
-    char *out; /* canonical text */
-    size_t out_length;
-    int emit; /* > 0 while writing text (0 inside the 2nd..Nth pass of a repetition) */
-    bool overflow;
-    bool stored; /* a description read from a file ddtrain wrote (model_spec_parse_stored) */
-    int current;          /* node producing the current tensor, -1 for the input */
-    tensor_shape shape;   /* the current tensor's shape */
-    int parameter_ordinal;
-    int depth;
-    int embed_node; /* the embed node (for lmhead), or -1 */
-    int block;      /* gpt(...) block being built, or -1 */
-} parser;
+/* ---- the grammar's general parts (model_grammar.h) --------------------------------------- */
 
-static void emit(parser *p, const char *format, ...) {
+void grammar_emit(grammar *p, const char *format, ...) {
     if (p->emit <= 0 || p->overflow) return;
     va_list args;
     va_start(args, format);
@@ -173,7 +119,7 @@ static void emit(parser *p, const char *format, ...) {
 }
 
 /* The token starting at `start`: up to the next '-', '|' or unmatched ')' at its own depth. */
-static void token_at(const parser *p, size_t start, char *text, size_t size) {
+static void token_at(const grammar *p, size_t start, char *text, size_t size) {
     size_t end = start;
     int depth = 0;
     for (; p->source[end]; end++) {
@@ -194,7 +140,7 @@ static void token_at(const parser *p, size_t start, char *text, size_t size) {
              length > 60 ? "..." : "");
 }
 
-static ddt_status fail_at(const parser *p, size_t start, const char *format, ...) {
+ddt_status grammar_fail(const grammar *p, size_t start, const char *format, ...) {
     char token[80], detail[400];
     token_at(p, start, token, sizeof token);
     va_list args;
@@ -204,39 +150,39 @@ static ddt_status fail_at(const parser *p, size_t start, const char *format, ...
     return ddt_error(DDT_ERR_USAGE, "--model: at '%s': %s", token, detail);
 }
 
-static bool accept(parser *p, char c) {
+bool grammar_accept(grammar *p, char c) {
     if (p->source[p->pos] != c) return false;
     p->pos++;
     return true;
 }
 
-static ddt_status expect(parser *p, char c, size_t token_start, const char *what) {
-    if (accept(p, c)) return DDT_OK;
-    return fail_at(p, token_start, "expected '%c' %s, found '%s'", c, what,
-                   p->source[p->pos] ? (char[]){p->source[p->pos], 0} : "the end");
+ddt_status grammar_expect(grammar *p, char c, size_t start, const char *what) {
+    if (grammar_accept(p, c)) return DDT_OK;
+    return grammar_fail(p, start, "expected '%c' %s, found '%s'", c, what,
+                        p->source[p->pos] ? (char[]){p->source[p->pos], 0} : "the end");
 }
 
 /* A positive integer (at most MODEL_MAX_WIDTH unless `limit` says more). */
-static ddt_status read_count(parser *p, size_t token_start, const char *what, long minimum,
-                             long maximum, int *out) {
+ddt_status grammar_read_count(grammar *p, size_t start, const char *what, long minimum,
+                              long maximum, int *out) {
     const char *s = p->source + p->pos;
     if (!isdigit((unsigned char)*s))
-        return fail_at(p, token_start, "expected a number for %s", what);
+        return grammar_fail(p, start, "expected a number for %s", what);
     size_t digits = 0;
     while (isdigit((unsigned char)s[digits]))
         digits++;
     long value = digits > 9 ? maximum + 1 : strtol(s, NULL, 10);
     p->pos += digits;
-    if (value < minimum)
-        return fail_at(p, token_start, "%s must be at least %ld", what, minimum);
-    if (value > maximum) return fail_at(p, token_start, "%s is too large (at most %ld)", what, maximum);
+    if (value < minimum) return grammar_fail(p, start, "%s must be at least %ld", what, minimum);
+    if (value > maximum)
+        return grammar_fail(p, start, "%s is too large (at most %ld)", what, maximum);
     *out = (int)value;
     return DDT_OK;
 }
 
 /* A dropout rate: a plain decimal in [0, 1) ("0.1", ".25", "0"), read up to the next
  * separator; anything else there (a second '.', an exponent, a sign) is refused, naming it. */
-static ddt_status read_rate(parser *p, size_t token_start, float *rate) {
+ddt_status grammar_read_rate(grammar *p, size_t start, float *rate) {
     const char *s = p->source + p->pos;
     size_t length = 0, digits = 0, points = 0;
     while (isalnum((unsigned char)s[length]) || s[length] == '.' || s[length] == '+') {
@@ -245,17 +191,17 @@ static ddt_status read_rate(parser *p, size_t token_start, float *rate) {
         length++;
     }
     if (length == 0)
-        return fail_at(p, token_start, "expected a dropout rate in [0, 1) (e.g. 0.1), found '%s'",
-                       *s ? (char[]){*s, 0} : "the end");
+        return grammar_fail(p, start, "expected a dropout rate in [0, 1) (e.g. 0.1), found '%s'",
+                            *s ? (char[]){*s, 0} : "the end");
     if (digits + points != length || points > 1 || digits == 0)
-        return fail_at(p, token_start,
-                       "the dropout rate '%.*s' is not a plain decimal in [0, 1) "
-                       "(e.g. 0.1)",
-                       (int)(length < 24 ? length : 24), s);
+        return grammar_fail(p, start,
+                            "the dropout rate '%.*s' is not a plain decimal in [0, 1) "
+                            "(e.g. 0.1)",
+                            (int)(length < 24 ? length : 24), s);
     double value = strtod(s, NULL);
     if (!(value >= 0.0 && value < 1.0))
-        return fail_at(p, token_start, "the dropout rate must be in [0, 1), got %.*s",
-                       (int)(length < 24 ? length : 24), s);
+        return grammar_fail(p, start, "the dropout rate must be in [0, 1), got %.*s",
+                            (int)(length < 24 ? length : 24), s);
     p->pos += length;
     *rate = (float)value;
     return DDT_OK;
@@ -263,14 +209,14 @@ static ddt_status read_rate(parser *p, size_t token_start, float *rate) {
 
 /* The argument of a call like conv(...) at p->pos, up to the next ',' or ')' (or a '-' or
  * '|', which no argument holds: a ')' left out), as text for messages; returns its length. */
-static size_t argument_at(const parser *p, char *text, size_t size) {
+size_t grammar_argument_at(const grammar *p, char *text, size_t size) {
     const char *s = p->source + p->pos;
     size_t length = strcspn(s, ",)-|");
     snprintf(text, size, "%.*s%s", (int)(length < 24 ? length : 24), s, length > 24 ? "..." : "");
     return length;
 }
 
-static size_t read_word(parser *p, char *word, size_t size) {
+size_t grammar_read_word(grammar *p, char *word, size_t size) {
     size_t length = 0;
     while (isalpha((unsigned char)p->source[p->pos + length]) ||
            p->source[p->pos + length] == '_')
@@ -280,26 +226,22 @@ static size_t read_word(parser *p, char *word, size_t size) {
     return length;
 }
 
-/* out = a + b (both names or name parts); DDT_ERR_USAGE if the name would be too long. */
-static ddt_status join(const parser *p, size_t token_start, char out[MODEL_TENSOR_MAX_NAME],
-                       const char *a, const char *b);
-
 /* ---- building nodes and tensors ---------------------------------------------------------- */
 
-static ddt_status join(const parser *p, size_t token_start, char out[MODEL_TENSOR_MAX_NAME],
-                       const char *a, const char *b) {
+ddt_status grammar_join(const grammar *p, size_t start, char out[MODEL_TENSOR_MAX_NAME],
+                        const char *a, const char *b) {
     int n = snprintf(out, MODEL_TENSOR_MAX_NAME, "%s%s", a, b);
     if (n < 0 || n >= MODEL_TENSOR_MAX_NAME)
-        return fail_at(p, token_start, "the parameter name %s%s is too long (nesting too deep)",
-                       a, b);
+        return grammar_fail(p, start, "the parameter name %s%s is too long (nesting too deep)", a,
+                            b);
     return DDT_OK;
 }
 
-static ddt_status new_node(parser *p, size_t token_start, node_kind kind, model_node **out) {
+ddt_status grammar_new_node(grammar *p, size_t start, node_kind kind, model_node **out) {
     model_spec *spec = p->spec;
     if (spec->node_count == MODEL_MAX_NODES)
-        return fail_at(p, token_start, "too many layers (at most %d after expansion)",
-                       MODEL_MAX_NODES);
+        return grammar_fail(p, start, "too many layers (at most %d after expansion)",
+                            MODEL_MAX_NODES);
     model_node *node = &spec->nodes[spec->node_count];
     memset(node, 0, sizeof *node);
     node->kind = kind;
@@ -326,15 +268,15 @@ static const char *count_text(int64_t count, char *text, size_t size) {
 
 /* The node becomes the current tensor's producer, once its output is known to fit what the
  * layers can index (MODEL_MAX_SAMPLE_VALUES per sample). */
-static ddt_status finish_node(parser *p, size_t token_start, model_node *node) {
+ddt_status grammar_finish_node(grammar *p, size_t start, model_node *node) {
     int64_t values = tensor_shape_count(&node->out_shape);
     if (values > MODEL_MAX_SAMPLE_VALUES) {
         char shape[64], count[32];
         tensor_shape_format(&node->out_shape, shape, sizeof shape);
-        return fail_at(p, token_start,
-                       "the %s layer's output %s holds %s values per sample; at most %d",
-                       model_node_word(node), shape, count_text(values, count, sizeof count),
-                       MODEL_MAX_SAMPLE_VALUES);
+        return grammar_fail(p, start,
+                            "the %s layer's output %s holds %s values per sample; at most %d",
+                            model_node_word(node), shape, count_text(values, count, sizeof count),
+                            MODEL_MAX_SAMPLE_VALUES);
     }
     int index = (int)(node - p->spec->nodes);
     node->tensor_count = p->spec->tensor_count - node->first_tensor;
@@ -348,18 +290,17 @@ static ddt_status finish_node(parser *p, size_t token_start, model_node *node) {
     return DDT_OK;
 }
 
-static ddt_status add_tensor(parser *p, size_t token_start, const char *prefix, const char *suffix,
-                             int rank, const int *dims, tensor_init init, model_tensor **out) {
+ddt_status grammar_add_tensor(grammar *p, size_t start, const char *prefix, const char *suffix,
+                              int rank, const int *dims, tensor_init init, model_tensor **out) {
     model_spec *spec = p->spec;
     if (spec->tensor_count == MODEL_MAX_TENSORS)
-        return fail_at(p, token_start, "too many parameter tensors (at most %d)",
-                       MODEL_MAX_TENSORS);
+        return grammar_fail(p, start, "too many parameter tensors (at most %d)", MODEL_MAX_TENSORS);
     model_tensor *t = &spec->tensors[spec->tensor_count++];
     memset(t, 0, sizeof *t);
     int n = snprintf(t->name, sizeof t->name, "%s%s", prefix, suffix);
     if (n < 0 || (size_t)n >= sizeof t->name)
-        return fail_at(p, token_start, "parameter name %s%s is too long (nesting too deep)",
-                       prefix, suffix);
+        return grammar_fail(p, start, "parameter name %s%s is too long (nesting too deep)", prefix,
+                            suffix);
     t->rank = rank;
     size_t count = 1;
     for (int i = 0; i < rank; i++) {
@@ -369,10 +310,10 @@ static ddt_status add_tensor(parser *p, size_t token_start, const char *prefix, 
             for (int d = 0, used = 0; d < rank; d++) /* at most 4 dims of 11 characters */
                 used +=
                     snprintf(text + used, sizeof text - (size_t)used, d ? "x%d" : "%d", dims[d]);
-            return fail_at(p, token_start,
-                           "the parameter %s (%s) has more values than can be "
-                           "counted",
-                           t->name, text);
+            return grammar_fail(p, start,
+                                "the parameter %s (%s) has more values than can be "
+                                "counted",
+                                t->name, text);
         }
     }
     t->count = count;
@@ -381,671 +322,181 @@ static ddt_status add_tensor(parser *p, size_t token_start, const char *prefix, 
     return DDT_OK;
 }
 
-static ddt_status add_weight(parser *p, size_t token_start, const char *prefix, int rank,
-                             const int *dims, int fan_in, int fan_out, model_tensor **out) {
-    DDT_CHECK(add_tensor(p, token_start, prefix, "weight", rank, dims, TENSOR_INIT_FAN_IN, out));
+ddt_status grammar_add_weight(grammar *p, size_t start, const char *prefix, int rank,
+                              const int *dims, int fan_in, int fan_out, model_tensor **out) {
+    DDT_CHECK(grammar_add_tensor(p, start, prefix, "weight", rank, dims, TENSOR_INIT_FAN_IN, out));
     (*out)->decay = true;
     (*out)->fan_in = fan_in;
     (*out)->fan_out = fan_out;
     return DDT_OK;
 }
 
-static ddt_status add_bias(parser *p, size_t token_start, const char *prefix, int width) {
+ddt_status grammar_add_bias(grammar *p, size_t start, const char *prefix, int width) {
     model_tensor *t;
-    return add_tensor(p, token_start, prefix, "bias", 1, &width, TENSOR_INIT_ZERO, &t);
+    return grammar_add_tensor(p, start, prefix, "bias", 1, &width, TENSOR_INIT_ZERO, &t);
 }
 
 /* A Linear layer's node on the current tensor (flat or a sequence). */
-static ddt_status build_dense(parser *p, size_t token_start, const char *prefix, int outputs,
-                              float normal_std) {
-    if (p->shape.rank == 3)
-        return fail_at(p, token_start,
-                       "a dense layer needs flat features or a sequence, not %dx%dx%d images: put "
-                       "flatten or gap before it",
-                       p->shape.dims[0], p->shape.dims[1], p->shape.dims[2]);
+ddt_status grammar_new_layer(grammar *p, size_t start, node_kind kind, model_node **out) {
     if (p->spec->input_kind == MODEL_INPUT_TOKENS && p->current < 0)
-        return fail_at(p, token_start, "token ids need embed(D) before any other layer");
-    model_node *node;
-    DDT_CHECK(new_node(p, token_start, NODE_DENSE, &node));
-    int inputs = p->shape.dims[p->shape.rank - 1];
-    node->bias = true;
-    node->out_shape.dims[node->out_shape.rank - 1] = outputs;
-    model_tensor *w;
-    int dims[2] = {outputs, inputs};
-    DDT_CHECK(add_weight(p, token_start, prefix, 2, dims, inputs, outputs, &w));
-    if (normal_std > 0) {
-        w->init = TENSOR_INIT_NORMAL;
-        w->init_std = normal_std;
-    }
-    DDT_CHECK(add_bias(p, token_start, prefix, outputs));
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
+        return grammar_fail(p, start, "token ids need embed(D) before any other layer");
+    return grammar_new_node(p, start, kind, out);
 }
 
-static ddt_status build_simple(parser *p, size_t token_start, node_kind kind, model_node **out) {
-    if (p->spec->input_kind == MODEL_INPUT_TOKENS && p->current < 0)
-        return fail_at(p, token_start, "token ids need embed(D) before any other layer");
-    return new_node(p, token_start, kind, out);
-}
-
-static ddt_status build_norm(parser *p, size_t token_start, const char *prefix, bool layer_norm) {
-    model_node *node;
-    DDT_CHECK(build_simple(p, token_start, layer_norm ? NODE_LAYERNORM : NODE_BATCHNORM, &node));
-    int width;
-    if (layer_norm) {
-        width = p->shape.dims[p->shape.rank - 1];
-    } else {
-        if (p->shape.rank == 2)
-            return fail_at(p, token_start, "bn works on images or flat features; use ln on a "
-                                           "sequence");
-        width = p->shape.dims[0];
-    }
-    model_tensor *t;
-    DDT_CHECK(add_tensor(p, token_start, prefix, "weight", 1, &width, TENSOR_INIT_ONE, &t));
-    DDT_CHECK(add_tensor(p, token_start, prefix, "bias", 1, &width, TENSOR_INIT_ZERO, &t));
-    if (!layer_norm) {
-        DDT_CHECK(add_tensor(p, token_start, prefix, "running_mean", 1, &width, TENSOR_INIT_ZERO,
-                             &t));
-        t->is_buffer = true;
-        DDT_CHECK(add_tensor(p, token_start, prefix, "running_var", 1, &width, TENSOR_INIT_ONE,
-                             &t));
-        t->is_buffer = true;
-        DDT_CHECK(add_tensor(p, token_start, prefix, "num_batches_tracked", 0, NULL,
-                             TENSOR_INIT_ZERO, &t));
-        t->is_buffer = true;
-        t->is_counter = true;
-    }
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
-}
-
-static ddt_status build_activation(parser *p, size_t token_start, activation_kind kind) {
-    model_node *node;
-    DDT_CHECK(build_simple(p, token_start, NODE_ACTIVATION, &node));
-    node->activation = kind;
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
-}
-
-static ddt_status build_dropout(parser *p, size_t token_start, float rate) {
-    model_node *node;
-    DDT_CHECK(build_simple(p, token_start, NODE_DROPOUT, &node));
-    node->rate = rate;
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
-}
-
-static ddt_status need_images(parser *p, size_t token_start, const char *word) {
+ddt_status grammar_need_images(const grammar *p, size_t start, const char *word) {
     if (p->shape.rank == 3) return DDT_OK;
     char text[64];
     tensor_shape_format(&p->shape, text, sizeof text);
-    return fail_at(p, token_start, "%s needs images (C x H x W), but its input is %s%s", word,
-                   p->spec->input_kind == MODEL_INPUT_TOKENS ? "a token sequence " : "", text);
+    return grammar_fail(p, start, "%s needs images (C x H x W), but its input is %s%s", word,
+                        p->spec->input_kind == MODEL_INPUT_TOKENS ? "a token sequence " : "", text);
 }
 
-static ddt_status build_embed(parser *p, size_t token_start, const char *table_name,
-                              const char *positions_name, int width) {
-    if (p->spec->input_kind != MODEL_INPUT_TOKENS || p->current >= 0)
-        return fail_at(p, token_start, "embed must come first, right after tokens(CONTEXT,VOCAB)");
-    model_node *node;
-    DDT_CHECK(new_node(p, token_start, NODE_EMBED, &node));
-    node->out_shape = shape2(p->spec->context, width);
-    model_tensor *t;
-    int table[2] = {p->spec->vocab, width}, positions[2] = {p->spec->context, width};
-    DDT_CHECK(add_tensor(p, token_start, "", table_name, 2, table, TENSOR_INIT_NORMAL, &t));
-    t->init_std = 0.02f;
-    DDT_CHECK(add_tensor(p, token_start, "", positions_name, 2, positions, TENSOR_INIT_NORMAL, &t));
-    t->init_std = 0.02f;
-    p->embed_node = p->spec->node_count;
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
-}
-
-static ddt_status build_attention(parser *p, size_t token_start, const char *prefix, int heads,
-                                  float projection_std) {
-    if (p->shape.rank != 2)
-        return fail_at(p, token_start, "attn needs a sequence (T x D), after embed(D)");
-    if (p->shape.dims[0] < MODEL_MIN_ATTENTION_CONTEXT)
-        return fail_at(p, token_start, "a sequence of %d position%s is too short: %s",
-                       p->shape.dims[0], p->shape.dims[0] == 1 ? "" : "s",
-                       ATTENTION_CONTEXT_REASON);
-    int width = p->shape.dims[1];
-    if (width % heads != 0)
-        return fail_at(p, token_start, "the width %d does not split into %d heads", width, heads);
-    model_node *node;
-    DDT_CHECK(new_node(p, token_start, NODE_ATTENTION, &node));
-    node->heads = heads;
-    char name[MODEL_TENSOR_MAX_NAME];
-    model_tensor *t;
-    int qkv[2] = {3 * width, width}, projection[2] = {width, width};
-    DDT_CHECK(join(p, token_start, name, prefix, "c_attn."));
-    DDT_CHECK(add_weight(p, token_start, name, 2, qkv, width, 3 * width, &t));
-    t->init = TENSOR_INIT_NORMAL;
-    t->init_std = 0.02f;
-    DDT_CHECK(add_bias(p, token_start, name, 3 * width));
-    DDT_CHECK(join(p, token_start, name, prefix, "c_proj."));
-    DDT_CHECK(add_weight(p, token_start, name, 2, projection, width, width, &t));
-    t->init = TENSOR_INIT_NORMAL;
-    t->init_std = projection_std;
-    DDT_CHECK(add_bias(p, token_start, name, width));
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
-}
-
-static ddt_status build_lm_head(parser *p, size_t token_start) {
-    if (p->embed_node < 0)
-        return fail_at(p, token_start, "lmhead reuses embed's token table: the model needs embed");
-    const model_node *embed = &p->spec->nodes[p->embed_node];
-    if (p->shape.rank != 2 || p->shape.dims[1] != embed->out_shape.dims[1])
-        return fail_at(p, token_start, "lmhead needs a sequence of width %d (embed's)",
-                       embed->out_shape.dims[1]);
-    model_node *node;
-    DDT_CHECK(new_node(p, token_start, NODE_LM_HEAD, &node));
-    node->tied_tensor = embed->first_tensor;
-    node->out_shape = shape2(p->shape.dims[0], p->spec->vocab);
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
-}
-
-/* A residual block's two ends: the view at its start, the sum at its end. */
-static ddt_status build_view(parser *p, size_t token_start, int *view) {
-    model_node *node;
-    DDT_CHECK(build_simple(p, token_start, NODE_VIEW, &node));
-    *view = p->spec->node_count;
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
-}
-
-static ddt_status build_add(parser *p, size_t token_start, int body_end, int shortcut_end) {
-    const model_node *nodes = p->spec->nodes;
-    const tensor_shape *a = &nodes[body_end].out_shape, *b = &nodes[shortcut_end].out_shape;
-    if (!shapes_equal(a, b)) {
-        char x[48], y[48];
-        tensor_shape_format(a, x, sizeof x);
-        tensor_shape_format(b, y, sizeof y);
-        return fail_at(p, token_start,
-                       "the block's body ends with %s but its shortcut gives %s: they must match "
-                       "(add a shortcut after '|', e.g. conv(C,k1,s2))",
-                       x, y);
-    }
-    p->current = body_end;
-    p->shape = *a;
-    model_node *node;
-    DDT_CHECK(new_node(p, token_start, NODE_ADD, &node));
-    node->second_input = shortcut_end;
-    DDT_CHECK(finish_node(p, token_start, node));
-    return DDT_OK;
-}
-
-/* ---- the grammar ------------------------------------------------------------------------- */
-
-static ddt_status parse_sequence(parser *p, const char *prefix, int *index, char terminator);
-
-/* One kN / sN / pN argument of conv(...) or a pooling layer, at p->pos: refused if `given`
- * already (a setting twice is a contradiction, not a choice), or if more than digits follow. */
-static ddt_status read_setting(parser *p, size_t start, const char *layer, const char *what,
-                               long minimum, bool *given, int *value) {
+ddt_status grammar_read_setting(grammar *p, size_t start, const char *layer, const char *what,
+                                long minimum, bool *given, int *value) {
     char argument[32];
-    size_t length = argument_at(p, argument, sizeof argument);
+    size_t length = grammar_argument_at(p, argument, sizeof argument);
     if (*given)
-        return fail_at(p, start, "%s(...) gives %s twice (%c%d, then %s)", layer, what, argument[0],
-                       *value, argument);
+        return grammar_fail(p, start, "%s(...) gives %s twice (%c%d, then %s)", layer, what,
+                            argument[0], *value, argument);
     size_t end = p->pos + length;
     p->pos++; /* the letter */
-    DDT_CHECK(read_count(p, start, what, minimum, 1024, value));
+    DDT_CHECK(grammar_read_count(p, start, what, minimum, 1024, value));
     if (p->pos != end)
-        return fail_at(p, start, "%s(...): '%s' is not a number after '%c'", layer, argument,
-                       argument[0]);
+        return grammar_fail(p, start, "%s(...): '%s' is not a number after '%c'", layer, argument,
+                            argument[0]);
     *given = true;
     return DDT_OK;
 }
 
 /* conv(OUT,kK[,sS][,pP][,nobias]) after "conv(": each setting at most once. */
-static ddt_status parse_conv(parser *p, size_t start, const char *prefix) {
-    DDT_CHECK(need_images(p, start, "conv"));
-    int outputs, kernel = 0, stride = 1, pad = 0;
-    bool bias = true, kernel_given = false, stride_given = false, pad_given = false;
-    DDT_CHECK(read_count(p, start, "conv's output channels", 1, MODEL_MAX_WIDTH, &outputs));
-    while (accept(p, ',')) {
-        char argument[32];
-        size_t length = argument_at(p, argument, sizeof argument);
-        char key = p->source[p->pos];
-        bool numbered = length > 1 && isdigit((unsigned char)p->source[p->pos + 1]);
-        if (length == 0) return fail_at(p, start, "conv(...) has an empty argument");
-        if (length == 6 && strncmp(p->source + p->pos, "nobias", 6) == 0) {
-            if (!bias) return fail_at(p, start, "conv(...) says nobias twice");
-            p->pos += 6;
-            bias = false;
-        } else if (key == 'k' && numbered) {
-            DDT_CHECK(read_setting(p, start, "conv", "the kernel", 1, &kernel_given, &kernel));
-        } else if (key == 's' && numbered) {
-            DDT_CHECK(read_setting(p, start, "conv", "the stride", 1, &stride_given, &stride));
-        } else if (key == 'p' && numbered) {
-            DDT_CHECK(read_setting(p, start, "conv", "the padding", 0, &pad_given, &pad));
-        } else {
-            return fail_at(p, start,
-                           "conv(...) has no argument '%s' (it takes "
-                           "OUT,kK[,sS][,pP][,nobias])",
-                           argument);
-        }
-    }
-    DDT_CHECK(expect(p, ')', start, "to close conv("));
-    if (kernel == 0) return fail_at(p, start, "conv needs its kernel size, e.g. conv(32,k3,p1)");
-    model_node *node;
-    DDT_CHECK(new_node(p, start, NODE_CONV, &node));
-    int channels = p->shape.dims[0];
-    char what[48];
-    snprintf(what, sizeof what, "--model: conv(%d,k%d)", outputs, kernel);
-    DDT_CHECK(conv_geometry_make(channels, p->shape.dims[1], p->shape.dims[2], kernel, kernel,
-                                 stride, stride, pad, pad, what, &node->geometry));
-    node->bias = bias;
-    node->out_shape = shape3(outputs, node->geometry.out_height, node->geometry.out_width);
-    /* Each window unfolds to channels x K x K values (the GEMM's inner size, an int). */
-    int64_t unfolded = (int64_t)channels * kernel * kernel,
-            spread = (int64_t)outputs * kernel * kernel;
-    if (unfolded > INT_MAX)
-        return fail_at(p, start,
-                       "each window holds %d channels x %dx%d = %lld values, more than %d",
-                       channels, kernel, kernel, (long long)unfolded, INT_MAX);
-    if (spread > INT_MAX)
-        return fail_at(p, start, "%d outputs x a %dx%d kernel = %lld values, more than %d", outputs,
-                       kernel, kernel, (long long)spread, INT_MAX);
-    model_tensor *w;
-    int dims[4] = {outputs, channels, kernel, kernel};
-    DDT_CHECK(add_weight(p, start, prefix, 4, dims, (int)unfolded, (int)spread, &w));
-    if (bias) DDT_CHECK(add_bias(p, start, prefix, outputs));
-    DDT_CHECK(finish_node(p, start, node));
-    emit(p, "conv(%d,k%d", outputs, kernel);
-    if (stride != 1) emit(p, ",s%d", stride);
-    if (pad != 0) emit(p, ",p%d", pad);
-    emit(p, "%s)", bias ? "" : ",nobias");
-    return DDT_OK;
-}
-
-/* maxpool(K[,sS][,pP]) / avgpool(...) after the '(': each setting at most once. */
-static ddt_status parse_pool(parser *p, size_t start, pool_kind kind) {
-    const char *word = kind == POOL_MAX ? "maxpool" : "avgpool";
-    DDT_CHECK(need_images(p, start, word));
-    int kernel, stride = 0, pad = 0;
-    bool stride_given = false, pad_given = false;
-    DDT_CHECK(read_count(p, start, "the pooling window", 1, 1024, &kernel));
-    while (accept(p, ',')) {
-        char argument[32];
-        size_t length = argument_at(p, argument, sizeof argument);
-        char key = p->source[p->pos];
-        bool numbered = length > 1 && isdigit((unsigned char)p->source[p->pos + 1]);
-        if (length == 0) return fail_at(p, start, "%s(...) has an empty argument", word);
-        if (key == 's' && numbered)
-            DDT_CHECK(read_setting(p, start, word, "the stride", 1, &stride_given, &stride));
-        else if (key == 'p' && numbered)
-            DDT_CHECK(read_setting(p, start, word, "the padding", 0, &pad_given, &pad));
-        else
-            return fail_at(p, start, "%s(...) has no argument '%s' (it takes K[,sS][,pP])", word,
-                           argument);
-    }
-    DDT_CHECK(expect(p, ')', start, "to close the pooling layer"));
-    if (stride == 0) stride = kernel;
-    if (2 * pad > kernel)
-        return fail_at(p, start, "the padding %d is more than half the window %d", pad, kernel);
-    model_node *node;
-    DDT_CHECK(new_node(p, start, NODE_POOL, &node));
-    node->pool = kind;
-    char what[48];
-    snprintf(what, sizeof what, "--model: %s(%d)", word, kernel);
-    DDT_CHECK(conv_geometry_make(p->shape.dims[0], p->shape.dims[1], p->shape.dims[2], kernel,
-                                 kernel, stride, stride, pad, pad, what, &node->geometry));
-    node->out_shape =
-        shape3(p->shape.dims[0], node->geometry.out_height, node->geometry.out_width);
-    DDT_CHECK(finish_node(p, start, node));
-    emit(p, "%s(%d", word, kernel);
-    if (stride != kernel) emit(p, ",s%d", stride);
-    if (pad) emit(p, ",p%d", pad);
-    emit(p, ")");
-    return DDT_OK;
-}
-
-/* res(BODY[|SHORTCUT]) after "res(": the block is module `index` of the enclosing sequence. */
-static ddt_status parse_residual(parser *p, size_t start, const char *prefix) {
-    if (++p->depth > MODEL_MAX_NESTING)
-        return fail_at(p, start, "blocks nest too deep (at most %d)", MODEL_MAX_NESTING);
-    int view;
-    DDT_CHECK(build_view(p, start, &view));
-    char inner[MODEL_TENSOR_MAX_NAME];
-    DDT_CHECK(join(p, start, inner, prefix, "body."));
-    emit(p, "res(");
-    int index = 0;
-    DDT_CHECK(parse_sequence(p, inner, &index, '|'));
-    int body_end = p->current;
-    int shortcut_end = view;
-    if (accept(p, '|')) {
-        emit(p, "|");
-        p->current = view;
-        p->shape = p->spec->nodes[view].out_shape;
-        DDT_CHECK(join(p, start, inner, prefix, "shortcut."));
-        index = 0;
-        DDT_CHECK(parse_sequence(p, inner, &index, ')'));
-        shortcut_end = p->current;
-    }
-    DDT_CHECK(expect(p, ')', start, "to close res("));
-    emit(p, ")");
-    if (body_end == view) return fail_at(p, start, "res(...) needs at least one layer");
-    DDT_CHECK(build_add(p, start, body_end, shortcut_end));
-    p->depth--;
-    return DDT_OK;
-}
-
-typedef struct gpt_shape {
-    int layers, heads, width, context, vocab;
-    float dropout;
-} gpt_shape;
-
-/* gpt(key=value,...) after "gpt(": every setting but dropout once, none twice. */
-static ddt_status parse_gpt_arguments(parser *p, size_t start, gpt_shape *g) {
-    memset(g, 0, sizeof *g);
-    struct {
-        const char *key;
-        int *value;
-        long minimum, maximum;
-    } keys[] = {{"layers", &g->layers, 1, 64},
-                {"heads", &g->heads, 1, 256},
-                {"width", &g->width, 1, 65536},
-                {"context", &g->context, 1, 65536},
-                {"vocab", &g->vocab, 1, MODEL_MAX_VOCAB}};
-    enum { KEY_COUNT = sizeof keys / sizeof keys[0] };
-    bool given[KEY_COUNT + 1] = {false}; /* the last: dropout */
-    do {
-        char key[16];
-        size_t length = read_word(p, key, sizeof key);
-        size_t k = 0;
-        for (; k < KEY_COUNT; k++)
-            if (strcmp(key, keys[k].key) == 0) break;
-        if (k == KEY_COUNT && strcmp(key, "dropout") != 0)
-            return fail_at(p, start,
-                           "gpt(...) has no setting '%.*s%s' (layers, heads, width, "
-                           "context, vocab, dropout)",
-                           (int)(length < 15 ? length : 15), p->source + p->pos - length,
-                           length > 15 ? "..." : "");
-        if (given[k]) return fail_at(p, start, "gpt(...) gives %s twice", key);
-        given[k] = true;
-        DDT_CHECK(expect(p, '=', start, "after a gpt(...) setting"));
-        if (k == KEY_COUNT)
-            DDT_CHECK(read_rate(p, start, &g->dropout));
-        else
-            DDT_CHECK(
-                read_count(p, start, keys[k].key, keys[k].minimum, keys[k].maximum, keys[k].value));
-    } while (accept(p, ','));
-    DDT_CHECK(expect(p, ')', start, "to close gpt("));
-    for (size_t k = 0; k < KEY_COUNT; k++)
-        if (!given[k])
-            return fail_at(p, start, "gpt(...) needs %s=N (layers, heads, width, context, vocab)",
-                           keys[k].key);
-    if (g->context < MODEL_MIN_ATTENTION_CONTEXT)
-        return fail_at(p, start, "gpt(...): context=%d is too short: %s", g->context,
-                       ATTENTION_CONTEXT_REASON);
-    if (g->vocab < MODEL_MIN_VOCAB)
-        return fail_at(p, start, "gpt(...): vocab=%d is too small: %s", g->vocab, VOCAB_REASON);
-    return DDT_OK;
-}
-
-/* The whole GPT-2 decoder, with nanoGPT's names. */
-static ddt_status build_gpt(parser *p, size_t start, const gpt_shape *g) {
-    if (p->spec->input_kind != MODEL_INPUT_FEATURES || p->current >= 0 || p->spec->node_count)
-        return fail_at(p, start, "gpt(...) is a whole model: write it alone");
-    p->spec->input_kind = MODEL_INPUT_TOKENS;
-    p->spec->context = g->context;
-    p->spec->vocab = g->vocab;
-    p->spec->input_shape = shape1(g->context);
-    p->shape = shape1(g->context);
-    DDT_CHECK(build_embed(p, start, "transformer.wte.weight", "transformer.wpe.weight", g->width));
-    if (g->dropout > 0) DDT_CHECK(build_dropout(p, start, g->dropout));
-    float projection_std = 0.02f / sqrtf(2.0f * (float)g->layers);
-    for (int l = 0; l < g->layers; l++) {
-        char prefix[MODEL_TENSOR_MAX_NAME], name[MODEL_TENSOR_MAX_NAME];
-        snprintf(prefix, sizeof prefix, "transformer.h.%d.", l);
-        p->block = l;
-        int view, end;
-        DDT_CHECK(build_view(p, start, &view));
-        DDT_CHECK(join(p, start, name, prefix, "ln_1."));
-        DDT_CHECK(build_norm(p, start, name, true));
-        DDT_CHECK(join(p, start, name, prefix, "attn."));
-        DDT_CHECK(build_attention(p, start, name, g->heads, projection_std));
-        if (g->dropout > 0) DDT_CHECK(build_dropout(p, start, g->dropout));
-        end = p->current;
-        DDT_CHECK(build_add(p, start, end, view));
-        DDT_CHECK(build_view(p, start, &view));
-        DDT_CHECK(join(p, start, name, prefix, "ln_2."));
-        DDT_CHECK(build_norm(p, start, name, true));
-        DDT_CHECK(join(p, start, name, prefix, "mlp.c_fc."));
-        DDT_CHECK(build_dense(p, start, name, 4 * g->width, 0.02f));
-        DDT_CHECK(build_activation(p, start, ACTIVATION_GELU_TANH));
-        DDT_CHECK(join(p, start, name, prefix, "mlp.c_proj."));
-        DDT_CHECK(build_dense(p, start, name, g->width, projection_std));
-        if (g->dropout > 0) DDT_CHECK(build_dropout(p, start, g->dropout));
-        end = p->current;
-        DDT_CHECK(build_add(p, start, end, view));
-    }
-    p->block = -1;
-    p->spec->block_count = g->layers;
-    DDT_CHECK(build_norm(p, start, "transformer.ln_f.", true));
-    DDT_CHECK(build_lm_head(p, start));
-    emit(p, "gpt(layers=%d,heads=%d,width=%d,context=%d,vocab=%d", g->layers, g->heads, g->width,
-         g->context, g->vocab);
-    if (g->dropout > 0) emit(p, ",dropout=%g", (double)g->dropout);
-    emit(p, ")");
-    return DDT_OK;
-}
-
-static const struct {
-    const char *word;
-    activation_kind kind;
-} activation_words[] = {{"relu", ACTIVATION_RELU},
-                        {"gelu", ACTIVATION_GELU},
-                        {"gelu_tanh", ACTIVATION_GELU_TANH},
-                        {"tanh", ACTIVATION_TANH},
-                        {"sigmoid", ACTIVATION_SIGMOID}};
-
-/* A bare "dropout" followed by '-' and a number: "dropout-1" reads as a rate of -1 as much
- * as dropout then a dense layer of 1, and "dropout-0.3" as a rate of 0.3; the grammar takes
- * neither reading silently. Files written before this rule stored "dropout-N" for the default
- * rate, so stored descriptions still read it as that (model_spec_parse_stored). */
-static ddt_status refuse_bare_dropout(parser *p, size_t start) {
-    const char *next = p->source + p->pos + 1;
-    if (!isdigit((unsigned char)*next) && *next != '.') return DDT_OK;
-    size_t length = strcspn(next, "-|)");
-    int shown = (int)(length < 24 ? length : 24);
-    bool width = strspn(next, "0123456789") == length && strtol(next, NULL, 10) > 0;
-    if (!width)
-        return fail_at(p, start,
-                       "dropout's rate follows the word directly, without '-': write "
-                       "dropout%.*s, not dropout-%.*s",
-                       shown, next, shown, next);
-    return fail_at(p, start,
-                   "'dropout-%.*s' could be a rate of -%.*s or dropout then a dense "
-                   "layer of %.*s: write the rate, e.g. dropout0.5-%.*s (a rate in [0, 1) "
-                   "follows the word directly)",
-                   shown, next, shown, next, shown, next, shown, next);
-}
 
 /* One layer token; `index` is its module index in the enclosing sequence (names). */
-static ddt_status parse_layer(parser *p, const char *sequence_prefix, int *index) {
+static ddt_status parse_layer(grammar *p, const char *sequence_prefix, int *index) {
     size_t start = p->pos;
     char prefix[MODEL_TENSOR_MAX_NAME];
     char number[16];
     snprintf(number, sizeof number, "%d.", *index);
-    DDT_CHECK(join(p, start, prefix, sequence_prefix, number));
+    DDT_CHECK(grammar_join(p, start, prefix, sequence_prefix, number));
     const char *s = p->source + p->pos;
-    if (isdigit((unsigned char)*s)) {
+    bool numeric = isdigit((unsigned char)*s);
+    if (numeric) {
         size_t digits = 0;
         while (isdigit((unsigned char)s[digits]))
             digits++;
         if (s[digits] == '*') { /* N*(LAYERS) */
             int copies;
-            DDT_CHECK(read_count(p, start, "the repeat count", 1, 1024, &copies));
+            DDT_CHECK(grammar_read_count(p, start, "the repeat count", 1, 1024, &copies));
             p->pos++; /* '*' */
-            DDT_CHECK(expect(p, '(', start, "after N*"));
-            emit(p, "%d*(", copies);
+            DDT_CHECK(grammar_expect(p, '(', start, "after N*"));
+            grammar_emit(p, "%d*(", copies);
             size_t body = p->pos;
             for (int c = 0; c < copies; c++) {
                 p->pos = body;
-                DDT_CHECK(parse_sequence(p, sequence_prefix, index, ')'));
+                DDT_CHECK(grammar_parse_sequence(p, sequence_prefix, index, ')'));
                 if (c == 0) p->emit--; /* text once */
             }
             p->emit++;
-            DDT_CHECK(expect(p, ')', start, "to close N*("));
-            emit(p, ")");
+            DDT_CHECK(grammar_expect(p, ')', start, "to close N*("));
+            grammar_emit(p, ")");
             return DDT_OK;
         }
-        int outputs;
-        DDT_CHECK(read_count(p, start, "a dense layer's width", 1, MODEL_MAX_WIDTH, &outputs));
-        if (p->source[p->pos] == 'x')
-            return fail_at(p, start, "an image shape is only allowed as the input (first token)");
-        DDT_CHECK(build_dense(p, start, prefix, outputs, 0));
-        emit(p, "%d", outputs);
-        (*index)++;
-        return DDT_OK;
     }
-    char word[24];
-    read_word(p, word, sizeof word);
-    bool call = accept(p, '(');
-    for (size_t i = 0; i < sizeof activation_words / sizeof activation_words[0]; i++)
-        if (!call && strcmp(word, activation_words[i].word) == 0) {
-            DDT_CHECK(build_activation(p, start, activation_words[i].kind));
-            emit(p, "%s", word);
-            (*index)++;
-            return DDT_OK;
-        }
-    if (!call && strcmp(word, "dropout") == 0) {
-        float rate = 0.5f; /* nn.Dropout()'s default */
-        char c = p->source[p->pos];
-        if (c != '-' && c != '\0' && c != ')' && c != '|') {
-            DDT_CHECK(read_rate(p, start, &rate));
-        } else if (c == '-' && !p->stored) {
-            DDT_CHECK(refuse_bare_dropout(p, start));
-        }
-        DDT_CHECK(build_dropout(p, start, rate));
-        emit(p, "dropout%g", (double)rate); /* the rate always: "dropout-1" is never written */
-    } else if (call && strcmp(word, "conv") == 0) {
-        DDT_CHECK(parse_conv(p, start, prefix));
-    } else if (call && (strcmp(word, "maxpool") == 0 || strcmp(word, "avgpool") == 0)) {
-        DDT_CHECK(parse_pool(p, start, word[0] == 'm' ? POOL_MAX : POOL_AVERAGE));
-    } else if (!call && strcmp(word, "gap") == 0) {
-        DDT_CHECK(need_images(p, start, "gap"));
-        model_node *node;
-        DDT_CHECK(new_node(p, start, NODE_GLOBAL_POOL, &node));
-        node->pool = POOL_AVERAGE;
-        DDT_CHECK(conv_geometry_make(p->shape.dims[0], p->shape.dims[1], p->shape.dims[2],
-                                     p->shape.dims[1], p->shape.dims[2], 1, 1, 0, 0, "--model: gap",
-                                     &node->geometry));
-        node->out_shape = shape1(p->shape.dims[0]);
-        DDT_CHECK(finish_node(p, start, node));
-        emit(p, "gap");
-    } else if (!call && strcmp(word, "flatten") == 0) {
-        if (p->shape.rank == 2)
-            return fail_at(p, start, "flatten works on images; a sequence stays a sequence");
-        model_node *node;
-        DDT_CHECK(build_simple(p, start, NODE_FLATTEN, &node));
-        node->out_shape = shape1((int)tensor_shape_count(&p->shape));
-        DDT_CHECK(finish_node(p, start, node));
-        emit(p, "flatten");
-    } else if (!call && (strcmp(word, "bn") == 0 || strcmp(word, "ln") == 0)) {
-        DDT_CHECK(build_norm(p, start, prefix, word[0] == 'l'));
-        emit(p, "%s", word);
-    } else if (call && strcmp(word, "res") == 0) {
-        DDT_CHECK(parse_residual(p, start, prefix));
-    } else if (call && strcmp(word, "embed") == 0) {
-        int width;
-        DDT_CHECK(read_count(p, start, "embed's width", 1, 65536, &width));
-        if (p->source[p->pos] == ',')
-            return fail_at(p, start, "embed(...) takes one argument, its width D");
-        DDT_CHECK(expect(p, ')', start, "to close embed("));
-        char table[MODEL_TENSOR_MAX_NAME], positions[MODEL_TENSOR_MAX_NAME];
-        DDT_CHECK(join(p, start, table, prefix, "wte.weight"));
-        DDT_CHECK(join(p, start, positions, prefix, "wpe.weight"));
-        DDT_CHECK(build_embed(p, start, table, positions, width));
-        emit(p, "embed(%d)", width);
-    } else if (call && strcmp(word, "attn") == 0) {
-        int heads;
-        DDT_CHECK(read_count(p, start, "the number of heads", 1, 256, &heads));
-        if (p->source[p->pos] == ',')
-            return fail_at(p, start, "attn(...) takes one argument, its number of heads");
-        DDT_CHECK(expect(p, ')', start, "to close attn("));
-        DDT_CHECK(build_attention(p, start, prefix, heads, 0.02f));
-        emit(p, "attn(%d)", heads);
-    } else if (!call && strcmp(word, "lmhead") == 0) {
-        DDT_CHECK(build_lm_head(p, start));
-        emit(p, "lmhead");
-    } else if (call && strcmp(word, "gpt") == 0) {
-        return fail_at(p, start, "gpt(...) is a whole model: write it alone");
-    } else {
-        return fail_at(p, start, "not a layer (%s)", LAYER_WORDS_HELP);
+    char word[24] = "";
+    bool call = false;
+    if (!numeric) {
+        grammar_read_word(p, word, sizeof word);
+        call = grammar_accept(p, '(');
     }
+    /* The word's entry among the kinds' words (a number: the entry for numbers), then the
+     * words that are no node's own. */
+    const layer_word *found = NULL;
+    for (int k = 0; k <= NODE_KIND_COUNT && !found; k++) {
+        const layer_word *words =
+            k < NODE_KIND_COUNT ? layer_kind_of((node_kind)k)->words : &layer_gpt_word;
+        int count = k < NODE_KIND_COUNT ? layer_kind_of((node_kind)k)->word_count : 1;
+        for (int w = 0; w < count && !found; w++) {
+            const layer_word *entry = &words[w];
+            if (numeric ? !entry->word
+                        : entry->word && entry->call == call && strcmp(word, entry->word) == 0)
+                found = entry;
+        }
+    }
+    if (!found) {
+        char help[400];
+        layer_words_help(help, sizeof help);
+        return grammar_fail(p, start, "not a layer (%s)", help);
+    }
+    DDT_CHECK(found->parse(p, found, start, prefix));
     (*index)++;
     return DDT_OK;
 }
 
 /* LAYER ('-' LAYER)* up to `terminator` (or ')' or the end), not consuming it. */
-static ddt_status parse_sequence(parser *p, const char *prefix, int *index, char terminator) {
+ddt_status grammar_parse_sequence(grammar *p, const char *prefix, int *index, char terminator) {
     for (bool first = true;; first = false) {
         char c = p->source[p->pos];
         if (!first) {
             if (c != '-') break;
             p->pos++;
             c = p->source[p->pos];
-            emit(p, "-");
+            grammar_emit(p, "-");
         }
         if (c == '\0' || c == '-' || c == ')' || c == '|')
-            return fail_at(p, p->pos, "expected a layer (a '-' at an end, or two in a row)");
+            return grammar_fail(p, p->pos, "expected a layer (a '-' at an end, or two in a row)");
         DDT_CHECK(parse_layer(p, prefix, index));
     }
     char c = p->source[p->pos];
     if (c == '\0' || c == ')' || (c == '|' && terminator == '|')) return DDT_OK;
-    return fail_at(p, p->pos, "expected '-' between layers");
+    return grammar_fail(p, p->pos, "expected '-' between layers");
 }
 
 /* The input token: WIDTH, CxHxW or tokens(T,V). */
-static ddt_status parse_input(parser *p) {
+static ddt_status parse_input(grammar *p) {
     size_t start = p->pos;
     model_spec *spec = p->spec;
     if (strncmp(p->source, "tokens(", 7) == 0) {
         p->pos += 7;
-        DDT_CHECK(read_count(p, start, "the context", 1, 65536, &spec->context));
-        DDT_CHECK(expect(p, ',', start, "between the context and the vocabulary size"));
-        DDT_CHECK(read_count(p, start, "the vocabulary size", 1, MODEL_MAX_VOCAB, &spec->vocab));
+        DDT_CHECK(grammar_read_count(p, start, "the context", 1, 65536, &spec->context));
+        DDT_CHECK(grammar_expect(p, ',', start, "between the context and the vocabulary size"));
+        DDT_CHECK(
+            grammar_read_count(p, start, "the vocabulary size", 1, MODEL_MAX_VOCAB, &spec->vocab));
         if (spec->vocab < MODEL_MIN_VOCAB)
-            return fail_at(p, start, "a vocabulary of %d is too small: %s", spec->vocab,
-                           VOCAB_REASON);
+            return grammar_fail(p, start, "a vocabulary of %d is too small: %s", spec->vocab,
+                                VOCAB_REASON);
         if (p->source[p->pos] == ',')
-            return fail_at(p, start, "tokens(...) takes two arguments, CONTEXT and VOCAB");
-        DDT_CHECK(expect(p, ')', start, "to close tokens("));
+            return grammar_fail(p, start, "tokens(...) takes two arguments, CONTEXT and VOCAB");
+        DDT_CHECK(grammar_expect(p, ')', start, "to close tokens("));
         spec->input_kind = MODEL_INPUT_TOKENS;
-        spec->input_shape = shape1(spec->context);
-        emit(p, "tokens(%d,%d)", spec->context, spec->vocab);
+        spec->input_shape = tensor_shape_1(spec->context);
+        grammar_emit(p, "tokens(%d,%d)", spec->context, spec->vocab);
     } else {
         if (!isdigit((unsigned char)p->source[0]))
-            return fail_at(p, start,
-                           "the model must start with its input: a width (784), an image shape "
-                           "(1x28x28), tokens(CONTEXT,VOCAB), a preset, or gpt(...)");
+            return grammar_fail(
+                p, start,
+                "the model must start with its input: a width (784), an image shape "
+                "(1x28x28), tokens(CONTEXT,VOCAB), a preset, or gpt(...)");
         int dims[3], rank = 0;
         do {
-            if (rank == 3) return fail_at(p, start, "an input shape has at most 3 dimensions");
-            DDT_CHECK(read_count(p, start, rank ? "an image dimension" : "the input width", 1,
-                                 MODEL_MAX_WIDTH, &dims[rank]));
+            if (rank == 3) return grammar_fail(p, start, "an input shape has at most 3 dimensions");
+            DDT_CHECK(grammar_read_count(p, start, rank ? "an image dimension" : "the input width",
+                                         1, MODEL_MAX_WIDTH, &dims[rank]));
             rank++;
-        } while (accept(p, 'x'));
+        } while (grammar_accept(p, 'x'));
         if (rank == 2)
-            return fail_at(p, start, "an input shape is a width (784) or C x H x W (1x28x28)");
-        spec->input_shape = rank == 1 ? shape1(dims[0]) : shape3(dims[0], dims[1], dims[2]);
+            return grammar_fail(p, start, "an input shape is a width (784) or C x H x W (1x28x28)");
+        spec->input_shape =
+            rank == 1 ? tensor_shape_1(dims[0]) : tensor_shape_3(dims[0], dims[1], dims[2]);
         int64_t values = tensor_shape_count(&spec->input_shape);
         if (values > MODEL_MAX_WIDTH) {
             char shape[64], count[32];
             tensor_shape_format(&spec->input_shape, shape, sizeof shape);
-            return fail_at(p, start, "the input %s holds %s values per sample; at most %d", shape,
-                           count_text(values, count, sizeof count), MODEL_MAX_WIDTH);
+            return grammar_fail(p, start, "the input %s holds %s values per sample; at most %d",
+                                shape, count_text(values, count, sizeof count), MODEL_MAX_WIDTH);
         }
         if (rank == 1)
-            emit(p, "%d", dims[0]);
+            grammar_emit(p, "%d", dims[0]);
         else
-            emit(p, "%dx%dx%d", dims[0], dims[1], dims[2]);
+            grammar_emit(p, "%dx%dx%d", dims[0], dims[1], dims[2]);
     }
     p->shape = spec->input_shape;
     return DDT_OK;
@@ -1096,21 +547,22 @@ static ddt_status read_description_file(const char *path, char *out, size_t size
 }
 
 /* He initialisation suits weights whose layer feeds relu or gelu (through dropout or bn). */
+/* He initialisation suits weights whose layer feeds a rectifier (relu, gelu), also through
+ * layers that leave it (dropout, bn): each kind says which it is. */
 static void mark_rectifiers(model_spec *spec) {
     for (int n = 0; n < spec->node_count; n++) {
         const model_node *node = &spec->nodes[n];
-        if (node->kind != NODE_DENSE && node->kind != NODE_CONV) continue;
+        if (!layer_kind_of(node->kind)->fan_in_weight) continue;
         bool rectifier = false;
         for (int m = n + 1, from = n; m < spec->node_count; m++) {
             const model_node *next = &spec->nodes[m];
             if (next->input != from) break;
-            if (next->kind == NODE_DROPOUT || next->kind == NODE_BATCHNORM) {
+            const layer_kind *kind = layer_kind_of(next->kind);
+            if (kind->init_transparent) {
                 from = m;
                 continue;
             }
-            rectifier = next->kind == NODE_ACTIVATION && (next->activation == ACTIVATION_RELU ||
-                                                          next->activation == ACTIVATION_GELU ||
-                                                          next->activation == ACTIVATION_GELU_TANH);
+            rectifier = kind->rectifies && kind->rectifies(next);
             break;
         }
         spec->tensors[node->first_tensor].init_rectifier = rectifier;
@@ -1144,35 +596,30 @@ static ddt_status parse_description(const char *text, bool stored, model_spec *o
     }
     if (!source[0]) return ddt_error(DDT_ERR_USAGE, "--model: the description is empty");
 
-    parser p = {.source = source,
-                .original = text,
-                .spec = out,
-                .out = out->text,
-                .emit = 1,
-                .stored = stored,
-                .current = -1,
-                .embed_node = -1,
-                .block = -1};
+    grammar p = {.source = source,
+                 .original = text,
+                 .spec = out,
+                 .out = out->text,
+                 .emit = 1,
+                 .stored = stored,
+                 .current = -1,
+                 .embed_node = -1,
+                 .block = -1};
     out->input_kind = MODEL_INPUT_FEATURES;
     if (strncmp(source, "gpt(", 4) == 0) {
         p.pos = 4;
-        gpt_shape g;
-        DDT_CHECK(parse_gpt_arguments(&p, 0, &g));
-        if (g.width % g.heads != 0)
-            return ddt_error(DDT_ERR_USAGE, "--model: gpt(...): width %d does not split into %d "
-                                            "heads",
-                             g.width, g.heads);
-        DDT_CHECK(build_gpt(&p, 0, &g));
+        DDT_CHECK(gpt_parse_model(&p));
     } else {
         DDT_CHECK(parse_input(&p));
         int index = 0;
-        if (accept(&p, '-')) {
-            emit(&p, "-");
-            DDT_CHECK(parse_sequence(&p, "", &index, '\0'));
+        if (grammar_accept(&p, '-')) {
+            grammar_emit(&p, "-");
+            DDT_CHECK(grammar_parse_sequence(&p, "", &index, '\0'));
         }
     }
     if (source[p.pos] != '\0')
-        return fail_at(&p, p.pos, source[p.pos] == ')' ? "an unmatched ')'" : "unexpected text");
+        return grammar_fail(&p, p.pos,
+                            source[p.pos] == ')' ? "an unmatched ')'" : "unexpected text");
     if (p.overflow)
         return ddt_error(DDT_ERR_USAGE, "--model: the canonical description is too long (at "
                                         "most %d characters)",

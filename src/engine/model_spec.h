@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "engine/device.h"
+#include "engine/layers/kinds.h"
 #include "util/status.h"
 
 /* The widest layer, the largest input (values per sample) and the largest vocabulary a model
@@ -57,21 +58,13 @@ typedef struct tensor_shape {
     int dims[3];
 } tensor_shape;
 
+/* One per layer kind: NODE_ and a name of src/engine/layers/kinds.h's table (NODE_DENSE,
+ * NODE_CONV, ...), in its order; each kind's file under src/engine/layers/ says what it is. */
 typedef enum node_kind {
-    NODE_DENSE,      /* nn.Linear on the last axis */
-    NODE_ACTIVATION,
-    NODE_DROPOUT,
-    NODE_CONV,       /* nn.Conv2d */
-    NODE_POOL,       /* nn.MaxPool2d / nn.AvgPool2d */
-    NODE_GLOBAL_POOL, /* average over H x W: C x H x W -> C */
-    NODE_FLATTEN,    /* a view: C x H x W -> C*H*W */
-    NODE_BATCHNORM,  /* BatchNorm2d on images, BatchNorm1d on flat features */
-    NODE_LAYERNORM,  /* over the last axis */
-    NODE_VIEW,       /* a residual block's start: its input, unchanged */
-    NODE_ADD,        /* a residual block's end: input + second_input */
-    NODE_EMBED,      /* token table + learned positions: T ids -> T x D */
-    NODE_ATTENTION,  /* causal multi-head self-attention, with its two projections */
-    NODE_LM_HEAD,    /* T x D -> T x VOCAB with the token table (tied), no bias */
+#define DDT_NODE_KIND(NAME, variable) NODE_##NAME,
+    DDT_LAYER_KINDS(DDT_NODE_KIND)
+#undef DDT_NODE_KIND
+        NODE_KIND_COUNT
 } node_kind;
 
 typedef struct model_node {
