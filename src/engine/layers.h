@@ -1,5 +1,6 @@
-/* layers.h - each node kind's forward and backward pass, and the storage each needs, built
- * from the device operations; for model.c, which owns the memory and walks the graph.
+/* layers.h - a node's forward and backward pass, and the storage it needs, for model.c, which
+ * owns the memory and walks the graph; each is its kind's (src/engine/layers/layer_kind.h,
+ * one file per kind, built from the device operations).
  *
  * A node reads its input (and, for a sum, a second input), writes its output into storage
  * model.c gives it, keeps what its backward needs in `saved`, and may use the shared
