@@ -7,7 +7,7 @@
  *     input  := WIDTH | C'x'H'x'W | tokens(CONTEXT,VOCAB)
  *     layer  := WIDTH | relu | gelu | gelu_tanh | tanh | sigmoid | dropout[RATE]
  *             | conv(OUT,kK[,sS][,pP][,nobias]) | maxpool(K[,sS][,pP]) | avgpool(K[,sS][,pP])
- *             | gap | flatten | bn | ln | res(LAYERS[|LAYERS]) | N*(LAYERS)
+ *             | gap | flatten | bn | ln | rms | res(LAYERS[|LAYERS]) | N*(LAYERS)
  *             | embed(D) | attn(HEADS) | lmhead
  *             | gpt(layers=L,heads=H,width=D,context=T,vocab=V[,dropout=P])
  * Whitespace is ignored and '#' starts a comment to the end of the line (for model files

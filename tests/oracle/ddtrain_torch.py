@@ -273,12 +273,12 @@ def _parse_layer(token):
         if not 0 <= rate < 1:
             raise SpecError("'%s': the dropout rate must be in [0, 1)" % token)
         return Layer("dropout", rate=rate)
-    if token in ("gap", "flatten", "bn", "ln", "lmhead"):
+    if token in ("gap", "flatten", "bn", "ln", "rms", "lmhead"):
         return Layer(token)
     call = _call(token)
     if not call:
         raise SpecError("'%s': expected a width or one of %s, dropout, dropoutRATE, conv(...), "
-                        "maxpool(...), avgpool(...), gap, flatten, bn, ln, res(...), N*(...), "
+                        "maxpool(...), avgpool(...), gap, flatten, bn, ln, rms, res(...), N*(...), "
                         "embed(D), attn(H), lmhead" % (token, ", ".join(ACTIVATIONS)))
     name, args = call
     if name == "conv":
@@ -345,9 +345,9 @@ def _infer(layers, shape, embed_width=None):
         elif kind == "bn":
             if shape[0] not in ("image", "flat"):
                 raise SpecError("bn needs an image or flat input")
-        elif kind == "ln":
+        elif kind in ("ln", "rms"):
             if shape[0] == "tokens":
-                raise SpecError("ln on token ids")
+                raise SpecError("%s on token ids" % kind)
         elif kind == "res":
             out = _infer(layer.body, shape, embed_width)
             short = _infer(layer.shortcut, shape, embed_width) if layer.shortcut else shape
@@ -478,6 +478,8 @@ def _count_layers(layers):
             n += 2 * layer.inp[1]
         elif kind == "ln":
             n += 2 * layer.inp[-1]
+        elif kind == "rms":
+            n += layer.inp[-1]
         elif kind == "res":
             n += _count_layers(layer.body) + _count_layers(layer.shortcut or [])
         elif kind == "embed":
@@ -732,6 +734,18 @@ def _torch_classes():
             keep = torch.from_numpy(keep).to(x.device).reshape(x.shape)
             return torch.where(keep, x * (1.0 / (1.0 - self.p)), torch.zeros_like(x))
 
+    class RMSNorm(nn.Module):
+        """torch.nn.RMSNorm (PyTorch 2.4+; written out for older ones such as Debian's):
+        x * rsqrt(mean(x^2, last axis) + eps) * weight."""
+
+        def __init__(self, width, eps):
+            super().__init__()
+            self.eps = eps
+            self.weight = nn.Parameter(torch.ones(width))
+
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
     class GlobalAveragePool(nn.Module):
         def forward(self, x):
             return x.mean(dim=(2, 3))
@@ -850,7 +864,7 @@ def _torch_classes():
                 x = block(x)
             return F.linear(tr.ln_f(x), tr.wte.weight)
 
-    return dict(KeyedDropout=KeyedDropout, GlobalAveragePool=GlobalAveragePool,
+    return dict(KeyedDropout=KeyedDropout, GlobalAveragePool=GlobalAveragePool, RMSNorm=RMSNorm,
                 Residual=Residual, Embed=Embed, CausalSelfAttention=CausalSelfAttention,
                 LMHead=LMHead, SpecSequential=SpecSequential, GPT=GPT)
 
@@ -885,6 +899,8 @@ def _build_modules(layers, classes, embeds, key_base=0):
             modules.append(cls(layer.inp[1], eps=BATCHNORM_EPS, momentum=BATCHNORM_MOMENTUM))
         elif kind == "ln":
             modules.append(nn.LayerNorm(layer.inp[-1], eps=LAYERNORM_EPS))
+        elif kind == "rms":  # Llama's RMSNorm, as ddtrain's rms
+            modules.append(classes["RMSNorm"](layer.inp[-1], LAYERNORM_EPS))
         elif kind == "res":
             body = nn.Sequential(*_build_modules(layer.body, classes, embeds))
             short = (nn.Sequential(*_build_modules(layer.shortcut, classes, embeds))

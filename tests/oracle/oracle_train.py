@@ -8,7 +8,8 @@ the same run (issue 12 item 6, issue 13 item 6, issue 22).
     tests/oracle/oracle_train.py --case gpt --ddtrain build/ddtrain --keep /tmp/o
     OPENBLAS_CORETYPE=Prescott DDTRAIN_BLAS_FIX=0 tests/oracle/oracle_train.py --case cnn ...
 
-Cases (CASES below): mlp-sgd and mlp-adamw (the MLP with dropout), cnn (the cnn-small preset,
+Cases (CASES below): mlp-sgd and mlp-adamw (the MLP with dropout), rms (an MLP with RMSNorm,
+30 SGD-momentum steps), cnn (the cnn-small preset,
 30 SGD-momentum steps, warm-up + cosine, its dropout included) and gpt (gpt-tiny, 20 AdamW
 steps with gradient clipping by global norm, weight decay on matrices only, warm-up + cosine).
 
@@ -112,6 +113,11 @@ CASES = {
                       optimizer="adamw", lr=3e-3, beta1=0.9, beta2=0.95, eps=1e-8,
                       weight_decay=0.1, decay="all", warmup=5, schedule="cosine",
                       min_lr=3e-4),
+    # RMSNorm (rms), Llama's normalisation, on flat features, before each activation.
+    "rms": dict(model="784-128-rms-relu-64-rms-gelu-10", data="images", steps=30,
+                global_batch=64, ranks=2, micro_batch=16, optimizer="sgd", lr=0.05,
+                momentum=0.9, nesterov=False, weight_decay=1e-4, decay="matrices", warmup=5,
+                schedule="cosine", min_lr=0.005),
     "cnn": dict(model="cnn-small", data="images", steps=30, global_batch=64, ranks=2,
                 micro_batch=16, optimizer="sgd", lr=0.01, momentum=0.9, nesterov=False,
                 weight_decay=5e-4, decay="matrices", warmup=5, schedule="cosine", min_lr=0.001),

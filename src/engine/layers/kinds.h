@@ -16,6 +16,7 @@
     X(FLATTEN, layer_flatten)         /* flatten.c: a view, C x H x W -> C*H*W */                  \
     X(BATCHNORM, layer_batchnorm)     /* batchnorm.c: BatchNorm2d / BatchNorm1d */                 \
     X(LAYERNORM, layer_layernorm)     /* layernorm.c: over the last axis */                        \
+    X(RMSNORM, layer_rmsnorm)         /* rmsnorm.c: RMS normalisation over the last axis */        \
     X(VIEW, layer_view)               /* residual.c: a block's start, its input unchanged */       \
     X(ADD, layer_add)                 /* residual.c: a block's end, input + second_input */        \
     X(EMBED, layer_embed)             /* embedding.c: token table + learned positions */           \
