@@ -1939,7 +1939,7 @@ static void run_causal_softmax(void) {
  * ----------------------------------------------------------- */
 
 static void run_checks(void) {
-    static const size_t counts[] = {1, 7, 100003};
+    static const size_t counts[] = {1, 7, 100003, 1000003};
     for (size_t ci = 0; ci < sizeof counts / sizeof counts[0]; ci++) {
         size_t count = counts[ci];
         fixture_arena *arena = fixture_arena_new();
