@@ -3,7 +3,8 @@
 # end. What it checks, each against the CPU or against the documented number:
 #   probe      the GPU, its driver, and ddtrain --version (the CUDA plugin loads)
 #   kernels    every device operation of the CUDA backend against the CPU backend on random
-#              inputs (tests/test_engine_ops, also against float64; tests/test_cuda_device for what only a GPU has): fp32 within 1e-5 relative, GEMMs and sums
+#              inputs (tests/test_engine_ops, which also checks both against float64;
+#              tests/test_cuda_device, what only a GPU has): fp32 within 1e-5 relative, GEMMs and sums
 #              within float32's summation bound plus their operands' rounding (TF32 ~2e-3,
 #              bf16 ~8e-3, fp16 ~1e-3 of the sum of magnitudes), optimizers and dropout bit for
 #              bit; each comparison's worst error goes into the table
