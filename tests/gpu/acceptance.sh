@@ -4,8 +4,8 @@
 #   probe      the GPU, its driver, and ddtrain --version (the CUDA plugin loads)
 #   kernels    every device operation of the CUDA backend against the CPU backend on random
 #              inputs (tests/test_engine_ops, which also checks both against float64;
-#              tests/test_cuda_device, what only a GPU has): fp32 within 1e-5 relative, GEMMs and sums
-#              within float32's summation bound plus their operands' rounding (TF32 ~2e-3,
+#              tests/test_cuda_device, what only a GPU has): fp32 within 1e-5 relative,
+#              GEMMs and sums within float32's summation bound plus their operands' rounding (TF32 ~2e-3,
 #              bf16 ~8e-3, fp16 ~1e-3 of the sum of magnitudes), optimizers and dropout bit for
 #              bit; each comparison's worst error goes into the table
 #   nccl       the NCCL backend (tests/mpi_test_comm_nccl) on 1 rank, and on 2 ranks where two
@@ -44,7 +44,8 @@
 #
 # Usage:
 #   tests/gpu/acceptance.sh [--bin DIR] [--data DIR] [--out DIR] [--python PY] [--quick]
-#     --bin DIR     ddtrain, libddtrain_cuda.so, test_cuda_device, test_engine_ops, mpi_test_comm_nccl,
+#     --bin DIR     ddtrain, libddtrain_cuda.so, test_cuda_device, test_engine_ops,
+#                   mpi_test_comm_nccl,
 #                   ddtrain_bench_gemm and ddtrain_bench_kernels: a build tree (default: build/, with tests/ and bench/
 #                   inside) or a bundle's bin/ (tests/gpu/make-bundle.sh)
 #     --data DIR    Fashion-MNIST: the four IDX .gz files (converted here), or fashion-train-*.h5
