@@ -3,8 +3,9 @@
 # end. What it checks, each against the CPU or against the documented number:
 #   probe      the GPU, its driver, and ddtrain --version (the CUDA plugin loads)
 #   kernels    every device operation of the CUDA backend against the CPU backend on random
-#              inputs (tests/test_cuda_device): fp32 within 1e-5 relative, GEMMs and sums
-#              within float32's summation bound plus their operands' rounding (TF32 ~2e-3,
+#              inputs (tests/test_engine_ops, which also checks both against float64;
+#              tests/test_cuda_device, what only a GPU has): fp32 within 1e-5 relative,
+#              GEMMs and sums within float32's summation bound plus their operands' rounding (TF32 ~2e-3,
 #              bf16 ~8e-3, fp16 ~1e-3 of the sum of magnitudes), optimizers and dropout bit for
 #              bit; each comparison's worst error goes into the table
 #   nccl       the NCCL backend (tests/mpi_test_comm_nccl) on 1 rank, and on 2 ranks where two
@@ -43,7 +44,8 @@
 #
 # Usage:
 #   tests/gpu/acceptance.sh [--bin DIR] [--data DIR] [--out DIR] [--python PY] [--quick]
-#     --bin DIR     ddtrain, libddtrain_cuda.so, test_cuda_device, mpi_test_comm_nccl,
+#     --bin DIR     ddtrain, libddtrain_cuda.so, test_cuda_device, test_engine_ops,
+#                   mpi_test_comm_nccl,
 #                   ddtrain_bench_gemm and ddtrain_bench_kernels: a build tree (default: build/, with tests/ and bench/
 #                   inside) or a bundle's bin/ (tests/gpu/make-bundle.sh)
 #     --data DIR    Fashion-MNIST: the four IDX .gz files (converted here), or fashion-train-*.h5
@@ -140,7 +142,6 @@ run() {
 
 ddtrain=$(find_binary ddtrain)
 [[ -n $ddtrain ]] || { echo "acceptance.sh: no ddtrain in $bin_dir" >&2; exit 2; }
-test_cuda_device=$(find_binary test_cuda_device)
 test_comm_nccl=$(find_binary mpi_test_comm_nccl)
 bench_gemm=$(find_binary ddtrain_bench_gemm)
 bench_kernels=$(find_binary ddtrain_bench_kernels)
@@ -267,22 +268,27 @@ if ((gpus == 0)); then
   done
 else
   # --- kernels -----------------------------------------------------------------------------
-  section "kernels: the CUDA backend against the CPU backend"
-  if [[ -n $test_cuda_device ]]; then
-    run kernels "$test_cuda_device"
+  section "kernels: every operation against float64 and the CPU backend; the GPU's own checks"
+  # test_engine_ops: each operation on both backends against a float64 reference (and the CPU
+  # backend); test_cuda_device: what only a GPU has. Both print "measured:" lines.
+  for kernels_test in test_engine_ops test_cuda_device; do
+    kernels_binary=$(find_binary "$kernels_test")
+    if [[ -z $kernels_binary ]]; then
+      record kernels "$kernels_test" fail "not found in $bin_dir" ""
+      continue
+    fi
+    run "$kernels_test" "$kernels_binary"
     code=$?
-    head -1 "$work/kernels.log" | sed 's/^/  device: /'
+    grep -m1 -e '^cuda:' -e '^backend cuda:' "$work/$kernels_test.log" | sed 's/^/  device: /'
     # "measured: WHAT  worst E tolerance T ok|FAIL", or "... identical|differs tolerance bitwise ok|FAIL"
     while IFS='|' read -r name value tolerance verdict; do
       record kernels "$name" "$([[ $verdict == ok ]] && echo pass || echo fail)" "$value" "$tolerance"
     done < <(sed -n -e 's/^measured: \(.*[^ ]\) *worst \([^ ]*\) tolerance \([^ ]*\) \(ok\|FAIL\)$/\1|\2|\3|\4/p' \
                  -e 's/^measured: \(.*[^ ]\) *\(identical\|differs\) tolerance \(bitwise\) \(ok\|FAIL\)$/\1|\2|\3|\4/p' \
-                 "$work/kernels.log")
-    [[ $code -eq 0 ]] && record kernels "test_cuda_device" pass "exit 0" "0" ||
-      record kernels "test_cuda_device" fail "exit $code" "0" "$(grep -m3 FAIL "$work/kernels.log")"
-  else
-    record kernels "test_cuda_device" fail "not found in $bin_dir" ""
-  fi
+                 "$work/$kernels_test.log")
+    [[ $code -eq 0 ]] && record kernels "$kernels_test" pass "exit 0" "0" ||
+      record kernels "$kernels_test" fail "exit $code" "0" "$(grep -m3 FAIL "$work/$kernels_test.log")"
+  done
 
   # --- nccl --------------------------------------------------------------------------------
   section "NCCL: 1 rank, 2 ranks where two GPUs are visible, and 2 ranks on one GPU refused"

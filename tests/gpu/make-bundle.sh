@@ -22,7 +22,8 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DDDTRAIN_CUDA=ON \
 cmake --build "$build" -j "$(nproc)" >/dev/null
 rm -rf "$out"
 GPUKIT_COMPRESS=${GPUKIT_COMPRESS:-xz} "$kit/bundle.sh" "$out" "$build/ddtrain" \
-  "$build/libddtrain_cuda.so" "$build/tests/test_cuda_device" "$build/tests/mpi_test_comm_nccl" \
+  "$build/libddtrain_cuda.so" "$build/tests/test_cuda_device" "$build/tests/test_engine_ops" \
+  "$build/tests/mpi_test_comm_nccl" \
   "$build/bench/ddtrain_bench_gemm" "$build/bench/ddtrain_bench_kernels" >"$out.log" 2>&1 ||
   { cat "$out.log" >&2; exit 1; }
 rm -f "$out.log"
