@@ -1771,6 +1771,128 @@ static void run_layernorm(void) {
     layernorm_case(200, 40000, true);         /* wider than the column blocks' target */
 }
 
+/* RMS normalisation: rstd = 1/sqrt(mean x^2 + eps) per row, y = x rstd gamma; backward from
+ * the rounded rstd, dgamma summing rows in order. Inputs straddle zero (no mean is taken out). */
+static void rmsnorm_case(int rows, int cols, bool gpu_size) {
+    if (gpu_size && !gpu_size_runs()) return;
+    fixture_arena *arena = fixture_arena_new();
+    size_t count = (size_t)rows * cols, cc = (size_t)cols, rc = (size_t)rows;
+    const float eps = 1e-5f;
+    float *x = random_floats(arena, count, -3.0f, 3.0f), *dy = random_floats(arena, count, -1, 1);
+    float *gamma = random_floats(arena, cc, 0.5f, 1.5f);
+    float *dgamma = random_floats(arena, cc, -1.0f, 1.0f);
+    double *ref_y = doubles(arena, count), *y_scales = doubles(arena, count);
+    double *ref_rstd = doubles(arena, rc);
+    float *rstd = fixture_alloc(arena, rc * 4);
+    for (int r = 0; r < rows; r++) {
+        const float *xr = x + (size_t)r * cols;
+        double squares = 0.0;
+        for (int c = 0; c < cols; c++)
+            squares += (double)xr[c] * xr[c];
+        double s = 1.0 / sqrt(squares / cols + eps);
+        ref_rstd[r] = s;
+        rstd[r] = (float)s;
+        for (int c = 0; c < cols; c++) {
+            size_t at = (size_t)r * cols + c;
+            ref_y[at] = xr[c] * s * gamma[c];
+            y_scales[at] = fabs(xr[c]) * s * fabs(gamma[c]) + 1e-30;
+        }
+    }
+    /* Forward: the mean of squares may be a float sum of cols terms: gamma(cols + 8). */
+    double forward_tolerance = float_sum_gamma(cols + 8, U) + 32 * U;
+    output o_y = {"y", ref_y, y_scales, forward_tolerance, 1e-5};
+    output o_rstd = {"rstd", ref_rstd, relative_scales(arena, ref_rstd, rc), forward_tolerance,
+                     1e-5};
+    double *ref_dx = doubles(arena, count), *dx_scales = doubles(arena, count);
+    double *ref_dgamma = as_doubles(arena, dgamma, cc), *dgamma_scales = doubles(arena, cc);
+    for (int c = 0; c < cols; c++)
+        dgamma_scales[c] = fabs(dgamma[c]) + 1e-30;
+    for (int r = 0; r < rows; r++) {
+        double sum_g_xhat = 0.0, abs_g_xhat = 0.0;
+        for (int c = 0; c < cols; c++) {
+            size_t at = (size_t)r * cols + c;
+            double xhat = (double)x[at] * rstd[r], g = (double)dy[at] * gamma[c];
+            sum_g_xhat += g * xhat, abs_g_xhat += fabs(g * xhat);
+            ref_dgamma[c] += dy[at] * xhat;
+            dgamma_scales[c] += fabs(dy[at] * xhat);
+        }
+        for (int c = 0; c < cols; c++) {
+            size_t at = (size_t)r * cols + c;
+            double xhat = (double)x[at] * rstd[r], g = (double)dy[at] * gamma[c];
+            ref_dx[at] = rstd[r] * (g - xhat * sum_g_xhat / cols);
+            dx_scales[at] = rstd[r] * (fabs(g) + (fabs(xhat) + 1.0) * abs_g_xhat / cols) + 1e-30;
+        }
+    }
+    output o_dx = {"dx", ref_dx, dx_scales, float_sum_gamma(cols + 8, U), 1e-5};
+    output o_dgamma = {"dgamma", ref_dgamma, dgamma_scales, float_sum_gamma(rows + 8, U), NO_CROSS};
+    char label[96];
+    snprintf(label, sizeof label, "rmsnorm %dx%d", rows, cols);
+    float *cpu[4] = {NULL};
+    for (int bi = 0; bi < backend_count; bi++) {
+        backend *b = &backends[bi];
+        float *dxin = dev_upload(b, x, count * 4), *dgam = dev_upload(b, gamma, cc * 4);
+        if (runs(b, DEVICE_OP_rmsnorm_forward, gpu_size)) {
+            float *dyout = dev_upload(b, x, count * 4); /* to overwrite */
+            float *drstd = dev_alloc(b, rc * 4);
+            float *first[2];
+            for (int run = 0; run < 2; run++) {
+                device_rmsnorm_forward(b->dev, rows, cols, dxin, dgam, eps, dyout, drstd);
+                float *got[2] = {dev_floats(b, arena, dyout, count),
+                                 dev_floats(b, arena, drstd, rc)};
+                const output *outputs[2] = {&o_y, &o_rstd};
+                size_t counts[2] = {count, rc};
+                for (int i = 0; i < 2; i++) {
+                    if (run == 0) {
+                        first[i] = got[i];
+                        check_output(text("%s forward", label), bi, outputs[i], got[i], counts[i],
+                                     &cpu[i], arena);
+                    } else {
+                        compare_repeat(text("%s forward: %s", label, outputs[i]->name), b, got[i],
+                                       first[i], counts[i]);
+                    }
+                }
+            }
+        }
+        if (runs(b, DEVICE_OP_rmsnorm_backward, gpu_size)) {
+            float *ddy = dev_upload(b, dy, count * 4), *drstd = dev_upload(b, rstd, rc * 4);
+            float *ddx = dev_upload(b, x, count * 4); /* to overwrite */
+            float *ddgamma = dev_alloc(b, cc * 4);
+            float *first[2];
+            for (int run = 0; run < 2; run++) {
+                CHECK_OK(device_copy_host_to_device(b->dev, ddgamma, dgamma, cc * 4));
+                device_rmsnorm_backward(b->dev, rows, cols, dxin, ddy, dgam, drstd, ddx, ddgamma);
+                float *got[2] = {dev_floats(b, arena, ddx, count),
+                                 dev_floats(b, arena, ddgamma, cc)};
+                const output *outputs[2] = {&o_dx, &o_dgamma};
+                size_t counts[2] = {count, cc};
+                for (int i = 0; i < 2; i++) {
+                    if (run == 0) {
+                        first[i] = got[i];
+                        check_output(text("%s backward", label), bi, outputs[i], got[i], counts[i],
+                                     &cpu[2 + i], arena);
+                    } else {
+                        compare_repeat(text("%s backward: %s", label, outputs[i]->name), b, got[i],
+                                       first[i], counts[i]);
+                    }
+                }
+            }
+        }
+        backend_release(b);
+    }
+    fixture_arena_free(arena);
+}
+
+static void run_rmsnorm(void) {
+    rmsnorm_case(1, 1, false);
+    rmsnorm_case(1, 7, false);
+    rmsnorm_case(7, 1, false);
+    rmsnorm_case(67, 100, false);
+    rmsnorm_case(300, 768, false);          /* gpt2-124m's width */
+    rmsnorm_case(2100, 128, false);         /* more rows than the gradient's row chunks, unevenly */
+    rmsnorm_case(16 * 1024 + 3, 768, true); /* 16 x 1024 tokens: 42 row chunks */
+    rmsnorm_case(200, 40000, true);         /* wider than the column blocks' target */
+}
+
 /* --- embeddings, causal softmax ------------------------------------------------------------------
  */
 
@@ -2235,6 +2357,8 @@ static const op_runner op_cases[DEVICE_OP_COUNT] = {
     [DEVICE_OP_batchnorm_backward] = run_batchnorm,
     [DEVICE_OP_layernorm_forward] = run_layernorm,
     [DEVICE_OP_layernorm_backward] = run_layernorm,
+    [DEVICE_OP_rmsnorm_forward] = run_rmsnorm,
+    [DEVICE_OP_rmsnorm_backward] = run_rmsnorm,
     [DEVICE_OP_embedding_forward] = run_embedding,
     [DEVICE_OP_embedding_backward] = run_embedding,
     [DEVICE_OP_causal_softmax_forward] = run_causal_softmax,
