@@ -105,6 +105,19 @@ static inline int64_t layer_last_axis_rows(const tensor_shape *shape, int rows) 
     return shape->rank == 2 ? (int64_t)rows * shape->dims[0] : rows;
 }
 
+/* A normalisation over the last axis (layernorm.c, rmsnorm.c): its rows per sample, and the
+ * workspace its backward writes dx into when the layer below wants none (it computes dx on the
+ * way to the parameters' gradients). */
+static inline int64_t layer_norm_rows_per_sample(const model_node *node) {
+    return node->in_shape.rank == 2 ? node->in_shape.dims[0] : 1;
+}
+static inline size_t layer_norm_workspace_floats(const model_node *node, int rows,
+                                                 bool input_gradient) {
+    return input_gradient
+               ? 0
+               : saturated_multiply_size((size_t)rows, (size_t)tensor_shape_count(&node->in_shape));
+}
+
 /* Values in `rows` samples of the node's output. */
 static inline size_t layer_output_count(const model_node *node, int rows) {
     return (size_t)rows * (size_t)tensor_shape_count(&node->out_shape);

@@ -20,17 +20,6 @@ static size_t saved_floats(const model_node *node, int rows) {
     return layer_times((size_t)rows, node->in_shape.rank == 2 ? (size_t)node->in_shape.dims[0] : 1);
 }
 
-/* Its backward computes dx on the way to the weight's gradient: without a dx to write, it
- * writes there. */
-static size_t workspace_floats(const model_node *node, int rows, bool input_gradient) {
-    return input_gradient ? 0
-                          : layer_times((size_t)rows, (size_t)tensor_shape_count(&node->in_shape));
-}
-
-static int64_t rows_per_sample(const model_node *node) {
-    return node->in_shape.rank == 2 ? node->in_shape.dims[0] : 1;
-}
-
 static ddt_status forward(const layer_call *c, const model_node *node, const float **out) {
     int width = node->in_shape.dims[node->in_shape.rank - 1];
     int n = (int)layer_last_axis_rows(&node->in_shape, c->rows);
@@ -58,8 +47,8 @@ const layer_kind layer_rmsnorm = {
     .words = words,
     .word_count = 1,
     .saved_floats = saved_floats,
-    .workspace_floats = workspace_floats,
-    .rows_per_sample = rows_per_sample,
+    .workspace_floats = layer_norm_workspace_floats,
+    .rows_per_sample = layer_norm_rows_per_sample,
     .forward = forward,
     .backward = backward,
     LAYER_OPS(DEVICE_OP_rmsnorm_forward, DEVICE_OP_rmsnorm_backward),
