@@ -426,7 +426,7 @@ static uint64_t run_backend(comm_backend_kind kind, device *dev, const bench_opt
     BENCH_CHECK(comm_init(kind, MPI_COMM_WORLD, dev, &c));
     if (kind != COMM_BACKEND_NCCL) BENCH_CHECK(comm_init(COMM_BACKEND_MPI, MPI_COMM_WORLD, dev, &old));
     allocator *alloc = NULL;
-    BENCH_CHECK(allocator_init(dev, &alloc));
+    BENCH_CHECK(allocator_open(dev, &alloc));
     void *data = NULL;
     BENCH_CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_BUCKETS, o->max_bytes, &data));
     float *host = malloc(o->max_bytes);
@@ -469,7 +469,7 @@ static uint64_t run_backend(comm_backend_kind kind, device *dev, const bench_opt
     }
     free(points);
     free(host);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     comm_free(old);
     comm_free(c);
     return wrong_total;

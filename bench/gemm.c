@@ -100,7 +100,7 @@ int main(int argc, char **argv) {
 
     device *dev = NULL;
     allocator *alloc = NULL;
-    if (device_open(kind, 0, &dev) != DDT_OK || allocator_init(dev, &alloc) != DDT_OK)
+    if (device_open(kind, 0, &dev) != DDT_OK || allocator_open(dev, &alloc) != DDT_OK)
         die(ddt_error_message());
     /* The dense layers' products: what an MLP's step computes besides elementwise work. */
     typedef struct dense_shape {
@@ -180,7 +180,7 @@ int main(int argc, char **argv) {
                 flops / best / 1e9, samples_per_s);
         fclose(f);
     }
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     device_close(dev);
     return 0;
 }

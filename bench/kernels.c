@@ -197,7 +197,7 @@ int main(int argc, char **argv) {
 
     bench_state s = {0};
     allocator *alloc = NULL;
-    if (device_open(kind, 0, &s.dev) != DDT_OK || allocator_init(s.dev, &alloc) != DDT_OK)
+    if (device_open(kind, 0, &s.dev) != DDT_OK || allocator_open(s.dev, &alloc) != DDT_OK)
         die(ddt_error_message());
     if (device_set_precision(s.dev, PRECISION_FP32, alloc, 1) != DDT_OK) /* takes the scratch */
         die(ddt_error_message());
@@ -274,7 +274,7 @@ int main(int argc, char **argv) {
     }
     if (out) fclose(out);
     if (device_synchronize(s.dev) != DDT_OK) die(ddt_error_message());
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     device_close(s.dev);
     return 0;
 }

@@ -275,9 +275,9 @@ ddt_status fixture_stream_plan(fixture_stream *f, const shard_params *p) {
     return shard_plan_init(p, &f->reference);
 }
 
-ddt_status fixture_stream_start(fixture_stream *f, stream_params params) {
+ddt_status fixture_stream_open(fixture_stream *f, stream_params params) {
     params.plan = f->plan;
-    return stream_start(&params, &f->stream);
+    return stream_open(&params, &f->stream);
 }
 
 ddt_status fixture_stream_expected_rows(const fixture_stream *f, int64_t global_step,
@@ -287,8 +287,8 @@ ddt_status fixture_stream_expected_rows(const fixture_stream *f, int64_t global_
                                        micro_index, rows);
 }
 
-void fixture_stream_stop(fixture_stream *f) {
-    stream_stop(f->stream);
+void fixture_stream_close(fixture_stream *f) {
+    stream_close(f->stream);
     shard_plan_free(f->reference);
     shard_plan_free(f->plan);
     *f = (fixture_stream){0};

@@ -139,11 +139,11 @@ typedef struct fixture_stream {
 /* (Re)makes both plans from P (any earlier ones freed). */
 ddt_status fixture_stream_plan(fixture_stream *f, const shard_params *p);
 /* Starts the stream with PARAMS, its plan replaced by f->plan. */
-ddt_status fixture_stream_start(fixture_stream *f, stream_params params);
+ddt_status fixture_stream_open(fixture_stream *f, stream_params params);
 /* The rows micro-batch MICRO_INDEX of GLOBAL_STEP holds by the reference plan. */
 ddt_status fixture_stream_expected_rows(const fixture_stream *f, int64_t global_step,
                                         int micro_index, int64_t *rows);
 /* Stops the stream and frees both plans; the fixture can be planned again. */
-void fixture_stream_stop(fixture_stream *f);
+void fixture_stream_close(fixture_stream *f);
 
 #endif

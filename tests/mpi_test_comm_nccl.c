@@ -225,7 +225,7 @@ static void test_on_gpus(int local_rank) {
     device *dev = NULL;
     CHECK_OK(device_open(DEVICE_KIND_CUDA, local_rank, &dev));
     allocator *alloc = NULL;
-    if (dev) CHECK_OK(allocator_init(dev, &alloc));
+    if (dev) CHECK_OK(allocator_open(dev, &alloc));
     comm *c = NULL;
     /* comm_init agrees across ranks, so either every rank continues or none does. */
     if (alloc) CHECK_OK(comm_init(COMM_BACKEND_NCCL, MPI_COMM_WORLD, dev, &c));
@@ -263,7 +263,7 @@ static void test_on_gpus(int local_rank) {
         comm_free(c);
     }
     if (alloc) test_timeout(dev, alloc);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     device_close(dev);
 }
 

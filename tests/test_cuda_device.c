@@ -409,7 +409,7 @@ static void check_preallocation(void) {
     params.rank = 0;
     params.limit_source = "test limit";
     allocator *alloc = NULL;
-    EXPECT_OK(allocator_init_with_params(gpu, &params, &alloc));
+    EXPECT_OK(allocator_open_with_params(gpu, &params, &alloc));
     if (alloc) {
         allocator_stats stats = allocator_get_stats(alloc);
         EXPECT(stats.reserved_bytes == limit);
@@ -432,12 +432,12 @@ static void check_preallocation(void) {
             EXPECT(zero);
             free(probe);
         }
-        allocator_destroy(alloc);
+        allocator_close(alloc);
     }
     /* More than the GPU has fails at once, with a message, not a crash. */
     params.limit_bytes = total + GIB;
     alloc = NULL;
-    EXPECT(allocator_init_with_params(gpu, &params, &alloc) == DDT_ERR_MEMORY);
+    EXPECT(allocator_open_with_params(gpu, &params, &alloc) == DDT_ERR_MEMORY);
     EXPECT(alloc == NULL);
 }
 
@@ -448,7 +448,7 @@ static void check_deferred_failure(void) {
     allocator *alloc = NULL;
     EXPECT_OK(device_open(DEVICE_KIND_CUDA, gpu->ordinal, &other));
     if (!other) return;
-    EXPECT_OK(allocator_init(other, &alloc));
+    EXPECT_OK(allocator_open(other, &alloc));
     if (alloc) {
         EXPECT_OK(device_set_precision(other, PRECISION_BF16, alloc, 64));
         float *buffer = NULL;
@@ -463,7 +463,7 @@ static void check_deferred_failure(void) {
             EXPECT(device_synchronize(other) == DDT_ERR_INTERNAL);
             EXPECT(message_has("max_operand_floats"));
         }
-        allocator_destroy(alloc);
+        allocator_close(alloc);
     }
     device_close(other);
 }
@@ -475,7 +475,7 @@ static void check_scratch_needed(void) {
     allocator *alloc = NULL;
     EXPECT_OK(device_open(DEVICE_KIND_CUDA, gpu->ordinal, &other));
     if (!other) return;
-    EXPECT_OK(allocator_init(other, &alloc));
+    EXPECT_OK(allocator_open(other, &alloc));
     float *buffer = NULL;
     if (alloc)
         EXPECT_OK(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, 256 * sizeof(float),
@@ -488,7 +488,7 @@ static void check_scratch_needed(void) {
         EXPECT(device_synchronize(other) == DDT_ERR_INTERNAL);
         EXPECT(message_has("bias_gradient_accumulate") && message_has("device_set_precision"));
     }
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     device_close(other);
 }
 
@@ -749,7 +749,7 @@ static bool gpu_has_room(const char *what, size_t bytes) {
 /* A case's own allocator, and buffers from it; NULL (with a "not run" line) on failure. */
 static allocator *case_allocator(const char *what) {
     allocator *alloc = NULL;
-    if (allocator_init(gpu, &alloc) != DDT_OK) {
+    if (allocator_open(gpu, &alloc) != DDT_OK) {
         printf("not run: %s: %s\n", what, ddt_error_message());
         return NULL;
     }
@@ -844,7 +844,7 @@ static void check_grid_stride_case(size_t count) {
     printf("timing: scale of %zu elements on the GPU: %.4f s\n", count, gpu_seconds);
 done:
     EXPECT_OK(device_synchronize(gpu));
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     free(got);
     free(expected);
     free(x);
@@ -906,7 +906,7 @@ static void check_causal_softmax_wrap(void) {
            forward_seconds, backward_seconds);
 done:
     EXPECT_OK(device_synchronize(gpu));
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     free(got);
     free(expected_dx);
     free(expected_y);
@@ -977,7 +977,7 @@ static void check_large_cast_case(precision_kind precision, bool transpose_a, in
 done:
     if (precision_set) EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, 256 * 96));
     EXPECT_OK(device_synchronize(gpu));
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     free(got);
     free(expected);
     free(c);
@@ -1070,7 +1070,7 @@ static void check_cast_past_2_31(void) {
 done:
     if (precision_set) EXPECT_OK(device_set_precision(gpu, PRECISION_FP32, gpu_alloc, 256 * 96));
     EXPECT_OK(device_synchronize(gpu));
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     free(chunk);
     free(got);
     free(expected);
@@ -1111,7 +1111,7 @@ int main(void) {
         return 1;
     }
     printf("%s\n", gpu->description);
-    if (allocator_init(gpu, &gpu_alloc) != DDT_OK) {
+    if (allocator_open(gpu, &gpu_alloc) != DDT_OK) {
         fprintf(stderr, "cannot create the GPU allocator: %s\n", ddt_error_message());
         return 1;
     }
@@ -1126,7 +1126,7 @@ int main(void) {
     check_precision_takes_effect();
     check_big_index_paths(); /* last: see check_cast_past_2_31 */
     EXPECT_OK(device_synchronize(gpu));
-    allocator_destroy(gpu_alloc);
+    allocator_close(gpu_alloc);
     device_close(gpu);
     device_close(cpu);
     return check_finish();

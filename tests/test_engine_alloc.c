@@ -139,14 +139,14 @@ static void check_usage_errors(void) {
 
     allocator *alloc = (allocator *)dev;
     params.policy = MEMORY_POLICY_PREALLOCATE;
-    CHECK(allocator_init_with_params(dev, &params, &alloc) == DDT_ERR_USAGE);
+    CHECK(allocator_open_with_params(dev, &params, &alloc) == DDT_ERR_USAGE);
     CHECK(alloc == NULL);
     CHECK(message_has("--device-memory-limit"));
     params.policy = (memory_policy)7;
-    CHECK(allocator_init_with_params(dev, &params, &alloc) == DDT_ERR_USAGE);
+    CHECK(allocator_open_with_params(dev, &params, &alloc) == DDT_ERR_USAGE);
 
     /* The old entry point is growth without a limit and reserves nothing up front. */
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     allocator_stats stats = allocator_get_stats(alloc);
     CHECK(stats.reserved_bytes == 0 && stats.region_count == 0 && stats.limit_bytes == 0);
     void *block = NULL;
@@ -154,7 +154,7 @@ static void check_usage_errors(void) {
     stats = allocator_get_stats(alloc);
     CHECK(stats.reserved_bytes == 2 * MIB && stats.region_count == 1); /* the default step */
     CHECK(stats.bytes_in_use == allocator_rounded_size(1000));
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 }
 
 static void check_preallocate(void) {
@@ -165,7 +165,7 @@ static void check_preallocate(void) {
     params.rank = 1;
     params.limit_source = "--device-memory-limit 1MiB";
     allocator *alloc = NULL;
-    CHECK_OK(allocator_init_with_params(d, &params, &alloc));
+    CHECK_OK(allocator_open_with_params(d, &params, &alloc));
     if (!alloc) return;
     allocator_stats stats = allocator_get_stats(alloc);
     CHECK(stats.reserved_bytes == MIB && stats.peak_reserved_bytes == MIB);
@@ -253,7 +253,7 @@ static void check_preallocate(void) {
     CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, MIB, &whole));
     CHECK(whole == a);
 done:
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     CHECK(fake_frees == fake_allocs);
 }
 
@@ -268,7 +268,7 @@ static void check_preallocate_failures(void) {
     /* The device refuses: DDT_ERR_MEMORY at init, naming the bytes and the reason. */
     fake_refuse_above = 1 * MIB;
     allocator *alloc = (allocator *)d;
-    CHECK(allocator_init_with_params(d, &params, &alloc) == DDT_ERR_MEMORY);
+    CHECK(allocator_open_with_params(d, &params, &alloc) == DDT_ERR_MEMORY);
     CHECK(alloc == NULL);
     CHECK(message_has("rank 3: cannot preallocate 64.0 MiB (67108864 bytes)"));
     CHECK(message_has("DDTRAIN_DEVICE_MEMORY_LIMIT=64MiB"));
@@ -279,24 +279,24 @@ static void check_preallocate_failures(void) {
     fake_refuse_above = 0;
     fake_total = 32 * MIB;
     fake_free = 16 * MIB;
-    CHECK(allocator_init_with_params(d, &params, &alloc) == DDT_ERR_MEMORY);
+    CHECK(allocator_open_with_params(d, &params, &alloc) == DDT_ERR_MEMORY);
     CHECK(message_has("only 32.0 MiB in all"));
     fake_total = 128 * MIB;
-    CHECK(allocator_init_with_params(d, &params, &alloc) == DDT_ERR_MEMORY);
+    CHECK(allocator_open_with_params(d, &params, &alloc) == DDT_ERR_MEMORY);
     CHECK(message_has("only 16.0 MiB of 128.0 MiB"));
     CHECK(message_has("--device-memory growth"));
     CHECK(fake_allocs == 0 && fake_info_calls == 3);
     fake_free = 100 * MIB;
-    CHECK_OK(allocator_init_with_params(d, &params, &alloc));
+    CHECK_OK(allocator_open_with_params(d, &params, &alloc));
     CHECK(fake_allocs == 1);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     CHECK(fake_frees == 1);
 
     /* A backend without memory_info: the checks are skipped, not failed. */
     fake_ops.memory_info = NULL;
     fake_total = 1;
-    CHECK_OK(allocator_init_with_params(d, &params, &alloc));
-    allocator_destroy(alloc);
+    CHECK_OK(allocator_open_with_params(d, &params, &alloc));
+    allocator_close(alloc);
 }
 
 static void check_growth(void) {
@@ -307,7 +307,7 @@ static void check_growth(void) {
     params.rank = 0;
     params.limit_source = "--device-memory-limit 10MiB";
     allocator *alloc = NULL;
-    CHECK_OK(allocator_init_with_params(d, &params, &alloc));
+    CHECK_OK(allocator_open_with_params(d, &params, &alloc));
     if (!alloc) return;
     CHECK(allocator_get_stats(alloc).reserved_bytes == 0 && fake_allocs == 0);
 
@@ -364,22 +364,22 @@ static void check_growth(void) {
     CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, 1 * MIB, &again));
     CHECK(again == blocks[0]); /* region 0, whole again */
     CHECK(allocator_get_stats(alloc).region_count == 4 && fake_allocs == 4);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     CHECK(fake_frees == 4);
 
     /* A request above the limit on its own reserves nothing. */
-    CHECK_OK(allocator_init_with_params(d, &params, &alloc));
+    CHECK_OK(allocator_open_with_params(d, &params, &alloc));
     CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_PARAMETERS, 11 * MIB, &refused) ==
           DDT_ERR_MEMORY);
     CHECK(message_has("parameters asked for 11.0 MiB"));
     CHECK(message_has("0 bytes (0 bytes) of the 10.0 MiB"));
     CHECK(allocator_get_stats(alloc).reserved_bytes == 0);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 
     /* The device refuses the step but can give the request: growth falls back to it. */
     fake_device();
     fake_refuse_above = 3 * MIB;
-    CHECK_OK(allocator_init_with_params(d, &params, &alloc));
+    CHECK_OK(allocator_open_with_params(d, &params, &alloc));
     CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, 100, &again));
     CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, 1 * MIB, &again)); /* 2 MiB */
     CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_WORKSPACE, 2 * MIB, &again)); /* not 4 */
@@ -390,13 +390,13 @@ static void check_growth(void) {
     CHECK(message_has("rank 0: cannot allocate 4.0 MiB of gradients (4194304 bytes)"));
     CHECK(message_has("out of device memory"));
     CHECK(allocator_get_stats(alloc).region_count == 3);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     CHECK(fake_frees == fake_allocs);
 }
 
 static void check_component_peaks(void) {
     allocator *alloc = NULL;
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     void *parameters = NULL, *activations = NULL;
     CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_PARAMETERS, 1000, &parameters));
     CHECK_OK(allocator_alloc(alloc, MEMORY_COMPONENT_ACTIVATIONS, 5000, &activations));
@@ -436,7 +436,7 @@ static void check_component_peaks(void) {
     for (int c = 0; c < MEMORY_COMPONENT_COUNT; c++)
         CHECK(stats.component_bytes[c] == 0);
     CHECK(stats.component_peak_bytes[MEMORY_COMPONENT_ACTIVATIONS] == allocator_rounded_size(5000));
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 }
 
 /* Destroy releases live allocations and every region, whichever the policy. */
@@ -445,7 +445,7 @@ static void check_destroy_releases_everything(void) {
     allocator_params params = allocator_default_params();
     params.growth_min_bytes = 4 * KIB;
     allocator *alloc = NULL;
-    CHECK_OK(allocator_init_with_params(d, &params, &alloc));
+    CHECK_OK(allocator_open_with_params(d, &params, &alloc));
     void *block = NULL;
     for (int i = 0; i < 40; i++)
         CHECK_OK(allocator_alloc(alloc, (memory_component)(i % MEMORY_COMPONENT_COUNT),
@@ -458,9 +458,9 @@ static void check_destroy_releases_everything(void) {
         sum += stats.component_bytes[c];
     CHECK(sum == stats.bytes_in_use);
     CHECK(stats.bytes_in_use <= stats.reserved_bytes);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     CHECK(fake_frees == fake_allocs);
-    allocator_destroy(NULL);
+    allocator_close(NULL);
 }
 
 int main(void) {

@@ -164,7 +164,7 @@ static void check_kind_lists(device *dev, const char *text) {
 
     allocator *alloc = NULL;
     model *m = NULL;
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     CHECK_OK(device_set_precision(dev, PRECISION_FP32, alloc,
                                   model_spec_max_gemm_operand_floats(&spec, ROWS)));
     CHECK_OK(model_init(&spec, alloc, ROWS, (model_options){0}, &m));
@@ -200,7 +200,7 @@ static void check_kind_lists(device *dev, const char *text) {
         free(labels);
     }
     model_free(m);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 
     for (int n = 0; n < spec.node_count; n++) {
         const device_op *ops;

@@ -389,7 +389,7 @@ static void check_activation_values(void) {
 
 int main(void) {
     CHECK_OK(device_open(DEVICE_KIND_CPU, 0, &dev));
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
 
     static const problem layers[] = {
         {"5-7-3", LOSS_SOFTMAX_CROSS_ENTROPY, true},
@@ -436,7 +436,7 @@ int main(void) {
     check_loss_values();
     check_activation_values();
 
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     device_close(dev);
     return check_finish();
 }

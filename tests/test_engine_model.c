@@ -307,7 +307,7 @@ static void check_allocation_failure(void) {
     device failing = *dev;
     failing.ops = &ops;
     allocator *alloc;
-    CHECK_OK(allocator_init(&failing, &alloc));
+    CHECK_OK(allocator_open(&failing, &alloc));
     void *block = &failing;
     CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_STAGING, 3 << 20, &block) == DDT_ERR_MEMORY);
     CHECK(block == NULL);
@@ -320,12 +320,12 @@ static void check_allocation_failure(void) {
     model *m = (model *)&failing;
     CHECK(model_init(&spec, alloc, 2, (model_options){0}, &m) == DDT_ERR_MEMORY);
     CHECK(m == NULL);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 }
 
 static void check_init_and_allocator(void) {
     allocator *alloc;
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     CHECK(allocator_device(alloc) == dev);
     static model_spec spec;
     CHECK_OK(model_spec_parse("784-256-relu-128-relu-10", &spec));
@@ -423,9 +423,9 @@ static void check_init_and_allocator(void) {
     CHECK(allocator_get_stats(alloc).component_bytes[MEMORY_COMPONENT_WORKSPACE] == 0);
     CHECK(strcmp(memory_component_name(MEMORY_COMPONENT_ACTIVATIONS), "activations") == 0);
     check_allocation_failure();
-    allocator_destroy(alloc); /* still holds model a's buffers */
+    allocator_close(alloc);   /* still holds model a's buffers */
     free(a);                  /* model_free would hand them back to a dead allocator */
-    allocator_destroy(NULL);
+    allocator_close(NULL);
 }
 
 static void fill_inputs(float *x, int rows, int width, uint64_t seed) {
@@ -508,7 +508,7 @@ static void mlp_reference(const float *parameters, const float *input, const flo
  * forward in double. */
 static void check_batch_independence(void) {
     allocator *alloc;
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     static model_spec spec;
     CHECK_OK(model_spec_parse("20-64-relu-dropout0.3-32-gelu-16-tanh-8-sigmoid-5", &spec));
     const int rows = 9;
@@ -577,13 +577,13 @@ static void check_batch_independence(void) {
     CHECK(zero);
     model_free(m);
     CHECK(allocator_get_stats(alloc).bytes_in_use == 0);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 }
 
 /* Dropout: the mask of a row follows its global id wherever it sits in the batch. */
 static void check_dropout(void) {
     allocator *alloc;
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     static model_spec spec;
     CHECK_OK(model_spec_parse("6-dropout0.5-6", &spec));
     model *m = NULL;
@@ -645,7 +645,7 @@ static void check_dropout(void) {
     device_dropout_forward(dev, ROWS, COLS, 0.0f, key, ids, x, y);
     CHECK(memcmp(x, y, sizeof x) == 0);
     model_free(m);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 }
 
 static void check_device_and_losses(void) {

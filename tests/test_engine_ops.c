@@ -2381,7 +2381,7 @@ static const op_runner op_cases[DEVICE_OP_COUNT] = {
 static bool open_backend(device_kind kind, const char *name) {
     backend *b = &backends[backend_count];
     *b = (backend){.name = name, .is_cpu = kind == DEVICE_KIND_CPU};
-    if (device_open(kind, 0, &b->dev) != DDT_OK || allocator_init(b->dev, &b->alloc) != DDT_OK) {
+    if (device_open(kind, 0, &b->dev) != DDT_OK || allocator_open(b->dev, &b->alloc) != DDT_OK) {
         fprintf(stderr, "cannot open the %s backend: %s\n", name, ddt_error_message());
         CHECK(false);
         if (b->dev) device_close(b->dev);
@@ -2447,7 +2447,7 @@ int main(void) {
     for (int bi = backend_count - 1; bi >= 0; bi--) {
         backend *b = &backends[bi];
         CHECK_OK(device_synchronize(b->dev));
-        allocator_destroy(b->alloc);
+        allocator_close(b->alloc);
         unwrap_table(b);
         device_close(b->dev);
     }

@@ -280,11 +280,11 @@ static void check_backend_matches_element_arithmetic(void) {
 int main(void) {
     CHECK_OK(device_open(DEVICE_KIND_CPU, 0, &dev));
     check_backend_matches_element_arithmetic();
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     check_optimizers();
     check_params_and_names();
     check_schedules();
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     device_close(dev);
     return check_finish();
 }

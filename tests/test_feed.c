@@ -160,7 +160,7 @@ int main(void) {
     device *dev = NULL;
     allocator *alloc = NULL;
     CHECK_OK(device_open(DEVICE_KIND_CPU, 0, &dev));
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     shard_params sp = {.rows = ROWS, .global_batch = MICRO * PER_STEP, .micro_batch = MICRO,
                        .world_size = 1, .rank = 0, .seed = 9, .shuffle = true,
                        .block_rows = CHUNK, .window_blocks = 4};
@@ -244,7 +244,7 @@ int main(void) {
     test_tokens(dev, alloc);
     shard_plan_free(reference);
     shard_plan_free(plan);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
     device_close(dev);
     dataset_close(eval);
     dataset_close(data);

@@ -138,7 +138,7 @@ typedef struct run_options {
     int window_blocks; /* the plan's (0 = WINDOW_BLOCKS) */
 } run_options;
 
-/* The cache size stream_start should resolve for `p` and a requested `cache_blocks`. */
+/* The cache size stream_open should resolve for `p` and a requested `cache_blocks`. */
 static int expected_cache_blocks(const shard_params *p, int cache_blocks) {
     int64_t block_count = (p->rows + p->block_rows - 1) / p->block_rows;
     int64_t blocks = cache_blocks ? cache_blocks : p->shuffle ? 2 * p->window_blocks + 1 : 1;
@@ -169,14 +169,14 @@ static stream_stats run_stream(dataset *data, const run_options *o) {
     int64_t distinct_per_epoch_sum = 0, distinct_first_epoch = 0, lookups = 0, epoch = -1;
     int64_t first_epoch = o->first_global_step / shard_plan_steps_per_epoch(f.reference);
 
-    CHECK_OK(fixture_stream_start(&f, (stream_params){
-                                          .data = data,
-                                          .micro_batch = MICRO_BATCH,
-                                          .first_global_step = o->first_global_step,
-                                          .total_global_steps = o->total_global_steps,
-                                          .prefetch_depth = o->prefetch,
-                                          .cache_blocks = o->cache_blocks,
-                                      }));
+    CHECK_OK(fixture_stream_open(&f, (stream_params){
+                                         .data = data,
+                                         .micro_batch = MICRO_BATCH,
+                                         .first_global_step = o->first_global_step,
+                                         .total_global_steps = o->total_global_steps,
+                                         .prefetch_depth = o->prefetch,
+                                         .cache_blocks = o->cache_blocks,
+                                     }));
     stream *s = f.stream;
     int all_match = 1;
     int k = shard_plan_micro_batches_per_step(f.plan);
@@ -224,7 +224,7 @@ done:
     CHECK(stats.staging_bytes_in_use <= stats.peak_staging_bytes_in_use);
     if (stats.micro_batches > 0)
         CHECK(stats.staging_bytes_in_use < stats.peak_staging_bytes_in_use);
-    fixture_stream_stop(&f);
+    fixture_stream_close(&f);
     /* Every distinct block of a micro-batch is looked up once when the slot is filled: a hit
      * (perhaps of a block read ahead) or a read. Read-ahead stays within the range. */
     CHECK(stats.blocks_read - stats.blocks_read_ahead + stats.block_hits == lookups);
@@ -350,7 +350,7 @@ static void test_multi_shard(dataset *shards, dataset *shards_targets) {
     run_stream(shards_targets, &targets);
 }
 
-/* stream_staging_bytes() is exactly what stream_start() allocates: measured with glibc's
+/* stream_staging_bytes() is exactly what stream_open() allocates: measured with glibc's
  * allocation counters around a stream that reads nothing (total_global_steps 0). */
 static void test_staging_bytes(dataset *wide) {
     const dataset_geometry *g = dataset_get_geometry(wide);
@@ -375,7 +375,7 @@ static void test_staging_bytes(dataset *wide) {
 
     struct mallinfo2 before = mallinfo2();
     stream *s;
-    CHECK_OK(stream_start(&sp, &s));
+    CHECK_OK(stream_open(&sp, &s));
     struct mallinfo2 after = mallinfo2();
     size_t allocated = (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
     stream_stats stats = stream_get_stats(s);
@@ -387,7 +387,7 @@ static void test_staging_bytes(dataset *wide) {
         CHECK(allocated < expected + 8192);
         printf("staging: %zu bytes computed, %zu allocated\n", expected, allocated);
     }
-    stream_stop(s);
+    stream_close(s);
     shard_plan_free(plan);
 }
 
@@ -403,7 +403,7 @@ static void test_stop_early(dataset *data) {
 
     /* Consumer stops after a few micro-batches, holding one, with the reader on a full ring. */
     stream *s;
-    CHECK_OK(stream_start(&sp, &s));
+    CHECK_OK(stream_open(&sp, &s));
     micro_batch *mb = NULL;
     for (int i = 0; i < 3; i++) {
         if (mb) stream_release(s, mb);
@@ -411,29 +411,29 @@ static void test_stop_early(dataset *data) {
     }
     sleep_seconds(0.05);
     double start = fixture_seconds();
-    stream_stop(s);
+    stream_close(s);
     double stop_seconds = fixture_seconds() - start;
     CHECK(stop_seconds < 0.5);
 
     /* Stop straight after start, nothing consumed. */
-    CHECK_OK(stream_start(&sp, &s));
+    CHECK_OK(stream_open(&sp, &s));
     start = fixture_seconds();
-    stream_stop(s);
+    stream_close(s);
     CHECK(fixture_seconds() - start < 0.5);
-    stream_stop(NULL);
+    stream_close(NULL);
 
     /* Invalid parameters are reported, nothing started. */
     sp.prefetch_depth = 1;
     s = (stream *)&sp;
-    CHECK(stream_start(&sp, &s) == DDT_ERR_USAGE);
+    CHECK(stream_open(&sp, &s) == DDT_ERR_USAGE);
     CHECK(s == NULL);
     sp.prefetch_depth = 2;
     sp.cache_blocks = -1;
-    CHECK(stream_start(&sp, &s) == DDT_ERR_USAGE);
+    CHECK(stream_open(&sp, &s) == DDT_ERR_USAGE);
     CHECK(s == NULL);
     sp.cache_blocks = 0;
     sp.micro_batch = MICRO_BATCH * 2;
-    CHECK(stream_start(&sp, &s) == DDT_ERR_INTERNAL);
+    CHECK(stream_open(&sp, &s) == DDT_ERR_INTERNAL);
     shard_plan_free(plan);
 }
 
@@ -461,10 +461,10 @@ static void test_data_error(const char *bad_path, dataset *data, int64_t bad_row
     }
     CHECK(bad_sequence >= 0);
 
-    CHECK_OK(fixture_stream_start(&f, (stream_params){.data = data,
-                                                      .micro_batch = MICRO_BATCH,
-                                                      .total_global_steps = steps,
-                                                      .prefetch_depth = 3}));
+    CHECK_OK(fixture_stream_open(&f, (stream_params){.data = data,
+                                                     .micro_batch = MICRO_BATCH,
+                                                     .total_global_steps = steps,
+                                                     .prefetch_depth = 3}));
     stream *s = f.stream;
     micro_batch *mb;
     int before_ok = 1;
@@ -492,7 +492,7 @@ static void test_data_error(const char *bad_path, dataset *data, int64_t bad_row
     CHECK(stream_next(s, &mb) == DDT_ERR_DATA);
     CHECK(strcmp(ddt_error_message(), first_message) == 0);
     CHECK(fixture_seconds() - start < 0.1);
-    fixture_stream_stop(&f);
+    fixture_stream_close(&f);
 }
 
 /* What stream_fit_staging() promises for one result: within the limit, exact, and every
@@ -750,7 +750,7 @@ static void test_fit_staging(void) {
     CHECK(fit.bytes == three_blocks);
 }
 
-/* Bytes the allocator hands out for stream_start() with this configuration: a stream with no
+/* Bytes the allocator hands out for stream_open() with this configuration: a stream with no
  * steps, so the reader thread reads nothing (HDF5's own transient buffers stay out); 0 under
  * sanitizers, which leave mallinfo2 at zero. */
 static size_t measured_start_bytes(dataset *data, shard_plan *plan, const staging_fit *fit) {
@@ -761,9 +761,9 @@ static size_t measured_start_bytes(dataset *data, shard_plan *plan, const stagin
                         .cache_blocks = fit->cache_blocks};
     struct mallinfo2 before = mallinfo2();
     stream *s;
-    CHECK_OK(stream_start(&sp, &s));
+    CHECK_OK(stream_open(&sp, &s));
     struct mallinfo2 after = mallinfo2();
-    stream_stop(s);
+    stream_close(s);
     if (after.uordblks + after.hblkhd == 0) return 0;
     return (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
 }

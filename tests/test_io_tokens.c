@@ -277,10 +277,10 @@ static void test_stream(void) {
     fixture_stream f = {0};
     CHECK_OK(fixture_stream_plan(&f, &sp));
     int64_t total = shard_plan_steps_per_epoch(f.plan) + 3;
-    CHECK_OK(fixture_stream_start(&f, (stream_params){.data = ds,
-                                                      .micro_batch = MICRO,
-                                                      .total_global_steps = total,
-                                                      .prefetch_depth = 3}));
+    CHECK_OK(fixture_stream_open(&f, (stream_params){.data = ds,
+                                                     .micro_batch = MICRO,
+                                                     .total_global_steps = total,
+                                                     .prefetch_depth = 3}));
     stream *s = f.stream;
     int good = 0, count = 0;
     for (int64_t step = 0; s && step < total; step++) {
@@ -308,7 +308,7 @@ static void test_stream(void) {
     CHECK(stream_staging_bytes(g, &sp, 3, 2) - stream_staging_bytes(g, &sp, 3, 1) >= block);
     stream_stats stats = stream_get_stats(s);
     CHECK(stats.staging_bytes == planned && stats.peak_staging_bytes_in_use <= planned);
-    fixture_stream_stop(&f);
+    fixture_stream_close(&f);
     dataset_close(ds);
 }
 

@@ -74,7 +74,7 @@ int main(void) {
     memory_plan_compute(&in, 64, &limits, &plan);
     CHECK(plan.fits);
     allocator *alloc = NULL;
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     CHECK_OK(device_set_precision(dev, PRECISION_FP32, alloc,
                                      model_spec_max_gemm_operand_floats(&spec, 64)));
     model *m = NULL;
@@ -91,7 +91,7 @@ int main(void) {
     feed_free(f);
     optimizer_free(opt);
     model_free(m);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 
     /* NCCL's own buffers count against the limit; the allocator gets the rest. */
     size_t need = plan.device_total;
@@ -194,9 +194,9 @@ int main(void) {
     CHECK(memory_plan_choose_micro_batch(&in, 65536, &limits, &plan, &binding) == DDT_OK);
     CHECK(plan.micro_batch == 16384 &&
           strcmp(binding, "the most rows the model computes at once") == 0);
-    CHECK_OK(allocator_init(dev, &alloc));
+    CHECK_OK(allocator_open(dev, &alloc));
     CHECK(model_init(&long_context, alloc, 32768, (model_options){0}, &m) == DDT_ERR_USAGE);
-    allocator_destroy(alloc);
+    allocator_close(alloc);
 
     device_close(dev);
     return check_finish();

@@ -250,7 +250,7 @@ static ddt_status preallocate(allocator *alloc) {
     return DDT_OK;
 }
 
-ddt_status allocator_init_with_params(device *dev, const allocator_params *params,
+ddt_status allocator_open_with_params(device *dev, const allocator_params *params,
                                       allocator **out) {
     *out = NULL;
     allocator_params p = params ? *params : allocator_default_params();
@@ -275,7 +275,7 @@ ddt_status allocator_init_with_params(device *dev, const allocator_params *param
     if (p.policy == MEMORY_POLICY_PREALLOCATE) {
         ddt_status status = preallocate(alloc);
         if (status != DDT_OK) {
-            allocator_destroy(alloc);
+            allocator_close(alloc);
             return status;
         }
     }
@@ -283,12 +283,12 @@ ddt_status allocator_init_with_params(device *dev, const allocator_params *param
     return DDT_OK;
 }
 
-ddt_status allocator_init(device *dev, allocator **out) {
+ddt_status allocator_open(device *dev, allocator **out) {
     allocator_params params = allocator_default_params();
-    return allocator_init_with_params(dev, &params, out);
+    return allocator_open_with_params(dev, &params, out);
 }
 
-void allocator_destroy(allocator *alloc) {
+void allocator_close(allocator *alloc) {
     if (!alloc) return;
     for (block *b = alloc->first, *next; b; b = next) {
         next = b->next;

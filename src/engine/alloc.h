@@ -9,7 +9,7 @@
  * merged again on free, every size rounded by allocator_rounded_size() (a multiple of 256
  * bytes, at least 256). Offsets inside a region are multiples of 256, so a piece is as aligned
  * as the backend aligns regions (CPU 64 bytes, cudaMalloc 256), up to 256. Regions are kept
- * until allocator_destroy(). Two policies decide when regions are reserved:
+ * until allocator_close(). Two policies decide when regions are reserved:
  *   MEMORY_POLICY_PREALLOCATE  one region of exactly limit_bytes, reserved at init; init fails
  *                              at once (DDT_ERR_MEMORY) if the device cannot give it;
  *   MEMORY_POLICY_GROWTH       a region only when nothing free fits: max(request, step), the
@@ -20,7 +20,7 @@
  * for, the bytes in use, the limit, and what to change; never a crash or a hang.
  *
  * Ownership: whoever calls allocator_alloc() calls allocator_free() on the pointer, or
- * allocator_destroy() releases everything still allocated (and every region). The allocator
+ * allocator_close() releases everything still allocated (and every region). The allocator
  * does not own `dev`, nor params->limit_source (which must outlive the allocator).
  *
  * Usage:
@@ -30,12 +30,12 @@
  *     params.rank = rank;
  *     params.limit_source = "--device-memory-limit 2GiB";
  *     allocator *alloc;
- *     DDT_CHECK(allocator_init_with_params(dev, &params, &alloc));
+ *     DDT_CHECK(allocator_open_with_params(dev, &params, &alloc));
  *     float *weights;
  *     DDT_CHECK(allocator_alloc(alloc, MEMORY_COMPONENT_PARAMETERS, n * sizeof(float),
  *                               (void **)&weights));
  *     ...
- *     allocator_destroy(alloc);
+ *     allocator_close(alloc);
  */
 #ifndef DDT_ENGINE_ALLOC_H
 #define DDT_ENGINE_ALLOC_H
@@ -75,7 +75,7 @@ typedef struct allocator_params {
 } allocator_params;
 
 /* All sizes in bytes, counted as allocator_rounded_size() counts them. Regions are never
- * returned before allocator_destroy(), so peak_reserved_bytes == reserved_bytes; both are kept
+ * returned before allocator_close(), so peak_reserved_bytes == reserved_bytes; both are kept
  * so a summary need not know that. Per-component peaks are each component's own maximum; they
  * need not have happened at the same time, so their sum may exceed peak_bytes. */
 typedef struct allocator_stats {
@@ -90,18 +90,18 @@ typedef struct allocator_stats {
     size_t region_count;
 } allocator_stats;
 
-/* Growth, no limit, default step, no rank: the same as allocator_init_with_params() with
+/* Growth, no limit, default step, no rank: the same as allocator_open_with_params() with
  * allocator_default_params(). */
-ddt_status allocator_init(device *dev, allocator **out);
+ddt_status allocator_open(device *dev, allocator **out);
 /* Growth, no limit, growth_min_bytes 0 (2 MiB), rank -1, limit_source NULL. */
 allocator_params allocator_default_params(void);
 /* DDT_ERR_USAGE for preallocate without a limit or an unknown policy; DDT_ERR_MEMORY if
  * preallocate cannot reserve the limit (more than the device has, or has free, or the device
- * refuses). The caller frees with allocator_destroy(). */
-ddt_status allocator_init_with_params(device *dev, const allocator_params *params, allocator **out);
+ * refuses). The caller frees with allocator_close(). */
+ddt_status allocator_open_with_params(device *dev, const allocator_params *params, allocator **out);
 /* Destroys the allocator, frees every allocation it still holds and returns every region to
  * the device. NULL is allowed. */
-void allocator_destroy(allocator *alloc);
+void allocator_close(allocator *alloc);
 
 /* Allocates `bytes` for `component` (counted as allocator_rounded_size(bytes)); memory is
  * zero-filled. On failure *out is NULL, nothing changes, and the message says what to do. */

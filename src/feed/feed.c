@@ -146,7 +146,7 @@ ddt_status feed_start(feed *f) {
         .on_read = p->on_read,
         .on_read_context = p->hook_context,
     };
-    return stream_start(&sp, &f->stream);
+    return stream_open(&sp, &f->stream);
 }
 
 /* ---- training micro-batches ------------------------------------------------------------- */
@@ -273,7 +273,7 @@ void feed_free(feed *f) {
             (void)device_upload_host_done(dev, b);
         (void)device_synchronize(dev);
     }
-    stream_stop(f->stream);
+    stream_close(f->stream);
     if (dev) {
         if (f->eval_inputs) device_host_free(dev, f->eval_inputs);
         if (f->eval_labels) device_host_free(dev, f->eval_labels);

@@ -107,7 +107,7 @@ ddt_status feed_read_evaluation(feed *f, dataset *data, int64_t first_row, int r
                                 feed_batch *out);
 feed_stats feed_get_stats(const feed *f);
 /* Waits for uploads in flight, stops the reader, frees host memory. NULL is allowed. The
- * device buffers belong to the allocator (allocator_destroy releases them). */
+ * device buffers belong to the allocator (allocator_close releases them). */
 void feed_free(feed *f);
 
 /* For memory plans: what feed_init() takes from the allocator, added to component_bytes as

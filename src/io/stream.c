@@ -5,13 +5,13 @@
  *   - The reader thread alone uses `plan` (not thread-safe), the block cache and the sort
  *     scratch, and fills slots. A slot in state SLOT_FREE belongs to the reader: it writes the
  *     slot's buffers without the lock, then publishes it (SLOT_FILLED) under the lock.
- *   - The consumer (the thread calling stream_next/stream_release/stream_stop; one thread)
+ *   - The consumer (the thread calling stream_next/stream_release/stream_close; one thread)
  *     takes a SLOT_FILLED slot (-> SLOT_TAKEN), reads its buffers without the lock, and gives
  *     it back (-> SLOT_FREE).
  *   - Everything else shared (slot states, counters, the error, `stopping`, the timings the
  *     reader adds to) is read and written only under `lock`. Waiting is on two condition
  *     variables, never by polling: the reader waits on `slot_freed`, the consumer on
- *     `batch_ready`. stream_stop() sets `stopping` and wakes both, so the reader leaves a wait
+ *     `batch_ready`. stream_close() sets `stopping` and wakes both, so the reader leaves a wait
  *     on a full ring at once, or after the block read in progress (it looks at `stopping`
  *     before each block read).
  *
@@ -34,7 +34,7 @@
  * micro-batches one at a time (stream_read_ahead), stamping them with their planned use, and
  * sleeps on `slot_freed` only when nothing is left to read ahead.
  *
- * All memory, the handle included, is one allocation made by stream_start() (layout in
+ * All memory, the handle included, is one allocation made by stream_open() (layout in
  * stream_layout_for()); nothing is allocated per micro-batch.
  *
  * Staging in use (stream_stats): counted under `lock` as slots_in_use (a slot from the moment
@@ -724,7 +724,7 @@ static void *stream_reader_main(void *argument) {
 
 static ddt_status validate_params(const stream_params *p) {
     if (!p->data || !p->plan)
-        return ddt_error(DDT_ERR_INTERNAL, "stream_start needs a dataset and a shard plan");
+        return ddt_error(DDT_ERR_INTERNAL, "stream_open needs a dataset and a shard plan");
     if (p->prefetch_depth < 2)
         return ddt_error(DDT_ERR_USAGE, "--prefetch-depth must be at least 2 (got %d)",
                          p->prefetch_depth);
@@ -761,7 +761,7 @@ static void release_memory(stream *s) {
         free(s);
 }
 
-ddt_status stream_start(const stream_params *params, stream **out) {
+ddt_status stream_open(const stream_params *params, stream **out) {
     *out = NULL;
     DDT_CHECK(validate_params(params));
     ddt_status status = DDT_OK;
@@ -951,7 +951,7 @@ stream_stats stream_get_stats(const stream *s) {
     return stats;
 }
 
-void stream_stop(stream *s) {
+void stream_close(stream *s) {
     if (!s) return;
     pthread_mutex_lock(&s->lock);
     s->stopping = true;

@@ -29,7 +29,7 @@
  * returned by the stream_next() call that would have received that micro-batch, with the
  * reader's message.
  *
- * Memory is fixed at stream_start(): the handle, the ring, the block cache and their
+ * Memory is fixed at stream_open(): the handle, the ring, the block cache and their
  * bookkeeping are one allocation of stream_staging_bytes(); nothing is allocated per
  * micro-batch. stream_fit_staging() sizes the ring, the shuffle window and the cache to a host
  * staging limit (--host-staging-limit). The stream also counts the staging bytes in use -- the
@@ -40,8 +40,8 @@
  * buffers inside a read (with the chunk cache off, a compressed chunk is decompressed into a buffer
  * HDF5 frees after the read).
  *
- * Ownership: stream_start() allocates the slots and the cache and starts the thread;
- * stream_stop() stops it and frees everything. The stream borrows `data` and `plan` (not
+ * Ownership: stream_open() allocates the slots and the cache and starts the thread;
+ * stream_close() stops it and frees everything. The stream borrows `data` and `plan` (not
  * freed, not used by anyone else while the stream runs except through the dataset's own
  * lock). The stream reads only whole blocks, so HDF5's chunk cache for `data` can be off
  * (dataset_set_chunk_cache(data, 0)).
@@ -52,10 +52,10 @@
  *     plan_params.window_blocks = fit.window_blocks;  ... shard_plan_init(&plan_params, &plan)
  *     params.prefetch_depth = fit.prefetch_depth; params.cache_blocks = fit.cache_blocks;
  *     stream *s;
- *     DDT_CHECK(stream_start(&params, &s));
+ *     DDT_CHECK(stream_open(&params, &s));
  *     micro_batch *mb;
  *     DDT_CHECK(stream_next(s, &mb));  ... use mb ...  stream_release(s, mb);
- *     stream_stop(s);
+ *     stream_close(s);
  */
 #ifndef DDT_IO_STREAM_H
 #define DDT_IO_STREAM_H
@@ -122,7 +122,7 @@ typedef struct stream_stats {
 
 typedef struct stream stream;
 
-/* Bytes stream_start() allocates for a dataset of `geometry` read with a shard plan made from
+/* Bytes stream_open() allocates for a dataset of `geometry` read with a shard plan made from
  * `plan` (its rows, micro_batch, block_rows, window_blocks and shuffle are used), for
  * memory plans: the ring (prefetch_depth slots of micro_batch rows: row ids, features or
  * token ids (4 bytes each), labels_per_row int32 labels or K float targets), the block cache
@@ -169,16 +169,16 @@ typedef struct staging_fit {
  *      and the cache is 1 block.
  * fit->bytes <= limit_bytes whenever limit_bytes > 0 and DDT_OK is returned. A prefetch depth
  * of 1 or below 0, or a window below 0, is DDT_ERR_USAGE; parameters the stream cannot take
- * (too many blocks) are DDT_ERR_USAGE as in stream_start(). */
+ * (too many blocks) are DDT_ERR_USAGE as in stream_open(). */
 ddt_status stream_fit_staging(size_t limit_bytes, const dataset_geometry *geometry,
                               const shard_params *plan, staging_fit *fit);
 
-ddt_status stream_start(const stream_params *params, stream **out);
+ddt_status stream_open(const stream_params *params, stream **out);
 /* Blocks until the next micro-batch is ready; DDT_ERR_INTERNAL if past the last step. */
 ddt_status stream_next(stream *s, micro_batch **out);
 void stream_release(stream *s, micro_batch *mb);
 stream_stats stream_get_stats(const stream *s);
 /* Stops the reader (even if blocked on a full ring), joins it, frees. NULL is allowed. */
-void stream_stop(stream *s);
+void stream_close(stream *s);
 
 #endif

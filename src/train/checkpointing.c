@@ -11,7 +11,7 @@
 #include "train/trainer.h"
 #include "util/clock.h"
 
-ddt_status checkpointing_prepare(trainer *t) {
+ddt_status checkpointing_init(trainer *t) {
     checkpointing *c = &t->checkpoints;
     const train_config *cfg = t->config;
     c->directory = cfg->checkpoint_dir;
@@ -47,7 +47,7 @@ bool checkpointing_due(const checkpointing *c, int64_t done, bool agreed_by_time
            last_step;
 }
 
-void checkpointing_release(checkpointing *c) {
+void checkpointing_free(checkpointing *c) {
     checkpoint_unlock(c->lock);
     c->lock = NULL;
 }

@@ -13,7 +13,7 @@
  * samples). The newest complete checkpoint is used; newer files that are not complete are
  * named in a warning; with none complete --resume says so loudly and starts fresh.
  *
- * Ownership: the checkpointing state lives in the trainer; checkpointing_release() drops the
+ * Ownership: the checkpointing state lives in the trainer; checkpointing_free() drops the
  * lock.
  */
 #ifndef DDT_TRAIN_CHECKPOINTING_H
@@ -39,7 +39,7 @@ struct trainer;
 
 /* Rank 0, before training (others return DDT_OK): the directory is usable, locked for this
  * job, and holds no other run's checkpoints unless resuming. */
-ddt_status checkpointing_prepare(struct trainer *t);
+ddt_status checkpointing_init(struct trainer *t);
 /* Rank 0's contribution to the step's control values: has every_seconds passed? */
 bool checkpointing_due_by_time(const checkpointing *c, double now);
 /* Whether step `done` (counted from 1) ends with a checkpoint; the same on every rank. */
@@ -52,6 +52,6 @@ ddt_status checkpointing_write(struct trainer *t, int64_t done);
  * whether there was one. Without --resume, *resumed is false. Weights otherwise come from
  * the caller. */
 ddt_status checkpointing_resume(struct trainer *t, bool *resumed);
-void checkpointing_release(checkpointing *c);
+void checkpointing_free(checkpointing *c);
 
 #endif

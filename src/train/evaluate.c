@@ -103,7 +103,7 @@ typedef struct eval_state {
 static void eval_free(eval_state *s) {
     feed_free(s->f);
     model_free(s->m);
-    allocator_destroy(s->alloc);
+    allocator_close(s->alloc);
     if (s->dev) device_close(s->dev);
     if (s->data) dataset_close(s->data);
     free(s->spec);
@@ -150,7 +150,7 @@ static ddt_status eval_setup(comm *control, const eval_config *cfg, eval_state *
                                    &sharing, s->limit_source, sizeof s->limit_source);
     ap.rank = comm_rank(control);
     ap.limit_source = s->limit_source;
-    DDT_CHECK(allocator_init_with_params(s->dev, &ap, &s->alloc));
+    DDT_CHECK(allocator_open_with_params(s->dev, &ap, &s->alloc));
     DDT_CHECK(device_set_precision(s->dev, PRECISION_FP32, s->alloc,
                                          model_spec_max_gemm_operand_floats(s->spec, cfg->rows)));
     DDT_CHECK(model_init(s->spec, s->alloc, cfg->rows, (model_options){0}, &s->m));

@@ -241,7 +241,7 @@ static void generate_free(generate_state *s) {
     generator_free(&s->g);
     free(s->prompt);
     model_free(s->m);
-    allocator_destroy(s->alloc);
+    allocator_close(s->alloc);
     if (s->dev) device_close(s->dev);
     free(s->spec);
 }
@@ -271,7 +271,7 @@ static ddt_status generate_setup(comm *control, const generate_config *cfg, gene
     ap.limit_bytes = total;
     ap.rank = comm_rank(control);
     ap.limit_source = "the device's memory";
-    DDT_CHECK(allocator_init_with_params(s->dev, &ap, &s->alloc));
+    DDT_CHECK(allocator_open_with_params(s->dev, &ap, &s->alloc));
     DDT_CHECK(device_set_precision(s->dev, PRECISION_FP32, s->alloc,
                                    model_spec_max_gemm_operand_floats(s->spec, 1)));
     DDT_CHECK(model_init(s->spec, s->alloc, 1, (model_options){0}, &s->m));

@@ -236,7 +236,7 @@ static ddt_status open_data(trainer *t) {
     DDT_CHECK(check_outputs_against_inputs(t));
     if (t->rank == 0) DDT_CHECK(prepare_outputs(cfg));
     if (t->rank == 0 && cfg->save) DDT_CHECK(model_file_check_writable(cfg->save));
-    DDT_CHECK(checkpointing_prepare(t));
+    DDT_CHECK(checkpointing_init(t));
     return report_open(t);
 }
 
@@ -374,7 +374,7 @@ static ddt_status allocate_engine(trainer *t) {
     ap.limit_bytes = memory_limits_allocator_bytes(&t->limits);
     ap.rank = t->rank;
     ap.limit_source = t->limits.device_source;
-    DDT_CHECK(allocator_init_with_params(e->dev, &ap, &e->alloc));
+    DDT_CHECK(allocator_open_with_params(e->dev, &ap, &e->alloc));
     DDT_CHECK(device_set_precision(e->dev, cfg->precision, e->alloc,
         model_spec_max_gemm_operand_floats(&s->spec, s->micro_batch)));
     DDT_CHECK(model_init(&s->spec, e->alloc, s->micro_batch, cfg->model_options, &e->model));
@@ -617,9 +617,9 @@ static void trainer_free(trainer *t, ddt_status status) {
         comm_abandon(t->engine.comm);
     else
         comm_free(t->engine.comm);
-    allocator_destroy(t->engine.alloc);
+    allocator_close(t->engine.alloc);
     if (t->engine.dev) device_close(t->engine.dev);
-    checkpointing_release(&t->checkpoints);
+    checkpointing_free(&t->checkpoints);
     shard_plan_free(t->data.rows);
     if (t->data.eval) dataset_close(t->data.eval);
     if (t->data.train) dataset_close(t->data.train);

@@ -697,7 +697,7 @@ static size_t cuda_precision_workspace_bytes(device *dev, precision_kind precisi
 
 /* Takes the cuBLAS workspace and the kernels' scratch (always: so they are counted and limited
  * like all device memory) and, for bf16/fp16, the two operand cast buffers from `alloc`. They
- * belong to the allocator: allocator_destroy() releases them, so the allocator must not be
+ * belong to the allocator: allocator_close() releases them, so the allocator must not be
  * destroyed while GEMMs may still run. A second call takes new buffers before returning the old
  * ones to the allocator it took them from; on failure the previous precision stays in force. */
 static ddt_status cuda_set_precision(device *dev, precision_kind precision, allocator *alloc,
