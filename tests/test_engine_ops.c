@@ -1626,6 +1626,22 @@ static void run_batchnorm(void) {
     batchnorm_case(16, 4, 784); /* more values than a block has threads */
 }
 
+/* One run of an operation with several outputs: the first run is checked against the
+ * reference (and the CPU's), a repeat must give the first run's bits. */
+static void check_run(const char *label, int run, int bi, const output *const *outputs, float **got,
+                      const size_t *counts, int n, float **first, float **cpu,
+                      fixture_arena *arena) {
+    for (int i = 0; i < n; i++) {
+        if (run == 0) {
+            first[i] = got[i];
+            check_output(label, bi, outputs[i], got[i], counts[i], &cpu[i], arena);
+        } else {
+            compare_repeat(text("%s: %s", label, outputs[i]->name), &backends[bi], got[i], first[i],
+                           counts[i]);
+        }
+    }
+}
+
 /* Layer normalisation: as batch normalisation, per row; dgamma and dbeta sum rows in order. */
 static void layernorm_case(int rows, int cols, bool gpu_size) {
     if (gpu_size && !gpu_size_runs()) return;
@@ -1714,16 +1730,8 @@ static void layernorm_case(int rows, int cols, bool gpu_size) {
                                  dev_floats(b, arena, dmean, rc), dev_floats(b, arena, drstd, rc)};
                 const output *outputs[3] = {&o_y, &o_mean, &o_rstd};
                 size_t counts[3] = {count, rc, rc};
-                for (int i = 0; i < 3; i++) {
-                    if (run == 0) {
-                        first[i] = got[i];
-                        check_output(text("%s forward", label), bi, outputs[i], got[i], counts[i],
-                                     &cpu[i], arena);
-                    } else {
-                        compare_repeat(text("%s forward: %s", label, outputs[i]->name), b, got[i],
-                                       first[i], counts[i]);
-                    }
-                }
+                check_run(text("%s forward", label), run, bi, outputs, got, counts, 3, first, cpu,
+                          arena);
             }
         }
         if (runs(b, DEVICE_OP_layernorm_backward, gpu_size)) {
@@ -1742,16 +1750,8 @@ static void layernorm_case(int rows, int cols, bool gpu_size) {
                                  dev_floats(b, arena, ddbeta, cc)};
                 const output *outputs[3] = {&o_dx, &o_dgamma, &o_dbeta};
                 size_t counts[3] = {count, cc, cc};
-                for (int i = 0; i < 3; i++) {
-                    if (run == 0) {
-                        first[i] = got[i];
-                        check_output(text("%s backward", label), bi, outputs[i], got[i], counts[i],
-                                     &cpu[3 + i], arena);
-                    } else {
-                        compare_repeat(text("%s backward: %s", label, outputs[i]->name), b, got[i],
-                                       first[i], counts[i]);
-                    }
-                }
+                check_run(text("%s backward", label), run, bi, outputs, got, counts, 3, first,
+                          cpu + 3, arena);
             }
         }
         backend_release(b);
@@ -1841,16 +1841,8 @@ static void rmsnorm_case(int rows, int cols, bool gpu_size) {
                                  dev_floats(b, arena, drstd, rc)};
                 const output *outputs[2] = {&o_y, &o_rstd};
                 size_t counts[2] = {count, rc};
-                for (int i = 0; i < 2; i++) {
-                    if (run == 0) {
-                        first[i] = got[i];
-                        check_output(text("%s forward", label), bi, outputs[i], got[i], counts[i],
-                                     &cpu[i], arena);
-                    } else {
-                        compare_repeat(text("%s forward: %s", label, outputs[i]->name), b, got[i],
-                                       first[i], counts[i]);
-                    }
-                }
+                check_run(text("%s forward", label), run, bi, outputs, got, counts, 2, first, cpu,
+                          arena);
             }
         }
         if (runs(b, DEVICE_OP_rmsnorm_backward, gpu_size)) {
@@ -1865,16 +1857,8 @@ static void rmsnorm_case(int rows, int cols, bool gpu_size) {
                                  dev_floats(b, arena, ddgamma, cc)};
                 const output *outputs[2] = {&o_dx, &o_dgamma};
                 size_t counts[2] = {count, cc};
-                for (int i = 0; i < 2; i++) {
-                    if (run == 0) {
-                        first[i] = got[i];
-                        check_output(text("%s backward", label), bi, outputs[i], got[i], counts[i],
-                                     &cpu[2 + i], arena);
-                    } else {
-                        compare_repeat(text("%s backward: %s", label, outputs[i]->name), b, got[i],
-                                       first[i], counts[i]);
-                    }
-                }
+                check_run(text("%s backward", label), run, bi, outputs, got, counts, 2, first,
+                          cpu + 2, arena);
             }
         }
         backend_release(b);
