@@ -19,6 +19,8 @@
 #include "engine/layers.h"
 #include "engine/loss.h"
 #include "engine/model.h"
+#include "engine/optim.h"
+#include "train/trainer.h"
 #include "util/rng.h"
 
 typedef struct op_text {
@@ -126,6 +128,26 @@ static void check_missing_operations(device *dev) {
     CHECK(strstr(ddt_error_message(), "lacks the operation bias_add"));
     dev->ops = cpu;
     dev->missing_op = NULL;
+
+    /* Training's own operations: the optimizer (and the loss, the checks) too, before any
+     * allocation. */
+    train_config cfg = {.loss = LOSS_SOFTMAX_CROSS_ENTROPY};
+    cfg.optimizer.kind = OPTIMIZER_ADAMW;
+    CHECK_OK(train_check_device_ops(&cfg, dev));
+    device_ops no_adamw = *cpu;
+    clear_op(&no_adamw, DEVICE_OP_adamw_update);
+    dev->ops = &no_adamw;
+    CHECK(train_check_device_ops(&cfg, dev) == DDT_ERR_USAGE);
+    CHECK(strstr(ddt_error_message(),
+                 "the cpu backend cannot train with adamw: it lacks the operation adamw_update"));
+    cfg.optimizer.kind = OPTIMIZER_SGD;
+    CHECK_OK(train_check_device_ops(&cfg, dev));
+    clear_op(&no_adamw, DEVICE_OP_mean_squared_error);
+    cfg.loss = LOSS_MEAN_SQUARED_ERROR;
+    CHECK(train_check_device_ops(&cfg, dev) == DDT_ERR_USAGE);
+    CHECK(strstr(ddt_error_message(), "cannot train with mse: it lacks the operation "
+                                      "mean_squared_error"));
+    dev->ops = cpu;
 }
 
 /* The operations outside the layers that a pass of the model, its loss and set-up call. */

@@ -76,6 +76,18 @@ ddt_status loss_check_compatible(loss_kind kind, int output_width, bool class_la
     return DDT_OK;
 }
 
+device_op loss_device_op(loss_kind kind) {
+    switch (kind) {
+    case LOSS_SOFTMAX_CROSS_ENTROPY:
+        return DEVICE_OP_softmax_cross_entropy;
+    case LOSS_BINARY_CROSS_ENTROPY:
+        return DEVICE_OP_binary_cross_entropy;
+    case LOSS_MEAN_SQUARED_ERROR:
+        return DEVICE_OP_mean_squared_error;
+    }
+    return DEVICE_OP_COUNT;
+}
+
 void loss_apply(device *dev, loss_kind kind, int rows, int cols, const float *logits,
                 const int32_t *labels, const float *targets, float scale, float *loss_sum,
                 float *dlogits) {

@@ -24,6 +24,8 @@ typedef enum loss_kind {
 /* "softmax-ce", "bce", "mse"; DDT_ERR_USAGE otherwise. */
 ddt_status loss_kind_parse(const char *text, loss_kind *out);
 const char *loss_kind_name(loss_kind kind);
+/* The device operation loss_apply() calls for `kind` (DEVICE_OP_COUNT for an unknown kind). */
+device_op loss_device_op(loss_kind kind);
 
 /* Checks that a loss can be used with the model's output width and the dataset's labels
  * (class ids with `classes` classes, or float targets of width target_width). */

@@ -61,6 +61,16 @@ const char *optimizer_kind_name(optimizer_kind kind) {
     return "unknown";
 }
 
+device_op optimizer_device_op(optimizer_kind kind) {
+    switch (kind) {
+    case OPTIMIZER_SGD:
+        return DEVICE_OP_sgd_update;
+    case OPTIMIZER_ADAMW:
+        return DEVICE_OP_adamw_update;
+    }
+    return DEVICE_OP_COUNT;
+}
+
 ddt_status optimizer_params_check(const optimizer_params *p) {
     /* Written so that NaN fails every range test. */
     if (!(p->weight_decay >= 0.0f && isfinite(p->weight_decay)))

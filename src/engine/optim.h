@@ -41,6 +41,8 @@ typedef struct optimizer_params {
 optimizer_params optimizer_default_params(void);
 ddt_status optimizer_kind_parse(const char *text, optimizer_kind *out); /* "sgd", "adamw" */
 const char *optimizer_kind_name(optimizer_kind kind);
+/* The device operation optimizer_step() calls for `kind` (DEVICE_OP_COUNT for an unknown one). */
+device_op optimizer_device_op(optimizer_kind kind);
 /* DDT_ERR_USAGE for inconsistent settings (Nesterov without momentum, negative decay...). */
 ddt_status optimizer_params_check(const optimizer_params *params);
 

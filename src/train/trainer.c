@@ -256,6 +256,29 @@ static ddt_status same_data(trainer *t) {
 
 /* ---- phase 3: the memory plan ----------------------------------------------------------- */
 
+ddt_status train_check_device_ops(const train_config *cfg, const device *dev) {
+    struct {
+        device_op op;
+        const char *what;
+    } needs[] = {
+        {loss_device_op(cfg->loss), loss_kind_name(cfg->loss)},
+        {optimizer_device_op(cfg->optimizer.kind), optimizer_kind_name(cfg->optimizer.kind)},
+        {DEVICE_OP_check_finite, "the step's check for finite gradients"},
+        {DEVICE_OP_sum_of_squares, "the gradient norm"},
+        {DEVICE_OP_scale, "the loss scale"},
+        {DEVICE_OP_count_correct, "evaluation"},
+    };
+    for (size_t i = 0; i < sizeof needs / sizeof needs[0]; i++)
+        if (needs[i].op == DEVICE_OP_COUNT || !device_supports_op(dev, needs[i].op))
+            return ddt_error(DDT_ERR_USAGE,
+                             "the %s backend cannot train with %s: it lacks the "
+                             "operation %s",
+                             device_kind_name(dev->kind), needs[i].what,
+                             needs[i].op == DEVICE_OP_COUNT ? "(unknown)"
+                                                            : device_op_name(needs[i].op));
+    return DDT_OK;
+}
+
 /* The device and the data-plane communicator: collective (comm_init_like), so entered only
  * after every rank agreed it got this far. */
 static ddt_status open_device_and_comm(trainer *t) {
@@ -266,6 +289,8 @@ static ddt_status open_device_and_comm(trainer *t) {
      * buffers included) is allocated for it. */
     DDT_CHECK(comm_agree(t->control, model_check_device(&s->spec, t->engine.dev),
                          "set-up: the model's operations on the device"));
+    DDT_CHECK(comm_agree(t->control, train_check_device_ops(t->config, t->engine.dev),
+                         "set-up: training's operations on the device"));
     /* GPUs all-reduce through NCCL, CPU ranks through shared memory (or as --allreduce says).
      * The communicator comes before any device memory of ddtrain's own, so that NCCL's
      * buffers (which cannot come from the allocator) find room even under a preallocating

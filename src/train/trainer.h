@@ -88,4 +88,10 @@ typedef struct trainer {
  * the ranks agreed (stop, checkpoint by time) and what to report. */
 ddt_status train_step(trainer *t, int64_t step, step_outcome *outcome);
 
+/* What training needs of the device besides the model's layers (model_check_device): the
+ * loss, the optimizer, the step's checks (finite gradients, their norm, the loss scale) and
+ * evaluation's count. DDT_ERR_USAGE naming the operation where the backend leaves one out;
+ * checked at set-up, before anything is allocated. */
+ddt_status train_check_device_ops(const train_config *cfg, const device *dev);
+
 #endif
