@@ -39,12 +39,15 @@ fi
 
 started=$SECONDS
 (cd "$root" &&
+  # The readers, and the model grammar with what it links: each layer kind's file (its parser
+  # sits beside its passes) and so the device layer with its CPU backend (OpenBLAS).
   sources=(src/util/*.c src/io/dataset.c src/io/hdf5_storage.c src/io/hdf5_lock.c
-           src/io/model_file.c src/engine/model_spec.c) &&
+           src/io/io_exit.c src/io/model_file.c src/engine/model_spec.c src/engine/layers/*.c
+           src/engine/device.c src/engine/device_cpu.c src/engine/device_cpu_layers.c) &&
   "$clang" -g -O1 -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror \
   -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-  -Isrc -I"$hdf5_include" tests/fuzz/fuzz_readers.c "${sources[@]}" "$hdf5_library" -lm -lpthread \
-  -o "$build/fuzz_readers") || { echo "FAIL: building the fuzz target"; exit 1; }
+  -Isrc -I"$hdf5_include" tests/fuzz/fuzz_readers.c "${sources[@]}" "$hdf5_library" -lopenblas \
+  -lm -lpthread -ldl -o "$build/fuzz_readers") || { echo "FAIL: building the fuzz target"; exit 1; }
 echo "built $build/fuzz_readers with $clang in $((SECONDS - started)) s"
 
 work=$build/corpus
