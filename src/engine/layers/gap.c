@@ -17,28 +17,13 @@ static ddt_status parse(grammar *g, const layer_word *word, size_t start, const 
     return DDT_OK;
 }
 
-static ddt_status forward(const layer_call *c, const model_node *node, const float **out) {
-    device_pool2d_forward(c->dev, node->pool, &node->geometry, c->rows, c->x, c->y);
-    *out = c->y;
-    return DDT_OK;
-}
-
-static ddt_status backward(const layer_call *c, const model_node *node, const float *y,
-                           const float *dy, float *dx, model_gradient_ready_fn ready,
-                           void *context) {
-    (void)ready;
-    (void)context;
-    if (dx) device_pool2d_backward(c->dev, node->pool, &node->geometry, c->rows, c->x, y, dy, dx);
-    return DDT_OK;
-}
-
 static const layer_word words[] = {{.word = "gap", .parse = parse}};
 
 const layer_kind layer_global_pool = {
     .name = "gap",
     .words = words,
     .word_count = 1,
-    .forward = forward,
-    .backward = backward,
+    .forward = pool_forward, /* average pooling over the whole plane: pool.c's passes */
+    .backward = pool_backward,
     LAYER_OPS(DEVICE_OP_pool2d_forward, DEVICE_OP_pool2d_backward),
 };

@@ -147,6 +147,11 @@ static inline ddt_status layer_ready(const layer_call *c, const model_node *node
     .ops = (const device_op[]){__VA_ARGS__},                                                       \
     .op_count = sizeof((device_op[]){__VA_ARGS__}) / sizeof(device_op)
 
+/* Pooling's passes (pool.c), which global average pooling (gap.c) shares. */
+ddt_status pool_forward(const layer_call *c, const model_node *node, const float **out);
+ddt_status pool_backward(const layer_call *c, const model_node *node, const float *y,
+                         const float *dy, float *dx, model_gradient_ready_fn ready, void *context);
+
 /* Node builders that composites (gpt.c) put together; each refuses what its parser would. */
 ddt_status dense_build(grammar *g, size_t start, const char *prefix, int outputs, float normal_std);
 ddt_status activation_build(grammar *g, size_t start, activation_kind kind);

@@ -56,15 +56,14 @@ static const char *node_name(const model_node *node) {
     return node->pool == POOL_MAX ? "maxpool" : "avgpool";
 }
 
-static ddt_status forward(const layer_call *c, const model_node *node, const float **out) {
+ddt_status pool_forward(const layer_call *c, const model_node *node, const float **out) {
     device_pool2d_forward(c->dev, node->pool, &node->geometry, c->rows, c->x, c->y);
     *out = c->y;
     return DDT_OK;
 }
 
-static ddt_status backward(const layer_call *c, const model_node *node, const float *y,
-                           const float *dy, float *dx, model_gradient_ready_fn ready,
-                           void *context) {
+ddt_status pool_backward(const layer_call *c, const model_node *node, const float *y,
+                         const float *dy, float *dx, model_gradient_ready_fn ready, void *context) {
     (void)ready;
     (void)context;
     if (dx) device_pool2d_backward(c->dev, node->pool, &node->geometry, c->rows, c->x, y, dy, dx);
@@ -80,7 +79,7 @@ const layer_kind layer_pool = {
     .node_name = node_name,
     .words = words,
     .word_count = 2,
-    .forward = forward,
-    .backward = backward,
+    .forward = pool_forward,
+    .backward = pool_backward,
     LAYER_OPS(DEVICE_OP_pool2d_forward, DEVICE_OP_pool2d_backward),
 };
